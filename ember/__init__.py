@@ -1,0 +1,29 @@
+"""ember: a compiled-graph neural-network runtime for the CPU.
+
+    import ember
+    sess = ember.load("model.onnx")
+    (probs,) = sess.run(None, {"input": x})
+"""
+from __future__ import annotations
+
+from .graph.errors import EmberError, InputError, ModelError, ShapeError, UnsupportedOpError
+from .runtime.session import IOInfo, Session
+
+__version__ = "0.1.0"
+__all__ = ["load", "Session", "IOInfo", "EmberError", "ModelError", "UnsupportedOpError",
+           "ShapeError", "InputError", "__version__"]
+
+
+def load(model, threads: int | None = None, shapes: dict | None = None,
+         memory_cap: int | None = None, optimize: bool = True) -> Session:
+    """Load an ONNX model (a path, the file's bytes, or an ``onnx.ModelProto``) and compile it.
+
+    ``threads``: OpenMP threads this Session uses (default: the CPUs this process may use).
+    ``shapes``: concrete shapes for inputs with symbolic dims, e.g. ``{"input": (8, 3, 224, 224)}``;
+    without it such a model still loads, and each new input shape is compiled on first use.
+    ``memory_cap``: refuse plans whose arena exceeds this many bytes (default: available RAM).
+    """
+    from .importers.onnx import load_onnx
+    graph = load_onnx(model)
+    return Session(graph, threads=threads, shapes=shapes, memory_cap=memory_cap,
+                   optimize=optimize)

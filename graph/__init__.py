@@ -1,0 +1,6 @@
+"""ember's IR, op registry, shape inference and graph passes. Imports numpy only."""
+from .errors import EmberError, InputError, ModelError, ShapeError, UnsupportedOpError
+from .ir import Graph, Node, TensorType
+
+__all__ = ["EmberError", "InputError", "ModelError", "ShapeError", "UnsupportedOpError",
+           "Graph", "Node", "TensorType"]

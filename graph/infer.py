@@ -1,0 +1,93 @@
+"""Shape inference with constant propagation.
+
+Walks the graph in topological order, asks each op for its output types, and, when every input
+of a foldable node is known, computes its outputs with the op's numpy reference. That makes the
+Shape→Gather→Unsqueeze→Concat→Reshape chains PyTorch exports collapse to constants, so every
+Reshape target is known before planning. ``passes.fold_constants`` then turns the known values
+into initializers.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import ModelError, ShapeError
+from .ir import Graph, TensorType
+from .ops import get_op
+from .ops.base import InferContext, NeedsValue, fill_attrs
+
+# Values bigger than this are left to run time rather than stored as folded constants.
+MAX_FOLD_BYTES = 64 << 20
+# Guard against absurd shapes (hostile models): no single tensor may exceed this many elements.
+MAX_ELEMENTS = 1 << 40
+
+
+def _check_type(node, out_name, t: TensorType):
+    for d in t.shape:
+        if not isinstance(d, (int, np.integer)) and not isinstance(d, str):
+            raise ShapeError(f"{node}: output {out_name!r} got a non-integer dim {d!r}")
+        if isinstance(d, (int, np.integer)) and d < 0:
+            raise ShapeError(f"{node}: output {out_name!r} would have negative dim {d} "
+                             f"(shape {t.shape})")
+    if t.is_static and t.size > MAX_ELEMENTS:
+        raise ShapeError(f"{node}: output {out_name!r} would have {t.size} elements "
+                         f"(shape {t.shape}), more than ember accepts")
+
+
+def infer_shapes(graph: Graph, consts: dict | None = None, fold: bool = True) -> dict:
+    """Fill ``graph.types`` for every value; return the dict of values known at compile time
+    (initializers, ``consts`` given by the caller, and folded results).
+
+    Raises ShapeError naming the node on a mismatch, NeedsValue when a graph input's value is
+    needed to infer a shape."""
+    known = dict(graph.initializers)
+    if consts:
+        known.update(consts)
+    for name, arr in graph.initializers.items():
+        graph.types[name] = TensorType(arr.dtype, arr.shape)
+    runtime_inputs = {n for n in graph.inputs if n not in known}
+    for name in graph.inputs:
+        if name not in graph.types:
+            raise ModelError(f"graph input {name!r} has no type")
+    for node in graph.nodes:
+        op = get_op(node.op_type, node.domain)
+        fill_attrs(op, node)
+        lo, hi = op.num_inputs
+        if len(node.inputs) < lo or (hi is not None and len(node.inputs) > hi):
+            raise ModelError(f"{node}: takes {lo}..{hi if hi is not None else 'n'} inputs, "
+                             f"got {len(node.inputs)}")
+        ctx = InferContext(graph, node, known, runtime_inputs)
+        try:
+            out_types = op.infer(ctx)
+        except (ModelError, NeedsValue):
+            raise
+        except Exception as e:  # an op's inference tripping over a malformed model
+            raise ShapeError(f"{node}: cannot infer output shapes: {type(e).__name__}: {e}") \
+                from e
+        if len(out_types) < len([o for o in node.outputs if o]):
+            raise ModelError(f"{node}: has {len(node.outputs)} outputs, op defines "
+                             f"{len(out_types)}")
+        for name, t in zip(node.outputs, out_types):
+            if name and t is not None:
+                _check_type(node, name, t)
+                graph.types[name] = t
+        if fold and op.foldable and all((not i) or i in known for i in node.inputs):
+            if all(t is None or (t.is_static and t.nbytes <= MAX_FOLD_BYTES)
+                   for t in out_types):
+                try:
+                    values = op.compute(node, [known[i] if i else None for i in node.inputs])
+                except (ModelError,):
+                    raise
+                except Exception as e:
+                    raise ShapeError(f"{node}: failed to evaluate on constant inputs: "
+                                     f"{type(e).__name__}: {e}") from e
+                for name, v, t in zip(node.outputs, values, out_types):
+                    if name and t is not None:
+                        v = np.asarray(v)
+                        if v.shape != tuple(t.shape) or v.dtype != t.dtype:
+                            raise ShapeError(f"{node}: output {name!r} evaluated to "
+                                             f"{v.dtype}{list(v.shape)}, inference said {t}")
+                        known[name] = v
+    for o in graph.outputs:
+        if o not in graph.types:
+            raise ModelError(f"graph output {o!r} has no type after inference")
+    return known

@@ -1,0 +1,13 @@
+"""The op registry. Each module holds one op family; importing it registers its ops."""
+from .base import REGISTRY, REQUIRED, InferContext, NeedsValue, Op, get_op, is_supported, register
+
+from . import (activation, conv, elementwise, linear, normalization, pool,  # noqa: E402,F401
+               reduce, resize, softmax, tensor)
+
+__all__ = ["REGISTRY", "REQUIRED", "InferContext", "NeedsValue", "Op", "get_op", "is_supported",
+           "register", "supported_ops"]
+
+
+def supported_ops() -> list:
+    """Sorted op types ember can run (default ONNX domain)."""
+    return sorted(t for (d, t) in REGISTRY if d == "")

@@ -1,0 +1,150 @@
+"""The op registry: one ``Op`` subclass per op, each owning its attributes, shape inference and a
+numpy reference (used for constant folding, for dtypes without a fast kernel, and as the
+definition of the op's meaning).
+
+An op module looks like::
+
+    @register
+    class Relu(Op):
+        inplace = (0,)
+        def infer(self, ctx):
+            return [ctx.type(0)]
+        def compute(self, node, inputs):
+            return [np.maximum(inputs[0], 0)]
+
+Conventions:
+
+* ``attrs`` maps every attribute name to its default (``REQUIRED`` when it has none). Before
+  ``infer``/``compute`` run, ``node.attrs`` holds every attribute with defaults filled in.
+* ``infer(ctx)`` returns one ``TensorType`` per output (``None`` for an absent optional output).
+  It may rewrite ``ctx.node.attrs`` to resolve shape-dependent attributes (e.g. Conv's
+  ``auto_pad`` into explicit ``pads``): the graph it sees is a per-shape copy.
+* ``compute(node, inputs)`` takes numpy arrays (``None`` for absent optional inputs) and returns
+  one array per output, with exactly the dtypes and shapes ``infer`` promised.
+* ``view = True``: output 0 is input 0 reinterpreted with another shape (same bytes, C order), so
+  the planner lets them share storage and the runtime runs nothing.
+* ``inplace``: indices of inputs whose buffer output 0 may overwrite (same shape and dtype).
+* ``foldable = False`` for ops whose output must not be precomputed (randomness, training mode).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import ModelError, ShapeError, UnsupportedOpError
+from ..ir import Graph, Node, TensorType
+
+REQUIRED = object()
+REGISTRY: dict = {}
+
+
+class NeedsValue(Exception):
+    """Shape inference needs the *value* of a graph input (e.g. Reshape's ``shape`` fed at run
+    time). The Session catches it, treats that input as part of the plan's cache key, and
+    re-infers with the value known."""
+
+    def __init__(self, name):
+        super().__init__(name)
+        self.name = name
+
+
+class Op:
+    op_type: str = ""
+    domain: str = ""
+    attrs: dict = {}
+    num_inputs: tuple = (1, 1)      # (min, max); max None = variadic
+    num_outputs: tuple = (1, 1)
+    view: bool = False
+    inplace: tuple = ()
+    foldable: bool = True
+
+    def infer(self, ctx: "InferContext") -> list:
+        raise NotImplementedError(self.op_type)
+
+    def compute(self, node: Node, inputs: list) -> list:
+        raise NotImplementedError(self.op_type)
+
+    # Training (autodiff) hooks are added by the training work; inference needs none.
+
+
+def register(cls):
+    """Class decorator: instantiate the op and add it to the registry under its op_type."""
+    inst = cls()
+    if not inst.op_type:
+        inst.op_type = cls.__name__
+    REGISTRY[(inst.domain, inst.op_type)] = inst
+    return cls
+
+
+def get_op(op_type: str, domain: str = "") -> Op:
+    try:
+        return REGISTRY[(domain, op_type)]
+    except KeyError:
+        raise UnsupportedOpError({(op_type, domain, "?"): ["?"]}) from None
+
+
+def is_supported(op_type: str, domain: str = "") -> bool:
+    return (domain, op_type) in REGISTRY
+
+
+def fill_attrs(op: Op, node: Node) -> None:
+    """Fill defaults into ``node.attrs``; ModelError naming the node for a missing required one."""
+    for name, default in op.attrs.items():
+        if name not in node.attrs:
+            if default is REQUIRED:
+                raise ModelError(f"{node}: required attribute {name!r} is missing")
+            node.attrs[name] = list(default) if isinstance(default, list) else default
+
+
+class InferContext:
+    """What an op's ``infer`` sees: its node, its inputs' types and any known constant values."""
+
+    def __init__(self, graph: Graph, node: Node, consts: dict, runtime_inputs: set):
+        self.graph, self.node, self.consts = graph, node, consts
+        self._runtime_inputs = runtime_inputs
+        self.attrs = node.attrs
+
+    # inputs ---------------------------------------------------------------------------------
+    @property
+    def n_inputs(self) -> int:
+        return len(self.node.inputs)
+
+    def has(self, i: int) -> bool:
+        return bool(self.node.input(i))
+
+    def type(self, i: int) -> TensorType:
+        name = self.node.input(i)
+        if not name:
+            self.fail(f"input {i} is required but absent")
+        return self.graph.types[name]
+
+    def shape(self, i: int) -> tuple:
+        return self.type(i).shape
+
+    def dtype(self, i: int) -> np.dtype:
+        return self.type(i).dtype
+
+    def const(self, i: int, what: str = "") -> np.ndarray:
+        """Value of input ``i`` when it is known at compile time (an initializer, a folded
+        value, or a graph input the Session has bound by value)."""
+        name = self.node.input(i)
+        if name in self.consts:
+            return self.consts[name]
+        if name in self._runtime_inputs:
+            raise NeedsValue(name)
+        self.fail(f"input {i} ({name!r}{', ' + what if what else ''}) must be known before "
+                  f"running, but it is computed from run-time data (data-dependent shapes are "
+                  f"not supported)")
+
+    def maybe_const(self, i: int):
+        name = self.node.input(i)
+        return self.consts.get(name) if name else None
+
+    # errors ---------------------------------------------------------------------------------
+    def fail(self, msg: str):
+        ins = ", ".join(f"{n or '<absent>'}: {self.graph.types.get(n, '?')}"
+                        for n in self.node.inputs)
+        raise ShapeError(f"{self.node}: {msg} (inputs: {ins})")
+
+    def check(self, cond: bool, msg: str):
+        if not cond:
+            self.fail(msg)

@@ -1,0 +1,1 @@
+"""Model importers and exporters (ONNX). ``onnx`` is imported lazily, only when used."""

@@ -1,0 +1,1 @@
+"""Cython/OpenMP kernels. Imports nothing of ember."""

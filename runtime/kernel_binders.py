@@ -1,0 +1,1 @@
+"""Fast paths: IR ops bound to ember's Cython kernels (see ``bindings`` for the contract)."""

@@ -1,0 +1,185 @@
+"""The memory planner: live ranges and one aligned arena shared by values whose lives do not
+overlap.
+
+Every non-constant value (graph inputs, which ``run`` copies in, and every node output) and every
+node's kernel scratch gets a *buffer*. Buffers are grouped first:
+
+* a view op's output (Reshape, Flatten, …) joins its input's group — same bytes, no copy;
+* an in-place op's output joins the group of an input that dies at that node (same type).
+
+Each group lives from its first definition to its last use (graph outputs live to the end). Groups
+are then placed greedily, largest first, each into the best-fitting gap among the already placed
+groups whose lives overlap it (TFLite's "greedy by size"). ``lower_bound_bytes`` is the largest
+total of group sizes live at any one step: no placement can use less.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+ALIGN = 64
+
+
+def align(n: int) -> int:
+    return (int(n) + ALIGN - 1) // ALIGN * ALIGN
+
+
+@dataclass
+class Group:
+    members: list
+    size: int
+    first: int
+    last: int
+    offset: int = -1
+
+
+@dataclass
+class Plan:
+    order: list                      # nodes in execution order
+    offsets: dict                    # value name -> byte offset in the arena
+    scratch: dict                    # node index -> (offset, nbytes)
+    lifetimes: dict                  # value name -> (first step, last step)
+    sizes: dict                      # value name -> bytes (unaligned)
+    arena_bytes: int
+    naive_bytes: int
+    lower_bound_bytes: int
+    groups: list = field(default_factory=list)
+
+    def describe(self, max_rows: int | None = None) -> str:
+        """A readable allocation table: value, offset, size, lifetime."""
+        rows = sorted(self.offsets.items(), key=lambda kv: (self.lifetimes[kv[0]][0], kv[1]))
+        lines = [f"arena {self.arena_bytes:,} B   naive {self.naive_bytes:,} B   "
+                 f"lower bound {self.lower_bound_bytes:,} B",
+                 f"{'value':40s} {'offset':>12s} {'bytes':>12s}  life"]
+        for name, off in rows[:max_rows]:
+            a, b = self.lifetimes[name]
+            lines.append(f"{name[:40]:40s} {off:12,d} {self.sizes[name]:12,d}  [{a}, {b}]")
+        if max_rows is not None and len(rows) > max_rows:
+            lines.append(f"… {len(rows) - max_rows} more")
+        for idx, (off, nb) in sorted(self.scratch.items()):
+            lines.append(f"{'scratch of ' + self.order[idx].name:40.40s} {off:12,d} {nb:12,d}  "
+                         f"[{idx}, {idx}]")
+        return "\n".join(lines)
+
+
+class _UnionFind:
+    def __init__(self):
+        self.parent = {}
+
+    def find(self, x):
+        self.parent.setdefault(x, x)
+        while self.parent[x] != x:
+            self.parent[x] = self.parent[self.parent[x]]
+            x = self.parent[x]
+        return x
+
+    def union(self, a, b):
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[rb] = ra
+        return ra
+
+
+def make_plan(graph, scratch_bytes: dict | None = None, is_view=None, inplace_inputs=None,
+              allow_inplace: bool = True) -> Plan:
+    """Plan the arena for a typed, topologically sorted graph.
+
+    ``scratch_bytes``: node index -> bytes of kernel scratch it needs during its step.
+    ``is_view(node) -> bool`` and ``inplace_inputs(node) -> tuple`` describe the ops (the
+    runtime passes the op registry's ``view`` / ``inplace`` flags, refined by its kernels)."""
+    scratch_bytes = scratch_bytes or {}
+    is_view = is_view or (lambda n: False)
+    inplace_inputs = inplace_inputs or (lambda n: ())
+    nodes = graph.nodes
+    end = len(nodes)
+    consts = graph.initializers
+
+    # 1. live ranges of every arena value
+    first, last, sizes = {}, {}, {}
+    for name in graph.inputs:
+        if name not in consts:
+            first[name] = last[name] = 0
+    for i, n in enumerate(nodes):
+        for name in n.inputs:
+            if name in first:
+                last[name] = max(last[name], i)
+        for name in n.outputs:
+            if name and name not in consts:
+                first[name], last[name] = i, i
+    for name in graph.outputs:
+        if name in first:
+            last[name] = end
+    for name in first:
+        sizes[name] = graph.types[name].nbytes
+
+    # 2. grouping: views share their input's storage; in-place outputs reuse a dying input's
+    uf = _UnionFind()
+    for name in first:
+        uf.find(name)
+    for n in nodes:
+        if is_view(n) and n.inputs[0] in first and n.outputs[0] in first:
+            uf.union(n.inputs[0], n.outputs[0])
+
+    members_of = {}
+    for name in first:
+        members_of.setdefault(uf.find(name), []).append(name)
+    glast = {r: max(last[m] for m in ms) for r, ms in members_of.items()}
+
+    if allow_inplace:
+        for i, n in enumerate(nodes):
+            if is_view(n) or not n.outputs or n.outputs[0] not in first:
+                continue
+            out = n.outputs[0]
+            for k in inplace_inputs(n):
+                src = n.input(k)
+                if src not in first or graph.types[src] != graph.types[out]:
+                    continue
+                rs, ro = uf.find(src), uf.find(out)
+                if rs == ro or glast[rs] != i:
+                    continue
+                # the input's storage dies here: the output takes it over
+                merged = members_of.pop(rs) + members_of.pop(ro)
+                root = uf.union(rs, ro)
+                members_of[root] = merged
+                glast[root] = max(last[m] for m in merged)
+                glast.pop(rs if root != rs else ro, None)
+                break
+
+    groups = []
+    for root, ms in members_of.items():
+        groups.append(Group(ms, align(max(sizes[m] for m in ms)) or ALIGN,
+                            min(first[m] for m in ms), max(last[m] for m in ms)))
+    for idx, nb in scratch_bytes.items():
+        if nb > 0:
+            groups.append(Group([("scratch", idx)], align(nb), idx, idx))
+
+    # 3. placement: largest first, best-fitting gap among overlapping placed groups
+    placed = []
+    for g in sorted(groups, key=lambda g: (-g.size, g.first)):
+        busy = sorted((p.offset, p.offset + p.size) for p in placed
+                      if p.first <= g.last and g.first <= p.last)
+        best, best_gap, cursor = None, None, 0
+        for lo, hi in busy:
+            gap = lo - cursor
+            if gap >= g.size and (best_gap is None or gap < best_gap):
+                best, best_gap = cursor, gap
+            cursor = max(cursor, hi)
+        g.offset = best if best is not None else cursor
+        placed.append(g)
+
+    arena = max((g.offset + g.size for g in groups), default=0)
+    live = [0] * (end + 1)
+    for g in groups:
+        for t in range(g.first, g.last + 1):
+            live[t] += g.size
+    offsets, scratch = {}, {}
+    for g in groups:
+        for m in g.members:
+            if isinstance(m, tuple):
+                scratch[m[1]] = (g.offset, scratch_bytes[m[1]])
+            else:
+                offsets[m] = g.offset
+    naive = sum(align(s) for s in sizes.values()) + sum(align(b) for b in scratch_bytes.values())
+    return Plan(order=list(nodes), offsets=offsets, scratch=scratch,
+                lifetimes={m: (first[m], last[m]) for m in first}, sizes=sizes,
+                arena_bytes=arena, naive_bytes=naive, lower_bound_bytes=max(live, default=0),
+                groups=groups)

@@ -1,0 +1,317 @@
+"""The compiled executor.
+
+A Session holds an imported ``Graph``. For each concrete set of input shapes it meets it compiles
+once — infer shapes and fold constants, run the graph passes, plan the arena, bind every node to
+a kernel with its views precomputed — and caches the result. ``run`` then only validates feeds,
+copies them into the arena, calls the bound steps in order and copies the outputs out.
+
+Concurrency: a compiled plan keeps a pool of execution contexts (arena + bound steps). A ``run``
+takes a free context or builds a new one, so threads never share an arena.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..graph import passes
+from ..graph.errors import EmberError, InputError, ModelError, ShapeError
+from ..graph.infer import infer_shapes
+from ..graph.ir import Graph, TensorType
+from ..graph.ops.base import NeedsValue
+from . import bindings
+from .planner import ALIGN, make_plan
+
+
+def default_threads() -> int:
+    """CPUs this process may use (respects affinity masks and containers)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def available_memory() -> int:
+    """MemAvailable from /proc/meminfo, or a generous 16 GiB when it cannot be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 16 << 30
+
+
+_ONNX_TYPE_NAMES = {"float32": "float", "float64": "double", "int64": "int64", "int32": "int32",
+                    "bool": "bool", "uint8": "uint8", "int8": "int8", "float16": "float16"}
+
+
+@dataclass(frozen=True)
+class IOInfo:
+    """Like onnxruntime's NodeArg: ``name``, ``shape`` (ints, or str for symbolic dims),
+    ``dtype`` (a numpy dtype) and ``type`` (onnxruntime's string, e.g. ``tensor(float)``)."""
+
+    name: str
+    shape: tuple
+    dtype: np.dtype
+
+    @property
+    def type(self) -> str:
+        return f"tensor({_ONNX_TYPE_NAMES.get(self.dtype.name, self.dtype.name)})"
+
+
+class _Context:
+    """One arena with every node bound to views into it. Used by one run at a time."""
+
+    def __init__(self, compiled: "Compiled"):
+        g, plan = compiled.graph, compiled.plan
+        raw = np.empty(plan.arena_bytes + ALIGN, dtype=np.uint8)
+        shift = (-raw.ctypes.data) % ALIGN
+        self.arena = raw[shift:shift + plan.arena_bytes]
+
+        def view(name):
+            if name in compiled.consts:
+                return compiled.consts[name]
+            t = g.types[name]
+            off = plan.offsets[name]
+            return self.arena[off:off + t.nbytes].view(t.dtype).reshape(t.shape)
+
+        self.feeds = [(name, view(name)) for name in g.inputs]
+        self.steps = []
+        for idx, node in enumerate(g.nodes):
+            ins = [view(i) if i else None for i in node.inputs]
+            outs = [view(o) if o else None for o in node.outputs]
+            scr = None
+            if idx in plan.scratch:
+                off, nb = plan.scratch[idx]
+                scr = self.arena[off:off + nb // 4 * 4].view(np.float32)
+            step = bindings.bind(node, g.types, ins, outs, scr, compiled.threads)
+            if step is not None:
+                self.steps.append((node, step))
+        self.outputs = {name: view(name) for name in g.outputs}
+
+
+class Compiled:
+    """A graph specialised to one set of input shapes, planned, with a pool of contexts."""
+
+    def __init__(self, graph: Graph, consts: dict, threads: int, memory_cap: int):
+        self.graph, self.consts, self.threads = graph, consts, threads
+        types = graph.types
+        scratch = {i: bindings.scratch_bytes(n, types, threads) for i, n in enumerate(graph.nodes)}
+        self.plan = make_plan(graph, scratch, is_view=bindings.is_view,
+                              inplace_inputs=lambda n: bindings.inplace_inputs(n, types))
+        if self.plan.arena_bytes > memory_cap:
+            raise ModelError(f"the plan needs a {self.plan.arena_bytes:,}-byte arena, more than "
+                             f"the memory cap of {memory_cap:,} bytes (set memory_cap= on "
+                             f"ember.load to allow more)")
+        self._free: list = []
+        self._lock = threading.Lock()
+
+    def acquire(self) -> _Context:
+        with self._lock:
+            if self._free:
+                return self._free.pop()
+        return _Context(self)
+
+    def release(self, ctx: _Context) -> None:
+        with self._lock:
+            self._free.append(ctx)
+
+
+class Session:
+    """A compiled model. ``run(output_names, feeds)`` has onnxruntime's signature."""
+
+    def __init__(self, graph: Graph, threads: int | None = None, shapes: dict | None = None,
+                 memory_cap: int | None = None, optimize: bool = True):
+        if threads is not None and (not isinstance(threads, (int, np.integer)) or threads < 1):
+            raise EmberError(f"threads must be a positive integer, got {threads!r}")
+        self.graph = graph
+        self.threads = int(threads) if threads else default_threads()
+        self.memory_cap = int(memory_cap) if memory_cap else available_memory()
+        self.optimize = optimize
+        self._input_types = {}
+        for name in graph.inputs:
+            t = graph.types[name]
+            if shapes and name in shapes:
+                t = self._override_shape(name, t, shapes[name])
+            self._input_types[name] = t
+        unknown = set(shapes or {}) - set(graph.inputs)
+        if unknown:
+            raise InputError(f"shapes= names unknown inputs {sorted(unknown)}; the model's "
+                             f"inputs are {list(graph.inputs)}")
+        self._value_keyed: set = set()
+        self._cache: dict = {}
+        self._compile_lock = threading.Lock()
+        self.inputs = [IOInfo(n, self._input_types[n].shape, self._input_types[n].dtype)
+                       for n in graph.inputs]
+        self.outputs = [IOInfo(n, graph.types[n].shape if n in graph.types else (),
+                               graph.types[n].dtype if n in graph.types else np.dtype("float32"))
+                        for n in graph.outputs]
+        if all(t.is_static for t in self._input_types.values()):
+            self.compile()  # static models fail (or not) at load time, not on first run
+
+    # ---- public onnxruntime-style API ------------------------------------------------------
+    def get_inputs(self):
+        return list(self.inputs)
+
+    def get_outputs(self):
+        return list(self.outputs)
+
+    def run(self, output_names, feeds, run_options=None) -> list:
+        if not isinstance(feeds, dict):
+            raise InputError(f"feeds must be a dict of input name -> array, got "
+                             f"{type(feeds).__name__}")
+        names = self._output_names(output_names)
+        arrays = self._validate(feeds)
+        compiled = self._compiled_for(arrays)
+        ctx = compiled.acquire()
+        try:
+            for name, dst in ctx.feeds:
+                np.copyto(dst, arrays[name], casting="no" if arrays[name].dtype.isnative
+                          else "equiv")
+            for node, step in ctx.steps:
+                step()
+            return [np.array(ctx.outputs[n], copy=True) for n in names]
+        finally:
+            compiled.release(ctx)
+
+    def __call__(self, *arrays, **named):
+        if len(arrays) > len(self.inputs):
+            raise InputError(f"model takes {len(self.inputs)} inputs, got {len(arrays)}")
+        feeds = {info.name: a for info, a in zip(self.inputs, arrays)}
+        feeds.update(named)
+        out = self.run(None, feeds)
+        return out[0] if len(out) == 1 else out
+
+    def plan(self, shapes: dict | None = None):
+        """The memory plan for the given input shapes (default: the load-time shapes)."""
+        return self.compile(shapes).plan
+
+    def compile(self, shapes: dict | None = None) -> Compiled:
+        """Compile (or fetch) the plan for concrete input shapes; symbolic dims default to 1."""
+        types = {}
+        for name, t in self._input_types.items():
+            shape = shapes.get(name) if shapes and name in shapes else \
+                tuple(d if isinstance(d, (int, np.integer)) else 1 for d in t.shape)
+            types[name] = TensorType(t.dtype, shape)
+        return self._compile(types, None)
+
+    # ---- internals ---------------------------------------------------------------------------
+    @staticmethod
+    def _override_shape(name, t, shape):
+        shape = tuple(shape)
+        if len(shape) != len(t.shape) or any(
+                isinstance(d, (int, np.integer)) and d != s for d, s in zip(t.shape, shape)):
+            raise InputError(f"shapes[{name!r}] = {shape} does not fit the model's input "
+                             f"{name!r} of shape {t.shape}")
+        return TensorType(t.dtype, shape)
+
+    def _output_names(self, output_names) -> list:
+        if output_names is None:
+            return list(self.graph.outputs)
+        if isinstance(output_names, str):
+            output_names = [output_names]
+        bad = [n for n in output_names if n not in self.graph.outputs]
+        if bad:
+            raise InputError(f"unknown output(s) {bad}; the model's outputs are "
+                             f"{list(self.graph.outputs)}")
+        return list(output_names)
+
+    def _validate(self, feeds: dict) -> dict:
+        expected = self._input_types
+        missing = [n for n in expected if n not in feeds]
+        extra = [n for n in feeds if n not in expected]
+        if missing or extra:
+            msg = []
+            if missing:
+                msg.append(f"missing input(s) " + ", ".join(
+                    f"{n!r} ({expected[n]})" for n in missing))
+            if extra:
+                msg.append(f"unknown input(s) {extra}")
+            raise InputError("; ".join(msg) + f"; the model's inputs are {list(expected)}")
+        out = {}
+        for name, t in expected.items():
+            a = feeds[name]
+            if not isinstance(a, np.ndarray):
+                try:
+                    a = np.asarray(a)
+                except Exception as e:
+                    raise InputError(f"input {name!r}: cannot convert "
+                                     f"{type(feeds[name]).__name__} to an array: {e}") from None
+                if a.dtype != t.dtype and a.dtype.kind == t.dtype.kind:
+                    a = a.astype(t.dtype)  # Python lists/scalars: accept the same kind of number
+            if a.dtype.newbyteorder("=") != t.dtype:
+                raise InputError(f"input {name!r}: expected dtype {t.dtype.name}, got "
+                                 f"{a.dtype.name} (convert with .astype(np.{t.dtype.name}))")
+            if a.ndim != len(t.shape) or any(isinstance(d, (int, np.integer)) and d != s
+                                             for d, s in zip(t.shape, a.shape)):
+                raise InputError(f"input {name!r}: expected shape {self._fmt(t.shape)}, got "
+                                 f"{tuple(a.shape)}")
+            out[name] = a
+        return out
+
+    @staticmethod
+    def _fmt(shape):
+        return "(" + ", ".join(str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
+
+    def _compiled_for(self, arrays: dict) -> Compiled:
+        key = self._key({n: arrays[n].shape for n in self._input_types}, arrays)
+        compiled = self._cache.get(key)
+        if compiled is not None:
+            return compiled
+        types = {n: TensorType(t.dtype, arrays[n].shape) for n, t in self._input_types.items()}
+        try:
+            return self._compile(types, arrays)
+        except ShapeError as e:
+            if any(not t.is_static for t in self._input_types.values()) or self._value_keyed:
+                shapes = {n: a.shape for n, a in arrays.items()}
+                raise InputError(f"inputs with shapes {shapes} do not fit the model: {e}") from e
+            raise
+
+    def _key(self, shapes: dict, arrays: dict | None) -> tuple:
+        key = tuple((n, tuple(shapes[n])) for n in self._input_types)
+        for n in sorted(self._value_keyed):
+            key += ((n, self._value_of(n, shapes, arrays).tobytes()),)
+        return key
+
+    def _value_of(self, name, shapes, arrays):
+        """Value of an input whose value decides shapes: the fed array when running, else
+        ones (``compile()`` called without feeds, e.g. by ``ember info``)."""
+        dtype = self._input_types[name].dtype
+        if arrays is not None and name in arrays:
+            return np.ascontiguousarray(arrays[name], dtype=dtype)
+        return np.ones(shapes[name], dtype)
+
+    def _compile(self, types: dict, arrays: dict | None) -> Compiled:
+        with self._compile_lock:
+            while True:
+                shapes = {n: t.shape for n, t in types.items()}
+                key = self._key(shapes, arrays)
+                if key in self._cache:
+                    return self._cache[key]
+                values = {n: self._value_of(n, shapes, arrays) for n in self._value_keyed}
+                try:
+                    compiled = self._specialise(types, values)
+                except NeedsValue as e:
+                    if e.name in self._value_keyed:
+                        raise
+                    # this input's value decides shapes: plans are keyed on it from now on
+                    self._value_keyed.add(e.name)
+                    continue
+                self._cache[key] = compiled
+                return compiled
+
+    def _specialise(self, types: dict, values: dict) -> Compiled:
+        g = self.graph.copy()
+        g.types.update(types)
+        g.initializers.update(values)
+        g.inputs = [n for n in g.inputs if n not in values]
+        known = infer_shapes(g)
+        g = passes.fold_constants(g, known)
+        if self.optimize:
+            g = passes.optimize(g)
+        infer_shapes(g, fold=False)
+        return Compiled(g, g.initializers, self.threads, self.memory_cap)

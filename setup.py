@@ -1,0 +1,94 @@
+"""Build ember: map the four source folders into the ``ember`` namespace and compile every
+``kernels/*.pyx`` with -O3 and OpenMP.
+
+Environment switches:
+  EMBER_PORTABLE=1    no -march=native (a wheel that runs on any x86-64 / aarch64)
+  EMBER_BOUNDSCHECK=1 Cython bounds and wraparound checks on in every kernel (CI safety run)
+  EMBER_NO_OPENMP=1   build without OpenMP (kernels then run on one thread)
+"""
+import glob
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+
+import numpy as np
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _flag(name):
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _compiler_accepts(flags):
+    """True when the C compiler builds and links a trivial OpenMP/arch program with ``flags``."""
+    cc = sysconfig.get_config_var("CC") or "cc"
+    cc = cc.split()[0]
+    if not shutil.which(cc):
+        cc = "cc"
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "t.c")
+        with open(src, "w") as f:
+            f.write("#include <omp.h>\nint main(void){return omp_get_max_threads() < 0;}\n"
+                    if "-fopenmp" in flags else "int main(void){return 0;}\n")
+        try:
+            r = subprocess.run([cc, *flags, src, "-o", os.path.join(tmp, "t")],
+                               capture_output=True)
+        except OSError:
+            return False
+        return r.returncode == 0
+
+
+compile_args = ["-O3", "-fno-math-errno", "-Wno-unused-function",
+                "-Wno-maybe-uninitialized", "-Wno-unreachable-code"]
+link_args = []
+if not _flag("EMBER_NO_OPENMP") and _compiler_accepts(["-fopenmp"]):
+    compile_args.append("-fopenmp")
+    link_args.append("-fopenmp")
+else:
+    print("ember: building without OpenMP", file=sys.stderr)
+if not _flag("EMBER_PORTABLE") and _compiler_accepts(["-march=native"]):
+    compile_args.append("-march=native")
+
+checks = _flag("EMBER_BOUNDSCHECK")
+directives = {
+    "language_level": 3,
+    "boundscheck": checks,
+    "wraparound": checks,
+    "initializedcheck": checks,
+    "cdivision": True,
+    "nonecheck": False,
+    "embedsignature": True,
+}
+
+os.chdir(HERE)
+extensions = [
+    Extension(f"ember.kernels.{os.path.splitext(os.path.basename(p))[0]}", [p],
+              include_dirs=[np.get_include(), "kernels"],
+              extra_compile_args=compile_args, extra_link_args=link_args,
+              define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")])
+    for p in sorted(glob.glob("kernels/*.pyx"))
+]
+
+setup(
+    package_dir={
+        "ember": "ember",
+        "ember.graph": "graph",
+        "ember.graph.ops": "graph/ops",
+        "ember.runtime": "runtime",
+        "ember.kernels": "kernels",
+        "ember.importers": "importers",
+    },
+    packages=["ember", "ember.graph", "ember.graph.ops", "ember.runtime", "ember.kernels",
+              "ember.importers"],
+    package_data={"ember": ["data/*"], "ember.kernels": ["*.pxd", "*.pyx"]},
+    ext_modules=cythonize(extensions, compiler_directives=directives,
+                          build_dir="build/cython" + ("-checked" if checks else ""),
+                          quiet=True),
+    zip_safe=False,
+)
