@@ -1,10 +1,22 @@
 """Graph passes: each takes a typed graph (``graph.types`` filled by ``infer_shapes``) and
 returns an equivalent typed graph. The Session runs ``fold_constants`` always and ``optimize``
 unless asked not to.
+
+Every pass keeps graph input and output names unchanged (callers feed and fetch by name) and
+gives every new value a type. Passes mutate and return the graph they are given; the Session
+hands them its own per-shape copy.
 """
 from __future__ import annotations
 
-from .ir import Graph
+import numpy as np
+
+from .ir import Graph, TensorType
+from .ops.activation import FUSABLE
+
+# Producers that can run an activation on their output before it leaves the kernel.
+FUSE_PRODUCERS = ("Conv", "Gemm", "MatMul")
+# Ops whose output is their input, at inference: removed by ``eliminate_identity``.
+IDENTITY_OPS = ("Identity", "Dropout")
 
 
 def fold_constants(graph: Graph, known: dict) -> Graph:
@@ -36,6 +48,208 @@ def eliminate_dead_nodes(graph: Graph) -> Graph:
     return graph
 
 
+# ---- helpers -------------------------------------------------------------------------------------
+def _sole_reader(graph: Graph, value: str, node, consumers: dict) -> bool:
+    """True when ``node`` is the only reader of ``value`` and ``value`` is not a graph output,
+    i.e. the value can disappear into a fused node."""
+    readers = consumers.get(value, [])
+    return value not in graph.outputs and bool(readers) and all(r is node for r in readers)
+
+
+def _add_const(graph: Graph, base: str, array: np.ndarray) -> str:
+    name = graph.unique_name(base)
+    graph.initializers[name] = array
+    graph.types[name] = TensorType(array.dtype, array.shape)
+    return name
+
+
+def _is_inference_identity(graph: Graph, node, consumers: dict) -> bool:
+    if node.op_type == "Identity":
+        return len(node.inputs) == 1 and bool(node.inputs[0])
+    if node.op_type != "Dropout" or not node.inputs[0]:
+        return False
+    training = node.input(2)
+    if training:
+        if training not in graph.initializers or bool(np.asarray(graph.initializers[training]).any()):
+            return False  # training mode on, or only known at run time
+    mask = node.outputs[1] if len(node.outputs) > 1 else ""
+    return not mask or (mask not in consumers and mask not in graph.outputs)
+
+
+# ---- passes --------------------------------------------------------------------------------------
+def eliminate_identity(graph: Graph) -> Graph:
+    """Remove Identity and inference-mode Dropout, rewiring readers to the input.
+
+    When the removed node's output is a graph output, that name must survive: the producer of
+    the input is renamed to write the output name directly. If the input has no producer to
+    rename (a graph input or a constant) or is itself a graph output, the node stays."""
+    consumers = graph.consumers()
+    producers = graph.producers()
+    alias: dict = {}            # removed value -> the value now standing for it
+    kept = []
+    for n in graph.nodes:
+        n.inputs = [alias.get(i, i) for i in n.inputs]
+        if not _is_inference_identity(graph, n, consumers):
+            kept.append(n)
+            continue
+        src, out = n.inputs[0], n.outputs[0]
+        if out not in graph.outputs:
+            alias[out] = src
+            continue
+        producer = producers.get(src)
+        if producer is None or src in graph.outputs or not any(m is producer for m in kept):
+            kept.append(n)
+            continue
+        # rename src -> out everywhere: the producer writes the graph output's name
+        producer.outputs = [out if o == src else o for o in producer.outputs]
+        for m in kept:
+            m.inputs = [out if i == src else i for i in m.inputs]
+        for k, v in alias.items():
+            if v == src:
+                alias[k] = out
+        alias[src] = out
+        producers[out] = producer
+    graph.nodes = kept
+    return graph
+
+
+def fold_batchnorm(graph: Graph) -> Graph:
+    """Fold an inference BatchNormalization into the Conv or Gemm producing its input.
+
+    BN(y) = k·(y − mean) + bias with k = scale/√(var + ε) per channel (axis 1), so scaling the
+    producer's weights per output channel by k and its bias to k·(b − mean) + bias gives the same
+    result with one node less. Needs constant weights and BN parameters, no activation already
+    fused into the producer, and the producer's output read by the BN only."""
+    consumers = graph.consumers()
+    producers = graph.producers()
+    removed = set()
+    for bn in graph.nodes:
+        if bn.op_type != "BatchNormalization" or bn.attrs.get("training_mode", 0):
+            continue
+        if len([o for o in bn.outputs if o]) != 1 or not bn.outputs[0]:
+            continue
+        x = bn.inputs[0]
+        prod = producers.get(x)
+        params = bn.inputs[1:5]
+        if prod is None or id(prod) in removed or len(params) != 4 \
+                or not all(p and graph.is_const(p) for p in params):
+            continue
+        if prod.attrs.get("activation", "") or not _sole_reader(graph, x, bn, consumers):
+            continue
+        scale, bias, mean, var = (np.asarray(graph.initializers[p], np.float64) for p in params)
+        k = scale / np.sqrt(var + float(bn.attrs.get("epsilon", 1e-5)))
+        if prod.op_type == "Conv":
+            ok = _fold_into_conv(graph, prod, k, bias, mean)
+        elif prod.op_type == "Gemm":
+            ok = _fold_into_gemm(graph, prod, k, bias, mean)
+        else:
+            ok = False
+        if ok:
+            prod.outputs[0] = bn.outputs[0]
+            producers[bn.outputs[0]] = prod
+            removed.add(id(bn))
+    graph.nodes = [n for n in graph.nodes if id(n) not in removed]
+    return graph
+
+
+def _fold_into_conv(graph, conv, k, bn_bias, mean) -> bool:
+    w_name, b_name = conv.input(1), conv.input(2)
+    if not graph.is_const(w_name) or (b_name and not graph.is_const(b_name)):
+        return False
+    w = graph.initializers[w_name]
+    if w.ndim < 2 or w.shape[0] != k.shape[0]:
+        return False
+    b = np.asarray(graph.initializers[b_name], np.float64) if b_name else np.zeros(w.shape[0])
+    new_w = (w.astype(np.float64) * k.reshape((-1,) + (1,) * (w.ndim - 1))).astype(w.dtype)
+    new_b = ((b - mean) * k + bn_bias).astype(w.dtype)
+    conv.inputs = [conv.inputs[0], _add_const(graph, f"{conv.name}_W_bnfold", new_w),
+                   _add_const(graph, f"{conv.name}_B_bnfold", new_b)]
+    return True
+
+
+def _fold_into_gemm(graph, gemm, k, bn_bias, mean) -> bool:
+    b_name, c_name = gemm.input(1), gemm.input(2)
+    if not graph.is_const(b_name) or (c_name and not graph.is_const(c_name)):
+        return False
+    b = graph.initializers[b_name]
+    trans_b = bool(gemm.attrs.get("transB", 0))
+    m = b.shape[0] if trans_b else b.shape[1]
+    if b.ndim != 2 or m != k.shape[0]:
+        return False
+    new_b = b.astype(np.float64) * (k[:, None] if trans_b else k[None, :])
+    c = np.asarray(graph.initializers[c_name], np.float64) if c_name else np.zeros(())
+    c = float(gemm.attrs.get("beta", 1.0)) * c
+    new_c = (c - mean) * k + bn_bias          # broadcasts to [M] or [N, M] like C itself
+    gemm.inputs = [gemm.inputs[0], _add_const(graph, f"{gemm.name}_B_bnfold", new_b.astype(b.dtype)),
+                   _add_const(graph, f"{gemm.name}_C_bnfold", new_c.astype(b.dtype))]
+    gemm.attrs["beta"] = 1.0
+    return True
+
+
+def _activation_params(graph: Graph, node):
+    """(activation, alpha, beta) for a fusable activation node, or None (``ops.activation``
+    says which ops fuse and how their parameters map)."""
+    params_of = FUSABLE.get(node.op_type)
+    params = params_of(node, graph.initializers) if params_of else None
+    return None if params is None else (node.op_type, float(params[0]), float(params[1]))
+
+
+def _silu_source(graph: Graph, mul, producers: dict, consumers: dict):
+    """For ``Mul(x, Sigmoid(x))`` (either order) return (x, sigmoid node), else None."""
+    if len(mul.inputs) != 2:
+        return None
+    for a, s in (mul.inputs, mul.inputs[::-1]):
+        sig = producers.get(s)
+        if sig is not None and sig.op_type == "Sigmoid" and sig.inputs[0] == a and a != s:
+            readers = consumers.get(a, [])
+            if (a not in graph.outputs and len(readers) == 2
+                    and {id(r) for r in readers} == {id(sig), id(mul)}
+                    and _sole_reader(graph, s, mul, consumers)):
+                return a, sig
+    return None
+
+
+def fuse_activation(graph: Graph) -> Graph:
+    """Fold an activation following a Conv/Gemm/MatMul into the producer's ``activation``
+    attributes (see ``ops.activation.apply_activation``), so the kernel applies it while the
+    output is still in cache. The SiLU pattern ``Mul(x, Sigmoid(x))`` counts as one activation."""
+    consumers = graph.consumers()
+    producers = graph.producers()
+    removed = set()
+    for n in graph.nodes:
+        if id(n) in removed:
+            continue
+        params, extra = _activation_params(graph, n), None
+        if params is not None:
+            x = n.inputs[0]
+            if not _sole_reader(graph, x, n, consumers):
+                continue
+        elif n.op_type == "Mul":
+            found = _silu_source(graph, n, producers, consumers)
+            if found is None:
+                continue
+            (x, extra), params = found, ("SiLU", 0.0, 0.0)
+        else:
+            continue
+        prod = producers.get(x)
+        if prod is None or prod.op_type not in FUSE_PRODUCERS or prod.attrs.get("activation", ""):
+            continue
+        if graph.types.get(x) != graph.types.get(n.outputs[0]):
+            continue
+        prod.attrs["activation"], prod.attrs["activation_alpha"], prod.attrs["activation_beta"] = \
+            params
+        prod.outputs[0] = n.outputs[0]
+        producers[n.outputs[0]] = prod
+        removed.add(id(n))
+        if extra is not None:
+            removed.add(id(extra))
+    graph.nodes = [n for n in graph.nodes if id(n) not in removed]
+    return graph
+
+
 def optimize(graph: Graph) -> Graph:
     """The standard pipeline after constant folding."""
+    graph = eliminate_identity(graph)
+    graph = fold_batchnorm(graph)
+    graph = fuse_activation(graph)
     return eliminate_dead_nodes(graph)

@@ -1,1 +1,266 @@
-"""(being written)"""
+"""Conv and ConvTranspose (1-D/2-D/3-D, groups, strides, pads, dilations, auto_pad), plus the
+sliding-window arithmetic that pool.py shares.
+
+``infer`` resolves every shape-dependent attribute (auto_pad → explicit ``pads``, defaults for
+strides/dilations/kernel_shape, ConvTranspose's ``output_shape`` → pads) so the runtime binder
+and ``compute`` only read concrete values.
+"""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from ..ir import TensorType
+from .base import Op, register
+from .linear import FUSED_ATTRS, check_activation, finish
+
+AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
+
+
+# ---- window arithmetic (shared with pool.py) ----------------------------------------------
+
+def spatial_attr(ctx, name: str, nsp: int, default: int, length: int | None = None) -> list:
+    """Read an int-list attribute of ``length`` entries (default ``nsp``), filling defaults."""
+    length = nsp if length is None else length
+    v = ctx.attrs.get(name) or [default] * length
+    v = [int(x) for x in v]
+    ctx.check(len(v) == length, f"expected {name} of {length} values, got {v}")
+    ctx.attrs[name] = v
+    return v
+
+
+def auto_pads(mode: str, sizes, kernel, strides, dilations) -> list:
+    """SAME_*: output = ceil(in / stride), the odd pixel at the end (UPPER) or start (LOWER)."""
+    n = len(sizes)
+    if mode == "VALID":
+        return [0] * (2 * n)
+    begin, end = [], []
+    for i in range(n):
+        out = -(-sizes[i] // strides[i])
+        total = max(0, (out - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1 - sizes[i])
+        small, big = total // 2, total - total // 2
+        begin.append(small if mode == "SAME_UPPER" else big)
+        end.append(big if mode == "SAME_UPPER" else small)
+    return begin + end
+
+
+def resolve_pads(ctx, sizes, kernel, strides, dilations) -> list:
+    """Turn ``auto_pad`` into explicit ``pads`` in ``ctx.attrs`` and return them."""
+    nsp = len(sizes)
+    mode = ctx.attrs.get("auto_pad", "NOTSET") or "NOTSET"
+    ctx.check(mode in AUTO_PADS, f"expected auto_pad among {AUTO_PADS}, got {mode!r}")
+    if mode == "NOTSET":
+        pads = spatial_attr(ctx, "pads", nsp, 0, 2 * nsp)
+        ctx.check(all(p >= 0 for p in pads), f"expected non-negative pads, got {pads}")
+        return pads
+    ctx.check(all(isinstance(s, (int, np.integer)) for s in sizes),
+              f"auto_pad={mode} needs static spatial sizes, got {tuple(sizes)}")
+    pads = auto_pads(mode, [int(s) for s in sizes], kernel, strides, dilations)
+    ctx.attrs["pads"], ctx.attrs["auto_pad"] = pads, "NOTSET"
+    return pads
+
+
+def window_out(ctx, size, k, s, d, pb, pe, ceil_mode=False, axis=0):
+    """Output length of a sliding window; ceil_mode drops a last window that would start in the
+    end padding (the ONNX/PyTorch rule). Symbolic sizes give a derived symbolic name."""
+    if isinstance(size, str):
+        return f"{size}_win{axis}"
+    eff = (k - 1) * d + 1
+    span = size + pb + pe - eff
+    ctx.check(span >= 0, f"expected a window ({eff} wide incl. dilation) no larger than the "
+                         f"padded input ({size}+{pb}+{pe}) on spatial axis {axis}")
+    out = (-(-span // s) if ceil_mode else span // s) + 1
+    if ceil_mode and (out - 1) * s >= size + pb:
+        out -= 1
+    return out
+
+
+def padded(x, pads, value=0, extra_end=None):
+    """``x`` (N, C, *spatial) padded with ``value``; ``extra_end`` adds room at each end."""
+    nsp = x.ndim - 2
+    extra_end = extra_end or [0] * nsp
+    widths = [(0, 0), (0, 0)] + [(pads[i], pads[i + nsp] + extra_end[i]) for i in range(nsp)]
+    if not any(a or b for a, b in widths):
+        return x
+    return np.pad(x, widths, constant_values=value)
+
+
+def window_slice(offsets, dilations, strides, outs):
+    """Index picking, for a kernel offset, the input pixel under it for every output pixel."""
+    return (slice(None), slice(None)) + tuple(
+        slice(o * d, o * d + s * (n - 1) + 1, s)
+        for o, d, s, n in zip(offsets, dilations, strides, outs))
+
+
+# ---- Conv ----------------------------------------------------------------------------------
+
+@register
+class Conv(Op):
+    num_inputs = (2, 3)
+    attrs = {"auto_pad": "NOTSET", "dilations": [], "group": 1, "kernel_shape": [], "pads": [],
+             "strides": [], **FUSED_ATTRS}
+
+    def infer(self, ctx):
+        check_activation(ctx)
+        x, w = ctx.shape(0), ctx.shape(1)
+        ctx.check(len(x) >= 3, f"expected X of rank ≥ 3 (N, C, spatial…), got {x}")
+        ctx.check(len(w) == len(x), f"expected W of rank {len(x)} like X, got {w}")
+        ctx.check(ctx.dtype(1) == ctx.dtype(0) and ctx.dtype(0).kind == "f",
+                  f"expected float X and W of one dtype, got {ctx.dtype(0)} and {ctx.dtype(1)}")
+        nsp, g = len(x) - 2, int(ctx.attrs["group"])
+        ctx.check(g >= 1, f"expected group ≥ 1, got {g}")
+        m = w[0]
+        ctx.check(all(isinstance(d, (int, np.integer)) for d in w), f"expected static W, got {w}")
+        if not isinstance(x[1], str):
+            ctx.check(x[1] == w[1] * g, f"expected X channels == W.shape[1]·group = {w[1]}·{g}"
+                                        f" = {w[1] * g}, got X channels {x[1]} (X {x}, W {w})")
+        ctx.check(m % g == 0, f"expected W.shape[0] ({m}) divisible by group ({g})")
+        kernel = spatial_attr(ctx, "kernel_shape", nsp, 0)
+        if not ctx.attrs["kernel_shape"] or not any(kernel):
+            kernel = ctx.attrs["kernel_shape"] = list(w[2:])
+        ctx.check(list(kernel) == list(w[2:]), f"expected kernel_shape == W spatial {w[2:]}, "
+                                               f"got {kernel}")
+        strides = spatial_attr(ctx, "strides", nsp, 1)
+        dil = spatial_attr(ctx, "dilations", nsp, 1)
+        ctx.check(min(strides + dil) >= 1, f"expected strides, dilations ≥ 1, got {strides}, {dil}")
+        pads = resolve_pads(ctx, x[2:], kernel, strides, dil)
+        if ctx.has(2):
+            ctx.check(tuple(ctx.shape(2)) == (m,), f"expected bias B of shape ({m},), got "
+                                                   f"{ctx.shape(2)}")
+            ctx.check(ctx.dtype(2) == ctx.dtype(0), f"expected B of dtype {ctx.dtype(0)}")
+        outs = tuple(window_out(ctx, x[2 + i], kernel[i], strides[i], dil[i], pads[i],
+                                pads[i + nsp], axis=i) for i in range(nsp))
+        return [TensorType(ctx.dtype(0), (x[0], m) + outs)]
+
+    def compute(self, node, inputs):
+        x, w = inputs[0], inputs[1]
+        b = inputs[2] if len(inputs) > 2 else None
+        a = node.attrs
+        y = conv_reference(x, w, b, a["group"], a["strides"], a["pads"], a["dilations"])
+        return [finish(y, x.dtype, a)]
+
+
+def conv_reference(x, w, b, group, strides, pads, dilations):
+    """Direct convolution as one (M/g × C/g) @ (C/g × pixels) product per kernel offset."""
+    dt = np.float32 if x.dtype == np.float16 else x.dtype
+    x, w = x.astype(dt, copy=False), w.astype(dt, copy=False)
+    n, c = x.shape[:2]
+    m, cg = w.shape[:2]
+    kernel = w.shape[2:]
+    nsp = len(kernel)
+    outs = [(x.shape[2 + i] + pads[i] + pads[i + nsp] - (kernel[i] - 1) * dilations[i] - 1)
+            // strides[i] + 1 for i in range(nsp)]
+    xp = padded(x, pads)
+    wg = w.reshape(group, m // group, cg, -1)
+    y = np.zeros((n, group, m // group, int(np.prod(outs))), dtype=dt)
+    for k, off in enumerate(itertools.product(*(range(s) for s in kernel))):
+        xs = xp[window_slice(off, dilations, strides, outs)].reshape(n, group, cg, -1)
+        y += wg[None, :, :, :, k] @ xs
+    y = y.reshape(n, m, *outs)
+    if b is not None:
+        y += b.astype(dt).reshape((1, m) + (1,) * nsp)
+    return y
+
+
+# ---- ConvTranspose -------------------------------------------------------------------------
+
+@register
+class ConvTranspose(Op):
+    num_inputs = (2, 3)
+    attrs = {"auto_pad": "NOTSET", "dilations": [], "group": 1, "kernel_shape": [],
+             "output_padding": [], "output_shape": [], "pads": [], "strides": [], **FUSED_ATTRS}
+
+    def infer(self, ctx):
+        check_activation(ctx)
+        x, w = ctx.shape(0), ctx.shape(1)
+        ctx.check(len(x) >= 3, f"expected X of rank ≥ 3 (N, C, spatial…), got {x}")
+        ctx.check(len(w) == len(x), f"expected W of rank {len(x)} like X, got {w}")
+        ctx.check(ctx.dtype(1) == ctx.dtype(0) and ctx.dtype(0).kind == "f",
+                  f"expected float X and W of one dtype, got {ctx.dtype(0)} and {ctx.dtype(1)}")
+        ctx.check(all(isinstance(d, (int, np.integer)) for d in x[2:]),
+                  f"expected static spatial sizes, got {x}")
+        nsp, g = len(x) - 2, int(ctx.attrs["group"])
+        ctx.check(g >= 1 and w[0] % g == 0, f"expected W.shape[0] ({w[0]}) divisible by group {g}")
+        if not isinstance(x[1], str):
+            ctx.check(x[1] == w[0], f"expected X channels == W.shape[0] = {w[0]}, got {x[1]} "
+                                    f"(X {x}, W {w})")
+        m = w[1] * g
+        kernel = spatial_attr(ctx, "kernel_shape", nsp, 0)
+        if not any(kernel):
+            kernel = ctx.attrs["kernel_shape"] = list(w[2:])
+        ctx.check(list(kernel) == list(w[2:]), f"expected kernel_shape == W spatial {w[2:]}, "
+                                               f"got {kernel}")
+        strides = spatial_attr(ctx, "strides", nsp, 1)
+        dil = spatial_attr(ctx, "dilations", nsp, 1)
+        opad = spatial_attr(ctx, "output_padding", nsp, 0)
+        ctx.check(all(0 <= p < max(s, d) for p, s, d in zip(opad, strides, dil)),
+                  f"expected output_padding smaller than stride or dilation, got {opad}")
+        full = [strides[i] * (x[2 + i] - 1) + opad[i] + (kernel[i] - 1) * dil[i] + 1
+                for i in range(nsp)]
+        mode = ctx.attrs["auto_pad"] or "NOTSET"
+        ctx.check(mode in AUTO_PADS, f"expected auto_pad among {AUTO_PADS}, got {mode!r}")
+        out_shape = [int(v) for v in ctx.attrs["output_shape"] or []]
+        if len(out_shape) == nsp + 2:   # some exporters give N and C too
+            out_shape = out_shape[2:]
+        if mode in ("SAME_UPPER", "SAME_LOWER") and not out_shape:
+            out_shape = [x[2 + i] * strides[i] for i in range(nsp)]
+        if out_shape:
+            ctx.check(len(out_shape) == nsp, f"expected output_shape of {nsp} values, got "
+                                             f"{out_shape}")
+            total = [full[i] - out_shape[i] for i in range(nsp)]
+            upper = mode == "SAME_UPPER"
+            pads = ([t // 2 if upper else t - t // 2 for t in total]
+                    + [t - t // 2 if upper else t // 2 for t in total])
+        elif mode == "VALID":
+            pads = [0] * (2 * nsp)
+        else:
+            pads = spatial_attr(ctx, "pads", nsp, 0, 2 * nsp)
+        ctx.attrs.update(pads=pads, auto_pad="NOTSET", output_shape=[])
+        outs = tuple(full[i] - pads[i] - pads[i + nsp] for i in range(nsp))
+        ctx.check(min(outs) >= 1, f"expected a positive output size, got {outs}")
+        if ctx.has(2):
+            ctx.check(tuple(ctx.shape(2)) == (m,), f"expected bias B of shape ({m},), got "
+                                                   f"{ctx.shape(2)}")
+        return [TensorType(ctx.dtype(0), (x[0], m) + outs)]
+
+    def compute(self, node, inputs):
+        x, w = inputs[0], inputs[1]
+        b = inputs[2] if len(inputs) > 2 else None
+        a = node.attrs
+        y = conv_transpose_reference(x, w, b, a["group"], a["strides"], a["pads"],
+                                     a["dilations"], a["output_padding"])
+        return [finish(y, x.dtype, a)]
+
+
+def conv_transpose_reference(x, w, b, group, strides, pads, dilations, output_padding):
+    """Scatter form: each kernel offset adds (W_offsetᵀ @ X) into a strided slice of the
+    un-padded output, which is then cropped by ``pads`` (negative pads grow it with zeros)."""
+    dt = np.float32 if x.dtype == np.float16 else x.dtype
+    x, w = x.astype(dt, copy=False), w.astype(dt, copy=False)
+    n, c = x.shape[:2]
+    mg = w.shape[1]
+    kernel = w.shape[2:]
+    nsp = len(kernel)
+    ins = x.shape[2:]
+    full = [strides[i] * (ins[i] - 1) + output_padding[i] + (kernel[i] - 1) * dilations[i] + 1
+            for i in range(nsp)]
+    outs = [full[i] - pads[i] - pads[i + nsp] for i in range(nsp)]
+    shift = [max(0, -pads[i]) for i in range(nsp)]
+    length = [shift[i] + max(full[i], pads[i] + outs[i]) for i in range(nsp)]
+    buf = np.zeros((n, group * mg, *length), dtype=dt)
+    wg = np.swapaxes(w.reshape(group, c // group, mg, -1), 1, 2)   # (g, M/g, C/g, K)
+    xg = x.reshape(n, group, c // group, -1)
+    for k, off in enumerate(itertools.product(*(range(s) for s in kernel))):
+        contrib = (wg[None, :, :, :, k] @ xg).reshape(n, group * mg, *ins)
+        idx = (slice(None), slice(None)) + tuple(
+            slice(shift[i] + off[i] * dilations[i],
+                  shift[i] + off[i] * dilations[i] + strides[i] * (ins[i] - 1) + 1, strides[i])
+            for i in range(nsp))
+        buf[idx] += contrib
+    crop = (slice(None), slice(None)) + tuple(
+        slice(shift[i] + pads[i], shift[i] + pads[i] + outs[i]) for i in range(nsp))
+    y = buf[crop]
+    if b is not None:
+        y = y + b.astype(dt).reshape((1, group * mg) + (1,) * nsp)
+    return np.ascontiguousarray(y)

@@ -1,1 +1,165 @@
-"""(being written)"""
+"""Broadcasting binary and variadic arithmetic: Add, Sub, Mul, Div, Pow, Sum, Max, Min, Mean,
+PRelu. Shapes broadcast numpy-style (multidirectional; PRelu's slope unidirectionally)."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..ir import TensorType
+from .base import Op, register
+
+
+def broadcast_shapes(ctx, shapes) -> tuple:
+    """numpy's multidirectional broadcast of shapes that may hold symbolic (str) dims; a
+    ShapeError naming the node when two static dims disagree."""
+    rank = max(len(s) for s in shapes)
+    padded = [(1,) * (rank - len(s)) + tuple(s) for s in shapes]
+    out = []
+    for axis, dims in enumerate(zip(*padded)):
+        static = {int(d) for d in dims if not isinstance(d, str) and int(d) != 1}
+        symbolic = [d for d in dims if isinstance(d, str)]
+        if len(static) > 1:
+            ctx.fail(f"expected shapes that broadcast, got {' and '.join(map(str, shapes))} "
+                     f"(axis {axis}: {sorted(static)})")
+        if static:
+            out.append(static.pop())
+        elif symbolic:
+            out.append(symbolic[0])
+        else:
+            out.append(1)
+    return tuple(out)
+
+
+def unidirectional(ctx, target: tuple, shape: tuple, what: str):
+    """Check that ``shape`` broadcasts to ``target`` without changing it."""
+    ok = len(shape) <= len(target) and broadcast_shapes(ctx, [target, shape]) == tuple(target)
+    ctx.check(ok, f"expected {what} of a shape broadcastable to {target}, got {shape}")
+
+
+def same_dtype(ctx, n: int):
+    d0 = ctx.dtype(0)
+    for i in range(1, n):
+        ctx.check(ctx.dtype(i) == d0, f"expected every input of dtype {d0}, got {ctx.dtype(i)} "
+                                      f"for input {i}")
+    return d0
+
+
+class _Binary(Op):
+    num_inputs = (2, 2)
+    inplace = (0,)
+
+    def infer(self, ctx):
+        dtype = same_dtype(ctx, 2)
+        return [TensorType(dtype, broadcast_shapes(ctx, [ctx.shape(0), ctx.shape(1)]))]
+
+    def compute(self, node, inputs):
+        a, b = inputs
+        with np.errstate(all="ignore"):
+            y = self.fn(a, b)
+        return [np.asarray(y).astype(a.dtype, copy=False)]
+
+
+@register
+class Add(_Binary):
+    fn = staticmethod(np.add)
+
+
+@register
+class Sub(_Binary):
+    fn = staticmethod(np.subtract)
+
+
+@register
+class Mul(_Binary):
+    fn = staticmethod(np.multiply)
+
+
+@register
+class Div(_Binary):
+    @staticmethod
+    def fn(a, b):
+        if a.dtype.kind in "iu":
+            # ONNX integer division truncates toward zero (numpy's // floors).
+            return (a - np.fmod(a, b)) // np.where(b == 0, 1, b)
+        return np.true_divide(a, b)
+
+
+@register
+class Pow(_Binary):
+    """The exponent may have another dtype than the base; the result keeps the base's."""
+
+    def infer(self, ctx):
+        return [TensorType(ctx.dtype(0), broadcast_shapes(ctx, [ctx.shape(0), ctx.shape(1)]))]
+
+    @staticmethod
+    def fn(a, b):
+        if a.dtype.kind in "iu" and b.dtype.kind in "iu" and not np.all(b >= 0):
+            return np.power(a.astype(np.float64), b)
+        if a.dtype == np.float16:
+            return np.power(a.astype(np.float32), b)
+        return np.power(a, b)
+
+
+class _Variadic(Op):
+    num_inputs = (1, None)
+
+    def infer(self, ctx):
+        dtype = same_dtype(ctx, ctx.n_inputs)
+        return [TensorType(dtype, broadcast_shapes(ctx, [ctx.shape(i)
+                                                         for i in range(ctx.n_inputs)]))]
+
+    def compute(self, node, inputs):
+        with np.errstate(all="ignore"):
+            y = inputs[0]
+            for x in inputs[1:]:
+                y = self.fn(y, x)
+            y = self.finish(y, len(inputs))
+        shape = np.broadcast_shapes(*(x.shape for x in inputs))
+        return [np.array(np.broadcast_to(y, shape), dtype=inputs[0].dtype)]
+
+    def finish(self, y, n):
+        return y
+
+
+@register
+class Sum(_Variadic):
+    fn = staticmethod(np.add)
+
+
+@register
+class Max(_Variadic):
+    fn = staticmethod(np.maximum)
+
+
+@register
+class Min(_Variadic):
+    fn = staticmethod(np.minimum)
+
+
+@register
+class Mean(_Variadic):
+    fn = staticmethod(np.add)
+
+    def compute(self, node, inputs):
+        dt = inputs[0].dtype
+        wide = [x.astype(np.float32) if dt == np.float16 else x for x in inputs]
+        y = super().compute(node, wide)[0]
+        return [y.astype(dt, copy=False)]
+
+    def finish(self, y, n):
+        return y / n
+
+
+@register
+class PRelu(Op):
+    """y = x if x ≥ 0 else slope·x, slope broadcast unidirectionally to x."""
+    num_inputs = (2, 2)
+    inplace = (0,)
+
+    def infer(self, ctx):
+        same_dtype(ctx, 2)
+        unidirectional(ctx, ctx.shape(0), ctx.shape(1), "slope")
+        return [ctx.type(0)]
+
+    def compute(self, node, inputs):
+        x, slope = inputs
+        return [np.where(x < 0, x * slope, x).astype(x.dtype, copy=False)]

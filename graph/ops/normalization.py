@@ -1,1 +1,118 @@
-"""(being written)"""
+"""BatchNormalization (inference, and training_mode with batch statistics), InstanceNormalization,
+LRN."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..ir import TensorType
+from .base import REQUIRED, Op, register
+
+
+def _wide(x):
+    return x.astype(np.float32) if x.dtype == np.float16 else x
+
+
+def per_channel(x, v):
+    """A (C,) vector shaped to broadcast along axis 1 of ``x``."""
+    return _wide(v).reshape((1, -1) + (1,) * (x.ndim - 2))
+
+
+def check_channel_vectors(ctx, first: int, last: int, names):
+    x = ctx.shape(0)
+    ctx.check(len(x) >= 2, f"expected X of rank ≥ 2 (N, C, …), got {x}")
+    ctx.check(ctx.dtype(0).kind == "f", f"expected a float X, got {ctx.dtype(0)}")
+    for i, name in zip(range(first, last + 1), names):
+        s = ctx.shape(i)
+        ok = len(s) == 1 and (isinstance(x[1], str) or isinstance(s[0], str) or s[0] == x[1])
+        ctx.check(ok, f"expected {name} of shape ({x[1]},) (X's channels), got {s}")
+        ctx.check(ctx.dtype(i).kind == "f", f"expected a float {name}, got {ctx.dtype(i)}")
+
+
+@register
+class BatchNormalization(Op):
+    """Y = scale·(X − mean)/√(var + ε) + B. With ``training_mode=1`` mean/var are the batch's
+    (population variance) and outputs 1 and 2 are the updated running statistics
+    (running = input·momentum + batch·(1 − momentum)), as ONNX opset 15 defines."""
+    num_inputs = (5, 5)
+    num_outputs = (1, 3)
+    attrs = {"epsilon": 1e-5, "momentum": 0.9, "training_mode": 0}
+
+    def infer(self, ctx):
+        check_channel_vectors(ctx, 1, 4, ("scale", "B", "input_mean", "input_var"))
+        c = (ctx.shape(0)[1],)
+        ctx.check(ctx.attrs["training_mode"] or len(ctx.node.outputs) <= 1 or
+                  not any(ctx.node.outputs[1:]),
+                  "expected only output Y unless training_mode=1")
+        stats = TensorType(ctx.dtype(3), c)
+        return [ctx.type(0), stats, stats]
+
+    def compute(self, node, inputs):
+        x, scale, bias, mean, var = inputs
+        a = node.attrs
+        xw = _wide(x)
+        if a["training_mode"]:
+            axes = (0,) + tuple(range(2, x.ndim))
+            bmean, bvar = xw.mean(axis=axes), xw.var(axis=axes)
+            run_mean = _wide(mean) * a["momentum"] + bmean * (1 - a["momentum"])
+            run_var = _wide(var) * a["momentum"] + bvar * (1 - a["momentum"])
+            mean_used, var_used = bmean, bvar
+        else:
+            mean_used, var_used = _wide(mean), _wide(var)
+            run_mean, run_var = mean, var
+        inv = per_channel(x, scale) / np.sqrt(per_channel(x, var_used) + a["epsilon"])
+        y = (xw - per_channel(x, mean_used)) * inv + per_channel(x, bias)
+        return [y.astype(x.dtype), np.asarray(run_mean).astype(mean.dtype),
+                np.asarray(run_var).astype(var.dtype)]
+
+
+@register
+class InstanceNormalization(Op):
+    """Per (n, c) plane: (X − mean)/√(var + ε)·scale[c] + B[c]."""
+    num_inputs = (3, 3)
+    attrs = {"epsilon": 1e-5}
+
+    def infer(self, ctx):
+        check_channel_vectors(ctx, 1, 2, ("scale", "B"))
+        ctx.check(len(ctx.shape(0)) >= 3, f"expected X of rank ≥ 3, got {ctx.shape(0)}")
+        return [ctx.type(0)]
+
+    def compute(self, node, inputs):
+        x, scale, bias = inputs
+        xw = _wide(x)
+        axes = tuple(range(2, x.ndim))
+        mean = xw.mean(axis=axes, keepdims=True)
+        var = ((xw - mean) ** 2).mean(axis=axes, keepdims=True)
+        y = (xw - mean) / np.sqrt(var + node.attrs["epsilon"]) * per_channel(x, scale) \
+            + per_channel(x, bias)
+        return [y.astype(x.dtype)]
+
+
+@register
+class LRN(Op):
+    """Across-channel local response normalization:
+    Y = X / (bias + alpha/size · Σ_{c' in window} X[c']²)^beta, window
+    [c − ⌊(size−1)/2⌋, c + ⌈(size−1)/2⌉]."""
+    attrs = {"alpha": 1e-4, "beta": 0.75, "bias": 1.0, "size": REQUIRED}
+    inplace = (0,)
+
+    def infer(self, ctx):
+        ctx.check(len(ctx.shape(0)) >= 3, f"expected X of rank ≥ 3, got {ctx.shape(0)}")
+        ctx.check(ctx.dtype(0).kind == "f", f"expected a float X, got {ctx.dtype(0)}")
+        ctx.check(int(ctx.attrs["size"]) >= 1, f"expected size ≥ 1, got {ctx.attrs['size']}")
+        return [ctx.type(0)]
+
+    def compute(self, node, inputs):
+        x = inputs[0]
+        a = node.attrs
+        size = int(a["size"])
+        lo, hi = (size - 1) // 2, -(-(size - 1) // 2)
+        sq = _wide(x).astype(np.float64) ** 2
+        c = x.shape[1]
+        # Prefix sums along channels make every window sum one subtraction.
+        csum = np.concatenate([np.zeros_like(sq[:, :1]), np.cumsum(sq, axis=1)], axis=1)
+        idx = np.arange(c)
+        end = np.minimum(c, idx + hi + 1)
+        begin = np.maximum(0, idx - lo)
+        square_sum = csum[:, end] - csum[:, begin]
+        y = _wide(x) / (a["bias"] + a["alpha"] / size * square_sum) ** a["beta"]
+        return [y.astype(x.dtype)]

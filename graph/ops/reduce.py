@@ -1,1 +1,142 @@
-"""(being written)"""
+"""Reductions (opset-18 form: ``axes`` is an optional int64 input, known at compile time).
+
+No axes (absent or empty) reduces every axis, unless ``noop_with_empty_axes=1`` makes the op an
+identity."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..ir import TensorType
+from .base import Op, register
+
+
+def reduce_axes(axes, rank: int, noop: bool):
+    """Normalized sorted axes, or None for "identity"; raises ValueError on bad axes."""
+    axes = [] if axes is None else [int(a) for a in np.asarray(axes).reshape(-1)]
+    if not axes:
+        return None if noop else tuple(range(rank))
+    norm = [a + rank if a < 0 else a for a in axes]
+    if any(not 0 <= a < max(rank, 1) for a in norm) or len(set(norm)) != len(norm):
+        raise ValueError(f"expected distinct axes in [{-rank}, {rank - 1}], got {axes}")
+    return tuple(sorted(a for a in norm if a < rank))
+
+
+class _Reduce(Op):
+    num_inputs = (1, 2)
+    attrs = {"keepdims": 1, "noop_with_empty_axes": 0}
+    float_only = False
+
+    def infer(self, ctx):
+        t = ctx.type(0)
+        if self.float_only:
+            ctx.check(t.dtype.kind == "f", f"expected a float input, got {t.dtype}")
+        axes_value = ctx.const(1, "axes") if ctx.has(1) else None
+        try:
+            axes = reduce_axes(axes_value, t.rank, bool(ctx.attrs["noop_with_empty_axes"]))
+        except ValueError as e:
+            ctx.fail(str(e))
+        if axes is None:
+            return [t]
+        for a in axes:
+            ctx.check(isinstance(t.shape[a], str) or t.shape[a] > 0 or self.empty_ok,
+                      f"expected a non-empty axis {a} to reduce, got shape {t.shape}")
+        if ctx.attrs["keepdims"]:
+            shape = tuple(1 if i in axes else d for i, d in enumerate(t.shape))
+        else:
+            shape = tuple(d for i, d in enumerate(t.shape) if i not in axes)
+        return [TensorType(t.dtype, shape)]
+
+    empty_ok = True
+
+    def compute(self, node, inputs):
+        x = inputs[0]
+        axes_value = inputs[1] if len(inputs) > 1 else None
+        axes = reduce_axes(axes_value, x.ndim, bool(node.attrs["noop_with_empty_axes"]))
+        if axes is None:
+            return [x.copy()]
+        xw = x.astype(np.float32) if x.dtype == np.float16 else x
+        with np.errstate(all="ignore"):
+            y = self.fn(xw, axes, bool(node.attrs["keepdims"]))
+        return [np.asarray(y).astype(x.dtype)]
+
+
+@register
+class ReduceSum(_Reduce):
+    @staticmethod
+    def fn(x, axes, keep):
+        return np.sum(x, axis=axes, keepdims=keep)
+
+
+@register
+class ReduceMean(_Reduce):
+    @staticmethod
+    def fn(x, axes, keep):
+        return np.mean(x, axis=axes, keepdims=keep)
+
+
+@register
+class ReduceMax(_Reduce):
+    empty_ok = False
+
+    @staticmethod
+    def fn(x, axes, keep):
+        return np.max(x, axis=axes, keepdims=keep)
+
+
+@register
+class ReduceMin(_Reduce):
+    empty_ok = False
+
+    @staticmethod
+    def fn(x, axes, keep):
+        return np.min(x, axis=axes, keepdims=keep)
+
+
+@register
+class ReduceProd(_Reduce):
+    @staticmethod
+    def fn(x, axes, keep):
+        return np.prod(x, axis=axes, keepdims=keep)
+
+
+@register
+class ReduceL1(_Reduce):
+    @staticmethod
+    def fn(x, axes, keep):
+        return np.sum(np.abs(x), axis=axes, keepdims=keep)
+
+
+@register
+class ReduceL2(_Reduce):
+    @staticmethod
+    def fn(x, axes, keep):
+        return np.sqrt(np.sum(np.square(x.astype(np.float64) if x.dtype.kind in "iu" else x),
+                              axis=axes, keepdims=keep))
+
+
+@register
+class ReduceSumSquare(_Reduce):
+    @staticmethod
+    def fn(x, axes, keep):
+        return np.sum(np.square(x), axis=axes, keepdims=keep)
+
+
+@register
+class ReduceLogSum(_Reduce):
+    float_only = True
+
+    @staticmethod
+    def fn(x, axes, keep):
+        return np.log(np.sum(x, axis=axes, keepdims=keep))
+
+
+@register
+class ReduceLogSumExp(_Reduce):
+    float_only = True
+
+    @staticmethod
+    def fn(x, axes, keep):
+        m = np.max(x, axis=axes, keepdims=True)
+        m = np.where(np.isfinite(m), m, 0)
+        s = np.log(np.sum(np.exp(x - m), axis=axes, keepdims=True)) + m
+        return s if keep else np.squeeze(s, axis=axes)

@@ -1,1 +1,804 @@
-"""(being written)"""
+"""Tensor and shape ops: data movement, shape arithmetic, constants and casts.
+
+Inputs that decide an output shape (Reshape's ``shape``, Slice's bounds, …) are read with
+``ctx.const``: a graph input there raises ``NeedsValue`` and the Session compiles with the value
+known, so no shape is ever guessed. Symbolic dims (strings) flow through where the output dim is
+a plain copy; where it would need arithmetic on an unknown dim, a fresh symbolic name is made up
+(the Session always re-infers with concrete shapes before planning).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..ir import TensorType
+from .base import REQUIRED, Op, register
+
+INT64_MAX = np.iinfo(np.int64).max
+
+
+# ---- helpers -------------------------------------------------------------------------------
+def _is_int(d) -> bool:
+    return isinstance(d, (int, np.integer))
+
+
+def _fresh(ctx, k: int) -> str:
+    """A symbolic dim name for an output dim that depends on unknown dims."""
+    return f"{ctx.node.name}_d{k}"
+
+
+def _prod(dims):
+    """Product of dims, or None when any of them is symbolic."""
+    n = 1
+    for d in dims:
+        if not _is_int(d):
+            return None
+        n *= int(d)
+    return n
+
+
+def _axis(ctx, axis: int, rank: int, what: str = "axis") -> int:
+    """Normalize a possibly negative axis into [0, rank); ShapeError when out of range."""
+    axis = int(axis)
+    ctx.check(-rank <= axis < rank, f"{what} {axis} is out of range for rank {rank} "
+                                    f"(expected {-rank}..{rank - 1})")
+    return axis + rank if axis < 0 else axis
+
+
+def _axes(ctx, axes, rank: int, what: str = "axes") -> list:
+    out = [_axis(ctx, a, rank, what) for a in np.asarray(axes).reshape(-1).tolist()]
+    ctx.check(len(set(out)) == len(out), f"{what} {list(axes)} has repeated axes")
+    return out
+
+
+def _ints(ctx, i: int, what: str) -> list:
+    """Constant integer input ``i`` as a Python list (1-D)."""
+    v = np.asarray(ctx.const(i, what))
+    ctx.check(v.dtype.kind in "iu", f"{what} (input {i}) must be an integer tensor, got {v.dtype}")
+    ctx.check(v.ndim <= 1, f"{what} (input {i}) must be 1-D, got shape {v.shape}")
+    return [int(x) for x in v.reshape(-1)]
+
+
+def _broadcast(ctx, *shapes) -> tuple:
+    """Multidirectional (numpy) broadcast of shapes that may hold symbolic dims."""
+    rank = max(len(s) for s in shapes)
+    padded = [(1,) * (rank - len(s)) + tuple(s) for s in shapes]
+    out = []
+    for k, dims in enumerate(zip(*padded)):
+        ints = {int(d) for d in dims if _is_int(d) and d != 1}
+        syms = [d for d in dims if not _is_int(d)]
+        ctx.check(len(ints) <= 1, f"shapes {[tuple(s) for s in shapes]} cannot be broadcast "
+                                  f"(dim {k}: {sorted(ints)})")
+        if ints:
+            out.append(ints.pop())
+        elif syms:
+            out.append(syms[0])
+        else:
+            out.append(1)
+    return tuple(out)
+
+
+def _same_dtype(ctx, idx, what="inputs"):
+    dts = {ctx.dtype(i) for i in idx if ctx.has(i)}
+    ctx.check(len(dts) <= 1, f"{what} must share one dtype, got {sorted(str(d) for d in dts)}")
+
+
+# ---- views ---------------------------------------------------------------------------------
+@register
+class Identity(Op):
+    view = True
+
+    def infer(self, ctx):
+        return [ctx.type(0)]
+
+    def compute(self, node, inputs):
+        return [inputs[0]]
+
+
+@register
+class Flatten(Op):
+    attrs = {"axis": 1}
+    view = True
+
+    def infer(self, ctx):
+        shape = ctx.shape(0)
+        r = len(shape)
+        axis = int(ctx.attrs["axis"])
+        ctx.check(-r <= axis <= r, f"axis {axis} is out of range for rank {r} "
+                                   f"(expected {-r}..{r})")
+        axis = axis + r if axis < 0 else axis
+        outer, inner = _prod(shape[:axis]), _prod(shape[axis:])
+        return [TensorType(ctx.dtype(0), (outer if outer is not None else _fresh(ctx, 0),
+                                          inner if inner is not None else _fresh(ctx, 1)))]
+
+    def compute(self, node, inputs):
+        x = inputs[0]
+        axis = node.attrs["axis"]
+        axis = axis + x.ndim if axis < 0 else axis
+        return [x.reshape(math.prod(x.shape[:axis]), math.prod(x.shape[axis:]))]
+
+
+def _reshape_target(in_shape, target, allowzero, fail) -> tuple:
+    """ONNX Reshape's output shape: 0 copies the input dim (unless allowzero), -1 is inferred."""
+    out = []
+    for k, t in enumerate(target):
+        if t == 0 and not allowzero:
+            if k >= len(in_shape):
+                fail(f"shape {target}: 0 at position {k} copies a dim the input "
+                     f"{tuple(in_shape)} does not have")
+            out.append(in_shape[k])
+        elif t < -1:
+            fail(f"shape {target} has an invalid dim {t}")
+        else:
+            out.append(t)
+    if out.count(-1) > 1:
+        fail(f"shape {target} has more than one -1")
+    if allowzero and 0 in target and -1 in target:
+        fail(f"shape {target}: -1 together with 0 is ambiguous when allowzero=1")
+    total = _prod(in_shape)
+    known = _prod([d for d in out if d != -1])
+    if total is None or known is None:
+        return tuple(out)  # symbolic: resolved when shapes are concrete
+    if -1 in out:
+        if known == 0 or total % known:
+            fail(f"cannot reshape {total} elements {tuple(in_shape)} into {target}")
+        out[out.index(-1)] = total // known
+    elif known != total:
+        fail(f"cannot reshape {total} elements {tuple(in_shape)} into {target} "
+             f"({known} elements)")
+    return tuple(out)
+
+
+@register
+class Reshape(Op):
+    attrs = {"allowzero": 0}
+    num_inputs = (2, 2)
+    view = True
+
+    def infer(self, ctx):
+        target = _ints(ctx, 1, "shape")
+        out = _reshape_target(ctx.shape(0), target, ctx.attrs["allowzero"], ctx.fail)
+        out = tuple(d if d != -1 else _fresh(ctx, k) for k, d in enumerate(out))
+        return [TensorType(ctx.dtype(0), out)]
+
+    def compute(self, node, inputs):
+        x, target = inputs
+
+        def fail(msg):
+            raise ValueError(msg)
+        shape = _reshape_target(x.shape, [int(t) for t in target.reshape(-1)],
+                                node.attrs["allowzero"], fail)
+        return [x.reshape(shape)]
+
+
+@register
+class Squeeze(Op):
+    num_inputs = (1, 2)
+    view = True
+
+    def _out(self, shape, axes):
+        return tuple(d for k, d in enumerate(shape) if k not in axes)
+
+    def infer(self, ctx):
+        shape = ctx.shape(0)
+        if ctx.has(1):
+            axes = _axes(ctx, _ints(ctx, 1, "axes"), len(shape))
+            for a in axes:
+                ctx.check(not _is_int(shape[a]) or shape[a] == 1,
+                          f"cannot squeeze axis {a} of size {shape[a]} (shape {shape})")
+        else:
+            axes = [k for k, d in enumerate(shape) if _is_int(d) and d == 1]
+        return [TensorType(ctx.dtype(0), self._out(shape, axes))]
+
+    def compute(self, node, inputs):
+        x = inputs[0]
+        if inputs[1] is None:
+            return [x.reshape(tuple(d for d in x.shape if d != 1))]
+        axes = [int(a) % x.ndim for a in inputs[1].reshape(-1)]
+        return [x.reshape(self._out(x.shape, axes))]
+
+
+@register
+class Unsqueeze(Op):
+    num_inputs = (2, 2)
+    view = True
+
+    @staticmethod
+    def _out(shape, axes):
+        out, it = [], iter(shape)
+        for k in range(len(shape) + len(axes)):
+            out.append(1 if k in axes else next(it))
+        return tuple(out)
+
+    def infer(self, ctx):
+        shape = ctx.shape(0)
+        raw = _ints(ctx, 1, "axes")
+        axes = _axes(ctx, raw, len(shape) + len(raw))
+        return [TensorType(ctx.dtype(0), self._out(shape, axes))]
+
+    def compute(self, node, inputs):
+        x, raw = inputs
+        raw = raw.reshape(-1)
+        r = x.ndim + len(raw)
+        return [x.reshape(self._out(x.shape, [int(a) % r for a in raw]))]
+
+
+# ---- data movement -------------------------------------------------------------------------
+@register
+class Transpose(Op):
+    attrs = {"perm": None}
+
+    def infer(self, ctx):
+        shape = ctx.shape(0)
+        perm = ctx.attrs["perm"]
+        if perm is None:
+            perm = list(range(len(shape)))[::-1]
+        perm = [int(p) for p in perm]
+        ctx.check(sorted(perm) == list(range(len(shape))),
+                  f"perm {perm} is not a permutation of the {len(shape)} axes")
+        ctx.node.attrs["perm"] = perm
+        return [TensorType(ctx.dtype(0), tuple(shape[p] for p in perm))]
+
+    def compute(self, node, inputs):
+        perm = node.attrs["perm"]
+        return [np.ascontiguousarray(np.transpose(inputs[0], perm))]
+
+
+@register
+class Concat(Op):
+    attrs = {"axis": REQUIRED}
+    num_inputs = (1, None)
+
+    def infer(self, ctx):
+        shapes = [ctx.shape(i) for i in range(ctx.n_inputs)]
+        _same_dtype(ctx, range(ctx.n_inputs))
+        r = len(shapes[0])
+        ctx.check(r > 0, "cannot concatenate scalars")
+        ctx.check(all(len(s) == r for s in shapes), f"inputs have different ranks {shapes}")
+        axis = _axis(ctx, ctx.attrs["axis"], r)
+        out = []
+        for k in range(r):
+            dims = [s[k] for s in shapes]
+            if k == axis:
+                ints = [d for d in dims if _is_int(d)]
+                total = sum(ints) if len(ints) == len(dims) else _fresh(ctx, k)
+                out.append(total)
+            else:
+                ints = {int(d) for d in dims if _is_int(d)}
+                ctx.check(len(ints) <= 1, f"inputs differ in dim {k} (not the concat axis "
+                                          f"{axis}): {shapes}")
+                out.append(ints.pop() if ints else dims[0])
+        return [TensorType(ctx.dtype(0), tuple(out))]
+
+    def compute(self, node, inputs):
+        return [np.concatenate(inputs, axis=node.attrs["axis"])]
+
+
+def _split_sizes(dim, split, n_out, num_outputs, fail) -> list:
+    if split is not None:
+        if len(split) != n_out:
+            fail(f"split {split} has {len(split)} entries for {n_out} outputs")
+        if any(s < 0 for s in split):
+            fail(f"split {split} has negative sizes")
+        if _is_int(dim) and sum(split) != dim:
+            fail(f"split {split} sums to {sum(split)}, but the axis has size {dim}")
+        return list(split)
+    if not _is_int(dim):
+        return None
+    if num_outputs is not None:
+        if num_outputs != n_out:
+            fail(f"num_outputs={num_outputs} but the node has {n_out} outputs")
+        if num_outputs < 1:
+            fail(f"num_outputs={num_outputs} must be positive")
+        chunk = -(-dim // num_outputs)
+        sizes = [min(chunk, max(dim - k * chunk, 0)) for k in range(num_outputs)]
+        if sizes[-1] <= 0 and dim >= num_outputs:
+            fail(f"cannot split size {dim} into {num_outputs} chunks of {chunk}")
+        return sizes
+    if dim % n_out:
+        fail(f"axis of size {dim} cannot be split evenly into {n_out} outputs")
+    return [dim // n_out] * n_out
+
+
+@register
+class Split(Op):
+    attrs = {"axis": 0, "num_outputs": None}
+    num_inputs = (1, 2)
+    num_outputs = (1, None)
+
+    def infer(self, ctx):
+        shape = ctx.shape(0)
+        axis = _axis(ctx, ctx.attrs["axis"], len(shape))
+        split = _ints(ctx, 1, "split") if ctx.has(1) else None
+        n_out = len(ctx.node.outputs)
+        sizes = _split_sizes(shape[axis], split, n_out, ctx.attrs["num_outputs"], ctx.fail)
+        out = []
+        for k in range(n_out):
+            s = list(shape)
+            s[axis] = sizes[k] if sizes is not None else _fresh(ctx, k)
+            out.append(TensorType(ctx.dtype(0), tuple(s)))
+        return out
+
+    def compute(self, node, inputs):
+        x = inputs[0]
+        axis = node.attrs["axis"] % x.ndim
+
+        def fail(msg):
+            raise ValueError(msg)
+        split = None if inputs[1] is None else [int(s) for s in inputs[1].reshape(-1)]
+        sizes = _split_sizes(x.shape[axis], split, len(node.outputs),
+                             node.attrs["num_outputs"], fail)
+        bounds = np.cumsum([0] + sizes)
+        idx = [slice(None)] * x.ndim
+        outs = []
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            idx[axis] = slice(int(a), int(b))
+            outs.append(np.ascontiguousarray(x[tuple(idx)]))
+        return outs
+
+
+def _slice_plan(shape, starts, ends, axes, steps, fail):
+    """Python slices per axis and the output shape, with ONNX's clamping rules."""
+    r = len(shape)
+    if axes is None:
+        axes = list(range(len(starts)))
+    if steps is None:
+        steps = [1] * len(starts)
+    if not (len(starts) == len(ends) == len(axes) == len(steps)):
+        fail(f"starts {starts}, ends {ends}, axes {axes}, steps {steps} differ in length")
+    slices = [slice(None)] * r
+    out = list(shape)
+    seen = set()
+    for s, e, a, st in zip(starts, ends, axes, steps):
+        if not -r <= a < r:
+            fail(f"axis {a} is out of range for rank {r}")
+        a = a % r
+        if a in seen:
+            fail(f"axes {axes} has repeated axes")
+        seen.add(a)
+        if st == 0:
+            fail("steps must not be 0")
+        dim = shape[a]
+        if not _is_int(dim):
+            if s == 0 and e >= INT64_MAX // 2 and st == 1:
+                continue  # whole axis
+            out[a] = None
+            continue
+        s = s + dim if s < 0 else s
+        e = e + dim if e < 0 else e
+        if st > 0:
+            s, e = min(max(s, 0), dim), min(max(e, 0), dim)
+            n = max(0, -(-(e - s) // st))
+        else:
+            s, e = min(max(s, 0), dim - 1), min(max(e, -1), dim - 1)
+            n = max(0, -(-(s - e) // -st))
+        slices[a] = slice(s, e if e >= 0 else None, st)
+        out[a] = n
+    return tuple(slices), out
+
+
+@register
+class Slice(Op):
+    num_inputs = (3, 5)
+
+    def infer(self, ctx):
+        starts, ends = _ints(ctx, 1, "starts"), _ints(ctx, 2, "ends")
+        axes = _ints(ctx, 3, "axes") if ctx.has(3) else None
+        steps = _ints(ctx, 4, "steps") if ctx.has(4) else None
+        _, out = _slice_plan(ctx.shape(0), starts, ends, axes, steps, ctx.fail)
+        out = tuple(d if d is not None else _fresh(ctx, k) for k, d in enumerate(out))
+        return [TensorType(ctx.dtype(0), out)]
+
+    def compute(self, node, inputs):
+        x = inputs[0]
+        lists = [None if v is None else [int(t) for t in v.reshape(-1)] for v in inputs[1:5]]
+        lists += [None] * (4 - len(lists))
+
+        def fail(msg):
+            raise ValueError(msg)
+        slices, _ = _slice_plan(x.shape, *lists, fail)
+        return [np.ascontiguousarray(x[slices])]
+
+
+def _pad_plan(rank, pads, axes, fail):
+    """Per-axis (before, after) pad amounts; negative amounts crop."""
+    if axes is None:
+        axes = list(range(rank))
+    if len(pads) != 2 * len(axes):
+        fail(f"pads {pads} must have 2 × {len(axes)} entries (one begin and end per axis)")
+    width = [[0, 0] for _ in range(rank)]
+    seen = set()
+    for k, a in enumerate(axes):
+        if not -rank <= a < rank:
+            fail(f"axis {a} is out of range for rank {rank}")
+        a %= rank
+        if a in seen:
+            fail(f"axes {axes} has repeated axes")
+        seen.add(a)
+        width[a] = [pads[k], pads[k + len(axes)]]
+    return width
+
+
+@register
+class Pad(Op):
+    attrs = {"mode": "constant"}
+    num_inputs = (2, 4)
+    MODES = {"constant": "constant", "reflect": "reflect", "edge": "edge", "wrap": "wrap"}
+
+    def infer(self, ctx):
+        shape = ctx.shape(0)
+        mode = ctx.attrs["mode"]
+        mode = mode.decode() if isinstance(mode, bytes) else mode
+        ctx.check(mode in self.MODES, f"mode {mode!r} is not one of {sorted(self.MODES)}")
+        ctx.node.attrs["mode"] = mode
+        axes = _ints(ctx, 3, "axes") if ctx.has(3) else None
+        width = _pad_plan(len(shape), _ints(ctx, 1, "pads"), axes, ctx.fail)
+        if ctx.has(2):
+            cv = ctx.type(2)
+            ctx.check(cv.size == 1, f"constant_value must hold one element, got shape {cv.shape}")
+        out = []
+        for k, (d, (b, e)) in enumerate(zip(shape, width)):
+            if not _is_int(d):
+                out.append(d if b == e == 0 else _fresh(ctx, k))
+                continue
+            n = d + b + e
+            ctx.check(n >= 0, f"pads {width[k]} on axis {k} of size {d} give a negative size")
+            if mode in ("reflect", "edge", "wrap") and (b > 0 or e > 0):
+                ctx.check(d + min(b, 0) + min(e, 0) > 0,
+                          f"mode {mode!r} cannot pad axis {k}, which is empty after cropping")
+            out.append(n)
+        return [TensorType(ctx.dtype(0), tuple(out))]
+
+    def compute(self, node, inputs):
+        x, pads = inputs[0], [int(p) for p in inputs[1].reshape(-1)]
+        axes = None if len(inputs) < 4 or inputs[3] is None else \
+            [int(a) for a in inputs[3].reshape(-1)]
+
+        def fail(msg):
+            raise ValueError(msg)
+        width = _pad_plan(x.ndim, pads, axes, fail)
+        crop = tuple(slice(-b if b < 0 else 0, x.shape[k] + e if e < 0 else None)
+                     for k, (b, e) in enumerate(width))
+        x = x[crop]
+        grow = [(max(b, 0), max(e, 0)) for b, e in width]
+        mode = node.attrs["mode"]
+        if mode == "constant":
+            cv = inputs[2] if len(inputs) > 2 and inputs[2] is not None else 0
+            cv = np.asarray(cv).reshape(-1)[0] if np.ndim(cv) else cv
+            return [np.pad(x, grow, mode="constant", constant_values=cv)]
+        return [np.pad(x, grow, mode=self.MODES[mode])]
+
+
+@register
+class Gather(Op):
+    attrs = {"axis": 0}
+    num_inputs = (2, 2)
+
+    def infer(self, ctx):
+        shape, ishape = ctx.shape(0), ctx.shape(1)
+        ctx.check(ctx.dtype(1).kind in "iu", f"indices must be integers, got {ctx.dtype(1)}")
+        ctx.check(len(shape) > 0, "cannot gather from a scalar")
+        axis = _axis(ctx, ctx.attrs["axis"], len(shape))
+        idx = ctx.maybe_const(1)
+        dim = shape[axis]
+        if idx is not None and _is_int(dim) and np.size(idx):
+            lo, hi = int(np.min(idx)), int(np.max(idx))
+            ctx.check(-dim <= lo and hi < dim, f"indices [{lo}..{hi}] are out of range for "
+                                               f"axis {axis} of size {dim} (shape {shape})")
+        return [TensorType(ctx.dtype(0), tuple(shape[:axis]) + tuple(ishape)
+                           + tuple(shape[axis + 1:]))]
+
+    def compute(self, node, inputs):
+        x, idx = inputs
+        axis = node.attrs["axis"] % x.ndim
+        idx = np.asarray(idx, dtype=np.int64)
+        dim = x.shape[axis]
+        if idx.size and (idx.min() < -dim or idx.max() >= dim):
+            raise IndexError(f"{node}: indices out of range for axis {axis} of size {dim}")
+        return [np.take(x, np.where(idx < 0, idx + dim, idx), axis=axis)]
+
+
+@register
+class Expand(Op):
+    num_inputs = (2, 2)
+
+    def infer(self, ctx):
+        target = _ints(ctx, 1, "shape")
+        ctx.check(all(t >= 0 for t in target), f"shape {target} has negative dims")
+        return [TensorType(ctx.dtype(0), _broadcast(ctx, ctx.shape(0), tuple(target)))]
+
+    def compute(self, node, inputs):
+        x, target = inputs
+        out = np.broadcast_shapes(x.shape, tuple(int(t) for t in target.reshape(-1)))
+        return [np.array(np.broadcast_to(x, out))]
+
+
+@register
+class Tile(Op):
+    num_inputs = (2, 2)
+
+    def infer(self, ctx):
+        shape = ctx.shape(0)
+        reps = _ints(ctx, 1, "repeats")
+        ctx.check(len(reps) == len(shape), f"repeats {reps} must have one entry per axis of "
+                                           f"shape {shape}")
+        ctx.check(all(r >= 0 for r in reps), f"repeats {reps} must not be negative")
+        out = tuple(d * r if _is_int(d) else (d if r == 1 else _fresh(ctx, k))
+                    for k, (d, r) in enumerate(zip(shape, reps)))
+        return [TensorType(ctx.dtype(0), out)]
+
+    def compute(self, node, inputs):
+        return [np.tile(inputs[0], tuple(int(r) for r in inputs[1].reshape(-1)))]
+
+
+@register
+class Where(Op):
+    num_inputs = (3, 3)
+
+    def infer(self, ctx):
+        ctx.check(ctx.dtype(0) == np.bool_, f"condition must be bool, got {ctx.dtype(0)}")
+        _same_dtype(ctx, (1, 2), "X and Y")
+        return [TensorType(ctx.dtype(1), _broadcast(ctx, ctx.shape(0), ctx.shape(1),
+                                                    ctx.shape(2)))]
+
+    def compute(self, node, inputs):
+        c, x, y = inputs
+        return [np.where(c, x, y).astype(x.dtype, copy=False)]
+
+
+class _Compare(Op):
+    """Broadcasting comparison giving bool."""
+    num_inputs = (2, 2)
+    fn = None
+
+    def infer(self, ctx):
+        _same_dtype(ctx, (0, 1), "A and B")
+        return [TensorType(np.bool_, _broadcast(ctx, ctx.shape(0), ctx.shape(1)))]
+
+    def compute(self, node, inputs):
+        return [np.asarray(type(self).fn(inputs[0], inputs[1]), dtype=np.bool_)]
+
+
+@register
+class Equal(_Compare):
+    fn = np.equal
+
+
+@register
+class Less(_Compare):
+    fn = np.less
+
+
+@register
+class Greater(_Compare):
+    fn = np.greater
+
+
+@register
+class LessOrEqual(_Compare):
+    fn = np.less_equal
+
+
+@register
+class GreaterOrEqual(_Compare):
+    fn = np.greater_equal
+
+
+@register
+class Not(Op):
+    def infer(self, ctx):
+        ctx.check(ctx.dtype(0) == np.bool_, f"Not takes bool, got {ctx.dtype(0)}")
+        return [ctx.type(0)]
+
+    def compute(self, node, inputs):
+        return [np.logical_not(inputs[0])]
+
+
+def _range_len(start, limit, delta) -> int:
+    return max(int(math.ceil((limit - start) / delta)), 0)
+
+
+@register
+class Range(Op):
+    num_inputs = (3, 3)
+
+    def infer(self, ctx):
+        _same_dtype(ctx, (0, 1, 2), "start, limit and delta")
+        vals = []
+        for i, what in enumerate(("start", "limit", "delta")):
+            v = np.asarray(ctx.const(i, what))
+            ctx.check(v.size == 1, f"{what} must be a scalar, got shape {v.shape}")
+            vals.append(v.reshape(-1)[0].item())
+        ctx.check(vals[2] != 0, "delta must not be 0")
+        return [TensorType(ctx.dtype(0), (_range_len(*vals),))]
+
+    def compute(self, node, inputs):
+        start, limit, delta = (np.asarray(v).reshape(-1)[0] for v in inputs)
+        n = _range_len(start.item(), limit.item(), delta.item())
+        dtype = np.asarray(inputs[0]).dtype
+        return [(start + np.arange(n, dtype=np.int64).astype(dtype) * delta).astype(dtype)]
+
+
+# ---- shapes and constants ------------------------------------------------------------------
+@register
+class Shape(Op):
+    attrs = {"start": 0, "end": None}
+
+    @staticmethod
+    def _bounds(rank, start, end):
+        start = min(max(start + rank if start < 0 else start, 0), rank)
+        end = rank if end is None else end
+        end = min(max(end + rank if end < 0 else end, 0), rank)
+        return start, max(end, start)
+
+    def infer(self, ctx):
+        shape = ctx.shape(0)
+        s, e = self._bounds(len(shape), int(ctx.attrs["start"]),
+                            None if ctx.attrs["end"] is None else int(ctx.attrs["end"]))
+        dims = shape[s:e]
+        if all(_is_int(d) for d in dims) and ctx.node.outputs and ctx.node.outputs[0]:
+            # A static shape is a compile-time constant even when the tensor is not: publish
+            # it so Shape→Gather→Concat→Reshape chains fold.
+            ctx.consts[ctx.node.outputs[0]] = np.array(dims, dtype=np.int64).reshape(-1)
+        return [TensorType(np.int64, (e - s,))]
+
+    def compute(self, node, inputs):
+        x = inputs[0]
+        s, e = self._bounds(x.ndim, node.attrs["start"], node.attrs["end"])
+        return [np.array(x.shape[s:e], dtype=np.int64).reshape(-1)]
+
+
+@register
+class Size(Op):
+    def infer(self, ctx):
+        n = _prod(ctx.shape(0))
+        if n is not None and ctx.node.outputs[0]:
+            ctx.consts[ctx.node.outputs[0]] = np.array(n, dtype=np.int64)
+        return [TensorType(np.int64, ())]
+
+    def compute(self, node, inputs):
+        return [np.array(inputs[0].size, dtype=np.int64)]
+
+
+def _constant_value(attrs):
+    """The one value attribute Constant carries, as a numpy array (None when absent)."""
+    given = {k: v for k, v in attrs.items() if v is not None}
+    if len(given) != 1:
+        return None, sorted(given)
+    (k, v), = given.items()
+    if k == "value":
+        return np.asarray(v), None
+    if k == "value_float":
+        return np.array(v, dtype=np.float32), None
+    if k == "value_floats":
+        return np.array(list(v), dtype=np.float32).reshape(-1), None
+    if k == "value_int":
+        return np.array(v, dtype=np.int64), None
+    if k == "value_ints":
+        return np.array(list(v), dtype=np.int64).reshape(-1), None
+    return None, [k]
+
+
+@register
+class Constant(Op):
+    attrs = {"value": None, "value_float": None, "value_floats": None, "value_int": None,
+             "value_ints": None, "value_string": None, "value_strings": None,
+             "sparse_value": None}
+    num_inputs = (0, 0)
+
+    def infer(self, ctx):
+        v, bad = _constant_value(ctx.attrs)
+        if v is None:
+            ctx.fail(f"needs exactly one supported value attribute (value, value_float(s), "
+                     f"value_int(s)), got {bad}")
+        return [TensorType(v.dtype, v.shape)]
+
+    def compute(self, node, inputs):
+        return [_constant_value(node.attrs)[0]]
+
+
+@register
+class ConstantOfShape(Op):
+    attrs = {"value": None}
+
+    @staticmethod
+    def _fill(attrs):
+        v = attrs["value"]
+        return np.zeros(1, np.float32) if v is None else np.asarray(v).reshape(-1)
+
+    def infer(self, ctx):
+        fill = self._fill(ctx.attrs)
+        ctx.check(fill.size == 1, f"value must hold one element, got {fill.size}")
+        shape = _ints(ctx, 0, "shape")
+        ctx.check(all(d >= 0 for d in shape), f"shape {shape} has negative dims")
+        return [TensorType(fill.dtype, tuple(shape))]
+
+    def compute(self, node, inputs):
+        fill = self._fill(node.attrs)
+        return [np.full(tuple(int(d) for d in inputs[0].reshape(-1)), fill[0], dtype=fill.dtype)]
+
+
+# ONNX TensorProto enum → numpy dtype name, for ``to`` given as an int.
+_ONNX_DTYPES = {1: "float32", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32",
+                7: "int64", 9: "bool", 10: "float16", 11: "float64", 12: "uint32", 13: "uint64"}
+
+
+def _cast_dtype(to):
+    if isinstance(to, (int, np.integer)):
+        to = _ONNX_DTYPES.get(int(to), f"onnx type {int(to)}")
+    return np.dtype(to)
+
+
+@register
+class Cast(Op):
+    attrs = {"to": REQUIRED, "saturate": 1, "round_mode": "up"}
+
+    def infer(self, ctx):
+        try:
+            dtype = _cast_dtype(ctx.attrs["to"])
+        except TypeError:
+            ctx.fail(f"cannot cast to {ctx.attrs['to']!r}")
+        ctx.check(dtype.kind in "biuf", f"cannot cast to {dtype} (not supported)")
+        ctx.node.attrs["to"] = dtype.name
+        return [TensorType(dtype, ctx.shape(0))]
+
+    def compute(self, node, inputs):
+        dtype = _cast_dtype(node.attrs["to"])
+        x = inputs[0]
+        with np.errstate(invalid="ignore", over="ignore"):
+            return [np.asarray(x.astype(dtype))]
+
+
+@register
+class CastLike(Op):
+    attrs = {"saturate": 1, "round_mode": "up"}
+    num_inputs = (2, 2)
+
+    def infer(self, ctx):
+        return [TensorType(ctx.dtype(1), ctx.shape(0))]
+
+    def compute(self, node, inputs):
+        with np.errstate(invalid="ignore", over="ignore"):
+            return [np.asarray(inputs[0].astype(inputs[1].dtype))]
+
+
+# ---- Dropout -------------------------------------------------------------------------------
+@register
+class Dropout(Op):
+    """Inference: identity with an all-True mask. ``training_mode`` true: a random mask drawn
+    from a numpy Generator seeded by ``seed`` (one stream per node, so steps differ)."""
+    attrs = {"seed": None}
+    num_inputs = (1, 3)
+    num_outputs = (1, 2)
+    foldable = False  # per-node training_mode cannot be seen here; passes remove it instead
+
+    def __init__(self):
+        self._rngs = {}
+
+    def infer(self, ctx):
+        for i, what in ((1, "ratio"), (2, "training_mode")):
+            if ctx.has(i):
+                ctx.check(ctx.type(i).size == 1, f"{what} must be a scalar, got "
+                                                 f"{ctx.type(i).shape}")
+        ratio = ctx.maybe_const(1)
+        if ratio is not None:
+            r = float(np.asarray(ratio).reshape(-1)[0])
+            ctx.check(0.0 <= r <= 1.0, f"ratio {r} must lie in [0, 1]")
+        return [ctx.type(0), TensorType(np.bool_, ctx.shape(0))]
+
+    def compute(self, node, inputs):
+        x = inputs[0]
+        ratio = 0.5 if len(inputs) < 2 or inputs[1] is None else \
+            float(np.asarray(inputs[1]).reshape(-1)[0])
+        training = len(inputs) > 2 and inputs[2] is not None and \
+            bool(np.asarray(inputs[2]).reshape(-1)[0])
+        if not training or ratio == 0.0:
+            return [x, np.ones(x.shape, dtype=np.bool_)]
+        key = (node.name, node.attrs.get("seed"))
+        rng = self._rngs.get(key)
+        if rng is None:
+            rng = self._rngs[key] = np.random.default_rng(node.attrs.get("seed"))
+        mask = rng.uniform(0.0, 1.0, x.shape) >= ratio
+        scale = 1.0 / (1.0 - ratio) if ratio < 1.0 else 0.0
+        return [(x * mask * scale).astype(x.dtype), mask]

@@ -1,0 +1,204 @@
+"""ember vs onnxruntime (and PyTorch when installed), side by side in one process run.
+
+    python -m benchmarks                       # the full model set, 1 and 2 threads
+    python -m benchmarks --models lenet5 --threads 1 --runs 20
+
+For each model, batch and thread count both engines are warmed up, then timed *interleaved*
+(ember, peer, ember, peer, …) so that a noisy neighbour slows both alike; the median of the runs
+is reported. The peak is numpy's float32 GEMM at 1024³ measured in the same run. Results go to
+stdout and to ``benchmarks/RESULTS.md``.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+# (model builder name in tests/models.py, batch)
+MODEL_SET = [("lenet5", 1), ("lenet5", 64), ("small_vgg", 1), ("small_vgg", 32),
+             ("resnet18", 1), ("mobilenetv2", 1)]
+
+
+def load_builders():
+    spec = importlib.util.spec_from_file_location("ember_test_models",
+                                                  os.path.join(ROOT, "tests", "models.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def numpy_peak_gflops(threads: int, n: int = 1024, runs: int = 7) -> float:
+    """float32 GEMM GFLOP/s of numpy's BLAS with ``threads`` threads (threadpoolctl if present,
+    else whatever numpy uses)."""
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    b = np.random.default_rng(1).standard_normal((n, n), dtype=np.float32)
+    try:
+        from threadpoolctl import threadpool_limits
+        ctx = threadpool_limits(limits=threads)
+    except ImportError:
+        ctx = None
+    try:
+        a @ b
+        times = []
+        for _ in range(runs):
+            t = time.perf_counter()
+            a @ b
+            times.append(time.perf_counter() - t)
+    finally:
+        if ctx is not None:
+            ctx.restore_original_limits()
+    return 2 * n ** 3 / statistics.median(times) / 1e9
+
+
+def ort_session(model_bytes: bytes, threads: int):
+    import onnxruntime as ort
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
+
+
+def time_interleaved(fns: dict, runs: int, warmup: int = 3) -> dict:
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {k: [] for k in fns}
+    for _ in range(runs):
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def bench_inference(builders, models, threads_list, runs) -> list:
+    import ember
+    from ember.graph.cost import graph_macs
+    rows = []
+    for name, batch in models:
+        model = getattr(builders, name)(batch=batch)
+        data = model.SerializeToString()
+        inp = model.graph.input[0]
+        shape = [d.dim_value for d in inp.type.tensor_type.shape.dim]
+        x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+        for threads in threads_list:
+            sess = ember.load(data, threads=threads)
+            macs = graph_macs(sess.compile().graph)
+            peer = ort_session(data, threads)
+            feeds = {inp.name: x}
+            fns = {"ember": lambda: sess.run(None, feeds),
+                   "onnxruntime": lambda: peer.run(None, feeds)}
+            med = time_interleaved(fns, runs)
+            rows.append(dict(model=name, batch=batch, threads=threads, macs=macs,
+                             ember_ms=med["ember"] * 1e3, ort_ms=med["onnxruntime"] * 1e3,
+                             arena=sess.plan().arena_bytes))
+            print(f"{name:12s} b={batch:<3d} t={threads}  ember {med['ember']*1e3:8.2f} ms   "
+                  f"onnxruntime {med['onnxruntime']*1e3:8.2f} ms   ratio "
+                  f"{med['ember']/med['onnxruntime']:.2f}", flush=True)
+    return rows
+
+
+def peak_rss(engine: str, name: str, batch: int) -> int:
+    """Peak RSS (bytes) of a fresh process that loads and runs one model with one engine."""
+    code = f"""
+import resource, sys, numpy as np
+sys.path.insert(0, {os.path.join(ROOT, 'benchmarks')!r})
+from run import load_builders, ort_session
+m = getattr(load_builders(), {name!r})(batch={batch})
+data = m.SerializeToString(); del m
+inp_name = None
+import onnx
+mp = onnx.load_from_string(data); inp = mp.graph.input[0]; del mp
+x = np.zeros([d.dim_value for d in inp.type.tensor_type.shape.dim], np.float32)
+if {engine!r} == 'ember':
+    import ember; s = ember.load(data, threads=1); s.run(None, {{inp.name: x}})
+else:
+    s = ort_session(data, 1); s.run(None, {{inp.name: x}})
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    return int(out.stdout.strip().splitlines()[-1])
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        ncpu = len(os.sched_getaffinity(0))
+    except AttributeError:
+        ncpu = os.cpu_count()
+    import onnxruntime
+    return (f"{cpu}, {ncpu} CPUs available, Python {platform.python_version()}, numpy "
+            f"{np.__version__}, onnxruntime {onnxruntime.__version__}")
+
+
+def write_results(rows, peaks, mem, path):
+    lines = ["# Benchmark results", "", f"Machine: {machine()}", "",
+             f"Command: `python -m benchmarks {' '.join(sys.argv[1:])}`".rstrip(), "",
+             "numpy sgemm 1024³ peak (same run): " +
+             ", ".join(f"{t} thread(s) {g:.0f} GFLOP/s" for t, g in peaks.items()), "",
+             "## Inference latency (median, interleaved)", "",
+             "| model | batch | threads | ember ms | onnxruntime ms | ember/ort | ember img/s | "
+             "ember GFLOP/s | % of peak |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        gflops = 2 * r["macs"] / (r["ember_ms"] / 1e3) / 1e9
+        lines.append(f"| {r['model']} | {r['batch']} | {r['threads']} | {r['ember_ms']:.2f} | "
+                     f"{r['ort_ms']:.2f} | {r['ember_ms'] / r['ort_ms']:.2f} | "
+                     f"{r['batch'] / (r['ember_ms'] / 1e3):.0f} | {gflops:.1f} | "
+                     f"{100 * gflops / peaks[r['threads']]:.0f}% |")
+    if mem:
+        lines += ["", "## Peak RSS of a process that loads and runs the model (1 thread)", "",
+                  "| model | batch | ember MiB | onnxruntime MiB | ember arena MiB |",
+                  "|---|---|---|---|---|"]
+        for (name, batch), (e, o, arena) in mem.items():
+            lines.append(f"| {name} | {batch} | {e / 2**20:.1f} | {o / 2**20:.1f} | "
+                         f"{arena / 2**20:.1f} |")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="*", help="subset of model names (default: all)")
+    ap.add_argument("--threads", nargs="*", type=int, default=[1, 2])
+    ap.add_argument("--runs", type=int, default=15)
+    ap.add_argument("--no-memory", action="store_true")
+    ap.add_argument("--out", default=os.path.join(HERE, "RESULTS.md"))
+    args = ap.parse_args(argv)
+    builders = load_builders()
+    models = [m for m in MODEL_SET if not args.models or m[0] in args.models]
+    peaks = {t: numpy_peak_gflops(t) for t in args.threads}
+    print("numpy sgemm peak:", {t: round(g, 1) for t, g in peaks.items()}, "GFLOP/s")
+    rows = bench_inference(builders, models, args.threads, args.runs)
+    mem = {}
+    if not args.no_memory:
+        arena = {(r["model"], r["batch"]): r["arena"] for r in rows}
+        for name, batch in models:
+            mem[(name, batch)] = (peak_rss("ember", name, batch), peak_rss("ort", name, batch),
+                                  arena[(name, batch)])
+    write_results(rows, peaks, mem, args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,315 @@
+"""ember's command line: ``ember info | run | demo | ops``.
+
+User errors (any ``ember.EmberError``, an unreadable file) print one line,
+``ember: error: ...``, and exit with status 2 — no traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections import Counter
+
+import numpy as np
+
+from .graph.errors import EmberError
+
+DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+DEMO_MODEL = os.path.join(DATA_DIR, "digits_cnn.onnx")
+DEMO_SAMPLE = os.path.join(DATA_DIR, "digits_sample.npz")
+
+
+# ---- helpers ---------------------------------------------------------------------------------
+def parse_shape(text: str) -> tuple:
+    """``name=1x3x224x224`` -> ``("name", (1, 3, 224, 224))`` (``,`` also separates dims)."""
+    name, sep, dims = text.rpartition("=")
+    if not sep or not name or not dims:
+        raise EmberError(f"--shape {text!r}: expected name=DIMS, e.g. input=1x3x224x224")
+    try:
+        shape = tuple(int(d) for d in dims.replace(",", "x").split("x"))
+    except ValueError:
+        raise EmberError(f"--shape {text!r}: dims must be integers separated by 'x'") from None
+    if any(d < 0 for d in shape):
+        raise EmberError(f"--shape {text!r}: dims must not be negative")
+    return name, shape
+
+
+def fmt_shape(shape) -> str:
+    return "×".join(str(d) for d in shape) if len(shape) else "scalar"
+
+
+def fmt_count(n: float) -> str:
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= div:
+            return f"{n / div:.2f}{unit}"
+    return f"{int(n)}"
+
+
+def node_macs(node, types) -> int:
+    """Multiply-accumulates of one node of a typed graph (0 for ops that do none)."""
+    def shape(i):
+        name = node.input(i)
+        return types[name].shape if name in types else None
+    out = types.get(node.outputs[0]) if node.outputs and node.outputs[0] else None
+    if out is None:
+        return 0
+    if node.op_type == "Conv":                      # N·M·OH·OW · (C/g)·KH·KW
+        return out.size * int(np.prod(shape(1)[1:]))
+    if node.op_type == "ConvTranspose":             # every input pixel meets the whole kernel
+        return int(np.prod(shape(0))) * int(np.prod(shape(1)[1:]))
+    if node.op_type == "Gemm":                      # M·N·K
+        a = shape(0)
+        k = a[0] if node.attrs.get("transA", 0) else a[1]
+        return out.size * int(k)
+    if node.op_type == "MatMul":                    # (batch·)M·N·K
+        return out.size * int(shape(0)[-1])
+    return 0
+
+
+def load_session(path, threads=None, shapes=None):
+    import ember
+    if not os.path.exists(path):
+        raise EmberError(f"no such model file: {path}")
+    return ember.load(path, threads=threads, shapes=shapes or None)
+
+
+def concrete_shapes(sess, shapes: dict) -> dict:
+    """Every input's shape: from ``--shape``, else the model's with symbolic dims set to 1."""
+    out = {}
+    for info in sess.inputs:
+        out[info.name] = tuple(shapes.get(info.name) or
+                               (d if isinstance(d, (int, np.integer)) else 1 for d in info.shape))
+    return out
+
+
+def shapes_arg(values) -> dict:
+    shapes = dict(parse_shape(s) for s in values or [])
+    return shapes
+
+
+# ---- ember info ------------------------------------------------------------------------------
+def cmd_info(args) -> int:
+    shapes = shapes_arg(args.shape)
+    sess = load_session(args.model, threads=args.threads, shapes=shapes)
+    g = sess.graph
+    compiled = sess.compile(concrete_shapes(sess, shapes))
+    cg, plan = compiled.graph, compiled.plan
+    print(f"model   {args.model}  (graph {g.name!r}, opset {g.opset})")
+    print("inputs")
+    for i in sess.inputs:  # as declared by the model (--shape shows below)
+        print(f"  {i.name:24s} {i.dtype.name:8s} {fmt_shape(g.types[i.name].shape)}")
+    print("outputs")
+    for o in sess.outputs:
+        print(f"  {o.name:24s} {o.dtype.name:8s} {fmt_shape(cg.types[o.name].shape)}")
+    print("specialised for  " + ", ".join(f"{n}={fmt_shape(cg.types[n].shape)}"
+                                           for n in g.inputs))
+    before = Counter(n.op_type for n in g.nodes)
+    after = Counter(n.op_type for n in cg.nodes)
+    print(f"ops     {len(g.nodes)} nodes as imported, {len(cg.nodes)} after passes")
+    print(f"  {'op':24s} {'imported':>8s} {'compiled':>8s}")
+    for op in sorted(set(before) | set(after), key=lambda t: (-before[t], t)):
+        print(f"  {op:24s} {before[op]:8d} {after[op]:8d}")
+    params = sum(int(a.size) for a in g.initializers.values()
+                 if np.asarray(a).dtype.kind == "f")
+    macs = sum(node_macs(n, cg.types) for n in cg.nodes)
+    print(f"params  {params:,} ({fmt_count(params)}; floating-point initializer elements)")
+    print(f"MACs    {macs:,} ({fmt_count(macs)}; Conv, ConvTranspose, Gemm, MatMul)")
+    print(f"memory  arena {plan.arena_bytes:,} B   naive {plan.naive_bytes:,} B   "
+          f"lower bound {plan.lower_bound_bytes:,} B   (threads {compiled.threads})")
+    if args.plan:
+        print(plan.describe())
+    return 0
+
+
+# ---- ember run -------------------------------------------------------------------------------
+def read_inputs(sess, specs, shapes, seed) -> dict:
+    """Feeds from ``-i name=file.npy`` (``-i file.npy`` for a one-input model); seeded random
+    arrays for the inputs not given."""
+    names = [i.name for i in sess.inputs]
+    feeds = {}
+    for spec in specs or []:
+        name, sep, path = spec.rpartition("=")
+        if not sep:
+            if len(names) != 1:
+                raise EmberError(f"-i {spec!r}: the model has inputs {names}; write name=file.npy")
+            name, path = names[0], spec
+        if name not in names:
+            raise EmberError(f"-i {spec!r}: unknown input {name!r}; the model's inputs are "
+                             f"{names}")
+        try:
+            feeds[name] = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise EmberError(f"-i {spec!r}: cannot read {path}: {e}") from None
+    rng = np.random.default_rng(seed)
+    full = concrete_shapes(sess, shapes)
+    for info in sess.inputs:
+        if info.name in feeds:
+            continue
+        shape = full[info.name]
+        if info.dtype.kind == "f":
+            feeds[info.name] = rng.standard_normal(shape).astype(info.dtype)
+        elif info.dtype.kind == "b":
+            feeds[info.name] = rng.integers(0, 2, shape).astype(info.dtype)
+        else:
+            feeds[info.name] = rng.integers(0, 10, shape).astype(info.dtype)
+    return feeds
+
+
+def summarize(name, a) -> str:
+    line = f"  {name:24s} {a.dtype.name:8s} {fmt_shape(a.shape):16s}"
+    if a.size and a.dtype.kind in "fiub":
+        f = a.astype(np.float64)
+        line += f" min {f.min():.4g}  max {f.max():.4g}  mean {f.mean():.4g}"
+        if sum(d > 1 for d in a.shape) == 1:  # a vector, maybe with unit dims around it
+            line += f"  argmax {int(np.argmax(a.reshape(-1)))}"
+    return line
+
+
+def median_latency(fn, repeat: int) -> float:
+    times = []
+    for _ in range(max(1, repeat)):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def cmd_run(args) -> int:
+    shapes = shapes_arg(args.shape)
+    sess = load_session(args.model, threads=args.threads, shapes=shapes)
+    feeds = read_inputs(sess, args.input, shapes, args.seed)
+    outputs = sess.run(None, feeds)  # also the warm-up (compiles a new shape)
+    print("outputs")
+    for info, a in zip(sess.outputs, outputs):
+        print(summarize(info.name, a))
+    lat = median_latency(lambda: sess.run(None, feeds), args.repeat)
+    print(f"latency {lat * 1e3:.3f} ms  (median of {args.repeat} runs, {sess.threads} threads)")
+    if args.output:
+        try:
+            np.savez(args.output, **{info.name: a for info, a in zip(sess.outputs, outputs)})
+        except OSError as e:
+            raise EmberError(f"-o {args.output}: cannot write: {e}") from None
+        print(f"wrote   {args.output}")
+    return 0
+
+
+# ---- ember demo ------------------------------------------------------------------------------
+def ascii_digit(img) -> list:
+    shades = " .:-=+*#%@"
+    return ["".join(shades[min(9, int(v * 9.99))] * 2 for v in row) for row in img]
+
+
+def cmd_demo(args) -> int:
+    sess = load_session(DEMO_MODEL, threads=args.threads)
+    sample = np.load(DEMO_SAMPLE)
+    images, labels = sample["images"], sample["labels"]
+    print(f"ember demo: a small CNN trained on scikit-learn's 8×8 digits ({DEMO_MODEL})")
+    (probs,) = sess.run(None, {"image": images[:1]})
+    art = ascii_digit(images[0, 0])
+    print(f"first held-out image (label {labels[0]}):")
+    for k, row in enumerate(art):
+        note = ""
+        if k == 3:
+            note = f"   predicted {int(probs[0].argmax())}  (p = {probs[0].max():.3f})"
+        print(f"  |{row}|{note}")
+    (all_probs,) = sess.run(None, {"image": images})
+    pred = all_probs.argmax(1)
+    print("predictions  " + " ".join(str(p) for p in pred[:24]) + " …")
+    print("labels       " + " ".join(str(y) for y in labels[:24]) + " …")
+    correct = int((pred == labels).sum())
+    print(f"accuracy     {correct}/{len(labels)} = {correct / len(labels):.1%} on the bundled "
+          f"held-out images")
+    one = median_latency(lambda: sess.run(None, {"image": images[:1]}), 50)
+    batch = median_latency(lambda: sess.run(None, {"image": images}), 20)
+    print(f"latency      {one * 1e3:.3f} ms for 1 image, {batch * 1e3:.3f} ms for "
+          f"{len(images)} (median, {sess.threads} threads)")
+    return 0
+
+
+# ---- ember ops -------------------------------------------------------------------------------
+def ops_table(markdown: bool) -> str:
+    from .graph.ops import REGISTRY
+    from .runtime.bindings import BINDERS
+
+    def arity(lo_hi):
+        lo, hi = lo_hi
+        return f"{lo}" if lo == hi else f"{lo}–{'∞' if hi is None else hi}"
+
+    rows = []
+    for (domain, op_type), op in sorted(REGISTRY.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+        name = f"{domain}::{op_type}" if domain else op_type
+        attrs = ", ".join(sorted(op.attrs)) or "—"
+        runs = "Cython kernel" if op_type in BINDERS else ("view (no copy)" if op.view
+                                                          else "numpy reference")
+        rows.append((name, arity(op.num_inputs), arity(op.num_outputs), attrs, runs))
+    if not markdown:
+        return "\n".join(f"{r[0]:24s} {r[4]:16s} {r[3]}" for r in rows) + \
+            f"\n{len(rows)} ops"
+    lines = ["| op | inputs | outputs | attributes | runs on |", "|---|---|---|---|---|"]
+    lines += [f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]} |" for r in rows]
+    return "\n".join(lines)
+
+
+def cmd_ops(args) -> int:
+    print(ops_table(args.markdown))
+    return 0
+
+
+# ---- entry point -----------------------------------------------------------------------------
+def positive_int(text):
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {n}")
+    return n
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ember", description="ember: a compiled-graph CNN runtime "
+                                "for the CPU")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    info = sub.add_parser("info", help="inputs, outputs, ops, parameters, MACs, memory plan")
+    info.add_argument("model", help="an .onnx file")
+    info.add_argument("--shape", action="append", metavar="NAME=DIMS",
+                      help="concrete input shape, e.g. input=1x3x224x224 (repeatable)")
+    info.add_argument("--plan", action="store_true", help="print every value's offset, size, "
+                      "lifetime")
+    info.add_argument("--threads", type=positive_int, default=None)
+    info.set_defaults(fn=cmd_info)
+
+    run = sub.add_parser("run", help="run a model on .npy inputs (random when none given)")
+    run.add_argument("model", help="an .onnx file")
+    run.add_argument("-i", "--input", action="append", metavar="NAME=FILE.npy")
+    run.add_argument("-o", "--output", metavar="OUT.npz", help="save the outputs here")
+    run.add_argument("--shape", action="append", metavar="NAME=DIMS",
+                     help="shape of random inputs with symbolic dims (default 1)")
+    run.add_argument("--threads", type=positive_int, default=None)
+    run.add_argument("--repeat", type=positive_int, default=10, help="timed runs (default 10)")
+    run.add_argument("--seed", type=int, default=0, help="seed of random inputs (default 0)")
+    run.set_defaults(fn=cmd_run)
+
+    demo = sub.add_parser("demo", help="classify the bundled handwritten digits")
+    demo.add_argument("--threads", type=positive_int, default=None)
+    demo.set_defaults(fn=cmd_demo)
+
+    ops = sub.add_parser("ops", help="list the supported ops (from the op registry)")
+    ops.add_argument("--markdown", action="store_true", help="as a Markdown table")
+    ops.set_defaults(fn=cmd_ops)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except BrokenPipeError:  # e.g. `ember ops | head`
+        sys.stdout = open(os.devnull, "w")
+        return 0
+    except EmberError as e:
+        message = "; ".join(line.strip() for line in str(e).splitlines() if line.strip())
+        print(f"ember: error: {message}", file=sys.stderr)
+        return 2

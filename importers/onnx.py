@@ -1,0 +1,582 @@
+"""ONNX → ember IR.
+
+Every ONNX quirk lives here so the rest of ember sees one form per op: the newest opset's. The
+importer parses defensively (a bad file is a ``ModelError``, never a protobuf traceback), lists
+*all* unsupported ops at once, converts attributes to plain Python/numpy values, loads external
+data only from inside the model's folder, and rewrites older-opset forms (see ``_upgrades``).
+
+``onnx`` is imported lazily: ember's core must import without it.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from ..graph.errors import ModelError, UnsupportedOpError
+from ..graph.ir import Graph, Node, TensorType
+from ..graph.ops import is_supported
+
+_DEFAULT_DOMAINS = ("", "ai.onnx")
+# dtypes ember's runtime can hold; anything else (strings, float8, int4, …) is refused clearly.
+_SUPPORTED_DTYPES = {np.dtype(t) for t in ("float16", "float32", "float64", "int8", "int16",
+                                           "int32", "int64", "uint8", "uint16", "uint32",
+                                           "uint64", "bool")}
+
+
+def _onnx():
+    try:
+        import onnx
+    except ImportError:  # pragma: no cover - depends on the environment
+        raise ModelError("loading ONNX models needs the 'onnx' package: pip install onnx") \
+            from None
+    return onnx
+
+
+# ---- parsing ------------------------------------------------------------------------------------
+def _parse(src):
+    """Return (ModelProto, folder for external data or None)."""
+    onnx = _onnx()
+    if isinstance(src, onnx.ModelProto):
+        return src, None
+    if isinstance(src, (bytes, bytearray, memoryview)):
+        data, folder = bytes(src), None
+    elif isinstance(src, (str, os.PathLike)):
+        path = os.fspath(src)
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise ModelError(f"cannot read model file {path!r}: {e.strerror or e}") from None
+        folder = os.path.dirname(os.path.abspath(path))
+    else:
+        raise ModelError(f"cannot load a model from {type(src).__name__}; pass a path, the "
+                         f"file's bytes or an onnx.ModelProto")
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(data)
+    except Exception as e:  # protobuf's DecodeError and friends
+        raise ModelError(f"not a valid ONNX model: the file is not a readable protobuf "
+                         f"({type(e).__name__}: {e}); is it truncated or another format?") \
+            from None
+    if not model.HasField("graph") or model.ir_version < 1 or not model.opset_import:
+        raise ModelError("not an ONNX model: the data has no graph, IR version or opset_import "
+                         "(is it truncated or another kind of file?)")
+    return model, folder
+
+
+def _default_opset(model) -> int:
+    onnx = _onnx()
+    versions = [o.version for o in model.opset_import if o.domain in _DEFAULT_DOMAINS]
+    if not versions:
+        if any(n.domain in _DEFAULT_DOMAINS for n in model.graph.node):
+            raise ModelError("the model uses default-domain ops but imports no default-domain "
+                             "opset")
+        return 0
+    opset = max(versions)
+    newest = onnx.defs.onnx_opset_version()
+    if opset > newest:
+        raise ModelError(f"the model needs ONNX opset {opset}, newer than the {newest} the "
+                         f"installed onnx {onnx.__version__} knows")
+    if opset < 1:
+        raise ModelError(f"invalid default-domain opset {opset}")
+    return opset
+
+
+def _check_supported(graph_proto, opset: int) -> None:
+    """One UnsupportedOpError listing every unsupported op, before converting anything."""
+    missing: dict = {}
+    for k, n in enumerate(graph_proto.node):
+        domain = "" if n.domain in _DEFAULT_DOMAINS else n.domain
+        if domain == "":
+            needs = UPGRADE_TARGETS.get(n.op_type, (n.op_type,))
+            ok = all(is_supported(t) for t in needs)
+        else:
+            ok = False
+        if not ok:
+            key = (n.op_type, domain, opset if domain == "" else "?")
+            missing.setdefault(key, []).append(n.name or f"{n.op_type}_{k}")
+    if missing:
+        raise UnsupportedOpError(missing)
+
+
+# ---- types, tensors, attributes -----------------------------------------------------------------
+def _np_dtype(elem_type: int, what: str) -> np.dtype:
+    onnx = _onnx()
+    try:
+        dt = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type))
+    except Exception:
+        dt = None
+    if dt is None or dt not in _SUPPORTED_DTYPES:
+        name = onnx.TensorProto.DataType.Name(elem_type) \
+            if elem_type in onnx.TensorProto.DataType.values() else str(elem_type)
+        raise ModelError(f"{what} has element type {name}, which ember does not support "
+                         f"(supported: {sorted(d.name for d in _SUPPORTED_DTYPES)})")
+    return dt
+
+
+def _value_type(vi) -> TensorType:
+    what = f"graph input {vi.name!r}"
+    if not vi.type.HasField("tensor_type"):
+        raise ModelError(f"{what} is not a tensor (sequences, maps and optionals are not "
+                         f"supported)")
+    tt = vi.type.tensor_type
+    dtype = _np_dtype(tt.elem_type, what)
+    if not tt.HasField("shape"):
+        raise ModelError(f"{what} has no shape (unknown rank); ember needs every input's rank")
+    dims = []
+    for i, d in enumerate(tt.shape.dim):
+        if d.HasField("dim_value"):
+            if d.dim_value < 0:
+                raise ModelError(f"{what} has negative dim {d.dim_value}")
+            dims.append(int(d.dim_value))
+        else:
+            dims.append(d.dim_param or f"?{i}")
+    return TensorType(dtype, tuple(dims))
+
+
+def _tensor_to_array(t, folder, what: str) -> np.ndarray:
+    onnx = _onnx()
+    from onnx import numpy_helper
+    dtype = _np_dtype(t.data_type, what)
+    if t.data_location == onnx.TensorProto.EXTERNAL:
+        t = _load_external(t, folder, what)
+    count = 1
+    for d in t.dims:
+        if d < 0:
+            raise ModelError(f"{what} has negative dim {d}")
+        count *= int(d)
+    if t.HasField("raw_data"):
+        have = len(t.raw_data)
+        need = count * dtype.itemsize
+    else:
+        field = {np.dtype("float32"): t.float_data, np.dtype("float64"): t.double_data,
+                 np.dtype("int64"): t.int64_data, np.dtype("uint64"): t.uint64_data}
+        data = field.get(dtype, t.int32_data)
+        have, need = len(data), count
+    if have != need:
+        raise ModelError(f"{what}: shape {tuple(t.dims)} needs {need} "
+                         f"{'bytes' if t.HasField('raw_data') else 'values'} of {dtype.name} "
+                         f"data, the file holds {have}")
+    try:
+        arr = numpy_helper.to_array(t)
+    except Exception as e:
+        raise ModelError(f"{what}: cannot decode tensor data ({e})") from None
+    return np.ascontiguousarray(arr.astype(dtype, copy=False))
+
+
+def _load_external(t, folder, what: str):
+    """A copy of ``t`` with its external bytes read in, refusing locations outside ``folder``."""
+    onnx = _onnx()
+    info = {e.key: e.value for e in t.external_data}
+    loc = info.get("location", "")
+    if folder is None:
+        raise ModelError(f"{what} keeps its data in an external file ({loc!r}); load the model "
+                         f"from its path so ember knows where to look (not from bytes)")
+    parts = loc.replace("\\", "/").split("/")
+    if not loc or os.path.isabs(loc) or loc.startswith(("/", "\\")) or ":" in loc \
+            or ".." in parts:
+        raise ModelError(f"{what}: external data location {loc!r} is refused: it must be a "
+                         f"relative path inside the model's folder")
+    root = os.path.realpath(folder)
+    path = os.path.realpath(os.path.join(root, loc))
+    if os.path.commonpath([root, path]) != root:
+        raise ModelError(f"{what}: external data location {loc!r} resolves outside the "
+                         f"model's folder (via a symlink?); refused")
+    try:
+        offset = int(info.get("offset", 0))
+        length = int(info["length"]) if "length" in info else None
+    except ValueError:
+        raise ModelError(f"{what}: bad external data offset/length {info}") from None
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            raw = f.read() if length is None else f.read(length)
+    except OSError as e:
+        raise ModelError(f"{what}: cannot read external data {loc!r}: {e.strerror or e}") \
+            from None
+    if length is not None and len(raw) != length:
+        raise ModelError(f"{what}: external data {loc!r} is shorter than its declared length")
+    out = onnx.TensorProto()
+    out.CopyFrom(t)
+    del out.external_data[:]
+    out.data_location = onnx.TensorProto.DEFAULT
+    out.raw_data = raw
+    return out
+
+
+def _dtype_name(to, node_name: str) -> str:
+    onnx = _onnx()
+    if isinstance(to, (bytes, str)):  # Cast-1 spelled the type ("FLOAT")
+        to = to.decode() if isinstance(to, bytes) else to
+        try:
+            to = onnx.TensorProto.DataType.Value(to.upper())
+        except ValueError:
+            raise ModelError(f"node {node_name!r}: unknown type name {to!r}") from None
+    return _np_dtype(int(to), f"node {node_name!r} (target type)").name
+
+
+def _attributes(node_proto, folder, node_name: str) -> dict:
+    onnx = _onnx()
+    A = onnx.AttributeProto
+    attrs = {}
+    for a in node_proto.attribute:
+        what = f"attribute {a.name!r} of node {node_name!r}"
+        if a.ref_attr_name:
+            raise ModelError(f"{what} refers to a function attribute; not supported")
+        if a.type == A.FLOAT:
+            v = float(a.f)
+        elif a.type == A.INT:
+            v = int(a.i)
+        elif a.type == A.STRING:
+            v = a.s.decode("utf-8", "replace")
+        elif a.type == A.FLOATS:
+            v = [float(x) for x in a.floats]
+        elif a.type == A.INTS:
+            v = [int(x) for x in a.ints]
+        elif a.type == A.STRINGS:
+            v = [s.decode("utf-8", "replace") for s in a.strings]
+        elif a.type == A.TENSOR:
+            v = _tensor_to_array(a.t, folder, what)
+        elif a.type == A.SPARSE_TENSOR:
+            v = _sparse_to_dense(a.sparse_tensor, folder, what)
+        elif a.type in (A.GRAPH, A.GRAPHS):
+            raise ModelError(f"{what} is a subgraph; control flow (If/Loop/Scan) is not "
+                             f"supported")
+        else:
+            raise ModelError(f"{what} has an attribute type ember does not support "
+                             f"({A.AttributeType.Name(a.type)})")
+        attrs[a.name] = v
+    return attrs
+
+
+def _sparse_to_dense(sp, folder, what) -> np.ndarray:
+    values = _tensor_to_array(sp.values, folder, what + " (values)")
+    indices = _tensor_to_array(sp.indices, folder, what + " (indices)").astype(np.int64)
+    shape = tuple(int(d) for d in sp.dims)
+    dense = np.zeros(int(np.prod(shape)) if shape else 1, dtype=values.dtype)
+    flat = indices if indices.ndim == 1 else np.ravel_multi_index(indices.T, shape)
+    if flat.size and (flat.min() < 0 or flat.max() >= dense.size):
+        raise ModelError(f"{what}: sparse indices out of range")
+    dense[flat] = values.reshape(-1)
+    return dense.reshape(shape)
+
+
+# ---- the importer ---------------------------------------------------------------------------------
+def load_onnx(src) -> Graph:
+    """Import an ONNX model (path, bytes or ``onnx.ModelProto``) as an ember ``Graph``."""
+    model, folder = _parse(src)
+    opset = _default_opset(model)
+    gp = model.graph
+    _check_supported(gp, opset)
+
+    graph = Graph(name=gp.name or "graph", opset=opset)
+    graph.metadata = {p.key: p.value for p in model.metadata_props}
+    graph.metadata.setdefault("producer", f"{model.producer_name} {model.producer_version}"
+                              .strip())
+    for init in gp.initializer:
+        if not init.name:
+            raise ModelError("an initializer has no name")
+        if init.name in graph.initializers:
+            raise ModelError(f"initializer {init.name!r} is defined twice")
+        graph.initializers[init.name] = _tensor_to_array(init, folder,
+                                                         f"initializer {init.name!r}")
+    for sp in gp.sparse_initializer:
+        name = sp.values.name
+        if name in graph.initializers:
+            raise ModelError(f"initializer {name!r} is defined twice")
+        graph.initializers[name] = _sparse_to_dense(sp, folder, f"sparse initializer {name!r}")
+    for vi in gp.input:
+        if vi.name in graph.initializers:
+            continue  # IR < 4 lists initializers among inputs too: they are constants
+        if not vi.name:
+            raise ModelError("a graph input has no name")
+        if vi.name in graph.types:
+            raise ModelError(f"graph input {vi.name!r} is declared twice")
+        graph.inputs.append(vi.name)
+        graph.types[vi.name] = _value_type(vi)
+    graph.outputs = [vo.name for vo in gp.output]
+    if len(set(graph.outputs)) != len(graph.outputs):
+        raise ModelError(f"graph outputs repeat a name: {graph.outputs}")
+
+    rewriter = Rewriter(model, graph, opset)
+    used_names: set = set()
+    for k, n in enumerate(gp.node):
+        name = n.name or f"{n.op_type}_{k}"
+        if name in used_names:
+            name = f"{name}_{k}"
+        used_names.add(name)
+        attrs = _attributes(n, folder, name)
+        attrs = {a: v for a, v in attrs.items() if a != "consumed_inputs"}  # opset<6 relic
+        node = Node(n.op_type, list(n.input), list(n.output), attrs, name, "")
+        upgrade = UPGRADES.get(n.op_type)
+        nodes = upgrade(node, rewriter) if upgrade else [node]
+        graph.nodes.extend(nodes)
+    graph.toposort()
+    return graph
+
+
+# ---- opset upgrades: older forms → the newest opset's semantics -------------------------------
+class Rewriter:
+    """What an upgrade needs: the model's opset, fresh value names, new constants (added as
+    initializers) and, when an old form hides a dtype or rank, ONNX's own shape inference."""
+
+    def __init__(self, model, graph: Graph, opset: int):
+        self.model, self.graph, self.opset = model, graph, opset
+        gp = model.graph
+        self._taken = set(graph.initializers) | {vi.name for vi in gp.input}
+        self._taken.update(vo.name for vo in gp.output)
+        for n in gp.node:
+            self._taken.update(n.input)
+            self._taken.update(n.output)
+        self._inferred = None
+
+    def fresh(self, base: str) -> str:
+        name, k = base, 0
+        while name in self._taken:
+            k += 1
+            name = f"{base}_{k}"
+        self._taken.add(name)
+        return name
+
+    def const(self, base: str, value) -> str:
+        name = self.fresh(base)
+        self.graph.initializers[name] = np.ascontiguousarray(value)
+        return name
+
+    def _lookup(self, name):
+        """(dtype or None, rank or None) of a value, from the graph or ONNX shape inference."""
+        if name in self.graph.initializers:
+            a = self.graph.initializers[name]
+            return a.dtype, a.ndim
+        if name in self.graph.types:
+            t = self.graph.types[name]
+            return t.dtype, t.rank
+        if self._inferred is None:
+            self._inferred = {}
+            try:
+                inferred = _onnx().shape_inference.infer_shapes(self.model)
+                for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
+                    tt = vi.type.tensor_type
+                    dt = rank = None
+                    if tt.elem_type:
+                        try:
+                            dt = _np_dtype(tt.elem_type, vi.name)
+                        except ModelError:
+                            pass
+                    if tt.HasField("shape"):
+                        rank = len(tt.shape.dim)
+                    self._inferred[vi.name] = (dt, rank)
+            except Exception:  # inference is a help, never a requirement
+                pass
+        return self._inferred.get(name, (None, None))
+
+    def dtype_of(self, name, default="float32") -> np.dtype:
+        return np.dtype(self._lookup(name)[0] or default)
+
+    def rank_of(self, name):
+        return self._lookup(name)[1]
+
+
+def _set_input(node: Node, i: int, name: str) -> None:
+    while len(node.inputs) <= i:
+        node.inputs.append("")
+    node.inputs[i] = name
+
+
+def _trim_inputs(node: Node) -> None:
+    while node.inputs and not node.inputs[-1]:
+        node.inputs.pop()
+
+
+def _attr_to_input(attr: str, index: int, before: int, dtype="int64", default=None):
+    """Upgrade for ops whose attribute ``attr`` became input ``index`` at opset ``before``."""
+    def upgrade(node, rw):
+        if rw.opset < before:
+            value = node.attrs.pop(attr, default)
+            if value is not None:
+                _set_input(node, index, rw.const(f"{node.name}_{attr}", np.array(value, dtype)))
+        return [node]
+    return upgrade
+
+
+def _softmax(node, rw):
+    """Softmax/LogSoftmax < 13 coerce the input to 2-D at ``axis``; 13+ work on one axis."""
+    if rw.opset >= 13:
+        return [node]
+    axis = node.attrs.pop("axis", 1)
+    rank = rw.rank_of(node.inputs[0])
+    if rank is not None and axis in (rank - 1, -1):
+        node.attrs["axis"] = -1  # the 2-D coercion changes nothing here
+        return [node]
+    x, y, base = node.inputs[0], node.outputs[0], node.name
+    shape, flat, soft = rw.fresh(f"{base}_shape"), rw.fresh(f"{base}_2d"), rw.fresh(f"{base}_out")
+    return [Node("Shape", [x], [shape], {}, f"{base}/shape"),
+            Node("Flatten", [x], [flat], {"axis": axis}, f"{base}/flatten"),
+            Node(node.op_type, [flat], [soft], {"axis": -1}, base),
+            Node("Reshape", [soft, shape], [y], {}, f"{base}/reshape")]
+
+
+def _clip(node, rw):
+    if rw.opset < 11:
+        dt = rw.dtype_of(node.inputs[0])
+        for i, attr in ((1, "min"), (2, "max")):
+            if attr in node.attrs:
+                _set_input(node, i, rw.const(f"{node.name}_{attr}",
+                                             np.array(node.attrs.pop(attr), dt)))
+        _trim_inputs(node)
+    return [node]
+
+
+def _pad(node, rw):
+    if rw.opset < 11:
+        pads = node.attrs.pop("pads", node.attrs.pop("paddings", None))
+        if pads is None:
+            raise ModelError(f"{node}: attribute 'pads' is missing")
+        value = node.attrs.pop("value", 0.0)
+        _set_input(node, 1, rw.const(f"{node.name}_pads", np.array(pads, np.int64)))
+        if node.attrs.get("mode", "constant") == "constant" and value != 0.0:
+            _set_input(node, 2, rw.const(f"{node.name}_value",
+                                         np.array(value, rw.dtype_of(node.inputs[0]))))
+    return [node]
+
+
+def _resize_like(node, scales_input: str, rw) -> list:
+    mode = node.attrs.pop("mode", "nearest")
+    node.op_type = "Resize"
+    node.inputs = [node.inputs[0], "", scales_input]
+    node.attrs = {"mode": "linear" if mode in ("linear", "bilinear") else mode,
+                  "coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"}
+    return [node]
+
+
+def _upsample(node, rw):
+    """Upsample (every opset) is Resize with asymmetric coordinates and floor rounding."""
+    if "scales" in node.attrs:
+        scales = rw.const(f"{node.name}_scales", np.array(node.attrs.pop("scales"), np.float32))
+    elif "height_scale" in node.attrs or "width_scale" in node.attrs:  # Upsample-1
+        hw = [node.attrs.pop("height_scale", 1.0), node.attrs.pop("width_scale", 1.0)]
+        scales = rw.const(f"{node.name}_scales", np.array([1.0, 1.0] + hw, np.float32))
+    elif len(node.inputs) > 1 and node.inputs[1]:
+        scales = node.inputs[1]
+    else:
+        raise ModelError(f"{node}: Upsample needs scales")
+    return _resize_like(node, scales, rw)
+
+
+def _resize(node, rw):
+    if rw.opset < 11:  # Resize-10: (X, scales), asymmetric coordinates
+        return _resize_like(node, node.input(1), rw)
+    if node.attrs.get("mode") == "bilinear":
+        node.attrs["mode"] = "linear"
+    for i in (1, 2, 3):  # an empty constant means "not given" (Resize-11 had no optional inputs)
+        name = node.input(i)
+        if name in rw.graph.initializers and rw.graph.initializers[name].size == 0:
+            node.inputs[i] = ""
+    _trim_inputs(node)
+    return [node]
+
+
+def _split(node, rw):
+    if rw.opset < 13 and "split" in node.attrs:
+        _set_input(node, 1, rw.const(f"{node.name}_split",
+                                     np.array(node.attrs.pop("split"), np.int64)))
+    if not node.input(1) and "num_outputs" not in node.attrs:
+        node.attrs["num_outputs"] = len(node.outputs)  # old "equal parts" = 18's num_outputs
+    return [node]
+
+
+def _slice(node, rw):
+    if rw.opset < 10:
+        for i, attr in ((1, "starts"), (2, "ends"), (3, "axes")):
+            if attr in node.attrs:
+                _set_input(node, i, rw.const(f"{node.name}_{attr}",
+                                             np.array(node.attrs.pop(attr), np.int64)))
+    return [node]
+
+
+def _dropout(node, rw):
+    node.attrs.pop("is_test", None)
+    if rw.opset < 12:
+        ratio = node.attrs.pop("ratio", 0.5)
+        _set_input(node, 1, rw.const(f"{node.name}_ratio", np.array(ratio, np.float32)))
+    return [node]
+
+
+def _batchnorm(node, rw):
+    node.attrs.pop("is_test", None)
+    if node.attrs.pop("spatial", 1) != 1:
+        raise ModelError(f"{node}: BatchNormalization with spatial=0 (opset < 9, statistics "
+                         f"per element rather than per channel) is not supported")
+    if rw.opset < 14 and len(node.outputs) > 1:
+        node.outputs = node.outputs[:1]  # training-only outputs of the old forms
+    return [node]
+
+
+def _legacy_broadcast(node, rw):
+    """Opset < 7 elementwise ops: ``broadcast=1, axis=k`` aligns B with A starting at k."""
+    node.attrs.pop("broadcast", None)
+    if "axis" not in node.attrs:
+        return [node]
+    axis = node.attrs.pop("axis")
+    a, b = node.inputs[0], node.input(1)
+    rank_a, rank_b = rw.rank_of(a), rw.rank_of(b)
+    if rank_a is None or rank_b is None:
+        raise ModelError(f"{node}: legacy broadcast with axis={axis} needs known ranks")
+    axis = axis + rank_a if axis < 0 else axis
+    trailing = rank_a - axis - rank_b
+    if trailing > 0:
+        if b not in rw.graph.initializers:
+            raise ModelError(f"{node}: legacy broadcast with axis={axis} is only supported "
+                             f"for a constant second input")
+        arr = rw.graph.initializers[b]
+        node.inputs[1] = rw.const(f"{b}_bcast", arr.reshape(arr.shape + (1,) * trailing))
+    return [node]
+
+
+def _concat(node, rw):
+    if rw.opset < 4:
+        node.attrs.setdefault("axis", 1)
+    return [node]
+
+
+def _gemm(node, rw):
+    node.attrs.pop("broadcast", None)
+    return [node]
+
+
+def _cast(node, rw):
+    if "to" in node.attrs:
+        node.attrs["to"] = _dtype_name(node.attrs["to"], node.name)
+    return [node]
+
+
+def _constant(node, rw):
+    a = node.attrs
+    forms = {"value_float": np.float32, "value_floats": np.float32, "value_int": np.int64,
+             "value_ints": np.int64}
+    for key, dt in forms.items():
+        if key in a:
+            a["value"] = np.array(a.pop(key), dt)
+    if "sparse_value" in a:
+        a["value"] = a.pop("sparse_value")
+    if "value_string" in a or "value_strings" in a:
+        raise ModelError(f"{node}: string constants are not supported")
+    return [node]
+
+
+UPGRADES = {
+    "Softmax": _softmax, "LogSoftmax": _softmax, "Clip": _clip, "Pad": _pad,
+    "Upsample": _upsample, "Resize": _resize, "Split": _split, "Slice": _slice,
+    "Dropout": _dropout, "BatchNormalization": _batchnorm, "Concat": _concat, "Gemm": _gemm,
+    "Cast": _cast, "Constant": _constant,
+    "Squeeze": _attr_to_input("axes", 1, 13), "Unsqueeze": _attr_to_input("axes", 1, 13),
+    "ReduceSum": _attr_to_input("axes", 1, 13), "Reshape": _attr_to_input("shape", 1, 5),
+}
+for _op in ("ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
+            "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare"):
+    UPGRADES[_op] = _attr_to_input("axes", 1, 18)
+for _op in ("Add", "Sub", "Mul", "Div", "Pow", "PRelu"):
+    UPGRADES[_op] = _legacy_broadcast
+# ops an old form turns into: the importer accepts Upsample when Resize is supported
+UPGRADE_TARGETS = {"Upsample": ("Resize",)}

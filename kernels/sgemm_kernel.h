@@ -1,0 +1,320 @@
+/* ember's single-precision GEMM core: packed, cache-blocked, register-blocked.
+ *
+ * Why C: the micro-kernel needs intrinsics (AVX2/FMA when the compiler targets them, a plain
+ * loop the compiler vectorises otherwise), and both gemm.pyx and conv.pyx include this header,
+ * so each extension gets its own copy without a cross-module cimport.
+ *
+ * Blocking (BLIS order): C is cut into tasks of MC rows x up-to-NC columns, handed out to the
+ * OpenMP team; a task walks K in KC slices, packs its A block (MC x KC, stays in L2) and its B
+ * block (KC x nc, streamed one NR-wide micro-panel at a time through L1) into per-thread
+ * buffers allocated once per thread (thread-local, 64-byte aligned) and reused by every call.
+ * The optional epilogue callback runs on each MR x NR tile right after its last K slice was
+ * stored, while the tile is still in L1 (bias + activation "fused into the store").
+ */
+#ifndef EMBER_SGEMM_KERNEL_H
+#define EMBER_SGEMM_KERNEL_H
+
+#include <stdlib.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define EMBER_GEMM_AVX2 1
+#endif
+
+#define EMBER_MR 6
+#define EMBER_NR 16
+#define EMBER_MC 144 /* multiple of MR: A block 144 x 256 floats = 144 KiB (L2) */
+#define EMBER_KC 256 /* B micro-panel 256 x 16 floats = 16 KiB (L1) */
+#define EMBER_NC 1024 /* widest task, multiple of NR: B block 1 MiB (L2/L3) */
+
+typedef void (*ember_epilogue_fn)(float *c, long ldc, int m, int n, int row0, int col0,
+                                  void *ctx);
+
+static __thread float *ember_tls_pack_a = NULL;
+static __thread float *ember_tls_pack_b = NULL;
+
+/* The calling thread's packing buffers, allocated on its first GEMM; NULL when out of memory. */
+static int ember_pack_buffers(float **pa, float **pb)
+{
+    if (!ember_tls_pack_a) {
+        void *p = NULL;
+        if (posix_memalign(&p, 64, sizeof(float) * EMBER_MC * EMBER_KC) != 0) return 0;
+        ember_tls_pack_a = (float *)p;
+    }
+    if (!ember_tls_pack_b) {
+        void *p = NULL;
+        if (posix_memalign(&p, 64, sizeof(float) * EMBER_KC * EMBER_NC) != 0) return 0;
+        ember_tls_pack_b = (float *)p;
+    }
+    *pa = ember_tls_pack_a;
+    *pb = ember_tls_pack_b;
+    return 1;
+}
+
+/* op(A)[i][k] = a[i*rs + k*cs]; packed as MR-row micro-panels, k-major, zero-padded rows. */
+static void ember_pack_a(int mc, int kc, const float *a, long rs, long cs, float *pa)
+{
+    for (int i = 0; i < mc; i += EMBER_MR) {
+        int mr = mc - i < EMBER_MR ? mc - i : EMBER_MR;
+        const float *src = a + (long)i * rs;
+        if (mr == EMBER_MR && cs == 1) {
+            const float *r0 = src, *r1 = src + rs, *r2 = src + 2 * rs, *r3 = src + 3 * rs,
+                        *r4 = src + 4 * rs, *r5 = src + 5 * rs;
+            for (int k = 0; k < kc; ++k) {
+                pa[0] = r0[k]; pa[1] = r1[k]; pa[2] = r2[k];
+                pa[3] = r3[k]; pa[4] = r4[k]; pa[5] = r5[k];
+                pa += EMBER_MR;
+            }
+        } else {
+            for (int k = 0; k < kc; ++k) {
+                for (int r = 0; r < mr; ++r) pa[r] = src[r * rs + k * cs];
+                for (int r = mr; r < EMBER_MR; ++r) pa[r] = 0.0f;
+                pa += EMBER_MR;
+            }
+        }
+    }
+}
+
+/* op(B)[k][j] = b[k*rs + j*cs]; packed as NR-column micro-panels, k-major, zero-padded cols. */
+static void ember_pack_b(int kc, int nc, const float *b, long rs, long cs, float *pb)
+{
+    for (int j = 0; j < nc; j += EMBER_NR) {
+        int nr = nc - j < EMBER_NR ? nc - j : EMBER_NR;
+        const float *src = b + (long)j * cs;
+        if (cs == 1) {
+            for (int k = 0; k < kc; ++k) {
+                const float *row = src + (long)k * rs;
+                if (nr == EMBER_NR) {
+                    memcpy(pb, row, sizeof(float) * EMBER_NR);
+                } else {
+                    for (int c = 0; c < nr; ++c) pb[c] = row[c];
+                    for (int c = nr; c < EMBER_NR; ++c) pb[c] = 0.0f;
+                }
+                pb += EMBER_NR;
+            }
+        } else { /* transposed B: read each source row contiguously, write with stride NR */
+            for (int c = 0; c < EMBER_NR; ++c) {
+                float *dst = pb + c;
+                if (c < nr) {
+                    const float *col = src + (long)c * cs;
+                    for (int k = 0; k < kc; ++k) dst[k * EMBER_NR] = col[k * rs];
+                } else {
+                    for (int k = 0; k < kc; ++k) dst[k * EMBER_NR] = 0.0f;
+                }
+            }
+            pb += (long)kc * EMBER_NR;
+        }
+    }
+}
+
+/* c[0:MR, 0:NR] (row stride ldc) = (accumulate ? c : 0) + alpha * pa-panel . pb-panel */
+#ifdef EMBER_GEMM_AVX2
+static inline void ember_ukr(int kc, const float *restrict a, const float *restrict b,
+                             float *restrict c, long ldc, float alpha, int accumulate)
+{
+    __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps();
+    __m256 c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps();
+    __m256 c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps();
+    __m256 c30 = _mm256_setzero_ps(), c31 = _mm256_setzero_ps();
+    __m256 c40 = _mm256_setzero_ps(), c41 = _mm256_setzero_ps();
+    __m256 c50 = _mm256_setzero_ps(), c51 = _mm256_setzero_ps();
+#define EMBER_UKR_STEP(A, B)                                                   \
+    {                                                                          \
+        __m256 b0 = _mm256_load_ps(B), b1 = _mm256_load_ps((B) + 8), av;       \
+        av = _mm256_broadcast_ss((A) + 0);                                     \
+        c00 = _mm256_fmadd_ps(av, b0, c00); c01 = _mm256_fmadd_ps(av, b1, c01); \
+        av = _mm256_broadcast_ss((A) + 1);                                     \
+        c10 = _mm256_fmadd_ps(av, b0, c10); c11 = _mm256_fmadd_ps(av, b1, c11); \
+        av = _mm256_broadcast_ss((A) + 2);                                     \
+        c20 = _mm256_fmadd_ps(av, b0, c20); c21 = _mm256_fmadd_ps(av, b1, c21); \
+        av = _mm256_broadcast_ss((A) + 3);                                     \
+        c30 = _mm256_fmadd_ps(av, b0, c30); c31 = _mm256_fmadd_ps(av, b1, c31); \
+        av = _mm256_broadcast_ss((A) + 4);                                     \
+        c40 = _mm256_fmadd_ps(av, b0, c40); c41 = _mm256_fmadd_ps(av, b1, c41); \
+        av = _mm256_broadcast_ss((A) + 5);                                     \
+        c50 = _mm256_fmadd_ps(av, b0, c50); c51 = _mm256_fmadd_ps(av, b1, c51); \
+    }
+    int k = 0;
+    for (; k + 4 <= kc; k += 4) {
+        _mm_prefetch((const char *)(b + 16 * 8), _MM_HINT_T0);
+        EMBER_UKR_STEP(a, b);
+        EMBER_UKR_STEP(a + 6, b + 16);
+        EMBER_UKR_STEP(a + 12, b + 32);
+        EMBER_UKR_STEP(a + 18, b + 48);
+        a += 24;
+        b += 64;
+    }
+    for (; k < kc; ++k) {
+        EMBER_UKR_STEP(a, b);
+        a += 6;
+        b += 16;
+    }
+#undef EMBER_UKR_STEP
+    __m256 va = _mm256_set1_ps(alpha);
+#define EMBER_UKR_STORE(ROW, X0, X1)                                                  \
+    {                                                                                 \
+        float *p = c + (ROW) * ldc;                                                   \
+        if (accumulate) {                                                             \
+            _mm256_storeu_ps(p, _mm256_fmadd_ps(va, X0, _mm256_loadu_ps(p)));         \
+            _mm256_storeu_ps(p + 8, _mm256_fmadd_ps(va, X1, _mm256_loadu_ps(p + 8))); \
+        } else {                                                                      \
+            _mm256_storeu_ps(p, _mm256_mul_ps(va, X0));                               \
+            _mm256_storeu_ps(p + 8, _mm256_mul_ps(va, X1));                           \
+        }                                                                             \
+    }
+    EMBER_UKR_STORE(0, c00, c01);
+    EMBER_UKR_STORE(1, c10, c11);
+    EMBER_UKR_STORE(2, c20, c21);
+    EMBER_UKR_STORE(3, c30, c31);
+    EMBER_UKR_STORE(4, c40, c41);
+    EMBER_UKR_STORE(5, c50, c51);
+#undef EMBER_UKR_STORE
+}
+#else
+static inline void ember_ukr(int kc, const float *restrict a, const float *restrict b,
+                             float *restrict c, long ldc, float alpha, int accumulate)
+{
+    float acc[EMBER_MR][EMBER_NR];
+    memset(acc, 0, sizeof(acc));
+    for (int k = 0; k < kc; ++k) {
+        for (int i = 0; i < EMBER_MR; ++i) {
+            float ai = a[i];
+            for (int j = 0; j < EMBER_NR; ++j) acc[i][j] += ai * b[j];
+        }
+        a += EMBER_MR;
+        b += EMBER_NR;
+    }
+    for (int i = 0; i < EMBER_MR; ++i) {
+        float *p = c + i * ldc;
+        if (accumulate)
+            for (int j = 0; j < EMBER_NR; ++j) p[j] += alpha * acc[i][j];
+        else
+            for (int j = 0; j < EMBER_NR; ++j) p[j] = alpha * acc[i][j];
+    }
+}
+#endif
+
+/* Edge tile: full micro-kernel into a local tile, then copy the valid mr x nr part. */
+static void ember_ukr_edge(int kc, const float *a, const float *b, float *c, long ldc, int mr,
+                           int nr, float alpha, int accumulate)
+{
+    float tile[EMBER_MR * EMBER_NR] __attribute__((aligned(64)));
+    ember_ukr(kc, a, b, tile, EMBER_NR, alpha, 0);
+    for (int i = 0; i < mr; ++i) {
+        float *p = c + i * ldc;
+        const float *t = tile + i * EMBER_NR;
+        if (accumulate)
+            for (int j = 0; j < nr; ++j) p[j] += t[j];
+        else
+            for (int j = 0; j < nr; ++j) p[j] = t[j];
+    }
+}
+
+typedef struct {
+    int M, N, K;
+    float alpha;
+    const float *A, *B;
+    long rs_a, cs_a, rs_b, cs_b;
+    float *C;
+    long ldc;
+    int accumulate_first; /* C already holds beta*C and must be added to */
+    ember_epilogue_fn epi;
+    void *ctx;
+} ember_gemm_args;
+
+/* One task: rows [i0, i0+mc) x columns [j0, j0+nc) of C, all of K. Returns 0 when OOM. */
+static int ember_gemm_task(const ember_gemm_args *g, int i0, int mc, int j0, int nc)
+{
+    float *pa, *pb;
+    if (!ember_pack_buffers(&pa, &pb)) return 0;
+    for (int p0 = 0; p0 < g->K; p0 += EMBER_KC) {
+        int kc = g->K - p0 < EMBER_KC ? g->K - p0 : EMBER_KC;
+        int accumulate = p0 > 0 || g->accumulate_first;
+        int last = p0 + kc >= g->K;
+        ember_pack_b(kc, nc, g->B + (long)p0 * g->rs_b + (long)j0 * g->cs_b, g->rs_b, g->cs_b, pb);
+        ember_pack_a(mc, kc, g->A + (long)i0 * g->rs_a + (long)p0 * g->cs_a, g->rs_a, g->cs_a, pa);
+        for (int jr = 0; jr < nc; jr += EMBER_NR) {
+            int nr = nc - jr < EMBER_NR ? nc - jr : EMBER_NR;
+            const float *bp = pb + (long)jr * kc;
+            for (int ir = 0; ir < mc; ir += EMBER_MR) {
+                int mr = mc - ir < EMBER_MR ? mc - ir : EMBER_MR;
+                float *c = g->C + (long)(i0 + ir) * g->ldc + j0 + jr;
+                const float *ap = pa + (long)ir * kc;
+                if (mr == EMBER_MR && nr == EMBER_NR)
+                    ember_ukr(kc, ap, bp, c, g->ldc, g->alpha, accumulate);
+                else
+                    ember_ukr_edge(kc, ap, bp, c, g->ldc, mr, nr, g->alpha, accumulate);
+                if (last && g->epi) g->epi(c, g->ldc, mr, nr, i0 + ir, j0 + jr, g->ctx);
+            }
+        }
+    }
+    return 1;
+}
+
+/* C = epi(alpha * op(A) op(B) + beta * C). op(A) is M x K, op(B) K x N, C row-major (ldc).
+ * A is stored M x K (lda) or, when trans_a, K x M (lda); B likewise. When beta == 0, C is not
+ * read. Uses at most nthreads OpenMP threads. Returns 0 on allocation failure, 1 otherwise. */
+static int ember_sgemm(int trans_a, int trans_b, int M, int N, int K, float alpha,
+                       const float *A, long lda, const float *B, long ldb, float beta, float *C,
+                       long ldc, ember_epilogue_fn epi, void *ctx, int nthreads)
+{
+    if (M <= 0 || N <= 0) return 1;
+    if (nthreads < 1) nthreads = 1;
+    if ((double)M * N * (K > 0 ? K : 1) < 48.0 * 48.0 * 48.0) nthreads = 1; /* not worth a team */
+    int overwrite_first = beta == 0.0f && K > 0 && alpha != 0.0f;
+    if (beta != 1.0f && !overwrite_first) { /* C <- beta*C once; every K slice accumulates */
+        for (int i = 0; i < M; ++i) {
+            float *row = C + (long)i * ldc;
+            if (beta == 0.0f)
+                memset(row, 0, sizeof(float) * N);
+            else
+                for (int j = 0; j < N; ++j) row[j] *= beta;
+        }
+    }
+    if (K <= 0 || alpha == 0.0f) {
+        if (epi)
+            for (int i = 0; i < M; i += EMBER_MR)
+                for (int j = 0; j < N; j += EMBER_NR)
+                    epi(C + (long)i * ldc + j, ldc, M - i < EMBER_MR ? M - i : EMBER_MR,
+                        N - j < EMBER_NR ? N - j : EMBER_NR, i, j, ctx);
+        return 1;
+    }
+    ember_gemm_args g;
+    g.M = M; g.N = N; g.K = K; g.alpha = alpha; g.A = A; g.B = B;
+    g.rs_a = trans_a ? 1 : lda; g.cs_a = trans_a ? lda : 1;
+    g.rs_b = trans_b ? 1 : ldb; g.cs_b = trans_b ? ldb : 1;
+    g.C = C; g.ldc = ldc; g.accumulate_first = !overwrite_first; /* else C holds beta*C */
+    g.epi = epi; g.ctx = ctx;
+
+    int mb = (M + EMBER_MC - 1) / EMBER_MC;
+    int nc = EMBER_NC;
+    int nb = (N + nc - 1) / nc;
+    while (nthreads > 1 && (long)mb * nb < 4L * nthreads && nc > 4 * EMBER_NR) {
+        nc = ((nc / 2 + EMBER_NR - 1) / EMBER_NR) * EMBER_NR;
+        nb = (N + nc - 1) / nc;
+    }
+    long ntasks = (long)mb * nb;
+    int ok = 1;
+    if (nthreads == 1 || ntasks == 1) {
+        for (long t = 0; t < ntasks && ok; ++t) {
+            int ib = (int)(t % mb), jb = (int)(t / mb);
+            int i0 = ib * EMBER_MC, j0 = jb * nc;
+            ok = ember_gemm_task(&g, i0, M - i0 < EMBER_MC ? M - i0 : EMBER_MC, j0,
+                                 N - j0 < nc ? N - j0 : nc);
+        }
+        return ok;
+    }
+#pragma omp parallel for num_threads(nthreads) schedule(dynamic, 1) reduction(&& : ok)
+    for (long t = 0; t < ntasks; ++t) {
+        int ib = (int)(t % mb), jb = (int)(t / mb);
+        int i0 = ib * EMBER_MC, j0 = jb * nc;
+        ok = ember_gemm_task(&g, i0, M - i0 < EMBER_MC ? M - i0 : EMBER_MC, j0,
+                             N - j0 < nc ? N - j0 : nc) && ok;
+    }
+    return ok;
+}
+
+#endif

@@ -1,0 +1,177 @@
+"""The command line, run in-process through ``ember.cli.main`` (capsys).
+
+Oracles: figures computed by hand in this file, onnxruntime on the same model, and the bundled
+sample's own labels.
+"""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from ember import cli
+from ember.cli import main
+
+
+@pytest.fixture(scope="module")
+def small_model(tmp_path_factory):
+    """x[N,3,8,8] → Conv(3→4, 3×3, stride 1, no pad) → Relu → Flatten → Gemm(144→5) → y."""
+    rng = np.random.default_rng(0)
+    inits = {"w": rng.standard_normal((4, 3, 3, 3)).astype(np.float32),
+             "b": rng.standard_normal(4).astype(np.float32),
+             "wg": rng.standard_normal((5, 144)).astype(np.float32),
+             "bg": rng.standard_normal(5).astype(np.float32)}
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w", "b"], ["c"], kernel_shape=[3, 3]),
+         helper.make_node("Relu", ["c"], ["r"]),
+         helper.make_node("Flatten", ["r"], ["f"], axis=1),
+         helper.make_node("Gemm", ["f", "wg", "bg"], ["y"], transB=1)],
+        "small",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])],
+        [numpy_helper.from_array(a, n) for n, a in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path_factory.mktemp("cli") / "small.onnx"
+    onnx.save(model, str(path))
+    return str(path)
+
+
+# hand-computed: params = 4·3·3·3 + 4 + 5·144 + 5 = 837
+# MACs at batch N: Conv N·4·6·6·3·3·3 = 3,888·N ; Gemm N·5·144 = 720·N
+def test_info_counts_params_and_macs(small_model, capsys):
+    assert main(["info", small_model, "--shape", "x=2x3x8x8"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"\bx\s+float32\s+N×3×8×8", out)
+    assert re.search(r"\by\s+float32\s+2×5", out)
+    assert "params  837 " in out
+    assert f"MACs    {2 * (3888 + 720):,} " in out
+    assert re.search(r"Conv\s+1\s+1", out)
+    assert re.search(r"Gemm\s+1\s+1", out)
+    m = re.search(r"arena ([\d,]+) B\s+naive ([\d,]+) B\s+lower bound ([\d,]+) B", out)
+    arena, naive, lower = (int(g.replace(",", "")) for g in m.groups())
+    assert lower <= arena <= naive
+    # the largest value (conv output, 2·4·6·6 floats) must fit in the arena
+    assert arena >= 2 * 4 * 6 * 6 * 4
+
+
+def test_info_default_batch_and_plan_table(small_model, capsys):
+    assert main(["info", small_model, "--plan"]) == 0
+    out = capsys.readouterr().out
+    assert f"MACs    {3888 + 720:,} " in out  # symbolic N defaults to 1
+    assert "offset" in out and "life" in out
+    assert re.search(r"^y\s+\d", out, re.M)  # the output value has a row
+
+
+def test_run_with_input_file_matches_onnxruntime(small_model, tmp_path, capsys):
+    x = np.random.default_rng(1).standard_normal((3, 3, 8, 8)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    out_path = tmp_path / "out.npz"
+    assert main(["run", small_model, "-i", f"x={tmp_path / 'x.npy'}", "-o", str(out_path),
+                 "--repeat", "3", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"\by\s+float32\s+3×5\s+min", out)
+    assert "latency" in out and "median of 3 runs" in out
+    (ref,) = ort.InferenceSession(small_model, providers=["CPUExecutionProvider"]) \
+        .run(None, {"x": x})
+    # rtol/atol 1e-4: 144- and 27-term float32 sums in a different order than onnxruntime
+    np.testing.assert_allclose(np.load(out_path)["y"], ref, rtol=1e-4, atol=1e-4)
+
+
+def test_run_random_inputs_is_seeded(small_model, capsys):
+    assert main(["run", small_model, "--repeat", "1"]) == 0
+    first = capsys.readouterr().out
+    assert main(["run", small_model, "--repeat", "1"]) == 0
+    second = capsys.readouterr().out
+    summary = [line for line in first.splitlines() if " min " in line]
+    assert summary and summary == [line for line in second.splitlines() if " min " in line]
+    assert "argmax" in summary[0]  # y is 1×5: a vector
+
+
+def test_demo_prediction_accuracy_and_speed(capsys):
+    t0 = time.perf_counter()
+    assert main(["demo"]) == 0
+    elapsed = time.perf_counter() - t0
+    out = capsys.readouterr().out
+    sample = np.load(cli.DEMO_SAMPLE)
+    (probs,) = ort.InferenceSession(cli.DEMO_MODEL, providers=["CPUExecutionProvider"]) \
+        .run(None, {"image": sample["images"]})
+    pred = probs.argmax(1)
+    shown = re.search(r"predictions\s+([\d ]+)", out).group(1).split()
+    assert [int(p) for p in shown] == pred[:len(shown)].tolist()
+    correct = int((pred == sample["labels"]).sum())
+    assert f"accuracy     {correct}/{len(pred)} " in out
+    assert correct / len(pred) >= 0.95  # a real trained model
+    assert f"predicted {pred[0]} " in out
+    assert "latency" in out
+    assert elapsed < 5  # README promises a quick first command (< 2 s alone; CI is shared)
+
+
+def test_bundled_files_are_small():
+    import os
+    assert os.path.getsize(cli.DEMO_MODEL) < 200_000
+    assert os.path.getsize(cli.DEMO_SAMPLE) < 200_000
+
+
+def test_ops_markdown_lists_registry(capsys):
+    from ember.graph.ops import REGISTRY
+    assert main(["ops", "--markdown"]) == 0
+    out = capsys.readouterr().out
+    lines = out.strip().splitlines()
+    assert lines[0].startswith("| op |")
+    assert len(lines) == 2 + len(REGISTRY)
+    for op in ("Conv", "Relu", "Gemm", "MaxPool", "Softmax", "Flatten"):
+        assert any(line.startswith(f"| {op} |") for line in lines), op
+
+
+# ---- errors: one line on stderr, exit status 2, no traceback -----------------------------------
+def error_of(argv, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ember: error: ") and err.count("\n") == 1, err
+    assert "Traceback" not in err
+    return err
+
+
+def test_missing_model_file(capsys, tmp_path):
+    assert "no such model file" in error_of(["info", str(tmp_path / "nope.onnx")], capsys)
+
+
+def test_not_an_onnx_file(capsys, tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"this is not a protobuf")
+    error_of(["info", str(bad)], capsys)
+
+
+def test_wrong_dtype_input_file(small_model, capsys, tmp_path):
+    np.save(tmp_path / "x.npy", np.zeros((1, 3, 8, 8), np.float64))
+    err = error_of(["run", small_model, "-i", f"x={tmp_path / 'x.npy'}"], capsys)
+    assert "'x'" in err and "float32" in err
+
+
+def test_unknown_input_name_and_bad_shape_flag(small_model, capsys, tmp_path):
+    np.save(tmp_path / "x.npy", np.zeros((1, 3, 8, 8), np.float32))
+    assert "unknown input 'q'" in error_of(["run", small_model, "-i",
+                                            f"q={tmp_path / 'x.npy'}"], capsys)
+    assert "--shape" in error_of(["info", small_model, "--shape", "x=1xax8"], capsys)
+
+
+def test_bad_threads_flag_is_a_usage_error(small_model, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["run", small_model, "--threads", "0"])
+    assert exc.value.code == 2
+
+
+def test_python_dash_m_entry_point(tmp_path):
+    # cwd away from the repo root: there, ``python -m`` would import the source folder ember/
+    # instead of the installed package (whose subpackages setup.py maps from graph/, runtime/…)
+    r = subprocess.run([sys.executable, "-m", "ember", "ops"], capture_output=True, text=True,
+                       timeout=60, cwd=tmp_path)
+    assert r.returncode == 0 and "Conv" in r.stdout

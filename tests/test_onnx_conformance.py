@@ -1,0 +1,104 @@
+"""ONNX's own node conformance cases, run through ``ember.backend``.
+
+The oracle is the expected output shipped with each case (computed by ONNX's reference numpy
+code), compared with the case's own ``rtol``/``atol`` and exact dtype and shape.
+
+Selection: every case of ``onnx.backend.test.case.node.collect_testcases`` whose nodes all use
+ops of ember's op set (``OP_SET``), including ``_expanded`` variants whose function bodies use
+only those ops. Run one case with ``pytest tests/test_onnx_conformance.py -k test_relu``.
+
+Summary (onnx 1.23.2): 607 cases selected; see EXCLUDED for the ones left out and why.
+"""
+from __future__ import annotations
+
+import fnmatch
+import warnings
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+import ember.backend
+
+# Case name (or fnmatch pattern) -> the reason it is not run. Only things ember deliberately
+# does not do; a case failing because an op is unfinished is a real failure, not listed here.
+_NARROW_DTYPES = "ember holds float16/32/64, integer and bool tensors; {} is not supported"
+EXCLUDED = {
+    "test_cast*BFLOAT16*": _NARROW_DTYPES.format("bfloat16"),
+    "test_cast*FLOAT8*": _NARROW_DTYPES.format("float8"),
+    "test_cast*FLOAT4E2M1*": _NARROW_DTYPES.format("float4"),
+    "test_cast*INT4*": _NARROW_DTYPES.format("4-bit integers"),
+    "test_cast*INT2*": _NARROW_DTYPES.format("2-bit integers"),
+    "test_identity_sequence": "sequence values are not tensors; ember's graphs hold tensors only",
+    "test_identity_opt": "optional values are not tensors; ember's graphs hold tensors only",
+    "test_training_dropout": "training-mode Dropout draws a random mask: ember's generator "
+                             "cannot reproduce numpy's draws in the reference",
+    "test_training_dropout_default": "random mask (see test_training_dropout)",
+    "test_training_dropout_mask": "random mask (see test_training_dropout)",
+    "test_training_dropout_default_mask": "random mask (see test_training_dropout)",
+}
+
+OP_SET = frozenset("""
+    Conv ConvTranspose MaxPool AveragePool GlobalAveragePool GlobalMaxPool LRN Gemm MatMul Add Sub
+    Mul Div Sum Max Min Mean Relu LeakyRelu PRelu Elu Selu Sigmoid HardSigmoid HardSwish Tanh
+    Softplus Clip Softmax LogSoftmax Exp Log Sqrt Pow Neg Abs Reciprocal BatchNormalization
+    InstanceNormalization Flatten Reshape Transpose Concat Split Slice Squeeze Unsqueeze Pad
+    Resize Upsample ReduceMean ReduceSum ReduceMax Shape Gather Constant ConstantOfShape Identity
+    Dropout Cast""".split())
+
+
+def _collect():
+    from onnx.backend.test.case.node import collect_testcases
+    with warnings.catch_warnings():  # the case generators warn about their own overflow tests
+        warnings.simplefilter("ignore")
+        cases = collect_testcases(None)
+    return [c for c in cases
+            if not c.model.functions
+            and all(n.op_type in OP_SET and n.domain in ("", "ai.onnx")
+                    for n in c.model.graph.node)]
+
+
+CASES = _collect()  # ~8 s: collected once per test session
+
+
+def _exclusion(name):
+    for pattern, reason in EXCLUDED.items():
+        if fnmatch.fnmatchcase(name, pattern):
+            return reason
+    return None
+
+
+def _array(x):
+    return numpy_helper.to_array(x) if isinstance(x, onnx.TensorProto) else np.asarray(x)
+
+
+def _params():
+    for case in CASES:
+        reason = _exclusion(case.name)
+        marks = [pytest.mark.skip(reason=f"excluded: {reason}")] if reason else []
+        yield pytest.param(case, id=case.name, marks=marks)
+
+
+@pytest.mark.parametrize("case", _params())
+def test_node_case(case):
+    rep = ember.backend.prepare(case.model)
+    for inputs, expected in case.data_sets:
+        got = rep.run([_array(x) for x in inputs])
+        assert len(got) == len(expected), f"{len(got)} outputs, expected {len(expected)}"
+        for k, (g, e) in enumerate(zip(got, expected)):
+            e = _array(e)
+            assert g.dtype == e.dtype, f"output {k}: dtype {g.dtype}, expected {e.dtype}"
+            assert g.shape == e.shape, f"output {k}: shape {g.shape}, expected {e.shape}"
+            if e.dtype.kind in "fc":
+                np.testing.assert_allclose(g, e, rtol=case.rtol, atol=case.atol,
+                                           err_msg=f"output {k}")
+            else:
+                np.testing.assert_array_equal(g, e, err_msg=f"output {k}")
+
+
+def test_exclusions_name_real_cases():
+    """Every EXCLUDED entry matches at least one selected case (no stale entries)."""
+    names = [c.name for c in CASES]
+    stale = [p for p in EXCLUDED if not fnmatch.filter(names, p)]
+    assert not stale, f"EXCLUDED entries matching no case: {stale}"
