@@ -16,6 +16,9 @@ from .importers.onnx import load_onnx
 from .runtime.session import Session
 
 
+_SESSION_OPTIONS = ("threads", "shapes", "memory_cap", "optimize")
+
+
 class EmberBackendRep(BackendRep):
     """A prepared model: an ``ember.Session`` taking inputs in graph-input order."""
 
@@ -46,8 +49,9 @@ class EmberBackend(Backend):
     def prepare(cls, model, device: str = "CPU", **kwargs) -> EmberBackendRep:
         if not cls.supports_device(device):
             raise ValueError(f"ember runs on the CPU only, not on {device!r}")
-        graph = load_onnx(model)
-        return EmberBackendRep(Session(graph, **kwargs))
+        # onnx's test runner passes its own options (rtol, atol, …) through: keep ours only
+        options = {k: v for k, v in kwargs.items() if k in _SESSION_OPTIONS}
+        return EmberBackendRep(Session(load_onnx(model), **options))
 
     @classmethod
     def run_model(cls, model, inputs, device: str = "CPU", **kwargs):

@@ -310,6 +310,8 @@ def main(argv=None) -> int:
         sys.stdout = open(os.devnull, "w")
         return 0
     except EmberError as e:
-        message = "; ".join(line.strip() for line in str(e).splitlines() if line.strip())
+        message = ""
+        for line in filter(None, (ln.strip() for ln in str(e).splitlines())):
+            message += ("" if not message else " " if message.endswith(":") else "; ") + line
         print(f"ember: error: {message}", file=sys.stderr)
         return 2

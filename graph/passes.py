@@ -70,7 +70,8 @@ def _is_inference_identity(graph: Graph, node, consumers: dict) -> bool:
         return False
     training = node.input(2)
     if training:
-        if training not in graph.initializers or bool(np.asarray(graph.initializers[training]).any()):
+        value = graph.initializers.get(training)
+        if value is None or bool(np.asarray(value).any()):
             return False  # training mode on, or only known at run time
     mask = node.outputs[1] if len(node.outputs) > 1 else ""
     return not mask or (mask not in consumers and mask not in graph.outputs)
@@ -180,7 +181,8 @@ def _fold_into_gemm(graph, gemm, k, bn_bias, mean) -> bool:
     c = np.asarray(graph.initializers[c_name], np.float64) if c_name else np.zeros(())
     c = float(gemm.attrs.get("beta", 1.0)) * c
     new_c = (c - mean) * k + bn_bias          # broadcasts to [M] or [N, M] like C itself
-    gemm.inputs = [gemm.inputs[0], _add_const(graph, f"{gemm.name}_B_bnfold", new_b.astype(b.dtype)),
+    gemm.inputs = [gemm.inputs[0],
+                   _add_const(graph, f"{gemm.name}_B_bnfold", new_b.astype(b.dtype)),
                    _add_const(graph, f"{gemm.name}_C_bnfold", new_c.astype(b.dtype))]
     gemm.attrs["beta"] = 1.0
     return True

@@ -18,6 +18,7 @@ from ..graph.ir import Graph, Node, TensorType
 from ..graph.ops import is_supported
 
 _DEFAULT_DOMAINS = ("", "ai.onnx")
+_MAX_DENSE_ELEMENTS = 1 << 31  # a sparse constant expanding past this is hostile, not a model
 # dtypes ember's runtime can hold; anything else (strings, float8, int4, …) is refused clearly.
 _SUPPORTED_DTYPES = {np.dtype(t) for t in ("float16", "float32", "float64", "int8", "int16",
                                            "int32", "int64", "uint8", "uint16", "uint32",
@@ -83,8 +84,10 @@ def _default_opset(model) -> int:
     return opset
 
 
-def _check_supported(graph_proto, opset: int) -> None:
+def _check_supported(model, opset: int) -> None:
     """One UnsupportedOpError listing every unsupported op, before converting anything."""
+    graph_proto = model.graph
+    domain_opsets = {o.domain: o.version for o in model.opset_import}
     missing: dict = {}
     for k, n in enumerate(graph_proto.node):
         domain = "" if n.domain in _DEFAULT_DOMAINS else n.domain
@@ -94,7 +97,7 @@ def _check_supported(graph_proto, opset: int) -> None:
         else:
             ok = False
         if not ok:
-            key = (n.op_type, domain, opset if domain == "" else "?")
+            key = (n.op_type, domain, opset if domain == "" else domain_opsets.get(domain, "?"))
             missing.setdefault(key, []).append(n.name or f"{n.op_type}_{k}")
     if missing:
         raise UnsupportedOpError(missing)
@@ -151,7 +154,8 @@ def _tensor_to_array(t, folder, what: str) -> np.ndarray:
         need = count * dtype.itemsize
     else:
         field = {np.dtype("float32"): t.float_data, np.dtype("float64"): t.double_data,
-                 np.dtype("int64"): t.int64_data, np.dtype("uint64"): t.uint64_data}
+                 np.dtype("int64"): t.int64_data, np.dtype("uint64"): t.uint64_data,
+                 np.dtype("uint32"): t.uint64_data}  # the rest live in int32_data
         data = field.get(dtype, t.int32_data)
         have, need = len(data), count
     if have != need:
@@ -187,7 +191,9 @@ def _load_external(t, folder, what: str):
         offset = int(info.get("offset", 0))
         length = int(info["length"]) if "length" in info else None
     except ValueError:
-        raise ModelError(f"{what}: bad external data offset/length {info}") from None
+        offset = -1
+    if offset < 0 or (length is not None and length < 0):
+        raise ModelError(f"{what}: bad external data offset/length {info}")
     try:
         with open(path, "rb") as f:
             f.seek(offset)
@@ -254,10 +260,18 @@ def _sparse_to_dense(sp, folder, what) -> np.ndarray:
     values = _tensor_to_array(sp.values, folder, what + " (values)")
     indices = _tensor_to_array(sp.indices, folder, what + " (indices)").astype(np.int64)
     shape = tuple(int(d) for d in sp.dims)
-    dense = np.zeros(int(np.prod(shape)) if shape else 1, dtype=values.dtype)
-    flat = indices if indices.ndim == 1 else np.ravel_multi_index(indices.T, shape)
-    if flat.size and (flat.min() < 0 or flat.max() >= dense.size):
-        raise ModelError(f"{what}: sparse indices out of range")
+    size = 1
+    for d in shape:
+        size *= d
+    if any(d < 0 for d in shape) or size > _MAX_DENSE_ELEMENTS:
+        raise ModelError(f"{what}: dense shape {shape} is negative or too large")
+    dense = np.zeros(size, dtype=values.dtype)
+    try:
+        flat = indices if indices.ndim == 1 else np.ravel_multi_index(indices.T, shape)
+    except ValueError:
+        raise ModelError(f"{what}: sparse indices out of range") from None
+    if flat.size != values.size or (flat.size and (flat.min() < 0 or flat.max() >= size)):
+        raise ModelError(f"{what}: sparse indices out of range or not one per value")
     dense[flat] = values.reshape(-1)
     return dense.reshape(shape)
 
@@ -268,7 +282,7 @@ def load_onnx(src) -> Graph:
     model, folder = _parse(src)
     opset = _default_opset(model)
     gp = model.graph
-    _check_supported(gp, opset)
+    _check_supported(model, opset)
 
     graph = Graph(name=gp.name or "graph", opset=opset)
     graph.metadata = {p.key: p.value for p in model.metadata_props}
@@ -296,6 +310,8 @@ def load_onnx(src) -> Graph:
         graph.inputs.append(vi.name)
         graph.types[vi.name] = _value_type(vi)
     graph.outputs = [vo.name for vo in gp.output]
+    if not all(graph.outputs):
+        raise ModelError("a graph output has no name")
     if len(set(graph.outputs)) != len(graph.outputs):
         raise ModelError(f"graph outputs repeat a name: {graph.outputs}")
 
@@ -303,7 +319,7 @@ def load_onnx(src) -> Graph:
     used_names: set = set()
     for k, n in enumerate(gp.node):
         name = n.name or f"{n.op_type}_{k}"
-        if name in used_names:
+        while name in used_names:  # names only label errors and plans, but must be unique
             name = f"{name}_{k}"
         used_names.add(name)
         attrs = _attributes(n, folder, name)
@@ -442,12 +458,29 @@ def _pad(node, rw):
 
 
 def _resize_like(node, scales_input: str, rw) -> list:
+    """Upsample and Resize-10 as Resize-19: asymmetric coordinates; nearest rounds down on
+    axes that grow and up on axes that shrink (onnxruntime's rule for these old forms)."""
     mode = node.attrs.pop("mode", "nearest")
+    mode = "linear" if mode in ("linear", "bilinear") else mode
     node.op_type = "Resize"
     node.inputs = [node.inputs[0], "", scales_input]
-    node.attrs = {"mode": "linear" if mode in ("linear", "bilinear") else mode,
-                  "coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"}
-    return [node]
+    node.attrs = {"mode": mode, "coordinate_transformation_mode": "asymmetric",
+                  "nearest_mode": "floor"}
+    scales = rw.graph.initializers.get(scales_input)
+    if mode != "nearest" or scales is None or not (scales < 1).any():
+        return [node]
+    if not (scales > 1).any():
+        node.attrs["nearest_mode"] = "ceil"
+        return [node]
+    # both directions: nearest is separable, so grow first (floor), then shrink (ceil)
+    grow = rw.const(f"{node.name}_grow", np.where(scales > 1, scales, 1).astype(np.float32))
+    shrink = rw.const(f"{node.name}_shrink", np.where(scales < 1, scales, 1).astype(np.float32))
+    mid = rw.fresh(f"{node.name}_grown")
+    first = Node("Resize", [node.inputs[0], "", grow], [mid], dict(node.attrs),
+                 f"{node.name}/grow")
+    node.inputs = [mid, "", shrink]
+    node.attrs["nearest_mode"] = "ceil"
+    return [first, node]
 
 
 def _upsample(node, rw):

@@ -26,9 +26,15 @@
 
 #define EMBER_MR 6
 #define EMBER_NR 16
+#ifndef EMBER_MC
 #define EMBER_MC 144 /* multiple of MR: A block 144 x 256 floats = 144 KiB (L2) */
+#endif
+#ifndef EMBER_KC
 #define EMBER_KC 256 /* B micro-panel 256 x 16 floats = 16 KiB (L1) */
-#define EMBER_NC 1024 /* widest task, multiple of NR: B block 1 MiB (L2/L3) */
+#endif
+#ifndef EMBER_NC
+#define EMBER_NC 512 /* widest task, multiple of NR: B block 512 KiB (L2) */
+#endif
 
 typedef void (*ember_epilogue_fn)(float *c, long ldc, int m, int n, int row0, int col0,
                                   void *ctx);
@@ -225,8 +231,9 @@ typedef struct {
     void *ctx;
 } ember_gemm_args;
 
-/* One task: rows [i0, i0+mc) x columns [j0, j0+nc) of C, all of K. Returns 0 when OOM. */
-static int ember_gemm_task(const ember_gemm_args *g, int i0, int mc, int j0, int nc)
+/* One task: columns [j0, j0+nc) of C for the MC-row blocks [ib0, ib1), all of K. The B block
+ * is packed once per K slice and reused by every row block. Returns 0 when out of memory. */
+static int ember_gemm_task(const ember_gemm_args *g, int ib0, int ib1, int j0, int nc)
 {
     float *pa, *pb;
     if (!ember_pack_buffers(&pa, &pb)) return 0;
@@ -235,19 +242,24 @@ static int ember_gemm_task(const ember_gemm_args *g, int i0, int mc, int j0, int
         int accumulate = p0 > 0 || g->accumulate_first;
         int last = p0 + kc >= g->K;
         ember_pack_b(kc, nc, g->B + (long)p0 * g->rs_b + (long)j0 * g->cs_b, g->rs_b, g->cs_b, pb);
-        ember_pack_a(mc, kc, g->A + (long)i0 * g->rs_a + (long)p0 * g->cs_a, g->rs_a, g->cs_a, pa);
-        for (int jr = 0; jr < nc; jr += EMBER_NR) {
-            int nr = nc - jr < EMBER_NR ? nc - jr : EMBER_NR;
-            const float *bp = pb + (long)jr * kc;
-            for (int ir = 0; ir < mc; ir += EMBER_MR) {
-                int mr = mc - ir < EMBER_MR ? mc - ir : EMBER_MR;
-                float *c = g->C + (long)(i0 + ir) * g->ldc + j0 + jr;
-                const float *ap = pa + (long)ir * kc;
-                if (mr == EMBER_MR && nr == EMBER_NR)
-                    ember_ukr(kc, ap, bp, c, g->ldc, g->alpha, accumulate);
-                else
-                    ember_ukr_edge(kc, ap, bp, c, g->ldc, mr, nr, g->alpha, accumulate);
-                if (last && g->epi) g->epi(c, g->ldc, mr, nr, i0 + ir, j0 + jr, g->ctx);
+        for (int ib = ib0; ib < ib1; ++ib) {
+            int i0 = ib * EMBER_MC;
+            int mc = g->M - i0 < EMBER_MC ? g->M - i0 : EMBER_MC;
+            ember_pack_a(mc, kc, g->A + (long)i0 * g->rs_a + (long)p0 * g->cs_a, g->rs_a,
+                         g->cs_a, pa);
+            for (int jr = 0; jr < nc; jr += EMBER_NR) {
+                int nr = nc - jr < EMBER_NR ? nc - jr : EMBER_NR;
+                const float *bp = pb + (long)jr * kc;
+                for (int ir = 0; ir < mc; ir += EMBER_MR) {
+                    int mr = mc - ir < EMBER_MR ? mc - ir : EMBER_MR;
+                    float *c = g->C + (long)(i0 + ir) * g->ldc + j0 + jr;
+                    const float *ap = pa + (long)ir * kc;
+                    if (mr == EMBER_MR && nr == EMBER_NR)
+                        ember_ukr(kc, ap, bp, c, g->ldc, g->alpha, accumulate);
+                    else
+                        ember_ukr_edge(kc, ap, bp, c, g->ldc, mr, nr, g->alpha, accumulate);
+                    if (last && g->epi) g->epi(c, g->ldc, mr, nr, i0 + ir, j0 + jr, g->ctx);
+                }
             }
         }
     }
@@ -289,30 +301,38 @@ static int ember_sgemm(int trans_a, int trans_b, int M, int N, int K, float alph
     g.C = C; g.ldc = ldc; g.accumulate_first = !overwrite_first; /* else C holds beta*C */
     g.epi = epi; g.ctx = ctx;
 
+    /* Tasks: column blocks (B packed once per task and K slice), split further into chunks
+     * of row blocks only when there are too few column blocks to feed the team. */
     int mb = (M + EMBER_MC - 1) / EMBER_MC;
+    int want = nthreads > 1 ? 2 * nthreads : 1;
     int nc = EMBER_NC;
     int nb = (N + nc - 1) / nc;
-    while (nthreads > 1 && (long)mb * nb < 4L * nthreads && nc > 4 * EMBER_NR) {
+    while (nb < want && nc > 8 * EMBER_NR) {
         nc = ((nc / 2 + EMBER_NR - 1) / EMBER_NR) * EMBER_NR;
         nb = (N + nc - 1) / nc;
     }
-    long ntasks = (long)mb * nb;
+    if (nthreads == 1 && nb == 1 && N < EMBER_NC) nc = N;
+    int mchunks = nb >= want ? 1 : (want + nb - 1) / nb;
+    if (mchunks > mb) mchunks = mb;
+    int per_chunk = (mb + mchunks - 1) / mchunks;
+    mchunks = (mb + per_chunk - 1) / per_chunk;
+    long ntasks = (long)nb * mchunks;
     int ok = 1;
     if (nthreads == 1 || ntasks == 1) {
         for (long t = 0; t < ntasks && ok; ++t) {
-            int ib = (int)(t % mb), jb = (int)(t / mb);
-            int i0 = ib * EMBER_MC, j0 = jb * nc;
-            ok = ember_gemm_task(&g, i0, M - i0 < EMBER_MC ? M - i0 : EMBER_MC, j0,
-                                 N - j0 < nc ? N - j0 : nc);
+            int jb = (int)(t / mchunks), mcnk = (int)(t % mchunks);
+            int ib0 = mcnk * per_chunk, ib1 = ib0 + per_chunk < mb ? ib0 + per_chunk : mb;
+            int j0 = jb * nc;
+            ok = ember_gemm_task(&g, ib0, ib1, j0, N - j0 < nc ? N - j0 : nc);
         }
         return ok;
     }
 #pragma omp parallel for num_threads(nthreads) schedule(dynamic, 1) reduction(&& : ok)
     for (long t = 0; t < ntasks; ++t) {
-        int ib = (int)(t % mb), jb = (int)(t / mb);
-        int i0 = ib * EMBER_MC, j0 = jb * nc;
-        ok = ember_gemm_task(&g, i0, M - i0 < EMBER_MC ? M - i0 : EMBER_MC, j0,
-                             N - j0 < nc ? N - j0 : nc) && ok;
+        int jb = (int)(t / mchunks), mcnk = (int)(t % mchunks);
+        int ib0 = mcnk * per_chunk, ib1 = ib0 + per_chunk < mb ? ib0 + per_chunk : mb;
+        int j0 = jb * nc;
+        ok = ember_gemm_task(&g, ib0, ib1, j0, N - j0 < nc ? N - j0 : nc) && ok;
     }
     return ok;
 }

@@ -39,7 +39,8 @@ class _Builder:
 
     def node(self, op: str, inputs, n_out: int = 1, **attrs):
         outs = [self.name(op.lower()) for _ in range(n_out)]
-        self.nodes.append(helper.make_node(op, list(inputs), outs, name=self.name("n_" + op), **attrs))
+        name = self.name("n_" + op)
+        self.nodes.append(helper.make_node(op, list(inputs), outs, name=name, **attrs))
         return outs[0] if n_out == 1 else outs
 
     # ---- layers -------------------------------------------------------------------------------
@@ -49,7 +50,8 @@ class _Builder:
         w = (self.rng.standard_normal((cout, cin // group, k, k)) * np.sqrt(2.0 / fan_in))
         inputs = [x, self.const("W", w.astype(np.float32))]
         if bias:
-            inputs.append(self.const("B", (self.rng.standard_normal(cout) * 0.1).astype(np.float32)))
+            bias_values = (self.rng.standard_normal(cout) * 0.1).astype(np.float32)
+            inputs.append(self.const("B", bias_values))
         return self.node("Conv", inputs, kernel_shape=[k, k], strides=[stride, stride],
                          pads=[pad] * 4, group=group)
 
@@ -72,7 +74,8 @@ class _Builder:
         return self.node("Clip", [x, lo, hi])
 
     def maxpool(self, x, k=2, stride=2, pad=0):
-        return self.node("MaxPool", [x], kernel_shape=[k, k], strides=[stride, stride], pads=[pad] * 4)
+        return self.node("MaxPool", [x], kernel_shape=[k, k], strides=[stride, stride],
+                         pads=[pad] * 4)
 
     def gap(self, x):
         return self.node("GlobalAveragePool", [x])
@@ -86,9 +89,8 @@ class _Builder:
         return self.node("Gemm", [x, self.const("fc_W", w.astype(np.float32)),
                                   self.const("fc_B", b.astype(np.float32))], transB=trans_b)
 
-    def model(self, name, x, in_shape, y, out_shape, extra_outputs=()) -> onnx.ModelProto:
+    def model(self, name, x, in_shape, y, out_shape) -> onnx.ModelProto:
         outs = [helper.make_tensor_value_info(y, TensorProto.FLOAT, out_shape)]
-        outs += [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in extra_outputs]
         graph = helper.make_graph(self.nodes, name,
                                   [helper.make_tensor_value_info(x, TensorProto.FLOAT, in_shape)],
                                   outs, self.inits)
@@ -99,7 +101,7 @@ class _Builder:
         return m
 
 
-# ---- the real models ------------------------------------------------------------------------------
+# ---- the real models ---------------------------------------------------------------------------
 def lenet5(batch=1, seed=0) -> onnx.ModelProto:
     """Classic LeNet-5 (32×32×1, 61,706 parameters), ReLU and max-pool."""
     b = _Builder(seed)
@@ -252,7 +254,8 @@ def pattern_model(kind: str, batch=1, seed=0) -> onnx.ModelProto:
         if kind == "gemm_bn":
             y = b.bn(b.gemm(x, 3 * 6 * 6, 7), 7)
         else:
-            w = b.const("mm_W", (b.rng.standard_normal((108, 7)) * np.sqrt(2 / 108)).astype(np.float32))
+            w = (b.rng.standard_normal((108, 7)) * np.sqrt(2 / 108)).astype(np.float32)
+            w = b.const("mm_W", w)
             y = b.relu(b.node("MatMul", [x, w]))
         return b.model(kind, "input", [batch, 3, 6, 6], y, [batch, 7])
     z = b.conv("input", 3, c, 3)
@@ -286,6 +289,7 @@ def random_input(model: onnx.ModelProto, batch: int = 1, seed: int = 1) -> dict:
     rng = np.random.default_rng(seed)
     feeds = {}
     for vi in model.graph.input:
-        dims = [d.dim_value if d.HasField("dim_value") else batch for d in vi.type.tensor_type.shape.dim]
+        dims = [d.dim_value if d.HasField("dim_value") else batch
+                for d in vi.type.tensor_type.shape.dim]
         feeds[vi.name] = rng.standard_normal(dims).astype(np.float32)
     return feeds

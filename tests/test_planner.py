@@ -272,3 +272,14 @@ def test_session_plan_matches_compiled_graph(sessions):
     sess = ember.load(models.lenet5())
     plan = sess.plan()
     assert plan.arena_bytes > 0 and plan.order == sess.compile().graph.nodes
+
+
+def test_symbolic_batch_plans_scale_with_batch():
+    sess = ember.load(models.lenet5(batch="N"))
+    plans = {}
+    for n in (1, 4):
+        c = sess.compile({"input": (n, 1, 32, 32)})
+        model_check(c)
+        plans[n] = c.plan
+    assert plans[4].arena_bytes > plans[1].arena_bytes
+    assert plans[4].sizes["input"] == 4 * 32 * 32 * 4

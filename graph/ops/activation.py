@@ -7,8 +7,6 @@ import numpy as np
 
 from .base import Op, register
 
-FLOAT_KINDS = "f"
-
 
 def _f(x):
     """The dtype to compute in: float16 is evaluated in float32 (numpy's float16 transcendental

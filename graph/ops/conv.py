@@ -145,7 +145,7 @@ def conv_reference(x, w, b, group, strides, pads, dilations):
     """Direct convolution as one (M/g × C/g) @ (C/g × pixels) product per kernel offset."""
     dt = np.float32 if x.dtype == np.float16 else x.dtype
     x, w = x.astype(dt, copy=False), w.astype(dt, copy=False)
-    n, c = x.shape[:2]
+    n = x.shape[0]
     m, cg = w.shape[:2]
     kernel = w.shape[2:]
     nsp = len(kernel)

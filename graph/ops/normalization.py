@@ -40,9 +40,8 @@ class BatchNormalization(Op):
     def infer(self, ctx):
         check_channel_vectors(ctx, 1, 4, ("scale", "B", "input_mean", "input_var"))
         c = (ctx.shape(0)[1],)
-        ctx.check(ctx.attrs["training_mode"] or len(ctx.node.outputs) <= 1 or
-                  not any(ctx.node.outputs[1:]),
-                  "expected only output Y unless training_mode=1")
+        # Outside training_mode the extra outputs (which old exporters sometimes leave in)
+        # just pass input_mean/input_var through.
         stats = TensorType(ctx.dtype(3), c)
         return [ctx.type(0), stats, stats]
 

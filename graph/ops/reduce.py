@@ -16,9 +16,9 @@ def reduce_axes(axes, rank: int, noop: bool):
     if not axes:
         return None if noop else tuple(range(rank))
     norm = [a + rank if a < 0 else a for a in axes]
-    if any(not 0 <= a < max(rank, 1) for a in norm) or len(set(norm)) != len(norm):
-        raise ValueError(f"expected distinct axes in [{-rank}, {rank - 1}], got {axes}")
-    return tuple(sorted(a for a in norm if a < rank))
+    if any(not 0 <= a < max(rank, 1) for a in norm):
+        raise ValueError(f"expected axes in [{-rank}, {rank - 1}], got {axes}")
+    return tuple(sorted({a for a in norm if a < rank}))   # a repeated axis reduces once
 
 
 class _Reduce(Op):
@@ -37,16 +37,11 @@ class _Reduce(Op):
             ctx.fail(str(e))
         if axes is None:
             return [t]
-        for a in axes:
-            ctx.check(isinstance(t.shape[a], str) or t.shape[a] > 0 or self.empty_ok,
-                      f"expected a non-empty axis {a} to reduce, got shape {t.shape}")
         if ctx.attrs["keepdims"]:
             shape = tuple(1 if i in axes else d for i, d in enumerate(t.shape))
         else:
             shape = tuple(d for i, d in enumerate(t.shape) if i not in axes)
         return [TensorType(t.dtype, shape)]
-
-    empty_ok = True
 
     def compute(self, node, inputs):
         x = inputs[0]
@@ -74,22 +69,28 @@ class ReduceMean(_Reduce):
         return np.mean(x, axis=axes, keepdims=keep)
 
 
+def extreme(x, largest: bool):
+    """The identity of max (min): what ONNX returns when reducing an empty set."""
+    if x.dtype == np.bool_:
+        return not largest
+    if x.dtype.kind == "f":
+        return -np.inf if largest else np.inf
+    info = np.iinfo(x.dtype)
+    return info.min if largest else info.max
+
+
 @register
 class ReduceMax(_Reduce):
-    empty_ok = False
-
     @staticmethod
     def fn(x, axes, keep):
-        return np.max(x, axis=axes, keepdims=keep)
+        return np.max(x, axis=axes, keepdims=keep, initial=extreme(x, True))
 
 
 @register
 class ReduceMin(_Reduce):
-    empty_ok = False
-
     @staticmethod
     def fn(x, axes, keep):
-        return np.min(x, axis=axes, keepdims=keep)
+        return np.min(x, axis=axes, keepdims=keep, initial=extreme(x, False))
 
 
 @register
@@ -136,7 +137,7 @@ class ReduceLogSumExp(_Reduce):
 
     @staticmethod
     def fn(x, axes, keep):
-        m = np.max(x, axis=axes, keepdims=True)
+        m = np.max(x, axis=axes, keepdims=True, initial=-np.inf)
         m = np.where(np.isfinite(m), m, 0)
         s = np.log(np.sum(np.exp(x - m), axis=axes, keepdims=True)) + m
         return s if keep else np.squeeze(s, axis=axes)

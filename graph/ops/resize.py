@@ -21,6 +21,11 @@ COORD_MODES = ("half_pixel", "half_pixel_symmetric", "pytorch_half_pixel", "alig
 POLICIES = ("stretch", "not_larger", "not_smaller")
 
 
+def _contiguous(a):
+    """C-contiguous copy when needed; unlike np.ascontiguousarray, keeps 0-d arrays 0-d."""
+    return a if a.flags.c_contiguous else a.copy(order="C")
+
+
 def _str(v):
     return v.decode() if isinstance(v, bytes) else v
 
@@ -232,4 +237,4 @@ class Resize(Op):
                         and math.isclose(full_roi[a][1], 1.0))
             if not identity:
                 data = _resize_axis(data, a, out[a], factor[a], full_roi[a], attrs)
-        return [np.ascontiguousarray(data if nearest else _saturate(data, x.dtype))]
+        return [_contiguous(data if nearest else _saturate(data, x.dtype))]

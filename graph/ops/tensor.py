@@ -12,6 +12,7 @@ import math
 
 import numpy as np
 
+from ..errors import InputError
 from ..ir import TensorType
 from .base import REQUIRED, Op, register
 
@@ -19,6 +20,11 @@ INT64_MAX = np.iinfo(np.int64).max
 
 
 # ---- helpers -------------------------------------------------------------------------------
+def _contiguous(a):
+    """C-contiguous copy when needed; unlike np.ascontiguousarray, keeps 0-d arrays 0-d."""
+    return a if a.flags.c_contiguous else a.copy(order="C")
+
+
 def _is_int(d) -> bool:
     return isinstance(d, (int, np.integer))
 
@@ -193,7 +199,7 @@ class Squeeze(Op):
 
     def compute(self, node, inputs):
         x = inputs[0]
-        if inputs[1] is None:
+        if len(inputs) < 2 or inputs[1] is None:
             return [x.reshape(tuple(d for d in x.shape if d != 1))]
         axes = [int(a) % x.ndim for a in inputs[1].reshape(-1)]
         return [x.reshape(self._out(x.shape, axes))]
@@ -242,7 +248,7 @@ class Transpose(Op):
 
     def compute(self, node, inputs):
         perm = node.attrs["perm"]
-        return [np.ascontiguousarray(np.transpose(inputs[0], perm))]
+        return [_contiguous(np.transpose(inputs[0], perm))]
 
 
 @register
@@ -262,7 +268,7 @@ class Concat(Op):
             dims = [s[k] for s in shapes]
             if k == axis:
                 ints = [d for d in dims if _is_int(d)]
-                total = sum(ints) if len(ints) == len(dims) else _fresh(ctx, k)
+                total = int(sum(ints)) if len(ints) == len(dims) else _fresh(ctx, k)
                 out.append(total)
             else:
                 ints = {int(d) for d in dims if _is_int(d)}
@@ -286,19 +292,18 @@ def _split_sizes(dim, split, n_out, num_outputs, fail) -> list:
         return list(split)
     if not _is_int(dim):
         return None
-    if num_outputs is not None:
-        if num_outputs != n_out:
-            fail(f"num_outputs={num_outputs} but the node has {n_out} outputs")
-        if num_outputs < 1:
-            fail(f"num_outputs={num_outputs} must be positive")
-        chunk = -(-dim // num_outputs)
-        sizes = [min(chunk, max(dim - k * chunk, 0)) for k in range(num_outputs)]
-        if sizes[-1] <= 0 and dim >= num_outputs:
-            fail(f"cannot split size {dim} into {num_outputs} chunks of {chunk}")
-        return sizes
-    if dim % n_out:
-        fail(f"axis of size {dim} cannot be split evenly into {n_out} outputs")
-    return [dim // n_out] * n_out
+    if num_outputs is None:
+        num_outputs = n_out  # neither given (old opsets): as many parts as outputs
+    if num_outputs != n_out:
+        fail(f"num_outputs={num_outputs} but the node has {n_out} outputs")
+    if num_outputs < 1:
+        fail(f"num_outputs={num_outputs} must be positive")
+    chunk = -(-dim // num_outputs)  # ceil: only the last part may be smaller
+    last = dim - chunk * (num_outputs - 1)
+    if last < 0:
+        fail(f"cannot split size {dim} into {num_outputs} parts of {chunk} and a smaller last "
+             f"part")
+    return [chunk] * (num_outputs - 1) + [last]
 
 
 @register
@@ -326,7 +331,7 @@ class Split(Op):
 
         def fail(msg):
             raise ValueError(msg)
-        split = None if inputs[1] is None else [int(s) for s in inputs[1].reshape(-1)]
+        split = None if len(inputs) < 2 or inputs[1] is None else [int(s) for s in inputs[1].reshape(-1)]
         sizes = _split_sizes(x.shape[axis], split, len(node.outputs),
                              node.attrs["num_outputs"], fail)
         bounds = np.cumsum([0] + sizes)
@@ -334,7 +339,7 @@ class Split(Op):
         outs = []
         for a, b in zip(bounds[:-1], bounds[1:]):
             idx[axis] = slice(int(a), int(b))
-            outs.append(np.ascontiguousarray(x[tuple(idx)]))
+            outs.append(_contiguous(x[tuple(idx)]))
         return outs
 
 
@@ -398,7 +403,7 @@ class Slice(Op):
         def fail(msg):
             raise ValueError(msg)
         slices, _ = _slice_plan(x.shape, *lists, fail)
-        return [np.ascontiguousarray(x[slices])]
+        return [_contiguous(x[slices])]
 
 
 def _pad_plan(rank, pads, axes, fail):
@@ -495,7 +500,8 @@ class Gather(Op):
         idx = np.asarray(idx, dtype=np.int64)
         dim = x.shape[axis]
         if idx.size and (idx.min() < -dim or idx.max() >= dim):
-            raise IndexError(f"{node}: indices out of range for axis {axis} of size {dim}")
+            raise InputError(f"{node}: indices [{idx.min()}..{idx.max()}] are out of range "
+                             f"for axis {axis} of size {dim}")
         return [np.take(x, np.where(idx < 0, idx + dim, idx), axis=axis)]
 
 

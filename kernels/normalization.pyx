@@ -1,0 +1,92 @@
+"""Per-channel kernels over (N, C, inner) views: affine (inference BatchNorm), InstanceNorm, LRN."""
+from cython.parallel cimport prange
+from libc.math cimport sqrtf, powf
+
+from kernels.activation cimport apply_act_span
+
+
+def channel_affine(float[:, :, ::1] x, float[::1] scale, float[::1] shift, float[:, :, ::1] y,
+                   int act, float act_a, float act_b, int nthreads):
+    """y = act(x·scale[c] + shift[c]); y may be x."""
+    cdef long N = x.shape[0], C = x.shape[1], L = x.shape[2], p, i
+    cdef float s, t
+    cdef const float *xr
+    cdef float *yr
+    if N * C * L == 0:
+        return
+    cdef const float *xp = &x[0, 0, 0]
+    cdef float *yp = &y[0, 0, 0]
+    with nogil:
+        for p in prange(N * C, num_threads=max(nthreads, 1), schedule='static'):
+            s = scale[p % C]
+            t = shift[p % C]
+            xr = xp + p * L
+            yr = yp + p * L
+            for i in range(L):
+                yr[i] = xr[i] * s + t
+            apply_act_span(yr, L, act, act_a, act_b)
+
+
+def instance_norm(float[:, :, ::1] x, float[::1] scale, float[::1] bias, float[:, :, ::1] y,
+                  float eps, int nthreads):
+    """Per (n, c) plane: (x − mean)/√(var + eps)·scale[c] + bias[c], two passes in double."""
+    cdef long N = x.shape[0], C = x.shape[1], L = x.shape[2], p, i
+    cdef double mean, var, d
+    cdef float k, t
+    cdef const float *xr
+    cdef float *yr
+    if N * C * L == 0:
+        return
+    cdef const float *xp = &x[0, 0, 0]
+    cdef float *yp = &y[0, 0, 0]
+    with nogil:
+        for p in prange(N * C, num_threads=max(nthreads, 1), schedule='static'):
+            xr = xp + p * L
+            yr = yp + p * L
+            mean = 0.0
+            for i in range(L):
+                mean = mean + xr[i]
+            mean = mean / L
+            var = 0.0
+            for i in range(L):
+                d = xr[i] - mean
+                var = var + d * d
+            var = var / L
+            k = scale[p % C] / sqrtf(<float> var + eps)
+            t = <float> (bias[p % C] - mean * k)
+            for i in range(L):
+                yr[i] = xr[i] * k + t
+
+
+def lrn(float[:, :, ::1] x, float[:, :, ::1] y, int size, float alpha, float beta, float bias,
+        int nthreads):
+    """ONNX LRN: the square sum over channels [c − ⌊(size−1)/2⌋, c + ⌈(size−1)/2⌉] is built in y,
+    then y = x / (bias + alpha/size · sum)^beta in place."""
+    cdef long N = x.shape[0], C = x.shape[1], L = x.shape[2], p, i, c, n, q, lo, hi
+    cdef float v, k = alpha / size
+    cdef const float *xr
+    cdef float *yr
+    if N * C * L == 0:
+        return
+    cdef const float *xp = &x[0, 0, 0]
+    cdef float *yp = &y[0, 0, 0]
+    with nogil:
+        for p in prange(N * C, num_threads=max(nthreads, 1), schedule='static'):
+            n = p // C
+            c = p % C
+            lo = c - (size - 1) // 2
+            hi = c + size // 2
+            if lo < 0:
+                lo = 0
+            if hi > C - 1:
+                hi = C - 1
+            yr = yp + p * L
+            for i in range(L):
+                yr[i] = 0.0
+            for q in range(lo, hi + 1):
+                xr = xp + (n * C + q) * L
+                for i in range(L):
+                    yr[i] = yr[i] + xr[i] * xr[i]
+            xr = xp + p * L
+            for i in range(L):
+                yr[i] = xr[i] / powf(bias + k * yr[i], beta)

@@ -1,0 +1,506 @@
+"""ember's Cython kernels against small, obvious numpy twins written here (float64 oracles).
+
+Tolerances (float32 kernels vs float64 twins): elementwise/pool rtol 1e-5, atol 1e-6 (one or a
+few float32 roundings); gemm/conv atol 1e-5·K·scale (accumulation order differs: blocked FMA
+sums vs float64 dot) with rtol 1e-4; transcendental activations rtol 1e-5, atol 1e-5 (libm
+expf/tanhf are within a few ulp).
+"""
+import numpy as np
+import pytest
+
+from ember.kernels import conv, elementwise, gemm, normalization, pool, softmax
+
+THREADS = [1, 2]
+rng = np.random.default_rng(1234)
+
+
+def rand(*shape):
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- activations
+def act_twin(v, code, a, b):
+    v = v.astype(np.float64)
+    with np.errstate(all="ignore"):
+        table = {
+            0: lambda: v,
+            1: lambda: np.maximum(v, 0),
+            2: lambda: np.where(v >= 0, v, a * v),
+            3: lambda: np.where(v > 0, v, a * (np.exp(v) - 1)),
+            4: lambda: np.where(v > 0, b * v, b * a * (np.exp(v) - 1)),
+            5: lambda: 1 / (1 + np.exp(-v)),
+            6: lambda: np.clip(a * v + b, 0, 1),
+            7: lambda: v * np.clip(v / 6 + 0.5, 0, 1),
+            8: lambda: np.tanh(v),
+            9: lambda: np.log1p(np.exp(-np.abs(v))) + np.maximum(v, 0),
+            10: lambda: np.minimum(np.maximum(v, a), b),
+            11: lambda: np.exp(v),
+            12: lambda: np.log(v),
+            13: lambda: np.sqrt(v),
+            14: lambda: -v,
+            15: lambda: np.abs(v),
+            16: lambda: 1 / v,
+            17: lambda: v / (1 + np.exp(-v)),
+        }
+        return table[code]()
+
+
+ACT_ARGS = {2: (0.1, 0.0), 3: (0.7, 0.0), 4: (1.67, 1.05), 6: (0.2, 0.5), 10: (-0.5, 0.8)}
+
+
+@pytest.mark.parametrize("code", range(18))
+@pytest.mark.parametrize("nthreads", THREADS)
+def test_unary_against_twin(code, nthreads):
+    a, b = ACT_ARGS.get(code, (0.0, 0.0))
+    x = rand(40000) * 3
+    if code in (12, 13):
+        x = np.abs(x) + 0.1
+    if code == 16:
+        x = np.where(np.abs(x) < 0.1, 0.5, x).astype(np.float32)
+    y = np.empty_like(x)
+    elementwise.unary(x, y, code, a, b, nthreads)
+    np.testing.assert_allclose(y, act_twin(x, code, a, b), rtol=1e-5, atol=1e-5)
+
+
+def test_unary_in_place_and_constants():
+    x = rand(1001)
+    expect = np.maximum(x, 0)
+    elementwise.unary(x, x, elementwise.ACT_RELU, 0.0, 0.0, 2)
+    np.testing.assert_array_equal(x, expect)
+    assert elementwise.ACT_SILU == 17 and elementwise.OP_PRELU == 7
+
+
+def test_unary_extreme_inputs_stay_finite():
+    x = np.array([-100.0, -30.0, 0.0, 30.0, 100.0], np.float32)
+    for code in (5, 9, 17):
+        y = np.empty_like(x)
+        elementwise.unary(x, y, code, 0.0, 0.0, 1)
+        assert np.all(np.isfinite(y))
+        np.testing.assert_allclose(y, act_twin(x, code, 0, 0), rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- binary
+def binop_twin(a, b, op):
+    a = a.astype(np.float64)
+    b = b.astype(np.float64)
+    with np.errstate(all="ignore"):
+            return [a + b, a - b, a * b, a / b, np.maximum(a, b), np.minimum(a, b),
+                np.power(a, b), np.where(a >= 0, a, a * b)][op]
+
+
+def operands(shape_a, shape_b, op):
+    a = rand(*shape_a)
+    b = rand(*shape_b)
+    if op == 3:
+        b = np.where(np.abs(b) < 0.1, 1.0, b).astype(np.float32)
+    if op == 6:
+        a = np.abs(a) + 0.5
+    return a, b
+
+
+@pytest.mark.parametrize("op", range(8))
+@pytest.mark.parametrize("nthreads", THREADS)
+def test_binary_same_shape(op, nthreads):
+    a, b = operands((50001,), (50001,), op)
+    y = np.empty_like(a)
+    elementwise.binary(a, b, y, op, nthreads)
+    np.testing.assert_allclose(y, binop_twin(a, b, op), rtol=1e-5, atol=1e-6)
+
+
+def test_binary_in_place():
+    a, b = rand(999), rand(999)
+    expect = a * b
+    elementwise.binary(a, b, a, elementwise.OP_MUL, 2)
+    np.testing.assert_array_equal(a, expect)
+
+
+def broadcast_strides(shape, out_shape):
+    """Element strides of a C-contiguous `shape` over `out_shape` (0 on broadcast axes)."""
+    shape = (1,) * (len(out_shape) - len(shape)) + tuple(shape)
+    strides, step = [], 1
+    for dim in reversed(shape):
+        strides.append(step if dim != 1 else 0)
+        step *= dim
+    return np.array(strides[::-1], np.int64)
+
+
+BROADCASTS = [
+    ((2, 7, 5, 3), (7, 1, 1)),        # per-channel
+    ((2, 7, 5, 3), (1,)),             # scalar
+    ((3, 1, 5), (1, 4, 1)),           # outer product
+    ((13,), (13,)),
+    ((2, 3, 4, 5, 2, 3, 2, 3), (4, 1, 2, 1, 2, 1)),  # rank 8
+    ((1, 200, 300), (200, 1)),        # long rows
+    ((4, 1), (4, 60000)),             # a broadcast along a long inner dim
+]
+
+
+@pytest.mark.parametrize("shapes", BROADCASTS)
+@pytest.mark.parametrize("op", range(8))
+@pytest.mark.parametrize("nthreads", THREADS)
+def test_binary_broadcast(shapes, op, nthreads):
+    sa, sb = shapes
+    a, b = operands(sa, sb, op)
+    out_shape = np.broadcast_shapes(sa, sb)
+    y = np.empty(out_shape, np.float32)
+    elementwise.binary_broadcast(a.ravel(), broadcast_strides(sa, out_shape), b.ravel(),
+                                 broadcast_strides(sb, out_shape), y.ravel(),
+                                 np.array(out_shape, np.int64), op, nthreads)
+    np.testing.assert_allclose(y, binop_twin(a, b, op), rtol=1e-5, atol=1e-6)
+
+
+def test_binary_broadcast_in_place():
+    a, b = rand(3, 4, 5), rand(4, 1)
+    expect = a - b
+    flat = a.ravel()
+    elementwise.binary_broadcast(flat, broadcast_strides(a.shape, a.shape), b.ravel(),
+                                 broadcast_strides(b.shape, a.shape), flat,
+                                 np.array(a.shape, np.int64), elementwise.OP_SUB, 2)
+    np.testing.assert_array_equal(a, expect)
+
+
+# ----------------------------------------------------------------------------- gemm
+def gemm_twin(A, B, Y0, ta, tb, alpha, beta, bias, axis, act, aa, ab):
+    a = A.astype(np.float64).T if ta else A.astype(np.float64)
+    b = B.astype(np.float64).T if tb else B.astype(np.float64)
+    out = alpha * (a @ b)
+    if beta != 0:
+        out = out + beta * Y0
+    if bias is not None:
+        out = out + (bias[None, :] if axis == 1 else bias[:, None])
+    return act_twin(out, act, aa, ab)
+
+
+def run_gemm(M, N, K, ta, tb, alpha, beta, bias_axis, act, nthreads, aa=0.1, ab=0.0):
+    A = rand(K, M) if ta else rand(M, K)
+    B = rand(N, K) if tb else rand(K, N)
+    Y0 = rand(M, N)
+    bias = None if bias_axis is None else rand(N if bias_axis == 1 else M)
+    Y = Y0.copy()
+    gemm.gemm(A, B, Y, ta, tb, alpha, beta, bias, 1 if bias_axis is None else bias_axis, act,
+              aa, ab, nthreads)
+    expect = gemm_twin(A, B, Y0, ta, tb, alpha, beta, bias, bias_axis, act, aa, ab)
+    np.testing.assert_allclose(Y, expect, rtol=1e-4, atol=1e-5 * max(K, 1) * max(abs(alpha), 1))
+
+
+@pytest.mark.parametrize("ta", [False, True])
+@pytest.mark.parametrize("tb", [False, True])
+@pytest.mark.parametrize("bias_axis", [None, 0, 1])
+@pytest.mark.parametrize("act", [0, 1, 2, 5, 10])
+@pytest.mark.parametrize("nthreads", THREADS)
+def test_gemm_combinations(ta, tb, bias_axis, act, nthreads):
+    aa, ab = ACT_ARGS.get(act, (0.1, 0.0))
+    run_gemm(37, 53, 29, ta, tb, 1.0, 0.0, bias_axis, act, nthreads, aa, ab)
+
+
+@pytest.mark.parametrize("M,N,K", [(1, 1, 1), (5, 3, 1), (6, 16, 256), (7, 17, 257),
+                                   (13, 24, 7), (145, 33, 300), (1, 700, 64), (300, 1, 50),
+                                   (300, 500, 700)])
+@pytest.mark.parametrize("nthreads", THREADS)
+def test_gemm_shapes(M, N, K, nthreads):
+    run_gemm(M, N, K, False, False, 1.0, 0.0, None, 0, nthreads)
+
+
+@pytest.mark.parametrize("alpha,beta", [(0.5, 1.0), (1.0, -2.0), (2.0, 0.5), (0.0, 0.25)])
+@pytest.mark.parametrize("nthreads", THREADS)
+def test_gemm_alpha_beta(alpha, beta, nthreads):
+    run_gemm(31, 45, 270, True, False, alpha, beta, 1, 1, nthreads)
+
+
+def test_gemm_beta_zero_ignores_garbage_in_y():
+    A, B = rand(9, 11), rand(11, 20)
+    Y = np.full((9, 20), np.nan, np.float32)
+    gemm.gemm(A, B, Y, False, False, 1.0, 0.0, None, 1, 0, 0.0, 0.0, 2)
+    np.testing.assert_allclose(Y, A.astype(np.float64) @ B, rtol=1e-4, atol=1e-4)
+
+
+def test_gemm_k_zero_gives_bias_only():
+    A, B = np.zeros((4, 0), np.float32), np.zeros((0, 5), np.float32)
+    Y = np.full((4, 5), 7.0, np.float32)
+    bias = np.arange(5, dtype=np.float32)
+    gemm.gemm(A, B, Y, False, False, 1.0, 0.0, bias, 1, 0, 0.0, 0.0, 1)
+    np.testing.assert_array_equal(Y, np.tile(bias, (4, 1)))
+
+
+# ----------------------------------------------------------------------------- conv
+def conv_twin(x, w, bias, stride, pads, dil, group, out_hw):
+    """Direct ONNX cross-correlation in float64: pad, then sum over (c, kh, kw) per output."""
+    N, C, H, W = x.shape
+    M, Cg, KH, KW = w.shape
+    OH, OW = out_hw
+    pt, pl = pads
+    big = np.zeros((N, C, H + pt + KH * dil[0] + OH * stride[0],
+                    W + pl + KW * dil[1] + OW * stride[1]))
+    big[:, :, pt:pt + H, pl:pl + W] = x
+    y = np.zeros((N, M, OH, OW))
+    Mg = M // group
+    for m in range(M):
+        g = m // Mg
+        for kh in range(KH):
+            for kw in range(KW):
+                r0, c0 = kh * dil[0], kw * dil[1]
+                patch = big[:, g * Cg:(g + 1) * Cg, r0:r0 + OH * stride[0]:stride[0],
+                            c0:c0 + OW * stride[1]:stride[1]]
+                y[:, m] += np.einsum("nchw,c->nhw", patch, w[m, :, kh, kw])
+        if bias is not None:
+            y[:, m] += bias[m]
+    return y
+
+
+def out_size(n, k, s, p0, p1, d):
+    return (n + p0 + p1 - d * (k - 1) - 1) // s + 1
+
+
+CONV_CASES = [
+    # N, C, H, W, M, KH, KW, stride, pads (t, l, b, r), dil, group
+    (1, 3, 9, 11, 7, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),
+    (2, 13, 8, 8, 24, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1), 1),    # pointwise -> gemm on x
+    (3, 8, 6, 5, 12, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1), 4),     # grouped pointwise
+    (2, 7, 13, 13, 5, 3, 3, (2, 2), (1, 1, 1, 1), (1, 1), 1),   # stride 2, odd input
+    (1, 4, 15, 12, 6, 3, 2, (1, 2), (2, 0, 1, 3), (2, 1), 2),   # asymmetric pads, dilation
+    (2, 6, 9, 9, 9, 5, 5, (1, 1), (2, 2, 2, 2), (1, 1), 3),
+    (1, 2, 7, 7, 3, 1, 1, (2, 2), (0, 0, 0, 0), (1, 1), 1),     # 1x1 stride 2 -> im2col
+    (4, 3, 10, 10, 8, 3, 3, (1, 1), (0, 0, 0, 0), (1, 1), 1),   # batch split over threads
+    (1, 1, 6, 6, 1, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),
+    # depthwise
+    (2, 13, 11, 9, 13, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 13),
+    (1, 7, 12, 13, 7, 3, 3, (2, 2), (1, 1, 1, 1), (1, 1), 7),
+    (1, 24, 10, 10, 24, 3, 3, (1, 1), (0, 2, 1, 0), (1, 1), 24),
+    (2, 7, 14, 9, 7, 5, 5, (2, 1), (2, 2, 2, 2), (1, 1), 7),
+    (1, 5, 9, 9, 5, 3, 3, (1, 1), (2, 2, 2, 2), (2, 2), 5),
+    (1, 6, 3, 2, 6, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 6),     # map smaller than kernel
+]
+
+
+@pytest.mark.parametrize("case", CONV_CASES)
+@pytest.mark.parametrize("with_bias", [False, True])
+@pytest.mark.parametrize("nthreads", THREADS)
+def test_conv2d_against_twin(case, with_bias, nthreads):
+    N, C, H, W, M, KH, KW, stride, pads, dil, group = case
+    x, w = rand(N, C, H, W), rand(M, C // group, KH, KW)
+    bias = rand(M) if with_bias else None
+    OH = out_size(H, KH, stride[0], pads[0], pads[2], dil[0])
+    OW = out_size(W, KW, stride[1], pads[1], pads[3], dil[1])
+    y = np.full((N, M, OH, OW), np.nan, np.float32)
+    n_scratch = conv.conv2d_scratch_floats(C, H, W, M, KH, KW, OH, OW, *stride, pads[0],
+                                           pads[1], *dil, group, nthreads)
+    scratch = np.full(n_scratch, np.nan, np.float32) if n_scratch else None
+    conv.conv2d(x, w, bias, y, scratch, *stride, pads[0], pads[1], *dil, group, 0, 0.0, 0.0,
+                nthreads)
+    K = C // group * KH * KW
+    expect = conv_twin(x, w, bias, stride, pads[:2], dil, group, (OH, OW))
+    np.testing.assert_allclose(y, expect, rtol=1e-4, atol=1e-5 * K)
+
+
+@pytest.mark.parametrize("group,act", [(1, 1), (1, 7), (4, 10), (8, 2)])
+def test_conv2d_fused_activation(group, act):
+    aa, ab = ACT_ARGS.get(act, (0.1, 0.0))
+    x, w, bias = rand(2, 8, 7, 7), rand(8, 8 // group, 3, 3), rand(8)
+    y = np.empty((2, 8, 7, 7), np.float32)
+    n = conv.conv2d_scratch_floats(8, 7, 7, 8, 3, 3, 7, 7, 1, 1, 1, 1, 1, 1, group, 2)
+    conv.conv2d(x, w, bias, y, np.empty(n, np.float32) if n else None, 1, 1, 1, 1, 1, 1, group,
+                act, aa, ab, 2)
+    expect = act_twin(conv_twin(x, w, bias, (1, 1), (1, 1), (1, 1), group, (7, 7)), act, aa, ab)
+    np.testing.assert_allclose(y, expect, rtol=1e-4, atol=1e-4)
+
+
+def test_conv2d_scratch_zero_for_pointwise_and_depthwise():
+    assert conv.conv2d_scratch_floats(16, 8, 8, 32, 1, 1, 8, 8, 1, 1, 0, 0, 1, 1, 1, 2) == 0
+    assert conv.conv2d_scratch_floats(16, 8, 8, 16, 3, 3, 8, 8, 1, 1, 1, 1, 1, 1, 16, 2) == 0
+    assert conv.conv2d_scratch_floats(4, 8, 8, 6, 3, 3, 8, 8, 1, 1, 1, 1, 1, 1, 2, 1) == 2 * 9 * 64
+
+
+def conv_transpose_twin(x, w, bias, stride, pads, dil, group, out_hw):
+    """Scatter every x[n, c, ih, iw]·w[c, m, kh, kw] to (ih·s − pad + kh·d, …), in float64."""
+    N, C, H, W = x.shape
+    _, Mg, KH, KW = w.shape
+    OH, OW = out_hw
+    Cg = C // group
+    y = np.zeros((N, Mg * group, OH, OW))
+    for c in range(C):
+        g = c // Cg
+        for kh in range(KH):
+            for kw in range(KW):
+                for ih in range(H):
+                    oh = ih * stride[0] - pads[0] + kh * dil[0]
+                    if not 0 <= oh < OH:
+                        continue
+                    for iw in range(W):
+                        ow = iw * stride[1] - pads[1] + kw * dil[1]
+                        if 0 <= ow < OW:
+                            y[:, g * Mg:(g + 1) * Mg, oh, ow] += np.outer(
+                                x[:, c, ih, iw], w[c, :, kh, kw])
+    if bias is not None:
+        y += bias[None, :, None, None]
+    return y
+
+
+CONVT_CASES = [
+    # N, C, H, W, Mg, KH, KW, stride, pads(t, l), dil, group, extra (output_padding-ish)
+    (1, 3, 4, 5, 2, 3, 3, (2, 2), (1, 1), (1, 1), 1, (1, 0)),
+    (2, 4, 3, 3, 3, 2, 2, (2, 2), (0, 0), (1, 1), 2, (0, 0)),
+    (1, 6, 5, 4, 1, 3, 2, (1, 3), (0, 1), (2, 1), 3, (0, 2)),
+]
+
+
+@pytest.mark.parametrize("case", CONVT_CASES)
+@pytest.mark.parametrize("nthreads", THREADS)
+def test_conv_transpose2d_against_twin(case, nthreads):
+    N, C, H, W, Mg, KH, KW, stride, pads, dil, group, extra = case
+    x, w, bias = rand(N, C, H, W), rand(C, Mg, KH, KW), rand(Mg * group)
+    OH = (H - 1) * stride[0] - 2 * pads[0] + dil[0] * (KH - 1) + 1 + extra[0]
+    OW = (W - 1) * stride[1] - 2 * pads[1] + dil[1] * (KW - 1) + 1 + extra[1]
+    y = np.full((N, Mg * group, OH, OW), np.nan, np.float32)
+    n = conv.conv_transpose2d_scratch_floats(C, H, W, Mg * group, KH, KW, group, nthreads)
+    conv.conv_transpose2d(x, w, bias, y, np.empty(n, np.float32), *stride, *pads, *dil, group,
+                          nthreads)
+    expect = conv_transpose_twin(x, w, bias, stride, pads, dil, group, (OH, OW))
+    np.testing.assert_allclose(y, expect, rtol=1e-4, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- pooling
+def pool_twin(x, k, stride, pads, dil, mode, include_pad=False):
+    """Window by window with explicit bounds checks (pads = t, l, b, r)."""
+    N, C, H, W = x.shape
+    OH = out_size(H, k[0], stride[0], pads[0], pads[2], dil[0])
+    OW = out_size(W, k[1], stride[1], pads[1], pads[3], dil[1])
+    y = np.zeros((N, C, OH, OW))
+    for oh in range(OH):
+        for ow in range(OW):
+            vals, padded_count = [], 0
+            for i in range(k[0]):
+                for j in range(k[1]):
+                    ih = oh * stride[0] - pads[0] + i * dil[0]
+                    iw = ow * stride[1] - pads[1] + j * dil[1]
+                    if -pads[0] <= ih < H + pads[2] and -pads[1] <= iw < W + pads[3]:
+                        padded_count += 1
+                    if 0 <= ih < H and 0 <= iw < W:
+                        vals.append(x[:, :, ih, iw].astype(np.float64))
+            stack = np.stack(vals)
+            if mode == "max":
+                y[:, :, oh, ow] = stack.max(0)
+            else:
+                y[:, :, oh, ow] = stack.sum(0) / (padded_count if include_pad else len(vals))
+    return y
+
+
+POOL_CASES = [
+    # N, C, H, W, k, stride, pads (t, l, b, r), dil
+    (1, 3, 6, 6, (3, 3), (1, 1), (0, 0, 0, 0), (1, 1)),
+    (2, 7, 13, 11, (2, 2), (2, 2), (0, 0, 0, 0), (1, 1)),
+    (1, 5, 13, 13, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1)),
+    (1, 4, 9, 10, (3, 2), (2, 3), (1, 0, 2, 1), (1, 1)),
+    (2, 3, 12, 11, (3, 3), (1, 2), (2, 1, 2, 1), (2, 2)),
+]
+
+
+@pytest.mark.parametrize("case", POOL_CASES)
+@pytest.mark.parametrize("nthreads", THREADS)
+def test_max_pool2d(case, nthreads):
+    N, C, H, W, k, stride, pads, dil = case
+    x = rand(N, C, H, W)
+    expect = pool_twin(x, k, stride, pads, dil, "max")
+    y = np.empty(expect.shape, np.float32)
+    pool.max_pool2d(x, y, *k, *stride, pads[0], pads[1], *dil, nthreads)
+    np.testing.assert_array_equal(y, expect.astype(np.float32))
+
+
+def test_max_pool_padding_never_wins():
+    x = -np.ones((1, 1, 3, 3), np.float32) * 5
+    y = np.empty((1, 1, 3, 3), np.float32)
+    pool.max_pool2d(x, y, 3, 3, 1, 1, 1, 1, 1, 1, 1)
+    assert np.all(y == -5)
+
+
+def test_max_pool_course_figure():
+    x = np.zeros((1, 1, 6, 6), np.float32)
+    x[0, 0, 1, 4] = x[0, 0, 3, 1] = 1
+    y = np.empty((1, 1, 2, 2), np.float32)
+    pool.max_pool2d(x, y, 3, 3, 3, 3, 0, 0, 1, 1, 1)
+    np.testing.assert_array_equal(y[0, 0], [[0, 1], [1, 0]])
+
+
+@pytest.mark.parametrize("case", [c for c in POOL_CASES if c[-1] == (1, 1)])
+@pytest.mark.parametrize("include_pad", [False, True])
+@pytest.mark.parametrize("nthreads", THREADS)
+def test_avg_pool2d(case, include_pad, nthreads):
+    N, C, H, W, k, stride, pads, dil = case
+    x = rand(N, C, H, W)
+    expect = pool_twin(x, k, stride, pads, dil, "avg", include_pad)
+    y = np.empty(expect.shape, np.float32)
+    pool.avg_pool2d(x, y, *k, *stride, *pads, include_pad, nthreads)
+    np.testing.assert_allclose(y, expect, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("is_max", [False, True])
+@pytest.mark.parametrize("nthreads", THREADS)
+def test_global_pool(is_max, nthreads):
+    x = rand(2 * 13, 49)
+    y = np.empty(26, np.float32)
+    pool.global_pool(x, y, is_max, nthreads)
+    expect = x.max(1) if is_max else x.astype(np.float64).mean(1)
+    np.testing.assert_allclose(y, expect, rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- normalization
+@pytest.mark.parametrize("act", [0, 1, 5])
+@pytest.mark.parametrize("nthreads", THREADS)
+def test_channel_affine(act, nthreads):
+    x, scale, shift = rand(2, 7, 33), rand(7), rand(7)
+    expect = act_twin(x * scale[None, :, None].astype(np.float64) + shift[None, :, None], act,
+                      0, 0)
+    y = np.empty_like(x)
+    normalization.channel_affine(x, scale, shift, y, act, 0.0, 0.0, nthreads)
+    np.testing.assert_allclose(y, expect, rtol=1e-5, atol=1e-6)
+    normalization.channel_affine(x, scale, shift, x, act, 0.0, 0.0, nthreads)  # y is x
+    np.testing.assert_allclose(x, expect, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("nthreads", THREADS)
+def test_instance_norm(nthreads):
+    x, scale, bias = rand(3, 5, 29) * 4 + 2, rand(5), rand(5)
+    xd = x.astype(np.float64)
+    mean, var = xd.mean(2, keepdims=True), xd.var(2, keepdims=True)
+    expect = (xd - mean) / np.sqrt(var + 1e-5) * scale[None, :, None] + bias[None, :, None]
+    y = np.empty_like(x)
+    normalization.instance_norm(x, scale, bias, y, 1e-5, nthreads)
+    np.testing.assert_allclose(y, expect, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("nthreads", THREADS)
+def test_lrn(size, nthreads):
+    x = rand(2, 7, 6)
+    xd = x.astype(np.float64)
+    alpha, beta, bias = 1e-3, 0.75, 2.0
+    sq = np.zeros_like(xd)
+    for c in range(7):
+        lo, hi = max(0, c - (size - 1) // 2), min(6, c + int(np.ceil((size - 1) / 2)))
+        sq[:, c] = (xd[:, lo:hi + 1] ** 2).sum(1)
+    expect = xd / (bias + alpha / size * sq) ** beta
+    y = np.empty_like(x)
+    normalization.lrn(x, y, size, alpha, beta, bias, nthreads)
+    np.testing.assert_allclose(y, expect, rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- softmax
+@pytest.mark.parametrize("shape", [(1, 4, 1), (3, 1000, 1), (2, 7, 13), (5, 1, 3)])
+@pytest.mark.parametrize("log", [False, True])
+@pytest.mark.parametrize("nthreads", THREADS)
+def test_softmax(shape, log, nthreads):
+    x = rand(*shape) * 10
+    xd = x.astype(np.float64)
+    e = np.exp(xd - xd.max(1, keepdims=True))
+    expect = e / e.sum(1, keepdims=True)
+    if log:
+        expect = np.log(expect)
+    y = np.empty_like(x)
+    softmax.softmax(x, y, log, nthreads)
+    np.testing.assert_allclose(y, expect, rtol=1e-5, atol=1e-6)
+
+
+def test_softmax_course_figure():
+    x = np.array([5, 2, -1, 3], np.float32).reshape(1, 4, 1)
+    y = np.empty_like(x)
+    softmax.softmax(x, y, False, 1)
+    np.testing.assert_allclose(y.ravel(), [0.842, 0.042, 0.002, 0.114], atol=6e-4)
