@@ -220,8 +220,8 @@ def cmd_demo(args) -> int:
     correct = int((pred == labels).sum())
     print(f"accuracy     {correct}/{len(labels)} = {correct / len(labels):.1%} on the bundled "
           f"held-out images")
-    one = median_latency(lambda: sess.run(None, {"image": images[:1]}), 50)
-    batch = median_latency(lambda: sess.run(None, {"image": images}), 20)
+    one = median_latency(lambda: sess.run(None, {"image": images[:1]}), 20)
+    batch = median_latency(lambda: sess.run(None, {"image": images}), 10)
     print(f"latency      {one * 1e3:.3f} ms for 1 image, {batch * 1e3:.3f} ms for "
           f"{len(images)} (median, {sess.threads} threads)")
     return 0

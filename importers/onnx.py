@@ -166,7 +166,7 @@ def _tensor_to_array(t, folder, what: str) -> np.ndarray:
         arr = numpy_helper.to_array(t)
     except Exception as e:
         raise ModelError(f"{what}: cannot decode tensor data ({e})") from None
-    return np.ascontiguousarray(arr.astype(dtype, copy=False))
+    return np.require(arr.astype(dtype, copy=False), requirements="C")
 
 
 def _load_external(t, folder, what: str):
@@ -310,6 +310,13 @@ def load_onnx(src) -> Graph:
         graph.inputs.append(vi.name)
         graph.types[vi.name] = _value_type(vi)
     graph.outputs = [vo.name for vo in gp.output]
+    declared = {}
+    for vo in gp.output:  # best effort: outputs may omit shapes; inference gives the truth
+        try:
+            declared[vo.name] = _value_type(vo)
+        except ModelError:
+            pass
+    graph.metadata["declared_output_types"] = declared
     if not all(graph.outputs):
         raise ModelError("a graph output has no name")
     if len(set(graph.outputs)) != len(graph.outputs):
@@ -357,7 +364,7 @@ class Rewriter:
 
     def const(self, base: str, value) -> str:
         name = self.fresh(base)
-        self.graph.initializers[name] = np.ascontiguousarray(value)
+        self.graph.initializers[name] = np.require(value, requirements="C")
         return name
 
     def _lookup(self, name):

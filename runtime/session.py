@@ -25,6 +25,11 @@ from . import bindings
 from .planner import ALIGN, make_plan
 
 
+# Plans keyed on input *values* (shape-deciding inputs) are bounded so that a stream of
+# distinct values cannot grow memory without limit.
+MAX_VALUE_KEYED_PLANS = 32
+
+
 def default_threads() -> int:
     """CPUs this process may use (respects affinity masks and containers)."""
     try:
@@ -147,11 +152,17 @@ class Session:
         self._compile_lock = threading.Lock()
         self.inputs = [IOInfo(n, self._input_types[n].shape, self._input_types[n].dtype)
                        for n in graph.inputs]
-        self.outputs = [IOInfo(n, graph.types[n].shape if n in graph.types else (),
-                               graph.types[n].dtype if n in graph.types else np.dtype("float32"))
-                        for n in graph.outputs]
+        compiled = None
         if all(t.is_static for t in self._input_types.values()):
-            self.compile()  # static models fail (or not) at load time, not on first run
+            # static models fail (or not) at load time, not on first run — unless an input's
+            # value decides shapes, in which case compiling waits for the first feeds
+            compiled = self._compile(dict(self._input_types), None, defer_on_value=True)
+        declared = graph.metadata.get("declared_output_types", {})
+        self.outputs = []
+        for n in graph.outputs:
+            t = compiled.graph.types[n] if compiled else declared.get(n) or graph.types.get(n)
+            self.outputs.append(IOInfo(n, t.shape if t else (),
+                                       t.dtype if t else np.dtype("float32")))
 
     # ---- public onnxruntime-style API ------------------------------------------------------
     def get_inputs(self):
@@ -285,7 +296,7 @@ class Session:
             return np.ascontiguousarray(arrays[name], dtype=dtype)
         return np.ones(shapes[name], dtype)
 
-    def _compile(self, types: dict, arrays: dict | None) -> Compiled:
+    def _compile(self, types: dict, arrays: dict | None, defer_on_value: bool = False):
         with self._compile_lock:
             while True:
                 shapes = {n: t.shape for n, t in types.items()}
@@ -300,7 +311,11 @@ class Session:
                         raise
                     # this input's value decides shapes: plans are keyed on it from now on
                     self._value_keyed.add(e.name)
+                    if defer_on_value and arrays is None:
+                        return None
                     continue
+                if self._value_keyed and len(self._cache) >= MAX_VALUE_KEYED_PLANS:
+                    self._cache.pop(next(iter(self._cache)))  # oldest plan goes
                 self._cache[key] = compiled
                 return compiled
 

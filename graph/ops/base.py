@@ -131,9 +131,35 @@ class InferContext:
             return self.consts[name]
         if name in self._runtime_inputs:
             raise NeedsValue(name)
+        upstream = self._runtime_inputs_feeding(name)
+        if upstream:
+            # computed from fed inputs only: the Session keys its plans on their values
+            raise NeedsValue(sorted(upstream)[0])
         self.fail(f"input {i} ({name!r}{', ' + what if what else ''}) must be known before "
                   f"running, but it is computed from run-time data (data-dependent shapes are "
                   f"not supported)")
+
+    def _runtime_inputs_feeding(self, name: str) -> set:
+        """Graph inputs ``name`` is computed from, when everything upstream of it is either such
+        an input or a constant; empty when a random or otherwise unfoldable op intervenes."""
+        producers = self.graph.producers()
+        found, stack, seen = set(), [name], set()
+        while stack:
+            v = stack.pop()
+            if v in seen or v in self.consts or not v:
+                continue
+            seen.add(v)
+            if v in self._runtime_inputs:
+                found.add(v)
+                continue
+            node = producers.get(v)
+            if node is None:
+                return set()
+            from . import get_op
+            if not get_op(node.op_type, node.domain).foldable:
+                return set()
+            stack.extend(node.inputs)
+        return found
 
     def maybe_const(self, i: int):
         name = self.node.input(i)
