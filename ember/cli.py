@@ -84,26 +84,27 @@ def concrete_shapes(sess, shapes: dict) -> dict:
 
 
 def shapes_arg(values) -> dict:
-    shapes = dict(parse_shape(s) for s in values or [])
-    return shapes
+    return dict(parse_shape(s) for s in values or [])
 
 
 # ---- ember info ------------------------------------------------------------------------------
 def cmd_info(args) -> int:
     shapes = shapes_arg(args.shape)
-    sess = load_session(args.model, threads=args.threads, shapes=shapes)
-    g = sess.graph
+    sess = load_session(args.model, threads=args.threads)  # as declared: no shapes= yet
+    g, declared_outputs = sess.graph, sess.outputs
+    if shapes:  # the same graph, with --shape checked against the declared inputs
+        from .runtime.session import Session
+        sess = Session(g, threads=args.threads, shapes=shapes)
     compiled = sess.compile(concrete_shapes(sess, shapes))
     cg, plan = compiled.graph, compiled.plan
     print(f"model   {args.model}  (graph {g.name!r}, opset {g.opset})")
-    print("inputs")
-    for i in sess.inputs:  # as declared by the model (--shape shows below)
-        print(f"  {i.name:24s} {i.dtype.name:8s} {fmt_shape(g.types[i.name].shape)}")
-    print("outputs")
-    for o in sess.outputs:
-        print(f"  {o.name:24s} {o.dtype.name:8s} {fmt_shape(cg.types[o.name].shape)}")
-    print("specialised for  " + ", ".join(f"{n}={fmt_shape(cg.types[n].shape)}"
-                                           for n in g.inputs))
+    declared = {n: g.types[n].shape for n in g.inputs}
+    declared.update({o.name: o.shape for o in declared_outputs})
+    for title, infos in (("inputs", sess.inputs), ("outputs", sess.outputs)):
+        print(f"{title:8s}{'':24s} {'dtype':8s} {'declared':16s} compiled")
+        for i in infos:
+            print(f"  {i.name:28s} {i.dtype.name:8s} {fmt_shape(declared[i.name]):16s} "
+                  f"{fmt_shape(cg.types[i.name].shape)}")
     before = Counter(n.op_type for n in g.nodes)
     after = Counter(n.op_type for n in cg.nodes)
     print(f"ops     {len(g.nodes)} nodes as imported, {len(cg.nodes)} after passes")

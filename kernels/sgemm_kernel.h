@@ -121,6 +121,10 @@ static void ember_pack_b(int kc, int nc, const float *b, long rs, long cs, float
 static inline void ember_ukr(int kc, const float *restrict a, const float *restrict b,
                              float *restrict c, long ldc, float alpha, int accumulate)
 {
+    for (int r = 0; r < EMBER_MR; ++r) { /* C comes from far away: start fetching it now */
+        _mm_prefetch((const char *)(c + r * ldc), _MM_HINT_T0);
+        _mm_prefetch((const char *)(c + r * ldc + 15), _MM_HINT_T0);
+    }
     __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps();
     __m256 c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps();
     __m256 c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps();

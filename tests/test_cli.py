@@ -49,8 +49,8 @@ def small_model(tmp_path_factory):
 def test_info_counts_params_and_macs(small_model, capsys):
     assert main(["info", small_model, "--shape", "x=2x3x8x8"]) == 0
     out = capsys.readouterr().out
-    assert re.search(r"\bx\s+float32\s+N×3×8×8", out)
-    assert re.search(r"\by\s+float32\s+2×5", out)
+    assert re.search(r"\bx\s+float32\s+N×3×8×8\s+2×3×8×8\n", out)  # declared, compiled
+    assert re.search(r"\by\s+float32\s+N×5\s+2×5\n", out)
     assert "params  837 " in out
     assert f"MACs    {2 * (3888 + 720):,} " in out
     assert re.search(r"Conv\s+1\s+1", out)
@@ -60,6 +60,42 @@ def test_info_counts_params_and_macs(small_model, capsys):
     assert lower <= arena <= naive
     # the largest value (conv output, 2·4·6·6 floats) must fit in the arena
     assert arena >= 2 * 4 * 6 * 6 * 4
+
+
+def test_info_course_lenet_figures(tmp_path, capsys):
+    """REFERENCE.md: the course LeNet (32×32×3 → conv5×5 ×8 → pool2 → conv5×5 ×16 → pool2 →
+    FC120 → FC84 → 10) has 62,958 parameters. MACs by hand: 8·28·28·75 + 16·10·10·200 +
+    400·120 + 120·84 + 84·10 = 849,320. The int64 Reshape target is not a parameter."""
+    rng = np.random.default_rng(0)
+
+    def t(*shape):
+        return rng.standard_normal(shape).astype(np.float32) * 0.1
+    inits = {"w1": t(8, 3, 5, 5), "b1": t(8), "w2": t(16, 8, 5, 5), "b2": t(16),
+             "f1": t(120, 400), "c1": t(120), "f2": t(120, 84), "c2": t(84),
+             "f3": t(10, 84), "c3": t(10), "shape": np.array([-1, 400], np.int64)}
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["a1"], kernel_shape=[5, 5]),
+             helper.make_node("Relu", ["a1"], ["r1"]),
+             helper.make_node("MaxPool", ["r1"], ["p1"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Conv", ["p1", "w2", "b2"], ["a2"], kernel_shape=[5, 5]),
+             helper.make_node("Relu", ["a2"], ["r2"]),
+             helper.make_node("MaxPool", ["r2"], ["p2"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Reshape", ["p2", "shape"], ["flat"]),
+             helper.make_node("Gemm", ["flat", "f1", "c1"], ["h1"], transB=1),
+             helper.make_node("Relu", ["h1"], ["s1"]),
+             helper.make_node("MatMul", ["s1", "f2"], ["m2"]),
+             helper.make_node("Add", ["m2", "c2"], ["h2"]),
+             helper.make_node("Relu", ["h2"], ["s2"]),
+             helper.make_node("Gemm", ["s2", "f3", "c3"], ["y"], transB=1)]
+    graph = helper.make_graph(
+        nodes, "lenet", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 32, 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])],
+        [numpy_helper.from_array(a, n) for n, a in inits.items()])
+    path = tmp_path / "lenet.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    assert main(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "params  62,958 " in out
+    assert "MACs    849,320 " in out
 
 
 def test_info_default_batch_and_plan_table(small_model, capsys):
