@@ -309,7 +309,9 @@ static int ember_sgemm(int trans_a, int trans_b, int M, int N, int K, float alph
      * of row blocks only when there are too few column blocks to feed the team. */
     int mb = (M + EMBER_MC - 1) / EMBER_MC;
     int want = nthreads > 1 ? 2 * nthreads : 1;
-    int nc = EMBER_NC;
+    /* few row blocks: each packed B block serves little work, so keep it small enough to
+     * stay in L2 beside the A block */
+    int nc = mb == 1 ? (getenv("NCS") ? atoi(getenv("NCS")) : 512) : EMBER_NC;
     int nb = (N + nc - 1) / nc;
     while (nb < want && nc > 8 * EMBER_NR) {
         nc = ((nc / 2 + EMBER_NR - 1) / EMBER_NR) * EMBER_NR;
@@ -331,7 +333,9 @@ static int ember_sgemm(int trans_a, int trans_b, int M, int N, int K, float alph
         }
         return ok;
     }
+#ifdef _OPENMP
 #pragma omp parallel for num_threads(nthreads) schedule(dynamic, 1) reduction(&& : ok)
+#endif
     for (long t = 0; t < ntasks; ++t) {
         int jb = (int)(t / mchunks), mcnk = (int)(t % mchunks);
         int ib0 = mcnk * per_chunk, ib1 = ib0 + per_chunk < mb ? ib0 + per_chunk : mb;
