@@ -130,6 +130,11 @@ cdef void depthwise_plane(const float *x, const float *w, float bv, float *y, Co
     cdef const float *r1
     cdef const float *r2
     cdef bint fast3 = s.KH == 3 and s.KW == 3 and s.dh == 1 and s.dw == 1
+    cdef int sw = s.sw
+    cdef float w0 = 0, w1 = 0, w2 = 0, w3 = 0, w4 = 0, w5 = 0, w6 = 0, w7 = 0, w8 = 0
+    if fast3:
+        w0 = w[0]; w1 = w[1]; w2 = w[2]; w3 = w[3]; w4 = w[4]
+        w5 = w[5]; w6 = w[6]; w7 = w[7]; w8 = w[8]
     # ow span where every kw tap is inside the row (for the 3x3 interior)
     ilo = 0
     while ilo < s.OW and ilo * s.sw - s.pl < 0:
@@ -144,11 +149,17 @@ cdef void depthwise_plane(const float *x, const float *w, float bv, float *y, Co
             r0 = x + <long> ih * s.W - s.pl
             r1 = r0 + s.W
             r2 = r1 + s.W
-            for ow in range(ilo, ihi):
-                iw = ow * s.sw
-                yrow[ow] = (bv + w[0] * r0[iw] + w[1] * r0[iw + 1] + w[2] * r0[iw + 2]
-                            + w[3] * r1[iw] + w[4] * r1[iw + 1] + w[5] * r1[iw + 2]
-                            + w[6] * r2[iw] + w[7] * r2[iw + 1] + w[8] * r2[iw + 2])
+            if sw == 1:   # unit stride: the compiler vectorises this over ow
+                for ow in range(ilo, ihi):
+                    yrow[ow] = (bv + w0 * r0[ow] + w1 * r0[ow + 1] + w2 * r0[ow + 2]
+                                + w3 * r1[ow] + w4 * r1[ow + 1] + w5 * r1[ow + 2]
+                                + w6 * r2[ow] + w7 * r2[ow + 1] + w8 * r2[ow + 2])
+            else:
+                for ow in range(ilo, ihi):
+                    iw = ow * sw
+                    yrow[ow] = (bv + w0 * r0[iw] + w1 * r0[iw + 1] + w2 * r0[iw + 2]
+                                + w3 * r1[iw] + w4 * r1[iw + 1] + w5 * r1[iw + 2]
+                                + w6 * r2[iw] + w7 * r2[iw + 1] + w8 * r2[iw + 2])
             # the border columns, tap by tap with bounds
             ow = 0
             while ow < s.OW:
@@ -235,6 +246,8 @@ def conv2d(float[:, :, :, ::1] x, float[:, :, :, ::1] w, bias, float[:, :, :, ::
             raise ValueError(f"conv2d: scratch holds {have} floats, needs {col_n} per slot")
         col = &scratch_view[0]
         slots = have // col_n
+    else:
+        slots = nthreads   # GEMM straight on x: no scratch, no limit on parallel images
     if per_thread and slots < 2:
         per_thread = False
     with nogil:

@@ -309,9 +309,7 @@ static int ember_sgemm(int trans_a, int trans_b, int M, int N, int K, float alph
      * of row blocks only when there are too few column blocks to feed the team. */
     int mb = (M + EMBER_MC - 1) / EMBER_MC;
     int want = nthreads > 1 ? 2 * nthreads : 1;
-    /* few row blocks: each packed B block serves little work, so keep it small enough to
-     * stay in L2 beside the A block */
-    int nc = mb == 1 ? (getenv("NCS") ? atoi(getenv("NCS")) : 512) : EMBER_NC;
+    int nc = EMBER_NC;
     int nb = (N + nc - 1) / nc;
     while (nb < want && nc > 8 * EMBER_NR) {
         nc = ((nc / 2 + EMBER_NR - 1) / EMBER_NR) * EMBER_NR;

@@ -504,3 +504,16 @@ def test_softmax_course_figure():
     y = np.empty_like(x)
     softmax.softmax(x, y, False, 1)
     np.testing.assert_allclose(y.ravel(), [0.842, 0.042, 0.002, 0.114], atol=6e-4)
+
+
+def test_conv2d_rejects_short_scratch_and_uses_fewer_slots():
+    x, w = rand(4, 3, 8, 8), rand(5, 3, 3, 3)
+    y = np.empty((4, 5, 8, 8), np.float32)
+    one_slot = 3 * 9 * 64
+    with pytest.raises(ValueError):
+        conv.conv2d(x, w, None, y, np.empty(one_slot - 1, np.float32), 1, 1, 1, 1, 1, 1, 1, 0,
+                    0.0, 0.0, 2)
+    conv.conv2d(x, w, None, y, np.empty(one_slot, np.float32), 1, 1, 1, 1, 1, 1, 1, 0, 0.0,
+                0.0, 2)   # sized for one thread, run with two: still correct
+    expect = conv_twin(x, w, None, (1, 1), (1, 1), (1, 1), 1, (8, 8))
+    np.testing.assert_allclose(y, expect, rtol=1e-4, atol=1e-5 * 27)
