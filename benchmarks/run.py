@@ -69,22 +69,10 @@ def ort_session(model_bytes: bytes, threads: int):
     return ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
 
 
-def time_interleaved(fns: dict, runs: int, warmup: int = 3) -> dict:
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times = {k: [] for k in fns}
-    for _ in range(runs):
-        for k, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t)
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
 def bench_inference(builders, models, threads_list, runs) -> list:
     import ember
     from ember.graph.cost import graph_macs
+    from ember.runtime.profile import time_interleaved
     rows = []
     for name, batch in models:
         model = getattr(builders, name)(batch=batch)

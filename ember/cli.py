@@ -1,4 +1,4 @@
-"""ember's command line: ``ember info | run | demo | ops``.
+"""ember's command line: ``ember info | run | bench | demo | ops``.
 
 User errors (any ``ember.EmberError``, an unreadable file) print one line,
 ``ember: error: ...``, and exit with status 2 — no traceback.
@@ -13,6 +13,7 @@ from collections import Counter
 
 import numpy as np
 
+from .graph.cost import node_macs, parameter_count
 from .graph.errors import EmberError
 
 DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
@@ -44,27 +45,6 @@ def fmt_count(n: float) -> str:
         if n >= div:
             return f"{n / div:.2f}{unit}"
     return f"{int(n)}"
-
-
-def node_macs(node, types) -> int:
-    """Multiply-accumulates of one node of a typed graph (0 for ops that do none)."""
-    def shape(i):
-        name = node.input(i)
-        return types[name].shape if name in types else None
-    out = types.get(node.outputs[0]) if node.outputs and node.outputs[0] else None
-    if out is None:
-        return 0
-    if node.op_type == "Conv":                      # N·M·OH·OW · (C/g)·KH·KW
-        return out.size * int(np.prod(shape(1)[1:]))
-    if node.op_type == "ConvTranspose":             # every input pixel meets the whole kernel
-        return int(np.prod(shape(0))) * int(np.prod(shape(1)[1:]))
-    if node.op_type == "Gemm":                      # M·N·K
-        a = shape(0)
-        k = a[0] if node.attrs.get("transA", 0) else a[1]
-        return out.size * int(k)
-    if node.op_type == "MatMul":                    # (batch·)M·N·K
-        return out.size * int(shape(0)[-1])
-    return 0
 
 
 def load_session(path, threads=None, shapes=None):
@@ -111,8 +91,7 @@ def cmd_info(args) -> int:
     print(f"  {'op':24s} {'imported':>8s} {'compiled':>8s}")
     for op in sorted(set(before) | set(after), key=lambda t: (-before[t], t)):
         print(f"  {op:24s} {before[op]:8d} {after[op]:8d}")
-    params = sum(int(a.size) for a in g.initializers.values()
-                 if np.asarray(a).dtype.kind == "f")
+    params = parameter_count(g)
     macs = sum(node_macs(n, cg.types) for n in cg.nodes)
     print(f"params  {params:,} ({fmt_count(params)}; floating-point initializer elements)")
     print(f"MACs    {macs:,} ({fmt_count(macs)}; Conv, ConvTranspose, Gemm, MatMul)")
@@ -192,6 +171,55 @@ def cmd_run(args) -> int:
         except OSError as e:
             raise EmberError(f"-o {args.output}: cannot write: {e}") from None
         print(f"wrote   {args.output}")
+    return 0
+
+
+# ---- ember bench -----------------------------------------------------------------------------
+def batch_shapes(sess, batch, shapes) -> dict:
+    """``--batch B``: every input's first dim set to B (it must be symbolic or already B)."""
+    out = dict(shapes)
+    if batch:
+        for info in sess.inputs:
+            if info.name in out or not info.shape:
+                continue
+            first = info.shape[0]
+            if isinstance(first, (int, np.integer)) and first != batch:
+                raise EmberError(f"--batch {batch}: input {info.name!r} has a fixed batch of "
+                                 f"{first} (shape {fmt_shape(info.shape)})")
+            out[info.name] = (batch,) + tuple(d if isinstance(d, (int, np.integer)) else 1
+                                              for d in info.shape[1:])
+    return out
+
+
+def cmd_bench(args) -> int:
+    from .runtime.profile import time_interleaved
+    sess = load_session(args.model, threads=args.threads)
+    shapes = batch_shapes(sess, args.batch, shapes_arg(args.shape))
+    feeds = read_inputs(sess, None, shapes, seed=0)
+    fns = {"ember": lambda: sess.run(None, feeds)}
+    if args.compare:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise EmberError("--compare onnxruntime: onnxruntime is not installed "
+                             "(pip install onnxruntime)") from None
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = sess.threads
+        opts.inter_op_num_threads = 1
+        peer = ort.InferenceSession(args.model, opts, providers=["CPUExecutionProvider"])
+        fns["onnxruntime"] = lambda: peer.run(None, feeds)
+    med = time_interleaved(fns, args.runs)
+    batch = next(iter(feeds.values())).shape[0] if feeds and \
+        next(iter(feeds.values())).ndim else 1
+    print(f"model   {args.model}   threads {sess.threads}   inputs " + ", ".join(
+        f"{n}:{fmt_shape(a.shape)}" for n, a in feeds.items()))
+    for name, secs in med.items():
+        print(f"  {name:12s} {secs * 1e3:9.3f} ms   {batch / secs:9.1f} items/s   "
+              f"(median of {args.runs}, interleaved)")
+    if "onnxruntime" in med:
+        print(f"  ratio ember/onnxruntime {med['ember'] / med['onnxruntime']:.2f}")
+    if args.profile:
+        print(sess.profile(feeds, runs=args.runs))
     return 0
 
 
@@ -292,6 +320,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--repeat", type=positive_int, default=10, help="timed runs (default 10)")
     run.add_argument("--seed", type=int, default=0, help="seed of random inputs (default 0)")
     run.set_defaults(fn=cmd_run)
+
+    bench = sub.add_parser("bench", help="latency and throughput, optionally against "
+                           "onnxruntime, and a per-node profile")
+    bench.add_argument("model", help="an .onnx file")
+    bench.add_argument("--threads", type=positive_int, default=None)
+    bench.add_argument("--batch", type=positive_int, default=None,
+                       help="batch size for inputs with a symbolic first dim")
+    bench.add_argument("--shape", action="append", metavar="NAME=DIMS")
+    bench.add_argument("--runs", type=positive_int, default=20, help="timed runs (default 20)")
+    bench.add_argument("--compare", choices=["onnxruntime"], help="time a peer in the same run")
+    bench.add_argument("--profile", action="store_true", help="time per node, slowest first")
+    bench.set_defaults(fn=cmd_bench)
 
     demo = sub.add_parser("demo", help="classify the bundled handwritten digits")
     demo.add_argument("--threads", type=positive_int, default=None)

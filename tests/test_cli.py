@@ -235,3 +235,42 @@ def test_python_dash_m_entry_point(tmp_path):
     r = subprocess.run([sys.executable, "-m", "ember", "ops"], capture_output=True, text=True,
                        timeout=60, cwd=tmp_path)
     assert r.returncode == 0 and "Conv" in r.stdout
+
+
+def test_bench_compare_and_profile(capsys):
+    """`ember bench` times ember beside onnxruntime and profiles every node; the profile's rows
+    are the compiled nodes, each on its Cython kernel (the demo model has no numpy fallbacks)."""
+    assert main(["bench", cli.DEMO_MODEL, "--batch", "4", "--runs", "3", "--threads", "1",
+                 "--compare", "onnxruntime", "--profile"]) == 0
+    out = capsys.readouterr().out
+    assert "image:4×1×8×8" in out
+    assert re.search(r"ratio ember/onnxruntime \d+\.\d\d", out)
+    rows = [ln for ln in out.splitlines() if ln.rstrip().endswith(("kernel", "numpy"))]
+    assert rows and all(ln.rstrip().endswith("kernel") for ln in rows)
+    assert {ln.split()[1] for ln in rows} >= {"Conv", "MaxPool", "Gemm"}
+
+
+def test_bench_fixed_batch_conflict(capsys, tmp_path):
+    """--batch on a model whose batch dim is fixed to another size is a user error."""
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])], "fixed",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])])
+    path = tmp_path / "fixed.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    assert main(["bench", str(path), "--batch", "3"]) == 2
+    assert "fixed batch of 2" in capsys.readouterr().err
+
+
+def test_session_profile_rows_sum_to_one():
+    import ember
+    sess = ember.load(cli.DEMO_MODEL, threads=1)
+    prof = sess.profile(runs=2)
+    nodes = sess.compile().graph.nodes
+    # view ops (the Flatten) share their input's bytes and run nothing, so they are not timed
+    assert [r.name for r in sorted(prof, key=lambda r: [n.name for n in nodes].index(r.name))] \
+        == [n.name for n in nodes if n.op_type != "Flatten"]
+    assert abs(sum(r.share for r in prof) - 1.0) < 1e-9
+    conv = [r for r in prof if r.op_type == "Conv"]
+    assert conv and all(r.gflops > 0 for r in conv)
+    assert "total (sum of nodes)" in str(prof)
