@@ -86,7 +86,7 @@ setup(
     },
     packages=["ember", "ember.graph", "ember.graph.ops", "ember.runtime", "ember.kernels",
               "ember.importers"],
-    package_data={"ember": ["data/*"], "ember.kernels": ["*.pxd", "*.pyx"]},
+    package_data={"ember": ["data/*"], "ember.kernels": ["*.pxd", "*.pyx", "*.h", "CONTRACT.md"]},
     ext_modules=cythonize(extensions, compiler_directives=directives,
                           build_dir="build/cython" + ("-checked" if checks else ""),
                           quiet=True),

@@ -66,6 +66,9 @@ def ort_session(model_bytes: bytes, threads: int):
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    # Interleaved timing: onnxruntime's worker threads would otherwise keep spinning after each
+    # run and steal a core from ember's next run (and ort itself measures faster without it).
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
 
 

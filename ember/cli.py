@@ -206,6 +206,8 @@ def cmd_bench(args) -> int:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = sess.threads
         opts.inter_op_num_threads = 1
+        # timed interleaved: spinning ort workers would steal a core from ember's runs
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         peer = ort.InferenceSession(args.model, opts, providers=["CPUExecutionProvider"])
         fns["onnxruntime"] = lambda: peer.run(None, feeds)
     med = time_interleaved(fns, args.runs)

@@ -18,7 +18,55 @@ from .ops.base import InferContext, NeedsValue, fill_attrs
 # Values bigger than this are left to run time rather than stored as folded constants.
 MAX_FOLD_BYTES = 64 << 20
 # Guard against absurd shapes (hostile models): no single tensor may exceed this many elements.
+# Smaller absurdities (1e12 elements) are refused by the Session's memory cap before allocating.
 MAX_ELEMENTS = 1 << 40
+# Kernels take each dim as a C int: a larger dim would overflow at binding time.
+MAX_DIM = (1 << 31) - 1
+# Attributes that are lists of ints in every op that has them (their defaults, [] or None, do
+# not say so): a float or string here would reach numpy or a kernel as garbage.
+INT_LIST_ATTRS = frozenset({"pads", "strides", "kernel_shape", "dilations", "perm",
+                            "output_shape", "output_padding", "axes"})
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def _check_attr_types(op, node) -> None:
+    """ModelError naming the node and attribute when an attribute has the wrong kind of value
+    (e.g. Conv ``strides`` as a float, ``kernel_shape`` as a string, ``group`` as a list)."""
+    for name, value in node.attrs.items():
+        default = op.attrs.get(name)
+        if value is None or name not in op.attrs:
+            continue
+        if name in INT_LIST_ATTRS or (isinstance(default, list) and default
+                                      and all(_is_int(d) for d in default)):
+            ok = isinstance(value, (list, tuple)) and all(_is_int(v) for v in value)
+            want = "a list of ints"
+        elif _is_int(default):
+            ok = _is_int(value)
+            want = "an int"
+        elif isinstance(default, float):
+            ok = _is_int(value) or isinstance(value, (float, np.floating))
+            want = "a float"
+        elif isinstance(default, str):
+            ok = isinstance(value, str)
+            want = "a string"
+        else:
+            continue
+        if not ok:
+            raise ModelError(f"{node}: attribute {name!r} must be {want}, got "
+                             f"{type(value).__name__} {value!r:.60}")
+
+
+def _check_input_type(name, t: TensorType):
+    big = [d for d in t.shape if isinstance(d, (int, np.integer)) and d > MAX_DIM]
+    if big:
+        raise ShapeError(f"graph input {name!r} has dim {big[0]} (shape {t.shape}), more than "
+                         f"ember's kernels index ({MAX_DIM})")
+    if t.is_static and t.size > MAX_ELEMENTS:
+        raise ShapeError(f"graph input {name!r} would have {t.size} elements (shape "
+                         f"{t.shape}), more than ember accepts")
 
 
 def _check_type(node, out_name, t: TensorType):
@@ -28,6 +76,9 @@ def _check_type(node, out_name, t: TensorType):
         if isinstance(d, (int, np.integer)) and d < 0:
             raise ShapeError(f"{node}: output {out_name!r} would have negative dim {d} "
                              f"(shape {t.shape})")
+        if isinstance(d, (int, np.integer)) and d > MAX_DIM:
+            raise ShapeError(f"{node}: output {out_name!r} would have dim {d} (shape "
+                             f"{t.shape}), more than ember's kernels index ({MAX_DIM})")
     if t.is_static and t.size > MAX_ELEMENTS:
         raise ShapeError(f"{node}: output {out_name!r} would have {t.size} elements "
                          f"(shape {t.shape}), more than ember accepts")
@@ -48,9 +99,11 @@ def infer_shapes(graph: Graph, consts: dict | None = None, fold: bool = True) ->
     for name in graph.inputs:
         if name not in graph.types:
             raise ModelError(f"graph input {name!r} has no type")
+        _check_input_type(name, graph.types[name])
     for node in graph.nodes:
         op = get_op(node.op_type, node.domain)
         fill_attrs(op, node)
+        _check_attr_types(op, node)
         lo, hi = op.num_inputs
         if len(node.inputs) < lo or (hi is not None and len(node.inputs) > hi):
             raise ModelError(f"{node}: takes {lo}..{hi if hi is not None else 'n'} inputs, "

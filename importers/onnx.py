@@ -39,6 +39,7 @@ def _parse(src):
     """Return (ModelProto, folder for external data or None)."""
     onnx = _onnx()
     if isinstance(src, onnx.ModelProto):
+        _check_is_model(src)
         return src, None
     if isinstance(src, (bytes, bytearray, memoryview)):
         data, folder = bytes(src), None
@@ -60,10 +61,16 @@ def _parse(src):
         raise ModelError(f"not a valid ONNX model: the file is not a readable protobuf "
                          f"({type(e).__name__}: {e}); is it truncated or another format?") \
             from None
+    _check_is_model(model)
+    return model, folder
+
+
+def _check_is_model(model) -> None:
+    """Protobuf parses almost any bytes (a TensorProto, a GraphProto, a few junk bytes) into a
+    ModelProto with unknown fields; a real model has a graph, an IR version and an opset."""
     if not model.HasField("graph") or model.ir_version < 1 or not model.opset_import:
         raise ModelError("not an ONNX model: the data has no graph, IR version or opset_import "
                          "(is it truncated or another kind of file?)")
-    return model, folder
 
 
 def _default_opset(model) -> int:

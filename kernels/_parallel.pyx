@@ -1,6 +1,21 @@
-"""OpenMP facts for the runtime: how many threads OpenMP would use by default."""
+"""Build facts for the runtime and CI: OpenMP threads, and whether bounds checks are compiled in."""
 cimport openmp
+import numpy as np
 
 
 def max_threads():
     return openmp.omp_get_max_threads()
+
+
+def bounds_checked():
+    """True when this build has Cython's bounds checking on (``EMBER_BOUNDSCHECK=1``): indexing
+    one past the end of a 1-element view then raises instead of reading the next element (the
+    view is cut from a 2-element array, so an unchecked read stays inside real memory)."""
+    backing = np.zeros(2)
+    cdef double[::1] view = backing[:1]
+    cdef Py_ssize_t i = 1
+    try:
+        view[i]
+    except IndexError:
+        return True
+    return False

@@ -13,6 +13,37 @@ from kernels.activation cimport apply_act, apply_act_span
 from kernels.sgemm cimport ember_sgemm, ember_epilogue_fn, EpilogueCtx, epilogue_for
 
 
+cdef extern from "conv_pack.h" nogil:
+    ctypedef void (*ember_pack_b_fn)(int kc, int nc, int p0, int j0, float *pb,
+                                     const void *ctx) noexcept nogil
+    ctypedef struct ember_im2col_src:
+        const float *x
+        int H, W, KH, KW, OW
+        int sh, sw, pt, pl, dh, dw
+    void ember_pack_b_im2col(int kc, int nc, int p0, int j0, float *pb, const void *ctx)
+    int ember_sgemm_ex(int trans_a, int trans_b, int M, int N, int K, float alpha,
+                       const float *A, long lda, const float *B, long ldb, float beta, float *C,
+                       long ldc, ember_epilogue_fn epi, void *ctx, int nthreads,
+                       ember_pack_b_fn pack_b, const void *pack_ctx)
+
+
+cdef bint implicit_im2col = True
+
+
+def set_implicit_im2col(bint on):
+    """A/B switch for benchmarks: False restores im2col into scratch, then a plain GEMM."""
+    global implicit_im2col
+    implicit_im2col = on
+
+
+cdef inline int threads_for(int nthreads, long work) noexcept nogil:
+    """1 below ~32K element-taps: waking a team (and waiting at its barrier for a thread the OS
+    may have descheduled on a busy machine) costs more than the loop itself."""
+    if nthreads < 1 or work < 32768:
+        return 1
+    return nthreads
+
+
 cdef struct ConvShape:
     int N, C, H, W, M, KH, KW, OH, OW
     int sh, sw, pt, pl, dh, dw, group
@@ -101,20 +132,29 @@ cdef int conv_image(const float *x, const float *w, const float *bias, float *y,
     ctx.act = act
     ctx.act_a = act_a
     ctx.act_b = act_b
+    cdef ember_im2col_src src
+    src.H = s.H; src.W = s.W; src.KH = s.KH; src.KW = s.KW; src.OW = s.OW
+    src.sh = s.sh; src.sw = s.sw; src.pt = s.pt; src.pl = s.pl; src.dh = s.dh; src.dw = s.dw
     for g in range(s.group):
         ctx.bias = bias + g * Mg if bias != NULL else NULL
         if is_pointwise(s):
-            b_ptr = x + g * Cg * hw
-        else:
-            nrows = K
-            if nthreads > 1:
-                for r in prange(nrows, num_threads=nthreads, schedule='static'):
+            ok = ember_sgemm(0, 0, Mg, <int> ohw, K, 1.0, w + <long> g * Mg * K, K,
+                             x + g * Cg * hw, ohw, 0.0, y + g * Mg * ohw, ohw,
+                             epilogue_for(&ctx), &ctx, nthreads) and ok
+        elif not implicit_im2col or ohw < 256:   # small planes: panels cross rows too often
+            if threads_for(nthreads, K * ohw) > 1:
+                for r in prange(K, num_threads=nthreads, schedule='static'):
                     im2col_rows(x + g * Cg * hw, col, s, r, r + 1)
             else:
-                im2col_rows(x + g * Cg * hw, col, s, 0, nrows)
-            b_ptr = col
-        ok = ember_sgemm(0, 0, Mg, <int> ohw, K, 1.0, w + <long> g * Mg * K, K, b_ptr, ohw, 0.0,
-                         y + g * Mg * ohw, ohw, epilogue_for(&ctx), &ctx, nthreads) and ok
+                im2col_rows(x + g * Cg * hw, col, s, 0, K)
+            ok = ember_sgemm(0, 0, Mg, <int> ohw, K, 1.0, w + <long> g * Mg * K, K, col, ohw,
+                             0.0, y + g * Mg * ohw, ohw, epilogue_for(&ctx), &ctx,
+                             nthreads) and ok
+        else:   # implicit im2col: the GEMM packs its B panels straight from the image
+            src.x = x + g * Cg * hw
+            ok = ember_sgemm_ex(0, 0, Mg, <int> ohw, K, 1.0, w + <long> g * Mg * K, K, NULL,
+                                ohw, 0.0, y + g * Mg * ohw, ohw, epilogue_for(&ctx), &ctx,
+                                nthreads, ember_pack_b_im2col, &src) and ok
     return ok
 
 
@@ -230,6 +270,7 @@ def conv2d(float[:, :, :, ::1] x, float[:, :, :, ::1] w, bias, float[:, :, :, ::
         bias_ptr = &bias_view[0]
 
     if is_depthwise(&s):
+        nthreads = threads_for(nthreads, <long> s.N * s.C * plane_out * s.KH * s.KW)
         with nogil:
             for p in prange(s.N * s.C, num_threads=nthreads, schedule='static'):
                 c = p % s.C

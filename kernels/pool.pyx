@@ -3,6 +3,18 @@ from cython.parallel cimport prange
 from libc.math cimport INFINITY
 
 
+cdef extern from "pool_rows.h" nogil:
+    void ember_max_row(float *y, const float *r, int n, int stride)
+
+
+cdef inline int threads_for(int nthreads, long work) noexcept nogil:
+    """1 below ~32K element-taps: waking a team (and waiting at its barrier for a thread the OS
+    may have descheduled on a busy machine) costs more than the loop itself."""
+    if nthreads < 1 or work < 32768:
+        return 1
+    return nthreads
+
+
 cdef inline int first_inside(int start, int step, int lo_bound) noexcept nogil:
     """Smallest k >= 0 with start + k*step >= lo_bound."""
     if start >= lo_bound:
@@ -19,16 +31,40 @@ cdef inline int end_inside(int start, int step, int count, int hi_bound) noexcep
     return k if k < count else count
 
 
+cdef inline float nan_max(float m, float v) noexcept nogil:
+    """max that lets a NaN through; a select, not a branch (random data mispredicts)."""
+    return v if ((v > m) | (v != v)) else m
+
+
 cdef void max_plane(const float *x, float *y, int H, int W, int OH, int OW, int kh, int kw,
                     int sh, int sw, int pt, int pl, int dh, int dw) noexcept nogil:
-    cdef int oh, ow, i, j, h0, w0, ilo, ihi, jlo, jhi
-    cdef float m, v
+    """Tap by tap over the interior ow span (a vectorisable select per tap), windowed scalar
+    loop for the border columns."""
+    cdef int oh, ow, i, j, h0, w0, ilo, ihi, jlo, jhi, olo, ohi, off
+    cdef float m
     cdef const float *row
+    cdef float *yrow
+    # ow span whose whole window lies inside [0, W)
+    olo = 0
+    while olo < OW and olo * sw - pl < 0:
+        olo += 1
+    ohi = OW
+    while ohi > olo and (ohi - 1) * sw - pl + (kw - 1) * dw >= W:
+        ohi -= 1
     for oh in range(OH):
         h0 = oh * sh - pt
         ilo = first_inside(h0, dh, 0)
         ihi = end_inside(h0, dh, kh, H)
+        yrow = y + <long> oh * OW
         for ow in range(OW):
+            if ow == olo and ohi > olo:
+                for ow in range(olo, ohi):
+                    yrow[ow] = -INFINITY
+                for i in range(ilo, ihi):
+                    row = x + <long> (h0 + i * dh) * W - pl
+                    for j in range(kw):
+                        ember_max_row(yrow + olo, row + olo * sw + j * dw, ohi - olo, sw)
+                break
             w0 = ow * sw - pl
             jlo = first_inside(w0, dw, 0)
             jhi = end_inside(w0, dw, kw, W)
@@ -36,10 +72,18 @@ cdef void max_plane(const float *x, float *y, int H, int W, int OH, int OW, int 
             for i in range(ilo, ihi):
                 row = x + <long> (h0 + i * dh) * W + w0
                 for j in range(jlo, jhi):
-                    v = row[j * dw]
-                    if v > m or v != v:
-                        m = v
-            y[<long> oh * OW + ow] = m
+                    m = nan_max(m, row[j * dw])
+            yrow[ow] = m
+        for ow in range(ohi if ohi > olo else OW, OW):
+            w0 = ow * sw - pl
+            jlo = first_inside(w0, dw, 0)
+            jhi = end_inside(w0, dw, kw, W)
+            m = -INFINITY
+            for i in range(ilo, ihi):
+                row = x + <long> (h0 + i * dh) * W + w0
+                for j in range(jlo, jhi):
+                    m = nan_max(m, row[j * dw])
+            yrow[ow] = m
 
 
 def max_pool2d(float[:, :, :, ::1] x, float[:, :, :, ::1] y, int kh, int kw, int stride_h,
@@ -52,8 +96,9 @@ def max_pool2d(float[:, :, :, ::1] x, float[:, :, :, ::1] y, int kh, int kw, int
         return
     cdef const float *xp = &x[0, 0, 0, 0]
     cdef float *yp = &y[0, 0, 0, 0]
+    nthreads = threads_for(nthreads, <long> N * C * OH * OW * kh * kw)
     with nogil:
-        for p in prange(<long> N * C, num_threads=max(nthreads, 1), schedule='static'):
+        for p in prange(<long> N * C, num_threads=nthreads, schedule='static'):
             max_plane(xp + p * H * W, yp + p * OH * OW, H, W, OH, OW, kh, kw, stride_h,
                       stride_w, pad_top, pad_left, dil_h, dil_w)
 
@@ -98,8 +143,9 @@ def avg_pool2d(float[:, :, :, ::1] x, float[:, :, :, ::1] y, int kh, int kw, int
         return
     cdef const float *xp = &x[0, 0, 0, 0]
     cdef float *yp = &y[0, 0, 0, 0]
+    nthreads = threads_for(nthreads, <long> N * C * OH * OW * kh * kw)
     with nogil:
-        for p in prange(<long> N * C, num_threads=max(nthreads, 1), schedule='static'):
+        for p in prange(<long> N * C, num_threads=nthreads, schedule='static'):
             avg_plane(xp + p * H * W, yp + p * OH * OW, H, W, OH, OW, kh, kw, stride_h,
                       stride_w, pad_top, pad_left, pad_bottom, pad_right, count_include_pad)
 
@@ -117,8 +163,9 @@ def global_pool(float[:, ::1] x, float[::1] y, bint is_max, int nthreads):
             y[r] = -INFINITY if is_max else 0.0
         return
     cdef const float *xp = &x[0, 0]
+    nthreads = threads_for(nthreads, R * L)
     with nogil:
-        for r in prange(R, num_threads=max(nthreads, 1), schedule='static'):
+        for r in prange(R, num_threads=nthreads, schedule='static'):
             row = xp + r * L
             if is_max:
                 m = row[0]

@@ -38,6 +38,9 @@
 
 typedef void (*ember_epilogue_fn)(float *c, long ldc, int m, int n, int row0, int col0,
                                   void *ctx);
+/* Packs rows [p0, p0+kc) x columns [j0, j0+nc) of a B that is never materialised (implicit
+ * im2col), in ember_pack_b's layout: NR-column micro-panels, k-major, zero-padded columns. */
+typedef void (*ember_pack_b_fn)(int kc, int nc, int p0, int j0, float *pb, const void *ctx);
 
 static __thread float *ember_tls_pack_a = NULL;
 static __thread float *ember_tls_pack_b = NULL;
@@ -233,6 +236,8 @@ typedef struct {
     int accumulate_first; /* C already holds beta*C and must be added to */
     ember_epilogue_fn epi;
     void *ctx;
+    ember_pack_b_fn pack_b; /* NULL: pack from B */
+    const void *pack_ctx;
 } ember_gemm_args;
 
 /* One task: columns [j0, j0+nc) of C for the MC-row blocks [ib0, ib1), all of K. The B block
@@ -245,7 +250,11 @@ static int ember_gemm_task(const ember_gemm_args *g, int ib0, int ib1, int j0, i
         int kc = g->K - p0 < EMBER_KC ? g->K - p0 : EMBER_KC;
         int accumulate = p0 > 0 || g->accumulate_first;
         int last = p0 + kc >= g->K;
-        ember_pack_b(kc, nc, g->B + (long)p0 * g->rs_b + (long)j0 * g->cs_b, g->rs_b, g->cs_b, pb);
+        if (g->pack_b)
+            g->pack_b(kc, nc, p0, j0, pb, g->pack_ctx);
+        else
+            ember_pack_b(kc, nc, g->B + (long)p0 * g->rs_b + (long)j0 * g->cs_b, g->rs_b,
+                         g->cs_b, pb);
         for (int ib = ib0; ib < ib1; ++ib) {
             int i0 = ib * EMBER_MC;
             int mc = g->M - i0 < EMBER_MC ? g->M - i0 : EMBER_MC;
@@ -270,12 +279,64 @@ static int ember_gemm_task(const ember_gemm_args *g, int ib0, int ib1, int j0, i
     return 1;
 }
 
+/* Rows [j0, j1) of one output row i for tiny M (gemv-like: FC layers at batch 1), where packing
+ * B would cost more than the product. B(k, j) = b[k*rs + j*cs]. Returns nothing; C holds the
+ * finished alpha*AB + beta*C for those columns afterwards. */
+static void ember_small_m_cols(const ember_gemm_args *g, int i, int j0, int j1, float beta)
+{
+    const float *a = g->A + (long)i * g->rs_a;
+    float *c = g->C + (long)i * g->ldc;
+    const int K = g->K;
+    if (g->cs_b != 1) { /* B^T stored N x K: one contiguous dot product per column */
+        for (int j = j0; j < j1; ++j) {
+            const float *bj = g->B + (long)j * g->cs_b;
+            int k = 0;
+            float acc = 0.0f;
+            if (g->cs_a == 1 && g->rs_b == 1) {
+#ifdef EMBER_GEMM_AVX2
+                __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+                for (; k + 16 <= K; k += 16) {
+                    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + k), _mm256_loadu_ps(bj + k), s0);
+                    s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + k + 8), _mm256_loadu_ps(bj + k + 8),
+                                         s1);
+                }
+                float lanes[8];
+                _mm256_storeu_ps(lanes, _mm256_add_ps(s0, s1));
+                for (int l = 0; l < 8; ++l) acc += lanes[l];
+#else
+                float lanes[16] = {0};
+                for (; k + 16 <= K; k += 16)
+                    for (int l = 0; l < 16; ++l) lanes[l] += a[k + l] * bj[k + l];
+                for (int l = 0; l < 16; ++l) acc += lanes[l];
+#endif
+            }
+            for (; k < K; ++k) acc += a[(long)k * g->cs_a] * bj[(long)k * g->rs_b];
+            c[j] = g->alpha * acc + (beta == 0.0f ? 0.0f : beta * c[j]);
+        }
+    } else { /* B stored K x N: accumulate rows of B into a local strip (axpy) */
+        float strip[256];
+        for (int jb = j0; jb < j1; jb += 256) {
+            int n = j1 - jb < 256 ? j1 - jb : 256;
+            for (int j = 0; j < n; ++j) strip[j] = 0.0f;
+            for (int k = 0; k < K; ++k) {
+                float av = a[(long)k * g->cs_a];
+                const float *bk = g->B + (long)k * g->rs_b + jb;
+                for (int j = 0; j < n; ++j) strip[j] += av * bk[j];
+            }
+            for (int j = 0; j < n; ++j)
+                c[jb + j] = g->alpha * strip[j] + (beta == 0.0f ? 0.0f : beta * c[jb + j]);
+        }
+    }
+    if (g->epi) g->epi(c + j0, g->ldc, 1, j1 - j0, i, j0, g->ctx);
+}
+
 /* C = epi(alpha * op(A) op(B) + beta * C). op(A) is M x K, op(B) K x N, C row-major (ldc).
  * A is stored M x K (lda) or, when trans_a, K x M (lda); B likewise. When beta == 0, C is not
  * read. Uses at most nthreads OpenMP threads. Returns 0 on allocation failure, 1 otherwise. */
-static int ember_sgemm(int trans_a, int trans_b, int M, int N, int K, float alpha,
-                       const float *A, long lda, const float *B, long ldb, float beta, float *C,
-                       long ldc, ember_epilogue_fn epi, void *ctx, int nthreads)
+static int ember_sgemm_ex(int trans_a, int trans_b, int M, int N, int K, float alpha,
+                          const float *A, long lda, const float *B, long ldb, float beta,
+                          float *C, long ldc, ember_epilogue_fn epi, void *ctx, int nthreads,
+                          ember_pack_b_fn pack_b, const void *pack_ctx)
 {
     if (M <= 0 || N <= 0) return 1;
     if (nthreads < 1) nthreads = 1;
@@ -304,6 +365,25 @@ static int ember_sgemm(int trans_a, int trans_b, int M, int N, int K, float alph
     g.rs_b = trans_b ? 1 : ldb; g.cs_b = trans_b ? ldb : 1;
     g.C = C; g.ldc = ldc; g.accumulate_first = !overwrite_first; /* else C holds beta*C */
     g.epi = epi; g.ctx = ctx;
+    g.pack_b = pack_b; g.pack_ctx = pack_ctx;
+
+    if (M <= 4 && !pack_b) { /* gemv-like: no packing, split the columns over the team */
+        float eff_beta = overwrite_first ? 0.0f : 1.0f; /* else C already holds beta*C */
+        int chunk = 256;
+        int nchunks = (N + chunk - 1) / chunk;
+        if (nthreads == 1 || nchunks == 1) {
+            for (int i = 0; i < M; ++i) ember_small_m_cols(&g, i, 0, N, eff_beta);
+            return 1;
+        }
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(nthreads) schedule(static)
+#endif
+        for (int t = 0; t < nchunks * M; ++t) {
+            int i = t / nchunks, j0 = (t % nchunks) * chunk;
+            ember_small_m_cols(&g, i, j0, j0 + chunk < N ? j0 + chunk : N, eff_beta);
+        }
+        return 1;
+    }
 
     /* Tasks: column blocks (B packed once per task and K slice), split further into chunks
      * of row blocks only when there are too few column blocks to feed the team. */
@@ -341,6 +421,15 @@ static int ember_sgemm(int trans_a, int trans_b, int M, int N, int K, float alph
         ok = ember_gemm_task(&g, ib0, ib1, j0, N - j0 < nc ? N - j0 : nc) && ok;
     }
     return ok;
+}
+
+/* The public GEMM: B is a real matrix. */
+static int ember_sgemm(int trans_a, int trans_b, int M, int N, int K, float alpha,
+                       const float *A, long lda, const float *B, long ldb, float beta, float *C,
+                       long ldc, ember_epilogue_fn epi, void *ctx, int nthreads)
+{
+    return ember_sgemm_ex(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, epi,
+                          ctx, nthreads, NULL, NULL);
 }
 
 #endif

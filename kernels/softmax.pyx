@@ -15,9 +15,9 @@ cdef void softmax_column(const float *x, float *y, long n, long stride, bint log
     if log:
         for k in range(n):
             s += expf(x[k * stride] - m)
-        v = <float> (m + logf(<float> s))
-        for k in range(n):
-            y[k * stride] = x[k * stride] - v
+        v = logf(<float> s)
+        for k in range(n):   # (x - m) is exact-ish; folding m into v would round at |m|'s ulp
+            y[k * stride] = (x[k * stride] - m) - v
     else:
         for k in range(n):
             v = expf(x[k * stride] - m)

@@ -207,6 +207,17 @@ def test_gemm_alpha_beta(alpha, beta, nthreads):
     run_gemm(31, 45, 270, True, False, alpha, beta, 1, 1, nthreads)
 
 
+# M <= 4 takes the unpacked gemv-like path (FC layers at batch 1): every layout, bias axis and
+# beta, with N spanning several 256-column chunks and K not a multiple of the 16 dot lanes.
+@pytest.mark.parametrize("M", [1, 3])
+@pytest.mark.parametrize("ta", [False, True])
+@pytest.mark.parametrize("tb", [False, True])
+@pytest.mark.parametrize("alpha,beta,bias_axis", [(1.0, 0.0, 1), (0.5, 1.0, 0), (2.0, -0.5, None)])
+@pytest.mark.parametrize("nthreads", THREADS)
+def test_gemm_small_m(M, ta, tb, alpha, beta, bias_axis, nthreads):
+    run_gemm(M, 700, 203, ta, tb, alpha, beta, bias_axis, 1, nthreads)
+
+
 def test_gemm_beta_zero_ignores_garbage_in_y():
     A, B = rand(9, 11), rand(11, 20)
     Y = np.full((9, 20), np.nan, np.float32)
@@ -262,6 +273,11 @@ CONV_CASES = [
     (1, 2, 7, 7, 3, 1, 1, (2, 2), (0, 0, 0, 0), (1, 1), 1),     # 1x1 stride 2 -> im2col
     (4, 3, 10, 10, 8, 3, 3, (1, 1), (0, 0, 0, 0), (1, 1), 1),   # batch split over threads
     (1, 1, 6, 6, 1, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),
+    # >= 256 output pixels: implicit im2col (B panels packed straight from the image)
+    (1, 5, 20, 21, 7, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),   # panels cross output rows
+    (2, 3, 40, 37, 6, 7, 7, (2, 2), (3, 3, 2, 1), (1, 1), 1),   # stem-like 7x7 stride 2
+    (1, 4, 19, 36, 4, 3, 3, (1, 1), (0, 2, 1, 0), (2, 3), 2),   # dilation, groups, wide rows
+    (1, 3, 18, 46, 5, 2, 3, (1, 3), (1, 0, 0, 2), (1, 1), 1),   # stride 3 along W
     # depthwise
     (2, 13, 11, 9, 13, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 13),
     (1, 7, 12, 13, 7, 3, 3, (2, 2), (1, 1, 1, 1), (1, 1), 7),
@@ -391,6 +407,10 @@ POOL_CASES = [
     (1, 5, 13, 13, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1)),
     (1, 4, 9, 10, (3, 2), (2, 3), (1, 0, 2, 1), (1, 1)),
     (2, 3, 12, 11, (3, 3), (1, 2), (2, 1, 2, 1), (2, 2)),
+    # wide rows: the vectorised interior span of every stride path (1, 2, other)
+    (1, 2, 20, 37, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1)),
+    (1, 2, 9, 40, (2, 3), (1, 3), (0, 2, 0, 2), (1, 2)),
+    (1, 2, 7, 33, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1)),
 ]
 
 
@@ -402,6 +422,18 @@ def test_max_pool2d(case, nthreads):
     expect = pool_twin(x, k, stride, pads, dil, "max")
     y = np.empty(expect.shape, np.float32)
     pool.max_pool2d(x, y, *k, *stride, pads[0], pads[1], *dil, nthreads)
+    np.testing.assert_array_equal(y, expect.astype(np.float32))
+
+
+@pytest.mark.parametrize("stride", [1, 2, 3])
+def test_max_pool_nan_propagates(stride):
+    """A NaN anywhere in a window wins (numpy's max), in the interior and at the borders."""
+    x = rand(1, 2, 11, 30)
+    x[0, 0, 4, 0] = x[0, 0, 6, 13] = x[0, 1, 10, 29] = np.nan
+    k, pads = (3, 3), (1, 1, 1, 1)
+    expect = pool_twin(x, k, (stride, stride), pads, (1, 1), "max")
+    y = np.empty(expect.shape, np.float32)
+    pool.max_pool2d(x, y, *k, stride, stride, 1, 1, 1, 1, 1)
     np.testing.assert_array_equal(y, expect.astype(np.float32))
 
 

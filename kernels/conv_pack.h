@@ -1,0 +1,70 @@
+/* Implicit im2col: packs the GEMM's B panel (rows (c, kh, kw), columns (oh, ow)) straight from
+ * the image, so conv never writes and re-reads a C·KH·KW x OH·OW column matrix (7 MB for a
+ * resnet 56x56 layer: far outside L2). Each GEMM task packs its own columns, so the im2col is
+ * parallel for free. Layout is ember_pack_b's: NR-wide micro-panels, k-major, zero padding. */
+#ifndef EMBER_CONV_PACK_H
+#define EMBER_CONV_PACK_H
+
+#include <string.h>
+#include "sgemm_kernel.h"
+
+typedef struct {
+    const float *x; /* one image-group: C x H x W */
+    int H, W, KH, KW, OW;
+    int sh, sw, pt, pl, dh, dw;
+} ember_im2col_src;
+
+static void ember_pack_b_im2col(int kc, int nc, int p0, int j0, float *pb, const void *ctx)
+{
+    const ember_im2col_src *s = (const ember_im2col_src *)ctx;
+    const int H = s->H, W = s->W, OW = s->OW, sw = s->sw;
+    const long hw = (long)H * W;
+    for (int jp = 0; jp < nc; jp += EMBER_NR) {
+        int nr = nc - jp < EMBER_NR ? nc - jp : EMBER_NR;
+        int jstart = j0 + jp;
+        int oh0 = jstart / OW, ow0 = jstart % OW;
+        int one_row = ow0 + nr <= OW; /* the panel's pixels share one output row */
+        int r = p0;
+        int kw = r % s->KW, kh = (r / s->KW) % s->KH, c = r / (s->KW * s->KH);
+        for (int k = 0; k < kc; ++k) {
+            float *dst = pb + (long)k * EMBER_NR;
+            const float *xc = s->x + c * hw;
+            int ihb = -s->pt + kh * s->dh, iwb = -s->pl + kw * s->dw;
+            int ih0 = oh0 * s->sh + ihb, iw0 = ow0 * sw + iwb;
+            if (one_row && nr == EMBER_NR && sw == 1 && (unsigned)ih0 < (unsigned)H &&
+                iw0 >= 0 && iw0 + EMBER_NR <= W) {
+                memcpy(dst, xc + (long)ih0 * W + iw0, sizeof(float) * EMBER_NR);
+            } else if (one_row && (unsigned)ih0 >= (unsigned)H) {
+                memset(dst, 0, sizeof(float) * EMBER_NR);
+            } else { /* the panel's pixels row segment by row segment */
+                int oh = oh0, ow = ow0, jj = 0;
+                while (jj < nr) {
+                    int seg = OW - ow < nr - jj ? OW - ow : nr - jj;
+                    int ih = oh * s->sh + ihb;
+                    float *d = dst + jj;
+                    if ((unsigned)ih >= (unsigned)H) {
+                        for (int t = 0; t < seg; ++t) d[t] = 0.0f;
+                    } else {
+                        const float *xrow = xc + (long)ih * W;
+                        int iw = ow * sw + iwb, t = 0;
+                        for (; t < seg && iw < 0; ++t, iw += sw) d[t] = 0.0f;
+                        if (sw == 1) {
+                            int n = W - iw < seg - t ? W - iw : seg - t;
+                            if (n > 0) { memcpy(d + t, xrow + iw, sizeof(float) * n); t += n; iw += n; }
+                        } else {
+                            for (; t < seg && iw < W; ++t, iw += sw) d[t] = xrow[iw];
+                        }
+                        for (; t < seg; ++t) d[t] = 0.0f;
+                    }
+                    jj += seg;
+                    ow = 0;
+                    ++oh;
+                }
+                for (; jj < EMBER_NR; ++jj) dst[jj] = 0.0f;
+            }
+            if (++kw == s->KW) { kw = 0; if (++kh == s->KH) { kh = 0; ++c; } }
+        }
+        pb += (long)kc * EMBER_NR;
+    }
+}
+#endif
