@@ -8,7 +8,7 @@ cdef inline float apply_act(float v, int code, float a, float b) noexcept nogil:
     if code == 0:
         return v
     elif code == 1:
-        return v if v > 0.0 else 0.0
+        return 0.0 if v < 0.0 else v   # NaN passes through, as in onnxruntime
     elif code == 2:
         return v if v >= 0.0 else a * v
     elif code == 3:
@@ -33,8 +33,8 @@ cdef inline float apply_act(float v, int code, float a, float b) noexcept nogil:
     elif code == 9:
         return (v if v > 0.0 else 0.0) + log1pf(expf(-fabsf(v)))
     elif code == 10:
-        e = v if v > a else a
-        return e if e < b else b
+        e = a if v < a else v          # comparisons written so NaN passes through
+        return b if e > b else e
     elif code == 11:
         return expf(v)
     elif code == 12:
@@ -57,7 +57,7 @@ cdef inline void apply_act_span(float* p, Py_ssize_t n, int code, float a, float
         return
     if code == 1:
         for i in range(n):
-            p[i] = p[i] if p[i] > 0.0 else 0.0
+            p[i] = 0.0 if p[i] < 0.0 else p[i]
         return
     for i in range(n):
         p[i] = apply_act(p[i], code, a, b)

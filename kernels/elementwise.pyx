@@ -47,7 +47,7 @@ cdef void unary_span(const float *x, float *y, long n, int act, float a, float b
             y[i] = x[i]
     elif act == 1:
         for i in range(n):
-            y[i] = x[i] if x[i] > 0.0 else 0.0
+            y[i] = 0.0 if x[i] < 0.0 else x[i]   # NaN passes through
     elif act == 14:
         for i in range(n):
             y[i] = -x[i]

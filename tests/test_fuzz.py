@@ -363,3 +363,61 @@ def test_seed_models_run(name):
 @pytest.mark.parametrize("path", sorted(REGRESSIONS.glob("*.onnx")), ids=lambda p: p.name)
 def test_regression(path):
     load_and_run(path.read_bytes())
+
+
+# ---- (c) feed mutations: bad feeds are InputErrors and leave the Session correct ---------------
+FEED_DTYPES = ["float32", "float64", "float16", "int64", "int32", "uint8", "bool", ">f4",
+               "complex64", "object"]
+
+
+@st.composite
+def mutated_feeds(draw):
+    shape = draw(st.lists(st.sampled_from([0, 1, 2, 3, 5, 7]), min_size=0, max_size=5))
+    if draw(st.booleans()):
+        shape = [1, 3, draw(st.sampled_from([1, 3, 7])), draw(st.sampled_from([1, 3, 7]))]
+    dtype = draw(st.sampled_from(FEED_DTYPES))
+    layout = draw(st.sampled_from(["c", "fortran", "strided", "scalar", "list", "none"]))
+    name = draw(st.sampled_from(["x", "x", "x", "y", "", "X"]))
+    return name, shape, dtype, layout
+
+
+def _make_feed(shape, dtype, layout, rng):
+    if layout == "none":
+        return None
+    if layout == "scalar":
+        return 1.5
+    x = rng.standard_normal(shape).astype(np.float32)
+    if layout == "list":
+        return x.tolist()
+    x = x.astype(dtype) if dtype != "object" else x.astype(object)
+    if layout == "fortran":
+        return np.asfortranarray(x)
+    if layout == "strided" and x.ndim:
+        return np.repeat(x, 2, axis=-1)[..., ::2]
+    return x
+
+
+@pytest.fixture(scope="module")
+def dynamic_conv():
+    import onnxruntime as ort
+    data = SEED_BYTES["dynamic_conv"]
+    return ember.load(data, threads=1), ort.InferenceSession(
+        data, providers=["CPUExecutionProvider"])
+
+
+@fuzz_settings(150)
+@given(mutated_feeds())
+def test_feed_mutations(dynamic_conv, feed):
+    sess, ref = dynamic_conv
+    name, shape, dtype, layout = feed
+    rng = np.random.default_rng(1)
+    value = _make_feed(shape, dtype, layout, rng)
+    try:
+        sess.run(None, {name: value})
+    except ember.InputError as e:
+        assert str(e)
+    except ember.EmberError as e:  # e.g. a spatial size the 3×3 kernel cannot cover
+        assert str(e)
+    x = rng.standard_normal((1, 3, 4, 5)).astype(np.float32)
+    (y,) = sess.run(None, {"x": x})
+    np.testing.assert_allclose(y, ref.run(None, {"x": x})[0], rtol=1e-5, atol=1e-5)

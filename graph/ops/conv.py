@@ -193,6 +193,8 @@ class ConvTranspose(Op):
                                                f"got {kernel}")
         strides = spatial_attr(ctx, "strides", nsp, 1)
         dil = spatial_attr(ctx, "dilations", nsp, 1)
+        ctx.check(min(strides + dil) >= 1,
+                  f"expected strides, dilations ≥ 1, got {strides}, {dil}")
         opad = spatial_attr(ctx, "output_padding", nsp, 0)
         ctx.check(all(0 <= p < max(s, d) for p, s, d in zip(opad, strides, dil)),
                   f"expected output_padding smaller than stride or dilation, got {opad}")

@@ -1,0 +1,749 @@
+"""Models written like torch.nn, traced once into a static ember graph.
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, padding=1)
+            self.fc = nn.Linear(8, 10)
+        def forward(self, x):
+            x = F.relu(self.conv(x))
+            return self.fc(F.flatten(F.adaptive_avg_pool2d(x, 1)))
+
+    graph = Net().eval().to_graph(input_shape=("N", 3, 32, 32), seed=0)
+    sess = ember.Session(graph)          # input "input", output "output"
+
+Names, arguments, defaults and parameter shapes mirror torch.nn, so parameter names
+(``features.0.weight``) and counts match PyTorch's. Parameters know their shape at once but draw
+their values only when needed (``to_graph``, ``state_dict``), so counting VGG-16's 138 M
+parameters allocates nothing. ``forward`` runs once, on symbolic values (``ember.graph.builder
+.Value``); each module lowers itself to ONNX-semantics IR ops.
+"""
+from __future__ import annotations
+
+import math
+import sys
+import types
+from collections import OrderedDict
+
+import numpy as np
+
+from .graph.builder import Builder, Value, initialize
+from .graph.errors import ModelError, ShapeError
+
+__all__ = ["Parameter", "Buffer", "Module", "Sequential", "ModuleList", "Conv2d",
+           "ConvTranspose2d", "Linear", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d",
+           "BatchNorm1d", "BatchNorm2d", "Dropout", "ReLU", "ReLU6", "LeakyReLU", "ELU", "SiLU",
+           "Sigmoid", "Tanh", "Softmax", "LogSoftmax", "Flatten", "Identity", "functional"]
+
+
+# ---- parameters and buffers ------------------------------------------------------------------
+class Parameter:
+    """A trainable tensor: shape fixed at construction, values drawn on first need from
+    ``init`` (an ``ember.graph.builder.initialize`` name plus its arguments) or given."""
+
+    requires_grad = True
+
+    def __init__(self, shape_or_data, init="zeros", dtype="float32", **init_args):
+        if isinstance(shape_or_data, np.ndarray):
+            self.data = np.array(shape_or_data, dtype=dtype, copy=True)
+            self.shape = self.data.shape
+        else:
+            self.data = None
+            self.shape = tuple(int(d) for d in shape_or_data)
+        self.dtype = np.dtype(dtype)
+        self.init, self.init_args = init, init_args
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def materialize(self, rng: np.random.Generator) -> np.ndarray:
+        if self.data is None:
+            self.data = initialize(self.init, self.shape, rng, self.dtype, **self.init_args)
+        return self.data
+
+    def numpy(self) -> np.ndarray:
+        return self.materialize(np.random.default_rng())
+
+    def __array__(self, dtype=None, copy=None):
+        a = self.numpy()
+        return a if dtype is None else a.astype(dtype)
+
+    def __repr__(self):
+        kind = type(self).__name__
+        return f"{kind}(shape={self.shape}{', uninitialized' if self.data is None else ''})"
+
+
+class Buffer(Parameter):
+    """Model state that is not trained by gradient (BatchNorm's running statistics)."""
+    requires_grad = False
+
+
+# ---- tracing ---------------------------------------------------------------------------------
+_TRACES: list = []
+
+
+class _Trace:
+    """The Builder of the running ``to_graph`` and the graph value of every Parameter."""
+
+    def __init__(self, builder: Builder):
+        self.builder = builder
+        self.values: dict = {}      # id(Parameter) -> Value
+        self.names: dict = {}       # id(Parameter) -> qualified name
+
+
+def _value(p) -> Value:
+    """The graph value standing for Parameter ``p`` (or ``p`` itself if already a Value)."""
+    if isinstance(p, Value) or p is None:
+        return p
+    if not _TRACES:
+        raise ModelError("modules run only while tracing: call model.to_graph(input_shape=...)")
+    trace = _TRACES[-1]
+    try:
+        return trace.values[id(p)]
+    except KeyError:
+        raise ModelError(f"{p!r} is not registered in the traced model (assign it as a module "
+                         f"attribute)") from None
+
+
+def _pair(v, what="") -> tuple:
+    if isinstance(v, (tuple, list)):
+        if len(v) != 2:
+            raise ValueError(f"{what} expects an int or a pair, got {v!r}")
+        return tuple(int(a) for a in v)
+    return (int(v), int(v))
+
+
+# ---- Module ----------------------------------------------------------------------------------
+class Module:
+    """Base of every layer and model: holds Parameters, Buffers and sub-Modules by attribute
+    name (in assignment order, as torch does) and traces ``forward`` into a graph."""
+
+    def __init__(self):
+        object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_buffers", OrderedDict())
+        object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "training", True)
+
+    def _ensure_init(self):
+        if "_modules" not in self.__dict__:
+            raise ModelError(f"{type(self).__name__}.__init__ must call super().__init__() "
+                             f"before assigning layers or parameters")
+
+    def __setattr__(self, name, value):
+        if isinstance(value, (Parameter, Module)):
+            self._ensure_init()
+            for d in (self._parameters, self._buffers, self._modules):
+                d.pop(name, None)
+            if isinstance(value, Buffer):
+                self._buffers[name] = value
+            elif isinstance(value, Parameter):
+                self._parameters[name] = value
+            else:
+                self._modules[name] = value
+        object.__setattr__(self, name, value)
+
+    def __delattr__(self, name):
+        for d in (self._parameters, self._buffers, self._modules):
+            d.pop(name, None)
+        object.__delattr__(self, name)
+
+    def register_parameter(self, name, param):
+        setattr(self, name, param)
+
+    def register_buffer(self, name, buffer):
+        if not isinstance(buffer, Buffer):
+            buffer = Buffer(np.asarray(buffer, dtype=np.float32))
+        setattr(self, name, buffer)
+
+    def add_module(self, name, module):
+        setattr(self, str(name), module)
+
+    # forward ---------------------------------------------------------------------------------
+    def forward(self, *args):
+        raise NotImplementedError(f"{type(self).__name__} must define forward()")
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    # walking the tree ------------------------------------------------------------------------
+    def named_children(self):
+        yield from self._modules.items()
+
+    def children(self):
+        for _, m in self.named_children():
+            yield m
+
+    def named_modules(self, prefix: str = "", _seen=None):
+        seen = set() if _seen is None else _seen
+        if id(self) in seen:
+            return
+        seen.add(id(self))
+        yield prefix, self
+        for name, m in self._modules.items():
+            yield from m.named_modules(f"{prefix}.{name}" if prefix else name, seen)
+
+    def modules(self):
+        for _, m in self.named_modules():
+            yield m
+
+    def _named(self, attr: str, prefix: str = ""):
+        seen = set()
+        for mprefix, m in self.named_modules(prefix):
+            for name, p in getattr(m, attr).items():
+                if id(p) in seen:
+                    continue
+                seen.add(id(p))
+                yield (f"{mprefix}.{name}" if mprefix else name), p
+
+    def named_parameters(self, prefix: str = ""):
+        """(torch-style dotted name, Parameter), each shared parameter once."""
+        return self._named("_parameters", prefix)
+
+    def parameters(self):
+        for _, p in self.named_parameters():
+            yield p
+
+    def named_buffers(self, prefix: str = ""):
+        return self._named("_buffers", prefix)
+
+    def buffers(self):
+        for _, b in self.named_buffers():
+            yield b
+
+    def num_parameters(self) -> int:
+        """Counted from shapes: nothing is allocated."""
+        return sum(p.size for p in self.parameters())
+
+    # state -----------------------------------------------------------------------------------
+    def init_parameters(self, seed=None) -> "Module":
+        """Draw every not-yet-drawn parameter and buffer, in name order, from one Generator."""
+        rng = np.random.default_rng(seed)
+        for _, p in self._state_items():
+            p.materialize(rng)
+        return self
+
+    def _state_items(self):
+        items = list(self.named_parameters()) + list(self.named_buffers())
+        order = {name: k for k, (name, _) in enumerate(self._registration_order())}
+        return sorted(items, key=lambda kv: order.get(kv[0], len(order)))
+
+    def _registration_order(self):
+        """Parameters and buffers module by module, as torch's state_dict lists them."""
+        for mprefix, m in self.named_modules():
+            for d in (m._parameters, m._buffers):
+                for name, p in d.items():
+                    yield (f"{mprefix}.{name}" if mprefix else name), p
+
+    def state_dict(self) -> OrderedDict:
+        """name -> numpy array (parameters and buffers; undrawn ones are drawn first)."""
+        if any(p.data is None for _, p in self._state_items()):
+            self.init_parameters()
+        return OrderedDict((name, p.data) for name, p in self._state_items())
+
+    def load_state_dict(self, state: dict, strict: bool = True):
+        """Copy arrays in by name (torch's ``num_batches_tracked`` entries are ignored)."""
+        own = dict(self._state_items())
+        state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+        missing = [k for k in own if k not in state]
+        unexpected = [k for k in state if k not in own]
+        if strict and (missing or unexpected):
+            raise ModelError(f"load_state_dict: missing keys {missing}, unexpected keys "
+                             f"{unexpected}")
+        for name, value in state.items():
+            if name not in own:
+                continue
+            arr = np.asarray(value, dtype=own[name].dtype)
+            if arr.shape != own[name].shape:
+                raise ShapeError(f"load_state_dict: {name!r} has shape {arr.shape}, the model "
+                                 f"expects {own[name].shape}")
+            own[name].data = np.array(arr, copy=True)
+        return missing, unexpected
+
+    def train(self, mode: bool = True) -> "Module":
+        for m in self.modules():
+            object.__setattr__(m, "training", bool(mode))
+        return self
+
+    def eval(self) -> "Module":
+        return self.train(False)
+
+    # tracing ---------------------------------------------------------------------------------
+    def to_graph(self, input_shape, seed=None, dtype="float32", name: str | None = None):
+        """Trace ``forward`` once into a static Graph: input ``"input"`` of ``input_shape``
+        (ints or symbolic str dims), output ``"output"`` (``output_1``… for a tuple). Parameters
+        not drawn yet are drawn from ``seed``, in state_dict order; the drawn values are kept,
+        so tracing again gives the same weights. Train/eval mode decides how Dropout and
+        BatchNorm lower (eval: inference semantics)."""
+        b = Builder(name or type(self).__name__, seed=seed)
+        trace = _Trace(b)
+        for pname, p in self._state_items():
+            init = p.data if p.data is not None else p.init
+            args = {} if p.data is not None else p.init_args
+            trace.values[id(p)] = b.parameter(pname, p.shape, init, p.dtype,
+                                              trainable=p.requires_grad, **args)
+            trace.names[id(p)] = pname
+        x = b.input("input", tuple(input_shape), dtype)
+        _TRACES.append(trace)
+        try:
+            y = self(x)
+        finally:
+            _TRACES.pop()
+        outs = list(y) if isinstance(y, (tuple, list)) else [y]
+        for k, v in enumerate(outs):
+            if not isinstance(v, Value):
+                raise ModelError(f"forward() must return graph values, got {type(v).__name__}")
+            b.output(v, "output" if k == 0 else f"output_{k}")
+        graph = b.build()
+        for pname, p in self._state_items():
+            if p.data is None:
+                p.data = graph.initializers[pname]
+        return graph
+
+    # printing --------------------------------------------------------------------------------
+    def extra_repr(self) -> str:
+        return ""
+
+    def __repr__(self):
+        lines = [f"  ({n}): " + repr(m).replace("\n", "\n  ") for n, m in self._modules.items()]
+        head = f"{type(self).__name__}({self.extra_repr()}"
+        return head + ")" if not lines else head + "\n" + "\n".join(lines) + "\n)"
+
+
+# ---- containers ------------------------------------------------------------------------------
+class Sequential(Module):
+    """Modules applied in order; named "0", "1", … (or by an OrderedDict's keys)."""
+
+    def __init__(self, *modules):
+        super().__init__()
+        if len(modules) == 1 and isinstance(modules[0], (dict, OrderedDict)):
+            for name, m in modules[0].items():
+                self.add_module(name, m)
+        else:
+            for k, m in enumerate(modules):
+                self.add_module(str(k), m)
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+    def __getitem__(self, idx):
+        mods = list(self._modules.values())
+        if isinstance(idx, slice):
+            return Sequential(*mods[idx])
+        return mods[idx]
+
+    def append(self, module):
+        self.add_module(str(len(self)), module)
+        return self
+
+    def forward(self, x):
+        for m in self:
+            x = m(x)
+        return x
+
+
+class ModuleList(Module):
+    def __init__(self, modules=()):
+        super().__init__()
+        for m in modules:
+            self.append(m)
+
+    def append(self, module):
+        self.add_module(str(len(self._modules)), module)
+        return self
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+    def __getitem__(self, idx):
+        return list(self._modules.values())[idx]
+
+
+# ---- layers with parameters ------------------------------------------------------------------
+def _torch_weight(shape):
+    """torch's default Conv/Linear weight init: kaiming_uniform(a=√5) = U(±1/√fan_in)."""
+    return Parameter(shape, "kaiming_uniform", a=math.sqrt(5))
+
+
+def _torch_bias(n, fan_in):
+    bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+    return Parameter((n,), "uniform", bound=bound)
+
+
+class Conv2d(Module):
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
+                 groups=1, bias=True, padding_mode="zeros"):
+        super().__init__()
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"in_channels ({in_channels}) and out_channels ({out_channels}) "
+                             f"must be divisible by groups ({groups})")
+        if padding_mode != "zeros":
+            raise ModelError(f"Conv2d padding_mode {padding_mode!r} is not supported (only "
+                             f"'zeros')")
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.kernel_size = _pair(kernel_size, "kernel_size")
+        self.stride = _pair(stride, "stride")
+        self.dilation = _pair(dilation, "dilation")
+        if isinstance(padding, str):
+            if padding not in ("same", "valid"):
+                raise ValueError(f"padding must be 'same', 'valid', an int or a pair, got "
+                                 f"{padding!r}")
+            if padding == "same" and self.stride != (1, 1):
+                raise ValueError("padding='same' is not supported for strided convolutions")
+            self.padding = padding
+        else:
+            self.padding = _pair(padding, "padding")
+        self.weight = _torch_weight((out_channels, in_channels // groups) + self.kernel_size)
+        fan_in = (in_channels // groups) * self.kernel_size[0] * self.kernel_size[1]
+        self.bias = _torch_bias(out_channels, fan_in) if bias else None
+
+    def _pads(self) -> list:
+        if self.padding == "valid":
+            return [0, 0, 0, 0]
+        if self.padding == "same":   # torch puts the odd extra pixel at the end
+            total = [d * (k - 1) for d, k in zip(self.dilation, self.kernel_size)]
+            return [t // 2 for t in total] + [t - t // 2 for t in total]
+        return list(self.padding) * 2
+
+    def forward(self, x):
+        return x.builder.conv(x, _value(self.weight), _value(self.bias), self.stride,
+                              self._pads(), self.dilation, self.groups,
+                              kernel_shape=list(self.kernel_size))
+
+    def extra_repr(self):
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}")
+
+
+class ConvTranspose2d(Module):
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
+                 output_padding=0, groups=1, bias=True, dilation=1, padding_mode="zeros"):
+        super().__init__()
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"in_channels ({in_channels}) and out_channels ({out_channels}) "
+                             f"must be divisible by groups ({groups})")
+        if padding_mode != "zeros":
+            raise ModelError("ConvTranspose2d supports only padding_mode='zeros'")
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.kernel_size = _pair(kernel_size, "kernel_size")
+        self.stride = _pair(stride, "stride")
+        self.padding = _pair(padding, "padding")
+        self.output_padding = _pair(output_padding, "output_padding")
+        self.dilation = _pair(dilation, "dilation")
+        # torch: weight (in, out/groups, kH, kW); its fan_in is computed from dim 1.
+        self.weight = _torch_weight((in_channels, out_channels // groups) + self.kernel_size)
+        fan_in = (out_channels // groups) * self.kernel_size[0] * self.kernel_size[1]
+        self.bias = _torch_bias(out_channels, fan_in) if bias else None
+
+    def forward(self, x):
+        return x.builder.op("ConvTranspose", [x, _value(self.weight), _value(self.bias)],
+                            kernel_shape=list(self.kernel_size), strides=list(self.stride),
+                            pads=list(self.padding) * 2, dilations=list(self.dilation),
+                            output_padding=list(self.output_padding), group=self.groups)
+
+
+class Linear(Module):
+    """y = x·Wᵀ + b with torch's W of shape (out, in): Gemm(transB=1) for 2-D input, else
+    MatMul with the transposed weight, applied to the last dim."""
+
+    def __init__(self, in_features, out_features, bias=True):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = _torch_weight((out_features, in_features))
+        self.bias = _torch_bias(out_features, in_features) if bias else None
+
+    def forward(self, x):
+        return functional.linear(x, self.weight, self.bias)
+
+    def extra_repr(self):
+        return f"in_features={self.in_features}, out_features={self.out_features}"
+
+
+class _BatchNorm(Module):
+    _ranks: tuple = ()
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
+                 track_running_stats=True):
+        super().__init__()
+        if momentum is None or not track_running_stats:
+            raise ModelError("BatchNorm with momentum=None or track_running_stats=False is not "
+                             "supported")
+        self.num_features, self.eps, self.momentum = num_features, eps, momentum
+        self.affine = affine
+        if affine:
+            self.weight = Parameter((num_features,), "ones")
+            self.bias = Parameter((num_features,), "zeros")
+        else:
+            self.weight = Buffer((num_features,), "ones")
+            self.bias = Buffer((num_features,), "zeros")
+        self.running_mean = Buffer((num_features,), "zeros")
+        self.running_var = Buffer((num_features,), "ones")
+
+    def forward(self, x):
+        if x.ndim not in self._ranks:
+            raise ShapeError(f"{type(self).__name__} expects input of rank {self._ranks}, got "
+                             f"shape {x.shape}")
+        return functional.batch_norm(x, self.running_mean, self.running_var, self.weight,
+                                     self.bias, self.training, self.momentum, self.eps)
+
+
+class BatchNorm1d(_BatchNorm):
+    _ranks = (2, 3)
+
+
+class BatchNorm2d(_BatchNorm):
+    _ranks = (4,)
+
+
+# ---- layers without parameters ---------------------------------------------------------------
+class MaxPool2d(Module):
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, return_indices=False,
+                 ceil_mode=False):
+        super().__init__()
+        if return_indices:
+            raise ModelError("MaxPool2d(return_indices=True) is not supported")
+        self.kernel_size, self.stride = kernel_size, stride
+        self.padding, self.dilation, self.ceil_mode = padding, dilation, ceil_mode
+
+    def forward(self, x):
+        return functional.max_pool2d(x, self.kernel_size, self.stride, self.padding,
+                                     self.dilation, self.ceil_mode)
+
+
+class AvgPool2d(Module):
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False,
+                 count_include_pad=True, divisor_override=None):
+        super().__init__()
+        if divisor_override is not None:
+            raise ModelError("AvgPool2d(divisor_override=...) is not supported")
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        self.ceil_mode, self.count_include_pad = ceil_mode, count_include_pad
+
+    def forward(self, x):
+        return functional.avg_pool2d(x, self.kernel_size, self.stride, self.padding,
+                                     self.ceil_mode, self.count_include_pad)
+
+
+class AdaptiveAvgPool2d(Module):
+    def __init__(self, output_size):
+        super().__init__()
+        self.output_size = output_size
+
+    def forward(self, x):
+        return functional.adaptive_avg_pool2d(x, self.output_size)
+
+
+class Dropout(Module):
+    def __init__(self, p=0.5, inplace=False):
+        super().__init__()
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"dropout probability has to be between 0 and 1, got {p}")
+        self.p = p
+
+    def forward(self, x):
+        return functional.dropout(x, self.p, self.training)
+
+
+class ReLU(Module):
+    def __init__(self, inplace=False):
+        super().__init__()
+
+    def forward(self, x):
+        return functional.relu(x)
+
+
+class ReLU6(ReLU):
+    def forward(self, x):
+        return functional.relu6(x)
+
+
+class LeakyReLU(Module):
+    def __init__(self, negative_slope=0.01, inplace=False):
+        super().__init__()
+        self.negative_slope = negative_slope
+
+    def forward(self, x):
+        return functional.leaky_relu(x, self.negative_slope)
+
+
+class ELU(Module):
+    def __init__(self, alpha=1.0, inplace=False):
+        super().__init__()
+        self.alpha = alpha
+
+    def forward(self, x):
+        return functional.elu(x, self.alpha)
+
+
+class SiLU(ReLU):
+    def forward(self, x):
+        return functional.silu(x)
+
+
+class Sigmoid(Module):
+    def forward(self, x):
+        return functional.sigmoid(x)
+
+
+class Tanh(Module):
+    def forward(self, x):
+        return functional.tanh(x)
+
+
+class Softmax(Module):
+    def __init__(self, dim=None):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, x):
+        return functional.softmax(x, self.dim)
+
+
+class LogSoftmax(Softmax):
+    def forward(self, x):
+        return functional.log_softmax(x, self.dim)
+
+
+class Flatten(Module):
+    def __init__(self, start_dim=1, end_dim=-1):
+        super().__init__()
+        self.start_dim, self.end_dim = start_dim, end_dim
+
+    def forward(self, x):
+        return functional.flatten(x, self.start_dim, self.end_dim)
+
+
+class Identity(Module):
+    def __init__(self, *args, **kwargs):
+        super().__init__()
+
+    def forward(self, x):
+        return x.builder.identity(x)
+
+
+# ---- functional ------------------------------------------------------------------------------
+def _softmax_dim(x, dim):
+    if dim is None:  # torch's legacy implicit choice
+        return 0 if x.ndim in (0, 1, 3) else 1
+    return int(dim)
+
+
+def _pool_attrs(x, kernel_size, stride, padding, dilation=1, ceil_mode=False):
+    k = _pair(kernel_size, "kernel_size")
+    s = k if stride is None or stride == [] else _pair(stride, "stride")
+    p = _pair(padding, "padding")
+    if any(2 * pi > ki for pi, ki in zip(p, k)):
+        raise ValueError(f"pad should be at most half of effective kernel size, got padding {p} "
+                         f"for kernel {k}")
+    return dict(kernel_shape=list(k), strides=list(s), pads=list(p) * 2,
+                dilations=list(_pair(dilation, "dilation")), ceil_mode=int(bool(ceil_mode)))
+
+
+def _flatten(x, start_dim=1, end_dim=-1):
+    r = x.ndim
+    s, e = start_dim % r if r else 0, end_dim % r if r else 0
+    if s == 1 and e == r - 1:
+        return x.builder.flatten(x, 1)
+    if s > e:
+        raise ValueError(f"flatten: start_dim {start_dim} comes after end_dim {end_dim}")
+    tail = x.shape[e + 1:]
+    if any(isinstance(d, str) for d in tail):
+        raise ShapeError(f"flatten(start_dim={start_dim}, end_dim={end_dim}) needs static dims "
+                         f"after end_dim, got shape {x.shape}")
+    return x.builder.reshape(x, [0] * s + [-1] + [int(d) for d in tail])
+
+
+def _linear(x, weight, bias=None):
+    w, b = _value(weight), _value(bias)
+    if x.ndim == 2:
+        return x.builder.gemm(x, w, b, transB=1)
+    y = x.builder.matmul(x, x.builder.transpose(w, (1, 0)))
+    return y if b is None else y + b
+
+
+def _batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False,
+                momentum=0.1, eps=1e-5):
+    b = x.builder
+    c = x.shape[1]
+    scale = _value(weight) if weight is not None else b.constant(np.ones(c, x.dtype))
+    shift = _value(bias) if bias is not None else b.constant(np.zeros(c, x.dtype))
+    mean, var = _value(running_mean), _value(running_var)
+    ins = [x, scale, shift, mean, var]
+    # ONNX's momentum weighs the old running value: torch's momentum m is ONNX's 1 − m.
+    attrs = dict(epsilon=float(eps), momentum=float(1.0 - momentum))
+    if not training:
+        return b.op("BatchNormalization", ins, **attrs)
+    y, new_mean, new_var = b.op("BatchNormalization", ins, num_outputs=3, training_mode=1,
+                                **attrs)
+    updates = b.graph.metadata.setdefault("buffer_updates", {})
+    updates[mean.name], updates[var.name] = new_mean.name, new_var.name
+    return y
+
+
+def _adaptive_avg_pool2d(x, output_size):
+    if output_size not in (1, (1, 1), [1, 1]):
+        raise ModelError(f"AdaptiveAvgPool2d supports only output size 1 (lowered to "
+                         f"GlobalAveragePool), got {output_size!r}")
+    return x.builder.global_avg_pool(x)
+
+
+def _conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    w = _value(weight)
+    k = tuple(w.shape[2:])
+    d = _pair(dilation, "dilation")
+    if padding == "same":
+        total = [di * (ki - 1) for di, ki in zip(d, k)]
+        pads = [t // 2 for t in total] + [t - t // 2 for t in total]
+    elif padding == "valid":
+        pads = [0, 0, 0, 0]
+    else:
+        pads = list(_pair(padding, "padding")) * 2
+    return x.builder.conv(x, w, _value(bias), _pair(stride, "stride"), pads, d, groups,
+                          kernel_shape=list(k))
+
+
+functional = types.ModuleType(__name__ + ".functional",
+                              "torch.nn.functional-style ops on traced graph values.")
+functional.__dict__.update(
+    relu=lambda x: x.builder.relu(x),
+    relu6=lambda x: x.builder.clip(x, 0.0, 6.0),
+    leaky_relu=lambda x, negative_slope=0.01: x.builder.leaky_relu(x, negative_slope),
+    elu=lambda x, alpha=1.0: x.builder.elu(x, alpha),
+    silu=lambda x: x.builder.silu(x),
+    sigmoid=lambda x: x.builder.sigmoid(x),
+    tanh=lambda x: x.builder.tanh(x),
+    softmax=lambda x, dim=None: x.builder.softmax(x, _softmax_dim(x, dim)),
+    log_softmax=lambda x, dim=None: x.builder.log_softmax(x, _softmax_dim(x, dim)),
+    flatten=_flatten,
+    concat=lambda tensors, dim=0: tensors[0].builder.concat(tensors, dim),
+    cat=lambda tensors, dim=0: tensors[0].builder.concat(tensors, dim),
+    add=lambda a, b: a + b,
+    identity=lambda x: x.builder.identity(x),
+    reshape=lambda x, shape: x.builder.reshape(x, shape),
+    linear=_linear,
+    conv2d=_conv2d,
+    batch_norm=_batch_norm,
+    max_pool2d=lambda x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False:
+        x.builder.op("MaxPool", [x], **_pool_attrs(x, kernel_size, stride, padding, dilation,
+                                                    ceil_mode)),
+    avg_pool2d=lambda x, kernel_size, stride=None, padding=0, ceil_mode=False,
+    count_include_pad=True: x.builder.op(
+        "AveragePool", [x], count_include_pad=int(bool(count_include_pad)),
+        **{k: v for k, v in _pool_attrs(x, kernel_size, stride, padding, 1,
+                                        ceil_mode).items() if k != "dilations"}),
+    adaptive_avg_pool2d=_adaptive_avg_pool2d,
+    dropout=lambda x, p=0.5, training=True: x.builder.dropout(x, p, training),
+    parameter=_value,
+)
+functional.__all__ = sorted(k for k in functional.__dict__ if not k.startswith("_"))
+sys.modules[functional.__name__] = functional
