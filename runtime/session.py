@@ -109,9 +109,13 @@ class Compiled:
         self.plan = make_plan(graph, scratch, is_view=bindings.is_view,
                               inplace_inputs=lambda n: bindings.inplace_inputs(n, types))
         if self.plan.arena_bytes > memory_cap:
+            biggest = max(self.plan.sizes, key=self.plan.sizes.get)
+            producer = graph.producers().get(biggest)
+            where = f"{producer}" if producer else "a graph input"
             raise ModelError(f"the plan needs a {self.plan.arena_bytes:,}-byte arena, more than "
-                             f"the memory cap of {memory_cap:,} bytes (set memory_cap= on "
-                             f"ember.load to allow more)")
+                             f"the memory cap of {memory_cap:,} bytes; the largest value is "
+                             f"{biggest!r} ({types[biggest]}, {self.plan.sizes[biggest]:,} bytes) "
+                             f"from {where} (set memory_cap= on ember.load to allow more)")
         self._free: list = []
         self._lock = threading.Lock()
 
