@@ -100,26 +100,27 @@ def bench_inference(builders, models, threads_list, runs) -> list:
     return rows
 
 
-def peak_rss(engine: str, name: str, batch: int) -> int:
-    """Peak RSS (bytes) of a fresh process that loads and runs one model with one engine."""
-    code = f"""
-import resource, sys, numpy as np
-sys.path.insert(0, {os.path.join(ROOT, 'benchmarks')!r})
-from run import load_builders, ort_session
-m = getattr(load_builders(), {name!r})(batch={batch})
-data = m.SerializeToString(); del m
-inp_name = None
-import onnx
-mp = onnx.load_from_string(data); inp = mp.graph.input[0]; del mp
-x = np.zeros([d.dim_value for d in inp.type.tensor_type.shape.dim], np.float32)
-if {engine!r} == 'ember':
-    import ember; s = ember.load(data, threads=1); s.run(None, {{inp.name: x}})
-else:
-    s = ort_session(data, 1); s.run(None, {{inp.name: x}})
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-"""
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True)
+def peak_rss(engine: str, model) -> int:
+    """Peak RSS (bytes) of a fresh process that loads one model file and runs it once with one
+    engine (1 thread). The model is written to a temporary file first so that building it costs
+    the measured process nothing; the process imports only numpy and its engine."""
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.onnx")
+        with open(path, "wb") as f:
+            f.write(model.SerializeToString())
+        inp = model.graph.input[0]
+        shape = [d.dim_value for d in inp.type.tensor_type.shape.dim]
+        run = ("import ember; s = ember.load(path, threads=1)" if engine == "ember" else
+               "import onnxruntime as ort; o = ort.SessionOptions(); o.intra_op_num_threads = 1; "
+               "s = ort.InferenceSession(path, o, providers=['CPUExecutionProvider'])")
+        # VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec from the forking parent
+        code = (f"import numpy as np\npath = {path!r}\n{run}\n"
+                f"s.run(None, {{{inp.name!r}: np.zeros({shape}, np.float32)}})\n"
+                "print([int(l.split()[1]) * 1024 for l in open('/proc/self/status')\n"
+                "       if l.startswith('VmHWM:')][0])\n")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             check=True, cwd=tmp)
     return int(out.stdout.strip().splitlines()[-1])
 
 
@@ -186,7 +187,8 @@ def main(argv=None):
     if not args.no_memory:
         arena = {(r["model"], r["batch"]): r["arena"] for r in rows}
         for name, batch in models:
-            mem[(name, batch)] = (peak_rss("ember", name, batch), peak_rss("ort", name, batch),
+            model = getattr(builders, name)(batch=batch)
+            mem[(name, batch)] = (peak_rss("ember", model), peak_rss("ort", model),
                                   arena[(name, batch)])
     write_results(rows, peaks, mem, args.out)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from .graph.errors import EmberError, InputError, ModelError, ShapeError, UnsupportedOpError
 from .runtime.session import IOInfo, Session
+from . import init, nn  # noqa: E402  (model building: numpy only, cheap to import)
 
 __version__ = "0.1.0"
 __all__ = ["load", "Session", "IOInfo", "EmberError", "ModelError", "UnsupportedOpError",

@@ -66,6 +66,10 @@ class Parameter:
             self.data = initialize(self.init, self.shape, rng, self.dtype, **self.init_args)
         return self.data
 
+    def graph_value(self) -> Value:
+        """The value standing for this parameter in the graph being traced."""
+        return _value(self)
+
     def numpy(self) -> np.ndarray:
         return self.materialize(np.random.default_rng())
 
@@ -94,6 +98,7 @@ class _Trace:
         self.builder = builder
         self.values: dict = {}      # id(Parameter) -> Value
         self.names: dict = {}       # id(Parameter) -> qualified name
+        self.module_names: dict = {}  # id(Module) -> qualified name, for node names
 
 
 def _value(p) -> Value:
@@ -145,6 +150,9 @@ class Module:
                 self._parameters[name] = value
             else:
                 self._modules[name] = value
+        elif value is None and "_parameters" in self.__dict__:
+            self._parameters.pop(name, None)   # e.g. ``self.bias = None``
+            self._buffers.pop(name, None)
         object.__setattr__(self, name, value)
 
     def __delattr__(self, name):
@@ -168,7 +176,21 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} must define forward()")
 
     def __call__(self, *args, **kwargs):
-        return self.forward(*args, **kwargs)
+        trace = _TRACES[-1] if _TRACES else None
+        if trace is None:
+            raise ModelError(f"{type(self).__name__} runs only while tracing: build the graph "
+                             f"with model.to_graph(input_shape=...) and run it in "
+                             f"ember.Session")
+        name = trace.module_names.get(id(self)) if trace else None
+        if not name:
+            return self.forward(*args, **kwargs)
+        scope = trace.builder.scope
+        saved = list(scope)
+        scope[:] = [name]          # qualified names are absolute: "features.0"
+        try:
+            return self.forward(*args, **kwargs)
+        finally:
+            scope[:] = saved
 
     # walking the tree ------------------------------------------------------------------------
     def named_children(self):
@@ -287,6 +309,7 @@ class Module:
             trace.values[id(p)] = b.parameter(pname, p.shape, init, p.dtype,
                                               trainable=p.requires_grad, **args)
             trace.names[id(p)] = pname
+        trace.module_names = {id(m): n for n, m in self.named_modules()}
         x = b.input("input", tuple(input_shape), dtype)
         _TRACES.append(trace)
         try:
@@ -480,12 +503,8 @@ class _BatchNorm(Module):
                              "supported")
         self.num_features, self.eps, self.momentum = num_features, eps, momentum
         self.affine = affine
-        if affine:
-            self.weight = Parameter((num_features,), "ones")
-            self.bias = Parameter((num_features,), "zeros")
-        else:
-            self.weight = Buffer((num_features,), "ones")
-            self.bias = Buffer((num_features,), "zeros")
+        self.weight = Parameter((num_features,), "ones") if affine else None
+        self.bias = Parameter((num_features,), "zeros") if affine else None
         self.running_mean = Buffer((num_features,), "zeros")
         self.running_var = Buffer((num_features,), "ones")
 

@@ -188,6 +188,11 @@ class Builder:
         self.rng = np.random.default_rng(seed)
         self._taken: set = set()
         self._counts: dict = {}
+        self.scope: list = []   # e.g. ["features.0"] while ember.nn traces that module
+
+    def _node_base(self, op_type: str) -> str:
+        """Default node names carry the scope, so errors point at the layer that wrote them."""
+        return "/".join(self.scope + [op_type]) if self.scope else op_type
 
     # names -----------------------------------------------------------------------------------
     def _fresh(self, base: str) -> str:
@@ -242,6 +247,9 @@ class Builder:
     def _as_value(self, v, like: Value | None) -> str:
         if v is None or (isinstance(v, str) and v == ""):
             return ""
+        graph_value = getattr(v, "graph_value", None)   # e.g. an ember.nn.Parameter
+        if callable(graph_value):
+            v = graph_value()
         if isinstance(v, Value):
             if v.builder is not self:
                 raise ModelError(f"value {v.name!r} belongs to another Builder")
@@ -270,7 +278,7 @@ class Builder:
         names = [self._as_value(v, like) for v in inputs]
         while names and names[-1] == "":
             names.pop()
-        node_name = self._claim(name) if name else self._fresh(op_type)
+        node_name = self._claim(name) if name else self._fresh(self._node_base(op_type))
         outs = [node_name if k == 0 and num_outputs == 1 else f"{node_name}_out{k}"
                 for k in range(num_outputs)]
         if num_outputs > 1:
