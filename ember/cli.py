@@ -262,6 +262,7 @@ def cmd_demo(args) -> int:
 def ops_table(markdown: bool) -> str:
     from .graph.ops import REGISTRY
     from .runtime.bindings import BINDERS
+    from .runtime.kernel_binders import NUMPY_BOUND
 
     def arity(lo_hi):
         lo, hi = lo_hi
@@ -271,8 +272,14 @@ def ops_table(markdown: bool) -> str:
     for (domain, op_type), op in sorted(REGISTRY.items(), key=lambda kv: (kv[0][0], kv[0][1])):
         name = f"{domain}::{op_type}" if domain else op_type
         attrs = ", ".join(sorted(op.attrs)) or "—"
-        runs = "Cython kernel" if op_type in BINDERS else ("view (no copy)" if op.view
-                                                          else "numpy reference")
+        if op.view:
+            runs = "view (no copy)"
+        elif op_type in NUMPY_BOUND:
+            runs = "numpy into the arena"
+        elif op_type in BINDERS:
+            runs = "Cython kernel"
+        else:
+            runs = "numpy reference"
         rows.append((name, arity(op.num_inputs), arity(op.num_outputs), attrs, runs))
     if not markdown:
         return "\n".join(f"{r[0]:24s} {r[4]:16s} {r[3]}" for r in rows) + \

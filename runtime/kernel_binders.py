@@ -873,3 +873,8 @@ def _reduce(node, types, ins, outs, scratch_buf, threads):
         return lambda: np.mean(x, axis=axes, out=yk, keepdims=True)
     fn = _REDUCE[node.op_type]
     return lambda: fn(x, axis=axes, out=yk, keepdims=True)
+
+
+# Ops bound to numpy calls that write straight into the arena (copies and reductions, where
+# numpy's own loops are memory-bound already) rather than to a Cython kernel; `ember ops` says so.
+NUMPY_BOUND = frozenset({"Concat", "Transpose", "Split", "Slice", "Gather", "Pad", *_REDUCE})
