@@ -19,10 +19,10 @@ import math
 import numpy as np
 
 from .errors import ModelError, ShapeError
-from .infer import _check_attr_types, _check_type, infer_shapes
+from .infer import infer_node, infer_shapes
 from .ir import Graph, Node, TensorType
 from .ops import get_op
-from .ops.base import InferContext, NeedsValue, fill_attrs
+from .ops.base import NeedsValue
 
 INITS = ("kaiming_uniform", "kaiming_normal", "xavier_uniform", "xavier_normal", "zeros",
          "ones", "constant", "uniform", "normal")
@@ -297,34 +297,19 @@ class Builder:
         return vals[0] if num_outputs == 1 else vals
 
     def _infer(self, op, node: Node) -> None:
-        """Shape inference for one node, as ``infer_shapes`` does it for a whole graph."""
-        fill_attrs(op, node)
-        _check_attr_types(op, node)
-        lo, hi = op.num_inputs
-        if len(node.inputs) < lo or (hi is not None and len(node.inputs) > hi):
-            raise ModelError(f"{node}: takes {lo}..{hi if hi is not None else 'n'} inputs, "
-                             f"got {len(node.inputs)}")
+        """Shape inference for one node, as ``infer_shapes`` does it for a whole graph; every
+        output must exist (the builder hands out a handle per output)."""
         g = self.graph
-        ctx = InferContext(g, node, g.initializers, set(g.inputs))
         try:
-            out_types = op.infer(ctx)
-        except ModelError:
-            raise
+            out_types = infer_node(g, op, node, g.initializers, set(g.inputs))
         except NeedsValue as e:
             raise ShapeError(f"{node}: needs the value of input {e.name!r} to infer its shape; "
                              f"pass it as a constant") from None
-        except Exception as e:
-            raise ShapeError(f"{node}: cannot infer output shapes: {type(e).__name__}: {e}") \
-                from e
-        if len(out_types) < len(node.outputs):
-            raise ModelError(f"{node}: asked for {len(node.outputs)} outputs, op defines "
-                             f"{len(out_types)}")
         for o, t in zip(node.outputs, out_types):
             if t is None:
+                for name in node.outputs:  # a failed op leaves nothing behind
+                    g.types.pop(name, None)
                 raise ModelError(f"{node}: output {o!r} is absent for these inputs")
-            _check_type(node, o, t)
-        for o, t in zip(node.outputs, out_types):
-            g.types[o] = t
 
     # outputs and the result ------------------------------------------------------------------
     def output(self, v: Value, name: str | None = None) -> Value:

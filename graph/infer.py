@@ -84,6 +84,32 @@ def _check_type(node, out_name, t: TensorType):
                          f"(shape {t.shape}), more than ember accepts")
 
 
+def infer_node(graph: Graph, op, node, known: dict, runtime_inputs: set) -> list:
+    """Check one node's attributes and arity, infer its output types and record them in
+    ``graph.types``; returns the op's list of output types (``None`` for absent outputs)."""
+    fill_attrs(op, node)
+    _check_attr_types(op, node)
+    lo, hi = op.num_inputs
+    if len(node.inputs) < lo or (hi is not None and len(node.inputs) > hi):
+        raise ModelError(f"{node}: takes {lo}..{hi if hi is not None else 'n'} inputs, "
+                         f"got {len(node.inputs)}")
+    ctx = InferContext(graph, node, known, runtime_inputs)
+    try:
+        out_types = op.infer(ctx)
+    except (ModelError, NeedsValue):
+        raise
+    except Exception as e:  # an op's inference tripping over a malformed model
+        raise ShapeError(f"{node}: cannot infer output shapes: {type(e).__name__}: {e}") from e
+    if len(out_types) < len([o for o in node.outputs if o]):
+        raise ModelError(f"{node}: has {len(node.outputs)} outputs, op defines "
+                         f"{len(out_types)}")
+    for name, t in zip(node.outputs, out_types):
+        if name and t is not None:
+            _check_type(node, name, t)
+            graph.types[name] = t
+    return out_types
+
+
 def infer_shapes(graph: Graph, consts: dict | None = None, fold: bool = True) -> dict:
     """Fill ``graph.types`` for every value; return the dict of values known at compile time
     (initializers, ``consts`` given by the caller, and folded results).
@@ -102,27 +128,7 @@ def infer_shapes(graph: Graph, consts: dict | None = None, fold: bool = True) ->
         _check_input_type(name, graph.types[name])
     for node in graph.nodes:
         op = get_op(node.op_type, node.domain)
-        fill_attrs(op, node)
-        _check_attr_types(op, node)
-        lo, hi = op.num_inputs
-        if len(node.inputs) < lo or (hi is not None and len(node.inputs) > hi):
-            raise ModelError(f"{node}: takes {lo}..{hi if hi is not None else 'n'} inputs, "
-                             f"got {len(node.inputs)}")
-        ctx = InferContext(graph, node, known, runtime_inputs)
-        try:
-            out_types = op.infer(ctx)
-        except (ModelError, NeedsValue):
-            raise
-        except Exception as e:  # an op's inference tripping over a malformed model
-            raise ShapeError(f"{node}: cannot infer output shapes: {type(e).__name__}: {e}") \
-                from e
-        if len(out_types) < len([o for o in node.outputs if o]):
-            raise ModelError(f"{node}: has {len(node.outputs)} outputs, op defines "
-                             f"{len(out_types)}")
-        for name, t in zip(node.outputs, out_types):
-            if name and t is not None:
-                _check_type(node, name, t)
-                graph.types[name] = t
+        out_types = infer_node(graph, op, node, known, runtime_inputs)
         if fold and op.foldable and all((not i) or i in known for i in node.inputs):
             if all(t is None or (t.is_static and t.nbytes <= MAX_FOLD_BYTES)
                    for t in out_types):

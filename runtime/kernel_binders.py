@@ -306,7 +306,7 @@ def _as4d(a):
 
 
 def _conv_case(node, types):
-    """Shapes and geometry of a float32 1-D/2-D Conv, or None."""
+    """Shapes (as 4-D) and geometry of a float32 1-D/2-D Conv or ConvTranspose, or None."""
     xt, wt, yt = (types.get(node.input(0)), types.get(node.input(1)),
                   types.get(node.outputs[0]))
     if xt is None or wt is None or yt is None or len(xt.shape) not in (3, 4):
@@ -359,22 +359,8 @@ def _conv(node, types, ins, outs, scratch_buf, threads):
     return lambda: fn(x, w, b, y, scr, sh, sw, pt, pl, dh, dw, group, code, aa, ab, threads)
 
 
-def _convT_case(node, types):
-    xt, wt, yt = (types.get(node.input(0)), types.get(node.input(1)),
-                  types.get(node.outputs[0]))
-    if xt is None or wt is None or yt is None or len(xt.shape) not in (3, 4):
-        return None
-    if any(t.dtype != F32 for t in (xt, wt, yt)) or not (xt.is_static and yt.is_static):
-        return None
-    nd = len(xt.shape) - 2
-    x4 = (xt.shape[0], xt.shape[1], 1, xt.shape[2]) if nd == 1 else tuple(xt.shape)
-    w4 = (wt.shape[0], wt.shape[1], 1, wt.shape[2]) if nd == 1 else tuple(wt.shape)
-    y4 = (yt.shape[0], yt.shape[1], 1, yt.shape[2]) if nd == 1 else tuple(yt.shape)
-    return nd, x4, w4, y4, _conv_geometry(node, nd), int(node.attrs.get("group", 1) or 1)
-
-
 def _convT_scratch_floats(node, types, threads):
-    conv, case = _k("conv"), _convT_case(node, types)
+    conv, case = _k("conv"), _conv_case(node, types)
     if conv is None or case is None:
         return 0
     nd, (N, C, H, W), (_, _, KH, KW), (_, M, _, _), geo, group = case
@@ -388,7 +374,7 @@ def _convT_scratch(node, types, threads):
 
 @binder("ConvTranspose")
 def _conv_transpose(node, types, ins, outs, scratch_buf, threads):
-    conv, case = _k("conv"), _convT_case(node, types)
+    conv, case = _k("conv"), _conv_case(node, types)
     if conv is None or case is None or not _f32(*ins, *outs) or _fused_act(node) != (0, 0.0, 0.0):
         return None  # the kernel has no activation epilogue
     if any(int(p) < 0 for p in node.attrs.get("pads") or []):

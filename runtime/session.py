@@ -266,7 +266,7 @@ class Session:
         if missing or extra:
             msg = []
             if missing:
-                msg.append(f"missing input(s) " + ", ".join(
+                msg.append("missing input(s) " + ", ".join(
                     f"{n!r} ({expected[n]})" for n in missing))
             if extra:
                 msg.append(f"unknown input(s) {extra}")
