@@ -114,9 +114,13 @@ class Flatten(Op):
         ctx.check(-r <= axis <= r, f"axis {axis} is out of range for rank {r} "
                                    f"(expected {-r}..{r})")
         axis = axis + r if axis < 0 else axis
-        outer, inner = _prod(shape[:axis]), _prod(shape[axis:])
-        return [TensorType(ctx.dtype(0), (outer if outer is not None else _fresh(ctx, 0),
-                                          inner if inner is not None else _fresh(ctx, 1)))]
+        def merged(dims, k):
+            """Product of dims; a lone symbolic dim (e.g. the batch "N") keeps its name."""
+            if len(dims) == 1:
+                return dims[0]
+            p = _prod(dims)
+            return p if p is not None else _fresh(ctx, k)
+        return [TensorType(ctx.dtype(0), (merged(shape[:axis], 0), merged(shape[axis:], 1)))]
 
     def compute(self, node, inputs):
         x = inputs[0]
