@@ -335,6 +335,20 @@ def _conv_scratch(node, types, threads):
     return _conv_scratch_floats(node, types, threads) * 4
 
 
+def _conv_arrays(case, ins, outs, scratch_buf, need):
+    """x, w, bias, y as the 4-D/1-D float32 views the conv kernels take, and the planned
+    scratch cut to ``need`` floats; None when the plan gave less scratch than needed."""
+    _, x4, w4, y4, _, _ = case
+    scr = None
+    if need:
+        if scratch_buf is None or scratch_buf.size < need:
+            return None
+        scr = scratch_buf[:need]
+    b = _c(_opt(ins, 2))
+    return (_c(ins[0]).reshape(x4), _c(ins[1]).reshape(w4),
+            b.reshape(-1) if b is not None else None, outs[0].reshape(y4), scr)
+
+
 @binder("Conv")
 def _conv(node, types, ins, outs, scratch_buf, threads):
     conv, case, act = _k("conv"), _conv_case(node, types), _fused_act(node)
@@ -344,16 +358,11 @@ def _conv(node, types, ins, outs, scratch_buf, threads):
         return _noop
     nd, x4, w4, y4, geo, group = case
     sh, sw, pt, pl, dh, dw, _ = geo
-    need = _conv_scratch_floats(node, types, threads)
-    scr = None
-    if need:
-        if scratch_buf is None or scratch_buf.size < need:
-            return None
-        scr = scratch_buf[:need]
-    x, w, b, y = _c(ins[0]).reshape(x4), _c(ins[1]).reshape(w4), _c(_opt(ins, 2)), \
-        outs[0].reshape(y4)
-    if b is not None:
-        b = b.reshape(-1)
+    arrays = _conv_arrays(case, ins, outs, scratch_buf,
+                          _conv_scratch_floats(node, types, threads))
+    if arrays is None:
+        return None
+    x, w, b, y, scr = arrays
     code, aa, ab = act
     fn = conv.conv2d
     return lambda: fn(x, w, b, y, scr, sh, sw, pt, pl, dh, dw, group, code, aa, ab, threads)
@@ -383,16 +392,11 @@ def _conv_transpose(node, types, ins, outs, scratch_buf, threads):
         return _noop
     nd, x4, w4, y4, geo, group = case
     sh, sw, pt, pl, dh, dw, _ = geo
-    need = _convT_scratch_floats(node, types, threads)
-    scr = None
-    if need:
-        if scratch_buf is None or scratch_buf.size < need:
-            return None
-        scr = scratch_buf[:need]
-    x, w, b, y = _c(ins[0]).reshape(x4), _c(ins[1]).reshape(w4), _c(_opt(ins, 2)), \
-        outs[0].reshape(y4)
-    if b is not None:
-        b = b.reshape(-1)
+    arrays = _conv_arrays(case, ins, outs, scratch_buf,
+                          _convT_scratch_floats(node, types, threads))
+    if arrays is None:
+        return None
+    x, w, b, y, scr = arrays
     fn = conv.conv_transpose2d
     return lambda: fn(x, w, b, y, scr, sh, sw, pt, pl, dh, dw, group, threads)
 

@@ -95,6 +95,18 @@ def window_slice(offsets, dilations, strides, outs):
 
 # ---- Conv ----------------------------------------------------------------------------------
 
+def _checked_x_w(ctx):
+    """X and W shapes of a Conv or ConvTranspose, after the checks both share: fused activation,
+    ranks (N, C, spatial…) that agree, one float dtype."""
+    check_activation(ctx)
+    x, w = ctx.shape(0), ctx.shape(1)
+    ctx.check(len(x) >= 3, f"expected X of rank ≥ 3 (N, C, spatial…), got {x}")
+    ctx.check(len(w) == len(x), f"expected W of rank {len(x)} like X, got {w}")
+    ctx.check(ctx.dtype(1) == ctx.dtype(0) and ctx.dtype(0).kind == "f",
+              f"expected float X and W of one dtype, got {ctx.dtype(0)} and {ctx.dtype(1)}")
+    return x, w
+
+
 @register
 class Conv(Op):
     num_inputs = (2, 3)
@@ -102,12 +114,7 @@ class Conv(Op):
              "strides": [], **FUSED_ATTRS}
 
     def infer(self, ctx):
-        check_activation(ctx)
-        x, w = ctx.shape(0), ctx.shape(1)
-        ctx.check(len(x) >= 3, f"expected X of rank ≥ 3 (N, C, spatial…), got {x}")
-        ctx.check(len(w) == len(x), f"expected W of rank {len(x)} like X, got {w}")
-        ctx.check(ctx.dtype(1) == ctx.dtype(0) and ctx.dtype(0).kind == "f",
-                  f"expected float X and W of one dtype, got {ctx.dtype(0)} and {ctx.dtype(1)}")
+        x, w = _checked_x_w(ctx)
         nsp, g = len(x) - 2, int(ctx.attrs["group"])
         ctx.check(g >= 1, f"expected group ≥ 1, got {g}")
         m = w[0]
@@ -172,12 +179,7 @@ class ConvTranspose(Op):
              "output_padding": [], "output_shape": [], "pads": [], "strides": [], **FUSED_ATTRS}
 
     def infer(self, ctx):
-        check_activation(ctx)
-        x, w = ctx.shape(0), ctx.shape(1)
-        ctx.check(len(x) >= 3, f"expected X of rank ≥ 3 (N, C, spatial…), got {x}")
-        ctx.check(len(w) == len(x), f"expected W of rank {len(x)} like X, got {w}")
-        ctx.check(ctx.dtype(1) == ctx.dtype(0) and ctx.dtype(0).kind == "f",
-                  f"expected float X and W of one dtype, got {ctx.dtype(0)} and {ctx.dtype(1)}")
+        x, w = _checked_x_w(ctx)
         ctx.check(all(isinstance(d, (int, np.integer)) for d in x[2:]),
                   f"expected static spatial sizes, got {x}")
         nsp, g = len(x) - 2, int(ctx.attrs["group"])

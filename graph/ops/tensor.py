@@ -15,6 +15,7 @@ import numpy as np
 from ..errors import InputError
 from ..ir import TensorType
 from .base import REQUIRED, Op, register
+from .elementwise import broadcast_shapes
 
 INT64_MAX = np.iinfo(np.int64).max
 
@@ -64,25 +65,6 @@ def _ints(ctx, i: int, what: str) -> list:
     ctx.check(v.dtype.kind in "iu", f"{what} (input {i}) must be an integer tensor, got {v.dtype}")
     ctx.check(v.ndim <= 1, f"{what} (input {i}) must be 1-D, got shape {v.shape}")
     return [int(x) for x in v.reshape(-1)]
-
-
-def _broadcast(ctx, *shapes) -> tuple:
-    """Multidirectional (numpy) broadcast of shapes that may hold symbolic dims."""
-    rank = max(len(s) for s in shapes)
-    padded = [(1,) * (rank - len(s)) + tuple(s) for s in shapes]
-    out = []
-    for k, dims in enumerate(zip(*padded)):
-        ints = {int(d) for d in dims if _is_int(d) and d != 1}
-        syms = [d for d in dims if not _is_int(d)]
-        ctx.check(len(ints) <= 1, f"shapes {[tuple(s) for s in shapes]} cannot be broadcast "
-                                  f"(dim {k}: {sorted(ints)})")
-        if ints:
-            out.append(ints.pop())
-        elif syms:
-            out.append(syms[0])
-        else:
-            out.append(1)
-    return tuple(out)
 
 
 def _same_dtype(ctx, idx, what="inputs"):
@@ -516,7 +498,7 @@ class Expand(Op):
     def infer(self, ctx):
         target = _ints(ctx, 1, "shape")
         ctx.check(all(t >= 0 for t in target), f"shape {target} has negative dims")
-        return [TensorType(ctx.dtype(0), _broadcast(ctx, ctx.shape(0), tuple(target)))]
+        return [TensorType(ctx.dtype(0), broadcast_shapes(ctx, [ctx.shape(0), tuple(target)]))]
 
     def compute(self, node, inputs):
         x, target = inputs
@@ -549,8 +531,8 @@ class Where(Op):
     def infer(self, ctx):
         ctx.check(ctx.dtype(0) == np.bool_, f"condition must be bool, got {ctx.dtype(0)}")
         _same_dtype(ctx, (1, 2), "X and Y")
-        return [TensorType(ctx.dtype(1), _broadcast(ctx, ctx.shape(0), ctx.shape(1),
-                                                    ctx.shape(2)))]
+        return [TensorType(ctx.dtype(1), broadcast_shapes(
+            ctx, [ctx.shape(0), ctx.shape(1), ctx.shape(2)]))]
 
     def compute(self, node, inputs):
         c, x, y = inputs
@@ -564,7 +546,7 @@ class _Compare(Op):
 
     def infer(self, ctx):
         _same_dtype(ctx, (0, 1), "A and B")
-        return [TensorType(np.bool_, _broadcast(ctx, ctx.shape(0), ctx.shape(1)))]
+        return [TensorType(np.bool_, broadcast_shapes(ctx, [ctx.shape(0), ctx.shape(1)]))]
 
     def compute(self, node, inputs):
         return [np.asarray(type(self).fn(inputs[0], inputs[1]), dtype=np.bool_)]
