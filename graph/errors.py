@@ -35,3 +35,13 @@ class ShapeError(ModelError):
 
 class InputError(EmberError, ValueError):
     """A feed passed to ``Session.run`` (or a Trainer) has the wrong name, dtype or shape."""
+
+
+class TrainingError(EmberError):
+    """Training cannot go on: a NaN or infinite loss (naming the global step; the parameters are
+    left as they were before that step), or a Trainer used in a way it cannot support."""
+
+
+class CheckpointError(EmberError):
+    """A checkpoint file cannot be restored: missing, truncated, tampered with (checksum), wrong
+    magic or version, or its contents do not describe a model. Names the file and the fault."""

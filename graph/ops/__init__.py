@@ -1,7 +1,7 @@
 """The op registry. Each module holds one op family; importing it registers its ops."""
 from .base import REGISTRY, REQUIRED, InferContext, NeedsValue, Op, get_op, is_supported, register
 
-from . import (activation, conv, elementwise, linear, normalization, pool,  # noqa: E402,F401
+from . import (activation, conv, elementwise, linear, loss, normalization, pool,  # noqa: E402,F401
                reduce, resize, softmax, tensor)
 
 __all__ = ["REGISTRY", "REQUIRED", "InferContext", "NeedsValue", "Op", "get_op", "is_supported",

@@ -227,3 +227,147 @@ FUSABLE = {
     "Tanh": lambda node, consts: (0.0, 0.0),
     "HardSwish": lambda node, consts: (0.0, 0.0),
 }
+
+
+# ---- gradients -------------------------------------------------------------------------------
+# Activations whose derivative ActivationGrad reads from the forward output Y (the rest read X).
+FROM_OUTPUT = ("Relu", "Sigmoid", "Tanh")
+GRAD_ACTIVATIONS = FROM_OUTPUT + ("LeakyRelu", "Elu", "Clip", "HardSigmoid", "HardSwish",
+                                  "Softplus")
+
+
+def activation_grad(dy, t, name: str, alpha: float, beta: float):
+    """dX of activation ``name`` given dY and T (Y or X, see FROM_OUTPUT), computed in the
+    widest of float64 and T's dtype."""
+    d, t = dy.astype(np.float64), t.astype(np.float64)
+    if name == "Relu":
+        r = d * (t > 0)
+    elif name == "Sigmoid":
+        r = d * t * (1 - t)
+    elif name == "Tanh":
+        r = d * (1 - t * t)
+    elif name == "LeakyRelu":
+        r = np.where(t > 0, d, alpha * d)
+    elif name == "Elu":
+        r = np.where(t > 0, d, d * alpha * np.exp(np.minimum(t, 0)))
+    elif name == "Clip":
+        r = d * ((t >= alpha) & (t <= beta))
+    elif name == "HardSigmoid":
+        u = alpha * t + beta
+        r = np.where((u > 0) & (u < 1), alpha * d, 0.0)
+    elif name == "HardSwish":
+        r = np.where(t < -3, 0.0, np.where(t > 3, d, d * (2 * t + 3) / 6))
+    elif name == "Softplus":
+        r = d * stable_sigmoid(t)
+    else:
+        raise ValueError(f"unknown activation {name!r}")
+    return r
+
+
+@register
+class ActivationGrad(Op):
+    """dX of a unary activation from dY and T: T is the forward output Y for Relu, Sigmoid and
+    Tanh, the forward input X otherwise (alpha/beta as the forward op reads them)."""
+    num_inputs = (2, 2)
+    attrs = {"activation": "Relu", "alpha": 0.0, "beta": 0.0}
+    inplace = (0,)
+
+    def infer(self, ctx):
+        dy, t = ctx.type(0), ctx.type(1)
+        ctx.check(ctx.attrs["activation"] in GRAD_ACTIVATIONS,
+                  f"expected activation among {GRAD_ACTIVATIONS}, got "
+                  f"{ctx.attrs['activation']!r}")
+        ctx.check(dy.dtype.kind == "f" and dy.dtype == t.dtype,
+                  f"expected float dY and T of one dtype, got {dy.dtype} and {t.dtype}")
+        ctx.check(tuple(dy.shape) == tuple(t.shape),
+                  f"expected dY and T of one shape, got {dy.shape} and {t.shape}")
+        return [dy]
+
+    def compute(self, node, inputs):
+        a = node.attrs
+        with np.errstate(all="ignore"):
+            r = activation_grad(inputs[0], inputs[1], a["activation"], float(a["alpha"]),
+                                float(a["beta"]))
+        return [r.astype(inputs[0].dtype)]
+
+
+def _unary_grad(self, node, grads, g):
+    """Shared rule of the unary activations: one ActivationGrad."""
+    if grads[0] is None or not g.needs(0):
+        return [None]
+    name = node.op_type
+    t = g.output(0) if name in FROM_OUTPUT else g.input(0)
+    alpha, beta = self.grad_params(node, g)
+    return [g.op("ActivationGrad", [grads[0], t], activation=name, alpha=float(alpha),
+                 beta=float(beta))]
+
+
+def _no_params(self, node, g):
+    return 0.0, 0.0
+
+
+for _cls, _params in ((Relu, None), (Sigmoid, None), (Tanh, None), (HardSwish, None),
+                      (Softplus, None),
+                      (LeakyRelu, lambda self, node, g: (node.attrs["alpha"], 0.0)),
+                      (Elu, lambda self, node, g: (node.attrs["alpha"], 0.0)),
+                      (HardSigmoid, lambda self, node, g: (node.attrs["alpha"],
+                                                           node.attrs["beta"]))):
+    _cls.gradient = _unary_grad
+    _cls.grad_params = _params or _no_params
+
+
+def _clip_gradient(self, node, grads, g):
+    """Passes dY where min ≤ x ≤ max; the bounds must be constants and get no gradient."""
+    if grads[0] is None or not g.needs(0):
+        return [None] * len(node.inputs)
+    bounds = _clip_params(node, g.known)
+    if bounds is None:
+        g.fail("Clip bounds must be constants")
+    dx = g.op("ActivationGrad", [grads[0], g.input(0)], activation="Clip",
+              alpha=float(bounds[0]), beta=float(bounds[1]))
+    return [dx] + [None] * (len(node.inputs) - 1)
+
+
+Clip.gradient = _clip_gradient
+
+
+def _neg_gradient(self, node, grads, g):
+    return [g.op("Neg", [grads[0]]) if grads[0] is not None and g.needs(0) else None]
+
+
+Neg.gradient = _neg_gradient
+
+
+def fused_activation_grad(node, dy: str, g) -> str:
+    """dY before the fused activation of a Conv/Gemm/MatMul node, from its output Y. Only
+    activations whose derivative Y determines are supported (LeakyRelu needs alpha > 0)."""
+    name = node.attrs.get("activation", "")
+    if not name:
+        return dy
+    alpha = float(node.attrs.get("activation_alpha", 0.0))
+    if name not in FROM_OUTPUT and not (name == "LeakyRelu" and alpha > 0):
+        g.fail(f"fused activation {name!r} cannot be differentiated from the output; "
+               f"differentiate the graph before fusing")
+    return g.op("ActivationGrad", [dy, g.output(0)], activation=name, alpha=alpha, beta=0.0)
+
+
+def _exp_gradient(self, node, grads, g):       # d eˣ = eˣ
+    return [g.op("Mul", [grads[0], g.output(0)])]
+
+
+def _log_gradient(self, node, grads, g):       # d log x = 1/x
+    return [g.op("Div", [grads[0], g.input(0)])]
+
+
+def _sqrt_gradient(self, node, grads, g):      # d √x = 1/(2√x)
+    two = g.const(np.array(2.0, g.type(node.outputs[0]).dtype), "two")
+    return [g.op("Div", [grads[0], g.op("Mul", [g.output(0), two])])]
+
+
+def _reciprocal_gradient(self, node, grads, g):  # d 1/x = −1/x²
+    y = g.output(0)
+    return [g.op("Neg", [g.op("Mul", [grads[0], g.op("Mul", [y, y])])])]
+
+
+Exp.gradient, Log.gradient = _exp_gradient, _log_gradient
+Sqrt.gradient, Reciprocal.gradient = _sqrt_gradient, _reciprocal_gradient

@@ -12,7 +12,7 @@ import itertools
 import numpy as np
 
 from ..ir import TensorType
-from .base import Op, register
+from .base import REQUIRED, Op, register
 from .linear import FUSED_ATTRS, check_activation, finish
 
 AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
@@ -268,3 +268,144 @@ def conv_transpose_reference(x, w, b, group, strides, pads, dilations, output_pa
     if b is not None:
         y = y + b.astype(dt).reshape((1, group * mg) + (1,) * nsp)
     return np.ascontiguousarray(y)
+
+
+# ---- gradients -------------------------------------------------------------------------------
+GRAD_CONV_ATTRS = {"strides": [], "pads": [], "dilations": [], "group": 1}
+
+
+def _grad_geometry(ctx, spatial_in, kernel, dy):
+    """Check the resolved window attributes against X's spatial sizes and dY's; return them."""
+    nsp = len(spatial_in)
+    strides = spatial_attr(ctx, "strides", nsp, 1)
+    dil = spatial_attr(ctx, "dilations", nsp, 1)
+    pads = spatial_attr(ctx, "pads", nsp, 0, 2 * nsp)
+    ctx.check(min(strides + dil) >= 1 and min(pads) >= 0,
+              f"expected strides, dilations ≥ 1 and pads ≥ 0, got {strides}, {dil}, {pads}")
+    outs = tuple(window_out(ctx, spatial_in[i], kernel[i], strides[i], dil[i], pads[i],
+                            pads[i + nsp], axis=i) for i in range(nsp))
+    ctx.check(tuple(dy[2:]) == outs, f"expected dY spatial sizes {outs} for an input of "
+                                     f"{tuple(spatial_in)} and kernel {tuple(kernel)}, got "
+                                     f"{tuple(dy[2:])}")
+    return strides, pads, dil
+
+
+def _check_grad_pair(ctx, x_like, w_like, what_x, what_w):
+    dy = ctx.shape(0)
+    g = int(ctx.attrs["group"])
+    ctx.check(len(dy) >= 3 and len(x_like) == len(dy) and len(w_like) == len(dy),
+              f"expected dY, {what_x} and {what_w} of one rank ≥ 3, got {dy}, {x_like}, "
+              f"{w_like}")
+    ctx.check(g >= 1 and w_like[0] % g == 0,
+              f"expected {what_w}.shape[0] ({w_like[0]}) divisible by group ({g})")
+    ctx.check(dy[0] == x_like[0], f"expected dY batch {dy[0]} == {what_x} batch {x_like[0]}")
+    ctx.check(dy[1] == w_like[0], f"expected dY channels {dy[1]} == {what_w}.shape[0] "
+                                  f"{w_like[0]}")
+    ctx.check(x_like[1] == w_like[1] * g, f"expected {what_x} channels {x_like[1]} == "
+                                          f"{what_w}.shape[1]·group = {w_like[1]}·{g}")
+    ctx.check(ctx.dtype(0).kind == "f" and ctx.dtype(1) == ctx.dtype(0),
+              f"expected float dY and input 1 of one dtype, got {ctx.dtype(0)} and "
+              f"{ctx.dtype(1)}")
+    _grad_geometry(ctx, x_like[2:], w_like[2:], dy)
+
+
+@register
+class ConvGradInput(Op):
+    """dX of Conv(X, W) from dY and W (a transposed convolution cropped to X's shape)."""
+    num_inputs = (2, 2)
+    attrs = {**GRAD_CONV_ATTRS, "input_shape": REQUIRED}
+
+    def infer(self, ctx):
+        xs = tuple(int(d) for d in ctx.attrs["input_shape"])
+        _check_grad_pair(ctx, xs, tuple(ctx.shape(1)), "input_shape", "W")
+        return [TensorType(ctx.dtype(0), xs)]
+
+    def compute(self, node, inputs):
+        dy, w = inputs
+        a = node.attrs
+        xs = [int(d) for d in a["input_shape"]]
+        nsp = dy.ndim - 2
+        eff = [(w.shape[2 + i] - 1) * a["dilations"][i] + 1 for i in range(nsp)]
+        opad = [xs[2 + i] + a["pads"][i] + a["pads"][i + nsp] - eff[i]
+                - a["strides"][i] * (dy.shape[2 + i] - 1) for i in range(nsp)]
+        dx = conv_transpose_reference(dy.astype(np.float64), w.astype(np.float64), None,
+                                      a["group"], a["strides"], a["pads"], a["dilations"], opad)
+        return [dx.astype(dy.dtype)]
+
+
+@register
+class ConvGradWeight(Op):
+    """dW of Conv(X, W) from dY and X: per kernel offset, dY·(X window)ᵀ summed over the batch
+    and output pixels, per group."""
+    num_inputs = (2, 2)
+    attrs = {**GRAD_CONV_ATTRS, "weight_shape": REQUIRED}
+
+    def infer(self, ctx):
+        ws = tuple(int(d) for d in ctx.attrs["weight_shape"])
+        _check_grad_pair(ctx, tuple(ctx.shape(1)), ws, "X", "weight_shape")
+        return [TensorType(ctx.dtype(0), ws)]
+
+    def compute(self, node, inputs):
+        dy, x = inputs
+        a = node.attrs
+        ws = [int(d) for d in a["weight_shape"]]
+        group = int(a["group"])
+        m, cg, kernel = ws[0], ws[1], ws[2:]
+        n, outs = dy.shape[0], dy.shape[2:]
+        xp = padded(x.astype(np.float64), a["pads"])
+        dyg = dy.astype(np.float64).reshape(n, group, m // group, -1)
+        dw = np.zeros((group, m // group, cg, int(np.prod(kernel))))
+        for k, off in enumerate(itertools.product(*(range(s) for s in kernel))):
+            xs = xp[window_slice(off, a["dilations"], a["strides"], outs)].reshape(n, group, cg,
+                                                                                 -1)
+            dw[..., k] = np.einsum("ngmp,ngcp->gmc", dyg, xs)
+        return [dw.reshape(ws).astype(dy.dtype)]
+
+
+def _window_attrs(node):
+    a = node.attrs
+    return dict(strides=list(a["strides"]), pads=list(a["pads"]),
+                dilations=list(a["dilations"]), group=int(a["group"]))
+
+
+def _conv_gradient(self, node, grads, g):
+    if grads[0] is None:
+        return [None] * len(node.inputs)
+    from .activation import fused_activation_grad
+    dy = fused_activation_grad(node, grads[0], g)
+    x, w = g.input(0), g.input(1)
+    attrs = _window_attrs(node)
+    dx = dw = db = None
+    if g.needs(0):
+        dx = g.op("ConvGradInput", [dy, w], input_shape=list(g.shape(x)), **attrs)
+    if g.needs(1):
+        dw = g.op("ConvGradWeight", [dy, x], weight_shape=list(g.shape(w)), **attrs)
+    if g.needs(2):
+        db = g.op("BiasGrad", [dy], axis=1)
+    return [dx, dw, db][:len(node.inputs)]
+
+
+def _conv_transpose_gradient(self, node, grads, g):
+    """Y = ConvTranspose(X, W) is Conv's input gradient with dY in X's place, so dX is a Conv of
+    dY with W and dW is ConvGradWeight with the roles of X and dY swapped."""
+    if grads[0] is None:
+        return [None] * len(node.inputs)
+    from .activation import fused_activation_grad
+    dy = fused_activation_grad(node, grads[0], g)
+    x, w = g.input(0), g.input(1)
+    attrs = _window_attrs(node)
+    dx = dw = db = None
+    if g.needs(0):
+        dx = g.op("Conv", [dy, w], kernel_shape=list(g.shape(w)[2:]), **attrs)
+        if g.shape(dx) != g.shape(x):
+            g.fail(f"output_padding {node.attrs['output_padding']} not smaller than the stride: "
+                   f"gradient shape {g.shape(dx)} differs from X {g.shape(x)}")
+    if g.needs(1):
+        dw = g.op("ConvGradWeight", [x, dy], weight_shape=list(g.shape(w)), **attrs)
+    if g.needs(2):
+        db = g.op("BiasGrad", [dy], axis=1)
+    return [dx, dw, db][:len(node.inputs)]
+
+
+Conv.gradient = _conv_gradient
+ConvTranspose.gradient = _conv_transpose_gradient

@@ -163,3 +163,97 @@ class PRelu(Op):
     def compute(self, node, inputs):
         x, slope = inputs
         return [np.where(x < 0, x * slope, x).astype(x.dtype, copy=False)]
+
+
+# ---- gradients -------------------------------------------------------------------------------
+def sum_to_shape(x, shape):
+    """``x`` summed down to ``shape`` under numpy broadcasting (float64 accumulation)."""
+    shape = tuple(int(d) for d in shape)
+    lead = x.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(lead + i for i, d in enumerate(shape)
+                                      if d == 1 and x.shape[lead + i] != 1)
+    y = np.sum(x.astype(np.float64), axis=axes, keepdims=True) if axes else x
+    return y.reshape(shape).astype(x.dtype)
+
+
+@register
+class SumToShape(Op):
+    """The adjoint of broadcasting: dY summed down to ``shape`` (right-aligned; size-1 dims
+    summed with keepdims)."""
+    attrs = {"shape": []}
+
+    def infer(self, ctx):
+        dy = tuple(ctx.shape(0))
+        shape = tuple(int(d) for d in ctx.attrs["shape"])
+        ok = len(shape) <= len(dy) and all(
+            s in (1, d) for s, d in zip(shape, dy[len(dy) - len(shape):]))
+        ctx.check(ok, f"expected a shape {shape} that broadcasts to dY's {dy}")
+        ctx.check(ctx.dtype(0).kind == "f", f"expected a float dY, got {ctx.dtype(0)}")
+        return [TensorType(ctx.dtype(0), shape)]
+
+    def compute(self, node, inputs):
+        return [sum_to_shape(inputs[0], node.attrs["shape"])]
+
+
+@register
+class BiasGrad(Op):
+    """Gradient of a bias added along ``axis``: dY summed over every other axis."""
+    attrs = {"axis": 1}
+
+    def infer(self, ctx):
+        dy = tuple(ctx.shape(0))
+        r = len(dy)
+        axis = int(ctx.attrs["axis"])
+        ctx.check(-r <= axis < r, f"expected axis in [{-r}, {r - 1}] for dY {dy}, got {axis}")
+        ctx.check(ctx.dtype(0).kind == "f", f"expected a float dY, got {ctx.dtype(0)}")
+        return [TensorType(ctx.dtype(0), (dy[axis % r],))]
+
+    def compute(self, node, inputs):
+        dy = inputs[0]
+        axis = int(node.attrs["axis"]) % dy.ndim
+        others = tuple(i for i in range(dy.ndim) if i != axis)
+        return [np.sum(dy.astype(np.float64), axis=others).astype(dy.dtype)]
+
+
+def _sum_grads(g, dy, n):
+    return [g.sum_to(dy, g.shape(g.input(i))) if g.needs(i) else None for i in range(n)]
+
+
+def _add_gradient(self, node, grads, g):
+    return _sum_grads(g, grads[0], 2)
+
+
+def _sub_gradient(self, node, grads, g):
+    da, db = _sum_grads(g, grads[0], 2)
+    return [da, g.op("Neg", [db]) if db is not None else None]
+
+
+def _mul_gradient(self, node, grads, g):
+    a, b = g.input(0), g.input(1)
+    dy = grads[0]
+    da = g.sum_to(g.op("Mul", [dy, b]), g.shape(a)) if g.needs(0) else None
+    db = g.sum_to(g.op("Mul", [dy, a]), g.shape(b)) if g.needs(1) else None
+    return [da, db]
+
+
+def _div_gradient(self, node, grads, g):
+    """y = a/b: da = dy/b, db = −dy·y/b."""
+    a, b = g.input(0), g.input(1)
+    dy = grads[0]
+    da = g.sum_to(g.op("Div", [dy, b]), g.shape(a)) if g.needs(0) else None
+    db = None
+    if g.needs(1):
+        t = g.op("Div", [g.op("Mul", [dy, g.output(0)]), b])
+        db = g.sum_to(g.op("Neg", [t]), g.shape(b))
+    return [da, db]
+
+
+def _variadic_sum_gradient(self, node, grads, g):
+    return _sum_grads(g, grads[0], len(node.inputs))
+
+
+Add.gradient = _add_gradient
+Sub.gradient = _sub_gradient
+Mul.gradient = _mul_gradient
+Div.gradient = _div_gradient
+Sum.gradient = _variadic_sum_gradient

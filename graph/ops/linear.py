@@ -96,3 +96,64 @@ class MatMul(Op):
     def compute(self, node, inputs):
         a, b = inputs
         return [finish(np.asarray(np.matmul(_wide(a), _wide(b))), a.dtype, node.attrs)]
+
+
+# ---- gradients -------------------------------------------------------------------------------
+def _gemm_gradient(self, node, grads, g):
+    """Y = α·A'·B' + β·C: dA' = α·dY·B'ᵀ, dB' = α·A'ᵀ·dY, dC = β·dY summed to C's shape; each
+    written as one Gemm whose trans flags undo A's and B's."""
+    from .activation import fused_activation_grad
+    dy = fused_activation_grad(node, grads[0], g)
+    a, b = g.input(0), g.input(1)
+    at = node.attrs
+    alpha, beta = float(at["alpha"]), float(at["beta"])
+    ta, tb = int(at["transA"]), int(at["transB"])
+    da = db = dc = None
+    if g.needs(0):
+        if ta:   # A = A'ᵀ: dA = α·B'·dYᵀ
+            da = g.op("Gemm", [b, dy], alpha=alpha, beta=0.0, transA=tb, transB=1)
+        else:    # dA = α·dY·B'ᵀ
+            da = g.op("Gemm", [dy, b], alpha=alpha, beta=0.0, transA=0, transB=1 - tb)
+    if g.needs(1):
+        if tb:   # B = B'ᵀ: dB = α·dYᵀ·A'
+            db = g.op("Gemm", [dy, a], alpha=alpha, beta=0.0, transA=1, transB=ta)
+        else:    # dB = α·A'ᵀ·dY
+            db = g.op("Gemm", [a, dy], alpha=alpha, beta=0.0, transA=1 - ta, transB=0)
+    if len(node.inputs) > 2 and g.needs(2):
+        c_shape = g.shape(g.input(2))
+        if c_shape == (g.shape(dy)[1],):
+            dc = g.op("BiasGrad", [dy], axis=1)
+        else:
+            dc = g.sum_to(dy, c_shape)
+        if beta != 1.0:
+            dc = g.op("Mul", [dc, g.const(np.array(beta, g.type(dy).dtype), "beta")])
+    return [da, db, dc][:len(node.inputs)]
+
+
+def _swap_last(g, v):
+    r = len(g.shape(v))
+    return g.op("Transpose", [v], perm=list(range(r - 2)) + [r - 1, r - 2])
+
+
+def _matmul_gradient(self, node, grads, g):
+    """numpy matmul: 1-D operands get a unit dim, batch dims broadcast (summed back)."""
+    from .activation import fused_activation_grad
+    dy = fused_activation_grad(node, grads[0], g)
+    a, b = g.input(0), g.input(1)
+    sa, sb = g.shape(a), g.shape(b)
+    sa2 = (1,) + sa if len(sa) == 1 else sa
+    sb2 = sb + (1,) if len(sb) == 1 else sb
+    batch = tuple(np.broadcast_shapes(sa2[:-2], sb2[:-2]))
+    dy2 = g.reshape(dy, batch + (sa2[-2], sb2[-1]))
+    da = db = None
+    if g.needs(0):
+        d = g.op("MatMul", [dy2, _swap_last(g, g.reshape(b, sb2))])
+        da = g.reshape(g.sum_to(d, sa2), sa)
+    if g.needs(1):
+        d = g.op("MatMul", [_swap_last(g, g.reshape(a, sa2)), dy2])
+        db = g.reshape(g.sum_to(d, sb2), sb)
+    return [da, db]
+
+
+Gemm.gradient = _gemm_gradient
+MatMul.gradient = _matmul_gradient

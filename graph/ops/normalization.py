@@ -115,3 +115,85 @@ class LRN(Op):
         square_sum = csum[:, end] - csum[:, begin]
         y = _wide(x) / (a["bias"] + a["alpha"] / size * square_sum) ** a["beta"]
         return [y.astype(x.dtype)]
+
+
+# ---- gradients -------------------------------------------------------------------------------
+@register
+class BatchNormalizationGrad(Op):
+    """(dX, dscale, dbias) of BatchNormalization. training_mode=1: the batch statistics are
+    recomputed from X (mean/var inputs ignored); 0: the given (frozen) statistics."""
+    num_inputs = (3, 5)
+    num_outputs = (1, 3)
+    attrs = {"epsilon": 1e-5, "training_mode": 0}
+
+    def infer(self, ctx):
+        dy, x = ctx.type(0), ctx.type(1)
+        ctx.check(tuple(dy.shape) == tuple(x.shape) and len(x.shape) >= 2,
+                  f"expected dY and X of one shape (N, C, …), got {dy.shape} and {x.shape}")
+        ctx.check(dy.dtype.kind == "f" and dy.dtype == x.dtype,
+                  f"expected float dY and X of one dtype, got {dy.dtype} and {x.dtype}")
+        c = x.shape[1]
+        last = 4 if ctx.has(3) or ctx.has(4) or not ctx.attrs["training_mode"] else 2
+        for i, what in ((2, "scale"), (3, "mean"), (4, "var")):
+            if i > last:
+                break
+            ctx.check(tuple(ctx.shape(i)) == (c,),
+                      f"expected {what} of shape ({c},) (X's channels), got {ctx.shape(i)}")
+        vec = TensorType(ctx.dtype(2), (c,))
+        return [x, vec, vec]
+
+    def compute(self, node, inputs):
+        dy, x, scale = inputs[:3]
+        a = node.attrs
+        axes = (0,) + tuple(range(2, x.ndim))
+        x64, d64 = x.astype(np.float64), dy.astype(np.float64)
+        if a["training_mode"]:
+            mean, var = x64.mean(axis=axes), x64.var(axis=axes)
+        else:
+            mean, var = inputs[3].astype(np.float64), inputs[4].astype(np.float64)
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        inv = 1.0 / np.sqrt(var + a["epsilon"])
+        xhat = (x64 - mean.reshape(shape)) * inv.reshape(shape)
+        dbias = d64.sum(axis=axes)
+        dscale = (d64 * xhat).sum(axis=axes)
+        k = (scale.astype(np.float64) * inv).reshape(shape)
+        if a["training_mode"]:
+            m = x.size // x.shape[1]
+            dx = k / m * (m * d64 - dbias.reshape(shape) - xhat * dscale.reshape(shape))
+        else:
+            dx = d64 * k
+        return [dx.astype(dy.dtype), dscale.astype(scale.dtype), dbias.astype(scale.dtype)]
+
+
+def _batchnorm_gradient(self, node, grads, g):
+    """BatchNormalizationGrad; in frozen mode the statistics inputs, when they need a
+    gradient, get dmean = −k·dbias and dvar = −½·scale·dscale/(var + ε), k = scale/√(var + ε)."""
+    training = int(node.attrs["training_mode"])
+    if any(d is not None for d in grads[1:]):
+        g.fail("gradient through the running-statistic outputs is not supported")
+    out = [None] * 5
+    if grads[0] is None:
+        return out
+    x, scale, bias, mean, var = (g.input(i) for i in range(5))
+    stats_need = not training and (g.needs(3) or g.needs(4))
+    used = [g.needs(0), g.needs(1) or stats_need, g.needs(2) or stats_need]
+    if not any(used):
+        return out
+    ins = [grads[0], x, scale, mean, var]
+    dx, dscale, dbias = g.op("BatchNormalizationGrad", ins, num_outputs=3, used=used,
+                             epsilon=float(node.attrs["epsilon"]), training_mode=training)
+    out[:3] = [dx or None, (dscale or None) if g.needs(1) else None,
+               (dbias or None) if g.needs(2) else None]
+    if stats_need:
+        dt = g.type(var).dtype
+        var_eps = g.op("Add", [var, g.const(np.array(node.attrs["epsilon"], dt), "epsilon")])
+        if g.needs(3):
+            k = g.op("Div", [scale, g.op("Sqrt", [var_eps])])
+            out[3] = g.op("Neg", [g.op("Mul", [dbias, k])])
+        if g.needs(4):
+            t = g.op("Div", [g.op("Mul", [scale, dscale]), var_eps])
+            out[4] = g.op("Mul", [t, g.const(np.array(-0.5, dt), "minus_half")])
+    return out
+
+
+BatchNormalization.gradient = _batchnorm_gradient

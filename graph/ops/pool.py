@@ -17,9 +17,10 @@ POOL_ATTRS = {"auto_pad": "NOTSET", "ceil_mode": 0, "dilations": [], "kernel_sha
               "pads": [], "strides": []}
 
 
-def infer_window(ctx):
-    """Check X and resolve the window attributes; return the output shape."""
-    x = ctx.shape(0)
+def infer_window(ctx, x=None):
+    """Check X (input 0 unless given) and resolve the window attributes; return the output
+    shape."""
+    x = ctx.shape(0) if x is None else tuple(x)
     ctx.check(len(x) >= 3, f"expected X of rank ≥ 3 (N, C, spatial…), got {x}")
     nsp = len(x) - 2
     kernel = [int(k) for k in ctx.attrs["kernel_shape"]]
@@ -166,3 +167,138 @@ class GlobalMaxPool(_Global):
     @staticmethod
     def fn(x, axes):
         return np.max(x, axis=axes, keepdims=True)
+
+
+# ---- gradients -------------------------------------------------------------------------------
+def _crop(dxp, pads, shape):
+    """The input's region of a padded gradient buffer."""
+    nsp = len(shape) - 2
+    return dxp[(slice(None), slice(None)) + tuple(slice(pads[i], pads[i] + shape[2 + i])
+                                                  for i in range(nsp))]
+
+
+def _check_dy(ctx, x_shape):
+    want = infer_window(ctx, x_shape)
+    ctx.check(tuple(ctx.shape(0)) == tuple(want),
+              f"expected dY of shape {tuple(want)} for an input of {tuple(x_shape)}, got "
+              f"{tuple(ctx.shape(0))}")
+    ctx.check(ctx.dtype(0).kind == "f", f"expected a float dY, got {ctx.dtype(0)}")
+
+
+@register
+class MaxPoolGrad(Op):
+    """dY routed to each window's first maximum (row-major window order, PyTorch's tie rule);
+    overlapping windows accumulate."""
+    attrs = {**POOL_ATTRS, "storage_order": 0}
+    num_inputs = (2, 2)
+
+    def infer(self, ctx):
+        _check_dy(ctx, ctx.shape(1))
+        ctx.check(ctx.dtype(1) == ctx.dtype(0), f"expected X of dY's dtype {ctx.dtype(0)}, got "
+                                                f"{ctx.dtype(1)}")
+        return [ctx.type(1)]
+
+    def compute(self, node, inputs):
+        dy, x = inputs
+        kernel, strides, dil, pads, outs, extra = geometry(x, node.attrs)
+        xp = padded(x, pads, 0, extra)
+        valid = padded(np.ones((1, 1) + x.shape[2:], bool), pads, False, extra)
+        best = best_ok = best_k = None
+        for k, off in enumerate(offsets(kernel)):
+            sl = window_slice(off, dil, strides, outs)
+            v, ok = xp[sl], np.broadcast_to(valid[sl], xp[sl].shape)
+            if best is None:
+                best, best_ok, best_k = v.copy(), ok.copy(), np.zeros(v.shape, np.int64)
+                continue
+            better = (v > best) | (np.isnan(v) & ~np.isnan(best))
+            take = ok & (~best_ok | better)
+            best = np.where(take, v, best)
+            best_k = np.where(take, k, best_k)
+            best_ok |= take
+        dxp = np.zeros(xp.shape, np.float64)
+        d = dy.astype(np.float64)
+        for k, off in enumerate(offsets(kernel)):
+            dxp[window_slice(off, dil, strides, outs)] += np.where(best_k == k, d, 0.0)
+        return [np.ascontiguousarray(_crop(dxp, pads, x.shape)).astype(dy.dtype)]
+
+
+@register
+class AveragePoolGrad(Op):
+    """dY spread evenly over each window, with AveragePool's divisor."""
+    attrs = {**POOL_ATTRS, "count_include_pad": 0, "input_shape": REQUIRED}
+
+    def infer(self, ctx):
+        xs = tuple(int(d) for d in ctx.attrs["input_shape"])
+        _check_dy(ctx, xs)
+        return [TensorType(ctx.dtype(0), xs)]
+
+    def compute(self, node, inputs):
+        dy = inputs[0]
+        xs = tuple(int(d) for d in node.attrs["input_shape"])
+        ghost = np.broadcast_to(np.empty((), np.bool_), xs)   # geometry reads its shape
+        kernel, strides, dil, pads, outs, extra = geometry(ghost, node.attrs)
+        ones = np.ones((1, 1) + xs[2:])
+        inside = padded(ones, pads, float(node.attrs["count_include_pad"]))
+        counted = padded(inside, [0] * len(pads), 0, extra)
+        count = np.zeros((1, 1) + tuple(outs))
+        for off in offsets(kernel):
+            count += counted[window_slice(off, dil, strides, outs)]
+        with np.errstate(all="ignore"):
+            share = dy.astype(np.float64) / count
+        dxp = np.zeros(xs[:2] + counted.shape[2:])
+        for off in offsets(kernel):
+            dxp[window_slice(off, dil, strides, outs)] += share
+        return [np.ascontiguousarray(_crop(dxp, pads, xs)).astype(dy.dtype)]
+
+
+@register
+class GlobalAveragePoolGrad(Op):
+    """dX[n, c, …] = dY[n, c] / (number of spatial positions)."""
+    attrs = {"input_shape": REQUIRED}
+
+    def infer(self, ctx):
+        xs = tuple(int(d) for d in ctx.attrs["input_shape"])
+        dy = tuple(ctx.shape(0))
+        ctx.check(len(xs) >= 3 and dy == xs[:2] + (1,) * (len(xs) - 2),
+                  f"expected dY of shape {xs[:2] + (1,) * (len(xs) - 2)} for input_shape {xs}, "
+                  f"got {dy}")
+        ctx.check(ctx.dtype(0).kind == "f", f"expected a float dY, got {ctx.dtype(0)}")
+        return [TensorType(ctx.dtype(0), xs)]
+
+    def compute(self, node, inputs):
+        dy = inputs[0]
+        xs = tuple(int(d) for d in node.attrs["input_shape"])
+        plane = int(np.prod(xs[2:]))
+        return [np.broadcast_to(dy.astype(np.float64) / plane, xs).astype(dy.dtype)]
+
+
+def _pool_attrs(node, *extra):
+    a = node.attrs
+    out = {k: list(a[k]) for k in ("kernel_shape", "strides", "pads", "dilations")}
+    out["ceil_mode"] = int(a["ceil_mode"])
+    out.update({k: a[k] for k in extra})
+    return out
+
+
+def _maxpool_gradient(self, node, grads, g):
+    if grads[0] is None or not g.needs(0):
+        return [None]
+    return [g.op("MaxPoolGrad", [grads[0], g.input(0)], **_pool_attrs(node))]
+
+
+def _avgpool_gradient(self, node, grads, g):
+    if not g.needs(0):
+        return [None]
+    return [g.op("AveragePoolGrad", [grads[0]], input_shape=list(g.shape(g.input(0))),
+                 **_pool_attrs(node, "count_include_pad"))]
+
+
+def _gap_gradient(self, node, grads, g):
+    if not g.needs(0):
+        return [None]
+    return [g.op("GlobalAveragePoolGrad", [grads[0]], input_shape=list(g.shape(g.input(0))))]
+
+
+MaxPool.gradient = _maxpool_gradient
+AveragePool.gradient = _avgpool_gradient
+GlobalAveragePool.gradient = _gap_gradient

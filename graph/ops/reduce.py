@@ -141,3 +141,34 @@ class ReduceLogSumExp(_Reduce):
         m = np.where(np.isfinite(m), m, 0)
         s = np.log(np.sum(np.exp(x - m), axis=axes, keepdims=True)) + m
         return s if keep else np.squeeze(s, axis=axes)
+
+
+# ---- gradients -------------------------------------------------------------------------------
+def _reduce_gradient(self, node, grads, g):
+    """ReduceSum/ReduceMean: dY given back its reduced axes (keepdims shape) and broadcast to
+    X's shape with Expand; ReduceMean divides by the number of elements reduced."""
+    out = [None] * len(node.inputs)
+    if not g.needs(0):
+        return out
+    x_shape = g.shape(g.input(0))
+    axes_value = g.value(g.input(1)) if g.input(1) else None
+    if g.input(1) and axes_value is None:
+        g.fail("axes must be a constant")
+    axes = reduce_axes(axes_value, len(x_shape), bool(node.attrs["noop_with_empty_axes"]))
+    if axes is None:
+        out[0] = grads[0]
+        return out
+    dy = grads[0]
+    dtype = g.type(dy).dtype
+    if self.op_type == "ReduceMean":
+        count = int(np.prod([x_shape[a] for a in axes])) if axes else 1
+        dy = g.op("Mul", [dy, g.const(np.array(1.0 / max(count, 1), dtype), "inv_count")])
+    kept = tuple(1 if i in axes else d for i, d in enumerate(x_shape))
+    dy = g.reshape(dy, kept)
+    if kept != x_shape:
+        dy = g.op("Expand", [dy, g.const(np.array(x_shape, np.int64), "shape")])
+    out[0] = dy
+    return out
+
+
+ReduceSum.gradient = ReduceMean.gradient = _reduce_gradient

@@ -794,3 +794,122 @@ class Dropout(Op):
         mask = rng.uniform(0.0, 1.0, x.shape) >= ratio
         scale = 1.0 / (1.0 - ratio) if ratio < 1.0 else 0.0
         return [(x * mask * scale).astype(x.dtype), mask]
+
+
+# ---- gradients -------------------------------------------------------------------------------
+@register
+class DropoutGrad(Op):
+    """dX = dY·mask/(1 − ratio) (0 when ratio = 1): the forward's own mask, so the gradient
+    matches the mask that run drew."""
+    attrs = {"ratio": 0.5}
+    num_inputs = (2, 2)
+    inplace = (0,)
+
+    def infer(self, ctx):
+        ctx.check(tuple(ctx.shape(0)) == tuple(ctx.shape(1)),
+                  f"expected dY and mask of one shape, got {ctx.shape(0)} and {ctx.shape(1)}")
+        ctx.check(ctx.dtype(1) == np.bool_, f"expected a bool mask, got {ctx.dtype(1)}")
+        ctx.check(ctx.dtype(0).kind == "f", f"expected a float dY, got {ctx.dtype(0)}")
+        r = float(ctx.attrs["ratio"])
+        ctx.check(0.0 <= r <= 1.0, f"expected ratio in [0, 1], got {r}")
+        return [ctx.type(0)]
+
+    def compute(self, node, inputs):
+        dy, mask = inputs
+        r = float(node.attrs["ratio"])
+        scale = 1.0 / (1.0 - r) if r < 1.0 else 0.0
+        return [(dy.astype(np.float64) * mask * scale).astype(dy.dtype)]
+
+
+def _reshape_back(self, node, grads, g):
+    """Views (Reshape, Flatten, Squeeze, Unsqueeze, Identity): dY reshaped to X's shape."""
+    out = [None] * len(node.inputs)
+    if g.needs(0):
+        out[0] = g.reshape(grads[0], g.shape(g.input(0)))
+    return out
+
+
+for _cls in (Identity, Flatten, Reshape, Squeeze, Unsqueeze):
+    _cls.gradient = _reshape_back
+
+
+def _transpose_gradient(self, node, grads, g):
+    perm = [int(p) for p in node.attrs["perm"]]
+    inverse = [0] * len(perm)
+    for k, p in enumerate(perm):
+        inverse[p] = k
+    return [g.op("Transpose", [grads[0]], perm=inverse)]
+
+
+Transpose.gradient = _transpose_gradient
+
+
+def _concat_gradient(self, node, grads, g):
+    """dY split back into the inputs' extents along the axis."""
+    shapes = [g.shape(i) for i in node.inputs]
+    axis = int(node.attrs["axis"]) % len(shapes[0])
+    if len(shapes) == 1:
+        return [grads[0]]
+    sizes = g.const(np.array([s[axis] for s in shapes], np.int64), "split")
+    parts = g.op("Split", [grads[0], sizes], num_outputs=len(shapes), axis=axis)
+    return [p if g.needs(i) else None for i, p in enumerate(parts)]
+
+
+Concat.gradient = _concat_gradient
+
+
+def _pad_gradient(self, node, grads, g):
+    """Constant-mode Pad: the gradient is dY with the padding sliced off (and zeros where the
+    forward cropped, for negative pads). The pad value gets no gradient."""
+    out = [None] * len(node.inputs)
+    if not g.needs(0):
+        return out
+    if node.attrs["mode"] != "constant":
+        g.fail(f"Pad mode {node.attrs['mode']!r} has no gradient rule (only 'constant')")
+    pads, axes = g.value(g.input(1)), g.value(g.input(3))
+    if pads is None or (g.input(3) and axes is None):
+        g.fail("Pad's pads and axes must be constants")
+    x_shape = g.shape(g.input(0))
+    rank = len(x_shape)
+    pads = [int(p) for p in np.asarray(pads).reshape(-1)]
+    axes = list(range(rank)) if axes is None else [int(a) % rank
+                                                    for a in np.asarray(axes).reshape(-1)]
+    width = [[0, 0] for _ in range(rank)]
+    for k, a in enumerate(axes):
+        width[a] = [pads[k], pads[k + len(axes)]]
+    dy = grads[0]
+    y_shape = g.shape(dy)
+    if any(b > 0 or e > 0 for b, e in width):
+        starts = [max(b, 0) for b, _ in width]
+        ends = [y_shape[k] - max(e, 0) for k, (_, e) in enumerate(width)]
+        dy = g.op("Slice", [dy, g.const(np.array(starts, np.int64), "starts"),
+                            g.const(np.array(ends, np.int64), "ends")])
+    if any(b < 0 or e < 0 for b, e in width):
+        grow = [max(-b, 0) for b, _ in width] + [max(-e, 0) for _, e in width]
+        dy = g.op("Pad", [dy, g.const(np.array(grow, np.int64), "pads")], mode="constant")
+    out[0] = dy
+    return out
+
+
+Pad.gradient = _pad_gradient
+
+
+def _dropout_gradient(self, node, grads, g):
+    """Training mode: DropoutGrad with the forward's mask (added to the node when absent).
+    Inference mode (training_mode absent or constant false): the identity."""
+    out = [None] * len(node.inputs)
+    if grads[0] is None or not g.needs(0):
+        return out
+    ratio = g.value(g.input(1)) if g.input(1) else np.array(0.5)
+    training = g.value(g.input(2)) if g.input(2) else np.array(False)
+    if ratio is None or training is None:
+        g.fail("Dropout's ratio and training_mode must be constants")
+    if not bool(np.asarray(training).reshape(-1)[0]):
+        out[0] = grads[0]
+        return out
+    r = float(np.asarray(ratio).reshape(-1)[0])
+    out[0] = g.op("DropoutGrad", [grads[0], g.output(1, "mask")], ratio=r)
+    return out
+
+
+Dropout.gradient = _dropout_gradient
