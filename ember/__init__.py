@@ -6,13 +6,35 @@
 """
 from __future__ import annotations
 
-from .graph.errors import EmberError, InputError, ModelError, ShapeError, UnsupportedOpError
+from .graph.errors import (CheckpointError, EmberError, InputError, ModelError, ShapeError,
+                           TrainingError, UnsupportedOpError)
 from .runtime.session import IOInfo, Session
 from . import init, nn  # noqa: E402  (model building: numpy only, cheap to import)
 
 __version__ = "0.1.0"
 __all__ = ["load", "Session", "IOInfo", "EmberError", "ModelError", "UnsupportedOpError",
-           "ShapeError", "InputError", "__version__"]
+           "ShapeError", "InputError", "TrainingError", "CheckpointError", "Trainer", "optim",
+           "export_onnx", "__version__"]
+
+# Training pulls in autodiff, the optimizer kernels and the loss ops: imported on first use so
+# that ``import ember`` for inference stays fast.
+_LAZY = {"Trainer": ("training", "Trainer"), "export_onnx": ("training", "export_onnx"),
+         "optim": ("optim", None)}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+        module, attr = _LAZY[name]
+        mod = importlib.import_module(f"{__name__}.{module}")
+        value = mod if attr is None else getattr(mod, attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
 
 
 def load(model, threads: int | None = None, shapes: dict | None = None,

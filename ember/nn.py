@@ -766,3 +766,10 @@ functional.__dict__.update(
 )
 functional.__all__ = sorted(k for k in functional.__dict__ if not k.startswith("_"))
 sys.modules[functional.__name__] = functional
+
+
+# ---- losses (specs a Trainer appends to the graph; defined in runtime/losses.py) ----------------
+from .runtime.losses import (BCEWithLogitsLoss, CrossEntropyLoss, HuberLoss,  # noqa: E402
+                             L1Loss, MSELoss)
+
+__all__ += ["CrossEntropyLoss", "BCEWithLogitsLoss", "MSELoss", "L1Loss", "HuberLoss"]

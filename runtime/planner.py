@@ -7,6 +7,10 @@ node's kernel scratch gets a *buffer*. Buffers are grouped first:
 * a view op's output (Reshape, Flatten, …) joins its input's group — same bytes, no copy;
 * an in-place op's output joins the group of an input that dies at that node (same type).
 
+*External* inputs (``external=``: parameters and buffers the caller owns and binds by reference)
+get no buffer at all: they live outside the arena, so no view shares their bytes and no in-place
+op overwrites them.
+
 Each group lives from its first definition to its last use (graph outputs live to the end). Groups
 are then placed greedily, largest first, each into the best-fitting gap among the already placed
 groups whose lives overlap it (TFLite's "greedy by size"). ``lower_bound_bytes`` is the largest
@@ -80,23 +84,25 @@ class _UnionFind:
 
 
 def make_plan(graph, scratch_bytes: dict | None = None, is_view=None, inplace_inputs=None,
-              allow_inplace: bool = True) -> Plan:
+              allow_inplace: bool = True, external=()) -> Plan:
     """Plan the arena for a typed, topologically sorted graph.
 
     ``scratch_bytes``: node index -> bytes of kernel scratch it needs during its step.
     ``is_view(node) -> bool`` and ``inplace_inputs(node) -> tuple`` describe the ops (the
-    runtime passes the op registry's ``view`` / ``inplace`` flags, refined by its kernels)."""
+    runtime passes the op registry's ``view`` / ``inplace`` flags, refined by its kernels).
+    ``external``: names of graph inputs bound to caller-owned arrays, kept out of the arena."""
     scratch_bytes = scratch_bytes or {}
     is_view = is_view or (lambda n: False)
     inplace_inputs = inplace_inputs or (lambda n: ())
     nodes = graph.nodes
     end = len(nodes)
     consts = graph.initializers
+    external = frozenset(external)
 
     # 1. live ranges of every arena value
     first, last, sizes = {}, {}, {}
     for name in graph.inputs:
-        if name not in consts:
+        if name not in consts and name not in external:
             first[name] = last[name] = 0
     for i, n in enumerate(nodes):
         for name in n.inputs:

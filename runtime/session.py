@@ -5,6 +5,11 @@ once — infer shapes and fold constants, run the graph passes, plan the arena, 
 a kernel with its views precomputed — and caches the result. ``run`` then only validates feeds,
 copies them into the arena, calls the bound steps in order and copies the outputs out.
 
+External state: ``Session(graph, external={name: array})`` binds graph inputs to caller-owned
+arrays (a Trainer's parameters and buffers). They are read in place by every run — never copied,
+never in the arena, never fed — and no step writes them; their owner may update them in place
+between runs (an optimizer does), and every later run sees the new values.
+
 Concurrency: a compiled plan keeps a pool of execution contexts (arena + bound steps). A ``run``
 takes a free context or builds a new one, so threads never share an arena.
 """
@@ -23,6 +28,25 @@ from ..graph.ir import Graph, TensorType
 from ..graph.ops.base import NeedsValue
 from . import bindings
 from .planner import ALIGN, make_plan
+
+
+# Binders that precompute from an input they take for a constant (anything outside the arena):
+# ``kernel_binders._is_runtime`` does not know external state yet, so a node of these ops that
+# reads external state runs its numpy reference, which reads the live values on every run.
+# (Eval BatchNormalization's scale/shift, Gemm's beta·C, Clip's bounds, Slice/Gather/Pad
+# indices.) Remove once ``_is_runtime`` treats external arrays as run-time values.
+_PRECOMPUTING_BINDERS = frozenset({"BatchNormalization", "Gemm", "Clip", "Slice", "Gather", "Pad",
+                                   "ConstantOfShape", "Expand", "Tile", "Reshape"})
+
+def _precomputes_external(node, external) -> bool:
+    if node.op_type not in _PRECOMPUTING_BINDERS:
+        return False
+    if node.op_type == "BatchNormalization" and int(node.attrs.get("training_mode", 0)):
+        return False             # the training-mode binder reads its parameters live
+    if node.op_type == "Gemm":   # only C, and only when scaled by beta, is precomputed
+        return node.input(2) in external and \
+            float(node.attrs.get("beta", 1.0)) not in (0.0, 1.0)
+    return any(i in external for i in node.inputs[1:])
 
 
 # Plans keyed on input *values* (shape-deciding inputs) are bounded so that a stream of
@@ -80,11 +104,13 @@ class _Context:
         def view(name):
             if name in compiled.consts:
                 return compiled.consts[name]
+            if name in compiled.external:
+                return compiled.external[name]
             t = g.types[name]
             off = plan.offsets[name]
             return self.arena[off:off + t.nbytes].view(t.dtype).reshape(t.shape)
 
-        self.feeds = [(name, view(name)) for name in g.inputs]
+        self.feeds = [(name, view(name)) for name in g.inputs if name not in compiled.external]
         self.steps = []
         for idx, node in enumerate(g.nodes):
             ins = [view(i) if i else None for i in node.inputs]
@@ -93,7 +119,10 @@ class _Context:
             if idx in plan.scratch:
                 off, nb = plan.scratch[idx]
                 scr = self.arena[off:off + nb // 4 * 4].view(np.float32)
-            step = bindings.bind(node, g.types, ins, outs, scr, compiled.threads)
+            if compiled.external and _precomputes_external(node, compiled.external):
+                step = bindings.reference_step(node, ins, outs)
+            else:
+                step = bindings.bind(node, g.types, ins, outs, scr, compiled.threads)
             if step is not None:
                 self.steps.append((node, step))
         self.outputs = {name: view(name) for name in g.outputs}
@@ -102,12 +131,15 @@ class _Context:
 class Compiled:
     """A graph specialised to one set of input shapes, planned, with a pool of contexts."""
 
-    def __init__(self, graph: Graph, consts: dict, threads: int, memory_cap: int):
+    def __init__(self, graph: Graph, consts: dict, threads: int, memory_cap: int,
+                 external: dict | None = None):
         self.graph, self.consts, self.threads = graph, consts, threads
+        self.external = dict(external or {})
         types = graph.types
         scratch = {i: bindings.scratch_bytes(n, types, threads) for i, n in enumerate(graph.nodes)}
         self.plan = make_plan(graph, scratch, is_view=bindings.is_view,
-                              inplace_inputs=lambda n: bindings.inplace_inputs(n, types))
+                              inplace_inputs=lambda n: bindings.inplace_inputs(n, types),
+                              external=self.external)
         if self.plan.arena_bytes > memory_cap:
             biggest = max(self.plan.sizes, key=self.plan.sizes.get)
             producer = graph.producers().get(biggest)
@@ -134,28 +166,31 @@ class Session:
     """A compiled model. ``run(output_names, feeds)`` has onnxruntime's signature."""
 
     def __init__(self, graph: Graph, threads: int | None = None, shapes: dict | None = None,
-                 memory_cap: int | None = None, optimize: bool = True):
+                 memory_cap: int | None = None, optimize: bool = True,
+                 external: dict | None = None):
         if threads is not None and (not isinstance(threads, (int, np.integer)) or threads < 1):
             raise EmberError(f"threads must be a positive integer, got {threads!r}")
         self.graph = graph
         self.threads = int(threads) if threads else default_threads()
         self.memory_cap = int(memory_cap) if memory_cap else available_memory()
         self.optimize = optimize
+        self.external = self._check_external(graph, external or {})
         self._input_types = {}
         for name in graph.inputs:
+            if name in self.external:
+                continue
             t = graph.types[name]
             if shapes and name in shapes:
                 t = self._override_shape(name, t, shapes[name])
             self._input_types[name] = t
-        unknown = set(shapes or {}) - set(graph.inputs)
+        unknown = set(shapes or {}) - set(self._input_types)
         if unknown:
             raise InputError(f"shapes= names unknown inputs {sorted(unknown)}; the model's "
                              f"inputs are {list(graph.inputs)}")
         self._value_keyed: set = set()
         self._cache: dict = {}
         self._compile_lock = threading.Lock()
-        self.inputs = [IOInfo(n, self._input_types[n].shape, self._input_types[n].dtype)
-                       for n in graph.inputs]
+        self.inputs = [IOInfo(n, t.shape, t.dtype) for n, t in self._input_types.items()]
         compiled = None
         if all(t.is_static for t in self._input_types.values()):
             # static models fail (or not) at load time, not on first run — unless an input's
@@ -239,6 +274,33 @@ class Session:
         return self._compile(types, None)
 
     # ---- internals ---------------------------------------------------------------------------
+    @staticmethod
+    def _check_external(graph: Graph, external: dict) -> dict:
+        """Bound arrays must be graph inputs of exactly the declared dtype and (static) shape,
+        C-contiguous and aligned: kernels read them in place, so nothing may be converted."""
+        out = {}
+        for name, a in external.items():
+            if name not in graph.inputs:
+                raise InputError(f"external state {name!r} is not a graph input; the graph's "
+                                 f"inputs are {list(graph.inputs)}")
+            t = graph.types.get(name)
+            if not isinstance(a, np.ndarray):
+                raise InputError(f"external state {name!r} must be a numpy array, got "
+                                 f"{type(a).__name__}")
+            if t is not None and a.dtype != t.dtype:
+                raise InputError(f"external state {name!r}: expected dtype {t.dtype.name}, got "
+                                 f"{a.dtype.name}")
+            if t is not None and (a.ndim != t.rank or any(
+                    isinstance(d, (int, np.integer)) and d != s for d, s in zip(t.shape, a.shape))):
+                raise InputError(f"external state {name!r}: expected shape {t.shape}, got "
+                                 f"{a.shape}")
+            if not (a.flags.c_contiguous and a.flags.aligned and a.flags.writeable):
+                raise InputError(f"external state {name!r} must be a writeable, C-contiguous, "
+                                 f"aligned array (it is read in place, never copied); pass "
+                                 f"np.array(a, order='C')")
+            out[name] = a
+        return out
+
     @staticmethod
     def _override_shape(name, t, shape):
         shape = tuple(shape)
@@ -350,6 +412,7 @@ class Session:
     def _specialise(self, types: dict, values: dict) -> Compiled:
         g = self.graph.copy()
         g.types.update(types)
+        g.types.update({n: TensorType(a.dtype, a.shape) for n, a in self.external.items()})
         g.initializers.update(values)
         g.inputs = [n for n in g.inputs if n not in values]
         known = infer_shapes(g)
@@ -357,4 +420,4 @@ class Session:
         if self.optimize:
             g = passes.optimize(g)
         infer_shapes(g, fold=False)
-        return Compiled(g, g.initializers, self.threads, self.memory_cap)
+        return Compiled(g, g.initializers, self.threads, self.memory_cap, external=self.external)

@@ -1,0 +1,454 @@
+"""The Trainer: fit / evaluate / predict / gradients / state_dict / checkpoints (TRAINING.md §4).
+
+The Trainer owns the model state: one float32 array per parameter and per buffer, named as
+torch names them. Every compiled graph — one training step per (batch size, target form) it
+meets, the eval graph for ``predict``, the eval graph with the loss for ``evaluate`` — reads
+those arrays in place as Session *external state*, so the optimizer's in-place updates are seen
+by all of them without re-exporting or copying anything.
+"""
+from __future__ import annotations
+
+import math
+import sys
+from collections import OrderedDict
+
+import numpy as np
+
+from ..graph.errors import InputError, ModelError, ShapeError
+from ..graph.infer import infer_shapes
+from ..graph.ir import Graph, TensorType
+from . import losses as _losses
+from .session import Session, default_threads
+from .training import TARGET, StepRunner, TrainingStep
+
+BATCH = "N"
+
+
+class History:
+    """Per-epoch metrics, Keras-style: ``history["loss"]``, ``["accuracy"]``, ``["val_loss"]``,
+    ``["val_accuracy"]``, ``["lr"]``; ``epoch`` lists the epoch indices."""
+
+    def __init__(self, history: dict | None = None, epoch: list | None = None):
+        self.history = {k: list(v) for k, v in (history or {}).items()}
+        self.epoch = list(epoch or [])
+
+    def append(self, epoch: int, logs: dict) -> None:
+        self.epoch.append(epoch)
+        for k, v in logs.items():
+            self.history.setdefault(k, []).append(v)
+
+    def __repr__(self):
+        keys = ", ".join(self.history)
+        return f"History({len(self.epoch)} epochs: {keys})"
+
+
+def _model_graph(model, input_shape, seed):
+    """(eval-mode Graph with parameters as initializers, parameter names, buffer names, trainable
+    names) from an ``ember.nn`` Module or an ember Graph."""
+    if isinstance(model, Graph):
+        g = model.copy()
+        meta = g.metadata
+        params = [p for p in meta.get("parameters", []) if p in g.initializers]
+        buffers = [b for b in meta.get("buffers", []) if b in g.initializers]
+        if not params:
+            raise ModelError("the graph lists no parameters (metadata['parameters']); build it "
+                             "with ember.graph.Builder.parameter or ember.nn, or use "
+                             "Trainer.from_onnx")
+        return g, params, buffers, list(params), input_shape
+    to_graph = getattr(model, "to_graph", None)
+    if not callable(to_graph):
+        raise ModelError(f"model must be an ember.nn.Module or an ember Graph, got "
+                         f"{type(model).__name__}")
+    if input_shape is None:
+        raise ModelError("input_shape= (one sample's shape, without the batch dim) is needed to "
+                         "trace an nn.Module")
+    was_training = bool(getattr(model, "training", False))
+    model.eval()
+    try:
+        g = to_graph(input_shape=(BATCH,) + tuple(input_shape), seed=seed)
+    finally:
+        model.train(was_training)
+    names = list(model.state_dict().keys())
+    trainable = {n for n, p in model.named_parameters() if getattr(p, "requires_grad", True)}
+    params = [n for n in names if n in set(g.metadata.get("parameters", []))]
+    buffers = [n for n in names if n in set(g.metadata.get("buffers", []))]
+    return g, params, buffers, [n for n in params if n in trainable], input_shape
+
+
+class Trainer:
+    """Trains a model on numpy arrays. See graph/TRAINING.md §4 for the API."""
+
+    def __init__(self, model, input_shape=None, loss="cross_entropy", optimizer=None,
+                 batch_size: int = 32, threads: int | None = None, seed: int = 0,
+                 l2: float = 0.0, scheduler=None, trainable=None, memory_cap=None):
+        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if not (isinstance(l2, (int, float)) and math.isfinite(l2) and l2 >= 0):
+            raise InputError(f"l2 must be a non-negative number, got {l2!r}")
+        if threads is not None and (not isinstance(threads, (int, np.integer)) or threads < 1):
+            raise InputError(f"threads must be a positive integer, got {threads!r}")
+        g, params, buffers, train_names, input_shape = _model_graph(model, input_shape, seed)
+        self.loss = _losses.resolve(loss)
+        if self.loss.reduction == "none":
+            raise ModelError(f"{self.loss!r}: a Trainer needs a scalar loss; use "
+                             f"reduction='mean' or 'sum'")
+        self.batch_size, self.seed, self.l2 = int(batch_size), int(seed), float(l2)
+        self.threads = int(threads) if threads else default_threads()
+        self.memory_cap = memory_cap
+        self._setup_graph(g, params, buffers, input_shape)
+        if trainable is not None:
+            train_names = _select(trainable, params)
+        if optimizer is None:
+            from .optim import Adam
+            optimizer = Adam(lr=1e-3)
+        self.optimizer = optimizer
+        optimizer.bind(OrderedDict((n, self.params[n]) for n in train_names), self.threads)
+        self.trainable = list(getattr(optimizer, "param_names", train_names))
+        self.scheduler = scheduler
+        if scheduler is not None:
+            scheduler.bind(optimizer)
+        self.global_step = 0          # optimizer steps taken (the step a NaN error names)
+        self.epoch = 0                # epochs completed
+        self.rng = np.random.default_rng(self.seed)   # shuffling
+        self.history = History()
+        self._steps: dict = {}
+        self._eval_session = None
+        self._loss_sessions: dict = {}
+        self._runner = StepRunner(optimizer, self.l2,
+                                  [n for n in self.trainable if self.params[n].ndim >= 2],
+                                  self.params, self.threads)
+
+    # ---- model state ---------------------------------------------------------------------------
+    def _setup_graph(self, g: Graph, params: list, buffers: list, input_shape):
+        """Own a float32 copy of every parameter and buffer and make them graph inputs."""
+        state_names = params + buffers
+        data = [n for n in g.inputs if n not in g.initializers and n not in state_names]
+        if len(data) != 1:
+            raise ModelError(f"a Trainer needs a model with exactly one data input, this one "
+                             f"has {data}")
+        if not g.outputs:
+            raise ModelError("the model has no output")
+        self.data_input = data[0]
+        g.outputs = g.outputs[:1]
+        initial_order = list(g.initializers)
+        self.params = OrderedDict()
+        self.buffers = OrderedDict()
+        for names, store in ((params, self.params), (buffers, self.buffers)):
+            for n in names:
+                a = g.initializers.pop(n)
+                if np.asarray(a).dtype.kind != "f":
+                    raise ModelError(f"parameter {n!r} has dtype {np.asarray(a).dtype}; only "
+                                     f"float parameters can be trained")
+                store[n] = np.array(a, dtype=np.float32, order="C", copy=True)
+                g.types[n] = TensorType(np.float32, store[n].shape)
+        g.inputs = [self.data_input] + state_names
+        x_t = g.types[self.data_input]
+        if x_t.dtype != np.float32:
+            raise ModelError(f"the model's input {self.data_input!r} is {x_t.dtype}; a Trainer "
+                             f"trains float32 models")
+        shape = tuple(input_shape) if input_shape is not None else tuple(x_t.shape[1:])
+        if any(not isinstance(d, (int, np.integer)) or d < 1 for d in shape):
+            raise ModelError(f"input_shape must be positive ints (one sample, no batch dim), "
+                             f"got {shape}")
+        if len(shape) != len(x_t.shape) - 1:
+            raise ModelError(f"input_shape {shape} does not match the model's input "
+                             f"{self.data_input!r} of shape {x_t.shape}")
+        self.input_shape = tuple(int(d) for d in shape)
+        g.types[self.data_input] = TensorType(np.float32, (BATCH,) + self.input_shape)
+        g.metadata = dict(g.metadata)
+        g.metadata["parameters"], g.metadata["buffers"] = list(params), list(buffers)
+        if "state_order" not in g.metadata:   # torch's order: module by module, as created
+            g.metadata["state_order"] = [n for n in initial_order if n in set(state_names)]
+        self._model = g
+        self._state = OrderedDict(list(self.params.items()) + list(self.buffers.items()))
+        probe = g.copy()
+        probe.types[self.data_input] = TensorType(np.float32, (1,) + self.input_shape)
+        try:
+            infer_shapes(probe, fold=False)
+        except ShapeError as e:
+            raise ModelError(f"the model does not accept inputs of shape (N,) + "
+                             f"{self.input_shape}: {e}") from e
+        self.output_shape = tuple(probe.types[g.outputs[0]].shape[1:])
+
+    @property
+    def state_names(self) -> list:
+        return list(self._state)
+
+    def state_dict(self) -> "OrderedDict[str, np.ndarray]":
+        """Copies of every parameter and buffer under torch's names (torch's order)."""
+        order = self._model.metadata.get("state_order") or self.state_names
+        return OrderedDict((n, self._state[n].copy()) for n in order if n in self._state)
+
+    def load_state_dict(self, state: dict, strict: bool = True):
+        """Copy arrays in by name (in place: every compiled graph sees them at once). Torch's
+        ``num_batches_tracked`` entries are ignored. Returns (missing, unexpected) names."""
+        if not hasattr(state, "items"):
+            raise InputError(f"load_state_dict expects a mapping name -> array, got "
+                             f"{type(state).__name__}")
+        state = {k: v for k, v in state.items() if not str(k).endswith("num_batches_tracked")}
+        missing = [k for k in self._state if k not in state]
+        unexpected = [k for k in state if k not in self._state]
+        if strict and (missing or unexpected):
+            raise ModelError(f"load_state_dict: missing keys {missing}, unexpected keys "
+                             f"{unexpected}")
+        arrays = {}
+        for name, value in state.items():
+            if name not in self._state:
+                continue
+            try:
+                a = np.asarray(value, dtype=np.float32)
+            except (TypeError, ValueError) as e:
+                raise InputError(f"load_state_dict: {name!r} is not a float array: {e}") from None
+            if a.shape != self._state[name].shape:
+                raise ShapeError(f"load_state_dict: {name!r} has shape {a.shape}, the model "
+                                 f"expects {self._state[name].shape}")
+            arrays[name] = a
+        for name, a in arrays.items():     # all checked before anything changes
+            np.copyto(self._state[name], a)
+        return missing, unexpected
+
+    def graph(self) -> Graph:
+        """The eval-mode inference Graph with the current parameters as initializers (copies)."""
+        g = self._model.copy()
+        g.metadata = dict(g.metadata)
+        for n, a in self._state.items():
+            g.initializers[n] = a.copy()
+        g.inputs = [self.data_input]
+        infer_shapes(g, fold=False)
+        return g
+
+    # ---- input checks ----------------------------------------------------------------------------
+    def _check_x(self, X, what="X") -> np.ndarray:
+        if not isinstance(X, np.ndarray):
+            try:
+                X = np.asarray(X)
+            except Exception as e:
+                raise InputError(f"{what}: cannot convert {type(X).__name__} to an array: "
+                                 f"{e}") from None
+        if X.dtype.kind not in "fiub":
+            raise InputError(f"{what} must hold numbers, got dtype {X.dtype}")
+        if X.ndim != len(self.input_shape) + 1 or tuple(X.shape[1:]) != self.input_shape:
+            raise InputError(f"{what} has shape {X.shape}; the model expects (N,) + "
+                             f"{self.input_shape} (input_shape={self.input_shape})")
+        if X.shape[0] == 0:
+            raise InputError(f"{what} is empty")
+        X = np.ascontiguousarray(X, dtype=np.float32)
+        if not np.isfinite(X).all():
+            bad = int(np.flatnonzero(~np.isfinite(X).reshape(len(X), -1).all(axis=1))[0])
+            raise InputError(f"{what} contains NaN or infinity (first in sample {bad})")
+        return X
+
+    def _check_xy(self, X, y, what="") -> tuple:
+        X = self._check_x(X, f"{what}X")
+        y_arr = y if isinstance(y, np.ndarray) else np.asarray(y)
+        if y_arr.ndim == 0 or len(y_arr) != len(X):
+            raise InputError(f"{what}X has {len(X)} samples but {what}y has "
+                             f"{len(y_arr) if y_arr.ndim else 'a scalar'}")
+        kind, y_arr = self.loss.prepare_target(y_arr, (len(X),) + self.output_shape, len(X))
+        return X, kind, y_arr
+
+    # ---- training --------------------------------------------------------------------------------
+    def _step_for(self, batch: int, kind: str) -> TrainingStep:
+        key = (batch, kind)
+        step = self._steps.get(key)
+        if step is None:
+            step = TrainingStep(self._model, self.data_input, self.params, self.buffers,
+                                self.trainable, self.loss, kind, batch, self.threads,
+                                self.seed, self.memory_cap)
+            self._steps[key] = step
+        return step
+
+    def _train_batch(self, step: TrainingStep) -> float:
+        loss = self._runner(step, self.global_step)
+        self.global_step += 1
+        return loss
+
+    def train_step(self, X, y) -> float:
+        """One optimisation step on the batch (X, y); returns its loss (with the L2 term)."""
+        X, kind, y = self._check_xy(X, y)
+        step = self._step_for(len(X), kind)
+        np.copyto(step.x, X)
+        np.copyto(step.target, y)
+        return self._train_batch(step)
+
+    def fit(self, X, y, epochs: int = 1, validation_data=None, shuffle: bool = True,
+            verbose: bool = True) -> History:
+        """Train for ``epochs`` more epochs of mini-batches (the partial last batch is used);
+        returns this call's History (``trainer.history`` keeps every epoch so far)."""
+        if not isinstance(epochs, (int, np.integer)) or epochs < 0:
+            raise InputError(f"epochs must be a non-negative integer, got {epochs!r}")
+        X, kind, Y = self._check_xy(X, y)
+        if validation_data is not None:
+            if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
+                raise InputError("validation_data must be a pair (X_val, y_val)")
+            self._check_xy(*validation_data, what="validation ")
+        n, bs = len(X), self.batch_size
+        sizes = [bs] * (n // bs) + ([n % bs] if n % bs else [])
+        steps = {m: self._step_for(m, kind) for m in set(sizes)}
+        history = History()
+        acc_name = "accuracy" if self.loss.accuracy_metric else None
+        for _ in range(int(epochs)):
+            order = self.rng.permutation(n) if shuffle else np.arange(n)
+            bar = _progress(n, f"Epoch {self.epoch + 1}", verbose)
+            total_loss = total_weight = 0.0
+            correct = counted = 0
+            start = 0
+            try:
+                for m in sizes:
+                    idx = order[start:start + m]
+                    start += m
+                    step = steps[m]
+                    np.take(X, idx, axis=0, out=step.x, mode="clip")
+                    np.take(Y, idx, axis=0, out=step.target, mode="clip")
+                    loss = self._train_batch(step)
+                    yb = Y[idx]      # (the step's target view is reused by later nodes)
+                    w = self.loss.batch_weight(yb)
+                    total_loss += loss * w if self.loss.reduction == "mean" else loss
+                    total_weight += w
+                    if acc_name:
+                        c, k = self.loss.accuracy(step.output, yb)
+                        correct, counted = correct + c, counted + k
+                    if bar is not None:
+                        post = {"loss": f"{_mean(total_loss, total_weight, self.loss):.4f}"}
+                        if acc_name and counted:
+                            post["accuracy"] = f"{correct / counted:.4f}"
+                        bar.set_postfix(post, refresh=False)
+                        bar.update(m)
+            finally:
+                if bar is not None:
+                    bar.close()
+            logs = {"loss": _mean(total_loss, total_weight, self.loss)}
+            if acc_name:
+                logs["accuracy"] = correct / counted if counted else float("nan")
+            if validation_data is not None:
+                val = self.evaluate(*validation_data)
+                logs.update({f"val_{k}": v for k, v in val.items()})
+            logs["lr"] = float(self.optimizer.lr)
+            self.epoch += 1
+            history.append(self.epoch - 1, logs)
+            self.history.append(self.epoch - 1, logs)
+            if self.scheduler is not None:
+                self.scheduler.step()
+            if verbose and bar is None:
+                print(f"epoch {self.epoch}: " + ", ".join(f"{k} {v:.4g}" for k, v in
+                                                        logs.items()), file=sys.stderr)
+        return history
+
+    def gradients(self, X, y) -> "OrderedDict[str, np.ndarray]":
+        """{parameter name: gradient of the mean loss on (X, y)} (plus the L2 term), computed
+        in one batch of len(X) in training mode (batch statistics for BatchNorm); nothing is
+        updated."""
+        X, kind, y = self._check_xy(X, y)
+        step = self._step_for(len(X), kind)
+        np.copyto(step.x, X)
+        np.copyto(step.target, y)
+        step.run()
+        self._runner.add_l2_gradient(step, len(X))
+        return OrderedDict((n, g.copy()) for n, g in step.grads.items())
+
+    # ---- inference -------------------------------------------------------------------------------
+    def _eval_graph(self, with_loss: str | None) -> Graph:
+        g = self._model.copy()
+        g.metadata = dict(g.metadata)
+        if with_loss is not None:
+            out_t = TensorType(np.float32, (BATCH,) + self.output_shape)
+            g.inputs.append(TARGET)
+            shape = self.loss.target_shape(with_loss, out_t.shape)
+            g.types[TARGET] = TensorType(self.loss.target_dtype(with_loss), shape)
+            loss = self.loss.add_to_graph(g, g.outputs[0], TARGET, with_loss)
+            g.outputs = [loss, g.outputs[0]]
+        return g
+
+    def _session(self, with_loss: str | None = None) -> Session:
+        if with_loss is None:
+            if self._eval_session is None:
+                self._eval_session = Session(self._eval_graph(None), threads=self.threads,
+                                             external=self._state, memory_cap=self.memory_cap)
+            return self._eval_session
+        sess = self._loss_sessions.get(with_loss)
+        if sess is None:
+            sess = self._loss_sessions[with_loss] = Session(
+                self._eval_graph(with_loss), threads=self.threads, external=self._state,
+                memory_cap=self.memory_cap)
+        return sess
+
+    def predict(self, X, batch_size: int | None = None) -> np.ndarray:
+        """The model's output on X in eval mode (running statistics, no dropout)."""
+        X = self._check_x(X)
+        bs = int(batch_size or self.batch_size)
+        sess = self._session()
+        out = np.empty((len(X),) + self.output_shape, np.float32)
+        for start in range(0, len(X), bs):
+            (out[start:start + bs],) = sess.run(None, {self.data_input: X[start:start + bs]})
+        return out
+
+    def evaluate(self, X, y, batch_size: int | None = None) -> dict:
+        """{"loss": mean loss (plus the L2 term λ/(2m)·Σ‖W‖², m = len(X)), "accuracy": …}
+        in eval mode."""
+        X, kind, y = self._check_xy(X, y)
+        bs = int(batch_size or self.batch_size)
+        sess = self._session(kind)
+        total_loss = total_weight = 0.0
+        correct = counted = 0
+        for start in range(0, len(X), bs):
+            yb = y[start:start + bs]
+            loss, out = sess.run(None, {self.data_input: X[start:start + bs], TARGET: yb})
+            w = self.loss.batch_weight(yb)
+            total_loss += float(loss) * w if self.loss.reduction == "mean" else float(loss)
+            total_weight += w
+            if self.loss.accuracy_metric:
+                c, k = self.loss.accuracy(out, yb)
+                correct, counted = correct + c, counted + k
+        result = {"loss": _mean(total_loss, total_weight, self.loss) + self._runner.l2_loss(len(X))}
+        if self.loss.accuracy_metric:
+            result["accuracy"] = correct / counted if counted else float("nan")
+        return result
+
+    # ---- checkpoints -----------------------------------------------------------------------------
+    def save(self, path) -> None:
+        """Write a checkpoint atomically (see runtime/checkpoint.py)."""
+        from .checkpoint import save, trainer_state
+        save(path, trainer_state(self))
+
+    @classmethod
+    def restore(cls, path, threads: int | None = None, memory_cap=None) -> "Trainer":
+        """A Trainer continuing exactly where the saved one stopped (CheckpointError when the
+        file is missing, truncated, tampered with or not a checkpoint)."""
+        from .checkpoint import load, trainer_from_state
+        return trainer_from_state(cls, load(path), path, threads, memory_cap)
+
+    def __repr__(self):
+        return (f"{type(self).__name__}(loss={self.loss!r}, optimizer={self.optimizer!r}, "
+                f"batch_size={self.batch_size}, params={len(self.params)}, "
+                f"epoch={self.epoch}, step={self.global_step})")
+
+
+def _mean(total, weight, loss) -> float:
+    if loss.reduction == "sum":
+        return total
+    return total / weight if weight else float("nan")
+
+
+def _select(patterns, names: list) -> list:
+    import fnmatch
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    chosen = set()
+    for p in patterns:
+        hits = [n for n in names if n == p or fnmatch.fnmatchcase(n, p)]
+        if not hits:
+            raise ModelError(f"trainable pattern {p!r} matches no parameter (parameters: "
+                             f"{names[:8]}{' …' if len(names) > 8 else ''})")
+        chosen.update(hits)
+    return [n for n in names if n in chosen]
+
+
+def _progress(total: int, desc: str, verbose: bool):
+    """A tqdm bar when verbose and tqdm is installed (an optional dependency), else None."""
+    if not verbose:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc=desc, unit="sample", leave=True, dynamic_ncols=True)

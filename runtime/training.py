@@ -1,0 +1,173 @@
+"""The compiled training step for one batch size (graph/TRAINING.md §3).
+
+``build_training_graph`` turns a model graph whose parameters and buffers are graph *inputs*
+(the Trainer owns their arrays) into forward + loss + backward for a concrete batch size:
+``to_training`` → batch size fixed → loss op on the model output and a ``target`` input →
+``infer_shapes`` → ``backward`` with respect to the trainable parameters. ``TrainingStep``
+compiles it once in a Session with the parameters and buffers bound as external state and keeps
+one execution context, so a step is: copy the batch in, run the bound kernels, read the loss,
+gradients and new running statistics as arena views (no copies), check the loss, add the L2
+gradient, let the optimizer update the parameters in place, commit the running statistics.
+Nothing big is allocated per step.
+"""
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+
+import numpy as np
+
+from ..graph import passes
+from ..graph.errors import ModelError, TrainingError
+from ..graph.infer import infer_shapes
+from ..graph.ir import Graph, TensorType
+from .session import Session
+
+TARGET = "target"
+
+
+def _axpy():
+    """``ember.kernels.optim.axpy`` (y += a·x, in place, parallel), or a numpy twin while the
+    kernel module is not built."""
+    try:
+        from ..kernels.optim import axpy
+        return axpy
+    except ImportError:
+        def axpy(y, x, alpha, nthreads):
+            y += np.float32(alpha) * x   # a temporary: only when the kernel is missing
+        return axpy
+
+
+def build_training_graph(model: Graph, data: str, state: dict, trainable: list, loss,
+                         target_kind: str, batch: int, seed: int = 0):
+    """(training graph, names) for one batch size. ``model`` has its parameters and buffers as
+    graph inputs (listed in ``state``: name -> array) and ``data`` as its one fed input.
+    ``names`` holds ``loss``, ``output``, ``grads`` (param -> gradient value, trainable order)
+    and ``updates`` (buffer -> new value)."""
+    from ..graph.autodiff import backward, to_training
+    g = to_training(model, seed=seed)
+    output = g.outputs[0]
+    x_type = g.types[data]
+    g.types = {data: TensorType(x_type.dtype, (batch,) + tuple(x_type.shape[1:]))}
+    for name, a in state.items():
+        g.types[name] = TensorType(a.dtype, a.shape)
+    for name, a in g.initializers.items():
+        g.types[name] = TensorType(a.dtype, a.shape)
+    known = infer_shapes(g)
+    out_t = g.types[output]
+    g.inputs.append(TARGET)
+    g.types[TARGET] = TensorType(loss.target_dtype(target_kind),
+                                 loss.target_shape(target_kind, out_t.shape))
+    loss_name = loss.add_to_graph(g, output, TARGET, target_kind)
+    updates = {b: u for b, u in g.metadata.get("buffer_updates", {}).items() if b in state}
+    g.outputs = list(dict.fromkeys([loss_name, output] + list(updates.values())))
+    known = infer_shapes(g)
+    g = passes.fold_constants(g, known)
+    infer_shapes(g, fold=False)
+    if g.types[loss_name].size != 1:
+        raise ModelError(f"the loss {loss!r} gives shape {g.types[loss_name].shape}, not a "
+                         f"scalar; use reduction='mean' or 'sum' to train")
+    g, grads = backward(g, loss_name, list(trainable))
+    return g, {"loss": loss_name, "output": output, "grads": grads, "updates": updates}
+
+
+class TrainingStep:
+    """Forward + loss + backward compiled for one batch size and target form."""
+
+    def __init__(self, model: Graph, data: str, params: "OrderedDict[str, np.ndarray]",
+                 buffers: "OrderedDict[str, np.ndarray]", trainable: list, loss,
+                 target_kind: str, batch: int, threads: int, seed: int = 0,
+                 memory_cap: int | None = None):
+        state = OrderedDict(params)
+        state.update(buffers)
+        self.batch = batch
+        self.graph, names = build_training_graph(model, data, state, trainable, loss,
+                                                 target_kind, batch, seed)
+        bound = {n: a for n, a in state.items() if n in self.graph.inputs}
+        self.session = Session(self.graph, threads=threads, external=bound,
+                               memory_cap=memory_cap)
+        self.compiled = self.session.compile()
+        self.ctx = self.compiled.acquire()      # ours for good: one step at a time
+        self._check_training_nodes()
+        feeds = dict(self.ctx.feeds)
+        self.x, self.target = feeds[data], feeds[TARGET]
+        out = self.ctx.outputs
+        self.loss_view = out[names["loss"]].reshape(())
+        self.output = out[names["output"]]
+        self.grads = OrderedDict()
+        self._const_grads = []     # (private array, constant) for gradients folded to constants
+        for p in trainable:
+            view = out[names["grads"][p]]
+            if not _in_arena(view, self.ctx.arena):
+                private = np.array(view, dtype=np.float32, order="C", copy=True)
+                self._const_grads.append((private, view))
+                view = private
+            self.grads[p] = view
+        self.updates = [(buffers[b], out[u]) for b, u in names["updates"].items()]
+        self.steps = [s for _, s in self.ctx.steps]
+        self.threads = self.session.threads
+
+    def _check_training_nodes(self):
+        """The passes must not have dropped a training node: every gradient and running-stat
+        output is still produced (or a constant)."""
+        g = self.compiled.graph
+        made = {o for n in g.nodes for o in n.outputs if o} | set(g.initializers)
+        lost = [o for o in g.outputs if o not in made]
+        if lost:
+            raise ModelError(f"compiling the training graph lost outputs {lost[:5]}")
+
+    def run(self) -> float:
+        """Run forward + backward on the batch already copied into ``x``/``target``."""
+        for step in self.steps:
+            step()
+        for private, const in self._const_grads:
+            np.copyto(private, const)
+        return float(self.loss_view)
+
+
+def _in_arena(a: np.ndarray, arena: np.ndarray) -> bool:
+    root = a
+    while isinstance(root.base, np.ndarray):
+        root = root.base
+    arena_root = arena
+    while isinstance(arena_root.base, np.ndarray):
+        arena_root = arena_root.base
+    return root is arena_root
+
+
+class StepRunner:
+    """Applies one optimisation step: loss check, L2, optimizer, running-stat commit."""
+
+    def __init__(self, optimizer, l2: float, weights: list, params: dict, threads: int):
+        self.optimizer, self.l2, self.threads = optimizer, float(l2), threads
+        self.weights = [(n, params[n].reshape(-1)) for n in weights]
+        self.axpy = _axpy()
+
+    def l2_loss(self, m: int) -> float:
+        if not self.l2:
+            return 0.0
+        total = 0.0
+        for _, w in self.weights:
+            total += float(np.dot(w, w))
+        return self.l2 / (2.0 * m) * total
+
+    def add_l2_gradient(self, step: TrainingStep, m: int) -> None:
+        if not self.l2:
+            return
+        alpha = self.l2 / m
+        for name, w in self.weights:
+            self.axpy(step.grads[name].reshape(-1), w, alpha, self.threads)
+
+    def __call__(self, step: TrainingStep, global_step: int) -> float:
+        m = step.batch
+        loss = step.run() + self.l2_loss(m)
+        if not math.isfinite(loss):
+            raise TrainingError(f"the loss is {loss} at step {global_step} (batch of {m}); "
+                                f"training stopped and the parameters, optimizer state and "
+                                f"running statistics are left as they were before this step "
+                                f"(lower the learning rate, check the inputs and targets)")
+        self.add_l2_gradient(step, m)
+        self.optimizer.step(step.grads)
+        for buf, new in step.updates:
+            np.copyto(buf, new)
+        return loss

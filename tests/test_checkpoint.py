@@ -1,0 +1,294 @@
+"""Checkpoints: exact resumption in a new process, atomic writes under SIGKILL, and refusal of
+truncated, tampered or hostile files."""
+from __future__ import annotations
+
+import hashlib
+import json
+import signal
+import struct
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+import ember
+from ember import nn, optim
+from ember.graph import serialize
+from ember.optim import lr_scheduler
+from ember.runtime import checkpoint
+
+
+def model():
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                         nn.MaxPool2d(2), nn.Flatten(), nn.Linear(4 * 4 * 4, 10))
+
+
+def dataset(n=70, seed=0):
+    r = np.random.default_rng(seed)
+    return r.normal(size=(n, 1, 8, 8)).astype(np.float32), r.integers(0, 10, n)
+
+
+def make_trainer():
+    # threads=1: a parallel reduction's order could differ between runs; bit-identity needs one
+    return ember.Trainer(model(), input_shape=(1, 8, 8), optimizer=optim.Adam(lr=1e-2),
+                         batch_size=16, seed=5, threads=1, l2=0.01,
+                         scheduler=lr_scheduler.StepLR(step_size=1, gamma=0.7))
+
+
+def run_child(code: str, cwd, timeout=300):
+    """Run ``code`` in a fresh interpreter outside the repository."""
+    r = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=cwd,
+                       capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r.stdout
+
+
+def test_restore_in_a_new_process_continues_bit_identically(tmp_path):
+    X, y = dataset()
+    np.savez(tmp_path / "data.npz", X=X, y=y)
+    t = make_trainer()
+    t.fit(X, y, epochs=2, verbose=False)       # Adam state, scheduler, shuffling all in use
+    ckpt = tmp_path / "run.ember"
+    t.save(ckpt)
+    t.fit(X, y, epochs=2, verbose=False)       # the uninterrupted run: 2 more epochs...
+    for _ in range(3):
+        t.train_step(X[:16], y[:16])           # ... and 3 more steps
+    run_child(f"""
+        import numpy as np, ember
+        d = np.load({str(tmp_path / 'data.npz')!r})
+        t = ember.Trainer.restore({str(ckpt)!r}, threads=1)
+        assert t.epoch == 2 and t.global_step == 10, (t.epoch, t.global_step)
+        t.fit(d["X"], d["y"], epochs=2, verbose=False)
+        for _ in range(3):
+            t.train_step(d["X"][:16], d["y"][:16])
+        np.savez("resumed.npz", **t.state_dict(), __lr=np.array(t.optimizer.lr),
+                 __steps=np.array([t.global_step, t.epoch, t.optimizer.steps]))
+        import json; print(json.dumps(t.history.history["loss"]))
+    """, cwd=tmp_path)
+    resumed = np.load(tmp_path / "resumed.npz")
+    for k, v in t.state_dict().items():
+        np.testing.assert_array_equal(resumed[k], v, err_msg=k)      # bit-identical
+    assert float(resumed["__lr"]) == t.optimizer.lr
+    assert list(resumed["__steps"]) == [t.global_step, t.epoch, t.optimizer.steps]
+
+
+def test_restored_trainer_keeps_config_and_history(tmp_path):
+    X, y = dataset()
+    t = make_trainer()
+    t.fit(X, y, epochs=1, verbose=False)
+    t.save(tmp_path / "a.ember")
+    r = ember.Trainer.restore(tmp_path / "a.ember", threads=1)
+    assert isinstance(r, ember.Trainer)
+    assert (r.batch_size, r.seed, r.l2, r.input_shape) == (16, 5, 0.01, (1, 8, 8))
+    assert type(r.optimizer).__name__ == "Adam" and type(r.scheduler).__name__ == "StepLR"
+    assert r.history.history == t.history.history
+    assert list(r.state_dict()) == list(t.state_dict())
+    np.testing.assert_array_equal(r.predict(X), t.predict(X))
+
+
+def test_graph_serialization_round_trip():
+    g = model().eval().to_graph(input_shape=("N", 1, 8, 8), seed=0)
+    back = serialize.from_bytes(serialize.to_bytes(g))
+    assert [n.op_type for n in back.nodes] == [n.op_type for n in g.nodes]
+    x = np.random.default_rng(0).normal(size=(3, 1, 8, 8)).astype(np.float32)
+    a = ember.Session(g, threads=1).run(None, {"input": x})[0]
+    b = ember.Session(back, threads=1).run(None, {"input": x})[0]
+    np.testing.assert_array_equal(a, b)
+
+
+# ---- corrupt files -------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def good_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ck") / "good.ember"
+    X, y = dataset(20)
+    t = make_trainer()
+    t.fit(X, y, epochs=1, verbose=False)
+    t.save(path)
+    return path.read_bytes()
+
+
+def _write(tmp_path, data: bytes):
+    p = tmp_path / "bad.ember"
+    p.write_bytes(data)
+    return p
+
+
+@pytest.mark.parametrize("cut", [1, 11, 12, 30, 200, -33, -32, -1])
+def test_truncated_file_is_refused(good_file, tmp_path, cut):
+    p = _write(tmp_path, good_file[:cut] if cut > 0 else good_file[:len(good_file) + cut])
+    with pytest.raises(ember.CheckpointError, match=r"bad\.ember.*(truncated|lengths)"):
+        ember.Trainer.restore(p)
+
+
+@pytest.mark.parametrize("where", [14, 40, 0.5, -40, -1])
+def test_flipped_byte_is_refused(good_file, tmp_path, where):
+    data = bytearray(good_file)
+    i = int(where * len(data)) if isinstance(where, float) else where % len(data)
+    data[i] ^= 0x10
+    with pytest.raises(ember.CheckpointError, match=r"bad\.ember"):
+        ember.Trainer.restore(_write(tmp_path, bytes(data)))
+
+
+@pytest.mark.parametrize("data,match", [
+    (b"", "empty"),
+    (b"PK\x03\x04" + b"\0" * 100, "magic"),
+    (b"\x80\x04\x95" + b"\0" * 100, "magic"),     # a pickle is not read, even partly
+])
+def test_not_a_checkpoint_is_refused(tmp_path, data, match):
+    with pytest.raises(ember.CheckpointError, match=match):
+        ember.Trainer.restore(_write(tmp_path, data))
+
+
+def test_wrong_magic_and_trailing_bytes_are_refused(good_file, tmp_path):
+    with pytest.raises(ember.CheckpointError, match="magic"):
+        ember.Trainer.restore(_write(tmp_path, b"X" + good_file[1:]))
+    with pytest.raises(ember.CheckpointError, match="trailing"):
+        ember.Trainer.restore(_write(tmp_path, good_file + b"\0"))
+    with pytest.raises(ember.CheckpointError, match="cannot be read"):
+        ember.Trainer.restore(tmp_path / "missing.ember")
+
+
+def _forge(header: dict, payload: bytes) -> bytes:
+    """A file with a *valid* checksum around hostile contents (anyone can recompute SHA-256:
+    the parser, not the checksum, must stand between a file and the process)."""
+    h = json.dumps(header).encode()
+    body = checkpoint.MAGIC + struct.pack("<IQ", checkpoint.VERSION, len(h)) + h + \
+        struct.pack("<Q", len(payload)) + payload
+    return body + hashlib.sha256(body).digest()
+
+
+@pytest.mark.parametrize("header,payload,match", [
+    ({"state": {"format": "ember-trainer", "x": {"__array__": 0}},
+      "arrays": [["object", [1], 0, 8]]}, b"\0" * 8, "dtype"),
+    ({"state": {"format": "ember-trainer", "x": {"__array__": 0}},
+      "arrays": [["float32", [1000], 0, 4000]]}, b"\0" * 8, "outside"),
+    ({"state": {"format": "ember-trainer", "x": {"__array__": 5}}, "arrays": []}, b"",
+     "out of range"),
+    ({"state": {"format": "something else"}, "arrays": []}, b"", "Trainer"),
+    ({"state": {"format": "ember-trainer"}, "arrays": []}, b"", "do not describe"),
+    ([1, 2, 3], b"", "malformed"),
+])
+def test_hostile_contents_with_a_valid_checksum_are_refused(tmp_path, header, payload, match):
+    with pytest.raises(ember.CheckpointError, match=match):
+        ember.Trainer.restore(_write(tmp_path, _forge(header, payload)))
+
+
+def test_forged_graph_with_unknown_op_is_refused(good_file, tmp_path):
+    start = len(checkpoint.MAGIC) + 12
+    (hlen,) = struct.unpack_from("<Q", good_file, len(checkpoint.MAGIC) + 4)
+    header = json.loads(good_file[start:start + hlen])
+    (plen,) = struct.unpack_from("<Q", good_file, start + hlen)
+    payload = good_file[start + hlen + 8:start + hlen + 8 + plen]
+    header["state"]["graph"]["__graph__"]["nodes"][0]["op_type"] = "os.system"
+    with pytest.raises(ember.CheckpointError, match="os.system"):
+        ember.Trainer.restore(_write(tmp_path, _forge(header, payload)))
+
+
+# ---- atomic writes -----------------------------------------------------------------------------
+SAVER = """
+import os, signal, sys, numpy as np, ember
+from ember import nn
+from ember.graph import serialize
+from ember.runtime import checkpoint
+path, where = sys.argv[1], sys.argv[2]
+m = nn.Sequential(nn.Flatten(), nn.Linear(1000, 2000), nn.ReLU(), nn.Linear(2000, 10))
+t = ember.Trainer(m, input_shape=(1000,), threads=1)
+v = 0
+
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+def at(obj, name, after=0):
+    # kill this process inside the second save, at obj.name's (after+1)-th call
+    real, calls = getattr(obj, name), [0]
+    def wrapper(*a, **k):
+        if v == 2:
+            calls[0] += 1
+            if calls[0] > after:
+                die()
+        return real(*a, **k)
+    setattr(obj, name, wrapper)
+
+if where == "payload":        # half-way through the arrays
+    real_chunks = serialize.ArrayWriter.chunks
+    def chunks(self):
+        for i, c in enumerate(real_chunks(self)):
+            if v == 2 and i == 2:
+                die()
+            yield c
+    serialize.ArrayWriter.chunks = chunks
+elif where == "fsync":        # everything written, not yet durable
+    at(checkpoint.os, "fsync")
+elif where == "replace":      # durable, not yet renamed
+    at(checkpoint.os, "replace")
+while True:
+    v += 1
+    t.load_state_dict({n: np.full(a.shape, v, np.float32) for n, a in t.state_dict().items()})
+    t.save(path)
+    print(v, flush=True)
+"""
+
+
+def _saved_value(path) -> float:
+    t = ember.Trainer.restore(path, threads=1)
+    arrays = list(t.state_dict().values())
+    values = {float(v) for a in arrays for v in np.unique(a)}
+    assert len(values) == 1, f"a mix of saves: {sorted(values)}"
+    return values.pop()
+
+
+@pytest.mark.parametrize("where", ["payload", "fsync", "replace"])
+def test_death_inside_save_leaves_the_previous_checkpoint(tmp_path, where):
+    """The child kills itself (SIGKILL) at a fixed point inside its second save: the file
+    still holds the first save, complete, and the half-written temporary never replaced it."""
+    path = tmp_path / "big.ember"
+    (tmp_path / "saver.py").write_text(SAVER)
+    proc = subprocess.run([sys.executable, "saver.py", str(path), where], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["1"]
+    assert _saved_value(path) == 1.0
+    assert any(p.name.startswith(".big.ember.") and p.name.endswith(".tmp")
+               for p in tmp_path.iterdir())
+
+
+def test_sigkill_at_random_moments_never_tears_the_checkpoint(tmp_path):
+    """A child saves an ~8 MB checkpoint over and over (every array set to the save's number
+    v) and is killed from outside at a random moment, several times. The file must always
+    restore and hold one complete save: the last one finished, or the one being renamed."""
+    path = tmp_path / "big.ember"
+    (tmp_path / "saver.py").write_text(SAVER)
+    rng = np.random.default_rng(0)
+    for _ in range(4):
+        proc = subprocess.Popen([sys.executable, "saver.py", str(path), "random"],
+                                cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        try:
+            first = proc.stdout.readline()            # one save has completed
+            assert first.strip(), proc.stderr.read()
+            time.sleep(float(rng.uniform(0.0, 0.4)))  # then die anywhere in a later one
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        done = [int(x) for x in (first + proc.stdout.read()).split()]
+        assert done[-1] <= _saved_value(path) <= done[-1] + 1
+
+
+def test_failed_save_leaves_no_temp_file_and_old_file_intact(tmp_path, good_file, monkeypatch):
+    path = tmp_path / "x.ember"
+    path.write_bytes(good_file)
+    t = ember.Trainer.restore(path, threads=1)
+
+    def disk_full(fd):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(checkpoint.os, "fsync", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        t.save(path)
+    monkeypatch.undo()
+    assert path.read_bytes() == good_file
+    assert [p.name for p in tmp_path.iterdir()] == ["x.ember"]
