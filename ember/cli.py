@@ -231,30 +231,60 @@ def ascii_digit(img) -> list:
     return ["".join(shades[min(9, int(v * 9.99))] * 2 for v in row) for row in img]
 
 
+def demo_model():
+    """The demo's CNN, written as a user would in ``ember.nn`` (≈ 11 k parameters)."""
+    from . import nn
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Dropout(0.2), nn.Linear(32 * 2 * 2, 10))
+
+
 def cmd_demo(args) -> int:
-    sess = load_session(DEMO_MODEL, threads=args.threads)
-    sample = np.load(DEMO_SAMPLE)
-    images, labels = sample["images"], sample["labels"]
-    print(f"ember demo: a small CNN trained on scikit-learn's 8×8 digits ({DEMO_MODEL})")
-    (probs,) = sess.run(None, {"image": images[:1]})
-    art = ascii_digit(images[0, 0])
-    print(f"first held-out image (label {labels[0]}):")
-    for k, row in enumerate(art):
-        note = ""
-        if k == 3:
-            note = f"   predicted {int(probs[0].argmax())}  (p = {probs[0].max():.3f})"
+    """ember's main job end to end: train a CNN on the bundled digits, export it to ONNX,
+    reload the file with ``ember.load`` and serve predictions from it."""
+    import tempfile
+
+    import ember
+    from . import nn, optim
+    from .datasets import load_digits, train_test_split
+
+    x, y = load_digits()
+    x_train, x_test, y_train, y_test = train_test_split(x, y, 0.2, seed=args.seed)
+    print(f"ember demo: training a CNN on the bundled 8×8 digits ({len(x_train)} train, "
+          f"{len(x_test)} test images)")
+    trainer = ember.Trainer(demo_model(), input_shape=(1, 8, 8), loss=nn.CrossEntropyLoss(),
+                            optimizer=optim.Adam(lr=3e-3), batch_size=32, threads=args.threads,
+                            seed=args.seed)
+    t0 = time.perf_counter()
+    history = trainer.fit(x_train, y_train, epochs=args.epochs,
+                          validation_data=(x_test, y_test), verbose=not args.quiet)
+    train_s = time.perf_counter() - t0
+    print(f"trained      {args.epochs} epochs in {train_s:.1f} s; final loss "
+          f"{history.history['loss'][-1]:.4f}, test accuracy "
+          f"{history.history['val_accuracy'][-1]:.1%}")
+
+    out_dir = args.out or tempfile.mkdtemp(prefix="ember-demo-")
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, "digits_cnn.onnx")
+    trainer.export_onnx(path)
+    sess = ember.load(path, threads=args.threads)
+    print(f"exported     {path} ({os.path.getsize(path):,} bytes), reloaded with ember.load")
+
+    (probs,) = sess.run(None, {sess.inputs[0].name: x_test[:1]})
+    print(f"first test image (label {y_test[0]}):")
+    for k, row in enumerate(ascii_digit(x_test[0, 0])):
+        note = f"   predicted {int(probs[0].argmax())}" if k == 3 else ""
         print(f"  |{row}|{note}")
-    (all_probs,) = sess.run(None, {"image": images})
-    pred = all_probs.argmax(1)
-    print("predictions  " + " ".join(str(p) for p in pred[:24]) + " …")
-    print("labels       " + " ".join(str(y) for y in labels[:24]) + " …")
-    correct = int((pred == labels).sum())
-    print(f"accuracy     {correct}/{len(labels)} = {correct / len(labels):.1%} on the bundled "
-          f"held-out images")
-    one = median_latency(lambda: sess.run(None, {"image": images[:1]}), 20)
-    batch = median_latency(lambda: sess.run(None, {"image": images}), 10)
+    (logits,) = sess.run(None, {sess.inputs[0].name: x_test})
+    pred = logits.argmax(1)
+    correct = int((pred == y_test).sum())
+    print(f"accuracy     {correct}/{len(y_test)} = {correct / len(y_test):.1%} on held-out "
+          f"images, from the reloaded ONNX file")
+    one = median_latency(lambda: sess.run(None, {sess.inputs[0].name: x_test[:1]}), 20)
+    batch = median_latency(lambda: sess.run(None, {sess.inputs[0].name: x_test}), 10)
     print(f"latency      {one * 1e3:.3f} ms for 1 image, {batch * 1e3:.3f} ms for "
-          f"{len(images)} (median, {sess.threads} threads)")
+          f"{len(x_test)} (median, {sess.threads} threads)")
     return 0
 
 
@@ -342,8 +372,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--profile", action="store_true", help="time per node, slowest first")
     bench.set_defaults(fn=cmd_bench)
 
-    demo = sub.add_parser("demo", help="classify the bundled handwritten digits")
+    demo = sub.add_parser("demo", help="train a CNN on the bundled digits, export it to ONNX, "
+                                       "reload it and classify")
     demo.add_argument("--threads", type=positive_int, default=None)
+    demo.add_argument("--epochs", type=positive_int, default=10)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--out", default=None, help="folder for the exported model "
+                                                  "(default: a temporary folder)")
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(fn=cmd_demo)
 
     ops = sub.add_parser("ops", help="list the supported ops (from the op registry)")

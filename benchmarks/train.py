@@ -1,0 +1,147 @@
+"""Training step time: ember vs PyTorch, side by side in one process run.
+
+    python -m benchmarks.train                    # LeNet-5 and the small VGG, batch 64, 1 and 2 threads
+    python -m benchmarks.train --models lenet5 --threads 2 --runs 20
+
+Both models are written once against the torch.nn API and instantiated with ``ember.nn`` and
+with ``torch.nn`` (ember's nn mirrors torch's names and defaults), trained with SGD + momentum on
+the same random batch. One step = forward, softmax cross-entropy, backward, optimizer update.
+Steps are timed interleaved (ember, torch, ember, …) after a warm-up; medians are reported, and
+the table is appended to ``benchmarks/RESULTS.md`` (replacing an older training section).
+Without PyTorch installed only ember's times are printed.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SECTION = "## Training step (batch 64, SGD momentum 0.9, median, interleaved)"
+
+
+def lenet5(nn):
+    return nn.Sequential(
+        nn.Conv2d(1, 6, 5), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+        nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, 10))
+
+
+def small_vgg(nn):
+    layers, cin = [], 3
+    for cout in (32, 32, "pool", 64, 64, "pool", 128, 128, "pool"):
+        if cout == "pool":
+            layers.append(nn.MaxPool2d(2))
+            continue
+        layers += [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
+                   nn.ReLU()]
+        cin = cout
+    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(128 * 4 * 4, 10))
+
+
+MODELS = {"lenet5": (lenet5, (1, 32, 32)), "small_vgg": (small_vgg, (3, 32, 32))}
+
+
+def ember_step(name, batch, threads, x, y):
+    import ember
+    from ember import nn, optim
+    build, shape = MODELS[name]
+    trainer = ember.Trainer(build(nn), input_shape=shape, loss=nn.CrossEntropyLoss(),
+                            optimizer=optim.SGD(lr=0.01, momentum=0.9), batch_size=batch,
+                            threads=threads, seed=0)
+    if hasattr(trainer, "train_step"):
+        return lambda: trainer.train_step(x, y)
+    return lambda: trainer.fit(x, y, epochs=1, shuffle=False, verbose=False)
+
+
+def torch_step(name, threads, x, y):
+    import torch
+    torch.set_num_threads(threads)
+    build, _ = MODELS[name]
+    model = build(torch.nn)
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(model(xt), yt)
+        loss.backward()
+        opt.step()
+        return loss
+    return step
+
+
+def time_interleaved(fns: dict, runs: int, warmup: int = 3) -> dict:
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {k: [] for k in fns}
+    for _ in range(runs):
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.train", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="*", default=list(MODELS))
+    ap.add_argument("--threads", nargs="*", type=int, default=[1, 2])
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--runs", type=int, default=15)
+    ap.add_argument("--out", default=os.path.join(HERE, "RESULTS.md"))
+    args = ap.parse_args(argv)
+    have_torch = importlib.util.find_spec("torch") is not None
+    if not have_torch:
+        print("PyTorch is not installed: timing ember only", file=sys.stderr)
+    rows = []
+    rng = np.random.default_rng(0)
+    for name in args.models:
+        _, shape = MODELS[name]
+        x = rng.standard_normal((args.batch,) + shape, dtype=np.float32)
+        y = rng.integers(0, 10, args.batch).astype(np.int64)
+        for threads in args.threads:
+            fns = {"ember": ember_step(name, args.batch, threads, x, y)}
+            if have_torch:
+                fns["torch"] = torch_step(name, threads, x, y)
+            med = time_interleaved(fns, args.runs)
+            e, t = med["ember"] * 1e3, med.get("torch", float("nan")) * 1e3
+            rows.append((name, args.batch, threads, e, t))
+            print(f"{name:10s} b={args.batch} t={threads}  ember {e:8.2f} ms   torch {t:8.2f} ms"
+                  f"   ratio {e / t:.2f}", flush=True)
+    write(rows, args.out, have_torch)
+
+
+def write(rows, path, have_torch):
+    version = ""
+    if have_torch:
+        import torch
+        version = f" (PyTorch {torch.__version__})"
+    lines = [SECTION + version, "",
+             f"Command: `python -m benchmarks.train {' '.join(sys.argv[1:])}`".rstrip(), "",
+             "| model | batch | threads | ember ms | PyTorch ms | ember/PyTorch |",
+             "|---|---|---|---|---|---|"]
+    for name, batch, threads, e, t in rows:
+        lines.append(f"| {name} | {batch} | {threads} | {e:.2f} | {t:.2f} | {e / t:.2f} |")
+    text = open(path).read() if os.path.exists(path) else "# Benchmark results\n"
+    if SECTION in text:
+        head, _, rest = text.partition(SECTION)
+        nxt = rest.find("\n## ")
+        text = head + (rest[nxt + 1:] if nxt >= 0 else "")
+    text = text.rstrip("\n") + "\n\n" + "\n".join(lines) + "\n"
+    with open(path, "w") as f:
+        f.write(text)
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
