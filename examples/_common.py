@@ -1,0 +1,53 @@
+"""Helpers the examples share: running a traced model, exporting it to ONNX, the Trainer check.
+
+Kept apart so each example file reads as the model it builds and the figures it checks.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+import ember
+
+
+def run(graph, x, threads=None):
+    """The traced graph's single output for input ``x``, through a compiled ember Session."""
+    return ember.Session(graph, threads=threads).run(None, {"input": np.asarray(x, np.float32)})[0]
+
+
+def have_trainer() -> bool:
+    """The training parts of the examples need ``ember.Trainer`` (graph/TRAINING.md §4)."""
+    return hasattr(ember, "Trainer")
+
+
+def require_trainer(what: str) -> bool:
+    """True when training can run; otherwise say so (examples run their other parts anyway)."""
+    if have_trainer():
+        return True
+    print(f"[skipped] {what}: ember.Trainer is not built yet")
+    return False
+
+
+def export_onnx(graph, path: str) -> None:
+    """Write an eval-mode ember graph to an ONNX file (``ember.export_onnx`` once it exists,
+    the exporter module it wraps until then)."""
+    if hasattr(ember, "export_onnx"):
+        ember.export_onnx(graph, path)
+        return
+    from ember.importers.onnx_export import save_onnx   # ImportError: exporter not built yet
+    save_onnx(graph, path)
+
+
+def count_conv(c_in: int, c_out: int, k, bias: bool = True) -> int:
+    """Parameters of a k×k convolution, the courses' formula: (k·k·c_in + 1)·c_out."""
+    kh, kw = (k, k) if isinstance(k, int) else k
+    return (kh * kw * c_in + (1 if bias else 0)) * c_out
+
+
+def count_fc(n_in: int, n_out: int) -> int:
+    """Parameters of a dense layer: (n_in + 1)·n_out."""
+    return (n_in + 1) * n_out
+
+
+def out_size(n: int, f: int, p: int = 0, s: int = 1) -> int:
+    """Output size of a conv or pool: ⌊(n + 2p − f)/s⌋ + 1."""
+    return (n + 2 * p - f) // s + 1
