@@ -11,6 +11,8 @@ from libc.string cimport memset, memcpy
 
 from kernels.activation cimport apply_act, apply_act_span
 from kernels.sgemm cimport ember_sgemm, ember_epilogue_fn, EpilogueCtx, epilogue_for
+from kernels.conv_common cimport (ConvShape, threads_for, is_pointwise, is_depthwise,
+                                  col_floats, images_in_parallel, im2col_rows)
 
 
 cdef extern from "conv_pack.h" nogil:
@@ -36,37 +38,6 @@ def set_implicit_im2col(bint on):
     implicit_im2col = on
 
 
-cdef inline int threads_for(int nthreads, long work) noexcept nogil:
-    """1 below ~32K element-taps: waking a team (and waiting at its barrier for a thread the OS
-    may have descheduled on a busy machine) costs more than the loop itself."""
-    if nthreads < 1 or work < 32768:
-        return 1
-    return nthreads
-
-
-cdef struct ConvShape:
-    int N, C, H, W, M, KH, KW, OH, OW
-    int sh, sw, pt, pl, dh, dw, group
-
-
-cdef inline bint is_pointwise(ConvShape *s) noexcept nogil:
-    return (s.KH == 1 and s.KW == 1 and s.sh == 1 and s.sw == 1 and s.pt == 0 and s.pl == 0
-            and s.OH == s.H and s.OW == s.W)
-
-
-cdef inline bint is_depthwise(ConvShape *s) noexcept nogil:
-    return s.group == s.C and s.M == s.C and s.group > 1 or (s.C == 1 and s.M == 1)
-
-
-cdef inline long col_floats(ConvShape *s) noexcept nogil:
-    return <long> (s.C // s.group) * s.KH * s.KW * s.OH * s.OW
-
-
-cdef inline bint images_in_parallel(int N, int nthreads) noexcept nogil:
-    """One image per thread when that splits evenly (or there are many images)."""
-    return nthreads > 1 and N >= nthreads and (N % nthreads == 0 or N >= 4 * nthreads)
-
-
 def conv2d_scratch_floats(int C, int H, int W, int M, int KH, int KW, int OH, int OW,
                           int stride_h, int stride_w, int pad_top, int pad_left, int dil_h,
                           int dil_w, int group, int nthreads):
@@ -80,43 +51,6 @@ def conv2d_scratch_floats(int C, int H, int W, int M, int KH, int KW, int OH, in
     if is_pointwise(&s) or is_depthwise(&s):
         return 0
     return col_floats(&s) * max(nthreads, 1)
-
-
-cdef void im2col_rows(const float *x, float *col, ConvShape *s, int r0, int r1) noexcept nogil:
-    """Rows [r0, r1) of the im2col panel of one image-group: row (c, kh, kw), column (oh, ow)."""
-    cdef int r, c, kh, kw, oh, ow, ih, iw, lo, hi
-    cdef int hw = s.H * s.W
-    cdef const float *xrow
-    cdef float *dst
-    for r in range(r0, r1):
-        kw = r % s.KW
-        kh = (r // s.KW) % s.KH
-        c = r // (s.KW * s.KH)
-        dst = col + <long> r * s.OH * s.OW
-        # ow range whose iw = ow*sw - pl + kw*dw lies in [0, W)
-        lo = 0
-        while lo < s.OW and lo * s.sw - s.pl + kw * s.dw < 0:
-            lo += 1
-        hi = s.OW
-        while hi > lo and (hi - 1) * s.sw - s.pl + kw * s.dw >= s.W:
-            hi -= 1
-        for oh in range(s.OH):
-            ih = oh * s.sh - s.pt + kh * s.dh
-            if ih < 0 or ih >= s.H:
-                memset(dst, 0, sizeof(float) * s.OW)
-            else:
-                xrow = x + <long> c * hw + <long> ih * s.W - s.pl + kw * s.dw
-                for ow in range(lo):
-                    dst[ow] = 0.0
-                if s.sw == 1:
-                    if hi > lo:
-                        memcpy(dst + lo, xrow + lo, sizeof(float) * (hi - lo))
-                else:
-                    for ow in range(lo, hi):
-                        dst[ow] = xrow[ow * s.sw]
-                for ow in range(hi, s.OW):
-                    dst[ow] = 0.0
-            dst += s.OW
 
 
 cdef int conv_image(const float *x, const float *w, const float *bias, float *y, float *col,

@@ -77,3 +77,4 @@ def bind(node, types, ins, outs, scratch_buf, threads):
 
 # The fast paths register themselves on import.
 from . import kernel_binders  # noqa: E402,F401
+from . import grad_binders  # noqa: E402,F401

@@ -1,0 +1,137 @@
+"""Elementwise training kernels: activation gradients, Dropout's training forward and gradient.
+
+Dropout draws its mask from a counter-based generator: element i of run r of a node seeded s
+keeps its value when a 24-bit hash of (key(s, r), i) reaches ratio·2²⁴ (key: splitmix64 of seed
+and run; per element: two rounds of a 32-bit integer hash), so any thread can draw any element,
+a run is reproducible from (seed, run count) whatever the thread count, and nothing is allocated
+or carried between calls except the run count the caller keeps.
+"""
+from cython.parallel cimport prange
+from libc.math cimport expf
+from libc.stdint cimport uint64_t, uint32_t, uint8_t
+
+from kernels.activation cimport apply_act
+
+
+cdef extern from "dropout_hash.h" nogil:
+    void ember_dropout_span(const float *x, float *y, uint8_t *mask, long first, long n,
+                            uint32_t k1, uint32_t k2, uint32_t threshold, float scale)
+
+
+cdef inline int threads_for(int nthreads, long work) noexcept nogil:
+    """1 below ~64K elements: a team costs more than such a loop."""
+    if nthreads < 1 or work < 65536:
+        return 1
+    return nthreads
+
+
+cdef enum:
+    CHUNK = 8192   # elements per task: big enough to amortise the call, small enough to share
+
+
+cdef void act_grad_span(const float *g, const float *t, float *dx, long n, int code, float a,
+                        float b) noexcept nogil:
+    """dx = dy·act'(…) over n elements, g = dY; t is the forward output Y (Relu, Sigmoid, Tanh)
+    or input X (the rest). One loop per activation (codes as in activation.pxd), so each one
+    vectorises instead of branching on the code per element."""
+    cdef long i
+    cdef float u
+    # every branch below multiplies dY by a factor picked with a select, so that no load sits
+    # under a condition (which would stop the compiler vectorising)
+    if code == 1:      # Relu, t = Y
+        for i in range(n):
+            dx[i] = g[i] if t[i] > 0.0 else 0.0
+    elif code == 5:    # Sigmoid, t = Y
+        for i in range(n):
+            dx[i] = g[i] * t[i] * (1.0 - t[i])
+    elif code == 8:    # Tanh, t = Y
+        for i in range(n):
+            dx[i] = g[i] * (1.0 - t[i] * t[i])
+    elif code == 2:    # LeakyRelu, a = slope
+        for i in range(n):
+            dx[i] = g[i] * (1.0 if t[i] > 0.0 else a)
+    elif code == 3:    # Elu
+        for i in range(n):
+            dx[i] = g[i] * (1.0 if t[i] > 0.0 else a * expf(t[i]))
+    elif code == 10:   # Clip, a = min, b = max
+        for i in range(n):
+            dx[i] = g[i] * (1.0 if (t[i] >= a) & (t[i] <= b) else 0.0)
+    elif code == 6:    # HardSigmoid
+        for i in range(n):
+            u = a * t[i] + b
+            dx[i] = g[i] * (a if (u > 0.0) & (u < 1.0) else 0.0)
+    elif code == 7:    # HardSwish
+        for i in range(n):
+            u = 0.0 if t[i] < -3.0 else (1.0 if t[i] > 3.0 else (2.0 * t[i] + 3.0) / 6.0)
+            dx[i] = g[i] * u
+    elif code == 9:    # Softplus: σ(x), stable on both sides
+        for i in range(n):
+            dx[i] = g[i] * apply_act(t[i], 5, 0.0, 0.0)
+    else:
+        for i in range(n):
+            dx[i] = g[i]
+
+
+def activation_grad(float[::1] dy, float[::1] t, float[::1] dx, int act, float a, float b,
+                    int nthreads):
+    """dx = dy · act'(…) elementwise (see act_grad_span for which forward value t is). dx may
+    be dy itself."""
+    cdef long n = dx.shape[0], c, lo
+    if n == 0:
+        return
+    cdef const float *g = &dy[0]
+    cdef const float *tp = &t[0]
+    cdef float *out = &dx[0]
+    cdef long chunks = (n + CHUNK - 1) // CHUNK
+    with nogil:
+        for c in prange(chunks, num_threads=threads_for(nthreads, n), schedule='static'):
+            lo = c * CHUNK
+            act_grad_span(g + lo, tp + lo, out + lo, min(CHUNK, n - lo), act, a, b)
+
+
+cdef inline uint64_t splitmix64(uint64_t z) noexcept nogil:
+    """The splitmix64 finaliser: a bijection whose outputs on consecutive inputs look random."""
+    z = (z ^ (z >> 30)) * <uint64_t> 0xBF58476D1CE4E5B9ULL
+    z = (z ^ (z >> 27)) * <uint64_t> 0x94D049BB133111EBULL
+    return z ^ (z >> 31)
+
+
+cdef uint64_t GOLDEN = <uint64_t> 0x9E3779B97F4A7C15ULL   # 2⁶⁴/φ, splitmix64's increment
+
+
+def dropout_forward(float[::1] x, float[::1] y, uint8_t[::1] mask, float ratio,
+                    unsigned long long seed, unsigned long long run, int nthreads):
+    """y = x·mask/(1 − ratio), mask[i] = 1 with probability 1 − ratio, drawn from (seed, run, i).
+    ratio 1 drops everything (y = 0). Chunks never straddle a multiple of 2³² elements, so the
+    high half of i is constant within one."""
+    cdef long n = x.shape[0], c, lo
+    cdef uint64_t key = splitmix64(splitmix64(<uint64_t> seed) ^ (<uint64_t> run * GOLDEN))
+    cdef uint32_t k1 = <uint32_t> key, k2 = <uint32_t> (key >> 32)
+    # keep when the draw u ∈ [0, 2²⁴) reaches ratio·2²⁴ (ratio 1 → 2²⁴: nothing kept)
+    cdef uint32_t threshold = <uint32_t> (<double> ratio * 16777216.0)
+    cdef float scale = 1.0 / (1.0 - ratio) if ratio < 1.0 else 0.0
+    if n == 0:
+        return
+    cdef const float *xp = &x[0]
+    cdef float *yp = &y[0]
+    cdef uint8_t *mp = &mask[0]
+    cdef long chunks = (n + CHUNK - 1) // CHUNK
+    with nogil:
+        for c in prange(chunks, num_threads=threads_for(nthreads, n), schedule='static'):
+            lo = c * CHUNK
+            ember_dropout_span(xp + lo, yp + lo, mp + lo, lo, min(CHUNK, n - lo), k1, k2,
+                               threshold, scale)
+
+
+def dropout_grad(float[::1] dy, uint8_t[::1] mask, float[::1] dx, float ratio, int nthreads):
+    """dx = dy·mask/(1 − ratio); 0 when ratio = 1."""
+    cdef long n = dx.shape[0], i
+    cdef float scale = 1.0 / (1.0 - ratio) if ratio < 1.0 else 0.0
+    if n == 0:
+        return
+    cdef const float *g = &dy[0]
+    cdef const uint8_t *mp = &mask[0]
+    cdef float *out = &dx[0]
+    with nogil:
+        for i in prange(n, num_threads=threads_for(nthreads, n), schedule='static'):
+            out[i] = g[i] * (scale if mp[i] else 0.0)

@@ -1,0 +1,334 @@
+"""Gradients of the 2-D convolution (ONNX cross-correlation, NCHW float32).
+
+With K = C/group·KH·KW rows (c, kh, kw) and P = OH·OW columns (oh, ow), per image n and group g:
+
+    dW[g] += dY[n, g] · col(X[n, g])ᵀ        (Mg × P) · (P × K)
+    dX[n, g] = col2im(W[g]ᵀ · dY[n, g])       (K × Mg) · (Mg × P), then scatter-add
+
+where col(X) is the im2col panel conv2d multiplies by. Pointwise convolutions (1×1, stride 1,
+no padding) skip im2col/col2im: their panel *is* the image. Depthwise ones (group == C == M) get
+direct loops, parallel over channels (dW) or planes (dX).
+
+Parallelism: a batch that splits evenly over the threads runs one image per thread with
+single-threaded GEMMs — each thread accumulates dW into its own partial (thread 0's is dW itself;
+the others live in scratch and are summed at the end), so no two threads ever write the same
+float. Otherwise images run in turn and each GEMM (and the im2col/col2im around it) uses the
+whole team.
+"""
+from cython.parallel cimport prange, threadid
+from libc.string cimport memset
+
+from kernels.sgemm cimport ember_sgemm
+from kernels.conv_common cimport (ConvShape, threads_for, is_pointwise, is_depthwise,
+                                  col_floats, images_in_parallel, im2col_rows, valid_ow_span)
+
+
+cdef ConvShape make_shape(int N, int C, int H, int W, int M, int KH, int KW, int OH, int OW,
+                          int sh, int sw, int pt, int pl, int dh, int dw,
+                          int group) noexcept nogil:
+    cdef ConvShape s
+    s.N = N; s.C = C; s.H = H; s.W = W; s.M = M; s.KH = KH; s.KW = KW; s.OH = OH; s.OW = OW
+    s.sh = sh; s.sw = sw; s.pt = pt; s.pl = pl; s.dh = dh; s.dw = dw; s.group = group
+    return s
+
+
+cdef inline int slots_for(ConvShape *s, int nthreads) noexcept nogil:
+    """Images processed at once: one per thread when the batch splits evenly, else 1."""
+    return nthreads if images_in_parallel(s.N, nthreads) else 1
+
+
+cdef inline long weight_floats(ConvShape *s) noexcept nogil:
+    return <long> s.M * (s.C // s.group) * s.KH * s.KW
+
+
+cdef long grad_weight_need(ConvShape *s, int slots) noexcept nogil:
+    """Scratch floats: an im2col panel per slot (none when pointwise) + a dW partial per slot
+    beyond the first."""
+    if is_depthwise(s):
+        return 0
+    return (0 if is_pointwise(s) else col_floats(s) * slots) + weight_floats(s) * (slots - 1)
+
+
+cdef long grad_input_need(ConvShape *s, int slots) noexcept nogil:
+    """Scratch floats: one column panel (K × P) per slot; none for pointwise and depthwise."""
+    if is_depthwise(s) or is_pointwise(s):
+        return 0
+    return col_floats(s) * slots
+
+
+def conv_grad_weight_scratch_floats(int N, int C, int H, int W, int M, int KH, int KW, int OH,
+                                    int OW, int stride_h, int stride_w, int pad_top,
+                                    int pad_left, int dil_h, int dil_w, int group, int nthreads):
+    """Floats of scratch conv_grad_weight needs for this case (0 for depthwise)."""
+    cdef ConvShape s = make_shape(N, C, H, W, M, KH, KW, OH, OW, stride_h, stride_w, pad_top,
+                                  pad_left, dil_h, dil_w, group)
+    return grad_weight_need(&s, slots_for(&s, max(nthreads, 1)))
+
+
+def conv_grad_input_scratch_floats(int N, int C, int H, int W, int M, int KH, int KW, int OH,
+                                   int OW, int stride_h, int stride_w, int pad_top, int pad_left,
+                                   int dil_h, int dil_w, int group, int nthreads):
+    """Floats of scratch conv_grad_input needs (0 for pointwise and depthwise)."""
+    cdef ConvShape s = make_shape(N, C, H, W, M, KH, KW, OH, OW, stride_h, stride_w, pad_top,
+                                  pad_left, dil_h, dil_w, group)
+    return grad_input_need(&s, slots_for(&s, max(nthreads, 1)))
+
+
+# ---- dW -----------------------------------------------------------------------------------------
+cdef int weight_grad_image(const float *dy, const float *x, float *acc, float *col, ConvShape *s,
+                           int nthreads) noexcept nogil:
+    """acc (M × K) += dY[n] · col(X[n])ᵀ, group by group. Returns 0 when out of memory."""
+    cdef int g, r, ok = 1
+    cdef int Cg = s.C // s.group, Mg = s.M // s.group, K = Cg * s.KH * s.KW
+    cdef int P = s.OH * s.OW
+    cdef long hw = <long> s.H * s.W
+    cdef const float *panel
+    for g in range(s.group):
+        if is_pointwise(s):
+            panel = x + g * Cg * hw          # the image-group is its own K × P panel
+        else:
+            if threads_for(nthreads, <long> K * P) > 1:
+                for r in prange(K, num_threads=nthreads, schedule='static'):
+                    im2col_rows(x + g * Cg * hw, col, s, r, r + 1)
+            else:
+                im2col_rows(x + g * Cg * hw, col, s, 0, K)
+            panel = col
+        # (Mg × P) · (K × P)ᵀ: B is the panel read transposed (trans_b), accumulated (beta = 1)
+        ok = ember_sgemm(0, 1, Mg, K, P, 1.0, dy + <long> g * Mg * P, P, panel, P, 1.0,
+                         acc + <long> g * Mg * K, K, NULL, NULL, nthreads) and ok
+    return ok
+
+
+cdef void depthwise_weight_grad(const float *dy, const float *x, float *dw, int c,
+                                ConvShape *s) noexcept nogil:
+    """dW[c, kh, kw] = Σ_n Σ_(oh,ow) dY[n, c, oh, ow] · X[n, c, oh·sh − pt + kh·dh, ow·sw − pl
+    + kw·dw]; a float sum per row, double across rows and images."""
+    cdef int n, kh, kw, oh, ih, ow, lo, hi, off
+    cdef double total
+    cdef float row_sum
+    cdef const float *dyrow
+    cdef const float *xrow
+    cdef long plane_in = <long> s.H * s.W, plane_out = <long> s.OH * s.OW
+    for kh in range(s.KH):
+        for kw in range(s.KW):
+            valid_ow_span(s, kw, &lo, &hi)
+            off = kw * s.dw - s.pl
+            total = 0.0
+            for n in range(s.N):
+                for oh in range(s.OH):
+                    ih = oh * s.sh - s.pt + kh * s.dh
+                    if ih < 0 or ih >= s.H:
+                        continue
+                    dyrow = dy + (<long> n * s.C + c) * plane_out + <long> oh * s.OW
+                    xrow = x + (<long> n * s.C + c) * plane_in + <long> ih * s.W + off
+                    row_sum = 0.0
+                    for ow in range(lo, hi):
+                        row_sum = row_sum + dyrow[ow] * xrow[ow * s.sw]
+                    total = total + row_sum
+            dw[(c * s.KH + kh) * s.KW + kw] = <float> total
+
+
+def conv_grad_weight(float[:, :, :, ::1] dy, float[:, :, :, ::1] x, float[:, :, :, ::1] dweight,
+                     scratch, int stride_h, int stride_w, int pad_top, int pad_left, int dil_h,
+                     int dil_w, int group, int nthreads):
+    """dweight (M, C/group, KH, KW) = gradient of the loss w.r.t. the conv weight, given dy
+    (N, M, OH, OW) and the conv input x (N, C, H, W). Bottom/right pads are implied by OH/OW."""
+    cdef ConvShape s = make_shape(x.shape[0], x.shape[1], x.shape[2], x.shape[3], dy.shape[1],
+                                  dweight.shape[2], dweight.shape[3], dy.shape[2], dy.shape[3],
+                                  stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, group)
+    if nthreads < 1:
+        nthreads = 1
+    cdef long wsize = weight_floats(&s)
+    if wsize == 0:
+        return
+    cdef float *dwp = &dweight[0, 0, 0, 0]
+    if s.N == 0 or s.OH == 0 or s.OW == 0 or s.C == 0:
+        memset(dwp, 0, sizeof(float) * wsize)
+        return
+    cdef const float *dyp = &dy[0, 0, 0, 0]
+    cdef const float *xp = &x[0, 0, 0, 0]
+    cdef long x_img = <long> s.C * s.H * s.W, y_img = <long> s.M * s.OH * s.OW
+    cdef int c, n, t, slots, ok = 1
+    cdef long i, have = 0
+    cdef float *col = NULL
+    cdef float *partials = NULL
+    cdef float *acc
+    cdef float[::1] scratch_view
+    cdef long col_n = 0 if is_pointwise(&s) else col_floats(&s)
+
+    if is_depthwise(&s):
+        nthreads = threads_for(nthreads, <long> s.N * s.C * s.OH * s.OW * s.KH * s.KW)
+        with nogil:
+            for c in prange(s.C, num_threads=nthreads, schedule='static'):
+                depthwise_weight_grad(dyp, xp, dwp, c, &s)
+        return
+
+    if scratch is not None:
+        scratch_view = scratch
+        have = scratch_view.shape[0]
+    slots = slots_for(&s, nthreads)
+    while slots > 1 and have < grad_weight_need(&s, slots):
+        slots -= 1          # less scratch than planned: fewer images at once, same result
+    if slots == 1 and grad_weight_need(&s, 1) > have:
+        raise ValueError(f"conv_grad_weight: scratch holds {have} floats, needs "
+                         f"{grad_weight_need(&s, 1)}")
+    if have > 0:
+        col = &scratch_view[0]
+        partials = col + col_n * slots
+    with nogil:
+        memset(dwp, 0, sizeof(float) * wsize)
+        if slots > 1:
+            # slot t takes images t, t + slots, …; each slot owns its accumulator
+            for t in prange(slots, num_threads=slots, schedule='static'):
+                acc = dwp if t == 0 else partials + (t - 1) * wsize
+                if t > 0:
+                    memset(acc, 0, sizeof(float) * wsize)
+                n = t
+                while n < s.N:
+                    ok &= weight_grad_image(dyp + n * y_img, xp + n * x_img, acc,
+                                            col + t * col_n if col != NULL else NULL, &s, 1)
+                    n = n + slots
+            for i in prange(wsize, num_threads=threads_for(nthreads, wsize * slots),
+                            schedule='static'):
+                for t in range(1, slots):
+                    dwp[i] += partials[(t - 1) * wsize + i]
+        else:
+            for n in range(s.N):
+                ok = weight_grad_image(dyp + n * y_img, xp + n * x_img, dwp, col, &s,
+                                       nthreads) and ok
+    if not ok:
+        raise MemoryError("conv_grad_weight: cannot allocate GEMM packing buffers")
+
+
+# ---- dX -----------------------------------------------------------------------------------------
+cdef void col2im_channel(const float *col, float *dx, int c, ConvShape *s) noexcept nogil:
+    """dX[c] = scatter-add of the column rows (c, kh, kw): column (oh, ow) of row (c, kh, kw)
+    lands on pixel (oh·sh − pt + kh·dh, ow·sw − pl + kw·dw) when that is inside the image."""
+    cdef int kh, kw, oh, ow, ih, lo, hi
+    cdef long P = <long> s.OH * s.OW
+    cdef const float *crow
+    cdef float *dxrow
+    memset(dx, 0, sizeof(float) * s.H * s.W)
+    for kh in range(s.KH):
+        for kw in range(s.KW):
+            crow = col + ((<long> c * s.KH + kh) * s.KW + kw) * P
+            valid_ow_span(s, kw, &lo, &hi)
+            for oh in range(s.OH):
+                ih = oh * s.sh - s.pt + kh * s.dh
+                if ih >= 0 and ih < s.H:
+                    dxrow = dx + <long> ih * s.W - s.pl + kw * s.dw
+                    if s.sw == 1:
+                        for ow in range(lo, hi):
+                            dxrow[ow] += crow[ow]
+                    else:
+                        for ow in range(lo, hi):
+                            dxrow[ow * s.sw] += crow[ow]
+                crow += s.OW
+
+
+cdef int input_grad_image(const float *dy, const float *w, float *dx, float *col, ConvShape *s,
+                          int nthreads) noexcept nogil:
+    """dX[n] = col2im(Wᵀ · dY[n]) group by group. Returns 0 when out of memory."""
+    cdef int g, c, ok = 1
+    cdef int Cg = s.C // s.group, Mg = s.M // s.group, K = Cg * s.KH * s.KW
+    cdef int P = s.OH * s.OW
+    cdef long hw = <long> s.H * s.W
+    for g in range(s.group):
+        if is_pointwise(s):   # the K × P product is dX[n, g] itself
+            ok = ember_sgemm(1, 0, K, P, Mg, 1.0, w + <long> g * Mg * K, K,
+                             dy + <long> g * Mg * P, P, 0.0, dx + g * Cg * hw, P, NULL, NULL,
+                             nthreads) and ok
+            continue
+        # (Mg × K)ᵀ · (Mg × P): A is W[g] read transposed (trans_a)
+        ok = ember_sgemm(1, 0, K, P, Mg, 1.0, w + <long> g * Mg * K, K, dy + <long> g * Mg * P,
+                         P, 0.0, col, P, NULL, NULL, nthreads) and ok
+        if threads_for(nthreads, <long> K * P) > 1:
+            for c in prange(Cg, num_threads=nthreads, schedule='static'):
+                col2im_channel(col, dx + (g * Cg + c) * hw, c, s)
+        else:
+            for c in range(Cg):
+                col2im_channel(col, dx + (g * Cg + c) * hw, c, s)
+    return ok
+
+
+cdef void depthwise_input_grad(const float *dy, const float *w, float *dx,
+                               ConvShape *s) noexcept nogil:
+    """One plane: dX[ih, iw] = Σ over taps of W[kh, kw]·dY[oh, ow] for the (oh, ow) whose tap
+    (kh, kw) lands on (ih, iw) — a scatter-add tap by tap over the valid ow span."""
+    cdef int kh, kw, oh, ow, ih, lo, hi
+    cdef float wv
+    cdef const float *dyrow
+    cdef float *dxrow
+    memset(dx, 0, sizeof(float) * s.H * s.W)
+    for kh in range(s.KH):
+        for kw in range(s.KW):
+            wv = w[kh * s.KW + kw]
+            valid_ow_span(s, kw, &lo, &hi)
+            for oh in range(s.OH):
+                ih = oh * s.sh - s.pt + kh * s.dh
+                if ih < 0 or ih >= s.H:
+                    continue
+                dyrow = dy + <long> oh * s.OW
+                dxrow = dx + <long> ih * s.W - s.pl + kw * s.dw
+                if s.sw == 1:
+                    for ow in range(lo, hi):
+                        dxrow[ow] += wv * dyrow[ow]
+                else:
+                    for ow in range(lo, hi):
+                        dxrow[ow * s.sw] += wv * dyrow[ow]
+
+
+def conv_grad_input(float[:, :, :, ::1] dy, float[:, :, :, ::1] w, float[:, :, :, ::1] dx,
+                    scratch, int stride_h, int stride_w, int pad_top, int pad_left, int dil_h,
+                    int dil_w, int group, int nthreads):
+    """dx (N, C, H, W) = gradient of the loss w.r.t. the conv input, given dy (N, M, OH, OW) and
+    the weight w (M, C/group, KH, KW)."""
+    cdef ConvShape s = make_shape(dx.shape[0], dx.shape[1], dx.shape[2], dx.shape[3],
+                                  dy.shape[1], w.shape[2], w.shape[3], dy.shape[2], dy.shape[3],
+                                  stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, group)
+    if nthreads < 1:
+        nthreads = 1
+    cdef long x_img = <long> s.C * s.H * s.W, y_img = <long> s.M * s.OH * s.OW
+    if s.N == 0 or x_img == 0:
+        return
+    cdef float *dxp = &dx[0, 0, 0, 0]
+    if s.M == 0 or s.OH == 0 or s.OW == 0:
+        memset(dxp, 0, sizeof(float) * s.N * x_img)
+        return
+    cdef const float *dyp = &dy[0, 0, 0, 0]
+    cdef const float *wp = &w[0, 0, 0, 0]
+    cdef long col_n = col_floats(&s), have = 0
+    cdef long plane_in = <long> s.H * s.W, plane_out = <long> s.OH * s.OW
+    cdef int n, p, slots, ok = 1
+    cdef float *col = NULL
+    cdef float[::1] scratch_view
+
+    if is_depthwise(&s):
+        nthreads = threads_for(nthreads, <long> s.N * s.C * plane_out * s.KH * s.KW)
+        with nogil:
+            for p in prange(s.N * s.C, num_threads=nthreads, schedule='static'):
+                depthwise_input_grad(dyp + p * plane_out, wp + (p % s.C) * s.KH * s.KW,
+                                     dxp + p * plane_in, &s)
+        return
+
+    slots = slots_for(&s, nthreads)
+    if not is_pointwise(&s):
+        if scratch is not None:
+            scratch_view = scratch
+            have = scratch_view.shape[0]
+        if have < col_n:
+            raise ValueError(f"conv_grad_input: scratch holds {have} floats, needs {col_n}")
+        col = &scratch_view[0]
+        slots = <int> min(<long> slots, have // col_n)
+    with nogil:
+        if slots > 1:
+            for n in prange(s.N, num_threads=slots, schedule='static'):
+                ok &= input_grad_image(dyp + n * y_img, wp, dxp + n * x_img,
+                                       col + threadid() * col_n if col != NULL else NULL,
+                                       &s, 1)
+        else:
+            for n in range(s.N):
+                ok = input_grad_image(dyp + n * y_img, wp, dxp + n * x_img, col, &s,
+                                      nthreads) and ok
+    if not ok:
+        raise MemoryError("conv_grad_input: cannot allocate GEMM packing buffers")

@@ -1,0 +1,172 @@
+"""BatchNormalization in training: the forward with batch statistics (and the running-stat
+update), and the gradient. Both work per channel over x viewed as (N, C, L), parallel over
+channels. The per-channel sums (Σd, Σd², Σdy, Σdy·d with d = x − shift, shift = the channel's
+first value) take one vectorised pass (kernels/sums.h: float lanes flushed into double every
+512 values); the shift keeps E[d²] − E[d]² from cancelling when the mean is large."""
+from cython.parallel cimport prange
+from libc.math cimport sqrt
+
+
+cdef extern from "sums.h" nogil:
+    void ember_moment_sums(const float *x, const float *g, long n, float shift, double *s)
+
+
+cdef inline int threads_for(int nthreads, long work) noexcept nogil:
+    if nthreads < 1 or work < 65536:
+        return 1
+    return nthreads
+
+
+cdef void channel_sums(const float *x, const float *g, long N, long C, long L, long c,
+                       float shift, double *s) noexcept nogil:
+    """s = (Σd, Σd², Σg, Σg·d) over channel c, d = x − shift (g may be NULL: s[2] = s[3] = 0)."""
+    cdef long n
+    s[0] = 0.0
+    s[1] = 0.0
+    s[2] = 0.0
+    s[3] = 0.0
+    for n in range(N):
+        ember_moment_sums(x + (n * C + c) * L, g + (n * C + c) * L if g != NULL else NULL, L,
+                          shift, s)
+
+
+cdef inline void moments_from(double *s, long M, float shift, double *mean,
+                              double *var) noexcept nogil:
+    """Batch mean and population variance from the shifted sums."""
+    cdef double m = s[0] / M, v = s[1] / M - m * m
+    mean[0] = shift + m
+    var[0] = v if v > 0.0 else 0.0
+
+
+cdef void train_channel(const float *xp, float *yp, long N, long C, long L, long c,
+                        float scale, float bias, float eps, double *mean,
+                        double *var) noexcept nogil:
+    """Normalise channel c with its batch statistics (returned in mean/var)."""
+    cdef long n, i
+    cdef double sums[4]
+    cdef float shift = xp[c * L], a, m
+    cdef const float *seg
+    cdef float *out
+    channel_sums(xp, NULL, N, C, L, c, shift, sums)
+    moments_from(sums, N * L, shift, mean, var)
+    a = <float> (scale / sqrt(var[0] + eps))
+    m = <float> mean[0]
+    for n in range(N):
+        seg = xp + (n * C + c) * L
+        out = yp + (n * C + c) * L
+        for i in range(L):
+            out[i] = (seg[i] - m) * a + bias
+
+
+def batch_norm_train(float[:, :, ::1] x, float[::1] scale, float[::1] bias,
+                     float[::1] mean_in, float[::1] var_in, float[:, :, ::1] y, mean_out,
+                     var_out, float eps, float momentum, int nthreads):
+    """y = scale·(x − μ)/√(σ² + ε) + bias with the batch's μ and population σ²; mean_out /
+    var_out (float[::1] or None) = running·momentum + batch·(1 − momentum) (ONNX opset 15)."""
+    cdef long N = x.shape[0], C = x.shape[1], L = x.shape[2], c
+    cdef double mu, var
+    cdef float[::1] mo
+    cdef float[::1] vo
+    cdef float *mop = NULL
+    cdef float *vop = NULL
+    if mean_out is not None:
+        mo = mean_out
+        mop = &mo[0] if C > 0 else NULL
+    if var_out is not None:
+        vo = var_out
+        vop = &vo[0] if C > 0 else NULL
+    if C == 0 or N * L == 0:
+        return
+    cdef const float *xp = &x[0, 0, 0]
+    cdef float *yp = &y[0, 0, 0]
+    with nogil:
+        for c in prange(C, num_threads=threads_for(nthreads, N * C * L), schedule='static'):
+            train_channel(xp, yp, N, C, L, c, scale[c], bias[c], eps, &mu, &var)
+            if mop != NULL:
+                mop[c] = <float> (mean_in[c] * momentum + mu * (1.0 - momentum))
+            if vop != NULL:
+                vop[c] = <float> (var_in[c] * momentum + var * (1.0 - momentum))
+
+
+cdef void grad_channel(const float *gp, const float *xp, float *dxp, float *dsp, float *dbp,
+                       long N, long C, long L, long c, float scale, const float *mp,
+                       const float *vp, float eps, bint training) noexcept nogil:
+    """Channel c of BatchNormalization's gradient (see batch_norm_grad)."""
+    cdef long M = N * L, n, i
+    cdef double sums[4]
+    cdef double mu = 0.0, v = 0.0, inv, s_dy, s_dy_xhat
+    cdef float shift = 0.0, k_dy, k_x, k_0, m
+    cdef const float *gs
+    cdef const float *xs
+    cdef float *out
+    if training:
+        shift = xp[c * L] if M > 0 else 0.0
+    else:
+        shift = mp[c]
+    channel_sums(xp, gp, N, C, L, c, shift, sums)
+    if not training:
+        mu = mp[c]
+        v = vp[c]
+    elif M > 0:
+        moments_from(sums, M, shift, &mu, &v)
+    inv = 1.0 / sqrt(v + eps)
+    s_dy = sums[2]
+    s_dy_xhat = (sums[3] - (mu - shift) * sums[2]) * inv     # Σ dy·(x − μ)·inv = Σ dy·x̂
+    if dsp != NULL:
+        dsp[c] = <float> s_dy_xhat
+    if dbp != NULL:
+        dbp[c] = <float> s_dy
+    if dxp == NULL or M == 0:
+        return
+    # dx = k_dy·dy + k_x·(x − μ) + k_0: the formula expanded into per-channel constants
+    m = <float> mu
+    k_dy = <float> (scale * inv)
+    k_x = <float> (-scale * inv * inv * s_dy_xhat / M) if training else 0.0
+    k_0 = <float> (-scale * inv * s_dy / M) if training else 0.0
+    for n in range(N):
+        gs = gp + (n * C + c) * L
+        xs = xp + (n * C + c) * L
+        out = dxp + (n * C + c) * L
+        for i in range(L):
+            out[i] = k_dy * gs[i] + k_x * (xs[i] - m) + k_0
+
+
+def batch_norm_grad(float[:, :, ::1] dy, float[:, :, ::1] x, float[::1] scale, mean, var, dx,
+                    dscale, dbias, float eps, bint training, int nthreads):
+    """Gradients of BatchNormalization; any of dx (N, C, L) / dscale (C) / dbias (C) may be None.
+    training: μ, σ² are the batch's (recomputed from x; mean/var may be None) and
+        dx = scale·inv/M·(M·dy − Σdy − x̂·Σdy·x̂),  M = N·L, inv = 1/√(σ² + ε), x̂ = (x − μ)·inv
+    else: μ, σ² are the given (frozen) statistics and dx = dy·scale·inv.
+    Both: dscale = Σ dy·x̂, dbias = Σ dy."""
+    cdef long N = x.shape[0], C = x.shape[1], L = x.shape[2], c
+    cdef float[::1] mean_v
+    cdef float[::1] var_v
+    cdef float[:, :, ::1] dx_v
+    cdef float[::1] ds_v
+    cdef float[::1] db_v
+    cdef float *dxp = NULL
+    cdef float *dsp = NULL
+    cdef float *dbp = NULL
+    cdef const float *mp = NULL
+    cdef const float *vp = NULL
+    if C == 0:
+        return
+    if not training:
+        mean_v = mean
+        var_v = var
+        mp = &mean_v[0]
+        vp = &var_v[0]
+    if dx is not None:
+        dx_v = dx
+        dxp = &dx_v[0, 0, 0] if N * L > 0 else NULL
+    if dscale is not None:
+        ds_v = dscale
+        dsp = &ds_v[0]
+    if dbias is not None:
+        db_v = dbias
+        dbp = &db_v[0]
+    cdef const float *gp = &dy[0, 0, 0] if N * L > 0 else NULL
+    cdef const float *xp = &x[0, 0, 0] if N * L > 0 else NULL
+    with nogil:
+        for c in prange(C, num_threads=threads_for(nthreads, N * C * L), schedule='static'):
+            grad_channel(gp, xp, dxp, dsp, dbp, N, C, L, c, scale[c], mp, vp, eps, training)

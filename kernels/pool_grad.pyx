@@ -1,0 +1,172 @@
+"""Gradients of max / average / global-average pooling over NCHW planes; one plane per task, so
+overlapping windows accumulate into a plane only one thread writes."""
+from cython.parallel cimport prange
+from libc.string cimport memset
+
+
+cdef extern from "pool_grad_rows.h" nogil:
+    long ember_window_argmax(const float *x, long W, int h0, int dh, int ilo, int ihi, int w0,
+                             int dw, int jlo, int jhi)
+    void ember_max2x2_grad_row(const float *r0, const float *r1, const float *g, float *d0,
+                               float *d1, long n)
+
+
+cdef inline int threads_for(int nthreads, long work) noexcept nogil:
+    """1 below ~32K element-taps: a team costs more than such a loop."""
+    if nthreads < 1 or work < 32768:
+        return 1
+    return nthreads
+
+
+cdef inline int first_inside(int start, int step, int lo_bound) noexcept nogil:
+    """Smallest k >= 0 with start + k*step >= lo_bound."""
+    if start >= lo_bound:
+        return 0
+    return (lo_bound - start + step - 1) // step
+
+
+cdef inline int end_inside(int start, int step, int count, int hi_bound) noexcept nogil:
+    """One past the largest k < count with start + k*step < hi_bound (>= 0)."""
+    cdef int k
+    if start >= hi_bound:
+        return 0
+    k = (hi_bound - 1 - start) // step + 1
+    return k if k < count else count
+
+
+cdef inline void interior_span(int OW, int W, int kw, int sw, int pl, int dw, int *olo,
+                               int *ohi) noexcept nogil:
+    """[olo, ohi): the output columns whose whole window lies inside [0, W) (no bounds work)."""
+    olo[0] = 0
+    while olo[0] < OW and olo[0] * sw - pl < 0:
+        olo[0] += 1
+    ohi[0] = OW
+    while ohi[0] > olo[0] and (ohi[0] - 1) * sw - pl + (kw - 1) * dw >= W:
+        ohi[0] -= 1
+
+
+cdef void max_grad_plane(const float *dy, const float *x, float *dx, int H, int W, int OH, int OW,
+                         int kh, int kw, int sh, int sw, int pt, int pl, int dh,
+                         int dw) noexcept nogil:
+    """Each window's dY goes to its first maximum in row-major window order (PyTorch's tie
+    rule); a NaN beats any number. Padding is −inf: it never wins, so only in-image taps are
+    visited."""
+    cdef int oh, ow, i, j, h0, w0, ilo, ihi, jlo, jhi, olo, ohi
+    cdef long best_at
+    cdef bint pair_rows = kh == 2 and kw == 2 and sh == 2 and sw == 2 and dh == 1 and dw == 1
+    memset(dx, 0, sizeof(float) * H * W)
+    interior_span(OW, W, kw, sw, pl, dw, &olo, &ohi)
+    for oh in range(OH):
+        h0 = oh * sh - pt
+        ilo = first_inside(h0, dh, 0)
+        ihi = end_inside(h0, dh, kh, H)
+        if pair_rows and ilo == 0 and ihi == 2 and ohi > olo:
+            ember_max2x2_grad_row(x + <long> h0 * W + olo * 2 - pl, x + <long> (h0 + 1) * W +
+                                  olo * 2 - pl, dy + <long> oh * OW + olo,
+                                  dx + <long> h0 * W + olo * 2 - pl,
+                                  dx + <long> (h0 + 1) * W + olo * 2 - pl, ohi - olo)
+        for ow in range(OW):
+            w0 = ow * sw - pl
+            if pair_rows and ilo == 0 and ihi == 2 and olo <= ow < ohi:
+                continue      # done by the 2x2 row above
+            if olo <= ow < ohi:
+                jlo, jhi = 0, kw
+            else:
+                jlo = first_inside(w0, dw, 0)
+                jhi = end_inside(w0, dw, kw, W)
+            if ilo >= ihi or jlo >= jhi:
+                continue      # a window of padding only: no pixel receives its gradient
+            best_at = ember_window_argmax(x, W, h0, dh, ilo, ihi, w0, dw, jlo, jhi)
+            dx[best_at] += dy[<long> oh * OW + ow]
+
+
+def max_pool2d_grad(float[:, :, :, ::1] dy, float[:, :, :, ::1] x, float[:, :, :, ::1] dx,
+                    int kh, int kw, int stride_h, int stride_w, int pad_top, int pad_left,
+                    int dil_h, int dil_w, int nthreads):
+    """dx (N, C, H, W) from dy (N, C, OH, OW) and the pooled input x; the argmax is recomputed
+    from x. ceil_mode only changes OH/OW, which come from dy."""
+    cdef int N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef int OH = dy.shape[2], OW = dy.shape[3]
+    cdef long p
+    if N * C == 0 or H * W == 0:
+        return
+    cdef const float *dyp = &dy[0, 0, 0, 0] if OH * OW > 0 else NULL
+    cdef const float *xp = &x[0, 0, 0, 0]
+    cdef float *dxp = &dx[0, 0, 0, 0]
+    nthreads = threads_for(nthreads, <long> N * C * (OH * OW * kh * kw + H * W))
+    with nogil:
+        for p in prange(<long> N * C, num_threads=nthreads, schedule='static'):
+            max_grad_plane(dyp + p * OH * OW, xp + p * H * W, dxp + p * H * W, H, W, OH, OW,
+                           kh, kw, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w)
+
+
+cdef void avg_grad_plane(const float *dy, float *dx, int H, int W, int OH, int OW, int kh,
+                         int kw, int sh, int sw, int pt, int pl, int pb, int pr, int dh, int dw,
+                         bint include_pad) noexcept nogil:
+    """Each window spreads dY/count over its in-image taps. count is the forward's divisor: the
+    taps inside [−pt, H+pb) × [−pl, W+pr) with count_include_pad, else those inside the image
+    (the ceil_mode overhang past the end pads never counts)."""
+    cdef int oh, ow, i, j, h0, w0, ilo, ihi, jlo, jhi, count, olo, ohi, rows_in, rows_all
+    cdef float share
+    cdef float *row
+    memset(dx, 0, sizeof(float) * H * W)
+    interior_span(OW, W, kw, sw, pl, dw, &olo, &ohi)
+    for oh in range(OH):
+        h0 = oh * sh - pt
+        ilo = first_inside(h0, dh, 0)
+        ihi = end_inside(h0, dh, kh, H)
+        rows_in = ihi - ilo
+        rows_all = end_inside(h0, dh, kh, H + pb) - first_inside(h0, dh, -pt)
+        for ow in range(OW):
+            w0 = ow * sw - pl
+            if olo <= ow < ohi:   # the whole row of the window is inside, pads or not
+                jlo, jhi = 0, kw
+                count = (rows_all if include_pad else rows_in) * kw
+            else:
+                jlo = first_inside(w0, dw, 0)
+                jhi = end_inside(w0, dw, kw, W)
+                if include_pad:
+                    count = rows_all * (end_inside(w0, dw, kw, W + pr) -
+                                        first_inside(w0, dw, -pl))
+                else:
+                    count = rows_in * (jhi - jlo)
+            if count <= 0:
+                continue
+            share = dy[<long> oh * OW + ow] / count
+            for i in range(ilo, ihi):
+                row = dx + <long> (h0 + i * dh) * W + w0
+                for j in range(jlo, jhi):
+                    row[j * dw] += share
+
+
+def avg_pool2d_grad(float[:, :, :, ::1] dy, float[:, :, :, ::1] dx, int kh, int kw,
+                    int stride_h, int stride_w, int pad_top, int pad_left, int pad_bottom,
+                    int pad_right, int dil_h, int dil_w, bint count_include_pad, int nthreads):
+    """dx (N, C, H, W) from dy (N, C, OH, OW); divisor exactly as avg_pool2d / ONNX AveragePool."""
+    cdef int N = dx.shape[0], C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
+    cdef int OH = dy.shape[2], OW = dy.shape[3]
+    cdef long p
+    if N * C == 0 or H * W == 0:
+        return
+    cdef const float *dyp = &dy[0, 0, 0, 0] if OH * OW > 0 else NULL
+    cdef float *dxp = &dx[0, 0, 0, 0]
+    nthreads = threads_for(nthreads, <long> N * C * (OH * OW * kh * kw + H * W))
+    with nogil:
+        for p in prange(<long> N * C, num_threads=nthreads, schedule='static'):
+            avg_grad_plane(dyp + p * OH * OW, dxp + p * H * W, H, W, OH, OW, kh, kw, stride_h,
+                           stride_w, pad_top, pad_left, pad_bottom, pad_right, dil_h, dil_w,
+                           count_include_pad)
+
+
+def global_avg_pool_grad(float[::1] dy, float[:, ::1] dx, int nthreads):
+    """dx[r, :] = dy[r] / L for rows r = (n, c) of L = H·W pixels."""
+    cdef long R = dx.shape[0], L = dx.shape[1], r, i
+    cdef float share
+    if R == 0 or L == 0:
+        return
+    cdef float *dxp = &dx[0, 0]
+    with nogil:
+        for r in prange(R, num_threads=threads_for(nthreads, R * L), schedule='static'):
+            share = dy[r] / L
+            for i in range(L):
+                dxp[r * L + i] = share
