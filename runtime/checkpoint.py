@@ -167,8 +167,10 @@ def trainer_state(trainer) -> dict:
     }
 
 
-def trainer_from_state(cls, loaded: dict, path, threads=None, memory_cap=None):
-    """A ``cls`` Trainer rebuilt from ``load(path)``'s result."""
+def trainer_from_state(cls, loaded: dict, path, threads=None, memory_cap=None, loss=None):
+    """A ``cls`` Trainer rebuilt from ``load(path)``'s result. A custom loss (an ``ember.nn``
+    Module) is stored by name only and never imported from the file: ``loss`` must give it
+    (see ``losses.from_config``)."""
     from . import losses, lr_scheduler, optim
     from .trainer import History
     path = os.fspath(path)
@@ -196,11 +198,15 @@ def trainer_from_state(cls, loaded: dict, path, threads=None, memory_cap=None):
             raise CheckpointError(f"the stored graph's inputs {graph.inputs} are not its data "
                                   f"input {data!r}")
         graph.metadata["parameters"], graph.metadata["buffers"] = list(params), list(buffers)
+        try:
+            loss_spec = losses.from_config(cfg["loss"], loss)
+        except EmberError as e:
+            raise CheckpointError(str(e)) from None
         optimizer = optim.from_state_dict(state["optimizer"])
         scheduler = None if state["scheduler"] is None else \
             lr_scheduler.from_state_dict(state["scheduler"])
         trainer = cls(graph, input_shape=tuple(cfg["input_shape"]),
-                      loss=losses.from_config(cfg["loss"]), optimizer=optimizer,
+                      loss=loss_spec, optimizer=optimizer,
                       batch_size=int(cfg["batch_size"]), threads=threads,
                       seed=int(cfg["seed"]), l2=float(cfg["l2"]), scheduler=scheduler,
                       trainable=list(state["trainable"]), memory_cap=memory_cap)

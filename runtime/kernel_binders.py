@@ -57,8 +57,26 @@ def _root(a):
 
 
 def _is_runtime(a, arena_ref) -> bool:
-    """True when ``a`` lives in the arena (its value changes per run); constants do not."""
-    return a is not None and _root(a) is _root(arena_ref)
+    """True when ``a``'s value may change between runs: it lives in the arena, or it is
+    external state (parameters a Trainer updates in place). Only constants are preprocessed."""
+    if a is None:
+        return False
+    root = _root(a)
+    if root is _root(arena_ref):
+        return True
+    hit = EXTERNAL.get(id(root))
+    return hit is not None and hit() is root
+
+
+# Arrays bound as external state (``Session(external=...)``): id(root) -> weak reference.
+EXTERNAL: dict = {}
+
+
+def mark_external(a) -> None:
+    """Register ``a`` as external state, so binders read it live instead of precomputing."""
+    root = _root(a)
+    key = id(root)
+    EXTERNAL[key] = weakref.ref(root, lambda _, key=key: EXTERNAL.pop(key, None))
 
 
 # Constant copies made at bind time, shared by every context of every Session: id(original) ->

@@ -258,6 +258,124 @@ class HuberLoss(Loss):
         return {"reduction": self.reduction, "delta": self.delta}
 
 
+class ModuleLoss(Loss):
+    """A user's loss written as an ``ember.nn.Module`` whose ``forward(pred, target)`` returns
+    a scalar graph value. It is traced once per graph (``Module.trace_graph``) and spliced onto
+    the model's output, so autodiff differentiates it like any layer. The target is a float32
+    input shaped like the model's output unless the module declares ``target_shape`` (one
+    sample's shape, no batch dim) and/or ``target_dtype``. An ``accuracy(output, y) -> (correct,
+    counted)`` method, if present, is reported as the accuracy metric; ``reduction = "sum"``
+    makes epoch losses add batch losses instead of averaging them."""
+
+    CUSTOM = "custom"
+
+    def __init__(self, module):
+        reduction = getattr(module, "reduction", "mean")
+        super().__init__(reduction if reduction in ("mean", "sum") else "mean")
+        if list(module.parameters()) or list(module.buffers()):
+            raise ModelError(f"{type(module).__name__}: a custom loss cannot hold Parameters or "
+                             f"Buffers (they would not be trained); use numpy constants in "
+                             f"forward()")
+        self.module = module
+        self.accuracy_metric = callable(getattr(module, "accuracy", None))
+        shape = getattr(module, "target_shape", None)
+        self._sample_shape = None if shape is None else tuple(int(d) for d in shape)
+        self._dtype = np.dtype(getattr(module, "target_dtype", None) or np.float32)
+
+    @property
+    def import_path(self) -> str:
+        return class_path(type(self.module))
+
+    def config(self) -> dict:
+        get = getattr(self.module, "config", None)
+        return {"type": self.CUSTOM, "class": self.import_path,
+                "config": get() if callable(get) else None}
+
+    def __repr__(self):
+        return f"{type(self.module).__name__}()"
+
+    # targets -------------------------------------------------------------------------------------
+    def target_kind(self, y, output_shape):
+        return "custom"
+
+    def target_dtype(self, kind):
+        return self._dtype
+
+    def target_shape(self, kind, output_shape):
+        if self._sample_shape is None:
+            return tuple(output_shape)
+        return (output_shape[0],) + self._sample_shape
+
+    def prepare_target(self, y, output_shape, n):
+        y = _as_array(y, "y")
+        name = type(self.module).__name__
+        if (self._dtype.kind == "f") != (y.dtype.kind == "f") or y.dtype.kind not in "fiub":
+            raise InputError(f"{name} needs targets of dtype {self._dtype.name}, got "
+                             f"{y.dtype.name}")
+        want = self.target_shape("custom", (n,) + tuple(output_shape[1:]))
+        if y.shape != want:
+            if y.size == int(np.prod(want)) and y.ndim >= 1 and y.shape[0] == n:
+                y = y.reshape(want)
+            else:
+                raise InputError(f"{name}: targets of shape {y.shape} do not fit; expected "
+                                 f"{want}")
+        if y.dtype.kind == "f" and not np.isfinite(y).all():
+            raise InputError(f"{name}: targets contain NaN or infinity")
+        return "custom", np.ascontiguousarray(y, dtype=self._dtype)
+
+    # the graph -----------------------------------------------------------------------------------
+    def add_to_graph(self, graph, output, target, kind):
+        t = graph.types[target]
+        if output not in graph.types:
+            from ..graph.infer import infer_shapes
+            infer_shapes(graph, fold=False)
+        pred_shape = (t.shape[0],) + tuple(graph.types[output].shape[1:])
+        sub = self.module.trace_graph([("pred", pred_shape, graph.types[output].dtype),
+                                       ("target", t.shape, t.dtype)],
+                                      name=type(self.module).__name__)
+        if len(sub.outputs) != 1:
+            raise ModelError(f"{type(self.module).__name__}.forward must return one scalar, "
+                             f"got {len(sub.outputs)} values")
+        return splice(graph, sub, {"pred": output, "target": target}, "loss")
+
+    def accuracy(self, output, y):
+        return self.module.accuracy(output, y)
+
+
+def class_path(cls) -> str:
+    """``module:qualname`` of a class: how a checkpoint names a custom loss."""
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def splice(graph: Graph, sub: Graph, feeds: dict, prefix: str) -> str:
+    """Append ``sub``'s nodes and constants to ``graph``, its inputs wired to the values in
+    ``feeds`` (sub input -> graph value) and every other name prefixed and made unique; the
+    graph name of ``sub``'s first output."""
+    import copy
+    rename = dict(feeds)
+    for name in list(sub.initializers) + [o for n in sub.nodes for o in n.outputs if o]:
+        if name not in rename:
+            rename[name] = graph.unique_name(f"{prefix}/{name}")
+            graph.types[rename[name]] = None      # reserve it for the next unique_name
+    for name, a in sub.initializers.items():
+        graph.initializers[rename[name]] = a
+    for name, new in rename.items():
+        if name not in feeds:
+            t = sub.types.get(name)
+            if t is not None:
+                graph.types[new] = t
+            else:
+                del graph.types[new]
+    for node in sub.nodes:
+        n = copy.copy(node)
+        n.inputs = [rename.get(i, i) if i else i for i in node.inputs]
+        n.outputs = [rename.get(o, o) if o else o for o in node.outputs]
+        n.attrs = dict(node.attrs)
+        n.name = _fresh_node(graph, f"{prefix}/{node.name}")
+        graph.nodes.append(n)
+    return rename[sub.outputs[0]]
+
+
 LOSSES = {"CrossEntropyLoss": CrossEntropyLoss, "BCEWithLogitsLoss": BCEWithLogitsLoss,
           "MSELoss": MSELoss, "L1Loss": L1Loss, "HuberLoss": HuberLoss}
 ALIASES = {"cross_entropy": CrossEntropyLoss, "crossentropy": CrossEntropyLoss,
@@ -265,23 +383,42 @@ ALIASES = {"cross_entropy": CrossEntropyLoss, "crossentropy": CrossEntropyLoss,
            "huber": HuberLoss}
 
 
+def _is_module(obj) -> bool:
+    """An ``ember.nn.Module`` (duck-typed: runtime does not import ember)."""
+    return callable(getattr(obj, "trace_graph", None)) and callable(getattr(obj, "forward", None))
+
+
 def resolve(loss) -> Loss:
-    """A Loss from a Loss instance, a class, or a name ("cross_entropy", "mse", …)."""
+    """A Loss from a Loss instance, a class, a name ("cross_entropy", "mse", …) or an
+    ``ember.nn.Module`` whose ``forward(pred, target)`` returns a scalar (a custom loss)."""
     if isinstance(loss, Loss):
         return loss
     if isinstance(loss, type) and issubclass(loss, Loss):
         return loss()
+    if isinstance(loss, type) and _is_module(loss):
+        loss = loss()
+    if _is_module(loss):
+        return ModuleLoss(loss)
     if isinstance(loss, str):
         cls = ALIASES.get(loss.lower()) or LOSSES.get(loss)
         if cls is None:
             raise ModelError(f"unknown loss {loss!r}; expected one of {sorted(ALIASES)} or an "
                              f"ember.nn loss")
         return cls()
-    raise ModelError(f"loss must be an ember.nn loss or a name, got {type(loss).__name__}")
+    raise ModelError(f"loss must be an ember.nn loss, a name or an ember.nn.Module with "
+                     f"forward(pred, target), got {type(loss).__name__}")
 
 
-def from_config(cfg: dict) -> Loss:
-    """Rebuild a loss spec from ``Loss.config()`` (checkpoints)."""
+def from_config(cfg: dict, given=None) -> Loss:
+    """Rebuild a loss spec from ``Loss.config()`` (checkpoints). A custom loss is never
+    imported from the name stored: the caller passes it as ``given`` (the Module class, rebuilt
+    with the stored ``config()`` arguments, or an instance whose class and ``config()`` agree
+    with the stored ones); ModelError when it is missing or does not match. ``given`` with a
+    built-in loss replaces the stored one."""
+    if isinstance(cfg, dict) and cfg.get("type") == ModuleLoss.CUSTOM:
+        return _custom_from_config(cfg, given)
+    if given is not None:
+        return resolve(given)
     if not isinstance(cfg, dict) or cfg.get("type") not in LOSSES:
         raise ModelError(f"unknown loss configuration {cfg!r:.80}")
     kwargs = {k: v for k, v in cfg.items() if k != "type"}
@@ -289,3 +426,40 @@ def from_config(cfg: dict) -> Loss:
         return LOSSES[cfg["type"]](**kwargs)
     except TypeError as e:
         raise ModelError(f"bad loss configuration {cfg!r:.80}: {e}") from None
+
+
+def _custom_from_config(cfg: dict, given) -> Loss:
+    stored, args = str(cfg.get("class")), cfg.get("config")
+    if given is None:
+        raise ModelError(f"it was trained with the custom loss {stored}; ember never imports "
+                         f"code named in a file, so pass that loss: Trainer.restore(path, "
+                         f"loss={stored.rsplit(':', 1)[-1].rsplit('.', 1)[-1]}) (the class, "
+                         f"rebuilt with the stored config()) or an instance")
+    cls = given if isinstance(given, type) else type(given)
+    if not _is_module(cls) or isinstance(given, Loss):
+        raise ModelError(f"it was trained with the custom loss {stored}; loss= must be that "
+                         f"ember.nn.Module, got {cls.__name__}")
+    name = class_path(cls)
+    if name.rsplit(":", 1)[-1] != stored.rsplit(":", 1)[-1]:
+        raise ModelError(f"it was trained with the custom loss {stored}, not {name}")
+    if isinstance(given, type):
+        try:
+            given = given(**args) if isinstance(args, dict) else given()
+        except TypeError as e:
+            raise ModelError(f"cannot rebuild {stored} from its stored config {args!r:.80}: "
+                             f"{e}") from None
+    spec = ModuleLoss(given)
+    got = spec.config()["config"]
+    if args is not None and _plain(got) != _plain(args):
+        raise ModelError(f"the custom loss {stored} was saved with config {args!r:.80}, the "
+                         f"one passed has {got!r:.80}")
+    return spec
+
+
+def _plain(value):
+    """``value`` as JSON would give it back (tuples → lists), for comparing configs."""
+    import json
+    try:
+        return json.loads(json.dumps(value))
+    except (TypeError, ValueError):
+        return value

@@ -27,26 +27,8 @@ from ..graph.infer import infer_shapes
 from ..graph.ir import Graph, TensorType
 from ..graph.ops.base import NeedsValue
 from . import bindings
+from .kernel_binders import mark_external
 from .planner import ALIGN, make_plan
-
-
-# Binders that precompute from an input they take for a constant (anything outside the arena):
-# ``kernel_binders._is_runtime`` does not know external state yet, so a node of these ops that
-# reads external state runs its numpy reference, which reads the live values on every run.
-# (Eval BatchNormalization's scale/shift, Gemm's beta·C, Clip's bounds, Slice/Gather/Pad
-# indices.) Remove once ``_is_runtime`` treats external arrays as run-time values.
-_PRECOMPUTING_BINDERS = frozenset({"BatchNormalization", "Gemm", "Clip", "Slice", "Gather", "Pad",
-                                   "ConstantOfShape", "Expand", "Tile", "Reshape"})
-
-def _precomputes_external(node, external) -> bool:
-    if node.op_type not in _PRECOMPUTING_BINDERS:
-        return False
-    if node.op_type == "BatchNormalization" and int(node.attrs.get("training_mode", 0)):
-        return False             # the training-mode binder reads its parameters live
-    if node.op_type == "Gemm":   # only C, and only when scaled by beta, is precomputed
-        return node.input(2) in external and \
-            float(node.attrs.get("beta", 1.0)) not in (0.0, 1.0)
-    return any(i in external for i in node.inputs[1:])
 
 
 # Plans keyed on input *values* (shape-deciding inputs) are bounded so that a stream of
@@ -119,10 +101,7 @@ class _Context:
             if idx in plan.scratch:
                 off, nb = plan.scratch[idx]
                 scr = self.arena[off:off + nb // 4 * 4].view(np.float32)
-            if compiled.external and _precomputes_external(node, compiled.external):
-                step = bindings.reference_step(node, ins, outs)
-            else:
-                step = bindings.bind(node, g.types, ins, outs, scr, compiled.threads)
+            step = bindings.bind(node, g.types, ins, outs, scr, compiled.threads)
             if step is not None:
                 self.steps.append((node, step))
         self.outputs = {name: view(name) for name in g.outputs}
@@ -298,6 +277,7 @@ class Session:
                 raise InputError(f"external state {name!r} must be a writeable, C-contiguous, "
                                  f"aligned array (it is read in place, never copied); pass "
                                  f"np.array(a, order='C')")
+            mark_external(a)
             out[name] = a
         return out
 
@@ -351,6 +331,7 @@ class Session:
                                              for d, s in zip(t.shape, a.shape)):
                 raise InputError(f"input {name!r}: expected shape {self._fmt(t.shape)}, got "
                                  f"{tuple(a.shape)}")
+            mark_external(a)
             out[name] = a
         return out
 

@@ -411,11 +411,14 @@ class Trainer:
         save(path, trainer_state(self))
 
     @classmethod
-    def restore(cls, path, threads: int | None = None, memory_cap=None) -> "Trainer":
+    def restore(cls, path, threads: int | None = None, memory_cap=None,
+                loss=None) -> "Trainer":
         """A Trainer continuing exactly where the saved one stopped (CheckpointError when the
-        file is missing, truncated, tampered with or not a checkpoint)."""
+        file is missing, truncated, tampered with or not a checkpoint). A checkpoint trained
+        with a custom loss names its class but never imports it: pass ``loss=`` (the class,
+        rebuilt from its stored ``config()``, or an instance), else CheckpointError."""
         from .checkpoint import load, trainer_from_state
-        return trainer_from_state(cls, load(path), path, threads, memory_cap)
+        return trainer_from_state(cls, load(path), path, threads, memory_cap, loss)
 
     def __repr__(self):
         return (f"{type(self).__name__}(loss={self.loss!r}, optimizer={self.optimizer!r}, "

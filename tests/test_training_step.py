@@ -263,6 +263,8 @@ def test_external_batchnorm_parameters_are_live():
     arrays["mean"][:] = 0.5
     (y,) = sess.run(None, {"x": xv})
     np.testing.assert_allclose(y, 3.0 * (xv - 0.5) / np.sqrt(1 + 1e-5) + 1.0, rtol=1e-5)
+    ctx = sess.compile().acquire()       # ...and still by the Cython kernel, not numpy
+    assert [getattr(step, "reference", False) for _, step in ctx.steps] == [False]
 
 
 @pytest.mark.parametrize("bad,match", [
