@@ -46,6 +46,8 @@ def _compiler_accepts(flags):
 
 compile_args = ["-O3", "-fno-math-errno", "-Wno-unused-function",
                 "-Wno-maybe-uninitialized", "-Wno-unreachable-code"]
+if not _flag("EMBER_DEBUG_SYMBOLS"):
+    compile_args.append("-g0")   # Python's CFLAGS carry -g: debug info would triple the wheel
 link_args = []
 if not _flag("EMBER_NO_OPENMP") and _compiler_accepts(["-fopenmp"]):
     compile_args.append("-fopenmp")

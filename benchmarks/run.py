@@ -21,6 +21,8 @@ import time
 
 import numpy as np
 
+from .results import write_section
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
@@ -144,29 +146,32 @@ def machine() -> str:
 
 
 def write_results(rows, peaks, mem, path):
-    lines = ["# Benchmark results", "", f"Machine: {machine()}", "",
-             f"Command: `python -m benchmarks {' '.join(sys.argv[1:])}`".rstrip(), "",
-             "numpy sgemm 1024³ peak (same run): " +
-             ", ".join(f"{t} thread(s) {g:.0f} GFLOP/s" for t, g in peaks.items()), "",
-             "## Inference latency (median, interleaved)", "",
-             "| model | batch | threads | ember ms | onnxruntime ms | ember/ort | ember img/s | "
-             "ember GFLOP/s | % of peak |", "|---|---|---|---|---|---|---|---|---|"]
+    """The inference sections of RESULTS.md (other benchmarks own the other sections)."""
+    head = [f"Machine: {machine()}", "",
+            f"Command: `python -m benchmarks {' '.join(sys.argv[1:])}`".rstrip(), "",
+            "numpy sgemm 1024³ peak (same run): " +
+            ", ".join(f"{t} thread(s) {g:.0f} GFLOP/s" for t, g in peaks.items())]
+    lat = ["| model | batch | threads | ember ms | onnxruntime ms | ember/ort | ember img/s | "
+           "ember GFLOP/s | % of peak |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         gflops = 2 * r["macs"] / (r["ember_ms"] / 1e3) / 1e9
-        lines.append(f"| {r['model']} | {r['batch']} | {r['threads']} | {r['ember_ms']:.2f} | "
-                     f"{r['ort_ms']:.2f} | {r['ember_ms'] / r['ort_ms']:.2f} | "
-                     f"{r['batch'] / (r['ember_ms'] / 1e3):.0f} | {gflops:.1f} | "
-                     f"{100 * gflops / peaks[r['threads']]:.0f}% |")
+        lat.append(f"| {r['model']} | {r['batch']} | {r['threads']} | {r['ember_ms']:.2f} | "
+                   f"{r['ort_ms']:.2f} | {r['ember_ms'] / r['ort_ms']:.2f} | "
+                   f"{r['batch'] / (r['ember_ms'] / 1e3):.0f} | {gflops:.1f} | "
+                   f"{100 * gflops / peaks[r['threads']]:.0f}% |")
+    sections = [("## Inference: machine and peak", head),
+                ("## Inference latency (median, interleaved)", lat)]
     if mem:
-        lines += ["", "## Peak RSS of a process that loads and runs the model (1 thread)", "",
-                  "| model | batch | ember MiB | onnxruntime MiB | ember arena MiB |",
-                  "|---|---|---|---|---|"]
+        table = ["| model | batch | ember MiB | onnxruntime MiB | ember arena MiB |",
+                 "|---|---|---|---|---|"]
         for (name, batch), (e, o, arena) in mem.items():
-            lines.append(f"| {name} | {batch} | {e / 2**20:.1f} | {o / 2**20:.1f} | "
+            table.append(f"| {name} | {batch} | {e / 2**20:.1f} | {o / 2**20:.1f} | "
                          f"{arena / 2**20:.1f} |")
-    with open(path, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+        sections.append(("## Peak RSS of a process that loads and runs the model (1 thread)",
+                         table))
+    for title, lines in sections:
+        write_section(path, title, lines)
+        print(title, "", *lines, "", sep="\n")
 
 
 def main(argv=None):

@@ -21,6 +21,8 @@ import time
 
 import numpy as np
 
+from .results import write_section
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 SECTION = "## Training step (batch 64, SGD momentum 0.9, median, interleaved)"
 
@@ -132,14 +134,7 @@ def write(rows, path, have_torch):
              "|---|---|---|---|---|---|"]
     for name, batch, threads, e, t in rows:
         lines.append(f"| {name} | {batch} | {threads} | {e:.2f} | {t:.2f} | {e / t:.2f} |")
-    text = open(path).read() if os.path.exists(path) else "# Benchmark results\n"
-    if SECTION in text:
-        head, _, rest = text.partition(SECTION)
-        nxt = rest.find("\n## ")
-        text = head + (rest[nxt + 1:] if nxt >= 0 else "")
-    text = text.rstrip("\n") + "\n\n" + "\n".join(lines) + "\n"
-    with open(path, "w") as f:
-        f.write(text)
+    write_section(path, lines[0], lines[2:])
     print("\n".join(lines))
 
 

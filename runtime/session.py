@@ -15,7 +15,6 @@ takes a free context or builds a new one, so threads never share an arena.
 """
 from __future__ import annotations
 
-import os
 import threading
 from dataclasses import dataclass
 
@@ -29,19 +28,12 @@ from ..graph.ops.base import NeedsValue
 from . import bindings
 from .kernel_binders import mark_external
 from .planner import ALIGN, make_plan
+from .threads import default_threads  # noqa: F401  (the trainer imports it from here)
 
 
 # Plans keyed on input *values* (shape-deciding inputs) are bounded so that a stream of
 # distinct values cannot grow memory without limit.
 MAX_VALUE_KEYED_PLANS = 32
-
-
-def default_threads() -> int:
-    """CPUs this process may use (respects affinity masks and containers)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
 
 
 def available_memory() -> int:
