@@ -9,17 +9,17 @@ from __future__ import annotations
 from .graph.errors import (CheckpointError, EmberError, InputError, ModelError, ShapeError,
                            TrainingError, UnsupportedOpError)
 from .runtime.session import IOInfo, Session
-from . import init, nn  # noqa: E402  (model building: numpy only, cheap to import)
 
 __version__ = "0.1.0"
 __all__ = ["load", "Session", "IOInfo", "EmberError", "ModelError", "UnsupportedOpError",
            "ShapeError", "InputError", "TrainingError", "CheckpointError", "Trainer", "optim",
-           "export_onnx", "__version__"]
+           "export_onnx", "nn", "init", "optim", "datasets", "__version__"]
 
-# Training pulls in autodiff, the optimizer kernels and the loss ops: imported on first use so
-# that ``import ember`` for inference stays fast.
+# Model building and training pull in the builder, autodiff, the optimizer kernels and the loss
+# ops: imported on first use so that ``import ember`` for inference stays fast.
 _LAZY = {"Trainer": ("training", "Trainer"), "export_onnx": ("training", "export_onnx"),
-         "optim": ("optim", None)}
+         "optim": ("optim", None), "nn": ("nn", None), "init": ("init", None),
+         "datasets": ("datasets", None)}
 
 
 def __getattr__(name):
