@@ -17,6 +17,10 @@ Names, arguments, defaults and parameter shapes mirror torch.nn, so parameter na
 their values only when needed (``to_graph``, ``state_dict``), so counting VGG-16's 138 M
 parameters allocates nothing. ``forward`` runs once, on symbolic values (``ember.graph.builder
 .Value``); each module lowers itself to ONNX-semantics IR ops.
+
+A custom loss is a Module too: ``forward(pred, target)`` returning a scalar, passed as
+``ember.Trainer(model, loss=MyLoss())``; the Trainer traces it onto the model's output (see
+``runtime/losses.py``, ``ModuleLoss``). ``functional.sum``/``mean``/``narrow`` help write one.
 """
 from __future__ import annotations
 
@@ -30,8 +34,9 @@ import numpy as np
 from .graph.builder import Builder, Value, initialize
 from .graph.errors import ModelError, ShapeError
 
-__all__ = ["Parameter", "Buffer", "Module", "Sequential", "ModuleList", "Conv2d",
-           "ConvTranspose2d", "Linear", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d",
+__all__ = ["Parameter", "Buffer", "Module", "Sequential", "ModuleList", "Conv1d", "Conv2d",
+           "ConvTranspose2d", "MaxPool1d", "AvgPool1d", "LocalResponseNorm", "Linear",
+           "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d",
            "BatchNorm1d", "BatchNorm2d", "Dropout", "ReLU", "ReLU6", "LeakyReLU", "ELU", "SiLU",
            "Sigmoid", "Tanh", "Softmax", "LogSoftmax", "Flatten", "Identity", "functional"]
 
@@ -301,6 +306,12 @@ class Module:
         not drawn yet are drawn from ``seed``, in state_dict order; the drawn values are kept,
         so tracing again gives the same weights. Train/eval mode decides how Dropout and
         BatchNorm lower (eval: inference semantics)."""
+        return self.trace_graph([("input", tuple(input_shape), dtype)], seed=seed, name=name)
+
+    def trace_graph(self, inputs, seed=None, name: str | None = None):
+        """``to_graph`` for any number of inputs: ``inputs`` lists (name, shape, dtype), fed to
+        ``forward`` in that order. A custom loss is traced this way with ("pred", …) and
+        ("target", …) (see ``runtime/losses.py``)."""
         b = Builder(name or type(self).__name__, seed=seed)
         trace = _Trace(b)
         for pname, p in self._state_items():
@@ -310,10 +321,10 @@ class Module:
                                               trainable=p.requires_grad, **args)
             trace.names[id(p)] = pname
         trace.module_names = {id(m): n for n, m in self.named_modules()}
-        x = b.input("input", tuple(input_shape), dtype)
+        xs = [b.input(iname, tuple(shape), dtype) for iname, shape, dtype in inputs]
         _TRACES.append(trace)
         try:
-            y = self(x)
+            y = self(*xs)
         finally:
             _TRACES.pop()
         outs = list(y) if isinstance(y, (tuple, list)) else [y]
@@ -448,6 +459,46 @@ class Conv2d(Module):
                 f"stride={self.stride}, padding={self.padding}")
 
 
+class Conv1d(Module):
+    """torch.nn.Conv1d on (N, C, L), weight (out, in/groups, k). ember's kernels are 2-D, so it
+    lowers to a 2-D Conv of a height-1 view: Unsqueeze → Conv with a 1×k kernel → Squeeze,
+    which adds exactly the same products."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
+                 groups=1, bias=True, padding_mode="zeros"):
+        super().__init__()
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"in_channels ({in_channels}) and out_channels ({out_channels}) "
+                             f"must be divisible by groups ({groups})")
+        if padding_mode != "zeros":
+            raise ModelError(f"Conv1d padding_mode {padding_mode!r} is not supported (only "
+                             f"'zeros')")
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.kernel_size = (_single(kernel_size, "kernel_size"),)
+        self.stride = (_single(stride, "stride"),)
+        self.dilation = (_single(dilation, "dilation"),)
+        if isinstance(padding, str):
+            if padding not in ("same", "valid"):
+                raise ValueError(f"padding must be 'same', 'valid' or an int, got {padding!r}")
+            if padding == "same" and self.stride != (1,):
+                raise ValueError("padding='same' is not supported for strided convolutions")
+            self.padding = padding
+        else:
+            self.padding = (_single(padding, "padding"),)
+        self.weight = _torch_weight((out_channels, in_channels // groups) + self.kernel_size)
+        self.bias = _torch_bias(out_channels, (in_channels // groups) * self.kernel_size[0]) \
+            if bias else None
+
+    def forward(self, x):
+        padding = self.padding if isinstance(self.padding, str) else self.padding[0]
+        return functional.conv1d(x, self.weight, self.bias, self.stride[0], padding,
+                                 self.dilation[0], self.groups)
+
+    def extra_repr(self):
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}")
+
+
 class ConvTranspose2d(Module):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
                  output_padding=0, groups=1, bias=True, dilation=1, padding_mode="zeros"):
@@ -551,6 +602,56 @@ class AvgPool2d(Module):
     def forward(self, x):
         return functional.avg_pool2d(x, self.kernel_size, self.stride, self.padding,
                                      self.ceil_mode, self.count_include_pad)
+
+
+class MaxPool1d(Module):
+    """torch.nn.MaxPool1d on (N, C, L): a 1×k MaxPool of the height-1 view."""
+
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, return_indices=False,
+                 ceil_mode=False):
+        super().__init__()
+        if return_indices:
+            raise ModelError("MaxPool1d(return_indices=True) is not supported")
+        self.kernel_size, self.stride = kernel_size, stride
+        self.padding, self.dilation, self.ceil_mode = padding, dilation, ceil_mode
+
+    def forward(self, x):
+        return functional.max_pool1d(x, self.kernel_size, self.stride, self.padding,
+                                     self.dilation, self.ceil_mode)
+
+
+class AvgPool1d(Module):
+    """torch.nn.AvgPool1d on (N, C, L): a 1×k AveragePool of the height-1 view."""
+
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False,
+                 count_include_pad=True):
+        super().__init__()
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        self.ceil_mode, self.count_include_pad = ceil_mode, count_include_pad
+
+    def forward(self, x):
+        return functional.avg_pool1d(x, self.kernel_size, self.stride, self.padding,
+                                     self.ceil_mode, self.count_include_pad)
+
+
+class LocalResponseNorm(Module):
+    """torch.nn.LocalResponseNorm: x / (k + α/size · Σ x² over ``size`` neighbouring
+    channels)^β. Both torch and ONNX divide α by size; for odd sizes their windows agree and it
+    lowers to ONNX's LRN (bias = k). For even sizes torch centres the window one channel
+    earlier than ONNX does, so it lowers to the same sums written out (x², a channel-window
+    Conv of ones, Log/Exp for the power)."""
+
+    def __init__(self, size, alpha=1e-4, beta=0.75, k=1.0):
+        super().__init__()
+        if int(size) < 1:
+            raise ValueError(f"LocalResponseNorm size must be at least 1, got {size}")
+        self.size, self.alpha, self.beta, self.k = int(size), alpha, beta, k
+
+    def forward(self, x):
+        return functional.local_response_norm(x, self.size, self.alpha, self.beta, self.k)
+
+    def extra_repr(self):
+        return f"{self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}"
 
 
 class AdaptiveAvgPool2d(Module):
@@ -731,6 +832,107 @@ def _conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
                           kernel_shape=list(k))
 
 
+def _single(v, what="") -> int:
+    if isinstance(v, (tuple, list)):
+        if len(v) != 1:
+            raise ValueError(f"{what} expects an int or a 1-tuple, got {v!r}")
+        return int(v[0])
+    return int(v)
+
+
+def _check_rank(x, rank, what):
+    if x.ndim != rank:
+        raise ShapeError(f"{what} expects input of rank {rank} (N, C, L), got shape {x.shape}")
+
+
+_AXIS2 = np.array([2], np.int64)
+
+
+def _as_2d(x):
+    """(N, C, L) → (N, C, 1, L): the height-1 view the 2-D kernels run on."""
+    return x.builder.op("Unsqueeze", [x, _AXIS2])
+
+
+def _from_2d(y):
+    return y.builder.op("Squeeze", [y, _AXIS2])
+
+
+def _conv1d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    _check_rank(x, 3, "conv1d")
+    w = _value(weight)
+    k, d, s = int(w.shape[2]), _single(dilation, "dilation"), _single(stride, "stride")
+    if padding == "same":
+        total = d * (k - 1)
+        pads = [0, total // 2, 0, total - total // 2]   # torch: the odd extra at the end
+    elif padding == "valid":
+        pads = [0, 0, 0, 0]
+    else:
+        p = _single(padding, "padding")
+        pads = [0, p, 0, p]
+    b = x.builder
+    y = b.conv(_as_2d(x), b.op("Unsqueeze", [w, _AXIS2]), _value(bias), (1, s), pads, (1, d),
+               groups, kernel_shape=[1, k])
+    return _from_2d(y)
+
+
+def _pool1d_attrs(x, kernel_size, stride, padding, dilation=1, ceil_mode=False):
+    _check_rank(x, 3, "1-D pooling")
+    k = _single(kernel_size, "kernel_size")
+    s = k if stride is None or stride == [] else _single(stride, "stride")
+    return _pool_attrs(x, (1, k), (1, s), (0, _single(padding, "padding")),
+                       (1, _single(dilation, "dilation")), ceil_mode)
+
+
+def _max_pool1d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
+    attrs = _pool1d_attrs(x, kernel_size, stride, padding, dilation, ceil_mode)
+    return _from_2d(x.builder.op("MaxPool", [_as_2d(x)], **attrs))
+
+
+def _avg_pool1d(x, kernel_size, stride=None, padding=0, ceil_mode=False,
+                count_include_pad=True):
+    attrs = _pool1d_attrs(x, kernel_size, stride, padding, 1, ceil_mode)
+    del attrs["dilations"]
+    return _from_2d(x.builder.op("AveragePool", [_as_2d(x)],
+                                 count_include_pad=int(bool(count_include_pad)), **attrs))
+
+
+def _local_response_norm(x, size, alpha=1e-4, beta=0.75, k=1.0):
+    b, size = x.builder, int(size)
+    if x.ndim < 3:
+        raise ShapeError(f"local_response_norm expects input of rank ≥ 3 (N, C, …), got shape "
+                         f"{x.shape}")
+    if size % 2:
+        return b.op("LRN", [x], size=size, alpha=float(alpha), beta=float(beta), bias=float(k))
+    rest = x.shape[1:]
+    if any(not isinstance(d, (int, np.integer)) for d in rest):
+        raise ShapeError(f"local_response_norm with an even size needs static dims after the "
+                         f"batch, got shape {x.shape}")
+    c, m = int(rest[0]), int(np.prod(rest[1:], dtype=np.int64))
+    # torch: window [c − size//2, c + (size−1)//2]; a Conv of ones over (N, 1, C, H·W) sums it.
+    sq = b.reshape(x * x, [0, 1, c, m])
+    ones = b.constant(np.ones((1, 1, size, 1), x.dtype))
+    window = b.conv(sq, ones, None, (1, 1), [size // 2, 0, (size - 1) // 2, 0], (1, 1), 1,
+                    kernel_shape=[size, 1])
+    denom = b.reshape(window, [0] + [int(d) for d in rest]) * (float(alpha) / size) + float(k)
+    return x * (denom.log() * (-float(beta))).exp()
+
+
+def _reduce(op_type):
+    def reduce(x, dim=None, keepdim=False):
+        """torch.sum / torch.mean over ``dim`` (an int, a tuple, or None for every axis)."""
+        dims = list(range(x.ndim)) if dim is None else \
+            [int(d) for d in (dim if isinstance(dim, (tuple, list)) else (dim,))]
+        return x.builder.op(op_type, [x, np.array(dims, np.int64)], keepdims=int(bool(keepdim)))
+    return reduce
+
+
+def _narrow(x, dim, start, length):
+    """torch.narrow: ``length`` entries of axis ``dim`` from ``start`` (a Slice)."""
+    return x.builder.op("Slice", [x, np.array([int(start)], np.int64),
+                                  np.array([int(start) + int(length)], np.int64),
+                                  np.array([int(dim)], np.int64)])
+
+
 functional = types.ModuleType(__name__ + ".functional",
                               "torch.nn.functional-style ops on traced graph values.")
 functional.__dict__.update(
@@ -751,6 +953,13 @@ functional.__dict__.update(
     reshape=lambda x, shape: x.builder.reshape(x, shape),
     linear=_linear,
     conv2d=_conv2d,
+    conv1d=_conv1d,
+    max_pool1d=_max_pool1d,
+    avg_pool1d=_avg_pool1d,
+    local_response_norm=_local_response_norm,
+    sum=_reduce("ReduceSum"),
+    mean=_reduce("ReduceMean"),
+    narrow=_narrow,
     batch_norm=_batch_norm,
     max_pool2d=lambda x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False:
         x.builder.op("MaxPool", [x], **_pool_attrs(x, kernel_size, stride, padding, dilation,
@@ -769,7 +978,9 @@ sys.modules[functional.__name__] = functional
 
 
 # ---- losses (specs a Trainer appends to the graph; defined in runtime/losses.py) ----------------
+# A custom loss is any Module whose forward(pred, target) returns a scalar (Trainer(loss=...));
+# ``Loss`` is the base of the specs, for losses that append their own IR nodes (add_to_graph).
 from .runtime.losses import (BCEWithLogitsLoss, CrossEntropyLoss, HuberLoss,  # noqa: E402
-                             L1Loss, MSELoss)
+                             L1Loss, Loss, MSELoss)
 
-__all__ += ["CrossEntropyLoss", "BCEWithLogitsLoss", "MSELoss", "L1Loss", "HuberLoss"]
+__all__ += ["Loss", "CrossEntropyLoss", "BCEWithLogitsLoss", "MSELoss", "L1Loss", "HuberLoss"]

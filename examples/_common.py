@@ -1,4 +1,4 @@
-"""Helpers the examples share: running a traced model, exporting it to ONNX, the Trainer check.
+"""Helpers the examples share: running a traced model, the courses' size and count formulas.
 
 Kept apart so each example file reads as the model it builds and the figures it checks.
 """
@@ -12,29 +12,6 @@ import ember
 def run(graph, x, threads=None):
     """The traced graph's single output for input ``x``, through a compiled ember Session."""
     return ember.Session(graph, threads=threads).run(None, {"input": np.asarray(x, np.float32)})[0]
-
-
-def have_trainer() -> bool:
-    """The training parts of the examples need ``ember.Trainer`` (graph/TRAINING.md §4)."""
-    return hasattr(ember, "Trainer")
-
-
-def require_trainer(what: str) -> bool:
-    """True when training can run; otherwise say so (examples run their other parts anyway)."""
-    if have_trainer():
-        return True
-    print(f"[skipped] {what}: ember.Trainer is not built yet")
-    return False
-
-
-def export_onnx(graph, path: str) -> None:
-    """Write an eval-mode ember graph to an ONNX file (``ember.export_onnx`` once it exists,
-    the exporter module it wraps until then)."""
-    if hasattr(ember, "export_onnx"):
-        ember.export_onnx(graph, path)
-        return
-    from ember.importers.onnx_export import save_onnx   # ImportError: exporter not built yet
-    save_onnx(graph, path)
 
 
 def count_conv(c_in: int, c_out: int, k, bias: bool = True) -> int:

@@ -20,7 +20,7 @@ import ember
 from ember import nn
 from ember.nn import functional as F
 
-from _common import count_conv, require_trainer, run
+from _common import count_conv, run
 
 BOARD, PLANES, FILTERS, HIDDEN_3X3 = 19, 48, 192, 11
 POLICY_PARAMS = (count_conv(PLANES, FILTERS, 5) + HIDDEN_3X3 * count_conv(FILTERS, FILTERS, 3)
@@ -104,8 +104,7 @@ if __name__ == "__main__":
     check()
     print(f"policy net: {POLICY_PARAMS:,} parameters (REFERENCE.md: 3,882,793); softmax over "
           f"{BOARD * BOARD} points sums to 1")
-    if require_trainer("training the policy net"):
-        steps = int(sys.argv[1]) if len(sys.argv) > 1 else 6
-        losses = train(steps)
-        print(f"{steps} Adam steps on 8 synthetic positions: loss "
-              + " → ".join(f"{v:.3f}" for v in losses))
+    steps = int(sys.argv[1]) if len(sys.argv) > 1 else 6
+    losses = train(steps)
+    print(f"{steps} Adam steps on 8 synthetic positions: loss "
+          + " → ".join(f"{v:.3f}" for v in losses))

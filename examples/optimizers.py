@@ -17,7 +17,7 @@ import ember
 from ember import nn
 from ember.datasets import load_digits, train_test_split
 
-from _common import count_fc, require_trainer
+from _common import count_fc
 
 HIDDEN = 32
 PARAMS = count_fc(64, HIDDEN) + count_fc(HIDDEN, 10)
@@ -87,10 +87,9 @@ def plot(results: dict, path: str) -> bool:
 if __name__ == "__main__":
     build()
     print(f"network: 64 → {HIDDEN} → 10, {PARAMS:,} parameters")
-    if require_trainer("the optimizer comparison"):
-        epochs = int(sys.argv[1]) if len(sys.argv) > 1 else 15
-        path = sys.argv[2] if len(sys.argv) > 2 else "optimizers.png"
-        results = compare(epochs)
-        print(table(results))
-        print(f"loss curves saved to {path}" if plot(results, path)
-              else "matplotlib not installed: no plot (pip install matplotlib)")
+    epochs = int(sys.argv[1]) if len(sys.argv) > 1 else 15
+    path = sys.argv[2] if len(sys.argv) > 2 else "optimizers.png"
+    results = compare(epochs)
+    print(table(results))
+    print(f"loss curves saved to {path}" if plot(results, path)
+          else "matplotlib not installed: no plot (pip install matplotlib)")

@@ -1,9 +1,10 @@
 """Example 1 — the toy 1-D CNN and the courses' hand-worked convolutions and max-pools.
 
-ember.nn has no Conv1d: a 1-D convolution here is a 2-D one on an input of height 1 (kernel
-1×3, padding (0, 1)), which computes exactly the same sums. Every figure is typed in from
-REFERENCE.md (worked by hand there) and must come out of ember exactly — integer sums are exact
-in float32 whatever order the kernels add them in.
+The 1-D convolutions use ``nn.Conv1d`` on (N, C, L) inputs, with torch's weight shape
+(out, in, k); ember lowers it to a 2-D conv of a height-1 view (kernel 1×k), which computes
+exactly the same sums. Every figure is typed in from REFERENCE.md (worked by hand there) and
+must come out of ember exactly — integer sums are exact in float32 whatever order the kernels
+add them in.
 
     python examples/toy_cnn.py
 """
@@ -14,7 +15,7 @@ import numpy as np
 import ember
 from ember import nn
 
-from _common import require_trainer, run
+from _common import run
 
 # ---- the worked examples (REFERENCE.md) ---------------------------------------------------------
 X1 = [0, 0, 1, 1, 1, 0, 1, 0, 0, 0]
@@ -34,17 +35,17 @@ POOL_3X3_S1 = [[0, 0, 1, 1], [1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 0, 0]]
 POOL_3X3_S3 = [[0, 1], [1, 0]]
 
 
-def with_weight(conv: nn.Conv2d, weight) -> nn.Conv2d:
-    """Give a bias-free conv fixed weights (torch layout: out, in, kH, kW)."""
+def with_weight(conv, weight):
+    """Give a bias-free conv fixed weights (torch layout: out, in, k… )."""
     conv.load_state_dict({"weight": np.asarray(weight, np.float32).reshape(conv.weight.shape)})
     return conv
 
 
 def conv1d(x, w, padding=0, relu=False):
-    """A 1-D convolution as a height-1 2-D conv: input [1, 1, 1, L], kernel 1×k."""
-    layers = [with_weight(nn.Conv2d(1, 1, (1, len(w)), padding=(0, padding), bias=False), w)]
+    """A 1-D convolution with nn.Conv1d: input [1, 1, L], kernel [1, 1, k]."""
+    layers = [with_weight(nn.Conv1d(1, 1, len(w), padding=padding, bias=False), w)]
     model = nn.Sequential(*layers, *([nn.ReLU()] if relu else []))
-    x = np.asarray(x, np.float32).reshape(1, 1, 1, -1)
+    x = np.asarray(x, np.float32).reshape(1, 1, -1)
     return run(model.eval().to_graph(x.shape), x).reshape(-1)
 
 
@@ -88,7 +89,7 @@ TOY_PARAMS = (3 + 1) + (5 + 1)          # one filter of 3 taps + bias; dense 5 �
 
 def build() -> nn.Sequential:
     """The toy net, with the fixed weights the hand computation below uses."""
-    model = nn.Sequential(nn.Conv2d(1, 1, (1, 3), padding=(0, 1)), nn.ReLU(), nn.Flatten(),
+    model = nn.Sequential(nn.Conv1d(1, 1, 3, padding=1), nn.ReLU(), nn.Flatten(),
                           nn.Linear(5, 1))
     shapes = {name: p.shape for name, p in model.named_parameters()}
     model.load_state_dict({k: np.asarray(v, np.float32).reshape(shapes[k])
@@ -118,7 +119,7 @@ def check_toy_forward() -> float:
     y_hat, _, _ = toy_by_hand()
     model = build()
     assert model.num_parameters() == TOY_PARAMS
-    got = run(model.eval().to_graph((1, 1, 1, 5)), TOY_X.reshape(1, 1, 1, 5))
+    got = run(model.eval().to_graph((1, 1, 5)), TOY_X.reshape(1, 1, 5))
     assert got.shape == (1, 1)
     np.testing.assert_allclose(got[0, 0], y_hat, rtol=1e-6)
     return float(got[0, 0])
@@ -127,9 +128,9 @@ def check_toy_forward() -> float:
 def train_one_step(lr: float = 0.1):
     """One SGD step with squared loss through ember.Trainer: returns (trainer, gradients,
     parameters after the step) for comparison with ``toy_by_hand``."""
-    trainer = ember.Trainer(build(), input_shape=(1, 1, 5), loss=nn.MSELoss(),
+    trainer = ember.Trainer(build(), input_shape=(1, 5), loss=nn.MSELoss(),
                             optimizer=ember.optim.SGD(lr=lr), batch_size=1, seed=0)
-    x, y = TOY_X.reshape(1, 1, 1, 5), np.array([[TOY_Y]], np.float32)
+    x, y = TOY_X.reshape(1, 1, 5), np.array([[TOY_Y]], np.float32)
     grads = trainer.gradients(x, y)
     trainer.fit(x, y, epochs=1, shuffle=False, verbose=False)
     return trainer, grads, trainer.state_dict()
@@ -151,6 +152,5 @@ if __name__ == "__main__":
     print("worked convolutions and max-pools: all reproduced exactly")
     print(f"toy 1-D CNN: {TOY_PARAMS} parameters, ŷ = {check_toy_forward():.4f} for x = "
           f"{TOY_X.tolist()}, squared loss {toy_by_hand()[1]:.4f}")
-    if require_trainer("one SGD step of the toy CNN"):
-        check_toy_training()
-        print("one SGD step: gradients and updated weights match the hand computation")
+    check_toy_training()
+    print("one SGD step: gradients and updated weights match the hand computation")

@@ -7,8 +7,9 @@ square's centre; there bx, by = the centre's position inside the cell (0..1), bh
 square's height and width in cell units, c1..c3 = one-hot colour (the square is drawn in
 channel k for class k). Elsewhere Pc = 0 and the other seven numbers are "don't care".
 
-The loss is written from graph ops (Slice, Sub, Mul, Add, ReduceSum, ReduceMean) appended to
-the model's graph, so autodiff differentiates it like any layer:
+The loss is a custom loss: an ``nn.Module`` whose ``forward(pred, target)`` returns a scalar,
+passed as ``Trainer(loss=LocalisationLoss())``. The Trainer traces it onto the model's output,
+so autodiff differentiates it like any layer:
     L = mean over images of Σ_cells [ Pc·Σ_{k=0..7} (ŷ_k − y_k)² + (1 − Pc)·(ŷ_0 − y_0)² ]
 
     python examples/yolo_grid.py [epochs]
@@ -21,11 +22,8 @@ import numpy as np
 
 import ember
 from ember import nn
-from ember.graph.infer import infer_shapes
-from ember.graph.ir import Graph, TensorType
-from ember.runtime.losses import Loss
+from ember.nn import functional as F
 
-from _common import require_trainer
 
 SIDE, CELL, GRID, OUTPUTS, CLASSES = 24, 8, 3, 8, 3
 
@@ -39,37 +37,19 @@ def build() -> nn.Sequential:
         nn.Conv2d(64, OUTPUTS, 1))
 
 
-class LocalisationLoss(Loss):
+# Per output channel: Pc's own error always counts (1), the other seven count where Pc = 1.
+FIRST = np.eye(1, OUTPUTS, dtype=np.float32).reshape(1, OUTPUTS, 1, 1)
+
+
+class LocalisationLoss(nn.Module):
     """The courses' YOLO loss: squared error on all 8 outputs where the target's Pc = 1, on Pc
-    alone elsewhere; summed over cells, averaged over images. Like ember's own losses it
-    appends its nodes to the model's graph (``add_to_graph``); autodiff differentiates them."""
+    alone elsewhere; summed over cells, averaged over images."""
 
-    def __init__(self):
-        super().__init__("mean")
-
-    def add_to_graph(self, graph, output, target, kind="float"):
-        def const(base, array):
-            name = graph.unique_name(base)
-            graph.initializers[name] = np.asarray(array)
-            graph.types[name] = TensorType(graph.initializers[name].dtype, np.shape(array))
-            return name
-
-        def node(op_type, inputs, **attrs):
-            out = graph.unique_name(f"localisation_loss/{op_type}")
-            graph.add_node(op_type, inputs, [out], name=out, **attrs)
-            return out
-
-        first = np.zeros((1, OUTPUTS, 1, 1), np.float32)
-        first[0, 0] = 1                                  # Pc's own error always counts
-        pc = node("Slice", [target, const("starts", [0]), const("ends", [1]),
-                            const("axes", [1])])                        # [N, 1, 3, 3]
-        weight = node("Add", [node("Mul", [pc, const("not_first", 1 - first)]),
-                              const("first", first)])   # [N, 8, 3, 3]: 1 for Pc, Pc elsewhere
-        diff = node("Sub", [output, target])
-        weighted = node("Mul", [node("Mul", [diff, diff]), weight])
-        per_image = node("ReduceSum", [weighted, const("axes", [1, 2, 3])], keepdims=0)
-        loss = node("ReduceMean", [per_image], keepdims=0)
-        return loss
+    def forward(self, pred, target):
+        pc = F.narrow(target, 1, 0, 1)                    # [N, 1, 3, 3]
+        weight = pc * (1 - FIRST) + FIRST                 # [N, 8, 3, 3]
+        diff = pred - target
+        return F.mean(F.sum(diff * diff * weight, dim=(1, 2, 3)))
 
 
 def localisation_loss_np(pred, target) -> float:
@@ -79,14 +59,11 @@ def localisation_loss_np(pred, target) -> float:
     return float((pc * sq.sum(1) + (1 - pc) * sq[:, 0]).sum((1, 2)).mean())
 
 
-def loss_graph(batch: int) -> Graph:
-    """The loss alone as a graph with inputs "pred" and "target", output "loss"."""
+def loss_graph(batch: int):
+    """The loss alone as a graph with inputs "pred" and "target", output "output"."""
     shape = (batch, OUTPUTS, GRID, GRID)
-    g = Graph(name="localisation_loss", inputs=["pred", "target"],
-              types={n: TensorType(np.float32, shape) for n in ("pred", "target")})
-    g.outputs = [LocalisationLoss().add_to_graph(g, "pred", "target")]
-    infer_shapes(g, fold=False)
-    return g
+    return LocalisationLoss().trace_graph([("pred", shape, "float32"),
+                                           ("target", shape, "float32")])
 
 
 def squares(n: int, seed: int = 0):
@@ -146,9 +123,8 @@ if __name__ == "__main__":
     (loss,) = ember.Session(loss_graph(4)).run(None, {"pred": pred, "target": y})
     print(f"grid head: {y.shape[1:]} per image; untrained localisation loss {float(loss):.4f} "
           f"(numpy: {localisation_loss_np(pred, y):.4f})")
-    if require_trainer("training the grid detector"):
-        epochs = int(sys.argv[1]) if len(sys.argv) > 1 else 15
-        _, history, s = train(epochs=epochs, verbose=True)
-        print(f"after {epochs} epochs: loss {history.history['loss'][-1]:.4f}; on new images "
-              f"right cell {s['cell_accuracy']:.1%}, right class {s['class_accuracy']:.1%}, "
-              f"centre off by {s['centre_error_px']:.2f} px")
+    epochs = int(sys.argv[1]) if len(sys.argv) > 1 else 15
+    _, history, s = train(epochs=epochs, verbose=True)
+    print(f"after {epochs} epochs: loss {history.history['loss'][-1]:.4f}; on new images "
+          f"right cell {s['cell_accuracy']:.1%}, right class {s['class_accuracy']:.1%}, "
+          f"centre off by {s['centre_error_px']:.2f} px")

@@ -487,3 +487,265 @@ def test_ember_init_functions():
     assert abs(x.std() / math.sqrt(2 / 90) - 1) < 0.1
     assert init.calculate_gain("relu") == pytest.approx(math.sqrt(2))
     assert not init.zeros((2, 2)).any() and init.constant((2,), 3.0).tolist() == [3.0, 3.0]
+
+
+# ---- 1-D layers and LocalResponseNorm ----------------------------------------------------------
+def conv1d_ref(x, w, b=None, stride=1, pads=(0, 0), dilation=1, groups=1):
+    """Textbook grouped 1-D cross-correlation in float64; pads = (left, right)."""
+    x = np.pad(x.astype(np.float64), ((0, 0), (0, 0), pads))
+    m, cg, k = w.shape
+    span = dilation * (k - 1) + 1
+    out = (x.shape[2] - span) // stride + 1
+    y = np.zeros((x.shape[0], m, out))
+    per_group = m // groups
+    for o in range(m):
+        g = o // per_group
+        xs = x[:, g * cg:(g + 1) * cg]
+        for i in range(out):
+            y[:, o, i] = np.einsum("nck,ck->n", xs[:, :, i * stride:i * stride + span:dilation],
+                                   w[o])
+    return y if b is None else y + b.reshape(1, -1, 1)
+
+
+@pytest.mark.parametrize("k, stride, padding, dilation, groups, bias", [
+    (3, 1, 0, 1, 1, True), (3, 2, 1, 1, 1, False), (4, 1, "same", 1, 1, True),
+    (3, 1, "same", 2, 2, True), (5, 3, 2, 1, 2, True), (1, 1, "valid", 1, 2, False)])
+def test_conv1d_matches_numpy(k, stride, padding, dilation, groups, bias):
+    conv = nn.Conv1d(4, 6, k, stride=stride, padding=padding, dilation=dilation,
+                     groups=groups, bias=bias)
+    assert conv.weight.shape == (6, 4 // groups, k)           # torch's (out, in/groups, k)
+    assert (conv.bias is None) == (not bias)
+    x = rand(2, 4, 11)
+    g = conv.to_graph(input_shape=("N", 4, 11), seed=0)
+    if padding == "same":
+        total = dilation * (k - 1)
+        pads = (total // 2, total - total // 2)    # torch: the odd extra at the end
+    else:
+        pads = (0, 0) if padding == "valid" else (padding, padding)
+    expect = conv1d_ref(x, conv.weight.data, None if conv.bias is None else conv.bias.data,
+                        stride, pads, dilation, groups)
+    if padding == "same":
+        assert expect.shape[2] == 11
+    np.testing.assert_allclose(run(g, x), expect, rtol=RTOL, atol=ATOL)
+
+
+def test_conv1d_and_pool1d_errors():
+    with pytest.raises(ShapeError, match="rank 3"):
+        nn.Conv1d(2, 3, 3).to_graph(input_shape=(1, 2, 5, 5))
+    with pytest.raises(ValueError, match="strided"):
+        nn.Conv1d(2, 3, 3, stride=2, padding="same")
+    with pytest.raises(ValueError, match="divisible"):
+        nn.Conv1d(3, 4, 3, groups=2)
+    with pytest.raises(ShapeError, match="rank 3"):
+        nn.MaxPool1d(2).to_graph(input_shape=(1, 2, 6, 6))
+
+
+def _pool1d_windows(x, k, s, p, ceil_mode, fill):
+    """(windows [N, C, out, k] padded with ``fill``, real-element counts [out], padded counts)."""
+    length = x.shape[2]
+    span = length + 2 * p - k
+    out = (-(-span // s) if ceil_mode else span // s) + 1
+    if ceil_mode and (out - 1) * s >= length + p:   # torch: the last window must start inside
+        out -= 1
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (p, p + k)), constant_values=fill)
+    idx = np.arange(out)[:, None] * s + np.arange(k)[None]
+    real = ((idx >= p) & (idx < p + length)).sum(1)
+    in_pad = ((idx >= 0) & (idx < length + 2 * p)).sum(1)
+    return xp[:, :, idx], real, in_pad
+
+
+@pytest.mark.parametrize("k, s, p, ceil_mode", [(2, None, 0, False), (3, 2, 1, False),
+                                                (3, 2, 1, True), (2, 2, 0, True),
+                                                (4, 3, 2, True)])
+def test_pool1d_matches_numpy(k, s, p, ceil_mode):
+    x = rand(2, 3, 10)
+    stride = k if s is None else s
+    win, real, in_pad = _pool1d_windows(x, k, stride, p, ceil_mode, -np.inf)
+    got = run(nn.MaxPool1d(k, s, p, ceil_mode=ceil_mode).to_graph(input_shape=x.shape), x)
+    np.testing.assert_array_equal(got, win.max(-1).astype(np.float32))
+    win, _, _ = _pool1d_windows(x, k, stride, p, ceil_mode, 0.0)
+    for include_pad, count in ((True, in_pad), (False, real)):
+        m = nn.AvgPool1d(k, s, p, ceil_mode=ceil_mode, count_include_pad=include_pad)
+        got = run(m.to_graph(input_shape=x.shape), x)
+        np.testing.assert_allclose(got, win.sum(-1) / count, rtol=1e-5, atol=1e-6)
+
+
+def lrn_ref(x, size, alpha, beta, k):
+    """torch's LocalResponseNorm as implemented: the window over channels is
+    [c − size//2, c + (size−1)//2] (zero-padded), the sum divided by size."""
+    sq = np.pad(x.astype(np.float64) ** 2, [(0, 0), (size // 2, (size - 1) // 2)]
+                + [(0, 0)] * (x.ndim - 2))
+    c = x.shape[1]
+    window = sum(sq[:, j:j + c] for j in range(size))
+    return x / (k + alpha / size * window) ** beta
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 4, 5, 6])
+@pytest.mark.parametrize("shape", [(2, 7, 3, 3), (2, 6, 5)], ids=["NCHW", "NCL"])
+def test_local_response_norm_matches_torch_formula(size, shape):
+    x = 3 * rand(*shape)
+    layer = nn.LocalResponseNorm(size, alpha=0.05, beta=0.75, k=2.0)
+    got = run(layer.to_graph(input_shape=("N",) + shape[1:]), x)
+    np.testing.assert_allclose(got, lrn_ref(x, size, 0.05, 0.75, 2.0), rtol=1e-5, atol=1e-6)
+    ops = {n.op_type for n in layer.to_graph(input_shape=shape).nodes}
+    assert ("LRN" in ops) == (size % 2 == 1)   # even sizes: torch's window is not ONNX's
+
+
+def _numeric_grads(loss_fn, params: dict, eps=1e-6) -> dict:
+    """Central differences of a float64 numpy loss over every entry of every parameter."""
+    out = {}
+    for name, p in params.items():
+        g = np.zeros_like(p)
+        for i in np.ndindex(p.shape):
+            old = p[i]
+            p[i] = old + eps
+            up = loss_fn(params)
+            p[i] = old - eps
+            down = loss_fn(params)
+            p[i] = old
+            g[i] = (up - down) / (2 * eps)
+        out[name] = g
+    return out
+
+
+def test_1d_layers_and_even_lrn_train_like_finite_differences():
+    """Gradients through Conv1d (Unsqueeze/Conv/Squeeze), LRN of even size (its written-out
+    form), MaxPool1d and Linear, against central differences of a numpy forward."""
+    model = nn.Sequential(nn.Conv1d(2, 4, 3, padding=1), nn.LocalResponseNorm(4, alpha=0.5, k=1.0),
+                          nn.AvgPool1d(2), nn.Flatten(), nn.Linear(4 * 3, 2))
+    x, y = rand(3, 2, 6, seed=1), rand(3, 2, seed=2)
+    trainer = ember.Trainer(model, input_shape=(2, 6), loss=nn.MSELoss(), batch_size=3)
+    got = trainer.gradients(x, y)
+    params = {k: v.astype(np.float64) for k, v in trainer.state_dict().items()}
+
+    def loss_fn(p):
+        h = conv1d_ref(x, p["0.weight"], p["0.bias"], pads=(1, 1))
+        h = lrn_ref(h, 4, 0.5, 0.75, 1.0)
+        h = h.reshape(3, 4, 3, 2).mean(-1).reshape(3, -1)
+        out = h @ p["4.weight"].T + p["4.bias"]
+        return ((out - y) ** 2).mean()
+    want = _numeric_grads(loss_fn, params)
+    for name in want:
+        a, b = got[name].astype(np.float64), want[name]
+        assert np.linalg.norm(a - b) / (np.linalg.norm(a) + np.linalg.norm(b)) < 1e-5, name
+
+
+# ---- custom losses: an nn.Module with forward(pred, target) ----------------------------------
+class ScaledMSE(nn.Module):
+    """scale · mean((pred − target)²): a user's loss, with constructor args in config()."""
+
+    def __init__(self, scale=1.0):
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, pred, target):
+        d = pred - target
+        return F.mean(d * d) * self.scale
+
+    def config(self):
+        return {"scale": self.scale}
+
+
+class SumMatch(nn.Module):
+    """(Σ_j pred_j − t)² averaged over the batch, with one float target per sample."""
+    target_shape = (1,)
+
+    def forward(self, pred, target):
+        d = F.sum(pred, dim=1, keepdim=True) - target
+        return F.mean(d * d)
+
+
+class NotScalar(nn.Module):
+    def forward(self, pred, target):
+        return pred - target
+
+
+class HoldsWeights(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(np.ones(3, np.float32))
+
+    def forward(self, pred, target):
+        return F.mean(pred * self.w - target)
+
+
+def _small_net(seed=0):
+    model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(12, 3))
+    return model.init_parameters(seed)
+
+
+def _trainer(loss, seed=0, lr=0.1):
+    return ember.Trainer(_small_net(seed), input_shape=(1, 4, 4), loss=loss,
+                         optimizer=ember.optim.SGD(lr=lr, momentum=0.9), batch_size=4, seed=0)
+
+
+def test_custom_loss_module_trains_like_the_built_in_loss():
+    x, y = rand(10, 1, 4, 4, seed=3), rand(10, 3, seed=4)
+    custom, builtin = _trainer(ScaledMSE(2.0)), _trainer(nn.MSELoss())
+    g_custom, g_builtin = custom.gradients(x[:4], y[:4]), builtin.gradients(x[:4], y[:4])
+    for name in g_builtin:
+        np.testing.assert_allclose(g_custom[name], 2 * g_builtin[name], rtol=1e-5, atol=1e-7)
+    assert custom.evaluate(x, y)["loss"] == pytest.approx(2 * builtin.evaluate(x, y)["loss"],
+                                                          rel=1e-5)
+    pred = custom.predict(x).astype(np.float64)
+    assert custom.evaluate(x, y)["loss"] == pytest.approx(2 * ((pred - y) ** 2).mean(), rel=1e-5)
+    h = custom.fit(x, y, epochs=3, verbose=False).history
+    assert set(h) == {"loss", "lr"} and h["loss"][-1] < h["loss"][0]
+
+
+def test_custom_loss_with_declared_target_shape():
+    trainer = _trainer(SumMatch())
+    x, t = rand(6, 1, 4, 4, seed=5), rand(6, seed=6)
+    pred = trainer.predict(x).astype(np.float64)
+    expect = ((pred.sum(1) - t) ** 2).mean()
+    assert trainer.evaluate(x, t)["loss"] == pytest.approx(expect, rel=1e-5)
+    assert trainer.evaluate(x, t.reshape(6, 1))["loss"] == pytest.approx(expect, rel=1e-5)
+    with pytest.raises(ember.InputError, match="do not fit"):
+        trainer.evaluate(x, rand(6, 3))
+    with pytest.raises(ember.InputError, match="float32"):
+        trainer.evaluate(x, np.zeros(6, np.int64))
+
+
+@pytest.mark.parametrize("loss, match", [(NotScalar(), "scalar"),
+                                         (HoldsWeights(), "Parameters")])
+def test_custom_loss_errors(loss, match):
+    with pytest.raises(ModelError, match=match):
+        _trainer(loss).gradients(rand(4, 1, 4, 4), rand(4, 3))
+
+
+def test_custom_loss_checkpoint_never_imports_and_resumes_exactly(tmp_path):
+    from ember.runtime.checkpoint import load
+    x, y = rand(12, 1, 4, 4, seed=7), rand(12, 3, seed=8)
+    trainer = _trainer(ScaledMSE(0.5))
+    trainer.fit(x, y, epochs=1, verbose=False)
+    path = tmp_path / "custom.ember"
+    trainer.save(path)
+    stored = load(path)["state"]["config"]["loss"]
+    assert stored == {"type": "custom", "class": f"{__name__}:ScaledMSE",
+                      "config": {"scale": 0.5}}
+    with pytest.raises(ember.CheckpointError, match="ScaledMSE"):
+        ember.Trainer.restore(path)
+    with pytest.raises(ember.CheckpointError, match="not .*SumMatch"):
+        ember.Trainer.restore(path, loss=SumMatch())
+    with pytest.raises(ember.CheckpointError, match="config"):
+        ember.Trainer.restore(path, loss=ScaledMSE(3.0))
+    for given in (ScaledMSE, ScaledMSE(0.5)):   # the class (rebuilt from config) or an instance
+        restored = ember.Trainer.restore(path, loss=given)
+        assert restored.loss.module.scale == 0.5
+    restored.fit(x, y, epochs=1, verbose=False)
+    trainer.fit(x, y, epochs=1, verbose=False)
+    for name, a in trainer.state_dict().items():
+        np.testing.assert_array_equal(restored.state_dict()[name], a, err_msg=name)
+
+
+def test_reduction_helpers_and_narrow():
+    class Net(nn.Module):
+        def forward(self, x):
+            return (F.sum(x, dim=(1, 2)), F.mean(x, dim=2, keepdim=True), F.mean(x),
+                    F.narrow(x, 2, 1, 2))
+    x = rand(2, 3, 4)
+    g = Net().to_graph(input_shape=x.shape)
+    outs = ember.Session(g).run(None, {"input": x})
+    for got, want in zip(outs, [x.sum((1, 2)), x.mean(2, keepdims=True), x.mean(),
+                                x[:, :, 1:3]]):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
