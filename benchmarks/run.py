@@ -92,14 +92,35 @@ def bench_inference(builders, models, threads_list, runs) -> list:
             feeds = {inp.name: x}
             fns = {"ember": lambda: sess.run(None, feeds),
                    "onnxruntime": lambda: peer.run(None, feeds)}
+            torch_fn = torch_inference(name, threads, x)
+            if torch_fn is not None:
+                fns["torch"] = torch_fn
             med = time_interleaved(fns, runs)
             rows.append(dict(model=name, batch=batch, threads=threads, macs=macs,
                              ember_ms=med["ember"] * 1e3, ort_ms=med["onnxruntime"] * 1e3,
+                             torch_ms=med.get("torch", float("nan")) * 1e3,
                              arena=sess.plan().arena_bytes))
             print(f"{name:12s} b={batch:<3d} t={threads}  ember {med['ember']*1e3:8.2f} ms   "
                   f"onnxruntime {med['onnxruntime']*1e3:8.2f} ms   ratio "
-                  f"{med['ember']/med['onnxruntime']:.2f}", flush=True)
+                  f"{med['ember']/med['onnxruntime']:.2f}   torch "
+                  f"{med.get('torch', float('nan'))*1e3:8.2f} ms", flush=True)
     return rows
+
+
+def torch_inference(name: str, threads: int, x):
+    """The same architecture in PyTorch (benchmarks/nets.py), eval mode, or None without torch."""
+    if importlib.util.find_spec("torch") is None:
+        return None
+    import torch
+    from .nets import NETS
+    torch.set_num_threads(threads)
+    model = NETS[name][0](torch.nn).eval()
+    xt = torch.from_numpy(x)
+
+    def run():
+        with torch.inference_mode():
+            return model(xt)
+    return run
 
 
 def peak_rss(engine: str, model) -> int:
@@ -151,12 +172,14 @@ def write_results(rows, peaks, mem, path):
             f"Command: `python -m benchmarks {' '.join(sys.argv[1:])}`".rstrip(), "",
             "numpy sgemm 1024³ peak (same run): " +
             ", ".join(f"{t} thread(s) {g:.0f} GFLOP/s" for t, g in peaks.items())]
-    lat = ["| model | batch | threads | ember ms | onnxruntime ms | ember/ort | ember img/s | "
-           "ember GFLOP/s | % of peak |", "|---|---|---|---|---|---|---|---|---|"]
+    lat = ["| model | batch | threads | ember ms | onnxruntime ms | ember/ort | PyTorch ms | "
+           "ember/PyTorch | ember img/s | ember GFLOP/s | % of peak |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         gflops = 2 * r["macs"] / (r["ember_ms"] / 1e3) / 1e9
         lat.append(f"| {r['model']} | {r['batch']} | {r['threads']} | {r['ember_ms']:.2f} | "
                    f"{r['ort_ms']:.2f} | {r['ember_ms'] / r['ort_ms']:.2f} | "
+                   f"{r['torch_ms']:.2f} | {r['ember_ms'] / r['torch_ms']:.2f} | "
                    f"{r['batch'] / (r['ember_ms'] / 1e3):.0f} | {gflops:.1f} | "
                    f"{100 * gflops / peaks[r['threads']]:.0f}% |")
     sections = [("## Inference: machine and peak", head),

@@ -21,32 +21,14 @@ import time
 
 import numpy as np
 
+from .nets import NETS
 from .results import write_section
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SECTION = "## Training step (batch 64, SGD momentum 0.9, median, interleaved)"
 
 
-def lenet5(nn):
-    return nn.Sequential(
-        nn.Conv2d(1, 6, 5), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-        nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, 10))
-
-
-def small_vgg(nn):
-    layers, cin = [], 3
-    for cout in (32, 32, "pool", 64, 64, "pool", 128, 128, "pool"):
-        if cout == "pool":
-            layers.append(nn.MaxPool2d(2))
-            continue
-        layers += [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
-                   nn.ReLU()]
-        cin = cout
-    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(128 * 4 * 4, 10))
-
-
-MODELS = {"lenet5": (lenet5, (1, 32, 32)), "small_vgg": (small_vgg, (3, 32, 32))}
+MODELS = {name: NETS[name] for name in ("lenet5", "small_vgg")}
 
 
 def ember_step(name, batch, threads, x, y):
