@@ -30,6 +30,7 @@ import sys
 import tempfile
 
 from .results import write_section
+from .run import load_builders
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -74,14 +75,6 @@ print(json.dumps(dict(numpy=t1 - t0, imp=t2 - t1, load=t3 - t2, first=t5 - t4,
 
 COLUMNS = [("imp", "import (s)"), ("load", "first load (s)"), ("reload", "second load (s)"),
            ("first", "first run (ms)"), ("second", "second run (ms)")]
-
-
-def load_builders():
-    spec = importlib.util.spec_from_file_location("ember_test_models",
-                                                  os.path.join(ROOT, "tests", "models.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def child_env(pycache: str | None) -> dict:

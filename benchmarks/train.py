@@ -21,6 +21,8 @@ import time
 
 import numpy as np
 
+from ember.runtime.profile import time_interleaved
+
 from .nets import NETS
 from .results import write_section
 
@@ -60,19 +62,6 @@ def torch_step(name, threads, x, y):
         opt.step()
         return loss
     return step
-
-
-def time_interleaved(fns: dict, runs: int, warmup: int = 3) -> dict:
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times = {k: [] for k in fns}
-    for _ in range(runs):
-        for k, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def main(argv=None):
