@@ -21,7 +21,6 @@ The table replaces the ``## Start-up`` section of ``benchmarks/RESULTS.md``.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import statistics
