@@ -11,16 +11,18 @@ runs, so every value is read inside the step.
 from __future__ import annotations
 
 import math
-import zlib
 
 import numpy as np
 
 from ..graph.errors import InputError
+from ..graph.ops.normalization import unbiased_factor
+from ..graph.ops.tensor import dropout_seed
 from .bindings import BINDERS, binder, scratch
 from .kernel_binders import (F32, _as4d, _c, _conv_geometry, _empty_output, _f32, _ints, _k,
-                             _nci, _noop, _opt)
+                             _nci, _noop, _opt, winograd_scratch_floats, winograd_tile)
 
 U8 = np.uint8
+_U64 = (1 << 64) - 1
 
 
 def _as_u8(mask):
@@ -70,8 +72,29 @@ def _scratch_floats(kind, case_fn, node, types, threads):
     return int(getattr(cg, f"conv_grad_{kind}_scratch_floats")(*case, threads))
 
 
+def _winograd_grad_input_case(node, types, threads):
+    """(N, C, H, W, M, OH, OW, pad_top, pad_left, tile, U floats, conv scratch floats) when this
+    ConvGradInput runs through Winograd: dX of a 3×3 stride-1 conv is a 3×3 stride-1 conv of dY
+    with the weights flipped 180° and in/out channels swapped, padded by 2 − pad."""
+    wg, case = _k("winograd"), _grad_input_case(node, types)
+    if wg is None or case is None:
+        return None
+    N, C, H, W, M, KH, KW, OH, OW, sh, sw, pt, pl, dh, dw, group = case
+    if (KH, KW) != (3, 3) or (sh, sw, dh, dw, group) != (1, 1, 1, 1, 1) or H < 1 or W < 1:
+        return None
+    tile = winograd_tile(N, M, C, H, W)
+    if not tile:
+        return None
+    return (N, C, H, W, M, OH, OW, 2 - pt, 2 - pl, tile,
+            int(wg.winograd_weight_floats(C, M, tile)),
+            winograd_scratch_floats(N, M, OH, OW, C, H, W, tile, threads))
+
+
 @scratch("ConvGradInput")
 def _conv_grad_input_scratch(node, types, threads):
+    wc = _winograd_grad_input_case(node, types, threads)
+    if wc is not None:
+        return 4 * (wc[10] + wc[11])   # transformed weights (they change every step) + blocks
     return 4 * _scratch_floats("input", _grad_input_case, node, types, threads)
 
 
@@ -108,8 +131,32 @@ def _conv_grad_binder(kind, case_fn, out_shape4):
     return bind
 
 
-binder("ConvGradInput")(_conv_grad_binder(
-    "input", _grad_input_case, lambda c: (c[0], c[1], c[2], c[3])))
+_conv_grad_input_gemm = _conv_grad_binder("input", _grad_input_case,
+                                          lambda c: (c[0], c[1], c[2], c[3]))
+
+
+@binder("ConvGradInput")
+def _conv_grad_input(node, types, ins, outs, scratch_buf, threads):
+    """Winograd when the case takes it (and the plan gave its scratch), else col2im GEMM."""
+    wc = _winograd_grad_input_case(node, types, threads)
+    if wc is None or not _f32(*ins, *outs) or _empty_output(outs):
+        return _conv_grad_input_gemm(node, types, ins, outs, scratch_buf, threads)
+    N, C, H, W, M, OH, OW, pt, pl, tile, u_n, conv_n = wc
+    if scratch_buf is None or scratch_buf.size < u_n + conv_n:
+        return _conv_grad_input_gemm(node, types, ins, outs, scratch_buf, threads)
+    wg, a2 = _k("winograd"), (tile + 2) ** 2
+    U, scr = scratch_buf[:u_n].reshape(a2, u_n // a2), scratch_buf[u_n:u_n + conv_n]
+    dy, w4, dx = _c(ins[0]).reshape(N, M, OH, OW), _c(ins[1]).reshape(M, C, 3, 3), \
+        outs[0].reshape(N, C, H, W)
+    transform, conv = wg.winograd_weights, wg.conv2d_winograd
+
+    def step():
+        transform(w4, U, tile, True, threads)
+        conv(dy, U, None, dx, scr, tile, pt, pl, 0, 0.0, 0.0, threads)
+    step.winograd_tile = tile
+    return step
+
+
 binder("ConvGradWeight")(_conv_grad_binder(
     "weight", _grad_weight_case, lambda c: (c[4], c[1] // c[15], c[5], c[6])))
 
@@ -232,26 +279,25 @@ def _dropout_grad(node, types, ins, outs, scratch_buf, threads):
     return lambda: fn(g1, m1, dx1, ratio, threads)
 
 
-def _dropout_seed(node) -> int:
-    """The node's ``seed`` attribute, or (absent) a stable hash of its name."""
-    seed = node.attrs.get("seed")
-    return int(seed) & (2 ** 64 - 1) if seed is not None else zlib.crc32(node.name.encode())
-
-
 @binder("Dropout")
 def _dropout(node, types, ins, outs, scratch_buf, threads):
-    """Training: a fresh mask every run from (seed, run count, element) — the count lives in
-    this closure, so each compiled context draws its own reproducible sequence. Inference:
-    y = x, mask all True. ratio / training_mode are read every run (they are one element)."""
+    """Training: the mask of (seed, step, element). The step is the node's optional 4th input,
+    read live every run (the Trainer's ``dropout_step`` counter, graph/TRAINING.md §1); without
+    one, a counter in this closure, so each compiled context draws its own reproducible
+    sequence. Inference: y = x, mask all True. ratio / training_mode are read every run (they
+    are one element). Same masks as the numpy reference (``tensor.dropout_keep``)."""
     ag, x, y = _k("act_grad"), ins[0], outs[0]
-    ratio_in, train_in, mask = _opt(ins, 1), _opt(ins, 2), _opt(outs, 1)
+    ratio_in, train_in, step_in, mask = _opt(ins, 1), _opt(ins, 2), _opt(ins, 3), _opt(outs, 1)
     if ag is None or not _f32(x, y) or (ratio_in is not None and ratio_in.dtype.kind != "f"):
+        return None
+    if step_in is not None and step_in.dtype.kind not in "iu":
         return None
     if _empty_output(outs):
         return _noop
     x1, y1, fn = _c(x).reshape(-1), y.reshape(-1), ag.dropout_forward
     m1 = _as_u8(mask) if mask is not None else np.empty(x.size, U8)   # bind time, reused
-    seed, run = _dropout_seed(node), [0]
+    seed, run = dropout_seed(node), [0]
+    step1 = step_in.reshape(-1) if step_in is not None else None
 
     def step():
         ratio = float(_scalar(ratio_in, 0.5))
@@ -261,8 +307,11 @@ def _dropout(node, types, ins, outs, scratch_buf, threads):
             return
         if not 0.0 <= ratio <= 1.0:
             raise InputError(f"{node}: ratio {ratio} must lie in [0, 1]")
-        fn(x1, y1, m1, ratio, seed, run[0], threads)
-        run[0] += 1
+        if step1 is not None:
+            fn(x1, y1, m1, ratio, seed, int(step1[0]) & _U64, threads)
+        else:
+            fn(x1, y1, m1, ratio, seed, run[0], threads)
+            run[0] += 1
     return step
 
 
@@ -363,12 +412,13 @@ def _batch_norm(node, types, ins, outs, scratch_buf, threads):
     if x.size == 0:
         return None
     eps, momentum = float(node.attrs.get("epsilon", 1e-5)), float(node.attrs.get("momentum", 0.9))
+    factor = unbiased_factor(x.shape) if int(node.attrs.get("running_var_unbiased", 0)) else 1.0
     C = x.shape[1]
     x3, y3, fn = _nci(_c(x)), _nci(y), ng.batch_norm_train
     s1, b1, m1, v1 = (_c(p).reshape(C) for p in (scale, bias, mean, var))
     rm = run_mean.reshape(C) if run_mean is not None else None
     rv = run_var.reshape(C) if run_var is not None else None
-    return lambda: fn(x3, s1, b1, m1, v1, y3, rm, rv, eps, momentum, threads)
+    return lambda: fn(x3, s1, b1, m1, v1, y3, rm, rv, eps, momentum, threads, factor)
 
 
 @binder("BatchNormalizationGrad")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import os
 import weakref
 
 import numpy as np
@@ -348,8 +349,127 @@ def _conv_scratch_floats(node, types, threads):
                                           group, threads))
 
 
+# ---- Winograd F(2×2,3×3) / F(4×4,3×3) for 3×3 stride-1 convs (kernels/winograd.pyx) -------------
+# A cost model fitted to measurements on the 2-core AVX2 build machine (benchmarks by hand, see
+# kernels/CONTRACT.md): seconds per GEMM flop, per byte of weights streamed from memory, and per
+# channel-tile of the input / output transforms. The im2col path is modelled the same way.
+_GEMM_S_PER_FLOP = 1 / 70e9
+_BYTE_S = 1 / 12e9
+_WINO_IN_S = {2: 16e-9, 4: 80e-9}
+_WINO_OUT_S = {2: 3.5e-9, 4: 16e-9}
+_WINO_MIN_GAIN = 1.15          # below this modelled speed-up keep the im2col path
+# A Conv on Winograd keeps its transformed weights U (16/9× or 4× the weight) beside W. Past this
+# size per layer (ResNet-18's 512-channel 7×7 layers: 17 MB each) the memory costs more than the
+# ~1.5× it gains: peak RSS would pass onnxruntime's (148 → 219 MB on ResNet-18 without the cap).
+_WINO_MAX_U_BYTES = 8 << 20
+
+
+def winograd_enabled() -> bool:
+    """EMBER_WINOGRAD=0 turns Winograd off (A/B benchmarks, debugging); read at compile time."""
+    return os.environ.get("EMBER_WINOGRAD", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def winograd_tile(N, C, M, OH, OW) -> int:
+    """The Winograd output tile (2 or 4) for a 3×3 stride-1 conv with C inputs, M outputs and an
+    OH×OW output per image, or 0 when the im2col/implicit-GEMM path is modelled faster (few
+    channels: the transforms dominate; 7×7 planes with wide layers: the tiles waste the GEMM's
+    16-column panels and the transformed weights no longer fit in cache), or when the
+    transformed weights would pass _WINO_MAX_U_BYTES."""
+    if C < 16 or M < 16 or N * OH * OW < 16 or not winograd_enabled():
+        return 0
+    # the GEMM path runs at ~60 GFLOP/s with C ≥ 64, slower with fewer (K = 9·C rows): ~48 at 32
+    old = (18.0 * M * C * N * OH * OW * _GEMM_S_PER_FLOP * 1.15 * max(1.0, 64.0 / C) ** 0.3
+           + 36.0 * M * C * _BYTE_S)
+    best, tile = old / _WINO_MIN_GAIN, 0
+    mp = -(-M // 6) * 6
+    for m in (2, 4):
+        a2, tiles = (m + 2) ** 2, N * (-(-OH // m)) * (-(-OW // m))
+        if 4 * a2 * mp * C > _WINO_MAX_U_BYTES:
+            continue
+        cols = -(-tiles // 16) * 16 if tiles < 256 else tiles
+        t = (2.0 * a2 * mp * C * cols * _GEMM_S_PER_FLOP + 4.0 * a2 * mp * C * _BYTE_S
+             + tiles * (C * _WINO_IN_S[m] + M * _WINO_OUT_S[m]))
+        if t < best:
+            best, tile = t, m
+    return tile
+
+
+def _winograd_case(node, types):
+    """(N, C, H, W, M, OH, OW, pad_top, pad_left, tile) when this Conv runs through Winograd."""
+    wg, case = _k("winograd"), _conv_case(node, types)
+    if wg is None or case is None:
+        return None
+    nd, (N, C, H, W), (M, _, KH, KW), (_, _, OH, OW), geo, group = case
+    sh, sw, pt, pl, dh, dw, _ = geo
+    if nd != 2 or (KH, KW) != (3, 3) or (sh, sw, dh, dw, group) != (1, 1, 1, 1, 1):
+        return None
+    tile = winograd_tile(N, C, M, OH, OW)
+    return (N, C, H, W, M, OH, OW, pt, pl, tile) if tile else None
+
+
+def winograd_scratch_floats(N, C, H, W, M, OH, OW, tile, threads) -> int:
+    return int(_k("winograd").winograd_scratch_floats(N, C, H, W, M, OH, OW, tile, threads))
+
+
+def winograd_weight_buffer(M, C, tile):
+    """A fresh (α², ·) float32 buffer for the packed transformed weights of an M × C conv."""
+    a2 = (tile + 2) ** 2
+    return np.empty((a2, int(_k("winograd").winograd_weight_floats(M, C, tile)) // a2), F32)
+
+
+# Transformed constant weights shared by every context: (id(w), tile) -> (weak ref to w, U).
+_WINO_U: dict = {}
+
+
+def _winograd_constant_weights(w_orig, w4, tile, threads):
+    key = (id(w_orig), tile)
+    hit = _WINO_U.get(key)
+    if hit is not None and hit[0]() is w_orig:
+        return hit[1]
+    U = winograd_weight_buffer(w4.shape[0], w4.shape[1], tile)
+    _k("winograd").winograd_weights(w4, U, tile, False, threads)
+    try:
+        _WINO_U[key] = (weakref.ref(w_orig, lambda _r, key=key: _WINO_U.pop(key, None)), U)
+    except TypeError:
+        pass
+    return U
+
+
+def _winograd_conv(node, types, ins, outs, scratch_buf, threads, act):
+    """The Conv step through Winograd, or None when this case does not take it."""
+    wc = _winograd_case(node, types)
+    if wc is None:
+        return None
+    N, C, H, W, M, OH, OW, pt, pl, tile = wc
+    need = winograd_scratch_floats(N, C, H, W, M, OH, OW, tile, threads)
+    if scratch_buf is None or scratch_buf.size < need:
+        return None
+    wg, code, aa, ab = _k("winograd"), *act
+    x, w4 = _c(ins[0]).reshape(N, C, H, W), _c(ins[1]).reshape(M, C, 3, 3)
+    b = _c(_opt(ins, 2))
+    b = b.reshape(-1) if b is not None else None
+    y, scr, conv = outs[0].reshape(N, M, OH, OW), scratch_buf[:need], wg.conv2d_winograd
+    if not _is_runtime(ins[1], outs[0]):
+        U = _winograd_constant_weights(ins[1], w4, tile, threads)
+
+        def step():
+            conv(x, U, b, y, scr, tile, pt, pl, code, aa, ab, threads)
+    else:
+        U, transform = winograd_weight_buffer(M, C, tile), wg.winograd_weights
+
+        def step():   # run-time weights (training): transform them on every call
+            transform(w4, U, tile, False, threads)
+            conv(x, U, b, y, scr, tile, pt, pl, code, aa, ab, threads)
+    step.winograd_tile = tile   # for tests and profiles: which algorithm this node runs
+    return step
+
+
 @scratch("Conv")
 def _conv_scratch(node, types, threads):
+    wc = _winograd_case(node, types)
+    if wc is not None:
+        N, C, H, W, M, OH, OW, _, _, tile = wc
+        return 4 * winograd_scratch_floats(N, C, H, W, M, OH, OW, tile, threads)
     return _conv_scratch_floats(node, types, threads) * 4
 
 
@@ -374,6 +494,9 @@ def _conv(node, types, ins, outs, scratch_buf, threads):
         return None
     if _empty_output(outs):
         return _noop
+    step = _winograd_conv(node, types, ins, outs, scratch_buf, threads, act)
+    if step is not None:
+        return step
     nd, x4, w4, y4, geo, group = case
     sh, sw, pt, pl, dh, dw, _ = geo
     arrays = _conv_arrays(case, ins, outs, scratch_buf,

@@ -1,0 +1,286 @@
+"""Winograd convolution F(m×m, 3×3), m = 2 or 4, for 3×3 stride-1 undilated single-group convs.
+
+Why: a 3×3 conv through GEMM already runs near the machine's FMA peak, so only fewer multiplies
+make it faster. F(2×2, 3×3) needs 16 products per 4 outputs instead of 36 (2.25× fewer),
+F(4×4, 3×3) 36 per 16 instead of 144 (4×), at the price of three transforms and some rounding.
+
+Structure, for a block of tiles (tiles of every image numbered n, tile row, tile column):
+    V[ξ] (C × tiles) = Bᵀ·d·B of each tile's α×α input patch      (input transform)
+    Mx[ξ] (M × tiles) = U[ξ] (M × C) · V[ξ]  for ξ < α²            (α² GEMMs on ember_sgemm's micro-kernel)
+    y = act(Aᵀ·Mx·A + bias)                                         (output transform, fused epilogue)
+U = G·g·Gᵀ is precomputed by `winograd_weights` (once when the weight is constant).
+Blocks are sized so a block's V and Mx stay near L2; with enough blocks each thread runs its own
+blocks (single-threaded GEMMs, one scratch slot per thread), else the block's three phases are
+split over the team (channels, GEMM positions ξ, output channels).
+"""
+from cython.parallel cimport prange, threadid
+
+from kernels.activation cimport apply_act_span
+
+
+cdef extern from "winograd_transform.h" nogil:
+    int EMBER_WINO_NT
+    void ember_wino_input_strip(int m, const float *xc, int H, int W, int th, int tw0, int nt,
+                                int pt, int pl, float *V, long vs)
+    void ember_wino_output_strip(int m, const float *Mx, long ms, int th, int tw0, int nt,
+                                 float bias, float *yc, int OH, int OW)
+    void ember_wino_weight(int m, const float *g, int flip, float *U, long us)
+    void ember_wino_gemm(const float *U, const float *V, float *Mx, int Mp, int C, int ncols,
+                         long ldc)
+    int EMBER_MR, EMBER_NR
+
+
+cdef struct WinoShape:
+    int N, C, H, W, M, OH, OW, pt, pl
+    int Mp          # M rounded up to the micro-kernel's rows (U and Mx carry zero/junk rows)
+    int m, alpha, tH, tW
+    long T          # tiles in the batch
+    int TB          # tiles per block (scratch row length)
+    int nblocks
+    int slots       # scratch slots (1, or one per thread when blocks run per thread)
+    long slot_floats
+
+
+cdef long block_bytes = 512 * 1024    # target bytes of one block's V + Mx (≈ the L2 of a core)
+
+
+cdef int phase_mask = 7   # benchmarking only: bit 0 input, 1 GEMMs, 2 output transform
+
+
+def set_phase_mask(int mask):
+    """Benchmarking only: run just some phases (bit 0 input transform, 1 GEMMs, 2 output)."""
+    global phase_mask
+    phase_mask = mask
+
+
+def set_block_bytes(long nbytes):
+    """Tuning knob for benchmarks: the target size of one tile block's transformed data."""
+    global block_bytes
+    block_bytes = max(nbytes, 1)
+
+
+cdef inline long round16(long v) noexcept nogil:
+    return (v + 15) // 16 * 16
+
+
+cdef WinoShape make_shape(int N, int C, int H, int W, int M, int OH, int OW, int pt, int pl,
+                          int m, int nthreads) noexcept nogil:
+    cdef WinoShape s
+    cdef long per_tile, tb_max, nb
+    s.N = N; s.C = C; s.H = H; s.W = W; s.M = M; s.OH = OH; s.OW = OW; s.pt = pt; s.pl = pl
+    s.m = m; s.alpha = m + 2
+    s.Mp = (M + EMBER_MR - 1) // EMBER_MR * EMBER_MR
+    s.tH = (OH + m - 1) // m
+    s.tW = (OW + m - 1) // m
+    s.T = <long> N * s.tH * s.tW
+    per_tile = <long> s.alpha * s.alpha * (C + s.Mp) * 4
+    tb_max = min(max(block_bytes // per_tile // 16 * 16, 32), 256)
+    if nthreads < 1:
+        nthreads = 1
+    nb = (s.T + tb_max - 1) // tb_max
+    if nthreads > 1 and s.T >= 16 * nthreads:
+        # blocks per thread (one parallel region, no barriers between phases: a busy machine
+        # deschedules team threads, and every barrier then waits a time slice): a whole number
+        # of rounds, blocks as even as 16-tile steps allow (16 tiles still feed the GEMM loop,
+        # which packs nothing)
+        nb = max(nb, nthreads)
+        nb = (nb + nthreads - 1) // nthreads * nthreads
+        s.TB = <int> min(round16((s.T + nb - 1) // nb), tb_max)
+        s.slots = nthreads
+    else:
+        s.TB = <int> min(round16(s.T), tb_max)
+        s.slots = 1
+    s.nblocks = <int> ((s.T + s.TB - 1) // s.TB)
+    s.slot_floats = <long> s.alpha * s.alpha * s.TB * (C + s.Mp)   # a multiple of 16
+    return s
+
+
+def winograd_scratch_floats(int N, int C, int H, int W, int M, int OH, int OW, int tile,
+                            int nthreads):
+    """Floats of scratch conv2d_winograd needs: slots × α²·TB·(C + Mp) (V and Mx of a block;
+    Mp = M rounded up to a multiple of 6), + 8 floats to align the micro-kernel's loads."""
+    cdef WinoShape s = make_shape(N, C, H, W, M, OH, OW, 0, 0, tile, nthreads)
+    return s.slot_floats * s.slots + 8     # + 8: room to align the start to 32 bytes
+
+
+def winograd_weight_floats(int M, int C, int tile):
+    """Floats of the transformed, packed weights U: α² × Mp·C (Mp = M rounded up to 6)."""
+    return (tile + 2) * (tile + 2) * ((M + EMBER_MR - 1) // EMBER_MR * EMBER_MR) * C
+
+
+cdef inline long packed_a(int row, int col, int K) noexcept nogil:
+    """Offset of (row, col) of an R × K matrix packed in 6-row micro-panels."""
+    return <long> (row // EMBER_MR) * K * EMBER_MR + <long> col * EMBER_MR + row % EMBER_MR
+
+
+def winograd_weights(float[:, :, :, ::1] w, float[:, ::1] U, int tile, bint grad_input,
+                     int nthreads):
+    """U[ξ] = the (G·w[m, c]·Gᵀ)[ξ], an M × C matrix per ξ packed for the GEMM (U is α² ×
+    winograd_weight_floats / α²), for w (M, C, 3, 3). With grad_input the conv is the data
+    gradient of w's conv, dX = conv(dY, w flipped 180° with in/out channels swapped): U[ξ] is
+    then C × M, (G · flip(w[m, c]) · Gᵀ)[ξ] at row c, column m."""
+    cdef int M = w.shape[0], C = w.shape[1], mo, c, rows, cols, r, k, xi
+    cdef int alpha = tile + 2
+    rows, cols = (C, M) if grad_input else (M, C)
+    cdef int Rp = (rows + EMBER_MR - 1) // EMBER_MR * EMBER_MR
+    cdef long us = <long> Rp * cols
+    if U.shape[0] != alpha * alpha or U.shape[1] != us:
+        raise ValueError(f"winograd_weights: U has shape {tuple(U.shape)[:2]}, needs "
+                         f"({alpha * alpha}, {us})")
+    if M == 0 or C == 0:
+        return
+    cdef const float *wp = &w[0, 0, 0, 0]
+    cdef float *up = &U[0, 0]
+    if nthreads < 1 or us * alpha * alpha < 32768:
+        nthreads = 1
+    with nogil:
+        for mo in prange(M, num_threads=nthreads, schedule='static'):
+            for c in range(C):
+                if grad_input:
+                    ember_wino_weight(tile, wp + (<long> mo * C + c) * 9, 1,
+                                      up + packed_a(c, mo, cols), us)
+                else:
+                    ember_wino_weight(tile, wp + (<long> mo * C + c) * 9, 0,
+                                      up + packed_a(mo, c, cols), us)
+        for r in range(rows, Rp):   # the padding rows of the last micro-panel
+            for k in range(cols):
+                for xi in range(alpha * alpha):
+                    up[xi * us + packed_a(r, k, cols)] = 0.0
+
+
+cdef void input_channel(const float *x, float *V, WinoShape *s, int c, long t0,
+                        int nb) noexcept nogil:
+    """V[ξ, c, 0:nb] for tiles [t0, t0 + nb), strip by strip (a tile row segment inside one
+    16-tile micro-panel each: V[ξ] is stored packed, element (c, j) at (j/16)·C·16 + c·16 + j%16)."""
+    cdef long t = t0, t_end = t0 + nb, j
+    cdef int n, th, tw, nt
+    cdef long plane = <long> s.H * s.W, vs = <long> s.C * s.TB
+    while t < t_end:
+        n = <int> (t // (s.tH * s.tW))
+        th = <int> ((t // s.tW) % s.tH)
+        tw = <int> (t % s.tW)
+        j = t - t0
+        nt = <int> min(<long> min(s.tW - tw, EMBER_NR - j % EMBER_NR), t_end - t)
+        ember_wino_input_strip(s.m, x + (<long> n * s.C + c) * plane, s.H, s.W, th, tw, nt,
+                               s.pt, s.pl, V + (j // EMBER_NR) * s.C * EMBER_NR
+                               + <long> c * EMBER_NR + j % EMBER_NR, vs)
+        t += nt
+
+
+cdef void output_channel(const float *Mx, const float *bias, float *y, WinoShape *s, int mo,
+                         long t0, int nb, int act, float act_a, float act_b) noexcept nogil:
+    """y[:, mo] for tiles [t0, t0 + nb): output transform, bias, activation."""
+    cdef long t = t0, t_end = t0 + nb
+    cdef int n, th, tw, nt, pp, oh, ow0, ncols
+    cdef long plane = <long> s.OH * s.OW, ms = <long> s.Mp * s.TB
+    cdef float bv = bias[mo] if bias != NULL else 0.0
+    cdef float *yc
+    while t < t_end:
+        n = <int> (t // (s.tH * s.tW))
+        th = <int> ((t // s.tW) % s.tH)
+        tw = <int> (t % s.tW)
+        nt = <int> min(<long> min(s.tW - tw, EMBER_WINO_NT), t_end - t)
+        yc = y + (<long> n * s.M + mo) * plane
+        ember_wino_output_strip(s.m, Mx + <long> mo * s.TB + (t - t0), ms, th, tw, nt, bv, yc,
+                                s.OH, s.OW)
+        if act != 0:
+            ow0 = tw * s.m
+            ncols = min(s.OW - ow0, nt * s.m)
+            for pp in range(s.m):
+                oh = th * s.m + pp
+                if oh >= s.OH:
+                    break
+                apply_act_span(yc + <long> oh * s.OW + ow0, ncols, act, act_a, act_b)
+        t += nt
+
+
+cdef inline int gemm_position(const float *U, float *V, float *Mx, WinoShape *s, int xi,
+                              int nb) noexcept nogil:
+    """Mx[ξ] (Mp × nb, nb rounded up to 16) = U[ξ] (Mp × C) · V[ξ] (C × nb), both packed."""
+    ember_wino_gemm(U + <long> xi * s.Mp * s.C, V + <long> xi * s.C * s.TB,
+                    Mx + <long> xi * s.Mp * s.TB, s.Mp, s.C, (nb + EMBER_NR - 1) // EMBER_NR * EMBER_NR,
+                    s.TB)
+    return 1
+
+
+cdef int block_serial(const float *x, const float *U, const float *bias, float *y, float *slot,
+                      WinoShape *s, int blk, int act, float act_a, float act_b) noexcept nogil:
+    """One block on the calling thread, its V and Mx in ``slot``."""
+    cdef long t0 = <long> blk * s.TB
+    cdef int nb = <int> min(<long> s.TB, s.T - t0)
+    cdef float *V = slot
+    cdef float *Mx = slot + <long> s.alpha * s.alpha * s.C * s.TB
+    cdef int c, xi, mo, ok = 1
+    if phase_mask & 1:
+        for c in range(s.C):
+            input_channel(x, V, s, c, t0, nb)
+    if phase_mask & 2:
+        for xi in range(s.alpha * s.alpha):
+            ok = gemm_position(U, V, Mx, s, xi, nb) and ok
+    if phase_mask & 4:
+        for mo in range(s.M):
+            output_channel(Mx, bias, y, s, mo, t0, nb, act, act_a, act_b)
+    return ok
+
+
+def conv2d_winograd(float[:, :, :, ::1] x, float[:, ::1] U, bias, float[:, :, :, ::1] y,
+                    float[::1] scratch, int tile, int pad_top, int pad_left, int act,
+                    float act_a, float act_b, int nthreads):
+    """y = act(conv3x3(x, w) + bias) for stride 1, dilation 1, group 1, with U =
+    winograd_weights(w, tile); bottom/right pads are implied by y's size.
+    ``scratch`` holds at least one slot (winograd_scratch_floats with nthreads = 1)."""
+    cdef WinoShape s = make_shape(x.shape[0], x.shape[1], x.shape[2], x.shape[3], y.shape[1],
+                                  y.shape[2], y.shape[3], pad_top, pad_left, tile, nthreads)
+    if nthreads < 1:
+        nthreads = 1
+    if s.T == 0 or s.M == 0:
+        return
+    if tile != 2 and tile != 4:
+        raise ValueError(f"conv2d_winograd: tile must be 2 or 4, got {tile}")
+    if s.C == 0:
+        raise ValueError("conv2d_winograd: needs at least one input channel")
+    if U.shape[0] != s.alpha * s.alpha or U.shape[1] != <long> s.Mp * s.C:
+        raise ValueError(f"conv2d_winograd: U has shape {tuple(U.shape)[:2]}, needs "
+                         f"({s.alpha * s.alpha}, {s.Mp * s.C})")
+    cdef long have = scratch.shape[0]
+    cdef long skip = (8 - (<long> (<size_t> &scratch[0] // 4)) % 8) % 8 if have else 0   # 32 bytes
+    have -= skip
+    cdef int slots = <int> min(<long> s.slots, have // s.slot_floats) if s.slot_floats else 0
+    if slots < 1:
+        raise ValueError(f"conv2d_winograd: scratch holds {have} floats, needs "
+                         f"{s.slot_floats} per slot")
+    cdef float[::1] bias_view
+    cdef const float *bias_ptr = NULL
+    if bias is not None:
+        bias_view = bias
+        bias_ptr = &bias_view[0]
+    cdef const float *xp = &x[0, 0, 0, 0]
+    cdef const float *up = &U[0, 0]
+    cdef float *yp = &y[0, 0, 0, 0]
+    cdef float *sp = &scratch[0] + skip
+    cdef int blk, c, xi, mo, nb, ok = 1, team
+    cdef long t0
+    cdef float *V = sp
+    cdef float *Mx = sp + <long> s.alpha * s.alpha * s.C * s.TB
+    with nogil:
+        if slots > 1:
+            for blk in prange(s.nblocks, num_threads=slots, schedule='dynamic'):
+                ok &= block_serial(xp, up, bias_ptr, yp, sp + threadid() * s.slot_floats, &s,
+                                   blk, act, act_a, act_b)
+        elif nthreads == 1 or <double> s.alpha * s.alpha * s.Mp * s.C * s.TB < 8e6:
+            # one thread, or too little work for three team barriers per block (on a busy
+            # machine each may wait a time slice for a descheduled thread)
+            for blk in range(s.nblocks):
+                ok = block_serial(xp, up, bias_ptr, yp, sp, &s, blk, act, act_a, act_b) and ok
+        else:   # few tiles: each phase of a block split over the team
+            for blk in range(s.nblocks):
+                t0 = <long> blk * s.TB
+                nb = <int> min(<long> s.TB, s.T - t0)
+                for c in prange(s.C, num_threads=nthreads, schedule='static'):
+                    input_channel(xp, V, &s, c, t0, nb)
+                for xi in prange(s.alpha * s.alpha, num_threads=nthreads, schedule='dynamic'):
+                    ok &= gemm_position(up, V, Mx, &s, xi, nb)
+                for mo in prange(s.M, num_threads=nthreads, schedule='static'):
+                    output_channel(Mx, bias_ptr, yp, &s, mo, t0, nb, act, act_a, act_b)
+    if not ok:
+        raise MemoryError("conv2d_winograd: cannot allocate GEMM packing buffers")
