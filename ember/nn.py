@@ -804,7 +804,7 @@ def _batch_norm(x, running_mean, running_var, weight=None, bias=None, training=F
     if not training:
         return b.op("BatchNormalization", ins, **attrs)
     y, new_mean, new_var = b.op("BatchNormalization", ins, num_outputs=3, training_mode=1,
-                                **attrs)
+                                running_var_unbiased=1, **attrs)   # torch's running variance
     updates = b.graph.metadata.setdefault("buffer_updates", {})
     updates[mean.name], updates[var.name] = new_mean.name, new_var.name
     return y

@@ -21,17 +21,24 @@ GRAD_PREFIX = "grad/"
 
 
 # ---- training mode -------------------------------------------------------------------------
+DROPOUT_STEP = "dropout_step"
+
+
 def to_training(graph: Graph, seed: int = 0) -> Graph:
     """A copy of ``graph`` with BatchNormalization in training mode (batch statistics, running
-    statistics updated through two new outputs recorded in ``metadata["buffer_updates"]``) and
-    Dropout active (constant ``training_mode`` input, a ``mask`` output, ``seed`` attribute)."""
+    statistics updated through two new outputs recorded in ``metadata["buffer_updates"]``, the
+    running variance updated with the unbiased batch variance as torch does:
+    ``running_var_unbiased=1``) and Dropout active (constant ``training_mode`` input, a
+    ``mask`` output, a ``seed`` attribute, and as 4th input one shared int64 scalar graph input
+    ``dropout_step`` — its name is in ``metadata["dropout_step"]`` — the training step the masks
+    are drawn for, which the caller binds and advances once per step)."""
     g = graph.copy()
     g.metadata = {k: (dict(v) if isinstance(v, dict) else list(v) if isinstance(v, list)
                       else v) for k, v in g.metadata.items()}
     buffers = set(g.metadata.get("buffers", ()))
     updates = g.metadata.setdefault("buffer_updates", {})
     taken = _taken_names(g)
-    true_name = None
+    true_name = step_name = None
     for index, node in enumerate(g.nodes):
         if node.op_type == "BatchNormalization":
             mean, var = node.input(3), node.input(4)
@@ -40,6 +47,7 @@ def to_training(graph: Graph, seed: int = 0) -> Graph:
             if mean not in buffers or var not in buffers:
                 continue   # frozen statistics: stays in eval mode, gradients still flow
             node.attrs["training_mode"] = 1
+            node.attrs["running_var_unbiased"] = 1
             outs = list(node.outputs) + [""] * (3 - len(node.outputs))
             for k, stat in ((1, mean), (2, var)):
                 if not outs[k]:
@@ -53,8 +61,14 @@ def to_training(graph: Graph, seed: int = 0) -> Graph:
                 true_name = _fresh(taken, "dropout/training_mode")
                 g.initializers[true_name] = np.array(True)
                 g.types[true_name] = TensorType(np.bool_, ())
-            ins = list(node.inputs) + [""] * (3 - len(node.inputs))
-            ins[2] = true_name
+                step_name = g.metadata.get("dropout_step")
+                if step_name not in g.inputs:
+                    step_name = _fresh(taken, DROPOUT_STEP)
+                    g.inputs = list(g.inputs) + [step_name]
+                    g.types[step_name] = TensorType(np.int64, ())
+                    g.metadata["dropout_step"] = step_name
+            ins = list(node.inputs) + [""] * (4 - len(node.inputs))
+            ins[2], ins[3] = true_name, step_name
             node.inputs = ins
             if len(node.outputs) < 2 or not node.outputs[1]:
                 mask = _fresh(taken, f"{node.outputs[0]}/mask")

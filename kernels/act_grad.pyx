@@ -1,10 +1,12 @@
 """Elementwise training kernels: activation gradients, Dropout's training forward and gradient.
 
-Dropout draws its mask from a counter-based generator: element i of run r of a node seeded s
+Dropout draws its mask from a counter-based generator: element i at step r of a node seeded s
 keeps its value when a 24-bit hash of (key(s, r), i) reaches ratio·2²⁴ (key: splitmix64 of seed
-and run; per element: two rounds of a 32-bit integer hash), so any thread can draw any element,
-a run is reproducible from (seed, run count) whatever the thread count, and nothing is allocated
-or carried between calls except the run count the caller keeps.
+and step; per element: two rounds of a 32-bit integer hash), so any thread can draw any element,
+a mask is reproducible from (seed, step) whatever the thread count, and nothing is allocated or
+carried between calls. The step is the caller's: the training step (the Dropout node's 4th
+input, graph/TRAINING.md §1) or a run count. graph/ops/tensor.py's ``dropout_keep`` is the same
+hash in numpy; tests/test_grad_kernels.py holds the two to bit equality.
 """
 from cython.parallel cimport prange
 from libc.math cimport expf
@@ -101,7 +103,8 @@ cdef uint64_t GOLDEN = <uint64_t> 0x9E3779B97F4A7C15ULL   # 2⁶⁴/φ, splitmix
 
 def dropout_forward(float[::1] x, float[::1] y, uint8_t[::1] mask, float ratio,
                     unsigned long long seed, unsigned long long run, int nthreads):
-    """y = x·mask/(1 − ratio), mask[i] = 1 with probability 1 − ratio, drawn from (seed, run, i).
+    """y = x·mask/(1 − ratio), mask[i] = 1 with probability 1 − ratio, drawn from (seed, run, i)
+    (``run``: the step the mask is for).
     ratio 1 drops everything (y = 0). Chunks never straddle a multiple of 2³² elements, so the
     high half of i is constant within one."""
     cdef long n = x.shape[0], c, lo

@@ -60,9 +60,12 @@ cdef void train_channel(const float *xp, float *yp, long N, long C, long L, long
 
 def batch_norm_train(float[:, :, ::1] x, float[::1] scale, float[::1] bias,
                      float[::1] mean_in, float[::1] var_in, float[:, :, ::1] y, mean_out,
-                     var_out, float eps, float momentum, int nthreads):
+                     var_out, float eps, float momentum, int nthreads,
+                     double var_factor=1.0):
     """y = scale·(x − μ)/√(σ² + ε) + bias with the batch's μ and population σ²; mean_out /
-    var_out (float[::1] or None) = running·momentum + batch·(1 − momentum) (ONNX opset 15)."""
+    var_out (float[::1] or None) = running·momentum + batch·(1 − momentum) (ONNX opset 15),
+    the batch variance multiplied by ``var_factor`` first (n/(n − 1): torch's unbiased update;
+    1: ONNX's population one)."""
     cdef long N = x.shape[0], C = x.shape[1], L = x.shape[2], c
     cdef double mu, var
     cdef float[::1] mo
@@ -85,7 +88,7 @@ def batch_norm_train(float[:, :, ::1] x, float[::1] scale, float[::1] bias,
             if mop != NULL:
                 mop[c] = <float> (mean_in[c] * momentum + mu * (1.0 - momentum))
             if vop != NULL:
-                vop[c] = <float> (var_in[c] * momentum + var * (1.0 - momentum))
+                vop[c] = <float> (var_in[c] * momentum + var * var_factor * (1.0 - momentum))
 
 
 cdef void grad_channel(const float *gp, const float *xp, float *dxp, float *dsp, float *dbp,

@@ -20,8 +20,9 @@ mix. A killed writer may leave a ``.<name>.*.tmp`` file behind; it is never read
 
 Contents: the model graph (structure; graph/serialize.py), parameters, buffers, trainable
 names, the optimizer's and scheduler's ``state_dict()``, the trainer's configuration (loss spec,
-batch size, seed, l2, input shape), the global step and epoch, the shuffling Generator's state
-and the history — everything needed for a restored Trainer to continue exactly like one that
+batch size, seed, l2, input shape), the global step and epoch, the Dropout step (Dropout's
+masks are a function of the node's seed and this step), the shuffling Generator's state and
+the history — everything needed for a restored Trainer to continue exactly like one that
 never stopped.
 """
 from __future__ import annotations
@@ -161,6 +162,7 @@ def trainer_state(trainer) -> dict:
                    "input_shape": list(trainer.input_shape),
                    "data_input": trainer.data_input},
         "global_step": int(trainer.global_step),
+        "dropout_step": int(trainer.dropout_step),
         "epoch": int(trainer.epoch),
         "rng": trainer.rng.bit_generator.state,
         "history": {"history": trainer.history.history, "epoch": trainer.history.epoch},
@@ -211,6 +213,8 @@ def trainer_from_state(cls, loaded: dict, path, threads=None, memory_cap=None, l
                       seed=int(cfg["seed"]), l2=float(cfg["l2"]), scheduler=scheduler,
                       trainable=list(state["trainable"]), memory_cap=memory_cap)
         trainer.global_step = int(state["global_step"])
+        # in place (compiled steps bind this array); older files: it advanced with global_step
+        trainer.dropout_step[...] = int(state.get("dropout_step", trainer.global_step))
         trainer.epoch = int(state["epoch"])
         trainer.rng.bit_generator.state = state["rng"]
         hist = state.get("history") or {}

@@ -108,6 +108,9 @@ class Trainer:
         if scheduler is not None:
             scheduler.bind(optimizer)
         self.global_step = 0          # optimizer steps taken (the step a NaN error names)
+        # the step Dropout draws its masks for: bound in place into every training step,
+        # advanced with global_step, checkpointed (graph/TRAINING.md §1)
+        self.dropout_step = np.zeros((), np.int64)
         self.epoch = 0                # epochs completed
         self.rng = np.random.default_rng(self.seed)   # shuffling
         self.history = History()
@@ -254,13 +257,14 @@ class Trainer:
         if step is None:
             step = TrainingStep(self._model, self.data_input, self.params, self.buffers,
                                 self.trainable, self.loss, kind, batch, self.threads,
-                                self.seed, self.memory_cap)
+                                self.seed, self.memory_cap, dropout_step=self.dropout_step)
             self._steps[key] = step
         return step
 
     def _train_batch(self, step: TrainingStep) -> float:
         loss = self._runner(step, self.global_step)
         self.global_step += 1
+        self.dropout_step += 1      # in place: the compiled steps read this very array
         return loss
 
     def train_step(self, X, y) -> float:

@@ -42,13 +42,19 @@ def build_training_graph(model: Graph, data: str, state: dict, trainable: list, 
                          target_kind: str, batch: int, seed: int = 0):
     """(training graph, names) for one batch size. ``model`` has its parameters and buffers as
     graph inputs (listed in ``state``: name -> array) and ``data`` as its one fed input.
-    ``names`` holds ``loss``, ``output``, ``grads`` (param -> gradient value, trainable order)
-    and ``updates`` (buffer -> new value)."""
+    ``names`` holds ``loss``, ``output``, ``grads`` (param -> gradient value, trainable order),
+    ``updates`` (buffer -> new value) and ``dropout_step`` (the int64 scalar input every
+    training-mode Dropout reads its step from, or None when the model has no Dropout)."""
     from ..graph.autodiff import backward, to_training
     g = to_training(model, seed=seed)
     output = g.outputs[0]
     x_type = g.types[data]
+    dropout_step = g.metadata.get("dropout_step")
+    if dropout_step not in g.inputs:
+        dropout_step = None
     g.types = {data: TensorType(x_type.dtype, (batch,) + tuple(x_type.shape[1:]))}
+    if dropout_step is not None:
+        g.types[dropout_step] = TensorType(np.int64, ())
     for name, a in state.items():
         g.types[name] = TensorType(a.dtype, a.shape)
     for name, a in g.initializers.items():
@@ -68,22 +74,31 @@ def build_training_graph(model: Graph, data: str, state: dict, trainable: list, 
         raise ModelError(f"the loss {loss!r} gives shape {g.types[loss_name].shape}, not a "
                          f"scalar; use reduction='mean' or 'sum' to train")
     g, grads = backward(g, loss_name, list(trainable))
-    return g, {"loss": loss_name, "output": output, "grads": grads, "updates": updates}
+    return g, {"loss": loss_name, "output": output, "grads": grads, "updates": updates,
+               "dropout_step": dropout_step}
 
 
 class TrainingStep:
-    """Forward + loss + backward compiled for one batch size and target form."""
+    """Forward + loss + backward compiled for one batch size and target form.
+
+    ``dropout_step`` is the caller's int64 scalar array holding the training step Dropout
+    draws its masks for (bound in place as external state, read live by every run; the Trainer
+    advances it once per optimisation step and checkpoints it). Without one the step owns a
+    private counter that stays at 0 unless advanced through ``self.dropout_step``."""
 
     def __init__(self, model: Graph, data: str, params: "OrderedDict[str, np.ndarray]",
                  buffers: "OrderedDict[str, np.ndarray]", trainable: list, loss,
                  target_kind: str, batch: int, threads: int, seed: int = 0,
-                 memory_cap: int | None = None):
+                 memory_cap: int | None = None, dropout_step: np.ndarray | None = None):
         state = OrderedDict(params)
         state.update(buffers)
         self.batch = batch
         self.graph, names = build_training_graph(model, data, state, trainable, loss,
                                                  target_kind, batch, seed)
         bound = {n: a for n, a in state.items() if n in self.graph.inputs}
+        self.dropout_step = np.zeros((), np.int64) if dropout_step is None else dropout_step
+        if names["dropout_step"] is not None:
+            bound[names["dropout_step"]] = self.dropout_step
         self.session = Session(self.graph, threads=threads, external=bound,
                                memory_cap=memory_cap)
         self.compiled = self.session.compile()

@@ -295,12 +295,45 @@ def test_dropout_reuses_the_forward_mask():
     drop = next(n for n in g.nodes if n.op_type == "Dropout")
     assert drop.attrs["seed"] == 7 + g.nodes.index(drop) and len(drop.outputs) == 2
     new, grads = backward(g, "loss", ["x"])
-    env = run(new)
+    env = run(new, {"dropout_step": np.array(3)})
     mask = env[drop.outputs[1]]
     assert 0 < mask.mean() < 1
     dy = env[next(n for n in new.nodes if n.op_type == "DropoutGrad").inputs[0]]
     np.testing.assert_allclose(env[grads["x"]], dy * mask / 0.7, rtol=1e-12)
     np.testing.assert_allclose(env[drop.outputs[0]], env["x"] * mask / 0.7, rtol=1e-12)
+
+
+def test_to_training_gives_every_dropout_one_step_input():
+    """One int64 scalar graph input, shared by every training Dropout as its 4th input: the
+    masks are a function of (seed, step), so they change with the step and only with it."""
+    t = Case()
+    x = t.param("x", (3, 40))
+    y = t.b.dropout(t.b.dropout(x, ratio=0.5).tanh(), ratio=0.25, training=True)
+    g = to_training(t.finish(y), seed=2)
+    step = g.metadata["dropout_step"]
+    assert step == "dropout_step" and g.inputs[-1] == step
+    assert g.types[step].dtype == np.int64 and g.types[step].shape == ()
+    drops = [n for n in g.nodes if n.op_type == "Dropout"]
+    assert len(drops) == 2 and all(n.inputs[3] == step for n in drops)
+    assert len({n.attrs["seed"] for n in drops}) == 2
+    infer_shapes(g, fold=False)
+    masks = {k: [run(g, {step: np.array(k)})[n.outputs[1]] for n in drops] for k in (0, 1)}
+    again = [run(g, {step: np.array(0)})[n.outputs[1]] for n in drops]
+    for a, b in zip(masks[0], again):
+        np.testing.assert_array_equal(a, b)                  # same step: same masks
+    for a, b in zip(masks[0], masks[1]):
+        assert (a != b).mean() > 0.2                          # next step: new masks
+    assert (masks[0][0] != masks[0][1]).mean() > 0.2           # two nodes: two streams
+    assert to_training(g, seed=2).inputs.count(step) == 1     # idempotent
+
+
+def test_to_training_sets_torchs_unbiased_running_variance():
+    g, _ = _small_cnn(train_bn=True)
+    bn = next(n for n in g.nodes if n.op_type == "BatchNormalization")
+    assert bn.attrs["running_var_unbiased"] == 1
+    frozen, _ = _small_cnn(train_bn=False)
+    bn = next(n for n in frozen.nodes if n.op_type == "BatchNormalization")
+    assert bn.attrs.get("running_var_unbiased", 0) == 0
 
 
 def test_dropout_without_mask_output_gets_one():
@@ -319,6 +352,60 @@ def test_dropout_without_mask_output_gets_one():
 def test_eval_dropout_is_identity():
     t = Case()
     t.check(t.b.dropout(t.param("x", (3, 4)), ratio=0.5))
+
+
+# ---- LRN, Slice ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("size,shape,alpha,beta,bias", [
+    (5, (2, 7, 3, 3), 0.3, 0.75, 1.5),
+    (3, (2, 6, 5), 0.5, 0.5, 1.0),           # rank 3 (N, C, L)
+    (4, (2, 7, 2, 2), 0.4, 0.75, 2.0),       # even size: the window is lopsided
+    (2, (2, 6, 5), 0.6, 0.6, 1.5),
+    (1, (1, 3, 4), 0.8, 1.2, 1.0),
+    (7, (1, 3, 2, 2), 0.5, 0.75, 1.0),        # window wider than the channels
+    (3, (1, 4, 2, 1, 2), 0.5, 0.3, 1.2),      # rank 5
+])
+def test_lrn(size, shape, alpha, beta, bias):
+    t = Case()
+    y = t.b.op("LRN", [t.param("x", shape, low=-2, high=2)], size=size, alpha=alpha, beta=beta,
+               bias=bias)
+    new, _ = t.check(y)
+    assert [n.op_type for n in new.nodes].count("LRNGrad") == 1
+
+
+M = np.iinfo(np.int64).max
+SLICES = [  # starts, ends, axes, steps (None: absent)
+    ([1], [3], None, None),
+    ([-3, 0], [M, -1], [2, 0], None),                 # negative start, "to the end"
+    ([-100, 1], [100, -1], [1, 2], None),             # clamped at both ends
+    ([5, -100], [0, 100], [1, 2], [-2, 3]),           # negative step from past the end
+    ([0], [-1], [-1], [2]),                           # negative axis, step 2
+    ([-1], [-M], [1], [-1]),                          # the whole axis reversed
+    ([4, 3], [-M, 0], [-1, 0], [-2, -1]),
+    ([0, 1, 1], [3, 4, 5], [0, 1, 2], [2, 2, 3]),
+]
+
+
+@pytest.mark.parametrize("starts,ends,axes,steps", SLICES)
+def test_slice(starts, ends, axes, steps):
+    t = Case()
+    ins = [t.param("x", (3, 4, 5)), np.array(starts, np.int64), np.array(ends, np.int64)]
+    if axes is not None or steps is not None:
+        ins.append(None if axes is None else np.array(axes, np.int64))
+    if steps is not None:
+        ins.append(np.array(steps, np.int64))
+    y = t.b.op("Slice", ins)
+    assert np.prod(y.shape) > 0
+    new, _ = t.check(y)
+    assert "SliceGrad" in [n.op_type for n in new.nodes]
+
+
+def test_empty_slice_gives_zero_gradient():
+    t = Case()
+    x = t.param("x", (3, 4))
+    y = t.b.op("Slice", [x, np.array([2]), np.array([1]), np.array([1])])
+    z = t.b.op("ReduceSum", [y], keepdims=0) + t.b.op("ReduceSum", [x * x], keepdims=0)
+    new, grads = t.check(z, weigh=False)
+    np.testing.assert_allclose(run(new)[grads["x"]], 2 * run(new)["x"])
 
 
 # ---- elementwise and variadic ------------------------------------------------------------------

@@ -22,8 +22,10 @@ from ember.runtime import checkpoint
 
 
 def model():
+    # Dropout: its masks must continue too (they are a function of the seed and the step)
     return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
-                         nn.MaxPool2d(2), nn.Flatten(), nn.Linear(4 * 4 * 4, 10))
+                         nn.Dropout(0.25), nn.MaxPool2d(2), nn.Flatten(),
+                         nn.Linear(4 * 4 * 4, 10))
 
 
 def dataset(n=70, seed=0):
@@ -31,10 +33,11 @@ def dataset(n=70, seed=0):
     return r.normal(size=(n, 1, 8, 8)).astype(np.float32), r.integers(0, 10, n)
 
 
-def make_trainer():
+def make_trainer(threads=1, seed=5, optimizer=None):
     # threads=1: a parallel reduction's order could differ between runs; bit-identity needs one
-    return ember.Trainer(model(), input_shape=(1, 8, 8), optimizer=optim.Adam(lr=1e-2),
-                         batch_size=16, seed=5, threads=1, l2=0.01,
+    return ember.Trainer(model(), input_shape=(1, 8, 8),
+                         optimizer=optimizer or optim.Adam(lr=1e-2),
+                         batch_size=16, seed=seed, threads=threads, l2=0.01,
                          scheduler=lr_scheduler.StepLR(step_size=1, gamma=0.7))
 
 
@@ -73,6 +76,48 @@ def test_restore_in_a_new_process_continues_bit_identically(tmp_path):
         np.testing.assert_array_equal(resumed[k], v, err_msg=k)      # bit-identical
     assert float(resumed["__lr"]) == t.optimizer.lr
     assert list(resumed["__steps"]) == [t.global_step, t.epoch, t.optimizer.steps]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_resume_with_dropout_and_batchnorm_is_bit_identical(tmp_path, threads):
+    """Dropout's masks depend on (node seed, dropout step) and the step is checkpointed, so a
+    restored Trainer draws the masks the uninterrupted one draws. Resetting the restored
+    step to 0 (what a per-process counter would do) breaks the equality: the check has teeth."""
+    X, y = dataset()
+    t = make_trainer(threads)
+    t.fit(X, y, epochs=1, verbose=False)
+    t.save(tmp_path / "a.ember")
+    t.fit(X, y, epochs=2, verbose=False)
+    restored = ember.Trainer.restore(tmp_path / "a.ember", threads=threads)
+    assert int(restored.dropout_step) == restored.global_step == 5
+    stale = ember.Trainer.restore(tmp_path / "a.ember", threads=threads)
+    stale.dropout_step[...] = 0
+    for r in (restored, stale):
+        r.fit(X, y, epochs=2, verbose=False)
+    assert int(restored.dropout_step) == int(t.dropout_step) == 15
+    for k, v in t.state_dict().items():
+        np.testing.assert_array_equal(restored.state_dict()[k], v, err_msg=k)
+    assert not np.array_equal(stale.state_dict()["6.weight"], t.state_dict()["6.weight"])
+
+
+def test_dropout_masks_change_with_the_step_and_repeat_with_the_seed():
+    """lr = 0 keeps the parameters fixed, so the gradients of one batch change only through
+    Dropout's masks: a new step gives new ones; another Trainer with the same seed, at the same
+    step, the same ones; another seed other ones."""
+    X, y = dataset(16)
+
+    def trainer(seed):
+        return make_trainer(seed=seed, optimizer=optim.SGD(lr=0.0))
+    a, b, other = trainer(5), trainer(5), trainer(6)
+    other.load_state_dict(a.state_dict())       # the same weights: only the masks differ
+    g0 = a.gradients(X, y)["6.weight"]
+    a.train_step(X, y)
+    g1 = a.gradients(X, y)["6.weight"]
+    assert not np.array_equal(g0, g1)
+    np.testing.assert_array_equal(b.gradients(X, y)["6.weight"], g0)
+    assert not np.array_equal(other.gradients(X, y)["6.weight"], g0)
+    b.train_step(X, y)
+    np.testing.assert_array_equal(b.gradients(X, y)["6.weight"], g1)
 
 
 def test_restored_trainer_keeps_config_and_history(tmp_path):

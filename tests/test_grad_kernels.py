@@ -71,6 +71,13 @@ CONV_CASES = [
     (2, 6, 9, 9, 4, 3, 3, (1, 1), (1, 1, 1, 1), (2, 2), 2),        # groups + dilation
     (4, 13, 8, 8, 13, 3, 3, (2, 1), (1, 1, 0, 1), (1, 1), 13),     # depthwise
     (3, 24, 7, 5, 24, 3, 2, (1, 2), (0, 1, 2, 0), (2, 1), 24),     # depthwise, dilated, odd
+    (2, 6, 13, 11, 6, 5, 5, (2, 2), (2, 1, 1, 2), (1, 1), 6),      # depthwise 5x5 s2, asym pads
+    (2, 16, 29, 27, 16, 3, 3, (2, 2), (1, 1, 1, 1), (1, 1), 16),   # depthwise, 2 threads
+    (1, 24, 30, 30, 24, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 24),   # MobileNet-like, 2 threads
+    (1, 4, 6, 7, 4, 3, 3, (1, 1), (3, 3, 3, 3), (1, 1), 4),        # pads wider than the kernel
+    (2, 5, 10, 14, 5, 3, 3, (1, 3), (1, 2, 0, 1), (2, 1), 5),      # stride 3 along W, dilated
+    (1, 3, 9, 10, 3, 2, 4, (3, 2), (0, 3, 1, 0), (1, 2), 3),       # even, non-square kernel
+    (2, 3, 2, 3, 3, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 3),        # map smaller than kernel
     (1, 8, 5, 7, 16, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1), 1),       # pointwise, batch 1
     (4, 8, 5, 7, 16, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1), 2),       # pointwise, groups
     (1, 13, 9, 9, 7, 5, 5, (1, 1), (2, 2, 2, 2), (1, 1), 1),       # batch 1: team GEMMs
@@ -421,6 +428,13 @@ def test_batch_norm_train_forward(shape, nthreads):
     close(vo, rv * 0.9 + var * 0.1, 1e-5, 1e-6)
     norm_grad.batch_norm_train(x, scale, bias, rm, rv, y, None, None, 1e-5, 0.9, nthreads)
     close(y, y_want, 1e-4, 1e-5)
+    n = N * L                                   # torch's unbiased running-variance update
+    norm_grad.batch_norm_train(x, scale, bias, rm, rv, y, mo, vo, 1e-5, 0.9, nthreads,
+                               n / (n - 1) if n > 1 else 1.0)
+    close(y, y_want, 1e-4, 1e-5)
+    close(mo, rm * 0.9 + mean * 0.1, 1e-5, 1e-6)
+    close(vo, rv * 0.9 + (x.astype(np.float64).var((0, 2), ddof=1) if n > 1 else var) * 0.1,
+          1e-5, 1e-6)
 
 
 @pytest.mark.parametrize("shape", BN_SHAPES)
@@ -600,6 +614,83 @@ def test_binder_batch_norm_training_forward(threads):
     # eval mode still goes to the inference binder
     _, _, step = compile_one("BatchNormalization", feeds, dict(training_mode=0))
     assert not getattr(step, "reference", False)
+
+
+@pytest.mark.parametrize("unbiased", [0, 1])
+@pytest.mark.parametrize("shape", [(5, 7, 4, 3), (6, 3), (1, 4, 1, 1)])
+def test_batch_norm_training_running_variance(unbiased, shape):
+    """ONNX semantics (attribute 0, the default): running_var moves toward the batch's
+    population variance; ``running_var_unbiased=1`` (torch's): toward the unbiased one,
+    n/(n − 1) times it, n = N·∏spatial (the population one when n = 1). The kernel binder and
+    the numpy reference both against the formula written here."""
+    C = shape[1]
+    x = rand(*shape) * 2 + 1
+    feeds = {"x": x, "scale": rand(C), "bias": rand(C), "mean": rand(C),
+             "var": np.abs(rand(C)) + 0.5}
+    attrs = dict(epsilon=1e-5, momentum=0.8, training_mode=1, running_var_unbiased=unbiased)
+    axes = (0,) + tuple(range(2, x.ndim))
+    n = x.size // C
+    batch_var = x.astype(np.float64).var(axes, ddof=1 if unbiased and n > 1 else 0)
+    want = feeds["var"] * 0.8 + batch_var * 0.2
+    sess, cnode, step = compile_one("BatchNormalization", feeds, attrs, n_outputs=3)
+    assert not getattr(step, "reference", False)
+    close(sess.run(None, feeds)[2], want, 1e-5, 1e-6)
+    ref = get_op("BatchNormalization").compute(cnode, [feeds[k] for k in
+                                                         ("x", "scale", "bias", "mean", "var")])
+    close(ref[2], want, 1e-5, 1e-6)
+
+
+@pytest.mark.parametrize("ratio", [0.0, 0.1, 0.5, 0.9, 1.0])
+@pytest.mark.parametrize("seed,step", [(7, 0), (7, 1), (2 ** 63 + 5, 2 ** 40 + 3)])
+@pytest.mark.parametrize("nthreads", THREADS)
+def test_dropout_kernel_mask_is_the_references_bit_for_bit(ratio, seed, step, nthreads):
+    """kernels/act_grad's dropout_forward and the numpy reference (graph/ops/tensor.py) draw
+    the same mask from (seed, step, element) — and the same y and dX bits."""
+    from ember.graph.ops.tensor import dropout_keep
+    x = rand(70001)
+    y, mask = np.empty_like(x), np.empty(x.size, np.uint8)
+    act_grad.dropout_forward(x, y, mask, ratio, seed, step, nthreads)
+    keep = dropout_keep(x.size, ratio, seed, step)
+    np.testing.assert_array_equal(mask.astype(bool), keep)
+    node = Node("Dropout", ["x", "r", "t", "s"], ["y", "m"], {"seed": seed}, "d")
+    ref_y, ref_m = get_op("Dropout").compute(node, [x, np.array(ratio, np.float32),
+                                                    np.array(True), np.array(step)])
+    if ratio:
+        np.testing.assert_array_equal(ref_m, keep)
+        np.testing.assert_array_equal(ref_y, y)
+    dy, dx = rand(x.size), np.empty_like(x)
+    act_grad.dropout_grad(dy, mask, dx, ratio, nthreads)
+    gnode = Node("DropoutGrad", ["dy", "m"], ["dx"], {"ratio": ratio}, "g")
+    np.testing.assert_array_equal(get_op("DropoutGrad").compute(gnode, [dy, keep])[0], dx)
+
+
+@pytest.mark.parametrize("threads", THREADS)
+def test_binder_dropout_reads_the_step_input_live(threads):
+    """With the 4th input (the training step) the mask is a function of (seed, step): the
+    same step gives the same mask in any Session, another step another mask, and the kernel
+    binder agrees with the numpy reference bit for bit."""
+    x = rand(64, 100)
+    consts = {"ratio": np.array(0.25, np.float32), "training_mode": np.array(True)}
+    feeds = lambda k: {"x": x, "step": np.array(k, np.int64)}    # noqa: E731
+    order = {"x": x, "ratio": consts["ratio"], "training_mode": consts["training_mode"],
+             "step": np.array(0, np.int64)}
+    node = Node("Dropout", list(order), ["y", "m"], {"seed": 3}, "node")
+    types = {k: TensorType(v.dtype, v.shape) for k, v in order.items()}
+    g = Graph(nodes=[node], inputs=["x", "step"], outputs=["y", "m"], initializers=consts,
+              types=types)
+    sess = Session(g, threads=threads, optimize=False)
+    (_, step_fn), = sess.compile(None).acquire().steps
+    assert not getattr(step_fn, "reference", False)
+    y5, m5 = sess.run(None, feeds(5))
+    y6, m6 = sess.run(None, feeds(6))
+    again = Session(g, threads=1, optimize=False).run(None, feeds(5))
+    np.testing.assert_array_equal(again[1], m5)
+    np.testing.assert_array_equal(sess.run(None, feeds(5))[1], m5)   # no hidden counter
+    assert (m5 != m6).mean() > 0.2
+    ref = get_op("Dropout").compute(node, [x, consts["ratio"], consts["training_mode"],
+                                           np.array(5)])
+    np.testing.assert_array_equal(ref[0], y5)
+    np.testing.assert_array_equal(ref[1], m5)
 
 
 def test_binder_dropout_training_forward():

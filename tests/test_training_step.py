@@ -2,8 +2,8 @@
 external state, and the step's allocations.
 
 The reference below is written from the formulas (float64), not from ember's code: convolution by
-explicit sums, BatchNorm with batch statistics (population variance, as ONNX-15 defines the
-running update; torch's momentum 0.1 = ONNX's 0.9), ReLU, 2×2 max-pool routing the gradient to
+explicit sums, BatchNorm with batch statistics (normalising with the population variance, updating the
+running variance with the unbiased one as torch does; torch's momentum 0.1 = ONNX's 0.9), ReLU, 2×2 max-pool routing the gradient to
 the first maximum, a dense layer and mean softmax cross-entropy, then the optimizers' update
 formulas as torch documents them.
 """
@@ -86,7 +86,8 @@ def ref_forward_backward(p, x, y):
             dw[:, :, kh, kw] = np.einsum("nohw,nchw->oc", dconv, xp[:, :, kh:kh + H, kw:kw + W])
     g["0.weight"] = dw
     stats = {"1.running_mean": (1 - MOMENTUM) * p["1.running_mean"] + MOMENTUM * mu,
-             "1.running_var": (1 - MOMENTUM) * p["1.running_var"] + MOMENTUM * var}
+             "1.running_var": (1 - MOMENTUM) * p["1.running_var"]
+             + MOMENTUM * conv.var(axis=(0, 2, 3), ddof=1)}
     wins = np.sort(relu.reshape(N, COUT, 3, 2, 3, 2).transpose(0, 1, 2, 4, 3, 5)
                    .reshape(N, COUT, 9, 4), axis=-1)
     live = wins[..., -1] > 0     # windows all zero after ReLU pass no gradient: ties harmless

@@ -28,14 +28,30 @@ def check_channel_vectors(ctx, first: int, last: int, names):
         ctx.check(ctx.dtype(i).kind == "f", f"expected a float {name}, got {ctx.dtype(i)}")
 
 
+def unbiased_factor(x_shape) -> float:
+    """n/(n − 1), n = the values per channel (N·∏spatial): turns a batch's population
+    variance into torch's unbiased one. 1 when n ≤ 1 (no unbiased estimate exists; the
+    population variance, 0, is used)."""
+    n = 1
+    for k, d in enumerate(x_shape):
+        if k != 1:
+            n *= int(d)
+    return n / (n - 1) if n > 1 else 1.0
+
+
 @register
 class BatchNormalization(Op):
     """Y = scale·(X − mean)/√(var + ε) + B. With ``training_mode=1`` mean/var are the batch's
     (population variance) and outputs 1 and 2 are the updated running statistics
-    (running = input·momentum + batch·(1 − momentum)), as ONNX opset 15 defines."""
+    (running = input·momentum + batch·(1 − momentum)), as ONNX opset 15 defines.
+
+    ember attribute ``running_var_unbiased`` (default 0 = ONNX): 1 updates the running
+    variance with the batch's *unbiased* variance (× n/(n − 1), n = N·∏spatial), as torch does;
+    the normalisation itself always uses the population variance. ``to_training`` sets it
+    (ember mirrors torch); training graphs are never exported, so it never reaches ONNX."""
     num_inputs = (5, 5)
     num_outputs = (1, 3)
-    attrs = {"epsilon": 1e-5, "momentum": 0.9, "training_mode": 0}
+    attrs = {"epsilon": 1e-5, "momentum": 0.9, "training_mode": 0, "running_var_unbiased": 0}
 
     def infer(self, ctx):
         check_channel_vectors(ctx, 1, 4, ("scale", "B", "input_mean", "input_var"))
@@ -52,8 +68,9 @@ class BatchNormalization(Op):
         if a["training_mode"]:
             axes = (0,) + tuple(range(2, x.ndim))
             bmean, bvar = xw.mean(axis=axes), xw.var(axis=axes)
+            update_var = bvar * unbiased_factor(x.shape) if a["running_var_unbiased"] else bvar
             run_mean = _wide(mean) * a["momentum"] + bmean * (1 - a["momentum"])
-            run_var = _wide(var) * a["momentum"] + bvar * (1 - a["momentum"])
+            run_var = _wide(var) * a["momentum"] + update_var * (1 - a["momentum"])
             mean_used, var_used = bmean, bvar
         else:
             mean_used, var_used = _wide(mean), _wide(var)
@@ -103,18 +120,75 @@ class LRN(Op):
     def compute(self, node, inputs):
         x = inputs[0]
         a = node.attrs
-        size = int(a["size"])
-        lo, hi = (size - 1) // 2, -(-(size - 1) // 2)
-        sq = _wide(x).astype(np.float64) ** 2
-        c = x.shape[1]
-        # Prefix sums along channels make every window sum one subtraction.
-        csum = np.concatenate([np.zeros_like(sq[:, :1]), np.cumsum(sq, axis=1)], axis=1)
-        idx = np.arange(c)
-        end = np.minimum(c, idx + hi + 1)
-        begin = np.maximum(0, idx - lo)
-        square_sum = csum[:, end] - csum[:, begin]
-        y = _wide(x) / (a["bias"] + a["alpha"] / size * square_sum) ** a["beta"]
+        s = _lrn_denominator(x.astype(np.float64), a)
+        y = _wide(x) / s ** a["beta"]
         return [y.astype(x.dtype)]
+
+
+def _channel_window_sum(v, before: int, after: int):
+    """Σ v[:, j] over j in [c − before, c + after] (clipped to the channels), for every c.
+    Prefix sums along channels make every window sum one subtraction."""
+    c = v.shape[1]
+    csum = np.concatenate([np.zeros_like(v[:, :1]), np.cumsum(v, axis=1)], axis=1)
+    idx = np.arange(c)
+    return csum[:, np.minimum(c, idx + after + 1)] - csum[:, np.maximum(0, idx - before)]
+
+
+def _lrn_window(size: int) -> tuple:
+    """(channels before, channels after) in LRN's window: ⌊(size−1)/2⌋, ⌈(size−1)/2⌉."""
+    return (size - 1) // 2, -(-(size - 1) // 2)
+
+
+def _lrn_denominator(x64, a):
+    """s = bias + alpha/size · Σ_window x² (float64)."""
+    size = int(a["size"])
+    lo, hi = _lrn_window(size)
+    return a["bias"] + a["alpha"] / size * _channel_window_sum(x64 * x64, lo, hi)
+
+
+@register
+class LRNGrad(Op):
+    """dX of LRN (y = x·s^−β, s = bias + α/n·Σ_window x²), LRN's attributes:
+    dx_i = dy_i·s_i^−β − 2αβ/n·x_i·Σ_{j: i ∈ window(j)} dy_j·x_j·s_j^(−β−1).
+    The channels j whose window holds i are [i − ⌈(n−1)/2⌉, i + ⌊(n−1)/2⌋]: the window
+    mirrored, which matters for even n."""
+    num_inputs = (2, 2)
+    attrs = {"alpha": 1e-4, "beta": 0.75, "bias": 1.0, "size": REQUIRED}
+    inplace = (0,)
+
+    def infer(self, ctx):
+        dy, x = ctx.type(0), ctx.type(1)
+        ctx.check(tuple(dy.shape) == tuple(x.shape) and len(x.shape) >= 3,
+                  f"expected dY and X of one shape (N, C, …), got {dy.shape} and {x.shape}")
+        ctx.check(dy.dtype.kind == "f" and dy.dtype == x.dtype,
+                  f"expected float dY and X of one dtype, got {dy.dtype} and {x.dtype}")
+        ctx.check(int(ctx.attrs["size"]) >= 1, f"expected size ≥ 1, got {ctx.attrs['size']}")
+        return [x]
+
+    def compute(self, node, inputs):
+        dy, x = inputs
+        a = node.attrs
+        size, beta = int(a["size"]), float(a["beta"])
+        x64, d64 = x.astype(np.float64), dy.astype(np.float64)
+        s = _lrn_denominator(x64, a)
+        lo, hi = _lrn_window(size)
+        t = d64 * x64 * s ** (-beta - 1.0)
+        back = _channel_window_sum(t, hi, lo)      # the mirrored window
+        dx = d64 * s ** -beta - 2.0 * float(a["alpha"]) * beta / size * x64 * back
+        return [dx.astype(dy.dtype)]
+
+
+def _lrn_gradient(self, node, grads, g):
+    out = [None]
+    if grads[0] is None or not g.needs(0):
+        return out
+    a = node.attrs
+    out[0] = g.op("LRNGrad", [grads[0], g.input(0)], alpha=float(a["alpha"]),
+                  beta=float(a["beta"]), bias=float(a["bias"]), size=int(a["size"]))
+    return out
+
+
+LRN.gradient = _lrn_gradient
 
 
 # ---- gradients -------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ a plain copy; where it would need arithmetic on an unknown dim, a fresh symbolic
 from __future__ import annotations
 
 import math
+import zlib
 
 import numpy as np
 
@@ -756,23 +757,82 @@ class CastLike(Op):
 
 
 # ---- Dropout -------------------------------------------------------------------------------
+# Dropout's training mask is a pure function of (seed, step, element index): the same
+# counter-based hash as kernels/dropout_hash.h and kernels/act_grad.pyx's dropout_forward, here
+# vectorised in numpy, so the reference and the kernel draw bit-identical masks and a run can be
+# repeated (or resumed from a checkpoint) from the seed and the step alone.
+_U64 = (1 << 64) - 1
+_GOLDEN = 0x9E3779B97F4A7C15      # 2⁶⁴/φ, splitmix64's increment
+
+
+def _splitmix64(z: int) -> int:
+    z &= _U64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _U64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _U64
+    return z ^ (z >> 31)
+
+
+def _lowbias32(x):
+    """C. Wellons' lowbias32 on a uint32 array (products wrap mod 2³², as in C)."""
+    x = x ^ (x >> np.uint32(16))
+    x = x * np.uint32(0x7FEB352D)
+    x = x ^ (x >> np.uint32(15))
+    x = x * np.uint32(0x846CA68B)
+    return x ^ (x >> np.uint32(16))
+
+
+def dropout_seed(node) -> int:
+    """The node's ``seed`` attribute as an unsigned 64-bit int, or (absent) a stable hash of
+    its name — the seed the kernel and the reference both use."""
+    seed = node.attrs.get("seed")
+    return int(seed) & _U64 if seed is not None else zlib.crc32(node.name.encode())
+
+
+def dropout_keep(size: int, ratio: float, seed: int, step: int) -> np.ndarray:
+    """The keep-mask (bool, ``size`` elements) Dropout draws at ``step`` for ``seed``: element
+    i is kept when the top 24 bits of lowbias32(lowbias32(i_lo ^ k1) + (k2 ^ i_hi)) reach
+    ratio·2²⁴ (ratio rounded to float32 first, as the kernel takes it), with
+    (k2, k1) = splitmix64(splitmix64(seed) ^ step·golden)."""
+    key = _splitmix64(_splitmix64(int(seed)) ^ ((int(step) * _GOLDEN) & _U64))
+    k1, k2 = np.uint32(key & 0xFFFFFFFF), key >> 32
+    threshold = int(float(np.float32(ratio)) * 16777216.0)
+    i = np.arange(size, dtype=np.uint64)
+    salt = (np.uint64(k2) ^ (i >> np.uint64(32))).astype(np.uint32)
+    h = _lowbias32(_lowbias32(i.astype(np.uint32) ^ k1) + salt)
+    return (h >> np.uint32(8)) >= np.uint32(threshold) if threshold < (1 << 24) else \
+        np.zeros(size, np.bool_)
+
+
+def dropout_scale(ratio: float, dtype) -> np.generic:
+    """1/(1 − ratio) (0 when ratio = 1) as the kernel computes it: in double from the float32
+    ratio, rounded once to the data's dtype."""
+    r = float(np.float32(ratio)) if np.dtype(dtype) == np.float32 else float(ratio)
+    return np.dtype(dtype).type(1.0 / (1.0 - r) if r < 1.0 else 0.0)
+
+
 @register
 class Dropout(Op):
-    """Inference: identity with an all-True mask. ``training_mode`` true: a random mask drawn
-    from a numpy Generator seeded by ``seed`` (one stream per node, so steps differ)."""
+    """Inference: identity with an all-True mask. ``training_mode`` true: the mask of
+    ``dropout_keep(size, ratio, seed, step)``. ember extension: an optional 4th input ``step``
+    (an integer scalar, the training step — graph/TRAINING.md §1) makes the mask a function of
+    (seed, step), so a restored Trainer draws the same masks as one that never stopped; without
+    it each run counts its own steps from 0 (per node, in this process)."""
     attrs = {"seed": None}
-    num_inputs = (1, 3)
+    num_inputs = (1, 4)
     num_outputs = (1, 2)
     foldable = False  # per-node training_mode cannot be seen here; passes remove it instead
 
     def __init__(self):
-        self._rngs = {}
+        self._runs = {}
 
     def infer(self, ctx):
-        for i, what in ((1, "ratio"), (2, "training_mode")):
+        for i, what in ((1, "ratio"), (2, "training_mode"), (3, "step")):
             if ctx.has(i):
                 ctx.check(ctx.type(i).size == 1, f"{what} must be a scalar, got "
                                                  f"{ctx.type(i).shape}")
+        if ctx.has(3):
+            ctx.check(ctx.dtype(3).kind in "iu", f"step (input 3) must be an integer scalar, "
+                                                 f"got {ctx.dtype(3)}")
         ratio = ctx.maybe_const(1)
         if ratio is not None:
             r = float(np.asarray(ratio).reshape(-1)[0])
@@ -787,20 +847,26 @@ class Dropout(Op):
             bool(np.asarray(inputs[2]).reshape(-1)[0])
         if not training or ratio == 0.0:
             return [x, np.ones(x.shape, dtype=np.bool_)]
-        key = (node.name, node.attrs.get("seed"))
-        rng = self._rngs.get(key)
-        if rng is None:
-            rng = self._rngs[key] = np.random.default_rng(node.attrs.get("seed"))
-        mask = rng.uniform(0.0, 1.0, x.shape) >= ratio
-        scale = 1.0 / (1.0 - ratio) if ratio < 1.0 else 0.0
-        return [(x * mask * scale).astype(x.dtype), mask]
+        if not 0.0 <= ratio <= 1.0:
+            raise InputError(f"{node}: ratio {ratio} must lie in [0, 1]")
+        seed = dropout_seed(node)
+        if len(inputs) > 3 and inputs[3] is not None:
+            step = int(np.asarray(inputs[3]).reshape(-1)[0])
+        else:
+            key = (node.name, seed)
+            step = self._runs.get(key, 0)
+            self._runs[key] = step + 1
+        mask = dropout_keep(x.size, ratio, seed, step).reshape(x.shape)
+        scale = dropout_scale(ratio, x.dtype)
+        return [(x * np.where(mask, scale, x.dtype.type(0))).astype(x.dtype), mask]
 
 
 # ---- gradients -------------------------------------------------------------------------------
 @register
 class DropoutGrad(Op):
     """dX = dY·mask/(1 − ratio) (0 when ratio = 1): the forward's own mask, so the gradient
-    matches the mask that run drew."""
+    matches the mask that run drew. The factor is rounded to dY's dtype first, as the kernel
+    does, so both give the same bits."""
     attrs = {"ratio": 0.5}
     num_inputs = (2, 2)
     inplace = (0,)
@@ -816,9 +882,8 @@ class DropoutGrad(Op):
 
     def compute(self, node, inputs):
         dy, mask = inputs
-        r = float(node.attrs["ratio"])
-        scale = 1.0 / (1.0 - r) if r < 1.0 else 0.0
-        return [(dy.astype(np.float64) * mask * scale).astype(dy.dtype)]
+        scale = dropout_scale(float(node.attrs["ratio"]), dy.dtype)
+        return [(dy * np.where(mask, scale, dy.dtype.type(0))).astype(dy.dtype)]
 
 
 def _reshape_back(self, node, grads, g):
@@ -892,6 +957,64 @@ def _pad_gradient(self, node, grads, g):
 
 
 Pad.gradient = _pad_gradient
+
+
+@register
+class SliceGrad(Op):
+    """dX of Slice: zeros of the forward input's shape (attr ``input_shape``) with dY written
+    where the forward read (same starts/ends/axes/steps inputs, ONNX's clamping rules)."""
+    num_inputs = (3, 5)
+    attrs = {"input_shape": REQUIRED}
+
+    def infer(self, ctx):
+        shape = tuple(int(d) for d in ctx.attrs["input_shape"])
+        ctx.check(all(d >= 0 for d in shape), f"expected a non-negative input_shape, got "
+                                              f"{list(shape)}")
+        starts, ends = _ints(ctx, 1, "starts"), _ints(ctx, 2, "ends")
+        axes = _ints(ctx, 3, "axes") if ctx.has(3) else None
+        steps = _ints(ctx, 4, "steps") if ctx.has(4) else None
+        _, out = _slice_plan(shape, starts, ends, axes, steps, ctx.fail)
+        dy = tuple(ctx.shape(0))
+        ctx.check(len(dy) == len(shape) and all(not _is_int(a) or a == b
+                                                for a, b in zip(dy, out)),
+                  f"expected dY of shape {tuple(out)} (Slice of {shape}), got {dy}")
+        ctx.check(ctx.dtype(0).kind == "f", f"expected a float dY, got {ctx.dtype(0)}")
+        return [TensorType(ctx.dtype(0), shape)]
+
+    def compute(self, node, inputs):
+        dy = inputs[0]
+        lists = [None if v is None else [int(t) for t in v.reshape(-1)] for v in inputs[1:5]]
+        lists += [None] * (4 - len(lists))
+
+        def fail(msg):
+            raise ValueError(msg)
+        shape = tuple(int(d) for d in node.attrs["input_shape"])
+        slices, _ = _slice_plan(shape, *lists, fail)
+        dx = np.zeros(shape, dy.dtype)
+        dx[slices] = dy
+        return [dx]
+
+
+def _slice_gradient(self, node, grads, g):
+    """SliceGrad: dY scattered back into zeros of X's shape. The bounds must be constants
+    (they decide the output shape, so they are in any graph that has static shapes)."""
+    out = [None] * len(node.inputs)
+    if grads[0] is None or not g.needs(0):
+        return out
+    ins = [grads[0]]
+    for i, what in ((1, "starts"), (2, "ends"), (3, "axes"), (4, "steps")):
+        if not g.input(i):
+            ins.append("")
+            continue
+        v = g.value(g.input(i))
+        if v is None:
+            g.fail(f"Slice's {what} must be a constant")
+        ins.append(g.const(np.asarray(v, np.int64), what))
+    out[0] = g.op("SliceGrad", ins, input_shape=list(g.shape(g.input(0))))
+    return out
+
+
+Slice.gradient = _slice_gradient
 
 
 def _dropout_gradient(self, node, grads, g):
