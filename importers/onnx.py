@@ -5,17 +5,21 @@ importer parses defensively (a bad file is a ``ModelError``, never a protobuf tr
 *all* unsupported ops at once, converts attributes to plain Python/numpy values, loads external
 data only from inside the model's folder, and rewrites older-opset forms (see ``_upgrades``).
 
-``onnx`` is imported lazily: ember's core must import without it.
+Models are decoded by ``onnx_wire`` (no ``onnx`` import, weights viewing the file's bytes);
+``onnx`` is imported only for a ModelProto input and for ONNX shape inference, which a few
+old-opset rewrites need.
 """
 from __future__ import annotations
 
 import os
+import sys
 
 import numpy as np
 
 from ..graph.errors import ModelError, UnsupportedOpError
 from ..graph.ir import Graph, Node, TensorType
 from ..graph.ops import is_supported
+from .onnx_wire import parse_model
 
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 _MAX_DENSE_ELEMENTS = 1 << 31  # a sparse constant expanding past this is hostile, not a model
@@ -25,24 +29,42 @@ _SUPPORTED_DTYPES = {np.dtype(t) for t in ("float16", "float32", "float64", "int
                                            "uint64", "bool")}
 
 
+# the newest default-domain opset whose semantics ember's op table and upgrades follow (onnx
+# 1.23's); a model needing a newer one is refused rather than run with guessed semantics
+NEWEST_OPSET = 28
+
+# ONNX TensorProto.DataType: code -> name, and the numpy dtype of the codes ember supports
+_ONNX_TYPE_NAMES = ("UNDEFINED", "FLOAT", "UINT8", "INT8", "UINT16", "INT16", "INT32", "INT64",
+                    "STRING", "BOOL", "FLOAT16", "DOUBLE", "UINT32", "UINT64", "COMPLEX64",
+                    "COMPLEX128", "BFLOAT16", "FLOAT8E4M3FN", "FLOAT8E4M3FNUZ", "FLOAT8E5M2",
+                    "FLOAT8E5M2FNUZ", "UINT4", "INT4", "FLOAT4E2M1", "FLOAT8E8M0", "UINT2",
+                    "INT2", "FLOAT6E2M3", "FLOAT6E3M2")
+_ONNX_DTYPES = {1: "float32", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32",
+                7: "int64", 9: "bool", 10: "float16", 11: "float64", 12: "uint32", 13: "uint64"}
+_EXTERNAL = 1  # TensorProto.DataLocation.EXTERNAL
+# AttributeProto.AttributeType
+_A_NAMES = ("UNDEFINED", "FLOAT", "INT", "STRING", "TENSOR", "GRAPH", "FLOATS", "INTS",
+            "STRINGS", "TENSORS", "GRAPHS", "SPARSE_TENSOR", "SPARSE_TENSORS", "TYPE_PROTO",
+            "TYPE_PROTOS")
+(_A_FLOAT, _A_INT, _A_STRING, _A_TENSOR, _A_GRAPH, _A_FLOATS, _A_INTS, _A_STRINGS, _A_TENSORS,
+ _A_GRAPHS, _A_SPARSE_TENSOR) = range(1, 12)
+
+
 def _onnx():
     try:
         import onnx
     except ImportError:  # pragma: no cover - depends on the environment
-        raise ModelError("loading ONNX models needs the 'onnx' package: pip install onnx") \
-            from None
+        raise ModelError("this needs the 'onnx' package: pip install onnx") from None
     return onnx
 
 
 # ---- parsing ------------------------------------------------------------------------------------
 def _parse(src):
-    """Return (ModelProto, folder for external data or None)."""
-    onnx = _onnx()
-    if isinstance(src, onnx.ModelProto):
-        _check_is_model(src)
-        return src, None
+    """Return (decoded model, folder for external data or None, source for ONNX's shape
+    inference). Paths and bytes are decoded by ``onnx_wire`` without importing onnx; an
+    ``onnx.ModelProto`` is serialized and decoded the same way (one reader, one behaviour)."""
     if isinstance(src, (bytes, bytearray, memoryview)):
-        data, folder = bytes(src), None
+        data, folder = bytes(src), None  # a copy of a mutable buffer: weights will view it
     elif isinstance(src, (str, os.PathLike)):
         path = os.fspath(src)
         try:
@@ -51,30 +73,20 @@ def _parse(src):
         except OSError as e:
             raise ModelError(f"cannot read model file {path!r}: {e.strerror or e}") from None
         folder = os.path.dirname(os.path.abspath(path))
+    elif "onnx" in sys.modules and isinstance(src, sys.modules["onnx"].ModelProto):
+        try:
+            data = src.SerializeToString()
+        except Exception as e:  # e.g. a message over protobuf's 2 GiB limit
+            raise ModelError(f"cannot serialize the onnx.ModelProto ({type(e).__name__}: "
+                             f"{e}); save it with external data and load the path") from None
+        return parse_model(data), None, src
     else:
         raise ModelError(f"cannot load a model from {type(src).__name__}; pass a path, the "
                          f"file's bytes or an onnx.ModelProto")
-    model = onnx.ModelProto()
-    try:
-        model.ParseFromString(data)
-    except Exception as e:  # protobuf's DecodeError and friends
-        raise ModelError(f"not a valid ONNX model: the file is not a readable protobuf "
-                         f"({type(e).__name__}: {e}); is it truncated or another format?") \
-            from None
-    _check_is_model(model)
-    return model, folder
-
-
-def _check_is_model(model) -> None:
-    """Protobuf parses almost any bytes (a TensorProto, a GraphProto, a few junk bytes) into a
-    ModelProto with unknown fields; a real model has a graph, an IR version and an opset."""
-    if not model.HasField("graph") or model.ir_version < 1 or not model.opset_import:
-        raise ModelError("not an ONNX model: the data has no graph, IR version or opset_import "
-                         "(is it truncated or another kind of file?)")
+    return parse_model(data), folder, data
 
 
 def _default_opset(model) -> int:
-    onnx = _onnx()
     versions = [o.version for o in model.opset_import if o.domain in _DEFAULT_DOMAINS]
     if not versions:
         if any(n.domain in _DEFAULT_DOMAINS for n in model.graph.node):
@@ -82,10 +94,9 @@ def _default_opset(model) -> int:
                              "opset")
         return 0
     opset = max(versions)
-    newest = onnx.defs.onnx_opset_version()
-    if opset > newest:
-        raise ModelError(f"the model needs ONNX opset {opset}, newer than the {newest} the "
-                         f"installed onnx {onnx.__version__} knows")
+    if opset > NEWEST_OPSET:
+        raise ModelError(f"the model needs ONNX opset {opset}, newer than opset {NEWEST_OPSET}, "
+                         f"the newest ember knows")
     if opset < 1:
         raise ModelError(f"invalid default-domain opset {opset}")
     return opset
@@ -111,32 +122,32 @@ def _check_supported(model, opset: int) -> None:
 
 
 # ---- types, tensors, attributes -----------------------------------------------------------------
+def _type_name(elem_type: int) -> str:
+    if 0 <= elem_type < len(_ONNX_TYPE_NAMES):
+        return _ONNX_TYPE_NAMES[elem_type]
+    return str(elem_type)
+
+
 def _np_dtype(elem_type: int, what: str) -> np.dtype:
-    onnx = _onnx()
-    try:
-        dt = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type))
-    except Exception:
-        dt = None
-    if dt is None or dt not in _SUPPORTED_DTYPES:
-        name = onnx.TensorProto.DataType.Name(elem_type) \
-            if elem_type in onnx.TensorProto.DataType.values() else str(elem_type)
-        raise ModelError(f"{what} has element type {name}, which ember does not support "
-                         f"(supported: {sorted(d.name for d in _SUPPORTED_DTYPES)})")
-    return dt
+    dt = _ONNX_DTYPES.get(elem_type)
+    if dt is None:
+        raise ModelError(f"{what} has element type {_type_name(elem_type)}, which ember does not "
+                         f"support (supported: {sorted(d.name for d in _SUPPORTED_DTYPES)})")
+    return np.dtype(dt)
 
 
 def _value_type(vi) -> TensorType:
     what = f"graph input {vi.name!r}"
-    if not vi.type.HasField("tensor_type"):
+    if vi.type is None or vi.type.tensor_type is None:
         raise ModelError(f"{what} is not a tensor (sequences, maps and optionals are not "
                          f"supported)")
     tt = vi.type.tensor_type
     dtype = _np_dtype(tt.elem_type, what)
-    if not tt.HasField("shape"):
+    if tt.shape is None:
         raise ModelError(f"{what} has no shape (unknown rank); ember needs every input's rank")
     dims = []
-    for i, d in enumerate(tt.shape.dim):
-        if d.HasField("dim_value"):
+    for i, d in enumerate(tt.shape):
+        if d.dim_value is not None:
             if d.dim_value < 0:
                 raise ModelError(f"{what} has negative dim {d.dim_value}")
             dims.append(int(d.dim_value))
@@ -145,40 +156,56 @@ def _value_type(vi) -> TensorType:
     return TensorType(dtype, tuple(dims))
 
 
+def _typed_values(t, dtype: np.dtype) -> np.ndarray:
+    """A tensor's typed data field as ``dtype`` (the field each dtype lives in, per onnx.proto:
+    16-bit floats as their bit patterns in int32_data, narrow ints and bool widened there)."""
+    if dtype == np.float32:
+        return t.float_data
+    if dtype == np.float64:
+        return t.double_data
+    if dtype == np.int64:
+        return t.int64_data
+    if dtype in (np.uint64, np.uint32):
+        return t.uint64_data.astype(dtype, copy=False)
+    if dtype == np.float16:
+        return t.int32_data.astype(np.uint16).view(np.float16)
+    if dtype == np.bool_:
+        return t.int32_data != 0
+    return t.int32_data.astype(dtype, copy=False)
+
+
 def _tensor_to_array(t, folder, what: str) -> np.ndarray:
-    onnx = _onnx()
-    from onnx import numpy_helper
+    """The tensor as a C-contiguous array. ``raw_data`` becomes a read-only view of the model's
+    bytes (or of the external file's), never a copy."""
     dtype = _np_dtype(t.data_type, what)
-    if t.data_location == onnx.TensorProto.EXTERNAL:
-        t = _load_external(t, folder, what)
+    raw = t.raw_data
+    if t.data_location == _EXTERNAL:
+        raw = _load_external(t, folder, what)
     count = 1
     for d in t.dims:
         if d < 0:
             raise ModelError(f"{what} has negative dim {d}")
         count *= int(d)
-    if t.HasField("raw_data"):
-        have = len(t.raw_data)
-        need = count * dtype.itemsize
+    if raw is not None:
+        have, need = len(raw), count * dtype.itemsize
     else:
-        field = {np.dtype("float32"): t.float_data, np.dtype("float64"): t.double_data,
-                 np.dtype("int64"): t.int64_data, np.dtype("uint64"): t.uint64_data,
-                 np.dtype("uint32"): t.uint64_data}  # the rest live in int32_data
-        data = field.get(dtype, t.int32_data)
+        data = _typed_values(t, dtype)
         have, need = len(data), count
     if have != need:
         raise ModelError(f"{what}: shape {tuple(t.dims)} needs {need} "
-                         f"{'bytes' if t.HasField('raw_data') else 'values'} of {dtype.name} "
+                         f"{'bytes' if raw is not None else 'values'} of {dtype.name} "
                          f"data, the file holds {have}")
-    try:
-        arr = numpy_helper.to_array(t)
-    except Exception as e:
-        raise ModelError(f"{what}: cannot decode tensor data ({e})") from None
-    return np.require(arr.astype(dtype, copy=False), requirements="C")
+    shape = tuple(int(d) for d in t.dims)
+    if raw is not None:
+        arr = np.frombuffer(raw, dtype=dtype.newbyteorder("<"), count=count)
+        arr = arr.astype(dtype, copy=False)  # a no-op on little-endian machines
+    else:
+        arr = np.asarray(data, dtype=dtype)
+    return np.require(arr.reshape(shape), requirements="C")
 
 
-def _load_external(t, folder, what: str):
-    """A copy of ``t`` with its external bytes read in, refusing locations outside ``folder``."""
-    onnx = _onnx()
+def _load_external(t, folder, what: str) -> bytes:
+    """The tensor's external bytes, refusing locations outside ``folder``."""
     info = {e.key: e.value for e in t.external_data}
     loc = info.get("location", "")
     if folder is None:
@@ -210,55 +237,50 @@ def _load_external(t, folder, what: str):
             from None
     if length is not None and len(raw) != length:
         raise ModelError(f"{what}: external data {loc!r} is shorter than its declared length")
-    out = onnx.TensorProto()
-    out.CopyFrom(t)
-    del out.external_data[:]
-    out.data_location = onnx.TensorProto.DEFAULT
-    out.raw_data = raw
-    return out
+    return raw
 
 
 def _dtype_name(to, node_name: str) -> str:
-    onnx = _onnx()
     if isinstance(to, (bytes, str)):  # Cast-1 spelled the type ("FLOAT")
         to = to.decode() if isinstance(to, bytes) else to
-        try:
-            to = onnx.TensorProto.DataType.Value(to.upper())
-        except ValueError:
-            raise ModelError(f"node {node_name!r}: unknown type name {to!r}") from None
+        if to.upper() not in _ONNX_TYPE_NAMES:
+            raise ModelError(f"node {node_name!r}: unknown type name {to!r}")
+        to = _ONNX_TYPE_NAMES.index(to.upper())
     return _np_dtype(int(to), f"node {node_name!r} (target type)").name
 
 
 def _attributes(node_proto, folder, node_name: str) -> dict:
-    onnx = _onnx()
-    A = onnx.AttributeProto
     attrs = {}
     for a in node_proto.attribute:
         what = f"attribute {a.name!r} of node {node_name!r}"
         if a.ref_attr_name:
             raise ModelError(f"{what} refers to a function attribute; not supported")
-        if a.type == A.FLOAT:
+        if a.type == _A_FLOAT:
             v = float(a.f)
-        elif a.type == A.INT:
+        elif a.type == _A_INT:
             v = int(a.i)
-        elif a.type == A.STRING:
+        elif a.type == _A_STRING:
             v = a.s.decode("utf-8", "replace")
-        elif a.type == A.FLOATS:
+        elif a.type == _A_FLOATS:
             v = [float(x) for x in a.floats]
-        elif a.type == A.INTS:
+        elif a.type == _A_INTS:
             v = [int(x) for x in a.ints]
-        elif a.type == A.STRINGS:
+        elif a.type == _A_STRINGS:
             v = [s.decode("utf-8", "replace") for s in a.strings]
-        elif a.type == A.TENSOR:
+        elif a.type == _A_TENSOR:
+            if a.t is None:
+                raise ModelError(f"{what} is a tensor attribute without a tensor")
             v = _tensor_to_array(a.t, folder, what)
-        elif a.type == A.SPARSE_TENSOR:
+        elif a.type == _A_SPARSE_TENSOR:
+            if a.sparse_tensor is None:
+                raise ModelError(f"{what} is a sparse tensor attribute without a tensor")
             v = _sparse_to_dense(a.sparse_tensor, folder, what)
-        elif a.type in (A.GRAPH, A.GRAPHS):
+        elif a.type in (_A_GRAPH, _A_GRAPHS):
             raise ModelError(f"{what} is a subgraph; control flow (If/Loop/Scan) is not "
                              f"supported")
         else:
             raise ModelError(f"{what} has an attribute type ember does not support "
-                             f"({A.AttributeType.Name(a.type)})")
+                             f"({_A_NAMES[a.type]})")
         attrs[a.name] = v
     return attrs
 
@@ -286,7 +308,7 @@ def _sparse_to_dense(sp, folder, what) -> np.ndarray:
 # ---- the importer ---------------------------------------------------------------------------------
 def load_onnx(src) -> Graph:
     """Import an ONNX model (path, bytes or ``onnx.ModelProto``) as an ember ``Graph``."""
-    model, folder = _parse(src)
+    model, folder, source = _parse(src)
     opset = _default_opset(model)
     gp = model.graph
     _check_supported(model, opset)
@@ -329,7 +351,7 @@ def load_onnx(src) -> Graph:
     if len(set(graph.outputs)) != len(graph.outputs):
         raise ModelError(f"graph outputs repeat a name: {graph.outputs}")
 
-    rewriter = Rewriter(model, graph, opset)
+    rewriter = Rewriter(model, graph, opset, source)
     used_names: set = set()
     for k, n in enumerate(gp.node):
         name = n.name or f"{n.op_type}_{k}"
@@ -349,10 +371,11 @@ def load_onnx(src) -> Graph:
 # ---- opset upgrades: older forms → the newest opset's semantics -------------------------------
 class Rewriter:
     """What an upgrade needs: the model's opset, fresh value names, new constants (added as
-    initializers) and, when an old form hides a dtype or rank, ONNX's own shape inference."""
+    initializers) and, when an old form hides a dtype or rank, ONNX's own shape inference (run
+    on ``source``, the serialized model or ModelProto: the one place loading imports onnx)."""
 
-    def __init__(self, model, graph: Graph, opset: int):
-        self.model, self.graph, self.opset = model, graph, opset
+    def __init__(self, model, graph: Graph, opset: int, source=None):
+        self.model, self.graph, self.opset, self.source = model, graph, opset, source
         gp = model.graph
         self._taken = set(graph.initializers) | {vi.name for vi in gp.input}
         self._taken.update(vo.name for vo in gp.output)
@@ -385,7 +408,7 @@ class Rewriter:
         if self._inferred is None:
             self._inferred = {}
             try:
-                inferred = _onnx().shape_inference.infer_shapes(self.model)
+                inferred = _onnx().shape_inference.infer_shapes(self.source)
                 for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
                     tt = vi.type.tensor_type
                     dt = rank = None
