@@ -5,8 +5,8 @@
 
 Each measurement is a fresh Python process (nothing warm but the OS file cache) that times, in
 order: ``import numpy``; ``import ember`` / ``import onnxruntime`` (numpy already loaded); the
-first load of a ResNet-18 file (``ember.load`` / ``onnxruntime.InferenceSession``, which for
-ember includes its lazy ``import onnx``); the first run; the second run; peak RSS so far; and,
+first load of a ResNet-18 file (``ember.load`` / ``onnxruntime.InferenceSession``; ember reads
+the file with its own protobuf reader, without importing ``onnx``); the first run; the second run; peak RSS so far; and,
 after dropping the session, a second load of the same file (the warm cost of a load). Processes
 alternate ember, onnxruntime, ember, …
 so that a noisy neighbour slows both alike, and medians are reported.
@@ -148,7 +148,7 @@ def main(argv=None):
              f"{'no bytecode cache' if args.no_bytecode else 'bytecode cached, as installed'}. "
              f"Import is measured after `import numpy` (median "
              f"{statistics.median(r['numpy'] for rows in runs.values() for r in rows):.3f} s, "
-             f"paid by both). ember's first load includes its lazy `import onnx`.", "",
+             f"paid by both). ember reads the file without importing `onnx`.", "",
              "| engine | import (s) | first load (s) | second load (s) | first run (ms) | "
              "second run (ms) | import + load + first run (s) | peak RSS (MiB) |",
              "|---|---|---|---|---|---|---|---|"]
