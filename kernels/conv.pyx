@@ -1,18 +1,26 @@
 """2-D convolution (ONNX cross-correlation) and transposed convolution over NCHW float32.
 
 conv2d picks its algorithm per call: 1x1 stride-1 unpadded -> GEMM straight on x; depthwise
-(group == C == M) -> a direct kernel; anything else -> im2col of one image/group into scratch,
-then GEMM. Bias and activation ride in the GEMM epilogue. Batches that divide evenly over the
-threads run one image per thread (single-threaded GEMMs, one scratch slot each); otherwise the
-images run in turn and each GEMM uses the whole team.
+(group == C == M) -> a direct vectorised kernel (depthwise.h); anything else -> im2col of one
+image/group into scratch, then GEMM. Bias and activation ride in the GEMM epilogue (vector
+loops for Relu/Clip on the pointwise path). Batches that divide evenly over the threads run one
+image per thread (single-threaded GEMMs, one scratch slot each); otherwise the images run in
+turn and each GEMM uses the whole team.
+
+Conv2dStep is conv2d with its arguments resolved once, runnable GIL-free inside a plan.Plan.
 """
 from cython.parallel cimport prange, parallel, threadid
 from libc.string cimport memset, memcpy
-
+from libc.stdlib cimport malloc, free
+from cpython.pycapsule cimport PyCapsule_New
+from kernels.native_step cimport ember_native_step, EMBER_NATIVE_CAPSULE
 from kernels.activation cimport apply_act, apply_act_span
 from kernels.sgemm cimport ember_sgemm, ember_epilogue_fn, EpilogueCtx, epilogue_for
 from kernels.conv_common cimport (ConvShape, threads_for, is_pointwise, is_depthwise,
                                   col_floats, images_in_parallel, im2col_rows)
+from kernels.depthwise cimport (ember_dw_geom, dw_geom, ember_dw_alloc, ember_dw_buffer_floats, ember_dw_set_taps,
+                                ember_dw_forward_plane, ember_bias_act_row, ember_act_row_vec,
+                                ember_dw8_buffer_floats, ember_dw8_forward)
 
 
 cdef extern from "conv_pack.h" nogil:
@@ -53,6 +61,23 @@ def conv2d_scratch_floats(int C, int H, int W, int M, int KH, int KW, int OH, in
     return col_floats(&s) * max(nthreads, 1)
 
 
+cdef void pointwise_epilogue(float *c, long ldc, int m, int n, int row0, int col0,
+                             void *ctx) noexcept nogil:
+    """Bias + activation on a finished tile, with vector loops for Relu and Clip (Relu6: every
+    pointwise conv of a MobileNet) where the generic table would branch per element."""
+    cdef EpilogueCtx *e = <EpilogueCtx *> ctx
+    cdef int i
+    cdef float *row
+    for i in range(m):
+        row = c + i * ldc
+        if e.bias != NULL:
+            if ember_bias_act_row(row, n, e.bias[row0 + i], e.act, e.act_a, e.act_b):
+                continue
+        elif ember_act_row_vec(row, n, e.act, e.act_a, e.act_b):
+            continue
+        apply_act_span(row, n, e.act, e.act_a, e.act_b)
+
+
 cdef int conv_image(const float *x, const float *w, const float *bias, float *y, float *col,
                     ConvShape *s, int act, float act_a, float act_b, int nthreads) noexcept nogil:
     """One image through GEMM (pointwise or im2col), all groups. Returns 0 when out of memory."""
@@ -66,6 +91,9 @@ cdef int conv_image(const float *x, const float *w, const float *bias, float *y,
     ctx.act = act
     ctx.act_a = act_a
     ctx.act_b = act_b
+    cdef ember_epilogue_fn pw_epi = NULL
+    if bias != NULL or act != 0:
+        pw_epi = pointwise_epilogue
     cdef ember_im2col_src src
     src.H = s.H; src.W = s.W; src.KH = s.KH; src.KW = s.KW; src.OW = s.OW
     src.sh = s.sh; src.sw = s.sw; src.pt = s.pt; src.pl = s.pl; src.dh = s.dh; src.dw = s.dw
@@ -74,7 +102,7 @@ cdef int conv_image(const float *x, const float *w, const float *bias, float *y,
         if is_pointwise(s):
             ok = ember_sgemm(0, 0, Mg, <int> ohw, K, 1.0, w + <long> g * Mg * K, K,
                              x + g * Cg * hw, ohw, 0.0, y + g * Mg * ohw, ohw,
-                             epilogue_for(&ctx), &ctx, nthreads) and ok
+                             pw_epi, &ctx, nthreads) and ok
         elif not implicit_im2col or ohw < 256:   # small planes: panels cross rows too often
             if threads_for(nthreads, K * ohw) > 1:
                 for r in prange(K, num_threads=nthreads, schedule='static'):
@@ -92,152 +120,213 @@ cdef int conv_image(const float *x, const float *w, const float *bias, float *y,
     return ok
 
 
-cdef void depthwise_plane(const float *x, const float *w, float bv, float *y, ConvShape *s,
-                          int act, float act_a, float act_b) noexcept nogil:
-    """One channel plane of a depthwise conv: rows accumulated tap by tap over the valid ow span,
-    with a register-accumulating interior for 3x3 undilated kernels."""
-    cdef int oh, ow, kh, kw, ih, iw, lo, hi, off, ilo, ihi
-    cdef float wv, acc
-    cdef float *yrow
-    cdef const float *xrow
-    cdef const float *r0
-    cdef const float *r1
-    cdef const float *r2
-    cdef bint fast3 = s.KH == 3 and s.KW == 3 and s.dh == 1 and s.dw == 1
-    cdef int sw = s.sw
-    cdef float w0 = 0, w1 = 0, w2 = 0, w3 = 0, w4 = 0, w5 = 0, w6 = 0, w7 = 0, w8 = 0
-    if fast3:
-        w0 = w[0]; w1 = w[1]; w2 = w[2]; w3 = w[3]; w4 = w[4]
-        w5 = w[5]; w6 = w[6]; w7 = w[7]; w8 = w[8]
-    # ow span where every kw tap is inside the row (for the 3x3 interior)
-    ilo = 0
-    while ilo < s.OW and ilo * s.sw - s.pl < 0:
-        ilo += 1
-    ihi = s.OW
-    while ihi > ilo and (ihi - 1) * s.sw - s.pl + (s.KW - 1) * s.dw >= s.W:
-        ihi -= 1
-    for oh in range(s.OH):
-        yrow = y + <long> oh * s.OW
-        ih = oh * s.sh - s.pt
-        if fast3 and ih >= 0 and ih + 2 < s.H and ihi > ilo:
-            r0 = x + <long> ih * s.W - s.pl
-            r1 = r0 + s.W
-            r2 = r1 + s.W
-            if sw == 1:   # unit stride: the compiler vectorises this over ow
-                for ow in range(ilo, ihi):
-                    yrow[ow] = (bv + w0 * r0[ow] + w1 * r0[ow + 1] + w2 * r0[ow + 2]
-                                + w3 * r1[ow] + w4 * r1[ow + 1] + w5 * r1[ow + 2]
-                                + w6 * r2[ow] + w7 * r2[ow + 1] + w8 * r2[ow + 2])
-            else:
-                for ow in range(ilo, ihi):
-                    iw = ow * sw
-                    yrow[ow] = (bv + w0 * r0[iw] + w1 * r0[iw + 1] + w2 * r0[iw + 2]
-                                + w3 * r1[iw] + w4 * r1[iw + 1] + w5 * r1[iw + 2]
-                                + w6 * r2[iw] + w7 * r2[iw + 1] + w8 * r2[iw + 2])
-            # the border columns, tap by tap with bounds
-            ow = 0
-            while ow < s.OW:
-                if ow == ilo:
-                    ow = ihi
-                    continue
-                acc = bv
-                for kh in range(3):
-                    for kw in range(3):
-                        iw = ow * s.sw - s.pl + kw
-                        if iw >= 0 and iw < s.W:
-                            acc = acc + w[kh * 3 + kw] * x[<long> (ih + kh) * s.W + iw]
-                yrow[ow] = acc
-                ow += 1
+# Depthwise planes run eight channels at a time, channel-interleaved (ember_dw8_forward), when
+# the channels fill whole groups of eight or the planes have at most this many output pixels:
+# measured (1 thread, MobileNetV2 shapes, 3x3/5x5/7x7) 1.0-2x faster than the per-plane path,
+# except on large planes with a partial group (13 channels of 112x112: 1.6x slower).
+# 0 turns the grouped path off (A/B).
+cdef int DW8_MAX_PIXELS = 1024
+# Past this plane size the per-plane path (a quarter of the buffer) is used anyway: the 8-channel
+# buffer of a 256x256 plane is already ~4 MB per thread.
+cdef long DW8_MAX_GROUPED_PIXELS = 65536
+
+
+cdef int depthwise_forward(const float *xp, const float *wp, const float *bias_ptr, float *yp,
+                           ConvShape *s, int act, float act_a, float act_b,
+                           int nthreads) noexcept nogil:
+    """Depthwise conv, parallel over (n, c) planes — or over (n, 8-channel groups) for small
+    planes; each thread packs into its own buffer (depthwise.h) and runs vectorised tap loops,
+    bias and activation fused. Returns 0, or 1 when a buffer cannot be allocated."""
+    cdef ember_dw_geom g = dw_geom(s)
+    cdef long plane_in = <long> s.H * s.W, plane_out = <long> s.OH * s.OW
+    cdef int taps = s.KH * s.KW
+    cdef bint grouped = (DW8_MAX_PIXELS > 0 and taps <= 64
+                         and (plane_out <= DW8_MAX_PIXELS
+                              or (s.C % 8 == 0 and plane_out <= DW8_MAX_GROUPED_PIXELS)))
+    cdef int groups = (s.C + 7) // 8
+    cdef long nbuf = ember_dw8_buffer_floats(&g) if grouped else ember_dw_buffer_floats(&g)
+    cdef int p, c, k, n, nch, failed = 0, failed_grouped = 0
+    cdef long first
+    cdef float *buf = NULL
+    cdef long *tap_table = <long *> malloc(sizeof(long) * taps)
+    if tap_table == NULL:
+        return 1
+    ember_dw_set_taps(&g, tap_table)
+    nthreads = threads_for(nthreads, <long> s.N * s.C * plane_out * taps)
+    with parallel(num_threads=nthreads):
+        buf = ember_dw_alloc(nbuf)
+        if grouped:
+            for p in prange(s.N * groups, schedule='static'):
+                if buf == NULL:
+                    failed_grouped += 1
+                else:
+                    n = p // groups
+                    c = (p % groups) * 8
+                    nch = s.C - c if s.C - c < 8 else 8
+                    first = <long> n * s.C + c
+                    if not ember_dw8_forward(&g, xp + first * plane_in, plane_in, wp + c * taps,
+                                             bias_ptr + c if bias_ptr != NULL else NULL,
+                                             yp + first * plane_out, plane_out, nch, buf, act,
+                                             act_a, act_b):
+                        for k in range(nch):
+                            apply_act_span(yp + (first + k) * plane_out, plane_out, act, act_a,
+                                           act_b)
         else:
-            for ow in range(s.OW):
-                yrow[ow] = bv
-            for kh in range(s.KH):
-                ih = oh * s.sh - s.pt + kh * s.dh
-                if ih < 0 or ih >= s.H:
-                    continue
-                xrow = x + <long> ih * s.W
-                for kw in range(s.KW):
-                    wv = w[kh * s.KW + kw]
-                    off = kw * s.dw - s.pl
-                    lo = 0
-                    while lo < s.OW and lo * s.sw + off < 0:
-                        lo += 1
-                    hi = s.OW
-                    while hi > lo and (hi - 1) * s.sw + off >= s.W:
-                        hi -= 1
-                    if s.sw == 1:
-                        for ow in range(lo, hi):
-                            yrow[ow] += wv * xrow[ow + off]
-                    else:
-                        for ow in range(lo, hi):
-                            yrow[ow] += wv * xrow[ow * s.sw + off]
-        apply_act_span(yrow, s.OW, act, act_a, act_b)
+            for p in prange(s.N * s.C, schedule='static'):
+                if buf == NULL:
+                    failed += 1
+                else:
+                    c = p % s.C
+                    if not ember_dw_forward_plane(&g, xp + p * plane_in, wp + c * taps,
+                                                  bias_ptr[c] if bias_ptr != NULL else 0.0,
+                                                  yp + p * plane_out, buf, act, act_a, act_b):
+                        apply_act_span(yp + p * plane_out, plane_out, act, act_a, act_b)
+        free(buf)
+    free(tap_table)
+    return 1 if failed or failed_grouped else 0
 
 
-def conv2d(float[:, :, :, ::1] x, float[:, :, :, ::1] w, bias, float[:, :, :, ::1] y, scratch,
-           int stride_h, int stride_w, int pad_top, int pad_left, int dil_h, int dil_w,
-           int group, int act, float act_a, float act_b, int nthreads):
-    cdef ConvShape s
+cdef struct ConvCall:
+    # everything one conv2d needs, resolved once: conv2d fills it per call, Conv2dStep at bind
+    ConvShape s
+    const float *x
+    const float *w
+    const float *bias
+    float *y
+    float *col
+    long col_n
+    long slots
+    bint per_thread
+    bint empty
+    int act
+    float act_a
+    float act_b
+    int nthreads
+
+
+cdef int conv_prepare(ConvCall *c, float[:, :, :, ::1] x, float[:, :, :, ::1] w,
+                      float[::1] bias, float[:, :, :, ::1] y, float[::1] scratch, int stride_h,
+                      int stride_w, int pad_top, int pad_left, int dil_h, int dil_w, int group,
+                      int act, float act_a, float act_b, int nthreads) except -1:
+    """Shapes, pointers and the algorithm's parameters; ValueError for a short scratch."""
+    cdef ConvShape *s = &c.s
+    cdef long have = 0
     s.N = x.shape[0]; s.C = x.shape[1]; s.H = x.shape[2]; s.W = x.shape[3]
     s.M = y.shape[1]; s.OH = y.shape[2]; s.OW = y.shape[3]
     s.KH = w.shape[2]; s.KW = w.shape[3]
     s.sh = stride_h; s.sw = stride_w; s.pt = pad_top; s.pl = pad_left
     s.dh = dil_h; s.dw = dil_w; s.group = group
-    if nthreads < 1:
-        nthreads = 1
-    if s.N == 0 or s.M == 0 or s.OH == 0 or s.OW == 0:
-        return
-    cdef float[::1] bias_view
-    cdef float[::1] scratch_view
-    cdef const float *bias_ptr = NULL
-    cdef float *col = NULL
-    cdef long col_n = col_floats(&s), slots = 1, have = 0
-    cdef long x_img = <long> s.C * s.H * s.W, y_img = <long> s.M * s.OH * s.OW
-    cdef long plane_in = <long> s.H * s.W, plane_out = <long> s.OH * s.OW
-    cdef const float *xp = &x[0, 0, 0, 0]
-    cdef const float *wp = &w[0, 0, 0, 0]
-    cdef float *yp = &y[0, 0, 0, 0]
-    cdef int n, p, ok = 1, c
-    cdef bint per_thread = images_in_parallel(s.N, nthreads)
+    c.nthreads = nthreads if nthreads > 1 else 1
+    c.act = act; c.act_a = act_a; c.act_b = act_b
+    c.empty = s.N == 0 or s.M == 0 or s.OH == 0 or s.OW == 0
+    c.x = c.w = c.bias = c.y = c.col = NULL
+    c.col_n = col_floats(s)
+    c.slots = 1
+    c.per_thread = images_in_parallel(s.N, c.nthreads)
+    if c.empty:
+        return 0
+    c.x = &x[0, 0, 0, 0]
+    c.w = &w[0, 0, 0, 0]
+    c.y = &y[0, 0, 0, 0]
     if bias is not None:
-        bias_view = bias
-        bias_ptr = &bias_view[0]
-
-    if is_depthwise(&s):
-        nthreads = threads_for(nthreads, <long> s.N * s.C * plane_out * s.KH * s.KW)
-        with nogil:
-            for p in prange(s.N * s.C, num_threads=nthreads, schedule='static'):
-                c = p % s.C
-                depthwise_plane(xp + p * plane_in, wp + c * s.KH * s.KW,
-                                bias_ptr[c] if bias_ptr != NULL else 0.0,
-                                yp + p * plane_out, &s, act, act_a, act_b)
-        return
-
-    if not is_pointwise(&s):
+        c.bias = &bias[0]
+    if is_depthwise(s):
+        return 0
+    if not is_pointwise(s):
         if scratch is not None:
-            scratch_view = scratch
-            have = scratch_view.shape[0]
-        if have < col_n:
-            raise ValueError(f"conv2d: scratch holds {have} floats, needs {col_n} per slot")
-        col = &scratch_view[0]
-        slots = have // col_n
+            have = scratch.shape[0]
+        if have < c.col_n:
+            raise ValueError(f"conv2d: scratch holds {have} floats, needs {c.col_n} per slot")
+        if have > 0:
+            c.col = &scratch[0]
+        c.slots = have // c.col_n if c.col_n > 0 else 1
     else:
-        slots = nthreads   # GEMM straight on x: no scratch, no limit on parallel images
-    if per_thread and slots < 2:
-        per_thread = False
+        c.slots = c.nthreads   # GEMM straight on x: no scratch, no limit on parallel images
+    if c.per_thread and c.slots < 2:
+        c.per_thread = False
+    return 0
+
+
+cdef int conv_run(ConvCall *c) noexcept nogil:
+    """The convolution itself, GIL-free. Returns 0, or 1 when out of memory."""
+    cdef ConvShape *s = &c.s
+    cdef long x_img = <long> s.C * s.H * s.W, y_img = <long> s.M * s.OH * s.OW
+    cdef int n, ok = 1, nthreads = c.nthreads
+    if c.empty:
+        return 0
+    if is_depthwise(s):
+        return depthwise_forward(c.x, c.w, c.bias, c.y, s, c.act, c.act_a, c.act_b, nthreads)
+    if c.per_thread:
+        nthreads = <int> min(<long> nthreads, c.slots)
+        for n in prange(s.N, num_threads=nthreads, schedule='dynamic'):
+            ok &= conv_image(c.x + n * x_img, c.w, c.bias, c.y + n * y_img,
+                             c.col + threadid() * c.col_n if c.col != NULL else NULL,
+                             s, c.act, c.act_a, c.act_b, 1)
+    else:
+        for n in range(s.N):
+            ok = conv_image(c.x + n * x_img, c.w, c.bias, c.y + n * y_img, c.col, s, c.act,
+                            c.act_a, c.act_b, nthreads) and ok
+    return 0 if ok else 1
+
+
+def set_depthwise_grouped_max_pixels(int n):
+    """A/B switch for benchmarks: the plane size up to which the 8-channel depthwise path is
+    taken even with a partial group (0: never take it); returns the previous value."""
+    global DW8_MAX_PIXELS
+    old = DW8_MAX_PIXELS
+    DW8_MAX_PIXELS = n
+    return old
+
+
+def conv2d(float[:, :, :, ::1] x, float[:, :, :, ::1] w, bias, float[:, :, :, ::1] y, scratch,
+           int stride_h, int stride_w, int pad_top, int pad_left, int dil_h, int dil_w,
+           int group, int act, float act_a, float act_b, int nthreads):
+    cdef ConvCall c
+    cdef int rc
+    conv_prepare(&c, x, w, bias, y, scratch, stride_h, stride_w, pad_top, pad_left, dil_h,
+                 dil_w, group, act, act_a, act_b, nthreads)
     with nogil:
-        if per_thread:
-            nthreads = <int> min(<long> nthreads, slots)
-            for n in prange(s.N, num_threads=nthreads, schedule='dynamic'):
-                ok &= conv_image(xp + n * x_img, wp, bias_ptr, yp + n * y_img,
-                                 col + threadid() * col_n if col != NULL else NULL,
-                                 &s, act, act_a, act_b, 1)
-        else:
-            for n in range(s.N):
-                ok = conv_image(xp + n * x_img, wp, bias_ptr, yp + n * y_img, col, &s, act,
-                                act_a, act_b, nthreads) and ok
-    if not ok:
-        raise MemoryError("conv2d: cannot allocate GEMM packing buffers")
+        rc = conv_run(&c)
+    if rc:
+        raise MemoryError("conv2d: cannot allocate GEMM packing or depthwise buffers")
+
+
+cdef int conv_native(void *state) noexcept nogil:
+    return conv_run(<ConvCall *> state)
+
+
+cdef class Conv2dStep:
+    """conv2d with its arguments resolved once (bind time): calling it, or running it inside a
+    ``plan.Plan`` with no Python in between, is conv2d(*args) without the per-call argument
+    conversion. Holds its arrays, so their buffers outlive the step."""
+    cdef ConvCall call
+    cdef ember_native_step native
+    cdef object keep
+
+    def __init__(self, float[:, :, :, ::1] x, float[:, :, :, ::1] w, bias,
+                 float[:, :, :, ::1] y, scratch, int stride_h, int stride_w, int pad_top,
+                 int pad_left, int dil_h, int dil_w, int group, int act, float act_a,
+                 float act_b, int nthreads):
+        conv_prepare(&self.call, x, w, bias, y, scratch, stride_h, stride_w, pad_top, pad_left,
+                     dil_h, dil_w, group, act, act_a, act_b, nthreads)
+        self.keep = (x, w, bias, y, scratch)
+        self.native.fn = conv_native
+        self.native.state = &self.call
+
+    def __call__(self):
+        cdef int rc
+        with nogil:
+            rc = conv_run(&self.call)
+        if rc:
+            self.raise_for(rc)
+
+    def raise_for(self, int rc):
+        raise MemoryError("conv2d: cannot allocate GEMM packing or depthwise buffers")
+
+    @property
+    def _native(self):
+        """A capsule holding the step's C entry point, for plan.Plan."""
+        return PyCapsule_New(&self.native, EMBER_NATIVE_CAPSULE, NULL)
 
 
 def conv_transpose2d_scratch_floats(int C, int H, int W, int M, int KH, int KW, int group,

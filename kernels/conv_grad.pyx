@@ -7,7 +7,7 @@ With K = C/group·KH·KW rows (c, kh, kw) and P = OH·OW columns (oh, ow), per i
 
 where col(X) is the im2col panel conv2d multiplies by. Pointwise convolutions (1×1, stride 1,
 no padding) skip im2col/col2im: their panel *is* the image. Depthwise ones (group == C == M) get
-direct loops, parallel over channels (dW) or planes (dX).
+the vectorised plane kernels of depthwise.h, parallel over channels (dW) or planes (dX).
 
 Parallelism: a batch that splits evenly over the threads runs one image per thread with
 single-threaded GEMMs — each thread accumulates dW into its own partial (thread 0's is dW itself;
@@ -15,12 +15,39 @@ the others live in scratch and are summed at the end), so no two threads ever wr
 float. Otherwise images run in turn and each GEMM (and the im2col/col2im around it) uses the
 whole team.
 """
-from cython.parallel cimport prange, threadid
+from cython.parallel cimport prange, parallel, threadid
 from libc.string cimport memset
+from libc.stdlib cimport malloc, free
 
 from kernels.sgemm cimport ember_sgemm
 from kernels.conv_common cimport (ConvShape, threads_for, is_pointwise, is_depthwise,
                                   col_floats, images_in_parallel, im2col_rows, valid_ow_span)
+from kernels.depthwise cimport (ember_dw_geom, dw_geom, ember_dw_alloc, ember_dw_buffer_floats,
+                                ember_dw_set_taps, ember_dw_input_grad_geom,
+                                ember_dw_input_grad_plane, ember_dw_weight_grad_plane,
+                                ember_dw8_buffer_floats, ember_dw8_grad_buffer_floats,
+                                ember_dw8_forward, ember_dw8_weight_grad,
+                                ember_dw8_scatter_buffer_floats, ember_dw8_input_grad_scatter)
+
+
+# Depthwise gradients run eight channels at a time, channel-interleaved (depthwise.h), when the
+# planes are small, or the channels fill whole groups of eight and the planes are not huge (the
+# same rule as conv2d's forward).
+cdef bint dw_grouped = True
+
+
+def set_depthwise_grouped(bint on):
+    """A/B switch for benchmarks and tests: False keeps depthwise gradients on the per-plane
+    path; returns the previous setting."""
+    global dw_grouped
+    old = dw_grouped
+    dw_grouped = on
+    return old
+
+
+cdef inline bint use_grouped(ConvShape *s, long plane) noexcept nogil:
+    return dw_grouped and s.KH * s.KW <= 64 and (plane <= 1024 or (s.C % 8 == 0 and
+                                                                    plane <= 65536))
 
 
 cdef ConvShape make_shape(int N, int C, int H, int W, int M, int KH, int KW, int OH, int OW,
@@ -99,33 +126,68 @@ cdef int weight_grad_image(const float *dy, const float *x, float *acc, float *c
     return ok
 
 
-cdef void depthwise_weight_grad(const float *dy, const float *x, float *dw, int c,
-                                ConvShape *s) noexcept nogil:
+cdef void depthwise_weight_grad(const float *dyp, const float *xp, float *dwp, ConvShape *s,
+                                int nthreads) except *:
     """dW[c, kh, kw] = Σ_n Σ_(oh,ow) dY[n, c, oh, ow] · X[n, c, oh·sh − pt + kh·dh, ow·sw − pl
-    + kw·dw]; a float sum per row, double across rows and images."""
-    cdef int n, kh, kw, oh, ih, ow, lo, hi, off
-    cdef double total
-    cdef float row_sum
-    cdef const float *dyrow
-    cdef const float *xrow
+    + kw·dw]: parallel over channels; per plane the input is packed into phase planes and each
+    tap is one vectorised dot (depthwise.h), float lanes summed into a double per channel."""
+    cdef ember_dw_geom g = dw_geom(s)
+    cdef int taps = s.KH * s.KW, c, n, t, k, nch, failed = 0
     cdef long plane_in = <long> s.H * s.W, plane_out = <long> s.OH * s.OW
-    for kh in range(s.KH):
-        for kw in range(s.KW):
-            valid_ow_span(s, kw, &lo, &hi)
-            off = kw * s.dw - s.pl
-            total = 0.0
-            for n in range(s.N):
-                for oh in range(s.OH):
-                    ih = oh * s.sh - s.pt + kh * s.dh
-                    if ih < 0 or ih >= s.H:
-                        continue
-                    dyrow = dy + (<long> n * s.C + c) * plane_out + <long> oh * s.OW
-                    xrow = x + (<long> n * s.C + c) * plane_in + <long> ih * s.W + off
-                    row_sum = 0.0
-                    for ow in range(lo, hi):
-                        row_sum = row_sum + dyrow[ow] * xrow[ow * s.sw]
-                    total = total + row_sum
-            dw[(c * s.KH + kh) * s.KW + kw] = <float> total
+    cdef bint grouped = use_grouped(s, plane_out)
+    cdef int groups = (s.C + 7) // 8
+    cdef long nbuf = ember_dw8_grad_buffer_floats(&g) if grouped else ember_dw_buffer_floats(&g)
+    cdef float *buf = NULL
+    cdef double *acc = NULL
+    cdef long *tap_table = <long *> malloc(sizeof(long) * taps)
+    if tap_table == NULL:
+        raise MemoryError("conv_grad_weight: cannot allocate the depthwise tap table")
+    ember_dw_set_taps(&g, tap_table)
+    nthreads = threads_for(nthreads, <long> s.N * s.C * plane_out * taps)
+    if grouped:
+        with nogil, parallel(num_threads=nthreads):
+            buf = ember_dw_alloc(nbuf)
+            acc = <double *> malloc(sizeof(double) * 8 * taps)
+            for c in prange(groups, schedule='static'):
+                if buf == NULL or acc == NULL:
+                    failed += 1
+                else:
+                    nch = s.C - c * 8 if s.C - c * 8 < 8 else 8
+                    for t in range(8 * taps):
+                        acc[t] = 0.0
+                    for n in range(s.N):
+                        ember_dw8_weight_grad(&g, xp + (<long> n * s.C + c * 8) * plane_in,
+                                              plane_in,
+                                              dyp + (<long> n * s.C + c * 8) * plane_out,
+                                              plane_out, nch, buf, acc)
+                    for k in range(nch):
+                        for t in range(taps):
+                            dwp[(<long> c * 8 + k) * taps + t] = <float> acc[t * 8 + k]
+            free(buf)
+            free(acc)
+        free(tap_table)
+        if failed:
+            raise MemoryError("conv_grad_weight: cannot allocate the depthwise plane buffer")
+        return
+    with nogil, parallel(num_threads=nthreads):
+        buf = ember_dw_alloc(nbuf)
+        acc = <double *> malloc(sizeof(double) * taps)
+        for c in prange(s.C, schedule='static'):
+            if buf == NULL or acc == NULL:
+                failed += 1
+            else:
+                for t in range(taps):
+                    acc[t] = 0.0
+                for n in range(s.N):
+                    ember_dw_weight_grad_plane(&g, xp + (<long> n * s.C + c) * plane_in,
+                                               dyp + (<long> n * s.C + c) * plane_out, acc, buf)
+                for t in range(taps):
+                    dwp[<long> c * taps + t] = <float> acc[t]
+        free(buf)
+        free(acc)
+    free(tap_table)
+    if failed:
+        raise MemoryError("conv_grad_weight: cannot allocate the depthwise plane buffer")
 
 
 def conv_grad_weight(float[:, :, :, ::1] dy, float[:, :, :, ::1] x, float[:, :, :, ::1] dweight,
@@ -157,10 +219,7 @@ def conv_grad_weight(float[:, :, :, ::1] dy, float[:, :, :, ::1] x, float[:, :, 
     cdef long col_n = 0 if is_pointwise(&s) else col_floats(&s)
 
     if is_depthwise(&s):
-        nthreads = threads_for(nthreads, <long> s.N * s.C * s.OH * s.OW * s.KH * s.KW)
-        with nogil:
-            for c in prange(s.C, num_threads=nthreads, schedule='static'):
-                depthwise_weight_grad(dyp, xp, dwp, c, &s)
+        depthwise_weight_grad(dyp, xp, dwp, &s, nthreads)
         return
 
     if scratch is not None:
@@ -251,31 +310,78 @@ cdef int input_grad_image(const float *dy, const float *w, float *dx, float *col
     return ok
 
 
-cdef void depthwise_input_grad(const float *dy, const float *w, float *dx,
-                               ConvShape *s) noexcept nogil:
-    """One plane: dX[ih, iw] = Σ over taps of W[kh, kw]·dY[oh, ow] for the (oh, ow) whose tap
-    (kh, kw) lands on (ih, iw) — a scatter-add tap by tap over the valid ow span."""
-    cdef int kh, kw, oh, ow, ih, lo, hi
-    cdef float wv
-    cdef const float *dyrow
-    cdef float *dxrow
-    memset(dx, 0, sizeof(float) * s.H * s.W)
-    for kh in range(s.KH):
-        for kw in range(s.KW):
-            wv = w[kh * s.KW + kw]
-            valid_ow_span(s, kw, &lo, &hi)
-            for oh in range(s.OH):
-                ih = oh * s.sh - s.pt + kh * s.dh
-                if ih < 0 or ih >= s.H:
-                    continue
-                dyrow = dy + <long> oh * s.OW
-                dxrow = dx + <long> ih * s.W - s.pl + kw * s.dw
-                if s.sw == 1:
-                    for ow in range(lo, hi):
-                        dxrow[ow] += wv * dyrow[ow]
+cdef void depthwise_input_grad(const float *dyp, const float *wp, float *dxp, ConvShape *s,
+                               int nthreads) except *:
+    """dX of a depthwise conv, parallel over (n, c) planes: each plane is the stride-1
+    correlation of its dY — zero-inserted by the stride, padded by (K − 1)·dil − pad — with
+    the flipped kernel (depthwise.h), so it runs the forward's vectorised tap loops."""
+    cdef ember_dw_geom fwd = dw_geom(s)
+    cdef ember_dw_geom g = ember_dw_input_grad_geom(&fwd)
+    cdef int taps = s.KH * s.KW, p, c, k, t, nch, failed = 0
+    cdef long plane_in = <long> s.H * s.W, plane_out = <long> s.OH * s.OW, first
+    cdef bint grouped = use_grouped(s, plane_in)
+    cdef int groups = (s.C + 7) // 8
+    cdef long nbuf = ember_dw8_buffer_floats(&g) + 8 * taps if grouped else \
+        ember_dw_buffer_floats(&g)
+    cdef float *buf = NULL
+    cdef float *wflip
+    cdef long *tap_table = <long *> malloc(sizeof(long) * taps)
+    if tap_table == NULL:
+        raise MemoryError("conv_grad_input: cannot allocate the depthwise tap table")
+    ember_dw_set_taps(&g, tap_table)
+    nthreads = threads_for(nthreads, <long> s.N * s.C * plane_in * taps)
+    if grouped and (s.sh > 1 or s.sw > 1):   # strided: scatter, no work on the stride's holes
+        nbuf = ember_dw8_scatter_buffer_floats(&fwd)
+        with nogil, parallel(num_threads=nthreads):
+            buf = ember_dw_alloc(nbuf)
+            for p in prange(s.N * groups, schedule='static'):
+                if buf == NULL:
+                    failed += 1
                 else:
-                    for ow in range(lo, hi):
-                        dxrow[ow * s.sw] += wv * dyrow[ow]
+                    c = (p % groups) * 8
+                    nch = s.C - c if s.C - c < 8 else 8
+                    first = <long> (p // groups) * s.C + c
+                    ember_dw8_input_grad_scatter(&fwd, dyp + first * plane_out, plane_out,
+                                                 wp + <long> c * taps, dxp + first * plane_in,
+                                                 plane_in, nch, buf)
+            free(buf)
+        free(tap_table)
+        if failed:
+            raise MemoryError("conv_grad_input: cannot allocate the depthwise plane buffer")
+        return
+    if grouped:   # the forward's 8-channel kernel on dY with the flipped weights
+        with nogil, parallel(num_threads=nthreads):
+            buf = ember_dw_alloc(nbuf)
+            for p in prange(s.N * groups, schedule='static'):
+                if buf == NULL:
+                    failed += 1
+                else:
+                    c = (p % groups) * 8
+                    nch = s.C - c if s.C - c < 8 else 8
+                    first = <long> (p // groups) * s.C + c
+                    wflip = buf + nbuf - 8 * taps
+                    for k in range(nch):
+                        for t in range(taps):
+                            wflip[k * taps + t] = wp[(<long> c + k) * taps + taps - 1 - t]
+                    ember_dw8_forward(&g, dyp + first * plane_out, plane_out, wflip, NULL,
+                                      dxp + first * plane_in, plane_in, nch, buf, 0, 0.0, 0.0)
+            free(buf)
+        free(tap_table)
+        if failed:
+            raise MemoryError("conv_grad_input: cannot allocate the depthwise plane buffer")
+        return
+    with nogil, parallel(num_threads=nthreads):
+        buf = ember_dw_alloc(nbuf)
+        for p in prange(s.N * s.C, schedule='static'):
+            if buf == NULL:
+                failed += 1
+            else:
+                ember_dw_input_grad_plane(&g, dyp + p * plane_out, wp + (p % s.C) * taps,
+                                          dxp + p * plane_in, buf)
+        free(buf)
+    free(tap_table)
+    if failed:
+        raise MemoryError("conv_grad_input: cannot allocate the depthwise plane buffer")
 
 
 def conv_grad_input(float[:, :, :, ::1] dy, float[:, :, :, ::1] w, float[:, :, :, ::1] dx,
@@ -304,11 +410,7 @@ def conv_grad_input(float[:, :, :, ::1] dy, float[:, :, :, ::1] w, float[:, :, :
     cdef float[::1] scratch_view
 
     if is_depthwise(&s):
-        nthreads = threads_for(nthreads, <long> s.N * s.C * plane_out * s.KH * s.KW)
-        with nogil:
-            for p in prange(s.N * s.C, num_threads=nthreads, schedule='static'):
-                depthwise_input_grad(dyp + p * plane_out, wp + (p % s.C) * s.KH * s.KW,
-                                     dxp + p * plane_in, &s)
+        depthwise_input_grad(dyp, wp, dxp, &s, nthreads)
         return
 
     slots = slots_for(&s, nthreads)

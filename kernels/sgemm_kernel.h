@@ -240,9 +240,10 @@ typedef struct {
     const void *pack_ctx;
 } ember_gemm_args;
 
-/* One task: columns [j0, j0+nc) of C for the MC-row blocks [ib0, ib1), all of K. The B block
- * is packed once per K slice and reused by every row block. Returns 0 when out of memory. */
-static int ember_gemm_task(const ember_gemm_args *g, int ib0, int ib1, int j0, int nc)
+/* One task: columns [j0, j0+nc) of C for rows [i_begin, i_end) (cut into MC-row blocks), all of
+ * K. The B block is packed once per K slice and reused by every row block. Returns 0 when out
+ * of memory. */
+static int ember_gemm_task(const ember_gemm_args *g, int i_begin, int i_end, int j0, int nc)
 {
     float *pa, *pb;
     if (!ember_pack_buffers(&pa, &pb)) return 0;
@@ -255,9 +256,8 @@ static int ember_gemm_task(const ember_gemm_args *g, int ib0, int ib1, int j0, i
         else
             ember_pack_b(kc, nc, g->B + (long)p0 * g->rs_b + (long)j0 * g->cs_b, g->rs_b,
                          g->cs_b, pb);
-        for (int ib = ib0; ib < ib1; ++ib) {
-            int i0 = ib * EMBER_MC;
-            int mc = g->M - i0 < EMBER_MC ? g->M - i0 : EMBER_MC;
+        for (int i0 = i_begin; i0 < i_end; i0 += EMBER_MC) {
+            int mc = i_end - i0 < EMBER_MC ? i_end - i0 : EMBER_MC;
             ember_pack_a(mc, kc, g->A + (long)i0 * g->rs_a + (long)p0 * g->cs_a, g->rs_a,
                          g->cs_a, pa);
             for (int jr = 0; jr < nc; jr += EMBER_NR) {
@@ -385,9 +385,10 @@ static int ember_sgemm_ex(int trans_a, int trans_b, int M, int N, int K, float a
         return 1;
     }
 
-    /* Tasks: column blocks (B packed once per task and K slice), split further into chunks
-     * of row blocks only when there are too few column blocks to feed the team. */
-    int mb = (M + EMBER_MC - 1) / EMBER_MC;
+    /* Tasks: column blocks (B packed once per task and K slice), split further into row chunks
+     * only when there are too few column blocks to feed the team. Row chunks are cut at MR
+     * granularity, not MC: with a small N (a 7x7 or 14x14 plane) and M = 160, whole MC blocks
+     * would give one thread 144 rows and the other 16. */
     int want = nthreads > 1 ? 2 * nthreads : 1;
     int nc = EMBER_NC;
     int nb = (N + nc - 1) / nc;
@@ -396,18 +397,19 @@ static int ember_sgemm_ex(int trans_a, int trans_b, int M, int N, int K, float a
         nb = (N + nc - 1) / nc;
     }
     if (nthreads == 1 && nb == 1 && N < EMBER_NC) nc = N;
+    int mpanels = (M + EMBER_MR - 1) / EMBER_MR;
     int mchunks = nb >= want ? 1 : (want + nb - 1) / nb;
-    if (mchunks > mb) mchunks = mb;
-    int per_chunk = (mb + mchunks - 1) / mchunks;
-    mchunks = (mb + per_chunk - 1) / per_chunk;
+    if (mchunks > mpanels) mchunks = mpanels;
+    int rows_per = ((mpanels + mchunks - 1) / mchunks) * EMBER_MR;
+    mchunks = (M + rows_per - 1) / rows_per;
     long ntasks = (long)nb * mchunks;
     int ok = 1;
     if (nthreads == 1 || ntasks == 1) {
         for (long t = 0; t < ntasks && ok; ++t) {
             int jb = (int)(t / mchunks), mcnk = (int)(t % mchunks);
-            int ib0 = mcnk * per_chunk, ib1 = ib0 + per_chunk < mb ? ib0 + per_chunk : mb;
+            int i0 = mcnk * rows_per, i1 = i0 + rows_per < M ? i0 + rows_per : M;
             int j0 = jb * nc;
-            ok = ember_gemm_task(&g, ib0, ib1, j0, N - j0 < nc ? N - j0 : nc);
+            ok = ember_gemm_task(&g, i0, i1, j0, N - j0 < nc ? N - j0 : nc);
         }
         return ok;
     }
@@ -416,9 +418,9 @@ static int ember_sgemm_ex(int trans_a, int trans_b, int M, int N, int K, float a
 #endif
     for (long t = 0; t < ntasks; ++t) {
         int jb = (int)(t / mchunks), mcnk = (int)(t % mchunks);
-        int ib0 = mcnk * per_chunk, ib1 = ib0 + per_chunk < mb ? ib0 + per_chunk : mb;
+        int i0 = mcnk * rows_per, i1 = i0 + rows_per < M ? i0 + rows_per : M;
         int j0 = jb * nc;
-        ok = ember_gemm_task(&g, ib0, ib1, j0, N - j0 < nc ? N - j0 : nc) && ok;
+        ok = ember_gemm_task(&g, i0, i1, j0, N - j0 < nc ? N - j0 : nc) && ok;
     }
     return ok;
 }

@@ -6,7 +6,10 @@ filled), the types of every value, the node's input arrays (arena views or const
 arena view or ``None``) and the Session's thread count. It returns a zero-argument callable that
 runs the node — all shape logic is done before, so the callable only calls a kernel — or
 ``None`` when it has no fast path for this case (a dtype, a rank, an attribute combination), in
-which case the op's numpy reference from ``graph.ops`` runs instead.
+which case the op's numpy reference from ``graph.ops`` runs instead. A step that is also a
+*native step* (it carries a ``_native`` capsule, e.g. ``conv.Conv2dStep``) is run from C by the
+context's runner (``make_runner``), with no Python — and no GIL hand-over — between consecutive
+native steps.
 
 ``scratch_bytes`` functions tell the planner how much kernel scratch a node needs.
 ``inplace`` functions refine which inputs the kernel may overwrite (default: the op's flag).
@@ -73,6 +76,31 @@ def bind(node, types, ins, outs, scratch_buf, threads):
     fn = BINDERS.get(node.op_type)
     step = fn(node, types, ins, outs, scratch_buf, threads) if fn else None
     return step if step is not None else reference_step(node, ins, outs)
+
+
+def make_runner(steps: list):
+    """The steps as one runnable plan: ``kernels.plan.Plan`` runs consecutive steps that carry a
+    native entry point (e.g. ``conv.Conv2dStep``) in one GIL-free C loop; any other step is
+    called from Python. Without the compiled module, a plain loop."""
+    try:
+        from ..kernels.plan import Plan
+    except ModuleNotFoundError:
+        return _PythonRunner(steps)
+    return Plan(steps)
+
+
+class _PythonRunner:
+    def __init__(self, steps):
+        self.steps = list(steps)
+
+    def __len__(self):
+        return len(self.steps)
+
+    native_steps = 0
+
+    def run(self):
+        for step in self.steps:
+            step()
 
 
 # The fast paths register themselves on import.

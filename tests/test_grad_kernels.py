@@ -131,6 +131,31 @@ def test_conv_grad_input(case, nthreads):
     close(dx, dx_want, *conv_tolerance(w.shape[0] * w.shape[2] * w.shape[3]))
 
 
+DEPTHWISE_CASES = [c for c in CONV_CASES if c[10] > 1 and c[10] == c[1] == c[4]]
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+@pytest.mark.parametrize("case", DEPTHWISE_CASES)
+@pytest.mark.parametrize("nthreads", THREADS)
+def test_depthwise_grads_both_paths(case, grouped, nthreads):
+    """Depthwise gradients have two paths (one plane at a time; eight channels interleaved,
+    with a scatter for strided dX): force each and check dW and dX against the twin."""
+    x, w, dy = conv_case_arrays(case)
+    dx_want, dw_want = conv_grads_twin(x, w, dy, case[7], case[8], case[9], case[10])
+    st, pads, dil, g = case[7:]
+    dw, dx = np.full(w.shape, np.nan, np.float32), np.full(x.shape, np.nan, np.float32)
+    old = conv_grad.set_depthwise_grouped(grouped)
+    try:
+        conv_grad.conv_grad_weight(dy, x, dw, None, st[0], st[1], pads[0], pads[1], dil[0],
+                                   dil[1], g, nthreads)
+        conv_grad.conv_grad_input(dy, w, dx, None, st[0], st[1], pads[0], pads[1], dil[0],
+                                  dil[1], g, nthreads)
+    finally:
+        conv_grad.set_depthwise_grouped(old)
+    close(dw, dw_want, *conv_tolerance(dy.shape[0] * dy.shape[2] * dy.shape[3]))
+    close(dx, dx_want, *conv_tolerance(w.shape[0] * w.shape[2] * w.shape[3]))
+
+
 def test_conv_grad_scratch_rules():
     """Depthwise needs none; a batch split over threads needs a panel (and a dW partial) per
     thread; less scratch than planned still gives the right answer with fewer slots; less than

@@ -285,6 +285,12 @@ CONV_CASES = [
     (2, 7, 14, 9, 7, 5, 5, (2, 1), (2, 2, 2, 2), (1, 1), 7),
     (1, 5, 9, 9, 5, 3, 3, (1, 1), (2, 2, 2, 2), (2, 2), 5),
     (1, 6, 3, 2, 6, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 6),     # map smaller than kernel
+    (1, 6, 13, 11, 6, 5, 5, (2, 2), (2, 1, 1, 2), (1, 1), 6),  # 5x5 stride 2, odd, asym pads
+    (2, 16, 29, 27, 16, 3, 3, (2, 2), (1, 1, 1, 1), (1, 1), 16),  # big enough for 2 threads
+    (1, 24, 30, 30, 24, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 24),  # MobileNet-like, 2 threads
+    (1, 4, 6, 7, 4, 3, 3, (1, 1), (3, 3, 3, 3), (1, 1), 4),     # pads wider than the kernel
+    (2, 5, 10, 14, 5, 3, 3, (1, 3), (1, 2, 0, 1), (2, 1), 5),   # stride 3 along W, dilated
+    (1, 3, 9, 10, 3, 2, 4, (3, 2), (0, 3, 1, 0), (1, 2), 3),    # even, non-square kernel
 ]
 
 
@@ -318,6 +324,65 @@ def test_conv2d_fused_activation(group, act):
                 act, aa, ab, 2)
     expect = act_twin(conv_twin(x, w, bias, (1, 1), (1, 1), (1, 1), group, (7, 7)), act, aa, ab)
     np.testing.assert_allclose(y, expect, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("act", range(18))
+@pytest.mark.parametrize("kind", ["depthwise", "depthwise_s2", "pointwise"])
+@pytest.mark.parametrize("nthreads", THREADS)
+def test_conv2d_fused_activation_every_code(act, kind, nthreads):
+    """Depthwise and pointwise fuse bias + activation themselves (vector loops for Relu and
+    Clip, the table for the rest): every code against the twin."""
+    aa, ab = ACT_ARGS.get(act, (0.1, 0.0))
+    C, H, group, K, stride, pad = {"depthwise": (12, 15, 12, 3, 1, 1),
+                                   "depthwise_s2": (12, 15, 12, 3, 2, 1),
+                                   "pointwise": (12, 15, 1, 1, 1, 0)}[kind]
+    M = 12 if group > 1 else 40
+    x, w, bias = rand(2, C, H, H), rand(M, C // group, K, K), rand(M)
+    if act in (12, 13):   # log, sqrt: keep the pre-activation positive
+        x, w, bias = np.abs(x), np.abs(w), np.abs(bias) + 0.1
+    OH = out_size(H, K, stride, pad, pad, 1)
+    y = np.full((2, M, OH, OH), np.nan, np.float32)
+    conv.conv2d(x, w, bias, y, None, stride, stride, pad, pad, 1, 1, group, act, aa, ab,
+                nthreads)
+    pre = conv_twin(x, w, bias, (stride, stride), (pad, pad), (1, 1), group, (OH, OH))
+    keep = np.abs(pre) > 0.05 if act == 16 else np.ones(pre.shape, bool)  # 1/v near its pole
+    np.testing.assert_allclose(y[keep], act_twin(pre, act, aa, ab)[keep], rtol=1e-4, atol=1e-4)
+
+
+DEPTHWISE_CASES = [c for c in CONV_CASES if c[10] > 1 and c[10] == c[1] == c[4]]
+
+
+@pytest.mark.parametrize("grouped_max_pixels", [0, 10 ** 9])
+@pytest.mark.parametrize("case", DEPTHWISE_CASES)
+@pytest.mark.parametrize("nthreads", THREADS)
+def test_conv2d_depthwise_both_paths(case, grouped_max_pixels, nthreads):
+    """Depthwise has two paths (one plane at a time; eight channels interleaved): whichever the
+    shape picks, force each one and check it against the twin, with a fused Clip."""
+    N, C, H, W, M, KH, KW, stride, pads, dil, group = case
+    x, w, bias = rand(N, C, H, W), rand(M, 1, KH, KW), rand(M)
+    OH = out_size(H, KH, stride[0], pads[0], pads[2], dil[0])
+    OW = out_size(W, KW, stride[1], pads[1], pads[3], dil[1])
+    y = np.full((N, M, OH, OW), np.nan, np.float32)
+    old = conv.set_depthwise_grouped_max_pixels(grouped_max_pixels)
+    try:
+        conv.conv2d(x, w, bias, y, None, *stride, pads[0], pads[1], *dil, group, 10, -0.5, 0.8,
+                    nthreads)
+    finally:
+        conv.set_depthwise_grouped_max_pixels(old)
+    expect = act_twin(conv_twin(x, w, bias, stride, pads[:2], dil, group, (OH, OW)), 10, -0.5,
+                      0.8)
+    np.testing.assert_allclose(y, expect, rtol=1e-4, atol=1e-5 * KH * KW)
+
+
+def test_conv2d_depthwise_relu_clip_keep_nan():
+    """The vector Relu / Clip paths let NaN through, as the scalar table does."""
+    x = rand(1, 4, 6, 6)
+    x[0, 1, 2, 3] = np.nan
+    w = rand(4, 1, 3, 3)
+    for act, a, b in [(1, 0.0, 0.0), (10, 0.0, 6.0)]:
+        y = np.zeros((1, 4, 6, 6), np.float32)
+        conv.conv2d(x, w, None, y, None, 1, 1, 1, 1, 1, 1, 4, act, a, b, 1)
+        assert np.isnan(y[0, 1, 1:4, 2:5]).all() and not np.isnan(y[0, [0, 2, 3]]).any()
 
 
 def test_conv2d_scratch_zero_for_pointwise_and_depthwise():

@@ -1,0 +1,64 @@
+"""Run a context's steps in order, with no Python between consecutive native steps.
+
+A step is any zero-argument callable. One that also carries a native entry point (a `_native`
+capsule, see native_step.h — e.g. conv.Conv2dStep) is run from C: a run of consecutive native
+steps executes inside one `nogil` block. Why: a Python loop re-acquires the GIL after every
+kernel, and while other Python threads hold it (an HTTP server parsing requests) each
+re-acquisition can wait a whole switch interval (5 ms) — per node.
+"""
+from cpython.pycapsule cimport PyCapsule_GetPointer, PyCapsule_IsValid
+from libc.stdlib cimport malloc, free
+
+from kernels.native_step cimport ember_native_step, EMBER_NATIVE_CAPSULE
+
+
+cdef class Plan:
+    cdef ember_native_step *native   # per step: its entry point, fn NULL for a Python step
+    cdef Py_ssize_t n
+    cdef list steps                  # keeps every step (and so every native state) alive
+
+    def __cinit__(self, steps):
+        self.steps = list(steps)
+        self.n = len(self.steps)
+        self.native = <ember_native_step *> malloc(sizeof(ember_native_step) * max(self.n, 1))
+        if self.native == NULL:
+            raise MemoryError("Plan: cannot allocate the step table")
+        cdef Py_ssize_t i
+        cdef ember_native_step *p
+        for i in range(self.n):
+            self.native[i].fn = NULL
+            self.native[i].state = NULL
+            cap = getattr(self.steps[i], "_native", None)
+            if cap is not None and PyCapsule_IsValid(cap, EMBER_NATIVE_CAPSULE):
+                p = <ember_native_step *> PyCapsule_GetPointer(cap, EMBER_NATIVE_CAPSULE)
+                self.native[i] = p[0]
+
+    def __dealloc__(self):
+        free(self.native)
+
+    def __len__(self):
+        return self.n
+
+    @property
+    def native_steps(self):
+        """How many steps run from C."""
+        return sum(1 for i in range(self.n) if self.native[i].fn != NULL)
+
+    def run(self):
+        """Every step once, in order."""
+        cdef Py_ssize_t i = 0
+        cdef int rc = 0
+        while i < self.n:
+            if self.native[i].fn == NULL:
+                self.steps[i]()
+                i += 1
+                continue
+            with nogil:
+                while i < self.n and self.native[i].fn != NULL:
+                    rc = self.native[i].fn(self.native[i].state)
+                    if rc != 0:
+                        break
+                    i += 1
+            if rc != 0:
+                self.steps[i].raise_for(rc)
+                raise RuntimeError(f"step {i} failed with code {rc}")
