@@ -51,13 +51,20 @@ cdef inline float apply_act(float v, int code, float a, float b) noexcept nogil:
 
 
 cdef inline void apply_act_span(float* p, Py_ssize_t n, int code, float a, float b) noexcept nogil:
-    """In-place activation of n contiguous floats; identity and Relu get tight loops."""
+    """In-place activation of n contiguous floats; identity, Relu and Clip get tight loops."""
     cdef Py_ssize_t i
     if code == 0:
         return
+    cdef float v
     if code == 1:
         for i in range(n):
             p[i] = 0.0 if p[i] < 0.0 else p[i]
+        return
+    if code == 10:      # Clip (Relu6): comparisons written so that NaN passes through
+        for i in range(n):
+            v = p[i]
+            v = a if v < a else v
+            p[i] = b if v > b else v
         return
     for i in range(n):
         p[i] = apply_act(p[i], code, a, b)

@@ -505,8 +505,8 @@ def _conv(node, types, ins, outs, scratch_buf, threads):
         return None
     x, w, b, y, scr = arrays
     code, aa, ab = act
-    fn = conv.conv2d
-    return lambda: fn(x, w, b, y, scr, sh, sw, pt, pl, dh, dw, group, code, aa, ab, threads)
+    # a prepared native step: arguments resolved once, run without Python by the plan runner
+    return conv.Conv2dStep(x, w, b, y, scr, sh, sw, pt, pl, dh, dw, group, code, aa, ab, threads)
 
 
 def _convT_scratch_floats(node, types, threads):

@@ -133,8 +133,7 @@ class TrainingStep:
 
     def run(self) -> float:
         """Run forward + backward on the batch already copied into ``x``/``target``."""
-        for step in self.steps:
-            step()
+        self.ctx.runner.run()
         for private, const in self._const_grads:
             np.copyto(private, const)
         return float(self.loss_view)
