@@ -32,9 +32,10 @@ from .planner import ALIGN, make_plan
 from .threads import default_threads  # noqa: F401  (the trainer imports it from here)
 
 
-# Plans keyed on input *values* (shape-deciding inputs) are bounded so that a stream of
-# distinct values cannot grow memory without limit.
-MAX_VALUE_KEYED_PLANS = 32
+# Compiled plans (one per input shape, or per value of a shape-deciding input) are kept in a
+# bounded least-recently-used cache, so a stream of distinct shapes cannot grow memory without
+# limit: when it is full, the plan used longest ago goes (its arena is freed once no run holds it).
+DEFAULT_MAX_PLANS = 16
 
 
 def available_memory() -> int:
@@ -140,7 +141,10 @@ class Session:
 
     def __init__(self, graph: Graph, threads: int | None = None, shapes: dict | None = None,
                  memory_cap: int | None = None, optimize: bool = True,
-                 external: dict | None = None):
+                 external: dict | None = None, max_plans: int = DEFAULT_MAX_PLANS):
+        if not isinstance(max_plans, (int, np.integer)) or max_plans < 1:
+            raise EmberError(f"max_plans must be a positive integer, got {max_plans!r}")
+        self.max_plans = int(max_plans)
         if threads is not None and (not isinstance(threads, (int, np.integer)) or threads < 1):
             raise EmberError(f"threads must be a positive integer, got {threads!r}")
         self.graph = graph
@@ -161,8 +165,9 @@ class Session:
             raise InputError(f"shapes= names unknown inputs {sorted(unknown)}; the model's "
                              f"inputs are {list(graph.inputs)}")
         self._value_keyed: set = set()
-        self._cache: dict = {}
-        self._compile_lock = threading.Lock()
+        self._cache: dict = {}                  # key -> Compiled, least recently used first
+        self._cache_lock = threading.Lock()     # guards the cache's order (held briefly)
+        self._compile_lock = threading.Lock()   # one compile at a time (held long)
         self.inputs = [IOInfo(n, t.shape, t.dtype) for n, t in self._input_types.items()]
         compiled = None
         if all(t.is_static for t in self._input_types.values()):
@@ -358,9 +363,11 @@ class Session:
 
     def _compiled_for(self, arrays: dict) -> Compiled:
         key = self._key({n: arrays[n].shape for n in self._input_types}, arrays)
-        compiled = self._cache.get(key)
-        if compiled is not None:
-            return compiled
+        with self._cache_lock:
+            compiled = self._cache.pop(key, None)
+            if compiled is not None:
+                self._cache[key] = compiled      # now the most recently used
+                return compiled
         types = {n: TensorType(t.dtype, arrays[n].shape) for n, t in self._input_types.items()}
         try:
             return self._compile(types, arrays)
@@ -389,8 +396,9 @@ class Session:
             while True:
                 shapes = {n: t.shape for n, t in types.items()}
                 key = self._key(shapes, arrays)
-                if key in self._cache:
-                    return self._cache[key]
+                with self._cache_lock:
+                    if key in self._cache:
+                        return self._cache[key]
                 values = {n: self._value_of(n, shapes, arrays) for n in self._value_keyed}
                 try:
                     compiled = self._specialise(types, values)
@@ -402,9 +410,10 @@ class Session:
                     if defer_on_value and arrays is None:
                         return None
                     continue
-                if self._value_keyed and len(self._cache) >= MAX_VALUE_KEYED_PLANS:
-                    self._cache.pop(next(iter(self._cache)))  # oldest plan goes
-                self._cache[key] = compiled
+                with self._cache_lock:
+                    while len(self._cache) >= self.max_plans:
+                        self._cache.pop(next(iter(self._cache)))  # least recently used goes
+                    self._cache[key] = compiled
                 return compiled
 
     def _specialise(self, types: dict, values: dict) -> Compiled:

@@ -195,6 +195,36 @@ def test_dynamic_batch_runs_1_then_8_and_caches_two_plans():
     assert len(sess._cache) == 2
 
 
+def test_plan_cache_is_bounded_and_drops_the_least_recently_used_plan():
+    """A stream of batch sizes keeps at most ``max_plans`` compiled plans; the one used longest
+    ago goes, and its arena is freed."""
+    import gc
+    import weakref
+    model = dynamic_model()
+    sess = ember.load(model, threads=1, max_plans=2)
+
+    def run(batch):
+        x = x_batch(batch, batch)
+        (y,) = sess.run(None, {"x": x})
+        np.testing.assert_allclose(y, oracle(model, {"x": x})[0], rtol=RTOL, atol=ATOL)
+
+    def batches():
+        return [dict(key)["x"][0] for key in sess._cache]
+
+    run(1)
+    first = weakref.ref(next(iter(sess._cache.values())))
+    run(2)
+    run(1)                      # 1 is now the most recently used
+    run(3)                      # full: 2 goes, not 1
+    assert batches() == [1, 3]
+    run(2)
+    assert batches() == [3, 2]  # now 1 went
+    gc.collect()
+    assert first() is None      # the dropped plan (and its arena) is gone
+    with pytest.raises(ember.EmberError, match="max_plans"):
+        ember.load(model, max_plans=0)
+
+
 def test_shapes_on_load_fixes_the_batch():
     model = dynamic_model()
     sess = ember.load(model, threads=1, shapes={"x": (4, 3, 6, 6)})
