@@ -652,8 +652,9 @@ def test_loading_a_file_or_bytes_does_not_import_onnx(tmp_path):
         bad = [m for m in sys.modules if m == "onnx" or m.startswith(("onnx.", "google.protobuf"))]
         print("IMPORTED", bad)
     """)
+    # cwd outside the checkout: its ember/ folder would shadow the installed package
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=120)
+                         timeout=120, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "IMPORTED []" in out.stdout
 
