@@ -147,11 +147,14 @@ class Session:
         self.max_plans = int(max_plans)
         if threads is not None and (not isinstance(threads, (int, np.integer)) or threads < 1):
             raise EmberError(f"threads must be a positive integer, got {threads!r}")
-        self.graph = graph
+        self.external = self._check_external(graph, external or {})
+        # BatchNorm folding is shape-independent: done once here, so every per-shape plan
+        # shares the folded weights and the pre-fold ones are not kept (weights held once)
+        self.graph = self._own_weights(self._fold_once(graph) if optimize else graph)
+        graph = self.graph
         self.threads = int(threads) if threads else default_threads()
         self.memory_cap = int(memory_cap) if memory_cap else available_memory()
         self.optimize = optimize
-        self.external = self._check_external(graph, external or {})
         self._input_types = {}
         for name in graph.inputs:
             if name in self.external:
@@ -302,6 +305,51 @@ class Session:
             mark_external(a)
             out[name] = a
         return out
+
+    @staticmethod
+    def _own_weights(graph: Graph) -> Graph:
+        """``graph`` with every constant that kernels could not read in place (the importer's
+        read-only, possibly misaligned views of the file's bytes) replaced by its own aligned,
+        writeable, C-contiguous copy — a shallow copy of ``graph``, or ``graph`` itself when
+        nothing needs it. One copy per weight here means binders never copy again, and the
+        file's bytes are freed with the imported graph instead of living beside the copies."""
+        loose = [k for k, a in graph.initializers.items() if isinstance(a, np.ndarray) and not (
+            a.flags.writeable and a.flags.aligned and a.flags.c_contiguous)]
+        if not loose:
+            return graph
+        g = graph.copy()
+        for k in loose:
+            g.initializers[k] = np.array(g.initializers[k], order="C", copy=True)
+        return g
+
+    @staticmethod
+    def _fold_once(graph: Graph) -> Graph:
+        """``graph`` with inference BatchNorms folded into their Conv/Gemm producers and the
+        constants nothing reads any more dropped — a copy, or ``graph`` itself when nothing
+        folds. BNs whose parameters only become constant after folding (Constant nodes,
+        shape-dependent values) still fold per shape in ``optimize``."""
+        if not any(n.op_type == "BatchNormalization" for n in graph.nodes):
+            return graph
+        # fold only a graph that checks (attributes, arities, parameter shapes) at the load-time
+        # shapes, symbolic dims 1; anything else is left to the per-shape compile to explain
+        probe = graph.copy()
+        for name in probe.inputs:
+            t = probe.types.get(name)
+            if t is not None:
+                probe.types[name] = TensorType(t.dtype, tuple(
+                    d if isinstance(d, (int, np.integer)) else 1 for d in t.shape))
+        try:
+            infer_shapes(probe, fold=False)
+            g = passes.fold_batchnorm(graph.copy())
+        except Exception:  # noqa: BLE001 — the per-shape compile raises it with its message
+            return graph
+        if len(g.nodes) == len(graph.nodes):
+            return graph
+        live = {i for n in g.nodes for i in n.inputs if i} | set(g.outputs)
+        for k in [k for k in g.initializers if k not in live]:
+            del g.initializers[k]
+            g.types.pop(k, None)
+        return g
 
     @staticmethod
     def _override_shape(name, t, shape):
