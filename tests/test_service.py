@@ -193,7 +193,8 @@ def test_ember_leaves_other_libraries_thread_settings_alone(tmp_path):
         import json, os
         import numpy as np
         from threadpoolctl import threadpool_info
-        KEYS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+        KEYS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                "GOMP_SPINCOUNT", "OMP_WAIT_POLICY")
         def pools():
             return {{p["filepath"]: (p["internal_api"], p["num_threads"])
                     for p in threadpool_info()}}
