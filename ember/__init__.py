@@ -6,20 +6,21 @@
 """
 from __future__ import annotations
 
-from .graph.errors import (CheckpointError, EmberError, InputError, ModelError, ShapeError,
-                           TrainingError, UnsupportedOpError)
+from .graph.errors import (CheckpointError, DistributedError, EmberError, InputError,
+                           ModelError, ShapeError, TrainingError, UnsupportedOpError)
 from .runtime.session import IOInfo, Session
 
 __version__ = "0.1.0"
 __all__ = ["load", "Session", "IOInfo", "EmberError", "ModelError", "UnsupportedOpError",
-           "ShapeError", "InputError", "TrainingError", "CheckpointError", "Trainer", "optim",
-           "export_onnx", "nn", "init", "optim", "datasets", "__version__"]
+           "ShapeError", "InputError", "TrainingError", "CheckpointError", "DistributedError",
+           "Trainer", "optim", "export_onnx", "nn", "init", "datasets", "distributed",
+           "__version__"]
 
 # Model building and training pull in the builder, autodiff, the optimizer kernels and the loss
 # ops: imported on first use so that ``import ember`` for inference stays fast.
 _LAZY = {"Trainer": ("training", "Trainer"), "export_onnx": ("training", "export_onnx"),
          "optim": ("optim", None), "nn": ("nn", None), "init": ("init", None),
-         "datasets": ("datasets", None)}
+         "datasets": ("datasets", None), "distributed": ("distributed", None)}
 
 
 def __getattr__(name):

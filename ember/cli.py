@@ -1,4 +1,4 @@
-"""ember's command line: ``ember info | run | bench | demo | ops``.
+"""ember's command line: ``ember info | run | run-batch | bench | demo | ops``.
 
 User errors (any ``ember.EmberError``, an unreadable file) print one line,
 ``ember: error: ...``, and exit with status 2 — no traceback.
@@ -171,6 +171,71 @@ def cmd_run(args) -> int:
         except OSError as e:
             raise EmberError(f"-o {args.output}: cannot write: {e}") from None
         print(f"wrote   {args.output}")
+    return 0
+
+
+# ---- ember run-batch -------------------------------------------------------------------------
+def save_atomically(path: str, outputs: dict) -> None:
+    """.npy: the one output; .npz: every output by name. Written to a temporary file in the
+    same folder and renamed, so a reader never sees half a file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            if path.endswith(".npz"):
+                np.savez(f, **outputs)
+            else:
+                (only,) = outputs.values()
+                np.save(f, only)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise EmberError(f"--output {path}: cannot write: {e}") from None
+
+
+def cmd_run_batch(args) -> int:
+    from .runtime.batch_inference import launched_by_mpi, run_batch
+    mpi = args.mpi == "on" or (args.mpi == "auto" and launched_by_mpi())
+    ctx = None
+    if mpi:
+        from .runtime.distributed import MPIContext
+        ctx = MPIContext(abort_on_exception=True)
+    if not (args.output.endswith(".npy") or args.output.endswith(".npz")):
+        raise EmberError(f"--output {args.output}: expected a .npy (one output) or .npz file")
+    try:
+        x = np.load(args.input, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise EmberError(f"--input {args.input}: cannot read a .npy array: {e}") from None
+    if not isinstance(x, np.ndarray):
+        raise EmberError(f"--input {args.input}: holds several arrays (.npz); give one .npy")
+    names = args.output_name or None
+    if args.output.endswith(".npy") and names and len(names) > 1:
+        raise EmberError("a .npy --output holds one array: give one --output-name or use .npz")
+    from .graph.errors import DistributedError
+    t0 = time.perf_counter()
+    try:
+        outputs = run_batch(args.model, x, args.batch, args.threads, args.input_name, names,
+                            ctx, lambda model, threads: load_session(model, threads=threads))
+    except DistributedError:
+        if ctx is not None and ctx.rank != 0:
+            return 2            # every rank has the same error: rank 0 prints it
+        raise
+    secs = time.perf_counter() - t0
+    if outputs is None:         # not rank 0
+        return 0
+    if args.output.endswith(".npy") and len(outputs) > 1:
+        first = next(iter(outputs))
+        print(f"note: the model has outputs {list(outputs)}; writing {first!r} (choose with "
+              f"--output-name, or write them all to a .npz)", file=sys.stderr)
+        outputs = {first: outputs[first]}
+    save_atomically(args.output, outputs)
+    ranks = f"{ctx.size} rank(s)" if ctx else "1 process"
+    print(f"wrote {args.output}: " + ", ".join(f"{n} {fmt_shape(a.shape)}"
+                                              for n, a in outputs.items()) +
+          f"   ({len(x)} rows, {ranks}, {secs:.2f} s, {len(x) / secs:.1f} rows/s)")
     return 0
 
 
@@ -359,6 +424,22 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--repeat", type=positive_int, default=10, help="timed runs (default 10)")
     run.add_argument("--seed", type=int, default=0, help="seed of random inputs (default 0)")
     run.set_defaults(fn=cmd_run)
+
+    rb = sub.add_parser("run-batch", help="a model over every row of a .npy (across MPI ranks "
+                                          "under mpirun)")
+    rb.add_argument("model", help="an .onnx file")
+    rb.add_argument("--input", required=True, metavar="DATA.npy", help="rows along axis 0")
+    rb.add_argument("--output", required=True, metavar="OUT.npy|OUT.npz")
+    rb.add_argument("--batch", type=positive_int, default=64, help="rows per run (default 64; "
+                    "a model with a fixed batch uses its own)")
+    rb.add_argument("--threads", type=positive_int, default=None,
+                    help="per process (default: this rank's share of its host's cores)")
+    rb.add_argument("--input-name", default=None, help="the input the rows feed")
+    rb.add_argument("--output-name", action="append", default=None, metavar="NAME",
+                    help="an output to keep (repeatable; default all)")
+    rb.add_argument("--mpi", choices=["auto", "on", "off"], default="auto",
+                    help="auto: use MPI when started by mpirun/srun (default)")
+    rb.set_defaults(fn=cmd_run_batch)
 
     bench = sub.add_parser("bench", help="latency and throughput, optionally against "
                            "onnxruntime, and a per-node profile")

@@ -45,3 +45,8 @@ class TrainingError(EmberError):
 class CheckpointError(EmberError):
     """A checkpoint file cannot be restored: missing, truncated, tampered with (checksum), wrong
     magic or version, or its contents do not describe a model. Names the file and the fault."""
+
+
+class DistributedError(EmberError):
+    """Distributed training or inference cannot start or go on: mpi4py or MPI missing, ranks
+    that disagree on the model or settings. Names the rank and what differs."""

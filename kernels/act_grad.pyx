@@ -102,12 +102,16 @@ cdef uint64_t GOLDEN = <uint64_t> 0x9E3779B97F4A7C15ULL   # 2⁶⁴/φ, splitmix
 
 
 def dropout_forward(float[::1] x, float[::1] y, uint8_t[::1] mask, float ratio,
-                    unsigned long long seed, unsigned long long run, int nthreads):
-    """y = x·mask/(1 − ratio), mask[i] = 1 with probability 1 − ratio, drawn from (seed, run, i)
-    (``run``: the step the mask is for).
-    ratio 1 drops everything (y = 0). Chunks never straddle a multiple of 2³² elements, so the
-    high half of i is constant within one."""
-    cdef long n = x.shape[0], c, lo
+                    unsigned long long seed, unsigned long long run, int nthreads,
+                    long offset=0):
+    """y = x·mask/(1 − ratio), mask[i] = 1 with probability 1 − ratio, drawn from (seed, run,
+    offset + i) (``run``: the step the mask is for; ``offset``: where this tensor starts in a
+    larger one — a rank's rows of a global batch draw that batch's masks).
+    ratio 1 drops everything (y = 0). Chunks are aligned on the global index offset + i, so none
+    straddles a multiple of 2³² elements and the high half of the index is constant in one."""
+    cdef long n = x.shape[0], c, lo, hi, g0
+    if offset < 0:
+        raise ValueError(f"dropout_forward: offset {offset} must be ≥ 0")
     cdef uint64_t key = splitmix64(splitmix64(<uint64_t> seed) ^ (<uint64_t> run * GOLDEN))
     cdef uint32_t k1 = <uint32_t> key, k2 = <uint32_t> (key >> 32)
     # keep when the draw u ∈ [0, 2²⁴) reaches ratio·2²⁴ (ratio 1 → 2²⁴: nothing kept)
@@ -118,12 +122,16 @@ def dropout_forward(float[::1] x, float[::1] y, uint8_t[::1] mask, float ratio,
     cdef const float *xp = &x[0]
     cdef float *yp = &y[0]
     cdef uint8_t *mp = &mask[0]
-    cdef long chunks = (n + CHUNK - 1) // CHUNK
+    # chunk c covers global indices [(first_chunk + c)·CHUNK, … + CHUNK) ∩ [offset, offset + n)
+    cdef long first_chunk = offset // CHUNK
+    cdef long chunks = (offset + n + CHUNK - 1) // CHUNK - first_chunk
     with nogil:
         for c in prange(chunks, num_threads=threads_for(nthreads, n), schedule='static'):
-            lo = c * CHUNK
-            ember_dropout_span(xp + lo, yp + lo, mp + lo, lo, min(CHUNK, n - lo), k1, k2,
-                               threshold, scale)
+            g0 = max((first_chunk + c) * CHUNK, offset)
+            hi = min((first_chunk + c + 1) * CHUNK, offset + n)
+            lo = g0 - offset
+            ember_dropout_span(xp + lo, yp + lo, mp + lo, g0, hi - g0, k1, k2, threshold,
+                               scale)
 
 
 def dropout_grad(float[::1] dy, uint8_t[::1] mask, float[::1] dx, float ratio, int nthreads):

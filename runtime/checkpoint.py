@@ -169,7 +169,8 @@ def trainer_state(trainer) -> dict:
     }
 
 
-def trainer_from_state(cls, loaded: dict, path, threads=None, memory_cap=None, loss=None):
+def trainer_from_state(cls, loaded: dict, path, threads=None, memory_cap=None, loss=None,
+                       distributed=None):
     """A ``cls`` Trainer rebuilt from ``load(path)``'s result. A custom loss (an ``ember.nn``
     Module) is stored by name only and never imported from the file: ``loss`` must give it
     (see ``losses.from_config``)."""
@@ -211,7 +212,8 @@ def trainer_from_state(cls, loaded: dict, path, threads=None, memory_cap=None, l
                       loss=loss_spec, optimizer=optimizer,
                       batch_size=int(cfg["batch_size"]), threads=threads,
                       seed=int(cfg["seed"]), l2=float(cfg["l2"]), scheduler=scheduler,
-                      trainable=list(state["trainable"]), memory_cap=memory_cap)
+                      trainable=list(state["trainable"]), memory_cap=memory_cap,
+                      distributed=distributed)
         trainer.global_step = int(state["global_step"])
         # in place (compiled steps bind this array); older files: it advanced with global_step
         trainer.dropout_step[...] = int(state.get("dropout_step", trainer.global_step))

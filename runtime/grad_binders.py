@@ -296,7 +296,7 @@ def _dropout(node, types, ins, outs, scratch_buf, threads):
         return _noop
     x1, y1, fn = _c(x).reshape(-1), y.reshape(-1), ag.dropout_forward
     m1 = _as_u8(mask) if mask is not None else np.empty(x.size, U8)   # bind time, reused
-    seed, run = dropout_seed(node), [0]
+    seed, run, offset = dropout_seed(node), [0], int(node.attrs.get("offset", 0))
     step1 = step_in.reshape(-1) if step_in is not None else None
 
     def step():
@@ -308,9 +308,9 @@ def _dropout(node, types, ins, outs, scratch_buf, threads):
         if not 0.0 <= ratio <= 1.0:
             raise InputError(f"{node}: ratio {ratio} must lie in [0, 1]")
         if step1 is not None:
-            fn(x1, y1, m1, ratio, seed, int(step1[0]) & _U64, threads)
+            fn(x1, y1, m1, ratio, seed, int(step1[0]) & _U64, threads, offset)
         else:
-            fn(x1, y1, m1, ratio, seed, run[0], threads)
+            fn(x1, y1, m1, ratio, seed, run[0], threads, offset)
             run[0] += 1
     return step
 

@@ -139,12 +139,17 @@ def _v1_cpu_mounts(root: str) -> list:
     return found
 
 
-def affinity_cpus() -> int:
-    """CPUs in this process's affinity mask (``taskset``, ``--cpuset-cpus``)."""
+def affinity_cpu_set() -> set:
+    """The CPUs in this process's affinity mask (``taskset``, ``--cpuset-cpus``, MPI binding)."""
     try:
-        return len(os.sched_getaffinity(0))
+        return set(os.sched_getaffinity(0))
     except (AttributeError, OSError):
-        return os.cpu_count() or 1
+        return set(range(os.cpu_count() or 1))
+
+
+def affinity_cpus() -> int:
+    """How many CPUs this process's affinity mask holds."""
+    return len(affinity_cpu_set()) or 1
 
 
 def default_threads(environ=None, root: str = CGROUP_ROOT, proc_cgroup: str = PROC_CGROUP,

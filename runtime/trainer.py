@@ -19,6 +19,7 @@ from ..graph.infer import infer_shapes
 from ..graph.ir import Graph, TensorType
 from . import losses as _losses
 from .session import Session, default_threads
+from .distributed import shard as _shard
 from .training import TARGET, StepRunner, TrainingStep
 
 BATCH = "N"
@@ -80,7 +81,8 @@ class Trainer:
 
     def __init__(self, model, input_shape=None, loss="cross_entropy", optimizer=None,
                  batch_size: int = 32, threads: int | None = None, seed: int = 0,
-                 l2: float = 0.0, scheduler=None, trainable=None, memory_cap=None):
+                 l2: float = 0.0, scheduler=None, trainable=None, memory_cap=None,
+                 distributed=None):
         if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
         if not (isinstance(l2, (int, float)) and math.isfinite(l2) and l2 >= 0):
@@ -93,7 +95,14 @@ class Trainer:
             raise ModelError(f"{self.loss!r}: a Trainer needs a scalar loss; use "
                              f"reduction='mean' or 'sum'")
         self.batch_size, self.seed, self.l2 = int(batch_size), int(seed), float(l2)
-        self.threads = int(threads) if threads else default_threads()
+        from .distributed import resolve
+        self.dist = resolve(distributed)
+        self.world = self.dist.size if self.dist else 1
+        self.rank = self.dist.rank if self.dist else 0
+        if threads:
+            self.threads = int(threads)
+        else:
+            self.threads = self.dist.threads() if self.dist else default_threads()
         self.memory_cap = memory_cap
         self._setup_graph(g, params, buffers, input_shape)
         if trainable is not None:
@@ -120,6 +129,23 @@ class Trainer:
         self._runner = StepRunner(optimizer, self.l2,
                                   [n for n in self.trainable if self.params[n].ndim >= 2],
                                   self.params, self.threads)
+        self._dist_step = None
+        if self.dist is not None:
+            self._join_job()
+
+    def _join_job(self):
+        """Check every rank runs the same model and settings, start every rank from rank 0's
+        parameters and buffers, and set up the gradient allreduce."""
+        from .distributed import DistributedStep
+        d = self.dist
+        d.check_same([(n, a.shape) for n, a in self._state.items()], "the model's state")
+        d.check_same((self.trainable, self.batch_size, self.seed, self.l2,
+                      self.loss.config(), type(self.optimizer).__name__,
+                      float(self.optimizer.lr)), "the training settings")
+        for name, a in self._state.items():
+            d.bcast(a, f"broadcasting the initial {name!r}")
+        self._dist_step = DistributedStep(d, self._runner, self.trainable, self.params,
+                                          self.buffers)
 
     # ---- model state ---------------------------------------------------------------------------
     def _setup_graph(self, g: Graph, params: list, buffers: list, input_shape):
@@ -251,13 +277,16 @@ class Trainer:
         return X, kind, y_arr
 
     # ---- training --------------------------------------------------------------------------------
-    def _step_for(self, batch: int, kind: str) -> TrainingStep:
-        key = (batch, kind)
+    def _step_for(self, batch: int, kind: str, row_offset: int = 0) -> TrainingStep:
+        """The compiled step for ``batch`` rows whose first is row ``row_offset`` of the global
+        batch (a rank's shard: Dropout draws the masks of those rows, as one process would)."""
+        key = (batch, kind, row_offset)
         step = self._steps.get(key)
         if step is None:
             step = TrainingStep(self._model, self.data_input, self.params, self.buffers,
                                 self.trainable, self.loss, kind, batch, self.threads,
-                                self.seed, self.memory_cap, dropout_step=self.dropout_step)
+                                self.seed, self.memory_cap, dropout_step=self.dropout_step,
+                                row_offset=row_offset)
             self._steps[key] = step
         return step
 
@@ -267,13 +296,41 @@ class Trainer:
         self.dropout_step += 1      # in place: the compiled steps read this very array
         return loss
 
+    def _train_shard(self, step, y_local, y_global, m: int) -> float:
+        """One step of the job: this rank's rows are in ``step`` (None: it has none)."""
+        if self.loss.reduction == "mean":
+            w_all = self.loss.batch_weight(y_global)
+            share = self.loss.batch_weight(y_local) / w_all if step is not None and w_all else 0.0
+        else:
+            share = 1.0
+        rows = 0 if step is None else step.batch
+        loss = self._dist_step(step, share, rows / m, m, self.global_step)
+        self.global_step += 1
+        self.dropout_step += 1
+        return loss
+
     def train_step(self, X, y) -> float:
-        """One optimisation step on the batch (X, y); returns its loss (with the L2 term)."""
+        """One optimisation step on the batch (X, y); returns its loss (with the L2 term).
+        Distributed: (X, y) are this rank's rows; the step is over every rank's rows."""
         X, kind, y = self._check_xy(X, y)
-        step = self._step_for(len(X), kind)
+        if self.dist is None:
+            step = self._step_for(len(X), kind)
+            np.copyto(step.x, X)
+            np.copyto(step.target, y)
+            return self._train_batch(step)
+        counts = self.dist.allgather((len(X), self.loss.batch_weight(y)),
+                                     "sharing the batch sizes")
+        first = sum(c for c, _ in counts[:self.rank])
+        m, w_all = sum(c for c, _ in counts), sum(w for _, w in counts)
+        step = self._step_for(len(X), kind, first)
         np.copyto(step.x, X)
         np.copyto(step.target, y)
-        return self._train_batch(step)
+        share = (self.loss.batch_weight(y) / w_all if w_all else 0.0) \
+            if self.loss.reduction == "mean" else 1.0
+        loss = self._dist_step(step, share, len(X) / m, m, self.global_step)
+        self.global_step += 1
+        self.dropout_step += 1
+        return loss
 
     def fit(self, X, y, epochs: int = 1, validation_data=None, shuffle: bool = True,
             verbose: bool = True) -> History:
@@ -286,14 +343,18 @@ class Trainer:
             if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
                 raise InputError("validation_data must be a pair (X_val, y_val)")
             self._check_xy(*validation_data, what="validation ")
-        n, bs = len(X), self.batch_size
+        # distributed: the global batch is world·batch_size rows, in the one order every rank
+        # draws from the same seed; rank r trains rows shard(m, world, r) of each
+        n, bs = len(X), self.batch_size * self.world
         sizes = [bs] * (n // bs) + ([n % bs] if n % bs else [])
-        steps = {m: self._step_for(m, kind) for m in set(sizes)}
+        shards = {m: _shard(m, self.world, self.rank) for m in set(sizes)}
+        steps = {m: self._step_for(cnt, kind, lo) if cnt else None
+                 for m, (lo, cnt) in shards.items()}
         history = History()
         acc_name = "accuracy" if self.loss.accuracy_metric else None
         for _ in range(int(epochs)):
             order = self.rng.permutation(n) if shuffle else np.arange(n)
-            bar = _progress(n, f"Epoch {self.epoch + 1}", verbose)
+            bar = _progress(n, f"Epoch {self.epoch + 1}", verbose and self.rank == 0)
             total_loss = total_weight = 0.0
             correct = counted = 0
             start = 0
@@ -302,15 +363,21 @@ class Trainer:
                     idx = order[start:start + m]
                     start += m
                     step = steps[m]
-                    np.take(X, idx, axis=0, out=step.x, mode="clip")
-                    np.take(Y, idx, axis=0, out=step.target, mode="clip")
-                    loss = self._train_batch(step)
+                    lo, cnt = shards[m]
+                    mine = idx[lo:lo + cnt]
+                    if step is not None:
+                        np.take(X, mine, axis=0, out=step.x, mode="clip")
+                        np.take(Y, mine, axis=0, out=step.target, mode="clip")
                     yb = Y[idx]      # (the step's target view is reused by later nodes)
+                    if self.dist is None:
+                        loss = self._train_batch(step)
+                    else:
+                        loss = self._train_shard(step, Y[mine], yb, m)
                     w = self.loss.batch_weight(yb)
                     total_loss += loss * w if self.loss.reduction == "mean" else loss
                     total_weight += w
-                    if acc_name:
-                        c, k = self.loss.accuracy(step.output, yb)
+                    if acc_name and step is not None:
+                        c, k = self.loss.accuracy(step.output, Y[mine])
                         correct, counted = correct + c, counted + k
                     if bar is not None:
                         post = {"loss": f"{_mean(total_loss, total_weight, self.loss):.4f}"}
@@ -322,6 +389,9 @@ class Trainer:
                 if bar is not None:
                     bar.close()
             logs = {"loss": _mean(total_loss, total_weight, self.loss)}
+            if self.dist is not None:
+                correct, counted = self._job_sum([correct, counted], "the epoch's accuracy")
+                self._resync(f"the state after epoch {self.epoch + 1}")
             if acc_name:
                 logs["accuracy"] = correct / counted if counted else float("nan")
             if validation_data is not None:
@@ -333,10 +403,22 @@ class Trainer:
             self.history.append(self.epoch - 1, logs)
             if self.scheduler is not None:
                 self.scheduler.step()
-            if verbose and bar is None:
+            if verbose and bar is None and self.rank == 0:
                 print(f"epoch {self.epoch}: " + ", ".join(f"{k} {v:.4g}" for k, v in
                                                         logs.items()), file=sys.stderr)
         return history
+
+    def _job_sum(self, values: list, what: str) -> list:
+        """Element-wise sums of a few numbers over the ranks (float64)."""
+        a = np.asarray(values, np.float64)
+        self.dist.allreduce(a, f"summing {what}")
+        return [float(v) for v in a]
+
+    def _resync(self, what: str) -> None:
+        arrays = list(self._state.values())
+        for name in sorted(self.optimizer.state):
+            arrays += [a for _, a in sorted(self.optimizer.state[name].items())]
+        self._dist_step.resync(arrays, what)
 
     def gradients(self, X, y) -> "OrderedDict[str, np.ndarray]":
         """{parameter name: gradient of the mean loss on (X, y)} (plus the L2 term), computed
@@ -347,7 +429,7 @@ class Trainer:
         np.copyto(step.x, X)
         np.copyto(step.target, y)
         step.run()
-        self._runner.add_l2_gradient(step, len(X))
+        self._runner.add_l2_gradient(step.grads, len(X))
         return OrderedDict((n, g.copy()) for n, g in step.grads.items())
 
     # ---- inference -------------------------------------------------------------------------------
@@ -390,10 +472,14 @@ class Trainer:
         """{"loss": mean loss (plus the L2 term λ/(2m)·Σ‖W‖², m = len(X)), "accuracy": …}
         in eval mode."""
         X, kind, y = self._check_xy(X, y)
+        m = len(X)
         bs = int(batch_size or self.batch_size)
         sess = self._session(kind)
         total_loss = total_weight = 0.0
         correct = counted = 0
+        if self.dist is not None:       # each rank evaluates its contiguous share of the rows
+            lo, cnt = _shard(m, self.world, self.rank)
+            X, y = X[lo:lo + cnt], y[lo:lo + cnt]
         for start in range(0, len(X), bs):
             yb = y[start:start + bs]
             loss, out = sess.run(None, {self.data_input: X[start:start + bs], TARGET: yb})
@@ -403,26 +489,35 @@ class Trainer:
             if self.loss.accuracy_metric:
                 c, k = self.loss.accuracy(out, yb)
                 correct, counted = correct + c, counted + k
-        result = {"loss": _mean(total_loss, total_weight, self.loss) + self._runner.l2_loss(len(X))}
+        if self.dist is not None:
+            total_loss, total_weight, correct, counted = self._job_sum(
+                [total_loss, total_weight, correct, counted], "the evaluation")
+        result = {"loss": _mean(total_loss, total_weight, self.loss) + self._runner.l2_loss(m)}
         if self.loss.accuracy_metric:
             result["accuracy"] = correct / counted if counted else float("nan")
         return result
 
     # ---- checkpoints -----------------------------------------------------------------------------
     def save(self, path) -> None:
-        """Write a checkpoint atomically (see runtime/checkpoint.py)."""
+        """Write a checkpoint atomically (see runtime/checkpoint.py). Distributed: rank 0
+        writes (every rank holds the same state), and every rank returns once it is written."""
         from .checkpoint import save, trainer_state
-        save(path, trainer_state(self))
+        if self.rank == 0:
+            save(path, trainer_state(self))
+        if self.dist is not None:
+            self.dist.barrier(f"saving the checkpoint {path!r}")
 
     @classmethod
     def restore(cls, path, threads: int | None = None, memory_cap=None,
-                loss=None) -> "Trainer":
+                loss=None, distributed=None) -> "Trainer":
         """A Trainer continuing exactly where the saved one stopped (CheckpointError when the
         file is missing, truncated, tampered with or not a checkpoint). A checkpoint trained
         with a custom loss names its class but never imports it: pass ``loss=`` (the class,
-        rebuilt from its stored ``config()``, or an instance), else CheckpointError."""
+        rebuilt from its stored ``config()``, or an instance), else CheckpointError.
+        ``distributed="mpi"``: every rank reads ``path`` and goes on in the job."""
         from .checkpoint import load, trainer_from_state
-        return trainer_from_state(cls, load(path), path, threads, memory_cap, loss)
+        return trainer_from_state(cls, load(path), path, threads, memory_cap, loss,
+                                  distributed)
 
     def __repr__(self):
         return (f"{type(self).__name__}(loss={self.loss!r}, optimizer={self.optimizer!r}, "

@@ -39,12 +39,15 @@ def _axpy():
 
 
 def build_training_graph(model: Graph, data: str, state: dict, trainable: list, loss,
-                         target_kind: str, batch: int, seed: int = 0):
+                         target_kind: str, batch: int, seed: int = 0, row_offset: int = 0):
     """(training graph, names) for one batch size. ``model`` has its parameters and buffers as
     graph inputs (listed in ``state``: name -> array) and ``data`` as its one fed input.
     ``names`` holds ``loss``, ``output``, ``grads`` (param -> gradient value, trainable order),
     ``updates`` (buffer -> new value) and ``dropout_step`` (the int64 scalar input every
-    training-mode Dropout reads its step from, or None when the model has no Dropout)."""
+    training-mode Dropout reads its step from, or None when the model has no Dropout).
+    ``row_offset``: the batch is rows [row_offset, row_offset + batch) of a larger one (a rank's
+    shard); each Dropout whose input leads with the batch dim draws that larger batch's masks
+    for those rows, so N ranks drop exactly what one process with the whole batch drops."""
     from ..graph.autodiff import backward, to_training
     g = to_training(model, seed=seed)
     output = g.outputs[0]
@@ -60,6 +63,11 @@ def build_training_graph(model: Graph, data: str, state: dict, trainable: list, 
     for name, a in g.initializers.items():
         g.types[name] = TensorType(a.dtype, a.shape)
     known = infer_shapes(g)
+    if row_offset:
+        for node in g.nodes:
+            t = g.types.get(node.input(0)) if node.op_type == "Dropout" else None
+            if t is not None and len(t.shape) >= 1 and t.shape[0] == batch:
+                node.attrs["offset"] = int(row_offset) * (t.size // batch)
     out_t = g.types[output]
     g.inputs.append(TARGET)
     g.types[TARGET] = TensorType(loss.target_dtype(target_kind),
@@ -89,12 +97,13 @@ class TrainingStep:
     def __init__(self, model: Graph, data: str, params: "OrderedDict[str, np.ndarray]",
                  buffers: "OrderedDict[str, np.ndarray]", trainable: list, loss,
                  target_kind: str, batch: int, threads: int, seed: int = 0,
-                 memory_cap: int | None = None, dropout_step: np.ndarray | None = None):
+                 memory_cap: int | None = None, dropout_step: np.ndarray | None = None,
+                 row_offset: int = 0):
         state = OrderedDict(params)
         state.update(buffers)
         self.batch = batch
         self.graph, names = build_training_graph(model, data, state, trainable, loss,
-                                                 target_kind, batch, seed)
+                                                 target_kind, batch, seed, row_offset)
         bound = {n: a for n, a in state.items() if n in self.graph.inputs}
         self.dropout_step = np.zeros((), np.int64) if dropout_step is None else dropout_step
         if names["dropout_step"] is not None:
@@ -110,6 +119,7 @@ class TrainingStep:
         self.loss_view = out[names["loss"]].reshape(())
         self.output = out[names["output"]]
         self.grads = OrderedDict()
+        self.grad_values = OrderedDict((p, names["grads"][p]) for p in trainable)
         self._const_grads = []     # (private array, constant) for gradients folded to constants
         for p in trainable:
             view = out[names["grads"][p]]
@@ -119,6 +129,7 @@ class TrainingStep:
                 view = private
             self.grads[p] = view
         self.updates = [(buffers[b], out[u]) for b, u in names["updates"].items()]
+        self.update_names = list(names["updates"])
         self.steps = [s for _, s in self.ctx.steps]
         self.threads = self.session.threads
 
@@ -165,23 +176,29 @@ class StepRunner:
             total += float(np.dot(w, w))
         return self.l2 / (2.0 * m) * total
 
-    def add_l2_gradient(self, step: TrainingStep, m: int) -> None:
+    def add_l2_gradient(self, grads: dict, m: int) -> None:
+        """grads[W] += λ/m·W for every weight (the courses' L2 term, m the batch size)."""
         if not self.l2:
             return
         alpha = self.l2 / m
         for name, w in self.weights:
-            self.axpy(step.grads[name].reshape(-1), w, alpha, self.threads)
+            self.axpy(grads[name].reshape(-1), w, alpha, self.threads)
 
-    def __call__(self, step: TrainingStep, global_step: int) -> float:
-        m = step.batch
-        loss = step.run() + self.l2_loss(m)
+    def apply(self, grads: dict, updates, loss: float, m: int, global_step: int) -> float:
+        """Everything after forward + backward: the loss check (the L2 term included), the L2
+        gradient, the optimizer step and the running-statistics commit. ``updates`` pairs each
+        buffer with its new value."""
+        loss = loss + self.l2_loss(m)
         if not math.isfinite(loss):
             raise TrainingError(f"the loss is {loss} at step {global_step} (batch of {m}); "
                                 f"training stopped and the parameters, optimizer state and "
                                 f"running statistics are left as they were before this step "
                                 f"(lower the learning rate, check the inputs and targets)")
-        self.add_l2_gradient(step, m)
-        self.optimizer.step(step.grads)
-        for buf, new in step.updates:
+        self.add_l2_gradient(grads, m)
+        self.optimizer.step(grads)
+        for buf, new in updates:
             np.copyto(buf, new)
         return loss
+
+    def __call__(self, step: TrainingStep, global_step: int) -> float:
+        return self.apply(step.grads, step.updates, step.run(), step.batch, global_step)

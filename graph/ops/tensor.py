@@ -788,15 +788,16 @@ def dropout_seed(node) -> int:
     return int(seed) & _U64 if seed is not None else zlib.crc32(node.name.encode())
 
 
-def dropout_keep(size: int, ratio: float, seed: int, step: int) -> np.ndarray:
-    """The keep-mask (bool, ``size`` elements) Dropout draws at ``step`` for ``seed``: element
-    i is kept when the top 24 bits of lowbias32(lowbias32(i_lo ^ k1) + (k2 ^ i_hi)) reach
+def dropout_keep(size: int, ratio: float, seed: int, step: int, offset: int = 0) -> np.ndarray:
+    """The keep-mask (bool, ``size`` elements) Dropout draws at ``step`` for ``seed``, for the
+    elements [offset, offset + size) of the tensor (``offset``: a rank's rows of a global
+    batch): element i is kept when the top 24 bits of lowbias32(lowbias32(i_lo ^ k1) + (k2 ^ i_hi)) reach
     ratio·2²⁴ (ratio rounded to float32 first, as the kernel takes it), with
     (k2, k1) = splitmix64(splitmix64(seed) ^ step·golden)."""
     key = _splitmix64(_splitmix64(int(seed)) ^ ((int(step) * _GOLDEN) & _U64))
     k1, k2 = np.uint32(key & 0xFFFFFFFF), key >> 32
     threshold = int(float(np.float32(ratio)) * 16777216.0)
-    i = np.arange(size, dtype=np.uint64)
+    i = np.arange(offset, offset + size, dtype=np.uint64)
     salt = (np.uint64(k2) ^ (i >> np.uint64(32))).astype(np.uint32)
     h = _lowbias32(_lowbias32(i.astype(np.uint32) ^ k1) + salt)
     return (h >> np.uint32(8)) >= np.uint32(threshold) if threshold < (1 << 24) else \
@@ -817,7 +818,7 @@ class Dropout(Op):
     (an integer scalar, the training step — graph/TRAINING.md §1) makes the mask a function of
     (seed, step), so a restored Trainer draws the same masks as one that never stopped; without
     it each run counts its own steps from 0 (per node, in this process)."""
-    attrs = {"seed": None}
+    attrs = {"seed": None, "offset": 0}
     num_inputs = (1, 4)
     num_outputs = (1, 2)
     foldable = False  # per-node training_mode cannot be seen here; passes remove it instead
@@ -856,7 +857,8 @@ class Dropout(Op):
             key = (node.name, seed)
             step = self._runs.get(key, 0)
             self._runs[key] = step + 1
-        mask = dropout_keep(x.size, ratio, seed, step).reshape(x.shape)
+        offset = int(node.attrs.get("offset", 0))
+        mask = dropout_keep(x.size, ratio, seed, step, offset).reshape(x.shape)
         scale = dropout_scale(ratio, x.dtype)
         return [(x * np.where(mask, scale, x.dtype.type(0))).astype(x.dtype), mask]
 
