@@ -1,4 +1,4 @@
-"""Data-parallel training and batch inference over MPI (docs/DISTRIBUTED.md).
+"""Data-parallel training and batch inference over MPI (runtime/DISTRIBUTED.md).
 
     # mpirun -n 2 python train.py
     trainer = ember.Trainer(model, input_shape=(1, 28, 28), batch_size=32, distributed="mpi")

@@ -1,4 +1,4 @@
-"""Data parallelism over MPI (docs/DISTRIBUTED.md): one process per rank, each with its own
+"""Data parallelism over MPI (runtime/DISTRIBUTED.md): one process per rank, each with its own
 compiled steps and its own OpenMP threads, gradients averaged with MPI allreduces.
 
 Why MPI (through ``mpi4py``, the optional extra ``ember[mpi]``): it is the engine clusters

@@ -423,7 +423,7 @@ class Trainer:
     def gradients(self, X, y) -> "OrderedDict[str, np.ndarray]":
         """{parameter name: gradient of the mean loss on (X, y)} (plus the L2 term), computed
         in one batch of len(X) in training mode (batch statistics for BatchNorm); nothing is
-        updated."""
+        updated. Distributed: this rank's gradients on its (X, y), not averaged over ranks."""
         X, kind, y = self._check_xy(X, y)
         step = self._step_for(len(X), kind)
         np.copyto(step.x, X)

@@ -4,6 +4,7 @@
 
 MODE ``train``: fit a small CNN data-parallel, save a checkpoint from rank 0, and write this
 rank's history, final state, optimizer state and thread count to OUT_DIR/rank<r>.npz.
+MODE ``resume``: restore OUT_DIR/ckpt.ember on every rank and train one more epoch.
 MODE ``raise``: rank 1 raises after ``fail_after`` steps; ``die``: rank 1 kills itself with
 SIGKILL there; ``stuck``: rank 1 sleeps forever there. Rank 0 keeps training (and saves a
 checkpoint before the failure), so the test sees whether the job stops, how fast, and with what
@@ -54,7 +55,15 @@ def main():
     opts = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}
     opts.setdefault("batch", 8)
     X, y = data(opts.get("n", 61))
-    t = trainer(opts, ember.distributed.MPIContext(timeout=opts.get("timeout", 60.0)))
+    ctx = ember.distributed.MPIContext(timeout=opts.get("timeout", 60.0))
+    if mode == "resume":            # continue the checkpoint a "train" run left in OUT_DIR
+        t = ember.Trainer.restore(os.path.join(out, "ckpt.ember"), threads=opts.get("threads"),
+                                  distributed=ctx)
+        t.fit(X, y, epochs=1, verbose=False)
+        np.savez(os.path.join(out, f"resumed{t.rank}.npz"),
+                 **{f"state/{k}": v for k, v in t.state_dict().items()})
+        return
+    t = trainer(opts, ctx)
     rank = t.rank
     if mode == "train":
         hist = t.fit(X, y, epochs=opts.get("epochs", 3), verbose=False,

@@ -1,4 +1,4 @@
-"""Data-parallel training and batch inference over MPI (docs/DISTRIBUTED.md).
+"""Data-parallel training and batch inference over MPI (runtime/DISTRIBUTED.md).
 
 The MPI cases start ``mpirun -n 2`` on localhost (tests/mpi_worker.py is one rank) and compare
 with a single process that ember runs here with the whole batch — and with onnxruntime for
@@ -28,12 +28,24 @@ from ember.runtime.distributed import shard
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKER = os.path.join(HERE, "mpi_worker.py")
 MPIRUN = shutil.which("mpirun")
-HAVE_MPI4PY = importlib.util.find_spec("mpi4py") is not None
+
+
+def _mpi4py_works() -> bool:
+    """mpi4py imports *and* finds an MPI library (asked in a child: importing it here would
+    initialise MPI in the test process)."""
+    if importlib.util.find_spec("mpi4py") is None:
+        return False
+    r = subprocess.run([sys.executable, "-c", "from mpi4py import MPI; MPI.Get_version()"],
+                       capture_output=True, timeout=60, cwd=tempfile.gettempdir())
+    return r.returncode == 0
+
+
+HAVE_MPI4PY = _mpi4py_works()
 needs_mpi = pytest.mark.skipif(
     MPIRUN is None or not HAVE_MPI4PY,
     reason="needs Open MPI's mpirun (apt install openmpi-bin) and mpi4py (pip install "
            "'ember[mpi]')" + ("" if MPIRUN else ": mpirun not found") +
-           ("" if HAVE_MPI4PY else ": mpi4py not installed"))
+           ("" if HAVE_MPI4PY else ": mpi4py not installed or finds no MPI library"))
 
 
 def mpirun(args, timeout=120, env=None):
@@ -119,6 +131,7 @@ def single_process(opts, epochs=3):
 
 
 def run_training(tmp_path, opts):
+    tmp_path.mkdir(exist_ok=True)
     r, _ = mpirun([sys.executable, WORKER, "train", str(tmp_path), json.dumps(opts)])
     assert r.returncode == 0, r.stderr[-3000:]
     return [dict(np.load(tmp_path / f"rank{k}.npz")) for k in range(2)]
@@ -164,6 +177,19 @@ def single_data(opts):
     finally:
         sys.path.remove(HERE)
     return mpi_worker.data(opts.get("n", 61))
+
+
+@needs_mpi
+def test_a_restored_job_continues_exactly(tmp_path):
+    """2 epochs, checkpoint, restore on both ranks, 1 more epoch == 3 epochs straight."""
+    straight = run_training(tmp_path / "a", {"epochs": 3, "dropout": True})
+    run_training(tmp_path / "b", {"epochs": 2, "dropout": True})
+    r, _ = mpirun([sys.executable, WORKER, "resume", str(tmp_path / "b"), "{}"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    for k in range(2):
+        resumed = np.load(tmp_path / "b" / f"resumed{k}.npz")
+        for key in resumed:
+            assert np.array_equal(resumed[key], straight[0][key]), key
 
 
 @needs_mpi

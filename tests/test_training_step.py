@@ -312,7 +312,7 @@ def test_step_bookkeeping_allocates_nothing(kind):
                       batch_size=N, threads=1, l2=0.1)
     t.load_state_dict({k: v.astype(np.float32) for k, v in p.items()})
     t.train_step(x, y)
-    step = t._steps[(N, "labels")]
+    step = t._steps[(N, "labels", 0)]
     step.ctx.runner = _NoRun()  # the kernels' part is measured below, when they all exist
     t._train_batch(step)
     peak = _peak_during(lambda: t._train_batch(step))
@@ -329,7 +329,7 @@ def test_training_step_allocates_nothing(with_bn):
                       optimizer=optim.Adam(lr=0.01), batch_size=N, threads=1, l2=0.1)
     x, y = data()
     t.train_step(x, y)
-    step = t._steps[(N, "labels")]
+    step = t._steps[(N, "labels", 0)]
     slow = sorted({n.op_type for n, s in step.ctx.steps if getattr(s, "reference", False)})
     if slow:
         pytest.skip(f"ops still on their numpy reference (which allocates): {slow}")
