@@ -356,8 +356,7 @@ def cmd_demo(args) -> int:
 # ---- ember ops -------------------------------------------------------------------------------
 def ops_table(markdown: bool) -> str:
     from .graph.ops import REGISTRY
-    from .runtime.bindings import BINDERS
-    from .runtime.kernel_binders import NUMPY_BOUND
+    from .runtime.binders import binding_for
 
     def arity(lo_hi):
         lo, hi = lo_hi
@@ -367,11 +366,12 @@ def ops_table(markdown: bool) -> str:
     for (domain, op_type), op in sorted(REGISTRY.items(), key=lambda kv: (kv[0][0], kv[0][1])):
         name = f"{domain}::{op_type}" if domain else op_type
         attrs = ", ".join(sorted(op.attrs)) or "—"
+        kind = binding_for(op_type, domain).kind
         if op.view:
             runs = "view (no copy)"
-        elif op_type in NUMPY_BOUND:
+        elif kind == "numpy":
             runs = "numpy into the arena"
-        elif op_type in BINDERS:
+        elif kind == "kernel":
             runs = "Cython kernel"
         else:
             runs = "numpy reference"

@@ -222,3 +222,12 @@ def binary_broadcast(float[::1] a, long long[::1] a_strides, float[::1] b,
             for t in prange(nt, num_threads=nt, schedule='static'):
                 broadcast_rows(ap, sa, bp, sb, yp, sh, rank, t * per, min(rows, (t + 1) * per),
                                op)
+
+
+# The activation codes `apply_act` (activation.pxd) branches on, by op type (SiLU: the fused
+# x·sigmoid(x) a pass matches, which has no ONNX op). Binders derive every code table from this.
+ACTIVATION_CODES = {
+    "Relu": 1, "LeakyRelu": 2, "Elu": 3, "Selu": 4, "Sigmoid": 5, "HardSigmoid": 6,
+    "HardSwish": 7, "Tanh": 8, "Softplus": 9, "Clip": 10, "Exp": 11, "Log": 12, "Sqrt": 13,
+    "Neg": 14, "Abs": 15, "Reciprocal": 16, "SiLU": 17,
+}

@@ -12,7 +12,7 @@ from libc.stdlib cimport malloc, free
 from kernels.native_step cimport ember_native_step, EMBER_NATIVE_CAPSULE
 
 
-cdef class Plan:
+cdef class PlanRunner:
     cdef ember_native_step *native   # per step: its entry point, fn NULL for a Python step
     cdef Py_ssize_t n
     cdef list steps                  # keeps every step (and so every native state) alive
@@ -22,7 +22,7 @@ cdef class Plan:
         self.n = len(self.steps)
         self.native = <ember_native_step *> malloc(sizeof(ember_native_step) * max(self.n, 1))
         if self.native == NULL:
-            raise MemoryError("Plan: cannot allocate the step table")
+            raise MemoryError("PlanRunner: cannot allocate the step table")
         cdef Py_ssize_t i
         cdef ember_native_step *p
         for i in range(self.n):

@@ -313,7 +313,7 @@ class StepHooks:
     producer has no bound step, are put once the step has run)."""
 
     def __init__(self, step, sync: GradientSync):
-        from .bindings import make_runner
+        from .binders import make_runner
         self.step, self.sync = step, sync
         graph = step.compiled.graph
         position = {id(node): i for i, node in enumerate(graph.nodes)}

@@ -37,7 +37,7 @@ class Group:
 
 
 @dataclass
-class Plan:
+class MemoryPlan:
     order: list                      # nodes in execution order
     offsets: dict                    # value name -> byte offset in the arena
     scratch: dict                    # node index -> (offset, nbytes)
@@ -84,7 +84,7 @@ class _UnionFind:
 
 
 def make_plan(graph, scratch_bytes: dict | None = None, is_view=None, inplace_inputs=None,
-              allow_inplace: bool = True, external=()) -> Plan:
+              allow_inplace: bool = True, external=()) -> MemoryPlan:
     """Plan the arena for a typed, topologically sorted graph.
 
     ``scratch_bytes``: node index -> bytes of kernel scratch it needs during its step.
@@ -185,7 +185,7 @@ def make_plan(graph, scratch_bytes: dict | None = None, is_view=None, inplace_in
             else:
                 offsets[m] = g.offset
     naive = sum(align(s) for s in sizes.values()) + sum(align(b) for b in scratch_bytes.values())
-    return Plan(order=list(nodes), offsets=offsets, scratch=scratch,
-                lifetimes={m: (first[m], last[m]) for m in first}, sizes=sizes,
-                arena_bytes=arena, naive_bytes=naive, lower_bound_bytes=max(live, default=0),
-                groups=groups)
+    return MemoryPlan(order=list(nodes), offsets=offsets, scratch=scratch,
+                      lifetimes={m: (first[m], last[m]) for m in first}, sizes=sizes,
+                      arena_bytes=arena, naive_bytes=naive, lower_bound_bytes=max(live, default=0),
+                      groups=groups)

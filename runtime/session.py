@@ -26,8 +26,7 @@ from ..graph.errors import EmberError, InputError, ModelError, ShapeError
 from ..graph.infer import infer_shapes
 from ..graph.ir import Graph, TensorType
 from ..graph.ops.base import NeedsValue
-from . import bindings
-from .kernel_binders import mark_external
+from . import binders
 from .planner import ALIGN, make_plan
 from .threads import default_threads  # noqa: F401  (the trainer imports it from here)
 
@@ -87,6 +86,8 @@ class _Context:
             return self.arena[off:off + t.nbytes].view(t.dtype).reshape(t.shape)
 
         self.feeds = [(name, view(name)) for name in g.inputs if name not in compiled.external]
+        bind_ctx = binders.BindContext(g.types, compiled.threads, self.arena,
+                                       live=[*compiled.external.values(), *compiled.fed])
         self.steps = []
         for idx, node in enumerate(g.nodes):
             ins = [view(i) if i else None for i in node.inputs]
@@ -95,24 +96,25 @@ class _Context:
             if idx in plan.scratch:
                 off, nb = plan.scratch[idx]
                 scr = self.arena[off:off + nb // 4 * 4].view(np.float32)
-            step = bindings.bind(node, g.types, ins, outs, scr, compiled.threads)
+            step = binders.bind(node, ins, outs, scr, bind_ctx)
             if step is not None:
                 self.steps.append((node, step))
         self.outputs = {name: view(name) for name in g.outputs}
-        self.runner = bindings.make_runner([step for _, step in self.steps])
+        self.runner = binders.make_runner([step for _, step in self.steps])
 
 
 class Compiled:
     """A graph specialised to one set of input shapes, planned, with a pool of contexts."""
 
     def __init__(self, graph: Graph, consts: dict, threads: int, memory_cap: int,
-                 external: dict | None = None):
+                 external: dict | None = None, fed=()):
         self.graph, self.consts, self.threads = graph, consts, threads
         self.external = dict(external or {})
+        self.fed = list(fed)   # fed arrays made constants of this plan (it is keyed on them)
         types = graph.types
-        scratch = {i: bindings.scratch_bytes(n, types, threads) for i, n in enumerate(graph.nodes)}
-        self.plan = make_plan(graph, scratch, is_view=bindings.is_view,
-                              inplace_inputs=lambda n: bindings.inplace_inputs(n, types),
+        scratch = {i: binders.scratch_bytes(n, types, threads) for i, n in enumerate(graph.nodes)}
+        self.plan = make_plan(graph, scratch, is_view=binders.is_view,
+                              inplace_inputs=lambda n: binders.inplace_inputs(n, types),
                               external=self.external)
         if self.plan.arena_bytes > memory_cap:
             biggest = max(self.plan.sizes, key=self.plan.sizes.get)
@@ -302,7 +304,6 @@ class Session:
                 raise InputError(f"external state {name!r} must be a writeable, C-contiguous, "
                                  f"aligned array (it is read in place, never copied); pass "
                                  f"np.array(a, order='C')")
-            mark_external(a)
             out[name] = a
         return out
 
@@ -401,7 +402,6 @@ class Session:
                                              for d, s in zip(t.shape, a.shape)):
                 raise InputError(f"input {name!r}: expected shape {self._fmt(t.shape)}, got "
                                  f"{tuple(a.shape)}")
-            mark_external(a)
             out[name] = a
         return out
 
@@ -475,4 +475,5 @@ class Session:
         if self.optimize:
             g = passes.optimize(g)
         infer_shapes(g, fold=False)
-        return Compiled(g, g.initializers, self.threads, self.memory_cap, external=self.external)
+        return Compiled(g, g.initializers, self.threads, self.memory_cap, external=self.external,
+                        fed=values.values())

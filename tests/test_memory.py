@@ -2,7 +2,7 @@
 weight's bytes exist once — BatchNorm-folded weights replace the originals, per-shape plans share
 one set of constants, nothing is copied again at bind time, and the imported file's bytes are not
 kept alive beside the copies. Winograd-transformed weights are the documented exception, capped
-per layer (``kernel_binders._WINO_MAX_U_BYTES``) and counted apart.
+per layer (``binders.conv.WINOGRAD_MAX_U_BYTES``) and counted apart.
 
 Oracles: parameter bytes come from the ONNX file itself (onnx's own initializers, with the BN
 folding arithmetic done here by hand), and RSS from the kernel's /proc/self/status."""
@@ -22,7 +22,8 @@ from onnx import numpy_helper
 
 import ember
 from ember.importers.onnx import load_onnx
-from ember.runtime import kernel_binders as kb
+from ember.runtime.binders import common as binder_common
+from ember.runtime.binders import conv as conv_binders
 
 import models
 
@@ -55,12 +56,12 @@ def bound_constant_buffers(sess) -> tuple[dict, dict]:
         for a in compiled.consts.values():
             consts[id(a)] = a
     for a in consts.values():
-        r = kb._root(a)
+        r = binder_common.root_of(a)
         roots[id(r)] = r
-        hit = kb._COPIES.get(id(a))
+        hit = binder_common.CONSTANT_COPIES.get(id(a))
         if hit is not None and hit[0]() is a:
             roots[id(hit[1])] = hit[1]
-    for (key, _tile), (ref, U) in list(kb._WINO_U.items()):
+    for (key, _tile), (ref, U) in list(conv_binders.WINOGRAD_WEIGHTS.items()):
         if key in consts and ref() is consts[key]:
             wino[id(U)] = U
     return roots, wino
@@ -82,7 +83,7 @@ def test_bound_constants_are_the_parameters_once(name):
     want = folded_param_bytes(model)
     assert want <= held <= 1.02 * want, (held, want)
     # the documented exception: at most one transformed copy per layer and tile, each capped
-    assert all(U.nbytes <= kb._WINO_MAX_U_BYTES for U in wino.values())
+    assert all(U.nbytes <= conv_binders.WINOGRAD_MAX_U_BYTES for U in wino.values())
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -97,7 +98,7 @@ def test_plans_share_constants_and_copy_nothing(name):
         assert plans[1].consts[k] is plans[0].consts[k]
         a = plans[0].consts[k]
         assert a.flags.writeable and a.flags.aligned and a.flags.c_contiguous
-        hit = kb._COPIES.get(id(a))
+        hit = binder_common.CONSTANT_COPIES.get(id(a))
         assert hit is None or hit[0]() is not a, f"{k} was copied again at bind time"
 
 
@@ -147,8 +148,8 @@ _RSS_SCRIPT = textwrap.dedent("""
     sess = ember.load(sys.argv[1], threads=1)
     x = np.zeros((1, 3, 224, 224), np.float32)
     sess.run(None, {sess.get_inputs()[0].name: x})
-    from ember.runtime.kernel_binders import _WINO_U
-    wino = sum(U.nbytes for _ref, U in _WINO_U.values())
+    from ember.runtime.binders.conv import WINOGRAD_WEIGHTS
+    wino = sum(U.nbytes for _ref, U in WINOGRAD_WEIGHTS.values())
     print(json.dumps({"growth": rss() - before, "arena": sess.plan().arena_bytes,
                       "wino": wino}))
 """)
@@ -167,5 +168,5 @@ def test_rss_growth_is_the_parameters_and_the_arena(tmp_path):
     params = folded_param_bytes(model)
     # the documented exception, counted apart: Winograd-transformed weights (≤ the per-layer cap
     # on each 3×3 layer that takes it; ~22 MB for ResNet-18 at batch 1)
-    assert got["wino"] <= 20 * kb._WINO_MAX_U_BYTES
+    assert got["wino"] <= 20 * conv_binders.WINOGRAD_MAX_U_BYTES
     assert got["growth"] < 1.35 * params + got["arena"] + got["wino"], (got, params)

@@ -9,13 +9,16 @@ mistake (a pad off by one, a wrong channel, a lost bias) moves outputs by O(0.1â
 """
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import ember
-from ember.runtime import kernel_binders
+from ember.graph.ops import REGISTRY
+from ember.runtime.binders import binding_for
 
 import models
 
@@ -38,15 +41,17 @@ def _fallback_ops(sess, shapes=None):
             if getattr(step, "reference", False)}
 
 
-# op type -> kernel module its fast path needs (numpy-bound ops need none)
-KERNEL_OF = {"Conv": "conv", "ConvTranspose": "conv", "Gemm": "gemm", "MatMul": "gemm", "MaxPool": "pool",
-             "AveragePool": "pool", "GlobalAveragePool": "pool", "GlobalMaxPool": "pool",
-             "Relu": "elementwise", "Clip": "elementwise", "Add": "elementwise",
-             "BatchNormalization": "normalization", "Softmax": "softmax"}
+# op type -> kernel module of its fast path (None: bound to numpy with out=, always fast)
+FAST = {op: binding_for(op, domain).kernel for domain, op in REGISTRY
+        if binding_for(op, domain).kind}
+# the hot ops of the real models -> kernel module their fast path needs
+KERNEL_OF = {op: FAST[op] for op in (
+    "Conv", "ConvTranspose", "Gemm", "MatMul", "MaxPool", "AveragePool", "GlobalAveragePool",
+    "GlobalMaxPool", "Relu", "Clip", "Add", "BatchNormalization", "Softmax")}
 
 
 def _built(module):
-    return kernel_binders._k(module) is not None
+    return importlib.util.find_spec(f"ember.kernels.{module}") is not None
 
 
 # ---- the real models ----------------------------------------------------------------------------
@@ -121,16 +126,6 @@ def _one_op(op, inputs, output_shape, outputs=None, opset=18, **attrs):
     m.ir_version = 8
     feeds = {n: a for n, a, init in inputs if not init and n}
     return m, feeds
-
-
-# op type -> kernel module of its fast path (None: bound to numpy with out=, always fast)
-FAST = {**{op: "elementwise" for op in kernel_binders._UNARY},
-        **{op: "elementwise" for op in kernel_binders._BINARY},
-        "Clip": "elementwise", "Sum": "elementwise", "Mean": "elementwise",
-        "BatchNormalization": "normalization", "InstanceNormalization": "normalization",
-        "LRN": "normalization", "Softmax": "softmax", "LogSoftmax": "softmax",
-        **{op: None for op in ("Concat", "Transpose", "Split", "Slice", "Gather", "Pad",
-                               *kernel_binders._REDUCE)}, **KERNEL_OF}
 
 
 def _check(m, feeds, rtol=RTOL, atol=ATOL, threads=(1, 2), fast=True):

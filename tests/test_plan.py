@@ -1,4 +1,4 @@
-"""The run loop: kernels.plan.Plan (native steps run GIL-free, back to back), conv.Conv2dStep
+"""The run loop: kernels.plan.PlanRunner (native steps run GIL-free, back to back), conv.Conv2dStep
 (conv2d with its arguments resolved once) and Session.run's fast path for ready-made feeds.
 
 Oracles: conv2d itself (already checked against a float64 numpy twin in test_kernels.py) for
@@ -15,7 +15,7 @@ import pytest
 import ember
 from ember import InputError
 from ember.kernels import conv, plan
-from ember.runtime import bindings
+from ember.runtime import binders
 
 rng = np.random.default_rng(7)
 
@@ -56,7 +56,7 @@ def test_conv2d_step_equals_conv2d(case, nthreads):
     args[3][...] = np.nan                      # the step reads its arrays live on every run
     args[0][...] = rand(*args[0].shape)
     conv.conv2d(*args[:3], want, *args[4:])
-    plan.Plan([step]).run()
+    plan.PlanRunner([step]).run()
     np.testing.assert_array_equal(args[3], want)
 
 
@@ -76,7 +76,7 @@ def test_plan_runs_native_and_python_steps_in_order():
     first = conv.Conv2dStep(x, w, None, y1, None, *geo)
     second = conv.Conv2dStep(y1, w, None, y2, None, *geo)
     seen = []
-    p = plan.Plan([lambda: seen.append(("start", y1.any())), first, second,
+    p = plan.PlanRunner([lambda: seen.append(("start", y1.any())), first, second,
                    lambda: seen.append(("end", y2.copy()))])
     assert len(p) == 4 and p.native_steps == 2
     p.run()
@@ -93,7 +93,7 @@ def test_plan_propagates_python_step_errors_and_stops():
 
     def boom():
         raise InputError("boom")
-    p = plan.Plan([lambda: ran.append(1), boom, lambda: ran.append(2)])
+    p = plan.PlanRunner([lambda: ran.append(1), boom, lambda: ran.append(2)])
     with pytest.raises(InputError, match="boom"):
         p.run()
     assert ran == [1]
@@ -106,7 +106,7 @@ def test_plan_ignores_foreign_capsules():
         def __call__(self):
             called.append(True)
     called = []
-    p = plan.Plan([Fake()])
+    p = plan.PlanRunner([Fake()])
     assert p.native_steps == 0
     p.run()
     assert called == [True]
@@ -114,7 +114,7 @@ def test_plan_ignores_foreign_capsules():
 
 def test_make_runner_covers_every_step():
     steps = [lambda: None, lambda: None]
-    assert len(bindings.make_runner(steps)) == 2
+    assert len(binders.make_runner(steps)) == 2
 
 
 # ---- Session.run: the fast path must behave exactly like the general one ------------------

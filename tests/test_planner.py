@@ -11,7 +11,7 @@ import pytest
 
 import ember
 from ember.graph.ir import Graph, Node, TensorType
-from ember.runtime import bindings
+from ember.runtime import binders
 from ember.runtime.planner import ALIGN, align, make_plan
 
 import models
@@ -245,8 +245,8 @@ def compiled(name, cache, optimize=True):
 
 def model_check(c):
     types = c.graph.types
-    return check_plan(c.graph, c.plan, is_view=bindings.is_view,
-                      inplace_inputs=lambda n: bindings.inplace_inputs(n, types))
+    return check_plan(c.graph, c.plan, is_view=binders.is_view,
+                      inplace_inputs=lambda n: binders.inplace_inputs(n, types))
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)

@@ -1,0 +1,440 @@
+"""Conv and ConvTranspose (``kernels/conv``: im2col/implicit GEMM; ``kernels/winograd`` for
+3×3 stride-1 convs where the cost model says it pays) and their gradients ``ConvGradInput`` /
+``ConvGradWeight`` (``kernels/conv_grad``, Winograd for dX where it pays)."""
+from __future__ import annotations
+
+import os
+import weakref
+from typing import NamedTuple
+
+import numpy as np
+
+from ...graph.ops import conv as ops
+from ...kernels import conv, conv_grad, winograd
+from .common import (F32, FUSED_ACTIVATIONS, all_float32, as_nchw, contiguous_f32, fused_activation,
+                     has_empty_output, noop, optional_at, window_geometry)
+from .registry import binds
+
+
+class Window(NamedTuple):
+    """Strides, pads and dilations of a conv or pool, as 2-D (a 1-D one has height 1)."""
+    stride_h: int
+    stride_w: int
+    pad_top: int
+    pad_left: int
+    dil_h: int
+    dil_w: int
+    pad_bottom: int
+    pad_right: int
+
+
+def window_of(node, nd) -> Window:
+    sh, sw, pt, pl, dh, dw, (pb, pr) = window_geometry(node, nd)
+    return Window(sh, sw, pt, pl, dh, dw, pb, pr)
+
+
+class ConvCase(NamedTuple):
+    """A float32 1-D or 2-D Conv/ConvTranspose with static shapes, every shape as 4-D."""
+    nd: int
+    x: tuple        # (N, C, H, W)
+    w: tuple
+    y: tuple
+    window: Window
+    group: int
+
+
+def conv_case(node, types) -> ConvCase | None:
+    xt, wt, yt = (types.get(node.input(0)), types.get(node.input(1)),
+                  types.get(node.outputs[0]))
+    if xt is None or wt is None or yt is None or len(xt.shape) not in (3, 4):
+        return None
+    if any(t.dtype != F32 for t in (xt, wt, yt)) or not (xt.is_static and yt.is_static):
+        return None
+    nd = len(xt.shape) - 2
+
+    def as4(s):
+        return (s[0], s[1], 1, s[2]) if nd == 1 else tuple(s)
+    return ConvCase(nd, as4(xt.shape), as4(wt.shape), as4(yt.shape), window_of(node, nd),
+                    int(node.attrs.get("group", 1) or 1))
+
+
+def _conv_scratch_floats(node, types, threads):
+    case = conv_case(node, types)
+    if case is None:
+        return 0
+    (N, C, H, W), (M, _, KH, KW), (_, _, OH, OW), g = case.x, case.w, case.y, case.window
+    return int(conv.conv2d_scratch_floats(C, H, W, M, KH, KW, OH, OW, g.stride_h, g.stride_w,
+                                          g.pad_top, g.pad_left, g.dil_h, g.dil_w, case.group,
+                                          threads))
+
+
+# ---- Winograd F(2×2,3×3) / F(4×4,3×3) for 3×3 stride-1 convs (kernels/winograd.pyx) -------------
+# A cost model fitted to measurements on the 2-core AVX2 build machine (benchmarks by hand, see
+# kernels/CONTRACT.md): seconds per GEMM flop, per byte of weights streamed from memory, and per
+# channel-tile of the input / output transforms. The im2col path is modelled the same way.
+_GEMM_S_PER_FLOP = 1 / 70e9
+_BYTE_S = 1 / 12e9
+_WINO_IN_S = {2: 16e-9, 4: 80e-9}
+_WINO_OUT_S = {2: 3.5e-9, 4: 16e-9}
+_WINO_MIN_GAIN = 1.15          # below this modelled speed-up keep the im2col path
+# A Conv on Winograd keeps its transformed weights U (16/9× or 4× the weight) beside W. Past this
+# size per layer (ResNet-18's 512-channel 7×7 layers: 17 MB each) the memory costs more than the
+# ~1.5× it gains: peak RSS would pass onnxruntime's (148 → 219 MB on ResNet-18 without the cap).
+WINOGRAD_MAX_U_BYTES = 8 << 20
+
+
+def winograd_enabled() -> bool:
+    """EMBER_WINOGRAD=0 turns Winograd off (A/B benchmarks, debugging); read at compile time."""
+    return os.environ.get("EMBER_WINOGRAD", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def winograd_tile(N, C, M, OH, OW) -> int:
+    """The Winograd output tile (2 or 4) for a 3×3 stride-1 conv with C inputs, M outputs and an
+    OH×OW output per image, or 0 when the im2col/implicit-GEMM path is modelled faster (few
+    channels: the transforms dominate; 7×7 planes with wide layers: the tiles waste the GEMM's
+    16-column panels and the transformed weights no longer fit in cache), or when the
+    transformed weights would pass WINOGRAD_MAX_U_BYTES."""
+    if C < 16 or M < 16 or N * OH * OW < 16 or not winograd_enabled():
+        return 0
+    # the GEMM path runs at ~60 GFLOP/s with C ≥ 64, slower with fewer (K = 9·C rows): ~48 at 32
+    old = (18.0 * M * C * N * OH * OW * _GEMM_S_PER_FLOP * 1.15 * max(1.0, 64.0 / C) ** 0.3
+           + 36.0 * M * C * _BYTE_S)
+    best, tile = old / _WINO_MIN_GAIN, 0
+    mp = -(-M // 6) * 6
+    for m in (2, 4):
+        a2, tiles = (m + 2) ** 2, N * (-(-OH // m)) * (-(-OW // m))
+        if 4 * a2 * mp * C > WINOGRAD_MAX_U_BYTES:
+            continue
+        cols = -(-tiles // 16) * 16 if tiles < 256 else tiles
+        t = (2.0 * a2 * mp * C * cols * _GEMM_S_PER_FLOP + 4.0 * a2 * mp * C * _BYTE_S
+             + tiles * (C * _WINO_IN_S[m] + M * _WINO_OUT_S[m]))
+        if t < best:
+            best, tile = t, m
+    return tile
+
+
+class WinogradCase(NamedTuple):
+    """A 3×3 stride-1 conv of an N×C×H×W input into N×M×OH×OW through Winograd tiles."""
+    N: int
+    C: int
+    H: int
+    W: int
+    M: int
+    OH: int
+    OW: int
+    pad_top: int
+    pad_left: int
+    tile: int
+
+
+def winograd_case(node, types) -> WinogradCase | None:
+    """The case when this Conv runs through Winograd, else None."""
+    case = conv_case(node, types)
+    if case is None:
+        return None
+    (N, C, H, W), (M, _, KH, KW), (_, _, OH, OW), g = case.x, case.w, case.y, case.window
+    if case.nd != 2 or (KH, KW) != (3, 3) or \
+            (g.stride_h, g.stride_w, g.dil_h, g.dil_w, case.group) != (1, 1, 1, 1, 1):
+        return None
+    tile = winograd_tile(N, C, M, OH, OW)
+    return WinogradCase(N, C, H, W, M, OH, OW, g.pad_top, g.pad_left, tile) if tile else None
+
+
+def winograd_scratch_floats(N, C, H, W, M, OH, OW, tile, threads) -> int:
+    return int(winograd.winograd_scratch_floats(N, C, H, W, M, OH, OW, tile, threads))
+
+
+def winograd_weight_buffer(M, C, tile):
+    """A fresh (α², ·) float32 buffer for the packed transformed weights of an M × C conv."""
+    a2 = (tile + 2) ** 2
+    return np.empty((a2, int(winograd.winograd_weight_floats(M, C, tile)) // a2), F32)
+
+
+# Transformed constant weights shared by every context: (id(w), tile) -> (weak ref to w, U).
+WINOGRAD_WEIGHTS: dict = {}
+
+
+def _winograd_constant_weights(w_orig, w4, tile, threads):
+    key = (id(w_orig), tile)
+    hit = WINOGRAD_WEIGHTS.get(key)
+    if hit is not None and hit[0]() is w_orig:
+        return hit[1]
+    U = winograd_weight_buffer(w4.shape[0], w4.shape[1], tile)
+    winograd.winograd_weights(w4, U, tile, False, threads)
+    try:
+        WINOGRAD_WEIGHTS[key] = (
+            weakref.ref(w_orig, lambda _r, key=key: WINOGRAD_WEIGHTS.pop(key, None)), U)
+    except TypeError:
+        pass
+    return U
+
+
+def _winograd_conv(node, ins, outs, scratch_buf, ctx, act):
+    """The Conv step through Winograd, or None when this case does not take it."""
+    wc, threads = winograd_case(node, ctx.types), ctx.threads
+    if wc is None:
+        return None
+    N, C, H, W, M, OH, OW, pt, pl, tile = wc
+    need = winograd_scratch_floats(N, C, H, W, M, OH, OW, tile, threads)
+    if scratch_buf is None or scratch_buf.size < need:
+        return None
+    code, aa, ab = act
+    x, w4 = contiguous_f32(ins[0]).reshape(N, C, H, W), contiguous_f32(ins[1]).reshape(M, C, 3, 3)
+    b = contiguous_f32(optional_at(ins, 2))
+    b = b.reshape(-1) if b is not None else None
+    y, scr, conv2d = outs[0].reshape(N, M, OH, OW), scratch_buf[:need], winograd.conv2d_winograd
+    if not ctx.is_runtime(ins[1]):
+        U = _winograd_constant_weights(ins[1], w4, tile, threads)
+
+        def step():
+            conv2d(x, U, b, y, scr, tile, pt, pl, code, aa, ab, threads)
+    else:
+        U, transform = winograd_weight_buffer(M, C, tile), winograd.winograd_weights
+
+        def step():   # run-time weights (training): transform them on every call
+            transform(w4, U, tile, False, threads)
+            conv2d(x, U, b, y, scr, tile, pt, pl, code, aa, ab, threads)
+    step.winograd_tile = tile   # for tests and profiles: which algorithm this node runs
+    return step
+
+
+def _conv_scratch(node, types, threads):
+    wc = winograd_case(node, types)
+    if wc is not None:
+        return 4 * winograd_scratch_floats(wc.N, wc.C, wc.H, wc.W, wc.M, wc.OH, wc.OW, wc.tile,
+                                           threads)
+    return _conv_scratch_floats(node, types, threads) * 4
+
+
+def _planned(scratch_buf, need):
+    """The planned scratch cut to ``need`` floats (None when none is needed); False when the
+    plan gave less."""
+    if not need:
+        return None
+    if scratch_buf is None or scratch_buf.size < need:
+        return False
+    return scratch_buf[:need]
+
+
+def _conv_arrays(case, ins, outs, scratch_buf, need):
+    """x, w, bias, y as the 4-D/1-D float32 views the conv kernels take, and the planned
+    scratch cut to ``need`` floats; None when the plan gave less scratch than needed."""
+    scr = _planned(scratch_buf, need)
+    if scr is False:
+        return None
+    b = contiguous_f32(optional_at(ins, 2))
+    return (contiguous_f32(ins[0]).reshape(case.x), contiguous_f32(ins[1]).reshape(case.w),
+            b.reshape(-1) if b is not None else None, outs[0].reshape(case.y), scr)
+
+
+@binds(ops.Conv, scratch=_conv_scratch, inplace=(), kernel="conv", activations=FUSED_ACTIVATIONS)
+def bind_conv(node, ins, outs, scratch_buf, ctx):
+    case, act = conv_case(node, ctx.types), fused_activation(node)
+    if case is None or act is None or not all_float32(*ins, *outs):
+        return None
+    if has_empty_output(outs):
+        return noop
+    step = _winograd_conv(node, ins, outs, scratch_buf, ctx, act)
+    if step is not None:
+        return step
+    arrays = _conv_arrays(case, ins, outs, scratch_buf,
+                          _conv_scratch_floats(node, ctx.types, ctx.threads))
+    if arrays is None:
+        return None
+    x, w, b, y, scr = arrays
+    g, (code, aa, ab) = case.window, act
+    # a prepared native step: arguments resolved once, run without Python by the plan runner
+    return conv.Conv2dStep(x, w, b, y, scr, g.stride_h, g.stride_w, g.pad_top, g.pad_left,
+                           g.dil_h, g.dil_w, case.group, code, aa, ab, ctx.threads)
+
+
+def _conv_transpose_scratch_floats(node, types, threads):
+    case = conv_case(node, types)
+    if case is None:
+        return 0
+    (N, C, H, W), (_, _, KH, KW), (_, M, _, _) = case.x, case.w, case.y
+    return int(conv.conv_transpose2d_scratch_floats(C, H, W, M, KH, KW, case.group, threads))
+
+
+def _conv_transpose_scratch(node, types, threads):
+    return _conv_transpose_scratch_floats(node, types, threads) * 4
+
+
+@binds(ops.ConvTranspose, scratch=_conv_transpose_scratch, inplace=(), kernel="conv")
+def bind_conv_transpose(node, ins, outs, scratch_buf, ctx):
+    case, threads = conv_case(node, ctx.types), ctx.threads
+    if case is None or not all_float32(*ins, *outs) or fused_activation(node) != (0, 0.0, 0.0):
+        return None  # the kernel has no activation epilogue
+    if any(int(p) < 0 for p in node.attrs.get("pads") or []):
+        return None  # negative pads grow the output: left to the reference
+    if has_empty_output(outs):
+        return noop
+    arrays = _conv_arrays(case, ins, outs, scratch_buf,
+                          _conv_transpose_scratch_floats(node, ctx.types, threads))
+    if arrays is None:
+        return None
+    x, w, b, y, scr = arrays
+    g, fn = case.window, conv.conv_transpose2d
+    sh, sw, pt, pl, dh, dw, group = (g.stride_h, g.stride_w, g.pad_top, g.pad_left, g.dil_h,
+                                     g.dil_w, case.group)
+    return lambda: fn(x, w, b, y, scr, sh, sw, pt, pl, dh, dw, group, threads)
+
+
+# ---- gradients ----------------------------------------------------------------------------------
+class ConvGradCase(NamedTuple):
+    """A 1-D or 2-D conv as the gradient kernels take it (the field order is their argument
+    order): input N×C×H×W, weight M×(C/group)×KH×KW, output N×M×OH×OW."""
+    N: int
+    C: int
+    H: int
+    W: int
+    M: int
+    KH: int
+    KW: int
+    OH: int
+    OW: int
+    stride_h: int
+    stride_w: int
+    pad_top: int
+    pad_left: int
+    dil_h: int
+    dil_w: int
+    group: int
+
+
+def _conv_grad_case(node, dy_shape, x_shape, w_shape) -> ConvGradCase | None:
+    """The case of a conv whose input has x_shape, weight w_shape and output dy_shape; None for
+    ranks other than 3 and 4."""
+    if len(dy_shape) not in (3, 4) or not len(dy_shape) == len(x_shape) == len(w_shape):
+        return None
+    nd = len(dy_shape) - 2
+
+    def as4(s):
+        return (s[0], s[1], 1, s[2]) if nd == 1 else tuple(s)
+    (N, C, H, W), (M, _, KH, KW), (_, _, OH, OW) = as4(x_shape), as4(w_shape), as4(dy_shape)
+    g = window_of(node, nd)
+    return ConvGradCase(N, C, H, W, M, KH, KW, OH, OW, g.stride_h, g.stride_w, g.pad_top,
+                        g.pad_left, g.dil_h, g.dil_w, int(node.attrs.get("group", 1) or 1))
+
+
+def _grad_input_case(node, types):
+    dy, w = types.get(node.input(0)), types.get(node.input(1))
+    if dy is None or w is None or dy.dtype != F32 or not (dy.is_static and w.is_static):
+        return None
+    return _conv_grad_case(node, tuple(dy.shape), tuple(int(d) for d in node.attrs["input_shape"]),
+                           tuple(w.shape))
+
+
+def _grad_weight_case(node, types):
+    dy, x = types.get(node.input(0)), types.get(node.input(1))
+    if dy is None or x is None or dy.dtype != F32 or not (dy.is_static and x.is_static):
+        return None
+    return _conv_grad_case(node, tuple(dy.shape), tuple(x.shape),
+                           tuple(int(d) for d in node.attrs["weight_shape"]))
+
+
+def _grad_scratch_floats(kind, case_fn, node, types, threads):
+    case = case_fn(node, types)
+    if case is None:
+        return 0
+    return int(getattr(conv_grad, f"conv_grad_{kind}_scratch_floats")(*case, threads))
+
+
+class WinogradGradInputCase(NamedTuple):
+    """dX of a 3×3 stride-1 conv through Winograd: a 3×3 stride-1 conv of dY (N×M×OH×OW) into
+    dX (N×C×H×W) with the weights flipped 180° and in/out channels swapped, padded by 2 − pad.
+    ``weight_floats`` (the transformed weights, which change every step) and ``conv_floats``
+    (the conv's blocks) make up its scratch."""
+    N: int
+    C: int
+    H: int
+    W: int
+    M: int
+    OH: int
+    OW: int
+    pad_top: int
+    pad_left: int
+    tile: int
+    weight_floats: int
+    conv_floats: int
+
+
+def _winograd_grad_input_case(node, types, threads) -> WinogradGradInputCase | None:
+    case = _grad_input_case(node, types)
+    if case is None:
+        return None
+    c = case
+    if (c.KH, c.KW) != (3, 3) or (c.stride_h, c.stride_w, c.dil_h, c.dil_w, c.group) != \
+            (1, 1, 1, 1, 1) or c.H < 1 or c.W < 1:
+        return None
+    tile = winograd_tile(c.N, c.M, c.C, c.H, c.W)
+    if not tile:
+        return None
+    return WinogradGradInputCase(
+        c.N, c.C, c.H, c.W, c.M, c.OH, c.OW, 2 - c.pad_top, 2 - c.pad_left, tile,
+        int(winograd.winograd_weight_floats(c.C, c.M, tile)),
+        winograd_scratch_floats(c.N, c.M, c.OH, c.OW, c.C, c.H, c.W, tile, threads))
+
+
+def _conv_grad_input_scratch(node, types, threads):
+    wc = _winograd_grad_input_case(node, types, threads)
+    if wc is not None:
+        return 4 * (wc.weight_floats + wc.conv_floats)
+    return 4 * _grad_scratch_floats("input", _grad_input_case, node, types, threads)
+
+
+def _conv_grad_weight_scratch(node, types, threads):
+    return 4 * _grad_scratch_floats("weight", _grad_weight_case, node, types, threads)
+
+
+def _conv_grad_binder(kind, case_fn, out_shape4):
+    """The im2col/col2im GEMM binder of ConvGrad<kind>; ``out_shape4(case)``: its output as 4-D."""
+    def bind(node, ins, outs, scratch_buf, ctx):
+        case, threads = case_fn(node, ctx.types), ctx.threads
+        if case is None or not all_float32(*ins, *outs):
+            return None
+        if has_empty_output(outs):
+            return noop
+        scr = _planned(scratch_buf,
+                       _grad_scratch_floats(kind, case_fn, node, ctx.types, threads))
+        if scr is False:
+            return None
+        c = case
+        dy = contiguous_f32(ins[0]).reshape(c.N, c.M, c.OH, c.OW)
+        other = as_nchw(contiguous_f32(ins[1]))
+        out = outs[0].reshape(out_shape4(case))
+        fn = getattr(conv_grad, f"conv_grad_{kind}")
+        sh, sw, pt, pl, dh, dw, group = (c.stride_h, c.stride_w, c.pad_top, c.pad_left, c.dil_h,
+                                         c.dil_w, c.group)
+        return lambda: fn(dy, other, out, scr, sh, sw, pt, pl, dh, dw, group, threads)
+    return bind
+
+
+_conv_grad_input_gemm = _conv_grad_binder("input", _grad_input_case,
+                                          lambda c: (c.N, c.C, c.H, c.W))
+bind_conv_grad_weight = binds(
+    ops.ConvGradWeight, scratch=_conv_grad_weight_scratch, kernel="conv_grad")(
+    _conv_grad_binder("weight", _grad_weight_case,
+                      lambda c: (c.M, c.C // c.group, c.KH, c.KW)))
+
+
+@binds(ops.ConvGradInput, scratch=_conv_grad_input_scratch, kernel="conv_grad")
+def bind_conv_grad_input(node, ins, outs, scratch_buf, ctx):
+    """Winograd when the case takes it (and the plan gave its scratch), else col2im GEMM."""
+    wc, threads = _winograd_grad_input_case(node, ctx.types, ctx.threads), ctx.threads
+    if wc is None or not all_float32(*ins, *outs) or has_empty_output(outs):
+        return _conv_grad_input_gemm(node, ins, outs, scratch_buf, ctx)
+    N, C, H, W, M, OH, OW, pt, pl, tile, u_n, conv_n = wc
+    if scratch_buf is None or scratch_buf.size < u_n + conv_n:
+        return _conv_grad_input_gemm(node, ins, outs, scratch_buf, ctx)
+    a2 = (tile + 2) ** 2
+    U, scr = scratch_buf[:u_n].reshape(a2, u_n // a2), scratch_buf[u_n:u_n + conv_n]
+    dy = contiguous_f32(ins[0]).reshape(N, M, OH, OW)
+    w4, dx = contiguous_f32(ins[1]).reshape(M, C, 3, 3), outs[0].reshape(N, C, H, W)
+    transform, conv2d = winograd.winograd_weights, winograd.conv2d_winograd
+
+    def step():
+        transform(w4, U, tile, True, threads)
+        conv2d(dy, U, None, dx, scr, tile, pt, pl, 0, 0.0, 0.0, threads)
+    step.winograd_tile = tile
+    return step

@@ -1,0 +1,97 @@
+"""Gemm and MatMul (``kernels/gemm``, with the fused activation epilogue)."""
+from __future__ import annotations
+
+import numpy as np
+
+from ...graph.ops import get_op
+from ...graph.ops import linear as ops
+from ...kernels import gemm
+from .common import (FUSED_ACTIVATIONS, all_float32, contiguous_f32, fused_activation,
+                     has_empty_output, noop, optional_at)
+from .registry import binds
+
+
+def _gemm_inplace(node, types):
+    """Y may take over C's bytes when C already has Y's shape (the kernel reads it as beta·Y)."""
+    c, y = node.input(2), node.outputs[0]
+    if c and c in types and y in types and types[c] == types[y] \
+            and 2 in get_op(node.op_type, node.domain).inplace:
+        return (2,)
+    return ()
+
+
+@binds(ops.Gemm, inplace=_gemm_inplace, kernel="gemm", activations=FUSED_ACTIVATIONS)
+def bind_gemm(node, ins, outs, scratch_buf, ctx):
+    act, threads = fused_activation(node), ctx.threads
+    A, B, C, Y = ins[0], ins[1], optional_at(ins, 2), outs[0]
+    if act is None or not all_float32(A, B, C, Y) or A.ndim != 2 or B.ndim != 2:
+        return None
+    if has_empty_output(outs):
+        return noop
+    ta, tb = bool(int(node.attrs.get("transA", 0))), bool(int(node.attrs.get("transB", 0)))
+    alpha, beta = float(node.attrs.get("alpha", 1.0)), float(node.attrs.get("beta", 1.0))
+    M, N = Y.shape
+    A, B = contiguous_f32(A), contiguous_f32(B)
+    code, aa, ab = act
+    fn = gemm.gemm
+    bias, axis, kbeta, pre = None, 1, 0.0, None
+    if C is None or beta == 0.0:
+        pass
+    elif np.shares_memory(C, Y):  # planned in place: Y already holds C
+        kbeta = beta
+    elif C.shape in ((N,), (1, N)) and (beta == 1.0 or not ctx.is_runtime(C)):
+        bias = contiguous_f32(C).reshape(N) if beta == 1.0 else \
+            contiguous_f32(C.reshape(N) * np.float32(beta))
+    elif C.shape == (M, 1) and (beta == 1.0 or not ctx.is_runtime(C)):
+        bias = contiguous_f32(C).reshape(M) if beta == 1.0 else \
+            contiguous_f32(C.reshape(M) * np.float32(beta))
+        axis = 0
+    else:  # scalar, (M, N) or another broadcast: copy C into Y and let the kernel scale it
+        kbeta, src = beta, C
+
+        def pre():
+            np.copyto(Y, src)
+    if pre is None:
+        return lambda: fn(A, B, Y, ta, tb, alpha, kbeta, bias, axis, code, aa, ab, threads)
+
+    def step():
+        pre()
+        fn(A, B, Y, ta, tb, alpha, kbeta, bias, axis, code, aa, ab, threads)
+    return step
+
+
+@binds(ops.MatMul, inplace=(), kernel="gemm", activations=FUSED_ACTIVATIONS)
+def bind_matmul(node, ins, outs, scratch_buf, ctx):
+    act, threads = fused_activation(node), ctx.threads
+    A, B, Y = ins[0], ins[1], outs[0]
+    if act is None or not all_float32(A, B, Y) or A.ndim == 0 or B.ndim == 0:
+        return None
+    if has_empty_output(outs):
+        return noop
+    A, B = contiguous_f32(A), contiguous_f32(B)
+    K = A.shape[-1]
+    A2 = A.reshape(1, K) if A.ndim == 1 else A
+    B2 = B.reshape(K, 1) if B.ndim == 1 else B
+    M, N = A2.shape[-2], B2.shape[-1]
+    code, aa, ab = act
+    fn = gemm.gemm
+    if A2.ndim == 2 and B2.ndim == 2:
+        a, b, y = A2, B2, Y.reshape(M, N)
+        return lambda: fn(a, b, y, False, False, 1.0, 0.0, None, 1, code, aa, ab, threads)
+    if B2.ndim == 2:  # batched A times one matrix: a single (batch·M)×K by K×N product
+        a, b, y = A2.reshape(-1, K), B2, Y.reshape(-1, N)
+        return lambda: fn(a, b, y, False, False, 1.0, 0.0, None, 1, code, aa, ab, threads)
+    batch = np.broadcast_shapes(A2.shape[:-2], B2.shape[:-2])
+    A3 = A2.reshape((1,) * (len(batch) - (A2.ndim - 2)) + A2.shape)
+    B3 = B2.reshape((1,) * (len(batch) - (B2.ndim - 2)) + B2.shape)
+    Y3 = Y.reshape(batch + (M, N))
+    triples = []
+    for idx in np.ndindex(*batch):
+        ia = tuple(i if d != 1 else 0 for i, d in zip(idx, A3.shape[:-2]))
+        ib = tuple(i if d != 1 else 0 for i, d in zip(idx, B3.shape[:-2]))
+        triples.append((A3[ia], B3[ib], Y3[idx]))
+
+    def step():
+        for a, b, y in triples:
+            fn(a, b, y, False, False, 1.0, 0.0, None, 1, code, aa, ab, threads)
+    return step

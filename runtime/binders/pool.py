@@ -1,0 +1,114 @@
+"""MaxPool, AveragePool and the global pools (``kernels/pool``) and their gradients
+(``kernels/pool_grad``); 1-D pools run as 2-D ones of height 1."""
+from __future__ import annotations
+
+from ...graph.ops import pool as ops
+from ...kernels import pool, pool_grad
+from .common import (all_float32, as_nchw, contiguous_f32, has_empty_output, int_list, noop,
+                     optional_at, window_geometry)
+from .registry import binds
+
+
+def kernel_size(node, nd):
+    """(kh, kw) of a 1-D or 2-D pool."""
+    ks = int_list(node.attrs.get("kernel_shape"), nd, 0)
+    return (1, ks[0]) if nd == 1 else tuple(ks)
+
+
+def _pool_views(ins, outs):
+    x, y = ins[0], outs[0]
+    if x.ndim not in (3, 4) or not all_float32(x, y):
+        return None
+    return as_nchw(contiguous_f32(x)), as_nchw(y), x.ndim - 2
+
+
+@binds(ops.MaxPool, inplace=(), kernel="pool")
+def bind_max_pool(node, ins, outs, scratch_buf, ctx):
+    if optional_at(outs, 1) is not None or int(node.attrs.get("storage_order", 0)):
+        return None
+    v = _pool_views(ins, outs)
+    if v is None:
+        return None
+    if has_empty_output(outs):
+        return noop
+    x, y, nd = v
+    kh, kw = kernel_size(node, nd)
+    sh, sw, pt, pl, dh, dw, _ = window_geometry(node, nd)
+    fn, threads = pool.max_pool2d, ctx.threads
+    return lambda: fn(x, y, kh, kw, sh, sw, pt, pl, dh, dw, threads)
+
+
+@binds(ops.AveragePool, inplace=(), kernel="pool")
+def bind_avg_pool(node, ins, outs, scratch_buf, ctx):
+    dil = node.attrs.get("dilations")
+    if dil and any(int(d) != 1 for d in dil):
+        return None  # the kernel has no dilation
+    v = _pool_views(ins, outs)
+    if v is None:
+        return None
+    if has_empty_output(outs):
+        return noop
+    x, y, nd = v
+    kh, kw = kernel_size(node, nd)
+    sh, sw, pt, pl, _, _, (pb, pr) = window_geometry(node, nd)
+    include = bool(int(node.attrs.get("count_include_pad", 0)))
+    fn, threads = pool.avg_pool2d, ctx.threads
+    return lambda: fn(x, y, kh, kw, sh, sw, pt, pl, pb, pr, include, threads)
+
+
+@binds(ops.GlobalAveragePool, ops.GlobalMaxPool, inplace=(), kernel="pool")
+def bind_global_pool(node, ins, outs, scratch_buf, ctx):
+    x, y = ins[0], outs[0]
+    if x.ndim < 3 or not all_float32(x, y):
+        return None
+    if has_empty_output(outs) or x.size == 0:
+        return None
+    nc = x.shape[0] * x.shape[1]
+    x2, y1 = contiguous_f32(x).reshape(nc, -1), y.reshape(nc)
+    is_max, fn, threads = node.op_type == "GlobalMaxPool", pool.global_pool, ctx.threads
+    return lambda: fn(x2, y1, is_max, threads)
+
+
+# ---- gradients ----------------------------------------------------------------------------------
+@binds(ops.MaxPoolGrad, kernel="pool_grad")
+def bind_max_pool_grad(node, ins, outs, scratch_buf, ctx):
+    dy, x, dx = ins[0], ins[1], outs[0]
+    if x.ndim not in (3, 4) or not all_float32(dy, x, dx):
+        return None
+    if has_empty_output(outs):
+        return noop
+    nd = x.ndim - 2
+    kh, kw = kernel_size(node, nd)
+    sh, sw, pt, pl, dh, dw, _ = window_geometry(node, nd)
+    dy4, x4, dx4 = as_nchw(contiguous_f32(dy)), as_nchw(contiguous_f32(x)), as_nchw(dx)
+    fn, threads = pool_grad.max_pool2d_grad, ctx.threads
+    return lambda: fn(dy4, x4, dx4, kh, kw, sh, sw, pt, pl, dh, dw, threads)
+
+
+@binds(ops.AveragePoolGrad, kernel="pool_grad")
+def bind_avg_pool_grad(node, ins, outs, scratch_buf, ctx):
+    dy, dx = ins[0], outs[0]
+    if dx.ndim not in (3, 4) or not all_float32(dy, dx):
+        return None
+    if has_empty_output(outs):
+        return noop
+    nd = dx.ndim - 2
+    kh, kw = kernel_size(node, nd)
+    sh, sw, pt, pl, dh, dw, (pb, pr) = window_geometry(node, nd)
+    include = bool(int(node.attrs.get("count_include_pad", 0)))
+    dy4, dx4, fn, threads = as_nchw(contiguous_f32(dy)), as_nchw(dx), pool_grad.avg_pool2d_grad, \
+        ctx.threads
+    return lambda: fn(dy4, dx4, kh, kw, sh, sw, pt, pl, pb, pr, dh, dw, include, threads)
+
+
+@binds(ops.GlobalAveragePoolGrad, kernel="pool_grad")
+def bind_global_avg_pool_grad(node, ins, outs, scratch_buf, ctx):
+    dy, dx = ins[0], outs[0]
+    if dx.ndim < 3 or not all_float32(dy, dx):
+        return None
+    if has_empty_output(outs):
+        return noop
+    nc = dx.shape[0] * dx.shape[1]
+    dy1, dx2 = contiguous_f32(dy).reshape(nc), dx.reshape(nc, -1)
+    fn, threads = pool_grad.global_avg_pool_grad, ctx.threads
+    return lambda: fn(dy1, dx2, threads)
