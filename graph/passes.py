@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .ir import Graph, TensorType
+from .ops import REGISTRY
 from .ops.activation import FUSABLE
 
 # Producers that can run an activation on their output before it leaves the kernel.
@@ -189,10 +190,11 @@ def _fold_into_gemm(graph, gemm, k, bn_bias, mean) -> bool:
 
 
 def _activation_params(graph: Graph, node):
-    """(activation, alpha, beta) for a fusable activation node, or None (``ops.activation``
-    says which ops fuse and how their parameters map)."""
-    params_of = FUSABLE.get(node.op_type)
-    params = params_of(node, graph.initializers) if params_of else None
+    """(activation, alpha, beta) for a node of a fusable activation op (its class says
+    ``fusable``; ``ops.activation.FUSABLE`` maps its parameters), or None."""
+    if not getattr(REGISTRY.get((node.domain, node.op_type)), "fusable", False):
+        return None
+    params = FUSABLE[node.op_type](node, graph.initializers)
     return None if params is None else (node.op_type, float(params[0]), float(params[1]))
 
 

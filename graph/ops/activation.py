@@ -43,6 +43,7 @@ class _Unary(Op):
 
 @register
 class Relu(_Unary):
+    fusable = True
     float_only = False
 
     def fn(self, x, a):
@@ -51,6 +52,7 @@ class Relu(_Unary):
 
 @register
 class LeakyRelu(_Unary):
+    fusable = True
     attrs = {"alpha": 0.01}
 
     def fn(self, x, a):
@@ -75,6 +77,7 @@ class Selu(_Unary):
 
 @register
 class Sigmoid(_Unary):
+    fusable = True
     def fn(self, x, a):
         return stable_sigmoid(x)
 
@@ -89,12 +92,14 @@ class HardSigmoid(_Unary):
 
 @register
 class HardSwish(_Unary):
+    fusable = True
     def fn(self, x, a):
         return x * np.clip(x / 6 + 0.5, 0, 1)
 
 
 @register
 class Tanh(_Unary):
+    fusable = True
     def fn(self, x, a):
         return np.tanh(x)
 
@@ -148,6 +153,7 @@ class Abs(_Unary):
 @register
 class Clip(Op):
     """min and max are optional scalar inputs (opset ≥ 11); min > max gives max everywhere."""
+    fusable = True
     num_inputs = (1, 3)
     inplace = (0,)
 
