@@ -1,5 +1,6 @@
-"""The run loop: kernels.plan.PlanRunner (native steps run GIL-free, back to back), conv.Conv2dStep
-(conv2d with its arguments resolved once) and Session.run's fast path for ready-made feeds.
+"""The run loop: kernels.plan.PlanRunner (native steps run GIL-free, back to back),
+conv.Conv2dStep (conv2d with its arguments resolved once) and Session.run's fast path for
+ready-made feeds.
 
 Oracles: conv2d itself (already checked against a float64 numpy twin in test_kernels.py) for
 the prepared step, call order recorded in Python for the plan, and onnxruntime for the session.

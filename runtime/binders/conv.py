@@ -11,8 +11,8 @@ import numpy as np
 
 from ...graph.ops import conv as ops
 from ...kernels import conv, conv_grad, winograd
-from .common import (F32, FUSED_ACTIVATIONS, all_float32, as_nchw, contiguous_f32, fused_activation,
-                     has_empty_output, noop, optional_at, window_geometry)
+from .common import (F32, FUSED_ACTIVATIONS, all_float32, as_nchw, contiguous_f32,
+                     fused_activation, has_empty_output, noop, optional_at, window_geometry)
 from .registry import binds
 
 
@@ -68,7 +68,7 @@ def _conv_scratch_floats(node, types, threads):
                                           threads))
 
 
-# ---- Winograd F(2×2,3×3) / F(4×4,3×3) for 3×3 stride-1 convs (kernels/winograd.pyx) -------------
+# ---- Winograd F(2×2,3×3) / F(4×4,3×3) for 3×3 stride-1 convs (kernels/winograd.pyx) -----------
 # A cost model fitted to measurements on the 2-core AVX2 build machine (benchmarks by hand, see
 # kernels/CONTRACT.md): seconds per GEMM flop, per byte of weights streamed from memory, and per
 # channel-tile of the input / output transforms. The im2col path is modelled the same way.
