@@ -261,6 +261,33 @@ def _attribute(node: Node, name: str, value, schema_attr):
     return onnx.helper.make_attribute(name, v)
 
 
+def _tensor_type_str(dtype) -> str | None:
+    """ONNX's spelling of a tensor type in schemas, e.g. ``tensor(float16)``."""
+    onnx = _onnx()
+    try:
+        code = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    except Exception:
+        return None
+    return f"tensor({onnx.TensorProto.DataType.Name(code).lower()})"
+
+
+def _schema_or_none(op_type: str, opset: int):
+    try:
+        return _onnx().defs.get_schema(op_type, opset, "")
+    except Exception:
+        return None
+
+
+def _allows(schema, formal, type_str: str) -> bool:
+    """Whether ``schema``'s input ``formal`` (matched by name) may hold ``type_str``."""
+    if schema is None:
+        return False
+    same = [f for f in schema.inputs if f.name == formal.name]
+    t = (same[0] if same else formal).type_str
+    allowed = {c.type_param_str: c.allowed_type_strs for c in schema.type_constraints}
+    return type_str in allowed.get(t, [t])
+
+
 def _first_version(op_type: str) -> int:
     onnx = _onnx()
     for v in range(1, onnx.defs.onnx_opset_version() + 1):
@@ -347,6 +374,7 @@ class ExportContext:
             first = _first_version(op_type)
             raise ModelError(f"{source}: ONNX op {op_type} needs opset ≥ {first}; exporting at "
                              f"opset {self.opset}") from None
+        self._check_input_types(op_type, schema, inputs, source)
         protos = []
         for key, value in attrs.items():
             if key not in schema.attributes:
@@ -370,6 +398,22 @@ class ExportContext:
         proto = onnx.helper.make_node(op_type, inputs, outputs, name=name)
         proto.attribute.extend(protos)
         self.nodes.append(proto)
+
+    def _check_input_types(self, op_type: str, schema, inputs, source: Node) -> None:
+        """Each input's dtype must be one the schema at this opset allows (ONNX widens an
+        op's types over opsets: Range takes float16 from 27); else name the opset it needs."""
+        for k, name in enumerate(inputs):
+            if not name or not schema.inputs or name not in self.types:
+                continue
+            type_str = _tensor_type_str(self.types[name].dtype)
+            formal = schema.inputs[min(k, len(schema.inputs) - 1)]
+            if type_str is None or _allows(schema, formal, type_str):
+                continue
+            newer = [v for v in range(self.opset + 1, _onnx().defs.onnx_opset_version() + 1)
+                     if _allows(_schema_or_none(op_type, v), formal, type_str)]
+            since = f"from opset {newer[0]} on" if newer else "at no opset ONNX defines yet"
+            raise ModelError(f"{source}: ONNX {op_type} input {formal.name!r} takes {type_str} "
+                             f"{since}; exporting at opset {self.opset}")
 
     def emit(self, node: Node) -> None:
         attrs = dict(node.attrs)
