@@ -132,13 +132,13 @@ def _check_opset(opset) -> int:
     return int(opset)
 
 
+_PLAIN_OP = Op()
+
+
 def _op(node: Node) -> Op:
     """The registered op of a default-domain node; a plain ``Op`` (written as it stands) for an
     op ember does not register."""
     return REGISTRY.get(("", node.op_type)) or _PLAIN_OP
-
-
-_PLAIN_OP = Op()
 
 
 def _training_reason(graph: Graph, node: Node, has_onnx_op) -> str | None:

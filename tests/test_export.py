@@ -402,6 +402,17 @@ def test_conformance_cases_round_trip_through_ember():
 
 
 # ---- what cannot be exported ------------------------------------------------------------------
+def test_input_dtype_of_a_newer_opset_is_refused_naming_it():
+    """ONNX's Range takes float16 from opset 27 on: an older opset is refused by name."""
+    g = Graph(inputs=["start", "limit", "delta"], outputs=["y"], name="r")
+    g.nodes.append(Node("Range", ["start", "limit", "delta"], ["y"], {}, "range16"))
+    g.types.update({k: TensorType(np.float16, ()) for k in g.inputs})
+    g.types["y"] = TensorType(np.float16, ("n",))
+    with pytest.raises(ember.ModelError, match=r"Range node 'range16'.*tensor\(float16\) from "
+                                               r"opset 27 on; exporting at opset 21"):
+        to_onnx(g, opset=21)
+
+
 def _typed(graph: Graph, **types):
     graph.types.update({k: TensorType(np.float32, v) for k, v in types.items()})
     return graph
