@@ -12,11 +12,21 @@ import onnx
 from onnx.backend.base import Backend, BackendRep
 
 from .graph.errors import InputError
-from .importers.onnx import load_onnx
+from .graph.ops import supported_ops as registered_ops
+from .importers.onnx import UPGRADE_TARGETS, load_onnx
 from .runtime.session import Session
 
 
 _SESSION_OPTIONS = ("threads", "shapes", "memory_cap", "optimize")
+
+
+def supported_ops() -> list:
+    """Sorted default-domain op types a model given to this backend may use: every op ember
+    registers in the default domain, plus the older ops the importer rewrites into them (e.g.
+    Upsample into Resize)."""
+    ops = set(registered_ops())
+    ops.update(old for old, targets in UPGRADE_TARGETS.items() if set(targets) <= ops)
+    return sorted(ops)
 
 
 class EmberBackendRep(BackendRep):

@@ -1,37 +1,24 @@
 """Static cost of a typed graph: multiply-accumulates per node and parameter counts.
 
-Used by ``ember info`` and the benchmarks (GFLOP/s = 2·MACs / time).
+Used by ``ember info`` and the benchmarks (GFLOP/s = 2·MACs / time). Each op counts its own
+multiply-accumulates (``Op.macs``).
 """
 from __future__ import annotations
 
 import numpy as np
 
 from .ir import Graph, Node
+from .ops import REGISTRY
 
 
 def node_macs(node: Node, types: dict) -> int:
-    """Multiply-accumulates of one node (0 for ops that do no arithmetic worth counting)."""
-    def shape(name):
-        return types[name].shape if name and name in types else None
-
-    op = node.op_type
-    y = shape(node.outputs[0]) if node.outputs else None
-    if y is None:
+    """Multiply-accumulates of one node (0 for ops that do no arithmetic worth counting, and for
+    a node whose output has no known type)."""
+    op = REGISTRY.get((node.domain, node.op_type))
+    if op is None or not node.outputs or not node.outputs[0] \
+            or node.outputs[0] not in types:
         return 0
-    if op == "Conv":
-        w = shape(node.inputs[1])
-        return int(np.prod(y, dtype=np.int64)) * int(np.prod(w[1:], dtype=np.int64))
-    if op == "ConvTranspose":
-        x, w = shape(node.inputs[0]), shape(node.inputs[1])
-        return int(np.prod(x, dtype=np.int64)) * int(np.prod(w[1:], dtype=np.int64))
-    if op == "Gemm":
-        a = shape(node.inputs[0])
-        k = a[0] if node.attrs.get("transA") else a[1]
-        return int(np.prod(y, dtype=np.int64)) * int(k)
-    if op == "MatMul":
-        a = shape(node.inputs[0])
-        return int(np.prod(y, dtype=np.int64)) * int(a[-1])
-    return 0
+    return int(op.macs(node, types))
 
 
 def graph_macs(graph: Graph) -> int:

@@ -8,21 +8,24 @@ in the chosen opset's form:
   attribute type, and omitted when equal to ONNX's default; an ember attribute the schema does
   not know is dropped when it holds ember's "not set" default and is an error otherwise (it
   would change the meaning), so ember-only attributes never leak into the file;
-* a fused activation becomes its own standard node after the producer (SiLU as Sigmoid + Mul);
-* older opsets get older forms where ember's meaning survives (Reduce* ``axes`` as an attribute
-  before 18, an explicit ``split`` for uneven Split before 18, Pad ``axes`` spelled out as full
-  pads); where it does not (Resize ``half_pixel_symmetric`` before 19, Pad ``wrap`` before 19)
-  the error names the node and the opset it needs.
+* a fused activation becomes its own standard node after the producer, written by the
+  activation's op (``export_fused``); SiLU, which no ONNX op names, as Sigmoid + Mul;
+* every op writes its own form (``Op.export``), older forms at older opsets where ember's
+  meaning survives (Reduce* ``axes`` as an attribute before 18, …) and, where it does not, an
+  error naming the node and the opset it needs.
 
 Training-only content has no ONNX form and is refused up front, listing every offending node:
-gradient ops, ember's loss ops (ONNX's own ``SoftmaxCrossEntropyLoss`` excepted), BatchNorm in
-``training_mode`` and Dropout with a training-mode input that is not a constant false.
+ops outside the default domain or that ONNX does not define (gradient ops, ember's loss ops),
+and nodes whose op refuses them (``Op.export_refusal``: BatchNorm in ``training_mode``, Dropout
+with a training-mode input that is not a constant false).
+
+The exporter holds only the generic machinery (``ExportContext``): adding an op never means
+editing this module.
 
 ``onnx`` is imported lazily, as in the importer.
 """
 from __future__ import annotations
 
-import math
 import os
 import secrets
 
@@ -30,6 +33,7 @@ import numpy as np
 
 from ..graph.errors import ModelError, UnsupportedOpError
 from ..graph.ir import Graph, Node, TensorType
+from ..graph.ops import REGISTRY, Op
 from .onnx import _onnx
 
 DEFAULT_OPSET = 21      # the newest opset whose semantics every ember op follows
@@ -40,9 +44,6 @@ MAX_MODEL_BYTES = (1 << 31) - (64 << 20)
 
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 _FUSED_ATTRS = ("activation", "activation_alpha", "activation_beta")
-_REDUCE_AXES_ATTR_BEFORE_18 = ("ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd",
-                               "ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp",
-                               "ReduceSumSquare")
 
 
 # ---- the public API -------------------------------------------------------------------------
@@ -61,10 +62,10 @@ def to_onnx(graph: Graph, opset: int | None = None, producer: str = "ember"):
     types = _value_types(graph)
     _check_size(graph)
 
-    em = _Emitter(graph, opset, types)
+    ctx = ExportContext(graph, opset, types)
     for node in graph.nodes:
-        em.emit(node)
-    gp = em.graph_proto()
+        ctx.emit(node)
+    gp = ctx.graph_proto()
     model = onnx.helper.make_model(
         gp, opset_imports=[onnx.helper.make_opsetid("", opset)],
         ir_version=onnx.helper.find_min_ir_version_for([onnx.helper.make_opsetid("", opset)]),
@@ -131,11 +132,13 @@ def _check_opset(opset) -> int:
     return int(opset)
 
 
-def _const_scalar(graph: Graph, name: str):
-    """The value of a constant scalar input, or None when it is not a compile-time constant."""
-    if name in graph.initializers:
-        return np.asarray(graph.initializers[name]).reshape(-1)
-    return None
+_PLAIN_OP = Op()
+
+
+def _op(node: Node) -> Op:
+    """The registered op of a default-domain node; a plain ``Op`` (written as it stands) for an
+    op ember does not register."""
+    return REGISTRY.get(("", node.op_type)) or _PLAIN_OP
 
 
 def _training_reason(graph: Graph, node: Node, has_onnx_op) -> str | None:
@@ -145,13 +148,7 @@ def _training_reason(graph: Graph, node: Node, has_onnx_op) -> str | None:
     if not has_onnx_op(node.op_type):
         return ("has no ONNX equivalent (a training-only gradient or loss op, or an "
                 "ember-only op)")
-    if node.op_type == "BatchNormalization" and node.attrs.get("training_mode", 0):
-        return "runs in training mode (batch statistics)"
-    if node.op_type == "Dropout" and node.input(2):
-        value = _const_scalar(graph, node.input(2))
-        if value is None or bool(value.any()):
-            return "runs in training mode (a random mask)"
-    return None
+    return _op(node).export_refusal(node, graph)
 
 
 def _refuse_training_nodes(graph: Graph) -> None:
@@ -204,7 +201,6 @@ def _value_types(graph: Graph) -> dict:
 
 # ---- attribute conversion ---------------------------------------------------------------------
 def _ember_default(op_type: str, name: str):
-    from ..graph.ops import REGISTRY
     op = REGISTRY.get(("", op_type))
     return None if op is None else op.attrs.get(name)
 
@@ -265,6 +261,33 @@ def _attribute(node: Node, name: str, value, schema_attr):
     return onnx.helper.make_attribute(name, v)
 
 
+def _tensor_type_str(dtype) -> str | None:
+    """ONNX's spelling of a tensor type in schemas, e.g. ``tensor(float16)``."""
+    onnx = _onnx()
+    try:
+        code = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    except Exception:
+        return None
+    return f"tensor({onnx.TensorProto.DataType.Name(code).lower()})"
+
+
+def _schema_or_none(op_type: str, opset: int):
+    try:
+        return _onnx().defs.get_schema(op_type, opset, "")
+    except Exception:
+        return None
+
+
+def _allows(schema, formal, type_str: str) -> bool:
+    """Whether ``schema``'s input ``formal`` (matched by name) may hold ``type_str``."""
+    if schema is None:
+        return False
+    same = [f for f in schema.inputs if f.name == formal.name]
+    t = (same[0] if same else formal).type_str
+    allowed = {c.type_param_str: c.allowed_type_strs for c in schema.type_constraints}
+    return type_str in allowed.get(t, [t])
+
+
 def _first_version(op_type: str) -> int:
     onnx = _onnx()
     for v in range(1, onnx.defs.onnx_opset_version() + 1):
@@ -275,9 +298,14 @@ def _first_version(op_type: str) -> int:
     return 0
 
 
-# ---- the emitter ------------------------------------------------------------------------------
-class _Emitter:
-    """Writes NodeProtos for IR nodes at one opset, with fresh names and extra constants."""
+# ---- the export context ----------------------------------------------------------------------
+class ExportContext:
+    """Writes NodeProtos for IR nodes at one opset, with fresh names and extra constants.
+
+    What an op's ``export``/``export_fused`` sees: ``opset``, ``types`` (value name →
+    TensorType, where known), ``add`` (one ONNX node, attributes checked against the schema),
+    ``fresh`` (an unused name), ``const`` (a new initializer), ``value``/``dtype``/``rank`` (what
+    is known of a value at export time) and ``tensor_type_code``."""
 
     def __init__(self, graph: Graph, opset: int, types: dict):
         self.graph, self.opset, self.types = graph, opset, types
@@ -326,6 +354,16 @@ class _Emitter:
         v = self.value(name)
         return None if v is None else v.ndim
 
+    def tensor_type_code(self, dtype, source: Node) -> int:
+        """ONNX's TensorProto type code of ``dtype`` (a numpy dtype or its name; a code passes
+        through)."""
+        if isinstance(dtype, (int, np.integer)) and not isinstance(dtype, bool):
+            return int(dtype)
+        try:
+            return _onnx().helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+        except Exception:
+            raise ModelError(f"{source}: cannot write target type {dtype!r}") from None
+
     # writing nodes ------------------------------------------------------------------------
     def add(self, op_type: str, inputs, outputs, name: str, attrs: dict, source: Node) -> None:
         """One ONNX node: attributes checked against the schema at this opset."""
@@ -336,6 +374,7 @@ class _Emitter:
             first = _first_version(op_type)
             raise ModelError(f"{source}: ONNX op {op_type} needs opset ≥ {first}; exporting at "
                              f"opset {self.opset}") from None
+        self._check_input_types(op_type, schema, inputs, source)
         protos = []
         for key, value in attrs.items():
             if key not in schema.attributes:
@@ -360,6 +399,22 @@ class _Emitter:
         proto.attribute.extend(protos)
         self.nodes.append(proto)
 
+    def _check_input_types(self, op_type: str, schema, inputs, source: Node) -> None:
+        """Each input's dtype must be one the schema at this opset allows (ONNX widens an
+        op's types over opsets: Range takes float16 from 27); else name the opset it needs."""
+        for k, name in enumerate(inputs):
+            if not name or not schema.inputs or name not in self.types:
+                continue
+            type_str = _tensor_type_str(self.types[name].dtype)
+            formal = schema.inputs[min(k, len(schema.inputs) - 1)]
+            if type_str is None or _allows(schema, formal, type_str):
+                continue
+            newer = [v for v in range(self.opset + 1, _onnx().defs.onnx_opset_version() + 1)
+                     if _allows(_schema_or_none(op_type, v), formal, type_str)]
+            since = f"from opset {newer[0]} on" if newer else "at no opset ONNX defines yet"
+            raise ModelError(f"{source}: ONNX {op_type} input {formal.name!r} takes {type_str} "
+                             f"{since}; exporting at opset {self.opset}")
+
     def emit(self, node: Node) -> None:
         attrs = dict(node.attrs)
         kind, alpha, beta = (attrs.pop(a, None) for a in _FUSED_ATTRS)
@@ -369,34 +424,23 @@ class _Emitter:
         if fused[0]:
             final = outputs[0]
             outputs[0] = self.fresh(f"{final}_pre_{fused[0].lower()}")
-        inputs = list(node.inputs)
-        rewrite = _REWRITES.get(node.op_type)
-        if not (rewrite and rewrite(self, node, inputs, outputs, attrs)):
-            self.add(node.op_type, inputs, outputs, node.name, attrs, node)
+        _op(node).export(self, node, list(node.inputs), outputs, attrs)
         if final is not None:
             self.activation(node, fused, outputs[0], final)
 
     def activation(self, node: Node, fused, x: str, y: str) -> None:
-        """The fused activation of ``node`` as standard ONNX nodes reading ``x``, writing ``y``."""
+        """The fused activation of ``node`` as standard ONNX nodes reading ``x``, writing ``y``:
+        the activation's own op writes it, except SiLU (x·Sigmoid(x)), which no ONNX op names."""
         kind, alpha, beta = fused
-        base = f"{node.name}/{kind}"
-        if kind in ("Relu", "Sigmoid", "Tanh", "HardSwish"):
-            self.add(kind, [x], [y], self.fresh(base), {}, node)
-        elif kind == "LeakyRelu":
-            self.add(kind, [x], [y], self.fresh(base), {"alpha": float(alpha)}, node)
-        elif kind == "Clip":
-            dt = self.dtype(y)
-            lo = "" if alpha == -math.inf else self.const(f"{node.name}_clip_min",
-                                                          np.array(alpha, dt))
-            hi = "" if beta == math.inf else self.const(f"{node.name}_clip_max",
-                                                        np.array(beta, dt))
-            self.add("Clip", [x, lo, hi], [y], self.fresh(base), {}, node)
-        elif kind == "SiLU":
+        if kind == "SiLU":
             s = self.fresh(f"{y}_sigmoid")
             self.add("Sigmoid", [x], [s], self.fresh(f"{node.name}/SiLU_sigmoid"), {}, node)
             self.add("Mul", [x, s], [y], self.fresh(f"{node.name}/SiLU_mul"), {}, node)
-        else:
+            return
+        op = REGISTRY.get(("", kind))
+        if op is None or not hasattr(op, "export_fused"):
             raise ModelError(f"{node}: unknown fused activation {kind!r}")
+        op.export_fused(self, node, x, y, alpha, beta)
 
     # the graph ----------------------------------------------------------------------------
     def graph_proto(self):
@@ -497,160 +541,3 @@ def _fill_output_types(gp, opset: int) -> None:
                 raise ModelError(f"cannot tell the dtype of graph output {vi.name!r}; run shape "
                                  f"inference on the graph (or give fixed input values) first")
             vi.type.CopyFrom(found[vi.name].type)
-
-
-# ---- per-op rewrites: (emitter, node, inputs, outputs, attrs) -> True when fully written ----
-def _cast(em, node, inputs, outputs, attrs):
-    onnx = _onnx()
-    to = attrs.get("to")
-    if isinstance(to, (int, np.integer)) and not isinstance(to, bool):
-        code = int(to)
-    else:
-        try:
-            code = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(to))
-        except Exception:
-            raise ModelError(f"{node}: cannot write target type {to!r}") from None
-    attrs["to"] = code
-    return False
-
-
-def _constant(em, node, inputs, outputs, attrs):
-    given = {k: v for k, v in attrs.items() if v is not None}
-    if "sparse_value" in given:  # the importer keeps it dense
-        given["value"] = np.asarray(given.pop("sparse_value"))
-    if len(given) != 1:
-        raise ModelError(f"{node}: a Constant needs exactly one value attribute, got "
-                         f"{sorted(given)}")
-    em.add("Constant", [], outputs, node.name, given, node)
-    return True
-
-
-def _constant_of_shape(em, node, inputs, outputs, attrs):
-    if attrs.get("value") is not None:
-        attrs["value"] = np.asarray(attrs["value"]).reshape(-1)[:1]
-    return False
-
-
-def _dropout(em, node, inputs, outputs, attrs):
-    if len(inputs) > 2:
-        inputs[2] = ""  # a constant false training_mode (checked up front): the default
-    if attrs.get("seed") is None:
-        attrs.pop("seed", None)
-    em.add("Dropout", inputs, outputs, node.name, attrs, node)
-    return True
-
-
-def _batchnorm(em, node, inputs, outputs, attrs):
-    """Eval-mode BN: outputs 1 and 2 (running stats, unchanged) only exist in training mode in
-    ONNX, so any reader of them gets an Identity of the statistic instead."""
-    attrs.pop("training_mode", None)
-    em.add("BatchNormalization", inputs, outputs[:1], node.name, attrs, node)
-    for k, src in ((1, inputs[3]), (2, inputs[4])):
-        if len(outputs) > k and outputs[k]:
-            em.add("Identity", [src], [outputs[k]], em.fresh(f"{node.name}/stat{k}"), {}, node)
-    return True
-
-
-def _reduce(em, node, inputs, outputs, attrs):
-    if em.opset >= 18 or node.op_type not in _REDUCE_AXES_ATTR_BEFORE_18:
-        return False
-    noop = bool(attrs.pop("noop_with_empty_axes", 0))
-    axes = None
-    if len(inputs) > 1 and inputs[1]:
-        value = em.value(inputs[1])
-        if value is None:
-            raise ModelError(f"{node}: axes computed at run time need opset ≥ 18 (exporting "
-                             f"at {em.opset})")
-        axes = [int(a) for a in value.reshape(-1)]
-    if not axes:
-        if noop:
-            em.add("Identity", inputs[:1], outputs, node.name, {}, node)
-            return True
-        axes = None
-    if axes is not None:
-        attrs["axes"] = axes
-    em.add(node.op_type, inputs[:1], outputs, node.name, attrs, node)
-    return True
-
-
-def _split(em, node, inputs, outputs, attrs):
-    has_split = len(inputs) > 1 and bool(inputs[1])
-    n_out = len(outputs)
-    if em.opset >= 18:
-        if has_split:
-            attrs.pop("num_outputs", None)  # ONNX: split or num_outputs, never both
-        elif attrs.get("num_outputs") is None:
-            attrs["num_outputs"] = n_out
-        return False
-    attrs.pop("num_outputs", None)
-    if has_split or n_out == 1:
-        return False
-    t = em.types.get(inputs[0])
-    dim = None
-    if t is not None:
-        axis = int(attrs.get("axis", 0)) % max(t.rank, 1)
-        dim = t.shape[axis]
-    if isinstance(dim, (int, np.integer)):
-        chunk = -(-int(dim) // n_out)
-        sizes = [chunk] * (n_out - 1) + [int(dim) - chunk * (n_out - 1)]
-        if len(set(sizes)) > 1:  # opset < 18 splits equally only: spell the sizes out
-            inputs = [inputs[0], em.const(f"{node.name}_split", np.array(sizes, np.int64))]
-            em.add("Split", inputs, outputs, node.name, attrs, node)
-            return True
-    return False
-
-
-def _pad(em, node, inputs, outputs, attrs):
-    mode = attrs.get("mode", "constant")
-    mode = mode.decode() if isinstance(mode, bytes) else mode
-    if mode == "wrap" and em.opset < 19:
-        raise ModelError(f"{node}: Pad mode 'wrap' needs opset ≥ 19 (exporting at {em.opset})")
-    if em.opset >= 18 or len(inputs) < 4 or not inputs[3]:
-        return False
-    pads, axes, rank = em.value(inputs[1]), em.value(inputs[3]), em.rank(inputs[0])
-    if pads is None or axes is None or rank is None:
-        raise ModelError(f"{node}: Pad with axes computed at run time needs opset ≥ 18 "
-                         f"(exporting at {em.opset})")
-    pads, axes = [int(p) for p in pads.reshape(-1)], [int(a) % rank for a in axes.reshape(-1)]
-    full = [0] * (2 * rank)
-    for k, a in enumerate(axes):
-        full[a], full[a + rank] = pads[k], pads[k + len(axes)]
-    inputs = [inputs[0], em.const(f"{node.name}_pads", np.array(full, np.int64))] + inputs[2:3]
-    em.add("Pad", inputs, outputs, node.name, attrs, node)
-    return True
-
-
-def _resize(em, node, inputs, outputs, attrs):
-    mode = attrs.get("coordinate_transformation_mode", "half_pixel")
-    mode = mode.decode() if isinstance(mode, bytes) else mode
-    if mode == "half_pixel_symmetric" and em.opset < 19:
-        raise ModelError(f"{node}: Resize coordinate_transformation_mode "
-                         f"'half_pixel_symmetric' needs opset ≥ 19 (exporting at {em.opset})")
-    axes, rank = attrs.get("axes"), em.rank(inputs[0])
-    if axes is not None and rank is not None \
-            and [int(a) % rank for a in axes] == list(range(rank)):
-        attrs.pop("axes")  # every axis in order: ONNX's default
-    return False
-
-
-def _average_pool(em, node, inputs, outputs, attrs):
-    dil = attrs.get("dilations")
-    if dil is not None and all(int(d) == 1 for d in dil):
-        attrs.pop("dilations")
-    return False
-
-
-def _transpose(em, node, inputs, outputs, attrs):
-    perm, rank = attrs.get("perm"), em.rank(inputs[0])
-    if perm is not None and rank is not None and list(perm) == list(range(rank))[::-1]:
-        attrs.pop("perm")
-    return False
-
-
-_REWRITES = {
-    "Cast": _cast, "Constant": _constant, "ConstantOfShape": _constant_of_shape,
-    "Dropout": _dropout, "BatchNormalization": _batchnorm, "Split": _split, "Pad": _pad,
-    "Resize": _resize, "AveragePool": _average_pool, "Transpose": _transpose,
-}
-for _op in _REDUCE_AXES_ATTR_BEFORE_18:
-    _REWRITES[_op] = _reduce

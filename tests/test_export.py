@@ -374,10 +374,11 @@ def test_conformance_case_survives_export(case, opset):
     if not all(_matches(g, e, case) for g, (_, e) in zip(original, case.data_sets)):
         pytest.skip("onnxruntime disagrees with the case's expected outputs on the original")
     graph = load_onnx(case.model)
-    if opset is not None:
+    case_opset = max(o.version for o in case.model.opset_import if o.domain in ("", "ai.onnx"))
+    if opset is not None or case_opset > onnx_export.DEFAULT_OPSET:
         try:
             data = export(graph, opset=opset)
-        except ember.ModelError as e:   # a form opset 17 cannot express: refused by name
+        except ember.ModelError as e:   # a form this opset cannot express: refused by name
             assert "opset" in str(e) and any(f"'{n.name}'" in str(e) for n in graph.nodes)
             return
     else:
@@ -401,6 +402,17 @@ def test_conformance_cases_round_trip_through_ember():
 
 
 # ---- what cannot be exported ------------------------------------------------------------------
+def test_input_dtype_of_a_newer_opset_is_refused_naming_it():
+    """ONNX's Range takes float16 from opset 27 on: an older opset is refused by name."""
+    g = Graph(inputs=["start", "limit", "delta"], outputs=["y"], name="r")
+    g.nodes.append(Node("Range", ["start", "limit", "delta"], ["y"], {}, "range16"))
+    g.types.update({k: TensorType(np.float16, ()) for k in g.inputs})
+    g.types["y"] = TensorType(np.float16, ("n",))
+    with pytest.raises(ember.ModelError, match=r"Range node 'range16'.*tensor\(float16\) from "
+                                               r"opset 27 on; exporting at opset 21"):
+        to_onnx(g, opset=21)
+
+
 def _typed(graph: Graph, **types):
     graph.types.update({k: TensorType(np.float32, v) for k, v in types.items()})
     return graph

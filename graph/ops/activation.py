@@ -37,6 +37,11 @@ class _Unary(Op):
             y = self.fn(_f(x) if self.float_only else x, node.attrs)
         return [np.asarray(y).astype(x.dtype, copy=False)]
 
+    def export_fused(self, ctx, source, x: str, y: str, alpha: float, beta: float) -> None:
+        """Write this activation, fused into ``source`` with parameters (alpha, beta), back as
+        its own ONNX node reading ``x`` and writing ``y`` (the export of a fused Conv/Gemm)."""
+        ctx.add(self.op_type, [x], [y], ctx.fresh(f"{source.name}/{self.op_type}"), {}, source)
+
     def fn(self, x, attrs):  # pragma: no cover - every subclass defines it
         raise NotImplementedError
 
@@ -54,6 +59,10 @@ class Relu(_Unary):
 class LeakyRelu(_Unary):
     fusable = True
     attrs = {"alpha": 0.01}
+
+    def export_fused(self, ctx, source, x, y, alpha, beta):
+        ctx.add("LeakyRelu", [x], [y], ctx.fresh(f"{source.name}/LeakyRelu"),
+                {"alpha": float(alpha)}, source)
 
     def fn(self, x, a):
         return np.where(x < 0, x * a["alpha"], x)
@@ -166,6 +175,14 @@ class Clip(Op):
                           f"expected {what} to be a scalar, got shape {b.shape}")
                 ctx.check(b.dtype == t.dtype, f"expected {what} of dtype {t.dtype}, got {b.dtype}")
         return [t]
+
+    def export_fused(self, ctx, source, x, y, alpha, beta):
+        """The fused bounds (alpha = min, beta = max) become constant inputs; an infinite one is
+        left absent."""
+        dt = ctx.dtype(y)
+        lo = "" if alpha == -np.inf else ctx.const(f"{source.name}_clip_min", np.array(alpha, dt))
+        hi = "" if beta == np.inf else ctx.const(f"{source.name}_clip_max", np.array(beta, dt))
+        ctx.add("Clip", [x, lo, hi], [y], ctx.fresh(f"{source.name}/Clip"), {}, source)
 
     def compute(self, node, inputs):
         x = inputs[0]

@@ -60,6 +60,22 @@ class Op:
     def infer(self, ctx: "InferContext") -> list:
         raise NotImplementedError(self.op_type)
 
+    def macs(self, node: Node, types: dict) -> int:
+        """Multiply-accumulates of ``node`` given every value's type (``ember info``, the
+        benchmarks' GFLOP/s); 0 for ops that do no arithmetic worth counting."""
+        return 0
+
+    def export(self, ctx, node: Node, inputs: list, outputs: list, attrs: dict) -> None:
+        """Write ``node`` as ONNX at ``ctx.opset`` through ``ctx`` (the exporter's
+        ``ExportContext``). ``inputs``, ``outputs`` and ``attrs`` are the node's own, with any
+        fused activation already taken off (the exporter writes it after). Ops whose ONNX form
+        differs from the IR's, or from one opset to another, override this."""
+        ctx.add(node.op_type, inputs, outputs, node.name, attrs, node)
+
+    def export_refusal(self, node: Node, graph: Graph) -> str | None:
+        """Why ``node`` has no ONNX inference form (e.g. it runs in training mode), else None."""
+        return None
+
     def compute(self, node: Node, inputs: list) -> list:
         raise NotImplementedError(self.op_type)
 

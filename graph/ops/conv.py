@@ -140,6 +140,11 @@ class Conv(Op):
                                 pads[i + nsp], axis=i) for i in range(nsp))
         return [TensorType(ctx.dtype(0), (x[0], m) + outs)]
 
+    def macs(self, node, types):
+        """One multiply-accumulate per output element per weight of one output channel."""
+        y, w = types[node.outputs[0]].shape, types[node.inputs[1]].shape
+        return int(np.prod(y, dtype=np.int64)) * int(np.prod(w[1:], dtype=np.int64))
+
     def compute(self, node, inputs):
         x, w = inputs[0], inputs[1]
         b = inputs[2] if len(inputs) > 2 else None
@@ -227,6 +232,11 @@ class ConvTranspose(Op):
             ctx.check(tuple(ctx.shape(2)) == (m,), f"expected bias B of shape ({m},), got "
                                                    f"{ctx.shape(2)}")
         return [TensorType(ctx.dtype(0), (x[0], m) + outs)]
+
+    def macs(self, node, types):
+        """Each input element meets every weight of one input channel."""
+        x, w = types[node.inputs[0]].shape, types[node.inputs[1]].shape
+        return int(np.prod(x, dtype=np.int64)) * int(np.prod(w[1:], dtype=np.int64))
 
     def compute(self, node, inputs):
         x, w = inputs[0], inputs[1]

@@ -51,6 +51,12 @@ class Gemm(Op):
             unidirectional(ctx, (m, n), ctx.shape(2), "C")
         return [TensorType(dtype, (m, n))]
 
+    def macs(self, node, types):
+        """M·N outputs, each a dot product of length K."""
+        y, a = types[node.outputs[0]].shape, types[node.inputs[0]].shape
+        k = a[0] if node.attrs.get("transA") else a[1]
+        return int(np.prod(y, dtype=np.int64)) * int(k)
+
     def compute(self, node, inputs):
         a, b = inputs[0], inputs[1]
         c = inputs[2] if len(inputs) > 2 else None
@@ -92,6 +98,11 @@ class MatMul(Op):
         check_activation(ctx)
         dtype = same_dtype(ctx, 2)
         return [TensorType(dtype, matmul_shape(ctx, ctx.shape(0), ctx.shape(1)))]
+
+    def macs(self, node, types):
+        """Every output element is a dot product along A's last axis."""
+        y, a = types[node.outputs[0]].shape, types[node.inputs[0]].shape
+        return int(np.prod(y, dtype=np.int64)) * int(a[-1])
 
     def compute(self, node, inputs):
         a, b = inputs

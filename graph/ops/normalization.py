@@ -61,6 +61,21 @@ class BatchNormalization(Op):
         stats = TensorType(ctx.dtype(3), c)
         return [ctx.type(0), stats, stats]
 
+    def export_refusal(self, node, graph):
+        if node.attrs.get("training_mode", 0):
+            return "runs in training mode (batch statistics)"
+        return None
+
+    def export(self, ctx, node, inputs, outputs, attrs):
+        """Eval-mode BN: outputs 1 and 2 (running stats, unchanged) only exist in training mode
+        in ONNX, so any reader of them gets an Identity of the statistic instead."""
+        attrs.pop("training_mode", None)
+        ctx.add("BatchNormalization", inputs, outputs[:1], node.name, attrs, node)
+        for k, src in ((1, inputs[3]), (2, inputs[4])):
+            if len(outputs) > k and outputs[k]:
+                ctx.add("Identity", [src], [outputs[k]], ctx.fresh(f"{node.name}/stat{k}"), {},
+                        node)
+
     def compute(self, node, inputs):
         x, scale, bias, mean, var = inputs
         a = node.attrs

@@ -122,6 +122,13 @@ class AveragePool(Op):
         ctx.check(ctx.dtype(0).kind == "f", f"expected a float X, got {ctx.dtype(0)}")
         return [TensorType(ctx.dtype(0), infer_window(ctx))]
 
+    def export(self, ctx, node, inputs, outputs, attrs):
+        """Unit dilations are left out: ONNX has them on AveragePool only from opset 19."""
+        dil = attrs.get("dilations")
+        if dil is not None and all(int(d) == 1 for d in dil):
+            attrs.pop("dilations")
+        super().export(ctx, node, inputs, outputs, attrs)
+
     def compute(self, node, inputs):
         x = inputs[0]
         dt = np.float32 if x.dtype == np.float16 else x.dtype

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import ModelError
 from ..ir import TensorType
 from .base import Op, register
 
@@ -25,6 +26,7 @@ class _Reduce(Op):
     num_inputs = (1, 2)
     attrs = {"keepdims": 1, "noop_with_empty_axes": 0}
     float_only = False
+    axes_input_since = 18   # the opset from which ONNX takes ``axes`` as an input
 
     def infer(self, ctx):
         t = ctx.type(0)
@@ -43,6 +45,28 @@ class _Reduce(Op):
             shape = tuple(d for i, d in enumerate(t.shape) if i not in axes)
         return [TensorType(t.dtype, shape)]
 
+    def export(self, ctx, node, inputs, outputs, attrs):
+        """Before ``axes_input_since``, constant axes become the ``axes`` attribute, and empty
+        axes with ``noop_with_empty_axes`` an Identity."""
+        if ctx.opset >= self.axes_input_since:
+            return super().export(ctx, node, inputs, outputs, attrs)
+        noop = bool(attrs.pop("noop_with_empty_axes", 0))
+        axes = None
+        if len(inputs) > 1 and inputs[1]:
+            value = ctx.value(inputs[1])
+            if value is None:
+                raise ModelError(f"{node}: axes computed at run time need opset ≥ "
+                                 f"{self.axes_input_since} (exporting at {ctx.opset})")
+            axes = [int(a) for a in value.reshape(-1)]
+        if not axes:
+            if noop:
+                ctx.add("Identity", inputs[:1], outputs, node.name, {}, node)
+                return
+            axes = None
+        if axes is not None:
+            attrs["axes"] = axes
+        ctx.add(node.op_type, inputs[:1], outputs, node.name, attrs, node)
+
     def compute(self, node, inputs):
         x = inputs[0]
         axes_value = inputs[1] if len(inputs) > 1 else None
@@ -57,6 +81,8 @@ class _Reduce(Op):
 
 @register
 class ReduceSum(_Reduce):
+    axes_input_since = 13
+
     @staticmethod
     def fn(x, axes, keep):
         return np.sum(x, axis=axes, keepdims=keep)

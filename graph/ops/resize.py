@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 
+from ..errors import ModelError
 from ..ir import TensorType
 from .base import Op, register
 
@@ -212,6 +213,19 @@ class Resize(Op):
         else:
             out = [shape[a] if a not in axes else out[a] for a in range(r)]
         return [TensorType(ctx.dtype(0), tuple(out))]
+
+    def export(self, ctx, node, inputs, outputs, attrs):
+        """``half_pixel_symmetric`` has no form before opset 19; every axis in order is
+        ONNX's default and is left out."""
+        mode = _str(attrs.get("coordinate_transformation_mode", "half_pixel"))
+        if mode == "half_pixel_symmetric" and ctx.opset < 19:
+            raise ModelError(f"{node}: Resize coordinate_transformation_mode "
+                             f"'half_pixel_symmetric' needs opset ≥ 19 (exporting at {ctx.opset})")
+        axes, rank = attrs.get("axes"), ctx.rank(inputs[0])
+        if axes is not None and rank is not None \
+                and [int(a) % rank for a in axes] == list(range(rank)):
+            attrs.pop("axes")
+        super().export(ctx, node, inputs, outputs, attrs)
 
     def compute(self, node, inputs):
         inputs = list(inputs) + [None] * (4 - len(inputs))

@@ -13,7 +13,7 @@ import zlib
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, ModelError
 from ..ir import TensorType
 from .base import REQUIRED, Op, register
 from .elementwise import broadcast_shapes
@@ -233,6 +233,13 @@ class Transpose(Op):
         ctx.node.attrs["perm"] = perm
         return [TensorType(ctx.dtype(0), tuple(shape[p] for p in perm))]
 
+    def export(self, ctx, node, inputs, outputs, attrs):
+        """The reversed axes are ONNX's default ``perm`` and are left out."""
+        perm, rank = attrs.get("perm"), ctx.rank(inputs[0])
+        if perm is not None and rank is not None and list(perm) == list(range(rank))[::-1]:
+            attrs.pop("perm")
+        super().export(ctx, node, inputs, outputs, attrs)
+
     def compute(self, node, inputs):
         perm = node.attrs["perm"]
         return [_contiguous(np.transpose(inputs[0], perm))]
@@ -311,6 +318,29 @@ class Split(Op):
             s[axis] = sizes[k] if sizes is not None else _fresh(ctx, k)
             out.append(TensorType(ctx.dtype(0), tuple(s)))
         return out
+
+    def export(self, ctx, node, inputs, outputs, attrs):
+        """From opset 18 ONNX takes ``split`` or ``num_outputs``, never both; before it splits
+        equally only, so uneven sizes are spelled out as a ``split`` input."""
+        has_split = len(inputs) > 1 and bool(inputs[1])
+        n_out = len(outputs)
+        if ctx.opset >= 18:
+            if has_split:
+                attrs.pop("num_outputs", None)
+            elif attrs.get("num_outputs") is None:
+                attrs["num_outputs"] = n_out
+            return super().export(ctx, node, inputs, outputs, attrs)
+        attrs.pop("num_outputs", None)
+        t = ctx.types.get(inputs[0])
+        if not has_split and n_out > 1 and t is not None:
+            dim = t.shape[int(attrs.get("axis", 0)) % max(t.rank, 1)]
+            if _is_int(dim):
+                chunk = -(-int(dim) // n_out)
+                sizes = [chunk] * (n_out - 1) + [int(dim) - chunk * (n_out - 1)]
+                if len(set(sizes)) > 1:
+                    inputs = [inputs[0], ctx.const(f"{node.name}_split",
+                                                   np.array(sizes, np.int64))]
+        super().export(ctx, node, inputs, outputs, attrs)
 
     def compute(self, node, inputs):
         x = inputs[0]
@@ -441,6 +471,28 @@ class Pad(Op):
                           f"mode {mode!r} cannot pad axis {k}, which is empty after cropping")
             out.append(n)
         return [TensorType(ctx.dtype(0), tuple(out))]
+
+    def export(self, ctx, node, inputs, outputs, attrs):
+        """Mode ``wrap`` needs opset 19; before 18 an ``axes`` input is spelled out as full
+        pads."""
+        mode = attrs.get("mode", "constant")
+        mode = mode.decode() if isinstance(mode, bytes) else mode
+        if mode == "wrap" and ctx.opset < 19:
+            raise ModelError(f"{node}: Pad mode 'wrap' needs opset ≥ 19 (exporting at "
+                             f"{ctx.opset})")
+        if ctx.opset >= 18 or len(inputs) < 4 or not inputs[3]:
+            return super().export(ctx, node, inputs, outputs, attrs)
+        pads, axes, rank = ctx.value(inputs[1]), ctx.value(inputs[3]), ctx.rank(inputs[0])
+        if pads is None or axes is None or rank is None:
+            raise ModelError(f"{node}: Pad with axes computed at run time needs opset ≥ 18 "
+                             f"(exporting at {ctx.opset})")
+        pads, axes = [int(p) for p in pads.reshape(-1)], [int(a) % rank for a in axes.reshape(-1)]
+        full = [0] * (2 * rank)
+        for k, a in enumerate(axes):
+            full[a], full[a + rank] = pads[k], pads[k + len(axes)]
+        inputs = [inputs[0], ctx.const(f"{node.name}_pads", np.array(full, np.int64))] \
+            + inputs[2:3]
+        super().export(ctx, node, inputs, outputs, attrs)
 
     def compute(self, node, inputs):
         x, pads = inputs[0], [int(p) for p in inputs[1].reshape(-1)]
@@ -687,6 +739,16 @@ class Constant(Op):
                      f"value_int(s)), got {bad}")
         return [TensorType(v.dtype, v.shape)]
 
+    def export(self, ctx, node, inputs, outputs, attrs):
+        """Exactly one value attribute; a sparse value is written dense (as it was imported)."""
+        given = {k: v for k, v in attrs.items() if v is not None}
+        if "sparse_value" in given:
+            given["value"] = np.asarray(given.pop("sparse_value"))
+        if len(given) != 1:
+            raise ModelError(f"{node}: a Constant needs exactly one value attribute, got "
+                             f"{sorted(given)}")
+        ctx.add("Constant", [], outputs, node.name, given, node)
+
     def compute(self, node, inputs):
         return [_constant_value(node.attrs)[0]]
 
@@ -706,6 +768,12 @@ class ConstantOfShape(Op):
         shape = _ints(ctx, 0, "shape")
         ctx.check(all(d >= 0 for d in shape), f"shape {shape} has negative dims")
         return [TensorType(fill.dtype, tuple(shape))]
+
+    def export(self, ctx, node, inputs, outputs, attrs):
+        """ONNX wants the fill value as a one-element 1-D tensor."""
+        if attrs.get("value") is not None:
+            attrs["value"] = np.asarray(attrs["value"]).reshape(-1)[:1]
+        super().export(ctx, node, inputs, outputs, attrs)
 
     def compute(self, node, inputs):
         fill = self._fill(node.attrs)
@@ -735,6 +803,11 @@ class Cast(Op):
         ctx.check(dtype.kind in "biuf", f"cannot cast to {dtype} (not supported)")
         ctx.node.attrs["to"] = dtype.name
         return [TensorType(dtype, ctx.shape(0))]
+
+    def export(self, ctx, node, inputs, outputs, attrs):
+        """``to`` is held as a numpy dtype name; ONNX wants its TensorProto type code."""
+        attrs["to"] = ctx.tensor_type_code(attrs.get("to"), node)
+        super().export(ctx, node, inputs, outputs, attrs)
 
     def compute(self, node, inputs):
         dtype = _cast_dtype(node.attrs["to"])
@@ -839,6 +912,21 @@ class Dropout(Op):
             r = float(np.asarray(ratio).reshape(-1)[0])
             ctx.check(0.0 <= r <= 1.0, f"ratio {r} must lie in [0, 1]")
         return [ctx.type(0), TensorType(np.bool_, ctx.shape(0))]
+
+    def export_refusal(self, node, graph):
+        """Only a constant false ``training_mode`` is exportable: ONNX draws its own mask."""
+        if node.input(2):
+            value = graph.initializers.get(node.input(2))
+            if value is None or bool(np.asarray(value).any()):
+                return "runs in training mode (a random mask)"
+        return None
+
+    def export(self, ctx, node, inputs, outputs, attrs):
+        if len(inputs) > 2:
+            inputs[2] = ""   # a constant false training_mode (see export_refusal): the default
+        if attrs.get("seed") is None:
+            attrs.pop("seed", None)
+        super().export(ctx, node, inputs, outputs, attrs)
 
     def compute(self, node, inputs):
         x = inputs[0]
