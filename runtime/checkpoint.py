@@ -38,6 +38,7 @@ import numpy as np
 from ..graph.errors import CheckpointError, EmberError
 from ..graph.ir import Graph
 from ..graph.serialize import ArrayReader, ArrayWriter, decode, encode
+from .history import History
 
 MAGIC = b"EMBERCKP\r\n\x1a\n"
 VERSION = 1
@@ -175,7 +176,6 @@ def trainer_from_state(cls, loaded: dict, path, threads=None, memory_cap=None, l
     Module) is stored by name only and never imported from the file: ``loss`` must give it
     (see ``losses.from_config``)."""
     from . import losses, lr_scheduler, optim
-    from .trainer import History
     path = os.fspath(path)
     try:
         state, reader = loaded["state"], loaded["reader"]
