@@ -215,7 +215,7 @@ def trainer_from_state(cls, loaded: dict, path, threads=None, memory_cap=None, l
                       trainable=list(state["trainable"]), memory_cap=memory_cap,
                       distributed=distributed)
         trainer.global_step = int(state["global_step"])
-        # in place (compiled steps bind this array); older files: it advanced with global_step
+        # in place (compiled steps bind this array); a file without it: the global step
         trainer.dropout_step[...] = int(state.get("dropout_step", trainer.global_step))
         trainer.epoch = int(state["epoch"])
         trainer.rng.bit_generator.state = state["rng"]
