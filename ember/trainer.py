@@ -31,11 +31,12 @@ from .graph.errors import InputError, ModelError, ShapeError
 from .graph.infer import infer_shapes
 from .graph.ir import Graph, TensorType
 from .graph.ops import REGISTRY, get_op
-from .runtime import losses
-from .runtime.distributed import shard
+from .runtime import checkpoint, losses
+from .runtime.distributed import DistributedStep, resolve, shard
 from .runtime.history import History
-from .runtime.threads import default_threads
+from .runtime.optim import Adam
 from .runtime.session import Session
+from .runtime.threads import default_threads
 from .runtime.training_step import TARGET, StepRunner, TrainingStep
 
 BATCH = "N"
@@ -93,7 +94,6 @@ class Trainer:
             raise ModelError(f"{self.loss!r}: a Trainer needs a scalar loss; use "
                              f"reduction='mean' or 'sum'")
         self.batch_size, self.seed, self.l2 = int(batch_size), int(seed), float(l2)
-        from .runtime.distributed import resolve
         self.dist = resolve(distributed)
         self.world = self.dist.size if self.dist else 1
         self.rank = self.dist.rank if self.dist else 0
@@ -106,7 +106,6 @@ class Trainer:
         if trainable is not None:
             train_names = _match(trainable, params, "trainable")
         if optimizer is None:
-            from .runtime.optim import Adam
             optimizer = Adam(lr=1e-3)
         self.optimizer = optimizer
         optimizer.bind(OrderedDict((n, self.params[n]) for n in train_names), self.threads)
@@ -134,7 +133,6 @@ class Trainer:
     def _join_job(self):
         """Check every rank runs the same model and settings, start every rank from rank 0's
         parameters and buffers, and set up the gradient allreduce."""
-        from .runtime.distributed import DistributedStep
         d = self.dist
         d.check_same([(n, a.shape) for n, a in self._state.items()], "the model's state")
         d.check_same((self.trainable, self.batch_size, self.seed, self.l2,
@@ -244,6 +242,54 @@ class Trainer:
         infer_shapes(g, fold=False)
         return g
 
+    # ---- ONNX in and out ------------------------------------------------------------------------
+    @classmethod
+    def from_onnx(cls, path, loss, optimizer=None, trainable=None, freeze=None,
+                  input_shape=None, **kw) -> "Trainer":
+        """Fine-tune an ONNX model. Parameters and buffers are the float initializers (rank ≥ 1)
+        feeding the inputs each op declares as ``parameter_inputs`` / ``buffer_inputs`` (Conv /
+        ConvTranspose / Gemm / MatMul weights and biases, BatchNormalization scale and bias, the
+        constant operand of Add/Sub/Mul…; BatchNormalization mean/var are buffers).
+        ``trainable`` (glob patterns over initializer names, default all parameters) selects what
+        trains, then ``freeze`` patterns remove names from it. The batch dim becomes symbolic."""
+        from .importers.onnx import load_onnx
+        g = load_onnx(path)
+        params, buffers = [], []
+        for node in g.nodes:
+            op = get_op(node.op_type, node.domain)
+            for slots, out in ((op.parameter_inputs, params), (op.buffer_inputs, buffers)):
+                for i in slots:
+                    name = node.input(i)
+                    a = g.initializers.get(name)
+                    if a is None or np.asarray(a).dtype.kind != "f" or np.ndim(a) < 1:
+                        continue
+                    if name not in params and name not in buffers:
+                        out.append(name)
+        if not params:
+            holders = "/".join(sorted(op.op_type for op in REGISTRY.values()
+                                      if op.parameter_inputs))
+            raise ModelError(f"{path!r}: found no parameters (float initializers feeding the "
+                             f"parameter inputs of {holders}) to train")
+        selected = _match(trainable, params, "trainable") if trainable is not None \
+            else list(params)
+        if freeze is not None:
+            frozen = set(_match(freeze, params, "freeze"))
+            selected = [p for p in selected if p not in frozen]
+        if not selected:
+            raise ModelError("every parameter is frozen: nothing to train")
+        g.metadata["parameters"], g.metadata["buffers"] = params, buffers
+        data = [n for n in g.inputs if n not in g.initializers]
+        if len(data) == 1:
+            t = g.types[data[0]]
+            if input_shape is None:
+                input_shape = tuple(t.shape[1:])
+                if not all(isinstance(d, (int, np.integer)) for d in input_shape):
+                    raise ModelError(f"input {data[0]!r} has shape {t.shape}: pass "
+                                     f"input_shape= (one sample's shape)")
+            g.types[data[0]] = TensorType(t.dtype, (BATCH,) + tuple(input_shape))
+        return cls(g, input_shape=input_shape, loss=loss, optimizer=optimizer,
+                   trainable=selected, **kw)
+
     def export_onnx(self, path, opset: int | None = None) -> None:
         """Write the eval-mode inference model (current parameters, BatchNorm with running
         statistics) as ONNX; onnxruntime's outputs match ``predict``."""
@@ -300,7 +346,7 @@ class Trainer:
         self.dropout_step += 1      # in place: the compiled steps read this very array
         return loss
 
-    def _trainshard(self, step, y_local, y_global, m: int) -> float:
+    def _train_shard(self, step, y_local, y_global, m: int) -> float:
         """One step of the job: this rank's rows are in ``step`` (None: it has none)."""
         if self.loss.reduction == "mean":
             w_all = self.loss.batch_weight(y_global)
@@ -376,7 +422,7 @@ class Trainer:
                     if self.dist is None:
                         loss = self._train_batch(step)
                     else:
-                        loss = self._trainshard(step, Y[mine], yb, m)
+                        loss = self._train_shard(step, Y[mine], yb, m)
                     w = self.loss.batch_weight(yb)
                     total_loss += loss * w if self.loss.reduction == "mean" else loss
                     total_weight += w
@@ -505,58 +551,10 @@ class Trainer:
     def save(self, path) -> None:
         """Write a checkpoint atomically (see runtime/checkpoint.py). Distributed: rank 0
         writes (every rank holds the same state), and every rank returns once it is written."""
-        from .runtime.checkpoint import save, trainer_state
         if self.rank == 0:
-            save(path, trainer_state(self))
+            checkpoint.save(path, checkpoint.trainer_state(self))
         if self.dist is not None:
             self.dist.barrier(f"saving the checkpoint {path!r}")
-
-    @classmethod
-    def from_onnx(cls, path, loss, optimizer=None, trainable=None, freeze=None,
-                  input_shape=None, **kw) -> "Trainer":
-        """Fine-tune an ONNX model. Parameters and buffers are the float initializers (rank ≥ 1)
-        feeding the inputs each op declares as ``parameter_inputs`` / ``buffer_inputs`` (Conv /
-        ConvTranspose / Gemm / MatMul weights and biases, BatchNormalization scale and bias, the
-        constant operand of Add/Sub/Mul…; BatchNormalization mean/var are buffers).
-        ``trainable`` (glob patterns over initializer names, default all parameters) selects what
-        trains, then ``freeze`` patterns remove names from it. The batch dim becomes symbolic."""
-        from .importers.onnx import load_onnx
-        g = load_onnx(path)
-        params, buffers = [], []
-        for node in g.nodes:
-            op = get_op(node.op_type, node.domain)
-            for slots, out in ((op.parameter_inputs, params), (op.buffer_inputs, buffers)):
-                for i in slots:
-                    name = node.input(i)
-                    a = g.initializers.get(name)
-                    if a is None or np.asarray(a).dtype.kind != "f" or np.ndim(a) < 1:
-                        continue
-                    if name not in params and name not in buffers:
-                        out.append(name)
-        if not params:
-            holders = "/".join(sorted(op.op_type for op in REGISTRY.values()
-                                      if op.parameter_inputs))
-            raise ModelError(f"{path!r}: found no parameters (float initializers feeding the "
-                             f"parameter inputs of {holders}) to train")
-        selected = _match(trainable, params, "trainable") if trainable is not None \
-            else list(params)
-        if freeze is not None:
-            frozen = set(_match(freeze, params, "freeze"))
-            selected = [p for p in selected if p not in frozen]
-        if not selected:
-            raise ModelError("every parameter is frozen: nothing to train")
-        g.metadata["parameters"], g.metadata["buffers"] = params, buffers
-        data = [n for n in g.inputs if n not in g.initializers]
-        if len(data) == 1:
-            t = g.types[data[0]]
-            if input_shape is None:
-                input_shape = tuple(t.shape[1:])
-                if not all(isinstance(d, (int, np.integer)) for d in input_shape):
-                    raise ModelError(f"input {data[0]!r} has shape {t.shape}: pass "
-                                     f"input_shape= (one sample's shape)")
-            g.types[data[0]] = TensorType(t.dtype, (BATCH,) + tuple(input_shape))
-        return cls(g, input_shape=input_shape, loss=loss, optimizer=optimizer,
-                   trainable=selected, **kw)
 
     @classmethod
     def restore(cls, path, threads: int | None = None, memory_cap=None,
@@ -566,9 +564,8 @@ class Trainer:
         with a custom loss names its class but never imports it: pass ``loss=`` (the class,
         rebuilt from its stored ``config()``, or an instance), else CheckpointError.
         ``distributed="mpi"``: every rank reads ``path`` and goes on in the job."""
-        from .runtime.checkpoint import load, trainer_from_state
-        return trainer_from_state(cls, load(path), path, threads, memory_cap, loss,
-                                  distributed)
+        return checkpoint.trainer_from_state(cls, checkpoint.load(path), path, threads,
+                                             memory_cap, loss, distributed)
 
     def __repr__(self):
         return (f"{type(self).__name__}(loss={self.loss!r}, optimizer={self.optimizer!r}, "

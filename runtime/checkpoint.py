@@ -38,6 +38,7 @@ import numpy as np
 from ..graph.errors import CheckpointError, EmberError
 from ..graph.ir import Graph
 from ..graph.serialize import ArrayReader, ArrayWriter, decode, encode
+from . import losses, lr_scheduler, optim
 from .history import History
 
 MAGIC = b"EMBERCKP\r\n\x1a\n"
@@ -175,7 +176,6 @@ def trainer_from_state(cls, loaded: dict, path, threads=None, memory_cap=None, l
     """A ``cls`` Trainer rebuilt from ``load(path)``'s result. A custom loss (an ``ember.nn``
     Module) is stored by name only and never imported from the file: ``loss`` must give it
     (see ``losses.from_config``)."""
-    from . import losses, lr_scheduler, optim
     path = os.fspath(path)
     try:
         state, reader = loaded["state"], loaded["reader"]
