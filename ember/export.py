@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from .graph.errors import ModelError
 from .graph.ir import Graph
-from .trainer import Trainer
+from .trainer import BATCH, Trainer
 
 
 def export_onnx(graph_or_module, path, input_shape=None, opset: int | None = None) -> None:
@@ -22,7 +22,7 @@ def export_onnx(graph_or_module, path, input_shape=None, opset: int | None = Non
         was_training = bool(getattr(module, "training", False))
         module.eval()
         try:
-            graph = module.to_graph(input_shape=("N",) + tuple(input_shape))
+            graph = module.to_graph(input_shape=(BATCH,) + tuple(input_shape))
         finally:
             module.train(was_training)
     else:
