@@ -18,7 +18,7 @@ __all__ = ["load", "Session", "IOInfo", "EmberError", "ModelError", "Unsupported
 
 # Model building and training pull in the builder, autodiff, the optimizer kernels and the loss
 # ops: imported on first use so that ``import ember`` for inference stays fast.
-_LAZY = {"Trainer": ("training", "Trainer"), "export_onnx": ("training", "export_onnx"),
+_LAZY = {"Trainer": ("trainer", "Trainer"), "export_onnx": ("export", "export_onnx"),
          "optim": ("optim", None), "nn": ("nn", None), "init": ("init", None),
          "datasets": ("datasets", None), "distributed": ("distributed", None)}
 

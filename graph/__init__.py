@@ -1,4 +1,4 @@
-"""ember's IR, op registry, shape inference and graph passes. Imports numpy only."""
+"""ember's IR, op registry, shape inference, graph passes and autodiff. Imports numpy only."""
 from .errors import EmberError, InputError, ModelError, ShapeError, UnsupportedOpError
 from .builder import Builder
 from .ir import Graph, Node, TensorType

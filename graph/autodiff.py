@@ -1,7 +1,8 @@
 """Reverse-mode autodiff on the IR: append gradient nodes to a forward+loss graph.
 
 ``backward`` walks the forward nodes in reverse topological order and asks each node's op for
-its ``gradient`` rule (a method on the op class, next to ``infer`` and ``compute``). Rules emit
+its ``gradient`` rule (the op class's ``gradient`` method, set in its family module's gradients
+section; graph/TRAINING.md §1). Rules emit
 ordinary registered ops through a ``GradContext``, so the gradient part of the graph is planned,
 bound to kernels and run exactly like the forward part. ``to_training`` switches a graph's
 BatchNormalization and Dropout nodes to their training forms first.
@@ -316,7 +317,7 @@ class _Backward:
             if not any(needs):
                 continue
             op = get_op(node.op_type, node.domain)
-            rule = getattr(op, "gradient", None)
+            rule = op.gradient
             if rule is None:
                 raise ModelError(f"{node}: op {node.op_type} has no gradient rule, and it lies "
                                  f"between {self.wrt} and the loss {self.loss!r}")

@@ -3,8 +3,9 @@ returns an equivalent typed graph. The Session runs ``fold_constants`` always an
 unless asked not to.
 
 Every pass keeps graph input and output names unchanged (callers feed and fetch by name) and
-gives every new value a type. Passes mutate and return the graph they are given; the Session
-hands them its own per-shape copy.
+gives every new value a type. ``fold_constants`` builds its result from a copy and leaves its
+argument as it was; the other passes rewrite the nodes and initializers of the graph they are
+given and return it, so their callers pass a copy they own (the Session's per-shape copy).
 """
 from __future__ import annotations
 

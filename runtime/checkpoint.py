@@ -38,6 +38,8 @@ import numpy as np
 from ..graph.errors import CheckpointError, EmberError
 from ..graph.ir import Graph
 from ..graph.serialize import ArrayReader, ArrayWriter, decode, encode
+from . import losses, lr_scheduler, optim
+from .history import History
 
 MAGIC = b"EMBERCKP\r\n\x1a\n"
 VERSION = 1
@@ -174,8 +176,6 @@ def trainer_from_state(cls, loaded: dict, path, threads=None, memory_cap=None, l
     """A ``cls`` Trainer rebuilt from ``load(path)``'s result. A custom loss (an ``ember.nn``
     Module) is stored by name only and never imported from the file: ``loss`` must give it
     (see ``losses.from_config``)."""
-    from . import losses, lr_scheduler, optim
-    from .trainer import History
     path = os.fspath(path)
     try:
         state, reader = loaded["state"], loaded["reader"]
@@ -215,7 +215,7 @@ def trainer_from_state(cls, loaded: dict, path, threads=None, memory_cap=None, l
                       trainable=list(state["trainable"]), memory_cap=memory_cap,
                       distributed=distributed)
         trainer.global_step = int(state["global_step"])
-        # in place (compiled steps bind this array); older files: it advanced with global_step
+        # in place (compiled steps bind this array); a file without it: the global step
         trainer.dropout_step[...] = int(state.get("dropout_step", trainer.global_step))
         trainer.epoch = int(state["epoch"])
         trainer.rng.bit_generator.state = state["rng"]

@@ -315,28 +315,18 @@ class ActivationGrad(Op):
 
 
 def _unary_grad(self, node, grads, g):
-    """Shared rule of the unary activations: one ActivationGrad."""
+    """Shared rule of the unary activations: one ActivationGrad, given the forward op's alpha
+    and beta where it has them."""
     if grads[0] is None or not g.needs(0):
         return [None]
     name = node.op_type
     t = g.output(0) if name in FROM_OUTPUT else g.input(0)
-    alpha, beta = self.grad_params(node, g)
-    return [g.op("ActivationGrad", [grads[0], t], activation=name, alpha=float(alpha),
-                 beta=float(beta))]
+    alpha, beta = (float(node.attrs[k]) if k in self.attrs else 0.0 for k in ("alpha", "beta"))
+    return [g.op("ActivationGrad", [grads[0], t], activation=name, alpha=alpha, beta=beta)]
 
 
-def _no_params(self, node, g):
-    return 0.0, 0.0
-
-
-for _cls, _params in ((Relu, None), (Sigmoid, None), (Tanh, None), (HardSwish, None),
-                      (Softplus, None),
-                      (LeakyRelu, lambda self, node, g: (node.attrs["alpha"], 0.0)),
-                      (Elu, lambda self, node, g: (node.attrs["alpha"], 0.0)),
-                      (HardSigmoid, lambda self, node, g: (node.attrs["alpha"],
-                                                           node.attrs["beta"]))):
+for _cls in (Relu, Sigmoid, Tanh, HardSwish, Softplus, LeakyRelu, Elu, HardSigmoid):
     _cls.gradient = _unary_grad
-    _cls.grad_params = _params or _no_params
 
 
 def _clip_gradient(self, node, grads, g):

@@ -25,6 +25,12 @@ Conventions:
   the planner lets them share storage and the runtime runs nothing.
 * ``inplace``: indices of inputs whose buffer output 0 may overwrite (same shape and dtype).
 * ``foldable = False`` for ops whose output must not be precomputed (randomness, training mode).
+* ``parameter_inputs`` / ``buffer_inputs``: indices of inputs that hold a model's trainable
+  parameters / its non-trained state (BatchNormalization's running statistics) when they are
+  float initializers. ONNX has no notion of a trainable tensor: ``Trainer.from_onnx`` reads
+  these to find what to train in an imported file.
+* ``gradient(node, grads, g)``: the op's gradient rule for ``graph.autodiff``
+  (graph/TRAINING.md §1); ``None`` for an op autodiff cannot differentiate through.
 """
 from __future__ import annotations
 
@@ -56,6 +62,9 @@ class Op:
     view: bool = False
     inplace: tuple = ()
     foldable: bool = True
+    parameter_inputs: tuple = ()
+    buffer_inputs: tuple = ()
+    gradient = None
 
     def infer(self, ctx: "InferContext") -> list:
         raise NotImplementedError(self.op_type)
@@ -78,8 +87,6 @@ class Op:
 
     def compute(self, node: Node, inputs: list) -> list:
         raise NotImplementedError(self.op_type)
-
-    # Training (autodiff) hooks are added by the training work; inference needs none.
 
 
 def register(cls):
@@ -171,7 +178,6 @@ class InferContext:
             node = producers.get(v)
             if node is None:
                 return set()
-            from . import get_op
             if not get_op(node.op_type, node.domain).foldable:
                 return set()
             stack.extend(node.inputs)

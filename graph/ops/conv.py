@@ -110,6 +110,7 @@ def _checked_x_w(ctx):
 @register
 class Conv(Op):
     num_inputs = (2, 3)
+    parameter_inputs = (1, 2)
     attrs = {"auto_pad": "NOTSET", "dilations": [], "group": 1, "kernel_shape": [], "pads": [],
              "strides": [], **FUSED_ATTRS}
 
@@ -180,6 +181,7 @@ def conv_reference(x, w, b, group, strides, pads, dilations):
 @register
 class ConvTranspose(Op):
     num_inputs = (2, 3)
+    parameter_inputs = (1, 2)
     attrs = {"auto_pad": "NOTSET", "dilations": [], "group": 1, "kernel_shape": [],
              "output_padding": [], "output_shape": [], "pads": [], "strides": [], **FUSED_ATTRS}
 

@@ -61,20 +61,25 @@ class _Binary(Op):
 @register
 class Add(_Binary):
     fn = staticmethod(np.add)
+    parameter_inputs = (0, 1)
 
 
 @register
 class Sub(_Binary):
     fn = staticmethod(np.subtract)
+    parameter_inputs = (0, 1)
 
 
 @register
 class Mul(_Binary):
     fn = staticmethod(np.multiply)
+    parameter_inputs = (0, 1)
 
 
 @register
 class Div(_Binary):
+    parameter_inputs = (1,)
+
     @staticmethod
     def fn(a, b):
         if a.dtype.kind in "iu":
@@ -153,6 +158,7 @@ class Mean(_Variadic):
 class PRelu(Op):
     """y = x if x ≥ 0 else slope·x, slope broadcast unidirectionally to x."""
     num_inputs = (2, 2)
+    parameter_inputs = (1,)
     inplace = (0,)
 
     def infer(self, ctx):

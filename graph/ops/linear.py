@@ -37,6 +37,7 @@ class Gemm(Op):
     """Y = alpha·A'·B' + beta·C with A' = A or Aᵀ, B' = B or Bᵀ, C broadcast to M×N."""
     num_inputs = (2, 3)
     attrs = {"alpha": 1.0, "beta": 1.0, "transA": 0, "transB": 0, **FUSED_ATTRS}
+    parameter_inputs = (1, 2)
 
     def infer(self, ctx):
         check_activation(ctx)
@@ -92,6 +93,7 @@ def matmul_shape(ctx, a: tuple, b: tuple) -> tuple:
 @register
 class MatMul(Op):
     num_inputs = (2, 2)
+    parameter_inputs = (0, 1)
     attrs = dict(FUSED_ATTRS)
 
     def infer(self, ctx):

@@ -113,15 +113,6 @@ class SoftmaxCrossEntropyLoss(Op):
         loss = _reduce(-picked * w, node.attrs["reduction"], np.sum(w))
         return [np.asarray(loss).astype(scores.dtype), logp.astype(scores.dtype)]
 
-    def gradient(self, node, grads, g):
-        if g.needs(2):
-            g.fail("no gradient for the class weights")
-        if not g.needs(0) or grads[0] is None:
-            return [None] * len(node.inputs)
-        ins = [grads[0], g.output(1, "log_prob"), g.input(1), g.input(2)]
-        return [g.op("SoftmaxCrossEntropyLossGrad", ins, reduction=node.attrs["reduction"],
-                     ignore_index=node.attrs["ignore_index"]), None, None][:len(node.inputs)]
-
 
 @register
 class SoftmaxCrossEntropyLossGrad(Op):
@@ -180,15 +171,6 @@ class SoftmaxCrossEntropyProb(Op):
         loss = _reduce(rows, node.attrs["reduction"])
         return [np.asarray(loss).astype(scores.dtype), logp.astype(scores.dtype)]
 
-    def gradient(self, node, grads, g):
-        if g.needs(1):
-            g.fail("no gradient for the target probabilities")
-        if not g.needs(0) or grads[0] is None:
-            return [None, None]
-        ins = [grads[0], g.output(1, "log_prob"), g.input(1)]
-        return [g.op("SoftmaxCrossEntropyProbGrad", ins, reduction=node.attrs["reduction"]),
-                None]
-
 
 @register
 class SoftmaxCrossEntropyProbGrad(Op):
@@ -226,15 +208,6 @@ class _PairLoss(Op):
         with np.errstate(all="ignore"):
             elems = self.elementwise(p, t, node.attrs)
         return [np.asarray(_reduce(elems, node.attrs["reduction"])).astype(inputs[0].dtype)]
-
-    def gradient(self, node, grads, g):
-        if grads[0] is None or not (g.needs(0) or g.needs(1)):
-            return [None, None]
-        if g.needs(1) and not self.target_has_gradient:
-            g.fail("no gradient for the target")
-        attrs = {k: node.attrs[k] for k in self.attrs}
-        dp = g.op(self.op_type + "Grad", [grads[0], g.input(0), g.input(1)], **attrs)
-        return [dp if g.needs(0) else None, g.op("Neg", [dp]) if g.needs(1) else None]
 
 
 class _PairLossGrad(Op):
@@ -335,3 +308,39 @@ class HuberLossGrad(_PairLossGrad):
     def derivative(p, t, attrs):
         d, delta = p - t, float(attrs["delta"])
         return np.clip(d, -delta, delta)
+
+
+# ---- gradients -------------------------------------------------------------------------------
+def _softmax_cross_entropy_gradient(self, node, grads, g):
+    if g.needs(2):
+        g.fail("no gradient for the class weights")
+    if not g.needs(0) or grads[0] is None:
+        return [None] * len(node.inputs)
+    ins = [grads[0], g.output(1, "log_prob"), g.input(1), g.input(2)]
+    return [g.op("SoftmaxCrossEntropyLossGrad", ins, reduction=node.attrs["reduction"],
+                 ignore_index=node.attrs["ignore_index"]), None, None][:len(node.inputs)]
+
+
+def _softmax_cross_entropy_prob_gradient(self, node, grads, g):
+    if g.needs(1):
+        g.fail("no gradient for the target probabilities")
+    if not g.needs(0) or grads[0] is None:
+        return [None, None]
+    ins = [grads[0], g.output(1, "log_prob"), g.input(1)]
+    return [g.op("SoftmaxCrossEntropyProbGrad", ins, reduction=node.attrs["reduction"]),
+            None]
+
+
+def _pair_loss_gradient(self, node, grads, g):
+    if grads[0] is None or not (g.needs(0) or g.needs(1)):
+        return [None, None]
+    if g.needs(1) and not self.target_has_gradient:
+        g.fail("no gradient for the target")
+    attrs = {k: node.attrs[k] for k in self.attrs}
+    dp = g.op(self.op_type + "Grad", [grads[0], g.input(0), g.input(1)], **attrs)
+    return [dp if g.needs(0) else None, g.op("Neg", [dp]) if g.needs(1) else None]
+
+
+SoftmaxCrossEntropyLoss.gradient = _softmax_cross_entropy_gradient
+SoftmaxCrossEntropyProb.gradient = _softmax_cross_entropy_prob_gradient
+_PairLoss.gradient = _pair_loss_gradient

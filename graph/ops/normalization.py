@@ -51,6 +51,8 @@ class BatchNormalization(Op):
     (ember mirrors torch); training graphs are never exported, so it never reaches ONNX."""
     num_inputs = (5, 5)
     num_outputs = (1, 3)
+    parameter_inputs = (1, 2)
+    buffer_inputs = (3, 4)
     attrs = {"epsilon": 1e-5, "momentum": 0.9, "training_mode": 0, "running_var_unbiased": 0}
 
     def infer(self, ctx):
@@ -100,6 +102,7 @@ class BatchNormalization(Op):
 class InstanceNormalization(Op):
     """Per (n, c) plane: (X − mean)/√(var + ε)·scale[c] + B[c]."""
     num_inputs = (3, 3)
+    parameter_inputs = (1, 2)
     attrs = {"epsilon": 1e-5}
 
     def infer(self, ctx):

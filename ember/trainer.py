@@ -1,46 +1,45 @@
-"""The Trainer: fit / evaluate / predict / gradients / state_dict / checkpoints (TRAINING.md §4).
+"""ember.Trainer: fit / evaluate / predict / gradients / state_dict / checkpoints, and the ONNX
+way in and out (graph/TRAINING.md §4).
+
+    trainer = ember.Trainer(model, input_shape=(1, 28, 28), loss="cross_entropy")
+    trainer.export_onnx("model.onnx")           # eval mode: BatchNorm with running statistics
+    t = ember.Trainer.from_onnx("model.onnx", loss="cross_entropy", optimizer=optim.SGD(lr=0.01),
+                                trainable=["fc.*"])   # fine-tune the head, freeze the rest
 
 The Trainer owns the model state: one float32 array per parameter and per buffer, named as
 torch names them. Every compiled graph — one training step per (batch size, target form) it
 meets, the eval graph for ``predict``, the eval graph with the loss for ``evaluate`` — reads
 those arrays in place as Session *external state*, so the optimizer's in-place updates are seen
 by all of them without re-exporting or copying anything.
+
+The class lives here, in ember's public face, rather than in ``runtime``: ``from_onnx`` and
+``export_onnx`` read and write ONNX through ``importers``, and ``runtime`` may not import
+``importers`` (arrows point ember → runtime → graph, importers → graph). Everything a Trainer
+runs lives below it: the compiled step (``runtime/training_step.py``), losses, optimizers,
+schedules, checkpoints and data parallelism.
 """
 from __future__ import annotations
 
+import fnmatch
 import math
 import sys
 from collections import OrderedDict
 
 import numpy as np
 
-from ..graph.errors import InputError, ModelError, ShapeError
-from ..graph.infer import infer_shapes
-from ..graph.ir import Graph, TensorType
-from . import losses as _losses
-from .session import Session, default_threads
-from .distributed import shard as _shard
-from .training import TARGET, StepRunner, TrainingStep
+from .graph.errors import InputError, ModelError, ShapeError
+from .graph.infer import infer_shapes
+from .graph.ir import Graph, TensorType
+from .graph.ops import REGISTRY, get_op
+from .runtime import checkpoint, losses
+from .runtime.distributed import DistributedStep, resolve, shard
+from .runtime.history import History
+from .runtime.optim import Adam
+from .runtime.session import Session
+from .runtime.threads import default_threads
+from .runtime.training_step import TARGET, StepRunner, TrainingStep
 
 BATCH = "N"
-
-
-class History:
-    """Per-epoch metrics, Keras-style: ``history["loss"]``, ``["accuracy"]``, ``["val_loss"]``,
-    ``["val_accuracy"]``, ``["lr"]``; ``epoch`` lists the epoch indices."""
-
-    def __init__(self, history: dict | None = None, epoch: list | None = None):
-        self.history = {k: list(v) for k, v in (history or {}).items()}
-        self.epoch = list(epoch or [])
-
-    def append(self, epoch: int, logs: dict) -> None:
-        self.epoch.append(epoch)
-        for k, v in logs.items():
-            self.history.setdefault(k, []).append(v)
-
-    def __repr__(self):
-        keys = ", ".join(self.history)
-        return f"History({len(self.epoch)} epochs: {keys})"
 
 
 def _model_graph(model, input_shape, seed):
@@ -90,12 +89,11 @@ class Trainer:
         if threads is not None and (not isinstance(threads, (int, np.integer)) or threads < 1):
             raise InputError(f"threads must be a positive integer, got {threads!r}")
         g, params, buffers, train_names, input_shape = _model_graph(model, input_shape, seed)
-        self.loss = _losses.resolve(loss)
+        self.loss = losses.resolve(loss)
         if self.loss.reduction == "none":
             raise ModelError(f"{self.loss!r}: a Trainer needs a scalar loss; use "
                              f"reduction='mean' or 'sum'")
         self.batch_size, self.seed, self.l2 = int(batch_size), int(seed), float(l2)
-        from .distributed import resolve
         self.dist = resolve(distributed)
         self.world = self.dist.size if self.dist else 1
         self.rank = self.dist.rank if self.dist else 0
@@ -106,9 +104,8 @@ class Trainer:
         self.memory_cap = memory_cap
         self._setup_graph(g, params, buffers, input_shape)
         if trainable is not None:
-            train_names = _select(trainable, params)
+            train_names = _match(trainable, params, "trainable")
         if optimizer is None:
-            from .optim import Adam
             optimizer = Adam(lr=1e-3)
         self.optimizer = optimizer
         optimizer.bind(OrderedDict((n, self.params[n]) for n in train_names), self.threads)
@@ -136,7 +133,6 @@ class Trainer:
     def _join_job(self):
         """Check every rank runs the same model and settings, start every rank from rank 0's
         parameters and buffers, and set up the gradient allreduce."""
-        from .distributed import DistributedStep
         d = self.dist
         d.check_same([(n, a.shape) for n, a in self._state.items()], "the model's state")
         d.check_same((self.trainable, self.batch_size, self.seed, self.l2,
@@ -246,6 +242,60 @@ class Trainer:
         infer_shapes(g, fold=False)
         return g
 
+    # ---- ONNX in and out ------------------------------------------------------------------------
+    @classmethod
+    def from_onnx(cls, path, loss, optimizer=None, trainable=None, freeze=None,
+                  input_shape=None, **kw) -> "Trainer":
+        """Fine-tune an ONNX model. Parameters and buffers are the float initializers (rank ≥ 1)
+        feeding the inputs each op declares as ``parameter_inputs`` / ``buffer_inputs`` (Conv /
+        ConvTranspose / Gemm / MatMul weights and biases, BatchNormalization scale and bias, the
+        constant operand of Add/Sub/Mul…; BatchNormalization mean/var are buffers).
+        ``trainable`` (glob patterns over initializer names, default all parameters) selects what
+        trains, then ``freeze`` patterns remove names from it. The batch dim becomes symbolic."""
+        from .importers.onnx import load_onnx
+        g = load_onnx(path)
+        params, buffers = [], []
+        for node in g.nodes:
+            op = get_op(node.op_type, node.domain)
+            for slots, out in ((op.parameter_inputs, params), (op.buffer_inputs, buffers)):
+                for i in slots:
+                    name = node.input(i)
+                    a = g.initializers.get(name)
+                    if a is None or np.asarray(a).dtype.kind != "f" or np.ndim(a) < 1:
+                        continue
+                    if name not in params and name not in buffers:
+                        out.append(name)
+        if not params:
+            holders = "/".join(sorted(op.op_type for op in REGISTRY.values()
+                                      if op.parameter_inputs))
+            raise ModelError(f"{path!r}: found no parameters (float initializers feeding the "
+                             f"parameter inputs of {holders}) to train")
+        selected = _match(trainable, params, "trainable") if trainable is not None \
+            else list(params)
+        if freeze is not None:
+            frozen = set(_match(freeze, params, "freeze"))
+            selected = [p for p in selected if p not in frozen]
+        if not selected:
+            raise ModelError("every parameter is frozen: nothing to train")
+        g.metadata["parameters"], g.metadata["buffers"] = params, buffers
+        data = [n for n in g.inputs if n not in g.initializers]
+        if len(data) == 1:
+            t = g.types[data[0]]
+            if input_shape is None:
+                input_shape = tuple(t.shape[1:])
+                if not all(isinstance(d, (int, np.integer)) for d in input_shape):
+                    raise ModelError(f"input {data[0]!r} has shape {t.shape}: pass "
+                                     f"input_shape= (one sample's shape)")
+            g.types[data[0]] = TensorType(t.dtype, (BATCH,) + tuple(input_shape))
+        return cls(g, input_shape=input_shape, loss=loss, optimizer=optimizer,
+                   trainable=selected, **kw)
+
+    def export_onnx(self, path, opset: int | None = None) -> None:
+        """Write the eval-mode inference model (current parameters, BatchNorm with running
+        statistics) as ONNX; onnxruntime's outputs match ``predict``."""
+        from .importers.onnx_export import save_onnx
+        save_onnx(self.graph(), path, opset=opset)
+
     # ---- input checks ----------------------------------------------------------------------------
     def _check_x(self, X, what="X") -> np.ndarray:
         if not isinstance(X, np.ndarray):
@@ -347,7 +397,7 @@ class Trainer:
         # draws from the same seed; rank r trains rows shard(m, world, r) of each
         n, bs = len(X), self.batch_size * self.world
         sizes = [bs] * (n // bs) + ([n % bs] if n % bs else [])
-        shards = {m: _shard(m, self.world, self.rank) for m in set(sizes)}
+        shards = {m: shard(m, self.world, self.rank) for m in set(sizes)}
         steps = {m: self._step_for(cnt, kind, lo) if cnt else None
                  for m, (lo, cnt) in shards.items()}
         history = History()
@@ -478,7 +528,7 @@ class Trainer:
         total_loss = total_weight = 0.0
         correct = counted = 0
         if self.dist is not None:       # each rank evaluates its contiguous share of the rows
-            lo, cnt = _shard(m, self.world, self.rank)
+            lo, cnt = shard(m, self.world, self.rank)
             X, y = X[lo:lo + cnt], y[lo:lo + cnt]
         for start in range(0, len(X), bs):
             yb = y[start:start + bs]
@@ -501,9 +551,8 @@ class Trainer:
     def save(self, path) -> None:
         """Write a checkpoint atomically (see runtime/checkpoint.py). Distributed: rank 0
         writes (every rank holds the same state), and every rank returns once it is written."""
-        from .checkpoint import save, trainer_state
         if self.rank == 0:
-            save(path, trainer_state(self))
+            checkpoint.save(path, checkpoint.trainer_state(self))
         if self.dist is not None:
             self.dist.barrier(f"saving the checkpoint {path!r}")
 
@@ -515,9 +564,8 @@ class Trainer:
         with a custom loss names its class but never imports it: pass ``loss=`` (the class,
         rebuilt from its stored ``config()``, or an instance), else CheckpointError.
         ``distributed="mpi"``: every rank reads ``path`` and goes on in the job."""
-        from .checkpoint import load, trainer_from_state
-        return trainer_from_state(cls, load(path), path, threads, memory_cap, loss,
-                                  distributed)
+        return checkpoint.trainer_from_state(cls, checkpoint.load(path), path, threads,
+                                             memory_cap, loss, distributed)
 
     def __repr__(self):
         return (f"{type(self).__name__}(loss={self.loss!r}, optimizer={self.optimizer!r}, "
@@ -531,15 +579,16 @@ def _mean(total, weight, loss) -> float:
     return total / weight if weight else float("nan")
 
 
-def _select(patterns, names: list) -> list:
-    import fnmatch
+def _match(patterns, names, what) -> list:
+    """The ``names`` matching any of ``patterns`` (exact names or globs), in ``names``' order;
+    ModelError for a pattern matching none."""
     if isinstance(patterns, str):
         patterns = [patterns]
     chosen = set()
     for p in patterns:
         hits = [n for n in names if n == p or fnmatch.fnmatchcase(n, p)]
         if not hits:
-            raise ModelError(f"trainable pattern {p!r} matches no parameter (parameters: "
+            raise ModelError(f"{what} pattern {p!r} matches no parameter (parameters: "
                              f"{names[:8]}{' …' if len(names) > 8 else ''})")
         chosen.update(hits)
     return [n for n in names if n in chosen]

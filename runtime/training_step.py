@@ -21,21 +21,10 @@ from ..graph import passes
 from ..graph.errors import ModelError, TrainingError
 from ..graph.infer import infer_shapes
 from ..graph.ir import Graph, TensorType
+from ..kernels.optim import axpy
 from .session import Session
 
 TARGET = "target"
-
-
-def _axpy():
-    """``ember.kernels.optim.axpy`` (y += a·x, in place, parallel), or a numpy twin while the
-    kernel module is not built."""
-    try:
-        from ..kernels.optim import axpy
-        return axpy
-    except ImportError:
-        def axpy(y, x, alpha, nthreads):
-            y += np.float32(alpha) * x   # a temporary: only when the kernel is missing
-        return axpy
 
 
 def build_training_graph(model: Graph, data: str, state: dict, trainable: list, loss,
@@ -166,7 +155,6 @@ class StepRunner:
     def __init__(self, optimizer, l2: float, weights: list, params: dict, threads: int):
         self.optimizer, self.l2, self.threads = optimizer, float(l2), threads
         self.weights = [(n, params[n].reshape(-1)) for n in weights]
-        self.axpy = _axpy()
 
     def l2_loss(self, m: int) -> float:
         if not self.l2:
@@ -182,7 +170,7 @@ class StepRunner:
             return
         alpha = self.l2 / m
         for name, w in self.weights:
-            self.axpy(grads[name].reshape(-1), w, alpha, self.threads)
+            axpy(grads[name].reshape(-1), w, alpha, self.threads)
 
     def apply(self, grads: dict, updates, loss: float, m: int, global_step: int) -> float:
         """Everything after forward + backward: the loss check (the L2 term included), the L2
