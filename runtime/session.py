@@ -28,7 +28,7 @@ from ..graph.ir import Graph, TensorType
 from ..graph.ops.base import NeedsValue
 from . import binders
 from .planner import ALIGN, make_plan
-from .threads import default_threads  # noqa: F401  (the trainer imports it from here)
+from .threads import default_threads
 
 
 # Compiled plans (one per input shape, or per value of a shape-deciding input) are kept in a
