@@ -18,7 +18,7 @@ Training-only content has no ONNX form and is refused up front, listing every of
 gradient ops, ember's loss ops (ONNX's own ``SoftmaxCrossEntropyLoss`` excepted), BatchNorm in
 ``training_mode`` and Dropout with a training-mode input that is not a constant false.
 
-``onnx`` is imported lazily, as in the importer.
+``onnx`` is imported lazily, when a model is exported; loading never imports it.
 """
 from __future__ import annotations
 
@@ -30,7 +30,6 @@ import numpy as np
 
 from ..graph.errors import ModelError, UnsupportedOpError
 from ..graph.ir import Graph, Node, TensorType
-from .onnx import _onnx
 
 DEFAULT_OPSET = 21      # the newest opset whose semantics every ember op follows
 MIN_OPSET = 13          # Softmax's one-axis form, Squeeze/Unsqueeze/ReduceSum axes as inputs
@@ -43,6 +42,14 @@ _FUSED_ATTRS = ("activation", "activation_alpha", "activation_beta")
 _REDUCE_AXES_ATTR_BEFORE_18 = ("ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd",
                                "ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp",
                                "ReduceSumSquare")
+
+
+def _onnx():
+    try:
+        import onnx
+    except ImportError:  # pragma: no cover - depends on the environment
+        raise ModelError("this needs the 'onnx' package: pip install onnx") from None
+    return onnx
 
 
 # ---- the public API -------------------------------------------------------------------------
