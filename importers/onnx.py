@@ -537,8 +537,6 @@ def _resize_like(node, scales_input: str, rw) -> list:
     """Upsample and Resize-10 as Resize-19: asymmetric coordinates; nearest rounds down on
     axes that grow and up on axes that shrink (onnxruntime's rule for these old forms)."""
     mode = node.attrs.pop("mode", "nearest")
-    if not isinstance(mode, str):
-        raise _bad_attr(node, "mode", mode, "a string")
     mode = "linear" if mode in ("linear", "bilinear") else mode
     node.op_type = "Resize"
     node.inputs = [node.inputs[0], "", scales_input]
