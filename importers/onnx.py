@@ -455,11 +455,11 @@ def _ints_attr(node: Node, attr: str, value) -> list:
     return [int(v) for v in value]
 
 
-def _float_attr(node: Node, attr: str, value) -> float:
-    """A number that is not NaN (infinities stay: Pad ``value=-inf`` and an infinite Clip bound
-    are meaningful)."""
-    if not _is_number(value) or math.isnan(value):
-        raise _bad_attr(node, attr, value, "a number (not NaN)")
+def _float_attr(node: Node, attr: str, value, finite: bool = False) -> float:
+    """A number that is not NaN, and finite when ``finite`` (elsewhere infinities are meaningful:
+    Pad ``value=-inf``, an infinite Clip bound)."""
+    if not _is_number(value) or math.isnan(value) or (finite and math.isinf(value)):
+        raise _bad_attr(node, attr, value, "a finite number" if finite else "a number (not NaN)")
     return float(value)
 
 
@@ -611,9 +611,7 @@ def _slice(node, rw):
 def _dropout(node, rw):
     node.attrs.pop("is_test", None)
     if rw.opset < 12:
-        ratio = node.attrs.pop("ratio", 0.5)
-        if not _is_number(ratio) or not math.isfinite(ratio):
-            raise _bad_attr(node, "ratio", ratio, "a finite number")
+        ratio = _float_attr(node, "ratio", node.attrs.pop("ratio", 0.5), finite=True)
         _set_input(node, 1, rw.const(f"{node.name}_ratio", np.array(ratio, np.float32)))
     return [node]
 
@@ -664,11 +662,11 @@ def _gemm(node, rw):
 
 
 def _cast(node, rw):
-    to = node.attrs.get("to")
-    if to is not None and not (_is_int(to) or isinstance(to, str)):
-        raise _bad_attr(node, "to", to, "an int (a TensorProto type) or a type name")
     if "to" in node.attrs:
-        node.attrs["to"] = _dtype_name(node.attrs["to"], node.name)
+        to = node.attrs["to"]
+        if not (_is_int(to) or isinstance(to, str)):
+            raise _bad_attr(node, "to", to, "an int (a TensorProto type) or a type name")
+        node.attrs["to"] = _dtype_name(to, node.name)
     return [node]
 
 
