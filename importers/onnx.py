@@ -3,7 +3,7 @@
 Every ONNX quirk lives here so the rest of ember sees one form per op: the newest opset's. The
 importer parses defensively (a bad file is a ``ModelError``, never a protobuf traceback), lists
 *all* unsupported ops at once, converts attributes to plain Python/numpy values, loads external
-data only from inside the model's folder, and rewrites older-opset forms (see ``_upgrades``).
+data only from inside the model's folder, and rewrites older-opset forms (see ``UPGRADES``).
 
 Loading never imports ``onnx``: models are decoded by ``onnx_wire`` (weights viewing the file's
 bytes), an ``onnx.ModelProto`` the caller already holds is serialized and decoded the same way,
@@ -398,7 +398,7 @@ class Rewriter:
     converted so far compute (``ValueTypes``)."""
 
     def __init__(self, model, graph: Graph, opset: int):
-        self.model, self.graph, self.opset = model, graph, opset
+        self.graph, self.opset = graph, opset
         gp = model.graph
         self._taken = set(graph.initializers) | {vi.name for vi in gp.input}
         self._taken.update(vo.name for vo in gp.output)
