@@ -3,15 +3,18 @@
 Every ONNX quirk lives here so the rest of ember sees one form per op: the newest opset's. The
 importer parses defensively (a bad file is a ``ModelError``, never a protobuf traceback), lists
 *all* unsupported ops at once, converts attributes to plain Python/numpy values, loads external
-data only from inside the model's folder, and rewrites older-opset forms (see ``_upgrades``).
+data only from inside the model's folder, and rewrites older-opset forms (see ``UPGRADES``).
 
-Models are decoded by ``onnx_wire`` (no ``onnx`` import, weights viewing the file's bytes);
-``onnx`` is imported only for a ModelProto input and for ONNX shape inference, which a few
-old-opset rewrites need.
+Loading never imports ``onnx``: models are decoded by ``onnx_wire`` (weights viewing the file's
+bytes), an ``onnx.ModelProto`` the caller already holds is serialized and decoded the same way,
+and the dtypes and ranks a few old-opset rewrites need come from ember's own shape inference
+(``value_types``).
 """
 from __future__ import annotations
 
+import math
 import os
+import stat
 import sys
 
 import numpy as np
@@ -20,6 +23,7 @@ from ..graph.errors import ModelError, UnsupportedOpError
 from ..graph.ir import Graph, Node, TensorType
 from ..graph.ops import is_supported
 from .onnx_wire import parse_model
+from .value_types import ValueTypes
 
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 _MAX_DENSE_ELEMENTS = 1 << 31  # a sparse constant expanding past this is hostile, not a model
@@ -50,19 +54,11 @@ _A_NAMES = ("UNDEFINED", "FLOAT", "INT", "STRING", "TENSOR", "GRAPH", "FLOATS", 
  _A_GRAPHS, _A_SPARSE_TENSOR) = range(1, 12)
 
 
-def _onnx():
-    try:
-        import onnx
-    except ImportError:  # pragma: no cover - depends on the environment
-        raise ModelError("this needs the 'onnx' package: pip install onnx") from None
-    return onnx
-
-
 # ---- parsing ------------------------------------------------------------------------------------
 def _parse(src):
-    """Return (decoded model, folder for external data or None, source for ONNX's shape
-    inference). Paths and bytes are decoded by ``onnx_wire`` without importing onnx; an
-    ``onnx.ModelProto`` is serialized and decoded the same way (one reader, one behaviour)."""
+    """Return (decoded model, folder for external data or None). Paths and bytes are decoded by
+    ``onnx_wire``; an ``onnx.ModelProto`` is serialized and decoded the same way (one reader, one
+    behaviour), recognised only when the caller has imported onnx already."""
     if isinstance(src, (bytes, bytearray, memoryview)):
         data, folder = bytes(src), None  # a copy of a mutable buffer: weights will view it
     elif isinstance(src, (str, os.PathLike)):
@@ -79,11 +75,11 @@ def _parse(src):
         except Exception as e:  # e.g. a message over protobuf's 2 GiB limit
             raise ModelError(f"cannot serialize the onnx.ModelProto ({type(e).__name__}: "
                              f"{e}); save it with external data and load the path") from None
-        return parse_model(data), None, src
+        return parse_model(data), None
     else:
         raise ModelError(f"cannot load a model from {type(src).__name__}; pass a path, the "
                          f"file's bytes or an onnx.ModelProto")
-    return parse_model(data), folder, data
+    return parse_model(data), folder
 
 
 def _default_opset(model) -> int:
@@ -229,7 +225,7 @@ def _load_external(t, folder, what: str) -> bytes:
     if offset < 0 or (length is not None and length < 0):
         raise ModelError(f"{what}: bad external data offset/length {info}")
     try:
-        with open(path, "rb") as f:
+        with _open_regular_file(path, loc, what) as f:
             f.seek(offset)
             raw = f.read() if length is None else f.read(length)
     except OSError as e:
@@ -238,6 +234,33 @@ def _load_external(t, folder, what: str) -> bytes:
     if length is not None and len(raw) != length:
         raise ModelError(f"{what}: external data {loc!r} is shorter than its declared length")
     return raw
+
+
+def _open_regular_file(path: str, loc: str, what: str):
+    """``path`` opened for binary reading, refusing anything but a regular file: a FIFO would
+    block the load, a device (``/dev/zero``) would never end, a directory is no data. Checked
+    before opening, then again on the opened descriptor (the path may have been swapped in
+    between); ``O_NONBLOCK`` keeps that open from waiting on a FIFO's writer."""
+    def refuse(mode):
+        return ModelError(f"{what}: external data location {loc!r} is not a regular file "
+                          f"({_file_kind(mode)}); refused")
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+        raise refuse(mode)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    f = os.fdopen(fd, "rb")
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        f.close()
+        raise refuse(mode)
+    return f
+
+
+def _file_kind(mode: int) -> str:
+    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+             (stat.S_ISSOCK, "a socket"))
+    return next((name for test, name in kinds if test(mode)), "another kind of file")
 
 
 def _dtype_name(to, node_name: str) -> str:
@@ -308,7 +331,7 @@ def _sparse_to_dense(sp, folder, what) -> np.ndarray:
 # ---- the importer ---------------------------------------------------------------------------------
 def load_onnx(src) -> Graph:
     """Import an ONNX model (path, bytes or ``onnx.ModelProto``) as an ember ``Graph``."""
-    model, folder, source = _parse(src)
+    model, folder = _parse(src)
     opset = _default_opset(model)
     gp = model.graph
     _check_supported(model, opset)
@@ -351,7 +374,7 @@ def load_onnx(src) -> Graph:
     if len(set(graph.outputs)) != len(graph.outputs):
         raise ModelError(f"graph outputs repeat a name: {graph.outputs}")
 
-    rewriter = Rewriter(model, graph, opset, source)
+    rewriter = Rewriter(model, graph, opset)
     used_names: set = set()
     for k, n in enumerate(gp.node):
         name = n.name or f"{n.op_type}_{k}"
@@ -371,18 +394,18 @@ def load_onnx(src) -> Graph:
 # ---- opset upgrades: older forms → the newest opset's semantics -------------------------------
 class Rewriter:
     """What an upgrade needs: the model's opset, fresh value names, new constants (added as
-    initializers) and, when an old form hides a dtype or rank, ONNX's own shape inference (run
-    on ``source``, the serialized model or ModelProto: the one place loading imports onnx)."""
+    initializers) and, when an old form hides a dtype or rank, the types of the values the nodes
+    converted so far compute (``ValueTypes``)."""
 
-    def __init__(self, model, graph: Graph, opset: int, source=None):
-        self.model, self.graph, self.opset, self.source = model, graph, opset, source
+    def __init__(self, model, graph: Graph, opset: int):
+        self.graph, self.opset = graph, opset
         gp = model.graph
         self._taken = set(graph.initializers) | {vi.name for vi in gp.input}
         self._taken.update(vo.name for vo in gp.output)
         for n in gp.node:
             self._taken.update(n.input)
             self._taken.update(n.output)
-        self._inferred = None
+        self._types = ValueTypes(graph)
 
     def fresh(self, base: str) -> str:
         name, k = base, 0
@@ -397,38 +420,53 @@ class Rewriter:
         self.graph.initializers[name] = np.require(value, requirements="C")
         return name
 
-    def _lookup(self, name):
-        """(dtype or None, rank or None) of a value, from the graph or ONNX shape inference."""
-        if name in self.graph.initializers:
-            a = self.graph.initializers[name]
-            return a.dtype, a.ndim
-        if name in self.graph.types:
-            t = self.graph.types[name]
-            return t.dtype, t.rank
-        if self._inferred is None:
-            self._inferred = {}
-            try:
-                inferred = _onnx().shape_inference.infer_shapes(self.source)
-                for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
-                    tt = vi.type.tensor_type
-                    dt = rank = None
-                    if tt.elem_type:
-                        try:
-                            dt = _np_dtype(tt.elem_type, vi.name)
-                        except ModelError:
-                            pass
-                    if tt.HasField("shape"):
-                        rank = len(tt.shape.dim)
-                    self._inferred[vi.name] = (dt, rank)
-            except Exception:  # inference is a help, never a requirement
-                pass
-        return self._inferred.get(name, (None, None))
-
     def dtype_of(self, name, default="float32") -> np.dtype:
-        return np.dtype(self._lookup(name)[0] or default)
+        return np.dtype(self._types.lookup(name)[0] or default)
 
     def rank_of(self, name):
-        return self._lookup(name)[1]
+        return self._types.lookup(name)[1]
+
+
+# An upgrade turns attributes into constants and shapes: a value of the wrong kind (a list where
+# an int belongs, a string, a NaN scale) is refused here, naming the node and the attribute,
+# rather than surfacing as a numpy exception or a garbage constant.
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return _is_int(v) or isinstance(v, (float, np.floating))
+
+
+def _bad_attr(node: Node, attr: str, value, want: str) -> ModelError:
+    return ModelError(f"{node}: attribute {attr!r} must be {want}, got "
+                      f"{type(value).__name__} {value!r:.60}")
+
+
+def _int_attr(node: Node, attr: str, value) -> int:
+    if not _is_int(value):
+        raise _bad_attr(node, attr, value, "an int")
+    return int(value)
+
+
+def _ints_attr(node: Node, attr: str, value) -> list:
+    if not isinstance(value, list) or not all(_is_int(v) for v in value):
+        raise _bad_attr(node, attr, value, "a list of ints")
+    return [int(v) for v in value]
+
+
+def _float_attr(node: Node, attr: str, value, finite: bool = False) -> float:
+    """A number that is not NaN, and finite when ``finite`` (elsewhere infinities are meaningful:
+    Pad ``value=-inf``, an infinite Clip bound)."""
+    if not _is_number(value) or math.isnan(value) or (finite and math.isinf(value)):
+        raise _bad_attr(node, attr, value, "a finite number" if finite else "a number (not NaN)")
+    return float(value)
+
+
+def _scale_attr(node: Node, attr: str, value) -> float:
+    if not _is_number(value) or not math.isfinite(value) or value <= 0:
+        raise _bad_attr(node, attr, value, "a finite positive number")
+    return float(value)
 
 
 def _set_input(node: Node, i: int, name: str) -> None:
@@ -442,13 +480,12 @@ def _trim_inputs(node: Node) -> None:
         node.inputs.pop()
 
 
-def _attr_to_input(attr: str, index: int, before: int, dtype="int64", default=None):
-    """Upgrade for ops whose attribute ``attr`` became input ``index`` at opset ``before``."""
+def _attr_to_input(attr: str, index: int, before: int):
+    """Upgrade for ops whose ints attribute ``attr`` became input ``index`` at opset ``before``."""
     def upgrade(node, rw):
-        if rw.opset < before:
-            value = node.attrs.pop(attr, default)
-            if value is not None:
-                _set_input(node, index, rw.const(f"{node.name}_{attr}", np.array(value, dtype)))
+        if rw.opset < before and attr in node.attrs:
+            value = _ints_attr(node, attr, node.attrs.pop(attr))
+            _set_input(node, index, rw.const(f"{node.name}_{attr}", np.array(value, np.int64)))
         return [node]
     return upgrade
 
@@ -457,7 +494,7 @@ def _softmax(node, rw):
     """Softmax/LogSoftmax < 13 coerce the input to 2-D at ``axis``; 13+ work on one axis."""
     if rw.opset >= 13:
         return [node]
-    axis = node.attrs.pop("axis", 1)
+    axis = _int_attr(node, "axis", node.attrs.pop("axis", 1))
     rank = rw.rank_of(node.inputs[0])
     if rank is not None and axis in (rank - 1, -1):
         node.attrs["axis"] = -1  # the 2-D coercion changes nothing here
@@ -472,21 +509,23 @@ def _softmax(node, rw):
 
 def _clip(node, rw):
     if rw.opset < 11:
-        dt = rw.dtype_of(node.inputs[0])
         for i, attr in ((1, "min"), (2, "max")):
             if attr in node.attrs:
+                bound = _float_attr(node, attr, node.attrs.pop(attr))
                 _set_input(node, i, rw.const(f"{node.name}_{attr}",
-                                             np.array(node.attrs.pop(attr), dt)))
+                                             np.array(bound, rw.dtype_of(node.inputs[0]))))
         _trim_inputs(node)
     return [node]
 
 
 def _pad(node, rw):
     if rw.opset < 11:
+        attr = "pads" if "pads" in node.attrs else "paddings"
         pads = node.attrs.pop("pads", node.attrs.pop("paddings", None))
         if pads is None:
             raise ModelError(f"{node}: attribute 'pads' is missing")
-        value = node.attrs.pop("value", 0.0)
+        pads = _ints_attr(node, attr, pads)
+        value = _float_attr(node, "value", node.attrs.pop("value", 0.0))
         _set_input(node, 1, rw.const(f"{node.name}_pads", np.array(pads, np.int64)))
         if node.attrs.get("mode", "constant") == "constant" and value != 0.0:
             _set_input(node, 2, rw.const(f"{node.name}_value",
@@ -523,9 +562,13 @@ def _resize_like(node, scales_input: str, rw) -> list:
 def _upsample(node, rw):
     """Upsample (every opset) is Resize with asymmetric coordinates and floor rounding."""
     if "scales" in node.attrs:
-        scales = rw.const(f"{node.name}_scales", np.array(node.attrs.pop("scales"), np.float32))
+        values = node.attrs.pop("scales")
+        if not isinstance(values, list):
+            raise _bad_attr(node, "scales", values, "a list of finite positive numbers")
+        values = [_scale_attr(node, "scales", v) for v in values]
+        scales = rw.const(f"{node.name}_scales", np.array(values, np.float32))
     elif "height_scale" in node.attrs or "width_scale" in node.attrs:  # Upsample-1
-        hw = [node.attrs.pop("height_scale", 1.0), node.attrs.pop("width_scale", 1.0)]
+        hw = [_scale_attr(node, a, node.attrs.pop(a, 1.0)) for a in ("height_scale", "width_scale")]
         scales = rw.const(f"{node.name}_scales", np.array([1.0, 1.0] + hw, np.float32))
     elif len(node.inputs) > 1 and node.inputs[1]:
         scales = node.inputs[1]
@@ -549,8 +592,8 @@ def _resize(node, rw):
 
 def _split(node, rw):
     if rw.opset < 13 and "split" in node.attrs:
-        _set_input(node, 1, rw.const(f"{node.name}_split",
-                                     np.array(node.attrs.pop("split"), np.int64)))
+        split = _ints_attr(node, "split", node.attrs.pop("split"))
+        _set_input(node, 1, rw.const(f"{node.name}_split", np.array(split, np.int64)))
     if not node.input(1) and "num_outputs" not in node.attrs:
         node.attrs["num_outputs"] = len(node.outputs)  # old "equal parts" = 18's num_outputs
     return [node]
@@ -560,22 +603,22 @@ def _slice(node, rw):
     if rw.opset < 10:
         for i, attr in ((1, "starts"), (2, "ends"), (3, "axes")):
             if attr in node.attrs:
-                _set_input(node, i, rw.const(f"{node.name}_{attr}",
-                                             np.array(node.attrs.pop(attr), np.int64)))
+                value = _ints_attr(node, attr, node.attrs.pop(attr))
+                _set_input(node, i, rw.const(f"{node.name}_{attr}", np.array(value, np.int64)))
     return [node]
 
 
 def _dropout(node, rw):
     node.attrs.pop("is_test", None)
     if rw.opset < 12:
-        ratio = node.attrs.pop("ratio", 0.5)
+        ratio = _float_attr(node, "ratio", node.attrs.pop("ratio", 0.5), finite=True)
         _set_input(node, 1, rw.const(f"{node.name}_ratio", np.array(ratio, np.float32)))
     return [node]
 
 
 def _batchnorm(node, rw):
     node.attrs.pop("is_test", None)
-    if node.attrs.pop("spatial", 1) != 1:
+    if _int_attr(node, "spatial", node.attrs.pop("spatial", 1)) != 1:
         raise ModelError(f"{node}: BatchNormalization with spatial=0 (opset < 9, statistics "
                          f"per element rather than per channel) is not supported")
     if rw.opset < 14 and len(node.outputs) > 1:
@@ -588,13 +631,16 @@ def _legacy_broadcast(node, rw):
     node.attrs.pop("broadcast", None)
     if "axis" not in node.attrs:
         return [node]
-    axis = node.attrs.pop("axis")
+    axis = _int_attr(node, "axis", node.attrs.pop("axis"))
     a, b = node.inputs[0], node.input(1)
     rank_a, rank_b = rw.rank_of(a), rw.rank_of(b)
     if rank_a is None or rank_b is None:
         raise ModelError(f"{node}: legacy broadcast with axis={axis} needs known ranks")
-    axis = axis + rank_a if axis < 0 else axis
-    trailing = rank_a - axis - rank_b
+    start = axis + rank_a if axis < 0 else axis
+    if not 0 <= start <= rank_a - rank_b:
+        raise ModelError(f"{node}: attribute 'axis' = {axis} does not place the second input "
+                         f"(rank {rank_b}) inside the first (rank {rank_a})")
+    trailing = rank_a - start - rank_b
     if trailing > 0:
         if b not in rw.graph.initializers:
             raise ModelError(f"{node}: legacy broadcast with axis={axis} is only supported "
@@ -617,17 +663,26 @@ def _gemm(node, rw):
 
 def _cast(node, rw):
     if "to" in node.attrs:
-        node.attrs["to"] = _dtype_name(node.attrs["to"], node.name)
+        to = node.attrs["to"]
+        if not (_is_int(to) or isinstance(to, str)):
+            raise _bad_attr(node, "to", to, "an int (a TensorProto type) or a type name")
+        node.attrs["to"] = _dtype_name(to, node.name)
     return [node]
 
 
 def _constant(node, rw):
     a = node.attrs
-    forms = {"value_float": np.float32, "value_floats": np.float32, "value_int": np.int64,
-             "value_ints": np.int64}
-    for key, dt in forms.items():
+    forms = {"value_float": (np.float32, _is_number, "a number"),
+             "value_floats": (np.float32, _is_number, "a list of numbers"),
+             "value_int": (np.int64, _is_int, "an int"),
+             "value_ints": (np.int64, _is_int, "a list of ints")}
+    for key, (dt, ok, want) in forms.items():
         if key in a:
-            a["value"] = np.array(a.pop(key), dt)
+            v = a.pop(key)
+            listed = key.endswith("s")
+            if isinstance(v, list) != listed or not all(map(ok, v if listed else [v])):
+                raise _bad_attr(node, key, v, want)
+            a["value"] = np.array(v, dt)
     if "sparse_value" in a:
         a["value"] = a.pop("sparse_value")
     if "value_string" in a or "value_strings" in a:

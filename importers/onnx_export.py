@@ -22,7 +22,7 @@ with a training-mode input that is not a constant false).
 The exporter holds only the generic machinery (``ExportContext``): adding an op never means
 editing this module.
 
-``onnx`` is imported lazily, as in the importer.
+``onnx`` is imported lazily, when a model is exported; loading never imports it.
 """
 from __future__ import annotations
 
@@ -34,7 +34,6 @@ import numpy as np
 from ..graph.errors import ModelError, UnsupportedOpError
 from ..graph.ir import Graph, Node, TensorType
 from ..graph.ops import REGISTRY, Op
-from .onnx import _onnx
 
 DEFAULT_OPSET = 21      # the newest opset whose semantics every ember op follows
 MIN_OPSET = 13          # Softmax's one-axis form, Squeeze/Unsqueeze/ReduceSum axes as inputs
@@ -44,6 +43,14 @@ MAX_MODEL_BYTES = (1 << 31) - (64 << 20)
 
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 _FUSED_ATTRS = ("activation", "activation_alpha", "activation_beta")
+
+
+def _onnx():
+    try:
+        import onnx
+    except ImportError:  # pragma: no cover - depends on the environment
+        raise ModelError("this needs the 'onnx' package: pip install onnx") from None
+    return onnx
 
 
 # ---- the public API -------------------------------------------------------------------------

@@ -13,6 +13,8 @@ in a different order differs by a few float32 ulps.
 from __future__ import annotations
 
 import os
+import stat
+import tracemalloc
 
 import numpy as np
 import onnx
@@ -438,6 +440,113 @@ def test_external_data_refused(tmp_path, how, entry):
     load = ember.load if entry == "load" else ember.backend.prepare
     with pytest.raises(ModelError, match="'w'"):
         load(src)
+
+
+@pytest.mark.parametrize("entry", ["load", "backend"])
+@pytest.mark.parametrize("kind", ["fifo", "device", "symlink to a directory", "symlink to a fifo"])
+def test_external_data_that_is_not_a_regular_file_refused(tmp_path, kind, entry):
+    """Refused before any read: a FIFO would block the load (here a writer holds it open with
+    the declared 8 bytes queued, so reading it would succeed), a device never ends."""
+    folder = tmp_path / "model"
+    folder.mkdir()
+    fifo = folder / "pipe"
+    os.mkfifo(fifo)
+    writer = os.open(fifo, os.O_RDWR)
+    try:
+        os.write(writer, np.ones(2, np.float32).tobytes())
+        if kind == "fifo":
+            loc = "pipe"
+        elif kind == "device":
+            loc = "zero"
+            try:
+                os.mknod(folder / loc, 0o600 | stat.S_IFCHR, os.makedev(1, 5))  # /dev/zero
+            except (PermissionError, AttributeError):
+                pytest.skip("this process may not create device nodes")
+        elif kind == "symlink to a directory":
+            (folder / "sub").mkdir()
+            os.symlink(folder / "sub", folder / "link")
+            loc = "link"
+        else:
+            os.symlink(fifo, folder / "link")
+            loc = "link"
+        path, _ = _external(folder, loc, length=8)
+        load = ember.load if entry == "load" else ember.backend.prepare
+        with pytest.raises(ModelError, match="'w'.*not a regular file"):
+            load(str(path))
+    finally:
+        os.close(writer)
+
+
+@pytest.mark.parametrize("axis", [2**62, -2**62, -2**31, 4, -5])
+def test_legacy_broadcast_absurd_axis_refused_without_allocating(axis):
+    """Opset 6 Add with ``broadcast=1`` and an axis far outside the first input's rank: the
+    upgrade would reshape B to rank ~axis (4 GB of shape tuple from a 120-byte file)."""
+    node = helper.make_node("Add", ["x", "b"], ["y"], name="add", broadcast=1, axis=axis)
+    data = model([node], [vi("x", [2, 3, 4, 5])], [vi("y", None)],
+                 [const("b", np.ones(3, np.float32))], opset=6, ir_version=3).SerializeToString()
+    tracemalloc.start()
+    try:
+        with pytest.raises(ModelError, match="'add'.*'axis'"):
+            ember.load(data)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20
+
+
+NAN = float("nan")
+# (opset, op type, attributes, the attribute named in the error): each upgrade path fed an
+# attribute of the wrong kind (a list for an int, a string, a float for ints) or a NaN
+UPGRADE_ATTRS = {
+    "softmax axis list": (11, "Softmax", {"axis": [1]}, "axis"),
+    "softmax axis string": (11, "Softmax", {"axis": "1"}, "axis"),
+    "logsoftmax axis float": (12, "LogSoftmax", {"axis": 1.5}, "axis"),
+    "clip min string": (6, "Clip", {"min": "low"}, "min"),
+    "clip max nan": (6, "Clip", {"max": NAN}, "max"),
+    "clip min list": (10, "Clip", {"min": [0.0]}, "min"),
+    "pad pads floats": (2, "Pad", {"pads": [0.5] * 6}, "pads"),
+    "pad paddings string": (1, "Pad", {"paddings": "all"}, "paddings"),
+    "pad value nan": (10, "Pad", {"pads": [0] * 6, "value": NAN}, "value"),
+    "pad value string": (10, "Pad", {"pads": [0] * 6, "value": "zero"}, "value"),
+    "upsample scales nan": (7, "Upsample", {"scales": [1.0, NAN, 2.0]}, "scales"),
+    "upsample scales zero": (7, "Upsample", {"scales": [1.0, 0.0, 2.0]}, "scales"),
+    "upsample scales string": (7, "Upsample", {"scales": "2"}, "scales"),
+    "upsample mode int": (7, "Upsample", {"scales": [1.0, 1.0, 2.0], "mode": 1}, "mode"),
+    "upsample-1 height inf": (1, "Upsample", {"height_scale": float("inf")}, "height_scale"),
+    "upsample-1 width list": (1, "Upsample", {"width_scale": [2.0]}, "width_scale"),
+    "split split floats": (11, "Split", {"split": [1.0, 2.0]}, "split"),
+    "split split string": (12, "Split", {"split": "1,2"}, "split"),
+    "slice starts floats": (9, "Slice", {"starts": [0.5], "ends": [2]}, "starts"),
+    "slice ends string": (9, "Slice", {"starts": [0], "ends": "end"}, "ends"),
+    "slice axes nan": (9, "Slice", {"starts": [0], "ends": [2], "axes": [NAN]}, "axes"),
+    "dropout ratio nan": (10, "Dropout", {"ratio": NAN}, "ratio"),
+    "dropout ratio string": (11, "Dropout", {"ratio": "half"}, "ratio"),
+    "squeeze axes floats": (11, "Squeeze", {"axes": [0.0]}, "axes"),
+    "unsqueeze axes string": (12, "Unsqueeze", {"axes": "0"}, "axes"),
+    "reducesum axes nan": (11, "ReduceSum", {"axes": [NAN]}, "axes"),
+    "reducemean axes int": (17, "ReduceMean", {"axes": "1"}, "axes"),
+    "reshape shape floats": (4, "Reshape", {"shape": [3.0, 8.0]}, "shape"),
+    "add axis list": (6, "Add", {"broadcast": 1, "axis": [1]}, "axis"),
+    "mul axis float": (6, "Mul", {"broadcast": 1, "axis": 1.0}, "axis"),
+    "cast to list": (9, "Cast", {"to": [1]}, "to"),
+    "cast to nan": (9, "Cast", {"to": NAN}, "to"),
+    "constant value_int float": (13, "Constant", {"value_int": 1.5}, "value_int"),
+    "constant value_ints strings": (13, "Constant", {"value_ints": ["a"]}, "value_ints"),
+    "constant value_float string": (13, "Constant", {"value_float": "x"}, "value_float"),
+    "constant value_floats int": (13, "Constant", {"value_floats": 2}, "value_floats"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(UPGRADE_ATTRS))
+def test_upgrade_attribute_of_the_wrong_kind_is_a_model_error(case):
+    opset, op, attrs, bad = UPGRADE_ATTRS[case]
+    inputs = [] if op == "Constant" else ["x", "b"] if op in ("Add", "Mul") else ["x"]
+    node = helper.make_node(op, inputs, ["y"], name="n", **attrs)
+    inits = [const("b", np.ones(3, np.float32))] if "b" in inputs else []
+    x = [vi("x", [2, 3, 4])] if inputs else []
+    data = model([node], x, [vi("y", None)], inits, opset=opset, ir_version=3).SerializeToString()
+    with pytest.raises(ModelError, match=f"'n'.*'{bad}'"):
+        ember.load(data)
 
 
 # ---- run-time feeds -----------------------------------------------------------------------------

@@ -328,3 +328,87 @@ def test_sparse_constant_becomes_dense():
     node = helper.make_node("Constant", [], ["y"], sparse_value=sp)
     g = load_onnx(_model([node], [], [_vi("y", [2, 3])]))
     np.testing.assert_array_equal(g.nodes[0].attrs["value"], [[0, 5, 0], [0, 7, 0]])
+
+
+# ---- dtypes and ranks an old form hides: learned from the nodes converted before it -----------
+def _ops_and_model(opset, nodes, inputs, inits=()):
+    m = _model(nodes, inputs, [helper.make_empty_tensor_value_info("y")], inits, opset=opset)
+    g = load_onnx(m.SerializeToString())
+    return g, m
+
+
+def test_old_softmax_learns_its_input_rank_from_the_nodes_before_it():
+    """Softmax-9 after Flatten → Gemm works on a rank-2 value whose last axis is 1: it stays
+    one Softmax, with no 2-D coercion around it; the nodes inferred keep the file's attributes
+    (no defaults filled in)."""
+    nodes = [helper.make_node("Flatten", ["x"], ["f"]),
+             helper.make_node("Gemm", ["f", "w", "c"], ["g"], transB=1),
+             helper.make_node("Softmax", ["g"], ["y"], axis=1)]
+    inits = [_c("w", RNG.standard_normal((4, 60)).astype(np.float32)),
+             _c("c", np.zeros(4, np.float32))]
+    g, m = _ops_and_model(9, nodes, [_vi("x", X4.shape)], inits)
+    assert [n.op_type for n in g.nodes] == ["Flatten", "Gemm", "Softmax"]
+    assert g.nodes[0].attrs == {} and g.nodes[1].attrs == {"transB": 1}
+    assert g.nodes[2].attrs == {"axis": -1}
+    expected = ort.InferenceSession(m.SerializeToString(),
+                                    providers=["CPUExecutionProvider"]).run(None, {"x": X4})
+    np.testing.assert_allclose(ember.load(m).run(None, {"x": X4})[0], expected[0],
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_old_softmax_rank_through_a_reshape_of_a_constant_node():
+    shape = helper.make_tensor("shape", TensorProto.INT64, [3], [2, 3, 20])
+    nodes = [helper.make_node("Constant", [], ["s"], value=shape),
+             helper.make_node("Reshape", ["x", "s"], ["r"]),
+             helper.make_node("Softmax", ["r"], ["y"], axis=2)]
+    g, _ = _ops_and_model(11, nodes, [_vi("x", X4.shape)])
+    assert [n.op_type for n in g.nodes] == ["Constant", "Reshape", "Softmax"]
+
+
+def test_old_softmax_on_a_rank_known_only_at_run_time_keeps_the_2d_coercion():
+    """Reshape's target fed at run time: the rank is unknown while importing, so the upgrade
+    spells out Softmax-11's coercion, which is right for any rank."""
+    nodes = [helper.make_node("Reshape", ["x", "shape"], ["r"]),
+             helper.make_node("Softmax", ["r"], ["y"], axis=1)]
+    inputs = [_vi("x", X4.shape), _vi("shape", [3], TensorProto.INT64)]
+    g, m = _ops_and_model(11, nodes, inputs)
+    assert "Flatten" in [n.op_type for n in g.nodes]
+    feeds = {"x": X4, "shape": np.array([2, 12, 5], np.int64)}
+    expected = ort.InferenceSession(m.SerializeToString(),
+                                    providers=["CPUExecutionProvider"]).run(None, feeds)
+    np.testing.assert_allclose(ember.load(m).run(None, feeds)[0], expected[0],
+                               rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [TensorProto.FLOAT16, TensorProto.DOUBLE])
+def test_old_clip_and_pad_constants_take_the_computed_input_dtype(dtype):
+    """Clip-6's bounds and Pad-2's fill value become constants of their input's dtype, here
+    a value computed by an Identity, not declared anywhere in the file (numpy is the oracle:
+    onnxruntime has no float64 Clip-6)."""
+    np_dtype = helper.tensor_dtype_to_np_dtype(dtype)
+    nodes = [helper.make_node("Identity", ["x"], ["i"]),
+             helper.make_node("Clip", ["i"], ["c"], min=-0.5, max=0.7),
+             helper.make_node("Pad", ["c"], ["y"], pads=[0, 1, 0, 0, 1, 0], value=2.0)]
+    g, m = _ops_and_model(10, nodes, [_vi("x", [2, 3, 4], dtype)])
+    clip, pad = g.nodes[1], g.nodes[2]
+    assert [g.initializers[i].dtype for i in clip.inputs[1:]] == [np_dtype, np_dtype]
+    assert g.initializers[pad.inputs[2]].dtype == np_dtype
+    x = RNG.standard_normal((2, 3, 4)).astype(np_dtype)
+    lo, hi = (np.float32(b).astype(np_dtype) for b in (-0.5, 0.7))  # attributes are float32
+    expected = np.pad(np.clip(x, lo, hi), ((0, 0), (1, 1), (0, 0)), constant_values=2.0)
+    (got,) = ember.load(m).run(None, {"x": x})
+    assert got.dtype == np_dtype
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_legacy_broadcast_ranks_of_computed_values():
+    """Opset-6 Mul aligning a computed B (rank 2) at axis -2 of a computed A (rank 4): both
+    ranks come from inferring the nodes before it (numpy is the oracle: onnxruntime does not
+    run opset 6)."""
+    b = RNG.standard_normal((4, 5)).astype(np.float32)
+    nodes = [helper.make_node("Relu", ["x"], ["r"]),
+             helper.make_node("Identity", ["b"], ["bi"]),
+             helper.make_node("Mul", ["r", "bi"], ["y"], broadcast=1, axis=-2)]
+    _, m = _ops_and_model(6, nodes, [_vi("x", X4.shape)], [_c("b", b)])
+    (got,) = ember.load(m).run(None, {"x": X4})
+    np.testing.assert_allclose(got, np.maximum(X4, 0) * b, rtol=1e-6)
