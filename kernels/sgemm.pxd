@@ -1,5 +1,5 @@
 # The C GEMM core (sgemm_kernel.h) and the bias + activation epilogue shared by gemm and conv.
-from kernels.activation cimport apply_act_span
+from kernels.activation cimport ACT_IDENTITY, apply_act_span
 
 
 cdef extern from "sgemm_kernel.h" nogil:
@@ -40,6 +40,6 @@ cdef inline void bias_act_epilogue(float *c, long ldc, int m, int n, int row0, i
 
 cdef inline ember_epilogue_fn epilogue_for(EpilogueCtx *e) noexcept nogil:
     """NULL when there is nothing to do after the product (saves a call per tile)."""
-    if e.bias == NULL and e.act == 0:
+    if e.bias == NULL and e.act == ACT_IDENTITY:
         return NULL
     return bias_act_epilogue
