@@ -78,8 +78,7 @@ cdef int conv_image(const float *x, const float *w, const float *bias, float *y,
     cdef int K = Cg * s.KH * s.KW
     cdef long ohw = <long> s.OH * s.OW, hw = <long> s.H * s.W
     cdef EpilogueCtx ctx
-    cdef int ok = 1, r, nrows
-    cdef const float *b_ptr
+    cdef int ok = 1, r
     ctx.bias_axis = 0
     ctx.act = act
     ctx.act_a = act_a

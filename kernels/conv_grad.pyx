@@ -19,6 +19,7 @@ from cython.parallel cimport prange, parallel, threadid
 from libc.string cimport memset
 from libc.stdlib cimport malloc, free
 
+from kernels.activation cimport ACT_IDENTITY
 from kernels.sgemm cimport ember_sgemm
 from kernels.parallel cimport threads_for
 from kernels.conv_common cimport (ConvShape, conv_shape, is_pointwise, is_depthwise, col_floats,
@@ -156,26 +157,24 @@ cdef void depthwise_weight_grad(const float *dyp, const float *xp, float *dwp, C
                             dwp[(<long> c * 8 + k) * taps + t] = <float> acc[t * 8 + k]
             free(buf)
             free(acc)
-        free(tap_table)
-        if failed:
-            raise MemoryError("conv_grad_weight: cannot allocate the depthwise plane buffer")
-        return
-    with nogil, parallel(num_threads=nthreads):
-        buf = ember_dw_alloc(nbuf)
-        acc = <double *> malloc(sizeof(double) * taps)
-        for c in prange(s.C, schedule='static'):
-            if buf == NULL or acc == NULL:
-                failed += 1
-            else:
-                for t in range(taps):
-                    acc[t] = 0.0
-                for n in range(s.N):
-                    ember_dw_weight_grad_plane(&g, xp + (<long> n * s.C + c) * plane_in,
-                                               dyp + (<long> n * s.C + c) * plane_out, acc, buf)
-                for t in range(taps):
-                    dwp[<long> c * taps + t] = <float> acc[t]
-        free(buf)
-        free(acc)
+    else:
+        with nogil, parallel(num_threads=nthreads):
+            buf = ember_dw_alloc(nbuf)
+            acc = <double *> malloc(sizeof(double) * taps)
+            for c in prange(s.C, schedule='static'):
+                if buf == NULL or acc == NULL:
+                    failed += 1
+                else:
+                    for t in range(taps):
+                        acc[t] = 0.0
+                    for n in range(s.N):
+                        ember_dw_weight_grad_plane(&g, xp + (<long> n * s.C + c) * plane_in,
+                                                   dyp + (<long> n * s.C + c) * plane_out, acc,
+                                                   buf)
+                    for t in range(taps):
+                        dwp[<long> c * taps + t] = <float> acc[t]
+            free(buf)
+            free(acc)
     free(tap_table)
     if failed:
         raise MemoryError("conv_grad_weight: cannot allocate the depthwise plane buffer")
@@ -201,7 +200,7 @@ def conv_grad_weight(float[:, :, :, ::1] dy, float[:, :, :, ::1] x, float[:, :, 
     cdef const float *dyp = &dy[0, 0, 0, 0]
     cdef const float *xp = &x[0, 0, 0, 0]
     cdef long x_img = <long> s.C * s.H * s.W, y_img = <long> s.M * s.OH * s.OW
-    cdef int c, n, t, slots, ok = 1
+    cdef int n, t, slots, ok = 1
     cdef long i, have = 0
     cdef float *col = NULL
     cdef float *partials = NULL
@@ -311,11 +310,7 @@ cdef void depthwise_input_grad(const float *dyp, const float *wp, float *dxp, Co
                                                  wp + <long> c * taps, dxp + first * plane_in,
                                                  plane_in, nch, buf)
             free(buf)
-        free(tap_table)
-        if failed:
-            raise MemoryError("conv_grad_input: cannot allocate the depthwise plane buffer")
-        return
-    if grouped:   # the forward's 8-channel kernel on dY with the flipped weights
+    elif grouped:   # the forward's 8-channel kernel on dY with the flipped weights
         with nogil, parallel(num_threads=nthreads):
             buf = ember_dw_alloc(nbuf)
             for p in prange(s.N * groups, schedule='static'):
@@ -330,21 +325,19 @@ cdef void depthwise_input_grad(const float *dyp, const float *wp, float *dxp, Co
                         for t in range(taps):
                             wflip[k * taps + t] = wp[(<long> c + k) * taps + taps - 1 - t]
                     ember_dw8_forward(&g, dyp + first * plane_out, plane_out, wflip, NULL,
-                                      dxp + first * plane_in, plane_in, nch, buf, 0, 0.0, 0.0)
+                                      dxp + first * plane_in, plane_in, nch, buf,
+                                      ACT_IDENTITY, 0.0, 0.0)
             free(buf)
-        free(tap_table)
-        if failed:
-            raise MemoryError("conv_grad_input: cannot allocate the depthwise plane buffer")
-        return
-    with nogil, parallel(num_threads=nthreads):
-        buf = ember_dw_alloc(nbuf)
-        for p in prange(s.N * s.C, schedule='static'):
-            if buf == NULL:
-                failed += 1
-            else:
-                ember_dw_input_grad_plane(&g, dyp + p * plane_out, wp + (p % s.C) * taps,
-                                          dxp + p * plane_in, buf)
-        free(buf)
+    else:
+        with nogil, parallel(num_threads=nthreads):
+            buf = ember_dw_alloc(nbuf)
+            for p in prange(s.N * s.C, schedule='static'):
+                if buf == NULL:
+                    failed += 1
+                else:
+                    ember_dw_input_grad_plane(&g, dyp + p * plane_out, wp + (p % s.C) * taps,
+                                              dxp + p * plane_in, buf)
+            free(buf)
     free(tap_table)
     if failed:
         raise MemoryError("conv_grad_input: cannot allocate the depthwise plane buffer")
@@ -370,8 +363,7 @@ def conv_grad_input(float[:, :, :, ::1] dy, float[:, :, :, ::1] w, float[:, :, :
     cdef const float *dyp = &dy[0, 0, 0, 0]
     cdef const float *wp = &w[0, 0, 0, 0]
     cdef long col_n = col_floats(&s), have = 0
-    cdef long plane_in = <long> s.H * s.W, plane_out = <long> s.OH * s.OW
-    cdef int n, p, slots, ok = 1
+    cdef int n, slots, ok = 1
     cdef float *col = NULL
     cdef float[::1] scratch_view
 

@@ -671,7 +671,8 @@ static EMBER_NO_LIBCALLS void ember_dw8_weight_grad(const ember_dw_geom *g, cons
 /* dX of up to eight channels of a strided depthwise conv, by scatter: every dY pixel adds
  * W[t]·dY (one vector FMA per tap, eight channels wide) into a padded, channel-interleaved
  * accumulator, which is then unpacked into dX. Unlike the zero-inserted correlation this does
- * no work for the stride's holes. g is the forward geometry; KH·KW <= 64. */
+ * no work for the stride's holes. Its buffer is ember_dw8_buffer_floats; g is the forward
+ * geometry; KH·KW <= 64. */
 static EMBER_NO_LIBCALLS void ember_dw8_input_grad_scatter(const ember_dw_geom *g,
                                                            const float *dy, long plane_out,
                                                            const float *w, float *dx,

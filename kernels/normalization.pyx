@@ -64,7 +64,7 @@ def lrn(float[:, :, ::1] x, float[:, :, ::1] y, int size, float alpha, float bet
     """ONNX LRN: the square sum over channels [c − ⌊(size−1)/2⌋, c + ⌈(size−1)/2⌉] is built in y,
     then y = x / (bias + alpha/size · sum)^beta in place."""
     cdef long N = x.shape[0], C = x.shape[1], L = x.shape[2], p, i, c, n, q, lo, hi
-    cdef float v, k = alpha / size
+    cdef float k = alpha / size
     cdef const float *xr
     cdef float *yr
     if N * C * L == 0:

@@ -20,7 +20,7 @@ cdef void max_grad_plane(const float *dy, const float *x, float *dx, int H, int 
     """Each window's dY goes to its first maximum in row-major window order (PyTorch's tie
     rule); a NaN beats any number. Padding is −inf: it never wins, so only in-image taps are
     visited."""
-    cdef int oh, ow, i, j, h0, w0, ilo, ihi, jlo, jhi, olo, ohi
+    cdef int oh, ow, h0, w0, ilo, ihi, jlo, jhi, olo, ohi
     cdef long best_at
     cdef bint pair_rows = kh == 2 and kw == 2 and sh == 2 and sw == 2 and dh == 1 and dw == 1
     memset(dx, 0, sizeof(float) * H * W)

@@ -74,9 +74,9 @@ static void ember_max2x2_grad_row(const float *restrict r0, const float *restric
         const float m = ember_nan_max(ember_nan_max(ember_nan_max(a, b), c), d);
         /* "is the maximum": equal to it, or a NaN (then m is a NaN too) */
         const int ia = (a == m) | __builtin_isunordered(a, a);
-        const int ib = !ia & ((b == m) | __builtin_isunordered(b, b));
-        const int ic = !ia & !ib & ((c == m) | __builtin_isunordered(c, c));
-        const int id = !ia & !ib & !ic;
+        const int ib = (!ia) & ((b == m) | __builtin_isunordered(b, b));
+        const int ic = (!ia) & (!ib) & ((c == m) | __builtin_isunordered(c, c));
+        const int id = (!ia) & (!ib) & (!ic);
         const float gj = g[j];
         d0[2 * j] = ia ? gj : 0.0f;
         d0[2 * j + 1] = ib ? gj : 0.0f;

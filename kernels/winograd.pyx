@@ -241,7 +241,7 @@ def conv2d_winograd(float[:, :, :, ::1] x, float[:, ::1] U, bias, float[:, :, :,
     cdef const float *up = &U[0, 0]
     cdef float *yp = &y[0, 0, 0, 0]
     cdef float *sp = &scratch[0] + skip
-    cdef int blk, c, xi, mo, nb, ok = 1, team
+    cdef int blk, c, xi, mo, nb, ok = 1
     cdef long t0
     cdef float *V = sp
     cdef float *Mx = sp + <long> s.alpha * s.alpha * s.C * s.TB
