@@ -3,10 +3,10 @@
 conv2d picks its algorithm per call: 1x1 stride-1 unpadded -> GEMM straight on x; depthwise
 (group == C == M) -> a direct vectorised kernel (depthwise.h); anything else -> a GEMM whose B
 panels are packed straight from the image (implicit im2col, conv_pack.h), or, for planes under
-256 pixels, im2col of one image/group into scratch, then GEMM. Bias and activation ride in the GEMM epilogue (vector
-loops for Relu/Clip on the pointwise path). Batches that divide evenly over the threads run one
-image per thread (single-threaded GEMMs, one scratch slot each); otherwise the images run in
-turn and each GEMM uses the whole team.
+256 pixels, im2col of one image/group into scratch, then GEMM. Bias and activation ride in the
+GEMM epilogue. Batches that divide evenly over the threads run one image per thread
+(single-threaded GEMMs, one scratch slot each); otherwise the images run in turn and each GEMM
+uses the whole team.
 
 Conv2dStep is conv2d with its arguments resolved once, runnable GIL-free inside a plan.Plan.
 """
@@ -15,8 +15,7 @@ from libc.string cimport memset, memcpy
 from libc.stdlib cimport malloc, free
 from cpython.pycapsule cimport PyCapsule_New
 from kernels.native_step cimport ember_native_step, EMBER_NATIVE_CAPSULE
-from kernels.activation cimport (ACT_IDENTITY, apply_act_span, ember_act_row_vec,
-                                 ember_bias_act_row)
+from kernels.activation cimport apply_act_span
 from kernels.sgemm cimport ember_sgemm, ember_epilogue_fn, EpilogueCtx, epilogue_for
 from kernels.parallel cimport threads_for
 from kernels.conv_common cimport (ConvShape, conv_shape, is_pointwise, is_depthwise, col_floats,
@@ -54,23 +53,6 @@ def conv2d_scratch_floats(int C, int H, int W, int M, int KH, int KW, int OH, in
     return col_floats(&s) * max(nthreads, 1)
 
 
-cdef void pointwise_epilogue(float *c, long ldc, int m, int n, int row0, int col0,
-                             void *ctx) noexcept nogil:
-    """Bias + activation on a finished tile, with vector loops for Relu and Clip (Relu6: every
-    pointwise conv of a MobileNet) where the generic table would branch per element."""
-    cdef EpilogueCtx *e = <EpilogueCtx *> ctx
-    cdef int i
-    cdef float *row
-    for i in range(m):
-        row = c + i * ldc
-        if e.bias != NULL:
-            if ember_bias_act_row(row, n, e.bias[row0 + i], e.act, e.act_a, e.act_b):
-                continue
-        elif ember_act_row_vec(row, n, e.act, e.act_a, e.act_b):
-            continue
-        apply_act_span(row, n, e.act, e.act_a, e.act_b)
-
-
 cdef int conv_image(const float *x, const float *w, const float *bias, float *y, float *col,
                     ConvShape *s, int act, float act_a, float act_b, int nthreads) noexcept nogil:
     """One image through GEMM (pointwise or im2col), all groups. Returns 0 when out of memory."""
@@ -83,9 +65,6 @@ cdef int conv_image(const float *x, const float *w, const float *bias, float *y,
     ctx.act = act
     ctx.act_a = act_a
     ctx.act_b = act_b
-    cdef ember_epilogue_fn pw_epi = NULL
-    if bias != NULL or act != ACT_IDENTITY:
-        pw_epi = pointwise_epilogue
     cdef ember_im2col_src src
     src.H = s.H; src.W = s.W; src.KH = s.KH; src.KW = s.KW; src.OW = s.OW
     src.sh = s.sh; src.sw = s.sw; src.pt = s.pt; src.pl = s.pl; src.dh = s.dh; src.dw = s.dw
@@ -94,7 +73,7 @@ cdef int conv_image(const float *x, const float *w, const float *bias, float *y,
         if is_pointwise(s):
             ok = ember_sgemm(0, 0, Mg, <int> ohw, K, 1.0, w + <long> g * Mg * K, K,
                              x + g * Cg * hw, ohw, 0.0, y + g * Mg * ohw, ohw,
-                             pw_epi, &ctx, nthreads) and ok
+                             epilogue_for(&ctx), &ctx, nthreads) and ok
         elif ohw < 256:   # small planes: implicit panels would cross rows too often
             if threads_for(nthreads, K * ohw) > 1:
                 for r in prange(K, num_threads=nthreads, schedule='static'):
