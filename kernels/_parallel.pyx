@@ -1,4 +1,8 @@
-"""Build facts for the runtime and CI: OpenMP threads, and whether bounds checks are compiled in."""
+"""The module kernels/__init__.py imports to load libgomp, and a build fact for CI.
+
+max_threads references OpenMP, which keeps libgomp among this module's dependencies even though
+the linker drops unused libraries (--as-needed): importing it is what loads libgomp while
+GOMP_SPINCOUNT is set. bounds_checked tells CI whether bounds checks are compiled in."""
 cimport openmp
 import numpy as np
 

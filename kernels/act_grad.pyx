@@ -12,19 +12,14 @@ from cython.parallel cimport prange
 from libc.math cimport expf
 from libc.stdint cimport uint64_t, uint32_t, uint8_t
 
-from kernels.activation cimport apply_act
+from kernels.activation cimport (ACT_RELU, ACT_LEAKY_RELU, ACT_ELU, ACT_SIGMOID, ACT_HARD_SIGMOID,
+                                 ACT_HARD_SWISH, ACT_TANH, ACT_SOFTPLUS, ACT_CLIP, apply_act)
+from kernels.parallel cimport threads_for
 
 
 cdef extern from "dropout_hash.h" nogil:
     void ember_dropout_span(const float *x, float *y, uint8_t *mask, long first, long n,
                             uint32_t k1, uint32_t k2, uint32_t threshold, float scale)
-
-
-cdef inline int threads_for(int nthreads, long work) noexcept nogil:
-    """1 below ~64K elements: a team costs more than such a loop."""
-    if nthreads < 1 or work < 65536:
-        return 1
-    return nthreads
 
 
 cdef enum:
@@ -40,35 +35,35 @@ cdef void act_grad_span(const float *g, const float *t, float *dx, long n, int c
     cdef float u
     # every branch below multiplies dY by a factor picked with a select, so that no load sits
     # under a condition (which would stop the compiler vectorising)
-    if code == 1:      # Relu, t = Y
+    if code == ACT_RELU:             # t = Y
         for i in range(n):
             dx[i] = g[i] if t[i] > 0.0 else 0.0
-    elif code == 5:    # Sigmoid, t = Y
+    elif code == ACT_SIGMOID:        # t = Y
         for i in range(n):
             dx[i] = g[i] * t[i] * (1.0 - t[i])
-    elif code == 8:    # Tanh, t = Y
+    elif code == ACT_TANH:           # t = Y
         for i in range(n):
             dx[i] = g[i] * (1.0 - t[i] * t[i])
-    elif code == 2:    # LeakyRelu, a = slope
+    elif code == ACT_LEAKY_RELU:     # a = slope
         for i in range(n):
             dx[i] = g[i] * (1.0 if t[i] > 0.0 else a)
-    elif code == 3:    # Elu
+    elif code == ACT_ELU:
         for i in range(n):
             dx[i] = g[i] * (1.0 if t[i] > 0.0 else a * expf(t[i]))
-    elif code == 10:   # Clip, a = min, b = max
+    elif code == ACT_CLIP:           # a = min, b = max
         for i in range(n):
             dx[i] = g[i] * (1.0 if (t[i] >= a) & (t[i] <= b) else 0.0)
-    elif code == 6:    # HardSigmoid
+    elif code == ACT_HARD_SIGMOID:
         for i in range(n):
             u = a * t[i] + b
             dx[i] = g[i] * (a if (u > 0.0) & (u < 1.0) else 0.0)
-    elif code == 7:    # HardSwish
+    elif code == ACT_HARD_SWISH:
         for i in range(n):
             u = 0.0 if t[i] < -3.0 else (1.0 if t[i] > 3.0 else (2.0 * t[i] + 3.0) / 6.0)
             dx[i] = g[i] * u
-    elif code == 9:    # Softplus: σ(x), stable on both sides
+    elif code == ACT_SOFTPLUS:       # σ(x), stable on both sides
         for i in range(n):
-            dx[i] = g[i] * apply_act(t[i], 5, 0.0, 0.0)
+            dx[i] = g[i] * apply_act(t[i], ACT_SIGMOID, 0.0, 0.0)
     else:
         for i in range(n):
             dx[i] = g[i]

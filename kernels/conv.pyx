@@ -1,11 +1,12 @@
 """2-D convolution (ONNX cross-correlation) and transposed convolution over NCHW float32.
 
 conv2d picks its algorithm per call: 1x1 stride-1 unpadded -> GEMM straight on x; depthwise
-(group == C == M) -> a direct vectorised kernel (depthwise.h); anything else -> im2col of one
-image/group into scratch, then GEMM. Bias and activation ride in the GEMM epilogue (vector
-loops for Relu/Clip on the pointwise path). Batches that divide evenly over the threads run one
-image per thread (single-threaded GEMMs, one scratch slot each); otherwise the images run in
-turn and each GEMM uses the whole team.
+(group == C == M) -> a direct vectorised kernel (depthwise.h); anything else -> a GEMM whose B
+panels are packed straight from the image (implicit im2col, conv_pack.h), or, for planes under
+256 pixels, im2col of one image/group into scratch, then GEMM. Bias and activation ride in the
+GEMM epilogue. Batches that divide evenly over the threads run one image per thread
+(single-threaded GEMMs, one scratch slot each); otherwise the images run in turn and each GEMM
+uses the whole team.
 
 Conv2dStep is conv2d with its arguments resolved once, runnable GIL-free inside a plan.Plan.
 """
@@ -14,13 +15,15 @@ from libc.string cimport memset, memcpy
 from libc.stdlib cimport malloc, free
 from cpython.pycapsule cimport PyCapsule_New
 from kernels.native_step cimport ember_native_step, EMBER_NATIVE_CAPSULE
-from kernels.activation cimport apply_act, apply_act_span
+from kernels.activation cimport apply_act_span
 from kernels.sgemm cimport ember_sgemm, ember_epilogue_fn, EpilogueCtx, epilogue_for
-from kernels.conv_common cimport (ConvShape, threads_for, is_pointwise, is_depthwise,
-                                  col_floats, images_in_parallel, im2col_rows)
-from kernels.depthwise cimport (ember_dw_geom, dw_geom, ember_dw_alloc, ember_dw_buffer_floats, ember_dw_set_taps,
-                                ember_dw_forward_plane, ember_bias_act_row, ember_act_row_vec,
-                                ember_dw8_buffer_floats, ember_dw8_forward)
+from kernels.parallel cimport threads_for
+from kernels.conv_common cimport (ConvShape, conv_shape, is_pointwise, is_depthwise, col_floats,
+                                  images_in_parallel, im2col_rows, col2im_channel)
+from kernels.depthwise cimport (ember_dw_geom, dw_geom, ember_dw_alloc, ember_dw_buffer_floats,
+                                ember_dw_set_taps, ember_dw_forward_plane, ember_dw8_buffer_floats,
+                                ember_dw8_forward, DW8_MAX_PIXELS, dw8_grouped, dw8_groups,
+                                dw8_channels)
 
 
 cdef extern from "conv_pack.h" nogil:
@@ -37,45 +40,17 @@ cdef extern from "conv_pack.h" nogil:
                        ember_pack_b_fn pack_b, const void *pack_ctx)
 
 
-cdef bint implicit_im2col = True
-
-
-def set_implicit_im2col(bint on):
-    """A/B switch for benchmarks: False restores im2col into scratch, then a plain GEMM."""
-    global implicit_im2col
-    implicit_im2col = on
-
-
 def conv2d_scratch_floats(int C, int H, int W, int M, int KH, int KW, int OH, int OW,
                           int stride_h, int stride_w, int pad_top, int pad_left, int dil_h,
                           int dil_w, int group, int nthreads):
     """Floats of scratch conv2d needs: 0 for the pointwise and depthwise paths, else one im2col
     panel (C/group·KH·KW × OH·OW) per thread (the batch size is unknown here, and with a batch
     that splits over the threads each thread fills its own panel)."""
-    cdef ConvShape s
-    s.C = C; s.H = H; s.W = W; s.M = M; s.KH = KH; s.KW = KW; s.OH = OH; s.OW = OW
-    s.sh = stride_h; s.sw = stride_w; s.pt = pad_top; s.pl = pad_left; s.dh = dil_h
-    s.dw = dil_w; s.group = group
+    cdef ConvShape s = conv_shape(1, C, H, W, M, KH, KW, OH, OW, stride_h, stride_w, pad_top,
+                                  pad_left, dil_h, dil_w, group)
     if is_pointwise(&s) or is_depthwise(&s):
         return 0
     return col_floats(&s) * max(nthreads, 1)
-
-
-cdef void pointwise_epilogue(float *c, long ldc, int m, int n, int row0, int col0,
-                             void *ctx) noexcept nogil:
-    """Bias + activation on a finished tile, with vector loops for Relu and Clip (Relu6: every
-    pointwise conv of a MobileNet) where the generic table would branch per element."""
-    cdef EpilogueCtx *e = <EpilogueCtx *> ctx
-    cdef int i
-    cdef float *row
-    for i in range(m):
-        row = c + i * ldc
-        if e.bias != NULL:
-            if ember_bias_act_row(row, n, e.bias[row0 + i], e.act, e.act_a, e.act_b):
-                continue
-        elif ember_act_row_vec(row, n, e.act, e.act_a, e.act_b):
-            continue
-        apply_act_span(row, n, e.act, e.act_a, e.act_b)
 
 
 cdef int conv_image(const float *x, const float *w, const float *bias, float *y, float *col,
@@ -85,15 +60,11 @@ cdef int conv_image(const float *x, const float *w, const float *bias, float *y,
     cdef int K = Cg * s.KH * s.KW
     cdef long ohw = <long> s.OH * s.OW, hw = <long> s.H * s.W
     cdef EpilogueCtx ctx
-    cdef int ok = 1, r, nrows
-    cdef const float *b_ptr
+    cdef int ok = 1, r
     ctx.bias_axis = 0
     ctx.act = act
     ctx.act_a = act_a
     ctx.act_b = act_b
-    cdef ember_epilogue_fn pw_epi = NULL
-    if bias != NULL or act != 0:
-        pw_epi = pointwise_epilogue
     cdef ember_im2col_src src
     src.H = s.H; src.W = s.W; src.KH = s.KH; src.KW = s.KW; src.OW = s.OW
     src.sh = s.sh; src.sw = s.sw; src.pt = s.pt; src.pl = s.pl; src.dh = s.dh; src.dw = s.dw
@@ -102,8 +73,8 @@ cdef int conv_image(const float *x, const float *w, const float *bias, float *y,
         if is_pointwise(s):
             ok = ember_sgemm(0, 0, Mg, <int> ohw, K, 1.0, w + <long> g * Mg * K, K,
                              x + g * Cg * hw, ohw, 0.0, y + g * Mg * ohw, ohw,
-                             pw_epi, &ctx, nthreads) and ok
-        elif not implicit_im2col or ohw < 256:   # small planes: panels cross rows too often
+                             epilogue_for(&ctx), &ctx, nthreads) and ok
+        elif ohw < 256:   # small planes: implicit panels would cross rows too often
             if threads_for(nthreads, K * ohw) > 1:
                 for r in prange(K, num_threads=nthreads, schedule='static'):
                     im2col_rows(x + g * Cg * hw, col, s, r, r + 1)
@@ -120,15 +91,9 @@ cdef int conv_image(const float *x, const float *w, const float *bias, float *y,
     return ok
 
 
-# Depthwise planes run eight channels at a time, channel-interleaved (ember_dw8_forward), when
-# the channels fill whole groups of eight or the planes have at most this many output pixels:
-# measured (1 thread, MobileNetV2 shapes, 3x3/5x5/7x7) 1.0-2x faster than the per-plane path,
-# except on large planes with a partial group (13 channels of 112x112: 1.6x slower).
-# 0 turns the grouped path off (A/B).
-cdef int DW8_MAX_PIXELS = 1024
-# Past this plane size the per-plane path (a quarter of the buffer) is used anyway: the 8-channel
-# buffer of a 256x256 plane is already ~4 MB per thread.
-cdef long DW8_MAX_GROUPED_PIXELS = 65536
+# The plane size up to which depthwise takes the 8-channel path with a partial group
+# (depthwise.pxd's rule); set_depthwise_grouped_max_pixels moves it for tests.
+cdef long dw8_max_pixels = DW8_MAX_PIXELS
 
 
 cdef int depthwise_forward(const float *xp, const float *wp, const float *bias_ptr, float *yp,
@@ -140,10 +105,8 @@ cdef int depthwise_forward(const float *xp, const float *wp, const float *bias_p
     cdef ember_dw_geom g = dw_geom(s)
     cdef long plane_in = <long> s.H * s.W, plane_out = <long> s.OH * s.OW
     cdef int taps = s.KH * s.KW
-    cdef bint grouped = (DW8_MAX_PIXELS > 0 and taps <= 64
-                         and (plane_out <= DW8_MAX_PIXELS
-                              or (s.C % 8 == 0 and plane_out <= DW8_MAX_GROUPED_PIXELS)))
-    cdef int groups = (s.C + 7) // 8
+    cdef bint grouped = dw8_grouped(s, plane_out, dw8_max_pixels)
+    cdef int groups = dw8_groups(s.C)
     cdef long nbuf = ember_dw8_buffer_floats(&g) if grouped else ember_dw_buffer_floats(&g)
     cdef int p, c, k, n, nch, failed = 0, failed_grouped = 0
     cdef long first
@@ -162,7 +125,7 @@ cdef int depthwise_forward(const float *xp, const float *wp, const float *bias_p
                 else:
                     n = p // groups
                     c = (p % groups) * 8
-                    nch = s.C - c if s.C - c < 8 else 8
+                    nch = dw8_channels(s.C, c)
                     first = <long> n * s.C + c
                     if not ember_dw8_forward(&g, xp + first * plane_in, plane_in, wp + c * taps,
                                              bias_ptr + c if bias_ptr != NULL else NULL,
@@ -211,11 +174,9 @@ cdef int conv_prepare(ConvCall *c, float[:, :, :, ::1] x, float[:, :, :, ::1] w,
     """Shapes, pointers and the algorithm's parameters; ValueError for a short scratch."""
     cdef ConvShape *s = &c.s
     cdef long have = 0
-    s.N = x.shape[0]; s.C = x.shape[1]; s.H = x.shape[2]; s.W = x.shape[3]
-    s.M = y.shape[1]; s.OH = y.shape[2]; s.OW = y.shape[3]
-    s.KH = w.shape[2]; s.KW = w.shape[3]
-    s.sh = stride_h; s.sw = stride_w; s.pt = pad_top; s.pl = pad_left
-    s.dh = dil_h; s.dw = dil_w; s.group = group
+    c.s = conv_shape(x.shape[0], x.shape[1], x.shape[2], x.shape[3], y.shape[1], w.shape[2],
+                     w.shape[3], y.shape[2], y.shape[3], stride_h, stride_w, pad_top, pad_left,
+                     dil_h, dil_w, group)
     c.nthreads = nthreads if nthreads > 1 else 1
     c.act = act; c.act_a = act_a; c.act_b = act_b
     c.empty = s.N == 0 or s.M == 0 or s.OH == 0 or s.OW == 0
@@ -270,11 +231,11 @@ cdef int conv_run(ConvCall *c) noexcept nogil:
 
 
 def set_depthwise_grouped_max_pixels(int n):
-    """A/B switch for benchmarks: the plane size up to which the 8-channel depthwise path is
-    taken even with a partial group (0: never take it); returns the previous value."""
-    global DW8_MAX_PIXELS
-    old = DW8_MAX_PIXELS
-    DW8_MAX_PIXELS = n
+    """For tests: the plane size up to which the 8-channel depthwise path is taken even with a
+    partial group (0: never take it); returns the previous value."""
+    global dw8_max_pixels
+    old = dw8_max_pixels
+    dw8_max_pixels = n
     return old
 
 
@@ -335,34 +296,6 @@ def conv_transpose2d_scratch_floats(int C, int H, int W, int M, int KH, int KW, 
     return <long> (M // group) * KH * KW * H * W
 
 
-cdef void col2im_channel(const float *col, float *yplane, int m, float bv, int H, int W, int OH,
-                         int OW, int KH, int KW, int sh, int sw, int pt, int pl, int dh,
-                         int dw) noexcept nogil:
-    """y[m] = bias + scatter-add of the col rows (m, kh, kw) to oh = ih·sh − pt + kh·dh, …"""
-    cdef int kh, kw, ih, iw, oh, ow, lo, hi
-    cdef const float *crow
-    cdef float *yrow
-    cdef long i
-    for i in range(<long> OH * OW):
-        yplane[i] = bv
-    for kh in range(KH):
-        for kw in range(KW):
-            crow = col + (<long> (m * KH + kh) * KW + kw) * H * W
-            lo = 0
-            while lo < W and lo * sw - pl + kw * dw < 0:
-                lo += 1
-            hi = W
-            while hi > lo and (hi - 1) * sw - pl + kw * dw >= OW:
-                hi -= 1
-            for ih in range(H):
-                oh = ih * sh - pt + kh * dh
-                if oh < 0 or oh >= OH:
-                    continue
-                yrow = yplane + <long> oh * OW - pl + kw * dw
-                for iw in range(lo, hi):
-                    yrow[iw * sw] += crow[<long> ih * W + iw]
-
-
 def conv_transpose2d(float[:, :, :, ::1] x, float[:, :, :, ::1] w, bias,
                      float[:, :, :, ::1] y, scratch, int stride_h, int stride_w, int pad_top,
                      int pad_left, int dil_h, int dil_w, int group, int nthreads):
@@ -377,6 +310,9 @@ def conv_transpose2d(float[:, :, :, ::1] x, float[:, :, :, ::1] w, bias,
     cdef float[::1] scratch_view
     cdef const float *bias_ptr = NULL
     cdef int n, g, m, ok = 1
+    # y is the input gradient of the conv that maps y's shape to x's: the same col2im
+    cdef ConvShape s = conv_shape(N, M, OH, OW, C, KH, KW, H, W, stride_h, stride_w, pad_top,
+                                  pad_left, dil_h, dil_w, group)
     if nthreads < 1:
         nthreads = 1
     if N == 0 or M == 0 or OH == 0 or OW == 0:
@@ -403,9 +339,7 @@ def conv_transpose2d(float[:, :, :, ::1] x, float[:, :, :, ::1] w, bias,
                 elif need > 0:
                     memset(col, 0, sizeof(float) * need)
                 for m in prange(Mg, num_threads=nthreads, schedule='static'):
-                    col2im_channel(col, yp + (<long> n * M + g * Mg + m) * ohw, m,
-                                   bias_ptr[g * Mg + m] if bias_ptr != NULL else 0.0,
-                                   H, W, OH, OW, KH, KW, stride_h, stride_w, pad_top, pad_left,
-                                   dil_h, dil_w)
+                    col2im_channel(col, yp + (<long> n * M + g * Mg + m) * ohw, m, &s,
+                                   bias_ptr[g * Mg + m] if bias_ptr != NULL else 0.0)
     if not ok:
         raise MemoryError("conv_transpose2d: cannot allocate GEMM packing buffers")

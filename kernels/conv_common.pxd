@@ -1,6 +1,8 @@
-# Geometry and im2col shared by the forward convolution (conv.pyx) and its gradients
+# Geometry, im2col and col2im shared by the convolutions (conv.pyx) and their gradients
 # (conv_grad.pyx): one definition of "which pixel sits under tap (kh, kw) of output (oh, ow)".
 from libc.string cimport memset, memcpy
+
+from kernels.window cimport span_inside
 
 
 cdef struct ConvShape:
@@ -8,12 +10,13 @@ cdef struct ConvShape:
     int sh, sw, pt, pl, dh, dw, group
 
 
-cdef inline int threads_for(int nthreads, long work) noexcept nogil:
-    """1 below ~32K element-taps: waking a team (and waiting at its barrier for a thread the OS
-    may have descheduled on a busy machine) costs more than the loop itself."""
-    if nthreads < 1 or work < 32768:
-        return 1
-    return nthreads
+cdef inline ConvShape conv_shape(int N, int C, int H, int W, int M, int KH, int KW, int OH,
+                                 int OW, int sh, int sw, int pt, int pl, int dh, int dw,
+                                 int group) noexcept nogil:
+    cdef ConvShape s
+    s.N = N; s.C = C; s.H = H; s.W = W; s.M = M; s.KH = KH; s.KW = KW; s.OH = OH; s.OW = OW
+    s.sh = sh; s.sw = sw; s.pt = pt; s.pl = pl; s.dh = dh; s.dw = dw; s.group = group
+    return s
 
 
 cdef inline bint is_pointwise(ConvShape *s) noexcept nogil:
@@ -34,17 +37,6 @@ cdef inline bint images_in_parallel(int N, int nthreads) noexcept nogil:
     return nthreads > 1 and N >= nthreads and (N % nthreads == 0 or N >= 4 * nthreads)
 
 
-cdef inline void valid_ow_span(ConvShape *s, int kw, int *lo, int *hi) noexcept nogil:
-    """[lo, hi): the output columns whose input column iw = ow·sw − pl + kw·dw lies in [0, W)."""
-    cdef int off = kw * s.dw - s.pl
-    lo[0] = 0
-    while lo[0] < s.OW and lo[0] * s.sw + off < 0:
-        lo[0] += 1
-    hi[0] = s.OW
-    while hi[0] > lo[0] and (hi[0] - 1) * s.sw + off >= s.W:
-        hi[0] -= 1
-
-
 cdef inline void im2col_rows(const float *x, float *col, ConvShape *s, int r0,
                              int r1) noexcept nogil:
     """Rows [r0, r1) of the im2col panel of one image-group: row (c, kh, kw), column (oh, ow)."""
@@ -57,7 +49,7 @@ cdef inline void im2col_rows(const float *x, float *col, ConvShape *s, int r0,
         kh = (r // s.KW) % s.KH
         c = r // (s.KW * s.KH)
         dst = col + <long> r * s.OH * s.OW
-        valid_ow_span(s, kw, &lo, &hi)
+        span_inside(kw * s.dw - s.pl, s.sw, s.OW, 0, s.W, &lo, &hi)
         for oh in range(s.OH):
             ih = oh * s.sh - s.pt + kh * s.dh
             if ih < 0 or ih >= s.H:
@@ -75,3 +67,31 @@ cdef inline void im2col_rows(const float *x, float *col, ConvShape *s, int r0,
                 for ow in range(hi, s.OW):
                     dst[ow] = 0.0
             dst += s.OW
+
+
+cdef inline void col2im_channel(const float *col, float *plane, int c, ConvShape *s,
+                                float fill) noexcept nogil:
+    """plane (H × W) = fill + scatter-add of the column rows (c, kh, kw): column (oh, ow) of row
+    (c, kh, kw) lands on pixel (oh·sh − pt + kh·dh, ow·sw − pl + kw·dw) when that is inside the
+    plane. The adjoint of im2col: a conv's input gradient, and a transposed conv's output."""
+    cdef int kh, kw, oh, ow, ih, lo, hi
+    cdef long i, P = <long> s.OH * s.OW
+    cdef const float *crow
+    cdef float *row
+    for i in range(<long> s.H * s.W):
+        plane[i] = fill
+    for kh in range(s.KH):
+        for kw in range(s.KW):
+            crow = col + ((<long> c * s.KH + kh) * s.KW + kw) * P
+            span_inside(kw * s.dw - s.pl, s.sw, s.OW, 0, s.W, &lo, &hi)
+            for oh in range(s.OH):
+                ih = oh * s.sh - s.pt + kh * s.dh
+                if ih >= 0 and ih < s.H:
+                    row = plane + <long> ih * s.W - s.pl + kw * s.dw
+                    if s.sw == 1:
+                        for ow in range(lo, hi):
+                            row[ow] += crow[ow]
+                    else:
+                        for ow in range(lo, hi):
+                            row[ow * s.sw] += crow[ow]
+                crow += s.OW

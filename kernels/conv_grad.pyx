@@ -19,26 +19,28 @@ from cython.parallel cimport prange, parallel, threadid
 from libc.string cimport memset
 from libc.stdlib cimport malloc, free
 
+from kernels.activation cimport ACT_IDENTITY
 from kernels.sgemm cimport ember_sgemm
-from kernels.conv_common cimport (ConvShape, threads_for, is_pointwise, is_depthwise,
-                                  col_floats, images_in_parallel, im2col_rows, valid_ow_span)
+from kernels.parallel cimport threads_for
+from kernels.conv_common cimport (ConvShape, conv_shape, is_pointwise, is_depthwise, col_floats,
+                                  images_in_parallel, im2col_rows, col2im_channel)
 from kernels.depthwise cimport (ember_dw_geom, dw_geom, ember_dw_alloc, ember_dw_buffer_floats,
                                 ember_dw_set_taps, ember_dw_input_grad_geom,
                                 ember_dw_input_grad_plane, ember_dw_weight_grad_plane,
                                 ember_dw8_buffer_floats, ember_dw8_grad_buffer_floats,
                                 ember_dw8_forward, ember_dw8_weight_grad,
-                                ember_dw8_scatter_buffer_floats, ember_dw8_input_grad_scatter)
+                                ember_dw8_input_grad_scatter,
+                                DW8_MAX_PIXELS, dw8_grouped, dw8_groups, dw8_channels)
 
 
-# Depthwise gradients run eight channels at a time, channel-interleaved (depthwise.h), when the
-# planes are small, or the channels fill whole groups of eight and the planes are not huge (the
-# same rule as conv2d's forward).
+# Depthwise gradients take the 8-channel path by the forward's rule (depthwise.pxd) unless a
+# test turns it off.
 cdef bint dw_grouped = True
 
 
 def set_depthwise_grouped(bint on):
-    """A/B switch for benchmarks and tests: False keeps depthwise gradients on the per-plane
-    path; returns the previous setting."""
+    """For tests: False keeps depthwise gradients on the per-plane path; returns the previous
+    setting."""
     global dw_grouped
     old = dw_grouped
     dw_grouped = on
@@ -46,17 +48,7 @@ def set_depthwise_grouped(bint on):
 
 
 cdef inline bint use_grouped(ConvShape *s, long plane) noexcept nogil:
-    return dw_grouped and s.KH * s.KW <= 64 and (plane <= 1024 or (s.C % 8 == 0 and
-                                                                    plane <= 65536))
-
-
-cdef ConvShape make_shape(int N, int C, int H, int W, int M, int KH, int KW, int OH, int OW,
-                          int sh, int sw, int pt, int pl, int dh, int dw,
-                          int group) noexcept nogil:
-    cdef ConvShape s
-    s.N = N; s.C = C; s.H = H; s.W = W; s.M = M; s.KH = KH; s.KW = KW; s.OH = OH; s.OW = OW
-    s.sh = sh; s.sw = sw; s.pt = pt; s.pl = pl; s.dh = dh; s.dw = dw; s.group = group
-    return s
+    return dw8_grouped(s, plane, DW8_MAX_PIXELS if dw_grouped else 0)
 
 
 cdef inline int slots_for(ConvShape *s, int nthreads) noexcept nogil:
@@ -87,7 +79,7 @@ def conv_grad_weight_scratch_floats(int N, int C, int H, int W, int M, int KH, i
                                     int OW, int stride_h, int stride_w, int pad_top,
                                     int pad_left, int dil_h, int dil_w, int group, int nthreads):
     """Floats of scratch conv_grad_weight needs for this case (0 for depthwise)."""
-    cdef ConvShape s = make_shape(N, C, H, W, M, KH, KW, OH, OW, stride_h, stride_w, pad_top,
+    cdef ConvShape s = conv_shape(N, C, H, W, M, KH, KW, OH, OW, stride_h, stride_w, pad_top,
                                   pad_left, dil_h, dil_w, group)
     return grad_weight_need(&s, slots_for(&s, max(nthreads, 1)))
 
@@ -96,7 +88,7 @@ def conv_grad_input_scratch_floats(int N, int C, int H, int W, int M, int KH, in
                                    int OW, int stride_h, int stride_w, int pad_top, int pad_left,
                                    int dil_h, int dil_w, int group, int nthreads):
     """Floats of scratch conv_grad_input needs (0 for pointwise and depthwise)."""
-    cdef ConvShape s = make_shape(N, C, H, W, M, KH, KW, OH, OW, stride_h, stride_w, pad_top,
+    cdef ConvShape s = conv_shape(N, C, H, W, M, KH, KW, OH, OW, stride_h, stride_w, pad_top,
                                   pad_left, dil_h, dil_w, group)
     return grad_input_need(&s, slots_for(&s, max(nthreads, 1)))
 
@@ -135,7 +127,7 @@ cdef void depthwise_weight_grad(const float *dyp, const float *xp, float *dwp, C
     cdef int taps = s.KH * s.KW, c, n, t, k, nch, failed = 0
     cdef long plane_in = <long> s.H * s.W, plane_out = <long> s.OH * s.OW
     cdef bint grouped = use_grouped(s, plane_out)
-    cdef int groups = (s.C + 7) // 8
+    cdef int groups = dw8_groups(s.C)
     cdef long nbuf = ember_dw8_grad_buffer_floats(&g) if grouped else ember_dw_buffer_floats(&g)
     cdef float *buf = NULL
     cdef double *acc = NULL
@@ -152,7 +144,7 @@ cdef void depthwise_weight_grad(const float *dyp, const float *xp, float *dwp, C
                 if buf == NULL or acc == NULL:
                     failed += 1
                 else:
-                    nch = s.C - c * 8 if s.C - c * 8 < 8 else 8
+                    nch = dw8_channels(s.C, c * 8)
                     for t in range(8 * taps):
                         acc[t] = 0.0
                     for n in range(s.N):
@@ -165,26 +157,24 @@ cdef void depthwise_weight_grad(const float *dyp, const float *xp, float *dwp, C
                             dwp[(<long> c * 8 + k) * taps + t] = <float> acc[t * 8 + k]
             free(buf)
             free(acc)
-        free(tap_table)
-        if failed:
-            raise MemoryError("conv_grad_weight: cannot allocate the depthwise plane buffer")
-        return
-    with nogil, parallel(num_threads=nthreads):
-        buf = ember_dw_alloc(nbuf)
-        acc = <double *> malloc(sizeof(double) * taps)
-        for c in prange(s.C, schedule='static'):
-            if buf == NULL or acc == NULL:
-                failed += 1
-            else:
-                for t in range(taps):
-                    acc[t] = 0.0
-                for n in range(s.N):
-                    ember_dw_weight_grad_plane(&g, xp + (<long> n * s.C + c) * plane_in,
-                                               dyp + (<long> n * s.C + c) * plane_out, acc, buf)
-                for t in range(taps):
-                    dwp[<long> c * taps + t] = <float> acc[t]
-        free(buf)
-        free(acc)
+    else:
+        with nogil, parallel(num_threads=nthreads):
+            buf = ember_dw_alloc(nbuf)
+            acc = <double *> malloc(sizeof(double) * taps)
+            for c in prange(s.C, schedule='static'):
+                if buf == NULL or acc == NULL:
+                    failed += 1
+                else:
+                    for t in range(taps):
+                        acc[t] = 0.0
+                    for n in range(s.N):
+                        ember_dw_weight_grad_plane(&g, xp + (<long> n * s.C + c) * plane_in,
+                                                   dyp + (<long> n * s.C + c) * plane_out, acc,
+                                                   buf)
+                    for t in range(taps):
+                        dwp[<long> c * taps + t] = <float> acc[t]
+            free(buf)
+            free(acc)
     free(tap_table)
     if failed:
         raise MemoryError("conv_grad_weight: cannot allocate the depthwise plane buffer")
@@ -195,7 +185,7 @@ def conv_grad_weight(float[:, :, :, ::1] dy, float[:, :, :, ::1] x, float[:, :, 
                      int dil_w, int group, int nthreads):
     """dweight (M, C/group, KH, KW) = gradient of the loss w.r.t. the conv weight, given dy
     (N, M, OH, OW) and the conv input x (N, C, H, W). Bottom/right pads are implied by OH/OW."""
-    cdef ConvShape s = make_shape(x.shape[0], x.shape[1], x.shape[2], x.shape[3], dy.shape[1],
+    cdef ConvShape s = conv_shape(x.shape[0], x.shape[1], x.shape[2], x.shape[3], dy.shape[1],
                                   dweight.shape[2], dweight.shape[3], dy.shape[2], dy.shape[3],
                                   stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, group)
     if nthreads < 1:
@@ -210,7 +200,7 @@ def conv_grad_weight(float[:, :, :, ::1] dy, float[:, :, :, ::1] x, float[:, :, 
     cdef const float *dyp = &dy[0, 0, 0, 0]
     cdef const float *xp = &x[0, 0, 0, 0]
     cdef long x_img = <long> s.C * s.H * s.W, y_img = <long> s.M * s.OH * s.OW
-    cdef int c, n, t, slots, ok = 1
+    cdef int n, t, slots, ok = 1
     cdef long i, have = 0
     cdef float *col = NULL
     cdef float *partials = NULL
@@ -260,31 +250,6 @@ def conv_grad_weight(float[:, :, :, ::1] dy, float[:, :, :, ::1] x, float[:, :, 
 
 
 # ---- dX -----------------------------------------------------------------------------------------
-cdef void col2im_channel(const float *col, float *dx, int c, ConvShape *s) noexcept nogil:
-    """dX[c] = scatter-add of the column rows (c, kh, kw): column (oh, ow) of row (c, kh, kw)
-    lands on pixel (oh·sh − pt + kh·dh, ow·sw − pl + kw·dw) when that is inside the image."""
-    cdef int kh, kw, oh, ow, ih, lo, hi
-    cdef long P = <long> s.OH * s.OW
-    cdef const float *crow
-    cdef float *dxrow
-    memset(dx, 0, sizeof(float) * s.H * s.W)
-    for kh in range(s.KH):
-        for kw in range(s.KW):
-            crow = col + ((<long> c * s.KH + kh) * s.KW + kw) * P
-            valid_ow_span(s, kw, &lo, &hi)
-            for oh in range(s.OH):
-                ih = oh * s.sh - s.pt + kh * s.dh
-                if ih >= 0 and ih < s.H:
-                    dxrow = dx + <long> ih * s.W - s.pl + kw * s.dw
-                    if s.sw == 1:
-                        for ow in range(lo, hi):
-                            dxrow[ow] += crow[ow]
-                    else:
-                        for ow in range(lo, hi):
-                            dxrow[ow * s.sw] += crow[ow]
-                crow += s.OW
-
-
 cdef int input_grad_image(const float *dy, const float *w, float *dx, float *col, ConvShape *s,
                           int nthreads) noexcept nogil:
     """dX[n] = col2im(Wᵀ · dY[n]) group by group. Returns 0 when out of memory."""
@@ -303,10 +268,10 @@ cdef int input_grad_image(const float *dy, const float *w, float *dx, float *col
                          P, 0.0, col, P, NULL, NULL, nthreads) and ok
         if threads_for(nthreads, <long> K * P) > 1:
             for c in prange(Cg, num_threads=nthreads, schedule='static'):
-                col2im_channel(col, dx + (g * Cg + c) * hw, c, s)
+                col2im_channel(col, dx + (g * Cg + c) * hw, c, s, 0.0)
         else:
             for c in range(Cg):
-                col2im_channel(col, dx + (g * Cg + c) * hw, c, s)
+                col2im_channel(col, dx + (g * Cg + c) * hw, c, s, 0.0)
     return ok
 
 
@@ -320,7 +285,7 @@ cdef void depthwise_input_grad(const float *dyp, const float *wp, float *dxp, Co
     cdef int taps = s.KH * s.KW, p, c, k, t, nch, failed = 0
     cdef long plane_in = <long> s.H * s.W, plane_out = <long> s.OH * s.OW, first
     cdef bint grouped = use_grouped(s, plane_in)
-    cdef int groups = (s.C + 7) // 8
+    cdef int groups = dw8_groups(s.C)
     cdef long nbuf = ember_dw8_buffer_floats(&g) + 8 * taps if grouped else \
         ember_dw_buffer_floats(&g)
     cdef float *buf = NULL
@@ -331,7 +296,7 @@ cdef void depthwise_input_grad(const float *dyp, const float *wp, float *dxp, Co
     ember_dw_set_taps(&g, tap_table)
     nthreads = threads_for(nthreads, <long> s.N * s.C * plane_in * taps)
     if grouped and (s.sh > 1 or s.sw > 1):   # strided: scatter, no work on the stride's holes
-        nbuf = ember_dw8_scatter_buffer_floats(&fwd)
+        nbuf = ember_dw8_buffer_floats(&fwd)   # the scatter needs what the forward does
         with nogil, parallel(num_threads=nthreads):
             buf = ember_dw_alloc(nbuf)
             for p in prange(s.N * groups, schedule='static'):
@@ -339,17 +304,13 @@ cdef void depthwise_input_grad(const float *dyp, const float *wp, float *dxp, Co
                     failed += 1
                 else:
                     c = (p % groups) * 8
-                    nch = s.C - c if s.C - c < 8 else 8
+                    nch = dw8_channels(s.C, c)
                     first = <long> (p // groups) * s.C + c
                     ember_dw8_input_grad_scatter(&fwd, dyp + first * plane_out, plane_out,
                                                  wp + <long> c * taps, dxp + first * plane_in,
                                                  plane_in, nch, buf)
             free(buf)
-        free(tap_table)
-        if failed:
-            raise MemoryError("conv_grad_input: cannot allocate the depthwise plane buffer")
-        return
-    if grouped:   # the forward's 8-channel kernel on dY with the flipped weights
+    elif grouped:   # the forward's 8-channel kernel on dY with the flipped weights
         with nogil, parallel(num_threads=nthreads):
             buf = ember_dw_alloc(nbuf)
             for p in prange(s.N * groups, schedule='static'):
@@ -357,28 +318,26 @@ cdef void depthwise_input_grad(const float *dyp, const float *wp, float *dxp, Co
                     failed += 1
                 else:
                     c = (p % groups) * 8
-                    nch = s.C - c if s.C - c < 8 else 8
+                    nch = dw8_channels(s.C, c)
                     first = <long> (p // groups) * s.C + c
                     wflip = buf + nbuf - 8 * taps
                     for k in range(nch):
                         for t in range(taps):
                             wflip[k * taps + t] = wp[(<long> c + k) * taps + taps - 1 - t]
                     ember_dw8_forward(&g, dyp + first * plane_out, plane_out, wflip, NULL,
-                                      dxp + first * plane_in, plane_in, nch, buf, 0, 0.0, 0.0)
+                                      dxp + first * plane_in, plane_in, nch, buf,
+                                      ACT_IDENTITY, 0.0, 0.0)
             free(buf)
-        free(tap_table)
-        if failed:
-            raise MemoryError("conv_grad_input: cannot allocate the depthwise plane buffer")
-        return
-    with nogil, parallel(num_threads=nthreads):
-        buf = ember_dw_alloc(nbuf)
-        for p in prange(s.N * s.C, schedule='static'):
-            if buf == NULL:
-                failed += 1
-            else:
-                ember_dw_input_grad_plane(&g, dyp + p * plane_out, wp + (p % s.C) * taps,
-                                          dxp + p * plane_in, buf)
-        free(buf)
+    else:
+        with nogil, parallel(num_threads=nthreads):
+            buf = ember_dw_alloc(nbuf)
+            for p in prange(s.N * s.C, schedule='static'):
+                if buf == NULL:
+                    failed += 1
+                else:
+                    ember_dw_input_grad_plane(&g, dyp + p * plane_out, wp + (p % s.C) * taps,
+                                              dxp + p * plane_in, buf)
+            free(buf)
     free(tap_table)
     if failed:
         raise MemoryError("conv_grad_input: cannot allocate the depthwise plane buffer")
@@ -389,7 +348,7 @@ def conv_grad_input(float[:, :, :, ::1] dy, float[:, :, :, ::1] w, float[:, :, :
                     int dil_w, int group, int nthreads):
     """dx (N, C, H, W) = gradient of the loss w.r.t. the conv input, given dy (N, M, OH, OW) and
     the weight w (M, C/group, KH, KW)."""
-    cdef ConvShape s = make_shape(dx.shape[0], dx.shape[1], dx.shape[2], dx.shape[3],
+    cdef ConvShape s = conv_shape(dx.shape[0], dx.shape[1], dx.shape[2], dx.shape[3],
                                   dy.shape[1], w.shape[2], w.shape[3], dy.shape[2], dy.shape[3],
                                   stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, group)
     if nthreads < 1:
@@ -404,8 +363,7 @@ def conv_grad_input(float[:, :, :, ::1] dy, float[:, :, :, ::1] w, float[:, :, :
     cdef const float *dyp = &dy[0, 0, 0, 0]
     cdef const float *wp = &w[0, 0, 0, 0]
     cdef long col_n = col_floats(&s), have = 0
-    cdef long plane_in = <long> s.H * s.W, plane_out = <long> s.OH * s.OW
-    cdef int n, p, slots, ok = 1
+    cdef int n, slots, ok = 1
     cdef float *col = NULL
     cdef float[::1] scratch_view
 

@@ -19,6 +19,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "activation.h"
+
 /* A per-thread plane buffer of n floats, 64-byte aligned (the 8-channel path does 32-byte
  * vector read-modify-writes: misaligned ones would split cache lines and miss store
  * forwarding); NULL when out of memory. Release with free(). */
@@ -225,53 +227,6 @@ static void ember_dw_correlate(const ember_dw_geom *g, const float *buf, const f
     }
 }
 
-/* In-place activation of a row for the codes with a branch-free vector form (identity, Relu,
- * Clip); returns 0 for the others (the caller then runs the scalar table). Comparisons are
- * written so that NaN passes through, as in apply_act. */
-static inline int ember_act_row_vec(float *restrict y, long n, int code, float a, float b)
-{
-    if (code == 0) return 1;
-    if (code == 1) {
-        for (long i = 0; i < n; ++i) y[i] = y[i] < 0.0f ? 0.0f : y[i];
-        return 1;
-    }
-    if (code == 10) {
-        for (long i = 0; i < n; ++i) {
-            float v = y[i] < a ? a : y[i];
-            y[i] = v > b ? b : v;
-        }
-        return 1;
-    }
-    return 0;
-}
-
-/* y[i] = act(y[i] + bv) for the vector codes; returns 0 (having added only the bias) otherwise */
-static inline int ember_bias_act_row(float *restrict y, long n, float bv, int code, float a,
-                                     float b)
-{
-    if (code == 0) {
-        for (long i = 0; i < n; ++i) y[i] += bv;
-        return 1;
-    }
-    if (code == 1) {
-        for (long i = 0; i < n; ++i) {
-            float v = y[i] + bv;
-            y[i] = v < 0.0f ? 0.0f : v;
-        }
-        return 1;
-    }
-    if (code == 10) {
-        for (long i = 0; i < n; ++i) {
-            float v = y[i] + bv;
-            v = v < a ? a : v;
-            y[i] = v > b ? b : v;
-        }
-        return 1;
-    }
-    for (long i = 0; i < n; ++i) y[i] += bv;
-    return 0;
-}
-
 /* Forward: y (OH × OW) = act(bias + depthwise correlation of x with w). Returns 0 when the
  * activation still has to be applied (a code without a vector form). */
 static EMBER_NO_LIBCALLS int ember_dw_forward_plane(const ember_dw_geom *g, const float *x,
@@ -462,6 +417,47 @@ static inline long ember_dw8_grad_buffer_floats(const ember_dw_geom *g)
     return 8L * ember_dw8_hp(g) * ember_dw8_wp(g) + 8L * ((long)g->OH * g->OW + 4) + 16;
 }
 
+/* W8[t·8 + k] = tap t's weight of channel k < nch (0 for the missing channels); channel k's
+ * taps are w[k·taps, (k + 1)·taps). */
+static inline EMBER_NO_LIBCALLS void ember_dw8_weights(const float *w, int taps, int nch,
+                                                       float *restrict W8)
+{
+    for (int t = 0; t < taps; ++t)
+        for (int k = 0; k < 8; ++k) W8[t * 8 + k] = k < nch ? w[(long)k * taps + t] : 0.0f;
+}
+
+/* off[t] = where tap t = kh·KW + kw reads in the packed window, relative to its output pixel's
+ * first tap; KH·KW <= 64. */
+static inline void ember_dw8_tap_offsets(const ember_dw_geom *g, long *off)
+{
+    const int Wp = ember_dw8_wp(g);
+    for (int t = 0; t < g->KH * g->KW; ++t)
+        off[t] = ((long)(t / g->KW) * g->dh * Wp + (long)(t % g->KW) * g->dw) * 8;
+}
+
+/* D[p·8 + k] = pixel p of channel k < nch, for npx pixels of planes plane apart (0 for the
+ * missing channels): planar to channel-interleaved. */
+static inline EMBER_NO_LIBCALLS void ember_dw8_interleave(const float *src, long plane, long npx,
+                                                          int nch, float *restrict D)
+{
+    long p0 = 0;
+#if defined(__AVX2__)
+    if (nch == 8 && npx >= 8)
+        for (int done = 0; !done; p0 += 8) {
+            if (p0 + 8 >= npx) {   /* the last block may overlap the one before */
+                p0 = npx - 8;
+                done = 1;
+            }
+            __m256 v[8];
+            for (int k = 0; k < 8; ++k) v[k] = _mm256_loadu_ps(src + k * plane + p0);
+            ember_tr8(v);
+            for (int j = 0; j < 8; ++j) _mm256_storeu_ps(D + (p0 + j) * 8, v[j]);
+        }
+#endif
+    for (long p = p0; p < npx; ++p)
+        for (int k = 0; k < 8; ++k) D[p * 8 + k] = k < nch ? src[k * plane + p] : 0.0f;
+}
+
 /* P[(r·Wp + c)·8 + k] = padded pixel (r, c) of channel k < nch (zeros elsewhere and for the
  * missing channels); channel planes lie plane_in apart. */
 static EMBER_NO_LIBCALLS void ember_dw8_pack(const ember_dw_geom *g, const float *x,
@@ -523,13 +519,10 @@ static EMBER_NO_LIBCALLS int ember_dw8_forward(const ember_dw_geom *g, const flo
     float *P = buf;
     float *out = P + 8L * Hp * Wp;
     float *W8 = out + 8L * (npx + 4);
-    /* weights: W8[t·8 + k] */
-    for (int t = 0; t < taps; ++t)
-        for (int k = 0; k < 8; ++k) W8[t * 8 + k] = k < nch ? w[(long)k * taps + t] : 0.0f;
+    ember_dw8_weights(w, taps, nch, W8);
     ember_dw8_pack(g, x, plane_in, nch, P);
     long off[64];   /* callers keep KH·KW <= 64 */
-    for (int t = 0; t < taps; ++t)
-        off[t] = ((long)(t / g->KW) * g->dh * Wp + (long)(t % g->KW) * g->dw) * 8;
+    ember_dw8_tap_offsets(g, off);
     ember_v8f bvec;
     for (int k = 0; k < 8; ++k) bvec[k] = bias && k < nch ? bias[k] : 0.0f;
     const long step = 8L * g->sw;
@@ -632,25 +625,9 @@ static EMBER_NO_LIBCALLS void ember_dw8_weight_grad(const ember_dw_geom *g, cons
     float *P = buf;
     float *D = P + 8L * Hp * Wp;
     ember_dw8_pack(g, x, plane_in, nch, P);
-    long p0 = 0;
-#if defined(__AVX2__)
-    if (nch == 8 && npx >= 8)
-        for (int done = 0; !done; p0 += 8) {
-            if (p0 + 8 >= npx) {   /* the last block may overlap the one before */
-                p0 = npx - 8;
-                done = 1;
-            }
-            __m256 v[8];
-            for (int k = 0; k < 8; ++k) v[k] = _mm256_loadu_ps(dy + k * plane_out + p0);
-            ember_tr8(v);
-            for (int j = 0; j < 8; ++j) _mm256_storeu_ps(D + (p0 + j) * 8, v[j]);
-        }
-#endif
-    for (long p = p0; p < npx; ++p)
-        for (int k = 0; k < 8; ++k) D[p * 8 + k] = k < nch ? dy[k * plane_out + p] : 0.0f;
+    ember_dw8_interleave(dy, plane_out, npx, nch, D);
     long off[64];
-    for (int t = 0; t < taps; ++t)
-        off[t] = ((long)(t / g->KW) * g->dh * Wp + (long)(t % g->KW) * g->dw) * 8;
+    ember_dw8_tap_offsets(g, off);
     const long step = 8L * g->sw;
     ember_v8f s[64];
     for (int oh = 0; oh < g->OH; ++oh) {
@@ -694,13 +671,8 @@ static EMBER_NO_LIBCALLS void ember_dw8_weight_grad(const ember_dw_geom *g, cons
 /* dX of up to eight channels of a strided depthwise conv, by scatter: every dY pixel adds
  * W[t]·dY (one vector FMA per tap, eight channels wide) into a padded, channel-interleaved
  * accumulator, which is then unpacked into dX. Unlike the zero-inserted correlation this does
- * no work for the stride's holes. g is the forward geometry; KH·KW <= 64. */
-static inline long ember_dw8_scatter_buffer_floats(const ember_dw_geom *g)
-{
-    return 8L * ember_dw8_hp(g) * ember_dw8_wp(g) + 8L * ((long)g->OH * g->OW + 4)
-           + 8L * g->KH * g->KW + 16;
-}
-
+ * no work for the stride's holes. Its buffer is ember_dw8_buffer_floats; g is the forward
+ * geometry; KH·KW <= 64. */
 static EMBER_NO_LIBCALLS void ember_dw8_input_grad_scatter(const ember_dw_geom *g,
                                                            const float *dy, long plane_out,
                                                            const float *w, float *dx,
@@ -712,27 +684,10 @@ static EMBER_NO_LIBCALLS void ember_dw8_input_grad_scatter(const ember_dw_geom *
     float *D = A + 8L * Hp * Wp;
     float *W8 = D + 8L * (npx + 4);
     for (long i = 0; i < 8L * Hp * Wp; ++i) A[i] = 0.0f;
-    for (int t = 0; t < taps; ++t)
-        for (int k = 0; k < 8; ++k) W8[t * 8 + k] = k < nch ? w[(long)k * taps + t] : 0.0f;
-    long p0 = 0;
-#if defined(__AVX2__)
-    if (nch == 8 && npx >= 8)
-        for (int done = 0; !done; p0 += 8) {
-            if (p0 + 8 >= npx) {   /* the last block may overlap the one before */
-                p0 = npx - 8;
-                done = 1;
-            }
-            __m256 v[8];
-            for (int k = 0; k < 8; ++k) v[k] = _mm256_loadu_ps(dy + k * plane_out + p0);
-            ember_tr8(v);
-            for (int j = 0; j < 8; ++j) _mm256_storeu_ps(D + (p0 + j) * 8, v[j]);
-        }
-#endif
-    for (long p = p0; p < npx; ++p)
-        for (int k = 0; k < 8; ++k) D[p * 8 + k] = k < nch ? dy[k * plane_out + p] : 0.0f;
+    ember_dw8_weights(w, taps, nch, W8);
+    ember_dw8_interleave(dy, plane_out, npx, nch, D);
     long off[64];
-    for (int t = 0; t < taps; ++t)
-        off[t] = ((long)(t / g->KW) * g->dh * Wp + (long)(t % g->KW) * g->dw) * 8;
+    ember_dw8_tap_offsets(g, off);
     const long step = 8L * g->sw;
     for (int oh = 0; oh < g->OH; ++oh) {
         float *row = A + (long)oh * g->sh * Wp * 8;

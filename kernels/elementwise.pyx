@@ -6,26 +6,29 @@ index, so in-place runs are safe.
 from cython.parallel cimport prange
 from libc.math cimport powf
 
+from kernels cimport activation
 from kernels.activation cimport apply_act
+from kernels.parallel cimport threads_for
 
-ACT_IDENTITY = 0
-ACT_RELU = 1
-ACT_LEAKY_RELU = 2
-ACT_ELU = 3
-ACT_SELU = 4
-ACT_SIGMOID = 5
-ACT_HARD_SIGMOID = 6
-ACT_HARD_SWISH = 7
-ACT_TANH = 8
-ACT_SOFTPLUS = 9
-ACT_CLIP = 10
-ACT_EXP = 11
-ACT_LOG = 12
-ACT_SQRT = 13
-ACT_NEG = 14
-ACT_ABS = 15
-ACT_RECIPROCAL = 16
-ACT_SILU = 17
+# the activation codes for the binders, from kernels/activation.h
+ACT_IDENTITY = activation.ACT_IDENTITY
+ACT_RELU = activation.ACT_RELU
+ACT_LEAKY_RELU = activation.ACT_LEAKY_RELU
+ACT_ELU = activation.ACT_ELU
+ACT_SELU = activation.ACT_SELU
+ACT_SIGMOID = activation.ACT_SIGMOID
+ACT_HARD_SIGMOID = activation.ACT_HARD_SIGMOID
+ACT_HARD_SWISH = activation.ACT_HARD_SWISH
+ACT_TANH = activation.ACT_TANH
+ACT_SOFTPLUS = activation.ACT_SOFTPLUS
+ACT_CLIP = activation.ACT_CLIP
+ACT_EXP = activation.ACT_EXP
+ACT_LOG = activation.ACT_LOG
+ACT_SQRT = activation.ACT_SQRT
+ACT_NEG = activation.ACT_NEG
+ACT_ABS = activation.ACT_ABS
+ACT_RECIPROCAL = activation.ACT_RECIPROCAL
+ACT_SILU = activation.ACT_SILU
 
 OP_ADD = 0
 OP_SUB = 1
@@ -42,13 +45,13 @@ cdef enum:
 
 cdef void unary_span(const float *x, float *y, long n, int act, float a, float b) noexcept nogil:
     cdef long i
-    if act == 0:
+    if act == activation.ACT_IDENTITY:
         for i in range(n):
             y[i] = x[i]
-    elif act == 1:
+    elif act == activation.ACT_RELU:
         for i in range(n):
             y[i] = 0.0 if x[i] < 0.0 else x[i]   # NaN passes through
-    elif act == 14:
+    elif act == activation.ACT_NEG:
         for i in range(n):
             y[i] = -x[i]
     else:
@@ -63,7 +66,7 @@ def unary(float[::1] x, float[::1] y, int act, float a, float b, int nthreads):
     cdef const float *xp = &x[0]
     cdef float *yp = &y[0]
     with nogil:
-        if nchunks == 1 or nthreads <= 1:
+        if threads_for(nthreads, n) == 1:
             unary_span(xp, yp, n, act, a, b)
         else:
             for c in prange(nchunks, num_threads=nthreads, schedule='static'):
@@ -133,7 +136,7 @@ def binary(float[::1] a, float[::1] b, float[::1] y, int op, int nthreads):
     cdef const float *bp = &b[0]
     cdef float *yp = &y[0]
     with nogil:
-        if nchunks == 1 or nthreads <= 1:
+        if threads_for(nthreads, n) == 1:
             binary_span(ap, 1, bp, 1, yp, n, op)
         else:
             for c in prange(nchunks, num_threads=nthreads, schedule='static'):

@@ -6,15 +6,11 @@ first value) take one vectorised pass (kernels/sums.h: float lanes flushed into 
 from cython.parallel cimport prange
 from libc.math cimport sqrt
 
+from kernels.parallel cimport threads_for
+
 
 cdef extern from "sums.h" nogil:
     void ember_moment_sums(const float *x, const float *g, long n, float shift, double *s)
-
-
-cdef inline int threads_for(int nthreads, long work) noexcept nogil:
-    if nthreads < 1 or work < 65536:
-        return 1
-    return nthreads
 
 
 cdef void channel_sums(const float *x, const float *g, long N, long C, long L, long c,

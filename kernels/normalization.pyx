@@ -3,6 +3,7 @@ from cython.parallel cimport prange
 from libc.math cimport sqrtf, powf
 
 from kernels.activation cimport apply_act_span
+from kernels.parallel cimport threads_for
 
 
 def channel_affine(float[:, :, ::1] x, float[::1] scale, float[::1] shift, float[:, :, ::1] y,
@@ -17,7 +18,7 @@ def channel_affine(float[:, :, ::1] x, float[::1] scale, float[::1] shift, float
     cdef const float *xp = &x[0, 0, 0]
     cdef float *yp = &y[0, 0, 0]
     with nogil:
-        for p in prange(N * C, num_threads=max(nthreads, 1), schedule='static'):
+        for p in prange(N * C, num_threads=threads_for(nthreads, N * C * L), schedule='static'):
             s = scale[p % C]
             t = shift[p % C]
             xr = xp + p * L
@@ -40,7 +41,7 @@ def instance_norm(float[:, :, ::1] x, float[::1] scale, float[::1] bias, float[:
     cdef const float *xp = &x[0, 0, 0]
     cdef float *yp = &y[0, 0, 0]
     with nogil:
-        for p in prange(N * C, num_threads=max(nthreads, 1), schedule='static'):
+        for p in prange(N * C, num_threads=threads_for(nthreads, N * C * L), schedule='static'):
             xr = xp + p * L
             yr = yp + p * L
             mean = 0.0
@@ -63,7 +64,7 @@ def lrn(float[:, :, ::1] x, float[:, :, ::1] y, int size, float alpha, float bet
     """ONNX LRN: the square sum over channels [c − ⌊(size−1)/2⌋, c + ⌈(size−1)/2⌉] is built in y,
     then y = x / (bias + alpha/size · sum)^beta in place."""
     cdef long N = x.shape[0], C = x.shape[1], L = x.shape[2], p, i, c, n, q, lo, hi
-    cdef float v, k = alpha / size
+    cdef float k = alpha / size
     cdef const float *xr
     cdef float *yr
     if N * C * L == 0:
@@ -71,7 +72,7 @@ def lrn(float[:, :, ::1] x, float[:, :, ::1] y, int size, float alpha, float bet
     cdef const float *xp = &x[0, 0, 0]
     cdef float *yp = &y[0, 0, 0]
     with nogil:
-        for p in prange(N * C, num_threads=max(nthreads, 1), schedule='static'):
+        for p in prange(N * C, num_threads=threads_for(nthreads, N * C * L), schedule='static'):
             n = p // C
             c = p % C
             lo = c - (size - 1) // 2

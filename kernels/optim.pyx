@@ -4,11 +4,13 @@ its gradient and its state buffers, updated in place.
 The per-element arithmetic follows torch.optim's single-tensor code (float32 throughout, the
 scalar hyper-parameters rounded to float32 once): the result of one call is bit-identical
 whether it runs on one thread or many (elementwise work, no FMA contraction, see below). Small
-buffers (below SERIAL_BELOW elements) run on one thread: a parallel region costs more than it
-saves there. Nothing is allocated; the gradient is only read.
+buffers (below SERIAL_THRESHOLD elements) run on one thread: a parallel region costs more than it
+saves there (kernels/parallel.pxd). Nothing is allocated; the gradient is only read.
 """
 from cython.parallel cimport prange
 from libc.math cimport pow, sqrt, sqrtf
+
+from kernels.parallel cimport threads_for, PARALLEL_MIN_WORK
 
 # No fused multiply-add contraction in this module: GCC (-O3, GNU C) would otherwise fuse
 # ``a*b + c`` differently in the serial and the parallel copy of a loop, and one update would
@@ -20,18 +22,13 @@ cdef extern from *:
 
 cdef enum:
     CHUNK = 16384           # elements per parallel work item
-    SERIAL_BELOW = 32768    # below this many elements one thread does the whole update
 
-SERIAL_THRESHOLD = SERIAL_BELOW
+SERIAL_THRESHOLD = PARALLEL_MIN_WORK   # below this many elements one thread does the update
 
 
 cdef inline float *_at(float *ptr, long off) noexcept nogil:
     """``ptr + off``, or NULL for an absent (NULL) state buffer."""
     return NULL if ptr == NULL else ptr + off
-
-
-cdef inline bint _serial(long n, int nthreads) noexcept nogil:
-    return nthreads <= 1 or n < SERIAL_BELOW
 
 
 cdef inline float *_ptr(float[::1] a):
@@ -84,7 +81,7 @@ def sgd(float[::1] p not None, float[::1] g not None, float[::1] buf, double lr,
     cdef float lr_f = <float>lr, mu = <float>momentum, wd = <float>weight_decay
     cdef float damp1 = <float>(1.0 - dampening)
     with nogil:
-        if _serial(n, nthreads):
+        if threads_for(nthreads, n) == 1:
             sgd_span(pp, gp, bp, n, lr_f, mu, damp1, wd, nesterov, first_step)
         else:
             for c in prange(nchunks, num_threads=nthreads, schedule='static'):
@@ -141,7 +138,7 @@ def rmsprop(float[::1] p not None, float[::1] g not None, float[::1] square_avg 
     cdef float lr_f = <float>lr, alpha_f = <float>alpha, one_m_alpha = <float>(1.0 - alpha)
     cdef float eps_f = <float>eps, wd = <float>weight_decay, mu = <float>momentum
     with nogil:
-        if _serial(n, nthreads):
+        if threads_for(nthreads, n) == 1:
             rmsprop_span(pp, gp, sp, ap, bp, n, lr_f, alpha_f, one_m_alpha, eps_f, wd, mu)
         else:
             for c in prange(nchunks, num_threads=nthreads, schedule='static'):
@@ -198,7 +195,7 @@ def adam(float[::1] p not None, float[::1] g not None, float[::1] exp_avg not No
     cdef float *mp = &exp_avg[0]
     cdef float *vp = &exp_avg_sq[0]
     with nogil:
-        if _serial(n, nthreads):
+        if threads_for(nthreads, n) == 1:
             adam_span(pp, gp, mp, vp, n, step_size, one_m_beta1, beta2_f, one_m_beta2, eps_f,
                       bc2_sqrt, wd, decay)
         else:
@@ -225,7 +222,7 @@ def axpy(float[::1] y not None, float[::1] x not None, float alpha, int nthreads
     cdef float *yp = &y[0]
     cdef const float *xp = &x[0]
     with nogil:
-        if _serial(n, nthreads):
+        if threads_for(nthreads, n) == 1:
             axpy_span(yp, xp, n, alpha)
         else:
             for c in prange(nchunks, num_threads=nthreads, schedule='static'):

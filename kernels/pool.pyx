@@ -2,87 +2,45 @@
 from cython.parallel cimport prange
 from libc.math cimport INFINITY
 
+from kernels.parallel cimport threads_for
+from kernels.window cimport span_inside, interior_columns
+
 
 cdef extern from "pool_rows.h" nogil:
+    float ember_nan_max(float m, float v)
     void ember_max_row(float *y, const float *r, int n, int stride)
-
-
-cdef inline int threads_for(int nthreads, long work) noexcept nogil:
-    """1 below ~32K element-taps: waking a team (and waiting at its barrier for a thread the OS
-    may have descheduled on a busy machine) costs more than the loop itself."""
-    if nthreads < 1 or work < 32768:
-        return 1
-    return nthreads
-
-
-cdef inline int first_inside(int start, int step, int lo_bound) noexcept nogil:
-    """Smallest k >= 0 with start + k*step >= lo_bound."""
-    if start >= lo_bound:
-        return 0
-    return (lo_bound - start + step - 1) // step
-
-
-cdef inline int end_inside(int start, int step, int count, int hi_bound) noexcept nogil:
-    """One past the largest k < count with start + k*step < hi_bound (>= 0)."""
-    cdef int k
-    if start >= hi_bound:
-        return 0
-    k = (hi_bound - 1 - start) // step + 1
-    return k if k < count else count
-
-
-cdef inline float nan_max(float m, float v) noexcept nogil:
-    """max that lets a NaN through; a select, not a branch (random data mispredicts)."""
-    return v if ((v > m) | (v != v)) else m
 
 
 cdef void max_plane(const float *x, float *y, int H, int W, int OH, int OW, int kh, int kw,
                     int sh, int sw, int pt, int pl, int dh, int dw) noexcept nogil:
     """Tap by tap over the interior ow span (a vectorisable select per tap), windowed scalar
     loop for the border columns."""
-    cdef int oh, ow, i, j, h0, w0, ilo, ihi, jlo, jhi, olo, ohi, off
+    cdef int oh, ow, i, j, h0, w0, ilo, ihi, jlo, jhi, olo, ohi
     cdef float m
     cdef const float *row
     cdef float *yrow
-    # ow span whose whole window lies inside [0, W)
-    olo = 0
-    while olo < OW and olo * sw - pl < 0:
-        olo += 1
-    ohi = OW
-    while ohi > olo and (ohi - 1) * sw - pl + (kw - 1) * dw >= W:
-        ohi -= 1
+    interior_columns(OW, W, kw, sw, pl, dw, &olo, &ohi)
     for oh in range(OH):
         h0 = oh * sh - pt
-        ilo = first_inside(h0, dh, 0)
-        ihi = end_inside(h0, dh, kh, H)
+        span_inside(h0, dh, kh, 0, H, &ilo, &ihi)
         yrow = y + <long> oh * OW
+        if ohi > olo:
+            for ow in range(olo, ohi):
+                yrow[ow] = -INFINITY
+            for i in range(ilo, ihi):
+                row = x + <long> (h0 + i * dh) * W - pl
+                for j in range(kw):
+                    ember_max_row(yrow + olo, row + olo * sw + j * dw, ohi - olo, sw)
         for ow in range(OW):
-            if ow == olo and ohi > olo:
-                for ow in range(olo, ohi):
-                    yrow[ow] = -INFINITY
-                for i in range(ilo, ihi):
-                    row = x + <long> (h0 + i * dh) * W - pl
-                    for j in range(kw):
-                        ember_max_row(yrow + olo, row + olo * sw + j * dw, ohi - olo, sw)
-                break
+            if olo <= ow < ohi:
+                continue      # done by the rows above
             w0 = ow * sw - pl
-            jlo = first_inside(w0, dw, 0)
-            jhi = end_inside(w0, dw, kw, W)
+            span_inside(w0, dw, kw, 0, W, &jlo, &jhi)
             m = -INFINITY
             for i in range(ilo, ihi):
                 row = x + <long> (h0 + i * dh) * W + w0
                 for j in range(jlo, jhi):
-                    m = nan_max(m, row[j * dw])
-            yrow[ow] = m
-        for ow in range(ohi if ohi > olo else OW, OW):
-            w0 = ow * sw - pl
-            jlo = first_inside(w0, dw, 0)
-            jhi = end_inside(w0, dw, kw, W)
-            m = -INFINITY
-            for i in range(ilo, ihi):
-                row = x + <long> (h0 + i * dh) * W + w0
-                for j in range(jlo, jhi):
-                    m = nan_max(m, row[j * dw])
+                    m = ember_nan_max(m, row[j * dw])
             yrow[ow] = m
 
 
@@ -111,22 +69,18 @@ cdef void avg_plane(const float *x, float *y, int H, int W, int OH, int OW, int 
     cdef const float *row
     for oh in range(OH):
         h0 = oh * sh - pt
-        ilo = first_inside(h0, 1, 0)
-        ihi = end_inside(h0, 1, kh, H)
-        plo = first_inside(h0, 1, -pt)
-        phi = end_inside(h0, 1, kh, H + pb)
+        span_inside(h0, 1, kh, 0, H, &ilo, &ihi)
+        span_inside(h0, 1, kh, -pt, H + pb, &plo, &phi)
         for ow in range(OW):
             w0 = ow * sw - pl
-            jlo = first_inside(w0, 1, 0)
-            jhi = end_inside(w0, 1, kw, W)
+            span_inside(w0, 1, kw, 0, W, &jlo, &jhi)
             s = 0.0
             for i in range(ilo, ihi):
                 row = x + <long> (h0 + i) * W + w0
                 for j in range(jlo, jhi):
                     s = s + row[j]
             if include_pad:
-                qlo = first_inside(w0, 1, -pl)
-                qhi = end_inside(w0, 1, kw, W + pr)
+                span_inside(w0, 1, kw, -pl, W + pr, &qlo, &qhi)
                 count = (phi - plo) * (qhi - qlo)
             else:
                 count = (ihi - ilo) * (jhi - jlo)

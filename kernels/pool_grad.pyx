@@ -3,46 +3,15 @@ overlapping windows accumulate into a plane only one thread writes."""
 from cython.parallel cimport prange
 from libc.string cimport memset
 
+from kernels.parallel cimport threads_for
+from kernels.window cimport span_inside, interior_columns
 
-cdef extern from "pool_grad_rows.h" nogil:
+
+cdef extern from "pool_rows.h" nogil:
     long ember_window_argmax(const float *x, long W, int h0, int dh, int ilo, int ihi, int w0,
                              int dw, int jlo, int jhi)
     void ember_max2x2_grad_row(const float *r0, const float *r1, const float *g, float *d0,
                                float *d1, long n)
-
-
-cdef inline int threads_for(int nthreads, long work) noexcept nogil:
-    """1 below ~32K element-taps: a team costs more than such a loop."""
-    if nthreads < 1 or work < 32768:
-        return 1
-    return nthreads
-
-
-cdef inline int first_inside(int start, int step, int lo_bound) noexcept nogil:
-    """Smallest k >= 0 with start + k*step >= lo_bound."""
-    if start >= lo_bound:
-        return 0
-    return (lo_bound - start + step - 1) // step
-
-
-cdef inline int end_inside(int start, int step, int count, int hi_bound) noexcept nogil:
-    """One past the largest k < count with start + k*step < hi_bound (>= 0)."""
-    cdef int k
-    if start >= hi_bound:
-        return 0
-    k = (hi_bound - 1 - start) // step + 1
-    return k if k < count else count
-
-
-cdef inline void interior_span(int OW, int W, int kw, int sw, int pl, int dw, int *olo,
-                               int *ohi) noexcept nogil:
-    """[olo, ohi): the output columns whose whole window lies inside [0, W) (no bounds work)."""
-    olo[0] = 0
-    while olo[0] < OW and olo[0] * sw - pl < 0:
-        olo[0] += 1
-    ohi[0] = OW
-    while ohi[0] > olo[0] and (ohi[0] - 1) * sw - pl + (kw - 1) * dw >= W:
-        ohi[0] -= 1
 
 
 cdef void max_grad_plane(const float *dy, const float *x, float *dx, int H, int W, int OH, int OW,
@@ -51,15 +20,14 @@ cdef void max_grad_plane(const float *dy, const float *x, float *dx, int H, int 
     """Each window's dY goes to its first maximum in row-major window order (PyTorch's tie
     rule); a NaN beats any number. Padding is −inf: it never wins, so only in-image taps are
     visited."""
-    cdef int oh, ow, i, j, h0, w0, ilo, ihi, jlo, jhi, olo, ohi
+    cdef int oh, ow, h0, w0, ilo, ihi, jlo, jhi, olo, ohi
     cdef long best_at
     cdef bint pair_rows = kh == 2 and kw == 2 and sh == 2 and sw == 2 and dh == 1 and dw == 1
     memset(dx, 0, sizeof(float) * H * W)
-    interior_span(OW, W, kw, sw, pl, dw, &olo, &ohi)
+    interior_columns(OW, W, kw, sw, pl, dw, &olo, &ohi)
     for oh in range(OH):
         h0 = oh * sh - pt
-        ilo = first_inside(h0, dh, 0)
-        ihi = end_inside(h0, dh, kh, H)
+        span_inside(h0, dh, kh, 0, H, &ilo, &ihi)
         if pair_rows and ilo == 0 and ihi == 2 and ohi > olo:
             ember_max2x2_grad_row(x + <long> h0 * W + olo * 2 - pl, x + <long> (h0 + 1) * W +
                                   olo * 2 - pl, dy + <long> oh * OW + olo,
@@ -72,8 +40,7 @@ cdef void max_grad_plane(const float *dy, const float *x, float *dx, int H, int 
             if olo <= ow < ohi:
                 jlo, jhi = 0, kw
             else:
-                jlo = first_inside(w0, dw, 0)
-                jhi = end_inside(w0, dw, kw, W)
+                span_inside(w0, dw, kw, 0, W, &jlo, &jhi)
             if ilo >= ihi or jlo >= jhi:
                 continue      # a window of padding only: no pixel receives its gradient
             best_at = ember_window_argmax(x, W, h0, dh, ilo, ihi, w0, dw, jlo, jhi)
@@ -106,28 +73,28 @@ cdef void avg_grad_plane(const float *dy, float *dx, int H, int W, int OH, int O
     """Each window spreads dY/count over its in-image taps. count is the forward's divisor: the
     taps inside [−pt, H+pb) × [−pl, W+pr) with count_include_pad, else those inside the image
     (the ceil_mode overhang past the end pads never counts)."""
-    cdef int oh, ow, i, j, h0, w0, ilo, ihi, jlo, jhi, count, olo, ohi, rows_in, rows_all
+    cdef int oh, ow, i, j, h0, w0, ilo, ihi, jlo, jhi, plo, phi, qlo, qhi, count, olo, ohi
+    cdef int rows_in, rows_all
     cdef float share
     cdef float *row
     memset(dx, 0, sizeof(float) * H * W)
-    interior_span(OW, W, kw, sw, pl, dw, &olo, &ohi)
+    interior_columns(OW, W, kw, sw, pl, dw, &olo, &ohi)
     for oh in range(OH):
         h0 = oh * sh - pt
-        ilo = first_inside(h0, dh, 0)
-        ihi = end_inside(h0, dh, kh, H)
+        span_inside(h0, dh, kh, 0, H, &ilo, &ihi)
         rows_in = ihi - ilo
-        rows_all = end_inside(h0, dh, kh, H + pb) - first_inside(h0, dh, -pt)
+        span_inside(h0, dh, kh, -pt, H + pb, &plo, &phi)
+        rows_all = phi - plo
         for ow in range(OW):
             w0 = ow * sw - pl
             if olo <= ow < ohi:   # the whole row of the window is inside, pads or not
                 jlo, jhi = 0, kw
                 count = (rows_all if include_pad else rows_in) * kw
             else:
-                jlo = first_inside(w0, dw, 0)
-                jhi = end_inside(w0, dw, kw, W)
+                span_inside(w0, dw, kw, 0, W, &jlo, &jhi)
                 if include_pad:
-                    count = rows_all * (end_inside(w0, dw, kw, W + pr) -
-                                        first_inside(w0, dw, -pl))
+                    span_inside(w0, dw, kw, -pl, W + pr, &qlo, &qhi)
+                    count = rows_all * (qhi - qlo)
                 else:
                     count = rows_in * (jhi - jlo)
             if count <= 0:

@@ -2,18 +2,14 @@
 back to its shape, both the same "sum everything but one (flattened) axis" reduction."""
 from cython.parallel cimport prange
 
+from kernels.parallel cimport threads_for
+
 
 cdef extern from "sums.h" nogil:
     double ember_sum(const float *p, long n)
 
 cdef enum:
     BLOCK = 64   # columns per task when the kept axis is the last one
-
-
-cdef inline int threads_for(int nthreads, long work) noexcept nogil:
-    if nthreads < 1 or work < 65536:
-        return 1
-    return nthreads
 
 
 cdef void column_block_sum(const float *x, float *y, long rows, long cols, long c0,

@@ -2,6 +2,8 @@
 from cython.parallel cimport prange
 from libc.math cimport expf, logf
 
+from kernels.parallel cimport threads_for
+
 
 cdef void softmax_column(const float *x, float *y, long n, long stride, bint log) noexcept nogil:
     """One softmax over n values spaced `stride` apart (stride 1 is the common, contiguous case)."""
@@ -35,7 +37,7 @@ def softmax(float[:, :, ::1] x, float[:, :, ::1] y, bint log, int nthreads):
     cdef const float *xp = &x[0, 0, 0]
     cdef float *yp = &y[0, 0, 0]
     with nogil:
-        for t in prange(outer * inner, num_threads=max(nthreads, 1), schedule='static'):
+        for t in prange(outer * inner, num_threads=threads_for(nthreads, outer * n * inner), schedule='static'):
             o = t // inner
             j = t % inner
             softmax_column(xp + o * n * inner + j, yp + o * n * inner + j, n, inner, log)

@@ -3,11 +3,7 @@ from cython.parallel cimport prange
 from libc.math cimport expf, logf, exp, NAN
 from libc.stdint cimport int64_t
 
-
-cdef inline int threads_for(int nthreads, long work) noexcept nogil:
-    if nthreads < 1 or work < 65536:
-        return 1
-    return nthreads
+from kernels.parallel cimport threads_for
 
 
 cdef void softmax_grad_line(const float *g, const float *y, float *dx, long n, long stride,

@@ -15,7 +15,8 @@ split over the team (channels, GEMM positions ξ, output channels).
 """
 from cython.parallel cimport prange, threadid
 
-from kernels.activation cimport apply_act_span
+from kernels.activation cimport ACT_IDENTITY, apply_act_span
+from kernels.parallel cimport threads_for
 
 
 cdef extern from "winograd_transform.h" nogil:
@@ -41,22 +42,8 @@ cdef struct WinoShape:
     long slot_floats
 
 
-cdef long block_bytes = 512 * 1024    # target bytes of one block's V + Mx (≈ the L2 of a core)
-
-
-cdef int phase_mask = 7   # benchmarking only: bit 0 input, 1 GEMMs, 2 output transform
-
-
-def set_phase_mask(int mask):
-    """Benchmarking only: run just some phases (bit 0 input transform, 1 GEMMs, 2 output)."""
-    global phase_mask
-    phase_mask = mask
-
-
-def set_block_bytes(long nbytes):
-    """Tuning knob for benchmarks: the target size of one tile block's transformed data."""
-    global block_bytes
-    block_bytes = max(nbytes, 1)
+cdef enum:
+    BLOCK_BYTES = 512 * 1024   # target bytes of one block's V + Mx (≈ the L2 of a core)
 
 
 cdef inline long round16(long v) noexcept nogil:
@@ -74,7 +61,7 @@ cdef WinoShape make_shape(int N, int C, int H, int W, int M, int OH, int OW, int
     s.tW = (OW + m - 1) // m
     s.T = <long> N * s.tH * s.tW
     per_tile = <long> s.alpha * s.alpha * (C + s.Mp) * 4
-    tb_max = min(max(block_bytes // per_tile // 16 * 16, 32), 256)
+    tb_max = min(max(BLOCK_BYTES // per_tile // 16 * 16, 32), 256)
     if nthreads < 1:
         nthreads = 1
     nb = (s.T + tb_max - 1) // tb_max
@@ -131,8 +118,7 @@ def winograd_weights(float[:, :, :, ::1] w, float[:, ::1] U, int tile, bint grad
         return
     cdef const float *wp = &w[0, 0, 0, 0]
     cdef float *up = &U[0, 0]
-    if nthreads < 1 or us * alpha * alpha < 32768:
-        nthreads = 1
+    nthreads = threads_for(nthreads, us * alpha * alpha)
     with nogil:
         for mo in prange(M, num_threads=nthreads, schedule='static'):
             for c in range(C):
@@ -183,7 +169,7 @@ cdef void output_channel(const float *Mx, const float *bias, float *y, WinoShape
         yc = y + (<long> n * s.M + mo) * plane
         ember_wino_output_strip(s.m, Mx + <long> mo * s.TB + (t - t0), ms, th, tw, nt, bv, yc,
                                 s.OH, s.OW)
-        if act != 0:
+        if act != ACT_IDENTITY:
             ow0 = tw * s.m
             ncols = min(s.OW - ow0, nt * s.m)
             for pp in range(s.m):
@@ -211,15 +197,12 @@ cdef int block_serial(const float *x, const float *U, const float *bias, float *
     cdef float *V = slot
     cdef float *Mx = slot + <long> s.alpha * s.alpha * s.C * s.TB
     cdef int c, xi, mo, ok = 1
-    if phase_mask & 1:
-        for c in range(s.C):
-            input_channel(x, V, s, c, t0, nb)
-    if phase_mask & 2:
-        for xi in range(s.alpha * s.alpha):
-            ok = gemm_position(U, V, Mx, s, xi, nb) and ok
-    if phase_mask & 4:
-        for mo in range(s.M):
-            output_channel(Mx, bias, y, s, mo, t0, nb, act, act_a, act_b)
+    for c in range(s.C):
+        input_channel(x, V, s, c, t0, nb)
+    for xi in range(s.alpha * s.alpha):
+        ok = gemm_position(U, V, Mx, s, xi, nb) and ok
+    for mo in range(s.M):
+        output_channel(Mx, bias, y, s, mo, t0, nb, act, act_a, act_b)
     return ok
 
 
@@ -258,7 +241,7 @@ def conv2d_winograd(float[:, :, :, ::1] x, float[:, ::1] U, bias, float[:, :, :,
     cdef const float *up = &U[0, 0]
     cdef float *yp = &y[0, 0, 0, 0]
     cdef float *sp = &scratch[0] + skip
-    cdef int blk, c, xi, mo, nb, ok = 1, team
+    cdef int blk, c, xi, mo, nb, ok = 1
     cdef long t0
     cdef float *V = sp
     cdef float *Mx = sp + <long> s.alpha * s.alpha * s.C * s.TB
