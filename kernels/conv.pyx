@@ -8,7 +8,7 @@ GEMM epilogue. Batches that divide evenly over the threads run one image per thr
 (single-threaded GEMMs, one scratch slot each); otherwise the images run in turn and each GEMM
 uses the whole team.
 
-Conv2dStep is conv2d with its arguments resolved once, runnable GIL-free inside a plan.Plan.
+Conv2dStep is conv2d with its arguments resolved once, runnable GIL-free inside a plan.PlanRunner.
 """
 from cython.parallel cimport prange, parallel, threadid
 from libc.string cimport memset, memcpy
@@ -258,7 +258,7 @@ cdef int conv_native(void *state) noexcept nogil:
 
 cdef class Conv2dStep:
     """conv2d with its arguments resolved once (bind time): calling it, or running it inside a
-    ``plan.Plan`` with no Python in between, is conv2d(*args) without the per-call argument
+    ``plan.PlanRunner`` with no Python in between, is conv2d(*args) without the per-call argument
     conversion. Holds its arrays, so their buffers outlive the step."""
     cdef ConvCall call
     cdef ember_native_step native
@@ -286,7 +286,7 @@ cdef class Conv2dStep:
 
     @property
     def _native(self):
-        """A capsule holding the step's C entry point, for plan.Plan."""
+        """A capsule holding the step's C entry point, for plan.PlanRunner."""
         return PyCapsule_New(&self.native, EMBER_NATIVE_CAPSULE, NULL)
 
 

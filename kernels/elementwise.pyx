@@ -230,7 +230,9 @@ def binary_broadcast(float[::1] a, long long[::1] a_strides, float[::1] b,
 # The activation codes `apply_act` (activation.pxd) branches on, by op type (SiLU: the fused
 # x·sigmoid(x) a pass matches, which has no ONNX op). Binders derive every code table from this.
 ACTIVATION_CODES = {
-    "Relu": 1, "LeakyRelu": 2, "Elu": 3, "Selu": 4, "Sigmoid": 5, "HardSigmoid": 6,
-    "HardSwish": 7, "Tanh": 8, "Softplus": 9, "Clip": 10, "Exp": 11, "Log": 12, "Sqrt": 13,
-    "Neg": 14, "Abs": 15, "Reciprocal": 16, "SiLU": 17,
+    "Relu": ACT_RELU, "LeakyRelu": ACT_LEAKY_RELU, "Elu": ACT_ELU, "Selu": ACT_SELU,
+    "Sigmoid": ACT_SIGMOID, "HardSigmoid": ACT_HARD_SIGMOID, "HardSwish": ACT_HARD_SWISH,
+    "Tanh": ACT_TANH, "Softplus": ACT_SOFTPLUS, "Clip": ACT_CLIP, "Exp": ACT_EXP, "Log": ACT_LOG,
+    "Sqrt": ACT_SQRT, "Neg": ACT_NEG, "Abs": ACT_ABS, "Reciprocal": ACT_RECIPROCAL,
+    "SiLU": ACT_SILU,
 }
