@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Op, register
+from .base import REGISTRY, Op, register
 
 
 def _f(x):
@@ -37,6 +37,12 @@ class _Unary(Op):
             y = self.fn(_f(x) if self.float_only else x, node.attrs)
         return [np.asarray(y).astype(x.dtype, copy=False)]
 
+    def fused_params(self, node, consts):
+        """(alpha, beta) the fused epilogue of a Conv/Gemm/MatMul applies for ``node`` (the
+        passes fuse only ops whose class says ``fusable``), or None when this node cannot be
+        fused. ``consts`` maps value names to compile-time arrays."""
+        return (0.0, 0.0)
+
     def export_fused(self, ctx, source, x: str, y: str, alpha: float, beta: float) -> None:
         """Write this activation, fused into ``source`` with parameters (alpha, beta), back as
         its own ONNX node reading ``x`` and writing ``y`` (the export of a fused Conv/Gemm)."""
@@ -59,6 +65,9 @@ class Relu(_Unary):
 class LeakyRelu(_Unary):
     fusable = True
     attrs = {"alpha": 0.01}
+
+    def fused_params(self, node, consts):
+        return (float(node.attrs.get("alpha", 0.01)), 0.0)
 
     def export_fused(self, ctx, source, x, y, alpha, beta):
         ctx.add("LeakyRelu", [x], [y], ctx.fresh(f"{source.name}/LeakyRelu"),
@@ -176,6 +185,19 @@ class Clip(Op):
                 ctx.check(b.dtype == t.dtype, f"expected {what} of dtype {t.dtype}, got {b.dtype}")
         return [t]
 
+    def fused_params(self, node, consts):
+        """Clip is fusable only when its bounds are compile-time constants."""
+        bounds = []
+        for i, default in ((1, float("-inf")), (2, float("inf"))):
+            name = node.input(i)
+            if not name:
+                bounds.append(default)
+            elif name in consts:
+                bounds.append(float(np.asarray(consts[name]).reshape(())))
+            else:
+                return None
+        return tuple(bounds)
+
     def export_fused(self, ctx, source, x, y, alpha, beta):
         """The fused bounds (alpha = min, beta = max) become constant inputs; an infinite one is
         left absent."""
@@ -225,31 +247,11 @@ def apply_activation(y, name: str, alpha: float = 0.0, beta: float = 0.0):
     return np.asarray(r).astype(y.dtype, copy=False)
 
 
-def _clip_params(node, consts):
-    """Clip is fusable only when its bounds are compile-time constants."""
-    bounds = []
-    for i, default in ((1, float("-inf")), (2, float("inf"))):
-        name = node.input(i)
-        if not name:
-            bounds.append(default)
-        elif name in consts:
-            bounds.append(float(np.asarray(consts[name]).reshape(())))
-        else:
-            return None
-    return tuple(bounds)
-
-
-# op_type (which is also the fused activation name) → fn(node, consts) -> (alpha, beta), or
-# None when this node cannot be fused (e.g. Clip bounds computed at run time). ``consts`` maps
-# value names to compile-time arrays. SiLU has no ONNX op: a pass matches x*Sigmoid(x) itself.
-FUSABLE = {
-    "Relu": lambda node, consts: (0.0, 0.0),
-    "LeakyRelu": lambda node, consts: (float(node.attrs.get("alpha", 0.01)), 0.0),
-    "Clip": _clip_params,
-    "Sigmoid": lambda node, consts: (0.0, 0.0),
-    "Tanh": lambda node, consts: (0.0, 0.0),
-    "HardSwish": lambda node, consts: (0.0, 0.0),
-}
+# op_type (which is also the fused activation name) → fn(node, consts) -> (alpha, beta) or None,
+# derived from the ops whose class says ``fusable``. SiLU has no ONNX op: a pass matches
+# x*Sigmoid(x) itself.
+FUSABLE = {t: op.fused_params for (d, t), op in REGISTRY.items()
+           if d == "" and getattr(op, "fusable", False)}
 
 
 # ---- gradients -------------------------------------------------------------------------------
@@ -333,7 +335,7 @@ def _clip_gradient(self, node, grads, g):
     """Passes dY where min ≤ x ≤ max; the bounds must be constants and get no gradient."""
     if grads[0] is None or not g.needs(0):
         return [None] * len(node.inputs)
-    bounds = _clip_params(node, g.known)
+    bounds = self.fused_params(node, g.known)
     if bounds is None:
         g.fail("Clip bounds must be constants")
     dx = g.op("ActivationGrad", [grads[0], g.input(0)], activation="Clip",
