@@ -138,14 +138,16 @@ def _net():
                          nn.LogSoftmax(dim=1))
 
 
-def _training_graph(loss=CrossEntropyLoss(), kind="labels"):
-    """The graph a Trainer compiles for ``_net``: forward, loss and backward, batch 2."""
+def _training_graph():
+    """The graph a Trainer compiles for ``_net`` with integer labels: forward, cross entropy
+    and backward, batch 2."""
     model = _net().train().to_graph(input_shape=("N", 1, 8, 8), seed=0)
     state = OrderedDict((n, model.initializers.pop(n))
                         for n in model.metadata["parameters"] + model.metadata["buffers"])
     model.inputs = list(model.inputs) + list(state)
     return build_training_graph(model, model.inputs[0], state,
-                                list(model.metadata["parameters"]), loss, kind, batch=2)
+                                list(model.metadata["parameters"]), CrossEntropyLoss(),
+                                "labels", batch=2)
 
 
 def test_training_graph_nodes_are_onnx_ops_or_training_ops():
