@@ -355,7 +355,9 @@ def cmd_demo(args) -> int:
 
 # ---- ember ops -------------------------------------------------------------------------------
 def ops_table(markdown: bool) -> str:
-    from .graph.ops import REGISTRY
+    """The default-domain ops, the ones a model file may use; ember's training ops are not
+    listed (no file can name them)."""
+    from .graph.ops import get_op, supported_ops
     from .runtime.binders import binding_for
 
     def arity(lo_hi):
@@ -363,10 +365,10 @@ def ops_table(markdown: bool) -> str:
         return f"{lo}" if lo == hi else f"{lo}–{'∞' if hi is None else hi}"
 
     rows = []
-    for (domain, op_type), op in sorted(REGISTRY.items(), key=lambda kv: (kv[0][0], kv[0][1])):
-        name = f"{domain}::{op_type}" if domain else op_type
+    for op_type in supported_ops():
+        op = get_op(op_type)
         attrs = ", ".join(sorted(op.attrs)) or "—"
-        kind = binding_for(op_type, domain).kind
+        kind = binding_for(op_type).kind
         if op.view:
             runs = "view (no copy)"
         elif kind == "numpy":
@@ -375,7 +377,7 @@ def ops_table(markdown: bool) -> str:
             runs = "Cython kernel"
         else:
             runs = "numpy reference"
-        rows.append((name, arity(op.num_inputs), arity(op.num_outputs), attrs, runs))
+        rows.append((op_type, arity(op.num_inputs), arity(op.num_outputs), attrs, runs))
     if not markdown:
         return "\n".join(f"{r[0]:24s} {r[4]:16s} {r[3]}" for r in rows) + \
             f"\n{len(rows)} ops"
@@ -463,7 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(fn=cmd_demo)
 
-    ops = sub.add_parser("ops", help="list the supported ops (from the op registry)")
+    ops = sub.add_parser("ops", help="list the ONNX ops a model may use (from the op registry)")
     ops.add_argument("--markdown", action="store_true", help="as a Markdown table")
     ops.set_defaults(fn=cmd_ops)
     return p

@@ -4,7 +4,9 @@
 its ``gradient`` rule (the op class's ``gradient`` method, set in its family module's gradients
 section; graph/TRAINING.md §1). Rules emit
 ordinary registered ops through a ``GradContext``, so the gradient part of the graph is planned,
-bound to kernels and run exactly like the forward part. ``to_training`` switches a graph's
+bound to kernels and run exactly like the forward part. A rule names the ops it emits by type
+(``ops.op_named``): the gradient ops and ``SumToShape`` land in ember's training domain, the ONNX
+ops it reuses (Mul, Reshape, Gemm, …) in the default one. ``to_training`` switches a graph's
 BatchNormalization and Dropout nodes to their training forms first.
 """
 from __future__ import annotations
@@ -16,7 +18,7 @@ import numpy as np
 from .errors import ModelError
 from .infer import infer_node
 from .ir import Graph, Node, TensorType
-from .ops import get_op
+from .ops import get_op, op_named
 
 GRAD_PREFIX = "grad/"
 
@@ -241,13 +243,14 @@ class _Backward:
         return name
 
     def emit(self, op_type, inputs, num_outputs, attrs, fwd: Node, used=None):
-        op = get_op(op_type)
+        op = op_named(op_type)
         base = f"{GRAD_PREFIX}{fwd.name}/{op_type}"
         node_name = _fresh(self.node_names, base)
         used = [True] * num_outputs if used is None else list(used)
         outs = [self.fresh(base if num_outputs == 1 else f"{base}:{k}") if used[k] else ""
                 for k in range(num_outputs)]
-        node = Node(op_type, [i or "" for i in inputs], list(outs), dict(attrs), node_name)
+        node = Node(op_type, [i or "" for i in inputs], list(outs), dict(attrs), node_name,
+                    op.domain)
         while node.inputs and not node.inputs[-1]:
             node.inputs.pop()
         while node.outputs and not node.outputs[-1]:

@@ -21,7 +21,7 @@ import numpy as np
 from .errors import ModelError, ShapeError
 from .infer import infer_node, infer_shapes
 from .ir import Graph, Node, TensorType
-from .ops import get_op
+from .ops import get_op, op_named
 from .ops.base import NeedsValue
 
 INITS = ("kaiming_uniform", "kaiming_normal", "xavier_uniform", "xavier_normal", "zeros",
@@ -268,12 +268,14 @@ class Builder:
 
     # the generic op --------------------------------------------------------------------------
     def op(self, op_type: str, inputs, num_outputs: int = 1, name: str | None = None,
-           domain: str = "", **attrs):
+           domain: str | None = None, **attrs):
         """Add one node; return its output Value (a tuple of Values when num_outputs > 1).
 
         ``inputs`` are Values, value names, ``None`` (absent optional input) or numbers/arrays
-        (made constants of the first Value input's dtype)."""
-        op = get_op(op_type, domain)
+        (made constants of the first Value input's dtype). Without ``domain`` the name picks
+        the op (``ops.op_named``): an ONNX op, else one of ember's training ops (``MSELoss``,
+        ``SumToShape``, …)."""
+        op = op_named(op_type) if domain is None else get_op(op_type, domain)
         like = next((v for v in inputs if isinstance(v, Value)), None)
         names = [self._as_value(v, like) for v in inputs]
         while names and names[-1] == "":
@@ -284,7 +286,7 @@ class Builder:
         if num_outputs > 1:
             for o in outs:
                 self._claim(o)
-        node = Node(op_type, names, outs, dict(attrs), node_name, domain)
+        node = Node(op_type, names, outs, dict(attrs), node_name, op.domain)
         try:
             self._infer(op, node)
         except Exception:

@@ -17,6 +17,7 @@ import numpy as np
 
 from .errors import ModelError
 from .ir import Graph, Node, TensorType
+from .ops import TRAINING_DOMAIN, is_supported
 
 # Dtypes an array may have (the IR's tensors, optimizer state, RNG state stays JSON).
 ALLOWED_DTYPES = frozenset({"float16", "float32", "float64", "int8", "int16", "int32", "int64",
@@ -184,6 +185,16 @@ def _strs(v, what) -> list:
     return list(v)
 
 
+def _stored_domain(op_type: str, domain: str) -> str:
+    """The domain of a stored node. Graphs saved before ember's training ops had a domain of
+    their own hold them in the default one (e.g. a ``SumToShape`` or ``MSELoss`` built into a
+    checkpointed model): a default-domain name only the training domain registers means that
+    training op, so those files restore as they always did."""
+    if domain == "" and not is_supported(op_type) and is_supported(op_type, TRAINING_DOMAIN):
+        return TRAINING_DOMAIN
+    return domain
+
+
 def graph_from_json(d, arrays: ArrayReader) -> Graph:
     """Rebuild a Graph, checking the structure (names, node fields, types, topological order).
     Op types are checked by the caller's shape inference (unknown op → UnsupportedOpError)."""
@@ -220,7 +231,8 @@ def graph_from_json(d, arrays: ArrayReader) -> Graph:
             if not all(isinstance(v, str) for v in (op_type, name, domain)):
                 raise ModelError("node op_type, name and domain must be strings")
             g.nodes.append(Node(op_type, _strs(nd["inputs"], "node inputs"),
-                                _strs(nd["outputs"], "node outputs"), attrs, name, domain))
+                                _strs(nd["outputs"], "node outputs"), attrs, name,
+                                _stored_domain(op_type, domain)))
         meta = decode(d.get("metadata", {}), arrays)
         if not isinstance(meta, dict):
             raise ModelError("graph metadata must be an object")

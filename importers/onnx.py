@@ -99,7 +99,10 @@ def _default_opset(model) -> int:
 
 
 def _check_supported(model, opset: int) -> None:
-    """One UnsupportedOpError listing every unsupported op, before converting anything."""
+    """One UnsupportedOpError listing every unsupported op, before converting anything. Only
+    default-domain ops are read from a file: ember's training ops (``MSELoss``, ``ConvGradInput``,
+    …) live in its own training domain, so a file naming them — in the default domain or in
+    that one — is refused like any op ember does not run."""
     graph_proto = model.graph
     domain_opsets = {o.domain: o.version for o in model.opset_import}
     missing: dict = {}

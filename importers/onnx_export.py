@@ -15,8 +15,9 @@ in the chosen opset's form:
   error naming the node and the opset it needs.
 
 Training-only content has no ONNX form and is refused up front, listing every offending node:
-ops outside the default domain or that ONNX does not define (gradient ops, ember's loss ops),
-and nodes whose op refuses them (``Op.export_refusal``: BatchNorm in ``training_mode``, Dropout
+ember's training ops (``TRAINING_DOMAIN``: the gradient ops, ``SumToShape``, the loss a Trainer
+appends), other ops outside the default domain or that ONNX does not define, and nodes whose op
+refuses them (``Op.export_refusal``: BatchNorm in ``training_mode``, Dropout
 with a training-mode input that is not a constant false).
 
 The exporter holds only the generic machinery (``ExportContext``): adding an op never means
@@ -33,7 +34,7 @@ import numpy as np
 
 from ..graph.errors import ModelError, UnsupportedOpError
 from ..graph.ir import Graph, Node, TensorType
-from ..graph.ops import REGISTRY, Op
+from ..graph.ops import REGISTRY, TRAINING_DOMAIN, Op
 
 DEFAULT_OPSET = 21      # the newest opset whose semantics every ember op follows
 MIN_OPSET = 13          # Softmax's one-axis form, Squeeze/Unsqueeze/ReduceSum axes as inputs
@@ -150,6 +151,9 @@ def _op(node: Node) -> Op:
 
 def _training_reason(graph: Graph, node: Node, has_onnx_op) -> str | None:
     """Why ``node`` cannot be exported (None when it can)."""
+    if node.domain == TRAINING_DOMAIN:
+        return (f"has no ONNX equivalent (one of ember's training ops, domain "
+                f"{TRAINING_DOMAIN!r})")
     if node.domain not in _DEFAULT_DOMAINS:
         return f"is in domain {node.domain!r}, which ONNX does not define"
     if not has_onnx_op(node.op_type):

@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..graph.errors import InputError, ModelError
-from ..graph.ir import Graph, TensorType
+from ..graph.ir import Graph, Node, TensorType
+from ..graph.ops import TRAINING_DOMAIN
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -70,8 +71,8 @@ class Loss:
     def add_to_graph(self, graph: Graph, output: str, target: str, kind: str) -> str:
         """Append the loss node(s) reading ``output`` and ``target``; return the loss value."""
         loss = _fresh(graph, "loss")
-        graph.add_node(self.op_type, [output, target], [loss], name=_fresh_node(graph, "loss"),
-                       **self._attrs())
+        _add_loss_node(graph, self.op_type, [output, target], [loss],
+                       _fresh_node(graph, "loss"), self._attrs())
         return loss
 
     def _attrs(self) -> dict:
@@ -95,6 +96,12 @@ def _as_array(a, what):
         return np.asarray(a)
     except Exception as e:
         raise InputError(f"{what}: cannot convert {type(a).__name__} to an array: {e}") from None
+
+
+def _add_loss_node(graph: Graph, op_type: str, inputs, outputs, name: str, attrs: dict):
+    """A loss node of ember's training domain: a Trainer's loss is never part of a model file."""
+    graph.nodes.append(Node(op_type, list(inputs), list(outputs), dict(attrs), name,
+                            TRAINING_DOMAIN))
 
 
 def _fresh(graph: Graph, base: str) -> str:
@@ -183,8 +190,8 @@ class CrossEntropyLoss(Loss):
         loss, log_prob = _fresh(graph, "loss"), _fresh(graph, "loss/log_prob")
         name = _fresh_node(graph, "loss")
         if kind == "probs":
-            graph.add_node("SoftmaxCrossEntropyProb", [output, target], [loss, log_prob],
-                           name=name, reduction=self.reduction)
+            _add_loss_node(graph, "SoftmaxCrossEntropyProb", [output, target], [loss, log_prob],
+                           name, {"reduction": self.reduction})
             return loss
         ins = [output, target]
         if self.weight is not None:
@@ -192,8 +199,8 @@ class CrossEntropyLoss(Loss):
             graph.initializers[w] = self.weight.copy()
             graph.types[w] = TensorType(np.float32, self.weight.shape)
             ins.append(w)
-        graph.add_node(self.op_type, ins, [loss, log_prob], name=name,
-                       reduction=self.reduction, ignore_index=self.ignore_index)
+        _add_loss_node(graph, self.op_type, ins, [loss, log_prob], name,
+                       {"reduction": self.reduction, "ignore_index": self.ignore_index})
         return loss
 
     def batch_weight(self, y):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from ember.graph.ir import Graph, Node, TensorType
-from ember.graph.ops import get_op
+from ember.graph.ops import get_op, op_named
 from ember.runtime.session import Session
 from ember.kernels import act_grad, conv_grad, norm_grad, pool_grad, reduce_grad, softmax_grad
 
@@ -498,7 +498,7 @@ def compile_one(op_type, feeds, attrs, n_outputs=1, consts=None, threads=2, abse
     inputs = [k for k in feeds] + [k for k in consts]
     outputs = [("" if k in absent_outputs else f"out{k}") for k in range(n_outputs)]
     node = Node(op_type, [i if not i.startswith("absent") else "" for i in inputs], outputs,
-                attrs=dict(attrs), name="node")
+                attrs=dict(attrs), name="node", domain=op_named(op_type).domain)
     types = {k: TensorType(v.dtype, v.shape) for k, v in {**feeds, **consts}.items()}
     g = Graph(nodes=[node], inputs=list(feeds), outputs=[o for o in outputs if o],
               initializers=dict(consts), types=types)
@@ -515,7 +515,7 @@ def check_binder(op_type, feeds, attrs, n_outputs=1, consts=None, rtol=1e-4, ato
     assert not getattr(step, "reference", False), f"{op_type} ran its numpy reference"
     got = sess.run(None, feeds)
     ins = [{**feeds, **(consts or {})}.get(i) if i else None for i in cnode.inputs]
-    want = [w for k, w in enumerate(get_op(op_type).compute(cnode, ins))
+    want = [w for k, w in enumerate(op_named(op_type).compute(cnode, ins))
             if k not in absent_outputs]
     for gv, wv in zip(got, want):
         assert gv.shape == np.shape(wv) and gv.dtype == wv.dtype
@@ -686,7 +686,7 @@ def test_dropout_kernel_mask_is_the_references_bit_for_bit(ratio, seed, step, nt
     dy, dx = rand(x.size), np.empty_like(x)
     act_grad.dropout_grad(dy, mask, dx, ratio, nthreads)
     gnode = Node("DropoutGrad", ["dy", "m"], ["dx"], {"ratio": ratio}, "g")
-    np.testing.assert_array_equal(get_op("DropoutGrad").compute(gnode, [dy, keep])[0], dx)
+    np.testing.assert_array_equal(op_named("DropoutGrad").compute(gnode, [dy, keep])[0], dx)
 
 
 @pytest.mark.parametrize("threads", THREADS)

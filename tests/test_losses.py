@@ -10,7 +10,7 @@ from onnx.reference import ReferenceEvaluator
 from ember.graph.autodiff import backward
 from ember.graph.errors import InputError, ModelError, ShapeError
 from ember.graph.ir import Node
-from ember.graph.ops import get_op
+from ember.graph.ops import op_named
 
 from test_autodiff import Case, gradcheck, run
 
@@ -19,7 +19,7 @@ REDUCTIONS = ["mean", "sum", "none"]
 
 def compute(op_type, inputs, **attrs):
     """One op's numpy reference on arrays, attributes defaulted as inference would."""
-    op = get_op(op_type)
+    op = op_named(op_type)
     node = Node(op_type, [f"i{k}" if v is not None else "" for k, v in enumerate(inputs)],
                 ["out", "out2"][:op.num_outputs[1]], dict(attrs), "n")
     for k, v in op.attrs.items():

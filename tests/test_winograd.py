@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from ember.graph.ir import Graph, Node, TensorType
-from ember.graph.ops import get_op
+from ember.graph.ops import get_op, op_named
 from ember.kernels import winograd as wg
 from ember.runtime.session import Session
 
@@ -153,7 +153,8 @@ def test_bad_arguments():
 # ---- dispatch through compiled Sessions ----------------------------------------------------------
 def session_step(op_type, feeds, consts, attrs, threads=2):
     inputs = list(feeds) + list(consts)
-    node = Node(op_type, inputs, ["y"], attrs=dict(attrs), name="node")
+    node = Node(op_type, inputs, ["y"], attrs=dict(attrs), name="node",
+                domain=op_named(op_type).domain)
     types = {k: TensorType(v.dtype, v.shape) for k, v in {**feeds, **consts}.items()}
     g = Graph(nodes=[node], inputs=list(feeds), outputs=["y"], initializers=dict(consts),
               types=types)
@@ -161,7 +162,7 @@ def session_step(op_type, feeds, consts, attrs, threads=2):
     ctx = sess.compile(None).acquire()
     (cnode, step), = ctx.steps
     got = sess.run(None, feeds)[0]
-    want = get_op(op_type).compute(cnode, [{**feeds, **consts}[i] for i in cnode.inputs])[0]
+    want = op_named(op_type).compute(cnode, [{**feeds, **consts}[i] for i in cnode.inputs])[0]
     return step, got, want, sess, cnode
 
 

@@ -1,11 +1,12 @@
 """The op registry. Each module holds one op family; importing it registers its ops."""
-from .base import REGISTRY, REQUIRED, InferContext, NeedsValue, Op, get_op, is_supported, register
+from .base import (REGISTRY, REQUIRED, TRAINING_DOMAIN, InferContext, NeedsValue, Op, get_op,
+                   is_supported, op_named, register)
 
 from . import (activation, conv, elementwise, linear, loss, normalization, pool,  # noqa: E402,F401
                reduce, resize, softmax, tensor)
 
-__all__ = ["REGISTRY", "REQUIRED", "InferContext", "NeedsValue", "Op", "get_op", "is_supported",
-           "register", "supported_ops"]
+__all__ = ["REGISTRY", "REQUIRED", "TRAINING_DOMAIN", "InferContext", "NeedsValue", "Op", "get_op",
+           "is_supported", "op_named", "register", "supported_ops"]
 
 
 def supported_ops() -> list:

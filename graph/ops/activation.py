@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import REGISTRY, Op, register
+from .base import REGISTRY, TRAINING_DOMAIN, Op, register
 
 
 def _f(x):
@@ -293,6 +293,7 @@ def activation_grad(dy, t, name: str, alpha: float, beta: float):
 class ActivationGrad(Op):
     """dX of a unary activation from dY and T: T is the forward output Y for Relu, Sigmoid and
     Tanh, the forward input X otherwise (alpha/beta as the forward op reads them)."""
+    domain = TRAINING_DOMAIN
     num_inputs = (2, 2)
     attrs = {"activation": "Relu", "alpha": 0.0, "beta": 0.0}
     inplace = (0,)

@@ -31,6 +31,9 @@ Conventions:
   these to find what to train in an imported file.
 * ``gradient(node, grads, g)``: the op's gradient rule for ``graph.autodiff``
   (graph/TRAINING.md §1); ``None`` for an op autodiff cannot differentiate through.
+* ``domain``: "" for the ONNX ops; ``TRAINING_DOMAIN`` for the ops only training creates (the
+  gradient ops, ``SumToShape``, the loss ops), which no ONNX file may name and export never
+  writes.
 """
 from __future__ import annotations
 
@@ -40,7 +43,12 @@ from ..errors import ModelError, ShapeError, UnsupportedOpError
 from ..ir import Graph, Node, TensorType
 
 REQUIRED = object()
-REGISTRY: dict = {}
+REGISTRY: dict = {}   # (domain, op_type) -> Op
+
+# Ember's own op domain: the ops autodiff and the losses add to a training graph. Keeping them
+# out of the default domain is what lets the importer refuse them and the exporter never write
+# them, whatever their names.
+TRAINING_DOMAIN = "ai.ember.training"
 
 
 class NeedsValue(Exception):
@@ -107,6 +115,16 @@ def get_op(op_type: str, domain: str = "") -> Op:
 
 def is_supported(op_type: str, domain: str = "") -> bool:
     return (domain, op_type) in REGISTRY
+
+
+def op_named(op_type: str) -> Op:
+    """The op a bare name means when ember's own code builds a graph (``Builder.op``, gradient
+    rules): the default domain's op of that name, else ember's training domain's. Only
+    ``SoftmaxCrossEntropyLoss`` is registered in both (ONNX defines it); by name it is ONNX's."""
+    op = REGISTRY.get(("", op_type)) or REGISTRY.get((TRAINING_DOMAIN, op_type))
+    if op is None:
+        raise UnsupportedOpError({(op_type, "", "?"): ["?"]})
+    return op
 
 
 def fill_attrs(op: Op, node: Node) -> None:

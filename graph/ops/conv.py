@@ -12,7 +12,7 @@ import itertools
 import numpy as np
 
 from ..ir import TensorType
-from .base import REQUIRED, Op, register
+from .base import REQUIRED, TRAINING_DOMAIN, Op, register
 from .linear import FUSED_ATTRS, check_activation, finish
 
 AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
@@ -324,6 +324,7 @@ def _check_grad_pair(ctx, x_like, w_like, what_x, what_w):
 @register
 class ConvGradInput(Op):
     """dX of Conv(X, W) from dY and W (a transposed convolution cropped to X's shape)."""
+    domain = TRAINING_DOMAIN
     num_inputs = (2, 2)
     attrs = {**GRAD_CONV_ATTRS, "input_shape": REQUIRED}
 
@@ -349,6 +350,7 @@ class ConvGradInput(Op):
 class ConvGradWeight(Op):
     """dW of Conv(X, W) from dY and X: per kernel offset, dY·(X window)ᵀ summed over the batch
     and output pixels, per group."""
+    domain = TRAINING_DOMAIN
     num_inputs = (2, 2)
     attrs = {**GRAD_CONV_ATTRS, "weight_shape": REQUIRED}
 

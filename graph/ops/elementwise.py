@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..ir import TensorType
-from .base import Op, register
+from .base import TRAINING_DOMAIN, Op, register
 
 
 def broadcast_shapes(ctx, shapes) -> tuple:
@@ -186,6 +186,7 @@ def sum_to_shape(x, shape):
 class SumToShape(Op):
     """The adjoint of broadcasting: dY summed down to ``shape`` (right-aligned; size-1 dims
     summed with keepdims)."""
+    domain = TRAINING_DOMAIN
     attrs = {"shape": []}
 
     def infer(self, ctx):
@@ -204,6 +205,7 @@ class SumToShape(Op):
 @register
 class BiasGrad(Op):
     """Gradient of a bias added along ``axis``: dY summed over every other axis."""
+    domain = TRAINING_DOMAIN
     attrs = {"axis": 1}
 
     def infer(self, ctx):

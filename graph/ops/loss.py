@@ -1,6 +1,10 @@
 """Loss ops and their gradients: SoftmaxCrossEntropyLoss (the ONNX op), cross entropy against
 probability targets, BCE with logits, MSE, L1 and Huber.
 
+Every op here but ONNX's SoftmaxCrossEntropyLoss is in ember's training domain; that one is
+registered twice, in the default domain for ONNX files and in the training domain for the loss
+a Trainer appends.
+
 Every loss takes ``reduction`` in {"mean", "sum", "none"}. "mean" averages over every element
 (torch's rule), except SoftmaxCrossEntropyLoss, which divides by the summed weights of the labels
 not equal to ``ignore_index`` (ONNX's rule), and SoftmaxCrossEntropyProb, which averages over the
@@ -14,7 +18,7 @@ import numpy as np
 from ..errors import InputError
 from ..ir import TensorType
 from .activation import stable_sigmoid
-from .base import Op, register
+from .base import TRAINING_DOMAIN, Op, register
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -115,8 +119,18 @@ class SoftmaxCrossEntropyLoss(Op):
 
 
 @register
+class TrainingSoftmaxCrossEntropyLoss(SoftmaxCrossEntropyLoss):
+    """The cross entropy a Trainer appends (``runtime/losses.py``): ONNX's op, under its name in
+    ember's training domain like every other loss a Trainer adds, so that a training graph's
+    loss is never taken for a model's op (refused on export, never read from a file)."""
+    op_type = "SoftmaxCrossEntropyLoss"
+    domain = TRAINING_DOMAIN
+
+
+@register
 class SoftmaxCrossEntropyLossGrad(Op):
     """dscores = (softmax − onehot(label))·weight[label]·dloss (÷ summed weights for mean)."""
+    domain = TRAINING_DOMAIN
     num_inputs = (3, 4)
     attrs = {"reduction": "mean", "ignore_index": None}
 
@@ -155,6 +169,7 @@ def _rows(shape):
 @register
 class SoftmaxCrossEntropyProb(Op):
     """−Σ_c target·log_softmax(scores) per row (class axis 1); mean averages over the rows."""
+    domain = TRAINING_DOMAIN
     num_inputs = (2, 2)
     num_outputs = (1, 2)
     attrs = {"reduction": "mean"}
@@ -175,6 +190,7 @@ class SoftmaxCrossEntropyProb(Op):
 @register
 class SoftmaxCrossEntropyProbGrad(Op):
     """dscores = (softmax·Σ_c target − target)·dloss per row (÷ rows for mean)."""
+    domain = TRAINING_DOMAIN
     num_inputs = (3, 3)
     attrs = {"reduction": "mean"}
 
@@ -195,6 +211,7 @@ class SoftmaxCrossEntropyProbGrad(Op):
 # ---- elementwise losses -------------------------------------------------------------------------
 class _PairLoss(Op):
     """loss(pred, target) per element, reduced; the gradient op is ``<op_type>Grad``."""
+    domain = TRAINING_DOMAIN
     num_inputs = (2, 2)
     attrs = {"reduction": "mean"}
     target_has_gradient = True   # the loss is a function of pred − target
@@ -211,9 +228,9 @@ class _PairLoss(Op):
 
 
 class _PairLossGrad(Op):
+    domain = TRAINING_DOMAIN
     num_inputs = (3, 3)
     attrs = {"reduction": "mean"}
-    elementwise_grad = None
 
     def infer(self, ctx):
         s = _check_pair(ctx, 1, 2, "input", "target")

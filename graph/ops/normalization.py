@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..ir import TensorType
-from .base import REQUIRED, Op, register
+from .base import REQUIRED, TRAINING_DOMAIN, Op, register
 
 
 def _wide(x):
@@ -170,6 +170,7 @@ class LRNGrad(Op):
     dx_i = dy_i·s_i^−β − 2αβ/n·x_i·Σ_{j: i ∈ window(j)} dy_j·x_j·s_j^(−β−1).
     The channels j whose window holds i are [i − ⌈(n−1)/2⌉, i + ⌊(n−1)/2⌋]: the window
     mirrored, which matters for even n."""
+    domain = TRAINING_DOMAIN
     num_inputs = (2, 2)
     attrs = {"alpha": 1e-4, "beta": 0.75, "bias": 1.0, "size": REQUIRED}
     inplace = (0,)
@@ -214,6 +215,7 @@ LRN.gradient = _lrn_gradient
 class BatchNormalizationGrad(Op):
     """(dX, dscale, dbias) of BatchNormalization. training_mode=1: the batch statistics are
     recomputed from X (mean/var inputs ignored); 0: the given (frozen) statistics."""
+    domain = TRAINING_DOMAIN
     num_inputs = (3, 5)
     num_outputs = (1, 3)
     attrs = {"epsilon": 1e-5, "training_mode": 0}

@@ -10,7 +10,7 @@ import itertools
 import numpy as np
 
 from ..ir import TensorType
-from .base import REQUIRED, Op, register
+from .base import REQUIRED, TRAINING_DOMAIN, Op, register
 from .conv import padded, resolve_pads, spatial_attr, window_out, window_slice
 
 POOL_ATTRS = {"auto_pad": "NOTSET", "ceil_mode": 0, "dilations": [], "kernel_shape": REQUIRED,
@@ -196,6 +196,7 @@ def _check_dy(ctx, x_shape):
 class MaxPoolGrad(Op):
     """dY routed to each window's first maximum (row-major window order, PyTorch's tie rule);
     overlapping windows accumulate."""
+    domain = TRAINING_DOMAIN
     attrs = {**POOL_ATTRS, "storage_order": 0}
     num_inputs = (2, 2)
 
@@ -232,6 +233,7 @@ class MaxPoolGrad(Op):
 @register
 class AveragePoolGrad(Op):
     """dY spread evenly over each window, with AveragePool's divisor."""
+    domain = TRAINING_DOMAIN
     attrs = {**POOL_ATTRS, "count_include_pad": 0, "input_shape": REQUIRED}
 
     def infer(self, ctx):
@@ -261,6 +263,7 @@ class AveragePoolGrad(Op):
 @register
 class GlobalAveragePoolGrad(Op):
     """dX[n, c, …] = dY[n, c] / (number of spatial positions)."""
+    domain = TRAINING_DOMAIN
     attrs = {"input_shape": REQUIRED}
 
     def infer(self, ctx):

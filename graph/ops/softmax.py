@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Op, register
+from .base import TRAINING_DOMAIN, Op, register
 
 
 class _SoftmaxBase(Op):
@@ -47,6 +47,7 @@ class LogSoftmax(_SoftmaxBase):
 
 # ---- gradients -------------------------------------------------------------------------------
 class _SoftmaxGradBase(Op):
+    domain = TRAINING_DOMAIN
     num_inputs = (2, 2)
     attrs = {"axis": -1}
     inplace = (0,)

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import InputError, ModelError
 from ..ir import TensorType
-from .base import REQUIRED, Op, register
+from .base import REQUIRED, TRAINING_DOMAIN, Op, register
 from .elementwise import broadcast_shapes
 
 INT64_MAX = np.iinfo(np.int64).max
@@ -957,6 +957,7 @@ class DropoutGrad(Op):
     """dX = dY·mask/(1 − ratio) (0 when ratio = 1): the forward's own mask, so the gradient
     matches the mask that run drew. The factor is rounded to dY's dtype first, as the kernel
     does, so both give the same bits."""
+    domain = TRAINING_DOMAIN
     attrs = {"ratio": 0.5}
     num_inputs = (2, 2)
     inplace = (0,)
@@ -1053,6 +1054,7 @@ Pad.gradient = _pad_gradient
 class SliceGrad(Op):
     """dX of Slice: zeros of the forward input's shape (attr ``input_shape``) with dY written
     where the forward read (same starts/ends/axes/steps inputs, ONNX's clamping rules)."""
+    domain = TRAINING_DOMAIN
     num_inputs = (3, 5)
     attrs = {"input_shape": REQUIRED}
 

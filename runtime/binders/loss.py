@@ -1,5 +1,5 @@
-"""SoftmaxCrossEntropyLoss and its gradient (``kernels/softmax_grad``): class scores of shape
-(N, C) with int64 labels."""
+"""SoftmaxCrossEntropyLoss (ONNX's and the training domain's) and its gradient
+(``kernels/softmax_grad``): class scores of shape (N, C) with int64 labels."""
 from __future__ import annotations
 
 import numpy as np
@@ -28,7 +28,7 @@ def _bad_label(node, labels, row, n_classes):
                       f"{n_classes}) (and is not ignore_index {node.attrs.get('ignore_index')})")
 
 
-@binds(ops.SoftmaxCrossEntropyLoss, kernel="softmax_grad")
+@binds(ops.SoftmaxCrossEntropyLoss, ops.TrainingSoftmaxCrossEntropyLoss, kernel="softmax_grad")
 def bind_softmax_xent(node, ins, outs, scratch_buf, ctx):
     scores, labels, weights = ins[0], ins[1], optional_at(ins, 2)
     loss, logp = outs[0], optional_at(outs, 1)
