@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import ModelError, ShapeError
+from .errors import ModelError, ShapeError, UnsupportedOpError
 from .ir import Graph, TensorType
-from .ops import get_op
+from .ops import get_op, is_supported
 from .ops.base import InferContext, NeedsValue, fill_attrs
 
 # Values bigger than this are left to run time rather than stored as folded constants.
@@ -110,6 +110,17 @@ def infer_node(graph: Graph, op, node, known: dict, runtime_inputs: set) -> list
     return out_types
 
 
+def _check_supported(graph: Graph) -> None:
+    """Every node's (domain, op_type) is registered, or one UnsupportedOpError names them all
+    with their nodes (a graph built in Python, or a default-domain node naming a training op)."""
+    missing: dict = {}
+    for node in graph.nodes:
+        if not is_supported(node.op_type, node.domain):
+            missing.setdefault((node.op_type, node.domain, "?"), []).append(node.name or "?")
+    if missing:
+        raise UnsupportedOpError(missing)
+
+
 def infer_shapes(graph: Graph, consts: dict | None = None, fold: bool = True) -> dict:
     """Fill ``graph.types`` for every value; return the dict of values known at compile time
     (initializers, ``consts`` given by the caller, and folded results).
@@ -126,6 +137,7 @@ def infer_shapes(graph: Graph, consts: dict | None = None, fold: bool = True) ->
         if name not in graph.types:
             raise ModelError(f"graph input {name!r} has no type")
         _check_input_type(name, graph.types[name])
+    _check_supported(graph)
     for node in graph.nodes:
         op = get_op(node.op_type, node.domain)
         out_types = infer_node(graph, op, node, known, runtime_inputs)

@@ -264,3 +264,24 @@ def test_ember_ops_lists_the_default_domain_only(argv, capsys):
     assert listed == supported_ops()
     training_only = {t for (d, t) in REGISTRY if d == TRAINING_DOMAIN} - set(supported_ops())
     assert not training_only & set(rows)
+
+
+def test_a_graph_built_in_python_naming_training_ops_in_the_default_domain_lists_every_node():
+    """A hand-built graph (no importer involved) that names training ops in the default domain
+    fails shape inference with one UnsupportedOpError naming every such op and node."""
+    from ember.graph.infer import infer_shapes
+    from ember.graph.ir import Graph, TensorType
+    g = Graph()
+    g.inputs = ["x", "t"]
+    g.types["x"] = TensorType(np.float32, (2, 3))
+    g.types["t"] = TensorType(np.float32, (2, 3))
+    g.add_node("Relu", ["x"], ["r"], name="ok")
+    g.add_node("MSELoss", ["r", "t"], ["loss"], name="my_loss")
+    g.add_node("SumToShape", ["r", "x"], ["s"], name="my_sum")
+    g.outputs = ["loss", "s"]
+    with pytest.raises(ember.UnsupportedOpError) as e:
+        infer_shapes(g)
+    msg = str(e.value)
+    assert "MSELoss" in msg and "'my_loss'" in msg
+    assert "SumToShape" in msg and "'my_sum'" in msg
+    assert "Relu" not in msg
