@@ -283,3 +283,54 @@ def test_symbolic_batch_plans_scale_with_batch():
         plans[n] = c.plan
     assert plans[4].arena_bytes > plans[1].arena_bytes
     assert plans[4].sizes["input"] == 4 * 32 * 32 * 4
+
+
+# ---- the planner's cost: work per node counted, never timed ------------------------------------
+def relu_chain(n):
+    """x → Relu → … → Relu (n nodes) → y, every value 1 KiB."""
+    names = ["x"] + [f"v{k}" for k in range(n - 1)] + ["y"]
+    return make_graph([("Relu", [a], [b]) for a, b in zip(names, names[1:])], ["x"], ["y"],
+                      dict.fromkeys(names, KB))
+
+
+def fan_out(n):
+    """x read by n Relus, each output a graph output: everything lives to the end."""
+    outs = [f"y{k}" for k in range(n)]
+    return make_graph([("Relu", ["x"], [y]) for y in outs], ["x"], outs,
+                      dict.fromkeys(["x"] + outs, KB))
+
+
+def work_per_node(graph, **kw):
+    plan = make_plan(graph, **kw)
+    return plan, plan.work / len(graph.nodes)
+
+
+@pytest.mark.parametrize("shape", ["chain", "chain in place", "fan-out"])
+def test_planner_work_per_node_grows_at_most_logarithmically(shape):
+    """From 1,000 to 10,000 nodes log2 n grows by a third; a scan over every live or placed
+    value per node (the quadratic planner) would make the work per node 10× larger."""
+    per_node, plans = {}, {}
+    for n in (1_000, 10_000):
+        if shape == "fan-out":
+            g, kw = fan_out(n), {"allow_inplace": False}
+        elif shape == "chain":
+            g, kw = relu_chain(n), {"allow_inplace": False}
+        else:
+            g, kw = relu_chain(n), {"inplace_inputs": lambda node: (0,)}
+        plans[n], per_node[n] = work_per_node(g, **kw)
+    print(shape, per_node)
+    assert per_node[10_000] <= 1.5 * per_node[1_000]
+    plan = plans[10_000]
+    # and the plan is as good as ever: the lower bound, reached
+    if shape == "chain":
+        assert plan.lower_bound_bytes == plan.arena_bytes == 2048
+    elif shape == "chain in place":
+        assert plan.arena_bytes == 1024 and len(set(plan.offsets.values())) == 1
+    else:
+        assert plan.lower_bound_bytes == plan.arena_bytes == 10_001 * 1024
+
+
+def test_long_chain_plan_is_safe():
+    g = relu_chain(300)
+    plan = make_plan(g, allow_inplace=False)
+    assert check_plan(g, plan) == plan.arena_bytes == 2048
