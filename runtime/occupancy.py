@@ -6,7 +6,8 @@ quadratic in the graph's length; this index answers the query from O(log n) merg
 
 Steps are the leaves of a segment tree. A buffer living over [first, last] is stored, as a byte
 range, in the *cover* set of each node of the interval's canonical decomposition, and in the
-*within* set of those nodes and of all their ancestors. The buffers overlapping a query
+*within* set of those nodes and of all their ancestors (a walk up that stops where the range
+is already held, since a within set holds all of its descendants'). The buffers overlapping a query
 [first, last] are then exactly those in the within sets of the query's canonical nodes and in
 the cover sets of their strict ancestors (two intervals meet iff some canonical node of one is
 an ancestor-or-self of a canonical node of the other). Each set keeps its ranges merged, so a
@@ -29,16 +30,30 @@ class RangeSet:
         self.starts: list = []
         self.ends: list = []
 
-    def add(self, lo: int, hi: int) -> int:
-        """Add [lo, hi); returns the steps taken (probes plus ranges merged)."""
-        i = bisect_left(self.ends, lo)
-        j = bisect_right(self.starts, hi)
+    def add(self, lo: int, hi: int) -> tuple:
+        """Add [lo, hi); returns (steps taken: probes plus ranges merged, whether the set
+        grew)."""
+        starts, ends = self.starts, self.ends
+        if not ends or lo > ends[-1]:        # past every range: the usual case, buffers are
+            starts.append(lo)                # stacked upwards
+            ends.append(hi)
+            return 1, True
+        if lo >= starts[-1]:                 # meets the last range only
+            grew = hi > ends[-1]
+            if grew:
+                ends[-1] = hi
+            return 1, grew
+        i = bisect_left(ends, lo)
+        j = bisect_right(starts, hi)
+        steps = 2 * len(starts).bit_length() + (j - i)
+        if j - i == 1 and starts[i] <= lo and hi <= ends[i]:
+            return steps, False
         if i < j:
-            lo = min(lo, self.starts[i])
-            hi = max(hi, self.ends[j - 1])
-        self.starts[i:j] = [lo]
-        self.ends[i:j] = [hi]
-        return 2 * len(self.starts).bit_length() + (j - i)
+            lo = min(lo, starts[i])
+            hi = max(hi, ends[j - 1])
+        starts[i:j] = [lo]
+        ends[i:j] = [hi]
+        return steps, True
 
 
 class Occupancy:
@@ -80,9 +95,25 @@ class Occupancy:
         """Record that bytes [lo, hi) are taken during steps [first, last]."""
         canonical = self._canonical(first, last)
         for v in canonical:
-            self.work += self.cover.setdefault(v, RangeSet()).add(lo, hi)
-        for v in canonical + self._strict_ancestors(canonical):
-            self.work += self.within.setdefault(v, RangeSet()).add(lo, hi)
+            self.work += self._set(self.cover, v).add(lo, hi)[0]
+        # within sets only grow towards the root: once one already holds the range, so do all
+        # its ancestors, and the walk up stops there
+        seen: set = set()
+        for v in canonical:
+            while v and v not in seen:
+                seen.add(v)
+                steps, grew = self._set(self.within, v).add(lo, hi)
+                self.work += steps
+                if not grew:
+                    break
+                v >>= 1
+
+    @staticmethod
+    def _set(sets: dict, v: int) -> RangeSet:
+        s = sets.get(v)
+        if s is None:
+            s = sets[v] = RangeSet()
+        return s
 
     def taken(self, first: int, last: int) -> list:
         """[(lo, hi)] sorted and merged: the bytes some buffer overlapping [first, last] holds."""

@@ -334,3 +334,31 @@ def test_long_chain_plan_is_safe():
     g = relu_chain(300)
     plan = make_plan(g, allow_inplace=False)
     assert check_plan(g, plan) == plan.arena_bytes == 2048
+
+
+def random_graph(rng, n):
+    """n nodes reading random earlier values: Relu (in-place), Add, Reshape (a view), odd sizes."""
+    values, spec = ["x0", "x1"], []
+    sizes = {"x0": int(rng.integers(1, 600)), "x1": int(rng.integers(1, 600))}
+    for k in range(n):
+        op = ("Relu", "Add", "Reshape")[int(rng.integers(0, 3))]
+        ins = [str(v) for v in rng.choice(values, size=1 if op != "Add" else 2)]
+        out = f"v{k}"
+        sizes[out] = sizes[ins[0]] if op == "Reshape" or rng.random() < 0.5 else \
+            int(rng.integers(1, 600))
+        spec.append((op, ins, [out]))
+        values.append(out)
+    outs = [str(v) for v in rng.choice(values[2:], size=min(3, n), replace=False)]
+    return make_graph(spec, ["x0", "x1"], outs, sizes)
+
+
+def test_random_graphs_plan_safely():
+    rng = np.random.default_rng(19)
+    is_view = lambda n: n.op_type == "Reshape"  # noqa: E731
+    inplace = lambda n: (0, 1) if n.op_type != "Reshape" else ()  # noqa: E731
+    for _ in range(60):
+        n = int(rng.integers(3, 30))
+        g = random_graph(rng, n)
+        scratch = {i: int(rng.integers(1, 3000)) for i in range(n) if rng.random() < 0.3}
+        plan = make_plan(g, scratch, is_view=is_view, inplace_inputs=inplace)
+        assert check_plan(g, plan, is_view, inplace) <= plan.arena_bytes

@@ -31,6 +31,9 @@ Conventions:
   these to find what to train in an imported file.
 * ``gradient(node, grads, g)``: the op's gradient rule for ``graph.autodiff``
   (graph/TRAINING.md §1); ``None`` for an op autodiff cannot differentiate through.
+* ``macs(node, types)`` and ``work(node, types)``: the node's cost — multiply-accumulates, and
+  the element operations its numpy reference performs (what bounds constant folding and
+  reference fallbacks, see ``graph.cost``).
 """
 from __future__ import annotations
 
@@ -41,6 +44,10 @@ from ..ir import Graph, Node, TensorType
 
 REQUIRED = object()
 REGISTRY: dict = {}
+
+# One Python-level step of a numpy reference (a kernel tap of a windowed op: a slice and a
+# handful of numpy calls, ~10 µs) costs about as much as this many element operations.
+REFERENCE_STEP_WORK = 10_000
 
 
 class NeedsValue(Exception):
@@ -74,6 +81,25 @@ class Op:
         benchmarks' GFLOP/s); 0 for ops that do no arithmetic worth counting."""
         return 0
 
+    def reference_steps(self, node: Node, types: dict) -> int:
+        """Python-level steps of the numpy reference on ``node``: 1 for a vectorised one. A
+        windowed op (one with a ``kernel_shape``, resolved by ``infer``) steps through its
+        window one kernel tap at a time."""
+        kernel = node.attrs.get("kernel_shape")
+        return _product(kernel) if kernel else 1
+
+    def work(self, node: Node, types: dict) -> int:
+        """Element operations the numpy reference performs on ``node``, from the types alone:
+        its multiply-accumulates, every input and output element touched once, and each
+        Python-level step's overhead plus one pass over the output (``REFERENCE_STEP_WORK``).
+        An upper estimate in exact integers, never evaluated by running anything."""
+        touched = sum(_product(types[v].shape) for v in (*node.inputs, *node.outputs)
+                      if v and v in types and types[v].is_static)
+        out = sum(_product(types[v].shape) for v in node.outputs
+                  if v and v in types and types[v].is_static)
+        steps = self.reference_steps(node, types)
+        return int(self.macs(node, types)) + touched + steps * (REFERENCE_STEP_WORK + out)
+
     def export(self, ctx, node: Node, inputs: list, outputs: list, attrs: dict) -> None:
         """Write ``node`` as ONNX at ``ctx.opset`` through ``ctx`` (the exporter's
         ``ExportContext``). ``inputs``, ``outputs`` and ``attrs`` are the node's own, with any
@@ -87,6 +113,13 @@ class Op:
 
     def compute(self, node: Node, inputs: list) -> list:
         raise NotImplementedError(self.op_type)
+
+
+def _product(dims) -> int:
+    n = 1
+    for d in dims:
+        n *= int(d)
+    return n
 
 
 def register(cls):
@@ -121,9 +154,11 @@ def fill_attrs(op: Op, node: Node) -> None:
 class InferContext:
     """What an op's ``infer`` sees: its node, its inputs' types and any known constant values."""
 
-    def __init__(self, graph: Graph, node: Node, consts: dict, runtime_inputs: set):
+    def __init__(self, graph: Graph, node: Node, consts: dict, runtime_inputs: set,
+                 producers: dict | None = None):
         self.graph, self.node, self.consts = graph, node, consts
         self._runtime_inputs = runtime_inputs
+        self._producers = producers   # the graph's value -> producer map, when the caller has it
         self.attrs = node.attrs
 
     # inputs ---------------------------------------------------------------------------------
@@ -165,7 +200,7 @@ class InferContext:
     def _runtime_inputs_feeding(self, name: str) -> set:
         """Graph inputs ``name`` is computed from, when everything upstream of it is either such
         an input or a constant; empty when a random or otherwise unfoldable op intervenes."""
-        producers = self.graph.producers()
+        producers = self._producers if self._producers is not None else self.graph.producers()
         found, stack, seen = set(), [name], set()
         while stack:
             v = stack.pop()
