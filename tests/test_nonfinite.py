@@ -26,7 +26,7 @@ SPECIALS = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, F32.max, -F32.max, F32.
                      -F32.smallest_subnormal, 3e-39, -3e-39, F32.tiny, 1.0, -1.0, -4.0, 5.0],
                     np.float32)
 PAIRS = np.array([[a, b] for a in SPECIALS for b in SPECIALS], np.float32)   # every window of 2
-RTOL, ATOL = 1e-5, 1e-37   # float32 ulps; denormal results agree to below the smallest normal
+RTOL, ATOL = 1e-5, F32.tiny   # float32 ulps; denormal results agree to the smallest normal
 SOFTMAX_ATOL = 1e-6
 FAMILIES = ("activation", "pool", "softmax")
 
@@ -144,6 +144,7 @@ def test_specials_follow_the_spec(family, op_type):
         gap = all_finite & np.isneginf(spec)
         assert gap.any()
         np.testing.assert_allclose(mine[gap], exact[gap], rtol=RTOL)
+        np.testing.assert_allclose(theirs[gap], mine[gap], rtol=RTOL)   # as onnxruntime
         ok |= gap
     bad = np.flatnonzero(~ok)
     assert not bad.size, [(w[k].tolist(), mine[k], spec[k]) for k in bad[:8]]
@@ -181,15 +182,25 @@ def test_pool_windows_with_nan(op_type):
     assert np.isnan(mine).all()
     if op_type == "AveragePool":
         assert np.isnan(theirs).all()
+    else:
+        assert 0 < np.isnan(theirs).sum() < len(pairs)
 
 
 def test_all_neg_inf_windows_give_neg_inf():
-    """The decision for max pooling over −inf only, with and without padding in the window."""
+    """The decision for max pooling over −inf only, with and without padding in the window;
+    onnxruntime gives −FLT_MAX for the plane and for the windows cut by padding."""
     x = np.full((1, 1, 3, 3), -np.inf, np.float32)
     for node in (helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[2, 2], pads=[1, 1, 1, 1]),
                  helper.make_node("GlobalMaxPool", ["x"], ["y"])):
-        mine, spec, _ = run_three(node, x)
+        mine, spec, theirs = run_three(node, x)
         assert np.isneginf(mine).all() and np.isneginf(spec).all()
+        assert (theirs == -F32.max).any()
+
+
+def test_onnxruntime_global_max_pool_skips_nan():
+    x = np.array([1.0, np.nan, -2.0], np.float32).reshape(1, 1, 1, 3)
+    mine, spec, theirs = run_three(helper.make_node("GlobalMaxPool", ["x"], ["y"]), x)
+    assert np.isnan(mine).all() and np.isnan(spec).all() and theirs.tolist() == [1.0]
 
 
 def test_clip_without_bounds_keeps_infinities():
