@@ -1,7 +1,8 @@
 """Shape inference with constant propagation.
 
 Walks the graph in topological order, asks each op for its output types, and, when every input
-of a foldable node is known, computes its outputs with the op's numpy reference. That makes the
+of a foldable node is known, computes its outputs with the op's numpy reference — unless they are
+too large to keep or the reference too costly to run while loading (``folds``). That makes the
 Shape→Gather→Unsqueeze→Concat→Reshape chains PyTorch exports collapse to constants, so every
 Reshape target is known before planning. ``passes.fold_constants`` then turns the known values
 into initializers.

@@ -24,7 +24,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import ember
 import ember.backend
-from ember import InputError, ModelError
+from ember import InputError, ModelError, ShapeError
 
 RTOL = ATOL = 1e-5
 BIG = 1_000_000_000_000  # 1e12 elements
@@ -771,3 +771,18 @@ def test_numpy_reference_of_enormous_work_is_refused():
                                    [vi("y", None, TensorProto.DOUBLE)])))
     x = np.arange(8.0).reshape(1, 1, 8)
     np.testing.assert_array_equal(sess.run(None, {"x": x})[0], x[..., 2:])
+
+
+def test_shape_from_a_costly_constant_is_a_shape_error_naming_it():
+    """A Reshape target computed by a Conv too costly to fold cannot be known while loading."""
+    one = helper.make_tensor("one", TensorProto.FLOAT, [1], [1.0])
+    nodes = [helper.make_node("ConstantOfShape", ["shape"], ["x"], value=one),
+             helper.make_node("Conv", ["x", "x"], ["c"], name="costly_conv"),
+             helper.make_node("Cast", ["c"], ["ci"], to=TensorProto.INT64),
+             helper.make_node("Reshape", ["ci", "minus_one"], ["s"], name="flat"),
+             helper.make_node("Reshape", ["d", "s"], ["r"], name="reshape")]
+    data = _bytes(model(nodes, [vi("d", [1 << 20])], [vi("r", None)],
+                        [const("shape", np.array([1, 1, 1024, 1024], np.int64)),
+                         const("minus_one", np.array([1], np.int64))]))
+    with pytest.raises(ShapeError, match=r"reshape.*costly_conv.*too costly"):
+        ember.load(data)

@@ -193,14 +193,46 @@ class InferContext:
         if upstream:
             # computed from fed inputs only: the Session keys its plans on their values
             raise NeedsValue(sorted(upstream)[0])
+        unfolded = self._unfolded_upstream(name)
+        if unfolded is not None:
+            self.fail(f"input {i} ({name!r}{', ' + what if what else ''}) must be known before "
+                      f"running, but it depends on {unfolded}, too large or too costly to "
+                      f"evaluate while loading")
         self.fail(f"input {i} ({name!r}{', ' + what if what else ''}) must be known before "
                   f"running, but it is computed from run-time data (data-dependent shapes are "
                   f"not supported)")
 
+    def _producer_map(self) -> dict:
+        return self._producers if self._producers is not None else self.graph.producers()
+
+    def _unfolded_upstream(self, name: str):
+        """The first node upstream of ``name`` that folding left to run time, or None."""
+        producers = self._producer_map()
+        stack, seen = [name], set()
+        while stack:
+            v = stack.pop()
+            if v in seen or v in self.consts or not v:
+                continue
+            seen.add(v)
+            node = producers.get(v)
+            if node is None:
+                continue
+            if self._left_unfolded(node):
+                return node
+            stack.extend(node.inputs)
+        return None
+
+    def _left_unfolded(self, node: Node) -> bool:
+        """A foldable node all of whose inputs are known but whose outputs are not: constant
+        folding left it to run time (its outputs too large, its work above the budget)."""
+        return get_op(node.op_type, node.domain).foldable and \
+            all((not i) or i in self.consts for i in node.inputs)
+
     def _runtime_inputs_feeding(self, name: str) -> set:
         """Graph inputs ``name`` is computed from, when everything upstream of it is either such
-        an input or a constant; empty when a random or otherwise unfoldable op intervenes."""
-        producers = self._producers if self._producers is not None else self.graph.producers()
+        an input or a constant; empty when a random or otherwise unfoldable op, or a node that
+        folding left to run time, intervenes."""
+        producers = self._producer_map()
         found, stack, seen = set(), [name], set()
         while stack:
             v = stack.pop()
@@ -213,8 +245,8 @@ class InferContext:
             node = producers.get(v)
             if node is None:
                 return set()
-            if not get_op(node.op_type, node.domain).foldable:
-                return set()
+            if not get_op(node.op_type, node.domain).foldable or self._left_unfolded(node):
+                return set()   # feeding values would not make it known either
             stack.extend(node.inputs)
         return found
 
