@@ -1,7 +1,8 @@
 """Shape inference with constant propagation.
 
 Walks the graph in topological order, asks each op for its output types, and, when every input
-of a foldable node is known, computes its outputs with the op's numpy reference. That makes the
+of a foldable node is known, computes its outputs with the op's numpy reference — unless they are
+too large to keep or the reference too costly to run while loading (``folds``). That makes the
 Shape→Gather→Unsqueeze→Concat→Reshape chains PyTorch exports collapse to constants, so every
 Reshape target is known before planning. ``passes.fold_constants`` then turns the known values
 into initializers.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .cost import FOLD_BUDGET
 from .errors import ModelError, ShapeError, UnsupportedOpError
 from .ir import Graph, TensorType
 from .ops import get_op, is_supported
@@ -84,16 +86,18 @@ def _check_type(node, out_name, t: TensorType):
                          f"(shape {t.shape}), more than ember accepts")
 
 
-def infer_node(graph: Graph, op, node, known: dict, runtime_inputs: set) -> list:
+def infer_node(graph: Graph, op, node, known: dict, runtime_inputs: set,
+               producers: dict | None = None) -> list:
     """Check one node's attributes and arity, infer its output types and record them in
-    ``graph.types``; returns the op's list of output types (``None`` for absent outputs)."""
+    ``graph.types``; returns the op's list of output types (``None`` for absent outputs).
+    ``producers``: the graph's value -> producer map, when the caller walks many nodes."""
     fill_attrs(op, node)
     _check_attr_types(op, node)
     lo, hi = op.num_inputs
     if len(node.inputs) < lo or (hi is not None and len(node.inputs) > hi):
         raise ModelError(f"{node}: takes {lo}..{hi if hi is not None else 'n'} inputs, "
                          f"got {len(node.inputs)}")
-    ctx = InferContext(graph, node, known, runtime_inputs)
+    ctx = InferContext(graph, node, known, runtime_inputs, producers)
     try:
         out_types = op.infer(ctx)
     except (ModelError, NeedsValue):
@@ -121,9 +125,18 @@ def _check_supported(graph: Graph) -> None:
         raise UnsupportedOpError(missing)
 
 
+def folds(op, node, types: dict, out_types: list) -> bool:
+    """Whether constant folding evaluates ``node`` (all of whose inputs are known): a foldable
+    op whose outputs are small enough to keep as constants and whose numpy reference costs no
+    more than ``FOLD_BUDGET``. Any other node stays in the graph and runs at run time."""
+    return (op.foldable
+            and all(t is None or (t.is_static and t.nbytes <= MAX_FOLD_BYTES) for t in out_types)
+            and op.work(node, types) <= FOLD_BUDGET)
+
+
 def infer_shapes(graph: Graph, consts: dict | None = None, fold: bool = True) -> dict:
     """Fill ``graph.types`` for every value; return the dict of values known at compile time
-    (initializers, ``consts`` given by the caller, and folded results).
+    (initializers, ``consts`` given by the caller, and folded results: see ``folds``).
 
     Raises ShapeError naming the node on a mismatch, NeedsValue when a graph input's value is
     needed to infer a shape."""
@@ -138,12 +151,12 @@ def infer_shapes(graph: Graph, consts: dict | None = None, fold: bool = True) ->
             raise ModelError(f"graph input {name!r} has no type")
         _check_input_type(name, graph.types[name])
     _check_supported(graph)
+    producers = graph.producers()
     for node in graph.nodes:
         op = get_op(node.op_type, node.domain)
-        out_types = infer_node(graph, op, node, known, runtime_inputs)
-        if fold and op.foldable and all((not i) or i in known for i in node.inputs):
-            if all(t is None or (t.is_static and t.nbytes <= MAX_FOLD_BYTES)
-                   for t in out_types):
+        out_types = infer_node(graph, op, node, known, runtime_inputs, producers)
+        if fold and all((not i) or i in known for i in node.inputs):
+            if folds(op, node, graph.types, out_types):
                 try:
                     values = op.compute(node, [known[i] if i else None for i in node.inputs])
                 except (ModelError,):

@@ -51,21 +51,38 @@ def eliminate_dead_nodes(graph: Graph) -> Graph:
 
 
 # ---- helpers -------------------------------------------------------------------------------------
-def _sole_reader(graph: Graph, value: str, node, consumers: dict) -> bool:
-    """True when ``node`` is the only reader of ``value`` and ``value`` is not a graph output,
-    i.e. the value can disappear into a fused node."""
+def _sole_reader(outputs: set, value: str, node, consumers: dict) -> bool:
+    """True when ``node`` is the only reader of ``value`` and ``value`` is not one of the graph's
+    ``outputs``, i.e. the value can disappear into a fused node."""
     readers = consumers.get(value, [])
-    return value not in graph.outputs and bool(readers) and all(r is node for r in readers)
+    return value not in outputs and bool(readers) and all(r is node for r in readers)
 
 
-def _add_const(graph: Graph, base: str, array: np.ndarray) -> str:
-    name = graph.unique_name(base)
+class _FreshNames:
+    """Names no value of ``graph`` has yet, drawn from one set of the names taken (built once,
+    so a pass adding many constants stays linear in the graph's size)."""
+
+    def __init__(self, graph: Graph):
+        self.taken = set(graph.types) | set(graph.initializers) | set(graph.inputs)
+        self.taken.update(o for n in graph.nodes for o in n.outputs)
+
+    def take(self, base: str) -> str:
+        name, k = base, 0
+        while name in self.taken:
+            k += 1
+            name = f"{base}_{k}"
+        self.taken.add(name)
+        return name
+
+
+def _add_const(graph: Graph, names: _FreshNames, base: str, array: np.ndarray) -> str:
+    name = names.take(base)
     graph.initializers[name] = array
     graph.types[name] = TensorType(array.dtype, array.shape)
     return name
 
 
-def _is_inference_identity(graph: Graph, node, consumers: dict) -> bool:
+def _is_inference_identity(graph: Graph, outputs: set, node, consumers: dict) -> bool:
     if node.op_type == "Identity":
         return len(node.inputs) == 1 and bool(node.inputs[0])
     if node.op_type != "Dropout" or not node.inputs[0]:
@@ -76,7 +93,7 @@ def _is_inference_identity(graph: Graph, node, consumers: dict) -> bool:
         if value is None or bool(np.asarray(value).any()):
             return False  # training mode on, or only known at run time
     mask = node.outputs[1] if len(node.outputs) > 1 else ""
-    return not mask or (mask not in consumers and mask not in graph.outputs)
+    return not mask or (mask not in consumers and mask not in outputs)
 
 
 # ---- passes --------------------------------------------------------------------------------------
@@ -88,28 +105,44 @@ def eliminate_identity(graph: Graph) -> Graph:
     rename (a graph input or a constant) or is itself a graph output, the node stays."""
     consumers = graph.consumers()
     producers = graph.producers()
-    alias: dict = {}            # removed value -> the value now standing for it
-    kept = []
+    outputs = set(graph.outputs)
+    alias: dict = {}            # removed or renamed value -> the value standing for it
+    readers: dict = {}          # value -> kept nodes reading it
+    kept, kept_ids = [], set()
+
+    def standing(v):
+        """The value now standing for ``v`` (aliases followed, and the chain shortened)."""
+        root = v
+        while root in alias:
+            root = alias[root]
+        while v in alias and alias[v] != root:
+            alias[v], v = root, alias[v]
+        return root
+
+    def keep(node):
+        kept.append(node)
+        kept_ids.add(id(node))
+        for i in node.inputs:
+            readers.setdefault(i, []).append(node)
+
     for n in graph.nodes:
-        n.inputs = [alias.get(i, i) for i in n.inputs]
-        if not _is_inference_identity(graph, n, consumers):
-            kept.append(n)
+        n.inputs = [standing(i) for i in n.inputs]
+        if not _is_inference_identity(graph, outputs, n, consumers):
+            keep(n)
             continue
         src, out = n.inputs[0], n.outputs[0]
-        if out not in graph.outputs:
+        if out not in outputs:
             alias[out] = src
             continue
         producer = producers.get(src)
-        if producer is None or src in graph.outputs or not any(m is producer for m in kept):
-            kept.append(n)
+        if producer is None or src in outputs or id(producer) not in kept_ids:
+            keep(n)
             continue
         # rename src -> out everywhere: the producer writes the graph output's name
         producer.outputs = [out if o == src else o for o in producer.outputs]
-        for m in kept:
+        for m in readers.pop(src, ()):
             m.inputs = [out if i == src else i for i in m.inputs]
-        for k, v in alias.items():
-            if v == src:
-                alias[k] = out
+            readers.setdefault(out, []).append(m)
         alias[src] = out
         producers[out] = producer
     graph.nodes = kept
@@ -125,6 +158,8 @@ def fold_batchnorm(graph: Graph) -> Graph:
     fused into the producer, and the producer's output read by the BN only."""
     consumers = graph.consumers()
     producers = graph.producers()
+    outputs = set(graph.outputs)
+    names = _FreshNames(graph)
     removed = set()
     for bn in graph.nodes:
         if bn.op_type != "BatchNormalization" or bn.attrs.get("training_mode", 0):
@@ -137,14 +172,14 @@ def fold_batchnorm(graph: Graph) -> Graph:
         if prod is None or id(prod) in removed or len(params) != 4 \
                 or not all(p and graph.is_const(p) for p in params):
             continue
-        if prod.attrs.get("activation", "") or not _sole_reader(graph, x, bn, consumers):
+        if prod.attrs.get("activation", "") or not _sole_reader(outputs, x, bn, consumers):
             continue
         scale, bias, mean, var = (np.asarray(graph.initializers[p], np.float64) for p in params)
         k = scale / np.sqrt(var + float(bn.attrs.get("epsilon", 1e-5)))
         if prod.op_type == "Conv":
-            ok = _fold_into_conv(graph, prod, k, bias, mean)
+            ok = _fold_into_conv(graph, names, prod, k, bias, mean)
         elif prod.op_type == "Gemm":
-            ok = _fold_into_gemm(graph, prod, k, bias, mean)
+            ok = _fold_into_gemm(graph, names, prod, k, bias, mean)
         else:
             ok = False
         if ok:
@@ -155,7 +190,7 @@ def fold_batchnorm(graph: Graph) -> Graph:
     return graph
 
 
-def _fold_into_conv(graph, conv, k, bn_bias, mean) -> bool:
+def _fold_into_conv(graph, names, conv, k, bn_bias, mean) -> bool:
     w_name, b_name = conv.input(1), conv.input(2)
     if not graph.is_const(w_name) or (b_name and not graph.is_const(b_name)):
         return False
@@ -165,12 +200,12 @@ def _fold_into_conv(graph, conv, k, bn_bias, mean) -> bool:
     b = np.asarray(graph.initializers[b_name], np.float64) if b_name else np.zeros(w.shape[0])
     new_w = (w.astype(np.float64) * k.reshape((-1,) + (1,) * (w.ndim - 1))).astype(w.dtype)
     new_b = ((b - mean) * k + bn_bias).astype(w.dtype)
-    conv.inputs = [conv.inputs[0], _add_const(graph, f"{conv.name}_W_bnfold", new_w),
-                   _add_const(graph, f"{conv.name}_B_bnfold", new_b)]
+    conv.inputs = [conv.inputs[0], _add_const(graph, names, f"{conv.name}_W_bnfold", new_w),
+                   _add_const(graph, names, f"{conv.name}_B_bnfold", new_b)]
     return True
 
 
-def _fold_into_gemm(graph, gemm, k, bn_bias, mean) -> bool:
+def _fold_into_gemm(graph, names, gemm, k, bn_bias, mean) -> bool:
     b_name, c_name = gemm.input(1), gemm.input(2)
     if not graph.is_const(b_name) or (c_name and not graph.is_const(c_name)):
         return False
@@ -184,8 +219,8 @@ def _fold_into_gemm(graph, gemm, k, bn_bias, mean) -> bool:
     c = float(gemm.attrs.get("beta", 1.0)) * c
     new_c = (c - mean) * k + bn_bias          # broadcasts to [M] or [N, M] like C itself
     gemm.inputs = [gemm.inputs[0],
-                   _add_const(graph, f"{gemm.name}_B_bnfold", new_b.astype(b.dtype)),
-                   _add_const(graph, f"{gemm.name}_C_bnfold", new_c.astype(b.dtype))]
+                   _add_const(graph, names, f"{gemm.name}_B_bnfold", new_b.astype(b.dtype)),
+                   _add_const(graph, names, f"{gemm.name}_C_bnfold", new_c.astype(b.dtype))]
     gemm.attrs["beta"] = 1.0
     return True
 
@@ -199,7 +234,7 @@ def _activation_params(graph: Graph, node):
     return None if params is None else (node.op_type, float(params[0]), float(params[1]))
 
 
-def _silu_source(graph: Graph, mul, producers: dict, consumers: dict):
+def _silu_source(outputs: set, mul, producers: dict, consumers: dict):
     """For ``Mul(x, Sigmoid(x))`` (either order) return (x, sigmoid node), else None."""
     if len(mul.inputs) != 2:
         return None
@@ -207,9 +242,9 @@ def _silu_source(graph: Graph, mul, producers: dict, consumers: dict):
         sig = producers.get(s)
         if sig is not None and sig.op_type == "Sigmoid" and sig.inputs[0] == a and a != s:
             readers = consumers.get(a, [])
-            if (a not in graph.outputs and len(readers) == 2
+            if (a not in outputs and len(readers) == 2
                     and {id(r) for r in readers} == {id(sig), id(mul)}
-                    and _sole_reader(graph, s, mul, consumers)):
+                    and _sole_reader(outputs, s, mul, consumers)):
                 return a, sig
     return None
 
@@ -220,6 +255,7 @@ def fuse_activation(graph: Graph) -> Graph:
     output is still in cache. The SiLU pattern ``Mul(x, Sigmoid(x))`` counts as one activation."""
     consumers = graph.consumers()
     producers = graph.producers()
+    outputs = set(graph.outputs)
     removed = set()
     for n in graph.nodes:
         if id(n) in removed:
@@ -227,10 +263,10 @@ def fuse_activation(graph: Graph) -> Graph:
         params, extra = _activation_params(graph, n), None
         if params is not None:
             x = n.inputs[0]
-            if not _sole_reader(graph, x, n, consumers):
+            if not _sole_reader(outputs, x, n, consumers):
                 continue
         elif n.op_type == "Mul":
-            found = _silu_source(graph, n, producers, consumers)
+            found = _silu_source(outputs, n, producers, consumers)
             if found is None:
                 continue
             (x, extra), params = found, ("SiLU", 0.0, 0.0)

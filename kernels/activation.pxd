@@ -51,8 +51,10 @@ cdef inline float apply_act(float v, int code, float a, float b) noexcept nogil:
         e = a * v + b
         return 0.0 if e < 0.0 else (1.0 if e > 1.0 else e)
     elif code == ACT_HARD_SWISH:
+        # v times the clipped gate, as the spec writes it: HardSwish(-inf) is NaN, a negative
+        # v below -3 gives -0
         e = v / 6.0 + 0.5
-        return 0.0 if e <= 0.0 else (v if e >= 1.0 else v * e)
+        return v * (0.0 if e <= 0.0 else (1.0 if e >= 1.0 else e))
     elif code == ACT_TANH:
         return tanhf(v)
     elif code == ACT_SOFTPLUS:

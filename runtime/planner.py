@@ -13,12 +13,17 @@ op overwrites them.
 
 Each group lives from its first definition to its last use (graph outputs live to the end). Groups
 are then placed greedily, largest first, each into the best-fitting gap among the already placed
-groups whose lives overlap it (TFLite's "greedy by size"). ``lower_bound_bytes`` is the largest
-total of group sizes live at any one step: no placement can use less.
+groups whose lives overlap it (TFLite's "greedy by size"), found through an ``Occupancy`` index
+rather than a scan of every placed group, so planning costs O(n log n) on long chains and wide
+fan-outs alike. ``lower_bound_bytes`` is the largest total of group sizes live at any one step:
+no placement can use less. ``work`` counts the planner's elementary steps (values, nodes and
+members visited, the index's probes and ranges), for tests that check that cost per node.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from .occupancy import Occupancy
 
 ALIGN = 64
 
@@ -47,6 +52,7 @@ class MemoryPlan:
     naive_bytes: int
     lower_bound_bytes: int
     groups: list = field(default_factory=list)
+    work: int = 0
 
     def describe(self, max_rows: int | None = None) -> str:
         """A readable allocation table: value, offset, size, lifetime."""
@@ -129,6 +135,7 @@ def make_plan(graph, scratch_bytes: dict | None = None, is_view=None, inplace_in
     for name in first:
         members_of.setdefault(uf.find(name), []).append(name)
     glast = {r: max(last[m] for m in ms) for r, ms in members_of.items()}
+    work = 2 * len(first) + len(nodes)
 
     if allow_inplace:
         for i, n in enumerate(nodes):
@@ -142,12 +149,16 @@ def make_plan(graph, scratch_bytes: dict | None = None, is_view=None, inplace_in
                 rs, ro = uf.find(src), uf.find(out)
                 if rs == ro or glast[rs] != i:
                     continue
-                # the input's storage dies here: the output takes it over
-                merged = members_of.pop(rs) + members_of.pop(ro)
-                root = uf.union(rs, ro)
-                members_of[root] = merged
-                glast[root] = max(last[m] for m in merged)
-                glast.pop(rs if root != rs else ro, None)
+                # the input's storage dies here: the output takes it over (the smaller member
+                # list moves into the larger, so a long in-place chain merges in O(n log n))
+                big, small = (rs, ro) if len(members_of[rs]) >= len(members_of[ro]) else (ro, rs)
+                uf.union(big, small)
+                merged = members_of.pop(big)
+                moved = members_of.pop(small)
+                merged.extend(moved)
+                members_of[big] = merged     # re-inserted last: the order groups are sized in
+                glast[big] = max(glast[big], glast.pop(small))
+                work += len(moved)
                 break
 
     groups = []
@@ -158,25 +169,28 @@ def make_plan(graph, scratch_bytes: dict | None = None, is_view=None, inplace_in
         if nb > 0:
             groups.append(Group([("scratch", idx)], align(nb), idx, idx))
 
-    # 3. placement: largest first, best-fitting gap among overlapping placed groups
-    placed = []
+    # 3. placement: largest first, best-fitting gap among the bytes taken during its life
+    occupied = Occupancy(end + 1)
     for g in sorted(groups, key=lambda g: (-g.size, g.first)):
-        busy = sorted((p.offset, p.offset + p.size) for p in placed
-                      if p.first <= g.last and g.first <= p.last)
         best, best_gap, cursor = None, None, 0
-        for lo, hi in busy:
+        for lo, hi in occupied.taken(g.first, g.last):
             gap = lo - cursor
             if gap >= g.size and (best_gap is None or gap < best_gap):
                 best, best_gap = cursor, gap
-            cursor = max(cursor, hi)
+            cursor = hi
         g.offset = best if best is not None else cursor
-        placed.append(g)
+        occupied.add(g.first, g.last, g.offset, g.offset + g.size)
+    work += occupied.work + len(groups).bit_length() * len(groups)
 
     arena = max((g.offset + g.size for g in groups), default=0)
-    live = [0] * (end + 1)
+    change = [0] * (end + 2)          # live bytes per step, as differences between steps
     for g in groups:
-        for t in range(g.first, g.last + 1):
-            live[t] += g.size
+        change[g.first] += g.size
+        change[g.last + 1] -= g.size
+    live, lower_bound = 0, 0
+    for delta in change:
+        live += delta
+        lower_bound = max(lower_bound, live)
     offsets, scratch = {}, {}
     for g in groups:
         for m in g.members:
@@ -187,5 +201,5 @@ def make_plan(graph, scratch_bytes: dict | None = None, is_view=None, inplace_in
     naive = sum(align(s) for s in sizes.values()) + sum(align(b) for b in scratch_bytes.values())
     return MemoryPlan(order=list(nodes), offsets=offsets, scratch=scratch,
                       lifetimes={m: (first[m], last[m]) for m in first}, sizes=sizes,
-                      arena_bytes=arena, naive_bytes=naive, lower_bound_bytes=max(live, default=0),
-                      groups=groups)
+                      arena_bytes=arena, naive_bytes=naive, lower_bound_bytes=lower_bound,
+                      groups=groups, work=work + 2 * len(groups) + end)

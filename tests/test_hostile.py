@@ -713,3 +713,76 @@ def test_unusual_feed_layouts_are_correct(conv_bytes, ort_sess, layout):
     np.testing.assert_allclose(y, ort_sess.run(None, {"x": np.ascontiguousarray(x)})[0],
                                rtol=RTOL, atol=ATOL)
     _check(sess, ort_sess)
+
+
+# ---- work without a bound: constant folding's budget, the numpy references' limit -----------
+def _constant_conv(side):
+    """ConstantOfShape → X and W of ones (1, 1, side, side) → Conv: a tiny file whose Conv
+    output is one number but whose numpy reference steps through side² kernel taps."""
+    shape = const("shape", np.array([1, 1, side, side], np.int64))
+    one = helper.make_tensor("one", TensorProto.FLOAT, [1], [1.0])
+    nodes = [helper.make_node("ConstantOfShape", ["shape"], ["x"], name="x_ones", value=one),
+             helper.make_node("ConstantOfShape", ["shape"], ["w"], name="w_ones", value=one),
+             helper.make_node("Conv", ["x", "w"], ["y"], name="conv")]
+    return _bytes(model(nodes, [], [vi("y", None)], [shape]))
+
+
+def test_costly_constant_conv_is_left_to_its_kernel():
+    from ember.graph.cost import FOLD_BUDGET, node_work
+    data = _constant_conv(1024)
+    assert len(data) < 300
+    sess = ember.load(data)
+    compiled = sess.compile()
+    (conv,) = compiled.graph.nodes            # the cheap ConstantOfShapes folded, not the Conv
+    assert conv.op_type == "Conv"
+    assert node_work(conv, compiled.graph.types) > FOLD_BUDGET
+    (y,) = sess.run(None, {})
+    assert y.shape == (1, 1, 1, 1) and y.item() == 1024 * 1024
+
+
+def test_cheap_constant_conv_still_folds():
+    from ember.graph.cost import FOLD_BUDGET, node_work
+    from ember.graph.infer import infer_shapes
+    sess = ember.load(_constant_conv(8))
+    graph = sess.graph.copy()
+    infer_shapes(graph, fold=False)
+    (conv,) = [n for n in graph.nodes if n.op_type == "Conv"]
+    assert node_work(conv, graph.types) <= FOLD_BUDGET
+    assert sess.compile().graph.nodes == []
+    assert sess.run(None, {})[0].item() == 64
+
+
+def test_numpy_reference_of_enormous_work_is_refused():
+    """float64 MaxPool (no kernel: the numpy reference runs) with a 2^20 window over 8 values,
+    two outputs: one Python step per tap would take seconds per run."""
+    k = 1 << 20
+    node = helper.make_node("MaxPool", ["x"], ["y"], name="huge_pool", kernel_shape=[k],
+                            pads=[k - 4, k - 4], strides=[k])
+    data = _bytes(model([node], [vi("x", [1, 1, 8], TensorProto.DOUBLE)],
+                        [vi("y", None, TensorProto.DOUBLE)]))
+    sess = ember.load(data)
+    with pytest.raises(ModelError, match=r"huge_pool.*element operations.*more than"):
+        sess.compile().acquire()              # binding the plan, before anything runs
+    with pytest.raises(ModelError, match="huge_pool"):
+        sess.run(None, {"x": np.arange(8.0).reshape(1, 1, 8)})
+    # the same op with a small window still runs as its reference
+    small = helper.make_node("MaxPool", ["x"], ["y"], name="pool", kernel_shape=[3])
+    sess = ember.load(_bytes(model([small], [vi("x", [1, 1, 8], TensorProto.DOUBLE)],
+                                   [vi("y", None, TensorProto.DOUBLE)])))
+    x = np.arange(8.0).reshape(1, 1, 8)
+    np.testing.assert_array_equal(sess.run(None, {"x": x})[0], x[..., 2:])
+
+
+def test_shape_from_a_costly_constant_is_a_shape_error_naming_it():
+    """A Reshape target computed by a Conv too costly to fold cannot be known while loading."""
+    one = helper.make_tensor("one", TensorProto.FLOAT, [1], [1.0])
+    nodes = [helper.make_node("ConstantOfShape", ["shape"], ["x"], value=one),
+             helper.make_node("Conv", ["x", "x"], ["c"], name="costly_conv"),
+             helper.make_node("Cast", ["c"], ["ci"], to=TensorProto.INT64),
+             helper.make_node("Reshape", ["ci", "minus_one"], ["s"], name="flat"),
+             helper.make_node("Reshape", ["d", "s"], ["r"], name="reshape")]
+    data = _bytes(model(nodes, [vi("d", [1 << 20])], [vi("r", None)],
+                        [const("shape", np.array([1, 1, 1024, 1024], np.int64)),
+                         const("minus_one", np.array([1], np.int64))]))
+    with pytest.raises(ember.ShapeError, match=r"reshape.*costly_conv.*too costly"):
+        ember.load(data)

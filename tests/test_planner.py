@@ -283,3 +283,82 @@ def test_symbolic_batch_plans_scale_with_batch():
         plans[n] = c.plan
     assert plans[4].arena_bytes > plans[1].arena_bytes
     assert plans[4].sizes["input"] == 4 * 32 * 32 * 4
+
+
+# ---- the planner's cost: work per node counted, never timed ------------------------------------
+def relu_chain(n):
+    """x → Relu → … → Relu (n nodes) → y, every value 1 KiB."""
+    names = ["x"] + [f"v{k}" for k in range(n - 1)] + ["y"]
+    return make_graph([("Relu", [a], [b]) for a, b in zip(names, names[1:])], ["x"], ["y"],
+                      dict.fromkeys(names, KB))
+
+
+def fan_out(n):
+    """x read by n Relus, each output a graph output: everything lives to the end."""
+    outs = [f"y{k}" for k in range(n)]
+    return make_graph([("Relu", ["x"], [y]) for y in outs], ["x"], outs,
+                      dict.fromkeys(["x"] + outs, KB))
+
+
+def work_per_node(graph, **kw):
+    plan = make_plan(graph, **kw)
+    return plan, plan.work / len(graph.nodes)
+
+
+@pytest.mark.parametrize("shape", ["chain", "chain in place", "fan-out"])
+def test_planner_work_per_node_grows_at_most_logarithmically(shape):
+    """From 1,000 to 10,000 nodes log2 n grows by a third; a scan over every live or placed
+    value per node (the quadratic planner) would make the work per node 10× larger."""
+    per_node, plans = {}, {}
+    for n in (1_000, 10_000):
+        if shape == "fan-out":
+            g, kw = fan_out(n), {"allow_inplace": False}
+        elif shape == "chain":
+            g, kw = relu_chain(n), {"allow_inplace": False}
+        else:
+            g, kw = relu_chain(n), {"inplace_inputs": lambda node: (0,)}
+        plans[n], per_node[n] = work_per_node(g, **kw)
+    print(shape, per_node)
+    assert per_node[10_000] <= 1.5 * per_node[1_000]
+    plan = plans[10_000]
+    # and the plan is as good as ever: the lower bound, reached
+    if shape == "chain":
+        assert plan.lower_bound_bytes == plan.arena_bytes == 2048
+    elif shape == "chain in place":
+        assert plan.arena_bytes == 1024 and len(set(plan.offsets.values())) == 1
+    else:
+        assert plan.lower_bound_bytes == plan.arena_bytes == 10_001 * 1024
+
+
+def test_long_chain_plan_is_safe():
+    g = relu_chain(300)
+    plan = make_plan(g, allow_inplace=False)
+    assert check_plan(g, plan) == plan.arena_bytes == 2048
+
+
+def random_graph(rng, n):
+    """n nodes reading random earlier values: Relu (in-place), Add, Reshape (a view), odd sizes."""
+    values, spec = ["x0", "x1"], []
+    sizes = {"x0": int(rng.integers(1, 600)), "x1": int(rng.integers(1, 600))}
+    for k in range(n):
+        op = ("Relu", "Add", "Reshape")[int(rng.integers(0, 3))]
+        ins = [str(v) for v in rng.choice(values, size=1 if op != "Add" else 2)]
+        out = f"v{k}"
+        sizes[out] = sizes[ins[0]] if op == "Reshape" or rng.random() < 0.5 else \
+            int(rng.integers(1, 600))
+        spec.append((op, ins, [out]))
+        values.append(out)
+    outs = [str(v) for v in rng.choice(values[2:], size=min(3, n), replace=False)]
+    return make_graph(spec, ["x0", "x1"], outs, sizes)
+
+
+def test_random_graphs_plan_safely():
+    rng = np.random.default_rng(19)
+    is_view = lambda n: n.op_type == "Reshape"  # noqa: E731
+    inplace = lambda n: (0, 1) if n.op_type != "Reshape" else ()  # noqa: E731
+    for _ in range(60):
+        n = int(rng.integers(3, 30))
+        g = random_graph(rng, n)
+        scratch = {i: int(rng.integers(1, 3000)) for i in range(n) if rng.random() < 0.3}
+        plan = make_plan(g, scratch, is_view=is_view, inplace_inputs=inplace)
+        assert check_plan(g, plan, is_view, inplace) <= plan.arena_bytes

@@ -34,6 +34,9 @@ Conventions:
 * ``domain``: "" for the ONNX ops; ``TRAINING_DOMAIN`` for the ops only training creates (the
   gradient ops, ``SumToShape``, the loss ops), which no ONNX file may name and export never
   writes.
+* ``macs(node, types)`` and ``work(node, types)``: the node's cost — multiply-accumulates, and
+  the element operations its numpy reference performs (what bounds constant folding and
+  reference fallbacks, see ``graph.cost``).
 """
 from __future__ import annotations
 
@@ -49,6 +52,10 @@ REGISTRY: dict = {}   # (domain, op_type) -> Op
 # out of the default domain is what lets the importer refuse them and the exporter never write
 # them, whatever their names.
 TRAINING_DOMAIN = "ai.ember.training"
+
+# One Python-level step of a numpy reference (a kernel tap of a windowed op: a slice and a
+# handful of numpy calls, ~10 µs) costs about as much as this many element operations.
+REFERENCE_STEP_WORK = 10_000
 
 
 class NeedsValue(Exception):
@@ -82,6 +89,25 @@ class Op:
         benchmarks' GFLOP/s); 0 for ops that do no arithmetic worth counting."""
         return 0
 
+    def reference_steps(self, node: Node, types: dict) -> int:
+        """Python-level steps of the numpy reference on ``node``: 1 for a vectorised one. A
+        windowed op (one with a ``kernel_shape``, resolved by ``infer``) steps through its
+        window one kernel tap at a time."""
+        kernel = node.attrs.get("kernel_shape")
+        return _product(kernel) if kernel else 1
+
+    def work(self, node: Node, types: dict) -> int:
+        """Element operations the numpy reference performs on ``node``, from the types alone:
+        its multiply-accumulates, every input and output element touched once, and each
+        Python-level step's overhead plus one pass over the output (``REFERENCE_STEP_WORK``).
+        An upper estimate in exact integers, never evaluated by running anything."""
+        touched = sum(_product(types[v].shape) for v in (*node.inputs, *node.outputs)
+                      if v and v in types and types[v].is_static)
+        out = sum(_product(types[v].shape) for v in node.outputs
+                  if v and v in types and types[v].is_static)
+        steps = self.reference_steps(node, types)
+        return int(self.macs(node, types)) + touched + steps * (REFERENCE_STEP_WORK + out)
+
     def export(self, ctx, node: Node, inputs: list, outputs: list, attrs: dict) -> None:
         """Write ``node`` as ONNX at ``ctx.opset`` through ``ctx`` (the exporter's
         ``ExportContext``). ``inputs``, ``outputs`` and ``attrs`` are the node's own, with any
@@ -95,6 +121,13 @@ class Op:
 
     def compute(self, node: Node, inputs: list) -> list:
         raise NotImplementedError(self.op_type)
+
+
+def _product(dims) -> int:
+    n = 1
+    for d in dims:
+        n *= int(d)
+    return n
 
 
 def register(cls):
@@ -139,9 +172,11 @@ def fill_attrs(op: Op, node: Node) -> None:
 class InferContext:
     """What an op's ``infer`` sees: its node, its inputs' types and any known constant values."""
 
-    def __init__(self, graph: Graph, node: Node, consts: dict, runtime_inputs: set):
+    def __init__(self, graph: Graph, node: Node, consts: dict, runtime_inputs: set,
+                 producers: dict | None = None):
         self.graph, self.node, self.consts = graph, node, consts
         self._runtime_inputs = runtime_inputs
+        self._producers = producers   # the graph's value -> producer map, when the caller has it
         self.attrs = node.attrs
 
     # inputs ---------------------------------------------------------------------------------
@@ -176,14 +211,46 @@ class InferContext:
         if upstream:
             # computed from fed inputs only: the Session keys its plans on their values
             raise NeedsValue(sorted(upstream)[0])
+        unfolded = self._unfolded_upstream(name)
+        if unfolded is not None:
+            self.fail(f"input {i} ({name!r}{', ' + what if what else ''}) must be known before "
+                      f"running, but it depends on {unfolded}, too large or too costly to "
+                      f"evaluate while loading")
         self.fail(f"input {i} ({name!r}{', ' + what if what else ''}) must be known before "
                   f"running, but it is computed from run-time data (data-dependent shapes are "
                   f"not supported)")
 
+    def _producer_map(self) -> dict:
+        return self._producers if self._producers is not None else self.graph.producers()
+
+    def _unfolded_upstream(self, name: str):
+        """The first node upstream of ``name`` that folding left to run time, or None."""
+        producers = self._producer_map()
+        stack, seen = [name], set()
+        while stack:
+            v = stack.pop()
+            if v in seen or v in self.consts or not v:
+                continue
+            seen.add(v)
+            node = producers.get(v)
+            if node is None:
+                continue
+            if self._left_unfolded(node):
+                return node
+            stack.extend(node.inputs)
+        return None
+
+    def _left_unfolded(self, node: Node) -> bool:
+        """A foldable node all of whose inputs are known but whose outputs are not: constant
+        folding left it to run time (its outputs too large, its work above the budget)."""
+        return get_op(node.op_type, node.domain).foldable and \
+            all((not i) or i in self.consts for i in node.inputs)
+
     def _runtime_inputs_feeding(self, name: str) -> set:
         """Graph inputs ``name`` is computed from, when everything upstream of it is either such
-        an input or a constant; empty when a random or otherwise unfoldable op intervenes."""
-        producers = self.graph.producers()
+        an input or a constant; empty when a random or otherwise unfoldable op, or a node that
+        folding left to run time, intervenes."""
+        producers = self._producer_map()
         found, stack, seen = set(), [name], set()
         while stack:
             v = stack.pop()
@@ -196,8 +263,8 @@ class InferContext:
             node = producers.get(v)
             if node is None:
                 return set()
-            if not get_op(node.op_type, node.domain).foldable:
-                return set()
+            if not get_op(node.op_type, node.domain).foldable or self._left_unfolded(node):
+                return set()   # feeding values would not make it known either
             stack.extend(node.inputs)
         return found
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ...graph.cost import REFERENCE_LIMIT, node_work
+from ...graph.errors import ModelError
 from ...graph.ops import get_op
 from ...kernels.plan import PlanRunner
 from . import (activation, conv, elementwise, linear, loss, normalization,  # noqa: F401
@@ -75,8 +77,16 @@ def is_view(node) -> bool:
     return get_op(node.op_type, node.domain).view
 
 
-def reference_step(node, ins, outs):
-    """Run the op's numpy reference and copy its results into the arena outputs."""
+def reference_step(node, ins, outs, types):
+    """Run the op's numpy reference and copy its results into the arena outputs — refused with
+    ModelError when its estimated work (``graph.cost``) exceeds ``REFERENCE_LIMIT``, since every
+    run would spend it."""
+    work = node_work(node, types)
+    if work > REFERENCE_LIMIT:
+        raise ModelError(f"{node}: no kernel covers this case and its numpy reference would "
+                         f"take about {work:,} element operations per run, more than the "
+                         f"{REFERENCE_LIMIT:,} ember allows (input types: "
+                         + ", ".join(str(types.get(i, "?")) for i in node.inputs if i) + ")")
     op = get_op(node.op_type, node.domain)
     pairs = [(o, k) for k, o in enumerate(outs) if o is not None]
 
@@ -95,7 +105,7 @@ def bind(node, ins, outs, scratch_buf, ctx: BindContext):
         return None  # the planner gave the output the input's bytes: nothing to run
     reg = BINDINGS.get((node.domain, node.op_type))
     step = reg.binder(node, ins, outs, scratch_buf, ctx) if reg else None
-    return step if step is not None else reference_step(node, ins, outs)
+    return step if step is not None else reference_step(node, ins, outs, ctx.types)
 
 
 def make_runner(steps: list) -> PlanRunner:

@@ -131,7 +131,8 @@ def bind_gather(node, ins, outs, scratch_buf, ctx):
     if not ctx.is_runtime(idx):
         if idx.size and (idx.min() < -dim or idx.max() >= dim):
             return None  # the reference reports the bad index
-        fixed = np.ascontiguousarray(np.where(idx < 0, idx + dim, idx), dtype=np.intp)
+        # np.array, not np.ascontiguousarray: a 0-d index (x[:, 0]) must stay 0-d
+        fixed = np.array(np.where(idx < 0, idx + dim, idx), dtype=np.intp, order="C")
         return lambda: np.take(data, fixed, axis=axis, out=y, mode="wrap")
 
     def step():
