@@ -1,5 +1,5 @@
 """BatchNormalization in training: the forward with batch statistics (and the running-stat
-update), and the gradient. Both work per channel over x viewed as (N, C, L), parallel over
+update), and the gradient; and LayerNormalization's gradient (at the end). Both work per channel over x viewed as (N, C, L), parallel over
 channels. The per-channel sums (Σd, Σd², Σdy, Σdy·d with d = x − shift, shift = the channel's
 first value) take one vectorised pass (kernels/sums.h: float lanes flushed into double every
 512 values); the shift keeps E[d²] − E[d]² from cancelling when the mean is large."""
@@ -169,3 +169,120 @@ def batch_norm_grad(float[:, :, ::1] dy, float[:, :, ::1] x, float[::1] scale, m
     with nogil:
         for c in prange(C, num_threads=threads_for(nthreads, N * C * L), schedule='static'):
             grad_channel(gp, xp, dxp, dsp, dbp, N, C, L, c, scale[c], mp, vp, eps, training)
+
+
+# ---- LayerNormalization ----------------------------------------------------------------------
+cdef enum:
+    # Columns one thread sums dscale/dbias over at a time: one cache line of each row.
+    COLUMN_BLOCK = 16
+
+
+cdef void layer_norm_row_grad(const float *g, const float *x, const float *s, float *dx, long L,
+                              float eps, float *stat) noexcept nogil:
+    """One row: stat = (mean, inv) in float; dx (when not NULL) = inv·(g·s − Σ(g·s)/n −
+    x̂·Σ(g·s·x̂)/n), the sums in double."""
+    cdef long i
+    cdef double mean = 0.0, var = 0.0, d, inv, gs, s_g = 0.0, s_gx = 0.0
+    cdef float m, k, a, b
+    for i in range(L):
+        mean += x[i]
+    mean /= L
+    for i in range(L):
+        d = x[i] - mean
+        var += d * d
+    var /= L
+    inv = 1.0 / sqrt(var + eps)
+    m = <float> mean
+    k = <float> inv
+    stat[0] = m
+    stat[1] = k
+    if dx == NULL:
+        return
+    for i in range(L):
+        gs = <double> g[i] * s[i]
+        s_g += gs
+        s_gx += gs * ((x[i] - mean) * inv)
+    # subtracted before scaling by inv, so that a row whose terms cancel (n = 1) gives 0
+    a = <float> (s_g / L)
+    b = <float> (s_gx / L)
+    for i in range(L):
+        dx[i] = k * ((g[i] * s[i] - a) - (x[i] - m) * k * b)
+
+
+cdef void layer_norm_column_sums(const float *g, const float *x, const float *stats, float *ds,
+                                 float *db, long R, long L, long j0, long w) noexcept nogil:
+    """ds[j] = Σ_rows g·x̂ and db[j] = Σ_rows g for the w ≤ COLUMN_BLOCK columns from j0 (either
+    may be NULL), in double."""
+    cdef double sd[COLUMN_BLOCK]
+    cdef double sb[COLUMN_BLOCK]
+    cdef long r, j
+    cdef float m, k
+    cdef const float *gr
+    cdef const float *xr
+    for j in range(w):
+        sd[j] = 0.0
+        sb[j] = 0.0
+    for r in range(R):
+        m = stats[2 * r]
+        k = stats[2 * r + 1]
+        gr = g + r * L + j0
+        xr = x + r * L + j0
+        for j in range(w):
+            sb[j] += gr[j]
+            sd[j] += gr[j] * ((xr[j] - m) * k)
+    for j in range(w):
+        if ds != NULL:
+            ds[j0 + j] = <float> sd[j]
+        if db != NULL:
+            db[j0 + j] = <float> sb[j]
+
+
+def layer_norm_grad(float[:, ::1] dy, float[:, ::1] x, float[::1] scale, dx, dscale, dbias,
+                    float[::1] stats, float eps, int nthreads):
+    """Gradients of LayerNormalization over rows (rows, n) of x, n ≥ 1; any of dx (rows, n) /
+    dscale (n) / dbias (n) may be None. With x̂ = (x − mean)·inv, inv = 1/√(var + eps):
+    dx = inv·(g − Σg/n − x̂·Σ(g·x̂)/n), g = dy·scale (parallel over rows); dscale = Σ_rows dy·x̂,
+    dbias = Σ_rows dy (parallel over blocks of columns). ``stats`` (2·rows floats, scratch)
+    holds each row's mean and inv between the two loops."""
+    cdef long R = x.shape[0], L = x.shape[1], r, blk, nblocks
+    cdef float[:, ::1] dx_v
+    cdef float[::1] ds_v
+    cdef float[::1] db_v
+    cdef float *dxp = NULL
+    cdef float *dsp = NULL
+    cdef float *dbp = NULL
+    if L == 0:
+        return
+    if stats.shape[0] < 2 * R:
+        raise ValueError(f"layer_norm_grad needs {2 * R} floats of stats, got {stats.shape[0]}")
+    if R == 0:
+        if dscale is not None:
+            ds_v = dscale
+            ds_v[:] = 0.0
+        if dbias is not None:
+            db_v = dbias
+            db_v[:] = 0.0
+        return
+    if dx is not None:
+        dx_v = dx
+        dxp = &dx_v[0, 0]
+    if dscale is not None:
+        ds_v = dscale
+        dsp = &ds_v[0]
+    if dbias is not None:
+        db_v = dbias
+        dbp = &db_v[0]
+    cdef const float *gp = &dy[0, 0]
+    cdef const float *xp = &x[0, 0]
+    cdef const float *sp = &scale[0]
+    cdef float *stp = &stats[0]
+    nblocks = (L + COLUMN_BLOCK - 1) // COLUMN_BLOCK
+    with nogil:
+        for r in prange(R, num_threads=threads_for(nthreads, R * L), schedule='static'):
+            layer_norm_row_grad(gp + r * L, xp + r * L, sp,
+                                dxp + r * L if dxp != NULL else NULL, L, eps, stp + 2 * r)
+        if dsp != NULL or dbp != NULL:
+            for blk in prange(nblocks, num_threads=threads_for(nthreads, R * L),
+                              schedule='static'):
+                layer_norm_column_sums(gp, xp, stp, dsp, dbp, R, L, blk * COLUMN_BLOCK,
+                                       min(<long> COLUMN_BLOCK, L - blk * COLUMN_BLOCK))

@@ -1,6 +1,7 @@
-"""Per-channel kernels over (N, C, inner) views: affine (inference BatchNorm), InstanceNorm, LRN."""
+"""Per-channel kernels over (N, C, inner) views: affine (inference BatchNorm), InstanceNorm, LRN;
+and LayerNorm over (rows, n) views."""
 from cython.parallel cimport prange
-from libc.math cimport sqrtf, powf
+from libc.math cimport sqrt, sqrtf, powf
 
 from kernels.activation cimport apply_act_span
 from kernels.parallel cimport threads_for
@@ -91,3 +92,61 @@ def lrn(float[:, :, ::1] x, float[:, :, ::1] y, int size, float alpha, float bet
             xr = xp + p * L
             for i in range(L):
                 yr[i] = xr[i] / powf(bias + k * yr[i], beta)
+
+
+def layer_norm(float[:, ::1] x, float[::1] scale, bias, float[:, ::1] y, mean_out, inv_out,
+               float eps, int nthreads):
+    """Each row of x (rows, n): y = (x − mean)·inv·scale + bias, inv = 1/√(var + eps), the
+    population variance; two passes in double, parallel over rows. bias (float[::1] of n) may
+    be None; mean_out / inv_out (float[::1] of rows, or None) receive each row's mean and inv.
+    n ≥ 1."""
+    cdef long R = x.shape[0], L = x.shape[1], r, i
+    cdef double mean, var, d
+    cdef float m, k
+    cdef const float *xr
+    cdef float *yr
+    cdef float[::1] b_v
+    cdef float[::1] mo_v
+    cdef float[::1] io_v
+    cdef const float *bp = NULL
+    cdef float *mop = NULL
+    cdef float *iop = NULL
+    if R == 0 or L == 0:
+        return
+    if bias is not None:
+        b_v = bias
+        bp = &b_v[0]
+    if mean_out is not None:
+        mo_v = mean_out
+        mop = &mo_v[0]
+    if inv_out is not None:
+        io_v = inv_out
+        iop = &io_v[0]
+    cdef const float *xp = &x[0, 0]
+    cdef float *yp = &y[0, 0]
+    cdef const float *sp = &scale[0]
+    with nogil:
+        for r in prange(R, num_threads=threads_for(nthreads, R * L), schedule='static'):
+            xr = xp + r * L
+            yr = yp + r * L
+            mean = 0.0
+            for i in range(L):
+                mean = mean + xr[i]
+            mean = mean / L
+            var = 0.0
+            for i in range(L):
+                d = xr[i] - mean
+                var = var + d * d
+            var = var / L
+            m = <float> mean
+            k = <float> (1.0 / sqrt(var + eps))
+            if bp != NULL:
+                for i in range(L):
+                    yr[i] = (xr[i] - m) * k * sp[i] + bp[i]
+            else:
+                for i in range(L):
+                    yr[i] = (xr[i] - m) * k * sp[i]
+            if mop != NULL:
+                mop[r] = m
+            if iop != NULL:
+                iop[r] = k
