@@ -36,9 +36,9 @@ from .graph.errors import ModelError, ShapeError
 
 __all__ = ["Parameter", "Buffer", "Module", "Sequential", "ModuleList", "Conv1d", "Conv2d",
            "ConvTranspose2d", "MaxPool1d", "AvgPool1d", "LocalResponseNorm", "Linear",
-           "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d",
-           "BatchNorm1d", "BatchNorm2d", "LayerNorm", "Dropout", "ReLU", "ReLU6", "LeakyReLU", "ELU", "SiLU",
-           "Sigmoid", "Tanh", "Softmax", "LogSoftmax", "Flatten", "Identity", "functional"]
+           "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "BatchNorm1d", "BatchNorm2d",
+           "LayerNorm", "Dropout", "ReLU", "ReLU6", "LeakyReLU", "ELU", "SiLU", "Sigmoid",
+           "Tanh", "Softmax", "LogSoftmax", "Flatten", "Identity", "functional"]
 
 
 # ---- parameters and buffers ------------------------------------------------------------------

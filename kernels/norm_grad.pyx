@@ -1,8 +1,10 @@
 """BatchNormalization in training: the forward with batch statistics (and the running-stat
-update), and the gradient; and LayerNormalization's gradient (at the end). Both work per channel over x viewed as (N, C, L), parallel over
+update), and the gradient. Both work per channel over x viewed as (N, C, L), parallel over
 channels. The per-channel sums (Σd, Σd², Σdy, Σdy·d with d = x − shift, shift = the channel's
 first value) take one vectorised pass (kernels/sums.h: float lanes flushed into double every
-512 values); the shift keeps E[d²] − E[d]² from cancelling when the mean is large."""
+512 values); the shift keeps E[d²] − E[d]² from cancelling when the mean is large.
+
+LayerNormalization's gradient (at the end) works per row of x viewed as (rows, n)."""
 from cython.parallel cimport prange
 from libc.math cimport sqrt
 

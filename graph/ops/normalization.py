@@ -347,8 +347,8 @@ class BatchNormalizationGrad(Op):
 
 @register
 class LayerNormalizationGrad(Op):
-    """(dX, dScale, dB) of LayerNormalization, the row statistics recomputed from X in the
-    forward's precision. Per row of n normalized values, with x̂ = (X − mean)·inv and
+    """(dX, dScale, dB) of LayerNormalization, the row statistics recomputed from X (here in
+    float64). Per row of n normalized values, with x̂ = (X − mean)·inv and
     g = dY·Scale: dX = inv·(g − Σg/n − x̂·Σ(g·x̂)/n); dScale = Σ_rows dY·x̂ and dB = Σ_rows dY,
     both of the normalized shape X.shape[axis:]. Scale broadcasts to that shape."""
     num_inputs = (3, 3)
@@ -385,8 +385,8 @@ class LayerNormalizationGrad(Op):
                             + node.attrs["epsilon"])
         xhat = (x64 - mean) * inv
         g = d64 * s64
-        dx = inv * (g - g.mean(axis=1, keepdims=True) - xhat * (g * xhat).mean(axis=1,
-                                                                               keepdims=True))
+        g_mean, gx_mean = g.mean(axis=1, keepdims=True), (g * xhat).mean(axis=1, keepdims=True)
+        dx = inv * (g - g_mean - xhat * gx_mean)
         dscale = (d64 * xhat).sum(axis=0).reshape(norm)
         dbias = d64.sum(axis=0).reshape(norm)
         return [dx.reshape(x.shape).astype(dy.dtype), dscale.astype(dy.dtype),
@@ -425,7 +425,6 @@ def _batchnorm_gradient(self, node, grads, g):
 
 
 BatchNormalization.gradient = _batchnorm_gradient
-
 
 
 def _to_parameter_shape(g, grad, shape, norm):
