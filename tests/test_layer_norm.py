@@ -23,7 +23,7 @@ from onnx import TensorProto, helper, numpy_helper
 import ember
 from ember import nn, optim
 from ember.graph.ir import Graph, Node, TensorType
-from ember.graph.ops import get_op
+from ember.graph.ops.normalization import LayerNormalization, LayerNormalizationGrad
 from ember.importers.onnx_export import to_onnx
 from ember.kernels import norm_grad, normalization
 from ember.runtime.session import Session
@@ -139,10 +139,11 @@ def test_grad_kernel_refuses_short_stats():
 
 
 # ---- binders through a Session ------------------------------------------------------------------
-def one_node(op_type, feeds, consts, attrs, outputs, threads=2):
-    """A one-node graph, compiled: (session, the compiled node, its step)."""
+def one_node(op_class, feeds, consts, attrs, outputs, threads=2):
+    """A one-node graph of the op ``op_class`` (in its own domain), compiled: (session, the
+    compiled node, its step)."""
     names = list(feeds) + list(consts)
-    node = Node(op_type, names, list(outputs), dict(attrs), "node")
+    node = Node(op_class.__name__, names, list(outputs), dict(attrs), "node", op_class.domain)
     types = {k: TensorType(v.dtype, v.shape) for k, v in {**feeds, **consts}.items()}
     g = Graph(nodes=[node], inputs=list(feeds), outputs=[o for o in outputs if o],
               initializers=dict(consts), types=types)
@@ -168,7 +169,7 @@ def test_binder_against_twin(shape, axis, scale_shape, params):
     scale, bias = rand(*scale_shape), rand(*scale_shape)
     ps = {"scale": scale, "bias": bias}
     feeds, consts = ({"x": x}, ps) if params == "constant" else ({"x": x, **ps}, {})
-    sess, _, step = one_node("LayerNormalization", feeds, consts, dict(axis=axis, epsilon=1e-3),
+    sess, _, step = one_node(LayerNormalization, feeds, consts, dict(axis=axis, epsilon=1e-3),
                              ["y", "mean", "inv"])
     assert not getattr(step, "reference", False), "LayerNormalization ran its numpy reference"
     y, mean, inv = sess.run(None, feeds)
@@ -184,7 +185,7 @@ def test_binder_against_twin(shape, axis, scale_shape, params):
 
 def test_binder_without_bias_and_with_y_only():
     x, scale = rand(5, 3, 13), rand(13)
-    sess, _, step = one_node("LayerNormalization", {"x": x}, {"s": scale}, {}, ["y"])
+    sess, _, step = one_node(LayerNormalization, {"x": x}, {"s": scale}, {}, ["y"])
     assert not getattr(step, "reference", False)
     close(sess.run(None, {"x": x})[0], forward_twin(x, scale, None, -1, 1e-5)[0])
 
@@ -194,7 +195,7 @@ def test_other_dtypes_run_the_reference(dtype):
     """No kernel: the numpy reference computes float16 in float32 (stash_type 1) and float64
     in float64; Mean and InvStdDev are float32 either way."""
     x, scale, bias = (rand(*s).astype(dtype) for s in ((5, 7), (7,), (7,)))
-    sess, _, step = one_node("LayerNormalization", {"x": x}, {"s": scale, "b": bias}, {},
+    sess, _, step = one_node(LayerNormalization, {"x": x}, {"s": scale, "b": bias}, {},
                              ["y", "mean", "inv"])
     assert getattr(step, "reference", False)
     y, mean, inv = sess.run(None, {"x": x})
@@ -212,11 +213,11 @@ def test_grad_binder_against_twin(shape, axis, scale_shape, absent):
     outputs = ["" if k in absent else f"out{k}" for k in range(3)]
     attrs = dict(axis=axis % len(shape), epsilon=1e-3)
     feeds = {"dy": dy, "x": x, "scale": scale}
-    sess, cnode, step = one_node("LayerNormalizationGrad", feeds, {}, attrs, outputs)
+    sess, cnode, step = one_node(LayerNormalizationGrad, feeds, {}, attrs, outputs)
     assert not getattr(step, "reference", False), "LayerNormalizationGrad ran its reference"
     got = sess.run(None, feeds)
     want = grad_twin(dy, x, scale, axis, 1e-3)
-    ref = get_op("LayerNormalizationGrad").compute(cnode, [dy, x, scale])
+    ref = LayerNormalizationGrad().compute(cnode, [dy, x, scale])
     terms = want[3]
     for g, k in zip(got, [k for k in range(3) if k not in absent]):
         assert g.shape == want[k].shape and g.dtype == np.float32
