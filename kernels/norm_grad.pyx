@@ -181,34 +181,38 @@ cdef enum:
 
 cdef void layer_norm_row_grad(const float *g, const float *x, const float *s, float *dx, long L,
                               float eps, float *stat) noexcept nogil:
-    """One row: stat = (mean, inv) in float; dx (when not NULL) = inv·(g·s − Σ(g·s)/n −
-    x̂·Σ(g·s·x̂)/n), the sums in double."""
+    """One row: stat = (mean, inv); dx (when not NULL) = inv·(gs − Σgs/n − x̂·Σ(gs·x̂)/n),
+    gs = g·s. Shifted sums (kernels/sums.h) give the statistics, then, with gs written into
+    dx, both gradient sums; the statistics never depend on whether dx is asked for."""
     cdef long i
-    cdef double mean = 0.0, var = 0.0, d, inv, gs, s_g = 0.0, s_gx = 0.0
-    cdef float m, k, a, b
-    for i in range(L):
-        mean += x[i]
-    mean /= L
-    for i in range(L):
-        d = x[i] - mean
-        var += d * d
-    var /= L
+    cdef double sums[4]
+    cdef double m, var, inv
+    cdef float shift = x[0], mean, k, a, b
+    sums[0] = 0.0
+    sums[1] = 0.0
+    ember_moment_sums(x, NULL, L, shift, sums)
+    m = sums[0] / L
+    var = sums[1] / L - m * m
+    if var < 0.0:
+        var = 0.0
     inv = 1.0 / sqrt(var + eps)
-    m = <float> mean
+    mean = <float> (shift + m)
     k = <float> inv
-    stat[0] = m
+    stat[0] = mean
     stat[1] = k
     if dx == NULL:
         return
     for i in range(L):
-        gs = <double> g[i] * s[i]
-        s_g += gs
-        s_gx += gs * ((x[i] - mean) * inv)
-    # subtracted before scaling by inv, so that a row whose terms cancel (n = 1) gives 0
-    a = <float> (s_g / L)
-    b = <float> (s_gx / L)
+        dx[i] = g[i] * s[i]
+    sums[2] = 0.0
+    sums[3] = 0.0
+    ember_moment_sums(x, dx, L, shift, sums)
+    # Σ gs·x̂ = (Σ gs·(x − shift) − (mean − shift)·Σ gs)·inv; subtracted before scaling by
+    # inv, so that a row whose terms cancel (n = 1) gives 0
+    a = <float> (sums[2] / L)
+    b = <float> ((sums[3] - m * sums[2]) * inv / L)
     for i in range(L):
-        dx[i] = k * ((g[i] * s[i] - a) - (x[i] - m) * k * b)
+        dx[i] = k * ((dx[i] - a) - (x[i] - mean) * k * b)
 
 
 cdef void layer_norm_column_sums(const float *g, const float *x, const float *stats, float *ds,
