@@ -36,9 +36,9 @@ from .graph.errors import ModelError, ShapeError
 
 __all__ = ["Parameter", "Buffer", "Module", "Sequential", "ModuleList", "Conv1d", "Conv2d",
            "ConvTranspose2d", "MaxPool1d", "AvgPool1d", "LocalResponseNorm", "Linear",
-           "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d",
-           "BatchNorm1d", "BatchNorm2d", "Dropout", "ReLU", "ReLU6", "LeakyReLU", "ELU", "SiLU",
-           "Sigmoid", "Tanh", "Softmax", "LogSoftmax", "Flatten", "Identity", "functional"]
+           "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "BatchNorm1d", "BatchNorm2d",
+           "LayerNorm", "Dropout", "ReLU", "ReLU6", "LeakyReLU", "ELU", "SiLU", "Sigmoid",
+           "Tanh", "Softmax", "LogSoftmax", "Flatten", "Identity", "functional"]
 
 
 # ---- parameters and buffers ------------------------------------------------------------------
@@ -575,6 +575,28 @@ class BatchNorm2d(_BatchNorm):
     _ranks = (4,)
 
 
+class LayerNorm(Module):
+    """torch.nn.LayerNorm: each sample normalised over its last ``len(normalized_shape)`` dims
+    (which must be ``normalized_shape``), then ``weight·x̂ + bias``; traced as ONNX's
+    LayerNormalization with axis = −len(normalized_shape). The same statistics in training and
+    in eval mode, as in torch."""
+
+    def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True):
+        super().__init__()
+        self.normalized_shape = _normalized_shape(normalized_shape)
+        self.eps, self.elementwise_affine = eps, elementwise_affine
+        self.weight = Parameter(self.normalized_shape, "ones") if elementwise_affine else None
+        self.bias = Parameter(self.normalized_shape, "zeros") \
+            if elementwise_affine and bias else None
+
+    def forward(self, x):
+        return functional.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+
+    def extra_repr(self):
+        return (f"{self.normalized_shape}, eps={self.eps}, "
+                f"elementwise_affine={self.elementwise_affine}")
+
+
 # ---- layers without parameters ---------------------------------------------------------------
 class MaxPool2d(Module):
     def __init__(self, kernel_size, stride=None, padding=0, dilation=1, return_indices=False,
@@ -810,6 +832,26 @@ def _batch_norm(x, running_mean, running_var, weight=None, bias=None, training=F
     return y
 
 
+def _normalized_shape(normalized_shape) -> tuple:
+    """torch's ``normalized_shape``: an int or a sequence of ints, as a tuple."""
+    if isinstance(normalized_shape, (int, np.integer)):
+        return (int(normalized_shape),)
+    return tuple(int(d) for d in normalized_shape)
+
+
+def _layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
+    shape = _normalized_shape(normalized_shape)
+    k = len(shape)
+    if k == 0 or x.ndim < k or tuple(x.shape[x.ndim - k:]) != shape:
+        raise ShapeError(f"layer_norm: normalized_shape {list(shape)} expects input of shape "
+                         f"[*, {', '.join(map(str, shape))}], got {x.shape}")
+    b = x.builder
+    scale = _value(weight) if weight is not None else \
+        b.constant(np.ones(shape, x.dtype), dtype=x.dtype)
+    ins = [x, scale] + ([_value(bias)] if bias is not None else [])
+    return b.op("LayerNormalization", ins, axis=-k, epsilon=float(eps))
+
+
 def _adaptive_avg_pool2d(x, output_size):
     if output_size not in (1, (1, 1), [1, 1]):
         raise ModelError(f"AdaptiveAvgPool2d supports only output size 1 (lowered to "
@@ -961,6 +1003,7 @@ functional.__dict__.update(
     mean=_reduce("ReduceMean"),
     narrow=_narrow,
     batch_norm=_batch_norm,
+    layer_norm=_layer_norm,
     max_pool2d=lambda x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False:
         x.builder.op("MaxPool", [x], **_pool_attrs(x, kernel_size, stride, padding, dilation,
                                                     ceil_mode)),

@@ -2,7 +2,9 @@
 update), and the gradient. Both work per channel over x viewed as (N, C, L), parallel over
 channels. The per-channel sums (Σd, Σd², Σdy, Σdy·d with d = x − shift, shift = the channel's
 first value) take one vectorised pass (kernels/sums.h: float lanes flushed into double every
-512 values); the shift keeps E[d²] − E[d]² from cancelling when the mean is large."""
+512 values); the shift keeps E[d²] − E[d]² from cancelling when the mean is large.
+
+LayerNormalization's gradient (at the end) works per row of x viewed as (rows, n)."""
 from cython.parallel cimport prange
 from libc.math cimport sqrt
 
@@ -169,3 +171,124 @@ def batch_norm_grad(float[:, :, ::1] dy, float[:, :, ::1] x, float[::1] scale, m
     with nogil:
         for c in prange(C, num_threads=threads_for(nthreads, N * C * L), schedule='static'):
             grad_channel(gp, xp, dxp, dsp, dbp, N, C, L, c, scale[c], mp, vp, eps, training)
+
+
+# ---- LayerNormalization ----------------------------------------------------------------------
+cdef enum:
+    # Columns one thread sums dscale/dbias over at a time: one cache line of each row.
+    COLUMN_BLOCK = 16
+
+
+cdef void layer_norm_row_grad(const float *g, const float *x, const float *s, float *dx, long L,
+                              float eps, float *stat) noexcept nogil:
+    """One row: stat = (mean, inv); dx (when not NULL) = inv·(gs − Σgs/n − x̂·Σ(gs·x̂)/n),
+    gs = g·s. Shifted sums (kernels/sums.h) give the statistics, then, with gs written into
+    dx, both gradient sums; the statistics never depend on whether dx is asked for."""
+    cdef long i
+    cdef double sums[4]
+    cdef double m, var, inv
+    cdef float shift = x[0], mean, k, a, b
+    sums[0] = 0.0
+    sums[1] = 0.0
+    ember_moment_sums(x, NULL, L, shift, sums)
+    m = sums[0] / L
+    var = sums[1] / L - m * m
+    if var < 0.0:
+        var = 0.0
+    inv = 1.0 / sqrt(var + eps)
+    mean = <float> (shift + m)
+    k = <float> inv
+    stat[0] = mean
+    stat[1] = k
+    if dx == NULL:
+        return
+    for i in range(L):
+        dx[i] = g[i] * s[i]
+    sums[2] = 0.0
+    sums[3] = 0.0
+    ember_moment_sums(x, dx, L, shift, sums)
+    # Σ gs·x̂ = (Σ gs·(x − shift) − (mean − shift)·Σ gs)·inv; subtracted before scaling by
+    # inv, so that a row whose terms cancel (n = 1) gives 0
+    a = <float> (sums[2] / L)
+    b = <float> ((sums[3] - m * sums[2]) * inv / L)
+    for i in range(L):
+        dx[i] = k * ((dx[i] - a) - (x[i] - mean) * k * b)
+
+
+cdef void layer_norm_column_sums(const float *g, const float *x, const float *stats, float *ds,
+                                 float *db, long R, long L, long j0, long w) noexcept nogil:
+    """ds[j] = Σ_rows g·x̂ and db[j] = Σ_rows g for the w ≤ COLUMN_BLOCK columns from j0 (either
+    may be NULL), in double."""
+    cdef double sd[COLUMN_BLOCK]
+    cdef double sb[COLUMN_BLOCK]
+    cdef long r, j
+    cdef float m, k
+    cdef const float *gr
+    cdef const float *xr
+    for j in range(w):
+        sd[j] = 0.0
+        sb[j] = 0.0
+    for r in range(R):
+        m = stats[2 * r]
+        k = stats[2 * r + 1]
+        gr = g + r * L + j0
+        xr = x + r * L + j0
+        for j in range(w):
+            sb[j] += gr[j]
+            sd[j] += gr[j] * ((xr[j] - m) * k)
+    for j in range(w):
+        if ds != NULL:
+            ds[j0 + j] = <float> sd[j]
+        if db != NULL:
+            db[j0 + j] = <float> sb[j]
+
+
+def layer_norm_grad(float[:, ::1] dy, float[:, ::1] x, float[::1] scale, dx, dscale, dbias,
+                    float[::1] stats, float eps, int nthreads):
+    """Gradients of LayerNormalization over rows (rows, n) of x, n ≥ 1; any of dx (rows, n) /
+    dscale (n) / dbias (n) may be None. With x̂ = (x − mean)·inv, inv = 1/√(var + eps):
+    dx = inv·(g − Σg/n − x̂·Σ(g·x̂)/n), g = dy·scale (parallel over rows); dscale = Σ_rows dy·x̂,
+    dbias = Σ_rows dy (parallel over blocks of columns). ``stats`` (2·rows floats, scratch)
+    holds each row's mean and inv between the two loops."""
+    cdef long R = x.shape[0], L = x.shape[1], r, blk, nblocks
+    cdef float[:, ::1] dx_v
+    cdef float[::1] ds_v
+    cdef float[::1] db_v
+    cdef float *dxp = NULL
+    cdef float *dsp = NULL
+    cdef float *dbp = NULL
+    if L == 0:
+        return
+    if stats.shape[0] < 2 * R:
+        raise ValueError(f"layer_norm_grad needs {2 * R} floats of stats, got {stats.shape[0]}")
+    if R == 0:
+        if dscale is not None:
+            ds_v = dscale
+            ds_v[:] = 0.0
+        if dbias is not None:
+            db_v = dbias
+            db_v[:] = 0.0
+        return
+    if dx is not None:
+        dx_v = dx
+        dxp = &dx_v[0, 0]
+    if dscale is not None:
+        ds_v = dscale
+        dsp = &ds_v[0]
+    if dbias is not None:
+        db_v = dbias
+        dbp = &db_v[0]
+    cdef const float *gp = &dy[0, 0]
+    cdef const float *xp = &x[0, 0]
+    cdef const float *sp = &scale[0]
+    cdef float *stp = &stats[0]
+    nblocks = (L + COLUMN_BLOCK - 1) // COLUMN_BLOCK
+    with nogil:
+        for r in prange(R, num_threads=threads_for(nthreads, R * L), schedule='static'):
+            layer_norm_row_grad(gp + r * L, xp + r * L, sp,
+                                dxp + r * L if dxp != NULL else NULL, L, eps, stp + 2 * r)
+        if dsp != NULL or dbp != NULL:
+            for blk in prange(nblocks, num_threads=threads_for(nthreads, R * L),
+                              schedule='static'):
+                layer_norm_column_sums(gp, xp, stp, dsp, dbp, R, L, blk * COLUMN_BLOCK,
+                                       min(<long> COLUMN_BLOCK, L - blk * COLUMN_BLOCK))

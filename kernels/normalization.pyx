@@ -1,6 +1,7 @@
-"""Per-channel kernels over (N, C, inner) views: affine (inference BatchNorm), InstanceNorm, LRN."""
+"""Per-channel kernels over (N, C, inner) views: affine (inference BatchNorm), InstanceNorm, LRN;
+and LayerNorm over (rows, n) views."""
 from cython.parallel cimport prange
-from libc.math cimport sqrtf, powf
+from libc.math cimport sqrt, sqrtf, powf
 
 from kernels.activation cimport apply_act_span
 from kernels.parallel cimport threads_for
@@ -91,3 +92,71 @@ def lrn(float[:, :, ::1] x, float[:, :, ::1] y, int size, float alpha, float bet
             xr = xp + p * L
             for i in range(L):
                 yr[i] = xr[i] / powf(bias + k * yr[i], beta)
+
+
+
+cdef extern from "sums.h" nogil:
+    void ember_moment_sums(const float *x, const float *g, long n, float shift, double *s)
+
+
+cdef void layer_norm_row(const float *x, const float *s, const float *b, float *y, long L,
+                         float eps, float *mean_out, float *inv_out) noexcept nogil:
+    """One row of layer_norm; b, mean_out and inv_out may be NULL."""
+    cdef double sums[4]
+    cdef double m, var
+    cdef float shift = x[0], mean, k
+    cdef long i
+    sums[0] = 0.0
+    sums[1] = 0.0
+    ember_moment_sums(x, NULL, L, shift, sums)
+    m = sums[0] / L
+    var = sums[1] / L - m * m
+    if var < 0.0:
+        var = 0.0
+    mean = <float> (shift + m)
+    k = <float> (1.0 / sqrt(var + eps))
+    if b != NULL:
+        for i in range(L):
+            y[i] = (x[i] - mean) * k * s[i] + b[i]
+    else:
+        for i in range(L):
+            y[i] = (x[i] - mean) * k * s[i]
+    if mean_out != NULL:
+        mean_out[0] = mean
+    if inv_out != NULL:
+        inv_out[0] = k
+
+
+def layer_norm(float[:, ::1] x, float[::1] scale, bias, float[:, ::1] y, mean_out, inv_out,
+               float eps, int nthreads):
+    """Each row of x (rows, n): y = (x − mean)·inv·scale + bias, inv = 1/√(var + eps), the
+    population variance, parallel over rows. The statistics come from one vectorised pass of
+    sums shifted by the row's first value (kernels/sums.h: float lanes flushed into double
+    every 512 values; the shift keeps E[d²] − E[d]² from cancelling when the mean is large).
+    bias (float[::1] of n) may be None; mean_out / inv_out (float[::1] of rows, or None)
+    receive each row's mean and inv. n ≥ 1."""
+    cdef long R = x.shape[0], L = x.shape[1], r
+    cdef float[::1] b_v
+    cdef float[::1] mo_v
+    cdef float[::1] io_v
+    cdef const float *bp = NULL
+    cdef float *mop = NULL
+    cdef float *iop = NULL
+    if R == 0 or L == 0:
+        return
+    if bias is not None:
+        b_v = bias
+        bp = &b_v[0]
+    if mean_out is not None:
+        mo_v = mean_out
+        mop = &mo_v[0]
+    if inv_out is not None:
+        io_v = inv_out
+        iop = &io_v[0]
+    cdef const float *xp = &x[0, 0]
+    cdef float *yp = &y[0, 0]
+    cdef const float *sp = &scale[0]
+    with nogil:
+        for r in prange(R, num_threads=threads_for(nthreads, R * L), schedule='static'):
+            layer_norm_row(xp + r * L, sp, bp, yp + r * L, L, eps,
+                           mop + r if mop != NULL else NULL, iop + r if iop != NULL else NULL)

@@ -287,6 +287,31 @@ def test_batch_norm(training):
     t.check(y[0] if training else y)
 
 
+LAYER_NORM_CASES = [  # X's shape, axis, Scale/B's shape, with B
+    ((3, 5), -1, (5,), True), ((2, 3, 4), 1, (3, 4), True), ((2, 3, 4), 0, (2, 3, 4), False),
+    ((2, 3, 4), -1, (1, 1, 4), True), ((2, 3, 4), 1, (3, 1), True), ((4, 1), -1, (1,), True),
+]
+
+
+@pytest.mark.parametrize("shape,axis,param_shape,with_bias", LAYER_NORM_CASES)
+def test_layer_norm(shape, axis, param_shape, with_bias):
+    t = Case()
+    ins = [t.param("x", shape, low=-2, high=2), t.param("scale", param_shape, low=0.5, high=1.5)]
+    if with_bias:
+        ins.append(t.param("bias", param_shape))
+    t.check(t.b.op("LayerNormalization", ins, axis=axis, epsilon=1e-3))
+
+
+def test_layer_norm_scale_over_the_outer_axes_is_not_differentiated():
+    """ONNX lets Scale broadcast over every axis of X; a Scale varying over the axes before
+    ``axis`` has no gradient rule and says so."""
+    t = Case()
+    x, scale = t.param("x", (2, 3, 4)), t.param("scale", (2, 1, 4))
+    g = t.finish(t.b.op("LayerNormalization", [x, scale], axis=2))
+    with pytest.raises(ModelError, match=r"varies over the axes before axis 2"):
+        backward(g, "loss", ["x", "scale"])
+
+
 def test_dropout_reuses_the_forward_mask():
     t = Case()
     x = t.param("x", (4, 50))

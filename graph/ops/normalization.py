@@ -1,5 +1,5 @@
 """BatchNormalization (inference, and training_mode with batch statistics), InstanceNormalization,
-LRN."""
+LayerNormalization, LRN."""
 from __future__ import annotations
 
 import numpy as np
@@ -119,6 +119,94 @@ class InstanceNormalization(Op):
         y = (xw - mean) / np.sqrt(var + node.attrs["epsilon"]) * per_channel(x, scale) \
             + per_channel(x, bias)
         return [y.astype(x.dtype)]
+
+
+def normalized_axis(axis, rank: int) -> int:
+    """LayerNormalization's ``axis`` in [0, rank): the first of the normalized axes."""
+    axis = int(axis)
+    return axis + rank if axis < 0 else axis
+
+
+def broadcasts_to(small, big) -> bool:
+    """Whether shape ``small`` is unidirectionally broadcastable to ``big`` (ONNX's rule:
+    right-aligned, each dim equal or 1); a symbolic dim on either side may match anything."""
+    if len(small) > len(big):
+        return False
+    return all(isinstance(s, str) or isinstance(b, str) or s == 1 or s == b
+               for s, b in zip(small, big[len(big) - len(small):]))
+
+
+def over_normalized_axes(shape, norm) -> bool:
+    """Whether a Scale/B of ``shape`` varies over the normalized axes (of shape ``norm``)
+    only: broadcastable to ``norm`` once its extra leading dims, which must be 1, are dropped.
+    Then one vector of ``norm``'s size serves every row."""
+    extra = max(len(shape) - len(norm), 0)
+    return all(d == 1 for d in shape[:extra]) and broadcasts_to(tuple(shape[extra:]), norm)
+
+
+def row_vector(a, norm):
+    """A Scale/B ``a`` (``over_normalized_axes``) broadcast to the normalized shape ``norm``."""
+    extra = max(a.ndim - len(norm), 0)
+    return np.broadcast_to(a.reshape(a.shape[extra:]), tuple(norm))
+
+
+def stash_dtype(dtype) -> np.dtype:
+    """The precision LayerNormalization's statistics are computed in (stash_type 1 = float32):
+    float16 widens to float32; float64 keeps float64, as onnx.reference and onnxruntime do."""
+    return np.dtype(np.float64) if np.dtype(dtype) == np.float64 else np.dtype(np.float32)
+
+
+@register
+class LayerNormalization(Op):
+    """ONNX opset 17: each row of the axes from ``axis`` on is normalised,
+    Y = (X − mean)/√(var + ε)·Scale + B, with Scale and B unidirectionally broadcastable to X
+    (usually of shape X.shape[axis:]). The optional outputs Mean and InvStdDev = 1/√(var + ε)
+    are float32 (stash_type 1, the only stash type ONNX defines for these tensors), of X's
+    shape with the normalized axes set to 1."""
+    num_inputs = (2, 3)
+    num_outputs = (1, 3)
+    parameter_inputs = (1, 2)
+    attrs = {"axis": -1, "epsilon": 1e-5, "stash_type": 1}
+
+    def infer(self, ctx):
+        x = ctx.type(0)
+        rank = len(x.shape)
+        ctx.check(x.dtype.kind == "f", f"expected a float X, got {x.dtype}")
+        ctx.check(rank >= 1, f"expected X of rank ≥ 1, got {x.shape}")
+        axis = int(ctx.attrs["axis"])
+        ctx.check(-rank <= axis < rank,
+                  f"expected axis in [{-rank}, {rank - 1}] for X of rank {rank}, got {axis}")
+        ctx.check(int(ctx.attrs["stash_type"]) == 1,
+                  f"expected stash_type 1 (float32 statistics), got {ctx.attrs['stash_type']}")
+        axis = normalized_axis(axis, rank)
+        for i, name in ((1, "Scale"), (2, "B")):
+            if i == 2 and not ctx.has(2):
+                continue
+            t = ctx.type(i)
+            ctx.check(t.dtype == x.dtype, f"expected {name} of X's dtype {x.dtype}, got {t.dtype}")
+            ctx.check(broadcasts_to(tuple(t.shape), tuple(x.shape)),
+                      f"expected {name} of shape {tuple(x.shape[axis:])} (X's normalized axes) "
+                      f"or another shape broadcastable to X's {tuple(x.shape)}, got "
+                      f"{tuple(t.shape)}")
+        stats = TensorType(np.float32, tuple(x.shape[:axis]) + (1,) * (rank - axis))
+        return [x, stats, stats]
+
+    def compute(self, node, inputs):
+        x, scale = inputs[0], inputs[1]
+        bias = inputs[2] if len(inputs) > 2 else None
+        work = stash_dtype(x.dtype)
+        axes = tuple(range(normalized_axis(node.attrs["axis"], x.ndim), x.ndim))
+        n = int(np.prod([x.shape[a] for a in axes], dtype=np.int64))
+        xs = x.astype(work)
+        with np.errstate(invalid="ignore", divide="ignore"):   # rows of no values: NaN, as ONNX
+            mean = xs.sum(axis=axes, keepdims=True) / work.type(n)
+            d = xs - mean
+            var = (d * d).sum(axis=axes, keepdims=True) / work.type(n)
+            inv = work.type(1) / np.sqrt(var + work.type(node.attrs["epsilon"]))
+        y = d * inv * scale.astype(work)
+        if bias is not None:
+            y = y + bias.astype(work)
+        return [y.astype(x.dtype), mean.astype(np.float32), inv.astype(np.float32)]
 
 
 @register
@@ -259,6 +347,55 @@ class BatchNormalizationGrad(Op):
         return [dx.astype(dy.dtype), dscale.astype(scale.dtype), dbias.astype(scale.dtype)]
 
 
+@register
+class LayerNormalizationGrad(Op):
+    """(dX, dScale, dB) of LayerNormalization, the row statistics recomputed from X (here in
+    float64). Per row of n normalized values, with x̂ = (X − mean)·inv and
+    g = dY·Scale: dX = inv·(g − Σg/n − x̂·Σ(g·x̂)/n); dScale = Σ_rows dY·x̂ and dB = Σ_rows dY,
+    both of the normalized shape X.shape[axis:]. Scale broadcasts to that shape."""
+    domain = TRAINING_DOMAIN
+    num_inputs = (3, 3)
+    num_outputs = (1, 3)
+    attrs = {"axis": -1, "epsilon": 1e-5}
+
+    def infer(self, ctx):
+        dy, x, scale = ctx.type(0), ctx.type(1), ctx.type(2)
+        ctx.check(tuple(dy.shape) == tuple(x.shape) and len(x.shape) >= 1,
+                  f"expected dY and X of one shape, got {dy.shape} and {x.shape}")
+        ctx.check(dy.dtype.kind == "f" and dy.dtype == x.dtype == scale.dtype,
+                  f"expected float dY, X and Scale of one dtype, got {dy.dtype}, {x.dtype} and "
+                  f"{scale.dtype}")
+        rank = len(x.shape)
+        ctx.check(-rank <= int(ctx.attrs["axis"]) < rank,
+                  f"expected axis in [{-rank}, {rank - 1}], got {ctx.attrs['axis']}")
+        norm = tuple(x.shape[normalized_axis(ctx.attrs["axis"], rank):])
+        ctx.check(over_normalized_axes(tuple(scale.shape), norm),
+                  f"expected Scale broadcastable to the normalized shape {norm}, got "
+                  f"{tuple(scale.shape)}")
+        vec = TensorType(x.dtype, norm)
+        return [x, vec, vec]
+
+    def compute(self, node, inputs):
+        dy, x, scale = inputs
+        axis = normalized_axis(node.attrs["axis"], x.ndim)
+        norm = x.shape[axis:]
+        rows, n = (int(np.prod(s, dtype=np.int64)) for s in (x.shape[:axis], norm))
+        x64 = x.astype(np.float64).reshape(rows, n)
+        d64 = dy.astype(np.float64).reshape(rows, n)
+        s64 = row_vector(scale.astype(np.float64), norm).reshape(1, -1)
+        mean = x64.mean(axis=1, keepdims=True)
+        inv = 1.0 / np.sqrt(((x64 - mean) ** 2).mean(axis=1, keepdims=True)
+                            + node.attrs["epsilon"])
+        xhat = (x64 - mean) * inv
+        g = d64 * s64
+        g_mean, gx_mean = g.mean(axis=1, keepdims=True), (g * xhat).mean(axis=1, keepdims=True)
+        dx = inv * (g - g_mean - xhat * gx_mean)
+        dscale = (d64 * xhat).sum(axis=0).reshape(norm)
+        dbias = d64.sum(axis=0).reshape(norm)
+        return [dx.reshape(x.shape).astype(dy.dtype), dscale.astype(dy.dtype),
+                dbias.astype(dy.dtype)]
+
+
 def _batchnorm_gradient(self, node, grads, g):
     """BatchNormalizationGrad; in frozen mode the statistics inputs, when they need a
     gradient, get dmean = −k·dbias and dvar = −½·scale·dscale/(var + ε), k = scale/√(var + ε)."""
@@ -291,3 +428,42 @@ def _batchnorm_gradient(self, node, grads, g):
 
 
 BatchNormalization.gradient = _batchnorm_gradient
+
+
+def _to_parameter_shape(g, grad, shape, norm):
+    """A gradient of the normalized shape ``norm`` summed and reshaped to a Scale/B of
+    ``shape`` (``over_normalized_axes(shape, norm)``)."""
+    core = tuple(shape[max(len(shape) - len(norm), 0):])
+    return g.reshape(g.sum_to(grad, core), shape)
+
+
+def _layer_norm_gradient(self, node, grads, g):
+    """LayerNormalizationGrad for X, Scale and B (Scale and B must not vary over the axes
+    before ``axis``: their gradient is then a sum over the rows)."""
+    if any(d is not None for d in grads[1:]):
+        g.fail("gradient through the Mean/InvStdDev outputs is not supported")
+    out = [None] * 3
+    if grads[0] is None:
+        return out
+    x, scale, bias = g.input(0), g.input(1), g.input(2)
+    x_shape = g.shape(x)
+    axis = normalized_axis(node.attrs["axis"], len(x_shape))
+    norm = x_shape[axis:]
+    for name in (scale, bias):
+        if name and not over_normalized_axes(g.shape(name), norm):
+            g.fail(f"{name!r} of shape {g.shape(name)} varies over the axes before axis "
+                   f"{axis}: only Scale/B over the normalized axes {norm} are differentiable")
+    used = [g.needs(0), g.needs(1), bool(bias) and g.needs(2)]
+    if not any(used):
+        return out
+    dx, dscale, dbias = g.op("LayerNormalizationGrad", [grads[0], x, scale], num_outputs=3,
+                             used=used, axis=axis, epsilon=float(node.attrs["epsilon"]))
+    out[0] = dx or None
+    if used[1]:
+        out[1] = _to_parameter_shape(g, dscale, g.shape(scale), norm)
+    if used[2]:
+        out[2] = _to_parameter_shape(g, dbias, g.shape(bias), norm)
+    return out
+
+
+LayerNormalization.gradient = _layer_norm_gradient

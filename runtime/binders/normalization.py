@@ -1,11 +1,13 @@
 """BatchNormalization (inference: ``kernels/normalization.channel_affine``; training mode:
-``kernels/norm_grad``), InstanceNormalization, LRN, and ``BatchNormalizationGrad``."""
+``kernels/norm_grad``), InstanceNormalization, LayerNormalization, LRN, and the gradients
+``BatchNormalizationGrad`` and ``LayerNormalizationGrad``."""
 from __future__ import annotations
 
 import numpy as np
 
 from ...graph.ops import normalization as ops
-from ...graph.ops.normalization import unbiased_factor
+from ...graph.ops.normalization import (normalized_axis, over_normalized_axes, row_vector,
+                                        unbiased_factor)
 from ...kernels import norm_grad, normalization
 from .common import (F32, all_float32, as_nc_inner, contiguous_f32, has_empty_output, noop,
                      optional_at)
@@ -84,6 +86,54 @@ def bind_instance_norm(node, ins, outs, scratch_buf, ctx):
     return lambda: fn(x3, s1, b1, y3, eps, threads)
 
 
+def _rows(shape, axis):
+    """(rows, n): a LayerNormalization input seen as rows of its normalized axes."""
+    return (int(np.prod(shape[:axis], dtype=np.int64)),
+            int(np.prod(shape[axis:], dtype=np.int64)))
+
+
+def _row_vector(a, norm, ctx):
+    """A Scale/B as the float32 vector of the normalized size the kernels read, and the
+    callable that refreshes it before each run (None when it needs none): a view when ``a``
+    already has the normalized shape, else a copy of its broadcast."""
+    extra = max(a.ndim - len(norm), 0)
+    if tuple(a.shape[extra:]) == tuple(norm):
+        return contiguous_f32(a).reshape(-1), None
+    vec = np.empty(int(np.prod(norm, dtype=np.int64)), F32)
+
+    def refresh():
+        np.copyto(vec.reshape(norm), row_vector(a, norm))
+    refresh()
+    return vec, (refresh if ctx.is_runtime(a) else None)
+
+
+@binds(ops.LayerNormalization, kernel="normalization")
+def bind_layer_norm(node, ins, outs, scratch_buf, ctx):
+    x, scale, bias = ins[0], ins[1], optional_at(ins, 2)
+    y, mean, inv = outs[0], optional_at(outs, 1), optional_at(outs, 2)
+    if not all_float32(x, scale, bias, y, mean, inv) or x.size == 0:
+        return None
+    axis = normalized_axis(node.attrs["axis"], x.ndim)
+    norm = x.shape[axis:]
+    if not all(p is None or over_normalized_axes(p.shape, norm) for p in (scale, bias)):
+        return None
+    rows, n = _rows(x.shape, axis)
+    x2, y2 = contiguous_f32(x).reshape(rows, n), y.reshape(rows, n)
+    m1 = mean.reshape(rows) if mean is not None else None
+    i1 = inv.reshape(rows) if inv is not None else None
+    s1, refresh_s = _row_vector(scale, norm, ctx)
+    b1, refresh_b = _row_vector(bias, norm, ctx) if bias is not None else (None, None)
+    refreshes = [f for f in (refresh_s, refresh_b) if f is not None]
+    eps, threads, fn = float(node.attrs["epsilon"]), ctx.threads, normalization.layer_norm
+    if refreshes:
+        def step():
+            for f in refreshes:
+                f()
+            fn(x2, s1, b1, y2, m1, i1, eps, threads)
+        return step
+    return lambda: fn(x2, s1, b1, y2, m1, i1, eps, threads)
+
+
 @binds(ops.LRN, inplace=(), kernel="normalization")
 def bind_lrn(node, ins, outs, scratch_buf, ctx):
     x, y, threads = ins[0], outs[0], ctx.threads
@@ -120,3 +170,36 @@ def bind_batch_norm_grad(node, ins, outs, scratch_buf, ctx):
     db1 = dbias.reshape(C) if dbias is not None else None
     fn = norm_grad.batch_norm_grad
     return lambda: fn(g3, x3, s1, m1, v1, dx3, ds1, db1, eps, training, threads)
+
+
+def _layer_norm_grad_scratch(node, types, threads):
+    """Each row's mean and inv (2 floats a row) between the kernel's row and column loops."""
+    shape = types[node.inputs[1]].shape
+    rows, _ = _rows(shape, normalized_axis(node.attrs["axis"], len(shape)))
+    return 8 * rows
+
+
+@binds(ops.LayerNormalizationGrad, scratch=_layer_norm_grad_scratch, kernel="norm_grad")
+def bind_layer_norm_grad(node, ins, outs, scratch_buf, ctx):
+    dy, x, scale = ins[0], ins[1], ins[2]
+    dx, dscale, dbias = optional_at(outs, 0), optional_at(outs, 1), optional_at(outs, 2)
+    if not all_float32(dy, x, scale, dx, dscale, dbias) or x.size == 0:
+        return None
+    axis = normalized_axis(node.attrs["axis"], x.ndim)
+    norm = x.shape[axis:]
+    rows, n = _rows(x.shape, axis)
+    if scratch_buf is None or scratch_buf.size < 2 * rows:
+        return None
+    stats = scratch_buf[:2 * rows]
+    g2, x2 = contiguous_f32(dy).reshape(rows, n), contiguous_f32(x).reshape(rows, n)
+    dx2 = dx.reshape(rows, n) if dx is not None else None
+    ds1 = dscale.reshape(n) if dscale is not None else None
+    db1 = dbias.reshape(n) if dbias is not None else None
+    s1, refresh = _row_vector(scale, norm, ctx)
+    eps, threads, fn = float(node.attrs["epsilon"]), ctx.threads, norm_grad.layer_norm_grad
+    if refresh is not None:
+        def step():
+            refresh()
+            fn(g2, x2, s1, dx2, ds1, db1, stats, eps, threads)
+        return step
+    return lambda: fn(g2, x2, s1, dx2, ds1, db1, stats, eps, threads)
