@@ -126,16 +126,17 @@ def prove_window(node, axes, ctype: str) -> None:
     it proves them all. Each term is checked first, to name the attribute that overflows."""
     for a in axes:
         dilated = (a.kernel - 1) * a.dilation
-        terms = {"kernel_shape": a.kernel, "strides": a.stride, "dilations": a.dilation,
-                 "pads": abs(a.pad_begin) + abs(a.pad_end)}
-        for attribute, value in terms.items():
+        pads = abs(a.pad_begin) + abs(a.pad_end)
+        for attribute, value in (("kernel_shape", a.kernel), ("strides", a.stride),
+                                 ("dilations", a.dilation), ("pads", a.pad_begin),
+                                 ("pads", a.pad_end)):
             prove_fits(node, attribute, f"a {attribute} value", value, ctype)
         prove_fits(node, "dilations" if a.dilation > 1 else "kernel_shape",
                    "the dilated kernel extent (k − 1)·d + 1", dilated + 1, ctype)
-        prove_fits(node, "pads", "the padded extent", a.size + terms["pads"], ctype)
+        prove_fits(node, "pads", "the padded extent", a.size + pads, ctype)
         prove_fits(node, "strides", "the last window start (out − 1)·stride",
                    max(a.out - 1, 0) * a.stride, ctype)
-        shares = {"pads": terms["pads"], "strides": max(a.out, 1) * a.stride,
+        shares = {"pads": pads, "strides": max(a.out, 1) * a.stride,
                   "dilations" if a.dilation > 1 else "kernel_shape": dilated + a.dilation}
         reach = a.size + sum(shares.values()) + 1
         prove_fits(node, max(shares, key=shares.get), "the window's reach (padded extent + "
