@@ -15,6 +15,11 @@ def kernel_size(node, nd):
     return (1, ks[0]) if nd == 1 else tuple(ks)
 
 
+def as_nchw_shape(shape):
+    """(N, C, L) → (N, C, 1, L): the shape a 1-D pool runs at, as ``as_nchw`` views it."""
+    return (shape[0], shape[1], 1, shape[2]) if len(shape) == 3 else tuple(shape)
+
+
 def prove_pool_geometry(node, x_shape, y_shape) -> None:
     """ShapeError unless every index the pool kernels form for input x_shape and output y_shape
     (N, C, spatial…) fits their int64 window arithmetic, and the window's tap count (the
@@ -25,9 +30,10 @@ def prove_pool_geometry(node, x_shape, y_shape) -> None:
         return
     kh, kw = kernel_size(node, nd)
     sh, sw, pt, pl, dh, dw, (pb, pr) = window_geometry(node, nd)
-    (H, W), (OH, OW) = ((1, x_shape[2]), (1, y_shape[2])) if nd == 1 else (x_shape[2:], y_shape[2:])
-    prove_window(node, [WindowAxis(int(H), int(OH), kh, sh, dh, pt, pb),
-                        WindowAxis(int(W), int(OW), kw, sw, dw, pl, pr)], "int64")
+    x4, y4 = (as_nchw_shape(x_shape), as_nchw_shape(y_shape))
+    H, W, OH, OW = int(x4[2]), int(x4[3]), int(y4[2]), int(y4[3])
+    prove_window(node, [WindowAxis(H, OH, kh, sh, dh, pt, pb),
+                        WindowAxis(W, OW, kw, sw, dw, pl, pr)], "int64")
     prove_fits(node, "kernel_shape", "the window's tap count",
                min(kh, H + pt + pb) * min(kw, W + pl + pr), "int64")
 
