@@ -24,8 +24,35 @@ cdef inline bint is_pointwise(ConvShape *s) noexcept nogil:
             and s.OH == s.H and s.OW == s.W)
 
 
+cdef enum:
+    # The depthwise kernels (depthwise.h) copy each plane's padded, strided, dilated window into
+    # a per-thread buffer, forward and gradient alike. Real layers' windows are a few times
+    # their planes; a geometry whose pads, strides or dilations make the window far larger than
+    # the data (e.g. pads of 2^30 around an 8-pixel plane) takes the grouped GEMM path instead,
+    # whose memory follows the input and output. Below DW_MAX_WINDOW_FLOATS every int the
+    # depthwise kernels form from the window (8 channels × a padded row included) fits an int32.
+    DW_WINDOW_PER_PIXEL = 4
+    DW_WINDOW_SLACK = 65536
+    DW_MAX_WINDOW_FLOATS = 1 << 27
+
+
+cdef inline long depthwise_window(ConvShape *s) noexcept nogil:
+    """Floats of one plane's window as the depthwise kernels pack it (an upper bound over the
+    forward's phase planes and 8-channel rows and the input gradient's zero-inserted dY)."""
+    cdef long rows = <long> s.OH * s.sh + <long> (s.KH - 1) * s.dh + s.H
+    cdef long cols = <long> s.OW * s.sw + <long> (s.KW - 1) * s.dw + s.W
+    return rows * cols
+
+
 cdef inline bint is_depthwise(ConvShape *s) noexcept nogil:
-    return s.group == s.C and s.M == s.C and s.group > 1 or (s.C == 1 and s.M == 1)
+    """One input channel per output channel (group == C == M, or C == M == 1), with a window
+    the depthwise kernels' buffers can hold."""
+    cdef long window
+    if not (s.group == s.C and s.M == s.C and s.group > 1 or (s.C == 1 and s.M == 1)):
+        return False
+    window = depthwise_window(s)
+    return window <= DW_MAX_WINDOW_FLOATS and window <= DW_WINDOW_PER_PIXEL * (
+        <long> s.H * s.W + <long> s.OH * s.OW) + DW_WINDOW_SLACK
 
 
 cdef inline long col_floats(ConvShape *s) noexcept nogil:
@@ -40,8 +67,9 @@ cdef inline bint images_in_parallel(int N, int nthreads) noexcept nogil:
 cdef inline void im2col_rows(const float *x, float *col, ConvShape *s, int r0,
                              int r1) noexcept nogil:
     """Rows [r0, r1) of the im2col panel of one image-group: row (c, kh, kw), column (oh, ow)."""
-    cdef int r, c, kh, kw, oh, ow, ih, lo, hi
-    cdef int hw = s.H * s.W
+    cdef int r, c, kh, kw, oh, ow, ih
+    cdef long lo, hi
+    cdef long hw = <long> s.H * s.W
     cdef const float *xrow
     cdef float *dst
     for r in range(r0, r1):
@@ -74,8 +102,8 @@ cdef inline void col2im_channel(const float *col, float *plane, int c, ConvShape
     """plane (H × W) = fill + scatter-add of the column rows (c, kh, kw): column (oh, ow) of row
     (c, kh, kw) lands on pixel (oh·sh − pt + kh·dh, ow·sw − pl + kw·dw) when that is inside the
     plane. The adjoint of im2col: a conv's input gradient, and a transposed conv's output."""
-    cdef int kh, kw, oh, ow, ih, lo, hi
-    cdef long i, P = <long> s.OH * s.OW
+    cdef int kh, kw, oh, ow, ih
+    cdef long i, lo, hi, P = <long> s.OH * s.OW
     cdef const float *crow
     cdef float *row
     for i in range(<long> s.H * s.W):

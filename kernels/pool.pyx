@@ -3,19 +3,19 @@ from cython.parallel cimport prange
 from libc.math cimport INFINITY
 
 from kernels.parallel cimport threads_for
-from kernels.window cimport span_inside, interior_columns
+from kernels.window cimport span_inside, interior_columns, window_work
 
 
 cdef extern from "pool_rows.h" nogil:
     float ember_nan_max(float m, float v)
-    void ember_max_row(float *y, const float *r, int n, int stride)
+    void ember_max_row(float *y, const float *r, long n, long stride)
 
 
-cdef void max_plane(const float *x, float *y, int H, int W, int OH, int OW, int kh, int kw,
-                    int sh, int sw, int pt, int pl, int dh, int dw) noexcept nogil:
+cdef void max_plane(const float *x, float *y, long H, long W, long OH, long OW, long kh, long kw,
+                    long sh, long sw, long pt, long pl, long dh, long dw) noexcept nogil:
     """Tap by tap over the interior ow span (a vectorisable select per tap), windowed scalar
-    loop for the border columns."""
-    cdef int oh, ow, i, j, h0, w0, ilo, ihi, jlo, jhi, olo, ohi
+    loop for the border columns. Window arithmetic in 64 bits (see window.pxd)."""
+    cdef long oh, ow, i, j, h0, w0, ilo, ihi, jlo, jhi, olo, ohi
     cdef float m
     cdef const float *row
     cdef float *yrow
@@ -23,12 +23,12 @@ cdef void max_plane(const float *x, float *y, int H, int W, int OH, int OW, int 
     for oh in range(OH):
         h0 = oh * sh - pt
         span_inside(h0, dh, kh, 0, H, &ilo, &ihi)
-        yrow = y + <long> oh * OW
+        yrow = y + oh * OW
         if ohi > olo:
             for ow in range(olo, ohi):
                 yrow[ow] = -INFINITY
             for i in range(ilo, ihi):
-                row = x + <long> (h0 + i * dh) * W - pl
+                row = x + (h0 + i * dh) * W - pl
                 for j in range(kw):
                     ember_max_row(yrow + olo, row + olo * sw + j * dw, ohi - olo, sw)
         for ow in range(OW):
@@ -38,33 +38,34 @@ cdef void max_plane(const float *x, float *y, int H, int W, int OH, int OW, int 
             span_inside(w0, dw, kw, 0, W, &jlo, &jhi)
             m = -INFINITY
             for i in range(ilo, ihi):
-                row = x + <long> (h0 + i * dh) * W + w0
+                row = x + (h0 + i * dh) * W + w0
                 for j in range(jlo, jhi):
                     m = ember_nan_max(m, row[j * dw])
             yrow[ow] = m
 
 
-def max_pool2d(float[:, :, :, ::1] x, float[:, :, :, ::1] y, int kh, int kw, int stride_h,
-               int stride_w, int pad_top, int pad_left, int dil_h, int dil_w, int nthreads):
+def max_pool2d(float[:, :, :, ::1] x, float[:, :, :, ::1] y, long kh, long kw, long stride_h,
+               long stride_w, long pad_top, long pad_left, long dil_h, long dil_w, int nthreads):
     """Padded positions never win (an all-padding window would give -inf)."""
-    cdef int N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef int OH = y.shape[2], OW = y.shape[3]
+    cdef long N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef long OH = y.shape[2], OW = y.shape[3]
     cdef long p
     if N * C == 0 or OH * OW == 0:
         return
     cdef const float *xp = &x[0, 0, 0, 0]
     cdef float *yp = &y[0, 0, 0, 0]
-    nthreads = threads_for(nthreads, <long> N * C * OH * OW * kh * kw)
+    nthreads = threads_for(nthreads, window_work(N * C * OH * OW, min(kh, H) * min(kw, W), 0))
     with nogil:
         for p in prange(<long> N * C, num_threads=nthreads, schedule='static'):
             max_plane(xp + p * H * W, yp + p * OH * OW, H, W, OH, OW, kh, kw, stride_h,
                       stride_w, pad_top, pad_left, dil_h, dil_w)
 
 
-cdef void avg_plane(const float *x, float *y, int H, int W, int OH, int OW, int kh, int kw,
-                    int sh, int sw, int pt, int pl, int pb, int pr,
+cdef void avg_plane(const float *x, float *y, long H, long W, long OH, long OW, long kh, long kw,
+                    long sh, long sw, long pt, long pl, long pb, long pr,
                     bint include_pad) noexcept nogil:
-    cdef int oh, ow, i, j, h0, w0, ilo, ihi, jlo, jhi, plo, phi, qlo, qhi, count
+    """Window arithmetic and tap counts in 64 bits (see window.pxd)."""
+    cdef long oh, ow, i, j, h0, w0, ilo, ihi, jlo, jhi, plo, phi, qlo, qhi, count
     cdef float s
     cdef const float *row
     for oh in range(OH):
@@ -76,7 +77,7 @@ cdef void avg_plane(const float *x, float *y, int H, int W, int OH, int OW, int 
             span_inside(w0, 1, kw, 0, W, &jlo, &jhi)
             s = 0.0
             for i in range(ilo, ihi):
-                row = x + <long> (h0 + i) * W + w0
+                row = x + (h0 + i) * W + w0
                 for j in range(jlo, jhi):
                     s = s + row[j]
             if include_pad:
@@ -84,20 +85,20 @@ cdef void avg_plane(const float *x, float *y, int H, int W, int OH, int OW, int 
                 count = (phi - plo) * (qhi - qlo)
             else:
                 count = (ihi - ilo) * (jhi - jlo)
-            y[<long> oh * OW + ow] = s / count if count > 0 else 0.0
+            y[oh * OW + ow] = s / count if count > 0 else 0.0
 
 
-def avg_pool2d(float[:, :, :, ::1] x, float[:, :, :, ::1] y, int kh, int kw, int stride_h,
-               int stride_w, int pad_top, int pad_left, int pad_bottom, int pad_right,
+def avg_pool2d(float[:, :, :, ::1] x, float[:, :, :, ::1] y, long kh, long kw, long stride_h,
+               long stride_w, long pad_top, long pad_left, long pad_bottom, long pad_right,
                bint count_include_pad, int nthreads):
-    cdef int N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef int OH = y.shape[2], OW = y.shape[3]
+    cdef long N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef long OH = y.shape[2], OW = y.shape[3]
     cdef long p
     if N * C == 0 or OH * OW == 0:
         return
     cdef const float *xp = &x[0, 0, 0, 0]
     cdef float *yp = &y[0, 0, 0, 0]
-    nthreads = threads_for(nthreads, <long> N * C * OH * OW * kh * kw)
+    nthreads = threads_for(nthreads, window_work(N * C * OH * OW, min(kh, H) * min(kw, W), 0))
     with nogil:
         for p in prange(<long> N * C, num_threads=nthreads, schedule='static'):
             avg_plane(xp + p * H * W, yp + p * OH * OW, H, W, OH, OW, kh, kw, stride_h,

@@ -16,14 +16,14 @@ static inline float ember_nan_max(float m, float v)
 }
 
 /* y[i] = max(y[i], r[i*stride]) for i < n; a NaN in either wins. */
-static inline void ember_max_row(float *restrict y, const float *restrict r, int n, int stride)
+static inline void ember_max_row(float *restrict y, const float *restrict r, long n, long stride)
 {
     if (stride == 1) {
-        for (int i = 0; i < n; ++i) y[i] = ember_nan_max(y[i], r[i]);
+        for (long i = 0; i < n; ++i) y[i] = ember_nan_max(y[i], r[i]);
     } else if (stride == 2) {
-        for (int i = 0; i < n; ++i) y[i] = ember_nan_max(y[i], r[2 * i]);
+        for (long i = 0; i < n; ++i) y[i] = ember_nan_max(y[i], r[2 * i]);
     } else {
-        for (int i = 0; i < n; ++i) y[i] = ember_nan_max(y[i], r[(long)i * stride]);
+        for (long i = 0; i < n; ++i) y[i] = ember_nan_max(y[i], r[i * stride]);
     }
 }
 
@@ -36,15 +36,15 @@ static inline int ember_takes(float v, float m)
 /* Offset (in x) of the first maximum of the window whose taps are rows h0 + i*dh, i in
  * [ilo, ihi), columns w0 + j*dw, j in [jlo, jhi), in row-major order; a NaN beats any number
  * and the first NaN stays. The window must hold at least one tap. */
-static inline long ember_window_argmax(const float *x, long W, int h0, int dh, int ilo,
-                                       int ihi, int w0, int dw, int jlo, int jhi)
+static inline long ember_window_argmax(const float *x, long W, long h0, long dh, long ilo,
+                                       long ihi, long w0, long dw, long jlo, long jhi)
 {
-    long best_at = (long)(h0 + ilo * dh) * W + w0 + (long)jlo * dw;
+    long best_at = (h0 + ilo * dh) * W + w0 + jlo * dw;
     float best = x[best_at];
-    for (int i = ilo; i < ihi; ++i) {
-        const long row = (long)(h0 + i * dh) * W + w0;
-        for (int j = jlo; j < jhi; ++j) {
-            const long at = row + (long)j * dw;
+    for (long i = ilo; i < ihi; ++i) {
+        const long row = (h0 + i * dh) * W + w0;
+        for (long j = jlo; j < jhi; ++j) {
+            const long at = row + j * dw;
             const float v = x[at];
             const int take = ember_takes(v, best);
             const long keep_at = -(long)take;          /* all ones when v takes over */

@@ -283,6 +283,10 @@ HOSTILE = {
     "Conv auto_pad junk": (conv(a=attr("auto_pad", "SIDEWAYS")), "conv"),
     "Conv pads enormous": (conv(p=attr("pads", [1 << 40, 1 << 40, 1 << 40, 1 << 40])),
                            "conv|memory cap"),
+    "Conv strides past int32": (conv(s=attr("strides", [1 << 31, 1])), "conv.*'strides'"),
+    "Conv window past int32": (conv(d=attr("dilations", [1 << 30, 1]),
+                                    p=attr("pads", [1 << 30, 0, 1 << 30, 0])),
+                               "conv.*'dilations'"),
     "Conv strides as tensor": (conv(s=attr("strides", numpy_helper.from_array(
         np.array([1, 1], np.int64)))), "conv"),
     "Conv kernel too big": (conv(p=attr("pads", [0, 0, 0, 0]),

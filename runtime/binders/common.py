@@ -3,9 +3,11 @@ copies made once, conv/pool window geometry and the fused-activation codes."""
 from __future__ import annotations
 
 import weakref
+from typing import NamedTuple
 
 import numpy as np
 
+from ...graph.errors import ShapeError
 from ...graph.ops.activation import ACTIVATIONS
 from ...kernels.elementwise import ACTIVATION_CODES
 
@@ -80,6 +82,65 @@ def contiguous_f32(a):
         return copy
     CONSTANT_COPIES[key] = (ref, copy)
     return copy
+
+
+# The C index types of the kernels, by the name a proof gives them: the largest value each holds.
+INDEX_TYPES = {"int32": (1 << 31) - 1, "int64": (1 << 63) - 1}
+
+
+def prove_fits(node, attribute: str | None, what: str, value: int, ctype: str) -> None:
+    """ShapeError naming ``node`` and ``attribute`` (None: the quantity comes from its shapes)
+    unless ``value`` — a quantity the node's kernel computes from its geometry, evaluated
+    exactly as a Python int — fits the kernel's index type ``ctype``: past it the C arithmetic
+    would wrap and read or write outside its buffers."""
+    limit = INDEX_TYPES[ctype]
+    if not -limit <= value <= limit:
+        source = f"attribute {attribute!r}" if attribute else "its input and output shapes"
+        raise ShapeError(f"{node}: {what} is {value:,} (from {source}), beyond the {ctype} "
+                         f"index arithmetic of its kernel (|value| ≤ {limit:,})")
+
+
+class WindowAxis(NamedTuple):
+    """One spatial axis of a sliding window as a kernel walks it: ``out`` window positions
+    ``stride`` apart, starting ``pad_begin`` before an axis of ``size``, each of ``kernel`` taps
+    ``dilation`` apart. For the adjoint walks (col2im: a transposed conv, a conv's input
+    gradient) ``size`` is the axis written and ``out`` the one read."""
+    size: int
+    out: int
+    kernel: int
+    stride: int
+    dilation: int
+    pad_begin: int
+    pad_end: int
+
+
+def prove_window(node, axes, ctype: str) -> None:
+    """Prove every index a window kernel forms along ``axes`` fits ``ctype``.
+
+    The kernels compute window starts (o·stride − pad_begin), tap positions (start +
+    k·dilation), window ends, the clamps of a window to the image or to the padded image
+    (``span_inside``: bound − start + step − 1, …) and the rows a depthwise or im2col pass
+    packs; each is a sum of these terms, each with a sign ±1, o < out, k < kernel: size,
+    pad_begin, pad_end, (out − 1)·stride, stride, (kernel − 1)·dilation, dilation, 1. So
+    their absolute sum — the *reach* of the window — bounds every one of them, and proving
+    it proves them all. Each term is checked first, to name the attribute that overflows."""
+    for a in axes:
+        dilated = (a.kernel - 1) * a.dilation
+        pads = abs(a.pad_begin) + abs(a.pad_end)
+        for attribute, value in (("kernel_shape", a.kernel), ("strides", a.stride),
+                                 ("dilations", a.dilation), ("pads", a.pad_begin),
+                                 ("pads", a.pad_end)):
+            prove_fits(node, attribute, f"a {attribute} value", value, ctype)
+        prove_fits(node, "dilations" if a.dilation > 1 else "kernel_shape",
+                   "the dilated kernel extent (k − 1)·d + 1", dilated + 1, ctype)
+        prove_fits(node, "pads", "the padded extent", a.size + pads, ctype)
+        prove_fits(node, "strides", "the last window start (out − 1)·stride",
+                   max(a.out - 1, 0) * a.stride, ctype)
+        shares = {"pads": pads, "strides": max(a.out, 1) * a.stride,
+                  "dilations" if a.dilation > 1 else "kernel_shape": dilated + a.dilation}
+        reach = a.size + sum(shares.values()) + 1
+        prove_fits(node, max(shares, key=shares.get), "the window's reach (padded extent + "
+                   "stride × output positions + dilated kernel extent)", reach, ctype)
 
 
 def window_geometry(node, nd):

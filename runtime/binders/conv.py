@@ -11,8 +11,9 @@ import numpy as np
 
 from ...graph.ops import conv as ops
 from ...kernels import conv, conv_grad, winograd
-from .common import (F32, FUSED_ACTIVATIONS, all_float32, as_nchw, contiguous_f32,
-                     fused_activation, has_empty_output, noop, optional_at, window_geometry)
+from .common import (F32, FUSED_ACTIVATIONS, WindowAxis, all_float32, as_nchw, contiguous_f32,
+                     fused_activation, has_empty_output, noop, optional_at, prove_fits,
+                     prove_window, window_geometry)
 from .registry import binds
 
 
@@ -43,19 +44,43 @@ class ConvCase(NamedTuple):
     group: int
 
 
+def prove_conv_geometry(node, x, w, y, g: Window, group: int, transposed: bool) -> None:
+    """ShapeError unless every index the conv kernels (im2col, implicit GEMM, col2im, the
+    depthwise planes, Winograd) form for this 4-D case fits their int32 arithmetic: the
+    window walk of each axis, and the GEMM sizes and offsets the kernels keep in ints.
+    ``transposed``: a ConvTranspose, whose col2im walks the output with the input's positions;
+    x, w and y are (N, C, H, W), the weight, (N, M, OH, OW)."""
+    (_, C, H, W), (_, _, KH, KW), (_, M, OH, OW) = x, w, y
+    rows = [(H, OH, KH, g.stride_h, g.dil_h, g.pad_top, g.pad_bottom),
+            (W, OW, KW, g.stride_w, g.dil_w, g.pad_left, g.pad_right)]
+    prove_window(node, [WindowAxis(*((o, i) if transposed else (i, o)), *rest)
+                        for i, o, *rest in rows], "int32")
+    prove_fits(node, "kernel_shape", "the weight's element count (the offset of a channel's "
+               "taps, and the GEMM's C/group·KH·KW rows)", int(np.prod(w, dtype=object)), "int32")
+    prove_fits(node, None, "the input plane H·W", H * W, "int32")
+    prove_fits(node, None, "the output plane OH·OW", OH * OW, "int32")
+
+
 def conv_case(node, types) -> ConvCase | None:
+    """The case, its geometry proven to fit the kernels (ShapeError otherwise); None when the
+    kernels do not take it (rank, dtype, dynamic shapes)."""
     xt, wt, yt = (types.get(node.input(0)), types.get(node.input(1)),
                   types.get(node.outputs[0]))
     if xt is None or wt is None or yt is None or len(xt.shape) not in (3, 4):
         return None
-    if any(t.dtype != F32 for t in (xt, wt, yt)) or not (xt.is_static and yt.is_static):
+    if not (xt.is_static and wt.is_static and yt.is_static):
         return None
     nd = len(xt.shape) - 2
 
     def as4(s):
-        return (s[0], s[1], 1, s[2]) if nd == 1 else tuple(s)
-    return ConvCase(nd, as4(xt.shape), as4(wt.shape), as4(yt.shape), window_of(node, nd),
+        return (s[0], s[1], 1, s[2]) if nd == 1 else tuple(int(d) for d in s)
+    case = ConvCase(nd, as4(xt.shape), as4(wt.shape), as4(yt.shape), window_of(node, nd),
                     int(node.attrs.get("group", 1) or 1))
+    prove_conv_geometry(node, case.x, case.w, case.y, case.window, case.group,
+                        node.op_type == "ConvTranspose")
+    if any(t.dtype != F32 for t in (xt, wt, yt)):
+        return None
+    return case
 
 
 def _conv_scratch_floats(node, types, threads):
@@ -302,34 +327,40 @@ class ConvGradCase(NamedTuple):
     group: int
 
 
-def _conv_grad_case(node, dy_shape, x_shape, w_shape) -> ConvGradCase | None:
-    """The case of a conv whose input has x_shape, weight w_shape and output dy_shape; None for
-    ranks other than 3 and 4."""
+def _conv_grad_case(node, dy, x_shape, w_shape) -> ConvGradCase | None:
+    """The case of a conv whose input has x_shape, weight w_shape and output dY (type ``dy``),
+    its geometry proven to fit the kernels (ShapeError otherwise); None for ranks other than 3
+    and 4 and for dtypes other than float32."""
+    dy_shape = tuple(int(d) for d in dy.shape)
     if len(dy_shape) not in (3, 4) or not len(dy_shape) == len(x_shape) == len(w_shape):
         return None
     nd = len(dy_shape) - 2
 
     def as4(s):
         return (s[0], s[1], 1, s[2]) if nd == 1 else tuple(s)
-    (N, C, H, W), (M, _, KH, KW), (_, _, OH, OW) = as4(x_shape), as4(w_shape), as4(dy_shape)
-    g = window_of(node, nd)
+    x4, w4, dy4 = as4(x_shape), as4(w_shape), as4(dy_shape)
+    g, group = window_of(node, nd), int(node.attrs.get("group", 1) or 1)
+    prove_conv_geometry(node, x4, w4, dy4, g, group, transposed=False)
+    if dy.dtype != F32:
+        return None
+    (N, C, H, W), (M, _, KH, KW), (_, _, OH, OW) = x4, w4, dy4
     return ConvGradCase(N, C, H, W, M, KH, KW, OH, OW, g.stride_h, g.stride_w, g.pad_top,
-                        g.pad_left, g.dil_h, g.dil_w, int(node.attrs.get("group", 1) or 1))
+                        g.pad_left, g.dil_h, g.dil_w, group)
 
 
 def _grad_input_case(node, types):
     dy, w = types.get(node.input(0)), types.get(node.input(1))
-    if dy is None or w is None or dy.dtype != F32 or not (dy.is_static and w.is_static):
+    if dy is None or w is None or not (dy.is_static and w.is_static):
         return None
-    return _conv_grad_case(node, tuple(dy.shape), tuple(int(d) for d in node.attrs["input_shape"]),
-                           tuple(w.shape))
+    return _conv_grad_case(node, dy, tuple(int(d) for d in node.attrs["input_shape"]),
+                           tuple(int(d) for d in w.shape))
 
 
 def _grad_weight_case(node, types):
     dy, x = types.get(node.input(0)), types.get(node.input(1))
-    if dy is None or x is None or dy.dtype != F32 or not (dy.is_static and x.is_static):
+    if dy is None or x is None or not (dy.is_static and x.is_static):
         return None
-    return _conv_grad_case(node, tuple(dy.shape), tuple(x.shape),
+    return _conv_grad_case(node, dy, tuple(int(d) for d in x.shape),
                            tuple(int(d) for d in node.attrs["weight_shape"]))
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from ...graph.ops import pool as ops
 from ...kernels import pool, pool_grad
-from .common import (all_float32, as_nchw, contiguous_f32, has_empty_output, int_list, noop,
-                     optional_at, window_geometry)
+from .common import (WindowAxis, all_float32, as_nchw, contiguous_f32, has_empty_output,
+                     int_list, noop, optional_at, prove_fits, prove_window, window_geometry)
 from .registry import binds
 
 
@@ -13,6 +13,29 @@ def kernel_size(node, nd):
     """(kh, kw) of a 1-D or 2-D pool."""
     ks = int_list(node.attrs.get("kernel_shape"), nd, 0)
     return (1, ks[0]) if nd == 1 else tuple(ks)
+
+
+def as_nchw_shape(shape):
+    """(N, C, L) → (N, C, 1, L): the shape a 1-D pool runs at, as ``as_nchw`` views it."""
+    return (shape[0], shape[1], 1, shape[2]) if len(shape) == 3 else tuple(shape)
+
+
+def prove_pool_geometry(node, x_shape, y_shape) -> None:
+    """ShapeError unless every index the pool kernels form for input x_shape and output y_shape
+    (N, C, spatial…) fits their int64 window arithmetic, and the window's tap count (the
+    average's divisor) fits it too. Pools walk their windows in 64 bits: pads, strides and
+    dilations near 2^31 are computed exactly, not refused."""
+    nd = len(x_shape) - 2
+    if nd not in (1, 2):
+        return
+    kh, kw = kernel_size(node, nd)
+    sh, sw, pt, pl, dh, dw, (pb, pr) = window_geometry(node, nd)
+    x4, y4 = (as_nchw_shape(x_shape), as_nchw_shape(y_shape))
+    H, W, OH, OW = int(x4[2]), int(x4[3]), int(y4[2]), int(y4[3])
+    prove_window(node, [WindowAxis(H, OH, kh, sh, dh, pt, pb),
+                        WindowAxis(W, OW, kw, sw, dw, pl, pr)], "int64")
+    prove_fits(node, "kernel_shape", "the window's tap count",
+               min(kh, H + pt + pb) * min(kw, W + pl + pr), "int64")
 
 
 def _pool_views(ins, outs):
@@ -24,6 +47,7 @@ def _pool_views(ins, outs):
 
 @binds(ops.MaxPool, inplace=(), kernel="pool")
 def bind_max_pool(node, ins, outs, scratch_buf, ctx):
+    prove_pool_geometry(node, ins[0].shape, outs[0].shape)
     if optional_at(outs, 1) is not None or int(node.attrs.get("storage_order", 0)):
         return None
     v = _pool_views(ins, outs)
@@ -40,6 +64,7 @@ def bind_max_pool(node, ins, outs, scratch_buf, ctx):
 
 @binds(ops.AveragePool, inplace=(), kernel="pool")
 def bind_avg_pool(node, ins, outs, scratch_buf, ctx):
+    prove_pool_geometry(node, ins[0].shape, outs[0].shape)
     dil = node.attrs.get("dilations")
     if dil and any(int(d) != 1 for d in dil):
         return None  # the kernel has no dilation
@@ -73,6 +98,7 @@ def bind_global_pool(node, ins, outs, scratch_buf, ctx):
 @binds(ops.MaxPoolGrad, kernel="pool_grad")
 def bind_max_pool_grad(node, ins, outs, scratch_buf, ctx):
     dy, x, dx = ins[0], ins[1], outs[0]
+    prove_pool_geometry(node, x.shape, dy.shape)
     if x.ndim not in (3, 4) or not all_float32(dy, x, dx):
         return None
     if has_empty_output(outs):
@@ -88,6 +114,7 @@ def bind_max_pool_grad(node, ins, outs, scratch_buf, ctx):
 @binds(ops.AveragePoolGrad, kernel="pool_grad")
 def bind_avg_pool_grad(node, ins, outs, scratch_buf, ctx):
     dy, dx = ins[0], outs[0]
+    prove_pool_geometry(node, dx.shape, dy.shape)
     if dx.ndim not in (3, 4) or not all_float32(dy, dx):
         return None
     if has_empty_output(outs):
