@@ -51,7 +51,7 @@ import re
 import sys
 import threading
 import zipfile
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -143,12 +143,18 @@ def json_depth(body: bytes) -> int:
     parser recurses once per level, so the depth is bounded before it runs). Escapes and
     strings are removed first so brackets inside strings do not count."""
     text = re.sub(rb'"[^"]*"', b"", re.sub(rb"\\.", b"", body, flags=re.DOTALL))
-    brackets = np.frombuffer(text.translate(None, _NOT_BRACKETS), np.uint8)
-    steps = np.where((brackets == ord("[")) | (brackets == ord("{")), 1, -1).astype(np.int32)
-    return int(np.cumsum(steps).max(initial=0))
+    steps = _BRACKET_STEP[np.frombuffer(text.translate(None, _NOT_BRACKETS), np.uint8)]
+    depth = deepest = 0
+    for start in range(0, len(steps), 1 << 20):      # in slices: a few MB whatever the body
+        running = depth + np.cumsum(steps[start:start + (1 << 20)], dtype=np.int64)
+        deepest, depth = max(deepest, int(running.max())), int(running[-1])
+    return deepest
 
 
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_BRACKET_STEP = np.zeros(256, np.int8)
+_BRACKET_STEP[list(b"[{")] = 1
+_BRACKET_STEP[list(b"]}")] = -1
 
 
 def load_npy(data: bytes, what: str, max_bytes: int) -> np.ndarray:
@@ -374,11 +380,10 @@ def default_workers() -> int:
     return max(16, 8 * default_threads())
 
 
-class InferenceServer(ThreadingHTTPServer):
-    """A threading HTTP server holding one engine (one Session), at most ``workers`` connection
-    threads and a gate on concurrent runs."""
+class InferenceServer(HTTPServer):
+    """An HTTP server holding one engine (one Session), serving each connection in a thread of
+    its own, at most ``workers`` of them at once, with a gate on concurrent runs."""
 
-    daemon_threads = True
     request_queue_size = 64
 
     def __init__(self, address, engine, max_body=MAX_BODY, max_inflight=None, quiet=False,
@@ -395,8 +400,13 @@ class InferenceServer(ThreadingHTTPServer):
         self._worker_slots = threading.BoundedSemaphore(self.workers)
         self._stopping = threading.Event()
 
+    @property
+    def worker_name(self) -> str:
+        """The name every connection thread of this server carries."""
+        return f"serve:{self.server_address[1]} worker"
+
     def process_request(self, request, client_address):
-        """Take a worker slot before starting the connection's thread. While none is free the
+        """Take a worker slot, then serve the connection in a thread. While no slot is free the
         accept loop waits here, so further connections stay in the listen backlog; it looks up
         now and then so ``shutdown()`` is not kept waiting."""
         while not self._worker_slots.acquire(timeout=0.1):
@@ -404,15 +414,20 @@ class InferenceServer(ThreadingHTTPServer):
                 self.shutdown_request(request)
                 return
         try:
-            super().process_request(request, client_address)
+            threading.Thread(target=self._serve_connection, args=(request, client_address),
+                             name=self.worker_name, daemon=True).start()
         except BaseException:
             self._worker_slots.release()
+            self.shutdown_request(request)
             raise
 
-    def process_request_thread(self, request, client_address):
+    def _serve_connection(self, request, client_address):
         try:
-            super().process_request_thread(request, client_address)
+            self.finish_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
         finally:
+            self.shutdown_request(request)
             self._worker_slots.release()
 
     def handle_error(self, request, client_address):
