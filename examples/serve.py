@@ -16,10 +16,25 @@ Endpoints:
   GET  /model    the model's inputs and outputs (name, shape, dtype), the engine and threads
   GET  /health   ``{"status": "ok"}``
 
-A bad request (bad JSON, an input of the wrong name, shape or dtype) gets 400 with the engine's
-error message — for ember, the ``ember.InputError`` text — and the server keeps serving; a body
-over ``--max-body`` bytes gets 413 without being read. Only the standard library and numpy (plus
-the engine) are used, so this file is the whole service.
+Every failure is a JSON answer ``{"error": ...}`` naming what was wrong, and the server keeps
+serving: a bad request (bad JSON, an input of the wrong name, shape or dtype) gets 400 with the
+engine's error message — for ember, the ``ember.InputError`` text; JSON nested deeper than
+``MAX_JSON_DEPTH`` levels gets 400 before it is parsed; a body over ``--max-body`` bytes gets 413
+without being read, and so does an ``.npz`` whose members would decompress to more than
+``--max-body`` bytes in total, or an ``.npy`` whose header declares more (checked from the
+headers before anything is allocated, and counted again while decompressing, since headers can
+lie); a client that stops sending a body gets 408 and is closed. Only the standard library
+and numpy (plus the engine) are used, so this file is the whole service.
+
+Why bounded workers and read timeouts: a thread per connection lets any client that opens
+sockets and sends nothing create threads without end. Each connection is served by one of at
+most ``--workers`` threads (default: 8 per available CPU, at least 16), for as long as it stays
+open, keep-alive requests included; while all are busy, new connections wait in the listen
+backlog (``request_queue_size``, beyond which the kernel refuses them) and are accepted as
+workers free up, so a burst is queued rather than answered 503. A worker is freed when its
+client closes, or when a read waits more than ``--read-timeout`` seconds (an idle keep-alive
+connection or a stalled one): the socket is closed, after a 408 answer if the wait was for a
+request's body.
 
 Why a run gate: every run already uses ``--threads`` cores, so letting 16 request threads run at
 once on 2 cores only makes every request slower (and multiplies OpenMP teams). At most
@@ -31,14 +46,19 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
+import re
 import sys
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import zipfile
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from urllib.parse import urlsplit
 
 import numpy as np
 
 MAX_BODY = 16 << 20        # bytes; a 16 MiB float32 body is ~4M values
+READ_TIMEOUT = 5.0         # seconds one read from a client may wait
+MAX_JSON_DEPTH = 32        # nesting levels: {"inputs": {name: ...}} plus a rank-30 tensor
 NPY_TYPES = ("application/x-npy", "application/npy", "application/octet-stream")
 NPZ_TYPES = ("application/x-npz", "application/npz")
 _ORT_DTYPES = {"tensor(float)": "float32", "tensor(double)": "float64",
@@ -109,7 +129,7 @@ def json_array(value, dtype: np.dtype):
     reject with its own message."""
     try:
         a = np.asarray(value)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError):
         return value
     if a.dtype.kind in "iuf" and dtype.kind == "f":
         return a.astype(dtype)
@@ -118,8 +138,101 @@ def json_array(value, dtype: np.dtype):
     return a
 
 
-def parse_body(body: bytes, content_type: str, inputs: list) -> dict:
-    """The feeds a request body describes, or ``BadRequest``."""
+def json_depth(body: bytes) -> int:
+    """The deepest nesting of arrays and objects in a JSON text, found without parsing it (the
+    parser recurses once per level, so the depth is bounded before it runs). Escapes and
+    strings are removed first so brackets inside strings do not count."""
+    text = re.sub(rb'"[^"]*"', b"", re.sub(rb"\\.", b"", body, flags=re.DOTALL))
+    steps = _BRACKET_STEP[np.frombuffer(text.translate(None, _NOT_BRACKETS), np.uint8)]
+    depth = deepest = 0
+    for start in range(0, len(steps), 1 << 20):      # in slices: a few MB whatever the body
+        running = depth + np.cumsum(steps[start:start + (1 << 20)], dtype=np.int64)
+        deepest, depth = max(deepest, int(running.max())), int(running[-1])
+    return deepest
+
+
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_BRACKET_STEP = np.zeros(256, np.int8)
+_BRACKET_STEP[list(b"[{")] = 1
+_BRACKET_STEP[list(b"]}")] = -1
+
+
+def load_npy(data: bytes, what: str, max_bytes: int) -> np.ndarray:
+    """An ``.npy`` file's array, its header checked before numpy allocates what it declares."""
+    f = io.BytesIO(data)
+    fmt = np.lib.format
+    try:
+        version = fmt.read_magic(f)
+        if version == (1, 0):
+            shape, _, dtype = fmt.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, _, dtype = fmt.read_array_header_2_0(f)
+        else:
+            raise ValueError(f"unsupported .npy format version {version}")
+    except Exception as e:
+        raise BadRequest(f"{what} is not a valid .npy file: {e}") from None
+    if dtype.hasobject:
+        raise BadRequest(f"{what} holds Python objects (dtype {dtype}): send numbers")
+    declared = math.prod(shape) * dtype.itemsize
+    if declared > max_bytes:
+        raise BadRequest(f"{what} declares shape {shape} of {dtype} ({declared:,} bytes), over "
+                         f"the limit of {max_bytes:,} bytes (--max-body)", 413)
+    if declared != len(data) - f.tell():
+        raise BadRequest(f"{what} is not a valid .npy file: its header declares {declared:,} "
+                         f"bytes of data, it holds {len(data) - f.tell():,}")
+    f.seek(0)
+    try:
+        return fmt.read_array(f, allow_pickle=False)
+    except Exception as e:
+        raise BadRequest(f"{what} is not a valid .npy file: {e}") from None
+
+
+def unzip_members(body: bytes, max_bytes: int) -> dict:
+    """An ``.npz`` body's members as bytes, refused with 413 once they would decompress to more
+    than ``max_bytes`` in total: first from the sizes the zip headers declare, then by counting
+    while decompressing (a forged header must not be believed)."""
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(body))
+        members = archive.infolist()
+    except Exception as e:
+        raise BadRequest(f"body is not a valid .npz file: {e}") from None
+    declared = sum(m.file_size for m in members)
+    if declared > max_bytes:
+        raise BadRequest(f".npz members declare {declared:,} bytes decompressed, over the limit "
+                         f"of {max_bytes:,} bytes (--max-body)", 413)
+    left, out = max_bytes, {}
+    try:
+        for m in members:
+            chunks = []
+            with archive.open(m) as stream:
+                while chunk := stream.read(min(1 << 20, left + 1)):
+                    left -= len(chunk)
+                    if left < 0:
+                        raise BadRequest(f".npz member {m.filename!r} decompresses past the "
+                                         f"limit of {max_bytes:,} bytes (--max-body)", 413)
+                    chunks.append(chunk)
+            out[m.filename] = b"".join(chunks)
+    except BadRequest:
+        raise
+    except Exception as e:
+        raise BadRequest(f"body is not a valid .npz file: {e}") from None
+    return out
+
+
+def load_npz(body: bytes, max_bytes: int) -> dict:
+    """The arrays of an ``.npz`` body, named as ``np.savez`` names them (member ``x.npy`` is
+    input ``x``)."""
+    arrays = {}
+    for name, data in unzip_members(body, max_bytes).items():
+        if not name.endswith(".npy"):
+            raise BadRequest(f".npz member {name!r} is not an .npy array")
+        arrays[name[:-4]] = load_npy(data, f".npz member {name!r}", max_bytes)
+    return arrays
+
+
+def parse_body(body: bytes, content_type: str, inputs: list, max_bytes: int = MAX_BODY) -> dict:
+    """The feeds a request body describes, or ``BadRequest``. ``max_bytes`` bounds what a
+    compressed or header-described body may expand to."""
     names = [name for name, _, _ in inputs]
     dtypes = {name: dtype for name, _, dtype in inputs}
     ctype = content_type.split(";")[0].strip().lower()
@@ -128,16 +241,12 @@ def parse_body(body: bytes, content_type: str, inputs: list) -> dict:
             raise BadRequest(f"an .npy body feeds a one-input model; this model's inputs are "
                              f"{names}: send an .npz (application/x-npz) or JSON {{\"inputs\": "
                              f"{{...}}}}")
-        try:
-            return {names[0]: np.load(io.BytesIO(body), allow_pickle=False)}
-        except Exception as e:
-            raise BadRequest(f"body is not a valid .npy file: {e}") from None
+        return {names[0]: load_npy(body, "body", max_bytes)}
     if ctype in NPZ_TYPES:
-        try:
-            with np.load(io.BytesIO(body), allow_pickle=False) as z:
-                return {k: z[k] for k in z.files}
-        except Exception as e:
-            raise BadRequest(f"body is not a valid .npz file: {e}") from None
+        return load_npz(body, max_bytes)
+    depth = json_depth(body)
+    if depth > MAX_JSON_DEPTH:
+        raise BadRequest(f"JSON nested {depth} levels deep, over the limit of {MAX_JSON_DEPTH}")
     try:
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError) as e:
@@ -174,6 +283,10 @@ class Handler(BaseHTTPRequestHandler):
     # would take 40 ms however fast the model is
     disable_nagle_algorithm = True
 
+    def setup(self):
+        self.timeout = self.server.read_timeout     # StreamRequestHandler sets it on the socket
+        super().setup()
+
     def do_GET(self):
         path = urlsplit(self.path).path
         if path == "/health":
@@ -193,7 +306,7 @@ class Handler(BaseHTTPRequestHandler):
         try:
             body = self._read_body()
             feeds = parse_body(body, self.headers.get("Content-Type", "application/json"),
-                               self.server.engine.inputs)
+                               self.server.engine.inputs, self.server.max_body)
             self._send(200, answer(self.server.predict(feeds)))
         except BadRequest as e:
             self._send(e.status, {"error": str(e)})
@@ -215,7 +328,17 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True    # the unread body must not be parsed as a request
             raise BadRequest(f"body of {length:,} bytes is over the limit of "
                              f"{self.server.max_body:,} bytes (--max-body)", 413)
-        return self.rfile.read(length)
+        try:
+            body = self.rfile.read(length)
+        except TimeoutError:
+            self.close_connection = True
+            raise BadRequest(f"the body did not arrive within {self.server.read_timeout:g} s "
+                             f"(--read-timeout)", 408) from None
+        if len(body) < length:
+            self.close_connection = True
+            raise BadRequest(f"the connection closed after {len(body):,} of {length:,} body "
+                             f"bytes")
+        return body
 
     def _discard_body(self):
         try:
@@ -223,9 +346,19 @@ class Handler(BaseHTTPRequestHandler):
         except ValueError:
             length = -1
         if 0 <= length <= self.server.max_body:
-            self.rfile.read(length)
+            try:
+                self.rfile.read(length)
+            except TimeoutError:
+                self.close_connection = True
         else:
             self.close_connection = True
+
+    def send_error(self, code, message=None, explain=None):
+        """http.server's own refusals (a malformed request line, headers too long, an unknown
+        method) as JSON like every other answer, and the connection closed."""
+        self.close_connection = True
+        short, long = self.responses.get(code, ("error", ""))
+        self._send(code, {"error": message or f"{short}: {long}"})
 
     def _send(self, status: int, doc: dict):
         data = json.dumps(doc).encode()
@@ -242,20 +375,72 @@ class Handler(BaseHTTPRequestHandler):
             super().log_message(fmt, *args)
 
 
-class InferenceServer(ThreadingHTTPServer):
-    """A threading HTTP server holding one engine (one Session) and a gate on concurrent runs."""
+def default_workers() -> int:
+    from ember.runtime.threads import default_threads
+    return max(16, 8 * default_threads())
 
-    daemon_threads = True
+
+class InferenceServer(HTTPServer):
+    """An HTTP server holding one engine (one Session), serving each connection in a thread of
+    its own, at most ``workers`` of them at once, with a gate on concurrent runs."""
+
     request_queue_size = 64
 
-    def __init__(self, address, engine, max_body=MAX_BODY, max_inflight=None, quiet=False):
+    def __init__(self, address, engine, max_body=MAX_BODY, max_inflight=None, quiet=False,
+                 workers=None, read_timeout=READ_TIMEOUT):
         super().__init__(address, Handler)
         self.engine, self.max_body, self.quiet = engine, int(max_body), quiet
+        self.read_timeout = float(read_timeout)
         if max_inflight is None:
             from ember.runtime.threads import default_threads
             max_inflight = max(1, default_threads() // engine.threads)
         self.max_inflight = int(max_inflight)
         self._gate = threading.BoundedSemaphore(self.max_inflight)
+        self.workers = int(workers) if workers is not None else default_workers()
+        self._worker_slots = threading.BoundedSemaphore(self.workers)
+        self._stopping = threading.Event()
+
+    @property
+    def worker_name(self) -> str:
+        """The name every connection thread of this server carries."""
+        return f"serve:{self.server_address[1]} worker"
+
+    def process_request(self, request, client_address):
+        """Take a worker slot, then serve the connection in a thread. While no slot is free the
+        accept loop waits here, so further connections stay in the listen backlog; it looks up
+        now and then so ``shutdown()`` is not kept waiting."""
+        while not self._worker_slots.acquire(timeout=0.1):
+            if self._stopping.is_set():
+                self.shutdown_request(request)
+                return
+        try:
+            threading.Thread(target=self._serve_connection, args=(request, client_address),
+                             name=self.worker_name, daemon=True).start()
+        except BaseException:
+            self._worker_slots.release()
+            self.shutdown_request(request)
+            raise
+
+    def _serve_connection(self, request, client_address):
+        try:
+            self.finish_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
+        finally:
+            self.shutdown_request(request)
+            self._worker_slots.release()
+
+    def handle_error(self, request, client_address):
+        """A connection that failed outside a request (the client vanished mid-answer): one
+        line in the log, not a traceback; the server goes on."""
+        if not self.quiet:
+            error = sys.exc_info()[1]
+            print(f"{client_address[0]}:{client_address[1]}: connection dropped: "
+                  f"{type(error).__name__}: {error}", file=sys.stderr)
+
+    def shutdown(self):
+        self._stopping.set()
+        super().shutdown()
 
     def predict(self, feeds: dict) -> dict:
         with self._gate:
@@ -265,20 +450,23 @@ class InferenceServer(ThreadingHTTPServer):
         def io(rows):
             return [{"name": n, "shape": shape, "dtype": dt.name} for n, shape, dt in rows]
         return {"engine": self.engine.name, "threads": self.engine.threads,
-                "max_inflight": self.max_inflight, "inputs": io(self.engine.inputs),
+                "max_inflight": self.max_inflight, "workers": self.workers,
+                "read_timeout": self.read_timeout, "inputs": io(self.engine.inputs),
                 "outputs": io(self.engine.outputs)}
 
 
 def make_server(model, host: str = "127.0.0.1", port: int = 0, threads: int | None = None,
                 engine: str = "ember", max_body: int = MAX_BODY, max_inflight: int | None = None,
-                quiet: bool = False) -> InferenceServer:
+                quiet: bool = False, workers: int | None = None,
+                read_timeout: float = READ_TIMEOUT) -> InferenceServer:
     """Load ``model`` (a path or the file's bytes) on ``engine`` and bind the server (port 0:
     any free port, see ``server.server_address``). Call ``serve_forever()`` to serve, e.g. in a
     thread, and ``shutdown()`` + ``server_close()`` to stop."""
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; choose from {sorted(ENGINES)}")
     return InferenceServer((host, port), ENGINES[engine](model, threads=threads),
-                           max_body=max_body, max_inflight=max_inflight, quiet=quiet)
+                           max_body=max_body, max_inflight=max_inflight, quiet=quiet,
+                           workers=workers, read_timeout=read_timeout)
 
 
 def positive_int(text):
@@ -286,6 +474,13 @@ def positive_int(text):
     if n < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {n}")
     return n
+
+
+def positive_float(text):
+    x = float(text)
+    if not x > 0 or math.isinf(x):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text}")
+    return x
 
 
 def main(argv=None) -> int:
@@ -296,20 +491,29 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=positive_int, default=None,
                     help="threads per run (default: the CPUs this process may use)")
     ap.add_argument("--engine", choices=sorted(ENGINES), default="ember")
-    ap.add_argument("--max-body", type=positive_int, default=MAX_BODY, help="bytes")
+    ap.add_argument("--max-body", type=positive_int, default=MAX_BODY,
+                    help="bytes a body may have, and an .npz body may decompress to")
     ap.add_argument("--max-inflight", type=positive_int, default=None,
                     help="runs executing at once (default: CPUs // threads)")
+    ap.add_argument("--workers", type=positive_int, default=None,
+                    help="connections served at once; more wait in the listen backlog "
+                         "(default: 8 per CPU, at least 16)")
+    ap.add_argument("--read-timeout", type=positive_float, default=READ_TIMEOUT,
+                    help="seconds a read from a client may wait before its connection is "
+                         "closed")
     ap.add_argument("--quiet", action="store_true", help="no per-request log lines")
     args = ap.parse_args(argv)
     try:
         server = make_server(args.model, args.host, args.port, args.threads, args.engine,
-                             args.max_body, args.max_inflight, args.quiet)
+                             args.max_body, args.max_inflight, args.quiet, args.workers,
+                             args.read_timeout)
     except Exception as e:     # a bad model file: one line, not a traceback
         print(f"serve: cannot load {args.model}: {e}", file=sys.stderr)
         return 2
     host, port = server.server_address[:2]
     print(f"serving {args.model} on http://{host}:{port} ({server.engine.name}, "
-          f"{server.engine.threads} threads, {server.max_inflight} run(s) at a time)", flush=True)
+          f"{server.engine.threads} threads, {server.max_inflight} run(s) at a time, "
+          f"{server.workers} workers)", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

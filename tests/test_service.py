@@ -12,10 +12,15 @@ import importlib.util
 import io
 import json
 import os
+import socket
+import struct
 import subprocess
 import sys
 import textwrap
 import threading
+import time
+import tracemalloc
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -403,3 +408,208 @@ def test_onnxruntime_engine_serves_the_same_api(reference):
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+# ---- the reference service under hostile clients (issue 19 §6) --------------------------------
+@pytest.fixture
+def hardened():
+    """A server of its own for each test, so a test may stall every worker: two workers, reads
+    that give up after half a second."""
+    def start(**kw):
+        srv = serve.make_server(str(DIGITS), threads=1, quiet=True, **kw)
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        servers.append(srv)
+        return srv
+
+    servers = []
+    yield start
+    for srv in servers:
+        srv.shutdown()
+        srv.server_close()
+
+
+def raw(srv, data: bytes = b"") -> socket.socket:
+    s = socket.create_connection(srv.server_address[:2], timeout=30)
+    if data:
+        s.sendall(data)
+    return s
+
+
+def read_until_closed(s: socket.socket) -> bytes:
+    """Everything the server sends before it closes the socket (a reset counts as closed); a
+    server that never closes fails the test at the socket's timeout instead of blocking it."""
+    got = b""
+    try:
+        for _ in range(10_000):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            got += chunk
+    except ConnectionResetError:
+        pass
+    s.close()
+    return got
+
+
+def predicts(srv) -> bool:
+    c = http.client.HTTPConnection(*srv.server_address[:2], timeout=30)
+    try:
+        status, doc = request(c, "POST", "/predict", npy(images(1)),
+                              {"Content-Type": "application/x-npy"})
+        return status == 200 and "probs" in doc["outputs"]
+    finally:
+        c.close()
+
+
+def test_stalled_clients_are_closed_after_the_read_timeout(hardened):
+    srv = hardened(workers=2, read_timeout=0.5)
+    silent = raw(srv)
+    half_line = raw(srv, b"POST /predi")
+    half_body = raw(srv, b"POST /predict HTTP/1.1\r\nContent-Type: application/x-npy\r\n"
+                         b"Content-Length: 1000\r\n\r\n\x93NUMPY")
+    # three stalled clients on two workers: the third waits in the backlog until one is freed
+    assert read_until_closed(silent) == b""
+    assert read_until_closed(half_line) == b""
+    answer = read_until_closed(half_body)
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    assert b"--read-timeout" in answer.split(b"\r\n\r\n", 1)[1]
+    assert predicts(srv)
+
+
+def test_fifty_stalled_connections_hold_no_more_threads_than_workers(hardened):
+    srv = hardened(workers=4, read_timeout=30)
+
+    def workers():
+        return sum(t.name == srv.worker_name for t in threading.enumerate())
+
+    stalled = [raw(srv) for _ in range(50)]
+    for _ in range(400):                  # until the four workers hold a connection each
+        if workers() >= 4:
+            break
+        time.sleep(0.025)
+    time.sleep(0.3)                       # time for more threads to appear, if any would
+    assert workers() == 4
+    for s in stalled:
+        s.close()
+    assert predicts(srv)                  # the backlog drains and the service answers
+
+
+@pytest.mark.parametrize("body, message", [
+    ("[" * 30_000 + "]" * 30_000, "nested 30000 levels deep"),      # 60 kB, under the cap
+    (json.dumps({"input": 0}).replace("0", "[" * 40 + "1.0" + "]" * 40), "nested 41 levels"),
+], ids=["30000 lists", "a 40-d input"])
+def test_deeply_nested_json_is_400_before_parsing(conn, body, message):
+    status, doc = request(conn, "POST", "/predict", body)
+    assert status == 400 and message in doc["error"]
+
+
+def test_brackets_inside_json_strings_do_not_count_as_nesting():
+    assert serve.json_depth(b'{"a": "[[[[[\\"[[[[", "b": [[1]]}') == 3
+    assert serve.json_depth(b'"\\\\"') == 0
+
+
+@pytest.mark.parametrize("value, message", [
+    ([[[[[[[[1.0]]]]]]]], "expected shape (N, 1, 8, 8)"),      # deeper than the input's rank
+    ([[[[1.0]], [[1.0, 2.0]]]], "cannot convert"),                # ragged
+    ([[[[10 ** 400]]]], "expected dtype float32"),               # no float holds it
+])
+def test_json_inputs_of_absurd_shape_or_values_are_400(conn, value, message):
+    status, doc = request(conn, "POST", "/predict", json.dumps({"input": value}))
+    assert status == 400 and message in doc["error"]
+
+
+def npz_bomb(decompressed: int) -> bytes:
+    """A valid .npz whose one member, ``image.npy``, is ``decompressed`` bytes of zeros (about
+    a thousandth of that compressed)."""
+    n = (decompressed - 128) // 256
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False,
+                                                  "shape": (n, 1, 8, 8)})
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+        with z.open("image.npy", "w", force_zip64=True) as member:
+            member.write(header.getvalue())
+            zeros = bytes(1 << 20)
+            for _ in range(n * 256 >> 20):
+                member.write(zeros)
+            member.write(bytes(n * 256 % (1 << 20)))
+    return out.getvalue()
+
+
+def forge_sizes(archive: bytes, size: int) -> bytes:
+    """The archive with every header claiming its member decompresses to ``size`` bytes."""
+    z = zipfile.ZipFile(io.BytesIO(archive))
+    real = z.infolist()[0].file_size
+    for fmt in ("<Q", "<I"):        # zip64 extra fields and plain headers
+        archive = archive.replace(struct.pack(fmt, real), struct.pack(fmt, size))
+    return archive
+
+
+INPUTS = [("image", ["N", 1, 8, 8], np.dtype(np.float32))]
+
+
+@pytest.mark.parametrize("forged", [False, True])
+def test_npz_zip_bomb_is_refused_without_decompressing_it(forged):
+    bomb = npz_bomb(64 << 20)
+    assert len(bomb) < 100_000
+    if forged:                      # headers that lie: the stream is bounded, not the headers
+        bomb = forge_sizes(bomb, 1000)
+    tracemalloc.start()
+    try:
+        with pytest.raises(serve.BadRequest) as refused:
+            serve.parse_body(bomb, "application/x-npz", INPUTS, max_bytes=1 << 20)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20, f"{peak:,} bytes allocated to refuse a bomb"
+    if forged:
+        assert refused.value.status == 400 and "not a valid .npz" in str(refused.value)
+    else:
+        assert refused.value.status == 413 and "over the limit of 1,048,576" in str(refused.value)
+
+
+def test_npz_decompressing_past_the_limit_is_413_over_http(conn, server):
+    bomb = npz_bomb(16 << 20)
+    status, doc = request(conn, "POST", "/predict", bomb, {"Content-Type": "application/x-npz"})
+    assert status == 413 and "decompressed" in doc["error"]
+    assert predicts(server)
+
+
+def test_npz_under_the_limit_still_predicts(conn, reference):
+    x = images(2, seed=7)
+    b = io.BytesIO()
+    np.savez_compressed(b, image=x)
+    status, doc = request(conn, "POST", "/predict", b.getvalue(),
+                          {"Content-Type": "application/x-npz"})
+    assert status == 200
+    np.testing.assert_array_equal(np.array(doc["outputs"]["probs"], np.float32),
+                                  reference.run(None, {"image": x})[0])
+
+
+def npy_declaring(shape, data: bytes) -> bytes:
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False,
+                                                  "shape": shape})
+    return header.getvalue() + data
+
+
+@pytest.mark.parametrize("body, status, message", [
+    (npy_declaring((1 << 40, 1, 8, 8), bytes(256)), 413, "declares shape (1099511627776, 1, 8"),
+    (npy_declaring((4, 1, 8, 8), bytes(256)), 400, "declares 1,024 bytes of data, it holds 256"),
+])
+def test_npy_header_is_checked_before_allocating(conn, body, status, message):
+    got, doc = request(conn, "POST", "/predict", body, {"Content-Type": "application/x-npy"})
+    assert got == status and message in doc["error"]
+
+
+@pytest.mark.parametrize("data, status", [
+    (b"GET /a b HTTP/1.1\r\n\r\n", 400),                              # not a request line
+    (b"PUT /predict HTTP/1.1\r\nContent-Length: 0\r\n\r\n", 501),     # no such method
+    (b"GET /health HTTP/1.1\r\nX: " + b"a" * 70_000 + b"\r\n\r\n", 431),  # header too long
+], ids=["bad request line", "unknown method", "header too long"])
+def test_malformed_requests_get_a_json_error_and_serving_goes_on(server, data, status):
+    answer = read_until_closed(raw(server, data))
+    head, body = answer.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 %d " % status)
+    assert json.loads(body)["error"]
+    assert predicts(server)
