@@ -35,6 +35,7 @@ class PlanCache:
         self.plans: dict = {}
         self.held_bytes = 0   # every live context, idle or in use, of any plan
         self.busy = 0         # contexts in use
+        self.waiting = 0      # callers of acquire waiting for a context or for bytes
         self._cond = threading.Condition()
 
     def get(self, key, touch: bool = True):
@@ -67,7 +68,11 @@ class PlanCache:
                             f"a context of this plan needs {need:,} bytes; with the "
                             f"{self.held_bytes:,} bytes other contexts hold, that is more than "
                             f"the memory cap of {self.memory_cap:,} bytes")
-                self._cond.wait()
+                self.waiting += 1
+                try:
+                    self._cond.wait()
+                finally:
+                    self.waiting -= 1
             self.held_bytes += need
             self._take(plan)
         try:

@@ -133,21 +133,21 @@ class Compiled:
                              f"the memory cap of {memory_cap:,} bytes; the largest value is "
                              f"{biggest!r} ({types[biggest]}, {self.plan.sizes[biggest]:,} bytes) "
                              f"from {where} (set memory_cap= on ember.load to allow more)")
-        self._cache = cache
+        self._plans = cache
         self.idle: list = []      # kept by the PlanCache
         self.busy = 0
         self.retired = False
 
     def new_context(self) -> _Context:
-        return _Context(self, self._cache.memory_cap - self.context_bytes)
+        return _Context(self, self._plans.memory_cap - self.context_bytes)
 
     def acquire(self) -> _Context:
         """A context of this plan, for one run at a time; may wait for another run to release
         one (``max_concurrent_runs``, ``memory_cap``)."""
-        return self._cache.acquire(self)
+        return self._plans.acquire(self)
 
     def release(self, ctx: _Context) -> None:
-        self._cache.release(self, ctx)
+        self._plans.release(self, ctx)
 
 
 class Session:
