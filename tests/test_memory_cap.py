@@ -275,7 +275,7 @@ def test_resize_shrinks_before_it_grows():
 def test_reference_temporaries_beyond_the_cap_are_refused_naming_the_node():
     model = resize_model((1, 1, 256, 256), (1, 1, 512, 512), "linear")
     x = np.ones((1, 1, 256, 256), np.float32)
-    elements = 256 * 256 + 512 * 512
+    elements = 256 * 256 + 4 + 512 * 512             # x, sizes and y
     estimate = 4 * 8 * elements                      # REFERENCE_TEMPORARIES float64 copies
     sess = ember.load(model, threads=1, memory_cap=4 << 20)   # the arena (1.3 MB) fits
     with pytest.raises(ModelError, match=rf"Resize.*{estimate:,} bytes of temporaries"):
