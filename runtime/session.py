@@ -171,9 +171,9 @@ class Session:
         graph = self.graph
         self.threads = int(threads) if threads else default_threads()
         self.memory_cap = int(memory_cap) if memory_cap else available_memory()
-        # more runs at once than CPUs this process may use only queue in the OS scheduler, each
-        # holding its own arena
-        self.max_concurrent_runs = int(max_concurrent_runs or default_threads())
+        # more runs at once than CPUs this process may use (EMBER_NUM_THREADS sizes a run's
+        # team, not this) only queue in the OS scheduler, each holding its own arena
+        self.max_concurrent_runs = int(max_concurrent_runs or default_threads(environ={}))
         self.optimize = optimize
         self._input_types = {}
         for name in graph.inputs:
