@@ -284,3 +284,16 @@ def test_reference_temporaries_beyond_the_cap_are_refused_naming_the_node():
     roomy = ember.load(model, threads=1, memory_cap=64 << 20)
     (y,) = roomy.run(None, {"x": x})
     np.testing.assert_allclose(y, np.ones((1, 1, 512, 512)), rtol=1e-6)
+
+
+@pytest.mark.parametrize("sa, sb", [((3, 2, 5), (3, 5, 4)), ((3, 2, 0), (3, 0, 4)),
+                                    ((2, 1, 2, 3), (1, 4, 3, 2)), ((3, 1, 2, 0), (1, 5, 0, 4))])
+def test_batched_matmul_matches_numpy(sa, sb):
+    """The batch loop, with and without broadcast, and with K = 0 (empty A and B, Y zeros)."""
+    rng = np.random.default_rng(4)
+    a, b = rng.standard_normal(sa).astype(np.float32), rng.standard_normal(sb).astype(np.float32)
+    y_shape = list(np.broadcast_shapes(sa[:-2], sb[:-2])) + [sa[-2], sb[-1]]
+    model = make_model([helper.make_node("MatMul", ["a", "b"], ["y"])],
+                       [("a", list(sa)), ("b", list(sb))], [("y", y_shape)])
+    (y,) = ember.load(model, threads=1).run(None, {"a": a, "b": b})
+    np.testing.assert_allclose(y, np.matmul(a, b), rtol=1e-6, atol=1e-6)

@@ -86,18 +86,19 @@ def bind_matmul(node, ins, outs, scratch_buf, ctx):
     B3 = B2.reshape((1,) * (len(batch) - (B2.ndim - 2)) + B2.shape)
     Y3 = Y.reshape(batch + (M, N))
     if A3.shape[:-2] == B3.shape[:-2]:   # no broadcast: the i-th matrices go together
-        a, b, y = A3.reshape(-1, M, K), B3.reshape(-1, K, N), Y3.reshape(-1, M, N)
+        count = Y3.size // (M * N)    # Y is not empty here; A and B are when K is 0
+        a, b, y = A3.reshape(count, M, K), B3.reshape(count, K, N), Y3.reshape(count, M, N)
 
         def step():
-            for i in range(y.shape[0]):
+            for i in range(count):
                 fn(a[i], b[i], y[i], False, False, 1.0, 0.0, None, 1, code, aa, ab, threads)
         return step
-    a_axes = _broadcast_picks(A3.shape[:-2])
-    b_axes = _broadcast_picks(B3.shape[:-2])
+    pick_a = _broadcast_picks(A3.shape[:-2])
+    pick_b = _broadcast_picks(B3.shape[:-2])
 
     def step():
         for idx in np.ndindex(*batch):
-            fn(A3[a_axes(idx)], B3[b_axes(idx)], Y3[idx], False, False, 1.0, 0.0, None, 1,
+            fn(A3[pick_a(idx)], B3[pick_b(idx)], Y3[idx], False, False, 1.0, 0.0, None, 1,
                code, aa, ab, threads)
     return step
 
