@@ -40,16 +40,19 @@ def __dir__():
 
 def load(model, threads: int | None = None, shapes: dict | None = None,
          memory_cap: int | None = None, optimize: bool = True,
-         max_plans: int = 16) -> Session:
+         max_plans: int = 16, max_concurrent_runs: int | None = None) -> Session:
     """Load an ONNX model (a path, the file's bytes, or an ``onnx.ModelProto``) and compile it.
 
     ``threads``: OpenMP threads this Session uses (default: the CPUs this process may use).
     ``shapes``: concrete shapes for inputs with symbolic dims, e.g. ``{"input": (8, 3, 224, 224)}``;
     without it such a model still loads, and each new input shape is compiled on first use.
-    ``memory_cap``: refuse plans whose arena exceeds this many bytes (default: available RAM).
+    ``memory_cap``: bytes the Session may allocate for the model — the arenas of every cached
+    plan and concurrent run, and numpy fallbacks' temporaries (default: available RAM).
     ``max_plans``: how many compiled input shapes to keep (least recently used goes first).
+    ``max_concurrent_runs``: runs at once, each with its own arena (default: the usable CPUs).
     """
     from .importers.onnx import load_onnx
     graph = load_onnx(model)
     return Session(graph, threads=threads, shapes=shapes, memory_cap=memory_cap,
-                   optimize=optimize, max_plans=max_plans)
+                   optimize=optimize, max_plans=max_plans,
+                   max_concurrent_runs=max_concurrent_runs)

@@ -11,8 +11,10 @@ arrays (a Trainer's parameters and buffers). They are read in place by every run
 never in the arena, never fed — and no step writes them; their owner may update them in place
 between runs (an optimizer does), and every later run sees the new values.
 
-Concurrency: a compiled plan keeps a pool of execution contexts (arena + bound steps). A ``run``
-takes a free context or builds a new one, so threads never share an arena.
+Concurrency and memory: a compiled plan keeps its execution contexts (arena + bound steps) for
+reuse, and a run holds one while it runs, so threads never share an arena. ``PlanCache`` bounds
+them per Session: ``max_concurrent_runs`` contexts in use at once (a run beyond it waits), and
+the bytes of every context of every cached plan under ``memory_cap``.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from ..graph.infer import infer_shapes
 from ..graph.ir import Graph, TensorType
 from ..graph.ops.base import NeedsValue
 from . import binders
+from .plan_cache import PlanCache
 from .planner import ALIGN, make_plan
 from .threads import default_threads
 
@@ -68,11 +71,13 @@ class IOInfo:
 
 
 class _Context:
-    """One arena with every node bound to views into it. Used by one run at a time."""
+    """One arena with every node bound to views into it. Used by one run at a time.
+    ``memory_left``: the bytes the memory cap leaves beside this context's own, which a numpy
+    reference step's temporaries must fit."""
 
-    def __init__(self, compiled: "Compiled"):
+    def __init__(self, compiled: "Compiled", memory_left: int):
         g, plan = compiled.graph, compiled.plan
-        raw = np.empty(plan.arena_bytes + ALIGN, dtype=np.uint8)
+        raw = np.empty(compiled.context_bytes, dtype=np.uint8)
         shift = (-raw.ctypes.data) % ALIGN
         self.arena = raw[shift:shift + plan.arena_bytes]
 
@@ -87,7 +92,8 @@ class _Context:
 
         self.feeds = [(name, view(name)) for name in g.inputs if name not in compiled.external]
         bind_ctx = binders.BindContext(g.types, compiled.threads, self.arena,
-                                       live=[*compiled.external.values(), *compiled.fed])
+                                       live=[*compiled.external.values(), *compiled.fed],
+                                       memory_left=memory_left)
         self.steps = []
         for idx, node in enumerate(g.nodes):
             ins = [view(i) if i else None for i in node.inputs]
@@ -104,9 +110,10 @@ class _Context:
 
 
 class Compiled:
-    """A graph specialised to one set of input shapes, planned, with a pool of contexts."""
+    """A graph specialised to one set of input shapes, planned, with the contexts ``cache``
+    (the Session's ``PlanCache``) lets it keep."""
 
-    def __init__(self, graph: Graph, consts: dict, threads: int, memory_cap: int,
+    def __init__(self, graph: Graph, consts: dict, threads: int, cache: PlanCache,
                  external: dict | None = None, fed=()):
         self.graph, self.consts, self.threads = graph, consts, threads
         self.external = dict(external or {})
@@ -116,7 +123,9 @@ class Compiled:
         self.plan = make_plan(graph, scratch, is_view=binders.is_view,
                               inplace_inputs=lambda n: binders.inplace_inputs(n, types),
                               external=self.external)
-        if self.plan.arena_bytes > memory_cap:
+        self.context_bytes = self.plan.arena_bytes + ALIGN   # the arena, aligned by hand
+        memory_cap = cache.memory_cap
+        if self.context_bytes > memory_cap:
             biggest = max(self.plan.sizes, key=self.plan.sizes.get)
             producer = graph.producers().get(biggest)
             where = f"{producer}" if producer else "a graph input"
@@ -124,18 +133,21 @@ class Compiled:
                              f"the memory cap of {memory_cap:,} bytes; the largest value is "
                              f"{biggest!r} ({types[biggest]}, {self.plan.sizes[biggest]:,} bytes) "
                              f"from {where} (set memory_cap= on ember.load to allow more)")
-        self._free: list = []
-        self._lock = threading.Lock()
+        self._plans = cache
+        self.idle: list = []      # kept by the PlanCache
+        self.busy = 0
+        self.retired = False
+
+    def new_context(self) -> _Context:
+        return _Context(self, self._plans.memory_cap - self.context_bytes)
 
     def acquire(self) -> _Context:
-        with self._lock:
-            if self._free:
-                return self._free.pop()
-        return _Context(self)
+        """A context of this plan, for one run at a time; may wait for another run to release
+        one (``max_concurrent_runs``, ``memory_cap``)."""
+        return self._plans.acquire(self)
 
     def release(self, ctx: _Context) -> None:
-        with self._lock:
-            self._free.append(ctx)
+        self._plans.release(self, ctx)
 
 
 class Session:
@@ -143,12 +155,15 @@ class Session:
 
     def __init__(self, graph: Graph, threads: int | None = None, shapes: dict | None = None,
                  memory_cap: int | None = None, optimize: bool = True,
-                 external: dict | None = None, max_plans: int = DEFAULT_MAX_PLANS):
-        if not isinstance(max_plans, (int, np.integer)) or max_plans < 1:
-            raise EmberError(f"max_plans must be a positive integer, got {max_plans!r}")
+                 external: dict | None = None, max_plans: int = DEFAULT_MAX_PLANS,
+                 max_concurrent_runs: int | None = None):
+        for setting, value, optional in (("max_plans", max_plans, False),
+                                         ("threads", threads, True),
+                                         ("max_concurrent_runs", max_concurrent_runs, True)):
+            if (value is not None or not optional) and (
+                    not isinstance(value, (int, np.integer)) or value < 1):
+                raise EmberError(f"{setting} must be a positive integer, got {value!r}")
         self.max_plans = int(max_plans)
-        if threads is not None and (not isinstance(threads, (int, np.integer)) or threads < 1):
-            raise EmberError(f"threads must be a positive integer, got {threads!r}")
         self.external = self._check_external(graph, external or {})
         # BatchNorm folding is shape-independent: done once here, so every per-shape plan
         # shares the folded weights and the pre-fold ones are not kept (weights held once)
@@ -156,6 +171,9 @@ class Session:
         graph = self.graph
         self.threads = int(threads) if threads else default_threads()
         self.memory_cap = int(memory_cap) if memory_cap else available_memory()
+        # more runs at once than CPUs this process may use (EMBER_NUM_THREADS sizes a run's
+        # team, not this) only queue in the OS scheduler, each holding its own arena
+        self.max_concurrent_runs = int(max_concurrent_runs or default_threads(environ={}))
         self.optimize = optimize
         self._input_types = {}
         for name in graph.inputs:
@@ -170,8 +188,8 @@ class Session:
             raise InputError(f"shapes= names unknown inputs {sorted(unknown)}; the model's "
                              f"inputs are {list(graph.inputs)}")
         self._value_keyed: set = set()
-        self._cache: dict = {}                  # key -> Compiled, least recently used first
-        self._cache_lock = threading.Lock()     # guards the cache's order (held briefly)
+        self._plans = PlanCache(self.max_plans, self.memory_cap, self.max_concurrent_runs)
+        self._cache = self._plans.plans         # key -> Compiled, least recently used first
         self._compile_lock = threading.Lock()   # one compile at a time (held long)
         self.inputs = [IOInfo(n, t.shape, t.dtype) for n, t in self._input_types.items()]
         compiled = None
@@ -225,7 +243,7 @@ class Session:
         general path validates, converts and explains). Saves ~5 µs per run: a LeNet at batch
         1 runs in ~50 µs."""
         fast = self._fast
-        if fast is None or len(feeds) != len(fast[0]) or self._value_keyed:
+        if fast is None or len(feeds) != len(fast[0]) or self._value_keyed or fast[1].retired:
             return None
         for name, dtype, shape in fast[0]:
             a = feeds.get(name)
@@ -411,11 +429,9 @@ class Session:
 
     def _compiled_for(self, arrays: dict) -> Compiled:
         key = self._key({n: arrays[n].shape for n in self._input_types}, arrays)
-        with self._cache_lock:
-            compiled = self._cache.pop(key, None)
-            if compiled is not None:
-                self._cache[key] = compiled      # now the most recently used
-                return compiled
+        compiled = self._plans.get(key)
+        if compiled is not None:
+            return compiled
         types = {n: TensorType(t.dtype, arrays[n].shape) for n, t in self._input_types.items()}
         try:
             return self._compile(types, arrays)
@@ -444,9 +460,9 @@ class Session:
             while True:
                 shapes = {n: t.shape for n, t in types.items()}
                 key = self._key(shapes, arrays)
-                with self._cache_lock:
-                    if key in self._cache:
-                        return self._cache[key]
+                cached = self._plans.get(key, touch=False)
+                if cached is not None:
+                    return cached
                 values = {n: self._value_of(n, shapes, arrays) for n in self._value_keyed}
                 try:
                     compiled = self._specialise(types, values)
@@ -458,10 +474,7 @@ class Session:
                     if defer_on_value and arrays is None:
                         return None
                     continue
-                with self._cache_lock:
-                    while len(self._cache) >= self.max_plans:
-                        self._cache.pop(next(iter(self._cache)))  # least recently used goes
-                    self._cache[key] = compiled
+                self._plans.put(key, compiled)
                 return compiled
 
     def _specialise(self, types: dict, values: dict) -> Compiled:
@@ -475,5 +488,5 @@ class Session:
         if self.optimize:
             g = passes.optimize(g)
         infer_shapes(g, fold=False)
-        return Compiled(g, g.initializers, self.threads, self.memory_cap, external=self.external,
+        return Compiled(g, g.initializers, self.threads, self._plans, external=self.external,
                         fed=values.values())

@@ -174,6 +174,14 @@ def _resize_axis(data, axis, n_out, scale, roi, attrs):
     return result
 
 
+def _shrinking_first(axes, in_shape, out_shape):
+    """``axes`` in the order to resize them: those that shrink first, then those that grow
+    (each group in its given order). Every intermediate is then at most as large as the larger
+    of the input and the output, which bounds the reference's memory to a small multiple of
+    them; the axes are separable, so the order changes nothing but rounding."""
+    return sorted(axes, key=lambda a: out_shape[a] >= in_shape[a])
+
+
 @register
 class Resize(Op):
     attrs = {"antialias": 0, "axes": None, "coordinate_transformation_mode": "half_pixel",
@@ -243,9 +251,11 @@ class Resize(Op):
             roi = [float(v) for v in np.asarray(roi).reshape(-1)]
             for k, a in enumerate(axes):
                 full_roi[a] = (roi[k], roi[len(axes) + k])
+        if 0 in out:
+            return [np.empty(out, x.dtype)]
         nearest = attrs["mode"] == "nearest"
         data = x if nearest else x.astype(np.float64)
-        for a in axes:
+        for a in _shrinking_first(axes, x.shape, out):
             identity = (math.isclose(factor[a], 1.0) and out[a] == data.shape[a]
                         and math.isclose(full_roi[a][0], 0.0)
                         and math.isclose(full_roi[a][1], 1.0))

@@ -22,17 +22,18 @@ from .common import root_of
 from .registry import BINDINGS, binds
 
 __all__ = ["BindContext", "Binding", "bind", "binding_for", "binds", "inplace_inputs", "is_view",
-           "make_runner", "reference_step", "scratch_bytes"]
+           "make_runner", "reference_step", "reference_temporary_bytes", "scratch_bytes"]
 
 
 class BindContext:
     """What every binder of one compiled context shares: the value types, the thread count, and
     which arrays may change between runs — the arena's views and the ``live`` arrays (external
     state a Trainer updates in place, fed arrays a plan is keyed on). Binders preprocess only
-    the other arrays, the constants."""
+    the other arrays, the constants. ``memory_left``: the bytes the Session's memory cap leaves
+    beside the arena, which a numpy reference step's temporaries must fit (None: unbounded)."""
 
-    def __init__(self, types: dict, threads: int, arena, live=()):
-        self.types, self.threads = types, threads
+    def __init__(self, types: dict, threads: int, arena, live=(), memory_left: int | None = None):
+        self.types, self.threads, self.memory_left = types, threads, memory_left
         roots = [root_of(arena), *(root_of(a) for a in live)]
         self._runtime_roots = {id(r): r for r in roots}
 
@@ -77,10 +78,29 @@ def is_view(node) -> bool:
     return get_op(node.op_type, node.domain).view
 
 
-def reference_step(node, ins, outs, types):
+# A numpy reference computes in float64 and holds a few whole-tensor temporaries at once: its
+# memory is estimated as this many float64 copies of every input and output element.
+REFERENCE_TEMPORARIES = 4
+
+
+def reference_temporary_bytes(ins, outs) -> int:
+    """Estimated bytes a numpy reference allocates while it runs on ``ins`` into ``outs``."""
+    elements = sum(int(a.size) for a in (*ins, *outs) if a is not None)
+    return REFERENCE_TEMPORARIES * 8 * elements
+
+
+def reference_step(node, ins, outs, types, memory_left: int | None = None):
     """Run the op's numpy reference and copy its results into the arena outputs — refused with
     ModelError when its estimated work (``graph.cost``) exceeds ``REFERENCE_LIMIT``, since every
-    run would spend it."""
+    run would spend it, or when its estimated temporaries (``reference_temporary_bytes``) exceed
+    ``memory_left``, the bytes the memory cap leaves beside the arena."""
+    temporaries = reference_temporary_bytes(ins, outs)
+    if memory_left is not None and temporaries > memory_left:
+        raise ModelError(f"{node}: no kernel covers this case and its numpy reference would "
+                         f"allocate about {temporaries:,} bytes of temporaries per run, more "
+                         f"than the {max(memory_left, 0):,} bytes the memory cap leaves beside "
+                         f"the arena (input types: "
+                         + ", ".join(str(types.get(i, "?")) for i in node.inputs if i) + ")")
     work = node_work(node, types)
     if work > REFERENCE_LIMIT:
         raise ModelError(f"{node}: no kernel covers this case and its numpy reference would "
@@ -105,7 +125,8 @@ def bind(node, ins, outs, scratch_buf, ctx: BindContext):
         return None  # the planner gave the output the input's bytes: nothing to run
     reg = BINDINGS.get((node.domain, node.op_type))
     step = reg.binder(node, ins, outs, scratch_buf, ctx) if reg else None
-    return step if step is not None else reference_step(node, ins, outs, ctx.types)
+    return step if step is not None else reference_step(node, ins, outs, ctx.types,
+                                                               ctx.memory_left)
 
 
 def make_runner(steps: list) -> PlanRunner:

@@ -85,13 +85,26 @@ def bind_matmul(node, ins, outs, scratch_buf, ctx):
     A3 = A2.reshape((1,) * (len(batch) - (A2.ndim - 2)) + A2.shape)
     B3 = B2.reshape((1,) * (len(batch) - (B2.ndim - 2)) + B2.shape)
     Y3 = Y.reshape(batch + (M, N))
-    triples = []
-    for idx in np.ndindex(*batch):
-        ia = tuple(i if d != 1 else 0 for i, d in zip(idx, A3.shape[:-2]))
-        ib = tuple(i if d != 1 else 0 for i, d in zip(idx, B3.shape[:-2]))
-        triples.append((A3[ia], B3[ib], Y3[idx]))
+    if A3.shape[:-2] == B3.shape[:-2]:   # no broadcast: the i-th matrices go together
+        count = Y3.size // (M * N)    # Y is not empty here; A and B are when K is 0
+        a, b, y = A3.reshape(count, M, K), B3.reshape(count, K, N), Y3.reshape(count, M, N)
+
+        def step():
+            for i in range(count):
+                fn(a[i], b[i], y[i], False, False, 1.0, 0.0, None, 1, code, aa, ab, threads)
+        return step
+    pick_a = _broadcast_picks(A3.shape[:-2])
+    pick_b = _broadcast_picks(B3.shape[:-2])
 
     def step():
-        for a, b, y in triples:
-            fn(a, b, y, False, False, 1.0, 0.0, None, 1, code, aa, ab, threads)
+        for idx in np.ndindex(*batch):
+            fn(A3[pick_a(idx)], B3[pick_b(idx)], Y3[idx], False, False, 1.0, 0.0, None, 1,
+               code, aa, ab, threads)
     return step
+
+
+def _broadcast_picks(shape):
+    """fn(batch index) -> the index into an operand of batch ``shape`` (1 along broadcast axes).
+    Batch indices are computed as they are needed, so a binding holds nothing per batch index."""
+    kept = tuple(d != 1 for d in shape)
+    return lambda idx: tuple(i if k else 0 for i, k in zip(idx, kept))
