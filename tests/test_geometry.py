@@ -335,9 +335,12 @@ print("survived")
 
 @pytest.fixture(scope="module")
 def survives():
-    """True when every known case, forward and gradient, ran in a child without crashing."""
-    proc = subprocess.run([sys.executable, "-c", CRASH_SCRIPT.format(
-        tests=os.path.dirname(__file__))], capture_output=True, text=True, timeout=600)
+    """True when every known case, forward and gradient, ran in a child without crashing. The
+    child runs in tests/, not the checkout root, whose ember/ folder would shadow the installed
+    package."""
+    tests = os.path.dirname(os.path.abspath(__file__))
+    proc = subprocess.run([sys.executable, "-c", CRASH_SCRIPT.format(tests=tests)],
+                          capture_output=True, text=True, timeout=600, cwd=tests)
     return proc.returncode == 0 and "survived" in proc.stdout, proc.returncode, proc.stderr[-2000:]
 
 
