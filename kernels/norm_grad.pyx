@@ -13,6 +13,7 @@ from kernels.parallel cimport threads_for
 
 cdef extern from "sums.h" nogil:
     void ember_moment_sums(const float *x, const float *g, long n, float shift, double *s)
+    double ember_row_inv_std(const float *x, long n, double eps, double *centred)
 
 
 cdef void channel_sums(const float *x, const float *g, long N, long C, long L, long c,
@@ -186,26 +187,17 @@ cdef void layer_norm_row_grad(const float *g, const float *x, const float *s, fl
     dx, both gradient sums; the statistics never depend on whether dx is asked for."""
     cdef long i
     cdef double sums[4]
-    cdef double m, var, inv
-    cdef float shift = x[0], mean, k, a, b
-    sums[0] = 0.0
-    sums[1] = 0.0
-    ember_moment_sums(x, NULL, L, shift, sums)
-    m = sums[0] / L
-    var = sums[1] / L - m * m
-    if var < 0.0:
-        var = 0.0
-    inv = 1.0 / sqrt(var + eps)
-    mean = <float> (shift + m)
-    k = <float> inv
+    cdef double m
+    cdef double inv = ember_row_inv_std(x, L, eps, &m)
+    cdef float shift = x[0], a, b
+    cdef float mean = <float> (shift + m), k = <float> inv
     stat[0] = mean
     stat[1] = k
     if dx == NULL:
         return
     for i in range(L):
         dx[i] = g[i] * s[i]
-    sums[2] = 0.0
-    sums[3] = 0.0
+    sums[0] = sums[1] = sums[2] = sums[3] = 0.0
     ember_moment_sums(x, dx, L, shift, sums)
     # Σ gs·x̂ = (Σ gs·(x − shift) − (mean − shift)·Σ gs)·inv; subtracted before scaling by
     # inv, so that a row whose terms cancel (n = 1) gives 0

@@ -96,25 +96,16 @@ def lrn(float[:, :, ::1] x, float[:, :, ::1] y, int size, float alpha, float bet
 
 
 cdef extern from "sums.h" nogil:
-    void ember_moment_sums(const float *x, const float *g, long n, float shift, double *s)
+    double ember_row_inv_std(const float *x, long n, double eps, double *centred)
 
 
 cdef void layer_norm_row(const float *x, const float *s, const float *b, float *y, long L,
                          float eps, float *mean_out, float *inv_out) noexcept nogil:
     """One row of layer_norm; b, mean_out and inv_out may be NULL."""
-    cdef double sums[4]
-    cdef double m, var
-    cdef float shift = x[0], mean, k
+    cdef double m
+    cdef double inv = ember_row_inv_std(x, L, eps, &m)
+    cdef float mean = <float> (x[0] + m), k = <float> inv
     cdef long i
-    sums[0] = 0.0
-    sums[1] = 0.0
-    ember_moment_sums(x, NULL, L, shift, sums)
-    m = sums[0] / L
-    var = sums[1] / L - m * m
-    if var < 0.0:
-        var = 0.0
-    mean = <float> (shift + m)
-    k = <float> (1.0 / sqrt(var + eps))
     if b != NULL:
         for i in range(L):
             y[i] = (x[i] - mean) * k * s[i] + b[i]

@@ -7,6 +7,7 @@
 #ifndef EMBER_SUMS_H
 #define EMBER_SUMS_H
 
+#include <math.h>
 #include <string.h>
 
 #define EMBER_SUM_BLOCK 512
@@ -83,5 +84,19 @@ static void ember_moment_sums(const float *x, const float *g, long n, float shif
         s[2] += ember_hsum8(a3) + t3;
         s[3] += ember_hsum8(a4) + t4;
     }
+}
+
+/* One row's statistics for LayerNormalization's forward and gradient kernels: returns
+ * 1/√(var + eps) (population variance) of n ≥ 1 floats and sets *centred = mean − x[0], from one
+ * pass of sums shifted by x[0]. */
+static inline double ember_row_inv_std(const float *x, long n, double eps, double *centred)
+{
+    double s[4] = {0.0, 0.0, 0.0, 0.0};
+    ember_moment_sums(x, NULL, n, x[0], s);
+    const double m = s[0] / n;
+    double var = s[1] / n - m * m;
+    if (var < 0.0) var = 0.0;
+    *centred = m;
+    return 1.0 / sqrt(var + eps);
 }
 #endif
