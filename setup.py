@@ -1,8 +1,12 @@
 """Build ember: map the four source folders into the ``ember`` namespace and compile every
-``kernels/*.pyx`` with -O3 and OpenMP.
+``kernels/*.pyx`` with -O3 and OpenMP, for the architecture's baseline: the SIMD kernels are
+compiled once per instruction set into ``ember.kernels.simd`` (``kernels/simd_<level>.c``) and
+chosen at import from what the CPU reports, so every build (a wheel or ``pip install .``) runs
+the same kernels on the same machine. There is no -march=native: it would only change how the
+compiler vectorises the few loops left outside the dispatched kernels.
 
 Environment switches:
-  EMBER_PORTABLE=1    no -march=native (a wheel that runs on any x86-64 / aarch64)
+  EMBER_PORTABLE=1    accepted for older scripts; every build is portable now
   EMBER_BOUNDSCHECK=1 Cython bounds and wraparound checks on in every kernel (CI safety run)
   EMBER_NO_OPENMP=1   build without OpenMP (kernels then run on one thread)
 """
@@ -45,7 +49,8 @@ def _compiler_accepts(flags):
 
 
 compile_args = ["-O3", "-fno-math-errno", "-Wno-unused-function",
-                "-Wno-maybe-uninitialized", "-Wno-unreachable-code"]
+                "-Wno-maybe-uninitialized", "-Wno-unreachable-code",
+                "-Wno-psabi"]   # vector types in static functions of the per-ISA kernels
 if not _flag("EMBER_DEBUG_SYMBOLS"):
     compile_args.append("-g0")   # Python's CFLAGS carry -g: debug info would triple the wheel
 link_args = []
@@ -54,8 +59,6 @@ if not _flag("EMBER_NO_OPENMP") and _compiler_accepts(["-fopenmp"]):
     link_args.append("-fopenmp")
 else:
     print("ember: building without OpenMP", file=sys.stderr)
-if not _flag("EMBER_PORTABLE") and _compiler_accepts(["-march=native"]):
-    compile_args.append("-march=native")
 
 checks = _flag("EMBER_BOUNDSCHECK")
 directives = {
@@ -69,8 +72,18 @@ directives = {
 }
 
 os.chdir(HERE)
+
+
+def kernel_sources(pyx):
+    """The sources of one kernel extension: its .pyx, and for ember.kernels.simd the one
+    translation unit per instruction set that compiles every dispatched kernel for it."""
+    if os.path.basename(pyx) == "simd.pyx":
+        return [pyx] + sorted(glob.glob("kernels/simd_*.c"))
+    return [pyx]
+
+
 extensions = [
-    Extension(f"ember.kernels.{os.path.splitext(os.path.basename(p))[0]}", [p],
+    Extension(f"ember.kernels.{os.path.splitext(os.path.basename(p))[0]}", kernel_sources(p),
               include_dirs=[np.get_include(), "kernels"],
               extra_compile_args=compile_args, extra_link_args=link_args,
               define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")])
@@ -88,7 +101,7 @@ setup(
     },
     packages=["ember", "ember.graph", "ember.graph.ops", "ember.runtime", "ember.runtime.binders",
               "ember.kernels", "ember.importers"],
-    package_data={"ember": ["data/*"], "ember.kernels": ["*.pxd", "*.pyx", "*.h", "CONTRACT.md"]},
+    package_data={"ember": ["data/*"], "ember.kernels": ["*.pxd", "*.pyx", "*.h", "*.c", "CONTRACT.md"]},
     ext_modules=cythonize(extensions, compiler_directives=directives,
                           build_dir="build/cython" + ("-checked" if checks else ""),
                           quiet=True),

@@ -5,6 +5,8 @@
 #ifndef EMBER_ACTIVATION_H
 #define EMBER_ACTIVATION_H
 
+#include <math.h>
+
 enum ember_activation {
     EMBER_ACT_IDENTITY = 0,
     EMBER_ACT_RELU = 1,
@@ -25,6 +27,50 @@ enum ember_activation {
     EMBER_ACT_RECIPROCAL = 16,
     EMBER_ACT_SILU = 17,
 };
+
+/* One activation, branching on `code`; stable sigmoid and softplus. NaN passes through every
+ * comparison-based code, as in onnxruntime. (The double constants keep the arithmetic the
+ * Cython table did.) */
+static inline float ember_apply_act(float v, int code, float a, float b)
+{
+    float e;
+    switch (code) {
+    case EMBER_ACT_IDENTITY: return v;
+    case EMBER_ACT_RELU: return v < 0.0f ? 0.0f : v;
+    case EMBER_ACT_LEAKY_RELU: return v >= 0.0f ? v : a * v;
+    case EMBER_ACT_ELU: return v > 0.0f ? v : (float)(a * (expf(v) - 1.0));
+    case EMBER_ACT_SELU: return v > 0.0f ? b * v : (float)(b * a * (expf(v) - 1.0));
+    case EMBER_ACT_SIGMOID:
+    case EMBER_ACT_SILU:
+        if (v >= 0.0f) {
+            e = (float)(1.0 / (1.0 + expf(-v)));
+        } else {
+            e = expf(v);
+            e = (float)(e / (1.0 + e));
+        }
+        return code == EMBER_ACT_SIGMOID ? e : v * e;
+    case EMBER_ACT_HARD_SIGMOID:
+        e = a * v + b;
+        return e < 0.0f ? 0.0f : (e > 1.0f ? 1.0f : e);
+    case EMBER_ACT_HARD_SWISH:
+        /* v times the clipped gate, as the spec writes it: HardSwish(-inf) is NaN, a negative v
+         * below -3 gives -0 */
+        e = (float)(v / 6.0 + 0.5);
+        return v * (e <= 0.0f ? 0.0f : (e >= 1.0f ? 1.0f : e));
+    case EMBER_ACT_TANH: return tanhf(v);
+    case EMBER_ACT_SOFTPLUS: return (v > 0.0f ? v : 0.0f) + log1pf(expf(-fabsf(v)));
+    case EMBER_ACT_CLIP:
+        e = v < a ? a : v; /* comparisons written so NaN passes through */
+        return e > b ? b : e;
+    case EMBER_ACT_EXP: return expf(v);
+    case EMBER_ACT_LOG: return logf(v);
+    case EMBER_ACT_SQRT: return sqrtf(v);
+    case EMBER_ACT_NEG: return -v;
+    case EMBER_ACT_ABS: return fabsf(v);
+    case EMBER_ACT_RECIPROCAL: return (float)(1.0 / v);
+    }
+    return v;
+}
 
 /* In-place activation of a row for the codes with a branch-free vector form (identity, Relu,
  * Clip); returns 0 for the others (the caller then runs the scalar table). Comparisons are

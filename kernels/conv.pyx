@@ -16,7 +16,9 @@ from libc.stdlib cimport malloc, free
 from cpython.pycapsule cimport PyCapsule_New
 from kernels.native_step cimport ember_native_step, EMBER_NATIVE_CAPSULE
 from kernels.activation cimport apply_act_span
-from kernels.sgemm cimport ember_sgemm, ember_epilogue_fn, EpilogueCtx, epilogue_for
+from kernels.sgemm cimport (ember_sgemm, ember_sgemm_im2col, ember_bias_act, ember_im2col_src,
+                            epilogue_for)
+from kernels.simd cimport use_simd
 from kernels.parallel cimport threads_for
 from kernels.conv_common cimport (ConvShape, conv_shape, is_pointwise, is_depthwise, col_floats,
                                   images_in_parallel, im2col_rows, col2im_channel)
@@ -25,19 +27,7 @@ from kernels.depthwise cimport (ember_dw_geom, dw_geom, ember_dw_alloc, ember_dw
                                 ember_dw8_forward, DW8_MAX_PIXELS, dw8_grouped, dw8_groups,
                                 dw8_channels)
 
-
-cdef extern from "conv_pack.h" nogil:
-    ctypedef void (*ember_pack_b_fn)(int kc, int nc, int p0, int j0, float *pb,
-                                     const void *ctx) noexcept nogil
-    ctypedef struct ember_im2col_src:
-        const float *x
-        int H, W, KH, KW, OW
-        int sh, sw, pt, pl, dh, dw
-    void ember_pack_b_im2col(int kc, int nc, int p0, int j0, float *pb, const void *ctx)
-    int ember_sgemm_ex(int trans_a, int trans_b, int M, int N, int K, float alpha,
-                       const float *A, long lda, const float *B, long ldb, float beta, float *C,
-                       long ldc, ember_epilogue_fn epi, void *ctx, int nthreads,
-                       ember_pack_b_fn pack_b, const void *pack_ctx)
+use_simd()
 
 
 def conv2d_scratch_floats(int C, int H, int W, int M, int KH, int KW, int OH, int OW,
@@ -59,7 +49,7 @@ cdef int conv_image(const float *x, const float *w, const float *bias, float *y,
     cdef int g, Cg = s.C // s.group, Mg = s.M // s.group
     cdef int K = Cg * s.KH * s.KW
     cdef long ohw = <long> s.OH * s.OW, hw = <long> s.H * s.W
-    cdef EpilogueCtx ctx
+    cdef ember_bias_act ctx
     cdef int ok = 1, r
     ctx.bias_axis = 0
     ctx.act = act
@@ -73,7 +63,7 @@ cdef int conv_image(const float *x, const float *w, const float *bias, float *y,
         if is_pointwise(s):
             ok = ember_sgemm(0, 0, Mg, <int> ohw, K, 1.0, w + <long> g * Mg * K, K,
                              x + g * Cg * hw, ohw, 0.0, y + g * Mg * ohw, ohw,
-                             epilogue_for(&ctx), &ctx, nthreads) and ok
+                             epilogue_for(&ctx), nthreads) and ok
         elif ohw < 256:   # small planes: implicit panels would cross rows too often
             if threads_for(nthreads, K * ohw) > 1:
                 for r in prange(K, num_threads=nthreads, schedule='static'):
@@ -81,13 +71,12 @@ cdef int conv_image(const float *x, const float *w, const float *bias, float *y,
             else:
                 im2col_rows(x + g * Cg * hw, col, s, 0, K)
             ok = ember_sgemm(0, 0, Mg, <int> ohw, K, 1.0, w + <long> g * Mg * K, K, col, ohw,
-                             0.0, y + g * Mg * ohw, ohw, epilogue_for(&ctx), &ctx,
-                             nthreads) and ok
+                             0.0, y + g * Mg * ohw, ohw, epilogue_for(&ctx), nthreads) and ok
         else:   # implicit im2col: the GEMM packs its B panels straight from the image
             src.x = x + g * Cg * hw
-            ok = ember_sgemm_ex(0, 0, Mg, <int> ohw, K, 1.0, w + <long> g * Mg * K, K, NULL,
-                                ohw, 0.0, y + g * Mg * ohw, ohw, epilogue_for(&ctx), &ctx,
-                                nthreads, ember_pack_b_im2col, &src) and ok
+            ok = ember_sgemm_im2col(Mg, <int> ohw, K, w + <long> g * Mg * K, K, 0.0,
+                                    y + g * Mg * ohw, ohw, epilogue_for(&ctx), nthreads,
+                                    &src) and ok
     return ok
 
 
@@ -335,7 +324,7 @@ def conv_transpose2d(float[:, :, :, ::1] x, float[:, :, :, ::1] w, bias,
                 if Cg > 0 and hw > 0:
                     ok = ember_sgemm(1, 0, rows, <int> hw, Cg, 1.0, wp + <long> g * Cg * rows,
                                      rows, xp + (<long> n * C + g * Cg) * hw, hw, 0.0, col, hw,
-                                     NULL, NULL, nthreads) and ok
+                                     NULL, nthreads) and ok
                 elif need > 0:
                     memset(col, 0, sizeof(float) * need)
                 for m in prange(Mg, num_threads=nthreads, schedule='static'):

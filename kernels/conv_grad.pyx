@@ -21,6 +21,7 @@ from libc.stdlib cimport malloc, free
 
 from kernels.activation cimport ACT_IDENTITY
 from kernels.sgemm cimport ember_sgemm
+from kernels.simd cimport use_simd
 from kernels.parallel cimport threads_for
 from kernels.conv_common cimport (ConvShape, conv_shape, is_pointwise, is_depthwise, col_floats,
                                   images_in_parallel, im2col_rows, col2im_channel)
@@ -35,6 +36,8 @@ from kernels.depthwise cimport (ember_dw_geom, dw_geom, ember_dw_alloc, ember_dw
 
 # Depthwise gradients take the 8-channel path by the forward's rule (depthwise.pxd) unless a
 # test turns it off.
+use_simd()
+
 cdef bint dw_grouped = True
 
 
@@ -114,7 +117,7 @@ cdef int weight_grad_image(const float *dy, const float *x, float *acc, float *c
             panel = col
         # (Mg × P) · (K × P)ᵀ: B is the panel read transposed (trans_b), accumulated (beta = 1)
         ok = ember_sgemm(0, 1, Mg, K, P, 1.0, dy + <long> g * Mg * P, P, panel, P, 1.0,
-                         acc + <long> g * Mg * K, K, NULL, NULL, nthreads) and ok
+                         acc + <long> g * Mg * K, K, NULL, nthreads) and ok
     return ok
 
 
@@ -260,12 +263,12 @@ cdef int input_grad_image(const float *dy, const float *w, float *dx, float *col
     for g in range(s.group):
         if is_pointwise(s):   # the K × P product is dX[n, g] itself
             ok = ember_sgemm(1, 0, K, P, Mg, 1.0, w + <long> g * Mg * K, K,
-                             dy + <long> g * Mg * P, P, 0.0, dx + g * Cg * hw, P, NULL, NULL,
+                             dy + <long> g * Mg * P, P, 0.0, dx + g * Cg * hw, P, NULL,
                              nthreads) and ok
             continue
         # (Mg × K)ᵀ · (Mg × P): A is W[g] read transposed (trans_a)
         ok = ember_sgemm(1, 0, K, P, Mg, 1.0, w + <long> g * Mg * K, K, dy + <long> g * Mg * P,
-                         P, 0.0, col, P, NULL, NULL, nthreads) and ok
+                         P, 0.0, col, P, NULL, nthreads) and ok
         if threads_for(nthreads, <long> K * P) > 1:
             for c in prange(Cg, num_threads=nthreads, schedule='static'):
                 col2im_channel(col, dx + (g * Cg + c) * hw, c, s, 0.0)

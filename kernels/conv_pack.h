@@ -1,19 +1,8 @@
-/* Implicit im2col: packs the GEMM's B panel (rows (c, kh, kw), columns (oh, ow)) straight from
+/* Part of the sgemm template (included by sgemm_kernel.h, once per instruction set).
+ * Implicit im2col: packs the GEMM's B panel (rows (c, kh, kw), columns (oh, ow)) straight from
  * the image, so conv never writes and re-reads a C·KH·KW x OH·OW column matrix (7 MB for a
  * resnet 56x56 layer: far outside L2). Each GEMM task packs its own columns, so the im2col is
  * parallel for free. Layout is ember_pack_b's: NR-wide micro-panels, k-major, zero padding. */
-#ifndef EMBER_CONV_PACK_H
-#define EMBER_CONV_PACK_H
-
-#include <string.h>
-#include "sgemm_kernel.h"
-
-typedef struct {
-    const float *x; /* one image-group: C x H x W */
-    int H, W, KH, KW, OW;
-    int sh, sw, pt, pl, dh, dw;
-} ember_im2col_src;
-
 static void ember_pack_b_im2col(int kc, int nc, int p0, int j0, float *pb, const void *ctx)
 {
     const ember_im2col_src *s = (const ember_im2col_src *)ctx;
@@ -67,4 +56,3 @@ static void ember_pack_b_im2col(int kc, int nc, int p0, int j0, float *pb, const
         pb += (long)kc * EMBER_NR;
     }
 }
-#endif

@@ -1,5 +1,8 @@
 """Y = act(alpha·op(A)·op(B) + beta·Y + bias): the packed, blocked GEMM of sgemm_kernel.h."""
-from kernels.sgemm cimport ember_sgemm, ember_epilogue_fn, EpilogueCtx, epilogue_for
+from kernels.sgemm cimport ember_sgemm, ember_bias_act, epilogue_for
+from kernels.simd cimport use_simd
+
+use_simd()
 
 
 def gemm(float[:, ::1] A, float[:, ::1] B, float[:, ::1] Y, bint trans_a, bint trans_b,
@@ -9,7 +12,7 @@ def gemm(float[:, ::1] A, float[:, ::1] B, float[:, ::1] Y, bint trans_a, bint t
     cdef int N = Y.shape[1]
     cdef int K = A.shape[0] if trans_a else A.shape[1]
     cdef float[::1] bias_view
-    cdef EpilogueCtx ctx
+    cdef ember_bias_act ctx
     cdef int ok
     ctx.bias = NULL
     if bias is not None:
@@ -24,9 +27,9 @@ def gemm(float[:, ::1] A, float[:, ::1] B, float[:, ::1] Y, bint trans_a, bint t
         return
     cdef const float *a_ptr = &A[0, 0] if A.shape[0] * A.shape[1] > 0 else NULL
     cdef const float *b_ptr = &B[0, 0] if B.shape[0] * B.shape[1] > 0 else NULL
-    cdef ember_epilogue_fn epi = epilogue_for(&ctx)
+    cdef const ember_bias_act *epi = epilogue_for(&ctx)
     with nogil:
         ok = ember_sgemm(trans_a, trans_b, M, N, K, alpha, a_ptr, A.shape[1], b_ptr, B.shape[1],
-                         beta, &Y[0, 0], Y.shape[1], epi, <void *> &ctx, nthreads)
+                         beta, &Y[0, 0], Y.shape[1], epi, nthreads)
     if not ok:
         raise MemoryError("ember gemm: cannot allocate packing buffers")

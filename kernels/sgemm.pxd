@@ -1,44 +1,33 @@
-# The C GEMM core (sgemm_kernel.h) and the bias + activation epilogue shared by gemm and conv.
-from kernels.activation cimport ACT_IDENTITY, apply_act_span, ember_bias_act_row
+# The GEMM core (kernels/sgemm_kernel.h, one instance per instruction set) through the dispatch
+# table (simd.h; a module using these calls simd.use_simd() at import), and its epilogue.
+from kernels.activation cimport ACT_IDENTITY
 
 
-cdef extern from "sgemm_kernel.h" nogil:
-    ctypedef void (*ember_epilogue_fn)(float *c, long ldc, int m, int n, int row0, int col0,
-                                       void *ctx) noexcept nogil
+cdef extern from "simd.h" nogil:
+    ctypedef struct ember_bias_act:
+        const float *bias    # NULL for none
+        int bias_axis        # 0: one per row of C, 1: one per column
+        int act
+        float act_a
+        float act_b
+    ctypedef struct ember_im2col_src:
+        const float *x
+        int H, W, KH, KW, OW
+        int sh, sw, pt, pl, dh, dw
     int ember_sgemm(int trans_a, int trans_b, int M, int N, int K, float alpha,
                     const float *A, long lda, const float *B, long ldb, float beta, float *C,
-                    long ldc, ember_epilogue_fn epi, void *ctx, int nthreads)
+                    long ldc, const ember_bias_act *epi, int nthreads)
+    int ember_sgemm_im2col(int M, int N, int K, const float *A, long lda, float beta, float *C,
+                           long ldc, const ember_bias_act *epi, int nthreads,
+                           const ember_im2col_src *src)
+    void ember_packed_gemm(const float *U, const float *V, float *Mx, int Mp, int C, int ncols,
+                           long ldc)
+    int ember_gemm_mr()
+    int ember_gemm_nr()
 
 
-cdef struct EpilogueCtx:
-    const float *bias    # NULL for none
-    int bias_axis        # 0: one per row of C, 1: one per column
-    int act
-    float act_a
-    float act_b
-
-
-cdef inline void bias_act_epilogue(float *c, long ldc, int m, int n, int row0, int col0,
-                                   void *ctx) noexcept nogil:
-    """Runs on each finished m x n tile of C while it is still in L1: a row's bias and its
-    activation in one vector pass where the code has a vector form (Relu and Clip: every conv
-    of a ResNet or a MobileNet), else the bias, then the table."""
-    cdef EpilogueCtx *e = <EpilogueCtx *> ctx
-    cdef int i, j
-    cdef float *row
-    for i in range(m):
-        row = c + i * ldc
-        if e.bias != NULL and e.bias_axis == 0:
-            if ember_bias_act_row(row, n, e.bias[row0 + i], e.act, e.act_a, e.act_b):
-                continue
-        elif e.bias != NULL:
-            for j in range(n):
-                row[j] += e.bias[col0 + j]
-        apply_act_span(row, n, e.act, e.act_a, e.act_b)
-
-
-cdef inline ember_epilogue_fn epilogue_for(EpilogueCtx *e) noexcept nogil:
-    """NULL when there is nothing to do after the product (saves a call per tile)."""
+cdef inline const ember_bias_act *epilogue_for(ember_bias_act *e) noexcept nogil:
+    """NULL when there is nothing to do after the product (saves a pass per tile)."""
     if e.bias == NULL and e.act == ACT_IDENTITY:
         return NULL
-    return bias_act_epilogue
+    return e

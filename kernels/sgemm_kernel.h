@@ -1,43 +1,38 @@
-/* ember's single-precision GEMM core: packed, cache-blocked, register-blocked.
+/* Template (compiled once per instruction set, see simd_instance.h): ember's single-precision
+ * GEMM core, packed, cache-blocked, register-blocked. Reached through the sgemm table of
+ * simd.h (ember_sgemm, ember_sgemm_im2col, ember_packed_gemm).
  *
- * Why C: the micro-kernel needs intrinsics (AVX2/FMA when the compiler targets them, a plain
- * loop the compiler vectorises otherwise), and both gemm.pyx and conv.pyx include this header,
- * so each extension gets its own copy without a cross-module cimport.
+ * The micro-kernel per level: generic, a plain loop the compiler vectorises for the baseline;
+ * AVX2, hand-written FMA intrinsics (6 x 16: 12 ymm accumulators); AVX-512, the same shape in
+ * GCC vector extensions of 16 floats (6 x 32: 12 zmm accumulators, the broadcasts folded into
+ * the FMAs), which is also what lets the test-only avx512-on-avx2 instance run its logic.
  *
  * Blocking (BLIS order): C is cut into tasks of MC rows x up-to-NC columns, handed out to the
  * OpenMP team; a task walks K in KC slices, packs its A block (MC x KC, stays in L2) and its B
  * block (KC x nc, streamed one NR-wide micro-panel at a time through L1) into per-thread
  * buffers allocated once per thread (thread-local, 64-byte aligned) and reused by every call.
- * The optional epilogue callback runs on each MR x NR tile right after its last K slice was
- * stored, while the tile is still in L1 (bias + activation "fused into the store").
+ * The optional epilogue (bias + activation, activation_kernel.h) runs on each MR x NR tile right
+ * after its last K slice was stored, while the tile is still in L1 ("fused into the store").
  */
-#ifndef EMBER_SGEMM_KERNEL_H
-#define EMBER_SGEMM_KERNEL_H
-
-#include <stdlib.h>
-#include <string.h>
-#ifdef _OPENMP
-#include <omp.h>
+#define EMBER_MR 6
+#if EMBER_ISA_LEVEL == EMBER_ISA_AVX512
+#define EMBER_NR 32
+#else
+#define EMBER_NR 16
 #endif
-#if defined(__AVX2__) && defined(__FMA__)
-#include <immintrin.h>
+#if EMBER_ISA_LEVEL == EMBER_ISA_AVX2 && EMBER_ISA_TARGET_LEVEL == EMBER_ISA_AVX2
 #define EMBER_GEMM_AVX2 1
 #endif
-
-#define EMBER_MR 6
-#define EMBER_NR 16
 #ifndef EMBER_MC
 #define EMBER_MC 144 /* multiple of MR: A block 144 x 256 floats = 144 KiB (L2) */
 #endif
 #ifndef EMBER_KC
-#define EMBER_KC 256 /* B micro-panel 256 x 16 floats = 16 KiB (L1) */
+#define EMBER_KC 256 /* B micro-panel 256 x NR floats = 16 or 32 KiB (L1) */
 #endif
 #ifndef EMBER_NC
 #define EMBER_NC 512 /* widest task, multiple of NR: B block 512 KiB (L2) */
 #endif
 
-typedef void (*ember_epilogue_fn)(float *c, long ldc, int m, int n, int row0, int col0,
-                                  void *ctx);
 /* Packs rows [p0, p0+kc) x columns [j0, j0+nc) of a B that is never materialised (implicit
  * im2col), in ember_pack_b's layout: NR-column micro-panels, k-major, zero-padded columns. */
 typedef void (*ember_pack_b_fn)(int kc, int nc, int p0, int j0, float *pb, const void *ctx);
@@ -186,6 +181,64 @@ static inline void ember_ukr(int kc, const float *restrict a, const float *restr
     EMBER_UKR_STORE(5, c50, c51);
 #undef EMBER_UKR_STORE
 }
+#elif EMBER_ISA_LEVEL == EMBER_ISA_AVX512
+typedef float ember_v16 __attribute__((vector_size(64), aligned(4)));
+static inline void ember_ukr(int kc, const float *restrict a, const float *restrict b,
+                             float *restrict c, long ldc, float alpha, int accumulate)
+{
+    for (int r = 0; r < EMBER_MR; ++r) { /* C comes from far away: start fetching it now */
+        __builtin_prefetch(c + r * ldc);
+        __builtin_prefetch(c + r * ldc + 31);
+    }
+    ember_v16 c00 = {0}, c01 = {0}, c10 = {0}, c11 = {0}, c20 = {0}, c21 = {0};
+    ember_v16 c30 = {0}, c31 = {0}, c40 = {0}, c41 = {0}, c50 = {0}, c51 = {0};
+#define EMBER_UKR_STEP(A, B)                                                             \
+    {                                                                                    \
+        const ember_v16 b0 = *(const ember_v16 *)(B), b1 = *(const ember_v16 *)((B) + 16); \
+        c00 += (A)[0] * b0; c01 += (A)[0] * b1;                                          \
+        c10 += (A)[1] * b0; c11 += (A)[1] * b1;                                          \
+        c20 += (A)[2] * b0; c21 += (A)[2] * b1;                                          \
+        c30 += (A)[3] * b0; c31 += (A)[3] * b1;                                          \
+        c40 += (A)[4] * b0; c41 += (A)[4] * b1;                                          \
+        c50 += (A)[5] * b0; c51 += (A)[5] * b1;                                          \
+    }
+    int k = 0;
+    for (; k + 4 <= kc; k += 4) {
+        __builtin_prefetch(b + 32 * 8);
+        __builtin_prefetch(b + 32 * 8 + 16);
+        EMBER_UKR_STEP(a, b);
+        EMBER_UKR_STEP(a + 6, b + 32);
+        EMBER_UKR_STEP(a + 12, b + 64);
+        EMBER_UKR_STEP(a + 18, b + 96);
+        a += 24;
+        b += 128;
+    }
+    for (; k < kc; ++k) {
+        EMBER_UKR_STEP(a, b);
+        a += 6;
+        b += 32;
+    }
+#undef EMBER_UKR_STEP
+#define EMBER_UKR_STORE(ROW, X0, X1)                      \
+    {                                                     \
+        ember_v16 *p0 = (ember_v16 *)(c + (ROW) * ldc);   \
+        ember_v16 *p1 = (ember_v16 *)(c + (ROW) * ldc + 16); \
+        if (accumulate) {                                 \
+            *p0 += alpha * (X0);                          \
+            *p1 += alpha * (X1);                          \
+        } else {                                          \
+            *p0 = alpha * (X0);                           \
+            *p1 = alpha * (X1);                           \
+        }                                                 \
+    }
+    EMBER_UKR_STORE(0, c00, c01);
+    EMBER_UKR_STORE(1, c10, c11);
+    EMBER_UKR_STORE(2, c20, c21);
+    EMBER_UKR_STORE(3, c30, c31);
+    EMBER_UKR_STORE(4, c40, c41);
+    EMBER_UKR_STORE(5, c50, c51);
+#undef EMBER_UKR_STORE
+}
 #else
 static inline void ember_ukr(int kc, const float *restrict a, const float *restrict b,
                              float *restrict c, long ldc, float alpha, int accumulate)
@@ -234,8 +287,7 @@ typedef struct {
     float *C;
     long ldc;
     int accumulate_first; /* C already holds beta*C and must be added to */
-    ember_epilogue_fn epi;
-    void *ctx;
+    const ember_bias_act *epi; /* NULL: nothing after the product */
     ember_pack_b_fn pack_b; /* NULL: pack from B */
     const void *pack_ctx;
 } ember_gemm_args;
@@ -271,7 +323,7 @@ static int ember_gemm_task(const ember_gemm_args *g, int i_begin, int i_end, int
                         ember_ukr(kc, ap, bp, c, g->ldc, g->alpha, accumulate);
                     else
                         ember_ukr_edge(kc, ap, bp, c, g->ldc, mr, nr, g->alpha, accumulate);
-                    if (last && g->epi) g->epi(c, g->ldc, mr, nr, i0 + ir, j0 + jr, g->ctx);
+                    if (last && g->epi) ember_bias_act_tile(c, g->ldc, mr, nr, i0 + ir, j0 + jr, g->epi);
                 }
             }
         }
@@ -293,22 +345,13 @@ static void ember_small_m_cols(const ember_gemm_args *g, int i, int j0, int j1, 
             int k = 0;
             float acc = 0.0f;
             if (g->cs_a == 1 && g->rs_b == 1) {
-#ifdef EMBER_GEMM_AVX2
-                __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
-                for (; k + 16 <= K; k += 16) {
-                    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + k), _mm256_loadu_ps(bj + k), s0);
-                    s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + k + 8), _mm256_loadu_ps(bj + k + 8),
-                                         s1);
+                ember_vf s0 = {0}, s1 = {0};
+                for (; k + 2 * EMBER_VW <= K; k += 2 * EMBER_VW) {
+                    s0 += ember_vload(a + k) * ember_vload(bj + k);
+                    s1 += ember_vload(a + k + EMBER_VW) * ember_vload(bj + k + EMBER_VW);
                 }
-                float lanes[8];
-                _mm256_storeu_ps(lanes, _mm256_add_ps(s0, s1));
-                for (int l = 0; l < 8; ++l) acc += lanes[l];
-#else
-                float lanes[16] = {0};
-                for (; k + 16 <= K; k += 16)
-                    for (int l = 0; l < 16; ++l) lanes[l] += a[k + l] * bj[k + l];
-                for (int l = 0; l < 16; ++l) acc += lanes[l];
-#endif
+                s0 += s1;
+                for (int l = 0; l < EMBER_VW; ++l) acc += s0[l];
             }
             for (; k < K; ++k) acc += a[(long)k * g->cs_a] * bj[(long)k * g->rs_b];
             c[j] = g->alpha * acc + (beta == 0.0f ? 0.0f : beta * c[j]);
@@ -327,7 +370,7 @@ static void ember_small_m_cols(const ember_gemm_args *g, int i, int j0, int j1, 
                 c[jb + j] = g->alpha * strip[j] + (beta == 0.0f ? 0.0f : beta * c[jb + j]);
         }
     }
-    if (g->epi) g->epi(c + j0, g->ldc, 1, j1 - j0, i, j0, g->ctx);
+    if (g->epi) ember_bias_act_tile(c + j0, g->ldc, 1, j1 - j0, i, j0, g->epi);
 }
 
 /* C = epi(alpha * op(A) op(B) + beta * C). op(A) is M x K, op(B) K x N, C row-major (ldc).
@@ -335,7 +378,7 @@ static void ember_small_m_cols(const ember_gemm_args *g, int i, int j0, int j1, 
  * read. Uses at most nthreads OpenMP threads. Returns 0 on allocation failure, 1 otherwise. */
 static int ember_sgemm_ex(int trans_a, int trans_b, int M, int N, int K, float alpha,
                           const float *A, long lda, const float *B, long ldb, float beta,
-                          float *C, long ldc, ember_epilogue_fn epi, void *ctx, int nthreads,
+                          float *C, long ldc, const ember_bias_act *epi, int nthreads,
                           ember_pack_b_fn pack_b, const void *pack_ctx)
 {
     if (M <= 0 || N <= 0) return 1;
@@ -355,8 +398,9 @@ static int ember_sgemm_ex(int trans_a, int trans_b, int M, int N, int K, float a
         if (epi)
             for (int i = 0; i < M; i += EMBER_MR)
                 for (int j = 0; j < N; j += EMBER_NR)
-                    epi(C + (long)i * ldc + j, ldc, M - i < EMBER_MR ? M - i : EMBER_MR,
-                        N - j < EMBER_NR ? N - j : EMBER_NR, i, j, ctx);
+                    ember_bias_act_tile(C + (long)i * ldc + j, ldc,
+                                        M - i < EMBER_MR ? M - i : EMBER_MR,
+                                        N - j < EMBER_NR ? N - j : EMBER_NR, i, j, epi);
         return 1;
     }
     ember_gemm_args g;
@@ -364,7 +408,7 @@ static int ember_sgemm_ex(int trans_a, int trans_b, int M, int N, int K, float a
     g.rs_a = trans_a ? 1 : lda; g.cs_a = trans_a ? lda : 1;
     g.rs_b = trans_b ? 1 : ldb; g.cs_b = trans_b ? ldb : 1;
     g.C = C; g.ldc = ldc; g.accumulate_first = !overwrite_first; /* else C holds beta*C */
-    g.epi = epi; g.ctx = ctx;
+    g.epi = epi;
     g.pack_b = pack_b; g.pack_ctx = pack_ctx;
 
     if (M <= 4 && !pack_b) { /* gemv-like: no packing, split the columns over the team */
@@ -425,13 +469,30 @@ static int ember_sgemm_ex(int trans_a, int trans_b, int M, int N, int K, float a
     return ok;
 }
 
-/* The public GEMM: B is a real matrix. */
-static int ember_sgemm(int trans_a, int trans_b, int M, int N, int K, float alpha,
-                       const float *A, long lda, const float *B, long ldb, float beta, float *C,
-                       long ldc, ember_epilogue_fn epi, void *ctx, int nthreads)
+/* The table's GEMM: B is a real matrix. */
+static int ember_sgemm_here_fn(int trans_a, int trans_b, int M, int N, int K, float alpha,
+                            const float *A, long lda, const float *B, long ldb, float beta,
+                            float *C, long ldc, const ember_bias_act *epi, int nthreads)
 {
     return ember_sgemm_ex(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, epi,
-                          ctx, nthreads, NULL, NULL);
+                          nthreads, NULL, NULL);
 }
 
-#endif
+#include "conv_pack.h"
+#include "packed_gemm.h"
+
+/* The conv GEMM: B = im2col(src), packed panel by panel straight from the image. */
+static int ember_sgemm_im2col_here(int M, int N, int K, const float *A, long lda, float beta,
+                                   float *C, long ldc, const ember_bias_act *epi, int nthreads,
+                                   const ember_im2col_src *src)
+{
+    return ember_sgemm_ex(0, 0, M, N, K, 1.0f, A, lda, NULL, N, beta, C, ldc, epi, nthreads,
+                          ember_pack_b_im2col, src);
+}
+
+static const struct ember_sgemm_kernels ember_sgemm_here = {
+    .mr = EMBER_MR, .nr = EMBER_NR, .mc = EMBER_MC, .kc = EMBER_KC, .nc = EMBER_NC,
+    .sgemm = ember_sgemm_here_fn,
+    .sgemm_im2col = ember_sgemm_im2col_here,
+    .packed_gemm = ember_packed_gemm_here,
+};

@@ -17,6 +17,10 @@ from cython.parallel cimport prange, threadid
 
 from kernels.activation cimport ACT_IDENTITY, apply_act_span
 from kernels.parallel cimport threads_for
+from kernels.sgemm cimport ember_packed_gemm, ember_gemm_mr, ember_gemm_nr
+from kernels.simd cimport use_simd
+
+use_simd()
 
 
 cdef extern from "winograd_transform.h" nogil:
@@ -26,14 +30,12 @@ cdef extern from "winograd_transform.h" nogil:
     void ember_wino_output_strip(int m, const float *Mx, long ms, int th, int tw0, int nt,
                                  float bias, float *yc, int OH, int OW)
     void ember_wino_weight(int m, const float *g, int flip, float *U, long us)
-    void ember_wino_gemm(const float *U, const float *V, float *Mx, int Mp, int C, int ncols,
-                         long ldc)
-    int EMBER_MR, EMBER_NR
 
 
 cdef struct WinoShape:
     int N, C, H, W, M, OH, OW, pt, pl
     int Mp          # M rounded up to the micro-kernel's rows (U and Mx carry zero/junk rows)
+    int nr          # the micro-kernel's columns: V is packed in nr-tile panels
     int m, alpha, tH, tW
     long T          # tiles in the batch
     int TB          # tiles per block (scratch row length)
@@ -46,8 +48,8 @@ cdef enum:
     BLOCK_BYTES = 512 * 1024   # target bytes of one block's V + Mx (≈ the L2 of a core)
 
 
-cdef inline long round16(long v) noexcept nogil:
-    return (v + 15) // 16 * 16
+cdef inline long round_up(long v, long step) noexcept nogil:
+    return (v + step - 1) // step * step
 
 
 cdef WinoShape make_shape(int N, int C, int H, int W, int M, int OH, int OW, int pt, int pl,
@@ -56,48 +58,50 @@ cdef WinoShape make_shape(int N, int C, int H, int W, int M, int OH, int OW, int
     cdef long per_tile, tb_max, nb
     s.N = N; s.C = C; s.H = H; s.W = W; s.M = M; s.OH = OH; s.OW = OW; s.pt = pt; s.pl = pl
     s.m = m; s.alpha = m + 2
-    s.Mp = (M + EMBER_MR - 1) // EMBER_MR * EMBER_MR
+    s.Mp = <int> round_up(M, ember_gemm_mr())
+    s.nr = ember_gemm_nr()
     s.tH = (OH + m - 1) // m
     s.tW = (OW + m - 1) // m
     s.T = <long> N * s.tH * s.tW
     per_tile = <long> s.alpha * s.alpha * (C + s.Mp) * 4
-    tb_max = min(max(BLOCK_BYTES // per_tile // 16 * 16, 32), 256)
+    tb_max = min(max(BLOCK_BYTES // per_tile // s.nr * s.nr, 2 * s.nr), 256)
     if nthreads < 1:
         nthreads = 1
     nb = (s.T + tb_max - 1) // tb_max
     if nthreads > 1 and s.T >= 16 * nthreads:
         # blocks per thread (one parallel region, no barriers between phases: a busy machine
         # deschedules team threads, and every barrier then waits a time slice): a whole number
-        # of rounds, blocks as even as 16-tile steps allow (16 tiles still feed the GEMM loop,
-        # which packs nothing)
+        # of rounds, blocks as even as nr-tile steps allow (one panel of tiles still feeds the
+        # GEMM loop, which packs nothing)
         nb = max(nb, nthreads)
         nb = (nb + nthreads - 1) // nthreads * nthreads
-        s.TB = <int> min(round16((s.T + nb - 1) // nb), tb_max)
+        s.TB = <int> min(round_up((s.T + nb - 1) // nb, s.nr), tb_max)
         s.slots = nthreads
     else:
-        s.TB = <int> min(round16(s.T), tb_max)
+        s.TB = <int> min(round_up(s.T, s.nr), tb_max)
         s.slots = 1
     s.nblocks = <int> ((s.T + s.TB - 1) // s.TB)
-    s.slot_floats = <long> s.alpha * s.alpha * s.TB * (C + s.Mp)   # a multiple of 16
+    s.slot_floats = <long> s.alpha * s.alpha * s.TB * (C + s.Mp)   # a multiple of nr
     return s
 
 
 def winograd_scratch_floats(int N, int C, int H, int W, int M, int OH, int OW, int tile,
                             int nthreads):
     """Floats of scratch conv2d_winograd needs: slots × α²·TB·(C + Mp) (V and Mx of a block;
-    Mp = M rounded up to a multiple of 6), + 8 floats to align the micro-kernel's loads."""
+    Mp = M rounded up to the micro-kernel's rows), + 8 floats to align its loads."""
     cdef WinoShape s = make_shape(N, C, H, W, M, OH, OW, 0, 0, tile, nthreads)
     return s.slot_floats * s.slots + 8     # + 8: room to align the start to 32 bytes
 
 
 def winograd_weight_floats(int M, int C, int tile):
-    """Floats of the transformed, packed weights U: α² × Mp·C (Mp = M rounded up to 6)."""
-    return (tile + 2) * (tile + 2) * ((M + EMBER_MR - 1) // EMBER_MR * EMBER_MR) * C
+    """Floats of the transformed, packed weights U: α² × Mp·C (Mp = M rounded up to the
+    micro-kernel's rows)."""
+    return (tile + 2) * (tile + 2) * round_up(M, ember_gemm_mr()) * C
 
 
-cdef inline long packed_a(int row, int col, int K) noexcept nogil:
-    """Offset of (row, col) of an R × K matrix packed in 6-row micro-panels."""
-    return <long> (row // EMBER_MR) * K * EMBER_MR + <long> col * EMBER_MR + row % EMBER_MR
+cdef inline long packed_a(int row, int col, int K, int mr) noexcept nogil:
+    """Offset of (row, col) of an R × K matrix packed in mr-row micro-panels."""
+    return <long> (row // mr) * K * mr + <long> col * mr + row % mr
 
 
 def winograd_weights(float[:, :, :, ::1] w, float[:, ::1] U, int tile, bint grad_input,
@@ -109,7 +113,8 @@ def winograd_weights(float[:, :, :, ::1] w, float[:, ::1] U, int tile, bint grad
     cdef int M = w.shape[0], C = w.shape[1], mo, c, rows, cols, r, k, xi
     cdef int alpha = tile + 2
     rows, cols = (C, M) if grad_input else (M, C)
-    cdef int Rp = (rows + EMBER_MR - 1) // EMBER_MR * EMBER_MR
+    cdef int mr = ember_gemm_mr()
+    cdef int Rp = <int> round_up(rows, mr)
     cdef long us = <long> Rp * cols
     if U.shape[0] != alpha * alpha or U.shape[1] != us:
         raise ValueError(f"winograd_weights: U has shape {tuple(U.shape)[:2]}, needs "
@@ -124,20 +129,20 @@ def winograd_weights(float[:, :, :, ::1] w, float[:, ::1] U, int tile, bint grad
             for c in range(C):
                 if grad_input:
                     ember_wino_weight(tile, wp + (<long> mo * C + c) * 9, 1,
-                                      up + packed_a(c, mo, cols), us)
+                                      up + packed_a(c, mo, cols, mr), us)
                 else:
                     ember_wino_weight(tile, wp + (<long> mo * C + c) * 9, 0,
-                                      up + packed_a(mo, c, cols), us)
+                                      up + packed_a(mo, c, cols, mr), us)
         for r in range(rows, Rp):   # the padding rows of the last micro-panel
             for k in range(cols):
                 for xi in range(alpha * alpha):
-                    up[xi * us + packed_a(r, k, cols)] = 0.0
+                    up[xi * us + packed_a(r, k, cols, mr)] = 0.0
 
 
 cdef void input_channel(const float *x, float *V, WinoShape *s, int c, long t0,
                         int nb) noexcept nogil:
     """V[ξ, c, 0:nb] for tiles [t0, t0 + nb), strip by strip (a tile row segment inside one
-    16-tile micro-panel each: V[ξ] is stored packed, element (c, j) at (j/16)·C·16 + c·16 + j%16)."""
+    nr-tile micro-panel each: V[ξ] is stored packed, element (c, j) at (j/nr)·C·nr + c·nr + j%nr)."""
     cdef long t = t0, t_end = t0 + nb, j
     cdef int n, th, tw, nt
     cdef long plane = <long> s.H * s.W, vs = <long> s.C * s.TB
@@ -146,10 +151,10 @@ cdef void input_channel(const float *x, float *V, WinoShape *s, int c, long t0,
         th = <int> ((t // s.tW) % s.tH)
         tw = <int> (t % s.tW)
         j = t - t0
-        nt = <int> min(<long> min(s.tW - tw, EMBER_NR - j % EMBER_NR), t_end - t)
+        nt = <int> min(<long> min(s.tW - tw, s.nr - j % s.nr), t_end - t)
         ember_wino_input_strip(s.m, x + (<long> n * s.C + c) * plane, s.H, s.W, th, tw, nt,
-                               s.pt, s.pl, V + (j // EMBER_NR) * s.C * EMBER_NR
-                               + <long> c * EMBER_NR + j % EMBER_NR, vs)
+                               s.pt, s.pl, V + (j // s.nr) * s.C * s.nr
+                               + <long> c * s.nr + j % s.nr, vs)
         t += nt
 
 
@@ -182,10 +187,9 @@ cdef void output_channel(const float *Mx, const float *bias, float *y, WinoShape
 
 cdef inline int gemm_position(const float *U, float *V, float *Mx, WinoShape *s, int xi,
                               int nb) noexcept nogil:
-    """Mx[ξ] (Mp × nb, nb rounded up to 16) = U[ξ] (Mp × C) · V[ξ] (C × nb), both packed."""
-    ember_wino_gemm(U + <long> xi * s.Mp * s.C, V + <long> xi * s.C * s.TB,
-                    Mx + <long> xi * s.Mp * s.TB, s.Mp, s.C, (nb + EMBER_NR - 1) // EMBER_NR * EMBER_NR,
-                    s.TB)
+    """Mx[ξ] (Mp × nb, nb rounded up to nr) = U[ξ] (Mp × C) · V[ξ] (C × nb), both packed."""
+    ember_packed_gemm(U + <long> xi * s.Mp * s.C, V + <long> xi * s.C * s.TB,
+                      Mx + <long> xi * s.Mp * s.TB, s.Mp, s.C, <int> round_up(nb, s.nr), s.TB)
     return 1
 
 

@@ -11,7 +11,6 @@
 #define EMBER_WINOGRAD_TRANSFORM_H
 
 #include <string.h>
-#include "sgemm_kernel.h"
 
 #define EMBER_WINO_NT 64 /* tiles per strip (stack buffers are sized for this) */
 
@@ -202,28 +201,6 @@ static void ember_wino_weight(int m, const float *g, int flip, float *U, long us
         for (int q = 0; q < alpha; ++q)
             U[(long)(p * alpha + q) * us] = (float)(tmp[p][0] * G[q * 3] + tmp[p][1] * G[q * 3 + 1] +
                                                     tmp[p][2] * G[q * 3 + 2]);
-}
-
-/* The α² products of a block, one per call: Mx (Mp × ncols, row stride ldc) = U · V, with U
- * pre-packed as ember_sgemm packs A (MR-row micro-panels: element (m, c) at (m/MR)·C·MR + c·MR
- * + m%MR, Mp a multiple of MR, zero rows past M) and V written by the input transform as it
- * packs B (element (c, t) at (t/NR)·C·NR + c·NR + t%NR, ncols a multiple of NR): so no packing
- * at all, just the micro-kernel over L2-sized A blocks and L1-sized B micro-panels. */
-static void ember_wino_gemm(const float *U, const float *V, float *Mx, int Mp, int C, int ncols,
-                            long ldc)
-{
-    for (int k0 = 0; k0 < C; k0 += EMBER_KC) {
-        int kc = C - k0 < EMBER_KC ? C - k0 : EMBER_KC;
-        for (int i0 = 0; i0 < Mp; i0 += EMBER_MC) {
-            int i1 = i0 + EMBER_MC < Mp ? i0 + EMBER_MC : Mp;
-            for (int jp = 0; jp < ncols; jp += EMBER_NR) {
-                const float *b = V + (long)jp * C + (long)k0 * EMBER_NR;
-                for (int ir = i0; ir < i1; ir += EMBER_MR)
-                    ember_ukr(kc, U + (long)ir * C + (long)k0 * EMBER_MR, b,
-                              Mx + (long)ir * ldc + jp, ldc, 1.0f, k0 > 0);
-            }
-        }
-    }
 }
 
 #endif

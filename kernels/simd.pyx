@@ -1,0 +1,94 @@
+"""Which instruction set ember's dispatched kernels run, chosen once when this module is imported.
+
+Every hot loop that gains from wider vectors (the GEMM micro-kernel and packing, …: the
+templates ``kernels/*_kernel.h``) is compiled once per level into this one extension
+(``kernels/simd_<level>.c``), and each level's functions form a table (``kernels/simd.h``). At
+import the best level the CPU and the OS support is taken (CPUID and XGETBV, ``kernels/isa.h``),
+or the lower one ``EMBER_ISA`` names; the other kernel modules fetch the chosen table through
+``table_capsule`` at their own import (``simd.pxd``: ``use_simd``).
+
+``EMBER_ISA``: ``generic``, ``avx2``, ``avx512`` or ``auto`` (the default: the best the CPU has).
+Naming a level the CPU lacks, or an unknown name, raises UnsupportedIsaError: the kernels never
+fall back silently to a path the user did not ask for. ``avx512-on-avx2`` (tests only) runs the
+AVX-512 kernels' source compiled for AVX2, so their logic is tested on machines without AVX-512.
+"""
+import os
+
+from cpython.pycapsule cimport PyCapsule_New
+
+
+cdef extern from "simd.h" nogil:
+    cdef struct ember_sgemm_kernels:
+        int mr, nr, mc, kc, nc
+    ctypedef struct ember_simd:
+        const char *name
+        int isa
+        int needs
+        const ember_sgemm_kernels *sgemm
+    const ember_simd ember_simd_generic, ember_simd_avx2, ember_simd_avx512
+    const ember_simd ember_simd_avx512_on_avx2
+    int ember_cpu_isa()
+
+LEVELS = ("generic", "avx2", "avx512")
+TEST_LEVELS = ("avx512-on-avx2",)
+
+
+class UnsupportedIsaError(RuntimeError):
+    """EMBER_ISA names an instruction set this CPU (or this build) cannot run."""
+
+
+cdef const ember_simd *table_for(str name):
+    if name == "generic":
+        return &ember_simd_generic
+    if name == "avx2":
+        return &ember_simd_avx2
+    if name == "avx512":
+        return &ember_simd_avx512
+    return &ember_simd_avx512_on_avx2
+
+
+def cpu_isa():
+    """The best level this CPU and its OS can run: 'generic', 'avx2' or 'avx512'."""
+    return LEVELS[ember_cpu_isa()]
+
+
+cdef const ember_simd *choose() except NULL:
+    best = ember_cpu_isa()
+    asked = os.environ.get("EMBER_ISA", "").strip().lower() or "auto"
+    if asked == "auto":
+        name = LEVELS[best]
+    elif asked in LEVELS or asked in TEST_LEVELS:
+        name = asked
+    else:
+        raise UnsupportedIsaError(
+            f"EMBER_ISA={asked!r} is not an instruction set ember knows: use one of "
+            f"{', '.join(LEVELS)} or auto")
+    cdef const ember_simd *t = table_for(name)
+    if t.isa < 0:
+        raise UnsupportedIsaError(f"EMBER_ISA={asked!r}: this build of ember has no {name} "
+                                  f"kernels (not an x86-64 build); use generic")
+    if t.needs > best:
+        raise UnsupportedIsaError(
+            f"EMBER_ISA={asked!r} asks for {LEVELS[t.needs]} kernels, but this CPU (with its "
+            f"OS) supports at most {LEVELS[best]}: set EMBER_ISA to {LEVELS[best]} or lower, "
+            f"or unset it")
+    return t
+
+
+cdef const ember_simd *chosen = choose()
+
+# the chosen table, for the other kernel modules (simd.pxd: use_simd)
+table_capsule = PyCapsule_New(<void *> chosen, b"ember.kernels.simd.table", NULL)
+
+
+def isa():
+    """The level the dispatched kernels run in this process."""
+    return chosen.name.decode()
+
+
+def gemm_blocking():
+    """The GEMM's register and cache blocking on this level: micro-kernel rows x columns
+    (mr x nr) and the A block (mc x kc floats, sized for L2), B panel (kc x nr, for L1) and
+    widest task (nc columns)."""
+    g = chosen.sgemm
+    return {"mr": g.mr, "nr": g.nr, "mc": g.mc, "kc": g.kc, "nc": g.nc}
