@@ -8,13 +8,15 @@ from __future__ import annotations
 
 from .graph.errors import (CheckpointError, DistributedError, EmberError, InputError,
                            ModelError, ShapeError, TrainingError, UnsupportedOpError)
+from .kernels.simd import UnsupportedIsaError
+from .runtime.cpu import cpu_info
 from .runtime.session import IOInfo, Session
 
 __version__ = "0.1.0"
 __all__ = ["load", "Session", "IOInfo", "EmberError", "ModelError", "UnsupportedOpError",
            "ShapeError", "InputError", "TrainingError", "CheckpointError", "DistributedError",
            "Trainer", "optim", "export_onnx", "nn", "init", "datasets", "distributed",
-           "__version__"]
+           "cpu_info", "UnsupportedIsaError", "__version__"]
 
 # Model building and training pull in the builder, autodiff, the optimizer kernels and the loss
 # ops: imported on first use so that ``import ember`` for inference stays fast.

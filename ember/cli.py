@@ -1,4 +1,4 @@
-"""ember's command line: ``ember info | run | run-batch | bench | demo | ops``.
+"""ember's command line: ``ember info [--cpu] | run | run-batch | bench | demo | ops``.
 
 User errors (any ``ember.EmberError``, an unreadable file) print one line,
 ``ember: error: ...``, and exit with status 2 — no traceback.
@@ -69,6 +69,14 @@ def shapes_arg(values) -> dict:
 
 # ---- ember info ------------------------------------------------------------------------------
 def cmd_info(args) -> int:
+    if args.cpu:
+        from .runtime.cpu import cpu_info, describe
+        print(describe(cpu_info()))
+        if args.model is None:
+            return 0
+        print()
+    if args.model is None:
+        raise SystemExit("ember info: give a model, or --cpu")
     shapes = shapes_arg(args.shape)
     sess = load_session(args.model, threads=args.threads)  # as declared: no shapes= yet
     g, declared_outputs = sess.graph, sess.outputs
@@ -407,8 +415,11 @@ def build_parser() -> argparse.ArgumentParser:
                                 "for the CPU")
     sub = p.add_subparsers(dest="command", required=True)
 
-    info = sub.add_parser("info", help="inputs, outputs, ops, parameters, MACs, memory plan")
-    info.add_argument("model", help="an .onnx file")
+    info = sub.add_parser("info", help="inputs, outputs, ops, parameters, MACs, memory plan; "
+                          "--cpu: the instruction set, threads and caches the kernels use")
+    info.add_argument("model", nargs="?", help="an .onnx file")
+    info.add_argument("--cpu", action="store_true", help="the machine as ember's kernels see "
+                      "it: instruction set in use, cores and threads, caches, GEMM blocking")
     info.add_argument("--shape", action="append", metavar="NAME=DIMS",
                       help="concrete input shape, e.g. input=1x3x224x224 (repeatable)")
     info.add_argument("--plan", action="store_true", help="print every value's offset, size, "

@@ -4,13 +4,17 @@
     python tools/check_wheel.py --no-isolation   # reuse this environment's Cython/numpy (faster)
     python tools/check_wheel.py --wheel dist/ember-0.1.0-*.whl   # check an existing wheel
 
-1. Build: ``python -m build --wheel`` (``pip wheel . --no-deps`` when ``build`` is not installed)
-   with ``EMBER_PORTABLE=1``, so the kernels are compiled for the architecture's baseline, not
-   for this machine's CPU (``-march=native`` in a wheel crashes on older CPUs).
-2. Check: a binary wheel (platform tag, compiled ``ember/kernels/*.so`` inside), under 5 MB.
+1. Build: ``python -m build --wheel`` (``pip wheel . --no-deps`` when ``build`` is not installed).
+   Every build compiles the kernels for the architecture's baseline, plus the dispatched SIMD
+   kernels once per instruction set (``ember.kernels.simd``), chosen at import by the CPU.
+2. Check: a binary wheel (platform tag, compiled ``ember/kernels/*.so`` inside), under 5 MB, whose
+   ``simd`` extension carries every level's table (``ember_simd_avx2``, ``ember_simd_avx512`` on
+   x86-64) and, where objdump is installed, 256- and 512-bit vector instructions — a guard
+   against losing the SIMD kernels again, without timing anything.
 3. Install it into a fresh venv with no compiler reachable: ``PATH`` is the venv's ``bin`` only,
    ``CC``/``CXX`` are ``false``, and pip takes binary wheels only (``--only-binary :all:``) —
    any attempt to compile something fails the check.
+   Then the installed wheel reports the level it selected: it must be the best this CPU runs.
 4. Run, from a folder outside the checkout, with the same environment: ``ember demo --quiet
    --epochs 2`` (train, export, reload, classify); if the demo fails, report it and still run
    ``ember info`` and ``ember run`` on the bundled model to tell an install problem from a
@@ -25,6 +29,7 @@ import argparse
 import glob
 import importlib.util
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -72,7 +77,7 @@ def clean_copy(dest: str) -> str:
 
 
 def build_wheel(src: str, outdir: str, isolation: bool) -> str:
-    env = dict(os.environ, EMBER_PORTABLE="1")
+    env = dict(os.environ)
     if importlib.util.find_spec("build") is not None:
         cmd = [sys.executable, "-m", "build", "--wheel", "--outdir", outdir, src]
         if not isolation:
@@ -107,7 +112,36 @@ def check_contents(wheel: str) -> str:
                          reverse=True)[:5]
         raise CheckFailed(f"{name} is {size / 1e6:.2f} MB, over the 5 MB limit; largest "
                           f"members: {biggest}")
-    return f"{name}, {size / 1e6:.2f} MB, {len(kernels)} kernel modules"
+    simd = [n for n in kernels if os.path.basename(n).startswith("simd.")]
+    if not simd:
+        raise CheckFailed(f"{name} lacks the dispatched kernels (ember/kernels/simd.*.so)")
+    with zipfile.ZipFile(wheel) as z:
+        vectors = check_simd_extension(z.read(simd[0]), name)
+    return f"{name}, {size / 1e6:.2f} MB, {len(kernels)} kernel modules, {vectors}"
+
+
+def check_simd_extension(data: bytes, name: str) -> str:
+    """The simd extension holds every level's table and, on x86-64, vector instructions of
+    each width (counted by objdump where it is installed)."""
+    tables = [b"ember_simd_generic"]
+    if "x86_64" in name:
+        tables += [b"ember_simd_avx2", b"ember_simd_avx512"]
+    for table in tables:
+        if table not in data:
+            raise CheckFailed(f"{name}: the simd extension lacks the {table.decode()} table")
+    objdump = shutil.which("objdump")
+    if "x86_64" not in name or objdump is None:
+        return "tables " + ", ".join(t.decode() for t in tables)
+    with tempfile.NamedTemporaryFile(suffix=".so") as f:
+        f.write(data)
+        f.flush()
+        text = run([objdump, "-d", "--no-show-raw-insn", f.name]).stdout
+    counts = {width: len(re.findall(rf"%{reg}\d", text))
+              for width, reg in (("256-bit", "ymm"), ("512-bit", "zmm"))}
+    for width, count in counts.items():
+        if count == 0:
+            raise CheckFailed(f"{name}: the simd extension has no {width} vector instructions")
+    return "vector operands " + ", ".join(f"{w} {c:,}" for w, c in counts.items())
 
 
 def no_compiler_env(venv: str) -> dict:
@@ -136,7 +170,7 @@ def main(argv=None) -> int:
         if args.wheel:
             wheel = os.path.abspath(args.wheel)
         else:
-            t = step("build the wheel (EMBER_PORTABLE=1)")
+            t = step("build the wheel")
             src = clean_copy(os.path.join(tmp, "src"))
             wheel = build_wheel(src, os.path.join(tmp, "dist"), not args.no_isolation)
             times["build"] = done(t, os.path.basename(wheel))
@@ -158,6 +192,16 @@ def main(argv=None) -> int:
         if not where.startswith(venv):
             raise CheckFailed(f"the venv imports ember from {where}, not from the wheel")
         times["install"] = done(t, f"ember from {os.path.relpath(where, venv)}")
+
+        t = step("the installed wheel's kernels: dispatched to the best level the CPU runs")
+        env_isa = dict(env)
+        env_isa.pop("EMBER_ISA", None)
+        levels = run([py, "-c", "from ember.kernels import simd; print(simd.isa(), "
+                      "simd.cpu_isa())"], env=env_isa, cwd=tmp).stdout.split()
+        if len(levels) != 2 or levels[0] != levels[1]:
+            raise CheckFailed(f"the wheel runs {levels[0]} kernels on a CPU that runs "
+                              f"{levels[-1]}")
+        times["dispatch"] = done(t, f"selected {levels[0]}")
 
         ember_bin = os.path.join(venv, "bin", "ember")
         t = step("ember demo --quiet --epochs 2")
