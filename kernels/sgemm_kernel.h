@@ -2,7 +2,7 @@
  * GEMM core, packed, cache-blocked, register-blocked. Reached through the sgemm table of
  * simd.h (ember_sgemm, ember_sgemm_im2col, ember_packed_gemm).
  *
- * The micro-kernel per level: generic, a plain loop the compiler vectorises for the baseline;
+ * The micro-kernel per level: generic, 4-float vectors (SSE2, NEON) in two 6 x 8 halves;
  * AVX2, hand-written FMA intrinsics (6 x 16: 12 ymm accumulators); AVX-512, the same shape in
  * GCC vector extensions of 16 floats (6 x 32: 12 zmm accumulators, the broadcasts folded into
  * the FMAs), which is also what lets the test-only avx512-on-avx2 instance run its logic.
@@ -240,25 +240,47 @@ static inline void ember_ukr(int kc, const float *restrict a, const float *restr
 #undef EMBER_UKR_STORE
 }
 #else
+/* Baseline (SSE2, NEON): 4-float vectors, the 6 x 16 tile in two 6 x 8 halves so that the 12
+ * accumulators, two B vectors and the broadcast fit the 16 registers SSE2 has. */
+typedef float ember_v4 __attribute__((vector_size(16), aligned(4)));
 static inline void ember_ukr(int kc, const float *restrict a, const float *restrict b,
                              float *restrict c, long ldc, float alpha, int accumulate)
 {
-    float acc[EMBER_MR][EMBER_NR];
-    memset(acc, 0, sizeof(acc));
-    for (int k = 0; k < kc; ++k) {
-        for (int i = 0; i < EMBER_MR; ++i) {
-            float ai = a[i];
-            for (int j = 0; j < EMBER_NR; ++j) acc[i][j] += ai * b[j];
+    for (int half = 0; half < 2; ++half) {
+        const float *ap = a, *bp = b + 8 * half;
+        ember_v4 c00 = {0}, c01 = {0}, c10 = {0}, c11 = {0}, c20 = {0}, c21 = {0};
+        ember_v4 c30 = {0}, c31 = {0}, c40 = {0}, c41 = {0}, c50 = {0}, c51 = {0};
+        for (int k = 0; k < kc; ++k) {
+            const ember_v4 b0 = *(const ember_v4 *)bp, b1 = *(const ember_v4 *)(bp + 4);
+            c00 += ap[0] * b0; c01 += ap[0] * b1;
+            c10 += ap[1] * b0; c11 += ap[1] * b1;
+            c20 += ap[2] * b0; c21 += ap[2] * b1;
+            c30 += ap[3] * b0; c31 += ap[3] * b1;
+            c40 += ap[4] * b0; c41 += ap[4] * b1;
+            c50 += ap[5] * b0; c51 += ap[5] * b1;
+            ap += EMBER_MR;
+            bp += EMBER_NR;
         }
-        a += EMBER_MR;
-        b += EMBER_NR;
-    }
-    for (int i = 0; i < EMBER_MR; ++i) {
-        float *p = c + i * ldc;
-        if (accumulate)
-            for (int j = 0; j < EMBER_NR; ++j) p[j] += alpha * acc[i][j];
-        else
-            for (int j = 0; j < EMBER_NR; ++j) p[j] = alpha * acc[i][j];
+        float *ch = c + 8 * half;
+#define EMBER_UKR_STORE(ROW, X0, X1)                         \
+        {                                                    \
+            ember_v4 *p0 = (ember_v4 *)(ch + (ROW) * ldc);   \
+            ember_v4 *p1 = (ember_v4 *)(ch + (ROW) * ldc + 4); \
+            if (accumulate) {                                \
+                *p0 += alpha * (X0);                         \
+                *p1 += alpha * (X1);                         \
+            } else {                                         \
+                *p0 = alpha * (X0);                          \
+                *p1 = alpha * (X1);                          \
+            }                                                \
+        }
+        EMBER_UKR_STORE(0, c00, c01);
+        EMBER_UKR_STORE(1, c10, c11);
+        EMBER_UKR_STORE(2, c20, c21);
+        EMBER_UKR_STORE(3, c30, c31);
+        EMBER_UKR_STORE(4, c40, c41);
+        EMBER_UKR_STORE(5, c50, c51);
+#undef EMBER_UKR_STORE
     }
 }
 #endif
