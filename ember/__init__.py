@@ -7,8 +7,8 @@
 from __future__ import annotations
 
 from .graph.errors import (CheckpointError, DistributedError, EmberError, InputError,
-                           ModelError, ShapeError, TrainingError, UnsupportedOpError)
-from .kernels.simd import UnsupportedIsaError
+                           ModelError, ShapeError, TrainingError, UnsupportedIsaError,
+                           UnsupportedOpError)
 from .runtime.cpu import cpu_info
 from .runtime.session import IOInfo, Session
 

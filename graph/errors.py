@@ -50,3 +50,8 @@ class CheckpointError(EmberError):
 class DistributedError(EmberError):
     """Distributed training or inference cannot start or go on: mpi4py or MPI missing, ranks
     that disagree on the model or settings. Names the rank and what differs."""
+
+
+class UnsupportedIsaError(EmberError):
+    """``EMBER_ISA`` names an instruction set this CPU, its OS or this build cannot run (raised
+    by ``import ember``, before any kernel runs)."""

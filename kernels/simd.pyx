@@ -8,8 +8,9 @@ or the lower one ``EMBER_ISA`` names; the other kernel modules fetch the chosen 
 ``table_capsule`` at their own import (``simd.pxd``: ``use_simd``).
 
 ``EMBER_ISA``: ``generic``, ``avx2``, ``avx512`` or ``auto`` (the default: the best the CPU has).
-Naming a level the CPU lacks, or an unknown name, raises UnsupportedIsaError: the kernels never
-fall back silently to a path the user did not ask for. ``avx512-on-avx2`` (tests only) runs the
+Naming a level the CPU lacks, or an unknown name, is refused: ``refusal()`` says why, and
+``import ember`` raises it as ``ember.UnsupportedIsaError`` (runtime/cpu.py; the kernels cannot
+import ember's error types), so no kernel ever runs on a level the user did not ask for. ``avx512-on-avx2`` (tests only) runs the
 AVX-512 kernels' source compiled for AVX2, so their logic is tested on machines without AVX-512.
 """
 import os
@@ -33,10 +34,6 @@ LEVELS = ("generic", "avx2", "avx512")
 TEST_LEVELS = ("avx512-on-avx2",)
 
 
-class UnsupportedIsaError(RuntimeError):
-    """EMBER_ISA names an instruction set this CPU (or this build) cannot run."""
-
-
 cdef const ember_simd *table_for(str name):
     if name == "generic":
         return &ember_simd_generic
@@ -52,30 +49,35 @@ def cpu_isa():
     return LEVELS[ember_cpu_isa()]
 
 
-cdef const ember_simd *choose() except NULL:
+def why_refused(str asked):
+    """Why the EMBER_ISA value `asked` cannot be honoured here, or None when it can."""
     best = ember_cpu_isa()
-    asked = os.environ.get("EMBER_ISA", "").strip().lower() or "auto"
     if asked == "auto":
-        name = LEVELS[best]
-    elif asked in LEVELS or asked in TEST_LEVELS:
-        name = asked
-    else:
-        raise UnsupportedIsaError(
-            f"EMBER_ISA={asked!r} is not an instruction set ember knows: use one of "
-            f"{', '.join(LEVELS)} or auto")
-    cdef const ember_simd *t = table_for(name)
+        return None
+    if asked not in LEVELS and asked not in TEST_LEVELS:
+        return (f"EMBER_ISA={asked!r} is not an instruction set ember knows: use one of "
+                f"{', '.join(LEVELS)} or auto")
+    cdef const ember_simd *t = table_for(asked)
     if t.isa < 0:
-        raise UnsupportedIsaError(f"EMBER_ISA={asked!r}: this build of ember has no {name} "
-                                  f"kernels (not an x86-64 build); use generic")
+        return (f"EMBER_ISA={asked!r}: this build of ember has no {asked} kernels (not an "
+                f"x86-64 build); use generic")
     if t.needs > best:
-        raise UnsupportedIsaError(
-            f"EMBER_ISA={asked!r} asks for {LEVELS[t.needs]} kernels, but this CPU (with its "
-            f"OS) supports at most {LEVELS[best]}: set EMBER_ISA to {LEVELS[best]} or lower, "
-            f"or unset it")
-    return t
+        return (f"EMBER_ISA={asked!r} asks for {LEVELS[t.needs]} kernels, but this CPU (with "
+                f"its OS) supports at most {LEVELS[best]}: set EMBER_ISA to {LEVELS[best]} or "
+                f"lower, or unset it")
+    return None
 
 
-cdef const ember_simd *chosen = choose()
+_asked = os.environ.get("EMBER_ISA", "").strip().lower() or "auto"
+_refused = why_refused(_asked)
+# a refused request runs nothing: ember's import raises before any kernel is called
+cdef const ember_simd *chosen = table_for(
+    LEVELS[ember_cpu_isa()] if _asked == "auto" or _refused else _asked)
+
+
+def refusal():
+    """Why this process's EMBER_ISA was refused (None when it was not)."""
+    return _refused
 
 # the chosen table, for the other kernel modules (simd.pxd: use_simd)
 table_capsule = PyCapsule_New(<void *> chosen, b"ember.kernels.simd.table", NULL)

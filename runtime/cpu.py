@@ -10,10 +10,21 @@ from __future__ import annotations
 import os
 import platform
 
+from ..graph.errors import UnsupportedIsaError
 from ..kernels import simd
 from .threads import affinity_cpus, default_threads
 
 CACHE_DIR = "/sys/devices/system/cpu/cpu0/cache"
+
+
+def check_requested_isa() -> None:
+    """Raise UnsupportedIsaError when EMBER_ISA asked for a level that cannot run here."""
+    reason = simd.refusal()
+    if reason is not None:
+        raise UnsupportedIsaError(reason)
+
+
+check_requested_isa()   # at import: every way into ember's kernels imports ember first
 
 
 def _read(path: str) -> str | None:
