@@ -1,7 +1,7 @@
 """BatchNormalization in training: the forward with batch statistics (and the running-stat
 update), and the gradient. Both work per channel over x viewed as (N, C, L), parallel over
 channels. The per-channel sums (Σd, Σd², Σdy, Σdy·d with d = x − shift, shift = the channel's
-first value) take one vectorised pass (kernels/sums.h: float lanes flushed into double every
+first value) take one vectorised pass (kernels/sums_kernel.h: float lanes flushed into double every
 512 values); the shift keeps E[d²] − E[d]² from cancelling when the mean is large.
 
 LayerNormalization's gradient (at the end) works per row of x viewed as (rows, n)."""
@@ -9,11 +9,10 @@ from cython.parallel cimport prange
 from libc.math cimport sqrt
 
 from kernels.parallel cimport threads_for
+from kernels.simd cimport use_simd
+from kernels.sums cimport ember_moment_sums, ember_row_inv_std
 
-
-cdef extern from "sums.h" nogil:
-    void ember_moment_sums(const float *x, const float *g, long n, float shift, double *s)
-    double ember_row_inv_std(const float *x, long n, double eps, double *centred)
+use_simd()
 
 
 cdef void channel_sums(const float *x, const float *g, long N, long C, long L, long c,
@@ -183,7 +182,7 @@ cdef enum:
 cdef void layer_norm_row_grad(const float *g, const float *x, const float *s, float *dx, long L,
                               float eps, float *stat) noexcept nogil:
     """One row: stat = (mean, inv); dx (when not NULL) = inv·(gs − Σgs/n − x̂·Σ(gs·x̂)/n),
-    gs = g·s. Shifted sums (kernels/sums.h) give the statistics, then, with gs written into
+    gs = g·s. Shifted sums (kernels/sums_kernel.h) give the statistics, then, with gs written into
     dx, both gradient sums; the statistics never depend on whether dx is asked for."""
     cdef long i
     cdef double sums[4]

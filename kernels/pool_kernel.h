@@ -1,0 +1,310 @@
+/* Template (compiled once per instruction set, see simd_instance.h): max and average pooling of
+ * whole NCHW planes, forward and gradient, and global pooling of rows. Reached through the pool
+ * table of simd.h (ember_max_pool_plane, …); pool.pyx and pool_grad.pyx check the arguments and
+ * hand each thread whole planes.
+ *
+ * The max kernels select, never branch: on real data "is this tap bigger" is a coin toss, and a
+ * mispredicted branch per tap costs more than the tap, so running maxima (and the gradient's
+ * argmax) are updated with masks or blends. A NaN beats any number; where a position is chosen
+ * (the gradient) the first NaN stays. Window arithmetic in 64 bits (window.h). */
+#include "window.h"
+
+/* max that lets a NaN through, as a select. The quiet comparison builtins never trap, so the
+ * compiler may evaluate them unconditionally (no branch). */
+static inline float ember_nan_max(float m, float v)
+{
+    return (__builtin_isgreater(v, m) | __builtin_isunordered(v, v)) ? v : m;
+}
+
+/* y[i] = max(y[i], r[i*stride]) for i < n; a NaN in either wins. */
+static inline void ember_max_row(float *restrict y, const float *restrict r, long n, long stride)
+{
+    if (stride == 1) {
+        for (long i = 0; i < n; ++i) y[i] = ember_nan_max(y[i], r[i]);
+    } else if (stride == 2) {
+        for (long i = 0; i < n; ++i) y[i] = ember_nan_max(y[i], r[2 * i]);
+    } else {
+        for (long i = 0; i < n; ++i) y[i] = ember_nan_max(y[i], r[i * stride]);
+    }
+}
+
+/* y[i] += r[i*stride] for i < n */
+static inline void ember_add_row(float *restrict y, const float *restrict r, long n, long stride)
+{
+    if (stride == 1) {
+        for (long i = 0; i < n; ++i) y[i] += r[i];
+    } else if (stride == 2) {
+        for (long i = 0; i < n; ++i) y[i] += r[2 * i];
+    } else {
+        for (long i = 0; i < n; ++i) y[i] += r[i * stride];
+    }
+}
+
+/* The max of one window (output column ow of the row whose taps are rows ilo..ihi), in-image
+ * taps only: the border columns' scalar loop. */
+static float ember_max_window(const float *x, const ember_pool_window *g, long h0, long ilo,
+                              long ihi, long ow)
+{
+    const long w0 = ow * g->sw - g->pl;
+    long jlo, jhi;
+    ember_span_inside(w0, g->dw, g->kw, 0, g->W, &jlo, &jhi);
+    float m = -INFINITY;
+    for (long i = ilo; i < ihi; ++i) {
+        const float *row = x + (h0 + i * g->dh) * g->W + w0;
+        for (long j = jlo; j < jhi; ++j) m = ember_nan_max(m, row[j * g->dw]);
+    }
+    return m;
+}
+
+/* Max pooling of one plane (padded taps never win; an all-padding window gives -inf): tap by tap
+ * over the interior output columns [olo, ohi) of a row, window by window for the others. */
+static void ember_max_pool_plane_here(const float *x, float *y, const ember_pool_window *g)
+{
+    long olo, ohi;
+    ember_interior_columns(g->OW, g->W, g->kw, g->sw, g->pl, g->dw, &olo, &ohi);
+    for (long oh = 0; oh < g->OH; ++oh) {
+        const long h0 = oh * g->sh - g->pt;
+        long ilo, ihi;
+        ember_span_inside(h0, g->dh, g->kh, 0, g->H, &ilo, &ihi);
+        float *yrow = y + oh * g->OW;
+        if (ohi > olo) {
+            for (long ow = olo; ow < ohi; ++ow) yrow[ow] = -INFINITY;
+            for (long i = ilo; i < ihi; ++i) {
+                const long row = (h0 + i * g->dh) * g->W + olo * g->sw - g->pl;
+                for (long j = 0; j < g->kw; ++j)
+                    ember_max_row(yrow + olo, x + row + j * g->dw, ohi - olo, g->sw);
+            }
+        }
+        for (long ow = 0; ow < olo; ++ow) yrow[ow] = ember_max_window(x, g, h0, ilo, ihi, ow);
+        for (long ow = ohi; ow < g->OW; ++ow) yrow[ow] = ember_max_window(x, g, h0, ilo, ihi, ow);
+    }
+}
+
+/* The divisor of an average window whose in-image taps are rows [ilo, ihi) and columns
+ * [jlo, jhi): with count_include_pad the taps inside [−pt, H+pb) × [−pl, W+pr) (rows_all of
+ * them in each column), else the in-image ones (the ceil_mode overhang never counts). */
+static long ember_avg_count(const ember_pool_window *g, long rows_in, long rows_all, long w0,
+                            long jlo, long jhi)
+{
+    if (!g->count_include_pad) return rows_in * (jhi - jlo);
+    long qlo, qhi;
+    ember_span_inside(w0, g->dw, g->kw, -g->pl, g->W + g->pr, &qlo, &qhi);
+    return rows_all * (qhi - qlo);
+}
+
+/* The average of one window (output column ow of a row whose in-image taps are rows
+ * [ilo, ihi)): the border columns' scalar loop, taps in row-major order. */
+static float ember_avg_window(const float *x, const ember_pool_window *g, long h0, long ilo,
+                              long ihi, long rows_all, long ow)
+{
+    const long w0 = ow * g->sw - g->pl;
+    long jlo, jhi;
+    ember_span_inside(w0, g->dw, g->kw, 0, g->W, &jlo, &jhi);
+    float s = 0.0f;
+    for (long i = ilo; i < ihi; ++i) {
+        const float *row = x + (h0 + i * g->dh) * g->W + w0;
+        for (long j = jlo; j < jhi; ++j) s += row[j * g->dw];
+    }
+    const long count = ember_avg_count(g, ihi - ilo, rows_all, w0, jlo, jhi);
+    return count > 0 ? s / (float)count : 0.0f;
+}
+
+/* Average pooling of one plane: the interior columns summed tap by tap (each window's taps in
+ * the row-major order the border's loop adds them in), then divided by their count. */
+static void ember_avg_pool_plane_here(const float *x, float *y, const ember_pool_window *g)
+{
+    long olo, ohi;
+    ember_interior_columns(g->OW, g->W, g->kw, g->sw, g->pl, g->dw, &olo, &ohi);
+    for (long oh = 0; oh < g->OH; ++oh) {
+        const long h0 = oh * g->sh - g->pt;
+        long ilo, ihi, plo, phi;
+        ember_span_inside(h0, g->dh, g->kh, 0, g->H, &ilo, &ihi);
+        ember_span_inside(h0, g->dh, g->kh, -g->pt, g->H + g->pb, &plo, &phi);
+        float *yrow = y + oh * g->OW;
+        if (ohi > olo) {
+            for (long ow = olo; ow < ohi; ++ow) yrow[ow] = 0.0f;
+            for (long i = ilo; i < ihi; ++i) {
+                const long row = (h0 + i * g->dh) * g->W + olo * g->sw - g->pl;
+                for (long j = 0; j < g->kw; ++j)
+                    ember_add_row(yrow + olo, x + row + j * g->dw, ohi - olo, g->sw);
+            }
+            const long count = (g->count_include_pad ? phi - plo : ihi - ilo) * g->kw;
+            for (long ow = olo; ow < ohi; ++ow)
+                yrow[ow] = count > 0 ? yrow[ow] / (float)count : 0.0f;
+        }
+        for (long ow = 0; ow < olo; ++ow)
+            yrow[ow] = ember_avg_window(x, g, h0, ilo, ihi, phi - plo, ow);
+        for (long ow = ohi; ow < g->OW; ++ow)
+            yrow[ow] = ember_avg_window(x, g, h0, ilo, ihi, phi - plo, ow);
+    }
+}
+
+typedef int ember_pool_vi __attribute__((vector_size(EMBER_VW * 4)));
+typedef double ember_pool_vd __attribute__((vector_size(EMBER_VW * 8), aligned(8)));
+
+static float ember_row_max(const float *p, long L)
+{
+    long i = 0;
+    float m = p[0];
+    if (L >= EMBER_VW) {
+        ember_vf acc = ember_vload(p);
+        for (i = EMBER_VW; i + EMBER_VW <= L; i += EMBER_VW) {
+            const ember_vf v = ember_vload(p + i);
+            const ember_pool_vi take = (v > acc) | (v != v);
+            acc = (ember_vf)(((ember_pool_vi)v & take) | ((ember_pool_vi)acc & ~take));
+        }
+        m = acc[0];
+        for (int l = 1; l < EMBER_VW; ++l) m = ember_nan_max(m, acc[l]);
+    }
+    for (; i < L; ++i) m = ember_nan_max(m, p[i]);
+    return m;
+}
+
+static double ember_row_sum_double(const float *p, long L)
+{
+    ember_pool_vd acc = {0};
+    long i = 0;
+    for (; i + EMBER_VW <= L; i += EMBER_VW)
+        acc += __builtin_convertvector(ember_vload(p + i), ember_pool_vd);
+    double s = 0.0;
+    for (int l = 0; l < EMBER_VW; ++l) s += acc[l];
+    for (; i < L; ++i) s += p[i];
+    return s;
+}
+
+/* y[r] = the max (NaN wins) or the mean (summed in double) of each of `rows` rows of L ≥ 1
+ * floats, in EMBER_VW lanes. */
+static void ember_global_pool_rows_here(const float *x, float *y, long rows, long L, int is_max)
+{
+    for (long r = 0; r < rows; ++r) {
+        const float *row = x + r * L;
+        y[r] = is_max ? ember_row_max(row, L) : (float)(ember_row_sum_double(row, L) / L);
+    }
+}
+
+/* 1 when v replaces the running maximum m: v > m, or v is the first NaN. */
+static inline int ember_takes(float v, float m)
+{
+    return __builtin_isgreater(v, m) | (__builtin_isunordered(v, v) & !__builtin_isunordered(m, m));
+}
+
+/* Offset (in x) of the first maximum of the window whose taps are rows h0 + i*dh, i in
+ * [ilo, ihi), columns w0 + j*dw, j in [jlo, jhi), in row-major order; a NaN beats any number
+ * and the first NaN stays. The window must hold at least one tap. */
+static inline long ember_window_argmax(const float *x, long W, long h0, long dh, long ilo,
+                                       long ihi, long w0, long dw, long jlo, long jhi)
+{
+    long best_at = (h0 + ilo * dh) * W + w0 + jlo * dw;
+    float best = x[best_at];
+    for (long i = ilo; i < ihi; ++i) {
+        const long row = (h0 + i * dh) * W + w0;
+        for (long j = jlo; j < jhi; ++j) {
+            const long at = row + j * dw;
+            const float v = x[at];
+            const long keep_at = -(long)ember_takes(v, best); /* all ones when v takes over */
+            uint32_t vb, bb;
+            memcpy(&vb, &v, 4);
+            memcpy(&bb, &best, 4);
+            bb = (vb & (uint32_t)keep_at) | (bb & ~(uint32_t)keep_at);
+            memcpy(&best, &bb, 4);
+            best_at = (at & keep_at) | (best_at & ~keep_at);
+        }
+    }
+    return best_at;
+}
+
+/* The common 2x2, stride-2 window over n output columns whose windows lie inside rows r0, r1:
+ * dY goes to the first maximum of (r0[2j], r0[2j+1], r1[2j], r1[2j+1]) — the first NaN when
+ * there is one — and the window's other three gradients are written as 0 (windows do not
+ * overlap, so nothing accumulates). Written as masks over the window's maximum so that the
+ * compiler vectorises it. The index is a long: with Python's -fwrapv an int 2·j may wrap, and
+ * GCC then gives up on the strided accesses. */
+static void ember_max2x2_grad_row(const float *restrict r0, const float *restrict r1,
+                                  const float *restrict g, float *restrict d0,
+                                  float *restrict d1, long n)
+{
+    for (long j = 0; j < n; ++j) {
+        const float a = r0[2 * j], b = r0[2 * j + 1], c = r1[2 * j], d = r1[2 * j + 1];
+        const float m = ember_nan_max(ember_nan_max(ember_nan_max(a, b), c), d);
+        /* "is the maximum": equal to it, or a NaN (then m is a NaN too) */
+        const int ia = (a == m) | __builtin_isunordered(a, a);
+        const int ib = (!ia) & ((b == m) | __builtin_isunordered(b, b));
+        const int ic = (!ia) & (!ib) & ((c == m) | __builtin_isunordered(c, c));
+        const int id = (!ia) & (!ib) & (!ic);
+        const float gj = g[j];
+        d0[2 * j] = ia ? gj : 0.0f;
+        d0[2 * j + 1] = ib ? gj : 0.0f;
+        d1[2 * j] = ic ? gj : 0.0f;
+        d1[2 * j + 1] = id ? gj : 0.0f;
+    }
+}
+
+/* dx of one plane's max pooling: each window's dY goes to its first maximum in row-major window
+ * order (PyTorch's tie rule); a NaN beats any number. Padding is −inf: it never wins, so only
+ * in-image taps are visited; a window of padding only gives nothing. */
+static void ember_max_pool_grad_plane_here(const float *dy, const float *x, float *dx,
+                                           const ember_pool_window *g)
+{
+    const int pair_rows = g->kh == 2 && g->kw == 2 && g->sh == 2 && g->sw == 2 && g->dh == 1 &&
+                          g->dw == 1;
+    long olo, ohi;
+    memset(dx, 0, sizeof(float) * g->H * g->W);
+    ember_interior_columns(g->OW, g->W, g->kw, g->sw, g->pl, g->dw, &olo, &ohi);
+    for (long oh = 0; oh < g->OH; ++oh) {
+        const long h0 = oh * g->sh - g->pt;
+        long ilo, ihi;
+        ember_span_inside(h0, g->dh, g->kh, 0, g->H, &ilo, &ihi);
+        const float *dyrow = dy + oh * g->OW;
+        const int pairs = pair_rows && ilo == 0 && ihi == 2 && ohi > olo;
+        if (pairs) {
+            const long at = h0 * g->W + olo * 2 - g->pl;
+            ember_max2x2_grad_row(x + at, x + at + g->W, dyrow + olo, dx + at, dx + at + g->W,
+                                  ohi - olo);
+        }
+        for (long ow = 0; ow < g->OW; ++ow) {
+            const int interior = ow >= olo && ow < ohi;
+            if (pairs && interior) continue; /* done by the 2x2 row above */
+            const long w0 = ow * g->sw - g->pl;
+            long jlo = 0, jhi = g->kw;
+            if (!interior) ember_span_inside(w0, g->dw, g->kw, 0, g->W, &jlo, &jhi);
+            if (ilo >= ihi || jlo >= jhi) continue;
+            dx[ember_window_argmax(x, g->W, h0, g->dh, ilo, ihi, w0, g->dw, jlo, jhi)] +=
+                dyrow[ow];
+        }
+    }
+}
+
+/* dx of one plane's average pooling: each window spreads dY/count over its in-image taps, count
+ * the forward's divisor (ember_avg_count). */
+static void ember_avg_pool_grad_plane_here(const float *dy, float *dx, const ember_pool_window *g)
+{
+    long olo, ohi;
+    memset(dx, 0, sizeof(float) * g->H * g->W);
+    ember_interior_columns(g->OW, g->W, g->kw, g->sw, g->pl, g->dw, &olo, &ohi);
+    for (long oh = 0; oh < g->OH; ++oh) {
+        const long h0 = oh * g->sh - g->pt;
+        long ilo, ihi, plo, phi;
+        ember_span_inside(h0, g->dh, g->kh, 0, g->H, &ilo, &ihi);
+        ember_span_inside(h0, g->dh, g->kh, -g->pt, g->H + g->pb, &plo, &phi);
+        for (long ow = 0; ow < g->OW; ++ow) {
+            const long w0 = ow * g->sw - g->pl;
+            long jlo = 0, jhi = g->kw;
+            if (ow < olo || ow >= ohi) ember_span_inside(w0, g->dw, g->kw, 0, g->W, &jlo, &jhi);
+            const long count = ember_avg_count(g, ihi - ilo, phi - plo, w0, jlo, jhi);
+            if (count <= 0) continue;
+            const float share = dy[oh * g->OW + ow] / (float)count;
+            for (long i = ilo; i < ihi; ++i) {
+                float *row = dx + (h0 + i * g->dh) * g->W + w0;
+                for (long j = jlo; j < jhi; ++j) row[j * g->dw] += share;
+            }
+        }
+    }
+}
+
+static const struct ember_pool_kernels ember_pool_here = {
+    .max_plane = ember_max_pool_plane_here,
+    .avg_plane = ember_avg_pool_plane_here,
+    .global_rows = ember_global_pool_rows_here,
+    .max_grad_plane = ember_max_pool_grad_plane_here,
+    .avg_grad_plane = ember_avg_pool_grad_plane_here,
+};
