@@ -6,7 +6,9 @@
  * The max kernels select, never branch: on real data "is this tap bigger" is a coin toss, and a
  * mispredicted branch per tap costs more than the tap, so running maxima (and the gradient's
  * argmax) are updated with masks or blends. A NaN beats any number; where a position is chosen
- * (the gradient) the first NaN stays. Window arithmetic in 64 bits (window.h). */
+ * (the gradient) the first NaN stays. Window arithmetic in 64 bits (window.h); the plane kernels
+ * copy the geometry into locals first (the build has -fno-strict-aliasing: every store into a
+ * plane would otherwise make the compiler read g's fields again). */
 #include "window.h"
 
 /* max that lets a NaN through, as a select. The quiet comparison builtins never trap, so the
@@ -60,23 +62,26 @@ static float ember_max_window(const float *x, const ember_pool_window *g, long h
  * over the interior output columns [olo, ohi) of a row, window by window for the others. */
 static void ember_max_pool_plane_here(const float *x, float *y, const ember_pool_window *g)
 {
+    const long H = g->H, W = g->W, OH = g->OH, OW = g->OW;
+    const long kh = g->kh, kw = g->kw, sh = g->sh, sw = g->sw, dh = g->dh, dw = g->dw;
+    const long pt = g->pt, pl = g->pl;
     long olo, ohi;
-    ember_interior_columns(g->OW, g->W, g->kw, g->sw, g->pl, g->dw, &olo, &ohi);
-    for (long oh = 0; oh < g->OH; ++oh) {
-        const long h0 = oh * g->sh - g->pt;
+    ember_interior_columns(OW, W, kw, sw, pl, dw, &olo, &ohi);
+    for (long oh = 0; oh < OH; ++oh) {
+        const long h0 = oh * sh - pt;
         long ilo, ihi;
-        ember_span_inside(h0, g->dh, g->kh, 0, g->H, &ilo, &ihi);
-        float *yrow = y + oh * g->OW;
+        ember_span_inside(h0, dh, kh, 0, H, &ilo, &ihi);
+        float *yrow = y + oh * OW;
         if (ohi > olo) {
             for (long ow = olo; ow < ohi; ++ow) yrow[ow] = -INFINITY;
             for (long i = ilo; i < ihi; ++i) {
-                const long row = (h0 + i * g->dh) * g->W + olo * g->sw - g->pl;
-                for (long j = 0; j < g->kw; ++j)
-                    ember_max_row(yrow + olo, x + row + j * g->dw, ohi - olo, g->sw);
+                const long row = (h0 + i * dh) * W + olo * sw - pl;
+                for (long j = 0; j < kw; ++j)
+                    ember_max_row(yrow + olo, x + row + j * dw, ohi - olo, sw);
             }
         }
         for (long ow = 0; ow < olo; ++ow) yrow[ow] = ember_max_window(x, g, h0, ilo, ihi, ow);
-        for (long ow = ohi; ow < g->OW; ++ow) yrow[ow] = ember_max_window(x, g, h0, ilo, ihi, ow);
+        for (long ow = ohi; ow < OW; ++ow) yrow[ow] = ember_max_window(x, g, h0, ilo, ihi, ow);
     }
 }
 
@@ -113,28 +118,31 @@ static float ember_avg_window(const float *x, const ember_pool_window *g, long h
  * the row-major order the border's loop adds them in), then divided by their count. */
 static void ember_avg_pool_plane_here(const float *x, float *y, const ember_pool_window *g)
 {
+    const long H = g->H, W = g->W, OH = g->OH, OW = g->OW;
+    const long kh = g->kh, kw = g->kw, sh = g->sh, sw = g->sw, dh = g->dh, dw = g->dw;
+    const long pt = g->pt, pl = g->pl, pb = g->pb;
     long olo, ohi;
-    ember_interior_columns(g->OW, g->W, g->kw, g->sw, g->pl, g->dw, &olo, &ohi);
-    for (long oh = 0; oh < g->OH; ++oh) {
-        const long h0 = oh * g->sh - g->pt;
+    ember_interior_columns(OW, W, kw, sw, pl, dw, &olo, &ohi);
+    for (long oh = 0; oh < OH; ++oh) {
+        const long h0 = oh * sh - pt;
         long ilo, ihi, plo, phi;
-        ember_span_inside(h0, g->dh, g->kh, 0, g->H, &ilo, &ihi);
-        ember_span_inside(h0, g->dh, g->kh, -g->pt, g->H + g->pb, &plo, &phi);
-        float *yrow = y + oh * g->OW;
+        ember_span_inside(h0, dh, kh, 0, H, &ilo, &ihi);
+        ember_span_inside(h0, dh, kh, -pt, H + pb, &plo, &phi);
+        float *yrow = y + oh * OW;
         if (ohi > olo) {
             for (long ow = olo; ow < ohi; ++ow) yrow[ow] = 0.0f;
             for (long i = ilo; i < ihi; ++i) {
-                const long row = (h0 + i * g->dh) * g->W + olo * g->sw - g->pl;
-                for (long j = 0; j < g->kw; ++j)
-                    ember_add_row(yrow + olo, x + row + j * g->dw, ohi - olo, g->sw);
+                const long row = (h0 + i * dh) * W + olo * sw - pl;
+                for (long j = 0; j < kw; ++j)
+                    ember_add_row(yrow + olo, x + row + j * dw, ohi - olo, sw);
             }
-            const long count = (g->count_include_pad ? phi - plo : ihi - ilo) * g->kw;
+            const long count = (g->count_include_pad ? phi - plo : ihi - ilo) * kw;
             for (long ow = olo; ow < ohi; ++ow)
                 yrow[ow] = count > 0 ? yrow[ow] / (float)count : 0.0f;
         }
         for (long ow = 0; ow < olo; ++ow)
             yrow[ow] = ember_avg_window(x, g, h0, ilo, ihi, phi - plo, ow);
-        for (long ow = ohi; ow < g->OW; ++ow)
+        for (long ow = ohi; ow < OW; ++ow)
             yrow[ow] = ember_avg_window(x, g, h0, ilo, ihi, phi - plo, ow);
     }
 }
@@ -245,31 +253,32 @@ static void ember_max2x2_grad_row(const float *restrict r0, const float *restric
 static void ember_max_pool_grad_plane_here(const float *dy, const float *x, float *dx,
                                            const ember_pool_window *g)
 {
-    const int pair_rows = g->kh == 2 && g->kw == 2 && g->sh == 2 && g->sw == 2 && g->dh == 1 &&
-                          g->dw == 1;
+    const long H = g->H, W = g->W, OH = g->OH, OW = g->OW;
+    const long kh = g->kh, kw = g->kw, sh = g->sh, sw = g->sw, dh = g->dh, dw = g->dw;
+    const long pt = g->pt, pl = g->pl;
+    const int pair_rows = kh == 2 && kw == 2 && sh == 2 && sw == 2 && dh == 1 && dw == 1;
     long olo, ohi;
-    memset(dx, 0, sizeof(float) * g->H * g->W);
-    ember_interior_columns(g->OW, g->W, g->kw, g->sw, g->pl, g->dw, &olo, &ohi);
-    for (long oh = 0; oh < g->OH; ++oh) {
-        const long h0 = oh * g->sh - g->pt;
+    memset(dx, 0, sizeof(float) * H * W);
+    ember_interior_columns(OW, W, kw, sw, pl, dw, &olo, &ohi);
+    for (long oh = 0; oh < OH; ++oh) {
+        const long h0 = oh * sh - pt;
         long ilo, ihi;
-        ember_span_inside(h0, g->dh, g->kh, 0, g->H, &ilo, &ihi);
-        const float *dyrow = dy + oh * g->OW;
+        ember_span_inside(h0, dh, kh, 0, H, &ilo, &ihi);
+        const float *dyrow = dy + oh * OW;
         const int pairs = pair_rows && ilo == 0 && ihi == 2 && ohi > olo;
         if (pairs) {
-            const long at = h0 * g->W + olo * 2 - g->pl;
-            ember_max2x2_grad_row(x + at, x + at + g->W, dyrow + olo, dx + at, dx + at + g->W,
+            const long at = h0 * W + olo * 2 - pl;
+            ember_max2x2_grad_row(x + at, x + at + W, dyrow + olo, dx + at, dx + at + W,
                                   ohi - olo);
         }
-        for (long ow = 0; ow < g->OW; ++ow) {
+        for (long ow = 0; ow < OW; ++ow) {
             const int interior = ow >= olo && ow < ohi;
             if (pairs && interior) continue; /* done by the 2x2 row above */
-            const long w0 = ow * g->sw - g->pl;
-            long jlo = 0, jhi = g->kw;
-            if (!interior) ember_span_inside(w0, g->dw, g->kw, 0, g->W, &jlo, &jhi);
+            const long w0 = ow * sw - pl;
+            long jlo = 0, jhi = kw;
+            if (!interior) ember_span_inside(w0, dw, kw, 0, W, &jlo, &jhi);
             if (ilo >= ihi || jlo >= jhi) continue;
-            dx[ember_window_argmax(x, g->W, h0, g->dh, ilo, ihi, w0, g->dw, jlo, jhi)] +=
-                dyrow[ow];
+            dx[ember_window_argmax(x, W, h0, dh, ilo, ihi, w0, dw, jlo, jhi)] += dyrow[ow];
         }
     }
 }
@@ -278,24 +287,27 @@ static void ember_max_pool_grad_plane_here(const float *dy, const float *x, floa
  * the forward's divisor (ember_avg_count). */
 static void ember_avg_pool_grad_plane_here(const float *dy, float *dx, const ember_pool_window *g)
 {
+    const long H = g->H, W = g->W, OH = g->OH, OW = g->OW;
+    const long kh = g->kh, kw = g->kw, sh = g->sh, sw = g->sw, dh = g->dh, dw = g->dw;
+    const long pt = g->pt, pl = g->pl, pb = g->pb;
     long olo, ohi;
-    memset(dx, 0, sizeof(float) * g->H * g->W);
-    ember_interior_columns(g->OW, g->W, g->kw, g->sw, g->pl, g->dw, &olo, &ohi);
-    for (long oh = 0; oh < g->OH; ++oh) {
-        const long h0 = oh * g->sh - g->pt;
+    memset(dx, 0, sizeof(float) * H * W);
+    ember_interior_columns(OW, W, kw, sw, pl, dw, &olo, &ohi);
+    for (long oh = 0; oh < OH; ++oh) {
+        const long h0 = oh * sh - pt;
         long ilo, ihi, plo, phi;
-        ember_span_inside(h0, g->dh, g->kh, 0, g->H, &ilo, &ihi);
-        ember_span_inside(h0, g->dh, g->kh, -g->pt, g->H + g->pb, &plo, &phi);
-        for (long ow = 0; ow < g->OW; ++ow) {
-            const long w0 = ow * g->sw - g->pl;
-            long jlo = 0, jhi = g->kw;
-            if (ow < olo || ow >= ohi) ember_span_inside(w0, g->dw, g->kw, 0, g->W, &jlo, &jhi);
+        ember_span_inside(h0, dh, kh, 0, H, &ilo, &ihi);
+        ember_span_inside(h0, dh, kh, -pt, H + pb, &plo, &phi);
+        for (long ow = 0; ow < OW; ++ow) {
+            const long w0 = ow * sw - pl;
+            long jlo = 0, jhi = kw;
+            if (ow < olo || ow >= ohi) ember_span_inside(w0, dw, kw, 0, W, &jlo, &jhi);
             const long count = ember_avg_count(g, ihi - ilo, phi - plo, w0, jlo, jhi);
             if (count <= 0) continue;
-            const float share = dy[oh * g->OW + ow] / (float)count;
+            const float share = dy[oh * OW + ow] / (float)count;
             for (long i = ilo; i < ihi; ++i) {
-                float *row = dx + (h0 + i * g->dh) * g->W + w0;
-                for (long j = jlo; j < jhi; ++j) row[j * g->dw] += share;
+                float *row = dx + (h0 + i * dh) * W + w0;
+                for (long j = jlo; j < jhi; ++j) row[j * dw] += share;
             }
         }
     }
