@@ -148,7 +148,6 @@ static void ember_avg_pool_plane_here(const float *x, float *y, const ember_pool
 }
 
 typedef int ember_pool_vi __attribute__((vector_size(EMBER_VW * 4)));
-typedef double ember_pool_vd __attribute__((vector_size(EMBER_VW * 8), aligned(8)));
 
 static float ember_row_max(const float *p, long L)
 {
@@ -168,14 +167,23 @@ static float ember_row_max(const float *p, long L)
     return m;
 }
 
+/* Σ p[i] in double: each half-register of floats widened into a register of doubles, two
+ * accumulators to cover the add latency */
+typedef float ember_pool_vhalf __attribute__((vector_size(EMBER_VW * 2), aligned(4)));
+typedef double ember_pool_vd __attribute__((vector_size(EMBER_VW * 4), aligned(8)));
+
 static double ember_row_sum_double(const float *p, long L)
 {
-    ember_pool_vd acc = {0};
+    ember_pool_vd acc0 = {0}, acc1 = {0};
     long i = 0;
-    for (; i + EMBER_VW <= L; i += EMBER_VW)
-        acc += __builtin_convertvector(ember_vload(p + i), ember_pool_vd);
+    for (; i + EMBER_VW <= L; i += EMBER_VW) {
+        acc0 += __builtin_convertvector(*(const ember_pool_vhalf *)(p + i), ember_pool_vd);
+        acc1 += __builtin_convertvector(*(const ember_pool_vhalf *)(p + i + EMBER_VW / 2),
+                                        ember_pool_vd);
+    }
+    acc0 += acc1;
     double s = 0.0;
-    for (int l = 0; l < EMBER_VW; ++l) s += acc[l];
+    for (int l = 0; l < EMBER_VW / 2; ++l) s += acc0[l];
     for (; i < L; ++i) s += p[i];
     return s;
 }

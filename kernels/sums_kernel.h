@@ -2,7 +2,7 @@
  * normalisations and the gradient reductions, reached through the sums table of simd.h
  * (ember_sum, ember_moment_sums, ember_row_inv_std).
  *
- * Vectorised without -ffast-math: EMBER_SUM_LANES independent float lanes (two vectors of the
+ * Vectorised without -ffast-math: EMBER_SUM_LANES independent float lanes (two registers of the
  * level: 8, 16 or 32; each lane is its own sequential sum, so nothing is reassociated), flushed
  * into double every EMBER_SUM_BLOCK elements so float rounding never builds up over a long row.
  * Values are shifted by a caller-chosen `shift` (≈ the mean) before squaring, so a variance
@@ -10,14 +10,22 @@
 #define EMBER_SUM_BLOCK 512
 #define EMBER_SUM_LANES (2 * EMBER_VW)
 
-typedef float ember_sum_vf __attribute__((vector_size(EMBER_SUM_LANES * 4), aligned(4)));
+/* EMBER_SUM_LANES float lanes as two registers of the level (a wider vector type would be split
+ * by the compiler through memory) */
+typedef struct {
+    ember_vf lo, hi;
+} ember_sum_lanes;
 
-static inline ember_sum_vf ember_sum_load(const float *p) { return *(const ember_sum_vf *)p; }
+static inline ember_sum_lanes ember_lanes_load(const float *p)
+{
+    return (ember_sum_lanes){ember_vload(p), ember_vload(p + EMBER_VW)};
+}
 
-static inline double ember_sum_flush(ember_sum_vf v)
+static inline double ember_lanes_flush(ember_sum_lanes v)
 {
     double t = 0.0;
-    for (int l = 0; l < EMBER_SUM_LANES; ++l) t += v[l];
+    for (int l = 0; l < EMBER_VW; ++l) t += v.lo[l];
+    for (int l = 0; l < EMBER_VW; ++l) t += v.hi[l];
     return t;
 }
 
@@ -28,12 +36,16 @@ static double ember_sum_here(const float *p, long n)
     for (long b = 0; b < n; b += EMBER_SUM_BLOCK) {
         const long m = n - b < EMBER_SUM_BLOCK ? n - b : EMBER_SUM_BLOCK;
         const float *q = p + b;
-        ember_sum_vf acc = {0};
+        ember_sum_lanes acc = {{0}, {0}};
         long k = 0;
-        for (; k + EMBER_SUM_LANES <= m; k += EMBER_SUM_LANES) acc += ember_sum_load(q + k);
+        for (; k + EMBER_SUM_LANES <= m; k += EMBER_SUM_LANES) {
+            const ember_sum_lanes v = ember_lanes_load(q + k);
+            acc.lo += v.lo;
+            acc.hi += v.hi;
+        }
         float tail = 0.0f;
         for (; k < m; ++k) tail += q[k];
-        total += ember_sum_flush(acc) + tail;
+        total += ember_lanes_flush(acc) + tail;
     }
     return total;
 }
@@ -42,21 +54,22 @@ static double ember_sum_here(const float *p, long n)
 static void ember_moment_sums_here(const float *x, const float *g, long n, float shift,
                                    double *s)
 {
-    const ember_sum_vf sh = (ember_sum_vf){0} + shift;
+    const ember_vf sh = ember_vsplat(shift);
     for (long b = 0; b < n; b += EMBER_SUM_BLOCK) {
         const long m = n - b < EMBER_SUM_BLOCK ? n - b : EMBER_SUM_BLOCK;
         const float *xq = x + b;
-        ember_sum_vf a1 = {0}, a2 = {0}, a3 = {0}, a4 = {0};
+        ember_sum_lanes a1 = {{0}, {0}}, a2 = {{0}, {0}}, a3 = {{0}, {0}}, a4 = {{0}, {0}};
         float t1 = 0.0f, t2 = 0.0f, t3 = 0.0f, t4 = 0.0f;
         long k = 0;
         if (g) {
             const float *gq = g + b;
             for (; k + EMBER_SUM_LANES <= m; k += EMBER_SUM_LANES) {
-                const ember_sum_vf d = ember_sum_load(xq + k) - sh, gv = ember_sum_load(gq + k);
-                a1 += d;
-                a2 += d * d;
-                a3 += gv;
-                a4 += gv * d;
+                const ember_sum_lanes xv = ember_lanes_load(xq + k), gv = ember_lanes_load(gq + k);
+                const ember_vf dlo = xv.lo - sh, dhi = xv.hi - sh;
+                a1.lo += dlo;         a1.hi += dhi;
+                a2.lo += dlo * dlo;   a2.hi += dhi * dhi;
+                a3.lo += gv.lo;       a3.hi += gv.hi;
+                a4.lo += gv.lo * dlo; a4.hi += gv.hi * dhi;
             }
             for (; k < m; ++k) {
                 const float d = xq[k] - shift, gv = gq[k];
@@ -64,19 +77,20 @@ static void ember_moment_sums_here(const float *x, const float *g, long n, float
             }
         } else {
             for (; k + EMBER_SUM_LANES <= m; k += EMBER_SUM_LANES) {
-                const ember_sum_vf d = ember_sum_load(xq + k) - sh;
-                a1 += d;
-                a2 += d * d;
+                const ember_sum_lanes xv = ember_lanes_load(xq + k);
+                const ember_vf dlo = xv.lo - sh, dhi = xv.hi - sh;
+                a1.lo += dlo;         a1.hi += dhi;
+                a2.lo += dlo * dlo;   a2.hi += dhi * dhi;
             }
             for (; k < m; ++k) {
                 const float d = xq[k] - shift;
                 t1 += d; t2 += d * d;
             }
         }
-        s[0] += ember_sum_flush(a1) + t1;
-        s[1] += ember_sum_flush(a2) + t2;
-        s[2] += ember_sum_flush(a3) + t3;
-        s[3] += ember_sum_flush(a4) + t4;
+        s[0] += ember_lanes_flush(a1) + t1;
+        s[1] += ember_lanes_flush(a2) + t2;
+        s[2] += ember_lanes_flush(a3) + t3;
+        s[3] += ember_lanes_flush(a4) + t4;
     }
 }
 

@@ -77,7 +77,8 @@ static void ember_wino_input_strip_here(int m, const float *xc, int H, int W, in
     /* phase[i][r][k] = x[row i][(tw0 + k)·m − pl + r]: then column j of tile l is
      * phase[i][j % m][l + j / m], contiguous in l */
     float phase[6][4][EMBER_WINO_NT + 1];
-    float t[6][6][EMBER_WINO_NT];
+    float line[4 * (EMBER_WINO_NT + 1)];
+    float t[6][6][EMBER_WINO_NT], v[6][6][EMBER_WINO_NT];
     const float *in[6];
     float *out[6];
     for (int i = 0; i < alpha; ++i) {
@@ -87,27 +88,23 @@ static void ember_wino_input_strip_here(int m, const float *xc, int H, int W, in
             for (int r = 0; r < m; ++r) memset(phase[i][r], 0, sizeof(float) * (nt + 1));
         } else {
             const float *row = xc + (long)ih * W;
-            int last = iw0 + nt * m + m - 1; /* the highest column any phase reads */
-            if (iw0 >= 0 && last < W) {
-                const float *src = row + iw0;
-                if (m == 2) {
-                    float *restrict e = phase[i][0], *restrict o = phase[i][1];
-                    for (int k = 0; k <= nt; ++k) { e[k] = src[2 * k]; o[k] = src[2 * k + 1]; }
-                } else {
-                    float *restrict p0 = phase[i][0], *restrict p1 = phase[i][1],
-                                   *restrict p2 = phase[i][2], *restrict p3 = phase[i][3];
-                    for (int k = 0; k <= nt; ++k) {
-                        p0[k] = src[4 * k]; p1[k] = src[4 * k + 1];
-                        p2[k] = src[4 * k + 2]; p3[k] = src[4 * k + 3];
-                    }
-                }
+            const int width = (nt + 1) * m; /* the columns the phases read, from iw0 */
+            const float *src = row + iw0;
+            if (iw0 < 0 || iw0 + width > W) { /* at a border: a zero-padded copy of them */
+                const int lo = iw0 < 0 ? -iw0 : 0, hi = W - iw0 < width ? W - iw0 : width;
+                memset(line, 0, sizeof(float) * width);
+                if (hi > lo) memcpy(line + lo, row + iw0 + lo, sizeof(float) * (hi - lo));
+                src = line;
+            }
+            if (m == 2) {
+                float *restrict e = phase[i][0], *restrict o = phase[i][1];
+                for (int k = 0; k <= nt; ++k) { e[k] = src[2 * k]; o[k] = src[2 * k + 1]; }
             } else {
-                for (int r = 0; r < m; ++r) {
-                    float *ph = phase[i][r];
-                    for (int k = 0; k <= nt; ++k) {
-                        int iw = iw0 + k * m + r;
-                        ph[k] = (iw >= 0 && iw < W) ? row[iw] : 0.0f;
-                    }
+                float *restrict p0 = phase[i][0], *restrict p1 = phase[i][1],
+                               *restrict p2 = phase[i][2], *restrict p3 = phase[i][3];
+                for (int k = 0; k <= nt; ++k) {
+                    p0[k] = src[4 * k]; p1[k] = src[4 * k + 1];
+                    p2[k] = src[4 * k + 2]; p3[k] = src[4 * k + 3];
                 }
             }
         }
@@ -116,12 +113,17 @@ static void ember_wino_input_strip_here(int m, const float *xc, int H, int W, in
         if (m == 2) ember_wino_bt2(in, out, EMBER_WINO_NT, nt);
         else        ember_wino_bt4(in, out, EMBER_WINO_NT, nt);
     }
+    /* the second pass into a local tile (a constant stride keeps its loop vectorised), then
+     * each of its α² rows into V */
     for (int q = 0; q < alpha; ++q) {
         for (int i = 0; i < alpha; ++i) in[i] = t[i][q];
-        out[0] = V + (long)q * vs;   /* ξ = p·α + q: stride α·vs between p */
-        if (m == 2) ember_wino_bt2(in, out, alpha * vs, nt);
-        else        ember_wino_bt4(in, out, alpha * vs, nt);
+        out[0] = v[0][q];
+        if (m == 2) ember_wino_bt2(in, out, 6 * EMBER_WINO_NT, nt);
+        else        ember_wino_bt4(in, out, 6 * EMBER_WINO_NT, nt);
     }
+    for (int p = 0; p < alpha; ++p)
+        for (int q = 0; q < alpha; ++q)
+            memcpy(V + (long)(p * alpha + q) * vs, v[p][q], sizeof(float) * nt);
 }
 
 /* Output transform of tiles [tw0, tw0+nt) of tile row th for one output channel: reads
