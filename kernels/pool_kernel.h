@@ -18,28 +18,74 @@ static inline float ember_nan_max(float m, float v)
     return (__builtin_isgreater(v, m) | __builtin_isunordered(v, v)) ? v : m;
 }
 
-/* y[i] = max(y[i], r[i*stride]) for i < n; a NaN in either wins. */
-static inline void ember_max_row(float *restrict y, const float *restrict r, long n, long stride)
+typedef int ember_pool_vi __attribute__((vector_size(EMBER_VW * 4)));
+
+/* the lanes of two vectors at p and p + EMBER_VW − 1 that hold p[0], p[2], …, p[2·(EMBER_VW−1)]:
+ * the second load ends on the last tap, so nothing past it is read */
+#if EMBER_VW == 16
+#define EMBER_STRIDE2_LANES 0, 2, 4, 6, 8, 10, 12, 14, 17, 19, 21, 23, 25, 27, 29, 31
+#elif EMBER_VW == 8
+#define EMBER_STRIDE2_LANES 0, 2, 4, 6, 9, 11, 13, 15
+#else
+#define EMBER_STRIDE2_LANES 0, 2, 5, 7
+#endif
+
+/* the EMBER_VW taps p[l·stride], l < EMBER_VW */
+static inline ember_vf ember_strided_load(const float *p, long stride)
 {
-    if (stride == 1) {
-        for (long i = 0; i < n; ++i) y[i] = ember_nan_max(y[i], r[i]);
-    } else if (stride == 2) {
-        for (long i = 0; i < n; ++i) y[i] = ember_nan_max(y[i], r[2 * i]);
-    } else {
-        for (long i = 0; i < n; ++i) y[i] = ember_nan_max(y[i], r[i * stride]);
-    }
+    if (stride == 1) return ember_vload(p);
+    if (stride == 2)
+        return __builtin_shufflevector(ember_vload(p), ember_vload(p + EMBER_VW - 1),
+                                       EMBER_STRIDE2_LANES);
+    ember_vf v;
+    for (int l = 0; l < EMBER_VW; ++l) v[l] = p[l * stride];
+    return v;
 }
 
-/* y[i] += r[i*stride] for i < n */
-static inline void ember_add_row(float *restrict y, const float *restrict r, long n, long stride)
+/* ember_nan_max lane by lane, as a blend */
+static inline ember_vf ember_nan_max_v(ember_vf m, ember_vf v)
 {
-    if (stride == 1) {
-        for (long i = 0; i < n; ++i) y[i] += r[i];
-    } else if (stride == 2) {
-        for (long i = 0; i < n; ++i) y[i] += r[2 * i];
-    } else {
-        for (long i = 0; i < n; ++i) y[i] += r[i * stride];
+    const ember_pool_vi take = (v > m) | (v != v);
+    return (ember_vf)(((ember_pool_vi)v & take) | ((ember_pool_vi)m & ~take));
+}
+
+/* Up to EMBER_POOL_BLOCK vectors of interior output columns at once, their windows' taps in
+ * row-major order: y[c·EMBER_VW + l] = max (or sum) of the taps of output column l of vector c,
+ * whose window starts at column w0 + (c·EMBER_VW + l)·sw of rows h0 + i·dh, i in [ilo, ihi).
+ * Several vectors per pass because a lane's taps form one dependency chain: independent chains
+ * keep the vector units busy. n (≤ EMBER_POOL_BLOCK) is a constant where these are called, so
+ * the accumulators stay in registers. */
+#define EMBER_POOL_BLOCK 4
+
+static inline void ember_max_columns(const float *x, float *y, long W, long h0, long dh,
+                                     long ilo, long ihi, long kw, long dw, long w0, long sw,
+                                     int n)
+{
+    ember_vf m[EMBER_POOL_BLOCK];
+    for (int c = 0; c < n; ++c) m[c] = ember_vsplat(-INFINITY);
+    for (long i = ilo; i < ihi; ++i) {
+        const float *row = x + ((h0 + i * dh) * W + w0);
+        for (long j = 0; j < kw; ++j)
+            for (int c = 0; c < n; ++c)
+                m[c] = ember_nan_max_v(m[c],
+                                       ember_strided_load(row + j * dw + c * EMBER_VW * sw, sw));
     }
+    for (int c = 0; c < n; ++c) ember_vstore(y + c * EMBER_VW, m[c]);
+}
+
+static inline void ember_sum_columns(const float *x, float *y, long W, long h0, long dh,
+                                     long ilo, long ihi, long kw, long dw, long w0, long sw,
+                                     int n)
+{
+    ember_vf s[EMBER_POOL_BLOCK];
+    for (int c = 0; c < n; ++c) s[c] = ember_vsplat(0.0f);
+    for (long i = ilo; i < ihi; ++i) {
+        const float *row = x + ((h0 + i * dh) * W + w0);
+        for (long j = 0; j < kw; ++j)
+            for (int c = 0; c < n; ++c)
+                s[c] += ember_strided_load(row + j * dw + c * EMBER_VW * sw, sw);
+    }
+    for (int c = 0; c < n; ++c) ember_vstore(y + c * EMBER_VW, s[c]);
 }
 
 /* The max of one window (output column ow of the row whose taps are rows ilo..ihi), in-image
@@ -58,8 +104,9 @@ static float ember_max_window(const float *x, const ember_pool_window *g, long h
     return m;
 }
 
-/* Max pooling of one plane (padded taps never win; an all-padding window gives -inf): tap by tap
- * over the interior output columns [olo, ohi) of a row, window by window for the others. */
+/* Max pooling of one plane (padded taps never win; an all-padding window gives -inf): the
+ * interior output columns [olo, ohi) of a row EMBER_VW at a time, each lane's maximum kept in a
+ * register over the window's taps in row-major order; window by window for the others. */
 static void ember_max_pool_plane_here(const float *x, float *y, const ember_pool_window *g)
 {
     const long H = g->H, W = g->W, OH = g->OH, OW = g->OW;
@@ -72,16 +119,18 @@ static void ember_max_pool_plane_here(const float *x, float *y, const ember_pool
         long ilo, ihi;
         ember_span_inside(h0, dh, kh, 0, H, &ilo, &ihi);
         float *yrow = y + oh * OW;
-        if (ohi > olo) {
-            for (long ow = olo; ow < ohi; ++ow) yrow[ow] = -INFINITY;
-            for (long i = ilo; i < ihi; ++i) {
-                const long row = (h0 + i * dh) * W + olo * sw - pl;
-                for (long j = 0; j < kw; ++j)
-                    ember_max_row(yrow + olo, x + row + j * dw, ohi - olo, sw);
+        long ow = 0;
+        for (; ow < olo; ++ow) yrow[ow] = ember_max_window(x, g, h0, ilo, ihi, ow);
+        if (ohi - olo >= EMBER_VW) {
+            for (; ow + EMBER_POOL_BLOCK * EMBER_VW <= ohi; ow += EMBER_POOL_BLOCK * EMBER_VW)
+                ember_max_columns(x, yrow + ow, W, h0, dh, ilo, ihi, kw, dw, ow * sw - pl, sw,
+                                  EMBER_POOL_BLOCK);
+            for (; ow < ohi; ow += EMBER_VW) {
+                if (ow + EMBER_VW > ohi) ow = ohi - EMBER_VW; /* overlaps: the same values */
+                ember_max_columns(x, yrow + ow, W, h0, dh, ilo, ihi, kw, dw, ow * sw - pl, sw, 1);
             }
         }
-        for (long ow = 0; ow < olo; ++ow) yrow[ow] = ember_max_window(x, g, h0, ilo, ihi, ow);
-        for (long ow = ohi; ow < OW; ++ow) yrow[ow] = ember_max_window(x, g, h0, ilo, ihi, ow);
+        for (; ow < OW; ++ow) yrow[ow] = ember_max_window(x, g, h0, ilo, ihi, ow);
     }
 }
 
@@ -114,8 +163,8 @@ static float ember_avg_window(const float *x, const ember_pool_window *g, long h
     return count > 0 ? s / (float)count : 0.0f;
 }
 
-/* Average pooling of one plane: the interior columns summed tap by tap (each window's taps in
- * the row-major order the border's loop adds them in), then divided by their count. */
+/* Average pooling of one plane: the interior columns EMBER_VW at a time, each lane summing its
+ * window's taps in the row-major order the scalar loop adds them in, then divided by the count. */
 static void ember_avg_pool_plane_here(const float *x, float *y, const ember_pool_window *g)
 {
     const long H = g->H, W = g->W, OH = g->OH, OW = g->OW;
@@ -129,25 +178,22 @@ static void ember_avg_pool_plane_here(const float *x, float *y, const ember_pool
         ember_span_inside(h0, dh, kh, 0, H, &ilo, &ihi);
         ember_span_inside(h0, dh, kh, -pt, H + pb, &plo, &phi);
         float *yrow = y + oh * OW;
-        if (ohi > olo) {
-            for (long ow = olo; ow < ohi; ++ow) yrow[ow] = 0.0f;
-            for (long i = ilo; i < ihi; ++i) {
-                const long row = (h0 + i * dh) * W + olo * sw - pl;
-                for (long j = 0; j < kw; ++j)
-                    ember_add_row(yrow + olo, x + row + j * dw, ohi - olo, sw);
+        const long count = (g->count_include_pad ? phi - plo : ihi - ilo) * kw; /* interior */
+        long ow = 0;
+        for (; ow < olo; ++ow) yrow[ow] = ember_avg_window(x, g, h0, ilo, ihi, phi - plo, ow);
+        if (ohi - olo >= EMBER_VW && count > 0) {
+            for (; ow + EMBER_POOL_BLOCK * EMBER_VW <= ohi; ow += EMBER_POOL_BLOCK * EMBER_VW)
+                ember_sum_columns(x, yrow + ow, W, h0, dh, ilo, ihi, kw, dw, ow * sw - pl, sw,
+                                  EMBER_POOL_BLOCK);
+            for (; ow < ohi; ow += EMBER_VW) {
+                if (ow + EMBER_VW > ohi) ow = ohi - EMBER_VW; /* the last one overlaps */
+                ember_sum_columns(x, yrow + ow, W, h0, dh, ilo, ihi, kw, dw, ow * sw - pl, sw, 1);
             }
-            const long count = (g->count_include_pad ? phi - plo : ihi - ilo) * kw;
-            for (long ow = olo; ow < ohi; ++ow)
-                yrow[ow] = count > 0 ? yrow[ow] / (float)count : 0.0f;
+            for (long c = olo; c < ohi; ++c) yrow[c] /= (float)count;
         }
-        for (long ow = 0; ow < olo; ++ow)
-            yrow[ow] = ember_avg_window(x, g, h0, ilo, ihi, phi - plo, ow);
-        for (long ow = ohi; ow < OW; ++ow)
-            yrow[ow] = ember_avg_window(x, g, h0, ilo, ihi, phi - plo, ow);
+        for (; ow < OW; ++ow) yrow[ow] = ember_avg_window(x, g, h0, ilo, ihi, phi - plo, ow);
     }
 }
-
-typedef int ember_pool_vi __attribute__((vector_size(EMBER_VW * 4)));
 
 static float ember_row_max(const float *p, long L)
 {
@@ -155,11 +201,8 @@ static float ember_row_max(const float *p, long L)
     float m = p[0];
     if (L >= EMBER_VW) {
         ember_vf acc = ember_vload(p);
-        for (i = EMBER_VW; i + EMBER_VW <= L; i += EMBER_VW) {
-            const ember_vf v = ember_vload(p + i);
-            const ember_pool_vi take = (v > acc) | (v != v);
-            acc = (ember_vf)(((ember_pool_vi)v & take) | ((ember_pool_vi)acc & ~take));
-        }
+        for (i = EMBER_VW; i + EMBER_VW <= L; i += EMBER_VW)
+            acc = ember_nan_max_v(acc, ember_vload(p + i));
         m = acc[0];
         for (int l = 1; l < EMBER_VW; ++l) m = ember_nan_max(m, acc[l]);
     }
@@ -306,11 +349,14 @@ static void ember_avg_pool_grad_plane_here(const float *dy, float *dx, const emb
         long ilo, ihi, plo, phi;
         ember_span_inside(h0, dh, kh, 0, H, &ilo, &ihi);
         ember_span_inside(h0, dh, kh, -pt, H + pb, &plo, &phi);
+        const long interior_count = (g->count_include_pad ? phi - plo : ihi - ilo) * kw;
         for (long ow = 0; ow < OW; ++ow) {
             const long w0 = ow * sw - pl;
-            long jlo = 0, jhi = kw;
-            if (ow < olo || ow >= ohi) ember_span_inside(w0, dw, kw, 0, W, &jlo, &jhi);
-            const long count = ember_avg_count(g, ihi - ilo, phi - plo, w0, jlo, jhi);
+            long jlo = 0, jhi = kw, count = interior_count;
+            if (ow < olo || ow >= ohi) {
+                ember_span_inside(w0, dw, kw, 0, W, &jlo, &jhi);
+                count = ember_avg_count(g, ihi - ilo, phi - plo, w0, jlo, jhi);
+            }
             if (count <= 0) continue;
             const float share = dy[oh * OW + ow] / (float)count;
             for (long i = ilo; i < ihi; ++i) {
