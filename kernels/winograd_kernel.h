@@ -122,8 +122,11 @@ static void ember_wino_input_strip_here(int m, const float *xc, int H, int W, in
         else        ember_wino_bt4(in, out, 6 * EMBER_WINO_NT, nt);
     }
     for (int p = 0; p < alpha; ++p)
-        for (int q = 0; q < alpha; ++q)
-            memcpy(V + (long)(p * alpha + q) * vs, v[p][q], sizeof(float) * nt);
+        for (int q = 0; q < alpha; ++q) { /* a loop, not memcpy: a few vectors, no call */
+            float *restrict dst = V + (long)(p * alpha + q) * vs;
+            const float *restrict src = v[p][q];
+            for (int l = 0; l < nt; ++l) dst[l] = src[l];
+        }
 }
 
 /* Output transform of tiles [tw0, tw0+nt) of tile row th for one output channel: reads
