@@ -298,6 +298,32 @@ static void ember_max2x2_grad_row(const float *restrict r0, const float *restric
     }
 }
 
+/* The max gradient of EMBER_VW interior output columns from ow (every tap of rows [ilo, ihi)
+ * in the image): each lane finds its window's first maximum as ember_window_argmax does, keeping
+ * the winning tap's row and column, then the lanes' dY are added into dx in column order (the
+ * order of the scalar loop: overlapping windows accumulate the same way). */
+static inline void ember_max_grad_columns(const float *x, float *dx, const float *dyrow, long W,
+                                          long h0, long dh, long ilo, long ihi, long kw, long dw,
+                                          long ow, long sw, long pl)
+{
+    ember_vf best = ember_strided_load(x + ((h0 + ilo * dh) * W + ow * sw - pl), sw);
+    ember_pool_vi best_i = {0}, best_j = {0};
+    for (long i = ilo; i < ihi; ++i) {
+        const float *row = x + ((h0 + i * dh) * W + ow * sw - pl);
+        const ember_pool_vi tap_i = (ember_pool_vi){0} + (int)(i - ilo);
+        for (long j = 0; j < kw; ++j) {
+            const ember_vf v = ember_strided_load(row + j * dw, sw);
+            const ember_pool_vi take = (v > best) | ((v != v) & (best == best)); /* ember_takes */
+            best = (ember_vf)(((ember_pool_vi)v & take) | ((ember_pool_vi)best & ~take));
+            best_i = (tap_i & take) | (best_i & ~take);
+            best_j = (((ember_pool_vi){0} + (int)j) & take) | (best_j & ~take);
+        }
+    }
+    for (int l = 0; l < EMBER_VW; ++l)
+        dx[(h0 + (ilo + best_i[l]) * dh) * W + (ow + l) * sw - pl + best_j[l] * dw] +=
+            dyrow[ow + l];
+}
+
 /* dx of one plane's max pooling: each window's dY goes to its first maximum in row-major window
  * order (PyTorch's tie rule); a NaN beats any number. Padding is −inf: it never wins, so only
  * in-image taps are visited; a window of padding only gives nothing. */
@@ -308,6 +334,7 @@ static void ember_max_pool_grad_plane_here(const float *dy, const float *x, floa
     const long kh = g->kh, kw = g->kw, sh = g->sh, sw = g->sw, dh = g->dh, dw = g->dw;
     const long pt = g->pt, pl = g->pl;
     const int pair_rows = kh == 2 && kw == 2 && sh == 2 && sw == 2 && dh == 1 && dw == 1;
+    const int vector_taps = kh <= INT32_MAX && kw <= INT32_MAX; /* a tap's row, column: int lanes */
     long olo, ohi;
     memset(dx, 0, sizeof(float) * H * W);
     ember_interior_columns(OW, W, kw, sw, pl, dw, &olo, &ohi);
@@ -323,6 +350,10 @@ static void ember_max_pool_grad_plane_here(const float *dy, const float *x, floa
                                   ohi - olo);
         }
         for (long ow = 0; ow < OW; ++ow) {
+            if (ow == olo && vector_taps && !pairs && ilo < ihi)
+                for (; ow + EMBER_VW <= ohi; ow += EMBER_VW)
+                    ember_max_grad_columns(x, dx, dyrow, W, h0, dh, ilo, ihi, kw, dw, ow, sw, pl);
+            if (ow >= OW) break;
             const int interior = ow >= olo && ow < ohi;
             if (pairs && interior) continue; /* done by the 2x2 row above */
             const long w0 = ow * sw - pl;
