@@ -18,6 +18,7 @@ static inline float ember_nan_max(float m, float v)
     return (__builtin_isgreater(v, m) | __builtin_isunordered(v, v)) ? v : m;
 }
 
+/* EMBER_VW ints: the masks the vector comparisons give, and the gradient's tap indices */
 typedef int ember_pool_vi __attribute__((vector_size(EMBER_VW * 4)));
 
 /* the lanes of two vectors at p and p + EMBER_VW − 1 that hold p[0], p[2], …, p[2·(EMBER_VW−1)]:
@@ -195,6 +196,7 @@ static void ember_avg_pool_plane_here(const float *x, float *y, const ember_pool
     }
 }
 
+/* max of p[0:L], L ≥ 1, a NaN winning: EMBER_VW running maxima, then across the lanes */
 static float ember_row_max(const float *p, long L)
 {
     long i = 0;
