@@ -1,19 +1,18 @@
 """BatchNormalization in training: the forward with batch statistics (and the running-stat
 update), and the gradient. Both work per channel over x viewed as (N, C, L), parallel over
 channels. The per-channel sums (Σd, Σd², Σdy, Σdy·d with d = x − shift, shift = the channel's
-first value) take one vectorised pass (kernels/sums.h: float lanes flushed into double every
-512 values); the shift keeps E[d²] − E[d]² from cancelling when the mean is large.
+first value) take one vectorised pass (kernels/sums_kernel.h: float lanes flushed into double
+every 512 values); the shift keeps E[d²] − E[d]² from cancelling when the mean is large.
 
 LayerNormalization's gradient (at the end) works per row of x viewed as (rows, n)."""
 from cython.parallel cimport prange
 from libc.math cimport sqrt
 
 from kernels.parallel cimport threads_for
+from kernels.simd cimport use_simd
+from kernels.sums cimport ember_moment_sums, ember_row_inv_std
 
-
-cdef extern from "sums.h" nogil:
-    void ember_moment_sums(const float *x, const float *g, long n, float shift, double *s)
-    double ember_row_inv_std(const float *x, long n, double eps, double *centred)
+use_simd()
 
 
 cdef void channel_sums(const float *x, const float *g, long N, long C, long L, long c,
@@ -37,24 +36,30 @@ cdef inline void moments_from(double *s, long M, float shift, double *mean,
     var[0] = v if v > 0.0 else 0.0
 
 
-cdef void train_channel(const float *xp, float *yp, long N, long C, long L, long c,
-                        float scale, float bias, float eps, double *mean,
-                        double *var) noexcept nogil:
-    """Normalise channel c with its batch statistics (returned in mean/var)."""
+cdef struct Moments:
+    double mean, var
+
+
+cdef Moments train_channel(const float *xp, float *yp, long N, long C, long L, long c,
+                           float scale, float bias, float eps) noexcept nogil:
+    """Normalise channel c with its batch statistics, which it returns (a value: each thread of
+    the prange gets its own)."""
     cdef long n, i
     cdef double sums[4]
     cdef float shift = xp[c * L], a, m
     cdef const float *seg
     cdef float *out
+    cdef Moments st
     channel_sums(xp, NULL, N, C, L, c, shift, sums)
-    moments_from(sums, N * L, shift, mean, var)
-    a = <float> (scale / sqrt(var[0] + eps))
-    m = <float> mean[0]
+    moments_from(sums, N * L, shift, &st.mean, &st.var)
+    a = <float> (scale / sqrt(st.var + eps))
+    m = <float> st.mean
     for n in range(N):
         seg = xp + (n * C + c) * L
         out = yp + (n * C + c) * L
         for i in range(L):
             out[i] = (seg[i] - m) * a + bias
+    return st
 
 
 def batch_norm_train(float[:, :, ::1] x, float[::1] scale, float[::1] bias,
@@ -66,7 +71,7 @@ def batch_norm_train(float[:, :, ::1] x, float[::1] scale, float[::1] bias,
     the batch variance multiplied by ``var_factor`` first (n/(n − 1): torch's unbiased update;
     1: ONNX's population one)."""
     cdef long N = x.shape[0], C = x.shape[1], L = x.shape[2], c
-    cdef double mu, var
+    cdef Moments st
     cdef float[::1] mo
     cdef float[::1] vo
     cdef float *mop = NULL
@@ -83,11 +88,11 @@ def batch_norm_train(float[:, :, ::1] x, float[::1] scale, float[::1] bias,
     cdef float *yp = &y[0, 0, 0]
     with nogil:
         for c in prange(C, num_threads=threads_for(nthreads, N * C * L), schedule='static'):
-            train_channel(xp, yp, N, C, L, c, scale[c], bias[c], eps, &mu, &var)
+            st = train_channel(xp, yp, N, C, L, c, scale[c], bias[c], eps)
             if mop != NULL:
-                mop[c] = <float> (mean_in[c] * momentum + mu * (1.0 - momentum))
+                mop[c] = <float> (mean_in[c] * momentum + st.mean * (1.0 - momentum))
             if vop != NULL:
-                vop[c] = <float> (var_in[c] * momentum + var * var_factor * (1.0 - momentum))
+                vop[c] = <float> (var_in[c] * momentum + st.var * var_factor * (1.0 - momentum))
 
 
 cdef void grad_channel(const float *gp, const float *xp, float *dxp, float *dsp, float *dbp,
@@ -183,8 +188,8 @@ cdef enum:
 cdef void layer_norm_row_grad(const float *g, const float *x, const float *s, float *dx, long L,
                               float eps, float *stat) noexcept nogil:
     """One row: stat = (mean, inv); dx (when not NULL) = inv·(gs − Σgs/n − x̂·Σ(gs·x̂)/n),
-    gs = g·s. Shifted sums (kernels/sums.h) give the statistics, then, with gs written into
-    dx, both gradient sums; the statistics never depend on whether dx is asked for."""
+    gs = g·s. Shifted sums (kernels/sums_kernel.h) give the statistics, then, with gs written
+    into dx, both gradient sums; the statistics never depend on whether dx is asked for."""
     cdef long i
     cdef double sums[4]
     cdef double m

@@ -3,8 +3,15 @@ and LayerNorm over (rows, n) views."""
 from cython.parallel cimport prange
 from libc.math cimport sqrt, sqrtf, powf
 
-from kernels.activation cimport apply_act_span
 from kernels.parallel cimport threads_for
+from kernels.simd cimport use_simd
+from kernels.sums cimport ember_row_inv_std
+
+use_simd()
+
+
+cdef extern from "simd.h" nogil:
+    void ember_act_span(float *p, long n, int code, float a, float b)
 
 
 def channel_affine(float[:, :, ::1] x, float[::1] scale, float[::1] shift, float[:, :, ::1] y,
@@ -26,7 +33,7 @@ def channel_affine(float[:, :, ::1] x, float[::1] scale, float[::1] shift, float
             yr = yp + p * L
             for i in range(L):
                 yr[i] = xr[i] * s + t
-            apply_act_span(yr, L, act, act_a, act_b)
+            ember_act_span(yr, L, act, act_a, act_b)
 
 
 def instance_norm(float[:, :, ::1] x, float[::1] scale, float[::1] bias, float[:, :, ::1] y,
@@ -94,11 +101,6 @@ def lrn(float[:, :, ::1] x, float[:, :, ::1] y, int size, float alpha, float bet
                 yr[i] = xr[i] / powf(bias + k * yr[i], beta)
 
 
-
-cdef extern from "sums.h" nogil:
-    double ember_row_inv_std(const float *x, long n, double eps, double *centred)
-
-
 cdef void layer_norm_row(const float *x, const float *s, const float *b, float *y, long L,
                          float eps, float *mean_out, float *inv_out) noexcept nogil:
     """One row of layer_norm; b, mean_out and inv_out may be NULL."""
@@ -122,7 +124,7 @@ def layer_norm(float[:, ::1] x, float[::1] scale, bias, float[:, ::1] y, mean_ou
                float eps, int nthreads):
     """Each row of x (rows, n): y = (x − mean)·inv·scale + bias, inv = 1/√(var + eps), the
     population variance, parallel over rows. The statistics come from one vectorised pass of
-    sums shifted by the row's first value (kernels/sums.h: float lanes flushed into double
+    sums shifted by the row's first value (kernels/sums_kernel.h: float lanes flushed into double
     every 512 values; the shift keeps E[d²] − E[d]² from cancelling when the mean is large).
     bias (float[::1] of n) may be None; mean_out / inv_out (float[::1] of rows, or None)
     receive each row's mean and inv. n ≥ 1."""

@@ -3,10 +3,10 @@ back to its shape, both the same "sum everything but one (flattened) axis" reduc
 from cython.parallel cimport prange
 
 from kernels.parallel cimport threads_for
+from kernels.simd cimport use_simd
+from kernels.sums cimport ember_sum
 
-
-cdef extern from "sums.h" nogil:
-    double ember_sum(const float *p, long n)
+use_simd()
 
 cdef enum:
     BLOCK = 64   # columns per task when the kept axis is the last one
@@ -29,8 +29,8 @@ cdef void column_block_sum(const float *x, float *y, long rows, long cols, long 
 
 
 def channel_sum(float[:, :, ::1] x, float[::1] y, int nthreads):
-    """y[c] = Σ_o Σ_i x[o, c, i], x (outer, C, inner): float lanes per segment (sums.h), double
-    across segments."""
+    """y[c] = Σ_o Σ_i x[o, c, i], x (outer, C, inner): float lanes per segment (sums_kernel.h),
+    double across segments."""
     cdef long O = x.shape[0], C = x.shape[1], I = x.shape[2], c, o, b
     cdef double acc
     if C == 0:

@@ -59,13 +59,48 @@ struct ember_activation_kernels {
 struct ember_depthwise_kernels;
 
 /* ---- Winograd transforms (winograd_kernel.h) ----------------------------------------------- */
-struct ember_winograd_kernels;
 
-/* ---- pooling rows (pool_kernel.h) ---------------------------------------------------------- */
-struct ember_pool_kernels;
+struct ember_winograd_kernels {
+    /* V[ξ·vs + l] = (Bᵀ·d_l·B)[ξ] for tiles [tw0, tw0+nt) of tile row th of one channel plane */
+    void (*input_strip)(int m, const float *xc, int H, int W, int th, int tw0, int nt, int pt,
+                        int pl, float *V, long vs);
+    /* y rows th·m + [0, m) = act(Aᵀ·M_l·A + bias) for those tiles of one output channel */
+    void (*output_strip)(int m, const float *Mx, long ms, int th, int tw0, int nt, float bias,
+                         int act, float act_a, float act_b, float *yc, int OH, int OW);
+};
+
+/* ---- pooling (pool_kernel.h) --------------------------------------------------------------- */
+
+/* One pooling geometry over H×W planes, 64-bit (window.h): kh×kw taps dh, dw apart, strides sh,
+ * sw, pads top/left/bottom/right; count_include_pad for the average's divisor. */
+typedef struct {
+    long H, W, OH, OW;
+    long kh, kw, sh, sw, dh, dw;
+    long pt, pl, pb, pr;
+    int count_include_pad;
+} ember_pool_window;
+
+struct ember_pool_kernels {
+    /* y (OH×OW) = max / average pooling of one plane x (H×W) */
+    void (*max_plane)(const float *x, float *y, const ember_pool_window *g);
+    void (*avg_plane)(const float *x, float *y, const ember_pool_window *g);
+    /* y[r] = max or mean of each of `rows` rows of L floats */
+    void (*global_rows)(const float *x, float *y, long rows, long L, int is_max);
+    /* dx (H×W, overwritten) of one plane from dy (OH×OW); the max's from x as well */
+    void (*max_grad_plane)(const float *dy, const float *x, float *dx, const ember_pool_window *g);
+    void (*avg_grad_plane)(const float *dy, float *dx, const ember_pool_window *g);
+};
 
 /* ---- row sums (sums_kernel.h) -------------------------------------------------------------- */
-struct ember_sums_kernels;
+
+struct ember_sums_kernels {
+    /* Σ p[i] */
+    double (*sum)(const float *p, long n);
+    /* s[0] += Σd, s[1] += Σd², d = x − shift; with g (else NULL): s[2] += Σg, s[3] += Σg·d */
+    void (*moment_sums)(const float *x, const float *g, long n, float shift, double *s);
+    /* 1/√(var + eps) of n ≥ 1 floats (population variance); *centred = mean − x[0] */
+    double (*row_inv_std)(const float *x, long n, double eps, double *centred);
+};
 
 /* ---- elementwise (elementwise_kernel.h) ---------------------------------------------------- */
 struct ember_elementwise_kernels;
@@ -124,6 +159,67 @@ static inline void ember_act_span(float *p, long n, int code, float a, float b)
 static inline void ember_act_unary(const float *x, float *y, long n, int code, float a, float b)
 {
     ember_simd_in_use->activation->unary(x, y, n, code, a, b);
+}
+
+/* Winograd transforms */
+static inline void ember_wino_input_strip(int m, const float *xc, int H, int W, int th, int tw0,
+                                          int nt, int pt, int pl, float *V, long vs)
+{
+    ember_simd_in_use->winograd->input_strip(m, xc, H, W, th, tw0, nt, pt, pl, V, vs);
+}
+
+static inline void ember_wino_output_strip(int m, const float *Mx, long ms, int th, int tw0,
+                                           int nt, float bias, int act, float act_a,
+                                           float act_b, float *yc, int OH, int OW)
+{
+    ember_simd_in_use->winograd->output_strip(m, Mx, ms, th, tw0, nt, bias, act, act_a, act_b,
+                                              yc, OH, OW);
+}
+
+/* pooling */
+static inline void ember_max_pool_plane(const float *x, float *y, const ember_pool_window *g)
+{
+    ember_simd_in_use->pool->max_plane(x, y, g);
+}
+
+static inline void ember_avg_pool_plane(const float *x, float *y, const ember_pool_window *g)
+{
+    ember_simd_in_use->pool->avg_plane(x, y, g);
+}
+
+static inline void ember_global_pool_rows(const float *x, float *y, long rows, long L,
+                                          int is_max)
+{
+    ember_simd_in_use->pool->global_rows(x, y, rows, L, is_max);
+}
+
+static inline void ember_max_pool_grad_plane(const float *dy, const float *x, float *dx,
+                                             const ember_pool_window *g)
+{
+    ember_simd_in_use->pool->max_grad_plane(dy, x, dx, g);
+}
+
+static inline void ember_avg_pool_grad_plane(const float *dy, float *dx,
+                                             const ember_pool_window *g)
+{
+    ember_simd_in_use->pool->avg_grad_plane(dy, dx, g);
+}
+
+/* row sums */
+static inline double ember_sum(const float *p, long n)
+{
+    return ember_simd_in_use->sums->sum(p, n);
+}
+
+static inline void ember_moment_sums(const float *x, const float *g, long n, float shift,
+                                     double *s)
+{
+    ember_simd_in_use->sums->moment_sums(x, g, n, shift, s);
+}
+
+static inline double ember_row_inv_std(const float *x, long n, double eps, double *centred)
+{
+    return ember_simd_in_use->sums->row_inv_std(x, n, eps, centred);
 }
 #endif
 

@@ -15,7 +15,6 @@ split over the team (channels, GEMM positions ξ, output channels).
 """
 from cython.parallel cimport prange, threadid
 
-from kernels.activation cimport ACT_IDENTITY, apply_act_span
 from kernels.parallel cimport threads_for
 from kernels.sgemm cimport ember_packed_gemm, ember_gemm_mr, ember_gemm_nr
 from kernels.simd cimport use_simd
@@ -25,11 +24,15 @@ use_simd()
 
 cdef extern from "winograd_transform.h" nogil:
     int EMBER_WINO_NT
+    void ember_wino_weight(int m, const float *g, int flip, float *U, long us)
+
+
+cdef extern from "simd.h" nogil:   # the strip transforms, kernels/winograd_kernel.h
     void ember_wino_input_strip(int m, const float *xc, int H, int W, int th, int tw0, int nt,
                                 int pt, int pl, float *V, long vs)
     void ember_wino_output_strip(int m, const float *Mx, long ms, int th, int tw0, int nt,
-                                 float bias, float *yc, int OH, int OW)
-    void ember_wino_weight(int m, const float *g, int flip, float *U, long us)
+                                 float bias, int act, float act_a, float act_b, float *yc,
+                                 int OH, int OW)
 
 
 cdef struct WinoShape:
@@ -162,26 +165,16 @@ cdef void output_channel(const float *Mx, const float *bias, float *y, WinoShape
                          long t0, int nb, int act, float act_a, float act_b) noexcept nogil:
     """y[:, mo] for tiles [t0, t0 + nb): output transform, bias, activation."""
     cdef long t = t0, t_end = t0 + nb
-    cdef int n, th, tw, nt, pp, oh, ow0, ncols
+    cdef int n, th, tw, nt
     cdef long plane = <long> s.OH * s.OW, ms = <long> s.Mp * s.TB
     cdef float bv = bias[mo] if bias != NULL else 0.0
-    cdef float *yc
     while t < t_end:
         n = <int> (t // (s.tH * s.tW))
         th = <int> ((t // s.tW) % s.tH)
         tw = <int> (t % s.tW)
         nt = <int> min(<long> min(s.tW - tw, EMBER_WINO_NT), t_end - t)
-        yc = y + (<long> n * s.M + mo) * plane
-        ember_wino_output_strip(s.m, Mx + <long> mo * s.TB + (t - t0), ms, th, tw, nt, bv, yc,
-                                s.OH, s.OW)
-        if act != ACT_IDENTITY:
-            ow0 = tw * s.m
-            ncols = min(s.OW - ow0, nt * s.m)
-            for pp in range(s.m):
-                oh = th * s.m + pp
-                if oh >= s.OH:
-                    break
-                apply_act_span(yc + <long> oh * s.OW + ow0, ncols, act, act_a, act_b)
+        ember_wino_output_strip(s.m, Mx + <long> mo * s.TB + (t - t0), ms, th, tw, nt, bv, act,
+                                act_a, act_b, y + (<long> n * s.M + mo) * plane, s.OH, s.OW)
         t += nt
 
 
