@@ -12,6 +12,7 @@ const ember_simd EMBER_SIMD_NAME = {"unavailable", -1, EMBER_ISA_TARGET_LEVEL, 0
 
 #include "simd.h"
 #include "activation_kernel.h"
+#include "elementwise_kernel.h"
 #include "sgemm_kernel.h"
 
 #if EMBER_ISA_LEVEL != EMBER_ISA_TARGET_LEVEL
@@ -30,6 +31,7 @@ const ember_simd EMBER_SIMD_NAME = {
     .needs = EMBER_ISA_TARGET_LEVEL,
     .sgemm = &ember_sgemm_here,
     .activation = &ember_activation_here,
+    .elementwise = &ember_elementwise_here,
 };
 
 EMBER_TARGET_POP

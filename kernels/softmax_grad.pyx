@@ -3,25 +3,11 @@ from cython.parallel cimport prange
 from libc.math cimport expf, logf, exp, NAN
 from libc.stdint cimport int64_t
 
+from kernels.elementwise_simd cimport ember_softmax_grad_line
 from kernels.parallel cimport threads_for
+from kernels.simd cimport use_simd
 
-
-cdef void softmax_grad_line(const float *g, const float *y, float *dx, long n, long stride,
-                            bint log) noexcept nogil:
-    """One line of n elements `stride` apart. Softmax: dx = y·(g − Σ g·y); log-softmax (y = log
-    p): dx = g − exp(y)·Σ g."""
-    cdef long k
-    cdef double s = 0.0
-    if log:
-        for k in range(n):
-            s = s + g[k * stride]
-        for k in range(n):
-            dx[k * stride] = <float> (g[k * stride] - expf(y[k * stride]) * s)
-    else:
-        for k in range(n):
-            s = s + <double> g[k * stride] * y[k * stride]
-        for k in range(n):
-            dx[k * stride] = <float> (y[k * stride] * (g[k * stride] - s))
+use_simd()
 
 
 def softmax_grad(float[:, :, ::1] dy, float[:, :, ::1] y, float[:, :, ::1] dx, bint log,
@@ -38,8 +24,8 @@ def softmax_grad(float[:, :, ::1] dy, float[:, :, ::1] y, float[:, :, ::1] dx, b
                            schedule='static'):
             o = line // I
             j = line % I
-            softmax_grad_line(gp + o * n * I + j, yp + o * n * I + j, dxp + o * n * I + j, n, I,
-                              log)
+            ember_softmax_grad_line(gp + o * n * I + j, yp + o * n * I + j, dxp + o * n * I + j,
+                                    n, I, log)
 
 
 cdef enum Reduction:
