@@ -17,7 +17,7 @@
 #endif
 
 typedef int32_t ember_ew_vi __attribute__((vector_size(EMBER_VW * 4)));
-typedef double ember_ew_vd __attribute__((vector_size(EMBER_VW * 8)));
+typedef double ember_ew_vd __attribute__((vector_size(EMBER_VW * 4)));
 
 /* lanes of a where mask is set, else of b */
 static inline ember_vf ember_ew_select(ember_ew_vi mask, ember_vf a, ember_vf b)
@@ -189,25 +189,33 @@ static float ember_row_max(const float *x, long n)
     return m;
 }
 
-static inline ember_ew_vd ember_ew_widen(ember_vf v)
+/* Half a vector of floats, and as many doubles in one register: the double sums widen each
+ * half (a vector of EMBER_VW doubles would not fit a register and live in memory). */
+typedef float ember_ew_vh __attribute__((vector_size(EMBER_VW * 2), aligned(4)));
+
+static inline ember_ew_vd ember_ew_widen(const float *p)
 {
-    return __builtin_convertvector(v, ember_ew_vd);
+    return __builtin_convertvector(*(const ember_ew_vh *)p, ember_ew_vd);
 }
 
 static double ember_ew_hsum(ember_ew_vd v)
 {
     double s = 0.0;
-    for (int l = 0; l < EMBER_VW; ++l) s += v[l];
+    for (int l = 0; l < EMBER_VW / 2; ++l) s += v[l];
     return s;
 }
 
 /* Σ g[k] in double */
 static double ember_row_sum(const float *g, long n)
 {
-    ember_ew_vd acc = {0};
+    const int h = EMBER_VW / 2;
+    ember_ew_vd lo = {0}, hi = {0};
     long k = 0;
-    for (; k + EMBER_VW <= n; k += EMBER_VW) acc += ember_ew_widen(ember_vload(g + k));
-    double s = ember_ew_hsum(acc);
+    for (; k + EMBER_VW <= n; k += EMBER_VW) {
+        lo += ember_ew_widen(g + k);
+        hi += ember_ew_widen(g + k + h);
+    }
+    double s = ember_ew_hsum(lo + hi);
     for (; k < n; ++k) s += g[k];
     return s;
 }
@@ -215,11 +223,14 @@ static double ember_row_sum(const float *g, long n)
 /* Σ g[k]·y[k] in double */
 static double ember_row_dot(const float *g, const float *y, long n)
 {
-    ember_ew_vd acc = {0};
+    const int h = EMBER_VW / 2;
+    ember_ew_vd lo = {0}, hi = {0};
     long k = 0;
-    for (; k + EMBER_VW <= n; k += EMBER_VW)
-        acc += ember_ew_widen(ember_vload(g + k)) * ember_ew_widen(ember_vload(y + k));
-    double s = ember_ew_hsum(acc);
+    for (; k + EMBER_VW <= n; k += EMBER_VW) {
+        lo += ember_ew_widen(g + k) * ember_ew_widen(y + k);
+        hi += ember_ew_widen(g + k + h) * ember_ew_widen(y + k + h);
+    }
+    double s = ember_ew_hsum(lo + hi);
     for (; k < n; ++k) s += (double)g[k] * y[k];
     return s;
 }
