@@ -9,6 +9,7 @@
  * maximum, double sums) are written with vectors, since the compiler may not reorder them. */
 #include "activation.h"
 #include "dropout_hash.h"
+/* and, from activation_kernel.h (included before this in simd_instance.h): vector_exp.h */
 
 #if defined(__clang__)
 #define EMBER_IVDEP _Pragma("clang loop vectorize(assume_safety)")
@@ -16,14 +17,7 @@
 #define EMBER_IVDEP _Pragma("GCC ivdep")
 #endif
 
-typedef int32_t ember_ew_vi __attribute__((vector_size(EMBER_VW * 4)));
 typedef double ember_ew_vd __attribute__((vector_size(EMBER_VW * 4)));
-
-/* lanes of a where mask is set, else of b */
-static inline ember_vf ember_ew_select(ember_ew_vi mask, ember_vf a, ember_vf b)
-{
-    return (ember_vf)(((ember_ew_vi)a & mask) | ((ember_ew_vi)b & ~mask));
-}
 
 /* ---- binary ops -------------------------------------------------------------------------- */
 
@@ -179,7 +173,7 @@ static float ember_row_max(const float *x, long n)
         ember_vf mv = ember_vsplat(m);
         for (; k + EMBER_VW <= n; k += EMBER_VW) {
             const ember_vf v = ember_vload(x + k);
-            mv = ember_ew_select(v > mv, v, mv);
+            mv = ember_vblend(v > mv, v, mv);
         }
         for (int l = 0; l < EMBER_VW; ++l)
             if (mv[l] > m) m = mv[l];
@@ -235,6 +229,43 @@ static double ember_row_dot(const float *g, const float *y, long n)
     return s;
 }
 
+/* y[k] = exp(x[k] − m) for k < n (y may be x); returns Σ y[k] in double */
+static double ember_row_exp_store_sum(const float *x, float m, float *y, long n)
+{
+    const int h = EMBER_VW / 2;
+    const ember_vf mv = ember_vsplat(m);
+    ember_ew_vd lo = {0}, hi = {0};
+    long k = 0;
+    for (; k + EMBER_VW <= n; k += EMBER_VW) {
+        ember_vstore(y + k, ember_vexp(ember_vload(x + k) - mv));
+        lo += ember_ew_widen(y + k);
+        hi += ember_ew_widen(y + k + h);
+    }
+    double s = ember_ew_hsum(lo + hi);
+    for (; k < n; ++k) {
+        y[k] = expf(x[k] - m);
+        s += y[k];
+    }
+    return s;
+}
+
+/* Σ exp(x[k] − m) for k < n, in double */
+static double ember_row_exp_sum(const float *x, float m, long n)
+{
+    float e[EMBER_VW];
+    const ember_vf mv = ember_vsplat(m);
+    ember_ew_vd lo = {0}, hi = {0};
+    long k = 0;
+    for (; k + EMBER_VW <= n; k += EMBER_VW) {
+        ember_vstore(e, ember_vexp(ember_vload(x + k) - mv));
+        lo += ember_ew_widen(e);
+        hi += ember_ew_widen(e + EMBER_VW / 2);
+    }
+    double s = ember_ew_hsum(lo + hi);
+    for (; k < n; ++k) s += expf(x[k] - m);
+    return s;
+}
+
 /* One softmax (or log-softmax) over n values `stride` apart, max-subtracted; y may be x. */
 static void ember_softmax_line_here(const float *x, float *y, long n, long stride, int log)
 {
@@ -243,17 +274,13 @@ static void ember_softmax_line_here(const float *x, float *y, long n, long strid
     if (stride == 1) {
         m = ember_row_max(x, n);
         if (log) {
-            for (long k = 0; k < n; ++k) s += expf(x[k] - m);
-            v = logf((float)s);
+            v = logf((float)ember_row_exp_sum(x, m, n));
             /* (x - m) is exact-ish; folding m into v would round at |m|'s ulp */
             EMBER_IVDEP
             for (long k = 0; k < n; ++k) y[k] = (x[k] - m) - v;
         } else {
-            for (long k = 0; k < n; ++k) {
-                y[k] = expf(x[k] - m);
-                s += y[k];
-            }
-            v = (float)(1.0 / s);
+            v = (float)(1.0 / ember_row_exp_store_sum(x, m, y, n));
+            EMBER_IVDEP
             for (long k = 0; k < n; ++k) y[k] *= v;
         }
         return;
@@ -284,7 +311,13 @@ static void ember_softmax_grad_line_here(const float *g, const float *y, float *
     if (stride == 1) {
         if (log) {
             s = ember_row_sum(g, n);
-            for (long k = 0; k < n; ++k) dx[k] = (float)(g[k] - expf(y[k]) * s);
+            long k = 0;
+            for (; k + EMBER_VW <= n; k += EMBER_VW) {
+                float e[EMBER_VW];
+                ember_vstore(e, ember_vexp(ember_vload(y + k)));
+                for (int l = 0; l < EMBER_VW; ++l) dx[k + l] = (float)(g[k + l] - e[l] * s);
+            }
+            for (; k < n; ++k) dx[k] = (float)(g[k] - expf(y[k]) * s);
         } else {
             s = ember_row_dot(g, y, n);
             EMBER_IVDEP
