@@ -1,9 +1,11 @@
 """Softmax / LogSoftmax gradients and the softmax cross-entropy loss with its gradient."""
 from cython.parallel cimport prange
-from libc.math cimport expf, logf, exp, NAN
+from libc.math cimport NAN
 from libc.stdint cimport int64_t
 
-from kernels.elementwise_simd cimport ember_softmax_grad_line
+from kernels.activation cimport ACT_EXP
+from kernels.elementwise_simd cimport (ember_act_unary, ember_softmax_grad_line,
+                                       ember_softmax_line)
 from kernels.parallel cimport threads_for
 from kernels.simd cimport use_simd
 
@@ -63,11 +65,8 @@ def softmax_xent(const float[:, ::1] scores, const int64_t[::1] labels, weights,
     ignored) into loss (1).
     Returns −1, or the first row whose label is outside [0, C) and not ignore_index (nothing is
     written then)."""
-    cdef long N = scores.shape[0], C = scores.shape[1], i, k
-    cdef float m
+    cdef long N = scores.shape[0], C = scores.shape[1], i
     cdef double s, total = 0.0, denom = 0.0, wi
-    cdef const float *row
-    cdef float *out
     cdef const float[::1] w_view
     cdef const float *wp = NULL
     cdef int64_t ig = ignore_index
@@ -87,18 +86,7 @@ def softmax_xent(const float[:, ::1] scores, const int64_t[::1] labels, weights,
     cdef float *lpp = &log_prob[0, 0]
     with nogil:
         for i in prange(N, num_threads=threads_for(nthreads, N * C * 8), schedule='static'):
-            row = sp + i * C
-            out = lpp + i * C
-            m = row[0]
-            for k in range(1, C):
-                if row[k] > m:
-                    m = row[k]
-            s = 0.0
-            for k in range(C):
-                s = s + expf(row[k] - m)
-            m = m + <float> logf(<float> s)      # log Σ exp
-            for k in range(C):
-                out[k] = row[k] - m
+            ember_softmax_line(sp + i * C, lpp + i * C, C, 1, True)
         for i in range(N):
             wi = label_weight(lp[i], wp, ig, has_ignore)
             s = -wi * lpp[i * C + lp[i]] if wi != 0.0 else 0.0
@@ -156,7 +144,8 @@ def softmax_xent_grad(const float[::1] dloss, const float[:, ::1] log_prob,
                 for k in range(C):
                     out[k] = 0.0
             else:
+                ember_act_unary(row, out, C, ACT_EXP, 0.0, 0.0)
                 for k in range(C):
-                    out[k] = coef * expf(row[k])
+                    out[k] = coef * out[k]
                 out[lp[i]] = out[lp[i]] - coef
     return -1
