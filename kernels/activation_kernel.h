@@ -51,18 +51,20 @@ static int ember_act_unary_selects(const float *x, float *y, long n, int code, f
 #pragma GCC pop_options
 #endif
 
-/* y[0:n] = exp(x[0:n]) (Exp), σ(x) (Sigmoid) or x·σ(x) (SiLU) with the vector exp; σ stable
- * on both sides: e = exp(−|x|), σ = 1/(1 + e) for x ≥ 0, e/(1 + e) below. Returns 0 for the
- * other codes. */
+/* y[0:n] = exp(x[0:n]) (Exp), tanh(x) (Tanh), σ(x) (Sigmoid) or x·σ(x) (SiLU) with the vector
+ * exp; σ stable on both sides: e = exp(−|x|), σ = 1/(1 + e) for x ≥ 0, e/(1 + e) below.
+ * Returns 0 for the other codes. */
 static int ember_act_unary_exp(const float *x, float *y, long n, int code)
 {
-    if (code != EMBER_ACT_EXP && code != EMBER_ACT_SIGMOID && code != EMBER_ACT_SILU) return 0;
+    if (code != EMBER_ACT_EXP && code != EMBER_ACT_TANH && code != EMBER_ACT_SIGMOID &&
+        code != EMBER_ACT_SILU)
+        return 0;
     const ember_vf one = ember_vsplat(1.0f), zero = ember_vsplat(0.0f);
     long i = 0;
     for (; i + EMBER_VW <= n; i += EMBER_VW) {
         const ember_vf v = ember_vload(x + i);
-        if (code == EMBER_ACT_EXP) {
-            ember_vstore(y + i, ember_vexp(v));
+        if (code == EMBER_ACT_EXP || code == EMBER_ACT_TANH) {
+            ember_vstore(y + i, code == EMBER_ACT_EXP ? ember_vexp(v) : ember_vtanh(v));
             continue;
         }
         const ember_vf e = ember_vexp(ember_vblend(v >= zero, -v, v));

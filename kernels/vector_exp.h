@@ -1,5 +1,5 @@
 /* Fragment of the templates (activation_kernel.h includes it, once per instruction set):
- * selects and expf on vectors of the level (ember_vf, isa_target.h). */
+ * selects, expf and tanhf on vectors of the level (ember_vf, isa_target.h). */
 
 typedef int32_t ember_vi32 __attribute__((vector_size(EMBER_VW * 4)));
 
@@ -35,4 +35,23 @@ static inline ember_vf ember_vexp(ember_vf x)
     const ember_vf s1 = (ember_vf)((n1 + 127) << 23), s2 = (ember_vf)((n2 + 127) << 23);
     const ember_vf e = p * s1 * s2;
     return ember_vblend(x != x, x, e);
+}
+
+/* tanhf on a vector (Cephes' tanhf), on |x| with x's sign put back: an odd polynomial below
+ * |x| = 0.625, where 1 − 2/(e²ˣ + 1) would cancel, that formula above (1 once e²ˣ overflows);
+ * NaN and −0 pass through. */
+static inline ember_vf ember_vtanh(ember_vf x)
+{
+    const ember_vi32 sign = (ember_vi32){0} + INT32_MIN;
+    const ember_vf ax = (ember_vf)((ember_vi32)x & ~sign);
+    const ember_vf z = ax * ax;
+    ember_vf p = ember_vsplat(-5.70498872745e-3f);
+    p = p * z + 2.06390887954e-2f;
+    p = p * z - 5.37397155531e-2f;
+    p = p * z + 1.33314422036e-1f;
+    p = p * z - 3.33332819422e-1f;
+    const ember_vf small = p * z * ax + ax;
+    const ember_vf big = 1.0f - 2.0f / (ember_vexp(ax + ax) + 1.0f);
+    const ember_vf t = ember_vblend(ax >= 0.625f, big, small);
+    return (ember_vf)((ember_vi32)t | ((ember_vi32)x & sign));
 }
