@@ -3,7 +3,7 @@
  * optimizer updates. The Cython modules keep the shapes and the parallel split; these are the
  * spans each task runs.
  *
- * Most loops are plain C the compiler vectorises for the level; EMBER_IVDEP tells it that an
+ * Most loops are plain C the compiler vectorises for the level; EMBER_EW_IVDEP tells it that an
  * output may be its input (y is x) but never a shifted copy of it, so no overlap check is
  * needed: each element is read before it is written at the same index. The reductions (a row's
  * maximum, double sums) are written with vectors, since the compiler may not reorder them. */
@@ -12,17 +12,15 @@
 /* and, from activation_kernel.h (included before this in simd_instance.h): vector_exp.h */
 
 #if defined(__clang__)
-#define EMBER_IVDEP _Pragma("clang loop vectorize(assume_safety)")
+#define EMBER_EW_IVDEP _Pragma("clang loop vectorize(assume_safety)")
 #else
-#define EMBER_IVDEP _Pragma("GCC ivdep")
+#define EMBER_EW_IVDEP _Pragma("GCC ivdep")
 #endif
-
-typedef double ember_ew_vd __attribute__((vector_size(EMBER_VW * 4)));
 
 /* ---- binary ops -------------------------------------------------------------------------- */
 
 /* One op; Max and Min pass a NaN u through, as onnxruntime does. */
-static inline float ember_binop(float u, float v, int op)
+static inline float ember_ew_binop(float u, float v, int op)
 {
     switch (op) {
     case EMBER_OP_ADD: return u + v;
@@ -39,22 +37,22 @@ static inline float ember_binop(float u, float v, int op)
 /* y[i] = a[i·sa] op b[i·sb] for one op known at compile time (inlined with a constant), with
  * a loop per common stride pattern so each vectorises. */
 static inline __attribute__((always_inline)) void
-ember_binary_pattern(const float *a, long sa, const float *b, long sb, float *y, long n,
+ember_ew_binary_pattern(const float *a, long sa, const float *b, long sb, float *y, long n,
                      const int op)
 {
     if (sa == 1 && sb == 1) {
-        EMBER_IVDEP
-        for (long i = 0; i < n; ++i) y[i] = ember_binop(a[i], b[i], op);
+        EMBER_EW_IVDEP
+        for (long i = 0; i < n; ++i) y[i] = ember_ew_binop(a[i], b[i], op);
     } else if (sa == 1 && sb == 0) {
         const float s = b[0];
-        EMBER_IVDEP
-        for (long i = 0; i < n; ++i) y[i] = ember_binop(a[i], s, op);
+        EMBER_EW_IVDEP
+        for (long i = 0; i < n; ++i) y[i] = ember_ew_binop(a[i], s, op);
     } else if (sa == 0 && sb == 1) {
         const float s = a[0];
-        EMBER_IVDEP
-        for (long i = 0; i < n; ++i) y[i] = ember_binop(s, b[i], op);
+        EMBER_EW_IVDEP
+        for (long i = 0; i < n; ++i) y[i] = ember_ew_binop(s, b[i], op);
     } else {
-        for (long i = 0; i < n; ++i) y[i] = ember_binop(a[i * sa], b[i * sb], op);
+        for (long i = 0; i < n; ++i) y[i] = ember_ew_binop(a[i * sa], b[i * sb], op);
     }
 }
 
@@ -62,14 +60,14 @@ static void ember_binary_span_here(const float *a, long sa, const float *b, long
                                    long n, int op)
 {
     switch (op) {
-    case EMBER_OP_ADD: ember_binary_pattern(a, sa, b, sb, y, n, EMBER_OP_ADD); break;
-    case EMBER_OP_SUB: ember_binary_pattern(a, sa, b, sb, y, n, EMBER_OP_SUB); break;
-    case EMBER_OP_MUL: ember_binary_pattern(a, sa, b, sb, y, n, EMBER_OP_MUL); break;
-    case EMBER_OP_DIV: ember_binary_pattern(a, sa, b, sb, y, n, EMBER_OP_DIV); break;
-    case EMBER_OP_MAX: ember_binary_pattern(a, sa, b, sb, y, n, EMBER_OP_MAX); break;
-    case EMBER_OP_MIN: ember_binary_pattern(a, sa, b, sb, y, n, EMBER_OP_MIN); break;
-    case EMBER_OP_POW: ember_binary_pattern(a, sa, b, sb, y, n, EMBER_OP_POW); break;
-    default: ember_binary_pattern(a, sa, b, sb, y, n, EMBER_OP_PRELU); break;
+    case EMBER_OP_ADD: ember_ew_binary_pattern(a, sa, b, sb, y, n, EMBER_OP_ADD); break;
+    case EMBER_OP_SUB: ember_ew_binary_pattern(a, sa, b, sb, y, n, EMBER_OP_SUB); break;
+    case EMBER_OP_MUL: ember_ew_binary_pattern(a, sa, b, sb, y, n, EMBER_OP_MUL); break;
+    case EMBER_OP_DIV: ember_ew_binary_pattern(a, sa, b, sb, y, n, EMBER_OP_DIV); break;
+    case EMBER_OP_MAX: ember_ew_binary_pattern(a, sa, b, sb, y, n, EMBER_OP_MAX); break;
+    case EMBER_OP_MIN: ember_ew_binary_pattern(a, sa, b, sb, y, n, EMBER_OP_MIN); break;
+    case EMBER_OP_POW: ember_ew_binary_pattern(a, sa, b, sb, y, n, EMBER_OP_POW); break;
+    default: ember_ew_binary_pattern(a, sa, b, sb, y, n, EMBER_OP_PRELU); break;
     }
 }
 
@@ -97,37 +95,37 @@ static void ember_act_grad_span_here(const float *g, const float *t, float *dx, 
 {
     switch (code) {
     case EMBER_ACT_RELU:
-        EMBER_IVDEP
+        EMBER_EW_IVDEP
         for (long i = 0; i < n; ++i) dx[i] = t[i] > 0.0f ? g[i] : 0.0f;
         break;
     case EMBER_ACT_SIGMOID:
-        EMBER_IVDEP
+        EMBER_EW_IVDEP
         for (long i = 0; i < n; ++i) dx[i] = g[i] * t[i] * (1.0f - t[i]);
         break;
     case EMBER_ACT_TANH:
-        EMBER_IVDEP
+        EMBER_EW_IVDEP
         for (long i = 0; i < n; ++i) dx[i] = g[i] * (1.0f - t[i] * t[i]);
         break;
     case EMBER_ACT_LEAKY_RELU: /* a = slope */
-        EMBER_IVDEP
+        EMBER_EW_IVDEP
         for (long i = 0; i < n; ++i) dx[i] = g[i] * (t[i] > 0.0f ? 1.0f : a);
         break;
     case EMBER_ACT_ELU:
         for (long i = 0; i < n; ++i) dx[i] = g[i] * (t[i] > 0.0f ? 1.0f : a * expf(t[i]));
         break;
     case EMBER_ACT_CLIP: /* a = min, b = max */
-        EMBER_IVDEP
+        EMBER_EW_IVDEP
         for (long i = 0; i < n; ++i) dx[i] = g[i] * ((t[i] >= a) & (t[i] <= b) ? 1.0f : 0.0f);
         break;
     case EMBER_ACT_HARD_SIGMOID:
-        EMBER_IVDEP
+        EMBER_EW_IVDEP
         for (long i = 0; i < n; ++i) {
             const float u = a * t[i] + b;
             dx[i] = g[i] * ((u > 0.0f) & (u < 1.0f) ? a : 0.0f);
         }
         break;
     case EMBER_ACT_HARD_SWISH:
-        EMBER_IVDEP
+        EMBER_EW_IVDEP
         for (long i = 0; i < n; ++i) {
             const float x = t[i];
             dx[i] = g[i] * (x < -3.0f ? 0.0f : (x > 3.0f ? 1.0f : (2.0f * x + 3.0f) / 6.0f));
@@ -165,7 +163,7 @@ static void ember_dropout_span_here(const float *restrict x, float *restrict y,
 
 /* max of x[0:n] (n ≥ 1) as the walk `if (x[k] > m) m = x[k]` from m = x[0] finds it: a NaN
  * counts only in x[0] */
-static float ember_row_max(const float *x, long n)
+static float ember_ew_row_max(const float *x, long n)
 {
     float m = x[0];
     long k = 0;
@@ -186,6 +184,7 @@ static float ember_row_max(const float *x, long n)
 /* Half a vector of floats, and as many doubles in one register: the double sums widen each
  * half (a vector of EMBER_VW doubles would not fit a register and live in memory). */
 typedef float ember_ew_vh __attribute__((vector_size(EMBER_VW * 2), aligned(4)));
+typedef double ember_ew_vd __attribute__((vector_size(EMBER_VW * 4)));
 
 static inline ember_ew_vd ember_ew_widen(const float *p)
 {
@@ -200,7 +199,7 @@ static double ember_ew_hsum(ember_ew_vd v)
 }
 
 /* Σ g[k] in double */
-static double ember_row_sum(const float *g, long n)
+static double ember_ew_row_sum(const float *g, long n)
 {
     const int h = EMBER_VW / 2;
     ember_ew_vd lo = {0}, hi = {0};
@@ -215,7 +214,7 @@ static double ember_row_sum(const float *g, long n)
 }
 
 /* Σ g[k]·y[k] in double */
-static double ember_row_dot(const float *g, const float *y, long n)
+static double ember_ew_row_dot(const float *g, const float *y, long n)
 {
     const int h = EMBER_VW / 2;
     ember_ew_vd lo = {0}, hi = {0};
@@ -230,7 +229,7 @@ static double ember_row_dot(const float *g, const float *y, long n)
 }
 
 /* y[k] = exp(x[k] − m) for k < n (y may be x); returns Σ y[k] in double */
-static double ember_row_exp_store_sum(const float *x, float m, float *y, long n)
+static double ember_ew_row_exp_store_sum(const float *x, float m, float *y, long n)
 {
     const int h = EMBER_VW / 2;
     const ember_vf mv = ember_vsplat(m);
@@ -250,7 +249,7 @@ static double ember_row_exp_store_sum(const float *x, float m, float *y, long n)
 }
 
 /* Σ exp(x[k] − m) for k < n, in double */
-static double ember_row_exp_sum(const float *x, float m, long n)
+static double ember_ew_row_exp_sum(const float *x, float m, long n)
 {
     float e[EMBER_VW];
     const ember_vf mv = ember_vsplat(m);
@@ -272,15 +271,15 @@ static void ember_softmax_line_here(const float *x, float *y, long n, long strid
     double s = 0.0;
     float m, v;
     if (stride == 1) {
-        m = ember_row_max(x, n);
+        m = ember_ew_row_max(x, n);
         if (log) {
-            v = logf((float)ember_row_exp_sum(x, m, n));
+            v = logf((float)ember_ew_row_exp_sum(x, m, n));
             /* (x - m) is exact-ish; folding m into v would round at |m|'s ulp */
-            EMBER_IVDEP
+            EMBER_EW_IVDEP
             for (long k = 0; k < n; ++k) y[k] = (x[k] - m) - v;
         } else {
-            v = (float)(1.0 / ember_row_exp_store_sum(x, m, y, n));
-            EMBER_IVDEP
+            v = (float)(1.0 / ember_ew_row_exp_store_sum(x, m, y, n));
+            EMBER_EW_IVDEP
             for (long k = 0; k < n; ++k) y[k] *= v;
         }
         return;
@@ -310,7 +309,7 @@ static void ember_softmax_grad_line_here(const float *g, const float *y, float *
     double s = 0.0;
     if (stride == 1) {
         if (log) {
-            s = ember_row_sum(g, n);
+            s = ember_ew_row_sum(g, n);
             long k = 0;
             for (; k + EMBER_VW <= n; k += EMBER_VW) {
                 float e[EMBER_VW];
@@ -319,8 +318,8 @@ static void ember_softmax_grad_line_here(const float *g, const float *y, float *
             }
             for (; k < n; ++k) dx[k] = (float)(g[k] - expf(y[k]) * s);
         } else {
-            s = ember_row_dot(g, y, n);
-            EMBER_IVDEP
+            s = ember_ew_row_dot(g, y, n);
+            EMBER_EW_IVDEP
             for (long k = 0; k < n; ++k) dx[k] = (float)(y[k] * (g[k] - s));
         }
         return;
@@ -358,7 +357,7 @@ static void ember_sgd_span_here(float *p, const float *g, float *buf, long n, fl
                                 float mu, float damp1, float wd, int nesterov, int first)
 {
     EMBER_NO_CONTRACT
-    EMBER_IVDEP
+    EMBER_EW_IVDEP
     for (long i = 0; i < n; ++i) {
         float d = g[i];
         if (wd != 0.0f) d = d + wd * p[i];
@@ -377,7 +376,7 @@ static void ember_rmsprop_span_here(float *p, const float *g, float *sq, float *
                                     float one_m_alpha, float eps, float wd, float mu)
 {
     EMBER_NO_CONTRACT
-    EMBER_IVDEP
+    EMBER_EW_IVDEP
     for (long i = 0; i < n; ++i) {
         float d = g[i];
         if (wd != 0.0f) d = d + wd * p[i];
@@ -407,7 +406,7 @@ static void ember_adam_span_here(float *p, const float *g, float *m, float *v, l
                                  float decay)
 {
     EMBER_NO_CONTRACT
-    EMBER_IVDEP
+    EMBER_EW_IVDEP
     for (long i = 0; i < n; ++i) {
         float pi = p[i];
         if (decay != 1.0f) pi = pi * decay;
@@ -425,7 +424,7 @@ static void ember_adam_span_here(float *p, const float *g, float *m, float *v, l
 static void ember_axpy_span_here(float *y, const float *x, long n, float alpha)
 {
     EMBER_NO_CONTRACT
-    EMBER_IVDEP
+    EMBER_EW_IVDEP
     for (long i = 0; i < n; ++i) y[i] = y[i] + alpha * x[i];
 }
 
