@@ -9,70 +9,23 @@ input, graph/TRAINING.md §1) or a run count. graph/ops/tensor.py's ``dropout_ke
 hash in numpy; tests/test_grad_kernels.py holds the two to bit equality.
 """
 from cython.parallel cimport prange
-from libc.math cimport expf
 from libc.stdint cimport uint64_t, uint32_t, uint8_t
 
-from kernels.activation cimport (ACT_RELU, ACT_LEAKY_RELU, ACT_ELU, ACT_SIGMOID, ACT_HARD_SIGMOID,
-                                 ACT_HARD_SWISH, ACT_TANH, ACT_SOFTPLUS, ACT_CLIP, apply_act)
+from kernels.elementwise_simd cimport ember_act_grad_span, ember_dropout_span
 from kernels.parallel cimport threads_for
+from kernels.simd cimport use_simd
 
-
-cdef extern from "dropout_hash.h" nogil:
-    void ember_dropout_span(const float *x, float *y, uint8_t *mask, long first, long n,
-                            uint32_t k1, uint32_t k2, uint32_t threshold, float scale)
+use_simd()
 
 
 cdef enum:
     CHUNK = 8192   # elements per task: big enough to amortise the call, small enough to share
 
 
-cdef void act_grad_span(const float *g, const float *t, float *dx, long n, int code, float a,
-                        float b) noexcept nogil:
-    """dx = dy·act'(…) over n elements, g = dY; t is the forward output Y (Relu, Sigmoid, Tanh)
-    or input X (the rest). One loop per activation (codes as in activation.pxd), so each one
-    vectorises instead of branching on the code per element."""
-    cdef long i
-    cdef float u
-    # every branch below multiplies dY by a factor picked with a select, so that no load sits
-    # under a condition (which would stop the compiler vectorising)
-    if code == ACT_RELU:             # t = Y
-        for i in range(n):
-            dx[i] = g[i] if t[i] > 0.0 else 0.0
-    elif code == ACT_SIGMOID:        # t = Y
-        for i in range(n):
-            dx[i] = g[i] * t[i] * (1.0 - t[i])
-    elif code == ACT_TANH:           # t = Y
-        for i in range(n):
-            dx[i] = g[i] * (1.0 - t[i] * t[i])
-    elif code == ACT_LEAKY_RELU:     # a = slope
-        for i in range(n):
-            dx[i] = g[i] * (1.0 if t[i] > 0.0 else a)
-    elif code == ACT_ELU:
-        for i in range(n):
-            dx[i] = g[i] * (1.0 if t[i] > 0.0 else a * expf(t[i]))
-    elif code == ACT_CLIP:           # a = min, b = max
-        for i in range(n):
-            dx[i] = g[i] * (1.0 if (t[i] >= a) & (t[i] <= b) else 0.0)
-    elif code == ACT_HARD_SIGMOID:
-        for i in range(n):
-            u = a * t[i] + b
-            dx[i] = g[i] * (a if (u > 0.0) & (u < 1.0) else 0.0)
-    elif code == ACT_HARD_SWISH:
-        for i in range(n):
-            u = 0.0 if t[i] < -3.0 else (1.0 if t[i] > 3.0 else (2.0 * t[i] + 3.0) / 6.0)
-            dx[i] = g[i] * u
-    elif code == ACT_SOFTPLUS:       # σ(x), stable on both sides
-        for i in range(n):
-            dx[i] = g[i] * apply_act(t[i], ACT_SIGMOID, 0.0, 0.0)
-    else:
-        for i in range(n):
-            dx[i] = g[i]
-
-
 def activation_grad(float[::1] dy, float[::1] t, float[::1] dx, int act, float a, float b,
                     int nthreads):
-    """dx = dy · act'(…) elementwise (see act_grad_span for which forward value t is). dx may
-    be dy itself."""
+    """dx = dy · act'(…) elementwise, t being the forward output Y (Relu, Sigmoid, Tanh) or
+    input X (the rest; elementwise_kernel.h). dx may be dy itself."""
     cdef long n = dx.shape[0], c, lo
     if n == 0:
         return
@@ -83,7 +36,7 @@ def activation_grad(float[::1] dy, float[::1] t, float[::1] dx, int act, float a
     with nogil:
         for c in prange(chunks, num_threads=threads_for(nthreads, n), schedule='static'):
             lo = c * CHUNK
-            act_grad_span(g + lo, tp + lo, out + lo, min(CHUNK, n - lo), act, a, b)
+            ember_act_grad_span(g + lo, tp + lo, out + lo, min(CHUNK, n - lo), act, a, b)
 
 
 cdef inline uint64_t splitmix64(uint64_t z) noexcept nogil:

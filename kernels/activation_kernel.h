@@ -1,11 +1,78 @@
 /* Template (compiled once per instruction set, see simd_instance.h): activation spans. */
 #include "activation.h"
+#include "vector_exp.h"
 
 /* p[0:n] = act(p[0:n]): the branch-free vector loops where the code has one, else the table */
 static void ember_act_span_here(float *restrict p, long n, int code, float a, float b)
 {
     if (ember_act_row_vec(p, n, code, a, b)) return;
     for (long i = 0; i < n; ++i) p[i] = ember_apply_act(p[i], code, a, b);
+}
+
+/* y[0:n] = act(x[0:n]) for the comparison-based codes beyond Relu, as loops of selects the
+ * compiler vectorises (the formulas of ember_apply_act); returns 0 for the other
+ * codes. GCC's default -ftrapping-math would turn `v * (c ? 1 : e)` back into a multiply under
+ * a condition, which does not vectorise: these loops do not need FP exceptions kept. */
+#if !defined(__clang__)
+#pragma GCC push_options
+#pragma GCC optimize("no-trapping-math")
+#endif
+static int ember_act_unary_selects(const float *x, float *y, long n, int code, float a, float b)
+{
+    switch (code) {
+    case EMBER_ACT_LEAKY_RELU:
+        for (long i = 0; i < n; ++i) y[i] = x[i] >= 0.0f ? x[i] : a * x[i];
+        return 1;
+    case EMBER_ACT_CLIP:
+        for (long i = 0; i < n; ++i) {
+            const float e = x[i] < a ? a : x[i];
+            y[i] = e > b ? b : e;
+        }
+        return 1;
+    case EMBER_ACT_HARD_SIGMOID:
+        for (long i = 0; i < n; ++i) {
+            const float e = a * x[i] + b;
+            y[i] = e < 0.0f ? 0.0f : (e > 1.0f ? 1.0f : e);
+        }
+        return 1;
+    case EMBER_ACT_HARD_SWISH:
+        for (long i = 0; i < n; ++i) {
+            const float v = x[i], e = (float)(v / 6.0 + 0.5);
+            y[i] = v * (e <= 0.0f ? 0.0f : (e >= 1.0f ? 1.0f : e));
+        }
+        return 1;
+    case EMBER_ACT_ABS:
+        for (long i = 0; i < n; ++i) y[i] = fabsf(x[i]);
+        return 1;
+    }
+    return 0;
+}
+#if !defined(__clang__)
+#pragma GCC pop_options
+#endif
+
+/* y[0:n] = exp(x[0:n]) (Exp), tanh(x) (Tanh), σ(x) (Sigmoid) or x·σ(x) (SiLU) with the vector
+ * exp; σ stable on both sides: e = exp(−|x|), σ = 1/(1 + e) for x ≥ 0, e/(1 + e) below.
+ * Returns 0 for the other codes. */
+static int ember_act_unary_exp(const float *x, float *y, long n, int code)
+{
+    if (code != EMBER_ACT_EXP && code != EMBER_ACT_TANH && code != EMBER_ACT_SIGMOID &&
+        code != EMBER_ACT_SILU)
+        return 0;
+    const ember_vf one = ember_vsplat(1.0f), zero = ember_vsplat(0.0f);
+    long i = 0;
+    for (; i + EMBER_VW <= n; i += EMBER_VW) {
+        const ember_vf v = ember_vload(x + i);
+        if (code == EMBER_ACT_EXP || code == EMBER_ACT_TANH) {
+            ember_vstore(y + i, code == EMBER_ACT_EXP ? ember_vexp(v) : ember_vtanh(v));
+            continue;
+        }
+        const ember_vf e = ember_vexp(ember_vblend(v >= zero, -v, v));
+        const ember_vf s = ember_vblend(v >= zero, one, e) / (one + e);
+        ember_vstore(y + i, code == EMBER_ACT_SIGMOID ? s : v * s);
+    }
+    for (; i < n; ++i) y[i] = ember_apply_act(x[i], code, 0.0f, 0.0f);
+    return 1;
 }
 
 /* y[0:n] = act(x[0:n]); y may be x (each element is read before it is written) */
@@ -18,7 +85,8 @@ static void ember_act_unary_here(const float *x, float *y, long n, int code, flo
         for (long i = 0; i < n; ++i) y[i] = x[i] < 0.0f ? 0.0f : x[i]; /* NaN passes through */
     } else if (code == EMBER_ACT_NEG) {
         for (long i = 0; i < n; ++i) y[i] = -x[i];
-    } else {
+    } else if (!ember_act_unary_selects(x, y, n, code, a, b) &&
+               !ember_act_unary_exp(x, y, n, code)) {
         for (long i = 0; i < n; ++i) y[i] = ember_apply_act(x[i], code, a, b);
     }
 }

@@ -4,11 +4,14 @@ Output may alias an input (y is x): every element is read before it is written a
 index, so in-place runs are safe.
 """
 from cython.parallel cimport prange
-from libc.math cimport powf
 
 from kernels cimport activation
-from kernels.activation cimport apply_act
+from kernels cimport elementwise_simd as ew
+from kernels.elementwise_simd cimport ember_act_unary, ember_binary_span
 from kernels.parallel cimport threads_for
+from kernels.simd cimport use_simd
+
+use_simd()
 
 # the activation codes for the binders, from kernels/activation.h
 ACT_IDENTITY = activation.ACT_IDENTITY
@@ -30,33 +33,17 @@ ACT_ABS = activation.ACT_ABS
 ACT_RECIPROCAL = activation.ACT_RECIPROCAL
 ACT_SILU = activation.ACT_SILU
 
-OP_ADD = 0
-OP_SUB = 1
-OP_MUL = 2
-OP_DIV = 3
-OP_MAX = 4
-OP_MIN = 5
-OP_POW = 6
-OP_PRELU = 7
+OP_ADD = ew.OP_ADD
+OP_SUB = ew.OP_SUB
+OP_MUL = ew.OP_MUL
+OP_DIV = ew.OP_DIV
+OP_MAX = ew.OP_MAX
+OP_MIN = ew.OP_MIN
+OP_POW = ew.OP_POW
+OP_PRELU = ew.OP_PRELU
 
 cdef enum:
     CHUNK = 16384   # elements per parallel work item: big enough to amortise scheduling
-
-
-cdef void unary_span(const float *x, float *y, long n, int act, float a, float b) noexcept nogil:
-    cdef long i
-    if act == activation.ACT_IDENTITY:
-        for i in range(n):
-            y[i] = x[i]
-    elif act == activation.ACT_RELU:
-        for i in range(n):
-            y[i] = 0.0 if x[i] < 0.0 else x[i]   # NaN passes through
-    elif act == activation.ACT_NEG:
-        for i in range(n):
-            y[i] = -x[i]
-    else:
-        for i in range(n):
-            y[i] = apply_act(x[i], act, a, b)
 
 
 def unary(float[::1] x, float[::1] y, int act, float a, float b, int nthreads):
@@ -67,65 +54,11 @@ def unary(float[::1] x, float[::1] y, int act, float a, float b, int nthreads):
     cdef float *yp = &y[0]
     with nogil:
         if threads_for(nthreads, n) == 1:
-            unary_span(xp, yp, n, act, a, b)
+            ember_act_unary(xp, yp, n, act, a, b)
         else:
             for c in prange(nchunks, num_threads=nthreads, schedule='static'):
-                unary_span(xp + c * CHUNK, yp + c * CHUNK, min(CHUNK, n - c * CHUNK), act, a, b)
-
-
-cdef inline float binop(float u, float v, int op) noexcept nogil:
-    if op == 0:
-        return u + v
-    elif op == 1:
-        return u - v
-    elif op == 2:
-        return u * v
-    elif op == 3:
-        return u / v
-    elif op == 4:
-        return u if (u >= v or u != u) else v
-    elif op == 5:
-        return u if (u <= v or u != u) else v
-    elif op == 6:
-        return powf(u, v)
-    else:
-        return u if u >= 0.0 else u * v
-
-
-cdef void binary_span(const float *a, long sa, const float *b, long sb, float *y, long n,
-                      int op) noexcept nogil:
-    """y[i] = a[i*sa] op b[i*sb]; the common stride patterns get their own loops so the
-    compiler can vectorise them (the op switch is hoisted out by loop unswitching)."""
-    cdef long i
-    cdef float s
-    if sa == 1 and sb == 1:
-        if op == 0:
-            for i in range(n):
-                y[i] = a[i] + b[i]
-        elif op == 2:
-            for i in range(n):
-                y[i] = a[i] * b[i]
-        else:
-            for i in range(n):
-                y[i] = binop(a[i], b[i], op)
-    elif sa == 1 and sb == 0:
-        s = b[0]
-        if op == 0:
-            for i in range(n):
-                y[i] = a[i] + s
-        elif op == 2:
-            for i in range(n):
-                y[i] = a[i] * s
-        else:
-            for i in range(n):
-                y[i] = binop(a[i], s, op)
-    elif sa == 0 and sb == 1:
-        s = a[0]
-        for i in range(n):
-            y[i] = binop(s, b[i], op)
-    else:
-        for i in range(n):
-            y[i] = binop(a[i * sa], b[i * sb], op)
+                ember_act_unary(xp + c * CHUNK, yp + c * CHUNK, min(CHUNK, n - c * CHUNK), act,
+                                a, b)
 
 
 def binary(float[::1] a, float[::1] b, float[::1] y, int op, int nthreads):
@@ -137,11 +70,11 @@ def binary(float[::1] a, float[::1] b, float[::1] y, int op, int nthreads):
     cdef float *yp = &y[0]
     with nogil:
         if threads_for(nthreads, n) == 1:
-            binary_span(ap, 1, bp, 1, yp, n, op)
+            ember_binary_span(ap, 1, bp, 1, yp, n, op)
         else:
             for c in prange(nchunks, num_threads=nthreads, schedule='static'):
-                binary_span(ap + c * CHUNK, 1, bp + c * CHUNK, 1, yp + c * CHUNK,
-                            min(CHUNK, n - c * CHUNK), op)
+                ember_binary_span(ap + c * CHUNK, 1, bp + c * CHUNK, 1, yp + c * CHUNK,
+                                  min(CHUNK, n - c * CHUNK), op)
 
 
 cdef void broadcast_rows(const float *a, const long *sa, const float *b, const long *sb,
@@ -158,7 +91,8 @@ cdef void broadcast_rows(const float *a, const long *sa, const float *b, const l
         offa += idx[d] * sa[d]
         offb += idx[d] * sb[d]
     for r in range(r0, r1):
-        binary_span(a + offa, sa[rank - 1], b + offb, sb[rank - 1], y + r * inner, inner, op)
+        ember_binary_span(a + offa, sa[rank - 1], b + offb, sb[rank - 1], y + r * inner, inner,
+                          op)
         d = rank - 2
         while d >= 0:
             idx[d] += 1
@@ -216,8 +150,8 @@ def binary_broadcast(float[::1] a, long long[::1] a_strides, float[::1] b,
     with nogil:
         if rank == 1 and nthreads > 1 and nchunks > 1:   # one long row: split it
             for c in prange(nchunks, num_threads=nthreads, schedule='static'):
-                binary_span(ap + c * CHUNK * sa[0], sa[0], bp + c * CHUNK * sb[0], sb[0],
-                            yp + c * CHUNK, min(CHUNK, sh[0] - c * CHUNK), op)
+                ember_binary_span(ap + c * CHUNK * sa[0], sa[0], bp + c * CHUNK * sb[0], sb[0],
+                                  yp + c * CHUNK, min(CHUNK, sh[0] - c * CHUNK), op)
         elif nt == 1:
             broadcast_rows(ap, sa, bp, sb, yp, sh, rank, 0, rows, op)
         else:

@@ -3,22 +3,20 @@ its gradient and its state buffers, updated in place.
 
 The per-element arithmetic follows torch.optim's single-tensor code (float32 throughout, the
 scalar hyper-parameters rounded to float32 once): the result of one call is bit-identical
-whether it runs on one thread or many (elementwise work, no FMA contraction, see below). Small
-buffers (below SERIAL_THRESHOLD elements) run on one thread: a parallel region costs more than it
-saves there (kernels/parallel.pxd). Nothing is allocated; the gradient is only read.
+whether it runs on one thread or many, and on every instruction set (elementwise work, no FMA
+contraction: the loops are kernels/elementwise_kernel.h's). Small buffers (below
+SERIAL_THRESHOLD elements) run on one thread: a parallel region costs more than it saves there
+(kernels/parallel.pxd). Nothing is allocated; the gradient is only read.
 """
 from cython.parallel cimport prange
-from libc.math cimport pow, sqrt, sqrtf
+from libc.math cimport pow, sqrt
 
+from kernels.elementwise_simd cimport (ember_sgd_span, ember_rmsprop_span, ember_adam_span,
+                                       ember_axpy_span)
 from kernels.parallel cimport threads_for, PARALLEL_MIN_WORK
+from kernels.simd cimport use_simd
 
-# No fused multiply-add contraction in this module: GCC (-O3, GNU C) would otherwise fuse
-# ``a*b + c`` differently in the serial and the parallel copy of a loop, and one update would
-# depend on the thread count by an ulp. Every operation rounds once, as torch's scalar code does.
-cdef extern from *:
-    """
-    #pragma GCC optimize ("fp-contract=off")
-    """
+use_simd()
 
 cdef enum:
     CHUNK = 16384           # elements per parallel work item
@@ -42,27 +40,6 @@ cdef int _check_len(str what, float[::1] a, long n) except -1:
 
 
 # ---- SGD ---------------------------------------------------------------------------------------
-cdef void sgd_span(float *p, const float *g, float *buf, long n, float lr, float mu,
-                   float damp1, float wd, bint nesterov, bint first) noexcept nogil:
-    cdef long i
-    cdef float d, b
-    for i in range(n):
-        d = g[i]
-        if wd != 0.0:
-            d = d + wd * p[i]
-        if buf != NULL:
-            if first:
-                b = d
-            else:
-                b = mu * buf[i] + damp1 * d
-            buf[i] = b
-            if nesterov:
-                d = d + mu * b
-            else:
-                d = b
-        p[i] = p[i] - lr * d
-
-
 def sgd(float[::1] p not None, float[::1] g not None, float[::1] buf, double lr,
         double momentum, double dampening, double weight_decay, bint nesterov, bint first_step,
         int nthreads):
@@ -82,39 +59,15 @@ def sgd(float[::1] p not None, float[::1] g not None, float[::1] buf, double lr,
     cdef float damp1 = <float>(1.0 - dampening)
     with nogil:
         if threads_for(nthreads, n) == 1:
-            sgd_span(pp, gp, bp, n, lr_f, mu, damp1, wd, nesterov, first_step)
+            ember_sgd_span(pp, gp, bp, n, lr_f, mu, damp1, wd, nesterov, first_step)
         else:
             for c in prange(nchunks, num_threads=nthreads, schedule='static'):
                 off = c * CHUNK
-                sgd_span(pp + off, gp + off, _at(bp, off), min(CHUNK, n - off), lr_f, mu,
-                         damp1, wd, nesterov, first_step)
+                ember_sgd_span(pp + off, gp + off, _at(bp, off), min(CHUNK, n - off), lr_f,
+                               mu, damp1, wd, nesterov, first_step)
 
 
 # ---- RMSprop -----------------------------------------------------------------------------------
-cdef void rmsprop_span(float *p, const float *g, float *sq, float *gavg, float *buf, long n,
-                       float lr, float alpha, float one_m_alpha, float eps, float wd,
-                       float mu) noexcept nogil:
-    cdef long i
-    cdef float d, s, a, avg, b
-    for i in range(n):
-        d = g[i]
-        if wd != 0.0:
-            d = d + wd * p[i]
-        s = alpha * sq[i] + one_m_alpha * (d * d)
-        sq[i] = s
-        if gavg != NULL:
-            a = gavg[i] + one_m_alpha * (d - gavg[i])     # torch: grad_avg.lerp_(grad, 1 − α)
-            gavg[i] = a
-            s = s - a * a
-        avg = sqrtf(s) + eps
-        if buf != NULL:
-            b = mu * buf[i] + d / avg
-            buf[i] = b
-            p[i] = p[i] - lr * b
-        else:
-            p[i] = p[i] - lr * (d / avg)
-
-
 def rmsprop(float[::1] p not None, float[::1] g not None, float[::1] square_avg not None,
             float[::1] grad_avg, float[::1] momentum_buffer, double lr, double alpha, double eps,
             double weight_decay, double momentum, int nthreads):
@@ -139,34 +92,16 @@ def rmsprop(float[::1] p not None, float[::1] g not None, float[::1] square_avg 
     cdef float eps_f = <float>eps, wd = <float>weight_decay, mu = <float>momentum
     with nogil:
         if threads_for(nthreads, n) == 1:
-            rmsprop_span(pp, gp, sp, ap, bp, n, lr_f, alpha_f, one_m_alpha, eps_f, wd, mu)
+            ember_rmsprop_span(pp, gp, sp, ap, bp, n, lr_f, alpha_f, one_m_alpha, eps_f, wd, mu)
         else:
             for c in prange(nchunks, num_threads=nthreads, schedule='static'):
                 off = c * CHUNK
-                rmsprop_span(pp + off, gp + off, sp + off, _at(ap, off), _at(bp, off),
-                             min(CHUNK, n - off), lr_f, alpha_f, one_m_alpha, eps_f, wd, mu)
+                ember_rmsprop_span(pp + off, gp + off, sp + off, _at(ap, off), _at(bp, off),
+                                   min(CHUNK, n - off), lr_f, alpha_f, one_m_alpha, eps_f, wd,
+                                   mu)
 
 
 # ---- Adam / AdamW ------------------------------------------------------------------------------
-cdef void adam_span(float *p, const float *g, float *m, float *v, long n, float step_size,
-                    float one_m_beta1, float beta2, float one_m_beta2, float eps, float bc2_sqrt,
-                    float wd, float decay) noexcept nogil:
-    cdef long i
-    cdef float pi, d, mi, vi
-    for i in range(n):
-        pi = p[i]
-        if decay != 1.0:
-            pi = pi * decay                               # AdamW: p *= 1 − lr·wd first
-        d = g[i]
-        if wd != 0.0:
-            d = d + wd * pi                               # Adam: L2 folded into the gradient
-        mi = m[i] + one_m_beta1 * (d - m[i])              # torch: exp_avg.lerp_(grad, 1 − β1)
-        vi = beta2 * v[i] + one_m_beta2 * (d * d)
-        m[i] = mi
-        v[i] = vi
-        p[i] = pi - step_size * (mi / (sqrtf(vi) / bc2_sqrt + eps))
-
-
 def adam(float[::1] p not None, float[::1] g not None, float[::1] exp_avg not None,
          float[::1] exp_avg_sq not None, double lr, double beta1, double beta2, double eps,
          double weight_decay, bint decoupled, long step, int nthreads):
@@ -196,23 +131,17 @@ def adam(float[::1] p not None, float[::1] g not None, float[::1] exp_avg not No
     cdef float *vp = &exp_avg_sq[0]
     with nogil:
         if threads_for(nthreads, n) == 1:
-            adam_span(pp, gp, mp, vp, n, step_size, one_m_beta1, beta2_f, one_m_beta2, eps_f,
-                      bc2_sqrt, wd, decay)
+            ember_adam_span(pp, gp, mp, vp, n, step_size, one_m_beta1, beta2_f, one_m_beta2,
+                            eps_f, bc2_sqrt, wd, decay)
         else:
             for c in prange(nchunks, num_threads=nthreads, schedule='static'):
                 off = c * CHUNK
-                adam_span(pp + off, gp + off, mp + off, vp + off, min(CHUNK, n - off),
-                          step_size, one_m_beta1, beta2_f, one_m_beta2, eps_f, bc2_sqrt, wd,
-                          decay)
+                ember_adam_span(pp + off, gp + off, mp + off, vp + off, min(CHUNK, n - off),
+                                step_size, one_m_beta1, beta2_f, one_m_beta2, eps_f, bc2_sqrt,
+                                wd, decay)
 
 
 # ---- axpy --------------------------------------------------------------------------------------
-cdef void axpy_span(float *y, const float *x, long n, float alpha) noexcept nogil:
-    cdef long i
-    for i in range(n):
-        y[i] = y[i] + alpha * x[i]
-
-
 def axpy(float[::1] y not None, float[::1] x not None, float alpha, int nthreads):
     """y += alpha·x (gradient accumulation, decoupled decay, L2 terms)."""
     cdef long n = y.shape[0], c, nchunks = (n + CHUNK - 1) // CHUNK, off
@@ -223,8 +152,8 @@ def axpy(float[::1] y not None, float[::1] x not None, float alpha, int nthreads
     cdef const float *xp = &x[0]
     with nogil:
         if threads_for(nthreads, n) == 1:
-            axpy_span(yp, xp, n, alpha)
+            ember_axpy_span(yp, xp, n, alpha)
         else:
             for c in prange(nchunks, num_threads=nthreads, schedule='static'):
                 off = c * CHUNK
-                axpy_span(yp + off, xp + off, min(CHUNK, n - off), alpha)
+                ember_axpy_span(yp + off, xp + off, min(CHUNK, n - off), alpha)

@@ -103,7 +103,46 @@ struct ember_sums_kernels {
 };
 
 /* ---- elementwise (elementwise_kernel.h) ---------------------------------------------------- */
-struct ember_elementwise_kernels;
+#include <stdint.h>
+
+enum ember_binary_op {
+    EMBER_OP_ADD = 0,
+    EMBER_OP_SUB = 1,
+    EMBER_OP_MUL = 2,
+    EMBER_OP_DIV = 3,
+    EMBER_OP_MAX = 4,
+    EMBER_OP_MIN = 5,
+    EMBER_OP_POW = 6,
+    EMBER_OP_PRELU = 7,
+};
+
+/* The spans the Cython modules split a tensor into (in-place: y may be x, never shifted). */
+struct ember_elementwise_kernels {
+    /* y[i] = a[i·sa] op b[i·sb], i < n */
+    void (*binary_span)(const float *a, long sa, const float *b, long sb, float *y, long n,
+                        int op);
+    /* dx = g·act'(t), t the forward output or input as the code wants (act_grad.pyx) */
+    void (*act_grad_span)(const float *g, const float *t, float *dx, long n, int code,
+                          float a, float b);
+    /* Dropout's mask and output for global elements [first, first + n) (dropout_hash.h) */
+    void (*dropout_span)(const float *x, float *y, uint8_t *mask, long first, long n,
+                         uint32_t k1, uint32_t k2, uint32_t threshold, float scale);
+    /* softmax (log: log-softmax) of n values `stride` apart */
+    void (*softmax_line)(const float *x, float *y, long n, long stride, int log);
+    /* its gradient, from dY = g and the forward output y */
+    void (*softmax_grad_line)(const float *g, const float *y, float *dx, long n, long stride,
+                              int log);
+    /* optimizer updates in place, as torch.optim's single-tensor code (optim.pyx) */
+    void (*sgd_span)(float *p, const float *g, float *buf, long n, float lr, float mu,
+                     float damp1, float wd, int nesterov, int first);
+    void (*rmsprop_span)(float *p, const float *g, float *sq, float *gavg, float *buf, long n,
+                         float lr, float alpha, float one_m_alpha, float eps, float wd,
+                         float mu);
+    void (*adam_span)(float *p, const float *g, float *m, float *v, long n, float step_size,
+                      float one_m_beta1, float beta2, float one_m_beta2, float eps,
+                      float bc2_sqrt, float wd, float decay);
+    void (*axpy_span)(float *y, const float *x, long n, float alpha);
+};
 
 /* ---- the table ------------------------------------------------------------------------------ */
 
@@ -220,6 +259,63 @@ static inline void ember_moment_sums(const float *x, const float *g, long n, flo
 static inline double ember_row_inv_std(const float *x, long n, double eps, double *centred)
 {
     return ember_simd_in_use->sums->row_inv_std(x, n, eps, centred);
+/* elementwise */
+static inline void ember_binary_span(const float *a, long sa, const float *b, long sb, float *y,
+                                     long n, int op)
+{
+    ember_simd_in_use->elementwise->binary_span(a, sa, b, sb, y, n, op);
+}
+
+static inline void ember_act_grad_span(const float *g, const float *t, float *dx, long n,
+                                       int code, float a, float b)
+{
+    ember_simd_in_use->elementwise->act_grad_span(g, t, dx, n, code, a, b);
+}
+
+static inline void ember_dropout_span(const float *x, float *y, uint8_t *mask, long first,
+                                      long n, uint32_t k1, uint32_t k2, uint32_t threshold,
+                                      float scale)
+{
+    ember_simd_in_use->elementwise->dropout_span(x, y, mask, first, n, k1, k2, threshold, scale);
+}
+
+static inline void ember_softmax_line(const float *x, float *y, long n, long stride, int log)
+{
+    ember_simd_in_use->elementwise->softmax_line(x, y, n, stride, log);
+}
+
+static inline void ember_softmax_grad_line(const float *g, const float *y, float *dx, long n,
+                                           long stride, int log)
+{
+    ember_simd_in_use->elementwise->softmax_grad_line(g, y, dx, n, stride, log);
+}
+
+static inline void ember_sgd_span(float *p, const float *g, float *buf, long n, float lr,
+                                  float mu, float damp1, float wd, int nesterov, int first)
+{
+    ember_simd_in_use->elementwise->sgd_span(p, g, buf, n, lr, mu, damp1, wd, nesterov, first);
+}
+
+static inline void ember_rmsprop_span(float *p, const float *g, float *sq, float *gavg,
+                                      float *buf, long n, float lr, float alpha,
+                                      float one_m_alpha, float eps, float wd, float mu)
+{
+    ember_simd_in_use->elementwise->rmsprop_span(p, g, sq, gavg, buf, n, lr, alpha, one_m_alpha,
+                                                 eps, wd, mu);
+}
+
+static inline void ember_adam_span(float *p, const float *g, float *m, float *v, long n,
+                                   float step_size, float one_m_beta1, float beta2,
+                                   float one_m_beta2, float eps, float bc2_sqrt, float wd,
+                                   float decay)
+{
+    ember_simd_in_use->elementwise->adam_span(p, g, m, v, n, step_size, one_m_beta1, beta2,
+                                              one_m_beta2, eps, bc2_sqrt, wd, decay);
+}
+
+static inline void ember_axpy_span(float *y, const float *x, long n, float alpha)
+{
+    ember_simd_in_use->elementwise->axpy_span(y, x, n, alpha);
 }
 #endif
 

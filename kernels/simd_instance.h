@@ -7,11 +7,12 @@
 #if EMBER_ISA_TARGET_LEVEL != EMBER_ISA_GENERIC && !defined(EMBER_X86)
 /* not an x86 build: only the generic table exists */
 #include "simd.h"
-const ember_simd EMBER_SIMD_NAME = {"unavailable", -1, EMBER_ISA_TARGET_LEVEL, 0, 0, 0, 0, 0, 0, 0};
+const ember_simd EMBER_SIMD_NAME = {.name = "unavailable", .isa = -1, .needs = EMBER_ISA_TARGET_LEVEL};
 #else
 
 #include "simd.h"
 #include "activation_kernel.h"
+#include "elementwise_kernel.h"
 #include "sgemm_kernel.h"
 #include "winograd_kernel.h"
 #include "pool_kernel.h"
@@ -36,6 +37,7 @@ const ember_simd EMBER_SIMD_NAME = {
     .winograd = &ember_winograd_here,
     .pool = &ember_pool_here,
     .sums = &ember_sums_here,
+    .elementwise = &ember_elementwise_here,
 };
 
 EMBER_TARGET_POP

@@ -1,27 +1,15 @@
 """Softmax / LogSoftmax gradients and the softmax cross-entropy loss with its gradient."""
 from cython.parallel cimport prange
-from libc.math cimport expf, logf, exp, NAN
+from libc.math cimport NAN
 from libc.stdint cimport int64_t
 
+from kernels.activation cimport ACT_EXP
+from kernels.elementwise_simd cimport (ember_act_unary, ember_softmax_grad_line,
+                                       ember_softmax_line)
 from kernels.parallel cimport threads_for
+from kernels.simd cimport use_simd
 
-
-cdef void softmax_grad_line(const float *g, const float *y, float *dx, long n, long stride,
-                            bint log) noexcept nogil:
-    """One line of n elements `stride` apart. Softmax: dx = y·(g − Σ g·y); log-softmax (y = log
-    p): dx = g − exp(y)·Σ g."""
-    cdef long k
-    cdef double s = 0.0
-    if log:
-        for k in range(n):
-            s = s + g[k * stride]
-        for k in range(n):
-            dx[k * stride] = <float> (g[k * stride] - expf(y[k * stride]) * s)
-    else:
-        for k in range(n):
-            s = s + <double> g[k * stride] * y[k * stride]
-        for k in range(n):
-            dx[k * stride] = <float> (y[k * stride] * (g[k * stride] - s))
+use_simd()
 
 
 def softmax_grad(float[:, :, ::1] dy, float[:, :, ::1] y, float[:, :, ::1] dx, bint log,
@@ -38,8 +26,8 @@ def softmax_grad(float[:, :, ::1] dy, float[:, :, ::1] y, float[:, :, ::1] dx, b
                            schedule='static'):
             o = line // I
             j = line % I
-            softmax_grad_line(gp + o * n * I + j, yp + o * n * I + j, dxp + o * n * I + j, n, I,
-                              log)
+            ember_softmax_grad_line(gp + o * n * I + j, yp + o * n * I + j, dxp + o * n * I + j,
+                                    n, I, log)
 
 
 cdef enum Reduction:
@@ -77,11 +65,8 @@ def softmax_xent(const float[:, ::1] scores, const int64_t[::1] labels, weights,
     ignored) into loss (1).
     Returns −1, or the first row whose label is outside [0, C) and not ignore_index (nothing is
     written then)."""
-    cdef long N = scores.shape[0], C = scores.shape[1], i, k
-    cdef float m
+    cdef long N = scores.shape[0], C = scores.shape[1], i
     cdef double s, total = 0.0, denom = 0.0, wi
-    cdef const float *row
-    cdef float *out
     cdef const float[::1] w_view
     cdef const float *wp = NULL
     cdef int64_t ig = ignore_index
@@ -101,18 +86,7 @@ def softmax_xent(const float[:, ::1] scores, const int64_t[::1] labels, weights,
     cdef float *lpp = &log_prob[0, 0]
     with nogil:
         for i in prange(N, num_threads=threads_for(nthreads, N * C * 8), schedule='static'):
-            row = sp + i * C
-            out = lpp + i * C
-            m = row[0]
-            for k in range(1, C):
-                if row[k] > m:
-                    m = row[k]
-            s = 0.0
-            for k in range(C):
-                s = s + expf(row[k] - m)
-            m = m + <float> logf(<float> s)      # log Σ exp
-            for k in range(C):
-                out[k] = row[k] - m
+            ember_softmax_line(sp + i * C, lpp + i * C, C, 1, True)
         for i in range(N):
             wi = label_weight(lp[i], wp, ig, has_ignore)
             s = -wi * lpp[i * C + lp[i]] if wi != 0.0 else 0.0
@@ -170,7 +144,8 @@ def softmax_xent_grad(const float[::1] dloss, const float[:, ::1] log_prob,
                 for k in range(C):
                     out[k] = 0.0
             else:
+                ember_act_unary(row, out, C, ACT_EXP, 0.0, 0.0)
                 for k in range(C):
-                    out[k] = coef * expf(row[k])
+                    out[k] = coef * out[k]
                 out[lp[i]] = out[lp[i]] - coef
     return -1
