@@ -259,6 +259,8 @@ static inline void ember_moment_sums(const float *x, const float *g, long n, flo
 static inline double ember_row_inv_std(const float *x, long n, double eps, double *centred)
 {
     return ember_simd_in_use->sums->row_inv_std(x, n, eps, centred);
+}
+
 /* elementwise */
 static inline void ember_binary_span(const float *a, long sa, const float *b, long sb, float *y,
                                      long n, int op)
