@@ -13,6 +13,7 @@ const ember_simd EMBER_SIMD_NAME = {"unavailable", -1, EMBER_ISA_TARGET_LEVEL, 0
 #include "simd.h"
 #include "activation_kernel.h"
 #include "sgemm_kernel.h"
+#include "depthwise_kernel.h"
 
 #if EMBER_ISA_LEVEL != EMBER_ISA_TARGET_LEVEL
 #define EMBER_SIMD_LABEL "avx512-on-avx2"
@@ -30,6 +31,7 @@ const ember_simd EMBER_SIMD_NAME = {
     .needs = EMBER_ISA_TARGET_LEVEL,
     .sgemm = &ember_sgemm_here,
     .activation = &ember_activation_here,
+    .depthwise = &ember_depthwise_here,
 };
 
 EMBER_TARGET_POP

@@ -156,6 +156,25 @@ def test_depthwise_grads_both_paths(case, grouped, nthreads):
     close(dx, dx_want, *conv_tolerance(w.shape[0] * w.shape[2] * w.shape[3]))
 
 
+@pytest.mark.parametrize("C", range(1, 34))
+@pytest.mark.parametrize("stride", [1, 2])
+def test_depthwise_grads_channel_groups(C, stride):
+    """The channel-group gradient kernels (8 channels per group, 16 on AVX-512; strided dX by
+    scatter) with every count of channels up to 33."""
+    case = (2, C, 11, 9, C, 3, 3, (stride, stride), (1, 1, 1, 1), (1, 1), C)
+    x, w, dy = conv_case_arrays(case)
+    dx_want, dw_want = conv_grads_twin(x, w, dy, case[7], case[8], case[9], case[10])
+    dw, dx = np.full(w.shape, np.nan, np.float32), np.full(x.shape, np.nan, np.float32)
+    old = conv_grad.set_depthwise_grouped(True)
+    try:
+        conv_grad.conv_grad_weight(dy, x, dw, None, stride, stride, 1, 1, 1, 1, C, 1)
+        conv_grad.conv_grad_input(dy, w, dx, None, stride, stride, 1, 1, 1, 1, C, 1)
+    finally:
+        conv_grad.set_depthwise_grouped(old)
+    close(dw, dw_want, *conv_tolerance(dy.shape[0] * dy.shape[2] * dy.shape[3]))
+    close(dx, dx_want, *conv_tolerance(w.shape[0] * w.shape[2] * w.shape[3]))
+
+
 def test_conv_grad_scratch_rules():
     """Depthwise needs none; a batch split over threads needs a panel (and a dW partial) per
     thread; less scratch than planned still gives the right answer with fewer slots; less than

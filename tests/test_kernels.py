@@ -374,6 +374,26 @@ def test_conv2d_depthwise_both_paths(case, grouped_max_pixels, nthreads):
     np.testing.assert_allclose(y, expect, rtol=1e-4, atol=1e-5 * KH * KW)
 
 
+@pytest.mark.parametrize("C", range(1, 34))
+@pytest.mark.parametrize("stride,K,H,W", [(1, 3, 11, 9), (2, 3, 11, 9), (1, 5, 6, 7)])
+def test_conv2d_depthwise_channel_groups(C, stride, K, H, W):
+    """The channel-group path (8 channels per group, 16 on AVX-512) with every count of
+    channels up to 33: full groups, partial ones of every width, rows longer and shorter than
+    the 8-pixel transpose blocks."""
+    x, w, bias = rand(1, C, H, W), rand(C, 1, K, K), rand(C)
+    pad = K // 2
+    OH, OW = out_size(H, K, stride, pad, pad, 1), out_size(W, K, stride, pad, pad, 1)
+    y = np.full((1, C, OH, OW), np.nan, np.float32)
+    old = conv.set_depthwise_grouped_max_pixels(10 ** 9)
+    try:
+        conv.conv2d(x, w, bias, y, None, stride, stride, pad, pad, 1, 1, C, 1, 0.0, 0.0, 1)
+    finally:
+        conv.set_depthwise_grouped_max_pixels(old)
+    expect = act_twin(conv_twin(x, w, bias, (stride, stride), (pad, pad), (1, 1), C, (OH, OW)),
+                      1, 0.0, 0.0)
+    np.testing.assert_allclose(y, expect, rtol=1e-4, atol=1e-5 * K * K)
+
+
 def test_conv2d_depthwise_relu_clip_keep_nan():
     """The vector Relu / Clip paths let NaN through, as the scalar table does."""
     x = rand(1, 4, 6, 6)
