@@ -23,10 +23,18 @@
 #define EMBER_DW_GROUP 8
 #endif
 
+/* Packing and unpacking transpose square tiles of T pixels × T channels: T = 8 where a vector
+ * register holds 8 floats, 4 on the baseline (SSE), whose shuffles cannot cross 4 lanes. */
+#if EMBER_ISA_LEVEL == EMBER_ISA_GENERIC
+#define EMBER_DW_TILE 4
+#else
+#define EMBER_DW_TILE 8
+#endif
+
 /* one pixel of a channel group */
 typedef float ember_dwv __attribute__((vector_size(EMBER_DW_GROUP * 4), aligned(4)));
-/* the rows of the 8 × 8 blocks that packing transposes */
-typedef float ember_v8f __attribute__((vector_size(32), aligned(4)));
+/* one row of a transposed tile */
+typedef float ember_dwt __attribute__((vector_size(EMBER_DW_TILE * 4), aligned(4)));
 
 /* ceil(a / b) and floor(a / b) for b > 0 and any sign of a */
 static inline int ember_div_ceil(int a, int b) { return a >= 0 ? (a + b - 1) / b : -((-a) / b); }
@@ -297,30 +305,32 @@ static void ember_dw_weight_grad_plane(const ember_dw_geom *g, const float *x, c
  * side by side — padded pixel (r, c) of channel k at P[(r·Wp + c)·G + k] — so that one vector
  * holds a pixel of all G, every tap of every stride is one vector FMA with that tap's G
  * weights, and no loop has a remainder. Four output pixels are computed at once (independent
- * FMA chains). Packing and unpacking transpose 8 × 8 blocks (8 pixels of 8 channels). */
+ * FMA chains). Packing and unpacking transpose T × T tiles (T pixels of T channels). */
 #define G EMBER_DW_GROUP
-
-/* r[0..8) rows of an 8 × 8 float block -> its columns (unpack, shuffle, then swap 128-bit
- * halves: the AVX2 sequence, which other levels lower in their own registers) */
-static inline void ember_dw_tr8(ember_v8f *r)
-{
+#define T EMBER_DW_TILE
 #define EMBER_SHUF(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
-    ember_v8f t0 = EMBER_SHUF(r[0], r[1], 0, 8, 1, 9, 4, 12, 5, 13);
-    ember_v8f t1 = EMBER_SHUF(r[0], r[1], 2, 10, 3, 11, 6, 14, 7, 15);
-    ember_v8f t2 = EMBER_SHUF(r[2], r[3], 0, 8, 1, 9, 4, 12, 5, 13);
-    ember_v8f t3 = EMBER_SHUF(r[2], r[3], 2, 10, 3, 11, 6, 14, 7, 15);
-    ember_v8f t4 = EMBER_SHUF(r[4], r[5], 0, 8, 1, 9, 4, 12, 5, 13);
-    ember_v8f t5 = EMBER_SHUF(r[4], r[5], 2, 10, 3, 11, 6, 14, 7, 15);
-    ember_v8f t6 = EMBER_SHUF(r[6], r[7], 0, 8, 1, 9, 4, 12, 5, 13);
-    ember_v8f t7 = EMBER_SHUF(r[6], r[7], 2, 10, 3, 11, 6, 14, 7, 15);
-    ember_v8f u0 = EMBER_SHUF(t0, t2, 0, 1, 8, 9, 4, 5, 12, 13);
-    ember_v8f u1 = EMBER_SHUF(t0, t2, 2, 3, 10, 11, 6, 7, 14, 15);
-    ember_v8f u2 = EMBER_SHUF(t1, t3, 0, 1, 8, 9, 4, 5, 12, 13);
-    ember_v8f u3 = EMBER_SHUF(t1, t3, 2, 3, 10, 11, 6, 7, 14, 15);
-    ember_v8f u4 = EMBER_SHUF(t4, t6, 0, 1, 8, 9, 4, 5, 12, 13);
-    ember_v8f u5 = EMBER_SHUF(t4, t6, 2, 3, 10, 11, 6, 7, 14, 15);
-    ember_v8f u6 = EMBER_SHUF(t5, t7, 0, 1, 8, 9, 4, 5, 12, 13);
-    ember_v8f u7 = EMBER_SHUF(t5, t7, 2, 3, 10, 11, 6, 7, 14, 15);
+
+#if T == 8
+/* r[0..8) rows of an 8 × 8 tile -> its columns (unpack, shuffle, then swap 128-bit halves: the
+ * AVX2 sequence, which AVX-512 keeps in ymm registers) */
+static inline void ember_dw_transpose(ember_dwt *r)
+{
+    ember_dwt t0 = EMBER_SHUF(r[0], r[1], 0, 8, 1, 9, 4, 12, 5, 13);
+    ember_dwt t1 = EMBER_SHUF(r[0], r[1], 2, 10, 3, 11, 6, 14, 7, 15);
+    ember_dwt t2 = EMBER_SHUF(r[2], r[3], 0, 8, 1, 9, 4, 12, 5, 13);
+    ember_dwt t3 = EMBER_SHUF(r[2], r[3], 2, 10, 3, 11, 6, 14, 7, 15);
+    ember_dwt t4 = EMBER_SHUF(r[4], r[5], 0, 8, 1, 9, 4, 12, 5, 13);
+    ember_dwt t5 = EMBER_SHUF(r[4], r[5], 2, 10, 3, 11, 6, 14, 7, 15);
+    ember_dwt t6 = EMBER_SHUF(r[6], r[7], 0, 8, 1, 9, 4, 12, 5, 13);
+    ember_dwt t7 = EMBER_SHUF(r[6], r[7], 2, 10, 3, 11, 6, 14, 7, 15);
+    ember_dwt u0 = EMBER_SHUF(t0, t2, 0, 1, 8, 9, 4, 5, 12, 13);
+    ember_dwt u1 = EMBER_SHUF(t0, t2, 2, 3, 10, 11, 6, 7, 14, 15);
+    ember_dwt u2 = EMBER_SHUF(t1, t3, 0, 1, 8, 9, 4, 5, 12, 13);
+    ember_dwt u3 = EMBER_SHUF(t1, t3, 2, 3, 10, 11, 6, 7, 14, 15);
+    ember_dwt u4 = EMBER_SHUF(t4, t6, 0, 1, 8, 9, 4, 5, 12, 13);
+    ember_dwt u5 = EMBER_SHUF(t4, t6, 2, 3, 10, 11, 6, 7, 14, 15);
+    ember_dwt u6 = EMBER_SHUF(t5, t7, 0, 1, 8, 9, 4, 5, 12, 13);
+    ember_dwt u7 = EMBER_SHUF(t5, t7, 2, 3, 10, 11, 6, 7, 14, 15);
     r[0] = EMBER_SHUF(u0, u4, 0, 1, 2, 3, 8, 9, 10, 11);
     r[1] = EMBER_SHUF(u1, u5, 0, 1, 2, 3, 8, 9, 10, 11);
     r[2] = EMBER_SHUF(u2, u6, 0, 1, 2, 3, 8, 9, 10, 11);
@@ -329,53 +339,65 @@ static inline void ember_dw_tr8(ember_v8f *r)
     r[5] = EMBER_SHUF(u1, u5, 4, 5, 6, 7, 12, 13, 14, 15);
     r[6] = EMBER_SHUF(u2, u6, 4, 5, 6, 7, 12, 13, 14, 15);
     r[7] = EMBER_SHUF(u3, u7, 4, 5, 6, 7, 12, 13, 14, 15);
+}
+#else
+/* r[0..4) rows of a 4 × 4 tile -> its columns (SSE's unpack and move-half pairs) */
+static inline void ember_dw_transpose(ember_dwt *r)
+{
+    ember_dwt t0 = EMBER_SHUF(r[0], r[1], 0, 4, 1, 5), t1 = EMBER_SHUF(r[0], r[1], 2, 6, 3, 7);
+    ember_dwt t2 = EMBER_SHUF(r[2], r[3], 0, 4, 1, 5), t3 = EMBER_SHUF(r[2], r[3], 2, 6, 3, 7);
+    r[0] = EMBER_SHUF(t0, t2, 0, 1, 4, 5);
+    r[1] = EMBER_SHUF(t0, t2, 2, 3, 6, 7);
+    r[2] = EMBER_SHUF(t1, t3, 0, 1, 4, 5);
+    r[3] = EMBER_SHUF(t1, t3, 2, 3, 6, 7);
+}
+#endif
 #undef EMBER_SHUF
+
+/* dst + j·dst_pitch [k] = src + k·src_pitch [j] for j, k < T: one tile transposed */
+static inline void ember_dw_tile(const float *src, long src_pitch, float *dst, long dst_pitch)
+{
+    ember_dwt v[T];
+    for (int k = 0; k < T; ++k) v[k] = *(const ember_dwt *)(src + k * src_pitch);
+    ember_dw_transpose(v);
+    for (int j = 0; j < T; ++j) *(ember_dwt *)(dst + j * dst_pitch) = v[j];
 }
 
-/* dst + j·dst_pitch [k] = src + k·src_pitch [j] for j, k < 8: one 8 × 8 block transposed */
-static inline void ember_dw_block8(const float *src, long src_pitch, float *dst, long dst_pitch)
+/* dst[p·G + k] = src[k·plane + p] for p < n (n >= T) and k < nfull (a multiple of T): planar
+ * to interleaved, a tile at a time, the last tile of a run overlapping the one before. */
+static inline void ember_dw_interleave_tiles(const float *src, long plane, long n, int nfull,
+                                             float *dst)
 {
-    ember_v8f v[8];
-    for (int k = 0; k < 8; ++k) v[k] = *(const ember_v8f *)(src + k * src_pitch);
-    ember_dw_tr8(v);
-    for (int j = 0; j < 8; ++j) *(ember_v8f *)(dst + j * dst_pitch) = v[j];
-}
-
-/* dst[p·G + k] = src[k·plane + p] for p < n (n >= 8) and k < nfull (a multiple of 8): planar
- * to interleaved, 8 × 8 blocks at a time, the last block overlapping the one before. */
-static inline void ember_dw_interleave8(const float *src, long plane, long n, int nfull,
-                                        float *dst)
-{
-    for (int h = 0; h < nfull; h += 8)
-        for (long p = 0, last = 0; !last; p += 8) {
-            if (p + 8 >= n) {
-                p = n - 8;
+    for (int h = 0; h < nfull; h += T)
+        for (long p = 0, last = 0; !last; p += T) {
+            if (p + T >= n) {
+                p = n - T;
                 last = 1;
             }
-            ember_dw_block8(src + h * plane + p, plane, dst + p * G + h, G);
+            ember_dw_tile(src + h * plane + p, plane, dst + p * G + h, G);
         }
 }
 
-/* dst[k·plane + p] = src[p·G + k] for p < n (n >= 8) and k < nfull (a multiple of 8): the
- * inverse of ember_dw_interleave8. */
-static inline void ember_dw_deinterleave8(const float *src, long n, int nfull, float *dst,
-                                          long plane)
+/* dst[k·plane + p] = src[p·G + k] for p < n (n >= T) and k < nfull (a multiple of T): the
+ * inverse of ember_dw_interleave_tiles. */
+static inline void ember_dw_deinterleave_tiles(const float *src, long n, int nfull, float *dst,
+                                               long plane)
 {
-    for (int h = 0; h < nfull; h += 8)
-        for (long p = 0, last = 0; !last; p += 8) {
-            if (p + 8 >= n) {
-                p = n - 8;
+    for (int h = 0; h < nfull; h += T)
+        for (long p = 0, last = 0; !last; p += T) {
+            if (p + T >= n) {
+                p = n - T;
                 last = 1;
             }
-            ember_dw_block8(src + p * G + h, G, dst + h * plane + p, plane);
+            ember_dw_tile(src + p * G + h, G, dst + h * plane + p, plane);
         }
 }
 
-/* Channels of a group of nch that runs of n pixels move by 8 × 8 blocks; the rest go one
- * float at a time. */
-static inline int ember_dw_block_channels(long n, int nch)
+/* Channels of a group of nch that runs of n pixels move by tiles; the rest go one float at a
+ * time. */
+static inline int ember_dw_tile_channels(long n, int nch)
 {
-    return n >= 8 ? nch / 8 * 8 : 0;
+    return n >= T ? nch / T * T : 0;
 }
 
 /* W8[t·G + k] = tap t's weight of channel k < nch (0 for the missing channels); channel k's
@@ -401,8 +423,8 @@ static inline void ember_dw8_tap_offsets(const ember_dw_geom *g, long *off)
 static inline EMBER_NO_LIBCALLS void ember_dw8_interleave(const float *src, long plane, long npx,
                                                           int nch, float *restrict D)
 {
-    const int nblock = ember_dw_block_channels(npx, nch);
-    ember_dw_interleave8(src, plane, npx, nblock, D);
+    const int nblock = ember_dw_tile_channels(npx, nch);
+    ember_dw_interleave_tiles(src, plane, npx, nblock, D);
     if (nblock < G)
         for (long p = 0; p < npx; ++p)
             for (int k = nblock; k < G; ++k) D[p * G + k] = k < nch ? src[k * plane + p] : 0.0f;
@@ -432,11 +454,11 @@ static EMBER_NO_LIBCALLS void ember_dw8_pack(const ember_dw_geom *g, const float
     int r0 = g->pt > 0 ? g->pt : 0, c0 = g->pl > 0 ? g->pl : 0;
     int r1 = g->H + g->pt < Hp ? g->H + g->pt : Hp, c1 = g->W + g->pl < Wp ? g->W + g->pl : Wp;
     if (c1 <= c0) return;
-    const int nblock = ember_dw_block_channels(c1 - c0, nch);
+    const int nblock = ember_dw_tile_channels(c1 - c0, nch);
     for (int r = r0; r < r1; ++r) {
         const float *src = x + (long)(r - g->pt) * g->W + (c0 - g->pl);   /* padded (r, c0) */
         float *prow = P + ((long)r * Wp + c0) * G;
-        ember_dw_interleave8(src, plane_in, c1 - c0, nblock, prow);
+        ember_dw_interleave_tiles(src, plane_in, c1 - c0, nblock, prow);
         for (int k = nblock; k < nch; ++k)
             for (int c = 0; c < c1 - c0; ++c) prow[(long)c * G + k] = src[k * plane_in + c];
     }
@@ -526,8 +548,8 @@ static EMBER_NO_LIBCALLS int ember_dw8_forward(const ember_dw_geom *g, const flo
         }
     }
     int done = ember_act_row_vec(out, G * npx, act, a, b);
-    const int nblock = ember_dw_block_channels(npx, nch);
-    ember_dw_deinterleave8(out, npx, nblock, y, plane_out);
+    const int nblock = ember_dw_tile_channels(npx, nch);
+    ember_dw_deinterleave_tiles(out, npx, nblock, y, plane_out);
     for (int k = nblock; k < nch; ++k) {
         float *restrict yk = y + k * plane_out;
         const float *restrict ok = out + k;
@@ -638,8 +660,8 @@ static EMBER_NO_LIBCALLS void ember_dw8_input_grad_scatter(const ember_dw_geom *
             for (int iw = 0; iw < iw_lo; ++iw) dxr[iw] = 0.0f;
             for (int iw = iw_hi; iw < g->W; ++iw) dxr[iw] = 0.0f;
         }
-        const int nblock = ember_dw_block_channels(iw_hi - iw_lo, nch);
-        ember_dw_deinterleave8(arow + (long)iw_lo * G, iw_hi - iw_lo, nblock, dxrow + iw_lo,
+        const int nblock = ember_dw_tile_channels(iw_hi - iw_lo, nch);
+        ember_dw_deinterleave_tiles(arow + (long)iw_lo * G, iw_hi - iw_lo, nblock, dxrow + iw_lo,
                                plane_in);
         for (int k = nblock; k < nch; ++k) {
             float *dxr = dxrow + k * plane_in;
@@ -648,6 +670,7 @@ static EMBER_NO_LIBCALLS void ember_dw8_input_grad_scatter(const ember_dw_geom *
     }
 }
 #undef EMBER_DWV
+#undef T
 #undef G
 
 static const struct ember_depthwise_kernels ember_depthwise_here = {
