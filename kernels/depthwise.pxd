@@ -55,8 +55,8 @@ cdef enum:
     # 1.0-2x faster than the per-plane path, except on large planes with a partial group
     # (13 channels of 112x112: 1.6x slower).
     DW8_MAX_PIXELS = 1024
-    # Past this plane size the per-plane path (a quarter of the buffer) is taken anyway: the
-    # 8-channel buffer of a 256x256 plane is already ~4 MB per thread.
+    # Past this plane size the per-plane path (a quarter of the buffer or less) is taken anyway:
+    # the 8-channel buffer of a 256x256 plane is already ~4 MB per thread (16 channels: ~8 MB).
     DW8_MAX_GROUPED_PIXELS = 65536
     # The channel-group kernels keep one offset per tap on the stack.
     DW8_MAX_TAPS = 64

@@ -308,6 +308,7 @@ static void ember_dw_weight_grad_plane(const ember_dw_geom *g, const float *x, c
  * FMA chains). Packing and unpacking transpose T × T tiles (T pixels of T channels). */
 #define G EMBER_DW_GROUP
 #define T EMBER_DW_TILE
+#define EMBER_DWV(p) (*(const ember_dwv *)(p))
 #define EMBER_SHUF(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
 
 #if T == 8
@@ -400,13 +401,13 @@ static inline int ember_dw_tile_channels(long n, int nch)
     return n >= T ? nch / T * T : 0;
 }
 
-/* W8[t·G + k] = tap t's weight of channel k < nch (0 for the missing channels); channel k's
+/* WG[t·G + k] = tap t's weight of channel k < nch (0 for the missing channels); channel k's
  * taps are w[k·taps, (k + 1)·taps). */
 static inline EMBER_NO_LIBCALLS void ember_dw8_weights(const float *w, int taps, int nch,
-                                                       float *restrict W8)
+                                                       float *restrict WG)
 {
     for (int t = 0; t < taps; ++t)
-        for (int k = 0; k < G; ++k) W8[t * G + k] = k < nch ? w[(long)k * taps + t] : 0.0f;
+        for (int k = 0; k < G; ++k) WG[t * G + k] = k < nch ? w[(long)k * taps + t] : 0.0f;
 }
 
 /* off[t] = where tap t = kh·KW + kw reads in the packed window, relative to its output pixel's
@@ -485,11 +486,10 @@ static EMBER_NO_LIBCALLS int ember_dw8_forward(const ember_dw_geom *g, const flo
     ember_dwv bvec;
     for (int k = 0; k < G; ++k) bvec[k] = bias && k < nch ? bias[k] : 0.0f;
     const long step = (long)G * g->sw;
-#define EMBER_DWV(p) (*(const ember_dwv *)(p))
     for (int oh = 0; oh < g->OH; ++oh) {
         const float *row = P + (long)oh * g->sh * Wp * G;
         float *o = out + (long)oh * g->OW * G;
-        int ow = 0;
+        long ow = 0;
         if (taps == 9) {
             const ember_dwv w0 = EMBER_DWV(WG), w1 = EMBER_DWV(WG + G), w2 = EMBER_DWV(WG + 2 * G),
                             w3 = EMBER_DWV(WG + 3 * G), w4 = EMBER_DWV(WG + 4 * G),
@@ -585,7 +585,7 @@ static EMBER_NO_LIBCALLS void ember_dw8_weight_grad(const ember_dw_geom *g, cons
                       s7 = {0}, s8 = {0};
             const long o0 = off[0], o1 = off[1], o2 = off[2], o3 = off[3], o4 = off[4],
                        o5 = off[5], o6 = off[6], o7 = off[7], o8 = off[8];
-            for (int ow = 0; ow < g->OW; ++ow) {
+            for (long ow = 0; ow < g->OW; ++ow) {
                 const ember_dwv v = EMBER_DWV(d + ow * G);
                 const float *b = row + ow * step;
                 s0 += v * EMBER_DWV(b + o0);
@@ -604,7 +604,7 @@ static EMBER_NO_LIBCALLS void ember_dw8_weight_grad(const ember_dw_geom *g, cons
             for (int t = 0; t < taps; ++t) {
                 ember_dwv a = {0};
                 const float *b = row + off[t];
-                for (int ow = 0; ow < g->OW; ++ow)
+                for (long ow = 0; ow < g->OW; ++ow)
                     a += EMBER_DWV(d + ow * G) * EMBER_DWV(b + ow * step);
                 s[t] = a;
             }
@@ -638,7 +638,7 @@ static EMBER_NO_LIBCALLS void ember_dw8_input_grad_scatter(const ember_dw_geom *
     for (int oh = 0; oh < g->OH; ++oh) {
         float *row = A + (long)oh * g->sh * Wp * G;
         const float *d = D + (long)oh * g->OW * G;
-        for (int ow = 0; ow < g->OW; ++ow) {
+        for (long ow = 0; ow < g->OW; ++ow) {
             const ember_dwv v = EMBER_DWV(d + ow * G);
             float *b = row + ow * step;
             for (int t = 0; t < taps; ++t)
