@@ -16,8 +16,8 @@ cdef extern from "depthwise.h" nogil:
 
 
 cdef extern from "simd.h" nogil:
-    # the channel-group kernels (ember_dw8_*) interleave ember_dw_group() channels: 8, or 16
-    # on AVX-512
+    # the channel-group kernels (ember_dw8_*) interleave ember_dw_group() channels, one
+    # vector of the instruction set in use: 4 (baseline), 8 (AVX2) or 16 (AVX-512)
     int ember_dw_group()
     int ember_dw_forward_plane(const ember_dw_geom *g, const float *x, const float *w, float bv,
                                float *y, float *buf, int act, float a, float b)

@@ -11,20 +11,17 @@
  * thrown away; in exchange a 7×7 plane is one 61-float loop instead of seven 7-float ones.
  *
  * Per channel group (the ember_dw8_* kernels): EMBER_DW_GROUP channels side by side, one
- * vector register of the level per pixel — 8 channels on generic (two SSE halves) and AVX2, 16
- * on AVX-512 (one zmm).
+ * vector register of the level per pixel — 4 channels on generic (SSE), 8 on AVX2, 16 on
+ * AVX-512 — so that the 9 weights and 4 accumulators of a 3×3 tap loop stay in registers.
  */
 #include "activation.h"
 #include "depthwise.h"
 
-#if EMBER_ISA_LEVEL == EMBER_ISA_AVX512
-#define EMBER_DW_GROUP 16
-#else
-#define EMBER_DW_GROUP 8
-#endif
+#define EMBER_DW_GROUP EMBER_VW
 
-/* Packing and unpacking transpose square tiles of T pixels × T channels: T = 8 where a vector
- * register holds 8 floats, 4 on the baseline (SSE), whose shuffles cannot cross 4 lanes. */
+/* Packing and unpacking transpose square tiles of T pixels × T channels: T = 8 from AVX2 up
+ * (the ymm unpack/shuffle/permute sequence), 4 on the baseline, whose SSE shuffles do not
+ * cross 4 lanes. */
 #if EMBER_ISA_LEVEL == EMBER_ISA_GENERIC
 #define EMBER_DW_TILE 4
 #else

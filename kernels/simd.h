@@ -59,7 +59,7 @@ struct ember_activation_kernels {
 #include "depthwise.h"
 
 struct ember_depthwise_kernels {
-    int group; /* channels the group kernels interleave: one vector of the level (8 or 16) */
+    int group; /* channels the group kernels interleave: one vector of the level (4, 8, 16) */
     /* per plane (g: forward geometry, or ember_dw_input_grad_geom for the input gradient) */
     int (*forward_plane)(const ember_dw_geom *g, const float *x, const float *w, float bv,
                          float *y, float *buf, int act, float a, float b);

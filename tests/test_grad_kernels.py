@@ -138,7 +138,7 @@ DEPTHWISE_CASES = [c for c in CONV_CASES if c[10] > 1 and c[10] == c[1] == c[4]]
 @pytest.mark.parametrize("case", DEPTHWISE_CASES)
 @pytest.mark.parametrize("nthreads", THREADS)
 def test_depthwise_grads_both_paths(case, grouped, nthreads):
-    """Depthwise gradients have two paths (one plane at a time; eight channels interleaved,
+    """Depthwise gradients have two paths (one plane at a time; a channel group interleaved,
     with a scatter for strided dX): force each and check dW and dX against the twin."""
     x, w, dy = conv_case_arrays(case)
     dx_want, dw_want = conv_grads_twin(x, w, dy, case[7], case[8], case[9], case[10])
@@ -159,8 +159,8 @@ def test_depthwise_grads_both_paths(case, grouped, nthreads):
 @pytest.mark.parametrize("C", range(1, 34))
 @pytest.mark.parametrize("stride", [1, 2])
 def test_depthwise_grads_channel_groups(C, stride):
-    """The channel-group gradient kernels (8 channels per group, 16 on AVX-512; strided dX by
-    scatter) with every count of channels up to 33."""
+    """The channel-group gradient kernels (groups of 4, 8 or 16 channels: one vector of the ISA
+    in use; strided dX by scatter) with every count of channels up to 33."""
     case = (2, C, 11, 9, C, 3, 3, (stride, stride), (1, 1, 1, 1), (1, 1), C)
     x, w, dy = conv_case_arrays(case)
     dx_want, dw_want = conv_grads_twin(x, w, dy, case[7], case[8], case[9], case[10])

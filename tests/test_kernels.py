@@ -356,7 +356,7 @@ DEPTHWISE_CASES = [c for c in CONV_CASES if c[10] > 1 and c[10] == c[1] == c[4]]
 @pytest.mark.parametrize("case", DEPTHWISE_CASES)
 @pytest.mark.parametrize("nthreads", THREADS)
 def test_conv2d_depthwise_both_paths(case, grouped_max_pixels, nthreads):
-    """Depthwise has two paths (one plane at a time; eight channels interleaved): whichever the
+    """Depthwise has two paths (one plane at a time; a channel group interleaved): whichever the
     shape picks, force each one and check it against the twin, with a fused Clip."""
     N, C, H, W, M, KH, KW, stride, pads, dil, group = case
     x, w, bias = rand(N, C, H, W), rand(M, 1, KH, KW), rand(M)
@@ -377,9 +377,9 @@ def test_conv2d_depthwise_both_paths(case, grouped_max_pixels, nthreads):
 @pytest.mark.parametrize("C", range(1, 34))
 @pytest.mark.parametrize("stride,K,H,W", [(1, 3, 11, 9), (2, 3, 11, 9), (1, 5, 6, 7)])
 def test_conv2d_depthwise_channel_groups(C, stride, K, H, W):
-    """The channel-group path (8 channels per group, 16 on AVX-512) with every count of
-    channels up to 33: full groups, partial ones of every width, rows longer and shorter than
-    the 8-pixel transpose blocks."""
+    """The channel-group path (groups of 4, 8 or 16 channels: one vector of the ISA in use)
+    with every count of channels up to 33: full groups, partial ones of every width, rows
+    longer and shorter than the packing's transpose tiles."""
     x, w, bias = rand(1, C, H, W), rand(C, 1, K, K), rand(C)
     pad = K // 2
     OH, OW = out_size(H, K, stride, pad, pad, 1), out_size(W, K, stride, pad, pad, 1)
