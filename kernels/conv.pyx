@@ -24,8 +24,8 @@ from kernels.conv_common cimport (ConvShape, conv_shape, is_pointwise, is_depthw
                                   images_in_parallel, im2col_rows, col2im_channel)
 from kernels.depthwise cimport (ember_dw_geom, dw_geom, ember_dw_alloc, ember_dw_buffer_floats,
                                 ember_dw_set_taps, ember_dw_forward_plane, ember_dw8_buffer_floats,
-                                ember_dw8_forward, DW8_MAX_PIXELS, dw8_grouped, dw8_groups,
-                                dw8_channels)
+                                ember_dw8_forward, ember_dw_group, DW8_MAX_PIXELS, dw8_grouped,
+                                dw8_groups, dw8_channels)
 
 use_simd()
 
@@ -80,7 +80,7 @@ cdef int conv_image(const float *x, const float *w, const float *bias, float *y,
     return ok
 
 
-# The plane size up to which depthwise takes the 8-channel path with a partial group
+# The plane size up to which depthwise takes the channel-group path with a partial group
 # (depthwise.pxd's rule); set_depthwise_grouped_max_pixels moves it for tests.
 cdef long dw8_max_pixels = DW8_MAX_PIXELS
 
@@ -88,14 +88,14 @@ cdef long dw8_max_pixels = DW8_MAX_PIXELS
 cdef int depthwise_forward(const float *xp, const float *wp, const float *bias_ptr, float *yp,
                            ConvShape *s, int act, float act_a, float act_b,
                            int nthreads) noexcept nogil:
-    """Depthwise conv, parallel over (n, c) planes — or over (n, 8-channel groups) for small
-    planes; each thread packs into its own buffer (depthwise.h) and runs vectorised tap loops,
-    bias and activation fused. Returns 0, or 1 when a buffer cannot be allocated."""
+    """Depthwise conv, parallel over (n, c) planes — or over (n, channel groups) for small
+    planes; each thread packs into its own buffer (depthwise_kernel.h) and runs vectorised tap
+    loops, bias and activation fused. Returns 0, or 1 when a buffer cannot be allocated."""
     cdef ember_dw_geom g = dw_geom(s)
     cdef long plane_in = <long> s.H * s.W, plane_out = <long> s.OH * s.OW
     cdef int taps = s.KH * s.KW
     cdef bint grouped = dw8_grouped(s, plane_out, dw8_max_pixels)
-    cdef int groups = dw8_groups(s.C)
+    cdef int group = ember_dw_group(), groups = dw8_groups(s.C)
     cdef long nbuf = ember_dw8_buffer_floats(&g) if grouped else ember_dw_buffer_floats(&g)
     cdef int p, c, k, n, nch, failed = 0, failed_grouped = 0
     cdef long first
@@ -113,7 +113,7 @@ cdef int depthwise_forward(const float *xp, const float *wp, const float *bias_p
                     failed_grouped += 1
                 else:
                     n = p // groups
-                    c = (p % groups) * 8
+                    c = (p % groups) * group
                     nch = dw8_channels(s.C, c)
                     first = <long> n * s.C + c
                     if not ember_dw8_forward(&g, xp + first * plane_in, plane_in, wp + c * taps,
@@ -220,7 +220,7 @@ cdef int conv_run(ConvCall *c) noexcept nogil:
 
 
 def set_depthwise_grouped_max_pixels(int n):
-    """For tests: the plane size up to which the 8-channel depthwise path is taken even with a
+    """For tests: the plane size up to which the channel-group depthwise path is taken even with a
     partial group (0: never take it); returns the previous value."""
     global dw8_max_pixels
     old = dw8_max_pixels

@@ -7,7 +7,7 @@ With K = C/group·KH·KW rows (c, kh, kw) and P = OH·OW columns (oh, ow), per i
 
 where col(X) is the im2col panel conv2d multiplies by. Pointwise convolutions (1×1, stride 1,
 no padding) skip im2col/col2im: their panel *is* the image. Depthwise ones (group == C == M) get
-the vectorised plane kernels of depthwise.h, parallel over channels (dW) or planes (dX).
+the vectorised plane kernels of depthwise_kernel.h, parallel over channels (dW) or planes (dX).
 
 Parallelism: a batch that splits evenly over the threads runs one image per thread with
 single-threaded GEMMs — each thread accumulates dW into its own partial (thread 0's is dW itself;
@@ -30,11 +30,11 @@ from kernels.depthwise cimport (ember_dw_geom, dw_geom, ember_dw_alloc, ember_dw
                                 ember_dw_input_grad_plane, ember_dw_weight_grad_plane,
                                 ember_dw8_buffer_floats, ember_dw8_grad_buffer_floats,
                                 ember_dw8_forward, ember_dw8_weight_grad,
-                                ember_dw8_input_grad_scatter,
+                                ember_dw8_input_grad_scatter, ember_dw_group,
                                 DW8_MAX_PIXELS, dw8_grouped, dw8_groups, dw8_channels)
 
 
-# Depthwise gradients take the 8-channel path by the forward's rule (depthwise.pxd) unless a
+# Depthwise gradients take the channel-group path by the forward's rule (depthwise.pxd) unless a
 # test turns it off.
 use_simd()
 
@@ -125,12 +125,13 @@ cdef void depthwise_weight_grad(const float *dyp, const float *xp, float *dwp, C
                                 int nthreads) except *:
     """dW[c, kh, kw] = Σ_n Σ_(oh,ow) dY[n, c, oh, ow] · X[n, c, oh·sh − pt + kh·dh, ow·sw − pl
     + kw·dw]: parallel over channels; per plane the input is packed into phase planes and each
-    tap is one vectorised dot (depthwise.h), float lanes summed into a double per channel."""
+    tap is one vectorised dot (depthwise_kernel.h), float lanes summed into a double per
+    channel."""
     cdef ember_dw_geom g = dw_geom(s)
     cdef int taps = s.KH * s.KW, c, n, t, k, nch, failed = 0
     cdef long plane_in = <long> s.H * s.W, plane_out = <long> s.OH * s.OW
     cdef bint grouped = use_grouped(s, plane_out)
-    cdef int groups = dw8_groups(s.C)
+    cdef int group = ember_dw_group(), groups = dw8_groups(s.C)
     cdef long nbuf = ember_dw8_grad_buffer_floats(&g) if grouped else ember_dw_buffer_floats(&g)
     cdef float *buf = NULL
     cdef double *acc = NULL
@@ -142,22 +143,22 @@ cdef void depthwise_weight_grad(const float *dyp, const float *xp, float *dwp, C
     if grouped:
         with nogil, parallel(num_threads=nthreads):
             buf = ember_dw_alloc(nbuf)
-            acc = <double *> malloc(sizeof(double) * 8 * taps)
+            acc = <double *> malloc(sizeof(double) * group * taps)
             for c in prange(groups, schedule='static'):
                 if buf == NULL or acc == NULL:
                     failed += 1
                 else:
-                    nch = dw8_channels(s.C, c * 8)
-                    for t in range(8 * taps):
+                    nch = dw8_channels(s.C, c * group)
+                    for t in range(group * taps):
                         acc[t] = 0.0
                     for n in range(s.N):
-                        ember_dw8_weight_grad(&g, xp + (<long> n * s.C + c * 8) * plane_in,
+                        ember_dw8_weight_grad(&g, xp + (<long> n * s.C + c * group) * plane_in,
                                               plane_in,
-                                              dyp + (<long> n * s.C + c * 8) * plane_out,
+                                              dyp + (<long> n * s.C + c * group) * plane_out,
                                               plane_out, nch, buf, acc)
                     for k in range(nch):
                         for t in range(taps):
-                            dwp[(<long> c * 8 + k) * taps + t] = <float> acc[t * 8 + k]
+                            dwp[(<long> c * group + k) * taps + t] = <float> acc[t * group + k]
             free(buf)
             free(acc)
     else:
@@ -282,14 +283,14 @@ cdef void depthwise_input_grad(const float *dyp, const float *wp, float *dxp, Co
                                int nthreads) except *:
     """dX of a depthwise conv, parallel over (n, c) planes: each plane is the stride-1
     correlation of its dY — zero-inserted by the stride, padded by (K − 1)·dil − pad — with
-    the flipped kernel (depthwise.h), so it runs the forward's vectorised tap loops."""
+    the flipped kernel (depthwise_kernel.h), so it runs the forward's vectorised tap loops."""
     cdef ember_dw_geom fwd = dw_geom(s)
     cdef ember_dw_geom g = ember_dw_input_grad_geom(&fwd)
     cdef int taps = s.KH * s.KW, p, c, k, t, nch, failed = 0
     cdef long plane_in = <long> s.H * s.W, plane_out = <long> s.OH * s.OW, first
     cdef bint grouped = use_grouped(s, plane_in)
-    cdef int groups = dw8_groups(s.C)
-    cdef long nbuf = ember_dw8_buffer_floats(&g) + 8 * taps if grouped else \
+    cdef int group = ember_dw_group(), groups = dw8_groups(s.C)
+    cdef long nbuf = ember_dw8_buffer_floats(&g) + group * taps if grouped else \
         ember_dw_buffer_floats(&g)
     cdef float *buf = NULL
     cdef float *wflip
@@ -306,24 +307,24 @@ cdef void depthwise_input_grad(const float *dyp, const float *wp, float *dxp, Co
                 if buf == NULL:
                     failed += 1
                 else:
-                    c = (p % groups) * 8
+                    c = (p % groups) * group
                     nch = dw8_channels(s.C, c)
                     first = <long> (p // groups) * s.C + c
                     ember_dw8_input_grad_scatter(&fwd, dyp + first * plane_out, plane_out,
                                                  wp + <long> c * taps, dxp + first * plane_in,
                                                  plane_in, nch, buf)
             free(buf)
-    elif grouped:   # the forward's 8-channel kernel on dY with the flipped weights
+    elif grouped:   # the forward's channel-group kernel on dY with the flipped weights
         with nogil, parallel(num_threads=nthreads):
             buf = ember_dw_alloc(nbuf)
             for p in prange(s.N * groups, schedule='static'):
                 if buf == NULL:
                     failed += 1
                 else:
-                    c = (p % groups) * 8
+                    c = (p % groups) * group
                     nch = dw8_channels(s.C, c)
                     first = <long> (p // groups) * s.C + c
-                    wflip = buf + nbuf - 8 * taps
+                    wflip = buf + nbuf - group * taps
                     for k in range(nch):
                         for t in range(taps):
                             wflip[k * taps + t] = wp[(<long> c + k) * taps + taps - 1 - t]

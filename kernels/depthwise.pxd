@@ -1,4 +1,6 @@
-# The depthwise plane kernels (depthwise.h), shared by conv (forward) and conv_grad (gradients).
+# The depthwise plane kernels: geometry and buffer sizes (depthwise.h), and the kernels, compiled
+# per instruction set and reached through the dispatch table (simd.h; a module calling them
+# runs simd.use_simd() at import). Shared by conv (forward) and conv_grad (gradients).
 from kernels.conv_common cimport ConvShape
 
 
@@ -10,9 +12,15 @@ cdef extern from "depthwise.h" nogil:
     void ember_dw_init(ember_dw_geom *g)
     void ember_dw_set_taps(ember_dw_geom *g, long *tap)
     long ember_dw_buffer_floats(const ember_dw_geom *g)
+    ember_dw_geom ember_dw_input_grad_geom(const ember_dw_geom *fwd)
+
+
+cdef extern from "simd.h" nogil:
+    # the channel-group kernels (ember_dw8_*) interleave ember_dw_group() channels, one
+    # vector of the instruction set in use: 4 (baseline), 8 (AVX2) or 16 (AVX-512)
+    int ember_dw_group()
     int ember_dw_forward_plane(const ember_dw_geom *g, const float *x, const float *w, float bv,
                                float *y, float *buf, int act, float a, float b)
-    ember_dw_geom ember_dw_input_grad_geom(const ember_dw_geom *fwd)
     void ember_dw_input_grad_plane(const ember_dw_geom *g, const float *dy, const float *w,
                                    float *dx, float *buf)
     void ember_dw_weight_grad_plane(const ember_dw_geom *g, const float *x, const float *dy,
@@ -41,31 +49,33 @@ cdef inline ember_dw_geom dw_geom(ConvShape *s) noexcept nogil:
 
 
 cdef enum:
-    # Depthwise planes run eight channels at a time, channel-interleaved (the ember_dw8_*
-    # kernels), when the channels fill whole groups of eight or the planes have at most
-    # DW8_MAX_PIXELS output pixels: measured (1 thread, MobileNetV2 shapes, 3x3/5x5/7x7)
+    # Depthwise planes run a channel group at a time, channel-interleaved (the ember_dw8_*
+    # kernels), when the channels fill whole groups or the planes have at most DW8_MAX_PIXELS
+    # output pixels: measured (1 thread, MobileNetV2 shapes, 3x3/5x5/7x7, groups of 8)
     # 1.0-2x faster than the per-plane path, except on large planes with a partial group
     # (13 channels of 112x112: 1.6x slower).
     DW8_MAX_PIXELS = 1024
-    # Past this plane size the per-plane path (a quarter of the buffer) is taken anyway: the
-    # 8-channel buffer of a 256x256 plane is already ~4 MB per thread.
+    # Past this plane size the per-plane path (a quarter of the buffer or less) is taken anyway:
+    # the 8-channel buffer of a 256x256 plane is already ~4 MB per thread (16 channels: ~8 MB).
     DW8_MAX_GROUPED_PIXELS = 65536
-    # The 8-channel kernels keep one offset per tap on the stack.
+    # The channel-group kernels keep one offset per tap on the stack.
     DW8_MAX_TAPS = 64
 
 
 cdef inline bint dw8_grouped(ConvShape *s, long plane, long max_pixels) noexcept nogil:
     """Whether the depthwise conv s (forward or gradient) over planes of `plane` pixels takes the
-    8-channel path; max_pixels is DW8_MAX_PIXELS except under a test's override (0: never)."""
+    channel-group path; max_pixels is DW8_MAX_PIXELS except under a test's override (0: never)."""
     return max_pixels > 0 and s.KH * s.KW <= DW8_MAX_TAPS and (
-        plane <= max_pixels or (s.C % 8 == 0 and plane <= DW8_MAX_GROUPED_PIXELS))
+        plane <= max_pixels or (s.C % ember_dw_group() == 0 and plane <= DW8_MAX_GROUPED_PIXELS))
 
 
 cdef inline int dw8_groups(int C) noexcept nogil:
-    """Groups of eight channels covering C (the last one may be partial)."""
-    return (C + 7) // 8
+    """Channel groups covering C (the last one may be partial)."""
+    cdef int group = ember_dw_group()
+    return (C + group - 1) // group
 
 
 cdef inline int dw8_channels(int C, int c0) noexcept nogil:
     """Channels in the group starting at channel c0."""
-    return C - c0 if C - c0 < 8 else 8
+    cdef int group = ember_dw_group()
+    return C - c0 if C - c0 < group else group

@@ -56,7 +56,28 @@ struct ember_activation_kernels {
 };
 
 /* ---- depthwise (depthwise_kernel.h) -------------------------------------------------------- */
-struct ember_depthwise_kernels;
+#include "depthwise.h"
+
+struct ember_depthwise_kernels {
+    int group; /* channels the group kernels interleave: one vector of the level (4, 8, 16) */
+    /* per plane (g: forward geometry, or ember_dw_input_grad_geom for the input gradient) */
+    int (*forward_plane)(const ember_dw_geom *g, const float *x, const float *w, float bv,
+                         float *y, float *buf, int act, float a, float b);
+    void (*input_grad_plane)(const ember_dw_geom *g, const float *dy, const float *w,
+                             float *dx, float *buf);
+    void (*weight_grad_plane)(const ember_dw_geom *g, const float *x, const float *dy,
+                              double *acc, float *buf);
+    /* per group of up to `group` channels, channel-interleaved */
+    int (*group_forward)(const ember_dw_geom *g, const float *x, long plane_in, const float *w,
+                         const float *bias, float *y, long plane_out, int nch, float *buf,
+                         int act, float a, float b);
+    void (*group_weight_grad)(const ember_dw_geom *g, const float *x, long plane_in,
+                              const float *dy, long plane_out, int nch, float *buf,
+                              double *acc);
+    void (*group_input_grad_scatter)(const ember_dw_geom *g, const float *dy, long plane_out,
+                                     const float *w, float *dx, long plane_in, int nch,
+                                     float *buf);
+};
 
 /* ---- Winograd transforms (winograd_kernel.h) ----------------------------------------------- */
 
@@ -318,6 +339,62 @@ static inline void ember_adam_span(float *p, const float *g, float *m, float *v,
 static inline void ember_axpy_span(float *y, const float *x, long n, float alpha)
 {
     ember_simd_in_use->elementwise->axpy_span(y, x, n, alpha);
+}
+
+/* depthwise: the ember_dw8_* names are the channel-group kernels, whatever the group width */
+static inline int ember_dw_group(void) { return ember_simd_in_use->depthwise->group; }
+
+static inline long ember_dw8_buffer_floats(const ember_dw_geom *g)
+{
+    return ember_dw_group_buffer_floats(g, ember_dw_group());
+}
+
+static inline long ember_dw8_grad_buffer_floats(const ember_dw_geom *g)
+{
+    return ember_dw_group_grad_buffer_floats(g, ember_dw_group());
+}
+
+static inline int ember_dw_forward_plane(const ember_dw_geom *g, const float *x, const float *w,
+                                         float bv, float *y, float *buf, int act, float a,
+                                         float b)
+{
+    return ember_simd_in_use->depthwise->forward_plane(g, x, w, bv, y, buf, act, a, b);
+}
+
+static inline void ember_dw_input_grad_plane(const ember_dw_geom *g, const float *dy,
+                                             const float *w, float *dx, float *buf)
+{
+    ember_simd_in_use->depthwise->input_grad_plane(g, dy, w, dx, buf);
+}
+
+static inline void ember_dw_weight_grad_plane(const ember_dw_geom *g, const float *x,
+                                              const float *dy, double *acc, float *buf)
+{
+    ember_simd_in_use->depthwise->weight_grad_plane(g, x, dy, acc, buf);
+}
+
+static inline int ember_dw8_forward(const ember_dw_geom *g, const float *x, long plane_in,
+                                    const float *w, const float *bias, float *y, long plane_out,
+                                    int nch, float *buf, int act, float a, float b)
+{
+    return ember_simd_in_use->depthwise->group_forward(g, x, plane_in, w, bias, y, plane_out,
+                                                       nch, buf, act, a, b);
+}
+
+static inline void ember_dw8_weight_grad(const ember_dw_geom *g, const float *x, long plane_in,
+                                         const float *dy, long plane_out, int nch, float *buf,
+                                         double *acc)
+{
+    ember_simd_in_use->depthwise->group_weight_grad(g, x, plane_in, dy, plane_out, nch, buf,
+                                                    acc);
+}
+
+static inline void ember_dw8_input_grad_scatter(const ember_dw_geom *g, const float *dy,
+                                                long plane_out, const float *w, float *dx,
+                                                long plane_in, int nch, float *buf)
+{
+    ember_simd_in_use->depthwise->group_input_grad_scatter(g, dy, plane_out, w, dx, plane_in,
+                                                           nch, buf);
 }
 #endif
 

@@ -17,6 +17,7 @@ const ember_simd EMBER_SIMD_NAME = {.name = "unavailable", .isa = -1, .needs = E
 #include "winograd_kernel.h"
 #include "pool_kernel.h"
 #include "sums_kernel.h"
+#include "depthwise_kernel.h"
 
 #if EMBER_ISA_LEVEL != EMBER_ISA_TARGET_LEVEL
 #define EMBER_SIMD_LABEL "avx512-on-avx2"
@@ -38,6 +39,7 @@ const ember_simd EMBER_SIMD_NAME = {
     .pool = &ember_pool_here,
     .sums = &ember_sums_here,
     .elementwise = &ember_elementwise_here,
+    .depthwise = &ember_depthwise_here,
 };
 
 EMBER_TARGET_POP

@@ -138,7 +138,7 @@ DEPTHWISE_CASES = [c for c in CONV_CASES if c[10] > 1 and c[10] == c[1] == c[4]]
 @pytest.mark.parametrize("case", DEPTHWISE_CASES)
 @pytest.mark.parametrize("nthreads", THREADS)
 def test_depthwise_grads_both_paths(case, grouped, nthreads):
-    """Depthwise gradients have two paths (one plane at a time; eight channels interleaved,
+    """Depthwise gradients have two paths (one plane at a time; a channel group interleaved,
     with a scatter for strided dX): force each and check dW and dX against the twin."""
     x, w, dy = conv_case_arrays(case)
     dx_want, dw_want = conv_grads_twin(x, w, dy, case[7], case[8], case[9], case[10])
@@ -150,6 +150,25 @@ def test_depthwise_grads_both_paths(case, grouped, nthreads):
                                    dil[1], g, nthreads)
         conv_grad.conv_grad_input(dy, w, dx, None, st[0], st[1], pads[0], pads[1], dil[0],
                                   dil[1], g, nthreads)
+    finally:
+        conv_grad.set_depthwise_grouped(old)
+    close(dw, dw_want, *conv_tolerance(dy.shape[0] * dy.shape[2] * dy.shape[3]))
+    close(dx, dx_want, *conv_tolerance(w.shape[0] * w.shape[2] * w.shape[3]))
+
+
+@pytest.mark.parametrize("C", range(1, 34))
+@pytest.mark.parametrize("stride", [1, 2])
+def test_depthwise_grads_channel_groups(C, stride):
+    """The channel-group gradient kernels (groups of 4, 8 or 16 channels: one vector of the ISA
+    in use; strided dX by scatter) with every count of channels up to 33."""
+    case = (2, C, 11, 9, C, 3, 3, (stride, stride), (1, 1, 1, 1), (1, 1), C)
+    x, w, dy = conv_case_arrays(case)
+    dx_want, dw_want = conv_grads_twin(x, w, dy, case[7], case[8], case[9], case[10])
+    dw, dx = np.full(w.shape, np.nan, np.float32), np.full(x.shape, np.nan, np.float32)
+    old = conv_grad.set_depthwise_grouped(True)
+    try:
+        conv_grad.conv_grad_weight(dy, x, dw, None, stride, stride, 1, 1, 1, 1, C, 1)
+        conv_grad.conv_grad_input(dy, w, dx, None, stride, stride, 1, 1, 1, 1, C, 1)
     finally:
         conv_grad.set_depthwise_grouped(old)
     close(dw, dw_want, *conv_tolerance(dy.shape[0] * dy.shape[2] * dy.shape[3]))

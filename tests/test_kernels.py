@@ -356,7 +356,7 @@ DEPTHWISE_CASES = [c for c in CONV_CASES if c[10] > 1 and c[10] == c[1] == c[4]]
 @pytest.mark.parametrize("case", DEPTHWISE_CASES)
 @pytest.mark.parametrize("nthreads", THREADS)
 def test_conv2d_depthwise_both_paths(case, grouped_max_pixels, nthreads):
-    """Depthwise has two paths (one plane at a time; eight channels interleaved): whichever the
+    """Depthwise has two paths (one plane at a time; a channel group interleaved): whichever the
     shape picks, force each one and check it against the twin, with a fused Clip."""
     N, C, H, W, M, KH, KW, stride, pads, dil, group = case
     x, w, bias = rand(N, C, H, W), rand(M, 1, KH, KW), rand(M)
@@ -372,6 +372,26 @@ def test_conv2d_depthwise_both_paths(case, grouped_max_pixels, nthreads):
     expect = act_twin(conv_twin(x, w, bias, stride, pads[:2], dil, group, (OH, OW)), 10, -0.5,
                       0.8)
     np.testing.assert_allclose(y, expect, rtol=1e-4, atol=1e-5 * KH * KW)
+
+
+@pytest.mark.parametrize("C", range(1, 34))
+@pytest.mark.parametrize("stride,K,H,W", [(1, 3, 11, 9), (2, 3, 11, 9), (1, 5, 6, 7)])
+def test_conv2d_depthwise_channel_groups(C, stride, K, H, W):
+    """The channel-group path (groups of 4, 8 or 16 channels: one vector of the ISA in use)
+    with every count of channels up to 33: full groups, partial ones of every width, rows
+    longer and shorter than the packing's transpose tiles."""
+    x, w, bias = rand(1, C, H, W), rand(C, 1, K, K), rand(C)
+    pad = K // 2
+    OH, OW = out_size(H, K, stride, pad, pad, 1), out_size(W, K, stride, pad, pad, 1)
+    y = np.full((1, C, OH, OW), np.nan, np.float32)
+    old = conv.set_depthwise_grouped_max_pixels(10 ** 9)
+    try:
+        conv.conv2d(x, w, bias, y, None, stride, stride, pad, pad, 1, 1, C, 1, 0.0, 0.0, 1)
+    finally:
+        conv.set_depthwise_grouped_max_pixels(old)
+    expect = act_twin(conv_twin(x, w, bias, (stride, stride), (pad, pad), (1, 1), C, (OH, OW)),
+                      1, 0.0, 0.0)
+    np.testing.assert_allclose(y, expect, rtol=1e-4, atol=1e-5 * K * K)
 
 
 def test_conv2d_depthwise_relu_clip_keep_nan():
