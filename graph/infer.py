@@ -24,6 +24,23 @@ MAX_FOLD_BYTES = 64 << 20
 MAX_ELEMENTS = 1 << 40
 # Kernels take each dim as a C int: a larger dim would overflow at binding time.
 MAX_DIM = (1 << 31) - 1
+
+
+def _numpy_max_rank() -> int:
+    """The most dims a numpy array may have (64 since numpy 2, 32 before): the arena views,
+    folded constants and numpy references of a tensor all are numpy arrays."""
+    for rank in (64, 32):
+        try:
+            np.empty((0,) * rank, dtype=np.uint8)
+            return rank
+        except ValueError:
+            continue
+    raise ImportError("numpy refuses 32-dimensional arrays")
+
+
+# More dims than this is refused at load (initializers, graph inputs, every inferred value):
+# past it numpy itself raises. Kernels needing fewer (elementwise broadcast: 8) fall back.
+MAX_RANK = _numpy_max_rank()
 # Attributes that are lists of ints in every op that has them (their defaults, [] or None, do
 # not say so): a float or string here would reach numpy or a kernel as garbage.
 INT_LIST_ATTRS = frozenset({"pads", "strides", "kernel_shape", "dilations", "perm",
@@ -62,6 +79,9 @@ def _check_attr_types(op, node) -> None:
 
 
 def _check_input_type(name, t: TensorType):
+    if t.rank > MAX_RANK:
+        raise ShapeError(f"graph input {name!r} has {t.rank} dims, more than the {MAX_RANK} "
+                         f"ember (numpy) supports")
     big = [d for d in t.shape if isinstance(d, (int, np.integer)) and d > MAX_DIM]
     if big:
         raise ShapeError(f"graph input {name!r} has dim {big[0]} (shape {t.shape}), more than "
@@ -72,6 +92,9 @@ def _check_input_type(name, t: TensorType):
 
 
 def _check_type(node, out_name, t: TensorType):
+    if t.rank > MAX_RANK:
+        raise ShapeError(f"{node}: output {out_name!r} would have {t.rank} dims, more than "
+                         f"the {MAX_RANK} ember (numpy) supports")
     for d in t.shape:
         if not isinstance(d, (int, np.integer)) and not isinstance(d, str):
             raise ShapeError(f"{node}: output {out_name!r} got a non-integer dim {d!r}")
