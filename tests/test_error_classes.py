@@ -176,6 +176,10 @@ REFUSED = {
     "zero-size: MaxPool over an empty axis": (
         window("MaxPool", (1, 2, 0, 3), kernel_shape=[1, 1]), ShapeError,
         "MaxPool node 'pool'.*window"),
+    "zero-size: ReduceMean over an empty axis": (
+        model([node("ReduceMean", ["x", "ax"])], x_of((2, 0)), inits=[ints("ax", [1])],
+              opset=18),
+        ShapeError, "ReduceMean node 'n'.*empty set is undefined"),
     "zero-size: Pad cropping past an axis to a negative size": (
         model([node("Pad", ["x", "p"])], x_of((2, 3)), inits=[ints("p", [0, -2, 0, -2])]),
         ShapeError, "Pad node 'n'.*negative size"),
@@ -237,6 +241,12 @@ ANSWERED = {
     "Slice step -2^62": (_slice([-1], [-(1 << 62)], [1], [-(1 << 62)]), {"x": _f32((2, 3))}),
     "Conv with 0 input channels": (conv((1, 0, 4, 4), (2, 0, 3, 3)),
                                    {"x": np.ones((1, 0, 4, 4), np.float32)}),
+    "rank 64 (numpy's limit) still runs": (
+        model([node("Reshape", ["x", "s"], ["t"], name="r"), node("Add", ["t", "b"], ["u"]),
+               node("ReduceSum", ["u"], keepdims=0, name="sum")], x_of((2,)),
+              inits=[ints("s", [1] * 63 + [2]), const("b", np.ones([1] * 62 + [3, 1],
+                                                                   np.float32))]),
+        {"x": _f32((2,))}),
     "Gather with a 0-d constant index": (
         model([node("Gather", ["x", "i"], axis=1)], x_of((2, 3)),
               inits=[const("i", np.array(2, np.int64))]),
