@@ -78,6 +78,15 @@ def _check_attr_types(op, node) -> None:
                              f"{type(value).__name__} {value!r:.60}")
 
 
+def span(shape) -> int:
+    """The product of a static shape's dims with each 0 counted as 1: numpy refuses a shape
+    whose span overflows even when a 0 dim leaves it empty, so ``MAX_ELEMENTS`` bounds it."""
+    n = 1
+    for d in shape:
+        n *= max(int(d), 1)
+    return n
+
+
 def _check_input_type(name, t: TensorType):
     if t.rank > MAX_RANK:
         raise ShapeError(f"graph input {name!r} has {t.rank} dims, more than the {MAX_RANK} "
@@ -86,8 +95,8 @@ def _check_input_type(name, t: TensorType):
     if big:
         raise ShapeError(f"graph input {name!r} has dim {big[0]} (shape {t.shape}), more than "
                          f"ember's kernels index ({MAX_DIM})")
-    if t.is_static and t.size > MAX_ELEMENTS:
-        raise ShapeError(f"graph input {name!r} would have {t.size} elements (shape "
+    if t.is_static and span(t.shape) > MAX_ELEMENTS:
+        raise ShapeError(f"graph input {name!r} would span {span(t.shape)} elements (shape "
                          f"{t.shape}), more than ember accepts")
 
 
@@ -104,8 +113,8 @@ def _check_type(node, out_name, t: TensorType):
         if isinstance(d, (int, np.integer)) and d > MAX_DIM:
             raise ShapeError(f"{node}: output {out_name!r} would have dim {d} (shape "
                              f"{t.shape}), more than ember's kernels index ({MAX_DIM})")
-    if t.is_static and t.size > MAX_ELEMENTS:
-        raise ShapeError(f"{node}: output {out_name!r} would have {t.size} elements "
+    if t.is_static and span(t.shape) > MAX_ELEMENTS:
+        raise ShapeError(f"{node}: output {out_name!r} would span {span(t.shape)} elements "
                          f"(shape {t.shape}), more than ember accepts")
 
 

@@ -20,7 +20,7 @@ import sys
 import numpy as np
 
 from ..graph.errors import ModelError, UnsupportedOpError
-from ..graph.infer import MAX_RANK
+from ..graph.infer import MAX_ELEMENTS, MAX_RANK, span
 from ..graph.ir import Graph, Node, TensorType
 from ..graph.ops import REGISTRY, is_supported
 from .onnx_wire import parse_model
@@ -187,6 +187,9 @@ def _tensor_to_array(t, folder, what: str) -> np.ndarray:
         if d < 0:
             raise ModelError(f"{what} has negative dim {d}")
         count *= int(d)
+    if span(t.dims) > MAX_ELEMENTS:
+        raise ModelError(f"{what}: shape {tuple(t.dims)} spans {span(t.dims)} elements (0 dims "
+                         f"counted as 1), more than ember accepts")
     if raw is not None:
         have, need = len(raw), count * dtype.itemsize
     else:
@@ -327,7 +330,7 @@ def _sparse_to_dense(sp, folder, what) -> np.ndarray:
     size = 1
     for d in shape:
         size *= d
-    if any(d < 0 for d in shape) or size > _MAX_DENSE_ELEMENTS:
+    if any(d < 0 for d in shape) or span(shape) > _MAX_DENSE_ELEMENTS:
         raise ModelError(f"{what}: dense shape {shape} is negative or too large")
     dense = np.zeros(size, dtype=values.dtype)
     try:

@@ -133,6 +133,18 @@ REFUSED = {
     "count: Reshape 2^40 squared": (
         model([node("Reshape", ["x", "s"])], x_of((4,)), inits=[ints("s", [BIG, BIG, 0])]),
         ShapeError, "Reshape node 'n'"),
+    # ... an empty tensor too: numpy refuses a shape whose non-zero dims overflow
+    "count: Resize to 0 × 10^9 × 10^9": (
+        model([node("Resize", ["x", "", "sc"])], x_of((2, 2, 1, 1, 1)),
+              inits=[const("sc", np.array([1, 1, 1e-9, 1e9, 1e9], np.float32))], opset=19),
+        ShapeError, r"Resize node 'n'.*'y'.*\(2, 2, 0, 1000000000, 1000000000\)"),
+    "count: initializer of 0 × 2^40 × 2^40": (
+        model([node("Add", ["x", "w"])], x_of((1,)),
+              inits=[TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[0, BIG, BIG])]),
+        ModelError, "initializer 'w'.*spans"),
+    "count: graph input of 0 × 2^30 × 2^30 × 2^30": (
+        model([node("Relu", ["x"])], x_of((0, 1 << 30, 1 << 30, 1 << 30))),
+        ShapeError, "graph input 'x'.*spans"),
     # §4: geometry past a kernel's index type, refused at load (the binders run then)
     "geometry: Conv strides past int32": (conv((1, 1, 4, 4), (1, 1, 1, 1),
                                                strides=[INT32_PAST, 1]),
