@@ -266,6 +266,23 @@ ANSWERED = {
 }
 
 
+# 0-d tensors onnxruntime refuses (rank > 0 required) while ONNX defines them: numpy's answer
+SCALAR = np.array(3.5, np.float32)
+ZERO_D = {
+    "Pad with no pads": (model([node("Pad", ["x", "p"])], x_of(()), inits=[ints("p", [])]),
+                         np.pad(SCALAR, [])),
+    "ReduceMax over axis 0": (model([node("ReduceMax", ["x", "ax"])], x_of(()),
+                                    inits=[ints("ax", [0])], opset=18), np.max(SCALAR)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ZERO_D))
+def test_zero_d_tensor_answers_like_numpy(case):
+    data, want = ZERO_D[case]
+    (got,) = ember.load(data).run(None, {"x": SCALAR})
+    assert got.shape == () and got.dtype == np.float32 and got == want
+
+
 @pytest.mark.parametrize("case", sorted(ANSWERED))
 def test_defined_edge_case_answers_like_onnxruntime(case):
     data, feeds = ANSWERED[case]
