@@ -230,6 +230,9 @@ ANSWERED = {
     "MatMul K=0 with broadcast batch": (
         model([node("MatMul", ["a", "b"])], [vi("a", [2, 1, 3, 0]), vi("b", [4, 0, 5])]),
         {"a": np.ones((2, 1, 3, 0), np.float32), "b": np.ones((4, 0, 5), np.float32)}),
+    "MatMul K=0, batched A times one matrix": (
+        model([node("MatMul", ["a", "b"])], [vi("a", [3, 2, 0]), vi("b", [0])]),
+        {"a": np.ones((3, 2, 0), np.float32), "b": np.ones((0,), np.float32)}),
     "ReduceMax over an empty axis": (
         model([node("ReduceMax", ["x", "ax"], keepdims=1)], x_of((2, 0)),
               inits=[ints("ax", [1])], opset=18),

@@ -79,7 +79,8 @@ def bind_matmul(node, ins, outs, scratch_buf, ctx):
         a, b, y = A2, B2, Y.reshape(M, N)
         return lambda: fn(a, b, y, False, False, 1.0, 0.0, None, 1, code, aa, ab, threads)
     if B2.ndim == 2:  # batched A times one matrix: a single (batch·M)×K by K×N product
-        a, b, y = A2.reshape(-1, K), B2, Y.reshape(-1, N)
+        rows = int(np.prod(A2.shape[:-1], dtype=np.int64))   # not -1: K may be 0
+        a, b, y = A2.reshape(rows, K), B2, Y.reshape(rows, N)
         return lambda: fn(a, b, y, False, False, 1.0, 0.0, None, 1, code, aa, ab, threads)
     batch = np.broadcast_shapes(A2.shape[:-2], B2.shape[:-2])
     A3 = A2.reshape((1,) * (len(batch) - (A2.ndim - 2)) + A2.shape)
