@@ -19,7 +19,8 @@ from .ops.base import InferContext, NeedsValue, fill_attrs
 
 # Values bigger than this are left to run time rather than stored as folded constants.
 MAX_FOLD_BYTES = 64 << 20
-# Guard against absurd shapes (hostile models): no single tensor may exceed this many elements.
+# Guard against absurd shapes (hostile models): no single tensor may exceed this many elements
+# (nor ``span``), so its byte count, at most 16 bytes an element, fits numpy's index type too.
 # Smaller absurdities (1e12 elements) are refused by the Session's memory cap before allocating.
 MAX_ELEMENTS = 1 << 40
 # Kernels take each dim as a C int: a larger dim would overflow at binding time.
@@ -97,7 +98,7 @@ def _check_input_type(name, t: TensorType):
                          f"ember's kernels index ({MAX_DIM})")
     if t.is_static and span(t.shape) > MAX_ELEMENTS:
         raise ShapeError(f"graph input {name!r} would span {span(t.shape)} elements (shape "
-                         f"{t.shape}), more than ember accepts")
+                         f"{t.shape}, 0 dims counted as 1), more than ember accepts")
 
 
 def _check_type(node, out_name, t: TensorType):
@@ -115,7 +116,7 @@ def _check_type(node, out_name, t: TensorType):
                              f"{t.shape}), more than ember's kernels index ({MAX_DIM})")
     if t.is_static and span(t.shape) > MAX_ELEMENTS:
         raise ShapeError(f"{node}: output {out_name!r} would span {span(t.shape)} elements "
-                         f"(shape {t.shape}), more than ember accepts")
+                         f"(shape {t.shape}, 0 dims counted as 1), more than ember accepts")
 
 
 def infer_node(graph: Graph, op, node, known: dict, runtime_inputs: set,
