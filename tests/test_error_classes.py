@@ -20,6 +20,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 import ember
 from ember import ModelError, ShapeError
+from ember.graph.ops import REGISTRY
+from ember.importers.onnx import UPGRADE_TARGETS, UPGRADES
 
 BIG = 1 << 40
 INT32_PAST = 1 << 31
@@ -211,6 +213,28 @@ def test_hostile_model_is_refused_at_load_with_the_class_error(case):
     assert type(exc.value) is error, f"{type(exc.value).__name__}: {exc.value}"
     assert exc.match(pattern)
     assert peak < PEAK_BYTES
+
+
+def _takes_inputs(op):
+    target = UPGRADE_TARGETS.get(op, (op,))[0]
+    return REGISTRY[("", target)].num_inputs[0] >= 1
+
+
+@pytest.mark.parametrize("missing", ["input", "output"])
+@pytest.mark.parametrize("op", sorted(UPGRADES))
+def test_every_upgrade_path_refuses_a_node_without_its_first_input_or_output(op, missing):
+    """Each old form the importer rewrites reads input 0 and output 0: a node lacking one
+    (absent, or an empty name) is a ModelError naming it, at opset 6 as at 12."""
+    if missing == "input" and not _takes_inputs(op):
+        pytest.skip(f"{op} takes no input")
+    inputs = [] if missing == "input" or not _takes_inputs(op) else ["x"]
+    outputs = [""] if missing == "output" else ["y"]
+    for opset in (6, 12):
+        data = model([node(op, inputs, outputs)], x_of((2, 3, 4)), [vi("x", None)],
+                     opset=opset, ir_version=3)
+        with pytest.raises(ModelError, match=f"{op} node 'n'.*{missing} 0 is required") as exc:
+            ember.load(data)
+        assert type(exc.value) is ModelError
 
 
 def _f32(shape, seed=0):
