@@ -151,6 +151,11 @@ REFUSED = {
     "geometry: Conv strides past int32": (conv((1, 1, 4, 4), (1, 1, 1, 1),
                                                strides=[INT32_PAST, 1]),
                                           ShapeError, "Conv node 'conv'.*'strides'.*int32"),
+    "geometry: ConvTranspose strides past int32": (
+        model([node("ConvTranspose", ["x", "w"], strides=[INT32_PAST, 1],
+                    pads=[1 << 30, 0, 1 << 30, 0])], x_of((1, 1, 2, 2)),
+              inits=[const("w", np.ones((1, 1, 1, 1), np.float32))]),
+        ShapeError, "ConvTranspose node 'n'.*'strides'.*int32"),
     "geometry: MaxPool strides past int64": (window("MaxPool", (1, 1, 2, 2), kernel_shape=[1, 1],
                                                     strides=[INT64_MAX, 1]),
                                              ShapeError, "MaxPool node 'pool'.*'strides'.*int64"),
