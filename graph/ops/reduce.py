@@ -97,6 +97,7 @@ class ReduceSum(_Reduce):
 @register
 class ReduceMean(_Reduce):
     empty_defined = False   # onnxruntime answers 0, onnx.reference and numpy NaN
+
     @staticmethod
     def fn(x, axes, keep):
         return np.mean(x, axis=axes, keepdims=keep)
