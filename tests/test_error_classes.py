@@ -324,3 +324,15 @@ def test_defined_edge_case_answers_like_onnxruntime(case):
     for g, w in zip(got, want):
         assert g.shape == w.shape and g.dtype == w.dtype
         np.testing.assert_array_equal(g, w)
+
+
+def test_batched_matmul_rows_past_the_gemm_int_run_matrix_by_matrix(monkeypatch):
+    """A batch of A matrices times one B folds into one GEMM of batch·M rows, which the kernel
+    takes as a C int: past it (8 GB of float32 rows, here a bound lowered to 5) each matrix is
+    its own product, with the same answer."""
+    from ember.runtime.binders import linear
+    monkeypatch.setattr(linear, "GEMM_MAX_DIM", 5)
+    a, b = _f32((3, 4, 2), seed=1), _f32((2, 6), seed=2)
+    data = model([node("MatMul", ["a", "b"])], [vi("a", [3, 4, 2]), vi("b", [2, 6])])
+    (y,) = ember.load(data).run(None, {"a": a, "b": b})
+    np.testing.assert_allclose(y, a @ b, rtol=1e-6, atol=1e-6)
