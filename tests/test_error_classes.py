@@ -12,6 +12,7 @@ with a 0-d index. Oracles: onnxruntime on the same bytes, numpy.
 from __future__ import annotations
 
 import tracemalloc
+from types import SimpleNamespace
 
 import numpy as np
 import onnxruntime as ort
@@ -331,8 +332,16 @@ def test_batched_matmul_rows_past_the_gemm_int_run_matrix_by_matrix(monkeypatch)
     takes as a C int: past it (8 GB of float32 rows, here a bound lowered to 5) each matrix is
     its own product, with the same answer."""
     from ember.runtime.binders import linear
+    rows = []
+
+    def counting_gemm(a, *args):
+        rows.append(a.shape[0])
+        return real_gemm(a, *args)
+    real_gemm = linear.gemm.gemm
     monkeypatch.setattr(linear, "GEMM_MAX_DIM", 5)
+    monkeypatch.setattr(linear, "gemm", SimpleNamespace(gemm=counting_gemm))
     a, b = _f32((3, 4, 2), seed=1), _f32((2, 6), seed=2)
     data = model([node("MatMul", ["a", "b"])], [vi("a", [3, 4, 2]), vi("b", [2, 6])])
     (y,) = ember.load(data).run(None, {"a": a, "b": b})
     np.testing.assert_allclose(y, a @ b, rtol=1e-6, atol=1e-6)
+    assert rows == [4, 4, 4]
