@@ -19,11 +19,29 @@ from .ops.base import InferContext, NeedsValue, fill_attrs
 
 # Values bigger than this are left to run time rather than stored as folded constants.
 MAX_FOLD_BYTES = 64 << 20
-# Guard against absurd shapes (hostile models): no single tensor may exceed this many elements.
+# Guard against absurd shapes (hostile models): no single tensor may exceed this many elements
+# (nor ``span``), so its byte count, at most 16 bytes an element, fits numpy's index type too.
 # Smaller absurdities (1e12 elements) are refused by the Session's memory cap before allocating.
 MAX_ELEMENTS = 1 << 40
 # Kernels take each dim as a C int: a larger dim would overflow at binding time.
 MAX_DIM = (1 << 31) - 1
+
+
+def _numpy_max_rank() -> int:
+    """The most dims a numpy array may have (64 since numpy 2, 32 before): the arena views,
+    folded constants and numpy references of a tensor all are numpy arrays."""
+    for rank in (64, 32):
+        try:
+            np.empty((0,) * rank, dtype=np.uint8)
+            return rank
+        except ValueError:
+            continue
+    raise ImportError("numpy refuses 32-dimensional arrays")
+
+
+# More dims than this is refused at load (initializers, graph inputs, every inferred value):
+# past it numpy itself raises. Kernels needing fewer (elementwise broadcast: 8) fall back.
+MAX_RANK = _numpy_max_rank()
 # Attributes that are lists of ints in every op that has them (their defaults, [] or None, do
 # not say so): a float or string here would reach numpy or a kernel as garbage.
 INT_LIST_ATTRS = frozenset({"pads", "strides", "kernel_shape", "dilations", "perm",
@@ -61,17 +79,32 @@ def _check_attr_types(op, node) -> None:
                              f"{type(value).__name__} {value!r:.60}")
 
 
+def span(shape) -> int:
+    """The product of a static shape's dims with each 0 counted as 1: numpy refuses a shape
+    whose span overflows even when a 0 dim leaves it empty, so ``MAX_ELEMENTS`` bounds it."""
+    n = 1
+    for d in shape:
+        n *= max(int(d), 1)
+    return n
+
+
 def _check_input_type(name, t: TensorType):
+    if t.rank > MAX_RANK:
+        raise ShapeError(f"graph input {name!r} has {t.rank} dims, more than the {MAX_RANK} "
+                         f"ember (numpy) supports")
     big = [d for d in t.shape if isinstance(d, (int, np.integer)) and d > MAX_DIM]
     if big:
         raise ShapeError(f"graph input {name!r} has dim {big[0]} (shape {t.shape}), more than "
                          f"ember's kernels index ({MAX_DIM})")
-    if t.is_static and t.size > MAX_ELEMENTS:
-        raise ShapeError(f"graph input {name!r} would have {t.size} elements (shape "
-                         f"{t.shape}), more than ember accepts")
+    if t.is_static and span(t.shape) > MAX_ELEMENTS:
+        raise ShapeError(f"graph input {name!r} would span {span(t.shape)} elements (shape "
+                         f"{t.shape}, 0 dims counted as 1), more than ember accepts")
 
 
 def _check_type(node, out_name, t: TensorType):
+    if t.rank > MAX_RANK:
+        raise ShapeError(f"{node}: output {out_name!r} would have {t.rank} dims, more than "
+                         f"the {MAX_RANK} ember (numpy) supports")
     for d in t.shape:
         if not isinstance(d, (int, np.integer)) and not isinstance(d, str):
             raise ShapeError(f"{node}: output {out_name!r} got a non-integer dim {d!r}")
@@ -81,9 +114,9 @@ def _check_type(node, out_name, t: TensorType):
         if isinstance(d, (int, np.integer)) and d > MAX_DIM:
             raise ShapeError(f"{node}: output {out_name!r} would have dim {d} (shape "
                              f"{t.shape}), more than ember's kernels index ({MAX_DIM})")
-    if t.is_static and t.size > MAX_ELEMENTS:
-        raise ShapeError(f"{node}: output {out_name!r} would have {t.size} elements "
-                         f"(shape {t.shape}), more than ember accepts")
+    if t.is_static and span(t.shape) > MAX_ELEMENTS:
+        raise ShapeError(f"{node}: output {out_name!r} would span {span(t.shape)} elements "
+                         f"(shape {t.shape}, 0 dims counted as 1), more than ember accepts")
 
 
 def infer_node(graph: Graph, op, node, known: dict, runtime_inputs: set,

@@ -20,8 +20,9 @@ import sys
 import numpy as np
 
 from ..graph.errors import ModelError, UnsupportedOpError
+from ..graph.infer import MAX_ELEMENTS, MAX_RANK, span
 from ..graph.ir import Graph, Node, TensorType
-from ..graph.ops import is_supported
+from ..graph.ops import REGISTRY, is_supported
 from .onnx_wire import parse_model
 from .value_types import ValueTypes
 
@@ -177,6 +178,7 @@ def _tensor_to_array(t, folder, what: str) -> np.ndarray:
     """The tensor as a C-contiguous array. ``raw_data`` becomes a read-only view of the model's
     bytes (or of the external file's), never a copy."""
     dtype = _np_dtype(t.data_type, what)
+    _check_rank(len(t.dims), what)
     raw = t.raw_data
     if t.data_location == _EXTERNAL:
         raw = _load_external(t, folder, what)
@@ -185,6 +187,9 @@ def _tensor_to_array(t, folder, what: str) -> np.ndarray:
         if d < 0:
             raise ModelError(f"{what} has negative dim {d}")
         count *= int(d)
+    if span(t.dims) > MAX_ELEMENTS:
+        raise ModelError(f"{what}: shape {tuple(t.dims)} spans {span(t.dims)} elements (0 dims "
+                         f"counted as 1), more than ember accepts")
     if raw is not None:
         have, need = len(raw), count * dtype.itemsize
     else:
@@ -201,6 +206,12 @@ def _tensor_to_array(t, folder, what: str) -> np.ndarray:
     else:
         arr = np.asarray(data, dtype=dtype)
     return np.require(arr.reshape(shape), requirements="C")
+
+
+def _check_rank(rank: int, what: str) -> None:
+    if rank > MAX_RANK:
+        raise ModelError(f"{what} has {rank} dims, more than the {MAX_RANK} ember (numpy) "
+                         f"supports")
 
 
 def _load_external(t, folder, what: str) -> bytes:
@@ -315,10 +326,11 @@ def _sparse_to_dense(sp, folder, what) -> np.ndarray:
     values = _tensor_to_array(sp.values, folder, what + " (values)")
     indices = _tensor_to_array(sp.indices, folder, what + " (indices)").astype(np.int64)
     shape = tuple(int(d) for d in sp.dims)
+    _check_rank(len(shape), what)
     size = 1
     for d in shape:
         size *= d
-    if any(d < 0 for d in shape) or size > _MAX_DENSE_ELEMENTS:
+    if any(d < 0 for d in shape) or span(shape) > _MAX_DENSE_ELEMENTS:
         raise ModelError(f"{what}: dense shape {shape} is negative or too large")
     dense = np.zeros(size, dtype=values.dtype)
     try:
@@ -387,11 +399,24 @@ def load_onnx(src) -> Graph:
         attrs = _attributes(n, folder, name)
         attrs = {a: v for a, v in attrs.items() if a != "consumed_inputs"}  # opset<6 relic
         node = Node(n.op_type, list(n.input), list(n.output), attrs, name, "")
+        _check_first_slots(node)
         upgrade = UPGRADES.get(n.op_type)
         nodes = upgrade(node, rewriter) if upgrade else [node]
         graph.nodes.extend(nodes)
     graph.toposort()
     return graph
+
+
+def _check_first_slots(node: Node) -> None:
+    """ModelError unless ``node`` has its first output and, when its op takes inputs, its first
+    input: every ONNX op requires both, and the opset upgrades read them (the old forms'
+    attributes become inputs placed after input 0, typed like it)."""
+    target = UPGRADE_TARGETS.get(node.op_type, (node.op_type,))[0]
+    takes_inputs = REGISTRY[("", target)].num_inputs[0] >= 1
+    if takes_inputs and not node.input(0):
+        raise ModelError(f"{node}: input 0 is required but absent")
+    if not node.outputs or not node.outputs[0]:
+        raise ModelError(f"{node}: output 0 is required but absent")
 
 
 # ---- opset upgrades: older forms → the newest opset's semantics -------------------------------

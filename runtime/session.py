@@ -474,6 +474,10 @@ class Session:
                     if defer_on_value and arrays is None:
                         return None
                     continue
+                # bind every node now: a binder's refusal (geometry past its kernel's index
+                # type, a numpy reference too costly) belongs to compiling, not to the first
+                # run; the context stays idle for that run
+                compiled.release(compiled.acquire())
                 self._plans.put(key, compiled)
                 return compiled
 

@@ -764,11 +764,8 @@ def test_numpy_reference_of_enormous_work_is_refused():
                             pads=[k - 4, k - 4], strides=[k])
     data = _bytes(model([node], [vi("x", [1, 1, 8], TensorProto.DOUBLE)],
                         [vi("y", None, TensorProto.DOUBLE)]))
-    sess = ember.load(data)
     with pytest.raises(ModelError, match=r"huge_pool.*element operations.*more than"):
-        sess.compile().acquire()              # binding the plan, before anything runs
-    with pytest.raises(ModelError, match="huge_pool"):
-        sess.run(None, {"x": np.arange(8.0).reshape(1, 1, 8)})
+        ember.load(data)                      # binding the plan while loading, not at run
     # the same op with a small window still runs as its reference
     small = helper.make_node("MaxPool", ["x"], ["y"], name="pool", kernel_shape=[3])
     sess = ember.load(_bytes(model([small], [vi("x", [1, 1, 8], TensorProto.DOUBLE)],

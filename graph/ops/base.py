@@ -96,13 +96,20 @@ class Op:
         kernel = node.attrs.get("kernel_shape")
         return _product(kernel) if kernel else 1
 
+    def reference_temporaries(self, node: Node, types: dict) -> int:
+        """Elements of the largest array the numpy reference builds besides its inputs and
+        outputs (a windowed op's padded image); 0 when it builds none larger than them."""
+        return 0
+
     def work(self, node: Node, types: dict) -> int:
         """Element operations the numpy reference performs on ``node``, from the types alone:
-        its multiply-accumulates, every input and output element touched once, and each
-        Python-level step's overhead plus one pass over the output (``REFERENCE_STEP_WORK``).
-        An upper estimate in exact integers, never evaluated by running anything."""
+        its multiply-accumulates, every input, output and temporary element touched once, and
+        each Python-level step's overhead plus one pass over the output
+        (``REFERENCE_STEP_WORK``). An upper estimate in exact integers, never evaluated by
+        running anything."""
         touched = sum(_product(types[v].shape) for v in (*node.inputs, *node.outputs)
                       if v and v in types and types[v].is_static)
+        touched += self.reference_temporaries(node, types)
         out = sum(_product(types[v].shape) for v in node.outputs
                   if v and v in types and types[v].is_static)
         steps = self.reference_steps(node, types)

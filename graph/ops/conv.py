@@ -86,6 +86,30 @@ def padded(x, pads, value=0, extra_end=None):
     return np.pad(x, widths, constant_values=value)
 
 
+def padded_image_elements(node, types, image: str, windows: str) -> int:
+    """Elements of the padded image a windowed op's numpy reference builds to walk the
+    ``windows`` value's positions over the ``image`` value (both N, C, spatial…, attributes
+    resolved by ``infer``): per spatial axis, the image with its pads or as far as the last
+    window reaches, whichever is longer. Pads and dilations near 2^31 make it enormous while
+    the image and the output stay tiny."""
+    it, wt = types.get(image), types.get(windows)
+    if it is None or wt is None or not (it.is_static and wt.is_static) or it.rank < 3 \
+            or wt.rank != it.rank:
+        return 0
+    nsp, a = it.rank - 2, node.attrs
+    kernel = a.get("kernel_shape") or [1] * nsp
+    strides, dil = a.get("strides") or [1] * nsp, a.get("dilations") or [1] * nsp
+    pads = a.get("pads") or [0] * (2 * nsp)
+    if not len(kernel) == len(strides) == len(dil) == nsp or len(pads) != 2 * nsp:
+        return 0
+    n = int(it.shape[0]) * int(it.shape[1])
+    for i in range(nsp):
+        reach = (int(wt.shape[2 + i]) - 1) * int(strides[i]) + (int(kernel[i]) - 1) * \
+            int(dil[i]) + 1
+        n *= max(int(it.shape[2 + i]) + abs(int(pads[i])) + abs(int(pads[i + nsp])), reach)
+    return n
+
+
 def window_slice(offsets, dilations, strides, outs):
     """Index picking, for a kernel offset, the input pixel under it for every output pixel."""
     return (slice(None), slice(None)) + tuple(
@@ -113,6 +137,9 @@ class Conv(Op):
     parameter_inputs = (1, 2)
     attrs = {"auto_pad": "NOTSET", "dilations": [], "group": 1, "kernel_shape": [], "pads": [],
              "strides": [], **FUSED_ATTRS}
+
+    def reference_temporaries(self, node, types):
+        return padded_image_elements(node, types, node.input(0), node.outputs[0])
 
     def infer(self, ctx):
         x, w = _checked_x_w(ctx)
@@ -184,6 +211,9 @@ class ConvTranspose(Op):
     parameter_inputs = (1, 2)
     attrs = {"auto_pad": "NOTSET", "dilations": [], "group": 1, "kernel_shape": [],
              "output_padding": [], "output_shape": [], "pads": [], "strides": [], **FUSED_ATTRS}
+
+    def reference_temporaries(self, node, types):
+        return padded_image_elements(node, types, node.outputs[0], node.input(0))
 
     def infer(self, ctx):
         x, w = _checked_x_w(ctx)
@@ -328,6 +358,9 @@ class ConvGradInput(Op):
     num_inputs = (2, 2)
     attrs = {**GRAD_CONV_ATTRS, "input_shape": REQUIRED}
 
+    def reference_temporaries(self, node, types):
+        return padded_image_elements(node, types, node.outputs[0], node.input(0))
+
     def infer(self, ctx):
         xs = tuple(int(d) for d in ctx.attrs["input_shape"])
         _check_grad_pair(ctx, xs, tuple(ctx.shape(1)), "input_shape", "W")
@@ -353,6 +386,9 @@ class ConvGradWeight(Op):
     domain = TRAINING_DOMAIN
     num_inputs = (2, 2)
     attrs = {**GRAD_CONV_ATTRS, "weight_shape": REQUIRED}
+
+    def reference_temporaries(self, node, types):
+        return padded_image_elements(node, types, node.input(1), node.input(0))
 
     def infer(self, ctx):
         ws = tuple(int(d) for d in ctx.attrs["weight_shape"])

@@ -11,7 +11,8 @@ import numpy as np
 
 from ..ir import TensorType
 from .base import REQUIRED, TRAINING_DOMAIN, Op, register
-from .conv import padded, resolve_pads, spatial_attr, window_out, window_slice
+from .conv import (padded, padded_image_elements, resolve_pads, spatial_attr, window_out,
+                   window_slice)
 
 POOL_ATTRS = {"auto_pad": "NOTSET", "ceil_mode": 0, "dilations": [], "kernel_shape": REQUIRED,
               "pads": [], "strides": []}
@@ -66,6 +67,9 @@ class MaxPool(Op):
     attrs = {**POOL_ATTRS, "storage_order": 0}
     num_outputs = (1, 2)
 
+    def reference_temporaries(self, node, types):
+        return padded_image_elements(node, types, node.input(0), node.outputs[0])
+
     def infer(self, ctx):
         ctx.check(ctx.dtype(0).kind in "fiu", f"expected a numeric X, got {ctx.dtype(0)}")
         shape = infer_window(ctx)
@@ -118,6 +122,9 @@ class AveragePool(Op):
     """count_include_pad counts the explicit pads (not the ceil_mode overhang) in the divisor."""
     attrs = {**POOL_ATTRS, "count_include_pad": 0}
 
+    def reference_temporaries(self, node, types):
+        return padded_image_elements(node, types, node.input(0), node.outputs[0])
+
     def infer(self, ctx):
         ctx.check(ctx.dtype(0).kind == "f", f"expected a float X, got {ctx.dtype(0)}")
         return [TensorType(ctx.dtype(0), infer_window(ctx))]
@@ -153,6 +160,9 @@ class _Global(Op):
     def infer(self, ctx):
         x = ctx.shape(0)
         ctx.check(len(x) >= 3, f"expected X of rank ≥ 3 (N, C, spatial…), got {x}")
+        # the max (or mean) of an empty window is undefined: onnxruntime refuses it as well
+        ctx.check(0 not in x[2:] or 0 in x[:2],
+                  f"expected non-empty spatial dims (only N or C may be 0), got {x}")
         return [TensorType(ctx.dtype(0), tuple(x[:2]) + (1,) * (len(x) - 2))]
 
     def compute(self, node, inputs):
@@ -200,6 +210,9 @@ class MaxPoolGrad(Op):
     attrs = {**POOL_ATTRS, "storage_order": 0}
     num_inputs = (2, 2)
 
+    def reference_temporaries(self, node, types):
+        return padded_image_elements(node, types, node.input(1), node.input(0))
+
     def infer(self, ctx):
         _check_dy(ctx, ctx.shape(1))
         ctx.check(ctx.dtype(1) == ctx.dtype(0), f"expected X of dY's dtype {ctx.dtype(0)}, got "
@@ -235,6 +248,9 @@ class AveragePoolGrad(Op):
     """dY spread evenly over each window, with AveragePool's divisor."""
     domain = TRAINING_DOMAIN
     attrs = {**POOL_ATTRS, "count_include_pad": 0, "input_shape": REQUIRED}
+
+    def reference_temporaries(self, node, types):
+        return padded_image_elements(node, types, node.outputs[0], node.input(0))
 
     def infer(self, ctx):
         xs = tuple(int(d) for d in ctx.attrs["input_shape"])

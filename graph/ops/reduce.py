@@ -27,6 +27,7 @@ class _Reduce(Op):
     attrs = {"keepdims": 1, "noop_with_empty_axes": 0}
     float_only = False
     axes_input_since = 18   # the opset from which ONNX takes ``axes`` as an input
+    empty_defined = True    # ONNX defines the reduction of an empty set (0, 1, ±inf)
 
     def infer(self, ctx):
         t = ctx.type(0)
@@ -39,6 +40,11 @@ class _Reduce(Op):
             ctx.fail(str(e))
         if axes is None:
             return [t]
+        if not self.empty_defined:
+            kept = [d for i, d in enumerate(t.shape) if i not in axes]
+            ctx.check(0 not in [t.shape[i] for i in axes] or 0 in kept,
+                      f"{self.op_type} of an empty set is undefined in ONNX: axes "
+                      f"{list(axes)} of {t.shape} include an empty one")
         if ctx.attrs["keepdims"]:
             shape = tuple(1 if i in axes else d for i, d in enumerate(t.shape))
         else:
@@ -90,6 +96,8 @@ class ReduceSum(_Reduce):
 
 @register
 class ReduceMean(_Reduce):
+    empty_defined = False   # onnxruntime answers 0, onnx.reference and numpy NaN
+
     @staticmethod
     def fn(x, axes, keep):
         return np.mean(x, axis=axes, keepdims=keep)

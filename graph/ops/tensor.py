@@ -502,10 +502,16 @@ class Pad(Op):
         def fail(msg):
             raise ValueError(msg)
         width = _pad_plan(x.ndim, pads, axes, fail)
-        crop = tuple(slice(-b if b < 0 else 0, x.shape[k] + e if e < 0 else None)
-                     for k, (b, e) in enumerate(width))
-        x = x[crop]
-        grow = [(max(b, 0), max(e, 0)) for b, e in width]
+        crop, grow = [], []
+        for d, (b, e) in zip(x.shape, width):
+            # output j holds input j - b: the input lands on [b, b + d) clipped to the output,
+            # which a crop deeper than the axis leaves empty (all padding, as onnxruntime)
+            n = d + b + e
+            lo, hi = min(max(b, 0), n), min(max(b + d, 0), n)
+            hi = max(hi, lo)
+            crop.append(slice(lo - b, hi - b))
+            grow.append((lo, n - hi))
+        x = x[tuple(crop)]
         mode = node.attrs["mode"]
         if mode == "constant":
             cv = inputs[2] if len(inputs) > 2 and inputs[2] is not None else 0

@@ -83,9 +83,10 @@ def is_view(node) -> bool:
 REFERENCE_TEMPORARIES = 4
 
 
-def reference_temporary_bytes(ins, outs) -> int:
+def reference_temporary_bytes(node, ins, outs, types) -> int:
     """Estimated bytes a numpy reference allocates while it runs on ``ins`` into ``outs``."""
     elements = sum(int(a.size) for a in (*ins, *outs) if a is not None)
+    elements += get_op(node.op_type, node.domain).reference_temporaries(node, types)
     return REFERENCE_TEMPORARIES * 8 * elements
 
 
@@ -94,7 +95,7 @@ def reference_step(node, ins, outs, types, memory_left: int | None = None):
     ModelError when its estimated work (``graph.cost``) exceeds ``REFERENCE_LIMIT``, since every
     run would spend it, or when its estimated temporaries (``reference_temporary_bytes``) exceed
     ``memory_left``, the bytes the memory cap leaves beside the arena."""
-    temporaries = reference_temporary_bytes(ins, outs)
+    temporaries = reference_temporary_bytes(node, ins, outs, types)
     if memory_left is not None and temporaries > memory_left:
         raise ModelError(f"{node}: no kernel covers this case and its numpy reference would "
                          f"allocate about {temporaries:,} bytes of temporaries per run, more "

@@ -6,9 +6,13 @@ import numpy as np
 from ...graph.ops import get_op
 from ...graph.ops import linear as ops
 from ...kernels import gemm
-from .common import (FUSED_ACTIVATIONS, all_float32, contiguous_f32, fused_activation,
-                     has_empty_output, noop, optional_at)
+from .common import (FUSED_ACTIVATIONS, INDEX_TYPES, all_float32, contiguous_f32,
+                     fused_activation, has_empty_output, noop, optional_at)
 from .registry import binds
+
+# The GEMM kernel takes M, N and K as C ints. Every dim fits one (``graph.infer.MAX_DIM``), but
+# the rows of a batch of matrices folded into one product (batch · M) may not.
+GEMM_MAX_DIM = INDEX_TYPES["int32"]
 
 
 def _gemm_inplace(node, types):
@@ -78,8 +82,10 @@ def bind_matmul(node, ins, outs, scratch_buf, ctx):
     if A2.ndim == 2 and B2.ndim == 2:
         a, b, y = A2, B2, Y.reshape(M, N)
         return lambda: fn(a, b, y, False, False, 1.0, 0.0, None, 1, code, aa, ab, threads)
-    if B2.ndim == 2:  # batched A times one matrix: a single (batch·M)×K by K×N product
-        a, b, y = A2.reshape(-1, K), B2, Y.reshape(-1, N)
+    rows = int(np.prod(A2.shape[:-1], dtype=np.int64))   # not -1: K may be 0
+    if B2.ndim == 2 and rows <= GEMM_MAX_DIM:
+        # batched A times one matrix: a single (batch·M)×K by K×N product
+        a, b, y = A2.reshape(rows, K), B2, Y.reshape(rows, N)
         return lambda: fn(a, b, y, False, False, 1.0, 0.0, None, 1, code, aa, ab, threads)
     batch = np.broadcast_shapes(A2.shape[:-2], B2.shape[:-2])
     A3 = A2.reshape((1,) * (len(batch) - (A2.ndim - 2)) + A2.shape)

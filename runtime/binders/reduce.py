@@ -17,14 +17,11 @@ def bind_reduce(node, ins, outs, scratch_buf, ctx):
     x, axes_in, y = ins[0], optional_at(ins, 1), outs[0]
     if x.dtype != y.dtype or x.dtype.kind != "f" or x.size == 0 or ctx.is_runtime(axes_in):
         return None
-    axes = [] if axes_in is None else [int(a) for a in axes_in.reshape(-1)]
-    if not axes and axes_in is None:
-        axes = [int(a) for a in (node.attrs.get("axes") or [])]  # pre-opset-18 form, if kept
-    if not axes:
-        if int(node.attrs.get("noop_with_empty_axes", 0)):
-            return (lambda: np.copyto(y, x)) if x.shape == y.shape else None
-        axes = list(range(x.ndim))
-    axes = tuple(sorted({a + x.ndim if a < 0 else a for a in axes}))
+    axes_value = node.attrs.get("axes") if axes_in is None else axes_in  # pre-18 form, if kept
+    axes = ops.reduce_axes(axes_value, x.ndim, bool(int(node.attrs.get("noop_with_empty_axes",
+                                                                       0))))
+    if axes is None:
+        return (lambda: np.copyto(y, x)) if x.shape == y.shape else None
     keep = tuple(1 if i in axes else d for i, d in enumerate(x.shape))
     if int(np.prod(keep, dtype=np.int64)) != y.size:
         return None

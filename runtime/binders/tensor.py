@@ -160,7 +160,8 @@ def bind_pad(node, ins, outs, scratch_buf, ctx):
     before, after = [0] * r, [0] * r
     for k, a in enumerate(ax):
         before[a], after[a] = p[k], p[k + len(ax)]
-    interior = y[tuple(slice(b, b + n) for b, n in zip(before, x.shape))]
+    # the Ellipsis keeps a 0-d interior an array view (y[()] would be a scalar copy)
+    interior = y[(*(slice(b, b + n) for b, n in zip(before, x.shape)), ...)]
     if interior.shape != x.shape:
         return None
     borders = []
