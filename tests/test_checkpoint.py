@@ -196,13 +196,22 @@ def test_wrong_magic_and_trailing_bytes_are_refused(good_file, tmp_path):
         ember.Trainer.restore(tmp_path / "missing.ember")
 
 
-def _forge(header: dict, payload: bytes) -> bytes:
+def forge(header, payload: bytes) -> bytes:
     """A file with a *valid* checksum around hostile contents (anyone can recompute SHA-256:
-    the parser, not the checksum, must stand between a file and the process)."""
-    h = json.dumps(header).encode()
+    the parser, not the checksum, must stand between a file and the process). ``header``: a
+    JSON-able object, or the JSON text's bytes."""
+    h = header if isinstance(header, bytes) else json.dumps(header).encode()
     body = checkpoint.MAGIC + struct.pack("<IQ", checkpoint.VERSION, len(h)) + h + \
         struct.pack("<Q", len(payload)) + payload
     return body + hashlib.sha256(body).digest()
+
+
+def split(data: bytes) -> tuple:
+    """(header object, payload bytes) of a checkpoint file."""
+    start = len(checkpoint.MAGIC) + 12
+    (hlen,) = struct.unpack_from("<Q", data, len(checkpoint.MAGIC) + 4)
+    (plen,) = struct.unpack_from("<Q", data, start + hlen)
+    return json.loads(data[start:start + hlen]), data[start + hlen + 8:start + hlen + 8 + plen]
 
 
 @pytest.mark.parametrize("header,payload,match", [
@@ -213,23 +222,19 @@ def _forge(header: dict, payload: bytes) -> bytes:
     ({"state": {"format": "ember-trainer", "x": {"__array__": 5}}, "arrays": []}, b"",
      "out of range"),
     ({"state": {"format": "something else"}, "arrays": []}, b"", "Trainer"),
-    ({"state": {"format": "ember-trainer"}, "arrays": []}, b"", "do not describe"),
+    ({"state": {"format": "ember-trainer"}, "arrays": []}, b"", "config is not an object"),
     ([1, 2, 3], b"", "malformed"),
 ])
 def test_hostile_contents_with_a_valid_checksum_are_refused(tmp_path, header, payload, match):
     with pytest.raises(ember.CheckpointError, match=match):
-        ember.Trainer.restore(_write(tmp_path, _forge(header, payload)))
+        ember.Trainer.restore(_write(tmp_path, forge(header, payload)))
 
 
 def test_forged_graph_with_unknown_op_is_refused(good_file, tmp_path):
-    start = len(checkpoint.MAGIC) + 12
-    (hlen,) = struct.unpack_from("<Q", good_file, len(checkpoint.MAGIC) + 4)
-    header = json.loads(good_file[start:start + hlen])
-    (plen,) = struct.unpack_from("<Q", good_file, start + hlen)
-    payload = good_file[start + hlen + 8:start + hlen + 8 + plen]
+    header, payload = split(good_file)
     header["state"]["graph"]["__graph__"]["nodes"][0]["op_type"] = "os.system"
     with pytest.raises(ember.CheckpointError, match="os.system"):
-        ember.Trainer.restore(_write(tmp_path, _forge(header, payload)))
+        ember.Trainer.restore(_write(tmp_path, forge(header, payload)))
 
 
 # ---- atomic writes -----------------------------------------------------------------------------
