@@ -675,6 +675,12 @@ def _cast(node, rw):
 
 def _constant(node, rw):
     a = node.attrs
+    given = sorted(k for k in a if k.startswith("value") or k == "sparse_value")
+    if len(given) != 1:
+        raise ModelError(f"{node}: a Constant needs exactly one value attribute, got {given}")
+    for key in ("value", "sparse_value"):
+        if key in a and not isinstance(a[key], np.ndarray):
+            raise _bad_attr(node, key, a[key], "a tensor")
     forms = {"value_float": (np.float32, _is_number, "a number"),
              "value_floats": (np.float32, _is_number, "a list of numbers"),
              "value_int": (np.int64, _is_int, "an int"),

@@ -513,7 +513,7 @@ def mutate_attributes(model: onnx.ModelProto, pick) -> bytes:
     m.CopyFrom(model)
     opset = max([o.version for o in m.opset_import if o.domain in ("", "ai.onnx")] or [1])
     for _ in range(pick([1, 1, 2, 3])):
-        node = pick(list(m.graph.node))
+        node = m.graph.node[pick(range(len(m.graph.node)))]
         names = sorted({a.name for a in node.attribute} | set(_schema_attributes(node, opset)))
         if not names:
             continue
@@ -779,7 +779,7 @@ def _slots(obj) -> list:
 
 def _graph_geometry(h, pick):
     nodes = h["state"]["graph"]["__graph__"]["nodes"]
-    attrs = pick(nodes)["attrs"]
+    attrs = nodes[pick(range(len(nodes)))]["attrs"]
     name = pick(GEOMETRY_ATTRS)
     old = attrs.get(name)
     n = len(old) if isinstance(old, list) and old else pick([1, 2, 4])
@@ -791,7 +791,7 @@ def _replace_value(h, pick):
                    "global_step", "trainable", None])
     root = h["state"] if region is None else h["state"].get(region)
     slots = _slots(root) or [(h["state"], region)]
-    container, key = pick(slots)
+    container, key = slots[pick(range(len(slots)))]
     value = pick(HOSTILE_JSON + ["array_ref"])
     if value == "array_ref":   # another stored array: a wrong shape or dtype for this slot
         value = {"__array__": pick(range(len(h["arrays"])))}
@@ -799,7 +799,7 @@ def _replace_value(h, pick):
 
 
 def _array_table(h, pick):
-    entry = pick(h["arrays"])
+    entry = h["arrays"][pick(range(len(h["arrays"])))]
     i = pick(range(4))
     entry[i] = pick([["float64", "int64", "bool", "object"], [[], [0], [1 << 40], [-1]],
                      [0, 1, 1 << 62], [0, 4]][i])
