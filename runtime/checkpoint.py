@@ -306,6 +306,55 @@ def _check_fields(state: dict) -> None:
             and isinstance(hist.get("epoch"), list) and all(_int(e) for e in hist["epoch"])):
         bad("history", "must map metric names to lists of numbers, with a list of epochs")
     _check_rng(state.get("rng"))
+    _check_optimizer(state.get("optimizer"))
+    _check_scheduler(state.get("scheduler"))
+
+
+def _check_optimizer(opt) -> None:
+    """The optimizer's state dict has the shape ``Optimizer.state_dict()`` gives it; its
+    values' meaning (hyper-parameter ranges, array shapes) is checked by the optimizer."""
+    if not isinstance(opt, dict):
+        raise CheckpointError(f"optimizer must be an object, got {type(opt).__name__}")
+    hyper = opt.get("hyper", {})
+    if not isinstance(hyper, dict):
+        raise CheckpointError(f"optimizer.hyper must be an object, got {type(hyper).__name__}")
+    for key, value in hyper.items():
+        values = value if isinstance(value, list) else [value]
+        if not all(_real(v) or isinstance(v, bool) for v in values):
+            raise CheckpointError(f"optimizer.hyper.{key} must be a number, a flag or a list "
+                                  f"of numbers, got {value!r:.60}")
+    params = opt.get("params")
+    if params is not None and not (isinstance(params, list)
+                                   and all(isinstance(p, str) for p in params)):
+        raise CheckpointError(f"optimizer.params must be a list of names, got {params!r:.60}")
+    if not (_int(opt.get("steps", 0)) and 0 <= opt.get("steps", 0) < COUNTER_LIMIT):
+        raise CheckpointError(f"optimizer.steps must be an integer in [0, 2^63), got "
+                              f"{opt.get('steps')!r:.60}")
+    if opt.get("initial_lr") is not None and not _real(opt["initial_lr"]):
+        raise CheckpointError(f"optimizer.initial_lr must be a number, got "
+                              f"{opt['initial_lr']!r:.60}")
+    state = opt.get("state", {})
+    if not isinstance(state, dict):
+        raise CheckpointError("optimizer.state must map parameter names to their arrays")
+    for name, bufs in state.items():
+        if not isinstance(bufs, dict):
+            raise CheckpointError(f"optimizer.state[{name!r}] must map buffer names to arrays")
+        for k, a in bufs.items():
+            if not (isinstance(a, np.ndarray) and a.dtype.kind == "f"):
+                raise CheckpointError(f"optimizer.state[{name!r}][{k!r}] must be a float "
+                                      f"array, got {type(a).__name__}")
+
+
+def _check_scheduler(sched) -> None:
+    if sched is None:
+        return
+    if not isinstance(sched, dict):
+        raise CheckpointError(f"scheduler must be an object, got {type(sched).__name__}")
+    for key in ("base_lrs", "last_lr"):
+        v = sched.get(key, [])
+        if not (isinstance(v, list) and all(_real(x) and x >= 0 for x in v)):
+            raise CheckpointError(f"scheduler.{key} must be a list of learning rates, got "
+                                  f"{v!r:.60}")
 
 
 def _check_rng(rng) -> None:
