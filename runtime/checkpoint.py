@@ -262,7 +262,7 @@ def trainer_from_state(cls, loaded: dict, path, threads=None, memory_cap=None, l
                               f"{type(e).__name__}: {e}") from None
 
 
-COUNTER_LIMIT = 1 << 63     # step and epoch counters live in int64s
+COUNTER_LIMIT = 1 << 62     # step and epoch counters live in int64s, and keep counting
 
 
 def _int(x) -> bool:
@@ -285,10 +285,10 @@ def _check_fields(state: dict) -> None:
     for name in ("global_step", "epoch", "dropout_step"):
         v = state.get(name, 0)
         if not (_int(v) and 0 <= v < COUNTER_LIMIT):
-            bad(name, f"must be an integer in [0, 2^63), got {v!r:.60}")
+            bad(name, f"must be an integer in [0, 2^62), got {v!r:.60}")
     for name, ok, want in (
             ("batch_size", lambda v: _int(v) and 1 <= v < 1 << 31, "an integer in [1, 2^31)"),
-            ("seed", lambda v: _int(v) and 0 <= v < COUNTER_LIMIT, "an integer in [0, 2^63)"),
+            ("seed", lambda v: _int(v) and 0 <= v < COUNTER_LIMIT, "an integer in [0, 2^62)"),
             ("l2", lambda v: _real(v) and v >= 0, "a finite number >= 0"),
             ("data_input", lambda v: isinstance(v, str), "a string"),
             ("input_shape", lambda v: isinstance(v, list) and all(
@@ -328,7 +328,7 @@ def _check_optimizer(opt) -> None:
                                    and all(isinstance(p, str) for p in params)):
         raise CheckpointError(f"optimizer.params must be a list of names, got {params!r:.60}")
     if not (_int(opt.get("steps", 0)) and 0 <= opt.get("steps", 0) < COUNTER_LIMIT):
-        raise CheckpointError(f"optimizer.steps must be an integer in [0, 2^63), got "
+        raise CheckpointError(f"optimizer.steps must be an integer in [0, 2^62), got "
                               f"{opt.get('steps')!r:.60}")
     if opt.get("initial_lr") is not None and not _real(opt["initial_lr"]):
         raise CheckpointError(f"optimizer.initial_lr must be a number, got "

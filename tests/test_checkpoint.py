@@ -284,6 +284,8 @@ FORGERIES = {
     "NaN L2 factor": (_set("config", "l2", float("nan")), r"config\.l2 is NaN"),
     "-Infinity step": (_set("global_step", -float("inf")), r"global_step is -Infinity"),
     "step past int64": (_set("global_step", 1 << 64), r"global_step must be an integer"),
+    "optimizer steps at the int64 limit": (_set("optimizer", "steps", (1 << 63) - 1),
+                                           r"optimizer\.steps must be an integer"),
     "float batch size": (_set("config", "batch_size", 2.5), r"config\.batch_size must be"),
     "string seed": (_set("config", "seed", "0"), r"config\.seed must be"),
     "huge input shape": (_set("config", "input_shape", [1, D, D]), r"graph input .*elements"),

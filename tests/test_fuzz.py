@@ -551,10 +551,11 @@ CHILD_TIMEOUT = 60         # seconds per input (the machine is shared): beyond i
 _LEN4 = struct.Struct("<I")
 
 
-def run_model(data: bytes, feeds: dict | None = None) -> str:
-    """The property for one model, in the child: "ok" (ran, and agrees with onnxruntime when
-    onnxruntime runs it too), "refused" (an EmberError), or a finding's description. ``feeds``
-    (the conformance case's inputs) are used where the declared inputs still take them."""
+def run_model(data: bytes, feeds: dict | None = None, ran=lambda: None) -> str:
+    """The property for one model: "ok" (ran, and agrees with onnxruntime when onnxruntime
+    runs it too), "refused" (an EmberError), or a finding's description; a foreign exception
+    propagates. ``feeds`` (the conformance case's inputs) are used where the declared inputs
+    still take them. ``ran()`` is called once ember is done, before the oracle runs."""
     try:
         sess = ember.load(data, threads=1, memory_cap=MEMORY_CAP)
         rng = np.random.default_rng(0)
@@ -573,31 +574,46 @@ def run_model(data: bytes, feeds: dict | None = None) -> str:
         outputs = sess.run(None, arrays)
     except ember.EmberError as e:
         return "refused" if str(e) else "an EmberError without a message"
-    _reply("ember ok")   # what follows is the oracle: a crash from here on is onnxruntime's
+    ran()
     return _agrees_with_onnxruntime(data, arrays, outputs)
 
 
 def _agrees_with_onnxruntime(data, feeds, outputs) -> str:
+    """"ok" unless ember's outputs differ from onnxruntime's and from the ONNX reference's
+    (the spec: where the two oracles disagree, e.g. on a non-finite epsilon, ember follows
+    the spec)."""
     import onnxruntime as ort
     try:
         expected = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, feeds)
     except Exception:   # onnxruntime refuses what ember runs: no oracle for this input
         return "ok"
+    differs = _difference(outputs, expected, "onnxruntime")
+    if differs is None:
+        return "ok"
+    try:
+        from onnx.reference import ReferenceEvaluator
+        spec = ReferenceEvaluator(onnx.load_from_string(data)).run(None, feeds)
+    except Exception:
+        return differs
+    return "ok" if _difference(outputs, spec, "the reference") is None else differs
+
+
+def _difference(outputs, expected, oracle: str):
     for i, (got, want) in enumerate(zip(outputs, expected)):
         want = np.asarray(want)
         if got.shape != want.shape:
-            return f"wrong answer: output {i} has shape {got.shape}, onnxruntime's {want.shape}"
+            return f"wrong answer: output {i} has shape {got.shape}, {oracle}'s {want.shape}"
         if want.dtype.kind in "fc" and got.size:
             if not np.allclose(got, want, rtol=1e-3, atol=1e-4, equal_nan=True):
-                return f"wrong answer: output {i} differs from onnxruntime's"
+                return f"wrong answer: output {i} differs from {oracle}'s"
         elif not np.array_equal(got, want):
-            return f"wrong answer: output {i} differs from onnxruntime's"
-    return "ok"
+            return f"wrong answer: output {i} differs from {oracle}'s"
+    return None
 
 
-def run_checkpoint(data: bytes) -> str:
-    """The property for one checkpoint, in the child: restore, then a training step and a
-    prediction with the restored Trainer; "ok", "refused" or a finding."""
+def run_checkpoint(data: bytes, ran=lambda: None) -> str:
+    """The property for one checkpoint: restore, then a training step and a prediction with
+    the restored Trainer; "ok", "refused" or a finding (a foreign exception propagates)."""
     import tempfile
     with tempfile.TemporaryDirectory() as folder:
         path = pathlib.Path(folder, "forged.ember")
@@ -612,7 +628,7 @@ def run_checkpoint(data: bytes) -> str:
             t.predict(x)
         except ember.EmberError as e:
             return "refused" if str(e) else "an EmberError without a message"
-    _reply("ember ok")
+    ran()
     return "ok"
 
 
@@ -636,7 +652,10 @@ def serve() -> None:
             return
         kind, payload, feeds = pickle.loads(inp.read(_LEN4.unpack(head)[0]))
         try:
-            outcome = run_model(payload, feeds) if kind == "model" else run_checkpoint(payload)
+            # after "ember ok", what runs is the oracle: a crash there is onnxruntime's
+            ran = lambda: _reply("ember ok")  # noqa: E731
+            outcome = run_model(payload, feeds, ran) if kind == "model" else \
+                run_checkpoint(payload, ran)
         except BaseException as e:   # the finding: anything but an EmberError
             outcome = f"{type(e).__name__}: {e!s:.300}\n{traceback.format_exc()[-1500:]}"
         _reply(outcome)
@@ -819,8 +838,9 @@ def mutate_checkpoint(header: dict, payload: bytes, pick) -> bytes:
     return forge(text.encode(), payload)
 
 
-@pytest.fixture(scope="module")
-def checkpoint_seed(tmp_path_factory):
+def seed_checkpoint(folder) -> tuple:
+    """(header, payload) of a small real checkpoint: Conv, BatchNorm, MaxPool, Linear; Adam
+    state after two steps; a StepLR schedule."""
     from test_checkpoint import split
     X = np.random.default_rng(0).standard_normal((4, 1, 6, 6)).astype(np.float32)
     m = ember.nn.Sequential(ember.nn.Conv2d(1, 2, 3, padding=1), ember.nn.BatchNorm2d(2),
@@ -829,9 +849,14 @@ def checkpoint_seed(tmp_path_factory):
     t = ember.Trainer(m, input_shape=(1, 6, 6), batch_size=2, threads=1,
                       scheduler=ember.optim.lr_scheduler.StepLR(step_size=1))
     t.fit(X, np.arange(4) % 3, epochs=1, verbose=False)
-    path = tmp_path_factory.mktemp("fuzz") / "seed.ember"
+    path = pathlib.Path(folder, "seed.ember")
     t.save(path)
     return split(path.read_bytes())
+
+
+@pytest.fixture(scope="module")
+def checkpoint_seed(tmp_path_factory):
+    return seed_checkpoint(tmp_path_factory.mktemp("fuzz"))
 
 
 @fuzz_settings(100)
