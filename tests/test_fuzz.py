@@ -530,8 +530,9 @@ def mutate_attributes(model: onnx.ModelProto, pick) -> bytes:
 
 
 def conformance_seeds() -> dict:
-    """One ONNX backend conformance model per op ember supports (the case with the most
-    attributes set; ties by name), collected as test_onnx_conformance collects them."""
+    """op -> (case name, model, feeds): one ONNX backend conformance model per op ember
+    supports (the case with the most attributes set; ties by name), collected as
+    test_onnx_conformance collects them, with its first data set's inputs."""
     from test_onnx_conformance import CASES
     best = {}
     for case in sorted(CASES, key=lambda c: c.name):
@@ -542,7 +543,10 @@ def conformance_seeds() -> dict:
         score = len(nodes[0].attribute)
         if op not in best or score > best[op][0]:
             best[op] = (score, case)
-    return {op: (case.name, case.model, case.data_sets[0][0]) for op, (_, case) in best.items()}
+    return {op: (case.name, case.model,
+                 {i.name: np.asarray(a) for i, a in zip(case.model.graph.input,
+                                                        case.data_sets[0][0])})
+            for op, (_, case) in best.items()}
 
 
 # ---- the child: every mutated input runs in a process with a memory limit and a timeout ------
@@ -764,8 +768,7 @@ def _picker(draw):
 def test_conformance_attribute_mutations(child, conformance, data):
     ops, seeds = conformance
     pick = _picker(data.draw)
-    _, model, inputs = seeds[pick(ops)]
-    feeds = {i.name: np.asarray(a) for i, a in zip(model.graph.input, inputs)}
+    _, model, feeds = seeds[pick(ops)]
     assert_no_finding(child, "model", mutate_attributes(model, pick), feeds)
 
 

@@ -62,8 +62,7 @@ def attributes_target(corpus: str):
     def one(data):
         fdp = atheris.FuzzedDataProvider(data)
         pick = _picker(fdp)
-        _, model, inputs = seeds[pick(ops)]
-        feeds = {i.name: inputs[k] for k, i in enumerate(model.graph.input)}
+        _, model, feeds = seeds[pick(ops)]
         _check(test_fuzz.run_model(test_fuzz.mutate_attributes(model, pick), feeds))
     return one
 
