@@ -800,8 +800,13 @@ def _slots(obj) -> list:
 
 
 def _graph_geometry(h, pick):
-    nodes = h["state"]["graph"]["__graph__"]["nodes"]
-    attrs = nodes[pick(range(len(nodes)))]["attrs"]
+    try:
+        nodes = [n["attrs"] for n in h["state"]["graph"]["__graph__"]["nodes"]]
+    except (TypeError, KeyError):   # an earlier mutation replaced the graph: nothing to mutate
+        return
+    attrs = nodes[pick(range(len(nodes)))] if nodes else None
+    if not isinstance(attrs, dict):
+        return
     name = pick(GEOMETRY_ATTRS)
     old = attrs.get(name)
     n = len(old) if isinstance(old, list) and old else pick([1, 2, 4])
