@@ -5,13 +5,18 @@ Gemm / Reshape / Slice / Concat models), hypothesis (a) mutates the serialized b
 flips, truncation, insertion, splicing — and (b) mutates protobuf fields — dims, attribute
 values and types, initializer dims and data length, node input/output names, opset, op_type.
 Each result goes through ``ember.load`` and, if it loads, ``run`` with a random feed of the
-declared shapes. Any exception other than an EmberError fails the test.
+declared shapes. Any exception other than an EmberError fails the test. Further, (d) the
+attributes of one ONNX conformance model per op are mutated knowing what they are (extreme
+integers, wrong types, geometry near 2^31) and (e) real checkpoints are forged and re-signed;
+those run in a child process with a memory limit and a timeout (a crash, a hang or memory
+without bound is a finding, not the end of pytest), and a model ember runs must agree with
+onnxruntime (or, where onnxruntime departs from it, the ONNX reference).
 
 Seeded (``derandomize=True``) so a run is reproducible. ``EMBER_FUZZ_EXAMPLES=N`` runs N
 examples per test instead of the default (chosen so this file takes well under 60 s).
 ``EMBER_FUZZ_SAVE=dir`` writes every crashing input there; crashes found that way live in
-``tests/fuzz_regressions/`` and are replayed by ``test_regression``. A segfault would kill
-pytest itself, so longer campaigns are run in a subprocess:
+``tests/fuzz_regressions/`` (see its README, which also gives the coverage-guided atheris
+command) and are replayed by ``test_regression`` and ``test_checkpoint_regression``:
 ``EMBER_FUZZ_EXAMPLES=3000 EMBER_FUZZ_SAVE=/tmp/crash python -m pytest tests/test_fuzz.py``.
 """
 from __future__ import annotations
