@@ -768,7 +768,7 @@ def _picker(draw):
     return lambda seq: draw(st.sampled_from(list(seq)))
 
 
-@fuzz_settings(300)
+@fuzz_settings(600)
 @given(data=st.data())
 def test_conformance_attribute_mutations(child, conformance, data):
     ops, seeds = conformance
@@ -872,7 +872,7 @@ def checkpoint_seed(tmp_path_factory):
     return seed_checkpoint(tmp_path_factory.mktemp("fuzz"))
 
 
-@fuzz_settings(100)
+@fuzz_settings(200)
 @given(data=st.data())
 def test_checkpoint_mutations(child, checkpoint_seed, data):
     header, payload = checkpoint_seed
