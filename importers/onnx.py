@@ -21,7 +21,7 @@ import numpy as np
 
 from ..graph.errors import ModelError, UnsupportedOpError
 from ..graph.ir import Graph, Node, TensorType
-from ..graph.ops import is_supported
+from ..graph.ops import get_op, is_supported
 from .onnx_wire import parse_model
 from .value_types import ValueTypes
 
@@ -388,6 +388,8 @@ def load_onnx(src) -> Graph:
         attrs = {a: v for a, v in attrs.items() if a != "consumed_inputs"}  # opset<6 relic
         node = Node(n.op_type, list(n.input), list(n.output), attrs, name, "")
         upgrade = UPGRADES.get(n.op_type)
+        if upgrade:
+            _check_upgradable(node)
         nodes = upgrade(node, rewriter) if upgrade else [node]
         graph.nodes.extend(nodes)
     graph.toposort()
@@ -395,6 +397,16 @@ def load_onnx(src) -> Graph:
 
 
 # ---- opset upgrades: older forms → the newest opset's semantics -------------------------------
+def _check_upgradable(node: Node) -> None:
+    """An upgrade reads a node's first output and, unless the op takes none, its first input:
+    a node without them is refused here, whatever its opset (ModelError, not IndexError)."""
+    takes_inputs = not is_supported(node.op_type) or get_op(node.op_type).num_inputs[0] > 0
+    missing = "output" if not any(node.outputs) else \
+        "first input" if takes_inputs and not node.input(0) else None
+    if missing:
+        raise ModelError(f"{node}: has no {missing}; every {node.op_type} needs one")
+
+
 class Rewriter:
     """What an upgrade needs: the model's opset, fresh value names, new constants (added as
     initializers) and, when an old form hides a dtype or rank, the types of the values the nodes
