@@ -824,7 +824,7 @@ def _replace_value(h, pick):
     root = h["state"] if region is None else h["state"].get(region)
     slots = _slots(root) or [(h["state"], region)]
     container, key = slots[pick(range(len(slots)))]
-    value = pick(HOSTILE_JSON + ["array_ref"])
+    value = copy.deepcopy(pick(HOSTILE_JSON + ["array_ref"]))   # never shared: no cycles
     if value == "array_ref":   # another stored array: a wrong shape or dtype for this slot
         value = {"__array__": pick(range(len(h["arrays"])))}
     container[key] = value
