@@ -49,7 +49,7 @@ def _check(outcome: str) -> None:
 def model_target(corpus: str):
     seeds = test_fuzz.conformance_seeds()
     if corpus and os.path.isdir(corpus) and not os.listdir(corpus):
-        for op, (name, model, _) in seeds.items():
+        for name, model, _ in seeds.values():
             with open(os.path.join(corpus, f"{name}.onnx"), "wb") as f:
                 f.write(model.SerializeToString())
     return lambda data: _check(test_fuzz.run_model(bytes(data)))

@@ -71,7 +71,7 @@ class _Reduce(Op):
         x = inputs[0]
         axes_value = inputs[1] if len(inputs) > 1 else None
         axes = reduce_axes(axes_value, x.ndim, bool(node.attrs["noop_with_empty_axes"]))
-        if axes is None:   # no axis is reduced, yet |x|, x², log or exp still apply (onnx.reference)
+        if axes is None:   # no axis reduced, yet |x|, x², log, exp apply (as onnx.reference)
             axes = ()
         xw = x.astype(np.float32) if x.dtype == np.float16 else x
         with np.errstate(all="ignore"):
