@@ -1,7 +1,8 @@
 """Reductions (opset-18 form: ``axes`` is an optional int64 input, known at compile time).
 
-No axes (absent or empty) reduces every axis, unless ``noop_with_empty_axes=1`` makes the op an
-identity."""
+No axes (absent or empty) reduces every axis, unless ``noop_with_empty_axes=1`` makes the op
+reduce none: an identity for Sum/Mean/Max/Min/Prod, while L1, L2, SumSquare, LogSum and
+LogSumExp still apply |x|, x², log or exp (as onnx.reference and onnxruntime do)."""
 from __future__ import annotations
 
 import numpy as np
