@@ -641,8 +641,11 @@ def run_checkpoint(data: bytes, ran=lambda: None) -> str:
     return "ok"
 
 
+_ANSWERS = []   # the child's answer channel: the original stdout (see serve)
+
+
 def _reply(message: str) -> None:
-    out = sys.stdout.buffer
+    out = _ANSWERS[0]
     out.write(_LEN4.pack(len(message.encode())) + message.encode())
     out.flush()
 
@@ -654,6 +657,9 @@ def serve() -> None:
     import resource
     import traceback
     resource.setrlimit(resource.RLIMIT_AS, (CHILD_MEMORY, CHILD_MEMORY))
+    # answers go out on a copy of stdout; anything else printed (by Python or C) to stderr
+    _ANSWERS.append(os.fdopen(os.dup(1), "wb"))
+    os.dup2(2, 1)
     inp = sys.stdin.buffer
     while True:
         head = inp.read(_LEN4.size)
