@@ -46,10 +46,21 @@ MAX_RANK = _numpy_max_rank()
 # not say so): a float or string here would reach numpy or a kernel as garbage.
 INT_LIST_ATTRS = frozenset({"pads", "strides", "kernel_shape", "dilations", "perm",
                             "output_shape", "output_padding", "axes"})
+# Attributes that are single ints in every op that has them (their default, None, does not
+# say so): a list here would reach a binder's int() as garbage.
+INT_ATTRS = frozenset({"seed", "ignore_index", "num_outputs", "end"})
+# Boolean attributes, which ONNX spells as ints: any other value is refused rather than read as
+# true (numpy's reading) or false (onnxruntime reads keepdims=2 that way).
+FLAG_ATTRS = frozenset({"keepdims", "noop_with_empty_axes", "ceil_mode", "count_include_pad",
+                        "transA", "transB", "allowzero", "antialias", "exclude_outside",
+                        "training_mode", "saturate", "storage_order"})
 
 
 def _is_int(v) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+    """An int that fits the int64 every kernel and ONNX itself hold attributes in (a Python int
+    from a checkpoint or the builder can be any size)."""
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and \
+        -(1 << 63) <= v < (1 << 63)
 
 
 def _check_attr_types(op, node) -> None:
@@ -62,10 +73,13 @@ def _check_attr_types(op, node) -> None:
         if name in INT_LIST_ATTRS or (isinstance(default, list) and default
                                       and all(_is_int(d) for d in default)):
             ok = isinstance(value, (list, tuple)) and all(_is_int(v) for v in value)
-            want = "a list of ints"
-        elif _is_int(default):
+            want = "a list of int64s"
+        elif name in FLAG_ATTRS:
+            ok = _is_int(value) and value in (0, 1)
+            want = "0 or 1"
+        elif _is_int(default) or name in INT_ATTRS:
             ok = _is_int(value)
-            want = "an int"
+            want = "an int64"
         elif isinstance(default, float):
             ok = _is_int(value) or isinstance(value, (float, np.floating))
             want = "a float"

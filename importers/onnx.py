@@ -471,6 +471,15 @@ def _bad_attr(node: Node, attr: str, value, want: str) -> ModelError:
                       f"{type(value).__name__} {value!r:.60}")
 
 
+def _str_attr(node: Node, attr: str, default: str) -> str:
+    """A string attribute an upgrade reads (a tensor or list compared with a string would
+    raise numpy's ValueError or pass silently)."""
+    value = node.attrs.get(attr, default)
+    if not isinstance(value, str):
+        raise _bad_attr(node, attr, value, "a string")
+    return value
+
+
 def _int_attr(node: Node, attr: str, value) -> int:
     if not _is_int(value):
         raise _bad_attr(node, attr, value, "an int")
@@ -555,7 +564,7 @@ def _pad(node, rw):
         pads = _ints_attr(node, attr, pads)
         value = _float_attr(node, "value", node.attrs.pop("value", 0.0))
         _set_input(node, 1, rw.const(f"{node.name}_pads", np.array(pads, np.int64)))
-        if node.attrs.get("mode", "constant") == "constant" and value != 0.0:
+        if _str_attr(node, "mode", "constant") == "constant" and value != 0.0:
             _set_input(node, 2, rw.const(f"{node.name}_value",
                                          np.array(value, rw.dtype_of(node.inputs[0]))))
     return [node]
@@ -564,7 +573,7 @@ def _pad(node, rw):
 def _resize_like(node, scales_input: str, rw) -> list:
     """Upsample and Resize-10 as Resize-19: asymmetric coordinates; nearest rounds down on
     axes that grow and up on axes that shrink (onnxruntime's rule for these old forms)."""
-    mode = node.attrs.pop("mode", "nearest")
+    mode = _str_attr(node, "mode", "nearest")
     mode = "linear" if mode in ("linear", "bilinear") else mode
     node.op_type = "Resize"
     node.inputs = [node.inputs[0], "", scales_input]
@@ -608,7 +617,7 @@ def _upsample(node, rw):
 def _resize(node, rw):
     if rw.opset < 11:  # Resize-10: (X, scales), asymmetric coordinates
         return _resize_like(node, node.input(1), rw)
-    if node.attrs.get("mode") == "bilinear":
+    if _str_attr(node, "mode", "nearest") == "bilinear":
         node.attrs["mode"] = "linear"
     for i in (1, 2, 3):  # an empty constant means "not given" (Resize-11 had no optional inputs)
         name = node.input(i)
@@ -700,6 +709,12 @@ def _cast(node, rw):
 
 def _constant(node, rw):
     a = node.attrs
+    given = sorted(k for k in a if k.startswith("value") or k == "sparse_value")
+    if len(given) != 1:
+        raise ModelError(f"{node}: a Constant needs exactly one value attribute, got {given}")
+    for key in ("value", "sparse_value"):
+        if key in a and not isinstance(a[key], np.ndarray):
+            raise _bad_attr(node, key, a[key], "a tensor")
     forms = {"value_float": (np.float32, _is_number, "a number"),
              "value_floats": (np.float32, _is_number, "a list of numbers"),
              "value_int": (np.int64, _is_int, "an int"),

@@ -196,13 +196,22 @@ def test_wrong_magic_and_trailing_bytes_are_refused(good_file, tmp_path):
         ember.Trainer.restore(tmp_path / "missing.ember")
 
 
-def _forge(header: dict, payload: bytes) -> bytes:
+def forge(header, payload: bytes) -> bytes:
     """A file with a *valid* checksum around hostile contents (anyone can recompute SHA-256:
-    the parser, not the checksum, must stand between a file and the process)."""
-    h = json.dumps(header).encode()
+    the parser, not the checksum, must stand between a file and the process). ``header``: a
+    JSON-able object, or the JSON text's bytes."""
+    h = header if isinstance(header, bytes) else json.dumps(header).encode()
     body = checkpoint.MAGIC + struct.pack("<IQ", checkpoint.VERSION, len(h)) + h + \
         struct.pack("<Q", len(payload)) + payload
     return body + hashlib.sha256(body).digest()
+
+
+def split(data: bytes) -> tuple:
+    """(header object, payload bytes) of a checkpoint file."""
+    start = len(checkpoint.MAGIC) + 12
+    (hlen,) = struct.unpack_from("<Q", data, len(checkpoint.MAGIC) + 4)
+    (plen,) = struct.unpack_from("<Q", data, start + hlen)
+    return json.loads(data[start:start + hlen]), data[start + hlen + 8:start + hlen + 8 + plen]
 
 
 @pytest.mark.parametrize("header,payload,match", [
@@ -213,23 +222,143 @@ def _forge(header: dict, payload: bytes) -> bytes:
     ({"state": {"format": "ember-trainer", "x": {"__array__": 5}}, "arrays": []}, b"",
      "out of range"),
     ({"state": {"format": "something else"}, "arrays": []}, b"", "Trainer"),
-    ({"state": {"format": "ember-trainer"}, "arrays": []}, b"", "do not describe"),
+    ({"state": {"format": "ember-trainer"}, "arrays": []}, b"", "config is not an object"),
     ([1, 2, 3], b"", "malformed"),
 ])
 def test_hostile_contents_with_a_valid_checksum_are_refused(tmp_path, header, payload, match):
     with pytest.raises(ember.CheckpointError, match=match):
-        ember.Trainer.restore(_write(tmp_path, _forge(header, payload)))
+        ember.Trainer.restore(_write(tmp_path, forge(header, payload)))
 
 
 def test_forged_graph_with_unknown_op_is_refused(good_file, tmp_path):
-    start = len(checkpoint.MAGIC) + 12
-    (hlen,) = struct.unpack_from("<Q", good_file, len(checkpoint.MAGIC) + 4)
-    header = json.loads(good_file[start:start + hlen])
-    (plen,) = struct.unpack_from("<Q", good_file, start + hlen)
-    payload = good_file[start + hlen + 8:start + hlen + 8 + plen]
+    header, payload = split(good_file)
     header["state"]["graph"]["__graph__"]["nodes"][0]["op_type"] = "os.system"
     with pytest.raises(ember.CheckpointError, match="os.system"):
-        ember.Trainer.restore(_write(tmp_path, _forge(header, payload)))
+        ember.Trainer.restore(_write(tmp_path, forge(header, payload)))
+
+
+# ---- forged contents, one class at a time -------------------------------------------------------
+NEST = "\u0000nest"       # stands for 100,000 nested lists, written into the JSON text
+D = 1 << 30
+
+
+def _nodes(h, op):
+    return [n for n in h["state"]["graph"]["__graph__"]["nodes"] if n["op_type"] == op]
+
+
+def _set(*path_and_value):
+    """A forgery setting ``header["state"][path...] = value``."""
+    *path, value = path_and_value
+
+    def forgery(h):
+        target = h["state"]
+        for key in path[:-1]:
+            target = target[key]
+        target[path[-1]] = value
+    return forgery
+
+
+def _each(op, **attrs):
+    return lambda h: [n["attrs"].update(attrs) for n in _nodes(h, op)]
+
+
+def _first_param_state(value):
+    def forgery(h):
+        state = h["state"]["optimizer"]["state"]
+        state[next(iter(state))]["exp_avg"] = value(h)
+    return forgery
+
+
+def _param_swap(h):
+    params = h["state"]["params"]
+    conv, bias = [k for k in params if k.endswith(".weight")][0], \
+        [k for k in params if k.endswith(".bias")][0]
+    params[conv] = params[bias]
+
+
+# class -> (forgery, what the CheckpointError must say)
+FORGERIES = {
+    "deeply nested header": (_set("history", "history", {"loss": NEST}), r"nested \d+ levels"),
+    "Infinity learning rate": (_set("optimizer", "hyper", "lr", float("inf")),
+                               r"optimizer\.hyper\.lr is Infinity"),
+    "NaN L2 factor": (_set("config", "l2", float("nan")), r"config\.l2 is NaN"),
+    "-Infinity step": (_set("global_step", -float("inf")), r"global_step is -Infinity"),
+    "step past int64": (_set("global_step", 1 << 64), r"global_step must be an integer"),
+    "optimizer steps at the int64 limit": (_set("optimizer", "steps", (1 << 63) - 1),
+                                           r"optimizer\.steps must be an integer"),
+    "float batch size": (_set("config", "batch_size", 2.5), r"config\.batch_size must be"),
+    "string seed": (_set("config", "seed", "0"), r"config\.seed must be"),
+    "huge input shape": (_set("config", "input_shape", [1, D, D]), r"graph input .*elements"),
+    "another generator": (_set("rng", "bit_generator", "MT19937"), r"rng must be a PCG64"),
+    "negative generator state": (_set("rng", "state", "state", -1), r"rng: a malformed"),
+    "generator state of the wrong type": (_set("rng", "state", [1, 2]), r"rng: a malformed"),
+    "optimizer state of the wrong shape": (_first_param_state(lambda h: {"__array__": 0}),
+                                           r"optimizer state .*shape"),
+    "optimizer state not an array": (_first_param_state(lambda h: 1.5),
+                                     r"optimizer\.state\[.*must be a float array"),
+    "optimizer state a list": (_set("optimizer", "state", [1]), r"optimizer\.state must map"),
+    "optimizer hyper-parameter a string": (_set("optimizer", "hyper", "lr", "0.1"),
+                                           r"optimizer\.hyper\.lr must be a number"),
+    "scheduler rate a string": (_set("scheduler", "base_lrs", ["nan"]),
+                                r"scheduler\.base_lrs"),
+    "history of strings": (_set("history", "history", {"loss": ["x"]}), r"history must map"),
+    "parameter of the wrong shape": (_param_swap, r"fails the checks ember\.load makes"),
+    "Conv dilations past int32": (_each("Conv", pads=[D] * 4, dilations=[D, D]),
+                                  r"ShapeError: Conv node .*'dilations'"),
+    "Conv strides reaching past int32": (
+        _each("Conv", strides=[1 << 28] * 2, pads=[939524093] * 2 + [939524094] * 2),
+        r"ShapeError: Conv node .*'strides'"),
+    "MaxPool window past int32": (_each("MaxPool", kernel_shape=[D * 2 - 1] * 2),
+                                  r"MaxPool node"),
+    "Conv group a list": (_each("Conv", group=[1]), r"Conv node .*'group' must be an int"),
+}
+
+
+def _forge_text(header, payload: bytes) -> bytes:
+    text = json.dumps(header).replace(json.dumps(NEST), "[" * 100000 + "]" * 100000)
+    return forge(text.encode(), payload)
+
+
+@pytest.fixture(scope="module")
+def bystanders(tmp_path_factory):
+    """A Trainer and a Session in use: a refused restore must leave them exactly as they were."""
+    X, y = dataset(16)
+    t = make_trainer()
+    t.fit(X, y, epochs=1, verbose=False)
+    sess = ember.Session(t.graph(), threads=1)
+    return t, sess, X
+
+
+def _snapshot(t, sess, X):
+    return (t.state_dict(), t.optimizer.state_dict(), t.rng.bit_generator.state,
+            (t.global_step, t.epoch, t.optimizer.lr), t.predict(X),
+            sess.run(None, {sess.get_inputs()[0].name: X})[0])
+
+
+@pytest.mark.parametrize("forgery", sorted(FORGERIES))
+def test_forged_contents_are_refused_by_name(good_file, tmp_path, bystanders, forgery):
+    mutate, match = FORGERIES[forgery]
+    header, payload = split(good_file)
+    mutate(header)
+    before = _snapshot(*bystanders)
+    with pytest.raises(ember.CheckpointError, match=match):
+        ember.Trainer.restore(_write(tmp_path, _forge_text(header, payload)), threads=1)
+    after = _snapshot(*bystanders)
+    for a, b in zip(before, after):
+        if isinstance(a, dict):
+            assert a.keys() == b.keys()
+            for k in a:
+                np.testing.assert_equal(a[k], b[k])
+        else:
+            np.testing.assert_equal(a, b)
+
+
+def test_a_diverged_history_still_restores(good_file, tmp_path):
+    """NaN and inf may stand in the history (a diverged run's metrics), nowhere else."""
+    header, payload = split(good_file)
+    header["state"]["history"]["history"]["loss"] = [float("nan"), float("inf")]
+    t = ember.Trainer.restore(_write(tmp_path, forge(header, payload)), threads=1)
+    assert np.isnan(t.history.history["loss"][0]) and t.history.history["loss"][1] == np.inf
 
 
 # ---- atomic writes -----------------------------------------------------------------------------

@@ -220,7 +220,7 @@ class LRN(Op):
     def infer(self, ctx):
         ctx.check(len(ctx.shape(0)) >= 3, f"expected X of rank ≥ 3, got {ctx.shape(0)}")
         ctx.check(ctx.dtype(0).kind == "f", f"expected a float X, got {ctx.dtype(0)}")
-        ctx.check(int(ctx.attrs["size"]) >= 1, f"expected size ≥ 1, got {ctx.attrs['size']}")
+        _check_lrn_size(ctx)
         return [ctx.type(0)]
 
     def compute(self, node, inputs):
@@ -229,6 +229,16 @@ class LRN(Op):
         s = _lrn_denominator(x.astype(np.float64), a)
         y = _wide(x) / s ** a["beta"]
         return [y.astype(x.dtype)]
+
+
+def _check_lrn_size(ctx) -> None:
+    """The window's size reaches the kernel as a C int."""
+    size = int(ctx.attrs["size"])
+    ctx.check(1 <= size <= LRN_MAX_SIZE, f"expected attribute 'size' in [1, {LRN_MAX_SIZE}], "
+                                        f"got {size}")
+
+
+LRN_MAX_SIZE = (1 << 31) - 1
 
 
 def _channel_window_sum(v, before: int, after: int):
@@ -269,7 +279,7 @@ class LRNGrad(Op):
                   f"expected dY and X of one shape (N, C, …), got {dy.shape} and {x.shape}")
         ctx.check(dy.dtype.kind == "f" and dy.dtype == x.dtype,
                   f"expected float dY and X of one dtype, got {dy.dtype} and {x.dtype}")
-        ctx.check(int(ctx.attrs["size"]) >= 1, f"expected size ≥ 1, got {ctx.attrs['size']}")
+        _check_lrn_size(ctx)
         return [x]
 
     def compute(self, node, inputs):

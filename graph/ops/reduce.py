@@ -1,7 +1,8 @@
 """Reductions (opset-18 form: ``axes`` is an optional int64 input, known at compile time).
 
-No axes (absent or empty) reduces every axis, unless ``noop_with_empty_axes=1`` makes the op an
-identity."""
+No axes (absent or empty) reduces every axis, unless ``noop_with_empty_axes=1`` makes the op
+reduce none: an identity for Sum/Mean/Max/Min/Prod, while L1, L2, SumSquare, LogSum and
+LogSumExp still apply |x|, x², log or exp (as onnx.reference and onnxruntime do)."""
 from __future__ import annotations
 
 import numpy as np
@@ -77,8 +78,8 @@ class _Reduce(Op):
         x = inputs[0]
         axes_value = inputs[1] if len(inputs) > 1 else None
         axes = reduce_axes(axes_value, x.ndim, bool(node.attrs["noop_with_empty_axes"]))
-        if axes is None:
-            return [x.copy()]
+        if axes is None:   # no axis reduced, yet |x|, x², log, exp apply (as onnx.reference)
+            axes = ()
         xw = x.astype(np.float32) if x.dtype == np.float16 else x
         with np.errstate(all="ignore"):
             y = self.fn(xw, axes, bool(node.attrs["keepdims"]))
