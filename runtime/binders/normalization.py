@@ -10,7 +10,7 @@ from ...graph.ops.normalization import (normalized_axis, over_normalized_axes, r
                                         unbiased_factor)
 from ...kernels import norm_grad, normalization
 from .common import (F32, all_float32, as_nc_inner, contiguous_f32, has_empty_output, noop,
-                     optional_at, prove_fits)
+                     optional_at)
 from .registry import binds
 
 
@@ -143,7 +143,6 @@ def bind_lrn(node, ins, outs, scratch_buf, ctx):
         return noop
     at = node.attrs
     size, alpha = int(at.get("size")), float(at.get("alpha", 1e-4))
-    prove_fits(node, "size", "the channel window", size, "int32")
     beta, bias = float(at.get("beta", 0.75)), float(at.get("bias", 1.0))
     x3, y3, fn = as_nc_inner(contiguous_f32(x)), as_nc_inner(y), normalization.lrn
     return lambda: fn(x3, y3, size, alpha, beta, bias, threads)
