@@ -1,7 +1,7 @@
 """2-D convolution (ONNX cross-correlation) and transposed convolution over NCHW float32.
 
 conv2d picks its algorithm per call: 1x1 stride-1 unpadded -> GEMM straight on x; depthwise
-(group == C == M) -> a direct vectorised kernel (depthwise.h); anything else -> a GEMM whose B
+(group == C == M) -> a direct vectorised kernel (depthwise_kernel.h); anything else -> a GEMM whose B
 panels are packed straight from the image (implicit im2col, conv_pack.h), or, for planes under
 256 pixels, im2col of one image/group into scratch, then GEMM. Bias and activation ride in the
 GEMM epilogue. Batches that divide evenly over the threads run one image per thread

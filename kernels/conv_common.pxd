@@ -25,7 +25,7 @@ cdef inline bint is_pointwise(ConvShape *s) noexcept nogil:
 
 
 cdef enum:
-    # The depthwise kernels (depthwise.h) copy each plane's padded, strided, dilated window into
+    # The depthwise kernels (depthwise_kernel.h) copy each plane's padded, strided, dilated window into
     # a per-thread buffer, forward and gradient alike. Real layers' windows are a few times
     # their planes; a geometry whose pads, strides or dilations make the window far larger than
     # the data (e.g. pads of 2^30 around an 8-pixel plane) takes the grouped GEMM path instead,

@@ -6,7 +6,7 @@ Oracles: the float64 twins below, onnxruntime, ONNX's backend cases (run in
 test_onnx_conformance.py; here only checked to be selected) and torch (optional: those tests
 skip without it). Gradients are also checked by finite differences in test_autodiff.py.
 
-Tolerances: the kernels sum each row in float lanes flushed into double (kernels/sums.h) and
+Tolerances: the kernels sum each row in float lanes flushed into double (kernels/sums_kernel.h) and
 round the normalised values to float32 (rtol 1e-5, atol 1e-5·scale); dX is a difference of
 terms of size inv·|dY·Scale|, so its atol scales with them; the dScale/dB column sums add one
 float32 product per row in double (rtol 1e-4). Against onnxruntime, whose one-pass float
