@@ -2,10 +2,10 @@
  * GEMM core, packed, cache-blocked, register-blocked. Reached through the sgemm table of
  * simd.h (ember_sgemm, ember_sgemm_im2col, ember_packed_gemm).
  *
- * The micro-kernel per level: generic, 4-float vectors (SSE2, NEON) in two 6 x 8 halves;
- * AVX2, hand-written FMA intrinsics (6 x 16: 12 ymm accumulators); AVX-512, the same shape in
- * GCC vector extensions of 16 floats (6 x 32: 12 zmm accumulators, the broadcasts folded into
- * the FMAs), which is also what lets the test-only avx512-on-avx2 instance run its logic.
+ * The micro-kernel per level: AVX2, hand-written FMA intrinsics (6 x 16: 12 ymm accumulators);
+ * AVX-512 and generic, one 6-row x 2-vector kernel in GCC vector extensions (6 x 32 in zmm; 6 x 16
+ * as two 6 x 8 passes in xmm), which is also what lets the test-only avx512-on-avx2 instance run
+ * the AVX-512 kernel's logic.
  *
  * Blocking (BLIS order): C is cut into tasks of MC rows x up-to-NC columns, handed out to the
  * OpenMP team; a task walks K in KC slices, packs its A block (MC x KC, stays in L2) and its B
@@ -181,55 +181,49 @@ static inline void ember_ukr(int kc, const float *restrict a, const float *restr
     EMBER_UKR_STORE(5, c50, c51);
 #undef EMBER_UKR_STORE
 }
-#elif EMBER_ISA_LEVEL == EMBER_ISA_AVX512
-typedef float ember_v16 __attribute__((vector_size(64), aligned(4)));
-static inline void ember_ukr(int kc, const float *restrict a, const float *restrict b,
-                             float *restrict c, long ldc, float alpha, int accumulate)
+#else
+/* AVX-512 and the baseline (SSE2, NEON): 6 rows x 2 vectors of GCC vector extensions, the same
+ * source for both. AVX-512 covers the 6 x 32 tile in one pass (12 zmm accumulators, the
+ * broadcasts folded into the FMAs); the baseline covers the 6 x 16 tile in two 6 x 8 passes, so
+ * that 12 accumulators, two B vectors and the broadcast fit the 16 registers SSE2 has. */
+#if EMBER_ISA_LEVEL == EMBER_ISA_AVX512
+#define EMBER_UKR_VW 16
+#else
+#define EMBER_UKR_VW 4
+#endif
+typedef float ember_uv __attribute__((vector_size(EMBER_UKR_VW * 4), aligned(4)));
+
+/* c[0:6, 0:2·VW] (accumulate ? += : =) alpha · a-panel · columns [0, 2·VW) of the B panel b,
+ * whose rows are NR floats apart */
+static inline void ember_ukr_6x2v(int kc, const float *restrict a, const float *restrict b,
+                                  float *restrict c, long ldc, float alpha, int accumulate)
 {
-    for (int r = 0; r < EMBER_MR; ++r) { /* C comes from far away: start fetching it now */
-        __builtin_prefetch(c + r * ldc);
-        __builtin_prefetch(c + r * ldc + 31);
+    ember_uv c00 = {0}, c01 = {0}, c10 = {0}, c11 = {0}, c20 = {0}, c21 = {0};
+    ember_uv c30 = {0}, c31 = {0}, c40 = {0}, c41 = {0}, c50 = {0}, c51 = {0};
+#pragma GCC unroll 4
+    for (int k = 0; k < kc; ++k) {
+        __builtin_prefetch(b + 8 * EMBER_NR);
+        const ember_uv b0 = *(const ember_uv *)b, b1 = *(const ember_uv *)(b + EMBER_UKR_VW);
+        c00 += a[0] * b0; c01 += a[0] * b1;
+        c10 += a[1] * b0; c11 += a[1] * b1;
+        c20 += a[2] * b0; c21 += a[2] * b1;
+        c30 += a[3] * b0; c31 += a[3] * b1;
+        c40 += a[4] * b0; c41 += a[4] * b1;
+        c50 += a[5] * b0; c51 += a[5] * b1;
+        a += EMBER_MR;
+        b += EMBER_NR;
     }
-    ember_v16 c00 = {0}, c01 = {0}, c10 = {0}, c11 = {0}, c20 = {0}, c21 = {0};
-    ember_v16 c30 = {0}, c31 = {0}, c40 = {0}, c41 = {0}, c50 = {0}, c51 = {0};
-#define EMBER_UKR_STEP(A, B)                                                             \
-    {                                                                                    \
-        const ember_v16 b0 = *(const ember_v16 *)(B), b1 = *(const ember_v16 *)((B) + 16); \
-        c00 += (A)[0] * b0; c01 += (A)[0] * b1;                                          \
-        c10 += (A)[1] * b0; c11 += (A)[1] * b1;                                          \
-        c20 += (A)[2] * b0; c21 += (A)[2] * b1;                                          \
-        c30 += (A)[3] * b0; c31 += (A)[3] * b1;                                          \
-        c40 += (A)[4] * b0; c41 += (A)[4] * b1;                                          \
-        c50 += (A)[5] * b0; c51 += (A)[5] * b1;                                          \
-    }
-    int k = 0;
-    for (; k + 4 <= kc; k += 4) {
-        __builtin_prefetch(b + 32 * 8);
-        __builtin_prefetch(b + 32 * 8 + 16);
-        EMBER_UKR_STEP(a, b);
-        EMBER_UKR_STEP(a + 6, b + 32);
-        EMBER_UKR_STEP(a + 12, b + 64);
-        EMBER_UKR_STEP(a + 18, b + 96);
-        a += 24;
-        b += 128;
-    }
-    for (; k < kc; ++k) {
-        EMBER_UKR_STEP(a, b);
-        a += 6;
-        b += 32;
-    }
-#undef EMBER_UKR_STEP
-#define EMBER_UKR_STORE(ROW, X0, X1)                      \
-    {                                                     \
-        ember_v16 *p0 = (ember_v16 *)(c + (ROW) * ldc);   \
-        ember_v16 *p1 = (ember_v16 *)(c + (ROW) * ldc + 16); \
-        if (accumulate) {                                 \
-            *p0 += alpha * (X0);                          \
-            *p1 += alpha * (X1);                          \
-        } else {                                          \
-            *p0 = alpha * (X0);                           \
-            *p1 = alpha * (X1);                           \
-        }                                                 \
+#define EMBER_UKR_STORE(ROW, X0, X1)                                    \
+    {                                                                   \
+        ember_uv *p0 = (ember_uv *)(c + (ROW) * ldc);                   \
+        ember_uv *p1 = (ember_uv *)(c + (ROW) * ldc + EMBER_UKR_VW);    \
+        if (accumulate) {                                               \
+            *p0 += alpha * (X0);                                        \
+            *p1 += alpha * (X1);                                        \
+        } else {                                                        \
+            *p0 = alpha * (X0);                                         \
+            *p1 = alpha * (X1);                                         \
+        }                                                               \
     }
     EMBER_UKR_STORE(0, c00, c01);
     EMBER_UKR_STORE(1, c10, c11);
@@ -239,49 +233,14 @@ static inline void ember_ukr(int kc, const float *restrict a, const float *restr
     EMBER_UKR_STORE(5, c50, c51);
 #undef EMBER_UKR_STORE
 }
-#else
-/* Baseline (SSE2, NEON): 4-float vectors, the 6 x 16 tile in two 6 x 8 halves so that the 12
- * accumulators, two B vectors and the broadcast fit the 16 registers SSE2 has. */
-typedef float ember_v4 __attribute__((vector_size(16), aligned(4)));
+
 static inline void ember_ukr(int kc, const float *restrict a, const float *restrict b,
                              float *restrict c, long ldc, float alpha, int accumulate)
 {
-    for (int half = 0; half < 2; ++half) {
-        const float *ap = a, *bp = b + 8 * half;
-        ember_v4 c00 = {0}, c01 = {0}, c10 = {0}, c11 = {0}, c20 = {0}, c21 = {0};
-        ember_v4 c30 = {0}, c31 = {0}, c40 = {0}, c41 = {0}, c50 = {0}, c51 = {0};
-        for (int k = 0; k < kc; ++k) {
-            const ember_v4 b0 = *(const ember_v4 *)bp, b1 = *(const ember_v4 *)(bp + 4);
-            c00 += ap[0] * b0; c01 += ap[0] * b1;
-            c10 += ap[1] * b0; c11 += ap[1] * b1;
-            c20 += ap[2] * b0; c21 += ap[2] * b1;
-            c30 += ap[3] * b0; c31 += ap[3] * b1;
-            c40 += ap[4] * b0; c41 += ap[4] * b1;
-            c50 += ap[5] * b0; c51 += ap[5] * b1;
-            ap += EMBER_MR;
-            bp += EMBER_NR;
-        }
-        float *ch = c + 8 * half;
-#define EMBER_UKR_STORE(ROW, X0, X1)                         \
-        {                                                    \
-            ember_v4 *p0 = (ember_v4 *)(ch + (ROW) * ldc);   \
-            ember_v4 *p1 = (ember_v4 *)(ch + (ROW) * ldc + 4); \
-            if (accumulate) {                                \
-                *p0 += alpha * (X0);                         \
-                *p1 += alpha * (X1);                         \
-            } else {                                         \
-                *p0 = alpha * (X0);                          \
-                *p1 = alpha * (X1);                          \
-            }                                                \
-        }
-        EMBER_UKR_STORE(0, c00, c01);
-        EMBER_UKR_STORE(1, c10, c11);
-        EMBER_UKR_STORE(2, c20, c21);
-        EMBER_UKR_STORE(3, c30, c31);
-        EMBER_UKR_STORE(4, c40, c41);
-        EMBER_UKR_STORE(5, c50, c51);
-#undef EMBER_UKR_STORE
-    }
+    for (int r = 0; r < EMBER_MR; ++r) /* C comes from far away: start fetching it now */
+        __builtin_prefetch(c + r * ldc);
+    for (int j = 0; j < EMBER_NR; j += 2 * EMBER_UKR_VW)
+        ember_ukr_6x2v(kc, a, b + j, c + j, ldc, alpha, accumulate);
 }
 #endif
 
