@@ -525,3 +525,20 @@ def test_failed_save_leaves_the_old_file_alone(tmp_path):
 def test_save_into_missing_folder_is_a_model_error(tmp_path):
     with pytest.raises(ember.ModelError, match="cannot write ONNX model"):
         save_onnx(load_onnx(models.lenet5()), tmp_path / "no" / "such" / "m.onnx")
+
+
+@pytest.mark.parametrize("op", ["ReduceSum", "ReduceMean", "ReduceMax", "ReduceL1", "ReduceL2",
+                                "ReduceSumSquare", "ReduceLogSum", "ReduceLogSumExp"])
+def test_reduce_over_no_axis_exports_its_pointwise_part_at_old_opsets(op):
+    """noop_with_empty_axes leaves every axis, yet |x|, x², log and exp still apply: at an
+    opset without the attribute the export writes that pointwise part, not an Identity."""
+    b = Builder("noop")
+    x = b.input("x", (2, 3))
+    b.output(b.op(op, [x, np.zeros(0, np.int64)], noop_with_empty_axes=1, keepdims=1), "y")
+    graph = b.build()
+    xv = np.random.default_rng(0).uniform(-2.0, 2.0, (2, 3)).astype(np.float32)
+    if op == "ReduceLogSum":
+        xv = np.abs(xv) + 0.5
+    expected = ember.Session(graph).run(None, {"x": xv})
+    for opset in (13, 17):
+        assert_close(ort_run(export(graph, opset=opset), {"x": xv}), expected)

@@ -28,6 +28,9 @@ class _Reduce(Op):
     attrs = {"keepdims": 1, "noop_with_empty_axes": 0}
     float_only = False
     axes_input_since = 18   # the opset from which ONNX takes ``axes`` as an input
+    # what the op still does to x when ``noop_with_empty_axes`` leaves every axis (the export
+    # to an opset without that attribute writes these ops instead)
+    pointwise = ("Identity",)
     empty_defined = True    # ONNX defines the reduction of an empty set (0, 1, ±inf)
 
     def infer(self, ctx):
@@ -54,7 +57,7 @@ class _Reduce(Op):
 
     def export(self, ctx, node, inputs, outputs, attrs):
         """Before ``axes_input_since``, constant axes become the ``axes`` attribute, and empty
-        axes with ``noop_with_empty_axes`` an Identity."""
+        axes with ``noop_with_empty_axes`` the op's pointwise part alone (``pointwise``)."""
         if ctx.opset >= self.axes_input_since:
             return super().export(ctx, node, inputs, outputs, attrs)
         noop = bool(attrs.pop("noop_with_empty_axes", 0))
@@ -66,8 +69,14 @@ class _Reduce(Op):
                                  f"{self.axes_input_since} (exporting at {ctx.opset})")
             axes = [int(a) for a in value.reshape(-1)]
         if not axes:
-            if noop:
-                ctx.add("Identity", inputs[:1], outputs, node.name, {}, node)
+            if noop:   # no axis reduced, yet the op's pointwise part (|x|, x², log, exp) applies
+                x = inputs[0]
+                for step, op_type in enumerate(self.pointwise):
+                    last = step == len(self.pointwise) - 1
+                    y = outputs[0] if last else ctx.fresh(f"{node.name}_{op_type}")
+                    name = node.name if last else ctx.fresh(f"{node.name}_{op_type}_node")
+                    ctx.add(op_type, [x, x] if op_type == "Mul" else [x], [y], name, {}, node)
+                    x = y
                 return
             axes = None
         if axes is not None:
@@ -137,6 +146,7 @@ class ReduceProd(_Reduce):
 
 @register
 class ReduceL1(_Reduce):
+    pointwise = ("Abs",)
     @staticmethod
     def fn(x, axes, keep):
         return np.sum(np.abs(x), axis=axes, keepdims=keep)
@@ -144,6 +154,7 @@ class ReduceL1(_Reduce):
 
 @register
 class ReduceL2(_Reduce):
+    pointwise = ("Abs",)
     @staticmethod
     def fn(x, axes, keep):
         return np.sqrt(np.sum(np.square(x.astype(np.float64) if x.dtype.kind in "iu" else x),
@@ -152,6 +163,7 @@ class ReduceL2(_Reduce):
 
 @register
 class ReduceSumSquare(_Reduce):
+    pointwise = ("Mul",)
     @staticmethod
     def fn(x, axes, keep):
         return np.sum(np.square(x), axis=axes, keepdims=keep)
@@ -159,6 +171,7 @@ class ReduceSumSquare(_Reduce):
 
 @register
 class ReduceLogSum(_Reduce):
+    pointwise = ("Log",)
     float_only = True
 
     @staticmethod
@@ -168,6 +181,7 @@ class ReduceLogSum(_Reduce):
 
 @register
 class ReduceLogSumExp(_Reduce):
+    pointwise = ("Exp", "Log")
     float_only = True
 
     @staticmethod
