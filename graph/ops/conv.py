@@ -192,10 +192,11 @@ def conv_reference(x, w, b, group, strides, pads, dilations):
     outs = [(x.shape[2 + i] + pads[i] + pads[i + nsp] - (kernel[i] - 1) * dilations[i] - 1)
             // strides[i] + 1 for i in range(nsp)]
     xp = padded(x, pads)
-    wg = w.reshape(group, m // group, cg, -1)
-    y = np.zeros((n, group, m // group, int(np.prod(outs))), dtype=dt)
+    pixels = int(np.prod(outs))   # explicit sizes: -1 cannot be solved with no input channel
+    wg = w.reshape(group, m // group, cg, int(np.prod(kernel)))
+    y = np.zeros((n, group, m // group, pixels), dtype=dt)
     for k, off in enumerate(itertools.product(*(range(s) for s in kernel))):
-        xs = xp[window_slice(off, dilations, strides, outs)].reshape(n, group, cg, -1)
+        xs = xp[window_slice(off, dilations, strides, outs)].reshape(n, group, cg, pixels)
         y += wg[None, :, :, :, k] @ xs
     y = y.reshape(n, m, *outs)
     if b is not None:
