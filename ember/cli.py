@@ -264,10 +264,26 @@ def batch_shapes(sess, batch, shapes) -> dict:
     return out
 
 
+def require_static_shapes(sess, shapes: dict) -> None:
+    """Timing a model at made-up sizes misleads: a symbolic dim other than the batch must
+    come from ``--shape`` (the batch defaults to 1, or ``--batch``)."""
+    for info in sess.inputs:
+        if info.name in shapes:
+            continue
+        loose = [d for d in info.shape[1:] if not isinstance(d, (int, np.integer))]
+        if loose:
+            example = ",".join(str(d) if isinstance(d, (int, np.integer)) else "?"
+                               for d in info.shape)
+            raise EmberError(f"input {info.name!r} has shape {fmt_shape(info.shape)}, whose "
+                             f"dims {loose} are symbolic: give the size to time with --shape "
+                             f"{info.name}={example} (every ? a number)")
+
+
 def cmd_bench(args) -> int:
     from .runtime.profile import time_interleaved
     sess = load_session(args.model, threads=args.threads)
     shapes = batch_shapes(sess, args.batch, shapes_arg(args.shape))
+    require_static_shapes(sess, shapes)
     feeds = read_inputs(sess, None, shapes, seed=0)
     fns = {"ember": lambda: sess.run(None, feeds)}
     if args.compare:
@@ -294,7 +310,13 @@ def cmd_bench(args) -> int:
     if "onnxruntime" in med:
         print(f"  ratio ember/onnxruntime {med['ember'] / med['onnxruntime']:.2f}")
     if args.profile:
-        print(sess.profile(feeds, runs=args.runs))
+        prof = sess.profile(feeds, runs=args.runs)
+        print(prof)
+        if args.compare:
+            from .runtime.peer_profile import comparison_table, onnxruntime_node_times
+            peer_rows = onnxruntime_node_times(args.model, feeds, sess.threads, args.runs)
+            print("\nper node, ember beside onnxruntime's own profiler (median ms):")
+            print(comparison_table(prof, peer_rows))
     return 0
 
 
