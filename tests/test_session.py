@@ -287,3 +287,20 @@ def test_huge_plan_refused_before_allocating():
                        [("x", [1 << 20, 1 << 20])], [("y", [1 << 20, 1 << 20])])
     with pytest.raises(ModelError, match="memory cap"):
         ember.load(model)
+
+
+def test_symbolic_model_reuses_its_plan_without_revalidating():
+    """A model with a symbolic batch takes the fast path once a plan for the feeds' shapes is
+    cached; feeds that differ in dtype, rank or a fixed dim still get the full check."""
+    import ember
+    from ember.cli import DEMO_MODEL
+    sess = ember.load(DEMO_MODEL, threads=1)
+    x = np.random.default_rng(0).standard_normal((3, 1, 8, 8)).astype(np.float32)
+    assert sess._fast_compiled({"image": x}) is None       # nothing compiled for batch 3 yet
+    first = sess.run(None, {"image": x})[0]
+    assert sess._fast_compiled({"image": x}) is not None
+    np.testing.assert_array_equal(sess.run(None, {"image": x})[0], first)
+    for bad in (x.astype(np.float64), x[0], np.zeros((3, 2, 8, 8), np.float32)):
+        assert sess._fast_compiled({"image": bad}) is None
+        with pytest.raises(ember.InputError):
+            sess.run(None, {"image": bad})
