@@ -147,9 +147,9 @@ def _value_type(vi) -> TensorType:
         raise ModelError(f"{what} has no shape (unknown rank); ember needs every input's rank")
     dims = []
     for i, d in enumerate(tt.shape):
-        if d.dim_value is not None:
-            if d.dim_value < 0:
-                raise ModelError(f"{what} has negative dim {d.dim_value}")
+        # a negative dim_value (exporters write -1) or an empty dim_param is symbolic, as
+        # onnxruntime reads it; a declared 0 is a fixed zero-size dim
+        if d.dim_value is not None and d.dim_value >= 0:
             dims.append(int(d.dim_value))
         else:
             dims.append(d.dim_param or f"?{i}")

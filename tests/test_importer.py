@@ -412,3 +412,32 @@ def test_legacy_broadcast_ranks_of_computed_values():
     _, m = _ops_and_model(6, nodes, [_vi("x", X4.shape)], [_c("b", b)])
     (got,) = ember.load(m).run(None, {"x": X4})
     np.testing.assert_allclose(got, np.maximum(X4, 0) * b, rtol=1e-6)
+
+
+@pytest.mark.parametrize("declared,fed", [([-1, 3], (5, 3)), ([-7, 3], (2, 3)),
+                                          (["", 3], (4, 3))])
+def test_negative_or_unnamed_dims_are_symbolic(declared, fed):
+    """Exporters write -1 (and sometimes an empty dim_param) for a free dim: onnxruntime reads
+    it as symbolic, and so does ember; a declared 0 stays a fixed zero-size dim."""
+    import ember
+    dims = [d if d != "" else None for d in declared]
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "free",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, dims)])
+    sess = ember.load(helper.make_model(
+        g, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
+    assert not isinstance(sess.get_inputs()[0].shape[0], int)
+    x = np.random.default_rng(0).standard_normal(fed).astype(np.float32)
+    np.testing.assert_array_equal(sess.run(None, {"x": x})[0], np.maximum(x, 0))
+
+
+def test_declared_zero_dim_stays_fixed():
+    import ember
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "zero",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [0, 3])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [0, 3])])
+    sess = ember.load(helper.make_model(
+        g, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
+    assert sess.get_inputs()[0].shape == (0, 3)
+    with pytest.raises(ember.InputError):
+        sess.run(None, {"x": np.zeros((2, 3), np.float32)})
