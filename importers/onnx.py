@@ -23,7 +23,7 @@ from ..graph.errors import ModelError, UnsupportedOpError
 from ..graph.infer import MAX_ELEMENTS, MAX_RANK, span
 from ..graph.ir import Graph, Node, TensorType
 from ..graph.ops import REGISTRY, is_supported
-from .onnx_wire import parse_model
+from .onnx_wire import parse_model, parse_subgraphs
 from .value_types import ValueTypes
 
 _DEFAULT_DOMAINS = ("", "ai.onnx")
@@ -100,25 +100,42 @@ def _default_opset(model) -> int:
 
 
 def _check_supported(model, opset: int) -> None:
-    """One UnsupportedOpError listing every unsupported op, before converting anything. Only
-    default-domain ops are read from a file: ember's training ops (``MSELoss``, ``ConvGradInput``,
-    …) live in its own training domain, so a file naming them — in the default domain or in
-    that one — is refused like any op ember does not run."""
-    graph_proto = model.graph
+    """One UnsupportedOpError listing every unsupported op — those inside subgraphs (If
+    branches, Loop/Scan bodies) too, named by their path — before converting anything. Only
+    default-domain ops are read from a file: ember's training ops (``MSELoss``,
+    ``ConvGradInput``, …) live in its own training domain, so a file naming them — in the
+    default domain or in that one — is refused like any op ember does not run."""
     domain_opsets = {o.domain: o.version for o in model.opset_import}
     missing: dict = {}
-    for k, n in enumerate(graph_proto.node):
-        domain = "" if n.domain in _DEFAULT_DOMAINS else n.domain
-        if domain == "":
-            needs = UPGRADE_TARGETS.get(n.op_type, (n.op_type,))
-            ok = all(is_supported(t) for t in needs)
-        else:
-            ok = False
-        if not ok:
-            key = (n.op_type, domain, opset if domain == "" else domain_opsets.get(domain, "?"))
-            missing.setdefault(key, []).append(n.name or f"{n.op_type}_{k}")
+    pending = [(model.graph, "", 0)]
+    while pending:
+        graph_proto, prefix, depth = pending.pop()
+        for k, n in enumerate(graph_proto.node):
+            name = prefix + (n.name or f"{n.op_type}_{k}")
+            domain = "" if n.domain in _DEFAULT_DOMAINS else n.domain
+            if domain == "":
+                needs = UPGRADE_TARGETS.get(n.op_type, (n.op_type,))
+                ok = all(is_supported(t) for t in needs)
+            else:
+                ok = False
+            if not ok:
+                key = (n.op_type, domain,
+                       opset if domain == "" else domain_opsets.get(domain, "?"))
+                missing.setdefault(key, []).append(name)
+            for a in n.attribute:
+                if a.g is None and not a.graphs:
+                    continue
+                if depth + 1 > MAX_SUBGRAPH_DEPTH:
+                    where = name if len(name) <= 120 else "…" + name[-120:]
+                    raise ModelError(f"node {where!r} ({n.op_type}): subgraphs nested more "
+                                     f"than {MAX_SUBGRAPH_DEPTH} deep")
+                for sub in parse_subgraphs(model, a):
+                    pending.append((sub, f"{name}/{a.name}/", depth + 1))
     if missing:
         raise UnsupportedOpError(missing)
+
+
+MAX_SUBGRAPH_DEPTH = 16     # If/Loop bodies nest a few deep; a file nesting more is hostile
 
 
 # ---- types, tensors, attributes -----------------------------------------------------------------

@@ -583,6 +583,13 @@ def _parse_graph(data, spans) -> GraphInfo:
     return gi
 
 
+def parse_subgraphs(model: Model, attribute: Attribute) -> list:
+    """The GraphInfos of a graph-valued attribute (an If branch, a Loop or Scan body), decoded
+    on demand from the spans the attribute recorded in the model's buffer."""
+    found = [_parse_graph(model.buffer, attribute.g)] if attribute.g is not None else []
+    return found + [_parse_graph(model.buffer, [span]) for span in attribute.graphs]
+
+
 def parse_model(data) -> Model:
     """Decode a serialized ModelProto (``bytes``, or any buffer: arrays made from it view it).
 

@@ -441,3 +441,46 @@ def test_declared_zero_dim_stays_fixed():
     assert sess.get_inputs()[0].shape == (0, 3)
     with pytest.raises(ember.InputError):
         sess.run(None, {"x": np.zeros((2, 3), np.float32)})
+
+
+def _if_model(then_graph, else_graph, name="outer"):
+    node = helper.make_node("If", ["c"], ["y"], then_branch=then_graph, else_branch=else_graph,
+                            name=name)
+    return helper.make_graph([node], "m", [
+        helper.make_tensor_value_info("c", TensorProto.BOOL, []),
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+
+
+def _branch(nodes, name):
+    return helper.make_graph(nodes, name, [],
+                             [helper.make_tensor_value_info(nodes[-1].output[0],
+                                                            TensorProto.FLOAT, [2])])
+
+
+def test_unsupported_ops_inside_subgraphs_are_named_by_path():
+    inner = helper.make_node("If", ["c"], ["o"], name="inner",
+                             then_branch=_branch([helper.make_node("LSTM", ["x"], ["o"],
+                                                                   name="lstm")], "t2"),
+                             else_branch=_branch([helper.make_node("Relu", ["x"], ["o"])], "e2"))
+    g = _if_model(_branch([inner], "t"),
+                  _branch([helper.make_node("FancyOp", ["x"], ["y2"], name="fancy")], "e"))
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(ember.UnsupportedOpError) as e:
+        ember.load(model.SerializeToString())
+    msg = str(e.value)
+    assert "'outer/then_branch/inner/then_branch/lstm'" in msg
+    assert "'outer/else_branch/fancy'" in msg and "LSTM" in msg and "FancyOp" in msg
+
+
+def test_subgraphs_nested_absurdly_deep_are_refused():
+    leaf = _branch([helper.make_node("Relu", ["x"], ["o"])], "leaf")
+    body = leaf
+    for depth in range(24):   # more than MAX_SUBGRAPH_DEPTH, fewer than protobuf's own limit
+        node = helper.make_node("If", ["c"], ["o"], name=f"if{depth}",
+                                then_branch=body, else_branch=leaf)
+        body = _branch([node], f"level{depth}")
+    model = helper.make_model(_if_model(body, leaf),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(ember.ModelError, match="nested more than"):
+        ember.load(model.SerializeToString())
