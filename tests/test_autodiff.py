@@ -499,6 +499,37 @@ def test_reduce(op, axes, keep):
     t.check(t.b.op(op, ins, keepdims=keep))
 
 
+@pytest.mark.parametrize("axis", [0, -1])
+@pytest.mark.parametrize("exclusive,reverse", [(0, 0), (1, 0), (0, 1), (1, 1)])
+def test_cumsum(axis, exclusive, reverse):
+    t = Case()
+    t.check(t.b.op("CumSum", [t.param("x", (3, 4)), np.array(axis, np.int64)],
+                   exclusive=exclusive, reverse=reverse))
+
+
+@pytest.mark.parametrize("upper", [0, 1])
+@pytest.mark.parametrize("k", [None, -1, 2])
+def test_trilu(upper, k):
+    t = Case()
+    ins = [t.param("x", (2, 3, 4))] + ([] if k is None else [np.array(k, np.int64)])
+    t.check(t.b.op("Trilu", ins, upper=upper))
+
+
+@pytest.mark.parametrize("equation,shapes", [
+    ("bhqd,bhkd->bhqk", [(2, 2, 3, 4), (2, 2, 5, 4)]),    # attention scores
+    ("bhqk,bhkd->bhqd", [(2, 2, 3, 5), (2, 2, 5, 4)]),    # attention-weighted values
+    ("ij,jk", [(3, 4), (4, 2)]),                           # implicit output
+    ("...ij,...jk->...ik", [(2, 3, 4), (4, 2)]),           # broadcast '...'
+    ("ij,k->ik", [(3, 4), (2,)]),                          # j only in the first operand
+    ("ij->", [(3, 4)]),
+    ("i,i,i->", [(4,), (4,), (4,)]),
+])
+def test_einsum(equation, shapes):
+    t = Case()
+    ins = [t.param(f"x{k}", s) for k, s in enumerate(shapes)]
+    t.check(t.b.op("Einsum", ins, equation=equation))
+
+
 # ---- whole networks ------------------------------------------------------------------------------
 def _small_cnn(train_bn=True):
     t = Case(seed=3)

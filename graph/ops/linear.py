@@ -170,3 +170,144 @@ def _matmul_gradient(self, node, grads, g):
 
 Gemm.gradient = _gemm_gradient
 MatMul.gradient = _matmul_gradient
+
+
+# ---- Einsum ----------------------------------------------------------------------------------
+ELLIPSIS = "..."
+
+
+def einsum_terms(equation, ranks: list, fail) -> tuple:
+    """(input subscripts, output subscript) of ``equation`` with spaces removed and the output
+    made explicit (implicit mode: the broadcast ``...`` dims, then every letter used once, in
+    alphabetical order — numpy's and ONNX's rule). ``fail(msg)`` raises the caller's error."""
+    if isinstance(equation, bytes):
+        equation = equation.decode("utf-8", "replace")
+    if not isinstance(equation, str):
+        fail(f"equation must be a string, got {type(equation).__name__}")
+    eq = equation.replace(" ", "")
+    lhs, arrow, rhs = eq.partition("->")
+    terms = lhs.split(",")
+    if len(terms) != len(ranks):
+        fail(f"equation {equation!r} has {len(terms)} operand(s), the node {len(ranks)}")
+    for term in terms + ([rhs] if arrow else []):
+        letters = term.replace(ELLIPSIS, "", 1)
+        if not all(c.isascii() and c.isalpha() for c in letters):
+            fail(f"equation {equation!r}: {term!r} is not letters with at most one '...'")
+    for term, rank in zip(terms, ranks):
+        letters = len(term.replace(ELLIPSIS, ""))
+        if letters > rank or (ELLIPSIS not in term and letters != rank):
+            fail(f"equation {equation!r}: {term!r} does not fit an operand of rank {rank}")
+    if not arrow:
+        counts = {}
+        for c in "".join(t.replace(ELLIPSIS, "") for t in terms):
+            counts[c] = counts.get(c, 0) + 1
+        ell = ELLIPSIS if any(ELLIPSIS in t for t in terms) else ""
+        rhs = ell + "".join(sorted(c for c, n in counts.items() if n == 1))
+    used = set("".join(terms))
+    if any(c not in used for c in rhs.replace(ELLIPSIS, "")) or \
+            len(set(rhs.replace(ELLIPSIS, ""))) != len(rhs.replace(ELLIPSIS, "")):
+        fail(f"equation {equation!r}: output {rhs!r} names a letter twice or one no operand has")
+    if ELLIPSIS in rhs and not any(ELLIPSIS in t for t in terms):
+        fail(f"equation {equation!r}: the output has '...' and no operand does")
+    return terms, rhs
+
+
+def _labelled_dims(term: str, shape: tuple) -> tuple:
+    """(the ``...`` dims, {letter: [dims]}) of one operand."""
+    if ELLIPSIS in term:
+        head, tail = term.split(ELLIPSIS)
+        k = len(shape) - len(head) - len(tail)
+        ell = tuple(shape[len(head):len(head) + k])
+        letters = list(zip(head, shape[:len(head)])) + list(zip(tail, shape[len(head) + k:]))
+    else:
+        ell, letters = (), list(zip(term, shape))
+    dims = {}
+    for c, d in letters:
+        dims.setdefault(c, []).append(d)
+    return ell, dims
+
+
+@register
+class Einsum(Op):
+    """Sums of products over labelled axes (numpy's ``einsum``): batched products, transposes,
+    traces, the attention scores ``bhqd,bhkd->bhqk``. numpy's contraction order (BLAS where a
+    pair of operands is a matrix product) is the kernel."""
+    num_inputs = (1, None)
+    attrs = {"equation": None}
+
+    def infer(self, ctx):
+        ctx.check(ctx.attrs["equation"] is not None, "the equation attribute is required")
+        same_dtype(ctx, ctx.n_inputs)
+        ctx.check(ctx.dtype(0).kind in "fiu", f"Einsum takes numbers, got {ctx.dtype(0)}")
+        shapes = [ctx.shape(i) for i in range(ctx.n_inputs)]
+        terms, rhs = einsum_terms(ctx.attrs["equation"], [len(s) for s in shapes], ctx.fail)
+        ctx.node.attrs["equation"] = ",".join(terms) + "->" + rhs
+        sizes, ells = {}, []
+        for term, shape in zip(terms, shapes):
+            ell, dims = _labelled_dims(term, shape)
+            ells.append(ell)
+            for c, ds in dims.items():
+                for d in ds:
+                    prev = sizes.setdefault(c, d)
+                    if isinstance(prev, (int, np.integer)) and isinstance(d, (int, np.integer)):
+                        ctx.check(prev == d, f"label {c!r} is {prev} in one place and {d} in "
+                                             f"another (shapes {shapes})")
+                    elif not isinstance(prev, (int, np.integer)):
+                        sizes[c] = d
+        ell = broadcast_shapes(ctx, ells) if any(ells) else ()
+        head, _, tail = rhs.partition(ELLIPSIS)
+        shape = [sizes[c] for c in head] + (list(ell) if ELLIPSIS in rhs else []) + \
+            [sizes[c] for c in tail]
+        return [TensorType(ctx.dtype(0), tuple(shape))]
+
+    def macs(self, node, types):
+        terms = node.attrs["equation"].split("->")[0].split(",")
+        sizes = {}
+        for term, name in zip(terms, node.inputs):
+            if name in types and types[name].is_static:
+                for c, ds in _labelled_dims(term, types[name].shape)[1].items():
+                    sizes[c] = int(ds[0])
+        n = 1
+        for d in sizes.values():
+            n *= d
+        return n if len(terms) > 1 else 0
+
+    def compute(self, node, inputs):
+        dtype = inputs[0].dtype
+        out = np.einsum(node.attrs["equation"], *inputs, optimize=len(inputs) > 1)
+        return [np.ascontiguousarray(np.asarray(out, dtype=dtype))]
+
+    def gradient(self, node, grads, g):
+        """dA of ``…->out`` is the einsum of dY with the other operands back to A's subscript;
+        letters only A has (summed away) come back by broadcasting. A repeated letter within
+        one operand (a diagonal) has no rule here."""
+        terms, rhs = node.attrs["equation"].split("->")
+        terms = terms.split(",")
+        out = [None] * len(node.inputs)
+        for i, term in enumerate(terms):
+            if not g.needs(i):
+                continue
+            letters = term.replace(ELLIPSIS, "")
+            if len(set(letters)) != len(letters):
+                g.fail(f"operand {i} repeats a letter in {term!r} (a diagonal)")
+            if ELLIPSIS in term and ELLIPSIS not in rhs:
+                g.fail(f"operand {i}'s '...' dims are summed away in {term!r}->{rhs!r}")
+            others = set(rhs) | set("".join(t for j, t in enumerate(terms) if j != i))
+            kept = "".join(c for c in term if c in others or c == ".")
+            eq = ",".join([rhs] + [t for j, t in enumerate(terms) if j != i]) + "->" + kept
+            names = [grads[0]] + [node.inputs[j] for j in range(len(terms)) if j != i]
+            grad = g.op("Einsum", names, equation=eq)
+            shape = g.shape(node.inputs[i])
+            head, _, tail = term.partition(ELLIPSIS)
+            axes = list(head) + [None] * (len(shape) - len(head) - len(tail)) + list(tail)
+            summed = [k for k, c in enumerate(axes) if c is not None and c not in others]
+            kept_shape = [d for k, d in enumerate(shape) if k not in summed]
+            if g.shape(grad) != tuple(kept_shape):   # '...' dims this operand broadcast
+                if not term.startswith(ELLIPSIS):
+                    g.fail(f"operand {i} broadcasts the '...' dims inside {term!r}")
+                grad = g.sum_to(grad, kept_shape)
+            if summed:   # letters only this operand has: size-1 axes, broadcast back
+                grad = g.reshape(grad, [1 if k in summed else d for k, d in enumerate(shape)])
+                grad = g.op("Expand", [grad, g.const(np.array(shape, np.int64), "shape")])
+            out[i] = grad
+        return out

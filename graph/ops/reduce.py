@@ -221,3 +221,41 @@ def _reduce_gradient(self, node, grads, g):
 
 
 ReduceSum.gradient = ReduceMean.gradient = _reduce_gradient
+
+
+# ---- running sums ----------------------------------------------------------------------------
+@register
+class CumSum(Op):
+    """Running sum along one axis (the constant ``axis`` input); ``exclusive`` leaves each
+    element out of its own sum, ``reverse`` sums from the end."""
+    num_inputs = (2, 2)
+    attrs = {"exclusive": 0, "reverse": 0}
+
+    def infer(self, ctx):
+        t = ctx.type(0)
+        ctx.check(t.dtype.kind in "fiu", f"CumSum takes numbers, got {t.dtype}")
+        axis = np.asarray(ctx.const(1, "axis"))
+        ctx.check(axis.dtype.kind in "iu" and axis.size == 1 and axis.ndim <= 1,
+                  f"axis (input 1) must be one integer, got {axis.dtype} of shape {axis.shape}")
+        a = int(axis.reshape(-1)[0])
+        ctx.check(t.rank > 0 and -t.rank <= a < t.rank,
+                  f"axis {a} is out of range for rank {t.rank}")
+        return [t]
+
+    def compute(self, node, inputs):
+        x = inputs[0]
+        axis = int(np.asarray(inputs[1]).reshape(-1)[0]) % x.ndim
+        if node.attrs["reverse"]:
+            x = np.flip(x, axis)
+        y = np.cumsum(x, axis=axis, dtype=x.dtype)
+        if node.attrs["exclusive"] and y.shape[axis]:
+            y = np.roll(y, 1, axis=axis)
+            y[(slice(None),) * axis + (0,)] = 0
+        if node.attrs["reverse"]:
+            y = np.flip(y, axis)
+        return [np.ascontiguousarray(y)]
+
+    def gradient(self, node, grads, g):
+        """dX is the running sum of dY the other way round, with the same ``exclusive``."""
+        return [g.op("CumSum", [grads[0], g.input(1)], exclusive=node.attrs["exclusive"],
+                     reverse=1 - int(node.attrs["reverse"])), None]

@@ -1134,3 +1134,33 @@ def _dropout_gradient(self, node, grads, g):
 
 
 Dropout.gradient = _dropout_gradient
+
+
+# ---- triangles -------------------------------------------------------------------------------
+@register
+class Trilu(Op):
+    """The upper (``upper=1``) or lower triangle of the last two axes from diagonal ``k`` (an
+    optional scalar input, default 0); the rest zero."""
+    num_inputs = (1, 2)
+    attrs = {"upper": 1}
+
+    def infer(self, ctx):
+        t = ctx.type(0)
+        ctx.check(t.rank >= 2, f"Trilu takes a tensor of rank ≥ 2, got shape {t.shape}")
+        if ctx.has(1):
+            k = ctx.type(1)
+            ctx.check(k.dtype == np.int64 and _prod(k.shape) in (1, None) and k.rank <= 1,
+                      f"k (input 1) must be an int64 scalar, got {k}")
+        return [t]
+
+    def compute(self, node, inputs):
+        x, k = inputs[0], inputs[1] if len(inputs) > 1 and inputs[1] is not None else 0
+        k = int(np.asarray(k).reshape(-1)[0])
+        # |k| beyond the matrix is all or nothing; clamping keeps numpy's index arithmetic small
+        k = max(min(k, x.shape[-1] + 1), -x.shape[-2] - 1)
+        return [np.triu(x, k) if node.attrs["upper"] else np.tril(x, k)]
+
+    def gradient(self, node, grads, g):
+        """The same triangle of dY."""
+        return [g.op("Trilu", [grads[0], g.input(1)] if g.input(1) else [grads[0]],
+                     upper=node.attrs["upper"]), None][:len(node.inputs)]
