@@ -12,7 +12,9 @@ compared exactly where the same arrays go through the same compiled graph.
 from __future__ import annotations
 
 import csv
+import json
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -402,3 +404,65 @@ def test_stop_is_saved_in_checkpoints_and_old_files_still_load(noisy, tmp_path):
     checkpoint.save(tmp_path / "bad.ember", state)
     with pytest.raises(ember.CheckpointError, match="history.stopped_epoch"):
         ember.Trainer.restore(tmp_path / "bad.ember")
+
+
+# ---- MPI: the same decisions on every rank ------------------------------------------------------
+WORKER = r'''
+import json, sys
+import numpy as np
+import ember
+from ember import nn
+from ember.callbacks import Callback, CSVLogger, EarlyStopping, ModelCheckpoint, ReduceLROnPlateau
+
+out = sys.argv[1]
+rng = np.random.default_rng(1)
+X, y = rng.standard_normal((64, 1, 8, 8)).astype(np.float32), rng.integers(0, 3, 64)
+Xv, yv = rng.standard_normal((40, 1, 8, 8)).astype(np.float32), rng.integers(0, 3, 40)
+
+
+class StopOnRankOne(Callback):
+    """Rank 1 alone asks to stop after the third batch of the fit."""
+    def on_train_begin(self, logs=None):
+        self.seen = 0
+
+    def on_batch_end(self, batch, logs=None):
+        self.seen += 1
+        if self.trainer.rank == 1 and self.seen == 3:
+            self.trainer.stop_training = True
+
+
+t = ember.Trainer(nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 3)),
+                  input_shape=(1, 8, 8), optimizer=ember.optim.Adam(lr=0.03), batch_size=8,
+                  seed=3, threads=1, distributed=ember.distributed.MPIContext(timeout=60))
+h = t.fit(X, y, epochs=40, validation_data=(Xv, yv), verbose=False, callbacks=[
+    EarlyStopping(patience=2, restore_best_weights=True), ReduceLROnPlateau(patience=1),
+    CSVLogger(out + "/log.csv"), ModelCheckpoint(out + "/best.ember", save_best_only=True)])
+h2 = t.fit(X, y, epochs=3, verbose=False, callbacks=[StopOnRankOne()])
+json.dump({"history": h.history, "stopped": h.stopped_epoch, "reason": h.stop_reason,
+           "stopped2": h2.stopped_epoch, "reason2": h2.stop_reason, "step": t.global_step,
+           "state": {k: v.tolist() for k, v in t.state_dict().items()}},
+          open(f"{out}/rank{t.rank}.json", "w"))
+'''
+
+
+def test_callbacks_decide_the_same_on_every_rank(tmp_path):
+    from test_mpi import HAVE_MPI4PY, MPIRUN, mpirun
+    if MPIRUN is None or not HAVE_MPI4PY:
+        pytest.skip("needs Open MPI's mpirun and mpi4py (pip install 'ember[mpi]')")
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    r, _ = mpirun([sys.executable, str(script), str(tmp_path)])
+    assert r.returncode == 0, r.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{k}.json").read_text()) for k in range(2)]
+    first, second = ranks
+    for key in ("history", "stopped", "reason", "stopped2", "step", "state"):
+        assert first[key] == second[key], key
+    assert first["stopped"] is not None and "EarlyStopping" in first["reason"]
+    assert second["reason2"].startswith("StopOnRankOne.on_batch_end")
+    assert first["reason2"] == "a callback on another rank stopped training (batch 2 of epoch " \
+        f"{first['stopped2']})"
+    with open(tmp_path / "log.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert len(rows) == 1 + len(first["history"]["loss"])     # written once, by rank 0
+    assert ember.Trainer.restore(tmp_path / "best.ember").epoch == \
+        int(np.argmin(first["history"]["val_loss"])) + 1
