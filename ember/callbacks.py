@@ -18,12 +18,13 @@ the quantity should go down or up (Keras raises too).
 Epochs are numbered as ``trainer.epoch`` counts them — from 0, and continuing across ``fit``
 calls, as Keras numbers them with ``initial_epoch`` — and batches from 0 in each epoch.
 
-Distributed (``Trainer(distributed="mpi")``): every rank runs the callbacks. Each hook sees rank
-0's logs (broadcast: the job-wide epoch metrics could otherwise differ in their last bit between
-ranks, and so could a comparison), and a stop set on any rank stops every rank at the same
-batch or epoch, so EarlyStopping and ReduceLROnPlateau decide the same on every rank.
-ModelCheckpoint calls ``trainer.save`` on every rank (rank 0 writes, the others wait for it);
-CSVLogger writes on rank 0 only.
+Distributed (``Trainer(distributed="mpi")``): every rank runs the callbacks — the same list on
+every rank, as it runs the same model and settings. Each hook sees rank 0's logs (broadcast:
+the metrics are job-wide sums, but an allreduce may round them differently in the last bit on
+different ranks, and a comparison could then go either way), and a stop set on any rank stops
+every rank at the same batch or epoch, so EarlyStopping and ReduceLROnPlateau decide the same
+on every rank. ModelCheckpoint calls ``trainer.save`` on every rank (rank 0 writes, the others
+wait for it); CSVLogger writes on rank 0 only.
 """
 from __future__ import annotations
 
@@ -120,7 +121,8 @@ def _auto_direction(owner: str, monitor: str) -> str:
     if "loss" in name:
         return "min"
     raise InputError(f"{owner}(monitor={monitor!r}): mode='auto' cannot tell whether "
-                     f"{monitor!r} should go down or up (it knows losses and accuracies); "
+                     f"{monitor!r} should go down or up (it knows losses and accuracies: fit "
+                     f"logs loss, accuracy, val_loss, val_accuracy and lr); check the name, or "
                      f"pass mode='min' or mode='max'")
 
 
@@ -507,6 +509,8 @@ class CallbackList:
 
     def epoch_end(self, epoch: int, logs: dict) -> bool:
         """Run ``on_epoch_end``; True when training stops after this epoch."""
+        if not self.callbacks:
+            return False
         logs = self._shared(dict(logs), f"the logs of epoch {epoch}")
         self._last_logs = dict(logs)
         self._run(self.callbacks, "on_epoch_end", epoch, logs, f"epoch {epoch}")

@@ -398,6 +398,7 @@ class Trainer:
             if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
                 raise InputError("validation_data must be a pair (X_val, y_val)")
             self._check_xy(*validation_data, what="validation ")
+        calls = CallbackList(callbacks, self)
         # distributed: the global batch is world·batch_size rows, in the one order every rank
         # draws from the same seed; rank r trains rows shard(m, world, r) of each
         n, bs = len(X), self.batch_size * self.world
@@ -405,7 +406,6 @@ class Trainer:
         shards = {m: shard(m, self.world, self.rank) for m in set(sizes)}
         steps = {m: self._step_for(cnt, kind, lo) if cnt else None
                  for m, (lo, cnt) in shards.items()}
-        calls = CallbackList(callbacks, self)
         history = History()
         acc_name = "accuracy" if self.loss.accuracy_metric else None
         calls.train_begin()
