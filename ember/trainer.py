@@ -27,6 +27,7 @@ from collections import OrderedDict
 
 import numpy as np
 
+from .callbacks import CallbackList
 from .graph.errors import InputError, ModelError, ShapeError
 from .graph.infer import infer_shapes
 from .graph.ir import Graph, TensorType
@@ -120,6 +121,7 @@ class Trainer:
         self.epoch = 0                # epochs completed
         self.rng = np.random.default_rng(self.seed)   # shuffling
         self.history = History()
+        self.stop_training = False    # a callback sets it to end fit (Keras's flag)
         self._steps: dict = {}
         self._eval_session = None
         self._loss_sessions: dict = {}
@@ -383,9 +385,12 @@ class Trainer:
         return loss
 
     def fit(self, X, y, epochs: int = 1, validation_data=None, shuffle: bool = True,
-            verbose: bool = True) -> History:
+            verbose: bool = True, callbacks=None) -> History:
         """Train for ``epochs`` more epochs of mini-batches (the partial last batch is used);
-        returns this call's History (``trainer.history`` keeps every epoch so far)."""
+        returns this call's History (``trainer.history`` keeps every epoch so far).
+        ``callbacks``: ``ember.callbacks.Callback`` instances (EarlyStopping, ModelCheckpoint,
+        ReduceLROnPlateau, CSVLogger or your own), run in order; one that sets
+        ``trainer.stop_training`` ends training, and the History records when and why."""
         if not isinstance(epochs, (int, np.integer)) or epochs < 0:
             raise InputError(f"epochs must be a non-negative integer, got {epochs!r}")
         X, kind, Y = self._check_xy(X, y)
@@ -393,6 +398,7 @@ class Trainer:
             if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
                 raise InputError("validation_data must be a pair (X_val, y_val)")
             self._check_xy(*validation_data, what="validation ")
+        calls = CallbackList(callbacks, self)
         # distributed: the global batch is world·batch_size rows, in the one order every rank
         # draws from the same seed; rank r trains rows shard(m, world, r) of each
         n, bs = len(X), self.batch_size * self.world
@@ -402,14 +408,16 @@ class Trainer:
                  for m, (lo, cnt) in shards.items()}
         history = History()
         acc_name = "accuracy" if self.loss.accuracy_metric else None
+        calls.train_begin()
         for _ in range(int(epochs)):
+            calls.epoch_begin(self.epoch)
             order = self.rng.permutation(n) if shuffle else np.arange(n)
             bar = _progress(n, f"Epoch {self.epoch + 1}", verbose and self.rank == 0)
             total_loss = total_weight = 0.0
             correct = counted = 0
             start = 0
             try:
-                for m in sizes:
+                for batch, m in enumerate(sizes):
                     idx = order[start:start + m]
                     start += m
                     step = steps[m]
@@ -435,6 +443,9 @@ class Trainer:
                             post["accuracy"] = f"{correct / counted:.4f}"
                         bar.set_postfix(post, refresh=False)
                         bar.update(m)
+                    if calls.wants_batches and calls.batch_end(
+                            self.epoch, batch, _mean(total_loss, total_weight, self.loss)):
+                        break
             finally:
                 if bar is not None:
                     bar.close()
@@ -456,6 +467,10 @@ class Trainer:
             if verbose and bar is None and self.rank == 0:
                 print(f"epoch {self.epoch}: " + ", ".join(f"{k} {v:.4g}" for k, v in
                                                         logs.items()), file=sys.stderr)
+            if calls.epoch_end(self.epoch - 1, logs):
+                break
+        calls.train_end()
+        calls.record(history, self.history)
         return history
 
     def _job_sum(self, values: list, what: str) -> list:

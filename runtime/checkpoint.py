@@ -22,8 +22,8 @@ Contents: the model graph (structure; graph/serialize.py), parameters, buffers, 
 names, the optimizer's and scheduler's ``state_dict()``, the trainer's configuration (loss spec,
 batch size, seed, l2, input shape), the global step and epoch, the Dropout step (Dropout's
 masks are a function of the node's seed and this step), the shuffling Generator's state and
-the history — everything needed for a restored Trainer to continue exactly like one that
-never stopped.
+the history (with when and why a callback stopped the last fit) — everything needed for a
+restored Trainer to continue exactly like one that never stopped.
 """
 from __future__ import annotations
 
@@ -209,7 +209,9 @@ def trainer_state(trainer) -> dict:
         "dropout_step": int(trainer.dropout_step),
         "epoch": int(trainer.epoch),
         "rng": trainer.rng.bit_generator.state,
-        "history": {"history": trainer.history.history, "epoch": trainer.history.epoch},
+        "history": {"history": trainer.history.history, "epoch": trainer.history.epoch,
+                    "stopped_epoch": trainer.history.stopped_epoch,
+                    "stop_reason": trainer.history.stop_reason},
     }
 
 
@@ -249,7 +251,8 @@ def trainer_from_state(cls, loaded: dict, path, threads=None, memory_cap=None, l
         trainer.epoch = state["epoch"]
         trainer.rng.bit_generator.state = state["rng"]
         hist = state.get("history") or {"history": {}, "epoch": []}
-        trainer.history = History(hist["history"], hist["epoch"])
+        trainer.history = History(hist["history"], hist["epoch"], hist.get("stopped_epoch"),
+                                  hist.get("stop_reason"))
         return trainer
     except CheckpointError as e:
         msg = str(e)
@@ -305,6 +308,13 @@ def _check_fields(state: dict) -> None:
                     for k, v in hist["history"].items())
             and isinstance(hist.get("epoch"), list) and all(_int(e) for e in hist["epoch"])):
         bad("history", "must map metric names to lists of numbers, with a list of epochs")
+    stopped = hist.get("stopped_epoch")     # files written before callbacks have neither
+    if stopped is not None and not (_int(stopped) and 0 <= stopped < COUNTER_LIMIT):
+        bad("history.stopped_epoch", f"must be None or an integer in [0, 2^62), got "
+                                     f"{stopped!r:.60}")
+    if not isinstance(hist.get("stop_reason"), (str, type(None))):
+        bad("history.stop_reason", f"must be None or a string, got "
+                                   f"{hist.get('stop_reason')!r:.60}")
     _check_rng(state.get("rng"))
     _check_optimizer(state.get("optimizer"))
     _check_scheduler(state.get("scheduler"))
