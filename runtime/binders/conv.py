@@ -1,5 +1,5 @@
 """Conv and ConvTranspose (``kernels/conv``: im2col/implicit GEMM; ``kernels/winograd`` for
-3×3 stride-1 convs where the cost model says it pays) and their gradients ``ConvGradInput`` /
+3×3 stride-1 convs where it measured faster on this CPU) and their gradients ``ConvGradInput`` /
 ``ConvGradWeight`` (``kernels/conv_grad``, Winograd for dX where it pays)."""
 from __future__ import annotations
 
@@ -94,18 +94,14 @@ def _conv_scratch_floats(node, types, threads):
 
 
 # ---- Winograd F(2×2,3×3) / F(4×4,3×3) for 3×3 stride-1 convs (kernels/winograd.pyx) -----------
-# A cost model fitted to measurements on the 2-core AVX2 build machine (benchmarks by hand, see
-# kernels/CONTRACT.md): seconds per GEMM flop, per byte of weights streamed from memory, and per
-# channel-tile of the input / output transforms. The im2col path is modelled the same way.
-_GEMM_S_PER_FLOP = 1 / 70e9
-_BYTE_S = 1 / 12e9
-_WINO_IN_S = {2: 16e-9, 4: 80e-9}
-_WINO_OUT_S = {2: 3.5e-9, 4: 16e-9}
-_WINO_MIN_GAIN = 1.15          # below this modelled speed-up keep the im2col path
+# Which of im2col-GEMM, F(2×2) and F(4×4) is fastest is measured at compile time on this CPU
+# (runtime/tuning.py); ``EMBER_TUNE=0`` takes the static rule of ``static_winograd_tile``.
 # A Conv on Winograd keeps its transformed weights U (16/9× or 4× the weight) beside W. Past this
 # size per layer (ResNet-18's 512-channel 7×7 layers: 17 MB each) the memory costs more than the
 # ~1.5× it gains: peak RSS would pass onnxruntime's (148 → 219 MB on ResNet-18 without the cap).
 WINOGRAD_MAX_U_BYTES = 8 << 20
+# Timing a case allocates its input and output at a batch cut down to stay under this.
+TUNE_MAX_BYTES = 32 << 20
 
 
 def winograd_enabled() -> bool:
@@ -113,29 +109,59 @@ def winograd_enabled() -> bool:
     return os.environ.get("EMBER_WINOGRAD", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
-def winograd_tile(N, C, M, OH, OW) -> int:
-    """The Winograd output tile (2 or 4) for a 3×3 stride-1 conv with C inputs, M outputs and an
-    OH×OW output per image, or 0 when the im2col/implicit-GEMM path is modelled faster (few
-    channels: the transforms dominate; 7×7 planes with wide layers: the tiles waste the GEMM's
-    16-column panels and the transformed weights no longer fit in cache), or when the
-    transformed weights would pass WINOGRAD_MAX_U_BYTES."""
+def winograd_tiles_allowed(N, C, M, OH, OW) -> list:
+    """The Winograd tiles this case may take: few channels make the transforms dominate, and
+    U must stay under WINOGRAD_MAX_U_BYTES."""
     if C < 16 or M < 16 or N * OH * OW < 16 or not winograd_enabled():
-        return 0
-    # the GEMM path runs at ~60 GFLOP/s with C ≥ 64, slower with fewer (K = 9·C rows): ~48 at 32
-    old = (18.0 * M * C * N * OH * OW * _GEMM_S_PER_FLOP * 1.15 * max(1.0, 64.0 / C) ** 0.3
-           + 36.0 * M * C * _BYTE_S)
-    best, tile = old / _WINO_MIN_GAIN, 0
+        return []
     mp = -(-M // 6) * 6
-    for m in (2, 4):
-        a2, tiles = (m + 2) ** 2, N * (-(-OH // m)) * (-(-OW // m))
-        if 4 * a2 * mp * C > WINOGRAD_MAX_U_BYTES:
-            continue
-        cols = -(-tiles // 16) * 16 if tiles < 256 else tiles
-        t = (2.0 * a2 * mp * C * cols * _GEMM_S_PER_FLOP + 4.0 * a2 * mp * C * _BYTE_S
-             + tiles * (C * _WINO_IN_S[m] + M * _WINO_OUT_S[m]))
-        if t < best:
-            best, tile = t, m
-    return tile
+    return [m for m in (2, 4) if 4 * (m + 2) ** 2 * mp * C <= WINOGRAD_MAX_U_BYTES]
+
+
+def static_winograd_tile(N, C, M, OH, OW, allowed) -> int:
+    """The rule without measuring: F(4×4) where its tiles fill 8×8 planes, F(2×2) on smaller
+    ones, the GEMM path below 32 channels (the transforms' share grows as C, M shrink)."""
+    if not allowed or C < 32 or M < 32:
+        return 0
+    if OH >= 8 and OW >= 8 and 4 in allowed:
+        return 4
+    return 2 if 2 in allowed and OH >= 4 and OW >= 4 else 0
+
+
+def _tuning_candidate(name, N, C, M, OH, OW, threads):
+    """One run of a candidate on a 3×3, pad-1 conv of this size with random data (the batch cut
+    to TUNE_MAX_BYTES of input and output: tiles of all images share the GEMMs, so the ranking
+    holds at the full batch)."""
+    H, W = OH, OW
+    n = max(1, min(N, TUNE_MAX_BYTES // max(1, 4 * (C + M) * OH * OW)))
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n, C, H, W), dtype=F32)
+    w = rng.standard_normal((M, C, 3, 3), dtype=F32) * np.float32(0.05)
+    y = np.empty((n, M, OH, OW), F32)
+    if name == "gemm":
+        scr = np.empty(int(conv.conv2d_scratch_floats(C, H, W, M, 3, 3, OH, OW, 1, 1, 1, 1, 1, 1,
+                                                      1, threads)) or 1, F32)
+        return conv.Conv2dStep(x, w, None, y, scr, 1, 1, 1, 1, 1, 1, 1, 0, 0.0, 0.0, threads)
+    tile = int(name[-1])
+    U = winograd_weight_buffer(M, C, tile)
+    winograd.winograd_weights(w, U, tile, False, threads)
+    scr = np.empty(winograd_scratch_floats(n, C, H, W, M, OH, OW, tile, threads), F32)
+    conv2d = winograd.conv2d_winograd
+    return lambda: conv2d(x, U, None, y, scr, tile, 1, 1, 0, 0.0, 0.0, threads)
+
+
+def winograd_tile(N, C, M, OH, OW, threads=1) -> int:
+    """The Winograd output tile (2 or 4) for a 3×3 stride-1 conv with C inputs, M outputs and an
+    OH×OW output per image, or 0 for the im2col/implicit-GEMM path: the fastest measured on this
+    CPU at ``threads`` (once per case, runtime/tuning.py), or the static rule with EMBER_TUNE=0."""
+    from ..tuning import choose
+    allowed = winograd_tiles_allowed(N, C, M, OH, OW)
+    static = static_winograd_tile(N, C, M, OH, OW, allowed)
+    names = ["gemm"] + [f"winograd{m}" for m in allowed]
+    chosen = choose("conv3x3", (N, C, M, OH, OW), threads,
+                    lambda name: _tuning_candidate(name, N, C, M, OH, OW, threads), names,
+                    f"winograd{static}" if static else "gemm")
+    return 0 if chosen == "gemm" else int(chosen[-1])
 
 
 class WinogradCase(NamedTuple):
@@ -152,7 +178,7 @@ class WinogradCase(NamedTuple):
     tile: int
 
 
-def winograd_case(node, types) -> WinogradCase | None:
+def winograd_case(node, types, threads=1) -> WinogradCase | None:
     """The case when this Conv runs through Winograd, else None."""
     case = conv_case(node, types)
     if case is None:
@@ -161,7 +187,7 @@ def winograd_case(node, types) -> WinogradCase | None:
     if case.nd != 2 or (KH, KW) != (3, 3) or \
             (g.stride_h, g.stride_w, g.dil_h, g.dil_w, case.group) != (1, 1, 1, 1, 1):
         return None
-    tile = winograd_tile(N, C, M, OH, OW)
+    tile = winograd_tile(N, C, M, OH, OW, threads)
     return WinogradCase(N, C, H, W, M, OH, OW, g.pad_top, g.pad_left, tile) if tile else None
 
 
@@ -196,7 +222,7 @@ def _winograd_constant_weights(w_orig, w4, tile, threads):
 
 def _winograd_conv(node, ins, outs, scratch_buf, ctx, act):
     """The Conv step through Winograd, or None when this case does not take it."""
-    wc, threads = winograd_case(node, ctx.types), ctx.threads
+    wc, threads = winograd_case(node, ctx.types, ctx.threads), ctx.threads
     if wc is None:
         return None
     N, C, H, W, M, OH, OW, pt, pl, tile = wc
@@ -224,7 +250,7 @@ def _winograd_conv(node, ins, outs, scratch_buf, ctx, act):
 
 
 def _conv_scratch(node, types, threads):
-    wc = winograd_case(node, types)
+    wc = winograd_case(node, types, threads)
     if wc is not None:
         return 4 * winograd_scratch_floats(wc.N, wc.C, wc.H, wc.W, wc.M, wc.OH, wc.OW, wc.tile,
                                            threads)
@@ -400,7 +426,7 @@ def _winograd_grad_input_case(node, types, threads) -> WinogradGradInputCase | N
     if (c.KH, c.KW) != (3, 3) or (c.stride_h, c.stride_w, c.dil_h, c.dil_w, c.group) != \
             (1, 1, 1, 1, 1) or c.H < 1 or c.W < 1:
         return None
-    tile = winograd_tile(c.N, c.M, c.C, c.H, c.W)
+    tile = winograd_tile(c.N, c.M, c.C, c.H, c.W, threads)
     if not tile:
         return None
     return WinogradGradInputCase(
