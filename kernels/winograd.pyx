@@ -15,6 +15,9 @@ split over the team (channels, GEMM positions ξ, output channels).
 """
 from cython.parallel cimport prange, threadid
 
+from cpython.pycapsule cimport PyCapsule_New
+
+from kernels.native_step cimport ember_native_step, EMBER_NATIVE_CAPSULE
 from kernels.parallel cimport threads_for
 from kernels.sgemm cimport ember_packed_gemm, ember_gemm_mr, ember_gemm_nr
 from kernels.simd cimport use_simd
@@ -203,64 +206,136 @@ cdef int block_serial(const float *x, const float *U, const float *bias, float *
     return ok
 
 
+# One conv2d_winograd call with its arguments resolved (see WinogradStep).
+cdef struct WinoCall:
+    WinoShape s
+    const float *x
+    const float *U
+    const float *bias
+    float *y
+    float *scratch
+    int slots, nthreads, act
+    float act_a, act_b
+    bint empty
+
+
+cdef int wino_prepare(WinoCall *c, float[:, :, :, ::1] x, float[:, ::1] U, bias,
+                      float[:, :, :, ::1] y, float[::1] scratch, int tile, int pad_top,
+                      int pad_left, int act, float act_a, float act_b, int nthreads) except -1:
+    """Check the arguments and fill ``c``; raises ValueError on a mismatch."""
+    c.s = make_shape(x.shape[0], x.shape[1], x.shape[2], x.shape[3], y.shape[1], y.shape[2],
+                     y.shape[3], pad_top, pad_left, tile, nthreads)
+    c.nthreads = nthreads if nthreads >= 1 else 1
+    c.act, c.act_a, c.act_b = act, act_a, act_b
+    c.empty = c.s.T == 0 or c.s.M == 0
+    if c.empty:
+        return 0
+    if tile != 2 and tile != 4:
+        raise ValueError(f"conv2d_winograd: tile must be 2 or 4, got {tile}")
+    if c.s.C == 0:
+        raise ValueError("conv2d_winograd: needs at least one input channel")
+    if U.shape[0] != c.s.alpha * c.s.alpha or U.shape[1] != <long> c.s.Mp * c.s.C:
+        raise ValueError(f"conv2d_winograd: U has shape {tuple(U.shape)[:2]}, needs "
+                         f"({c.s.alpha * c.s.alpha}, {c.s.Mp * c.s.C})")
+    cdef long have = scratch.shape[0]
+    cdef long skip = (8 - (<long> (<size_t> &scratch[0] // 4)) % 8) % 8 if have else 0   # 32 bytes
+    have -= skip
+    c.slots = <int> min(<long> c.s.slots, have // c.s.slot_floats) if c.s.slot_floats else 0
+    if c.slots < 1:
+        raise ValueError(f"conv2d_winograd: scratch holds {have} floats, needs "
+                         f"{c.s.slot_floats} per slot")
+    cdef float[::1] bias_view
+    c.bias = NULL
+    if bias is not None:
+        bias_view = bias
+        c.bias = &bias_view[0]
+    c.x, c.U, c.y = &x[0, 0, 0, 0], &U[0, 0], &y[0, 0, 0, 0]
+    c.scratch = &scratch[0] + skip
+    return 0
+
+
+cdef int wino_run(WinoCall *c) noexcept nogil:
+    """The convolution, GIL-free: 0, or 1 when the GEMM's packing buffers cannot be allocated."""
+    cdef WinoShape *s = &c.s
+    cdef int blk, ch, xi, mo, nb, ok = 1, nthreads = c.nthreads
+    cdef long t0
+    cdef float *sp = c.scratch
+    cdef float *V = sp
+    cdef float *Mx = sp + <long> s.alpha * s.alpha * s.C * s.TB
+    if c.empty:
+        return 0
+    if c.slots > 1:
+        for blk in prange(s.nblocks, num_threads=c.slots, schedule='dynamic'):
+            ok &= block_serial(c.x, c.U, c.bias, c.y, sp + threadid() * s.slot_floats, s,
+                               blk, c.act, c.act_a, c.act_b)
+    elif nthreads == 1 or <double> s.alpha * s.alpha * s.Mp * s.C * s.TB < 8e6:
+        # one thread, or too little work for three team barriers per block (on a busy machine
+        # each may wait a time slice for a descheduled thread)
+        for blk in range(s.nblocks):
+            ok = block_serial(c.x, c.U, c.bias, c.y, sp, s, blk, c.act, c.act_a, c.act_b) and ok
+    else:   # few tiles: each phase of a block split over the team
+        for blk in range(s.nblocks):
+            t0 = <long> blk * s.TB
+            nb = <int> min(<long> s.TB, s.T - t0)
+            for ch in prange(s.C, num_threads=nthreads, schedule='static'):
+                input_channel(c.x, V, s, ch, t0, nb)
+            for xi in prange(s.alpha * s.alpha, num_threads=nthreads, schedule='dynamic'):
+                ok &= gemm_position(c.U, V, Mx, s, xi, nb)
+            for mo in prange(s.M, num_threads=nthreads, schedule='static'):
+                output_channel(Mx, c.bias, c.y, s, mo, t0, nb, c.act, c.act_a, c.act_b)
+    return 0 if ok else 1
+
+
 def conv2d_winograd(float[:, :, :, ::1] x, float[:, ::1] U, bias, float[:, :, :, ::1] y,
                     float[::1] scratch, int tile, int pad_top, int pad_left, int act,
                     float act_a, float act_b, int nthreads):
     """y = act(conv3x3(x, w) + bias) for stride 1, dilation 1, group 1, with U =
     winograd_weights(w, tile); bottom/right pads are implied by y's size.
     ``scratch`` holds at least one slot (winograd_scratch_floats with nthreads = 1)."""
-    cdef WinoShape s = make_shape(x.shape[0], x.shape[1], x.shape[2], x.shape[3], y.shape[1],
-                                  y.shape[2], y.shape[3], pad_top, pad_left, tile, nthreads)
-    if nthreads < 1:
-        nthreads = 1
-    if s.T == 0 or s.M == 0:
-        return
-    if tile != 2 and tile != 4:
-        raise ValueError(f"conv2d_winograd: tile must be 2 or 4, got {tile}")
-    if s.C == 0:
-        raise ValueError("conv2d_winograd: needs at least one input channel")
-    if U.shape[0] != s.alpha * s.alpha or U.shape[1] != <long> s.Mp * s.C:
-        raise ValueError(f"conv2d_winograd: U has shape {tuple(U.shape)[:2]}, needs "
-                         f"({s.alpha * s.alpha}, {s.Mp * s.C})")
-    cdef long have = scratch.shape[0]
-    cdef long skip = (8 - (<long> (<size_t> &scratch[0] // 4)) % 8) % 8 if have else 0   # 32 bytes
-    have -= skip
-    cdef int slots = <int> min(<long> s.slots, have // s.slot_floats) if s.slot_floats else 0
-    if slots < 1:
-        raise ValueError(f"conv2d_winograd: scratch holds {have} floats, needs "
-                         f"{s.slot_floats} per slot")
-    cdef float[::1] bias_view
-    cdef const float *bias_ptr = NULL
-    if bias is not None:
-        bias_view = bias
-        bias_ptr = &bias_view[0]
-    cdef const float *xp = &x[0, 0, 0, 0]
-    cdef const float *up = &U[0, 0]
-    cdef float *yp = &y[0, 0, 0, 0]
-    cdef float *sp = &scratch[0] + skip
-    cdef int blk, c, xi, mo, nb, ok = 1
-    cdef long t0
-    cdef float *V = sp
-    cdef float *Mx = sp + <long> s.alpha * s.alpha * s.C * s.TB
+    cdef WinoCall c
+    cdef int rc
+    wino_prepare(&c, x, U, bias, y, scratch, tile, pad_top, pad_left, act, act_a, act_b,
+                 nthreads)
     with nogil:
-        if slots > 1:
-            for blk in prange(s.nblocks, num_threads=slots, schedule='dynamic'):
-                ok &= block_serial(xp, up, bias_ptr, yp, sp + threadid() * s.slot_floats, &s,
-                                   blk, act, act_a, act_b)
-        elif nthreads == 1 or <double> s.alpha * s.alpha * s.Mp * s.C * s.TB < 8e6:
-            # one thread, or too little work for three team barriers per block (on a busy
-            # machine each may wait a time slice for a descheduled thread)
-            for blk in range(s.nblocks):
-                ok = block_serial(xp, up, bias_ptr, yp, sp, &s, blk, act, act_a, act_b) and ok
-        else:   # few tiles: each phase of a block split over the team
-            for blk in range(s.nblocks):
-                t0 = <long> blk * s.TB
-                nb = <int> min(<long> s.TB, s.T - t0)
-                for c in prange(s.C, num_threads=nthreads, schedule='static'):
-                    input_channel(xp, V, &s, c, t0, nb)
-                for xi in prange(s.alpha * s.alpha, num_threads=nthreads, schedule='dynamic'):
-                    ok &= gemm_position(up, V, Mx, &s, xi, nb)
-                for mo in prange(s.M, num_threads=nthreads, schedule='static'):
-                    output_channel(Mx, bias_ptr, yp, &s, mo, t0, nb, act, act_a, act_b)
-    if not ok:
+        rc = wino_run(&c)
+    if rc:
         raise MemoryError("conv2d_winograd: cannot allocate GEMM packing buffers")
+
+
+cdef int wino_native(void *state) noexcept nogil:
+    return wino_run(<WinoCall *> state)
+
+
+cdef class WinogradStep:
+    """conv2d_winograd with its arguments resolved once (bind time), runnable by
+    ``plan.PlanRunner`` with no Python in between (constant weights: U is fixed). Holds its
+    arrays, so their buffers outlive the step."""
+    cdef WinoCall call
+    cdef ember_native_step native
+    cdef object keep
+    cdef public int winograd_tile
+
+    def __init__(self, float[:, :, :, ::1] x, float[:, ::1] U, bias, float[:, :, :, ::1] y,
+                 float[::1] scratch, int tile, int pad_top, int pad_left, int act, float act_a,
+                 float act_b, int nthreads):
+        wino_prepare(&self.call, x, U, bias, y, scratch, tile, pad_top, pad_left, act, act_a,
+                     act_b, nthreads)
+        self.keep = (x, U, bias, y, scratch)
+        self.winograd_tile = tile
+        self.native.fn = wino_native
+        self.native.state = &self.call
+
+    def __call__(self):
+        cdef int rc
+        with nogil:
+            rc = wino_run(&self.call)
+        if rc:
+            self.raise_for(rc)
+
+    def raise_for(self, int rc):
+        raise MemoryError("conv2d_winograd: cannot allocate GEMM packing buffers")
+
+    @property
+    def _native(self):
+        """A capsule holding the step's C entry point, for plan.PlanRunner."""
+        return PyCapsule_New(&self.native, EMBER_NATIVE_CAPSULE, NULL)

@@ -176,3 +176,29 @@ def test_session_runs_are_independent_across_threads():
     for t in ts:
         t.join()
     assert bad == []
+
+
+# The op types a compiled model still runs as Python steps (between native ones). Shrinking
+# these sets is the point of native steps; a new entry here is a regression.
+PYTHON_STEP_OPS = {
+    "lenet5": set(),
+    "small_vgg": set(),
+    "mobilenetv2": {"Add"},
+    "resnet18": {"Add", "Relu"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(PYTHON_STEP_OPS))
+def test_course_models_run_natively(name):
+    import models
+    session = ember.load(getattr(models, name)(batch=1).SerializeToString(), threads=1)
+    compiled = session.compile()
+    ctx = compiled.acquire()
+    try:
+        python_ops = {node.op_type for node, step in ctx.steps
+                      if getattr(step, "_native", None) is None}
+        assert python_ops <= PYTHON_STEP_OPS[name]
+        assert ctx.runner.native_steps + sum(
+            1 for _, step in ctx.steps if getattr(step, "_native", None) is None) == len(ctx.runner)
+    finally:
+        compiled.release(ctx)

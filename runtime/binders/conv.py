@@ -236,15 +236,13 @@ def _winograd_conv(node, ins, outs, scratch_buf, ctx, act):
     y, scr, conv2d = outs[0].reshape(N, M, OH, OW), scratch_buf[:need], winograd.conv2d_winograd
     if not ctx.is_runtime(ins[1]):
         U = _winograd_constant_weights(ins[1], w4, tile, threads)
+        # a prepared native step: the plan runner runs it with no Python around it
+        return winograd.WinogradStep(x, U, b, y, scr, tile, pt, pl, code, aa, ab, threads)
+    U, transform = winograd_weight_buffer(M, C, tile), winograd.winograd_weights
 
-        def step():
-            conv2d(x, U, b, y, scr, tile, pt, pl, code, aa, ab, threads)
-    else:
-        U, transform = winograd_weight_buffer(M, C, tile), winograd.winograd_weights
-
-        def step():   # run-time weights (training): transform them on every call
-            transform(w4, U, tile, False, threads)
-            conv2d(x, U, b, y, scr, tile, pt, pl, code, aa, ab, threads)
+    def step():   # run-time weights (training): transform them on every call
+        transform(w4, U, tile, False, threads)
+        conv2d(x, U, b, y, scr, tile, pt, pl, code, aa, ab, threads)
     step.winograd_tile = tile   # for tests and profiles: which algorithm this node runs
     return step
 

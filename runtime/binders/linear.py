@@ -37,7 +37,6 @@ def bind_gemm(node, ins, outs, scratch_buf, ctx):
     M, N = Y.shape
     A, B = contiguous_f32(A), contiguous_f32(B)
     code, aa, ab = act
-    fn = gemm.gemm
     bias, axis, kbeta, pre = None, 1, 0.0, None
     if C is None or beta == 0.0:
         pass
@@ -55,12 +54,14 @@ def bind_gemm(node, ins, outs, scratch_buf, ctx):
 
         def pre():
             np.copyto(Y, src)
+    # a prepared native step: the plan runner runs it with no Python around it
+    product = gemm.GemmStep(A, B, Y, ta, tb, alpha, kbeta, bias, axis, code, aa, ab, threads)
     if pre is None:
-        return lambda: fn(A, B, Y, ta, tb, alpha, kbeta, bias, axis, code, aa, ab, threads)
+        return product
 
     def step():
         pre()
-        fn(A, B, Y, ta, tb, alpha, kbeta, bias, axis, code, aa, ab, threads)
+        product()
     return step
 
 
@@ -80,13 +81,13 @@ def bind_matmul(node, ins, outs, scratch_buf, ctx):
     code, aa, ab = act
     fn = gemm.gemm
     if A2.ndim == 2 and B2.ndim == 2:
-        a, b, y = A2, B2, Y.reshape(M, N)
-        return lambda: fn(a, b, y, False, False, 1.0, 0.0, None, 1, code, aa, ab, threads)
+        return gemm.GemmStep(A2, B2, Y.reshape(M, N), False, False, 1.0, 0.0, None, 1, code, aa,
+                             ab, threads)
     rows = int(np.prod(A2.shape[:-1], dtype=np.int64))   # not -1: K may be 0
     if B2.ndim == 2 and rows <= GEMM_MAX_DIM:
         # batched A times one matrix: a single (batch·M)×K by K×N product
-        a, b, y = A2.reshape(rows, K), B2, Y.reshape(rows, N)
-        return lambda: fn(a, b, y, False, False, 1.0, 0.0, None, 1, code, aa, ab, threads)
+        return gemm.GemmStep(A2.reshape(rows, K), B2, Y.reshape(rows, N), False, False, 1.0, 0.0,
+                             None, 1, code, aa, ab, threads)
     batch = np.broadcast_shapes(A2.shape[:-2], B2.shape[:-2])
     A3 = A2.reshape((1,) * (len(batch) - (A2.ndim - 2)) + A2.shape)
     B3 = B2.reshape((1,) * (len(batch) - (B2.ndim - 2)) + B2.shape)

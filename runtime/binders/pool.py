@@ -58,8 +58,8 @@ def bind_max_pool(node, ins, outs, scratch_buf, ctx):
     x, y, nd = v
     kh, kw = kernel_size(node, nd)
     sh, sw, pt, pl, dh, dw, _ = window_geometry(node, nd)
-    fn, threads = pool.max_pool2d, ctx.threads
-    return lambda: fn(x, y, kh, kw, sh, sw, pt, pl, dh, dw, threads)
+    # prepared native steps: the plan runner runs them with no Python around them
+    return pool.max_pool2d_step(x, y, kh, kw, sh, sw, pt, pl, dh, dw, ctx.threads)
 
 
 @binds(ops.AveragePool, inplace=(), kernel="pool")
@@ -77,8 +77,7 @@ def bind_avg_pool(node, ins, outs, scratch_buf, ctx):
     kh, kw = kernel_size(node, nd)
     sh, sw, pt, pl, _, _, (pb, pr) = window_geometry(node, nd)
     include = bool(int(node.attrs.get("count_include_pad", 0)))
-    fn, threads = pool.avg_pool2d, ctx.threads
-    return lambda: fn(x, y, kh, kw, sh, sw, pt, pl, pb, pr, include, threads)
+    return pool.avg_pool2d_step(x, y, kh, kw, sh, sw, pt, pl, pb, pr, include, ctx.threads)
 
 
 @binds(ops.GlobalAveragePool, ops.GlobalMaxPool, inplace=(), kernel="pool")
@@ -90,8 +89,7 @@ def bind_global_pool(node, ins, outs, scratch_buf, ctx):
         return None
     nc = x.shape[0] * x.shape[1]
     x2, y1 = contiguous_f32(x).reshape(nc, -1), y.reshape(nc)
-    is_max, fn, threads = node.op_type == "GlobalMaxPool", pool.global_pool, ctx.threads
-    return lambda: fn(x2, y1, is_max, threads)
+    return pool.global_pool_step(x2, y1, node.op_type == "GlobalMaxPool", ctx.threads)
 
 
 # ---- gradients ----------------------------------------------------------------------------------
