@@ -21,6 +21,8 @@ cdef extern from "activation.h" nogil:
         ACT_ABS "EMBER_ACT_ABS"
         ACT_RECIPROCAL "EMBER_ACT_RECIPROCAL"
         ACT_SILU "EMBER_ACT_SILU"
+        ACT_ERF "EMBER_ACT_ERF"
+        ACT_GELU "EMBER_ACT_GELU"
     int ember_act_row_vec(float *y, long n, int code, float a, float b)
     int ember_bias_act_row(float *y, long n, float bv, int code, float a, float b)
     # one activation, branch on `code`; stable sigmoid/softplus
