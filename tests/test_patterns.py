@@ -207,17 +207,25 @@ def test_broadcast_add_with_fused_gelu():
     check_against_ort(model, graph)
 
 
-def test_conv_hardswish_and_squeeze_excite_fuse_into_convs():
-    torch.manual_seed(0)
-    conv, se1, se2 = (torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Conv2d(8, 4, 1),
-                      torch.nn.Conv2d(4, 8, 1))
+class HardSwishSqueezeExcite(torch.nn.Module):
+    """Conv + hand-written hard-swish, then a squeeze-excite gate with a hand-written
+    hard-sigmoid: the block of PP-LCNet-like classifiers."""
 
-    def block(x):
-        y = conv(x)
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.reduce, self.expand = torch.nn.Conv2d(8, 4, 1), torch.nn.Conv2d(4, 8, 1)
+
+    def forward(self, x):
+        y = self.conv(x)
         y = y * F.relu6(y + 3) / 6
-        s = F.relu(se1(y.mean((2, 3), keepdim=True)))
-        return y * (F.relu6(se2(s) + 3) / 6)
-    model = torch_export_plain(Lambda(block))
+        s = F.relu(self.reduce(y.mean((2, 3), keepdim=True)))
+        return y * (F.relu6(self.expand(s) + 3) / 6)
+
+
+def test_conv_hardswish_and_squeeze_excite_fuse_into_convs():
+    model = torch_export_plain(HardSwishSqueezeExcite())
     graph = optimized(model)
     counts = op_counts(graph)
     assert counts["Conv+HardSwish"] == 1 and counts["Conv+HardSigmoid"] == 1, counts
