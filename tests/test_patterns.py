@@ -319,3 +319,18 @@ def test_pow_by_broadcast_exponent_is_kept():
                                                             (1,) + SHAPE))
     graph = optimized(model)
     assert op_counts(graph) == collections.Counter({"Pow": 1})
+
+
+def test_fused_domain_is_ember_internal():
+    """The fused domain holds SiLU and the Add with an activation, and a file naming it is
+    refused like any op ember does not read."""
+    from ember.graph.ops import REGISTRY
+    assert sorted(t for d, t in REGISTRY if d == FUSED_DOMAIN) == ["Add", "SiLU"]
+    graph = helper.make_graph(
+        [helper.make_node("SiLU", ["x"], ["y"], name="silu", domain=FUSED_DOMAIN)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, SHAPE)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, SHAPE)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid(FUSED_DOMAIN, 1)])
+    with pytest.raises(ember.UnsupportedOpError, match="SiLU"):
+        ember.load(model.SerializeToString())
