@@ -182,7 +182,8 @@ def binary_broadcast(float[::1] a, long long[::1] a_strides, float[::1] b,
 
 
 # The activation codes `apply_act` (activation.pxd) branches on, by op type (SiLU: the fused
-# x·sigmoid(x) a pass matches, which has no ONNX op; Gelu: a = 0 exact, a = 1 tanh form). Binders derive every code table from this.
+# x·sigmoid(x) a pass matches, which has no ONNX op; Gelu: a = 0 exact, a = 1 tanh form).
+# Binders derive every code table from this.
 ACTIVATION_CODES = {
     "Relu": ACT_RELU, "LeakyRelu": ACT_LEAKY_RELU, "Elu": ACT_ELU, "Selu": ACT_SELU,
     "Sigmoid": ACT_SIGMOID, "HardSigmoid": ACT_HARD_SIGMOID, "HardSwish": ACT_HARD_SWISH,

@@ -1,5 +1,6 @@
 """Binary and variadic elementwise ops (``kernels/elementwise``: same-shape and broadcasting
-loops), the fused Add + activation and the gradient reductions ``SumToShape`` and ``BiasGrad`` (``kernels/reduce_grad``)."""
+loops), the fused Add + activation, and the gradient reductions ``SumToShape`` and
+``BiasGrad`` (``kernels/reduce_grad``)."""
 from __future__ import annotations
 
 import numpy as np
