@@ -13,10 +13,10 @@ import numpy as np
 
 from .ir import Graph, TensorType
 from .ops import REGISTRY
-from .ops.activation import FUSABLE
+from .ops.activation import FUSABLE, FUSED_DOMAIN
 
 # Producers that can run an activation on their output before it leaves the kernel.
-FUSE_PRODUCERS = ("Conv", "Gemm", "MatMul")
+FUSE_PRODUCERS = ("Conv", "Gemm", "MatMul", "Add")
 # Ops whose output is their input, at inference: removed by ``eliminate_identity``.
 IDENTITY_OPS = ("Identity", "Dropout")
 
@@ -234,63 +234,45 @@ def _activation_params(graph: Graph, node):
     return None if params is None else (node.op_type, float(params[0]), float(params[1]))
 
 
-def _silu_source(outputs: set, mul, producers: dict, consumers: dict):
-    """For ``Mul(x, Sigmoid(x))`` (either order) return (x, sigmoid node), else None."""
-    if len(mul.inputs) != 2:
-        return None
-    for a, s in (mul.inputs, mul.inputs[::-1]):
-        sig = producers.get(s)
-        if sig is not None and sig.op_type == "Sigmoid" and sig.inputs[0] == a and a != s:
-            readers = consumers.get(a, [])
-            if (a not in outputs and len(readers) == 2
-                    and {id(r) for r in readers} == {id(sig), id(mul)}
-                    and _sole_reader(outputs, s, mul, consumers)):
-                return a, sig
-    return None
-
-
 def fuse_activation(graph: Graph) -> Graph:
-    """Fold an activation following a Conv/Gemm/MatMul into the producer's ``activation``
+    """Fold an activation following a Conv/Gemm/MatMul/Add into the producer's ``activation``
     attributes (see ``ops.activation.apply_activation``), so the kernel applies it while the
-    output is still in cache. The SiLU pattern ``Mul(x, Sigmoid(x))`` counts as one activation."""
+    output is still in cache; an Add becomes ember's fused Add (``FusedAdd``). SiLU is the
+    node ``graph.patterns`` makes of ``Mul(x, Sigmoid(x))``."""
     consumers = graph.consumers()
     producers = graph.producers()
     outputs = set(graph.outputs)
     removed = set()
     for n in graph.nodes:
-        if id(n) in removed:
+        params = _activation_params(graph, n)
+        if params is None:
             continue
-        params, extra = _activation_params(graph, n), None
-        if params is not None:
-            x = n.inputs[0]
-            if not _sole_reader(outputs, x, n, consumers):
-                continue
-        elif n.op_type == "Mul":
-            found = _silu_source(outputs, n, producers, consumers)
-            if found is None:
-                continue
-            (x, extra), params = found, ("SiLU", 0.0, 0.0)
-        else:
+        x = n.inputs[0]
+        if not _sole_reader(outputs, x, n, consumers):
             continue
         prod = producers.get(x)
-        if prod is None or prod.op_type not in FUSE_PRODUCERS or prod.attrs.get("activation", ""):
+        if prod is None or prod.domain != "" or prod.op_type not in FUSE_PRODUCERS \
+                or prod.attrs.get("activation", "") or id(prod) in removed:
             continue
         if graph.types.get(x) != graph.types.get(n.outputs[0]):
             continue
+        if prod.op_type == "Add":
+            prod.domain = FUSED_DOMAIN
         prod.attrs["activation"], prod.attrs["activation_alpha"], prod.attrs["activation_beta"] = \
             params
         prod.outputs[0] = n.outputs[0]
         producers[n.outputs[0]] = prod
         removed.add(id(n))
-        if extra is not None:
-            removed.add(id(extra))
     graph.nodes = [n for n in graph.nodes if id(n) not in removed]
     return graph
 
 
 def optimize(graph: Graph) -> Graph:
-    """The standard pipeline after constant folding."""
+    """The standard pipeline after constant folding: written-out patterns become single ops
+    (``graph.patterns``) before activations are fused into their producers."""
+    from .patterns import fuse_patterns   # patterns builds on this module's helpers
     graph = eliminate_identity(graph)
     graph = fold_batchnorm(graph)
+    graph = fuse_patterns(graph)
     graph = fuse_activation(graph)
     return eliminate_dead_nodes(graph)

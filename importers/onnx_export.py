@@ -1,7 +1,8 @@
 """ember IR → ONNX: the importer's mirror.
 
 The IR holds one form per op, the newest opset's (see ``importers.onnx``), plus ember-only
-attributes that passes add (a fused ``activation`` on Conv/Gemm/MatMul). Export writes each node
+attributes that passes add (a fused ``activation`` on Conv/Gemm/MatMul) and the fused ops of
+``FUSED_DOMAIN`` the pattern passes make (SiLU, Add with an activation). Export writes each node
 in the chosen opset's form:
 
 * attributes are filtered through the op's ONNX schema at that opset, converted to the schema's
@@ -9,7 +10,8 @@ in the chosen opset's form:
   not know is dropped when it holds ember's "not set" default and is an error otherwise (it
   would change the meaning), so ember-only attributes never leak into the file;
 * a fused activation becomes its own standard node after the producer, written by the
-  activation's op (``export_fused``); SiLU, which no ONNX op names, as Sigmoid + Mul;
+  activation's op (``export_fused``); SiLU, which no ONNX op names, as Sigmoid + Mul; a fused
+  op writes the standard nodes it was made from;
 * every op writes its own form (``Op.export``), older forms at older opsets where ember's
   meaning survives (Reduce* ``axes`` as an attribute before 18, …) and, where it does not, an
   error naming the node and the opset it needs.
@@ -35,6 +37,7 @@ import numpy as np
 from ..graph.errors import ModelError, UnsupportedOpError
 from ..graph.ir import Graph, Node, TensorType
 from ..graph.ops import REGISTRY, TRAINING_DOMAIN, Op
+from ..graph.ops.activation import FUSED_DOMAIN
 
 DEFAULT_OPSET = 21      # the newest opset whose semantics every ember op follows
 MIN_OPSET = 13          # Softmax's one-axis form, Squeeze/Unsqueeze/ReduceSum axes as inputs
@@ -144,9 +147,11 @@ _PLAIN_OP = Op()
 
 
 def _op(node: Node) -> Op:
-    """The registered op of a default-domain node; a plain ``Op`` (written as it stands) for an
-    op ember does not register."""
-    return REGISTRY.get(("", node.op_type)) or _PLAIN_OP
+    """The registered op of a default-domain or fused-domain node (a fused op writes itself back
+    as standard nodes); a plain ``Op`` (written as it stands) for an op ember does not
+    register."""
+    domain = FUSED_DOMAIN if node.domain == FUSED_DOMAIN else ""
+    return REGISTRY.get((domain, node.op_type)) or _PLAIN_OP
 
 
 def _training_reason(graph: Graph, node: Node, has_onnx_op) -> str | None:
@@ -154,6 +159,8 @@ def _training_reason(graph: Graph, node: Node, has_onnx_op) -> str | None:
     if node.domain == TRAINING_DOMAIN:
         return (f"has no ONNX equivalent (one of ember's training ops, domain "
                 f"{TRAINING_DOMAIN!r})")
+    if node.domain == FUSED_DOMAIN and (FUSED_DOMAIN, node.op_type) in REGISTRY:
+        return None
     if node.domain not in _DEFAULT_DOMAINS:
         return f"is in domain {node.domain!r}, which ONNX does not define"
     if not has_onnx_op(node.op_type):
@@ -441,14 +448,9 @@ class ExportContext:
 
     def activation(self, node: Node, fused, x: str, y: str) -> None:
         """The fused activation of ``node`` as standard ONNX nodes reading ``x``, writing ``y``:
-        the activation's own op writes it, except SiLU (x·Sigmoid(x)), which no ONNX op names."""
+        the activation's own op writes it (SiLU's, ember's fused one, as x·Sigmoid(x))."""
         kind, alpha, beta = fused
-        if kind == "SiLU":
-            s = self.fresh(f"{y}_sigmoid")
-            self.add("Sigmoid", [x], [s], self.fresh(f"{node.name}/SiLU_sigmoid"), {}, node)
-            self.add("Mul", [x, s], [y], self.fresh(f"{node.name}/SiLU_mul"), {}, node)
-            return
-        op = REGISTRY.get(("", kind))
+        op = REGISTRY.get(("", kind)) or REGISTRY.get((FUSED_DOMAIN, kind))
         if op is None or not hasattr(op, "export_fused"):
             raise ModelError(f"{node}: unknown fused activation {kind!r}")
         op.export_fused(self, node, x, y, alpha, beta)

@@ -26,7 +26,12 @@ enum ember_activation {
     EMBER_ACT_ABS = 15,
     EMBER_ACT_RECIPROCAL = 16,
     EMBER_ACT_SILU = 17,
+    EMBER_ACT_ERF = 18,
+    EMBER_ACT_GELU = 19, /* a = 0: 0.5·x·(1 + erf(x/√2)); a ≠ 0: the tanh approximation */
 };
+
+#define EMBER_GELU_TANH_K 0.7978845608028654 /* √(2/π) */
+#define EMBER_GELU_TANH_C 0.044715
 
 /* One activation, branching on `code`; stable sigmoid and softplus. NaN passes through every
  * comparison-based code, as in onnxruntime. (The double constants keep the arithmetic the
@@ -68,6 +73,11 @@ static inline float ember_apply_act(float v, int code, float a, float b)
     case EMBER_ACT_NEG: return -v;
     case EMBER_ACT_ABS: return fabsf(v);
     case EMBER_ACT_RECIPROCAL: return (float)(1.0 / v);
+    case EMBER_ACT_ERF: return erff(v);
+    case EMBER_ACT_GELU:
+        if (a == 0.0f) return (float)(0.5 * v * (1.0 + erf(v * 0.7071067811865476)));
+        return (float)(0.5 * v *
+                       (1.0 + tanh(EMBER_GELU_TANH_K * (v + EMBER_GELU_TANH_C * v * v * v))));
     }
     return v;
 }

@@ -2,11 +2,12 @@
 #include "activation.h"
 #include "vector_exp.h"
 
-/* p[0:n] = act(p[0:n]): the branch-free vector loops where the code has one, else the table */
-static void ember_act_span_here(float *restrict p, long n, int code, float a, float b)
+static void ember_act_unary_here(const float *x, float *y, long n, int code, float a, float b);
+
+/* p[0:n] = act(p[0:n]): the loops of the unary kernel (vector where the code has a vector form) */
+static void ember_act_span_here(float *p, long n, int code, float a, float b)
 {
-    if (ember_act_row_vec(p, n, code, a, b)) return;
-    for (long i = 0; i < n; ++i) p[i] = ember_apply_act(p[i], code, a, b);
+    ember_act_unary_here(p, p, n, code, a, b);
 }
 
 /* y[0:n] = act(x[0:n]) for the comparison-based codes beyond Relu, as loops of selects the
@@ -53,13 +54,14 @@ static int ember_act_unary_selects(const float *x, float *y, long n, int code, f
 
 /* y[0:n] = exp(x[0:n]) (Exp), tanh(x) (Tanh), σ(x) (Sigmoid) or x·σ(x) (SiLU) with the vector
  * exp; σ stable on both sides: e = exp(−|x|), σ = 1/(1 + e) for x ≥ 0, e/(1 + e) below.
- * Returns 0 for the other codes. */
-static int ember_act_unary_exp(const float *x, float *y, long n, int code)
+ * erf(x) (Erf) and Gelu (a = 0: x·(1 + erf(x/√2))/2, else the tanh form) with the vector erf and
+ * tanh. Returns 0 for the other codes. */
+static int ember_act_unary_exp(const float *x, float *y, long n, int code, float a)
 {
     if (code != EMBER_ACT_EXP && code != EMBER_ACT_TANH && code != EMBER_ACT_SIGMOID &&
-        code != EMBER_ACT_SILU)
+        code != EMBER_ACT_SILU && code != EMBER_ACT_ERF && code != EMBER_ACT_GELU)
         return 0;
-    const ember_vf one = ember_vsplat(1.0f), zero = ember_vsplat(0.0f);
+    const ember_vf one = ember_vsplat(1.0f), zero = ember_vsplat(0.0f), half = ember_vsplat(0.5f);
     long i = 0;
     for (; i + EMBER_VW <= n; i += EMBER_VW) {
         const ember_vf v = ember_vload(x + i);
@@ -67,11 +69,23 @@ static int ember_act_unary_exp(const float *x, float *y, long n, int code)
             ember_vstore(y + i, code == EMBER_ACT_EXP ? ember_vexp(v) : ember_vtanh(v));
             continue;
         }
+        if (code == EMBER_ACT_ERF) {
+            ember_vstore(y + i, ember_verf(v));
+            continue;
+        }
+        if (code == EMBER_ACT_GELU) {
+            const ember_vf g = a == 0.0f
+                ? ember_verf(v * 0.70710678118654752f)
+                : ember_vtanh((float)EMBER_GELU_TANH_K *
+                              (v + (float)EMBER_GELU_TANH_C * (v * v * v)));
+            ember_vstore(y + i, half * v * (one + g));
+            continue;
+        }
         const ember_vf e = ember_vexp(ember_vblend(v >= zero, -v, v));
         const ember_vf s = ember_vblend(v >= zero, one, e) / (one + e);
         ember_vstore(y + i, code == EMBER_ACT_SIGMOID ? s : v * s);
     }
-    for (; i < n; ++i) y[i] = ember_apply_act(x[i], code, 0.0f, 0.0f);
+    for (; i < n; ++i) y[i] = ember_apply_act(x[i], code, a, 0.0f);
     return 1;
 }
 
@@ -86,7 +100,7 @@ static void ember_act_unary_here(const float *x, float *y, long n, int code, flo
     } else if (code == EMBER_ACT_NEG) {
         for (long i = 0; i < n; ++i) y[i] = -x[i];
     } else if (!ember_act_unary_selects(x, y, n, code, a, b) &&
-               !ember_act_unary_exp(x, y, n, code)) {
+               !ember_act_unary_exp(x, y, n, code, a)) {
         for (long i = 0; i < n; ++i) y[i] = ember_apply_act(x[i], code, a, b);
     }
 }

@@ -32,6 +32,8 @@ ACT_NEG = activation.ACT_NEG
 ACT_ABS = activation.ACT_ABS
 ACT_RECIPROCAL = activation.ACT_RECIPROCAL
 ACT_SILU = activation.ACT_SILU
+ACT_ERF = activation.ACT_ERF
+ACT_GELU = activation.ACT_GELU
 
 OP_ADD = ew.OP_ADD
 OP_SUB = ew.OP_SUB
@@ -75,6 +77,24 @@ def binary(float[::1] a, float[::1] b, float[::1] y, int op, int nthreads):
             for c in prange(nchunks, num_threads=nthreads, schedule='static'):
                 ember_binary_span(ap + c * CHUNK, 1, bp + c * CHUNK, 1, yp + c * CHUNK,
                                   min(CHUNK, n - c * CHUNK), op)
+
+
+def binary_act(float[::1] a, float[::1] b, float[::1] y, int op, int act, float pa, float pb,
+               int nthreads):
+    """y = act(a op b) for same-shape operands, the activation applied to each chunk while it is
+    still in cache (the residual Add + Relu)."""
+    cdef long n = y.shape[0], c, lo, m, nchunks = (n + CHUNK - 1) // CHUNK
+    if n == 0:
+        return
+    cdef const float *ap = &a[0]
+    cdef const float *bp = &b[0]
+    cdef float *yp = &y[0]
+    with nogil:
+        for c in prange(nchunks, num_threads=threads_for(nthreads, n), schedule='static'):
+            lo = c * CHUNK
+            m = min(CHUNK, n - lo)
+            ember_binary_span(ap + lo, 1, bp + lo, 1, yp + lo, m, op)
+            ember_act_unary(yp + lo, yp + lo, m, act, pa, pb)
 
 
 cdef void broadcast_rows(const float *a, const long *sa, const float *b, const long *sb,
@@ -162,11 +182,12 @@ def binary_broadcast(float[::1] a, long long[::1] a_strides, float[::1] b,
 
 
 # The activation codes `apply_act` (activation.pxd) branches on, by op type (SiLU: the fused
-# x·sigmoid(x) a pass matches, which has no ONNX op). Binders derive every code table from this.
+# x·sigmoid(x) a pass matches, which has no ONNX op; Gelu: a = 0 exact, a = 1 tanh form).
+# Binders derive every code table from this.
 ACTIVATION_CODES = {
     "Relu": ACT_RELU, "LeakyRelu": ACT_LEAKY_RELU, "Elu": ACT_ELU, "Selu": ACT_SELU,
     "Sigmoid": ACT_SIGMOID, "HardSigmoid": ACT_HARD_SIGMOID, "HardSwish": ACT_HARD_SWISH,
     "Tanh": ACT_TANH, "Softplus": ACT_SOFTPLUS, "Clip": ACT_CLIP, "Exp": ACT_EXP, "Log": ACT_LOG,
     "Sqrt": ACT_SQRT, "Neg": ACT_NEG, "Abs": ACT_ABS, "Reciprocal": ACT_RECIPROCAL,
-    "SiLU": ACT_SILU,
+    "SiLU": ACT_SILU, "Erf": ACT_ERF, "Gelu": ACT_GELU,
 }

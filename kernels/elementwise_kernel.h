@@ -135,6 +135,25 @@ static void ember_act_grad_span_here(const float *g, const float *t, float *dx, 
         for (long i = 0; i < n; ++i)
             dx[i] = g[i] * ember_apply_act(t[i], EMBER_ACT_SIGMOID, 0.0f, 0.0f);
         break;
+    case EMBER_ACT_ERF: /* 2/√π·e^(−x²) */
+        for (long i = 0; i < n; ++i)
+            dx[i] = g[i] * (float)(1.1283791670955126 * exp(-(double)t[i] * t[i]));
+        break;
+    case EMBER_ACT_GELU: /* a = 0: Φ(x) + x·φ(x); else the derivative of the tanh form */
+        for (long i = 0; i < n; ++i) {
+            const double x = t[i];
+            double d;
+            if (a == 0.0f) {
+                d = 0.5 * (1.0 + erf(x * 0.7071067811865476)) +
+                    x * 0.3989422804014327 * exp(-0.5 * x * x);
+            } else {
+                const double th = tanh(EMBER_GELU_TANH_K * (x + EMBER_GELU_TANH_C * x * x * x));
+                d = 0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * EMBER_GELU_TANH_K *
+                                           (1.0 + 3.0 * EMBER_GELU_TANH_C * x * x);
+            }
+            dx[i] = g[i] * (float)d;
+        }
+        break;
     default:
         if (dx != g)
             for (long i = 0; i < n; ++i) dx[i] = g[i];

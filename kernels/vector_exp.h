@@ -1,5 +1,5 @@
 /* Fragment of the templates (activation_kernel.h includes it, once per instruction set):
- * selects, expf and tanhf on vectors of the level (ember_vf, isa_target.h). */
+ * selects, expf, tanhf and erff on vectors of the level (ember_vf, isa_target.h). */
 
 typedef int32_t ember_vi32 __attribute__((vector_size(EMBER_VW * 4)));
 
@@ -54,4 +54,35 @@ static inline ember_vf ember_vtanh(ember_vf x)
     const ember_vf big = 1.0f - 2.0f / (ember_vexp(ax + ax) + 1.0f);
     const ember_vf t = ember_vblend(ax >= 0.625f, big, small);
     return (ember_vf)((ember_vi32)t | ((ember_vi32)x & sign));
+}
+
+/* erff on a vector, faithfully rounded (the approximation onnxruntime's MLAS uses, from N.
+ * Juffa's erff): below |x| = 0.921875, x + x·P(x²); above it, 1 − exp(−(|x| + |x|·Q(|x|))) with
+ * x's sign put back (Q of degree 6; erf reaches 1 in float32 past 3.92 by itself, and ±inf
+ * gives ±1); NaN passes through. Its error against erf in double is measured in
+ * tests/test_kernels.py over a dense sweep. */
+static inline ember_vf ember_verf(ember_vf x)
+{
+    const ember_vi32 sign = (ember_vi32){0} + INT32_MIN;
+    const ember_vf t = (ember_vf)((ember_vi32)x & ~sign);
+    const ember_vf s = x * x;
+    ember_vf r = ember_vsplat(-5.99104969e-4f);
+    r = r * s + 4.99339588e-3f;
+    r = r * s - 2.67667342e-2f;
+    r = r * s + 1.12818025e-1f;
+    r = r * s - 3.76124859e-1f;
+    r = r * s + 1.28379151e-1f;
+    const ember_vf small = r * x + x;
+    ember_vf q = ember_vsplat(1.72948930e-5f);
+    q = q * t - 3.83208680e-4f;
+    q = q * t + 3.88393435e-3f;
+    q = q * t - 2.42545605e-2f;
+    q = q * t + 1.06777847e-1f;
+    q = q * t + 6.34846687e-1f;
+    q = q * t + 1.28717512e-1f;
+    q = q * t + t;
+    const ember_vf big = 1.0f - ember_vexp(-q);
+    const ember_vf signed_big = (ember_vf)((ember_vi32)big | ((ember_vi32)x & sign));
+    const ember_vf e = ember_vblend(t >= 0.921875f, signed_big, small);
+    return ember_vblend(x != x, x, e);
 }

@@ -242,7 +242,8 @@ ACTIVATIONS = [  # op, attrs, kinks
     ("Relu", {}, [0]), ("LeakyRelu", {"alpha": 0.1}, [0]), ("Elu", {"alpha": 0.7}, [0]),
     ("Sigmoid", {}, []), ("Tanh", {}, []), ("HardSigmoid", {"alpha": 0.3, "beta": 0.4},
                                             [-0.4 / 0.3, 0.6 / 0.3]),
-    ("HardSwish", {}, [-3, 3]), ("Softplus", {}, []), ("Exp", {}, []),
+    ("HardSwish", {}, [-3, 3]), ("Softplus", {}, []), ("Exp", {}, []), ("Erf", {}, []),
+    ("Gelu", {}, []), ("Gelu", {"approximate": "tanh"}, []),
 ]
 
 

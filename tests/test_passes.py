@@ -120,9 +120,11 @@ def test_resnet18_batchnorm_folded_and_relu_fused():
     ops = op_types(g)
     assert "BatchNormalization" not in ops
     assert ops.count("Conv") == 20
-    # each block's second ReLU follows an Add and must stay; the others are fused
-    assert ops.count("Relu") == 8
+    # each block's second ReLU follows the residual Add and is fused into it; the others into
+    # their Conv
+    assert ops.count("Relu") == 0
     assert sum(n.attrs.get("activation") == "Relu" for n in g.nodes if n.op_type == "Conv") == 9
+    assert sum(n.attrs.get("activation") == "Relu" for n in g.nodes if n.op_type == "Add") == 8
 
 
 def test_mobilenetv2_clip_and_batchnorm_gone():
@@ -175,10 +177,14 @@ def test_fusion_patterns_all_fire():
 
 
 def test_unfusable_patterns_left_alone():
+    """Everything stays but the last Relu, which the residual Add before it takes."""
     m, _, _ = model_and_reference("unfusable_patterns")
     g = optimized_graph(m)
-    assert sorted(op_types(g)) == sorted(n.op_type for n in m.graph.node)
-    assert not any(n.attrs.get("activation") for n in g.nodes)
+    original = [n.op_type for n in m.graph.node]
+    original.remove("Relu")
+    assert sorted(op_types(g)) == sorted(original)
+    assert [(n.op_type, n.attrs["activation"]) for n in g.nodes if n.attrs.get("activation")] \
+        == [("Add", "Relu")] and g.nodes[-1].op_type == "Add"
 
 
 @pytest.mark.parametrize("kind", models.PATTERNS)

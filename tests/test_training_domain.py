@@ -38,7 +38,8 @@ from ember.runtime.training_step import build_training_graph
 def test_training_domain_holds_exactly_the_ops_onnx_does_not_define():
     training = {t for (d, t) in REGISTRY if d == TRAINING_DOMAIN}
     default = {t for (d, t) in REGISTRY if d == ""}
-    assert {d for (d, _) in REGISTRY} == {"", TRAINING_DOMAIN}
+    # ai.ember.fused: the inference ops graph/patterns.py makes (tests/test_patterns.py)
+    assert {d for (d, _) in REGISTRY} == {"", TRAINING_DOMAIN, "ai.ember.fused"}
     assert sorted(t for t in default if not onnx.defs.has(t, "")) == []
     assert sorted(t for t in training if onnx.defs.has(t, "")) == ["SoftmaxCrossEntropyLoss"]
     assert {"MSELoss", "SumToShape", "ConvGradInput", "ActivationGrad", "BiasGrad",

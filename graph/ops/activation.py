@@ -1,17 +1,46 @@
-"""Unary activations and elementwise math (Relu … Reciprocal), plus the fused-activation helper
-that Conv/Gemm/MatMul apply to their output after a pass folds a following activation into them.
+"""Unary activations and elementwise math (Relu … Reciprocal, Erf, Gelu), plus the
+fused-activation helper that Conv/Gemm/MatMul/Add apply to their output after a pass folds a
+following activation into them, and the inference-only fused ops the pattern passes
+(``graph.patterns``) create in ``FUSED_DOMAIN``.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
+from ..ir import TensorType
 from .base import REGISTRY, TRAINING_DOMAIN, Op, register
+from .elementwise import broadcast_shapes, same_dtype
 
 
 def _f(x):
     """The dtype to compute in: float16 is evaluated in float32 (numpy's float16 transcendental
     functions lose more precision than ONNX runtimes do)."""
     return x.astype(np.float32) if x.dtype == np.float16 else x
+
+
+_ERF = np.frompyfunc(math.erf, 1, 1)
+GELU_TANH_K = math.sqrt(2 / math.pi)   # the tanh form: 0.5·x·(1 + tanh(K·(x + C·x³)))
+GELU_TANH_C = 0.044715
+
+# Ember's domain for inference ops the passes fuse from several ONNX nodes: SiLU (x·σ(x)) and an
+# Add carrying a fused activation. Unlike the training domain, export writes each of them back
+# as the standard nodes it came from; the importer refuses the domain like any other.
+FUSED_DOMAIN = "ai.ember.fused"
+
+
+def erf(x):
+    """erf elementwise in float64 (numpy has none; math.erf per element, a reference only)."""
+    return _ERF(np.asarray(x, np.float64)).astype(np.float64)
+
+
+def gelu(x, approximate: str = "none"):
+    """GELU in float64: x·Φ(x), or the tanh approximation."""
+    x = np.asarray(x, np.float64)
+    if approximate == "tanh":
+        return 0.5 * x * (1 + np.tanh(GELU_TANH_K * (x + GELU_TANH_C * x ** 3)))
+    return 0.5 * x * (1 + erf(x / math.sqrt(2)))
 
 
 def stable_sigmoid(x):
@@ -102,7 +131,15 @@ class Sigmoid(_Unary):
 
 @register
 class HardSigmoid(_Unary):
+    fusable = True
     attrs = {"alpha": 0.2, "beta": 0.5}
+
+    def fused_params(self, node, consts):
+        return (float(node.attrs.get("alpha", 0.2)), float(node.attrs.get("beta", 0.5)))
+
+    def export_fused(self, ctx, source, x, y, alpha, beta):
+        ctx.add("HardSigmoid", [x], [y], ctx.fresh(f"{source.name}/HardSigmoid"),
+                {"alpha": float(alpha), "beta": float(beta)}, source)
 
     def fn(self, x, a):
         return np.clip(x * a["alpha"] + a["beta"], 0, 1)
@@ -113,6 +150,64 @@ class HardSwish(_Unary):
     fusable = True
     def fn(self, x, a):
         return x * np.clip(x / 6 + 0.5, 0, 1)
+
+
+@register
+class Erf(_Unary):
+    def fn(self, x, a):
+        return erf(x)
+
+
+@register
+class Gelu(_Unary):
+    """ONNX opset 20: approximate "none" (x·Φ(x)) or "tanh". Fused, the approximation is the
+    epilogue's alpha: 0 for "none", 1 for "tanh"."""
+    fusable = True
+    attrs = {"approximate": "none"}
+    APPROXIMATIONS = ("none", "tanh")
+
+    def infer(self, ctx):
+        ctx.check(ctx.attrs["approximate"] in self.APPROXIMATIONS,
+                  f"expected attribute approximate among {self.APPROXIMATIONS}, got "
+                  f"{ctx.attrs['approximate']!r}")
+        return super().infer(ctx)
+
+    def fused_params(self, node, consts):
+        return (float(node.attrs.get("approximate", "none") == "tanh"), 0.0)
+
+    def export(self, ctx, node, inputs, outputs, attrs):
+        self.export_fused(ctx, node, inputs[0], outputs[0],
+                          float(attrs.get("approximate", "none") == "tanh"), 0.0)
+
+    def export_fused(self, ctx, source, x, y, alpha, beta):
+        """Gelu from opset 20; below it, the formula written out with Erf or Tanh."""
+        approximate = "tanh" if alpha else "none"
+        if ctx.opset >= 20:
+            ctx.add("Gelu", [x], [y], ctx.fresh(f"{source.name}/Gelu"),
+                    {"approximate": approximate}, source)
+            return
+        dt = ctx.dtype(y)
+
+        def step(op, ins, what):
+            out = ctx.fresh(f"{y}_gelu_{what}")
+            ctx.add(op, ins, [out], ctx.fresh(f"{source.name}/Gelu_{what}"), {}, source)
+            return out
+
+        def const(what, v):
+            return ctx.const(f"{source.name}_gelu_{what}", np.array(v, dt))
+
+        if approximate == "none":
+            inner = step("Erf", [step("Div", [x, const("sqrt2", math.sqrt(2))], "scaled")], "erf")
+        else:
+            cube = step("Mul", [step("Mul", [x, x], "square"), x], "cube")
+            poly = step("Add", [x, step("Mul", [cube, const("c", GELU_TANH_C)], "cubic")], "poly")
+            inner = step("Tanh", [step("Mul", [poly, const("k", GELU_TANH_K)], "scaled")], "tanh")
+        gate = step("Add", [inner, const("one", 1.0)], "gate")
+        half = step("Mul", [x, const("half", 0.5)], "half")
+        ctx.add("Mul", [half, gate], [y], ctx.fresh(f"{source.name}/Gelu"), {}, source)
+
+    def fn(self, x, a):
+        return gelu(x, a["approximate"])
 
 
 @register
@@ -218,12 +313,14 @@ class Clip(Op):
 
 # ---- fused activations ---------------------------------------------------------------------
 
-ACTIVATIONS = ("", "Relu", "LeakyRelu", "Clip", "Sigmoid", "Tanh", "SiLU", "HardSwish")
+ACTIVATIONS = ("", "Relu", "LeakyRelu", "Clip", "Sigmoid", "Tanh", "SiLU", "HardSwish",
+               "HardSigmoid", "Gelu")
 
 
 def apply_activation(y, name: str, alpha: float = 0.0, beta: float = 0.0):
     """Apply the fused activation of a Conv/Gemm/MatMul (its ``activation`` attribute) to ``y``;
-    returns an array of ``y``'s dtype. Clip uses alpha=min, beta=max; LeakyRelu uses alpha."""
+    returns an array of ``y``'s dtype. Clip uses alpha=min, beta=max; LeakyRelu uses alpha;
+    HardSigmoid alpha·x + beta; Gelu alpha = 0 for the exact form, 1 for the tanh form."""
     if not name:
         return y
     x = _f(y)
@@ -242,23 +339,71 @@ def apply_activation(y, name: str, alpha: float = 0.0, beta: float = 0.0):
             r = x * stable_sigmoid(x)
         elif name == "HardSwish":
             r = x * np.clip(x / 6 + 0.5, 0, 1)
+        elif name == "HardSigmoid":
+            r = np.clip(x * alpha + beta, 0, 1)
+        elif name == "Gelu":
+            r = gelu(x, "tanh" if alpha else "none")
         else:
             raise ValueError(f"unknown fused activation {name!r}; expected one of {ACTIVATIONS}")
     return np.asarray(r).astype(y.dtype, copy=False)
 
 
+@register
+class SiLU(_Unary):
+    """x·σ(x), the fused form of ``Mul(x, Sigmoid(x))`` (no ONNX op names it before opset 24's
+    Swish); export writes it back as Sigmoid + Mul."""
+    domain = FUSED_DOMAIN
+    fusable = True
+
+    def export(self, ctx, node, inputs, outputs, attrs):
+        self.export_fused(ctx, node, inputs[0], outputs[0], 0.0, 0.0)
+
+    def export_fused(self, ctx, source, x, y, alpha, beta):
+        s = ctx.fresh(f"{y}_sigmoid")
+        ctx.add("Sigmoid", [x], [s], ctx.fresh(f"{source.name}/SiLU_sigmoid"), {}, source)
+        ctx.add("Mul", [x, s], [y], ctx.fresh(f"{source.name}/SiLU_mul"), {}, source)
+
+    def fn(self, x, a):
+        return x * stable_sigmoid(x)
+
+
+@register
+class FusedAdd(Op):
+    """ONNX Add followed by a fused activation (the ``activation`` attributes Conv/Gemm/MatMul
+    carry): the residual Add + Relu of a ResNet in one pass over memory. Export writes Add, then
+    the activation's own node."""
+    op_type = "Add"
+    domain = FUSED_DOMAIN
+    num_inputs = (2, 2)
+    inplace = (0, 1)
+    attrs = {"activation": "", "activation_alpha": 0.0, "activation_beta": 0.0}
+
+    def infer(self, ctx):
+        from .linear import check_activation   # linear imports this module
+        check_activation(ctx)
+        dtype = same_dtype(ctx, 2)
+        return [TensorType(dtype, broadcast_shapes(ctx, [ctx.shape(0), ctx.shape(1)]))]
+
+    def compute(self, node, inputs):
+        a, b = inputs
+        with np.errstate(all="ignore"):
+            y = np.add(a, b)
+        at = node.attrs
+        return [np.asarray(apply_activation(np.asarray(y, a.dtype), at["activation"],
+                                            at["activation_alpha"], at["activation_beta"]))]
+
+
 # op_type (which is also the fused activation name) → fn(node, consts) -> (alpha, beta) or None,
-# derived from the ops whose class says ``fusable``. SiLU has no ONNX op: a pass matches
-# x*Sigmoid(x) itself.
+# derived from the ops whose class says ``fusable`` (SiLU's op is ember's fused one).
 FUSABLE = {t: op.fused_params for (d, t), op in REGISTRY.items()
-           if d == "" and getattr(op, "fusable", False)}
+           if d in ("", FUSED_DOMAIN) and getattr(op, "fusable", False)}
 
 
 # ---- gradients -------------------------------------------------------------------------------
 # Activations whose derivative ActivationGrad reads from the forward output Y (the rest read X).
 FROM_OUTPUT = ("Relu", "Sigmoid", "Tanh")
 GRAD_ACTIVATIONS = FROM_OUTPUT + ("LeakyRelu", "Elu", "Clip", "HardSigmoid", "HardSwish",
-                                  "Softplus")
+                                  "Softplus", "Erf", "Gelu")
 
 
 def activation_grad(dy, t, name: str, alpha: float, beta: float):
@@ -284,6 +429,15 @@ def activation_grad(dy, t, name: str, alpha: float, beta: float):
         r = np.where(t < -3, 0.0, np.where(t > 3, d, d * (2 * t + 3) / 6))
     elif name == "Softplus":
         r = d * stable_sigmoid(t)
+    elif name == "Erf":
+        r = d * (2 / math.sqrt(math.pi)) * np.exp(-t * t)
+    elif name == "Gelu" and alpha:
+        th = np.tanh(GELU_TANH_K * (t + GELU_TANH_C * t ** 3))
+        r = d * (0.5 * (1 + th) + 0.5 * t * (1 - th * th) * GELU_TANH_K
+                 * (1 + 3 * GELU_TANH_C * t * t))
+    elif name == "Gelu":
+        r = d * (0.5 * (1 + erf(t / math.sqrt(2))) + t * np.exp(-0.5 * t * t)
+                 / math.sqrt(2 * math.pi))
     else:
         raise ValueError(f"unknown activation {name!r}")
     return r
@@ -292,7 +446,8 @@ def activation_grad(dy, t, name: str, alpha: float, beta: float):
 @register
 class ActivationGrad(Op):
     """dX of a unary activation from dY and T: T is the forward output Y for Relu, Sigmoid and
-    Tanh, the forward input X otherwise (alpha/beta as the forward op reads them)."""
+    Tanh, the forward input X otherwise (alpha/beta as the forward op reads them; Gelu: alpha 1
+    for the tanh form)."""
     domain = TRAINING_DOMAIN
     num_inputs = (2, 2)
     attrs = {"activation": "Relu", "alpha": 0.0, "beta": 0.0}
@@ -328,8 +483,19 @@ def _unary_grad(self, node, grads, g):
     return [g.op("ActivationGrad", [grads[0], t], activation=name, alpha=alpha, beta=beta)]
 
 
-for _cls in (Relu, Sigmoid, Tanh, HardSwish, Softplus, LeakyRelu, Elu, HardSigmoid):
+for _cls in (Relu, Sigmoid, Tanh, HardSwish, Softplus, LeakyRelu, Elu, HardSigmoid, Erf):
     _cls.gradient = _unary_grad
+
+
+def _gelu_gradient(self, node, grads, g):
+    if grads[0] is None or not g.needs(0):
+        return [None]
+    alpha = float(node.attrs.get("approximate", "none") == "tanh")
+    return [g.op("ActivationGrad", [grads[0], g.input(0)], activation="Gelu", alpha=alpha,
+                 beta=0.0)]
+
+
+Gelu.gradient = _gelu_gradient
 
 
 def _clip_gradient(self, node, grads, g):

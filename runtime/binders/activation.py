@@ -12,7 +12,7 @@ from .registry import binds
 
 UNARY_OPS = (ops.Relu, ops.LeakyRelu, ops.Elu, ops.Selu, ops.Sigmoid, ops.HardSigmoid,
              ops.HardSwish, ops.Tanh, ops.Softplus, ops.Exp, ops.Log, ops.Sqrt, ops.Neg, ops.Abs,
-             ops.Reciprocal)
+             ops.Reciprocal, ops.Erf, ops.Gelu, ops.SiLU)
 UNARY_NAMES = tuple(cls.__name__ for cls in UNARY_OPS)
 
 # op type -> attrs -> the kernel's (a, b), for the activations that take parameters
@@ -22,6 +22,7 @@ _PARAMS = {
     "Selu": lambda at: (at.get("alpha", 1.67326319217681884765625),
                         at.get("gamma", 1.05070102214813232421875)),
     "HardSigmoid": lambda at: (at.get("alpha", 0.2), at.get("beta", 0.5)),
+    "Gelu": lambda at: (float(at.get("approximate", "none") == "tanh"), 0.0),
 }
 
 # The activations ActivationGrad's kernel differentiates (the graph's GRAD_ACTIVATIONS).

@@ -1,13 +1,16 @@
 """Binary and variadic elementwise ops (``kernels/elementwise``: same-shape and broadcasting
-loops) and the gradient reductions ``SumToShape`` and ``BiasGrad`` (``kernels/reduce_grad``)."""
+loops), the fused Add + activation, and the gradient reductions ``SumToShape`` and
+``BiasGrad`` (``kernels/reduce_grad``)."""
 from __future__ import annotations
 
 import numpy as np
 
 from ...graph.ops import elementwise as ops
 from ...graph.ops import get_op
+from ...graph.ops.activation import FusedAdd
 from ...kernels import elementwise, reduce_grad
-from .common import all_float32, contiguous_f32, has_empty_output, noop
+from .common import (FUSED_ACTIVATIONS, FUSED_CODES, all_float32, contiguous_f32,
+                     has_empty_output, noop)
 from .registry import binds
 
 # op type -> the operation code of elementwise.binary / binary_broadcast
@@ -89,6 +92,34 @@ def bind_binary(node, ins, outs, scratch_buf, ctx):
     if len(present) == 2:
         return _binary_step(present[0], present[1], y, op, threads)
     return _chain(present, y, op, threads)
+
+
+@binds(FusedAdd, inplace=_same_shape_inplace, kernel="elementwise",
+       activations=FUSED_ACTIVATIONS)
+def bind_fused_add(node, ins, outs, scratch_buf, ctx):
+    """Add with a fused activation: one pass over same-shape operands, else the broadcast add
+    and the activation over its output."""
+    a, b, y, threads = ins[0], ins[1], outs[0], ctx.threads
+    if not all_float32(a, b, y):
+        return None
+    if has_empty_output(outs):
+        return noop
+    at = node.attrs
+    act = FUSED_CODES[at["activation"]]
+    pa, pb = float(at["activation_alpha"]), float(at["activation_beta"])
+    if a.shape == b.shape == y.shape:
+        af, bf, yf = contiguous_f32(a).reshape(-1), contiguous_f32(b).reshape(-1), y.reshape(-1)
+        fn = elementwise.binary_act
+        return lambda: fn(af, bf, yf, _ADD, act, pa, pb, threads)
+    add = _binary_step(a, b, y, _ADD, threads)
+    if add is None:
+        return None
+    yf, unary = y.reshape(-1), elementwise.unary
+
+    def step():
+        add()
+        unary(yf, yf, act, pa, pb, threads)
+    return step
 
 
 @binds(ops.Sum, ops.Mean, inplace=_first_two_inplace, kernel="elementwise")
