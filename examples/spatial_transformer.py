@@ -14,9 +14,9 @@ transformer made of them (bottom row).
 """
 from __future__ import annotations
 
+import struct
 import sys
 import zlib
-import struct
 
 import numpy as np
 
@@ -137,15 +137,16 @@ def write_png(path, image):
                 + chunk(b"IEND", b""))
 
 
-def save_grid(path, inputs, outputs, gap=2):
-    """Inputs on the top row, the transformer's outputs below them, each scaled to [0, 1]."""
+def save_grid(path, inputs, outputs, gap=2, zoom=3):
+    """Inputs on the top row, the transformer's outputs below them (dark ink on white), each
+    pixel drawn as a zoom × zoom block."""
     n = len(inputs)
     sheet = np.ones((2 * SIDE + 3 * gap, n * (SIDE + gap) + gap), np.float32)
     for row, images in enumerate((inputs, outputs)):
         for k, image in enumerate(images):
             top, left = gap + row * (SIDE + gap), gap + k * (SIDE + gap)
             sheet[top:top + SIDE, left:left + SIDE] = 1 - np.clip(image[0], 0, 1)
-    write_png(path, sheet)
+    write_png(path, sheet.repeat(zoom, axis=0).repeat(zoom, axis=1))
 
 
 def run(epochs=10, png="spatial_transformer.png", limit=None, seed=0, shown=10):
