@@ -22,8 +22,9 @@ cdef enum:
 MODES = {"linear": MODE_LINEAR, "nearest": MODE_NEAREST, "cubic": MODE_CUBIC}
 PADDING_MODES = {"zeros": PAD_ZEROS, "border": PAD_BORDER, "reflection": PAD_REFLECTION}
 
-# Positions at least this far out (and non-finite ones) are parked at PARKED: outside the
-# image on every tap, with an index that cannot overflow (graph/ops/sampling.py: FAR, PARKED).
+# Positions stay within FAR pixels of the origin: farther ones (and NaN) left after padding are
+# parked at PARKED, outside the image on every tap; a cubic position is clamped to ±FAR first
+# (graph/ops/sampling.py: FAR, PARKED).
 cdef float FAR = 1073741824.0
 cdef float PARKED = -100.0
 cdef float CUBIC_A = -0.75
@@ -130,8 +131,14 @@ cdef inline void axis_taps(float g, long size, int mode, int padding, bint align
     else:
         scale = <float> size / <float> 2
     if mode == MODE_CUBIC:
-        x = parked(x)
-        taps.dpos = scale if x != PARKED else 0
+        taps.dpos = scale if fabsf(x) < FAR else 0
+        if x != x:
+            x = PARKED
+            padding = PAD_ZEROS     # NaN: no side to pad from, every tap outside
+        elif x > FAR:
+            x = FAR
+        elif x < -FAR:
+            x = -FAR
         base = floorf(x)
         t = x - base
         cubic_weights(t, taps.weight, taps.slope)

@@ -138,9 +138,10 @@ def test_either_gradient_output_may_be_absent():
     np.testing.assert_array_equal(dg_only, dg)
 
 
-def test_non_finite_and_huge_positions_sample_nothing():
-    """NaN, ±inf and ±1e30 positions read zero in every mode and padding, kernel and
-    reference alike — never an out-of-range index."""
+def test_non_finite_and_huge_positions_are_safe_and_agree():
+    """NaN, ±inf and ±1e30 positions in every mode and padding: kernel and reference agree,
+    never an out-of-range index; NaN reads zero, and a far position reads zero, or the border
+    pixel on its side under border padding."""
     x = np.arange(1, 13, dtype=np.float32).reshape(1, 1, 3, 4)
     specials = np.array([np.nan, np.inf, -np.inf, 1e30, -1e30], np.float32)
     grid = np.stack(np.meshgrid(specials, specials), -1)[None].astype(np.float32)
@@ -151,6 +152,12 @@ def test_non_finite_and_huge_positions_sample_nothing():
                                               [x, grid])
         np.testing.assert_array_equal(y, ref)
         assert np.isfinite(y).all()
+        assert (y[0, 0, 0] == 0).all() and (y[0, 0, :, 0] == 0).all()    # a NaN coordinate
+        if padding == "zeros":
+            np.testing.assert_array_equal(y, 0)
+        elif padding == "border":
+            # x = +inf / +1e30 (columns 1, 3) with y = -inf / -1e30 (rows 2, 4): top right
+            assert (y[0, 0, 2:5:2, 1:4:2] == x[0, 0, 0, -1]).all()
 
 
 # ---- autodiff ------------------------------------------------------------------------------------
@@ -212,6 +219,7 @@ def test_gradients_match_finite_differences_3d(mode, padding, align):
 
 
 # ---- AffineGrid ----------------------------------------------------------------------------------
+@pytest.mark.filterwarnings("ignore:Since version 1.3.0:UserWarning")  # torch on unit grids
 @pytest.mark.parametrize("size", [(2, 3, 5, 7), (2, 1, 3, 4, 6), (1, 1, 1, 1)])
 @pytest.mark.parametrize("align", [0, 1])
 def test_affine_grid_and_its_gradient_match_torch(size, align):

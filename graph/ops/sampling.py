@@ -9,8 +9,9 @@ near the edge repeats the edge pixel under the kernel, as torch does; onnx.refer
 position first and differs there). Every axis is independent: an axis yields taps (index,
 weight, the weight's derivative in the position) and the sample is their tensor product, for
 any number of spatial axes. Positions are computed in float32 (in float64 for a float64 grid),
-so nearest mode's round half to even picks exactly torch's pixel; a non-finite position samples
-nothing (zero).
+so nearest mode's round half to even picks exactly torch's pixel. A NaN position samples
+nothing (zero); an infinite one is as far out as any position past the border (zero, or the
+border pixel under ``border`` padding).
 
 The numpy reference below is the definition; ``kernels/sampling.pyx`` computes the same taps in
 one inline helper shared by its forward and backward loops.
@@ -30,10 +31,10 @@ PADDING_MODES = ("zeros", "border", "reflection")
 OPSET16_MODES = {"bilinear": "linear", "bicubic": "cubic"}
 OPSET20 = 20
 CUBIC_A = np.float32(-0.75)
-# Positions beyond this many pixels (and non-finite ones) are read as outside the image: they
-# are past any tap already, and their integer index would overflow.
+# Positions are kept within this many pixels of the origin (their integer index would overflow
+# beyond): a farther one left after padding reads zero, a cubic one is clamped to it first.
 FAR = np.float32(1 << 30)
-# Where such a position is parked (every tap of it outside, whatever the axis size).
+# Where a position left too far out (or NaN) is parked: every tap of it is outside the image.
 PARKED = np.float32(-100.0)
 
 
@@ -115,7 +116,9 @@ def axis_taps(g, size, mode, padding, align_corners):
     scale = _unnormalize_scale(size, align_corners)
     raw = []
     if mode == "cubic":
-        x, far = _parked(x)
+        nan = np.isnan(x)
+        far = nan | ~(np.abs(x) < FAR)
+        x = np.where(nan, PARKED, np.clip(x, -FAR, FAR)).astype(x.dtype)
         base = np.floor(x)
         t = (x - base).astype(x.dtype)
         weights, slopes = _cubic_weights(t)
@@ -123,7 +126,7 @@ def axis_taps(g, size, mode, padding, align_corners):
             tap, _ = _pad_coordinate((base + np.float32(k - 1)).astype(x.dtype), size,
                                      padding, align_corners)
             tap, _ = _parked(tap)
-            raw.append((tap, weights[k], slopes[k]))
+            raw.append((np.where(nan, PARKED, tap), weights[k], slopes[k]))
         dpos = np.where(far, np.float32(0), scale)
     else:
         x, grad = _pad_coordinate(x, size, padding, align_corners)
@@ -279,8 +282,10 @@ class GridSample(Op):
             if ctx.rank(inputs[0]) != 4:
                 raise ModelError(f"{node}: GridSample on a rank-{ctx.rank(inputs[0])} input "
                                  f"needs opset ≥ 20 (exporting at {ctx.opset})")
-            renamed = {v: k for k, v in OPSET16_MODES.items()}
-            attrs = dict(attrs, mode=renamed.get(attrs["mode"], attrs["mode"]))
+            if "mode" in attrs:
+                mode = _str(attrs["mode"])
+                renamed = {v: k for k, v in OPSET16_MODES.items()}
+                attrs = dict(attrs, mode=renamed.get(mode, mode))
         super().export(ctx, node, inputs, outputs, attrs)
 
     def compute(self, node, inputs):
