@@ -5,7 +5,7 @@ Wo). A 2-D sample is the 3-D one with D = Do = 1 and r = 2: its depth axis has o
 d grid for every mode and padding; forward and both gradients combine them the same way
 (``point_taps``), so the three loops cannot disagree on a tap."""
 from cython.parallel cimport prange
-from libc.math cimport fabsf, floorf, fmodf, nearbyintf
+from libc.math cimport fabsf, floorf, fmodf, lrintf
 
 from kernels.parallel cimport threads_for
 
@@ -98,6 +98,15 @@ cdef inline float parked(float x) noexcept nogil:
     return PARKED
 
 
+cdef inline float floor_near(float x) noexcept nogil:
+    """floorf(x) for |x| ≤ FAR + 2 (positions are parked or clamped before), in a cast and a
+    compare instead of the libm call the baseline instruction set needs for floorf."""
+    cdef float t = <float> <long> x
+    if t > x:
+        return t - 1
+    return t
+
+
 cdef inline long tap_index(float where, long size) noexcept nogil:
     if where >= 0 and where <= <float> (size - 1):
         return <long> where
@@ -139,7 +148,7 @@ cdef inline void axis_taps(float g, long size, int mode, int padding, bint align
             x = FAR
         elif x < -FAR:
             x = -FAR
-        base = floorf(x)
+        base = floor_near(x)
         t = x - base
         cubic_weights(t, taps.weight, taps.slope)
         taps.n = 4
@@ -151,11 +160,11 @@ cdef inline void axis_taps(float g, long size, int mode, int padding, bint align
     taps.dpos = grad * scale if x != PARKED else 0
     if mode == MODE_NEAREST:
         taps.n = 1
-        taps.index[0] = tap_index(nearbyintf(x), size)
+        taps.index[0] = tap_index(<float> lrintf(x), size)   # round half to even
         taps.weight[0] = 1
         taps.slope[0] = 0
         return
-    base = floorf(x)
+    base = floor_near(x)
     t = x - base
     taps.n = 2
     taps.index[0] = tap_index(base, size)
