@@ -152,6 +152,14 @@ def test_non_finite_and_huge_positions_are_safe_and_agree():
                                               [x, grid])
         np.testing.assert_array_equal(y, ref)
         assert np.isfinite(y).all()
+        dy = np.ones_like(y)
+        grads = run_one("GridSampleGrad", {"dy": dy, "x": x, "grid": grid}, attrs,
+                        outputs=("dx", "dgrid"), domain=TRAINING_DOMAIN)
+        node = Node("GridSampleGrad", [], [], dict(attrs))
+        for got, want in zip(grads, get_op("GridSampleGrad", TRAINING_DOMAIN).compute(
+                node, [dy, x, grid])):
+            np.testing.assert_allclose(got, want, rtol=1e-6)
+            assert np.isfinite(got).all()
         assert (y[0, 0, 0] == 0).all() and (y[0, 0, :, 0] == 0).all()    # a NaN coordinate
         if padding == "zeros":
             np.testing.assert_array_equal(y, 0)

@@ -201,9 +201,10 @@ def grid_sample_grad_reference(dy, x, grid, attrs):
     for flat, valid, weight, combo in _corners(plan, spatial):
         gy = np.where(valid[:, None, :], dys, 0.0)
         np.add.at(dx, (batch, channel, flat[:, None, :]), gy * weight[:, None, :])
-        if planes.shape[2] == 0:
+        if planes.shape[2] == 0 or attrs["mode"] == "nearest":
             continue
-        seen = (np.take_along_axis(planes, flat[:, None, :], axis=2) * gy).sum(axis=1)
+        seen = np.where(valid[:, None, :], np.take_along_axis(planes, flat[:, None, :], axis=2)
+                        * dys, 0.0).sum(axis=1)
         for k in range(r):
             factors = [s if j == k else w for j, (_, _, w, s) in enumerate(combo)]
             dpos[k] += seen * np.prod([f.astype(np.float64) for f in factors], axis=0)
