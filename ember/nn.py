@@ -975,6 +975,35 @@ def _narrow(x, dim, start, length):
                                   np.array([int(dim)], np.int64)])
 
 
+_GRID_SAMPLE_MODES = {"bilinear": "linear", "nearest": "nearest", "bicubic": "cubic"}
+
+
+def _grid_sample(input, grid, mode="bilinear", padding_mode="zeros", align_corners=False):
+    """torch.nn.functional.grid_sample as ONNX GridSample: ``mode`` bilinear (trilinear on a
+    5-D input), nearest or bicubic (4-D only, as in torch); ``padding_mode`` zeros, border or
+    reflection."""
+    if mode not in _GRID_SAMPLE_MODES:
+        raise ValueError(f"grid_sample: mode must be one of {tuple(_GRID_SAMPLE_MODES)}, got "
+                         f"{mode!r}")
+    if mode == "bicubic" and input.ndim != 4:
+        raise ShapeError(f"grid_sample: mode 'bicubic' needs a 4-D input, got shape "
+                         f"{input.shape}")
+    return input.builder.op("GridSample", [input, grid], mode=_GRID_SAMPLE_MODES[mode],
+                            padding_mode=str(padding_mode), align_corners=int(bool(align_corners)))
+
+
+def _affine_grid(theta, size, align_corners=False):
+    """torch.nn.functional.affine_grid as ONNX AffineGrid: theta (N, 2, 3) with size
+    (N, C, H, W), or (N, 3, 4) with (N, C, D, H, W)."""
+    b = theta.builder
+    rest = np.array([int(d) for d in list(size)[1:]], np.int64)
+    if isinstance(size[0], str):   # a symbolic batch: theta's, read at run time
+        size = b.op("Concat", [b.op("Shape", [theta], start=0, end=1), rest], axis=0)
+    else:
+        size = np.concatenate([[int(size[0])], rest]).astype(np.int64)
+    return b.op("AffineGrid", [theta, size], align_corners=int(bool(align_corners)))
+
+
 functional = types.ModuleType(__name__ + ".functional",
                               "torch.nn.functional-style ops on traced graph values.")
 functional.__dict__.update(
@@ -1013,6 +1042,8 @@ functional.__dict__.update(
         **{k: v for k, v in _pool_attrs(x, kernel_size, stride, padding, 1,
                                         ceil_mode).items() if k != "dilations"}),
     adaptive_avg_pool2d=_adaptive_avg_pool2d,
+    grid_sample=_grid_sample,
+    affine_grid=_affine_grid,
     dropout=lambda x, p=0.5, training=True: x.builder.dropout(x, p, training),
     parameter=_value,
 )

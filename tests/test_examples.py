@@ -26,6 +26,7 @@ import alphago_policy  # noqa: E402
 import lenet  # noqa: E402
 import optimizers  # noqa: E402
 import resnet_inception  # noqa: E402
+import spatial_transformer  # noqa: E402
 import toy_cnn  # noqa: E402
 import train_digits  # noqa: E402
 import yolo_grid  # noqa: E402
@@ -375,6 +376,18 @@ def test_train_digits_end_to_end(tmp_path):
     assert r["latency_ms"] > 0
     restored = ember.Trainer.restore(tmp_path / "digits.ember")
     np.testing.assert_array_equal(restored.predict(x_test), r["predict"])
+
+
+# ---- spatial_transformer.py: affine_grid + grid_sample in front of a CNN ---------------------------
+def test_spatial_transformer_trains_and_writes_its_png(tmp_path):
+    """A reduced run (800 distorted digits, 4 epochs; seeded): the STN learns (accuracy far
+    above the 10 % of chance, measured 44 %) and beats the classifier alone (29 %); the PNG of
+    inputs above the transformer's outputs is written."""
+    path = tmp_path / "stn.png"
+    stn_acc, plain_acc = spatial_transformer.run(epochs=4, png=str(path), limit=800)
+    assert stn_acc >= 0.35 and stn_acc > plain_acc, (stn_acc, plain_acc)
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 200
 
 
 # ---- the README lists every example --------------------------------------------------------------

@@ -396,7 +396,12 @@ def test_conformance_cases_round_trip_through_ember():
     for case in CASES[::4]:
         if case.name in TRAINING_CASES:
             continue
-        rep = ember.backend.prepare(to_onnx(load_onnx(case.model)))
+        try:
+            exported = to_onnx(load_onnx(case.model))
+        except ember.ModelError as e:   # a form the default opset cannot express, refused
+            assert "opset" in str(e), e
+            continue
+        rep = ember.backend.prepare(exported)
         for inputs, expected in case.data_sets:
             got = rep.run([_array(x) for x in inputs])
             if not _matches(got, expected, case):
