@@ -66,6 +66,12 @@ class Parameter:
     def ndim(self) -> int:
         return len(self.shape)
 
+    def requires_grad_(self, requires_grad: bool = True) -> "Parameter":
+        """torch's ``requires_grad_``: False freezes the parameter (a Trainer leaves it as it
+        is and its optimizer holds no state for it)."""
+        self.requires_grad = bool(requires_grad)
+        return self
+
     def materialize(self, rng: np.random.Generator) -> np.ndarray:
         if self.data is None:
             self.data = initialize(self.init, self.shape, rng, self.dtype, **self.init_args)
@@ -90,6 +96,11 @@ class Parameter:
 class Buffer(Parameter):
     """Model state that is not trained by gradient (BatchNorm's running statistics)."""
     requires_grad = False
+
+    def requires_grad_(self, requires_grad: bool = True) -> "Buffer":
+        if requires_grad:
+            raise ModelError(f"{self!r} is a buffer: it is never trained by gradient")
+        return self
 
 
 # ---- tracing ---------------------------------------------------------------------------------
@@ -290,6 +301,34 @@ class Module:
                                  f"expects {own[name].shape}")
             own[name].data = np.array(arr, copy=True)
         return missing, unexpected
+
+    def requires_grad_(self, requires_grad: bool = True) -> "Module":
+        """torch's ``requires_grad_``: every parameter of this module and its submodules
+        trainable (True) or frozen (False)."""
+        for p in self.parameters():
+            p.requires_grad_(requires_grad)
+        return self
+
+    def freeze(self) -> "Module":
+        """``requires_grad_(False)``: a Trainer leaves these parameters as they are, and
+        BatchNorm layers whose affine parameters are all frozen keep their running statistics
+        (used, not updated: Keras's frozen-layer rule)."""
+        return self.requires_grad_(False)
+
+    def unfreeze(self) -> "Module":
+        return self.requires_grad_(True)
+
+    def _fixed_statistics(self, model_training: bool):
+        """The Buffers of this module (not of its submodules) that training must use and leave
+        unchanged; ``model_training`` is the mode of the model being trained."""
+        return ()
+
+    def frozen_statistics(self) -> list:
+        """Names of the running statistics a Trainer uses but does not update: those of
+        BatchNorm layers that are frozen, or left in eval mode (``backbone.eval()``) inside a
+        model in training mode, as torch keeps them."""
+        fixed = {id(b) for m in self.modules() for b in m._fixed_statistics(self.training)}
+        return [name for name, b in self.named_buffers() if id(b) in fixed]
 
     def train(self, mode: bool = True) -> "Module":
         for m in self.modules():
@@ -558,6 +597,12 @@ class _BatchNorm(Module):
         self.bias = Parameter((num_features,), "zeros") if affine else None
         self.running_mean = Buffer((num_features,), "zeros")
         self.running_var = Buffer((num_features,), "ones")
+
+    def _fixed_statistics(self, model_training: bool):
+        frozen = self.affine and not (self.weight.requires_grad or self.bias.requires_grad)
+        if frozen or (model_training and not self.training):
+            return (self.running_mean, self.running_var)
+        return ()
 
     def forward(self, x):
         if x.ndim not in self._ranks:
@@ -1027,3 +1072,8 @@ from .runtime.losses import (BCEWithLogitsLoss, CrossEntropyLoss, HuberLoss,  # 
                              L1Loss, Loss, MSELoss)
 
 __all__ += ["Loss", "CrossEntropyLoss", "BCEWithLogitsLoss", "MSELoss", "L1Loss", "HuberLoss"]
+
+# ---- transfer learning: an imported ONNX model, cut at a named value (ember/nn_onnx.py) ------
+from .nn_onnx import OnnxModule, load_onnx  # noqa: E402
+
+__all__ += ["OnnxModule", "load_onnx"]
