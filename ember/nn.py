@@ -39,8 +39,9 @@ import numpy as np
 
 from .graph.builder import Builder, Value, initialize
 from .graph.errors import ModelError, ShapeError
-from .graph.ir import Graph
+from .graph.ir import Graph, Node
 from .graph.ops import get_op
+from .graph.ops.base import fill_attrs
 
 __all__ = ["Parameter", "Buffer", "Module", "Sequential", "ModuleList", "Conv1d", "Conv2d",
            "ConvTranspose2d", "MaxPool1d", "AvgPool1d", "LocalResponseNorm", "Linear",
@@ -1144,6 +1145,21 @@ class OnnxModule(Module):
             for name in node.inputs:
                 if name in graph.initializers and name not in self._state:
                     self._constants[name] = np.asarray(graph.initializers[name])
+        self._nodes = [n for n in self._nodes if not self._fold_constant_node(n)]
+
+    def _fold_constant_node(self, node) -> bool:
+        """A Constant node's value (axes, pads, shapes torch writes as nodes) made a constant
+        of the traced graph, so that the nodes reading it can be shape-inferred as traced."""
+        if node.op_type != "Constant" or node.domain:
+            return False
+        op = get_op(node.op_type, node.domain)
+        filled = Node(node.op_type, [], list(node.outputs), dict(node.attrs), node.name)
+        fill_attrs(op, filled)
+        (value,) = op.compute(filled, [])
+        if value is None or not node.outputs:
+            return False            # tracing it names what is wrong
+        self._constants[node.outputs[0]] = np.asarray(value)
+        return True
 
     def _fixed_statistics(self, model_training: bool):
         fixed = []

@@ -24,12 +24,12 @@ STATE_KEYS = {"conv/W:0": "conv_W_0", "conv/B:0": "conv_B_0", "bn.gamma": "bn.ga
               "fc1.weight": "fc1.weight", "fc1.bias": "fc1.bias",
               "fc2.weight": "fc2.weight", "fc2.bias": "fc2.bias"}
 BUFFERS = ("bn.mean", "bn.var")
-VALUES = ["conv_out", "bn_out", "relu1", "pool", "flat", "fc1_out", "relu2", "logits"]
 
 
 def _model(two_inputs: bool = False) -> onnx.ModelProto:
-    """Conv → BatchNormalization → Relu → MaxPool → Reshape → Gemm → Relu → Gemm on (N, 1, 6, 6),
-    with BN statistics far from 0/1 so that using the wrong ones shows."""
+    """Conv → BatchNormalization → Relu → MaxPool → Mul by a Constant node → Reshape (shape an
+    int64 initializer) → Gemm → Relu → Gemm on (N, 1, 6, 6), with BN statistics far from 0/1
+    so that using the wrong ones shows."""
     rng = np.random.default_rng(0)
 
     def init(name, *shape, lo=-0.5, hi=0.5):
@@ -49,7 +49,10 @@ def _model(two_inputs: bool = False) -> onnx.ModelProto:
         helper.make_node("Relu", ["bn_out"], ["relu1"], name="relu1"),
         helper.make_node("MaxPool", ["relu1"], ["pool"], kernel_shape=[2, 2], strides=[2, 2],
                          name="pool"),
-        helper.make_node("Reshape", ["pool", "flat_shape"], ["flat"], name="flatten"),
+        helper.make_node("Constant", [], ["half"], name="half",
+                         value=numpy_helper.from_array(np.array(0.5, np.float32))),
+        helper.make_node("Mul", ["pool", "half"], ["scaled"], name="scale"),
+        helper.make_node("Reshape", ["scaled", "flat_shape"], ["flat"], name="flatten"),
         helper.make_node("Gemm", ["flat", "fc1.weight", "fc1.bias"], ["fc1_out"], transB=1,
                          name="fc1"),
         helper.make_node("Relu", ["fc1_out"], ["relu2"], name="relu2"),
@@ -95,7 +98,7 @@ def _forward(module, x) -> np.ndarray:
 
 
 # ---- the cut module's forward --------------------------------------------------------------------
-@pytest.mark.parametrize("until", ["bn_out", "pool", "flat", "relu2", "logits"])
+@pytest.mark.parametrize("until", ["bn_out", "pool", "scaled", "flat", "relu2", "logits"])
 def test_cut_forward_matches_onnxruntime(model_bytes, x, until):
     """float32 on both sides, sums of ≤ 36 terms of size ≤ ~10: 1e-5 absolute covers the
     different summation orders."""
