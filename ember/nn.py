@@ -1093,7 +1093,7 @@ class OnnxModule(Module):
     single non-initializer input) — transfer learning:
 
         backbone = nn.load_onnx("digits0-4.onnx", until="flatten/Flatten", freeze=True)
-        model = nn.Sequential(backbone, nn.Linear(64, 5))        # a new head
+        model = nn.Sequential(backbone, nn.Linear(256, 5))       # a new head
         trainer = ember.Trainer(model, input_shape=(1, 8, 8))    # trains the head only
 
     ``forward`` writes the imported nodes from the data input up to the producer of ``until``

@@ -252,6 +252,17 @@ def test_frozen_nn_batchnorm_keeps_its_statistics(data):
         np.testing.assert_array_equal(t.state_dict()["1.running_var"], stats)
 
 
+def test_frozen_statistics_survive_a_checkpoint(model_bytes, data, tmp_path):
+    X, y = data
+    t = _trainer(nn.Sequential(nn.load_onnx(model_bytes, until="relu2"), nn.Linear(HIDDEN, 2)))
+    t.save(tmp_path / "t.ember")
+    restored = ember.Trainer.restore(tmp_path / "t.ember")
+    stats = restored.state_dict()["0.bn.var"]
+    restored.fit(X, y, epochs=1, verbose=False)
+    np.testing.assert_array_equal(restored.state_dict()["0.bn.var"], stats)
+    assert restored.trainable == ["1.weight", "1.bias"]
+
+
 def test_fine_tuned_export_runs_in_onnxruntime(model_bytes, data, tmp_path):
     X, y = data
     t = _trainer(nn.Sequential(nn.load_onnx(model_bytes, until="flat"), nn.Linear(FLAT, 2)))
