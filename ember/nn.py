@@ -21,10 +21,16 @@ parameters allocates nothing. ``forward`` runs once, on symbolic values (``ember
 A custom loss is a Module too: ``forward(pred, target)`` returning a scalar, passed as
 ``ember.Trainer(model, loss=MyLoss())``; the Trainer traces it onto the model's output (see
 ``runtime/losses.py``, ``ModuleLoss``). ``functional.sum``/``mean``/``narrow`` help write one.
+
+Transfer learning: ``nn.load_onnx(path, until="<value>", freeze=True)`` is an imported ONNX model
+cut at a named value, as a Module to put in front of a new head (``OnnxModule``); frozen
+parameters (``requires_grad_``, ``freeze``/``unfreeze``) are left alone by a Trainer.
 """
 from __future__ import annotations
 
+import difflib
 import math
+import re
 import sys
 import types
 from collections import OrderedDict
@@ -33,6 +39,9 @@ import numpy as np
 
 from .graph.builder import Builder, Value, initialize
 from .graph.errors import ModelError, ShapeError
+from .graph.ir import Graph, Node
+from .graph.ops import get_op
+from .graph.ops.base import fill_attrs
 
 __all__ = ["Parameter", "Buffer", "Module", "Sequential", "ModuleList", "Conv1d", "Conv2d",
            "ConvTranspose2d", "MaxPool1d", "AvgPool1d", "LocalResponseNorm", "Linear",
@@ -66,6 +75,12 @@ class Parameter:
     def ndim(self) -> int:
         return len(self.shape)
 
+    def requires_grad_(self, requires_grad: bool = True) -> "Parameter":
+        """torch's ``requires_grad_``: False freezes the parameter (a Trainer leaves it as it
+        is and its optimizer holds no state for it)."""
+        self.requires_grad = bool(requires_grad)
+        return self
+
     def materialize(self, rng: np.random.Generator) -> np.ndarray:
         if self.data is None:
             self.data = initialize(self.init, self.shape, rng, self.dtype, **self.init_args)
@@ -90,6 +105,11 @@ class Parameter:
 class Buffer(Parameter):
     """Model state that is not trained by gradient (BatchNorm's running statistics)."""
     requires_grad = False
+
+    def requires_grad_(self, requires_grad: bool = True) -> "Buffer":
+        if requires_grad:
+            raise ModelError(f"{self!r} is a buffer: it is never trained by gradient")
+        return self
 
 
 # ---- tracing ---------------------------------------------------------------------------------
@@ -290,6 +310,34 @@ class Module:
                                  f"expects {own[name].shape}")
             own[name].data = np.array(arr, copy=True)
         return missing, unexpected
+
+    def requires_grad_(self, requires_grad: bool = True) -> "Module":
+        """torch's ``requires_grad_``: every parameter of this module and its submodules
+        trainable (True) or frozen (False)."""
+        for p in self.parameters():
+            p.requires_grad_(requires_grad)
+        return self
+
+    def freeze(self) -> "Module":
+        """``requires_grad_(False)``: a Trainer leaves these parameters as they are, and
+        BatchNorm layers whose affine parameters are all frozen keep their running statistics
+        (used, not updated: Keras's frozen-layer rule)."""
+        return self.requires_grad_(False)
+
+    def unfreeze(self) -> "Module":
+        return self.requires_grad_(True)
+
+    def _fixed_statistics(self, model_training: bool):
+        """The Buffers of this module (not of its submodules) that training must use and leave
+        unchanged; ``model_training`` is the mode of the model being trained."""
+        return ()
+
+    def frozen_statistics(self) -> list:
+        """Names of the running statistics a Trainer uses but does not update: those of
+        BatchNorm layers that are frozen, or left in eval mode (``backbone.eval()``) inside a
+        model in training mode, as torch keeps them."""
+        fixed = {id(b) for m in self.modules() for b in m._fixed_statistics(self.training)}
+        return [name for name, b in self.named_buffers() if id(b) in fixed]
 
     def train(self, mode: bool = True) -> "Module":
         for m in self.modules():
@@ -558,6 +606,12 @@ class _BatchNorm(Module):
         self.bias = Parameter((num_features,), "zeros") if affine else None
         self.running_mean = Buffer((num_features,), "zeros")
         self.running_var = Buffer((num_features,), "ones")
+
+    def _fixed_statistics(self, model_training: bool):
+        frozen = self.affine and not (self.weight.requires_grad or self.bias.requires_grad)
+        if frozen or (model_training and not self.training):
+            return (self.running_mean, self.running_var)
+        return ()
 
     def forward(self, x):
         if x.ndim not in self._ranks:
@@ -1058,3 +1112,221 @@ from .runtime.losses import (BCEWithLogitsLoss, CrossEntropyLoss, HuberLoss,  # 
                              L1Loss, Loss, MSELoss)
 
 __all__ += ["Loss", "CrossEntropyLoss", "BCEWithLogitsLoss", "MSELoss", "L1Loss", "HuberLoss"]
+
+# ---- transfer learning: an imported ONNX model, cut at a named value ---------------------------
+_BUILDER_ARGS = ("num_outputs", "name", "domain")   # attribute names Builder.op takes itself
+_LISTED = 12    # value names an error message lists before eliding the rest
+
+
+class OnnxModule(Module):
+    """The part of an ONNX model (path, bytes or ``onnx.ModelProto``) that computes ``until``
+    (None: the model's single output) from the data input ``input_name`` (None: the model's
+    single non-initializer input) — transfer learning:
+
+        backbone = nn.load_onnx("digits0-4.onnx", until="flatten/Flatten", freeze=True)
+        model = nn.Sequential(backbone, nn.Linear(256, 5))       # a new head
+        trainer = ember.Trainer(model, input_shape=(1, 8, 8))    # trains the head only
+
+    ``forward`` writes the imported nodes from the data input up to the producer of ``until``
+    into the graph being traced, as the file wrote them (inference semantics: the Trainer
+    switches BatchNormalization and Dropout to their training forms itself). The float
+    initializers feeding an op's ``parameter_inputs`` / ``buffer_inputs`` (the rule of
+    ``Trainer.from_onnx``) become Parameters and Buffers named after the initializers (as
+    state_dict keys: letters, digits, ``_`` and dots), so the cut model's state_dict keys are the
+    exporting model's; other initializers (shapes, axes) stay constants.
+
+    ``freeze=True`` freezes every parameter (``requires_grad_(False)``). A BatchNorm node whose
+    scale and bias are both frozen, or every one while this module is in eval mode inside a model
+    in training mode, keeps its running statistics in training (``frozen_statistics``)."""
+
+    def __init__(self, src, until: str | None = None, freeze: bool = True,
+                 input_name: str | None = None):
+        super().__init__()
+        from .importers.onnx import load_onnx as import_onnx
+        graph = import_onnx(src)
+        self.input_name = _data_input(graph, input_name)
+        self.input_type = graph.types[self.input_name]
+        self.until = _output(graph, until)
+        self._nodes = _cut(graph, self.input_name, self.until)
+        self._constants, self._state = {}, {}    # initializer -> array / Parameter or Buffer
+        self._batch_norms = []                   # (scale, bias, mean, var) initializer names
+        self._collect_state(graph)
+        if freeze:
+            self.freeze()
+
+    def _collect_state(self, graph: Graph):
+        keys: set = set()
+        for node in self._nodes:
+            op = get_op(node.op_type, node.domain)
+            for slots, kind in ((op.parameter_inputs, Parameter), (op.buffer_inputs, Buffer)):
+                for i in slots:
+                    name = node.input(i)
+                    a = graph.initializers.get(name)
+                    if a is None or name in self._state or np.asarray(a).dtype.kind != "f" \
+                            or np.ndim(a) < 1:
+                        continue
+                    a = np.asarray(a)
+                    p = kind(a, dtype=a.dtype)
+                    self._state[name] = p
+                    store = self._buffers if kind is Buffer else self._parameters
+                    store[_state_key(name, keys)] = p
+            if node.op_type == "BatchNormalization":
+                self._batch_norms.append(tuple(node.input(i) for i in range(1, 5)))
+        for node in self._nodes:
+            for name in node.inputs:
+                if name in graph.initializers and name not in self._state:
+                    self._constants[name] = np.asarray(graph.initializers[name])
+        self._nodes = [n for n in self._nodes if not self._fold_constant_node(n)]
+
+    def _fold_constant_node(self, node) -> bool:
+        """A Constant node's value (axes, pads, shapes torch writes as nodes) made a constant
+        of the traced graph, so that the nodes reading it can be shape-inferred as traced."""
+        if node.op_type != "Constant" or node.domain:
+            return False
+        op = get_op(node.op_type, node.domain)
+        filled = Node(node.op_type, [], list(node.outputs), dict(node.attrs), node.name)
+        fill_attrs(op, filled)
+        (value,) = op.compute(filled, [])
+        if value is None or not node.outputs:
+            return False            # tracing it names what is wrong
+        self._constants[node.outputs[0]] = np.asarray(value)
+        return True
+
+    def _fixed_statistics(self, model_training: bool):
+        fixed = []
+        for names in self._batch_norms:
+            scale, bias, mean, var = (self._state.get(n) for n in names)
+            if not (isinstance(mean, Buffer) and isinstance(var, Buffer)):
+                continue
+            affine = [p for p in (scale, bias) if isinstance(p, Parameter)]
+            if (model_training and not self.training) or \
+                    (affine and not any(p.requires_grad for p in affine)):
+                fixed += [mean, var]
+        return fixed
+
+    def forward(self, x):
+        self._check_input(x)
+        b = x.builder
+        env = {self.input_name: x}
+        for name, p in self._state.items():
+            env[name] = _value(p)
+        for name, a in self._constants.items():
+            env[name] = b.constant(a, dtype=a.dtype)
+        for node in self._nodes:
+            outs = list(node.outputs)
+            while len(outs) > 1 and not outs[-1]:
+                outs.pop()
+            attrs = {k: v for k, v in node.attrs.items() if k not in _BUILDER_ARGS}
+            b.scope.append(node.name)     # node names carry the imported node's name
+            try:
+                ys = b.op(node.op_type, [env[i] if i else None for i in node.inputs],
+                          num_outputs=len(outs), domain=node.domain, **attrs)
+            finally:
+                b.scope.pop()
+            b.graph.nodes[-1].attrs.update((k, v) for k, v in node.attrs.items()
+                                           if k in _BUILDER_ARGS)
+            env.update((o, y) for o, y in zip(outs, ys if len(outs) > 1 else (ys,)) if o)
+        return env[self.until]
+
+    def _check_input(self, x):
+        want = self.input_type.shape
+        if x.dtype != self.input_type.dtype or x.ndim != len(want) or any(
+                isinstance(w, (int, np.integer)) and isinstance(d, (int, np.integer)) and w != d
+                for w, d in zip(want[1:], x.shape[1:])):
+            raise ShapeError(f"OnnxModule: input {self.input_name!r} of the imported model is "
+                             f"{self.input_type}, got {x.dtype}[{'×'.join(map(str, x.shape))}]")
+
+    def extra_repr(self):
+        return (f"input={self.input_name!r}, until={self.until!r}, nodes={len(self._nodes)}, "
+                f"params={self.num_parameters()}")
+
+
+def load_onnx(src, until: str | None = None, freeze: bool = True,
+              input_name: str | None = None) -> OnnxModule:
+    """``OnnxModule(src, until, freeze, input_name)``: an imported ONNX model, cut at value
+    ``until``, as a Module to put in front of a new head."""
+    return OnnxModule(src, until, freeze, input_name)
+
+
+# ---- choosing the nodes ------------------------------------------------------------------------
+def _data_input(graph: Graph, input_name):
+    data = [n for n in graph.inputs if n not in graph.initializers]
+    if input_name is None:
+        if len(data) != 1:
+            raise ModelError(f"load_onnx: the model has {len(data)} data inputs {data}; pass "
+                             f"input_name= to choose the one the module's forward(x) feeds")
+        return data[0]
+    if input_name not in data:
+        raise ModelError(f"load_onnx: input_name {input_name!r} is not a data input of the "
+                         f"model (its data inputs: {data})")
+    return input_name
+
+
+def _output(graph: Graph, until):
+    if until is not None:
+        return str(until)
+    if len(graph.outputs) != 1:
+        raise ModelError(f"load_onnx: the model has {len(graph.outputs)} outputs "
+                         f"{graph.outputs}; pass until= to name the value to cut at")
+    return graph.outputs[0]
+
+
+def _cut(graph: Graph, data: str, until: str) -> list:
+    """The nodes that compute ``until`` from ``data`` and the initializers, in graph order."""
+    producer = {o: n for n in graph.nodes for o in n.outputs if o}
+    reachable = {data}
+    for node in graph.nodes:
+        if any(i in reachable for i in node.inputs if i):
+            reachable.update(o for o in node.outputs if o)
+    on_path = [o for n in graph.nodes for o in n.outputs if o in reachable]
+    if until not in producer:
+        what = ("is the data input itself" if until == data else
+                "is an initializer (a constant), not a computed value"
+                if until in graph.initializers else
+                "is an input of the model, not a computed value" if until in graph.inputs else
+                "names no value of the model")
+        raise ModelError(f"load_onnx: until={until!r} {what}; {_nearby(until, on_path)}")
+    if until not in reachable:
+        raise ModelError(f"load_onnx: until={until!r} does not depend on the input {data!r}; "
+                         f"{_nearby(until, on_path)}")
+    needed, wanted = set(), [until]
+    while wanted:
+        node = producer.get(wanted.pop())
+        if node is None or id(node) in needed:
+            continue
+        needed.add(id(node))
+        for i in node.inputs:
+            if not i or i == data or i in graph.initializers:
+                continue
+            if i not in producer:
+                raise ModelError(f"load_onnx: until={until!r} needs {i!r}, an input of the "
+                                 f"model other than {data!r}; pass input_name= or cut earlier")
+            wanted.append(i)
+    return [n for n in graph.nodes if id(n) in needed]
+
+
+def _nearby(name: str, values: list) -> str:
+    """Close matches to ``name``, then the values computed from the input, in order."""
+    close = difflib.get_close_matches(name, values, n=3, cutoff=0.5)
+    shown = values if len(values) <= 2 * _LISTED else \
+        values[:_LISTED] + ["…"] + values[-_LISTED:]
+    hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
+    return f"{hint}values computed from the input, in order: {', '.join(shown)}"
+
+
+_UNSAFE = re.compile(r"[^0-9A-Za-z_.]")
+
+
+def _state_key(name: str, taken: set) -> str:
+    """``name`` as a state_dict key: letters, digits, ``_`` and non-empty dotted parts."""
+    key = ".".join(p for p in _UNSAFE.sub("_", name).split(".") if p) or "param"
+    unique, k = key, 0
+    while unique in taken:
+        k += 1
+        unique = f"{key}_{k}"
+    taken.add(unique)
+    return unique
+
+
+__all__ += ["OnnxModule", "load_onnx"]
+

@@ -63,12 +63,16 @@ def _model_graph(model, input_shape, seed):
     if input_shape is None:
         raise ModelError("input_shape= (one sample's shape, without the batch dim) is needed to "
                          "trace an nn.Module")
-    was_training = bool(getattr(model, "training", False))
+    modes = [(m, m.training) for m in model.modules()]
+    frozen_statistics = model.frozen_statistics()
     model.eval()
     try:
         g = to_graph(input_shape=(BATCH,) + tuple(input_shape), seed=seed)
     finally:
-        model.train(was_training)
+        for m, training in modes:    # each its own: a backbone.eval() inside stays in eval
+            m.train(training)
+    if frozen_statistics:
+        g.metadata["frozen_statistics"] = frozen_statistics
     names = list(model.state_dict().keys())
     trainable = {n for n, p in model.named_parameters() if getattr(p, "requires_grad", True)}
     params = [n for n in names if n in set(g.metadata.get("parameters", []))]

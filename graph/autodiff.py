@@ -31,7 +31,8 @@ def to_training(graph: Graph, seed: int = 0) -> Graph:
     """A copy of ``graph`` with BatchNormalization in training mode (batch statistics, running
     statistics updated through two new outputs recorded in ``metadata["buffer_updates"]``, the
     running variance updated with the unbiased batch variance as torch does:
-    ``running_var_unbiased=1``) and Dropout active (constant ``training_mode`` input, a
+    ``running_var_unbiased=1``; a node whose statistics are not both buffers, or are listed in
+    ``metadata["frozen_statistics"]`` — a frozen layer — stays in eval mode) and Dropout active (constant ``training_mode`` input, a
     ``mask`` output, a ``seed`` attribute, and as 4th input one shared int64 scalar graph input
     ``dropout_step`` — its name is in ``metadata["dropout_step"]`` — the training step the masks
     are drawn for, which the caller binds and advances once per step)."""
@@ -39,6 +40,7 @@ def to_training(graph: Graph, seed: int = 0) -> Graph:
     g.metadata = {k: (dict(v) if isinstance(v, dict) else list(v) if isinstance(v, list)
                       else v) for k, v in g.metadata.items()}
     buffers = set(g.metadata.get("buffers", ()))
+    frozen = set(g.metadata.get("frozen_statistics", ()))
     updates = g.metadata.setdefault("buffer_updates", {})
     taken = _taken_names(g)
     true_name = step_name = None
@@ -47,7 +49,7 @@ def to_training(graph: Graph, seed: int = 0) -> Graph:
             mean, var = node.input(3), node.input(4)
             if int(node.attrs.get("training_mode", 0)):
                 continue   # already traced in training mode
-            if mean not in buffers or var not in buffers:
+            if mean not in buffers or var not in buffers or mean in frozen or var in frozen:
                 continue   # frozen statistics: stays in eval mode, gradients still flow
             node.attrs["training_mode"] = 1
             node.attrs["running_var_unbiased"] = 1
