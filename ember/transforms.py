@@ -404,37 +404,69 @@ def _warp(x: np.ndarray, theta: np.ndarray, interpolation: str, fill: np.ndarray
     ``grid_sample(x, grid, interpolation, padding_mode="zeros", align_corners=False)`` — and
     blend toward ``fill`` (C, 1, 1) by the sampled in-image mask, as torchvision's tensor
     ``rotate``/``affine`` do (bilinear: x̂·m + (1 − m)·fill, m the in-image weight; nearest:
-    fill where the nearest pixel is outside). Returns a new float32 array."""
+    fill where the nearest pixel is outside). Returns a new float32 array.
+
+    Vectorised over the batch: the source coordinate of output pixel (i, j) is affine in i and
+    j, so it is a row term plus a column term; the image is padded by two zero pixels a side,
+    so clipping every coordinate into the padding makes all outside reads zero without a mask,
+    and each corner is one gather of channel-last rows."""
     n, channels, height, width = x.shape
-    xs = ((2 * np.arange(width, dtype=np.float32) + 1) / width - 1)[None, None, :]
-    ys = ((2 * np.arange(height, dtype=np.float32) + 1) / height - 1)[None, :, None]
-    t = theta.astype(np.float32)[:, :, :, None, None]
-    # grid_sample's unnormalisation, (g + 1)·size/2 − ½, folded into θ's rows
-    ix = ((t[:, 0, 0] * xs + t[:, 0, 1] * ys + t[:, 0, 2]) + 1) * (width / 2) - 0.5
-    iy = ((t[:, 1, 0] * xs + t[:, 1, 1] * ys + t[:, 1, 2]) + 1) * (height / 2) - 0.5
-    flat = x.reshape(n, channels, height * width)
+    # grid_sample's source pixel: ((θ·g) + 1)·size/2 − ½ with g = (2k + 1)/size − 1, as
+    # coefficients of the output row i and column j
+    t = theta.astype(np.float64)
+    j = np.arange(width, dtype=np.float64)
+    i = np.arange(height, dtype=np.float64)
+
+    def source(row, size):
+        per_col = t[:, row, 0] * size / width
+        per_row = t[:, row, 1] * size / height
+        const = (t[:, row, 2] + 1 - t[:, row, 0] * (1 - 1 / width)
+                 - t[:, row, 1] * (1 - 1 / height)) * size / 2 - 0.5
+        return ((per_row[:, None, None] * i[None, :, None] + const[:, None, None])
+                .astype(np.float32) + (per_col[:, None, None] * j[None, None, :])
+                .astype(np.float32))
+    ix, iy = source(0, width), source(1, height)
+    padded_w, padded_h = width + 4, height + 4
+    rows = np.zeros((n, padded_h, padded_w, channels), np.float32)
+    rows[:, 2:-2, 2:-2] = x.transpose(0, 2, 3, 1)
+    rows = rows.reshape(n * padded_h * padded_w, channels)
+    base = (np.arange(n) * (padded_h * padded_w)).reshape(n, 1, 1)
+
+    def corner_index(cx, cy):
+        """Flat row of pixel (cx, cy), coordinates clipped into the zero padding."""
+        return ((np.clip(cy, -2, height).astype(np.intp) + 2) * padded_w
+                + np.clip(cx, -2, width).astype(np.intp) + 2 + base).reshape(-1)
+
+    def gather(index, offset=0):
+        return np.take(rows, index + offset if offset else index, axis=0).reshape(
+            n, height, width, channels)
+
+    def inside(c, size):
+        return (c >= 0) & (c <= size - 1)
+    fill = np.asarray(fill, np.float32).reshape(-1)
     if interpolation == "nearest":
-        corners = [(np.rint(ix), np.rint(iy), None)]
+        cx, cy = np.rint(ix), np.rint(iy)
+        out = gather(corner_index(cx, cy))
+        if fill.any():
+            outside = ~(inside(cx, width) & inside(cy, height))
+            out = np.where(outside[..., None], fill, out)
     else:
         x0, y0 = np.floor(ix), np.floor(iy)
-        fx, fy = ix - x0, iy - y0
-        corners = [(x0, y0, (1 - fx) * (1 - fy)), (x0 + 1, y0, fx * (1 - fy)),
-                   (x0, y0 + 1, (1 - fx) * fy), (x0 + 1, y0 + 1, fx * fy)]
-    out = np.zeros((n, channels, height * width), np.float32)
-    mask = np.zeros((n, 1, height * width), np.float32)
-    for cx, cy, weight in corners:
-        valid = (cx >= 0) & (cx <= width - 1) & (cy >= 0) & (cy <= height - 1)
-        index = (np.clip(cy, 0, height - 1) * width + np.clip(cx, 0, width - 1)).astype(np.intp)
-        w = valid.astype(np.float32) if weight is None else weight * valid
-        w = w.reshape(n, 1, -1)
-        out += w * np.take_along_axis(flat, index.reshape(n, 1, -1), axis=2)
-        mask += w
-    fill = np.asarray(fill, np.float32).reshape(1, -1, 1)
-    if interpolation == "nearest":
-        out = np.where(mask < 0.5, fill, out)
-    else:
-        out = out * mask + (1 - mask) * fill
-    return out.reshape(n, channels, height, width).astype(np.float32, copy=False)
+        index = corner_index(x0, y0)
+        fx, fy = (ix - x0)[..., None], (iy - y0)[..., None]
+        top = gather(index)
+        top += fx * (gather(index, 1) - top)
+        bottom = gather(index, padded_w)
+        bottom += fx * (gather(index, padded_w + 1) - bottom)
+        out = top + fy * (bottom - top)
+        fx, fy = fx[..., 0], fy[..., 0]
+        mask = ((1 - fx) * inside(x0, width) + fx * inside(x0 + 1, width)) * \
+            ((1 - fy) * inside(y0, height) + fy * inside(y0 + 1, height))
+        mask = mask[..., None]
+        out *= mask
+        if fill.any():
+            out += (1 - mask) * fill
+    return np.ascontiguousarray(out.transpose(0, 3, 1, 2), dtype=np.float32)
 
 
 class _RandomWarp(Transform):
