@@ -408,8 +408,8 @@ def _warp(x: np.ndarray, theta: np.ndarray, interpolation: str, fill: np.ndarray
 
     Vectorised over the batch: the source coordinate of output pixel (i, j) is affine in i and
     j, so it is a row term plus a column term; the image is padded by two zero pixels a side,
-    so clipping every coordinate into the padding makes all outside reads zero without a mask,
-    and each corner is one gather of channel-last rows."""
+    so clipping every coordinate into the padding makes all outside reads zero without a
+    test, and each corner is one flat gather over every sample and channel."""
     n, channels, height, width = x.shape
     # grid_sample's source pixel: ((θ·g) + 1)·size/2 − ½ with g = (2k + 1)/size − 1, as
     # coefficients of the output row i and column j
@@ -427,46 +427,49 @@ def _warp(x: np.ndarray, theta: np.ndarray, interpolation: str, fill: np.ndarray
                 .astype(np.float32))
     ix, iy = source(0, width), source(1, height)
     padded_w, padded_h = width + 4, height + 4
-    rows = np.zeros((n, padded_h, padded_w, channels), np.float32)
-    rows[:, 2:-2, 2:-2] = x.transpose(0, 2, 3, 1)
-    rows = rows.reshape(n * padded_h * padded_w, channels)
-    base = (np.arange(n) * (padded_h * padded_w)).reshape(n, 1, 1)
+    planes = np.zeros((n, channels, padded_h, padded_w), np.float32)
+    planes[:, :, 2:-2, 2:-2] = x
+    planes = planes.reshape(-1)
+    first = (np.arange(n) * (channels * padded_h * padded_w)).reshape(n, 1, 1)
+    if channels > 1:
+        first = first + (np.arange(channels) * (padded_h * padded_w)).reshape(1, channels, 1)
 
     def corner_index(cx, cy):
-        """Flat row of pixel (cx, cy), coordinates clipped into the zero padding."""
-        return ((np.clip(cy, -2, height).astype(np.intp) + 2) * padded_w
-                + np.clip(cx, -2, width).astype(np.intp) + 2 + base).reshape(-1)
+        """Flat index of pixel (cx, cy) of every channel, coordinates clipped into the zero
+        padding (exact in float32: an image has far fewer than 2^24 pixels)."""
+        within = (np.clip(cy, -2, height) + 2) * padded_w + (np.clip(cx, -2, width) + 2)
+        return within.astype(np.intp).reshape(n, 1, -1) + first
 
     def gather(index, offset=0):
-        return np.take(rows, index + offset if offset else index, axis=0).reshape(
-            n, height, width, channels)
+        return np.take(planes, index + offset if offset else index)
 
-    def inside(c, size):
-        return (c >= 0) & (c <= size - 1)
-    fill = np.asarray(fill, np.float32).reshape(-1)
+    fill = np.asarray(fill, np.float32).reshape(1, -1, 1)
     if interpolation == "nearest":
         cx, cy = np.rint(ix), np.rint(iy)
         out = gather(corner_index(cx, cy))
         if fill.any():
-            outside = ~(inside(cx, width) & inside(cy, height))
-            out = np.where(outside[..., None], fill, out)
+            outside = ((cx < 0) | (cx > width - 1) | (cy < 0) | (cy > height - 1))
+            out = np.where(outside.reshape(n, 1, -1), fill, out)
     else:
         x0, y0 = np.floor(ix), np.floor(iy)
         index = corner_index(x0, y0)
-        fx, fy = (ix - x0)[..., None], (iy - y0)[..., None]
-        top = gather(index)
-        top += fx * (gather(index, 1) - top)
+        fx, fy = (ix - x0).reshape(n, 1, -1), (iy - y0).reshape(n, 1, -1)
+        out = gather(index)
+        out += fx * (gather(index, 1) - out)
         bottom = gather(index, padded_w)
         bottom += fx * (gather(index, padded_w + 1) - bottom)
-        out = top + fy * (bottom - top)
-        fx, fy = fx[..., 0], fy[..., 0]
-        mask = ((1 - fx) * inside(x0, width) + fx * inside(x0 + 1, width)) * \
-            ((1 - fy) * inside(y0, height) + fy * inside(y0 + 1, height))
-        mask = mask[..., None]
+        bottom -= out
+        bottom *= fy
+        out += bottom
+        # the in-image weight of the four corners, separable: along x it is 1 inside
+        # [0, W − 1], falling linearly to 0 over the pixel beyond each edge
+        mask = np.clip(np.minimum(ix + 1, width - ix), 0, 1)
+        mask *= np.clip(np.minimum(iy + 1, height - iy), 0, 1)
+        mask = mask.reshape(n, 1, -1)
         out *= mask
         if fill.any():
             out += (1 - mask) * fill
-    return np.ascontiguousarray(out.transpose(0, 3, 1, 2), dtype=np.float32)
+    return out.reshape(n, channels, height, width)
 
 
 class _RandomWarp(Transform):

@@ -367,20 +367,23 @@ def test_checkpoints_without_or_with_a_bad_augment_rng(tmp_path):
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
 
 
+E2E_EPOCHS = 4
+E2E_MARGIN = 0.05       # observed: 10 to 15 points over seeds 0-2 (68.8% → 79.9% at seed 0)
+
+
 def test_augmented_lenet5_generalises_to_rotated_shifted_digits():
+    """LeNet-5 on the 32×32 digits, plain or with random rotations (±15°) and shifts (±12%),
+    scored on a rotated and shifted copy of the test set (and, as a sanity floor, on the
+    clean one): the lecture's point that a CNN is not invariant to either."""
     import lenet
     x_train, x_test, y_train, y_test = lenet.digits_32(seed=0)
     distort = T.RandomAffine(15, translate=(0.12, 0.12), interpolation="bilinear")
     x_moved = distort(x_test, rng=np.random.default_rng(123))
     scores = {}
-    for name, transform in (("plain", None), ("augmented", AUGMENT_E2E)):
+    for name, transform in (("plain", None), ("augmented", distort)):
         trainer = ember.Trainer(lenet.lenet5(), input_shape=(1, 32, 32), loss="cross_entropy",
                                 optimizer=optim.Adam(lr=2e-3), batch_size=32, seed=0)
         trainer.fit(x_train, y_train, epochs=E2E_EPOCHS, verbose=False, transform=transform)
         scores[name] = trainer.evaluate(x_moved, y_test)["accuracy"]
+        assert trainer.evaluate(x_test, y_test)["accuracy"] > 0.85, name
     assert scores["augmented"] >= scores["plain"] + E2E_MARGIN, scores
-
-
-E2E_EPOCHS = 4
-E2E_MARGIN = 0.05
-AUGMENT_E2E = T.RandomAffine(15, translate=(0.12, 0.12), interpolation="bilinear")

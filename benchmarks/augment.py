@@ -1,0 +1,82 @@
+"""What data augmentation costs beside the training step it feeds.
+
+    python -m benchmarks.augment                  # LeNet-5, batch 64, 1 and 2 threads
+    python -m benchmarks.augment --threads 2 --runs 40 --out ""    # print only
+
+One LeNet-5 training step (``Trainer.train_step``: forward, cross-entropy, backward, SGD
+momentum) and the augmentations a digits run would use (``ember.transforms.RandomAffine``:
+±15° and 10% shifts, nearest and bilinear; horizontal flips are off for digits), on one
+32×32 batch, timed interleaved (step, augmentation, step, …) after a warm-up; medians are
+reported, with each augmentation as a percentage of the step. The augmentation is numpy on
+one thread whatever ``threads`` says (the step's threads). The table replaces its section of
+``benchmarks/RESULTS.md`` unless ``--out ""``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+
+import numpy as np
+
+from ember.runtime.profile import time_interleaved
+
+from .nets import lenet5
+from .results import write_section
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SECTION = "## Data augmentation cost (LeNet-5 training step, batch 64, median, interleaved)"
+
+
+def augmentations() -> dict:
+    from ember import transforms as T
+    return {f"RandomAffine(15°, 10% shift, {mode})": T.RandomAffine(
+        15, translate=(0.1, 0.1), interpolation=mode) for mode in T.INTERPOLATIONS}
+
+
+def measure(batch: int, threads: int, runs: int) -> tuple:
+    """(step seconds, {augmentation name: seconds})."""
+    import ember
+    from ember import nn, optim
+    rng = np.random.default_rng(0)
+    x = rng.random((batch, 1, 32, 32), dtype=np.float32)
+    y = rng.integers(0, 10, batch).astype(np.int64)
+    trainer = ember.Trainer(lenet5(nn), input_shape=(1, 32, 32), loss=nn.CrossEntropyLoss(),
+                            optimizer=optim.SGD(lr=0.01, momentum=0.9), batch_size=batch,
+                            threads=threads, seed=0)
+    fns = {"step": lambda: trainer.train_step(x, y)}
+    for name, t in augmentations().items():
+        fns[name] = lambda t=t: t(x, rng=rng)
+    med = time_interleaved(fns, runs)
+    step = med.pop("step")
+    return step, med
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.augment", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", nargs="*", type=int, default=[1, 2])
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--runs", type=int, default=30)
+    ap.add_argument("--out", default=os.path.join(HERE, "RESULTS.md"))
+    args = ap.parse_args(argv)
+    lines = [f"Command: `python -m benchmarks.augment {' '.join(sys.argv[1:])}`".rstrip(),
+             f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
+             f"numpy {np.__version__}", "",
+             "| threads | step ms | augmentation | augmentation ms | % of the step |",
+             "|---|---|---|---|---|"]
+    for threads in args.threads:
+        step, augs = measure(args.batch, threads, args.runs)
+        for name, seconds in augs.items():
+            row = (f"| {threads} | {step * 1e3:.2f} | {name} | {seconds * 1e3:.2f} | "
+                   f"{100 * seconds / step:.0f}% |")
+            lines.append(row)
+            print(row, flush=True)
+    if args.out:
+        write_section(args.out, SECTION, lines)
+    print("\n".join([SECTION, ""] + lines))
+
+
+if __name__ == "__main__":
+    main()
