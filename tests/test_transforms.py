@@ -363,6 +363,20 @@ def test_checkpoints_without_or_with_a_bad_augment_rng(tmp_path):
         ember.Trainer.restore(tmp_path / "bad")
 
 
+def test_each_rank_restores_its_own_augment_rng():
+    """A job's checkpoint holds every rank's generator: rank r takes entry r; a job of another
+    size re-seeds each rank from (seed, rank, global step)."""
+    states = [np.random.default_rng(k).bit_generator.state for k in (10, 11)]
+    t = _trainer()
+    t.world, t.rank, t.global_step = 2, 1, 7
+    checkpoint._restore_augment_rng(t, states)
+    assert t.augment_rng.bit_generator.state == states[1]
+    t.world = 3
+    checkpoint._restore_augment_rng(t, states)
+    assert t.augment_rng.bit_generator.state == \
+        np.random.default_rng([0, 1, 1, 7]).bit_generator.state
+
+
 # ---- end to end: augmentation pays off on rotated and shifted digits -------------------------
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
 
