@@ -430,45 +430,59 @@ def _warp(x: np.ndarray, theta: np.ndarray, interpolation: str, fill: np.ndarray
     planes = np.zeros((n, channels, padded_h, padded_w), np.float32)
     planes[:, :, 2:-2, 2:-2] = x
     planes = planes.reshape(-1)
-    first = (np.arange(n) * (channels * padded_h * padded_w)).reshape(n, 1, 1)
+    # flat index of padded pixel (0, 0) of each sample and channel: image pixel (-2, -2)
+    first = (np.arange(n) * (channels * padded_h * padded_w) + 2 * padded_w + 2).reshape(n, 1, 1)
     if channels > 1:
         first = first + (np.arange(channels) * (padded_h * padded_w)).reshape(1, channels, 1)
 
     def corner_index(cx, cy):
         """Flat index of pixel (cx, cy) of every channel, coordinates clipped into the zero
         padding (exact in float32: an image has far fewer than 2^24 pixels)."""
-        within = (np.clip(cy, -2, height) + 2) * padded_w + (np.clip(cx, -2, width) + 2)
+        within = np.clip(cy, -2, height)
+        within *= padded_w
+        within += np.clip(cx, -2, width)
         return within.astype(np.intp).reshape(n, 1, -1) + first
-
-    def gather(index, offset=0):
-        return np.take(planes, index + offset if offset else index)
 
     fill = np.asarray(fill, np.float32).reshape(1, -1, 1)
     if interpolation == "nearest":
         cx, cy = np.rint(ix), np.rint(iy)
-        out = gather(corner_index(cx, cy))
+        out = np.take(planes, corner_index(cx, cy))
         if fill.any():
             outside = ((cx < 0) | (cx > width - 1) | (cy < 0) | (cy > height - 1))
             out = np.where(outside.reshape(n, 1, -1), fill, out)
-    else:
-        x0, y0 = np.floor(ix), np.floor(iy)
-        index = corner_index(x0, y0)
-        fx, fy = (ix - x0).reshape(n, 1, -1), (iy - y0).reshape(n, 1, -1)
-        out = gather(index)
-        out += fx * (gather(index, 1) - out)
-        bottom = gather(index, padded_w)
-        bottom += fx * (gather(index, padded_w + 1) - bottom)
-        bottom -= out
-        bottom *= fy
-        out += bottom
-        # the in-image weight of the four corners, separable: along x it is 1 inside
-        # [0, W − 1], falling linearly to 0 over the pixel beyond each edge
-        mask = np.clip(np.minimum(ix + 1, width - ix), 0, 1)
-        mask *= np.clip(np.minimum(iy + 1, height - iy), 0, 1)
-        mask = mask.reshape(n, 1, -1)
-        out *= mask
-        if fill.any():
-            out += (1 - mask) * fill
+        return out.reshape(n, channels, height, width)
+    # the in-image weight of the four corners, separable: along x it is 1 inside [0, W − 1],
+    # falling linearly to 0 over the pixel beyond each edge
+    mask = np.minimum(ix + 1, width - ix)
+    np.clip(mask, 0, 1, out=mask)
+    below = np.minimum(iy + 1, height - iy)
+    np.clip(below, 0, 1, out=below)
+    mask *= below
+    x0, y0 = np.floor(ix), np.floor(iy)
+    index = corner_index(x0, y0)
+    ix -= x0
+    iy -= y0
+    fx, fy = ix.reshape(n, 1, -1), iy.reshape(n, 1, -1)
+    out = np.take(planes, index)
+    index += 1
+    right = np.take(planes, index)
+    right -= out
+    right *= fx
+    out += right
+    index += padded_w
+    bottom = np.take(planes, index)
+    index -= 1
+    left = np.take(planes, index)
+    bottom -= left
+    bottom *= fx
+    bottom += left
+    bottom -= out
+    bottom *= fy
+    out += bottom
+    mask = mask.reshape(n, 1, -1)
+    out *= mask
+    if fill.any():
+        out += (1 - mask) * fill
     return out.reshape(n, channels, height, width)
 
 
