@@ -149,11 +149,9 @@ def test_matches_torchvision(make, reference, channels):
     x = images(c=channels)
     out = t(x, rng=np.random.default_rng(7))
     params = t.get_params(len(x), *x.shape[2:], np.random.default_rng(7)) \
-        if hasattr(t, "get_params") else [{}] * len(x)
+        if hasattr(t, "get_params") else {}
     for i in range(len(x)):
-        p = params if isinstance(params, list) else {
-            k: (None if v is None else v[i]) for k, v in params.items()}
-        p = p[i] if isinstance(p, list) else p
+        p = {k: (None if v is None else v[i]) for k, v in params.items()}
         ref = reference(t, torch.from_numpy(x[i].copy()), p).numpy()
         assert_pixels(out[i], ref, getattr(t, "interpolation", "bilinear"))
 
@@ -173,6 +171,30 @@ def test_quarter_turns_and_whole_pixel_shifts_are_exact(mode):
     expected = np.full_like(x, 0.5)
     expected[:, :, :-1, 2:] = x[:, :, 1:, :-2]
     np.testing.assert_allclose(shift.apply(x, params), expected, atol=1e-6)
+
+
+def test_affine_matrices_are_the_documented_composition():
+    """torchvision's forward map, T(translate)·C·R(angle)·S(scale)·SHy·SHx·C⁻¹ with
+    SHx(s) = [[1, −tan s], [0, 1]] and SHy(s) = [[1, 0], [−tan s, 1]], multiplied out and
+    inverted numerically, is the closed form ``inverse_affine_matrices`` computes."""
+    rng = np.random.default_rng(0)
+    n = 8
+    angle, scale = rng.uniform(-180, 180, n), rng.uniform(0.5, 2, n)
+    translate, shear, center = (rng.uniform(-6, 6, (n, 2)), rng.uniform(-40, 40, (n, 2)),
+                                rng.uniform(-5, 5, (n, 2)))
+    ours = T.inverse_affine_matrices(angle, translate, scale, shear, center)
+
+    def h(m):
+        return np.vstack([m, [0, 0, 1]])
+    for k in range(n):
+        r, (sx, sy) = np.radians(angle[k]), np.radians(shear[k])
+        rotate = h([[np.cos(r), -np.sin(r), 0], [np.sin(r), np.cos(r), 0]])
+        shear_x, shear_y = h([[1, -np.tan(sx), 0], [0, 1, 0]]), h([[1, 0, 0], [-np.tan(sy), 1, 0]])
+        c = h([[1, 0, center[k, 0]], [0, 1, center[k, 1]]])
+        t = h([[1, 0, translate[k, 0]], [0, 1, translate[k, 1]]])
+        forward = t @ c @ rotate @ np.diag([scale[k], scale[k], 1]) @ shear_y @ shear_x @ \
+            np.linalg.inv(c)
+        np.testing.assert_allclose(ours[k], np.linalg.inv(forward)[:2], atol=1e-12)
 
 
 @needs_torch
