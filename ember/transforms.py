@@ -23,6 +23,10 @@ Geometric warps (rotation, affine) build one 2×3 matrix per sample with torchvi
 conventions and sample all of them at once (``_warp``: ``torch.nn.functional.grid_sample``'s
 ``align_corners=False`` with torchvision's fill mask). ``RandomRotation(expand=True)`` is
 refused: each sample would get its own output size.
+
+Each random transform is ``get_params(n, height, width, rng)`` (a dict of per-sample arrays,
+drawn as torchvision's ``get_params`` draws them) followed by ``apply(x, params)``, both public:
+the same parameters can be replayed, or given by hand.
 """
 from __future__ import annotations
 
@@ -40,6 +44,7 @@ __all__ = ["Compose", "RandomHorizontalFlip", "RandomVerticalFlip", "RandomCrop"
 default_generator = np.random.default_rng(0)
 
 INTERPOLATIONS = ("nearest", "bilinear")
+CHUNK_ELEMENTS = 1 << 20        # image elements transformed at once (see Transform._apply)
 PADDING_MODES = ("constant", "edge", "reflect", "symmetric")
 
 
@@ -148,8 +153,17 @@ class Transform:
         return out[0] if x.ndim == 3 else out
 
     def _apply(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Draw every sample's parameters (``get_params``), then ``apply`` them."""
-        return self.apply(x, self.get_params(len(x), x.shape[2], x.shape[3], rng))
+        """Draw every sample's parameters (``get_params``), then ``apply`` them, a chunk of
+        samples at a time: the warps' and resizes' temporaries are tens of times the images,
+        so memory stays bounded whatever the batch (the draws do not depend on the chunks)."""
+        params = self.get_params(len(x), x.shape[2], x.shape[3], rng)
+        step = max(1, CHUNK_ELEMENTS // x[0].size)
+        if step >= len(x):
+            return self.apply(x, params)
+        return np.concatenate([
+            self.apply(x[s:s + step], {k: None if v is None else v[s:s + step]
+                                       for k, v in params.items()})
+            for s in range(0, len(x), step)])
 
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
@@ -644,11 +658,11 @@ class ColorJitter(Transform):
         self.hue = _jitter(hue, "hue", center=0.0, low=-0.5, high=0.5)
 
     def _apply(self, x, rng):
-        n, channels = x.shape[:2]
+        channels = x.shape[1]
         if channels not in (1, 3) and any(getattr(self, k) is not None for k in _JITTERED[1:]):
             raise InputError(f"ColorJitter's contrast, saturation and hue need 1 or 3 channels "
                              f"(grey or RGB); the images have {channels}")
-        return self.apply(x, self.get_params(n, *x.shape[2:], rng))
+        return super()._apply(x, rng)
 
     def get_params(self, n, height, width, rng) -> dict:
         """``order`` (n, 4): each sample's order of (brightness, contrast, saturation, hue);

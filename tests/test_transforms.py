@@ -257,6 +257,13 @@ def test_same_seed_same_output_and_per_sample_draws():
     assert len({o.tobytes() for o in out}) == 8
 
 
+def test_large_batches_go_in_chunks_with_the_same_draws(monkeypatch):
+    x = images(n=7)
+    whole = _pipeline()(x, rng=np.random.default_rng(5))
+    monkeypatch.setattr(T, "CHUNK_ELEMENTS", 2 * x[0].size)
+    np.testing.assert_array_equal(_pipeline()(x, rng=np.random.default_rng(5)), whole)
+
+
 def test_single_image_and_default_generator():
     x = images(n=1)
     one = T.RandomVerticalFlip(1.0)(x[0])
