@@ -6,8 +6,10 @@
 One LeNet-5 training step (``Trainer.train_step``: forward, cross-entropy, backward, SGD
 momentum) and the augmentations a digits run would use (``ember.transforms.RandomAffine``:
 ±15° and 10% shifts, nearest and bilinear; horizontal flips are off for digits), on one
-32×32 batch, timed interleaved (step, augmentation, step, …) after a warm-up; medians are
-reported, with each augmentation as a percentage of the step. The augmentation is numpy on
+32×32 batch, timed interleaved (the step alone, each augmentation alone, each augmented step —
+augmentation then step, as ``fit(transform=...)`` runs them) after a warm-up. Medians are
+reported, with each augmentation as a percentage of the step, timed alone and as the augmented
+step's excess over the plain one. The augmentation is numpy on
 one thread whatever ``threads`` says (the step's threads). The table replaces its section of
 ``benchmarks/RESULTS.md`` unless ``--out ""``.
 """
@@ -36,7 +38,7 @@ def augmentations() -> dict:
 
 
 def measure(batch: int, threads: int, runs: int) -> tuple:
-    """(step seconds, {augmentation name: seconds})."""
+    """(step seconds, {augmentation name: (seconds alone, seconds of augmentation + step)})."""
     import ember
     from ember import nn, optim
     rng = np.random.default_rng(0)
@@ -48,9 +50,10 @@ def measure(batch: int, threads: int, runs: int) -> tuple:
     fns = {"step": lambda: trainer.train_step(x, y)}
     for name, t in augmentations().items():
         fns[name] = lambda t=t: t(x, rng=rng)
+        fns[name + " + step"] = lambda t=t: trainer.train_step(t(x, rng=rng), y)
     med = time_interleaved(fns, runs)
     step = med.pop("step")
-    return step, med
+    return step, {name: (med[name], med[name + " + step"]) for name in augmentations()}
 
 
 def main(argv=None):
@@ -64,13 +67,15 @@ def main(argv=None):
     lines = [f"Command: `python -m benchmarks.augment {' '.join(sys.argv[1:])}`".rstrip(),
              f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
              f"numpy {np.__version__}", "",
-             "| threads | step ms | augmentation | augmentation ms | % of the step |",
-             "|---|---|---|---|---|"]
+             "| threads | step ms | augmentation | alone ms | % of the step | augmented step ms "
+             "| excess |",
+             "|---|---|---|---|---|---|---|"]
     for threads in args.threads:
         step, augs = measure(args.batch, threads, args.runs)
-        for name, seconds in augs.items():
-            row = (f"| {threads} | {step * 1e3:.2f} | {name} | {seconds * 1e3:.2f} | "
-                   f"{100 * seconds / step:.0f}% |")
+        for name, (alone, both) in augs.items():
+            row = (f"| {threads} | {step * 1e3:.2f} | {name} | {alone * 1e3:.2f} | "
+                   f"{100 * alone / step:.0f}% | {both * 1e3:.2f} | "
+                   f"{100 * (both - step) / step:+.0f}% |")
             lines.append(row)
             print(row, flush=True)
     if args.out:
