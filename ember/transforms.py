@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import threading
 
 import numpy as np
 
@@ -44,7 +45,7 @@ __all__ = ["Compose", "RandomHorizontalFlip", "RandomVerticalFlip", "RandomCrop"
 default_generator = np.random.default_rng(0)
 
 INTERPOLATIONS = ("nearest", "bilinear")
-CHUNK_ELEMENTS = 1 << 20        # image elements transformed at once (see Transform._apply)
+CHUNK_ELEMENTS = 1 << 18        # image elements transformed at once (see Transform._apply)
 PADDING_MODES = ("constant", "edge", "reflect", "symmetric")
 
 
@@ -412,6 +413,33 @@ def normalized_theta(matrices: np.ndarray, height: int, width: int) -> np.ndarra
     return theta
 
 
+class _Workspace(threading.local):
+    """Arrays reused by every ``_warp`` of one geometry, per thread. Fresh numpy temporaries
+    of a batch's size are mapped from the OS and freed back to it on every call, and their page
+    faults cost more than the arithmetic (measured: 500–750 faults and 70% of a LeNet-batch
+    warp); a few geometries are kept (``CHUNK_ELEMENTS`` bounds each)."""
+
+    def __init__(self):
+        self.by_geometry = {}
+
+    def get(self, n, channels, height, width) -> dict:
+        key = (n, channels, height, width)
+        ws = self.by_geometry.get(key)
+        if ws is None:
+            if len(self.by_geometry) >= 4:
+                self.by_geometry.clear()
+            plane, grid = (n, channels, height * width), (n, height, width)
+            ws = {"planes": np.zeros((n, channels, height + 4, width + 4), np.float32),
+                  "index": np.empty(plane, np.intp),
+                  **{f"g{k}": np.empty(plane, np.float32) for k in range(4)},
+                  **{f"s{k}": np.empty(grid, np.float32) for k in range(6)}}
+            self.by_geometry[key] = ws
+        return ws
+
+
+_workspace = _Workspace()
+
+
 def _warp(x: np.ndarray, theta: np.ndarray, interpolation: str, fill: np.ndarray) -> np.ndarray:
     """Resample every sample of ``x`` (N, C, H, W) float32 through its own affine θ (N, 2, 3)
     float64 in normalised coordinates — ``affine_grid(θ, x.shape, align_corners=False)`` then
@@ -423,78 +451,89 @@ def _warp(x: np.ndarray, theta: np.ndarray, interpolation: str, fill: np.ndarray
     Vectorised over the batch: the source coordinate of output pixel (i, j) is affine in i and
     j, so it is a row term plus a column term; the image is padded by two zero pixels a side,
     so clipping every coordinate into the padding makes all outside reads zero without a
-    test, and each corner is one flat gather over every sample and channel."""
+    test, and each corner is one flat gather over every sample and channel. Every temporary
+    lives in the thread's ``_Workspace``; only the result is allocated."""
     n, channels, height, width = x.shape
+    ws = _workspace.get(n, channels, height, width)
+    padded_w = width + 4
+    planes = ws["planes"]
+    planes[:, :, 2:-2, 2:-2] = x          # the two-pixel border stays zero
+    planes = planes.reshape(-1)
+    ix, iy, a, b, c, d = (ws[f"s{k}"] for k in range(6))
     # grid_sample's source pixel: ((θ·g) + 1)·size/2 − ½ with g = (2k + 1)/size − 1, as
     # coefficients of the output row i and column j
     t = theta.astype(np.float64)
-    j = np.arange(width, dtype=np.float64)
-    i = np.arange(height, dtype=np.float64)
-
-    def source(row, size):
+    for row, size, out in ((0, width, ix), (1, height, iy)):
         per_col = t[:, row, 0] * size / width
         per_row = t[:, row, 1] * size / height
         const = (t[:, row, 2] + 1 - t[:, row, 0] * (1 - 1 / width)
                  - t[:, row, 1] * (1 - 1 / height)) * size / 2 - 0.5
-        return ((per_row[:, None, None] * i[None, :, None] + const[:, None, None])
-                .astype(np.float32) + (per_col[:, None, None] * j[None, None, :])
-                .astype(np.float32))
-    ix, iy = source(0, width), source(1, height)
-    padded_w, padded_h = width + 4, height + 4
-    planes = np.zeros((n, channels, padded_h, padded_w), np.float32)
-    planes[:, :, 2:-2, 2:-2] = x
-    planes = planes.reshape(-1)
+        np.add((per_row[:, None] * np.arange(height) + const[:, None]).astype(np.float32)
+               [:, :, None],
+               (per_col[:, None] * np.arange(width)).astype(np.float32)[:, None, :], out=out)
     # flat index of padded pixel (0, 0) of each sample and channel: image pixel (-2, -2)
-    first = (np.arange(n) * (channels * padded_h * padded_w) + 2 * padded_w + 2).reshape(n, 1, 1)
-    if channels > 1:
-        first = first + (np.arange(channels) * (padded_h * padded_w)).reshape(1, channels, 1)
+    first = (np.arange(n) * (channels * (height + 4) * padded_w) + 2 * padded_w + 2)
+    first = first.reshape(n, 1, 1) + \
+        (np.arange(channels) * ((height + 4) * padded_w)).reshape(1, channels, 1)
+    index = ws["index"]
 
     def corner_index(cx, cy):
-        """Flat index of pixel (cx, cy) of every channel, coordinates clipped into the zero
-        padding (exact in float32: an image has far fewer than 2^24 pixels)."""
-        within = np.clip(cy, -2, height)
-        within *= padded_w
-        within += np.clip(cx, -2, width)
-        return within.astype(np.intp).reshape(n, 1, -1) + first
+        """``index`` ← flat index of pixel (cx, cy) of every channel, coordinates clipped into
+        the zero padding (exact in float32: an image has far fewer than 2^24 pixels)."""
+        np.clip(cy, -2, height, out=c)
+        np.multiply(c, padded_w, out=c)
+        np.clip(cx, -2, width, out=d)
+        np.add(c, d, out=c)
+        np.copyto(index, c.reshape(n, 1, -1), casting="unsafe")
+        np.add(index, first, out=index)
 
     fill = np.asarray(fill, np.float32).reshape(1, -1, 1)
+    g0, g1, g2, g3 = (ws[f"g{k}"] for k in range(4))
     if interpolation == "nearest":
-        cx, cy = np.rint(ix), np.rint(iy)
-        out = np.take(planes, corner_index(cx, cy))
+        np.rint(ix, out=ix)
+        np.rint(iy, out=iy)
+        corner_index(ix, iy)
+        out = np.take(planes, index)
         if fill.any():
-            outside = ((cx < 0) | (cx > width - 1) | (cy < 0) | (cy > height - 1))
+            outside = (ix < 0) | (ix > width - 1) | (iy < 0) | (iy > height - 1)
             out = np.where(outside.reshape(n, 1, -1), fill, out)
         return out.reshape(n, channels, height, width)
     # the in-image weight of the four corners, separable: along x it is 1 inside [0, W − 1],
     # falling linearly to 0 over the pixel beyond each edge
-    mask = np.minimum(ix + 1, width - ix)
+    mask = a
+    np.add(ix, 1, out=mask)
+    np.subtract(width, ix, out=b)
+    np.minimum(mask, b, out=mask)
     np.clip(mask, 0, 1, out=mask)
-    below = np.minimum(iy + 1, height - iy)
-    np.clip(below, 0, 1, out=below)
-    mask *= below
-    x0, y0 = np.floor(ix), np.floor(iy)
-    index = corner_index(x0, y0)
-    ix -= x0
-    iy -= y0
+    np.add(iy, 1, out=b)
+    np.subtract(height, iy, out=c)
+    np.minimum(b, c, out=b)
+    np.clip(b, 0, 1, out=b)
+    mask *= b
+    np.floor(ix, out=b)
+    np.floor(iy, out=c)
+    ix -= b                                # ix, iy: the fractions
+    iy -= c
+    corner_index(b, c)
     fx, fy = ix.reshape(n, 1, -1), iy.reshape(n, 1, -1)
-    out = np.take(planes, index)
+    np.take(planes, index, out=g0)
     index += 1
-    right = np.take(planes, index)
-    right -= out
-    right *= fx
-    out += right
+    np.take(planes, index, out=g1)
     index += padded_w
-    bottom = np.take(planes, index)
+    np.take(planes, index, out=g3)
     index -= 1
-    left = np.take(planes, index)
-    bottom -= left
-    bottom *= fx
-    bottom += left
-    bottom -= out
-    bottom *= fy
-    out += bottom
+    np.take(planes, index, out=g2)
+    g1 -= g0
+    g1 *= fx
+    g0 += g1                               # the upper row, interpolated along x
+    g3 -= g2
+    g3 *= fx
+    g3 += g2                               # the lower row
+    g3 -= g0
+    g3 *= fy
+    g0 += g3
     mask = mask.reshape(n, 1, -1)
-    out *= mask
+    out = g0 * mask
     if fill.any():
         out += (1 - mask) * fill
     return out.reshape(n, channels, height, width)
