@@ -12,17 +12,22 @@ reported, with each augmentation as a percentage of the step, timed alone and as
 step's excess over the plain one. The augmentation is numpy on
 one thread whatever ``threads`` says (the step's threads). The table replaces its section of
 ``benchmarks/RESULTS.md`` unless ``--out ""``.
+
+``--clock cpu`` times with this process's CPU time instead of the wall clock: on a machine
+busy with other work the wall clock mostly measures waiting for a core, while one thread's CPU
+time stays what it would be on an idle machine. It is comparable only at ``--threads 1``
+(with more, it adds up every OpenMP thread, spin-waits included).
 """
 from __future__ import annotations
 
 import argparse
 import os
 import platform
+import statistics
 import sys
+import time
 
 import numpy as np
-
-from ember.runtime.profile import time_interleaved
 
 from .nets import lenet5
 from .results import write_section
@@ -37,7 +42,24 @@ def augmentations() -> dict:
         15, translate=(0.1, 0.1), interpolation=mode) for mode in T.INTERPOLATIONS}
 
 
-def measure(batch: int, threads: int, runs: int) -> tuple:
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def time_interleaved(fns: dict, runs: int, clock, warmup: int = 3) -> dict:
+    """Median ``clock`` seconds of each callable, timed in turn (a, b, a, b, …)."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {k: [] for k in fns}
+    for _ in range(runs):
+        for k, fn in fns.items():
+            t = clock()
+            fn()
+            times[k].append(clock() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def measure(batch: int, threads: int, runs: int, clock=time.perf_counter) -> tuple:
     """(step seconds, {augmentation name: (seconds alone, seconds of augmentation + step)})."""
     import ember
     from ember import nn, optim
@@ -51,7 +73,7 @@ def measure(batch: int, threads: int, runs: int) -> tuple:
     for name, t in augmentations().items():
         fns[name] = lambda t=t: t(x, rng=rng)
         fns[name + " + step"] = lambda t=t: trainer.train_step(t(x, rng=rng), y)
-    med = time_interleaved(fns, runs)
+    med = time_interleaved(fns, runs, clock)
     step = med.pop("step")
     return step, {name: (med[name], med[name + " + step"]) for name in augmentations()}
 
@@ -62,16 +84,17 @@ def main(argv=None):
     ap.add_argument("--threads", nargs="*", type=int, default=[1, 2])
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--runs", type=int, default=30)
+    ap.add_argument("--clock", choices=sorted(CLOCKS), default="wall")
     ap.add_argument("--out", default=os.path.join(HERE, "RESULTS.md"))
     args = ap.parse_args(argv)
     lines = [f"Command: `python -m benchmarks.augment {' '.join(sys.argv[1:])}`".rstrip(),
              f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
-             f"numpy {np.__version__}", "",
+             f"numpy {np.__version__}; clock: {args.clock}", "",
              "| threads | step ms | augmentation | alone ms | % of the step | augmented step ms "
              "| excess |",
              "|---|---|---|---|---|---|---|"]
     for threads in args.threads:
-        step, augs = measure(args.batch, threads, args.runs)
+        step, augs = measure(args.batch, threads, args.runs, CLOCKS[args.clock])
         for name, (alone, both) in augs.items():
             row = (f"| {threads} | {step * 1e3:.2f} | {name} | {alone * 1e3:.2f} | "
                    f"{100 * alone / step:.0f}% | {both * 1e3:.2f} | "

@@ -390,16 +390,16 @@ def inverse_affine_matrices(angle, translate, scale, shear, center) -> np.ndarra
     angles in degrees, ``translate``/``center``/``shear`` as (N, 2) arrays (x, y)."""
     rot = np.radians(angle)
     sx, sy = np.radians(shear[:, 0]), np.radians(shear[:, 1])
-    cx, cy = center[:, 0], center[:, 1]
-    tx, ty = translate[:, 0], translate[:, 1]
-    a = np.cos(rot - sy) / np.cos(sy)
-    b = -np.cos(rot - sy) * np.tan(sx) / np.cos(sy) - np.sin(rot)
-    c = np.sin(rot - sy) / np.cos(sy)
-    d = -np.sin(rot - sy) * np.tan(sx) / np.cos(sy) + np.cos(rot)
-    m = np.stack([np.stack([d, -b], -1), np.stack([-c, a], -1)], 1) / scale[:, None, None]
-    shift = -np.stack([cx + tx, cy + ty], -1)
-    offset = np.einsum("nij,nj->ni", m, shift) + np.stack([cx, cy], -1)
-    return np.concatenate([m, offset[:, :, None]], axis=2)
+    tan_sx, cos_sy = np.tan(sx), np.cos(sy)
+    a = np.cos(rot - sy) / cos_sy            # R·SHy·SHx = [[a, b], [c, d]], determinant 1
+    b = -a * tan_sx - np.sin(rot)
+    c = np.sin(rot - sy) / cos_sy
+    d = -c * tan_sx + np.cos(rot)
+    m = np.empty((len(rot), 2, 3))
+    m[:, 0, 0], m[:, 0, 1], m[:, 1, 0], m[:, 1, 1] = d, -b, -c, a
+    m[:, :, :2] /= scale[:, None, None]
+    m[:, :, 2] = np.einsum("nij,nj->ni", m[:, :, :2], -(center + translate)) + center
+    return m
 
 
 def normalized_theta(matrices: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -493,7 +493,7 @@ def _warp(x: np.ndarray, theta: np.ndarray, interpolation: str, fill: np.ndarray
         np.rint(ix, out=ix)
         np.rint(iy, out=iy)
         corner_index(ix, iy)
-        out = np.take(planes, index)
+        out = np.take(planes, index, mode="wrap")
         if fill.any():
             outside = (ix < 0) | (ix > width - 1) | (iy < 0) | (iy > height - 1)
             out = np.where(outside.reshape(n, 1, -1), fill, out)
@@ -516,13 +516,15 @@ def _warp(x: np.ndarray, theta: np.ndarray, interpolation: str, fill: np.ndarray
     iy -= c
     corner_index(b, c)
     fx, fy = ix.reshape(n, 1, -1), iy.reshape(n, 1, -1)
-    np.take(planes, index, out=g0)
+    # every index is in range by construction: mode="wrap" only spares numpy's bounds checks
+    # (and the output buffering that mode="raise" adds)
+    np.take(planes, index, mode="wrap", out=g0)
     index += 1
-    np.take(planes, index, out=g1)
+    np.take(planes, index, mode="wrap", out=g1)
     index += padded_w
-    np.take(planes, index, out=g3)
+    np.take(planes, index, mode="wrap", out=g3)
     index -= 1
-    np.take(planes, index, out=g2)
+    np.take(planes, index, mode="wrap", out=g2)
     g1 -= g0
     g1 *= fx
     g0 += g1                               # the upper row, interpolated along x
