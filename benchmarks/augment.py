@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -31,6 +30,7 @@ import numpy as np
 
 from .nets import lenet5
 from .results import write_section
+from .run import machine
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SECTION = "## Data augmentation cost (LeNet-5 training step, batch 64, median, interleaved)"
@@ -88,8 +88,7 @@ def main(argv=None):
     ap.add_argument("--out", default=os.path.join(HERE, "RESULTS.md"))
     args = ap.parse_args(argv)
     lines = [f"Command: `python -m benchmarks.augment {' '.join(sys.argv[1:])}`".rstrip(),
-             f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
-             f"numpy {np.__version__}; clock: {args.clock}", "",
+             f"Machine: {machine()}; clock: {args.clock}", "",
              "| threads | step ms | augmentation | alone ms | % of the step | augmented step ms "
              "| excess |",
              "|---|---|---|---|---|---|---|"]
