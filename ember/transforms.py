@@ -224,6 +224,10 @@ class RandomCrop(Transform):
                  padding_mode: str = "constant"):
         self.size = _size(size)
         self.padding = None if padding is None else _padding(padding)
+        if self.padding is not None and max(self.padding) > max(self.size):
+            # (a wider margin only adds windows of pure fill, and a padded copy without bound)
+            raise InputError(f"padding {padding!r} is wider than the crop {self.size}: at most "
+                             f"{max(self.size)} a side")
         self.pad_if_needed = bool(pad_if_needed)
         self.fill = _fill(fill)
         if padding_mode not in PADDING_MODES:
@@ -624,9 +628,15 @@ class RandomAffine(_RandomWarp):
 
 
 def _shear(shear) -> tuple:
+    """Shear ranges in degrees, inside (−90, 90): at ±90° the map is degenerate."""
     if isinstance(shear, (tuple, list)) and len(shear) == 4:
-        return _pair_range(shear[:2], "shear") + _pair_range(shear[2:], "shear")
-    return _pair_range(shear, "shear")
+        ranges = _pair_range(shear[:2], "shear") + _pair_range(shear[2:], "shear")
+    else:
+        ranges = _pair_range(shear, "shear")
+    if max(abs(v) for v in ranges) >= 90:
+        raise InputError(f"shear angles must lie strictly between -90 and 90 degrees, got "
+                         f"{shear!r}")
+    return ranges
 
 
 # ---- colour and normalisation -------------------------------------------------------------------
