@@ -408,6 +408,54 @@ def test_each_rank_restores_its_own_augment_rng():
         np.random.default_rng([0, 1, 1, 7]).bit_generator.state
 
 
+MPI_WORKER = """
+import json, sys
+import numpy as np
+import ember
+from ember import nn, optim, transforms as T
+out, mode = sys.argv[1], sys.argv[2]
+x, y = ember.datasets.load_digits()
+x, y = x[:90], y[:90]
+augment = T.RandomAffine(15, translate=(0.1, 0.1), interpolation="bilinear")
+ctx = ember.distributed.MPIContext(timeout=60.0)
+if mode == "resumed":
+    t = ember.Trainer.restore(out + "/ckpt.ember", threads=1, distributed=ctx)
+else:
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Flatten(), nn.Linear(64, 10))
+    t = ember.Trainer(model, input_shape=(1, 8, 8), optimizer=optim.SGD(lr=0.05, momentum=0.9),
+                      batch_size=8, seed=0, threads=1, distributed=ctx)
+t.fit(x, y, epochs=1 if mode != "straight" else 2, verbose=False, transform=augment)
+if mode == "first":
+    t.save(out + "/ckpt.ember")
+gens = [json.dumps(g.bit_generator.state) for g in (t.rng, t.augment_rng)]
+np.savez(f"{out}/{mode}{t.rank}.npz", shuffle=gens[0], augment=gens[1],
+         **{f"state/{k}": v for k, v in t.state_dict().items()})
+"""
+
+
+def test_two_ranks_augment_their_shards_differently_and_resume_exactly(tmp_path):
+    """Under MPI each rank augments its own rows from its own generator while every rank
+    keeps the one shuffling order; a checkpoint holds every rank's generator, so a job
+    restored on both ranks continues bit for bit."""
+    test_mpi = pytest.importorskip("test_mpi")
+    if test_mpi.MPIRUN is None or not test_mpi.HAVE_MPI4PY:
+        pytest.skip("needs Open MPI's mpirun and mpi4py (pip install 'ember[mpi]')")
+    worker = tmp_path / "worker.py"
+    worker.write_text(MPI_WORKER)
+    for mode in ("straight", "first", "resumed"):
+        r, _ = test_mpi.mpirun([sys.executable, str(worker), str(tmp_path), mode])
+        assert r.returncode == 0, r.stderr[-3000:]
+    got = {(mode, rank): dict(np.load(tmp_path / f"{mode}{rank}.npz"))
+           for mode in ("straight", "resumed") for rank in (0, 1)}
+    for rank in (0, 1):
+        straight, resumed = got["straight", rank], got["resumed", rank]
+        for key in straight:
+            assert np.array_equal(resumed[key], straight[key]), (rank, key)
+    assert got["straight", 0]["shuffle"] == got["straight", 1]["shuffle"]
+    assert got["straight", 0]["augment"] != got["straight", 1]["augment"]
+
+
 # ---- end to end: augmentation pays off on rotated and shifted digits -------------------------
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
 
