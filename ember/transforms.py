@@ -584,7 +584,8 @@ class RandomRotation(_RandomWarp):
 
 
 class RandomAffine(_RandomWarp):
-    """Rotate (``degrees``, as RandomRotation's), translate (``translate`` = (a, b): |dx| <
+    """Rotate (an angle drawn from ``degrees`` as RandomRotation's, but clockwise, as
+    torchvision's ``affine`` turns), translate (``translate`` = (a, b): |dx| <
     a·W, |dy| < b·H, rounded to whole pixels), scale (a factor drawn from ``scale`` = (min,
     max)) and shear (``shear``: a number s → x-shear in (−s, s); (min, max) → x-shear; four
     numbers → x- and y-shear ranges, degrees) each sample about ``center``, with torchvision's

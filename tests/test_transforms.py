@@ -160,11 +160,14 @@ def test_matches_torchvision(make, reference, channels):
 @pytest.mark.parametrize("mode", T.INTERPOLATIONS)
 def test_quarter_turns_and_whole_pixel_shifts_are_exact(mode):
     """A quarter turn about the centre of a square image maps pixel centres onto pixel
-    centres: counter-clockwise is np.rot90. A whole-pixel translation is a shift with
-    ``fill`` coming in."""
+    centres: RandomRotation turns counter-clockwise (np.rot90), RandomAffine clockwise, as
+    torchvision's rotate and affine do. A whole-pixel translation is a shift with ``fill``
+    coming in."""
     x = images(n=4, c=2, h=10, w=10)
     turned = T.RandomRotation((90, 90), interpolation=mode)(x)
     np.testing.assert_allclose(turned, np.rot90(x, 1, axes=(2, 3)), atol=1e-6)
+    turned = T.RandomAffine((90, 90), interpolation=mode)(x)
+    np.testing.assert_allclose(turned, np.rot90(x, -1, axes=(2, 3)), atol=1e-6)
     shift = T.RandomAffine(0, interpolation=mode, fill=0.5)
     params = {"angle": np.zeros(4), "translate": np.array([[2, -1]] * 4, float),
               "scale": np.ones(4), "shear": np.zeros((4, 2))}
