@@ -16,14 +16,14 @@ __version__ = "0.1.0"
 __all__ = ["load", "Session", "IOInfo", "EmberError", "ModelError", "UnsupportedOpError",
            "ShapeError", "InputError", "TrainingError", "CheckpointError", "DistributedError",
            "Trainer", "optim", "export_onnx", "nn", "init", "datasets", "distributed",
-           "callbacks", "cpu_info", "UnsupportedIsaError", "__version__"]
+           "callbacks", "transforms", "cpu_info", "UnsupportedIsaError", "__version__"]
 
 # Model building and training pull in the builder, autodiff, the optimizer kernels and the loss
 # ops: imported on first use so that ``import ember`` for inference stays fast.
 _LAZY = {"Trainer": ("trainer", "Trainer"), "export_onnx": ("export", "export_onnx"),
          "optim": ("optim", None), "nn": ("nn", None), "init": ("init", None),
          "datasets": ("datasets", None), "distributed": ("distributed", None),
-         "callbacks": ("callbacks", None)}
+         "callbacks": ("callbacks", None), "transforms": ("transforms", None)}
 
 
 def __getattr__(name):

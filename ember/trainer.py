@@ -124,6 +124,9 @@ class Trainer:
         self.dropout_step = np.zeros((), np.int64)
         self.epoch = 0                # epochs completed
         self.rng = np.random.default_rng(self.seed)   # shuffling
+        # fit(transform=...)'s draws: its own stream, so every rank shuffles alike and
+        # augments its shard differently (checkpointed: graph/TRAINING.md §7)
+        self.augment_rng = np.random.default_rng([self.seed, self.rank, 1])
         self.history = History()
         self.stop_training = False    # a callback sets it to end fit (Keras's flag)
         self._steps: dict = {}
@@ -389,14 +392,20 @@ class Trainer:
         return loss
 
     def fit(self, X, y, epochs: int = 1, validation_data=None, shuffle: bool = True,
-            verbose: bool = True, callbacks=None) -> History:
+            verbose: bool = True, callbacks=None, transform=None) -> History:
         """Train for ``epochs`` more epochs of mini-batches (the partial last batch is used);
         returns this call's History (``trainer.history`` keeps every epoch so far).
         ``callbacks``: ``ember.callbacks.Callback`` instances (EarlyStopping, ModelCheckpoint,
         ReduceLROnPlateau, CSVLogger or your own), run in order; one that sets
-        ``trainer.stop_training`` ends training, and the History records when and why."""
+        ``trainer.stop_training`` ends training, and the History records when and why.
+        ``transform`` (e.g. an ``ember.transforms`` pipeline) replaces each training
+        mini-batch by ``transform(batch, rng=self.augment_rng)``, which must keep its shape
+        and float32 dtype; validation data is never transformed."""
         if not isinstance(epochs, (int, np.integer)) or epochs < 0:
             raise InputError(f"epochs must be a non-negative integer, got {epochs!r}")
+        if transform is not None and not callable(transform):
+            raise InputError(f"transform must be callable as transform(batch, rng=...), got "
+                             f"{type(transform).__name__}")
         X, kind, Y = self._check_xy(X, y)
         if validation_data is not None:
             if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
@@ -430,6 +439,8 @@ class Trainer:
                     if step is not None:
                         np.take(X, mine, axis=0, out=step.x, mode="clip")
                         np.take(Y, mine, axis=0, out=step.target, mode="clip")
+                        if transform is not None:
+                            self._augment(transform, step.x)
                     yb = Y[idx]      # (the step's target view is reused by later nodes)
                     if self.dist is None:
                         loss = self._train_batch(step)
@@ -476,6 +487,17 @@ class Trainer:
         calls.train_end()
         calls.record(history, self.history)
         return history
+
+    def _augment(self, transform, batch: np.ndarray) -> None:
+        """Replace ``batch`` (the step's input, in place) by ``transform``'s output."""
+        out = transform(batch, rng=self.augment_rng)
+        if not (isinstance(out, np.ndarray) and out.shape == batch.shape
+                and out.dtype == batch.dtype):
+            got = (f"shape {out.shape}, dtype {out.dtype}" if isinstance(out, np.ndarray)
+                   else type(out).__name__)
+            raise InputError(f"transform must return the batch's shape {batch.shape} and dtype "
+                             f"{batch.dtype}, got {got}")
+        np.copyto(batch, out)
 
     def _job_sum(self, values: list, what: str) -> list:
         """Element-wise sums of a few numbers over the ranks (float64)."""
@@ -570,8 +592,11 @@ class Trainer:
     def save(self, path) -> None:
         """Write a checkpoint atomically (see runtime/checkpoint.py). Distributed: rank 0
         writes (every rank holds the same state), and every rank returns once it is written."""
+        augment = [self.augment_rng.bit_generator.state]
+        if self.dist is not None:       # every rank's own generator goes in the file
+            augment = self.dist.allgather(augment[0], "gathering the augmentation generators")
         if self.rank == 0:
-            checkpoint.save(path, checkpoint.trainer_state(self))
+            checkpoint.save(path, checkpoint.trainer_state(self, augment))
         if self.dist is not None:
             self.dist.barrier(f"saving the checkpoint {path!r}")
 

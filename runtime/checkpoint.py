@@ -21,9 +21,10 @@ mix. A killed writer may leave a ``.<name>.*.tmp`` file behind; it is never read
 Contents: the model graph (structure; graph/serialize.py), parameters, buffers, trainable
 names, the optimizer's and scheduler's ``state_dict()``, the trainer's configuration (loss spec,
 batch size, seed, l2, input shape), the global step and epoch, the Dropout step (Dropout's
-masks are a function of the node's seed and this step), the shuffling Generator's state and
-the history (with when and why a callback stopped the last fit) — everything needed for a
-restored Trainer to continue exactly like one that never stopped.
+masks are a function of the node's seed and this step), the shuffling Generator's state,
+every rank's augmentation Generator (``fit(transform=...)``) and the history (with when and why
+a callback stopped the last fit) — everything needed for a restored Trainer to continue exactly
+like one that never stopped.
 """
 from __future__ import annotations
 
@@ -191,8 +192,11 @@ def _finite(obj, path: str):
 
 
 # ---- trainer level ------------------------------------------------------------------------------
-def trainer_state(trainer) -> dict:
-    """Everything a Trainer needs to continue (plain data and arrays)."""
+def trainer_state(trainer, augment_rngs: list | None = None) -> dict:
+    """Everything a Trainer needs to continue (plain data and arrays). ``augment_rngs``: the
+    state of every rank's augmentation generator, rank by rank (default: this trainer's)."""
+    if augment_rngs is None:
+        augment_rngs = [trainer.augment_rng.bit_generator.state]
     return {
         "format": FORMAT,
         "graph": trainer._model,
@@ -209,6 +213,7 @@ def trainer_state(trainer) -> dict:
         "dropout_step": int(trainer.dropout_step),
         "epoch": int(trainer.epoch),
         "rng": trainer.rng.bit_generator.state,
+        "augment_rng": list(augment_rngs),
         "history": {"history": trainer.history.history, "epoch": trainer.history.epoch,
                     "stopped_epoch": trainer.history.stopped_epoch,
                     "stop_reason": trainer.history.stop_reason},
@@ -250,6 +255,7 @@ def trainer_from_state(cls, loaded: dict, path, threads=None, memory_cap=None, l
         trainer.dropout_step[...] = state.get("dropout_step", trainer.global_step)
         trainer.epoch = state["epoch"]
         trainer.rng.bit_generator.state = state["rng"]
+        _restore_augment_rng(trainer, state.get("augment_rng"))
         hist = state.get("history") or {"history": {}, "epoch": []}
         trainer.history = History(hist["history"], hist["epoch"], hist.get("stopped_epoch"),
                                   hist.get("stop_reason"))
@@ -316,6 +322,7 @@ def _check_fields(state: dict) -> None:
         bad("history.stop_reason", f"must be None or a string, got "
                                    f"{hist.get('stop_reason')!r:.60}")
     _check_rng(state.get("rng"))
+    _check_augment_rng(state.get("augment_rng"))
     _check_optimizer(state.get("optimizer"))
     _check_scheduler(state.get("scheduler"))
 
@@ -367,24 +374,48 @@ def _check_scheduler(sched) -> None:
                                   f"{v!r:.60}")
 
 
-def _check_rng(rng) -> None:
-    """The shuffling generator's state is one numpy's PCG64 accepts, tried on a scratch
-    generator (numpy's own checks, without touching the Trainer's)."""
+def _restore_augment_rng(trainer, states) -> None:
+    """Each rank takes its own saved augmentation generator. A file written before they were
+    saved leaves the fresh one; a job of another size re-seeds every rank's from (seed, rank,
+    global step), deterministic and distinct per rank."""
+    if states is None:
+        return
+    if len(states) == trainer.world:
+        trainer.augment_rng.bit_generator.state = states[trainer.rank]
+    else:
+        trainer.augment_rng = np.random.default_rng(
+            [trainer.seed, trainer.rank, 1, trainer.global_step])
+
+
+def _check_augment_rng(states) -> None:
+    if states is None:
+        return
+    if not (isinstance(states, list) and 1 <= len(states) <= 1 << 20):
+        raise CheckpointError(f"augment_rng must be a list of generator states, one per rank, "
+                              f"got {type(states).__name__}")
+    for rank, rng in enumerate(states):
+        _check_rng(rng, f"augment_rng[{rank}]")
+
+
+def _check_rng(rng, field: str = "rng") -> None:
+    """A generator's state (the shuffling one, an augmentation one) is one numpy's PCG64
+    accepts, tried on a scratch generator (numpy's own checks, without touching the
+    Trainer's)."""
     scratch = np.random.default_rng(0).bit_generator
     kind = type(scratch).__name__
     if not (isinstance(rng, dict) and rng.get("bit_generator") == kind):
         got = rng.get("bit_generator") if isinstance(rng, dict) else type(rng).__name__
-        raise CheckpointError(f"rng must be a {kind} generator state, got {got!r:.60}")
+        raise CheckpointError(f"{field} must be a {kind} generator state, got {got!r:.60}")
     inner = rng.get("state")
     if not (isinstance(inner, dict) and all(
             _int(inner.get(k)) and 0 <= inner[k] < 1 << 128 for k in ("state", "inc"))
             and rng.get("has_uint32") in (0, 1)
             and _int(rng.get("uinteger")) and 0 <= rng["uinteger"] < 1 << 32):
-        raise CheckpointError(f"rng: a malformed {kind} state {rng!r:.120}")
+        raise CheckpointError(f"{field}: a malformed {kind} state {rng!r:.120}")
     try:
         scratch.state = rng
     except (ValueError, TypeError, OverflowError, KeyError) as e:
-        raise CheckpointError(f"rng: numpy refuses the {kind} state: {e}") from None
+        raise CheckpointError(f"{field}: numpy refuses the {kind} state: {e}") from None
 
 
 def _stored_graph(state: dict, data: str) -> Graph:
