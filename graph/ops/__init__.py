@@ -4,6 +4,7 @@ from .base import (REGISTRY, REQUIRED, TRAINING_DOMAIN, InferContext, NeedsValue
 
 from . import (activation, conv, elementwise, linear, loss, normalization, pool,  # noqa: E402,F401
                reduce, resize, softmax, tensor)
+from . import recurrent  # noqa: E402,F401
 
 __all__ = ["REGISTRY", "REQUIRED", "TRAINING_DOMAIN", "InferContext", "NeedsValue", "Op", "get_op",
            "is_supported", "op_named", "register", "supported_ops"]

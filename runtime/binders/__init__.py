@@ -18,6 +18,7 @@ from ...graph.ops import get_op
 from ...kernels.plan import PlanRunner
 from . import (activation, conv, elementwise, linear, loss, normalization,  # noqa: F401
                pool, reduce, softmax, tensor)
+from . import recurrent  # noqa: E402,F401
 from .common import root_of
 from .registry import BINDINGS, binds
 
