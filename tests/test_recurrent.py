@@ -21,7 +21,6 @@ import torch
 from onnx import TensorProto, helper
 
 import ember
-from ember.runtime.binders import recurrent as recurrent_binder
 
 TOL = dict(rtol=2e-5, atol=2e-5)
 GATES = {"RNN": 1, "GRU": 3, "LSTM": 4}
@@ -85,12 +84,10 @@ def ember_outputs(model, feeds, threads=1):
     return ember.load(model, threads=threads).run(None, feeds)
 
 
-def runs_kernel(model, feeds, threads=1):
-    """True when ember binds the node to the recurrent kernel (not the numpy reference)."""
-    sess = ember.load(model, threads=threads)
-    sess.run(None, feeds)
-    prof = sess.profile(feeds) if hasattr(sess, "profile") else None
-    return prof
+def runs_kernel(sess, feeds) -> bool:
+    """True when the Session runs the node with the recurrent kernel (not the reference)."""
+    return all(row.kernel for row in sess.profile(feeds, runs=1, warmup=0)
+               if row.op_type in GATES)
 
 
 CASES = [
@@ -130,11 +127,10 @@ def test_blocks_and_threads_match_onnxruntime(op, B, H, threads, lbr):
         kw["linear_before_reset"] = lbr
     model, feeds, _ = make_model(op, 4, B, 5, H, **kw)
     sess = ember.load(model, threads=threads)
-    node = sess._graph.nodes[0] if hasattr(sess, "_graph") else None
+    assert runs_kernel(sess, feeds)
     want = onnxruntime_outputs(op, 4, B, 5, H, **kw)
     for got, ref in zip(sess.run(None, feeds), want):
-        np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
-    del node
+        np.testing.assert_allclose(got, ref, **TOL)
 
 
 @pytest.mark.parametrize("op,attrs", [
@@ -211,23 +207,11 @@ def test_matches_torch(op, bidirectional, batch_first):
 
 def test_fast_path_covers_the_common_cases():
     """The default activations in float32 take the kernel; another activation the reference."""
-    from ember.graph.ir import TensorType  # noqa: F401
-    for op, attrs, fast in [("LSTM", {}, True), ("GRU", {"linear_before_reset": 0}, True),
+    for op, attrs, fast in [("LSTM", {"clip": 2.0}, True), ("GRU", {}, True),
+                            ("RNN", {"activations": ["Tanh"]}, True),
                             ("RNN", {"activations": ["Relu"]}, False)]:
         model, feeds, _ = make_model(op, 4, 3, 4, 5, **attrs)
-        sess = ember.load(model, threads=1)
-        steps = _steps(sess, feeds)
-        assert (not getattr(steps[0], "reference", False)) is fast, (op, attrs)
-
-
-def _steps(sess, feeds):
-    sess.run(None, feeds)
-    compiled = sess._fast_compiled(feeds) or next(iter(sess._cache.values()))
-    ctx = compiled.acquire()
-    try:
-        return [step for _, step in ctx.steps]
-    finally:
-        compiled.release(ctx)
+        assert runs_kernel(ember.load(model, threads=1), feeds) is fast, (op, attrs)
 
 
 def test_outputs_are_optional():

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ...graph.ops import get_op
 from ...graph.ops import recurrent as ops
 from ...kernels import recurrent as kernel
 from .registry import binds
@@ -62,7 +63,7 @@ def _round(n, m):
 
 def fast_layout(node, types, threads) -> Layout | None:
     """The kernel's layout for ``node``, or None when the numpy reference runs it."""
-    op = ops.REGISTRY[("", node.op_type)]
+    op = get_op(node.op_type)
     at = node.attrs
     names = [t for i, t in enumerate(node.inputs) if t and i != 4]
     if any(types[t].dtype != np.float32 or not types[t].is_static for t in names):
