@@ -3,7 +3,7 @@ from .base import (REGISTRY, REQUIRED, TRAINING_DOMAIN, InferContext, NeedsValue
                    is_supported, op_named, register)
 
 from . import (activation, conv, elementwise, linear, loss, normalization, pool,  # noqa: E402,F401
-               reduce, resize, sampling, softmax, tensor)
+               recurrent, reduce, resize, sampling, softmax, tensor)
 
 __all__ = ["REGISTRY", "REQUIRED", "TRAINING_DOMAIN", "InferContext", "NeedsValue", "Op", "get_op",
            "is_supported", "op_named", "register", "supported_ops"]

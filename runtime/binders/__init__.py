@@ -17,7 +17,7 @@ from ...graph.errors import ModelError
 from ...graph.ops import get_op
 from ...kernels.plan import PlanRunner
 from . import (activation, conv, elementwise, linear, loss, normalization,  # noqa: F401
-               pool, reduce, sampling, softmax, tensor)
+               pool, recurrent, reduce, sampling, softmax, tensor)
 from .common import root_of
 from .registry import BINDINGS, binds
 
