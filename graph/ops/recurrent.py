@@ -9,7 +9,8 @@ R ``[D, G·H, H]``; B ``[D, 2·G·H]`` (the input biases, then the recurrent one
 
 Gate order is ONNX's: LSTM i, o, f, c; GRU z, r, h. ``sequence_lens`` follows onnxruntime: a
 step at or past a sequence's length leaves its state unchanged and writes zeros into Y, so Y_h
-is the state at the last valid step (the reverse direction starts at ``length - 1``).
+is the state at the last valid step (the reverse direction starts at ``length - 1``), and a
+sequence of length 0 ends in zeros (not its initial state).
 
 ``compute`` is the definition: a plain loop over time in numpy, in float64.
 """
@@ -198,8 +199,8 @@ class RecurrentOp(Op):
                 new = self.step(cell, X[t], *state)
                 state = [np.where(live, n, s) for n, s in zip(new, state)]
                 Y[t, d] = np.where(live, state[0], 0.0)
-            for f, s in zip(finals, state):
-                f[d] = s
+            for f, s in zip(finals, state):   # a sequence of length 0 ends in zeros (onnxruntime)
+                f[d] = np.where((lens > 0)[:, None], s, 0.0)
         if at["layout"]:
             Y = Y.transpose(2, 0, 1, 3)
             finals = [f.transpose(1, 0, 2) for f in finals]
