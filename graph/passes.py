@@ -14,6 +14,8 @@ import numpy as np
 from .ir import Graph, TensorType
 from .ops import REGISTRY
 from .ops.activation import FUSABLE, FUSED_DOMAIN
+from .patterns import fuse_patterns
+from .rewrite import FreshNames, add_const, sole_reader
 
 # Producers that can run an activation on their output before it leaves the kernel.
 FUSE_PRODUCERS = ("Conv", "Gemm", "MatMul", "Add")
@@ -51,37 +53,6 @@ def eliminate_dead_nodes(graph: Graph) -> Graph:
 
 
 # ---- helpers -------------------------------------------------------------------------------------
-def _sole_reader(outputs: set, value: str, node, consumers: dict) -> bool:
-    """True when ``node`` is the only reader of ``value`` and ``value`` is not one of the graph's
-    ``outputs``, i.e. the value can disappear into a fused node."""
-    readers = consumers.get(value, [])
-    return value not in outputs and bool(readers) and all(r is node for r in readers)
-
-
-class _FreshNames:
-    """Names no value of ``graph`` has yet, drawn from one set of the names taken (built once,
-    so a pass adding many constants stays linear in the graph's size)."""
-
-    def __init__(self, graph: Graph):
-        self.taken = set(graph.types) | set(graph.initializers) | set(graph.inputs)
-        self.taken.update(o for n in graph.nodes for o in n.outputs)
-
-    def take(self, base: str) -> str:
-        name, k = base, 0
-        while name in self.taken:
-            k += 1
-            name = f"{base}_{k}"
-        self.taken.add(name)
-        return name
-
-
-def _add_const(graph: Graph, names: _FreshNames, base: str, array: np.ndarray) -> str:
-    name = names.take(base)
-    graph.initializers[name] = array
-    graph.types[name] = TensorType(array.dtype, array.shape)
-    return name
-
-
 def _is_inference_identity(graph: Graph, outputs: set, node, consumers: dict) -> bool:
     if node.op_type == "Identity":
         return len(node.inputs) == 1 and bool(node.inputs[0])
@@ -159,7 +130,7 @@ def fold_batchnorm(graph: Graph) -> Graph:
     consumers = graph.consumers()
     producers = graph.producers()
     outputs = set(graph.outputs)
-    names = _FreshNames(graph)
+    names = FreshNames(graph)
     removed = set()
     for bn in graph.nodes:
         if bn.op_type != "BatchNormalization" or bn.attrs.get("training_mode", 0):
@@ -172,7 +143,7 @@ def fold_batchnorm(graph: Graph) -> Graph:
         if prod is None or id(prod) in removed or len(params) != 4 \
                 or not all(p and graph.is_const(p) for p in params):
             continue
-        if prod.attrs.get("activation", "") or not _sole_reader(outputs, x, bn, consumers):
+        if prod.attrs.get("activation", "") or not sole_reader(outputs, x, bn, consumers):
             continue
         scale, bias, mean, var = (np.asarray(graph.initializers[p], np.float64) for p in params)
         k = scale / np.sqrt(var + float(bn.attrs.get("epsilon", 1e-5)))
@@ -200,8 +171,8 @@ def _fold_into_conv(graph, names, conv, k, bn_bias, mean) -> bool:
     b = np.asarray(graph.initializers[b_name], np.float64) if b_name else np.zeros(w.shape[0])
     new_w = (w.astype(np.float64) * k.reshape((-1,) + (1,) * (w.ndim - 1))).astype(w.dtype)
     new_b = ((b - mean) * k + bn_bias).astype(w.dtype)
-    conv.inputs = [conv.inputs[0], _add_const(graph, names, f"{conv.name}_W_bnfold", new_w),
-                   _add_const(graph, names, f"{conv.name}_B_bnfold", new_b)]
+    conv.inputs = [conv.inputs[0], add_const(graph, names, f"{conv.name}_W_bnfold", new_w),
+                   add_const(graph, names, f"{conv.name}_B_bnfold", new_b)]
     return True
 
 
@@ -219,8 +190,8 @@ def _fold_into_gemm(graph, names, gemm, k, bn_bias, mean) -> bool:
     c = float(gemm.attrs.get("beta", 1.0)) * c
     new_c = (c - mean) * k + bn_bias          # broadcasts to [M] or [N, M] like C itself
     gemm.inputs = [gemm.inputs[0],
-                   _add_const(graph, names, f"{gemm.name}_B_bnfold", new_b.astype(b.dtype)),
-                   _add_const(graph, names, f"{gemm.name}_C_bnfold", new_c.astype(b.dtype))]
+                   add_const(graph, names, f"{gemm.name}_B_bnfold", new_b.astype(b.dtype)),
+                   add_const(graph, names, f"{gemm.name}_C_bnfold", new_c.astype(b.dtype))]
     gemm.attrs["beta"] = 1.0
     return True
 
@@ -248,7 +219,7 @@ def fuse_activation(graph: Graph) -> Graph:
         if params is None:
             continue
         x = n.inputs[0]
-        if not _sole_reader(outputs, x, n, consumers):
+        if not sole_reader(outputs, x, n, consumers):
             continue
         prod = producers.get(x)
         if prod is None or prod.domain != "" or prod.op_type not in FUSE_PRODUCERS \
@@ -270,7 +241,6 @@ def fuse_activation(graph: Graph) -> Graph:
 def optimize(graph: Graph) -> Graph:
     """The standard pipeline after constant folding: written-out patterns become single ops
     (``graph.patterns``) before activations are fused into their producers."""
-    from .patterns import fuse_patterns   # patterns builds on this module's helpers
     graph = eliminate_identity(graph)
     graph = fold_batchnorm(graph)
     graph = fuse_patterns(graph)

@@ -31,7 +31,7 @@ import numpy as np
 
 from .ir import Graph, Node
 from .ops.activation import FUSED_DOMAIN, GELU_TANH_C, GELU_TANH_K
-from .passes import _add_const, _FreshNames, _sole_reader
+from .rewrite import FreshNames, add_const, sole_reader
 
 
 class _Match:
@@ -52,7 +52,7 @@ class _View:
         self.outputs = set(graph.outputs)
 
     def private(self, value: str, reader: Node) -> bool:
-        return _sole_reader(self.outputs, value, reader, self.consumers)
+        return sole_reader(self.outputs, value, reader, self.consumers)
 
     def made_by(self, value: str, reader: Node, *op_types: str):
         """The node of one of ``op_types`` producing ``value`` when ``reader`` is its only
@@ -359,7 +359,7 @@ def _last_axis_param(view: _View, value: str, x: str):
     return np.ascontiguousarray(array.reshape(-1))
 
 
-def _match_layer_norm(view: _View, node: Node, names: _FreshNames):
+def _match_layer_norm(view: _View, node: Node, names: FreshNames):
     """``(x − mean(x)) / √(mean((x − mean(x))²) + ε)`` over the last axis, then optionally
     ``· γ`` and ``+ β`` (constants of the last axis' length)."""
     if node.op_type != "Div" or node.domain != "" or len(node.inputs) != 2:
@@ -416,9 +416,9 @@ def _match_layer_norm(view: _View, node: Node, names: _FreshNames):
     graph = view.graph
     if scale is None:
         scale = np.ones(t.shape[-1], t.dtype)
-    inputs = [x, _add_const(graph, names, f"{root.name}_ln_scale", scale)]
+    inputs = [x, add_const(graph, names, f"{root.name}_ln_scale", scale)]
     if bias is not None:
-        inputs.append(_add_const(graph, names, f"{root.name}_ln_bias", bias))
+        inputs.append(add_const(graph, names, f"{root.name}_ln_bias", bias))
     ln = Node("LayerNormalization", inputs, [out],
               {"axis": -1, "epsilon": float(eps), "stash_type": 1}, root.name)
     return _Match(root, ln, interior)
@@ -429,7 +429,7 @@ def _rewrite(graph: Graph, match_fn) -> bool:
     """One sweep of ``match_fn`` over the graph, applying every match that shares no node
     with an earlier one; True when something was rewritten."""
     view = _View(graph)
-    names = _FreshNames(graph)
+    names = FreshNames(graph)
     replaced, dropped = {}, set()
     for node in graph.nodes:
         if id(node) in dropped or id(node) in replaced:

@@ -83,8 +83,10 @@ def run_three(node, x):
     g = helper.make_graph([node], "nonfinite",
                           [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
-    m.ir_version = 8
+    # opset 18, or the op's first opset when it is newer (Gelu: 20)
+    since = onnx.defs.get_schema(node.op_type, onnx.defs.onnx_opset_version()).since_version
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", max(18, since))])
+    m.ir_version = 9 if since > 18 else 8
     data = m.SerializeToString()
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore")

@@ -12,8 +12,8 @@ rewrites. ``EXCLUDED`` is the one list of cases not run, each with its reason;
 least one case that runs. Run one case with ``pytest tests/test_onnx_conformance.py -k
 test_relu``.
 
-Summary (onnx 1.23.2): 1007 cases selected, 167 excluded (EXCLUDED: narrow float, 2/4-bit,
-bfloat16 and string types, sequence/optional Identity, random training Dropout), 840 run, all
+Summary (onnx 1.23.2): 1052 cases selected, 167 excluded (EXCLUDED: narrow float, 2/4-bit,
+bfloat16 and string types, sequence/optional Identity, random training Dropout), 885 run, all
 pass (CastLike, GreaterOrEqual, LessOrEqual, Not, ReduceLogSum and Size among them).
 
 Inputs that decide shapes (Reshape's shape, Slice's starts, Pad's pads computed from a fed

@@ -37,7 +37,7 @@ def test_every_profiled_pass_starts_from_the_feeds():
     assert any(offsets[v] == offsets["idx"] for v in ("m", "a", "y", "g"))
     feeds = {"idx": np.arange(900, 932, dtype=np.int64)}
     prof = sess.profile(feeds, runs=3, warmup=2)
-    assert {r.op_type for r in prof} == {"Gather", "Mul", "Add", "Relu"}
+    assert {r.op_type for r in prof} == {"Gather", "Mul", "Add"}   # the Relu fuses into the Add
     assert prof.run_ms > 0 and "whole run (median)" in str(prof)
     # and the session still answers right afterwards
     expect = np.maximum(np.arange(1800, 1864, dtype=np.float32).reshape(32, 2) * 2 + 1, 0)

@@ -317,6 +317,12 @@ ACTIVATIONS = ("", "Relu", "LeakyRelu", "Clip", "Sigmoid", "Tanh", "SiLU", "Hard
                "HardSigmoid", "Gelu")
 
 
+def check_activation(ctx):
+    ctx.check(ctx.attrs["activation"] in ACTIVATIONS,
+              f"expected a fused activation among {ACTIVATIONS[1:]}, "
+              f"got {ctx.attrs['activation']!r}")
+
+
 def apply_activation(y, name: str, alpha: float = 0.0, beta: float = 0.0):
     """Apply the fused activation of a Conv/Gemm/MatMul (its ``activation`` attribute) to ``y``;
     returns an array of ``y``'s dtype. Clip uses alpha=min, beta=max; LeakyRelu uses alpha;
@@ -379,7 +385,6 @@ class FusedAdd(Op):
     attrs = {"activation": "", "activation_alpha": 0.0, "activation_beta": 0.0}
 
     def infer(self, ctx):
-        from .linear import check_activation   # linear imports this module
         check_activation(ctx)
         dtype = same_dtype(ctx, 2)
         return [TensorType(dtype, broadcast_shapes(ctx, [ctx.shape(0), ctx.shape(1)]))]

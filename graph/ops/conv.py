@@ -13,7 +13,8 @@ import numpy as np
 
 from ..ir import TensorType
 from .base import REQUIRED, TRAINING_DOMAIN, Op, register
-from .linear import FUSED_ATTRS, check_activation, finish
+from .activation import check_activation
+from .linear import FUSED_ATTRS, finish
 
 AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
 

@@ -4,17 +4,11 @@ from __future__ import annotations
 import numpy as np
 
 from ..ir import TensorType
-from .activation import ACTIVATIONS, apply_activation
+from .activation import apply_activation, check_activation
 from .base import Op, register
 from .elementwise import broadcast_shapes, same_dtype, unidirectional
 
 FUSED_ATTRS = {"activation": "", "activation_alpha": 0.0, "activation_beta": 0.0}
-
-
-def check_activation(ctx):
-    ctx.check(ctx.attrs["activation"] in ACTIVATIONS,
-              f"expected a fused activation among {ACTIVATIONS[1:]}, "
-              f"got {ctx.attrs['activation']!r}")
 
 
 def finish(y, dtype, attrs):
