@@ -4,10 +4,12 @@ Output may alias an input (y is x): every element is read before it is written a
 index, so in-place runs are safe.
 """
 from cython.parallel cimport prange
+from cpython.pycapsule cimport PyCapsule_New
 
 from kernels cimport activation
 from kernels cimport elementwise_simd as ew
 from kernels.elementwise_simd cimport ember_act_unary, ember_binary_span
+from kernels.native_step cimport ember_native_step, EMBER_NATIVE_CAPSULE
 from kernels.parallel cimport threads_for
 from kernels.simd cimport use_simd
 
@@ -48,53 +50,46 @@ cdef enum:
     CHUNK = 16384   # elements per parallel work item: big enough to amortise scheduling
 
 
-def unary(float[::1] x, float[::1] y, int act, float a, float b, int nthreads):
-    cdef long n = x.shape[0], c, nchunks = (n + CHUNK - 1) // CHUNK
-    if n == 0:
-        return
-    cdef const float *xp = &x[0]
-    cdef float *yp = &y[0]
-    with nogil:
-        if threads_for(nthreads, n) == 1:
-            ember_act_unary(xp, yp, n, act, a, b)
-        else:
-            for c in prange(nchunks, num_threads=nthreads, schedule='static'):
-                ember_act_unary(xp + c * CHUNK, yp + c * CHUNK, min(CHUNK, n - c * CHUNK), act,
-                                a, b)
+# One elementwise call with its arguments resolved (see ElementwiseStep).
+cdef enum EwKind:
+    EW_UNARY, EW_BINARY, EW_BROADCAST
+
+cdef struct EwCall:
+    int kind
+    const float *a
+    const float *b
+    float *y
+    long n                     # elements of y
+    int op                     # binary op code (OP_*)
+    int act                    # activation applied to y (ACT_IDENTITY: none)
+    float pa, pb               # the activation's parameters
+    int rank                   # broadcast: y's shape after merging, with a's and b's strides
+    long rows                  # broadcast: product of all dims but the innermost
+    long sh[8]
+    long sa[8]
+    long sb[8]
+    int nthreads
 
 
-def binary(float[::1] a, float[::1] b, float[::1] y, int op, int nthreads):
-    cdef long n = y.shape[0], c, nchunks = (n + CHUNK - 1) // CHUNK
-    if n == 0:
-        return
-    cdef const float *ap = &a[0]
-    cdef const float *bp = &b[0]
-    cdef float *yp = &y[0]
-    with nogil:
-        if threads_for(nthreads, n) == 1:
-            ember_binary_span(ap, 1, bp, 1, yp, n, op)
-        else:
-            for c in prange(nchunks, num_threads=nthreads, schedule='static'):
-                ember_binary_span(ap + c * CHUNK, 1, bp + c * CHUNK, 1, yp + c * CHUNK,
-                                  min(CHUNK, n - c * CHUNK), op)
+cdef void unary_chunks(const float *x, float *y, long n, int act, float pa, float pb,
+                       int nthreads) noexcept nogil:
+    cdef long c, nchunks = (n + CHUNK - 1) // CHUNK
+    if threads_for(nthreads, n) == 1:
+        ember_act_unary(x, y, n, act, pa, pb)
+    else:
+        for c in prange(nchunks, num_threads=nthreads, schedule='static'):
+            ember_act_unary(x + c * CHUNK, y + c * CHUNK, min(CHUNK, n - c * CHUNK), act, pa, pb)
 
 
-def binary_act(float[::1] a, float[::1] b, float[::1] y, int op, int act, float pa, float pb,
-               int nthreads):
-    """y = act(a op b) for same-shape operands, the activation applied to each chunk while it is
-    still in cache (the residual Add + Relu)."""
-    cdef long n = y.shape[0], c, lo, m, nchunks = (n + CHUNK - 1) // CHUNK
-    if n == 0:
-        return
-    cdef const float *ap = &a[0]
-    cdef const float *bp = &b[0]
-    cdef float *yp = &y[0]
-    with nogil:
-        for c in prange(nchunks, num_threads=threads_for(nthreads, n), schedule='static'):
-            lo = c * CHUNK
-            m = min(CHUNK, n - lo)
-            ember_binary_span(ap + lo, 1, bp + lo, 1, yp + lo, m, op)
-            ember_act_unary(yp + lo, yp + lo, m, act, pa, pb)
+cdef void binary_chunks(const EwCall *e) noexcept nogil:
+    """y = act(a op b) for same-shape operands, each chunk activated while still in cache."""
+    cdef long c, lo, m, n = e.n, nchunks = (e.n + CHUNK - 1) // CHUNK
+    for c in prange(nchunks, num_threads=threads_for(e.nthreads, n), schedule='static'):
+        lo = c * CHUNK
+        m = min(CHUNK, n - lo)
+        ember_binary_span(e.a + lo, 1, e.b + lo, 1, e.y + lo, m, e.op)
+        if e.act != activation.ACT_IDENTITY:
+            ember_act_unary(e.y + lo, e.y + lo, m, e.act, e.pa, e.pb)
 
 
 cdef void broadcast_rows(const float *a, const long *sa, const float *b, const long *sb,
@@ -126,59 +121,155 @@ cdef void broadcast_rows(const float *a, const long *sa, const float *b, const l
             d -= 1
 
 
-def binary_broadcast(float[::1] a, long long[::1] a_strides, float[::1] b,
-                     long long[::1] b_strides, float[::1] y, long long[::1] shape, int op,
-                     int nthreads):
-    """y = a op b with a, b read through element strides over y's shape (0 = broadcast)."""
-    cdef long sh[8]
-    cdef long sa[8]
-    cdef long sb[8]
-    cdef int rank = 0, d, t, nt
-    cdef long rows = 1, total = 1, per
+cdef void broadcast_run(const EwCall *e) noexcept nogil:
+    cdef int t, nt = max(1, min(e.nthreads, <int> min(e.rows, e.n // 4096 + 1)))
+    cdef long c, per, nchunks = (e.sh[0] + CHUNK - 1) // CHUNK
+    if e.rank == 1 and e.nthreads > 1 and nchunks > 1:   # one long row: split it
+        for c in prange(nchunks, num_threads=e.nthreads, schedule='static'):
+            ember_binary_span(e.a + c * CHUNK * e.sa[0], e.sa[0], e.b + c * CHUNK * e.sb[0],
+                              e.sb[0], e.y + c * CHUNK, min(CHUNK, e.sh[0] - c * CHUNK), e.op)
+    elif nt == 1:
+        broadcast_rows(e.a, e.sa, e.b, e.sb, e.y, e.sh, e.rank, 0, e.rows, e.op)
+    else:
+        per = (e.rows + nt - 1) // nt
+        for t in prange(nt, num_threads=nt, schedule='static'):
+            broadcast_rows(e.a, e.sa, e.b, e.sb, e.y, e.sh, e.rank, t * per,
+                           min(e.rows, (t + 1) * per), e.op)
+    if e.act != activation.ACT_IDENTITY:
+        unary_chunks(e.y, e.y, e.n, e.act, e.pa, e.pb, e.nthreads)
+
+
+cdef int ew_run(EwCall *e) noexcept nogil:
+    """The call itself, GIL-free; always 0."""
+    if e.n == 0:
+        return 0
+    if e.kind == EW_UNARY:
+        unary_chunks(e.a, e.y, e.n, e.act, e.pa, e.pb, e.nthreads)
+    elif e.kind == EW_BINARY:
+        binary_chunks(e)
+    else:
+        broadcast_run(e)
+    return 0
+
+
+cdef int ew_native(void *state) noexcept nogil:
+    return ew_run(<EwCall *> state)
+
+
+cdef class ElementwiseStep:
+    """An elementwise call with its arguments resolved once (bind time): calling it, or running
+    it inside a ``plan.PlanRunner`` with no Python in between. Made by ``unary_step``,
+    ``binary_step`` and ``broadcast_step``; holds its arrays."""
+    cdef EwCall call
+    cdef ember_native_step native
+    cdef object keep
+
+    def __cinit__(self):
+        self.call.n = 0
+        self.call.act = activation.ACT_IDENTITY
+        self.native.fn = ew_native
+        self.native.state = &self.call
+
+    def __call__(self):
+        with nogil:
+            ew_run(&self.call)
+
+    @property
+    def _native(self):
+        """A capsule holding the step's C entry point, for plan.PlanRunner."""
+        return PyCapsule_New(&self.native, EMBER_NATIVE_CAPSULE, NULL)
+
+
+def unary_step(float[::1] x, float[::1] y, int act, float a, float b, int nthreads):
+    """y = act(x) (y may be x)."""
+    if x.shape[0] != y.shape[0]:
+        raise ValueError("unary: x and y differ in size")
+    cdef ElementwiseStep step = ElementwiseStep()
+    cdef EwCall *e = &step.call
+    step.keep = (x, y)
+    e.kind, e.n, e.act, e.pa, e.pb, e.nthreads = EW_UNARY, y.shape[0], act, a, b, nthreads
+    if e.n:
+        e.a, e.y = &x[0], &y[0]
+    return step
+
+
+def binary_step(float[::1] a, float[::1] b, float[::1] y, int op, int act, float pa, float pb,
+                int nthreads):
+    """y = act(a op b) for same-shape operands (y may be a or b)."""
+    if not a.shape[0] == b.shape[0] == y.shape[0]:
+        raise ValueError("binary: a, b and y differ in size")
+    cdef ElementwiseStep step = ElementwiseStep()
+    cdef EwCall *e = &step.call
+    step.keep = (a, b, y)
+    e.kind, e.n, e.op, e.act, e.pa, e.pb = EW_BINARY, y.shape[0], op, act, pa, pb
+    e.nthreads = nthreads
+    if e.n:
+        e.a, e.b, e.y = &a[0], &b[0], &y[0]
+    return step
+
+
+def broadcast_step(float[::1] a, long long[::1] a_strides, float[::1] b,
+                   long long[::1] b_strides, float[::1] y, long long[::1] shape, int op,
+                   int act, float pa, float pb, int nthreads):
+    """y = act(a op b) with a, b read through element strides over y's shape (0 = broadcast);
+    y must not alias a or b."""
+    cdef ElementwiseStep step = ElementwiseStep()
+    cdef EwCall *e = &step.call
+    cdef int d, rank = 0
+    cdef long total = 1
     if shape.shape[0] > 8:
         raise ValueError("binary_broadcast: rank above 8")
+    if a_strides.shape[0] != shape.shape[0] or b_strides.shape[0] != shape.shape[0]:
+        raise ValueError("binary_broadcast: strides and shape differ in rank")
+    step.keep = (a, b, y)
     # merge adjacent dims that are contiguous for both operands (and drop size-1 dims) so the
     # inner loop is as long as possible
     for d in range(shape.shape[0]):
         total *= shape[d]
         if shape[d] == 1:
             continue
-        if (rank > 0 and sa[rank - 1] == a_strides[d] * shape[d]
-                and sb[rank - 1] == b_strides[d] * shape[d]):
-            sh[rank - 1] *= shape[d]
-            sa[rank - 1] = a_strides[d]
-            sb[rank - 1] = b_strides[d]
+        if (rank > 0 and e.sa[rank - 1] == a_strides[d] * shape[d]
+                and e.sb[rank - 1] == b_strides[d] * shape[d]):
+            e.sh[rank - 1] *= shape[d]
+            e.sa[rank - 1] = a_strides[d]
+            e.sb[rank - 1] = b_strides[d]
         else:
-            sh[rank] = shape[d]
-            sa[rank] = a_strides[d]
-            sb[rank] = b_strides[d]
+            e.sh[rank] = shape[d]
+            e.sa[rank] = a_strides[d]
+            e.sb[rank] = b_strides[d]
             rank += 1
-    if total == 0:
-        return
+    if total != y.shape[0]:
+        raise ValueError("binary_broadcast: y's size is not the shape's")
     if rank == 0:
-        sh[0] = 1
-        sa[0] = 0
-        sb[0] = 0
+        e.sh[0], e.sa[0], e.sb[0] = 1, 0, 0
         rank = 1
+    e.kind, e.n, e.rank, e.rows = EW_BROADCAST, total, rank, 1
     for d in range(rank - 1):
-        rows *= sh[d]
-    cdef const float *ap = &a[0]
-    cdef const float *bp = &b[0]
-    cdef float *yp = &y[0]
-    nt = max(1, min(nthreads, <int> min(rows, total // 4096 + 1)))
-    cdef long c, nchunks = (sh[0] + CHUNK - 1) // CHUNK
-    with nogil:
-        if rank == 1 and nthreads > 1 and nchunks > 1:   # one long row: split it
-            for c in prange(nchunks, num_threads=nthreads, schedule='static'):
-                ember_binary_span(ap + c * CHUNK * sa[0], sa[0], bp + c * CHUNK * sb[0], sb[0],
-                                  yp + c * CHUNK, min(CHUNK, sh[0] - c * CHUNK), op)
-        elif nt == 1:
-            broadcast_rows(ap, sa, bp, sb, yp, sh, rank, 0, rows, op)
-        else:
-            per = (rows + nt - 1) // nt
-            for t in prange(nt, num_threads=nt, schedule='static'):
-                broadcast_rows(ap, sa, bp, sb, yp, sh, rank, t * per, min(rows, (t + 1) * per),
-                               op)
+        e.rows *= e.sh[d]
+    e.op, e.act, e.pa, e.pb, e.nthreads = op, act, pa, pb, nthreads
+    if total:
+        e.a, e.b, e.y = &a[0], &b[0], &y[0]
+    return step
+
+
+def unary(x, y, int act, float a, float b, int nthreads):
+    unary_step(x, y, act, a, b, nthreads)()
+
+
+def binary(a, b, y, int op, int nthreads):
+    binary_step(a, b, y, op, activation.ACT_IDENTITY, 0.0, 0.0, nthreads)()
+
+
+def binary_act(a, b, y, int op, int act, float pa, float pb, int nthreads):
+    """y = act(a op b) for same-shape operands, the activation applied to each chunk while it is
+    still in cache (the residual Add + Relu)."""
+    binary_step(a, b, y, op, act, pa, pb, nthreads)()
+
+
+def binary_broadcast(a, a_strides, b, b_strides, y, shape, int op, int nthreads):
+    """y = a op b with a, b read through element strides over y's shape (0 = broadcast)."""
+    broadcast_step(a, a_strides, b, b_strides, y, shape, op, activation.ACT_IDENTITY, 0.0, 0.0,
+                   nthreads)()
 
 
 # The activation codes `apply_act` (activation.pxd) branches on, by op type (SiLU: the fused

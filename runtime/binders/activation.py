@@ -40,8 +40,8 @@ def bind_unary(node, ins, outs, scratch_buf, ctx):
     code = ACTIVATION_CODES[node.op_type]
     params = _PARAMS.get(node.op_type)
     a, b = (float(v) for v in params(node.attrs)) if params else (0.0, 0.0)
-    xf, yf, unary = contiguous_f32(x).reshape(-1), y.reshape(-1), elementwise.unary
-    return lambda: unary(xf, yf, code, a, b, threads)
+    return elementwise.unary_step(contiguous_f32(x).reshape(-1), y.reshape(-1), code, a, b,
+                                  threads)
 
 
 @binds(ops.Clip, kernel="elementwise", activations=("Clip",))
@@ -67,7 +67,7 @@ def bind_clip(node, ins, outs, scratch_buf, ctx):
         return step
     a = float(lo.reshape(-1)[0]) if lo is not None else -math.inf
     b = float(hi.reshape(-1)[0]) if hi is not None else math.inf
-    return lambda: unary(xf, yf, CLIP, a, b, threads)
+    return elementwise.unary_step(xf, yf, CLIP, a, b, threads)
 
 
 @binds(ops.ActivationGrad, kernel="act_grad", activations=tuple(GRAD_CODES))

@@ -17,6 +17,7 @@ from .registry import binds
 BINARY_CODES = {"Add": 0, "Sub": 1, "Mul": 2, "Div": 3, "Max": 4, "Min": 5, "Pow": 6,
                 "PRelu": 7}
 _ADD = BINARY_CODES["Add"]
+ACT_NONE = elementwise.ACT_IDENTITY
 
 
 def broadcast_strides(shape, yshape):
@@ -30,18 +31,17 @@ def broadcast_strides(shape, yshape):
     return np.array(strides, dtype=np.int64)
 
 
-def _binary_step(a, b, y, op, threads):
-    """A step computing y = a ∘ b (broadcasting), or None when the rank is too high."""
+def _binary_step(a, b, y, op, threads, act=ACT_NONE, pa=0.0, pb=0.0):
+    """A native step computing y = act(a ∘ b) (broadcasting), or None when the rank is too
+    high."""
+    af, bf, yf = contiguous_f32(a).reshape(-1), contiguous_f32(b).reshape(-1), y.reshape(-1)
     if a.shape == b.shape == y.shape:
-        af, bf, yf = contiguous_f32(a).reshape(-1), contiguous_f32(b).reshape(-1), y.reshape(-1)
-        fn = elementwise.binary
-        return lambda: fn(af, bf, yf, op, threads)
+        return elementwise.binary_step(af, bf, yf, op, act, pa, pb, threads)
     if y.ndim > 8:
         return None
-    af, bf, yf = contiguous_f32(a).reshape(-1), contiguous_f32(b).reshape(-1), y.reshape(-1)
     sa, sb = broadcast_strides(a.shape, y.shape), broadcast_strides(b.shape, y.shape)
-    shape, fn = np.array(y.shape, dtype=np.int64), elementwise.binary_broadcast
-    return lambda: fn(af, sa, bf, sb, yf, shape, op, threads)
+    return elementwise.broadcast_step(af, sa, bf, sb, yf, np.array(y.shape, dtype=np.int64), op,
+                                      act, pa, pb, threads)
 
 
 def _chain(arrays, y, op, threads):
@@ -97,29 +97,16 @@ def bind_binary(node, ins, outs, scratch_buf, ctx):
 @binds(FusedAdd, inplace=_same_shape_inplace, kernel="elementwise",
        activations=FUSED_ACTIVATIONS)
 def bind_fused_add(node, ins, outs, scratch_buf, ctx):
-    """Add with a fused activation: one pass over same-shape operands, else the broadcast add
-    and the activation over its output."""
+    """Add with a fused activation: one pass over same-shape operands (each chunk activated
+    while in cache), else the broadcast add and the activation over its output, in one step."""
     a, b, y, threads = ins[0], ins[1], outs[0], ctx.threads
     if not all_float32(a, b, y):
         return None
     if has_empty_output(outs):
         return noop
     at = node.attrs
-    act = FUSED_CODES[at["activation"]]
-    pa, pb = float(at["activation_alpha"]), float(at["activation_beta"])
-    if a.shape == b.shape == y.shape:
-        af, bf, yf = contiguous_f32(a).reshape(-1), contiguous_f32(b).reshape(-1), y.reshape(-1)
-        fn = elementwise.binary_act
-        return lambda: fn(af, bf, yf, _ADD, act, pa, pb, threads)
-    add = _binary_step(a, b, y, _ADD, threads)
-    if add is None:
-        return None
-    yf, unary = y.reshape(-1), elementwise.unary
-
-    def step():
-        add()
-        unary(yf, yf, act, pa, pb, threads)
-    return step
+    return _binary_step(a, b, y, _ADD, threads, FUSED_CODES[at["activation"]],
+                        float(at["activation_alpha"]), float(at["activation_beta"]))
 
 
 @binds(ops.Sum, ops.Mean, inplace=_first_two_inplace, kernel="elementwise")
