@@ -202,3 +202,46 @@ def test_course_models_run_natively(name):
             1 for _, step in ctx.steps if getattr(step, "_native", None) is None) == len(ctx.runner)
     finally:
         compiled.release(ctx)
+
+
+# (source shape, a view of it as numpy indexes it, dtype): strided copies of every kind
+COPY_CASES = [
+    ((4, 5, 6), lambda a: a.transpose(2, 0, 1), np.float32),
+    ((4, 5, 6), lambda a: a[::-1, 1:4, ::2], np.float32),
+    ((3, 7), lambda a: a[:, 2:5], np.int64),
+    ((2, 3, 4, 5), lambda a: a[:, 1:3], np.float16),
+    ((6, 5), lambda a: a.T[::-2], np.bool_),
+    ((1, 2, 1, 3, 1, 2, 1, 2), lambda a: a.transpose(7, 6, 5, 4, 3, 2, 1, 0), np.float64),
+    ((5,), lambda a: a[2:3], np.int32),
+    ((), lambda a: a, np.float32),
+    ((0, 4), lambda a: a, np.float32),
+    ((64, 96, 48), lambda a: a.transpose(1, 0, 2), np.float32),   # big enough for two threads
+]
+
+
+@pytest.mark.parametrize("case", range(len(COPY_CASES)))
+@pytest.mark.parametrize("nthreads", [1, 2])
+def test_copy_step_equals_numpy(case, nthreads):
+    from ember.kernels.tensor import CopyStep
+    shape, view, dtype = COPY_CASES[case]
+    src = view(np.asarray(rng.standard_normal(shape)).astype(dtype))
+    dst = np.zeros(src.shape, dtype)
+    step = CopyStep([(dst, src)], nthreads)
+    plan.PlanRunner([step]).run()
+    np.testing.assert_array_equal(dst, src)
+    big = np.zeros((2,) + src.shape, dtype)                  # into a strided destination
+    CopyStep([(big[1, ...], src), (big[0, ...], src)], nthreads)()
+    np.testing.assert_array_equal(big[0], src)
+    np.testing.assert_array_equal(big[1], src)
+
+
+def test_copy_step_refuses_mismatches():
+    from ember.kernels.tensor import CopyStep
+    with pytest.raises(ValueError, match="into"):
+        CopyStep([(np.zeros(3, np.float32), np.zeros(4, np.float32))], 1)
+    with pytest.raises(ValueError, match="into"):
+        CopyStep([(np.zeros(3, np.float32), np.zeros(3, np.float64))], 1)
+    ro = np.zeros(3, np.float32)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        CopyStep([(ro, np.zeros(3, np.float32))], 1)

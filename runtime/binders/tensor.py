@@ -8,11 +8,24 @@ from ...graph.errors import InputError
 from ...graph.ops import tensor as ops
 from ...graph.ops.tensor import dropout_seed
 from ...kernels import act_grad
+from ...kernels.tensor import CopyStep
 from .common import all_float32, contiguous_f32, has_empty_output, noop, optional_at
 from .registry import binds
 
 U8 = np.uint8
 _U64 = (1 << 64) - 1
+
+
+def _copies(pairs, threads):
+    """One step making every ``dst[...] = src`` copy in order: native up to rank 8 (the
+    views are fixed at bind time), numpy's copyto beyond."""
+    if all(dst.ndim <= 8 for dst, _ in pairs):
+        return CopyStep(pairs, threads)
+
+    def step():
+        for dst, src in pairs:
+            np.copyto(dst, src)
+    return step
 
 
 @binds(ops.Concat, inplace=())
@@ -31,11 +44,7 @@ def bind_concat(node, ins, outs, scratch_buf, ctx):
         off += n
     if off != y.shape[axis]:
         return None
-
-    def step():
-        for dst, src in pairs:
-            np.copyto(dst, src)
-    return step
+    return _copies(pairs, ctx.threads)
 
 
 @binds(ops.Transpose, inplace=())
@@ -47,7 +56,7 @@ def bind_transpose(node, ins, outs, scratch_buf, ctx):
     src = x.transpose([int(p) for p in perm])
     if src.shape != y.shape:
         return None
-    return lambda: np.copyto(y, src)
+    return _copies([(y, src)], ctx.threads)
 
 
 @binds(ops.Split, inplace=())
@@ -69,11 +78,7 @@ def bind_split(node, ins, outs, scratch_buf, ctx):
         off += n
     if off != x.shape[axis]:
         return None
-
-    def step():
-        for dst, src in pairs:
-            np.copyto(dst, src)
-    return step
+    return _copies(pairs, ctx.threads)
 
 
 def onnx_slices(shape, starts, ends, axes, steps):
@@ -113,7 +118,7 @@ def bind_slice(node, ins, outs, scratch_buf, ctx):
         return None
     if y.size == 0:
         return noop
-    return lambda: np.copyto(y, src)
+    return _copies([(y, src)], ctx.threads)
 
 
 @binds(ops.Gather, inplace=())
