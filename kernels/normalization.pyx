@@ -1,8 +1,10 @@
 """Per-channel kernels over (N, C, inner) views: affine (inference BatchNorm), InstanceNorm, LRN;
 and LayerNorm over (rows, n) views."""
 from cython.parallel cimport prange
+from cpython.pycapsule cimport PyCapsule_New
 from libc.math cimport sqrt, sqrtf, powf
 
+from kernels.native_step cimport ember_native_step, EMBER_NATIVE_CAPSULE
 from kernels.parallel cimport threads_for
 from kernels.simd cimport use_simd
 from kernels.sums cimport ember_row_inv_std
@@ -14,26 +16,75 @@ cdef extern from "simd.h" nogil:
     void ember_act_span(float *p, long n, int code, float a, float b)
 
 
-def channel_affine(float[:, :, ::1] x, float[::1] scale, float[::1] shift, float[:, :, ::1] y,
-                   int act, float act_a, float act_b, int nthreads):
-    """y = act(x·scale[c] + shift[c]); y may be x."""
-    cdef long N = x.shape[0], C = x.shape[1], L = x.shape[2], p, i
+cdef struct AffineCall:
+    const float *x
+    float *y
+    const float *scale
+    const float *shift
+    long N, C, L
+    int act
+    float act_a, act_b
+    int nthreads
+
+
+cdef int affine_run(const AffineCall *c) noexcept nogil:
+    """y = act(x·scale[c] + shift[c]) plane by plane; always 0."""
+    cdef long p, i, C = c.C, L = c.L
     cdef float s, t
     cdef const float *xr
     cdef float *yr
-    if N * C * L == 0:
-        return
-    cdef const float *xp = &x[0, 0, 0]
-    cdef float *yp = &y[0, 0, 0]
-    with nogil:
-        for p in prange(N * C, num_threads=threads_for(nthreads, N * C * L), schedule='static'):
-            s = scale[p % C]
-            t = shift[p % C]
-            xr = xp + p * L
-            yr = yp + p * L
-            for i in range(L):
-                yr[i] = xr[i] * s + t
-            ember_act_span(yr, L, act, act_a, act_b)
+    if c.N * C * L == 0:
+        return 0
+    for p in prange(c.N * C, num_threads=threads_for(c.nthreads, c.N * C * L), schedule='static'):
+        s = c.scale[p % C]
+        t = c.shift[p % C]
+        xr = c.x + p * L
+        yr = c.y + p * L
+        for i in range(L):
+            yr[i] = xr[i] * s + t
+        ember_act_span(yr, L, c.act, c.act_a, c.act_b)
+    return 0
+
+
+cdef int affine_native(void *state) noexcept nogil:
+    return affine_run(<const AffineCall *> state)
+
+
+cdef class ChannelAffineStep:
+    """channel_affine resolved once (bind time): callable, or run by plan.PlanRunner without
+    the GIL. It reads scale and shift live, so a caller may refresh them between runs."""
+    cdef AffineCall call
+    cdef ember_native_step native
+    cdef object keep
+
+    def __cinit__(self, float[:, :, ::1] x, float[::1] scale, float[::1] shift,
+                  float[:, :, ::1] y, int act, float act_a, float act_b, int nthreads):
+        if x.shape[0] != y.shape[0] or x.shape[1] != y.shape[1] or x.shape[2] != y.shape[2]:
+            raise ValueError("channel_affine: x and y differ in shape")
+        if scale.shape[0] != x.shape[1] or shift.shape[0] != x.shape[1]:
+            raise ValueError("channel_affine: scale and shift need one value per channel")
+        cdef AffineCall *c = &self.call
+        self.keep = (x, scale, shift, y)
+        c.N, c.C, c.L = x.shape[0], x.shape[1], x.shape[2]
+        c.act, c.act_a, c.act_b, c.nthreads = act, act_a, act_b, nthreads
+        if c.N * c.C * c.L:
+            c.x, c.y, c.scale, c.shift = &x[0, 0, 0], &y[0, 0, 0], &scale[0], &shift[0]
+        self.native.fn = affine_native
+        self.native.state = &self.call
+
+    def __call__(self):
+        with nogil:
+            affine_run(&self.call)
+
+    @property
+    def _native(self):
+        """A capsule holding the step's C entry point, for plan.PlanRunner."""
+        return PyCapsule_New(&self.native, EMBER_NATIVE_CAPSULE, NULL)
+
+
+def channel_affine(x, scale, shift, y, int act, float act_a, float act_b, int nthreads):
+    """y = act(x·scale[c] + shift[c]); y may be x."""
+    ChannelAffineStep(x, scale, shift, y, act, act_a, act_b, nthreads)()
 
 
 def instance_norm(float[:, :, ::1] x, float[::1] scale, float[::1] bias, float[:, :, ::1] y,
@@ -120,36 +171,88 @@ cdef void layer_norm_row(const float *x, const float *s, const float *b, float *
         inv_out[0] = k
 
 
-def layer_norm(float[:, ::1] x, float[::1] scale, bias, float[:, ::1] y, mean_out, inv_out,
-               float eps, int nthreads):
+cdef struct LayerNormCall:
+    const float *x
+    const float *scale
+    const float *bias         # or NULL
+    float *y
+    float *mean_out           # or NULL
+    float *inv_out            # or NULL
+    long R, L
+    float eps
+    int nthreads
+
+
+cdef int layer_norm_run(const LayerNormCall *c) noexcept nogil:
+    """Every row, parallel over rows; always 0."""
+    cdef long r, L = c.L
+    if c.R == 0 or L == 0:
+        return 0
+    for r in prange(c.R, num_threads=threads_for(c.nthreads, c.R * L), schedule='static'):
+        layer_norm_row(c.x + r * L, c.scale, c.bias, c.y + r * L, L, c.eps,
+                       c.mean_out + r if c.mean_out != NULL else NULL,
+                       c.inv_out + r if c.inv_out != NULL else NULL)
+    return 0
+
+
+cdef int layer_norm_native(void *state) noexcept nogil:
+    return layer_norm_run(<const LayerNormCall *> state)
+
+
+cdef class LayerNormStep:
+    """layer_norm resolved once (bind time): callable, or run by plan.PlanRunner without the
+    GIL. Reads scale and bias live. Arguments as ``layer_norm``'s."""
+    cdef LayerNormCall call
+    cdef ember_native_step native
+    cdef object keep
+
+    def __cinit__(self, float[:, ::1] x, float[::1] scale, bias, float[:, ::1] y, mean_out,
+                  inv_out, float eps, int nthreads):
+        cdef float[::1] b_v
+        cdef float[::1] mo_v
+        cdef float[::1] io_v
+        cdef LayerNormCall *c = &self.call
+        if x.shape[0] != y.shape[0] or x.shape[1] != y.shape[1] or scale.shape[0] != x.shape[1]:
+            raise ValueError("layer_norm: x, y and scale disagree in shape")
+        self.keep = (x, scale, bias, y, mean_out, inv_out)
+        c.R, c.L, c.eps, c.nthreads = x.shape[0], x.shape[1], eps, nthreads
+        c.bias, c.mean_out, c.inv_out = NULL, NULL, NULL
+        self.native.fn = layer_norm_native
+        self.native.state = &self.call
+        if c.R == 0 or c.L == 0:
+            return
+        if bias is not None:
+            b_v = bias
+            if b_v.shape[0] != c.L:
+                raise ValueError("layer_norm: bias has the wrong size")
+            c.bias = &b_v[0]
+        if mean_out is not None:
+            mo_v = mean_out
+            if mo_v.shape[0] != c.R:
+                raise ValueError("layer_norm: mean_out has the wrong size")
+            c.mean_out = &mo_v[0]
+        if inv_out is not None:
+            io_v = inv_out
+            if io_v.shape[0] != c.R:
+                raise ValueError("layer_norm: inv_out has the wrong size")
+            c.inv_out = &io_v[0]
+        c.x, c.scale, c.y = &x[0, 0], &scale[0], &y[0, 0]
+
+    def __call__(self):
+        with nogil:
+            layer_norm_run(&self.call)
+
+    @property
+    def _native(self):
+        """A capsule holding the step's C entry point, for plan.PlanRunner."""
+        return PyCapsule_New(&self.native, EMBER_NATIVE_CAPSULE, NULL)
+
+
+def layer_norm(x, scale, bias, y, mean_out, inv_out, float eps, int nthreads):
     """Each row of x (rows, n): y = (x − mean)·inv·scale + bias, inv = 1/√(var + eps), the
     population variance, parallel over rows. The statistics come from one vectorised pass of
     sums shifted by the row's first value (kernels/sums_kernel.h: float lanes flushed into double
     every 512 values; the shift keeps E[d²] − E[d]² from cancelling when the mean is large).
     bias (float[::1] of n) may be None; mean_out / inv_out (float[::1] of rows, or None)
     receive each row's mean and inv. n ≥ 1."""
-    cdef long R = x.shape[0], L = x.shape[1], r
-    cdef float[::1] b_v
-    cdef float[::1] mo_v
-    cdef float[::1] io_v
-    cdef const float *bp = NULL
-    cdef float *mop = NULL
-    cdef float *iop = NULL
-    if R == 0 or L == 0:
-        return
-    if bias is not None:
-        b_v = bias
-        bp = &b_v[0]
-    if mean_out is not None:
-        mo_v = mean_out
-        mop = &mo_v[0]
-    if inv_out is not None:
-        io_v = inv_out
-        iop = &io_v[0]
-    cdef const float *xp = &x[0, 0]
-    cdef float *yp = &y[0, 0]
-    cdef const float *sp = &scale[0]
-    with nogil:
-        for r in prange(R, num_threads=threads_for(nthreads, R * L), schedule='static'):
-            layer_norm_row(xp + r * L, sp, bp, yp + r * L, L, eps,
-                           mop + r if mop != NULL else NULL, iop + r if iop != NULL else NULL)
+    LayerNormStep(x, scale, bias, y, mean_out, inv_out, eps, nthreads)()

@@ -37,14 +37,15 @@ def _inference_batch_norm(node, ins, outs, ctx):
         np.multiply(m, scale, out=tmp)
         np.subtract(b, tmp, out=shift)
 
-    x3, y3, fn = as_nc_inner(contiguous_f32(x)), as_nc_inner(y), normalization.channel_affine
+    affine = normalization.ChannelAffineStep(as_nc_inner(contiguous_f32(x)), scale, shift,
+                                             as_nc_inner(y), 0, 0.0, 0.0, threads)
     if any(ctx.is_runtime(p) for p in (gamma, beta, mean, var)):
         def step():
             refresh()
-            fn(x3, scale, shift, y3, 0, 0.0, 0.0, threads)
+            affine()
         return step
     refresh()
-    return lambda: fn(x3, scale, shift, y3, 0, 0.0, 0.0, threads)
+    return affine
 
 
 def _training_batch_norm(node, ins, outs, ctx):
@@ -124,14 +125,15 @@ def bind_layer_norm(node, ins, outs, scratch_buf, ctx):
     s1, refresh_s = _row_vector(scale, norm, ctx)
     b1, refresh_b = _row_vector(bias, norm, ctx) if bias is not None else (None, None)
     refreshes = [f for f in (refresh_s, refresh_b) if f is not None]
-    eps, threads, fn = float(node.attrs["epsilon"]), ctx.threads, normalization.layer_norm
+    norm = normalization.LayerNormStep(x2, s1, b1, y2, m1, i1, float(node.attrs["epsilon"]),
+                                       ctx.threads)
     if refreshes:
         def step():
             for f in refreshes:
                 f()
-            fn(x2, s1, b1, y2, m1, i1, eps, threads)
+            norm()
         return step
-    return lambda: fn(x2, s1, b1, y2, m1, i1, eps, threads)
+    return norm
 
 
 @binds(ops.LRN, inplace=(), kernel="normalization")

@@ -29,8 +29,7 @@ def bind_softmax(node, ins, outs, scratch_buf, ctx):
         return None
     shape3 = _outer_axis_inner(x.shape, axis)
     x3, y3, log = contiguous_f32(x).reshape(shape3), y.reshape(shape3), node.op_type == "LogSoftmax"
-    fn, threads = softmax.softmax, ctx.threads
-    return lambda: fn(x3, y3, log, threads)
+    return softmax.SoftmaxStep(x3, y3, log, ctx.threads)
 
 
 @binds(ops.SoftmaxGrad, ops.LogSoftmaxGrad, kernel="softmax_grad")
