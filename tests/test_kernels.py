@@ -697,3 +697,26 @@ def test_conv2d_rejects_short_scratch_and_uses_fewer_slots():
                 0.0, 2)   # sized for one thread, run with two: still correct
     expect = conv_twin(x, w, None, (1, 1), (1, 1), (1, 1), 1, (8, 8))
     np.testing.assert_allclose(y, expect, rtol=1e-4, atol=1e-5 * 27)
+
+
+# ---- reduce: (outer, n, inner) reductions against numpy in float64 ----------------------------
+REDUCE_NUMPY = {"sum": np.sum, "mean": np.mean, "max": np.max, "min": np.min, "prod": np.prod}
+
+
+@pytest.mark.parametrize("kind", list(REDUCE_NUMPY))
+@pytest.mark.parametrize("shape", [(1, 7, 1), (5, 300, 1), (2, 9, 3), (3, 4, 600), (1, 1, 1)])
+@pytest.mark.parametrize("nthreads", [1, 2])
+def test_reduce_step_matches_numpy(kind, shape, nthreads):
+    """Sums and means within 1e-6 relative (double accumulation against float64); max/min
+    exact; products of values near 1 within 1e-5; a NaN anywhere in a line gives NaN."""
+    from ember.kernels import reduce as kr
+    gen = np.random.default_rng(sum(shape))
+    x = gen.uniform(0.9, 1.1, shape).astype(np.float32) if kind == "prod" else \
+        gen.standard_normal(shape).astype(np.float32)
+    if shape[1] > 1:
+        x[0, shape[1] // 2, 0] = np.nan
+    y = np.full((shape[0], shape[2]), -7.0, np.float32)
+    kr.ReduceStep(x, y, getattr(kr, f"REDUCE_{kind.upper()}"), nthreads)()
+    want = REDUCE_NUMPY[kind](x.astype(np.float64), axis=1)
+    np.testing.assert_allclose(y, want, rtol=1e-5 if kind == "prod" else 1e-6, atol=1e-6)
+    assert np.isnan(y[0, 0]) == (shape[1] > 1)
