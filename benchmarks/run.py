@@ -88,6 +88,7 @@ def bench_inference(builders, models, threads_list, runs) -> list:
         for threads in threads_list:
             sess = ember.load(data, threads=threads)
             macs = graph_macs(sess.compile().graph)
+            native, steps, _ = sess.compile().native_steps()
             peer = ort_session(data, threads)
             feeds = {inp.name: x}
             fns = {"ember": lambda: sess.run(None, feeds),
@@ -99,7 +100,7 @@ def bench_inference(builders, models, threads_list, runs) -> list:
             rows.append(dict(model=name, batch=batch, threads=threads, macs=macs,
                              ember_ms=med["ember"] * 1e3, ort_ms=med["onnxruntime"] * 1e3,
                              torch_ms=med.get("torch", float("nan")) * 1e3,
-                             arena=sess.plan().arena_bytes))
+                             arena=sess.plan().arena_bytes, native=f"{native}/{steps}"))
             print(f"{name:12s} b={batch:<3d} t={threads}  ember {med['ember']*1e3:8.2f} ms   "
                   f"onnxruntime {med['onnxruntime']*1e3:8.2f} ms   ratio "
                   f"{med['ember']/med['onnxruntime']:.2f}   torch "
@@ -173,15 +174,15 @@ def write_results(rows, peaks, mem, path):
             "numpy sgemm 1024³ peak (same run): " +
             ", ".join(f"{t} thread(s) {g:.0f} GFLOP/s" for t, g in peaks.items())]
     lat = ["| model | batch | threads | ember ms | onnxruntime ms | ember/ort | PyTorch ms | "
-           "ember/PyTorch | ember img/s | ember GFLOP/s | % of peak |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
+           "ember/PyTorch | ember img/s | ember GFLOP/s | % of peak | native steps |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         gflops = 2 * r["macs"] / (r["ember_ms"] / 1e3) / 1e9
         lat.append(f"| {r['model']} | {r['batch']} | {r['threads']} | {r['ember_ms']:.2f} | "
                    f"{r['ort_ms']:.2f} | {r['ember_ms'] / r['ort_ms']:.2f} | "
                    f"{r['torch_ms']:.2f} | {r['ember_ms'] / r['torch_ms']:.2f} | "
                    f"{r['batch'] / (r['ember_ms'] / 1e3):.0f} | {gflops:.1f} | "
-                   f"{100 * gflops / peaks[r['threads']]:.0f}% |")
+                   f"{100 * gflops / peaks[r['threads']]:.0f}% | {r['native']} |")
     sections = [("## Inference: machine and peak", head),
                 ("## Inference latency (median, interleaved)", lat)]
     if mem:

@@ -105,6 +105,9 @@ def cmd_info(args) -> int:
     print(f"MACs    {macs:,} ({fmt_count(macs)}; Conv, ConvTranspose, Gemm, MatMul)")
     print(f"memory  arena {plan.arena_bytes:,} B   naive {plan.naive_bytes:,} B   "
           f"lower bound {plan.lower_bound_bytes:,} B   (threads {compiled.threads})")
+    native, steps, python = compiled.native_steps()
+    print(f"steps   {native} of {steps} run from C without returning to Python"
+          + (f"; the others: {', '.join(python)}" if python else ""))
     if args.plan:
         print(plan.describe())
     return 0

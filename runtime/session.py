@@ -141,6 +141,17 @@ class Compiled:
     def new_context(self) -> _Context:
         return _Context(self, self._plans.memory_cap - self.context_bytes)
 
+    def native_steps(self) -> tuple:
+        """(steps the plan runner makes from C, all steps, the op types of the others): how
+        much of a run returns to Python between kernels (binds a context to count)."""
+        ctx = self.acquire()
+        try:
+            python = [node.op_type for node, step in ctx.steps
+                      if getattr(step, "_native", None) is None]
+            return ctx.runner.native_steps, len(ctx.runner), sorted(set(python))
+        finally:
+            self.release(ctx)
+
     def acquire(self) -> _Context:
         """A context of this plan, for one run at a time; may wait for another run to release
         one (``max_concurrent_runs``, ``memory_cap``)."""

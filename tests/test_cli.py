@@ -60,6 +60,8 @@ def test_info_counts_params_and_macs(small_model, capsys):
     assert lower <= arena <= naive
     # the largest value (conv output, 2·4·6·6 floats) must fit in the arena
     assert arena >= 2 * 4 * 6 * 6 * 4
+    m = re.search(r"steps   (\d+) of (\d+) run from C", out)
+    assert m and m.group(1) == m.group(2)           # a conv net: every step native
 
 
 def test_info_course_lenet_figures(tmp_path, capsys):

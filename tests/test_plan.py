@@ -192,16 +192,9 @@ PYTHON_STEP_OPS = {
 def test_course_models_run_natively(name):
     import models
     session = ember.load(getattr(models, name)(batch=1).SerializeToString(), threads=1)
-    compiled = session.compile()
-    ctx = compiled.acquire()
-    try:
-        python_ops = {node.op_type for node, step in ctx.steps
-                      if getattr(step, "_native", None) is None}
-        assert python_ops <= PYTHON_STEP_OPS[name]
-        assert ctx.runner.native_steps + sum(
-            1 for _, step in ctx.steps if getattr(step, "_native", None) is None) == len(ctx.runner)
-    finally:
-        compiled.release(ctx)
+    native, total, python_ops = session.compile().native_steps()
+    assert set(python_ops) <= PYTHON_STEP_OPS[name]
+    assert total >= 5 and (native == total) == (not python_ops)
 
 
 # (source shape, a view of it as numpy indexes it, dtype): strided copies of every kind
