@@ -9,9 +9,11 @@ input, graph/TRAINING.md §1) or a run count. graph/ops/tensor.py's ``dropout_ke
 hash in numpy; tests/test_grad_kernels.py holds the two to bit equality.
 """
 from cython.parallel cimport prange
+from cpython.pycapsule cimport PyCapsule_New
 from libc.stdint cimport uint64_t, uint32_t, uint8_t
 
 from kernels.elementwise_simd cimport ember_act_grad_span, ember_dropout_span
+from kernels.native_step cimport ember_native_step, EMBER_NATIVE_CAPSULE
 from kernels.parallel cimport threads_for
 from kernels.simd cimport use_simd
 
@@ -22,21 +24,64 @@ cdef enum:
     CHUNK = 8192   # elements per task: big enough to amortise the call, small enough to share
 
 
-def activation_grad(float[::1] dy, float[::1] t, float[::1] dx, int act, float a, float b,
-                    int nthreads):
+cdef struct ActGradCall:
+    const float *dy
+    const float *t
+    float *dx
+    long n
+    int act
+    float a, b
+    int nthreads
+
+
+cdef int act_grad_run(const ActGradCall *c) noexcept nogil:
+    """dx = dy · act'(t) chunk by chunk; always 0."""
+    cdef long k, lo, n = c.n, chunks = (c.n + CHUNK - 1) // CHUNK
+    if n == 0:
+        return 0
+    for k in prange(chunks, num_threads=threads_for(c.nthreads, n), schedule='static'):
+        lo = k * CHUNK
+        ember_act_grad_span(c.dy + lo, c.t + lo, c.dx + lo, min(CHUNK, n - lo), c.act, c.a, c.b)
+    return 0
+
+
+cdef int act_grad_native(void *state) noexcept nogil:
+    return act_grad_run(<const ActGradCall *> state)
+
+
+cdef class ActivationGradStep:
+    """activation_grad resolved once (bind time): callable, or run by plan.PlanRunner without
+    the GIL. Holds its arrays."""
+    cdef ActGradCall call
+    cdef ember_native_step native
+    cdef object keep
+
+    def __cinit__(self, float[::1] dy, float[::1] t, float[::1] dx, int act, float a, float b,
+                  int nthreads):
+        if not dy.shape[0] == t.shape[0] == dx.shape[0]:
+            raise ValueError("activation_grad: dy, t and dx differ in size")
+        self.keep = (dy, t, dx)
+        self.call.n, self.call.act, self.call.a, self.call.b = dx.shape[0], act, a, b
+        self.call.nthreads = nthreads
+        if dx.shape[0]:
+            self.call.dy, self.call.t, self.call.dx = &dy[0], &t[0], &dx[0]
+        self.native.fn = act_grad_native
+        self.native.state = &self.call
+
+    def __call__(self):
+        with nogil:
+            act_grad_run(&self.call)
+
+    @property
+    def _native(self):
+        """A capsule holding the step's C entry point, for plan.PlanRunner."""
+        return PyCapsule_New(&self.native, EMBER_NATIVE_CAPSULE, NULL)
+
+
+def activation_grad(dy, t, dx, int act, float a, float b, int nthreads):
     """dx = dy · act'(…) elementwise, t being the forward output Y (Relu, Sigmoid, Tanh) or
     input X (the rest; elementwise_kernel.h). dx may be dy itself."""
-    cdef long n = dx.shape[0], c, lo
-    if n == 0:
-        return
-    cdef const float *g = &dy[0]
-    cdef const float *tp = &t[0]
-    cdef float *out = &dx[0]
-    cdef long chunks = (n + CHUNK - 1) // CHUNK
-    with nogil:
-        for c in prange(chunks, num_threads=threads_for(nthreads, n), schedule='static'):
-            lo = c * CHUNK
-            ember_act_grad_span(g + lo, tp + lo, out + lo, min(CHUNK, n - lo), act, a, b)
+    ActivationGradStep(dy, t, dx, act, a, b, nthreads)()
 
 
 cdef inline uint64_t splitmix64(uint64_t z) noexcept nogil:

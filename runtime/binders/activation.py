@@ -82,5 +82,4 @@ def bind_activation_grad(node, ins, outs, scratch_buf, ctx):
     if code == CLIP:   # absent bounds arrive as ±inf, which float32 keeps
         a, b = (-math.inf if math.isnan(a) else a), (math.inf if math.isnan(b) else b)
     g1, t1, dx1 = contiguous_f32(dy).reshape(-1), contiguous_f32(t).reshape(-1), dx.reshape(-1)
-    fn = act_grad.activation_grad
-    return lambda: fn(g1, t1, dx1, code, a, b, threads)
+    return act_grad.ActivationGradStep(g1, t1, dx1, code, a, b, threads)

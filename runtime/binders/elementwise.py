@@ -134,8 +134,8 @@ def bind_sum_mean(node, ins, outs, scratch_buf, ctx):
 
 # ---- gradients: BiasGrad, SumToShape ------------------------------------------------------------
 def _channel_sum_step(x, y, outer, c, inner, threads):
-    x3, y1, fn = contiguous_f32(x).reshape(outer, c, inner), y.reshape(c), reduce_grad.channel_sum
-    return lambda: fn(x3, y1, threads)
+    return reduce_grad.ChannelSumStep(contiguous_f32(x).reshape(outer, c, inner), y.reshape(c),
+                                      threads)
 
 
 @binds(ops.BiasGrad, kernel="reduce_grad")

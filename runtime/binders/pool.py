@@ -105,8 +105,8 @@ def bind_max_pool_grad(node, ins, outs, scratch_buf, ctx):
     kh, kw = kernel_size(node, nd)
     sh, sw, pt, pl, dh, dw, _ = window_geometry(node, nd)
     dy4, x4, dx4 = as_nchw(contiguous_f32(dy)), as_nchw(contiguous_f32(x)), as_nchw(dx)
-    fn, threads = pool_grad.max_pool2d_grad, ctx.threads
-    return lambda: fn(dy4, x4, dx4, kh, kw, sh, sw, pt, pl, dh, dw, threads)
+    return pool_grad.max_pool2d_grad_step(dy4, x4, dx4, kh, kw, sh, sw, pt, pl, dh, dw,
+                                          ctx.threads)
 
 
 @binds(ops.AveragePoolGrad, kernel="pool_grad")
@@ -121,9 +121,8 @@ def bind_avg_pool_grad(node, ins, outs, scratch_buf, ctx):
     kh, kw = kernel_size(node, nd)
     sh, sw, pt, pl, dh, dw, (pb, pr) = window_geometry(node, nd)
     include = bool(int(node.attrs.get("count_include_pad", 0)))
-    dy4, dx4, fn, threads = as_nchw(contiguous_f32(dy)), as_nchw(dx), pool_grad.avg_pool2d_grad, \
-        ctx.threads
-    return lambda: fn(dy4, dx4, kh, kw, sh, sw, pt, pl, pb, pr, dh, dw, include, threads)
+    return pool_grad.avg_pool2d_grad_step(as_nchw(contiguous_f32(dy)), as_nchw(dx), kh, kw, sh,
+                                          sw, pt, pl, pb, pr, dh, dw, include, ctx.threads)
 
 
 @binds(ops.GlobalAveragePoolGrad, kernel="pool_grad")
@@ -135,5 +134,4 @@ def bind_global_avg_pool_grad(node, ins, outs, scratch_buf, ctx):
         return noop
     nc = dx.shape[0] * dx.shape[1]
     dy1, dx2 = contiguous_f32(dy).reshape(nc), dx.reshape(nc, -1)
-    fn, threads = pool_grad.global_avg_pool_grad, ctx.threads
-    return lambda: fn(dy1, dx2, threads)
+    return pool_grad.global_avg_pool_grad_step(dy1, dx2, ctx.threads)
