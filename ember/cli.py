@@ -423,13 +423,17 @@ def cmd_ops(args) -> int:
 
 # ---- ember report ----------------------------------------------------------------------------
 def cmd_report(args) -> int:
-    from .report import build_report, write_report
+    from .report import build_report
+    folder = os.path.dirname(os.path.abspath(args.output))
+    if not os.path.isdir(folder):
+        raise EmberError(f"-o {args.output}: no such folder {folder}")
     shapes = shapes_arg(args.shape)
     sess = load_session(args.model, threads=args.threads, shapes=shapes)
     html = build_report(sess, concrete_shapes(sess, shapes), args.runs if args.profile else 0,
                         os.path.basename(args.model))
     try:
-        write_report(args.output, html)
+        with open(args.output, "w", encoding="utf-8") as f:
+            f.write(html)
     except OSError as e:
         raise EmberError(f"-o {args.output}: cannot write the report: {e.strerror}") from None
     print(f"wrote {args.output} ({len(html):,} bytes)")

@@ -10,7 +10,6 @@ mailed or attached to a bug report as it is.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass
 from html import escape
@@ -454,12 +453,5 @@ def build_report(sess, shapes: dict | None = None, profile_runs: int = 0,
                        parameter_count(sess.graph), run_ms)
 
 
-def write_report(path: str, html: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(html)
-
-
-__all__ = ["build_report", "write_report", "node_facts", "measure_machine", "NodeFacts",
+__all__ = ["build_report", "node_facts", "measure_machine", "NodeFacts",
            "Machine"]
