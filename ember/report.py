@@ -195,7 +195,7 @@ def graph_svg(compiled, facts: list) -> str:
     width = {k: _box_width(label[k], sub[k]) for k in ids}
     lay = layered_layout(ids, edges, width, node_height=NODE_H)
     pad = 12
-    top = max((f.share or 0) for f in facts) or 1
+    top = max((f.share or 0 for f in facts), default=0) or 1
     out = [f'<svg id="graph" width="{lay.width + 2 * pad:.0f}" height="{lay.height + 2 * pad:.0f}" '
            f'viewBox="{-pad} {-pad} {lay.width + 2 * pad:.0f} {lay.height + 2 * pad:.0f}" '
            f'data-width="{lay.width + 2 * pad:.0f}" data-height="{lay.height + 2 * pad:.0f}">',
@@ -229,7 +229,8 @@ def graph_svg(compiled, facts: list) -> str:
                *(f"out {s}" for s in f.outputs), f"MACs {f.macs:,}", f"path {f.path}"]
         if f.ms is not None:
             tip += [f"{f.ms:.3f} ms ({100 * f.share:.1f}%)", f"{f.gflops:.2f} GFLOP/s"]
-        out.append(f'<g class="node {f.path}" data-index="{f.index}" tabindex="0">'
+        dark = " hot" if f.share is not None and f.share / top > 0.55 else ""
+        out.append(f'<g class="node {f.path}{dark}" data-index="{f.index}" tabindex="0">'
                    f'<rect {box} rx="5" fill="{fill}"/>'
                    f'<text x="{x:.1f}" y="{y - 3:.1f}">{escape(_short(f.op, w))}</text>'
                    f'<text class="sub" x="{x:.1f}" y="{y + 12:.1f}">'
@@ -265,6 +266,7 @@ svg text{font:11px system-ui,sans-serif;fill:#222}
 #graph text{text-anchor:middle;font-weight:600}
 #graph text.sub{font-weight:400;fill:#555;font-size:10px}
 #graph .node rect{stroke:#555;stroke-width:1}
+#graph .node.hot text{fill:#fff}
 #graph .node.numpy rect{stroke:#c0392b;stroke-dasharray:4 2}
 #graph .node.selected rect{stroke:#0a58ca;stroke-width:3}
 #graph .node{cursor:pointer}
@@ -327,7 +329,7 @@ SCRIPT = """
     t.appendChild(row('MACs', f.macs.toLocaleString('en'))); t.appendChild(row('bytes moved', f.bytes_moved.toLocaleString('en')));
     t.appendChild(row('path', f.path));
     if (f.ms !== null){ t.appendChild(row('time', f.ms.toFixed(3) + ' ms (' + (100 * f.share).toFixed(1) + '%)'));
-      t.appendChild(row('GFLOP/s', f.gflops.toFixed(2))); }
+      if (f.macs > 0) t.appendChild(row('GFLOP/s', f.gflops.toFixed(2))); }
     panel.replaceChildren(t);
   }
   document.querySelectorAll('#graph .node, .roofline .point').forEach(function(n){
@@ -339,6 +341,8 @@ SCRIPT = """
       var g = document.querySelector('#graph .node[data-index="' + n.dataset.index + '"] rect');
       if (g) g.scrollIntoView({block: 'center', inline: 'center'}); });
   });
+  var linked = location.hash.match(/^#node=(\d+)$/);
+  if (linked && facts[+linked[1]]) show(+linked[1]);
   document.body.dataset.ready = String(facts.length);
 })();
 """
@@ -420,7 +424,7 @@ cores.</figcaption></figure>
 </section>
 <aside><h2>Machine</h2><div class="panel"><table>{rows}</table>
 <p class="note">peak: {escape(machine.peak_how)}.<br>memory: {escape(machine.bandwidth_how)}.</p></div>
-<h2>Node</h2><div class="panel" id="detail"><span class="note">click a node</span></div></aside>
+<h2>Node</h2><div class="panel" id="detail"><span class="note">click a node (or open this page at #node=N)</span></div></aside>
 </div>
 </main>
 <script type="application/json" id="facts">{_json_for_script([asdict(f) for f in facts])}</script>

@@ -143,7 +143,9 @@ def roofline_svg(points: list, peak_gflops: float, bandwidth_gbs: float, width: 
                " ".join(f"{sx(a):.2f},{sy(b):.2f}" for a, b in roof) + '">'
                f'<title>peak {peak_gflops:.1f} GFLOP/s, bandwidth {bandwidth_gbs:.1f} GB/s, '
                f'ridge at {ridge:.2f} FLOP/byte</title></polyline>')
-    out.append(f'<text class="mark" x="{left + plot_w - 4}" y="{sy(peak_gflops) - 5:.2f}" '
+    # left of the ridge, above the roof: the corner no node reaches, so no label hides one
+    label_x = max(sx(max(ridge, x_lo)) - 6, left + 130)
+    out.append(f'<text class="mark" x="{label_x:.2f}" y="{sy(peak_gflops) - 5:.2f}" '
                f'text-anchor="end">peak {peak_gflops:.1f} GFLOP/s</text>')
     out.append(f'<text class="mark" x="{left + 6}" y="{top + 14}">'
                f'memory {bandwidth_gbs:.1f} GB/s</text>')

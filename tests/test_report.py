@@ -44,18 +44,18 @@ def _graph_dag(model) -> tuple:
 
 
 DAGS = {
-    "chain": (list("abcd"), [("a", "b"), ("b", "c"), ("c", "d")]),
-    "diamond with a long edge": (list("abcde"), [("a", "b"), ("a", "c"), ("b", "d"),
-                                                 ("c", "d"), ("a", "e"), ("d", "e")]),
-    "random": _random_dag(0),
-    "random wide": _random_dag(1, 80),
-    "resnet18 fused": _graph_dag(resnet18()),
+    "chain": lambda: (list("abcd"), [("a", "b"), ("b", "c"), ("c", "d")]),
+    "diamond with a long edge": lambda: (list("abcde"), [("a", "b"), ("a", "c"), ("b", "d"),
+                                                         ("c", "d"), ("a", "e"), ("d", "e")]),
+    "random": lambda: _random_dag(0),
+    "random wide": lambda: _random_dag(1, 80),
+    "resnet18 fused": lambda: _graph_dag(resnet18()),
 }
 
 
 @pytest.mark.parametrize("name", DAGS)
 def test_layout_places_every_node_once_and_every_edge_points_down(name):
-    nodes, edges = DAGS[name]
+    nodes, edges = DAGS[name]()
     width = {n: 60 + 10 * (k % 4) for k, n in enumerate(nodes)}
     lay = layered_layout(nodes, edges, width, node_height=40, node_gap=20)
     assert set(lay.x) == set(nodes) == set(lay.y)
