@@ -107,7 +107,7 @@ def roofline_svg(points: list, peak_gflops: float, bandwidth_gbs: float, width: 
     left, right, top, bottom = 58, 16, 14, 34
     plot_w, plot_h = width - left - right, height - top - bottom
     ridge = peak_gflops / bandwidth_gbs
-    xs = [p[2] for p in points if p[2] > 0] + [ridge]
+    xs = [p[2] for p in points if p[2] > 0] + [ridge / 8, ridge]   # a decade of slope shows
     ys = [p[3] for p in points if p[3] > 0] + [peak_gflops]
     x_lo, x_hi = _decades(min(xs) / 2, max(xs) * 2)[0], _decades(min(xs) / 2, max(xs) * 2)[-1]
     y_lo, y_hi = _decades(min(ys) / 2, max(ys) * 2)[0], _decades(min(ys) / 2, max(ys) * 2)[-1]
@@ -143,12 +143,12 @@ def roofline_svg(points: list, peak_gflops: float, bandwidth_gbs: float, width: 
                " ".join(f"{sx(a):.2f},{sy(b):.2f}" for a, b in roof) + '">'
                f'<title>peak {peak_gflops:.1f} GFLOP/s, bandwidth {bandwidth_gbs:.1f} GB/s, '
                f'ridge at {ridge:.2f} FLOP/byte</title></polyline>')
-    # left of the ridge, above the roof: the corner no node reaches, so no label hides one
-    label_x = max(sx(max(ridge, x_lo)) - 6, left + 130)
-    out.append(f'<text class="mark" x="{label_x:.2f}" y="{sy(peak_gflops) - 5:.2f}" '
-               f'text-anchor="end">peak {peak_gflops:.1f} GFLOP/s</text>')
-    out.append(f'<text class="mark" x="{left + 6}" y="{top + 14}">'
-               f'memory {bandwidth_gbs:.1f} GB/s</text>')
+    # the roofs' numbers in the bottom-right corner (high intensity, low speed: no node there)
+    for k, text in enumerate((f"peak {peak_gflops:.1f} GFLOP/s",
+                              f"memory {bandwidth_gbs:.1f} GB/s",
+                              f"ridge {ridge:.1f} FLOP/byte")):
+        out.append(f'<text class="mark roofs" x="{left + plot_w - 6}" '
+                   f'y="{top + plot_h - 38 + 15 * k}" text-anchor="end">{text}</text>')
     biggest = max((p[4] for p in points), default=0) or 1
     for idx, label, ai, gflops, share in points:
         if ai <= 0 or gflops <= 0:
