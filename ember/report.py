@@ -282,6 +282,7 @@ svg text{font:11px system-ui,sans-serif;fill:#222}
 .grid{stroke:#e3e3e3}
 .roof{fill:none;stroke:#c0392b;stroke-width:2}
 .roofline .point{fill:#f28e2b;fill-opacity:.75;stroke:#7a3d00;cursor:pointer}
+.roofline .point.attainable{fill:#fff;fill-opacity:.4;stroke-width:1.5}
 .legend{max-width:340px}
 .legend span{display:inline-block;width:12px;height:12px;border:1px solid #555;vertical-align:middle;margin:0 3px 0 10px}
 """
@@ -353,10 +354,17 @@ def _json_for_script(value) -> str:
     return json.dumps(value, separators=(",", ":")).replace("<", "\\u003c")
 
 
-def hot_points(facts: list) -> list:
-    """Roofline points: profiled nodes with MACs taking at least ``HOT_SHARE`` of the time."""
-    return [(f.index, f"{f.op} {f.name}", f.intensity, f.gflops, f.share) for f in facts
-            if f.share is not None and f.macs and f.share >= HOT_SHARE and f.gflops]
+def roofline_points(facts: list, machine: Machine) -> list:
+    """Profiled: the nodes with MACs taking at least ``HOT_SHARE`` of the time, at their
+    measured GFLOP/s. Not profiled: every node with MACs, on the roof (its best possible)."""
+    if any(f.share is not None for f in facts):
+        return [(f.index, f"{f.op} {f.name}", f.intensity, f.gflops, f.share, True)
+                for f in facts if f.share is not None and f.macs and f.share >= HOT_SHARE
+                and f.gflops]
+    total = sum(f.macs for f in facts) or 1
+    return [(f.index, f"{f.op} {f.name}", f.intensity,
+             min(machine.peak_gflops, machine.bandwidth_gbs * f.intensity), f.macs / total,
+             False) for f in facts if f.macs and f.bytes_moved]
 
 
 def render_html(model_name: str, compiled, facts: list, machine: Machine, inputs: dict,
@@ -394,7 +402,9 @@ def render_html(model_name: str, compiled, facts: list, machine: Machine, inputs
             " — profile with --profile to colour nodes by their share of the time"
         table = '<p class="note">not profiled: run ember report with --profile</p>'
     roof_note = ("each circle a node with MACs taking ≥ 0.5% of the time (area: its share); "
-                 if profiled else "no nodes: profile with --profile to place them; ")
+                 if profiled else "not profiled: each hollow circle a node with MACs, on the "
+                 "roof where it could run at best (area: its share of the MACs; --profile "
+                 "places them at their measured speed); ")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <title>ember report — {escape(model_name)}</title>
@@ -414,7 +424,7 @@ at its offset in the arena (y); grey: kernel scratch; black line: bytes live at 
 Arena {plan.arena_bytes:,} B (red line), lower bound {plan.lower_bound_bytes:,} B (blue dashed:
 the most bytes live at any one step, which no placement can beat), naive sum
 {plan.naive_bytes:,} B.</figcaption></figure>
-<figure><h2>Roofline</h2>{roofline_svg(hot_points(facts), machine.peak_gflops, machine.bandwidth_gbs)}
+<figure><h2>Roofline</h2>{roofline_svg(roofline_points(facts, machine), machine.peak_gflops, machine.bandwidth_gbs)}
 <figcaption>{roof_note}x: 2·MACs / bytes the node reads and writes (weights included, each once);
 roof: min(peak, bandwidth × intensity), both measured when this report was made (see Machine).
 A node above the roof either counts more MACs than it runs (a Winograd convolution is credited

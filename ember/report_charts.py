@@ -102,8 +102,10 @@ def _decades(lo: float, hi: float) -> list:
 
 def roofline_svg(points: list, peak_gflops: float, bandwidth_gbs: float, width: int = 560,
                  height: int = 340) -> str:
-    """``points``: (node index, label, intensity FLOP/byte, GFLOP/s, share of time). Log-log;
-    the roof is min(peak, bandwidth × intensity), the ridge where they meet."""
+    """``points``: (node index, label, intensity FLOP/byte, GFLOP/s, share, measured). Log-log;
+    the roof is min(peak, bandwidth × intensity), the ridge where they meet. A measured point
+    is a profiled node (share: of the time); an unmeasured one sits hollow on the roof, where
+    the node could run at best (share: of the MACs)."""
     left, right, top, bottom = 58, 16, 14, 34
     plot_w, plot_h = width - left - right, height - top - bottom
     ridge = peak_gflops / bandwidth_gbs
@@ -150,14 +152,16 @@ def roofline_svg(points: list, peak_gflops: float, bandwidth_gbs: float, width: 
         out.append(f'<text class="mark roofs" x="{left + plot_w - 6}" '
                    f'y="{top + plot_h - 38 + 15 * k}" text-anchor="end">{text}</text>')
     biggest = max((p[4] for p in points), default=0) or 1
-    for idx, label, ai, gflops, share in points:
+    for idx, label, ai, gflops, share, measured in points:
         if ai <= 0 or gflops <= 0:
             continue
         r = 3 + 9 * math.sqrt(share / biggest)
-        out.append(f'<circle class="point" data-index="{idx}" cx="{sx(ai):.2f}" '
-                   f'cy="{sy(gflops):.2f}" r="{r:.2f}"><title>{escape(label)}\n'
-                   f'{gflops:.2f} GFLOP/s at {ai:.2f} FLOP/byte, {100 * share:.1f}% of the time'
-                   f'</title></circle>')
+        what = (f"{gflops:.2f} GFLOP/s at {ai:.2f} FLOP/byte, {100 * share:.1f}% of the time"
+                if measured else f"at best {gflops:.2f} GFLOP/s at {ai:.2f} FLOP/byte, "
+                f"{100 * share:.1f}% of the MACs")
+        out.append(f'<circle class="point{"" if measured else " attainable"}" '
+                   f'data-index="{idx}" cx="{sx(ai):.2f}" cy="{sy(gflops):.2f}" r="{r:.2f}">'
+                   f'<title>{escape(label)}\n{what}</title></circle>')
     out.append(f'<text class="axis" x="{left + plot_w / 2}" y="{height - 4}" '
                f'text-anchor="middle">arithmetic intensity (FLOP per byte moved)</text>')
     out.append(f'<text class="axis" transform="translate(12,{top + plot_h / 2}) rotate(-90)" '

@@ -18,7 +18,7 @@ import pytest
 
 import ember
 from ember.cli import main
-from ember.report import build_report, node_facts
+from ember.report import HOT_SHARE, build_report, node_facts
 from ember.report_charts import live_bytes, memory_blocks, memory_svg
 from ember.report_layout import crossings, layered_layout
 from models import lenet5, resnet18, small_vgg
@@ -165,7 +165,10 @@ def test_the_page_holds_every_fused_node_with_its_facts(lenet_report):
     assert any("+" in f["op"] for f in facts)            # lenet's Conv+Relu, fused, drawn as one
     assert all(f["ms"] > 0 for f in facts if f["path"] != "view")
     assert sum(f["share"] for f in facts if f["share"] is not None) == pytest.approx(1)
-    assert len(_elements(html, "circle", "point")) >= 1
+    hot = {f["index"] for f in facts if f["macs"] and f["share"] >= HOT_SHARE}
+    points = _elements(html, "circle", "point")
+    assert hot and {int(p["data-index"]) for p in points} == hot and len(points) == len(hot)
+    assert not _elements(html, "circle", "attainable")
     for needle in ("ISA in use", ember.__version__, "GFLOP/s", "GB/s", "lower bound"):
         assert needle in html
 
@@ -185,6 +188,8 @@ def test_node_facts_without_a_profile_name_the_path_each_node_runs():
     html = build_report(sess, model_name="<vgg>", **SMALL_MACHINE)
     assert "&lt;vgg&gt;" in html and "<vgg>" not in html
     assert "not profiled" in html
+    on_roof = _elements(html, "circle", "attainable")
+    assert sorted(int(p["data-index"]) for p in on_roof) == [f.index for f in facts if f.macs]
 
 
 @pytest.mark.parametrize("argv, message", [
