@@ -17,6 +17,7 @@ from html import escape
 import numpy as np
 
 from .graph.cost import node_macs, parameter_count
+from .graph.errors import InputError
 from .report_charts import fmt_bytes, memory_svg, roofline_svg
 from .report_layout import layered_layout
 
@@ -242,14 +243,17 @@ def graph_svg(compiled, facts: list) -> str:
 
 # ---- the page ----------------------------------------------------------------------------------
 CSS = """
-body{font:13px/1.4 system-ui,-apple-system,"Segoe UI",sans-serif;margin:0;color:#222;background:#fafafa}
+body{font:13px/1.4 system-ui,-apple-system,"Segoe UI",sans-serif;margin:0;color:#222;
+  background:#fafafa}
 header{padding:10px 18px;background:#2d2d2d;color:#eee}
 header h1{font-size:18px;margin:0 0 2px}
 header .facts{color:#bbb}
 main{padding:10px 18px}
 h2{font-size:15px;margin:14px 0 6px}
-.top{display:grid;grid-template-columns:fit-content(46vw) minmax(0,1fr) 320px;gap:14px;align-items:start}
-#viewport{height:calc(100vh - 150px);min-height:420px;max-width:46vw;overflow:auto;border:1px solid #ccc;background:#fff;cursor:grab}
+.top{display:grid;grid-template-columns:fit-content(46vw) minmax(0,1fr) 320px;gap:14px;
+  align-items:start}
+#viewport{height:calc(100vh - 150px);min-height:420px;max-width:46vw;overflow:auto;
+  border:1px solid #ccc;background:#fff;cursor:grab}
 #viewport.dragging{cursor:grabbing}
 .tools{margin:0 0 4px}
 .tools button{font:inherit;padding:1px 8px;margin-right:4px}
@@ -258,7 +262,8 @@ table{border-collapse:collapse}
 td,th{padding:1px 8px 1px 0;text-align:left;vertical-align:top}
 td.num,th.num{text-align:right}
 .note{color:#666;font-size:12px}
-.charts figure{margin:0 0 12px;background:#fff;border:1px solid #ccc;padding:6px 8px;max-width:760px}
+.charts figure{margin:0 0 12px;background:#fff;border:1px solid #ccc;padding:6px 8px;
+  max-width:760px}
 .charts figure h2{margin:0 0 4px}
 .charts svg{width:100%;height:auto;display:block}
 figcaption{font-size:12px;color:#555}
@@ -284,25 +289,30 @@ svg text{font:11px system-ui,sans-serif;fill:#222}
 .roofline .point{fill:#f28e2b;fill-opacity:.75;stroke:#7a3d00;cursor:pointer}
 .roofline .point.attainable{fill:#fff;fill-opacity:.4;stroke-width:1.5}
 .legend{max-width:340px}
-.legend span{display:inline-block;width:12px;height:12px;border:1px solid #555;vertical-align:middle;margin:0 3px 0 10px}
+.legend span{display:inline-block;width:12px;height:12px;border:1px solid #555;
+  vertical-align:middle;margin:0 3px 0 10px}
 """
 
-SCRIPT = """
+SCRIPT = r"""
 (function(){
   var facts = JSON.parse(document.getElementById('facts').textContent);
   var vp = document.getElementById('viewport'), svg = document.getElementById('graph');
   var w0 = +svg.dataset.width, h0 = +svg.dataset.height, scale = 1;
-  function zoom(s, cx, cy){
-    var px = (vp.scrollLeft + cx) / scale,
-        py = (vp.scrollTop + cy) / scale;
+  function zoom(s, cx, cy){        // keep the graph point under (cx, cy) where it is
+    var px = (vp.scrollLeft + cx) / scale, py = (vp.scrollTop + cy) / scale;
     scale = Math.min(4, Math.max(0.05, s));
-    svg.setAttribute('width', w0 * scale); svg.setAttribute('height', h0 * scale);
-    vp.scrollLeft = px * scale - cx; vp.scrollTop = py * scale - cy;
+    svg.setAttribute('width', w0 * scale);
+    svg.setAttribute('height', h0 * scale);
+    vp.scrollLeft = px * scale - cx;
+    vp.scrollTop = py * scale - cy;
     document.getElementById('zoom').textContent = Math.round(scale * 100) + '%';
   }
-  document.getElementById('zin').onclick = function(){ zoom(scale * 1.25, vp.clientWidth / 2, vp.clientHeight / 2); };
-  document.getElementById('zout').onclick = function(){ zoom(scale / 1.25, vp.clientWidth / 2, vp.clientHeight / 2); };
-  document.getElementById('zfit').onclick = function(){ zoom(Math.min(vp.clientWidth / w0, vp.clientHeight / h0), 0, 0); };
+  function zoomCentre(s){ zoom(s, vp.clientWidth / 2, vp.clientHeight / 2); }
+  document.getElementById('zin').onclick = function(){ zoomCentre(scale * 1.25); };
+  document.getElementById('zout').onclick = function(){ zoomCentre(scale / 1.25); };
+  document.getElementById('zfit').onclick = function(){
+    zoom(Math.min(vp.clientWidth / w0, vp.clientHeight / h0), 0, 0);
+  };
   vp.addEventListener('wheel', function(e){
     if (!e.ctrlKey) return;
     e.preventDefault();
@@ -310,40 +320,53 @@ SCRIPT = """
     zoom(scale * (e.deltaY < 0 ? 1.15 : 1 / 1.15), e.clientX - r.left, e.clientY - r.top);
   }, {passive: false});
   var drag = null;
-  vp.addEventListener('mousedown', function(e){ drag = [e.clientX, e.clientY, vp.scrollLeft, vp.scrollTop]; vp.classList.add('dragging'); });
+  vp.addEventListener('mousedown', function(e){
+    drag = [e.clientX, e.clientY, vp.scrollLeft, vp.scrollTop];
+    vp.classList.add('dragging');
+  });
   window.addEventListener('mouseup', function(){ drag = null; vp.classList.remove('dragging'); });
   window.addEventListener('mousemove', function(e){
     if (!drag) return;
-    vp.scrollLeft = drag[2] - (e.clientX - drag[0]); vp.scrollTop = drag[3] - (e.clientY - drag[1]);
+    vp.scrollLeft = drag[2] - (e.clientX - drag[0]);
+    vp.scrollTop = drag[3] - (e.clientY - drag[1]);
   });
   var panel = document.getElementById('detail');
-  function row(k, v){ var tr = document.createElement('tr'), a = document.createElement('th'), b = document.createElement('td');
-    a.textContent = k; b.textContent = v; tr.appendChild(a); tr.appendChild(b); return tr; }
-  function show(i){
+  function row(table, key, value){
+    var tr = table.insertRow(), th = document.createElement('th');
+    th.textContent = key;
+    tr.appendChild(th);
+    tr.insertCell().textContent = value;
+  }
+  function show(i, reveal){
     var f = facts[i], t = document.createElement('table');
-    document.querySelectorAll('#graph .node.selected').forEach(function(n){ n.classList.remove('selected'); });
+    document.querySelectorAll('#graph .node.selected').forEach(function(n){
+      n.classList.remove('selected');
+    });
     var g = document.querySelector('#graph .node[data-index="' + i + '"]');
-    if (g) g.classList.add('selected');
-    t.appendChild(row('node', f.name)); t.appendChild(row('op', f.op));
-    f.inputs.forEach(function(s){ t.appendChild(row('input', s)); });
-    f.outputs.forEach(function(s){ t.appendChild(row('output', s)); });
-    t.appendChild(row('MACs', f.macs.toLocaleString('en'))); t.appendChild(row('bytes moved', f.bytes_moved.toLocaleString('en')));
-    t.appendChild(row('path', f.path));
-    if (f.ms !== null){ t.appendChild(row('time', f.ms.toFixed(3) + ' ms (' + (100 * f.share).toFixed(1) + '%)'));
-      if (f.macs > 0) t.appendChild(row('GFLOP/s', f.gflops.toFixed(2))); }
+    g.classList.add('selected');
+    if (reveal) g.querySelector('rect').scrollIntoView({block: 'center', inline: 'center'});
+    row(t, 'node', f.name);
+    row(t, 'op', f.op);
+    f.inputs.forEach(function(s){ row(t, 'input', s); });
+    f.outputs.forEach(function(s){ row(t, 'output', s); });
+    row(t, 'MACs', f.macs.toLocaleString('en'));
+    row(t, 'bytes moved', f.bytes_moved.toLocaleString('en'));
+    row(t, 'path', f.path);
+    if (f.ms !== null){
+      row(t, 'time', f.ms.toFixed(3) + ' ms (' + (100 * f.share).toFixed(1) + '%)');
+      if (f.macs > 0) row(t, 'GFLOP/s', f.gflops.toFixed(2));
+    }
     panel.replaceChildren(t);
   }
-  document.querySelectorAll('#graph .node, .roofline .point').forEach(function(n){
-    n.addEventListener('click', function(){ show(+n.dataset.index); });
+  document.querySelectorAll('#graph .node').forEach(function(n){
+    n.addEventListener('click', function(){ show(+n.dataset.index, false); });
     n.addEventListener('keydown', function(e){ if (e.key === 'Enter') show(+n.dataset.index); });
   });
-  document.querySelectorAll('tr[data-index]').forEach(function(n){
-    n.addEventListener('click', function(){ show(+n.dataset.index);
-      var g = document.querySelector('#graph .node[data-index="' + n.dataset.index + '"] rect');
-      if (g) g.scrollIntoView({block: 'center', inline: 'center'}); });
+  document.querySelectorAll('.roofline .point, tr[data-index]').forEach(function(n){
+    n.addEventListener('click', function(){ show(+n.dataset.index, true); });
   });
   var linked = location.hash.match(/^#node=(\d+)$/);
-  if (linked && facts[+linked[1]]) show(+linked[1]);
+  if (linked && facts[+linked[1]]) show(+linked[1], true);
   document.body.dataset.ready = String(facts.length);
 })();
 """
@@ -405,6 +428,8 @@ def render_html(model_name: str, compiled, facts: list, machine: Machine, inputs
                  if profiled else "not profiled: each hollow circle a node with MACs, on the "
                  "roof where it could run at best (area: its share of the MACs; --profile "
                  "places them at their measured speed); ")
+    roofline = roofline_svg(roofline_points(facts, machine), machine.peak_gflops,
+                            machine.bandwidth_gbs)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <title>ember report — {escape(model_name)}</title>
@@ -414,7 +439,8 @@ def render_html(model_name: str, compiled, facts: list, machine: Machine, inputs
 <main>
 <div class="top">
 <section><h2>Graph after the passes</h2>
-<div class="tools"><button id="zout" title="zoom out">−</button><button id="zin" title="zoom in">+</button><button id="zfit">fit</button> <span id="zoom">100%</span></div>
+<div class="tools"><button id="zout" title="zoom out">−</button><button id="zin"
+title="zoom in">+</button><button id="zfit">fit</button> <span id="zoom">100%</span></div>
 <div id="viewport">{graph_svg(compiled, facts)}</div>
 <div class="legend note">{legend}<br>drag to pan, ctrl+wheel to zoom, click a node</div></section>
 <section class="charts">
@@ -424,7 +450,7 @@ at its offset in the arena (y); grey: kernel scratch; black line: bytes live at 
 Arena {plan.arena_bytes:,} B (red line), lower bound {plan.lower_bound_bytes:,} B (blue dashed:
 the most bytes live at any one step, which no placement can beat), naive sum
 {plan.naive_bytes:,} B.</figcaption></figure>
-<figure><h2>Roofline</h2>{roofline_svg(roofline_points(facts, machine), machine.peak_gflops, machine.bandwidth_gbs)}
+<figure><h2>Roofline</h2>{roofline}
 <figcaption>{roof_note}x: 2·MACs / bytes the node reads and writes (weights included, each once);
 roof: min(peak, bandwidth × intensity), both measured when this report was made (see Machine).
 A node above the roof either counts more MACs than it runs (a Winograd convolution is credited
@@ -433,8 +459,10 @@ cores.</figcaption></figure>
 <figure><h2>Slowest nodes</h2>{table}</figure>
 </section>
 <aside><h2>Machine</h2><div class="panel"><table>{rows}</table>
-<p class="note">peak: {escape(machine.peak_how)}.<br>memory: {escape(machine.bandwidth_how)}.</p></div>
-<h2>Node</h2><div class="panel" id="detail"><span class="note">click a node (or open this page at #node=N)</span></div></aside>
+<p class="note">peak: {escape(machine.peak_how)}.<br>
+memory: {escape(machine.bandwidth_how)}.</p></div>
+<h2>Node</h2><div class="panel" id="detail"><span class="note">click a node
+(or open this page at #node=N)</span></div></aside>
 </div>
 </main>
 <script type="application/json" id="facts">{_json_for_script([asdict(f) for f in facts])}</script>
@@ -448,6 +476,10 @@ def build_report(sess, shapes: dict | None = None, profile_runs: int = 0,
                  copy_bytes: int = 64 << 20) -> str:
     """The HTML page for ``sess`` at the given input shapes (symbolic dims 1 when not given).
     ``profile_runs`` > 0 times every node over that many runs (seeded random inputs)."""
+    unknown = sorted(set(shapes or {}) - {info.name for info in sess.inputs})
+    if unknown:
+        raise InputError(f"build_report: shapes names unknown inputs {unknown}; the model's "
+                         f"inputs are {[info.name for info in sess.inputs]}")
     compiled = sess.compile(shapes)
     profile, run_ms, inputs = None, None, {}
     for info in sess.inputs:

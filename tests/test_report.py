@@ -192,6 +192,16 @@ def test_node_facts_without_a_profile_name_the_path_each_node_runs():
     assert sorted(int(p["data-index"]) for p in on_roof) == [f.index for f in facts if f.macs]
 
 
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(shapes={"nope": (1, 2)}), "unknown inputs ['nope']"),
+    (dict(profile_runs=-1), "runs must be an integer ≥ 1"),
+])
+def test_build_report_refuses_bad_arguments_with_ember_errors(kwargs, message):
+    sess = ember.load(lenet5().SerializeToString(), threads=1)
+    with pytest.raises(ember.InputError, match=re.escape(message)):
+        build_report(sess, **kwargs, **SMALL_MACHINE)
+
+
 @pytest.mark.parametrize("argv, message", [
     (["report", "missing.onnx", "-o", "x.html"], "no such model file"),
     (["report", "{model}", "-o", "x.html", "--shape", "nope=1x2"], "nope"),
@@ -273,12 +283,16 @@ def decode_png(data: bytes) -> np.ndarray:
 @needs_chromium
 def test_the_page_renders_in_chromium_with_every_node_and_no_script_error(lenet_report):
     path, compiled = lenet_report
-    run = _chromium("--dump-dom", path.as_uri())
+    run = _chromium("--dump-dom", path.as_uri() + "#node=2")   # opened with node 2 selected
     assert run.returncode == 0, run.stderr[-2000:]
     dom = run.stdout
     n = len(compiled.graph.nodes)
     assert len(_elements(dom, "g", "node")) == n
     assert re.search(rf'<body[^>]*data-ready="{n}"', dom), "the page's script did not finish"
+    assert [g["data-index"] for g in _elements(dom, "g", "selected")] == ["2"]
+    detail = re.search(r'<div class="panel" id="detail">(.*?)</div>', dom, re.S).group(1)
+    node = compiled.graph.nodes[2]
+    assert f"<td>{node.name}</td>" in detail and f"<td>{node.op_type}" in detail
     console = [ln for ln in run.stderr.splitlines() if ":CONSOLE" in ln or "Uncaught" in ln]
     assert console == [], console
 
