@@ -23,6 +23,8 @@ from .report_layout import layered_layout
 
 # the fraction of the time a node must take to be drawn on the roofline
 HOT_SHARE = 0.005
+# timed runs of the roofs' measurements (the best one counts)
+PEAK_RUNS, COPY_RUNS = 8, 5
 
 
 @dataclass
@@ -97,7 +99,7 @@ def node_facts(compiled, profile=None) -> list:
 
 
 # ---- the machine's roofs, measured now -----------------------------------------------------------
-def measure_peak_gflops(threads: int, n: int = 1024, runs: int = 8) -> float:
+def measure_peak_gflops(threads: int, n: int = 1024, runs: int = PEAK_RUNS) -> float:
     """GFLOP/s of ember's own GEMM on an n×n by n×n MatMul (best of ``runs`` after a warm-up
     run): the compute roof the kernels can actually reach here, not a data-sheet number."""
     from .graph.builder import Builder
@@ -113,7 +115,7 @@ def measure_peak_gflops(threads: int, n: int = 1024, runs: int = 8) -> float:
     return 2 * n ** 3 / best / 1e9
 
 
-def measure_bandwidth_gbs(nbytes: int = 64 << 20, runs: int = 5) -> float:
+def measure_bandwidth_gbs(nbytes: int = 64 << 20, runs: int = COPY_RUNS) -> float:
     """GB/s of a numpy copy of a buffer far larger than the caches (best of ``runs``), counting
     the bytes read and the bytes written."""
     src = np.ones(nbytes // 4, np.float32)
@@ -137,9 +139,9 @@ def measure_machine(threads: int, gemm_n: int = 1024, copy_bytes: int = 64 << 20
         info["cpu"], info["isa"], threads, __version__,
         measure_peak_gflops(threads, gemm_n), measure_bandwidth_gbs(copy_bytes),
         f"ember's GEMM on a {gemm_n}×{gemm_n}×{gemm_n} float32 MatMul, {threads} threads, "
-        f"best of 8",
+        f"best of {PEAK_RUNS} runs",
         f"numpy copy of a {fmt_bytes(copy_bytes)} buffer (bytes read + written), one thread, "
-        f"best of 5")
+        f"best of {COPY_RUNS}")
 
 
 # ---- the graph as SVG ----------------------------------------------------------------------------
@@ -183,10 +185,10 @@ def graph_svg(compiled, facts: list) -> str:
         if src:
             edges.append((src, f"out:{name}"))
     label, sub = {}, {}
-    for name in fed + list(g.outputs):
+    for key in ids[:len(fed)] + ids[len(fed) + len(g.nodes):]:
+        name = key.split(":", 1)[1]
         t = g.types.get(name)
-        for key in (f"in:{name}", f"out:{name}"):
-            label[key], sub[key] = name, _shape_text(t) if t else ""
+        label[key], sub[key] = name, _shape_text(t) if t else ""
     for f in facts:
         key = f"n{f.index}"
         label[key] = f.op

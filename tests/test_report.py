@@ -218,7 +218,7 @@ def test_report_command_refuses_bad_input_in_one_line(tmp_path, capsys, argv, me
     assert err.startswith("ember: error:") and message in err and err.count("\n") == 1
 
 
-# ---- in a real browser -----------------------------------------------------------------------------
+# ---- in a real browser ------------------------------------------------------------------------
 CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser",
                                                 "google-chrome"))), None)
 needs_chromium = pytest.mark.skipif(
