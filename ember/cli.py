@@ -444,7 +444,8 @@ def add_report_command(sub) -> None:
     report = sub.add_parser("report", help="one self-contained HTML page: the fused graph, the "
                             "memory plan, a roofline, the machine")
     report.add_argument("model", help="an .onnx file")
-    report.add_argument("-o", "--output", required=True, metavar="REPORT.html")
+    report.add_argument("-o", "--output", required=True, metavar="REPORT.html",
+                        help="the HTML file to write (its folder must exist)")
     report.add_argument("--shape", action="append", metavar="NAME=DIMS",
                         help="concrete input shape (symbolic dims default to 1)")
     report.add_argument("--threads", type=positive_int, default=None)
