@@ -19,7 +19,7 @@ import pytest
 import ember
 from ember.cli import main
 from ember.report import HOT_SHARE, build_report, node_facts
-from ember.report_charts import live_bytes, memory_blocks, memory_svg
+from ember.report_charts import live_bytes, memory_blocks, memory_svg, roofline_svg
 from ember.report_layout import crossings, layered_layout
 from models import lenet5, resnet18, small_vgg
 
@@ -130,6 +130,33 @@ def test_memory_rectangles_are_the_planners_offsets_sizes_and_lifetimes(model):
     assert float(bound["y1"]) == pytest.approx(
         14 + 292 * (1 - plan.lower_bound_bytes / plan.arena_bytes), abs=0.01)
     assert float(arena["y1"]) == pytest.approx(14, abs=0.01)
+
+
+def test_roofline_places_the_roof_and_each_node_on_its_log_axes():
+    peak, bandwidth = 80.0, 20.0                                # ridge at 4 FLOP/byte
+    points = [(0, "a", 2.0, 5.0, 1.0, True), (1, "b", 50.0, 40.0, 0.5, True),
+              (2, "c", 0.25, 3.0, 0.1, False)]
+    svg = roofline_svg(points, peak, bandwidth)
+    ticks = re.findall(r'<text class="tick" x="([\d.]+)" y="([\d.]+)" '
+                       r'text-anchor="(middle|end)">([\d.e+-]+)</text>', svg)
+    xs = {float(v): float(x) for x, _, anchor, v in ticks if anchor == "middle"}
+    ys = {float(v): float(y) - 4 for _, y, anchor, v in ticks if anchor == "end"}
+
+    def px(decades: dict, value: float) -> float:   # log interpolation between the tick marks
+        (v0, p0), (v1, p1) = min(decades.items()), max(decades.items())
+        return p0 + (p1 - p0) * np.log10(value / v0) / np.log10(v1 / v0)
+
+    roof = [tuple(map(float, p.split(","))) for p in re.search(
+        r'<polyline class="roof"[^>]*points="([^"]+)"', svg).group(1).split()]
+    assert roof[1] == pytest.approx((px(xs, peak / bandwidth), px(ys, peak)), abs=0.02)
+    x0 = min(xs)
+    assert roof[0] == pytest.approx((px(xs, x0), px(ys, bandwidth * x0)), abs=0.02)
+    circles = _elements(svg, "circle", "point")
+    assert [c["data-index"] for c in circles] == ["0", "1", "2"]
+    assert "attainable" in circles[2]["class"] and "attainable" not in circles[0]["class"]
+    for (_, _, ai, gflops, _, _), c in zip(points, circles):
+        assert (float(c["cx"]), float(c["cy"])) == pytest.approx((px(xs, ai), px(ys, gflops)),
+                                                                 abs=0.02)
 
 
 # ---- the page ----------------------------------------------------------------------------------
