@@ -436,7 +436,7 @@ def cmd_report(args) -> int:
             f.write(html)
     except OSError as e:
         raise EmberError(f"-o {args.output}: cannot write the report: {e.strerror}") from None
-    print(f"wrote {args.output} ({len(html):,} bytes)")
+    print(f"wrote {args.output} ({os.path.getsize(args.output):,} bytes)")
     return 0
 
 
