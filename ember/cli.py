@@ -1,4 +1,4 @@
-"""ember's command line: ``ember info [--cpu] | run | run-batch | bench | demo | ops``.
+"""ember's command line: ``ember info [--cpu] | run | run-batch | bench | demo | ops | report``.
 
 User errors (any ``ember.EmberError``, an unreadable file) print one line,
 ``ember: error: ...``, and exit with status 2 — no traceback.
@@ -424,6 +424,41 @@ def cmd_ops(args) -> int:
     return 0
 
 
+# ---- ember report ----------------------------------------------------------------------------
+def cmd_report(args) -> int:
+    from .report import build_report
+    folder = os.path.dirname(os.path.abspath(args.output))
+    if not os.path.isdir(folder):
+        raise EmberError(f"-o {args.output}: no such folder {folder}")
+    shapes = shapes_arg(args.shape)
+    sess = load_session(args.model, threads=args.threads, shapes=shapes)
+    html = build_report(sess, concrete_shapes(sess, shapes), args.runs if args.profile else 0,
+                        os.path.basename(args.model))
+    try:
+        with open(args.output, "w", encoding="utf-8") as f:
+            f.write(html)
+    except OSError as e:
+        raise EmberError(f"-o {args.output}: cannot write the report: {e.strerror}") from None
+    print(f"wrote {args.output} ({os.path.getsize(args.output):,} bytes)")
+    return 0
+
+
+def add_report_command(sub) -> None:
+    report = sub.add_parser("report", help="one self-contained HTML page: the fused graph, the "
+                            "memory plan, a roofline, the machine")
+    report.add_argument("model", help="an .onnx file")
+    report.add_argument("-o", "--output", required=True, metavar="REPORT.html",
+                        help="the HTML file to write (its folder must exist)")
+    report.add_argument("--shape", action="append", metavar="NAME=DIMS",
+                        help="concrete input shape (symbolic dims default to 1)")
+    report.add_argument("--threads", type=positive_int, default=None)
+    report.add_argument("--profile", action="store_true", help="time every node: colour the "
+                        "graph by share of the time and place the hot nodes on the roofline")
+    report.add_argument("--runs", type=positive_int, default=10,
+                        help="profiled runs (default 10)")
+    report.set_defaults(fn=cmd_report)
+
+
 # ---- entry point -----------------------------------------------------------------------------
 def positive_int(text):
     try:
@@ -504,6 +539,7 @@ def build_parser() -> argparse.ArgumentParser:
     ops = sub.add_parser("ops", help="list the ONNX ops a model may use (from the op registry)")
     ops.add_argument("--markdown", action="store_true", help="as a Markdown table")
     ops.set_defaults(fn=cmd_ops)
+    add_report_command(sub)
     return p
 
 
