@@ -16,8 +16,8 @@ from ...graph.cost import REFERENCE_LIMIT, node_work
 from ...graph.errors import ModelError
 from ...graph.ops import get_op
 from ...kernels.plan import PlanRunner
-from . import (activation, conv, elementwise, linear, loss, normalization,  # noqa: F401
-               pool, recurrent, reduce, sampling, softmax, tensor)
+from . import (activation, control_flow, conv, elementwise, linear, loss,  # noqa: F401
+               normalization, pool, recurrent, reduce, sampling, softmax, tensor)
 from .common import root_of
 from .registry import BINDINGS, binds
 
