@@ -458,7 +458,8 @@ def _convert_nodes(graph: Graph, gp, scope: _Scope, prefix: str) -> None:
         attrs = _attributes(n, scope.folder, name, subgraph)
         attrs = {a: v for a, v in attrs.items() if a != "consumed_inputs"}  # opset<6 relic
         node = Node(n.op_type, list(n.input), list(n.output), attrs, name, "")
-        _check_first_slots(node)
+        if not (n.op_type == "Scan" and scope.opset < 9):   # Scan-8's input 0 is optional
+            _check_first_slots(node)
         if subgraphs:
             attach_captures(node, subgraphs)
         upgrade = UPGRADES.get(n.op_type)
@@ -836,7 +837,38 @@ def _constant(node, rw):
     return [node]
 
 
+def _scan8(node, rw):
+    """Scan-8 scans a batch: inputs (sequence_lens, states [B, …], scan inputs [B, T, …]), its
+    body seeing one batch element. As Scan-9: an outer Scan over the batch axis whose body is
+    the inner Scan-9 over time (``directions`` becoming ``scan_input_directions``)."""
+    if rw.opset >= 9:
+        return [node]
+    captured = int(node.attrs.pop("captured", 0))
+    own, captures = node.inputs[:len(node.inputs) - captured], node.inputs[len(node.inputs) -
+                                                                             captured:]
+    if own[0]:
+        raise ModelError(f"{node}: Scan-8 with sequence_lens (sequences of different lengths "
+                         f"in one batch) is not supported")
+    body = node.attrs["body"]
+    m = _int_attr(node, "num_scan_inputs", node.attrs.get("num_scan_inputs"))
+    per_batch = [rw.fresh(f"{node.name}/batch{i}") for i in range(len(own) - 1)]
+    inner_captures = [rw.fresh(f"{node.name}/capture{i}") for i in range(captured)]
+    inner_outs = [rw.fresh(f"{node.name}/out{i}") for i in range(len(node.outputs))]
+    inner_attrs = {"body": body, "num_scan_inputs": m, "captured": captured}
+    if "directions" in node.attrs:
+        inner_attrs["scan_input_directions"] = _ints_attr(node, "directions",
+                                                          node.attrs["directions"])
+    inner = Node("Scan", per_batch + inner_captures, inner_outs, inner_attrs,
+                 f"{node.name}/time")
+    outer_body = Graph(nodes=[inner], inputs=per_batch + inner_captures, outputs=inner_outs,
+                       name=f"{node.name}/batch", opset=rw.opset)
+    return [Node("Scan", own[1:] + captures, list(node.outputs),
+                 {"body": outer_body, "num_scan_inputs": len(own) - 1, "captured": captured},
+                 node.name)]
+
+
 UPGRADES = {
+    "Scan": _scan8,
     "Softmax": _softmax, "LogSoftmax": _softmax, "Clip": _clip, "Pad": _pad,
     "Upsample": _upsample, "Resize": _resize, "Split": _split, "Slice": _slice,
     "Dropout": _dropout, "BatchNormalization": _batchnorm, "Concat": _concat, "Gemm": _gemm,

@@ -497,7 +497,7 @@ class Session:
         ones (``compile()`` called without feeds, e.g. by ``ember info``)."""
         dtype = self._input_types[name].dtype
         if arrays is not None and name in arrays:
-            return np.ascontiguousarray(arrays[name], dtype=dtype)
+            return np.require(arrays[name], dtype, "C")   # (0-d stays 0-d)
         return np.ones(shapes[name], dtype)
 
     def _compile(self, types: dict, arrays: dict | None, defer_on_value: bool = False):

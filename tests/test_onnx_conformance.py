@@ -64,7 +64,16 @@ def _collect():
     return [c for c in cases
             if not c.model.functions
             and all(n.op_type in OP_SET and n.domain in ("", "ai.onnx")
-                    for n in c.model.graph.node)]
+                    for n in _nodes(c.model.graph))]
+
+
+def _nodes(graph):
+    """The graph's nodes and those of its subgraphs (If branches, Loop/Scan bodies)."""
+    for n in graph.node:
+        yield n
+        for a in n.attribute:
+            for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                yield from _nodes(sub)
 
 
 CASES = _collect()  # ~8 s: collected once per test session

@@ -214,7 +214,7 @@ def bind_scan(node, ins, outs, scratch_buf, ctx):
     _, _, out_axes, out_dirs = ops.scan_axes(node, xs_types, k, ranks)
 
     def at(a, axis, idx):
-        return a[(slice(None),) * axis + (idx,)]
+        return a[(slice(None),) * axis + (idx, Ellipsis)]   # a view, 0-d included
 
     def step():
         states = [np.array(a) for a in states_in]
