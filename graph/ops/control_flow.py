@@ -165,6 +165,16 @@ def _branch_work(g: Graph) -> int:
     return REFERENCE_STEP_WORK * max(len(g.nodes), 1)
 
 
+def _export(ctx, node, inputs, outputs, attrs, formal_types: dict) -> None:
+    """Write a control-flow node: its subgraphs as GraphProtos reading the captured values by
+    their outer names, the captures dropped from its inputs."""
+    captured = int(attrs.pop("captured", 0))
+    own, outer = inputs[:len(inputs) - captured], inputs[len(inputs) - captured:]
+    for attr, formal in formal_types.items():
+        attrs[attr] = ctx.subgraph(_subgraph(node, attr), formal, outer, node)
+    ctx.add(node.op_type, own, outputs, node.name, attrs, node)
+
+
 # ---- If ----------------------------------------------------------------------------------------
 @register
 class If(Op):
@@ -207,6 +217,9 @@ class If(Op):
     def work(self, node, types):
         return max(_branch_work(_subgraph(node, "then_branch")),
                    _branch_work(_subgraph(node, "else_branch")))
+
+    def export(self, ctx, node, inputs, outputs, attrs):
+        _export(ctx, node, inputs, outputs, attrs, {"then_branch": [], "else_branch": []})
 
     def compute(self, node, inputs):
         attr = "then_branch" if bool(np.asarray(inputs[0]).reshape(-1)[0]) else "else_branch"
@@ -308,6 +321,12 @@ class Loop(Op):
 
     def work(self, node, types):
         return _branch_work(_subgraph(node, "body"))
+
+    def export(self, ctx, node, inputs, outputs, attrs):
+        n, _ = loop_layout(node)
+        carried = [ctx.types.get(i) for i in inputs[2:2 + n]]
+        formal = [TensorType(np.int64, ()), TensorType(np.bool_, ()), *carried]
+        _export(ctx, node, inputs, outputs, attrs, {"body": formal})
 
     def compute(self, node, inputs):
         n, k = loop_layout(node)
@@ -428,6 +447,16 @@ class Scan(Op):
 
     def work(self, node, types):
         return _branch_work(_subgraph(node, "body"))
+
+    def export(self, ctx, node, inputs, outputs, attrs):
+        n, m, k = scan_layout(node)
+        formal = [ctx.types.get(i) for i in inputs[:n + m]]
+        scans = formal[n:]
+        if all(t is not None for t in scans):
+            axes, _, _, _ = scan_axes(node, scans, k)
+            formal[n:] = [TensorType(t.dtype, t.shape[:a] + t.shape[a + 1:])
+                          for t, a in zip(scans, axes)]
+        _export(ctx, node, inputs, outputs, attrs, {"body": formal})
 
     def compute(self, node, inputs):
         n, m, k = scan_layout(node)
