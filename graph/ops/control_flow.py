@@ -486,3 +486,68 @@ class Scan(Op):
             stacked = np.stack(seq, axis=out_axes[j])
             result.append(stacked if length else np.take(stacked, [], axis=out_axes[j]))
         return result
+
+
+# ---- gradients -------------------------------------------------------------------------------
+def _branch_gradient(node: Node, attr: str, grads: list, g) -> dict:
+    """Emit into the training graph the gradient of branch ``attr`` with respect to the
+    captures ``g`` needs: the branch recomputed, then differentiated by ``graph.autodiff`` as
+    the scalar Σₖ sum(yₖ·dyₖ) (whose gradient is the vector-Jacobian product wanted), every node
+    re-emitted through ``g.op``. Returns {input position: gradient name}."""
+    from ..autodiff import backward
+    from ..infer import infer_shapes
+    own = _own_inputs(node)
+    d = _subgraph(node, attr).copy()
+    outer = dict(zip(d.inputs, node.inputs[own:]))
+    for name, o in outer.items():
+        d.types[name] = g.type(o)
+    consts = {name: g.value(o) for name, o in outer.items() if g.value(o) is not None}
+    terms = []
+    for k, (y, dy) in enumerate(zip(d.outputs, grads)):
+        if dy is None:
+            continue
+        seed = d.unique_name(f"{y}/seed")
+        d.inputs.append(seed)
+        d.types[seed] = g.type(dy)
+        outer[seed] = dy
+        prod = d.add_node("Mul", [y, seed], [d.unique_name(f"{y}/weighted")]).outputs[0]
+        terms.append(d.add_node("ReduceSum", [prod], [d.unique_name(f"{y}/sum")],
+                                keepdims=0).outputs[0])
+    loss = d.unique_name("vjp")
+    d.add_node("Sum", terms, [loss])
+    d.outputs = [loss]
+    infer_shapes(d, consts)
+    wrt = [name for pos, name in enumerate(d.inputs[:len(node.inputs) - own])
+           if g.needs(own + pos) and d.types[name].dtype.kind == "f"]
+    d, found = backward(d, loss, wrt)
+    rename = dict(outer)
+    for name, a in d.initializers.items():
+        if name in d.inputs:
+            continue
+        rename[name] = g.const(a, f"{attr}/{name}")
+    for n in d.nodes:
+        outs = g.op(n.op_type, [rename.get(i, i) if i else "" for i in n.inputs],
+                    len(n.outputs), used=[bool(o) for o in n.outputs], **n.attrs)
+        for o, new in zip(n.outputs, [outs] if len(n.outputs) == 1 else outs):
+            if o:
+                rename[o] = new
+    return {own + d.inputs.index(name): rename[found[name]] for name in wrt}
+
+
+def _if_gradient(self, node, grads, g):
+    """The gradient of the branch taken: with the condition known when the training graph is
+    built (a constant, or computed from constants), that branch's; otherwise both branches'
+    gradients, chosen between by ``Where`` on the condition at run time (both are computed;
+    the branches' outputs must then agree in shape, as training needs static shapes)."""
+    cond = g.value(node.input(0))
+    if cond is not None:
+        taken = "then_branch" if _truth(cond) else "else_branch"
+        found = _branch_gradient(node, taken, grads, g)
+    else:
+        then = _branch_gradient(node, "then_branch", grads, g)
+        other = _branch_gradient(node, "else_branch", grads, g)
+        found = {pos: g.op("Where", [node.input(0), then[pos], other[pos]]) for pos in then}
+    return [found.get(i) for i in range(len(node.inputs))]
+
+
+If.gradient = _if_gradient
