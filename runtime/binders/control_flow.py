@@ -108,18 +108,22 @@ class _Growing:
         self.slice_shape, self.dtype = tuple(slice_type.shape), slice_type.dtype
         self.buf, self.n = None, 0
 
+    def check_rows(self, rows: int) -> None:
+        """InputError naming the node when ``rows`` rows cannot fit the memory cap."""
+        need = rows * int(np.prod(self.slice_shape, dtype=np.int64)) * self.dtype.itemsize
+        if self.left is not None and need > self.left:
+            raise InputError(f"{self.node}: scan output {self.holder.name!r} would take "
+                             f"{need:,} bytes for {rows:,} iterations, more than the "
+                             f"{max(self.left, 0):,} bytes the memory cap leaves beside the "
+                             f"arena (set memory_cap= on ember.load to allow more)")
+
     def append(self, row) -> None:
         if self.buf is None or self.n == len(self.buf):
+            self.check_rows(self.n + 1)
             rows = max(2 * self.n, 4)
-            need = rows * int(np.prod(self.slice_shape, dtype=np.int64)) * self.dtype.itemsize
-            if self.left is not None and need > self.left:
-                rows = self.n + 1
-                need = rows * need // max(2 * self.n, 4)
-                if need > self.left:
-                    raise InputError(f"{self.node}: scan output {self.holder.name!r} would "
-                                     f"take {need:,} bytes after {self.n + 1:,} iterations, "
-                                     f"more than the {max(self.left, 0):,} bytes the memory cap "
-                                     f"leaves beside the arena")
+            row_bytes = int(np.prod(self.slice_shape, dtype=np.int64)) * self.dtype.itemsize
+            if self.left is not None and rows * row_bytes > self.left:
+                rows = self.n + 1   # doubling would pass the cap: grow by one row instead
             grown = np.empty((rows, *self.slice_shape), self.dtype)
             if self.n:
                 grown[:self.n] = self.buf[:self.n]
@@ -161,6 +165,9 @@ def bind_loop(node, ins, outs, scratch_buf, ctx):
         go = bool(cond_in.reshape(-1)[0]) if cond_in is not None else True
         if trips is not None and go and fixed:
             ops.check_iterations(node, trips)
+            for grow in growing:
+                if grow is not None:
+                    grow.check_rows(trips)
         carried = [np.array(a) for a in carried_in]
         i = 0
         while go and (trips is None or i < trips):
