@@ -458,8 +458,8 @@ def _convert_nodes(graph: Graph, gp, scope: _Scope, prefix: str) -> None:
         attrs = _attributes(n, scope.folder, name, subgraph)
         attrs = {a: v for a, v in attrs.items() if a != "consumed_inputs"}  # opset<6 relic
         node = Node(n.op_type, list(n.input), list(n.output), attrs, name, "")
-        if not (n.op_type == "Scan" and scope.opset < 9):   # Scan-8's input 0 is optional
-            _check_first_slots(node)
+        if not (n.op_type == "Loop" or (n.op_type == "Scan" and scope.opset < 9)):
+            _check_first_slots(node)   # (Loop's and Scan-8's input 0 is optional)
         if subgraphs:
             attach_captures(node, subgraphs)
         upgrade = UPGRADES.get(n.op_type)

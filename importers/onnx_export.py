@@ -333,6 +333,7 @@ class ExportContext:
         self.extra_inits: dict = {}
         self._taken = set(graph.initializers) | set(graph.inputs) | set(graph.outputs)
         self._constants = {}    # outputs of Constant nodes: compile-time values too
+        self.captured: set = set()   # values read by subgraphs written so far
         for n in graph.nodes:
             self._taken.update(n.inputs)
             self._taken.update(n.outputs)
@@ -463,6 +464,7 @@ class ExportContext:
         by name (through an Identity where a pass renamed the outer value)."""
         onnx = _onnx()
         own = len(sub.inputs) - len(outer)
+        self.captured.update(outer)
         g = sub.copy()
         for name, t in zip(g.inputs, formal_types):
             if t is not None:
@@ -509,7 +511,7 @@ class ExportContext:
     def graph_proto(self):
         onnx = _onnx()
         g = self.graph
-        used = {i for n in self.nodes for i in n.input if i}
+        used = {i for n in self.nodes for i in n.input if i} | self.captured
         inits, const_nodes = [], []
         for name, arr in list(g.initializers.items()) + list(self.extra_inits.items()):
             if name in g.outputs:  # an output must be produced by a node: write a Constant
