@@ -458,8 +458,12 @@ def _convert_nodes(graph: Graph, gp, scope: _Scope, prefix: str) -> None:
         attrs = _attributes(n, scope.folder, name, subgraph)
         attrs = {a: v for a, v in attrs.items() if a != "consumed_inputs"}  # opset<6 relic
         node = Node(n.op_type, list(n.input), list(n.output), attrs, name, "")
-        if not (n.op_type == "Loop" or (n.op_type == "Scan" and scope.opset < 9)):
-            _check_first_slots(node)   # (Loop's and Scan-8's input 0 is optional)
+        optional_first = n.op_type == "Loop" or (n.op_type == "Scan" and scope.opset < 9
+                                                 and len(node.inputs) > 1)
+        if not optional_first:
+            _check_first_slots(node)
+        elif not node.outputs or not node.outputs[0]:   # (input 0 is optional there)
+            raise ModelError(f"{node}: output 0 is required but absent")
         if subgraphs:
             attach_captures(node, subgraphs)
         upgrade = UPGRADES.get(n.op_type)
@@ -849,6 +853,8 @@ def _scan8(node, rw):
     if own[0]:
         raise ModelError(f"{node}: Scan-8 with sequence_lens (sequences of different lengths "
                          f"in one batch) is not supported")
+    if not isinstance(node.attrs.get("body"), Graph):
+        raise ModelError(f"{node}: attribute 'body' (a graph) is missing")
     body = node.attrs["body"]
     m = _int_attr(node, "num_scan_inputs", node.attrs.get("num_scan_inputs"))
     per_batch = [rw.fresh(f"{node.name}/batch{i}") for i in range(len(own) - 1)]
