@@ -367,3 +367,15 @@ def test_iteration_limit_bounds_a_loop_without_trip_count(monkeypatch):
 
 def test_errors_are_embers_own():
     assert issubclass(InputError, EmberError) and issubclass(ModelError, EmberError)
+
+
+def test_constant_condition_needs_only_the_branch_taken_to_fit():
+    """With the condition known when compiling, the branch not taken is neither inferred nor
+    compiled: here it adds shapes that do not broadcast."""
+    then = h.make_graph([h.make_node("Neg", ["x"], ["a"])], "then", [], [vi("a", F, [2, 3])])
+    els = h.make_graph([h.make_node("Add", ["x", "bad"], ["e"])], "else", [], [vi("e", F, None)])
+    m = model([h.make_node("If", ["c"], ["y"], then_branch=then, else_branch=els)],
+              [vi("x", F, [2, 3])], [vi("y", F, [2, 3])],
+              [const("c", np.array(True)), const("bad", np.zeros(4, np.float32))])
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    np.testing.assert_array_equal(ember.load(m.SerializeToString()).run(None, {"x": x})[0], -x)

@@ -185,17 +185,18 @@ class If(Op):
     def infer(self, ctx):
         node = ctx.node
         _check_condition(ctx, ctx.type(0), "input 0 (cond)")
+        counts = [len(_subgraph(ctx, a).outputs) for a in ("then_branch", "else_branch")]
+        if counts[0] != counts[1]:
+            raise ModelError(f"{node}: then_branch has {counts[0]} outputs, else_branch "
+                             f"{counts[1]}; both must have one per If output")
+        if len(node.outputs) > counts[0]:
+            raise ModelError(f"{node}: has {len(node.outputs)} outputs, its branches "
+                             f"{counts[0]}")
+        cond = ctx.maybe_const(0)
+        if cond is not None:   # only the branch taken must fit these shapes
+            return infer_subgraph(ctx, "then_branch" if _truth(cond) else "else_branch", [])[0]
         then_t, _ = infer_subgraph(ctx, "then_branch", [])
         else_t, _ = infer_subgraph(ctx, "else_branch", [])
-        if len(then_t) != len(else_t):
-            raise ModelError(f"{node}: then_branch has {len(then_t)} outputs, else_branch "
-                             f"{len(else_t)}; both must have one per If output")
-        if len(node.outputs) > len(then_t):
-            raise ModelError(f"{node}: has {len(node.outputs)} outputs, its branches "
-                             f"{len(then_t)}")
-        cond = ctx.maybe_const(0)
-        if cond is not None:
-            return list(then_t if bool(np.asarray(cond).reshape(-1)[0]) else else_t)
         out = []
         for k, (a, b) in enumerate(zip(then_t, else_t)):
             if a.dtype != b.dtype:

@@ -40,7 +40,10 @@ class RuntimeShaped:
 
 
 class _Subgraph:
-    """One subgraph as a Session, fed by name: ``run(formal inputs) -> outputs``."""
+    """One subgraph as a Session, fed by name. ``run(formal inputs)`` returns its outputs as
+    views into the arena of a context this object holds between runs (so an iteration costs a
+    feed copy and the plan's steps, no lock and no allocation): valid until the next ``run``;
+    ``release`` hands the context back at the end of the node's step."""
 
     def __init__(self, node, attr: str, formal_types: list, captures: list, ctx):
         from ..session import Session   # the Session module imports the binders
@@ -49,31 +52,48 @@ class _Subgraph:
         self.formal = g.inputs[:own]
         for name, t in zip(self.formal, formal_types):
             g.types[name] = t
-        self.fed = {}
+        self.feeds = {}
         for name, a in zip(g.inputs[own:], captures):
             if ctx.is_runtime(a):
                 g.types[name] = TensorType(a.dtype, a.shape)
-                self.fed[name] = a
+                self.feeds[name] = a
             else:
                 g.initializers[name] = a
         g.inputs = [n for n in g.inputs if n not in g.initializers]
         cap = ctx.memory_left
         self.session = Session(g, threads=ctx.threads,
                                memory_cap=max(int(cap), 1) if cap is not None else None)
-        self.feeds = dict(self.fed)
+        self.outputs = list(g.outputs)
+        self._held = None   # (compiled plan, its context)
 
     def run(self, formal: list) -> list:
-        feeds = self.feeds
+        feeds, session = self.feeds, self.session
         for name, a in zip(self.formal, formal):
             feeds[name] = a
-        return self.session.run(None, feeds)
+        compiled = session._fast_compiled(feeds)
+        if compiled is None:   # another shape, or an input whose value decides shapes
+            compiled = session._compiled_for(session._validate(feeds))
+        if self._held is None or self._held[0] is not compiled:
+            self.release()
+            self._held = (compiled, compiled.acquire())
+        ctx = self._held[1]
+        for name, dst in ctx.feeds:
+            np.copyto(dst, feeds[name], casting="equiv")
+        ctx.runner.run()
+        return [ctx.output(n) for n in self.outputs]
+
+    def release(self) -> None:
+        if self._held is not None:
+            compiled, ctx = self._held
+            self._held = None
+            compiled.release(ctx)
 
 
 def _store(node, out, result, memory_left) -> None:
     if out is None:
         return
     if isinstance(out, RuntimeShaped):
-        out.set(node, result, memory_left)
+        out.set(node, np.array(result), memory_left)
     elif out.shape != result.shape:
         raise ShapeError(f"{node}: a subgraph produced {result.dtype}{list(result.shape)} "
                          f"where the plan holds {out.dtype}{list(out.shape)}")
@@ -88,14 +108,21 @@ def _captures(node, ins) -> list:
 @binds(ops.If)
 def bind_if(node, ins, outs, scratch_buf, ctx):
     captures = _captures(node, ins)
-    branches = (_Subgraph(node, "then_branch", [], captures, ctx),
-                _Subgraph(node, "else_branch", [], captures, ctx))
     cond, left = ins[0].reshape(-1), ctx.memory_left
+    if ctx.is_runtime(ins[0]):
+        branches = (_Subgraph(node, "then_branch", [], captures, ctx),
+                    _Subgraph(node, "else_branch", [], captures, ctx))
+    else:   # a constant condition: only the branch taken is compiled (the other may not fit)
+        taken = _Subgraph(node, "then_branch" if cond[0] else "else_branch", [], captures, ctx)
+        branches = (taken, taken)
 
     def step():
-        results = branches[0 if cond[0] else 1].run([])
-        for out, r in zip(outs, results):
-            _store(node, out, r, left)
+        branch = branches[0 if cond[0] else 1]
+        try:
+            for out, r in zip(outs, branch.run([])):
+                _store(node, out, r, left)
+        finally:
+            branch.release()
     return step
 
 
@@ -168,31 +195,34 @@ def bind_loop(node, ins, outs, scratch_buf, ctx):
             for grow in growing:
                 if grow is not None:
                     grow.check_rows(trips)
-        carried = [np.array(a) for a in carried_in]
+        carried = [np.array(a) for a in carried_in]   # the body's outputs are copied here
         i = 0
-        while go and (trips is None or i < trips):
-            ops.check_iterations(node, i + 1)
-            iteration[()] = i
-            go_flag[()] = go
-            results = body.run([iteration, go_flag, *carried])
-            go = bool(results[0].reshape(-1)[0])
-            for c, (r, t) in enumerate(zip(results[1:1 + n], carried_types)):
-                if r.shape != t.shape:
-                    raise InputError(f"{node}: loop-carried value {c} changed shape from "
-                                     f"{t.shape} to {r.shape} at iteration {i}")
-            carried = results[1:1 + n]
-            for j in range(k):
-                out, row = outs[n + j], results[1 + n + j]
-                if out is None:
-                    continue
-                if slices[j] is not None and row.shape != tuple(slices[j].shape):
-                    raise InputError(f"{node}: scan output {j} has shape {row.shape} at "
-                                     f"iteration {i}, {tuple(slices[j].shape)} before")
-                if growing[j] is not None:
-                    growing[j].append(row)
-                else:
-                    out[i] = row
-            i += 1
+        try:
+            while go and (trips is None or i < trips):
+                ops.check_iterations(node, i + 1)
+                iteration[()] = i
+                go_flag[()] = go
+                results = body.run([iteration, go_flag, *carried])
+                go = bool(results[0].reshape(-1)[0])
+                for c, (buf, r) in enumerate(zip(carried, results[1:1 + n])):
+                    if r.shape != buf.shape:
+                        raise InputError(f"{node}: loop-carried value {c} changed shape from "
+                                         f"{buf.shape} to {r.shape} at iteration {i}")
+                    np.copyto(buf, r)
+                for j in range(k):
+                    out, row = outs[n + j], results[1 + n + j]
+                    if out is None:
+                        continue
+                    if slices[j] is not None and row.shape != tuple(slices[j].shape):
+                        raise InputError(f"{node}: scan output {j} has shape {row.shape} at "
+                                         f"iteration {i}, {tuple(slices[j].shape)} before")
+                    if growing[j] is not None:
+                        growing[j].append(row)
+                    else:
+                        out[i] = row
+                i += 1
+        finally:
+            body.release()
         for out, r in zip(outs[:n], carried):
             _store(node, out, r, left)
         for j in range(k):
@@ -224,16 +254,21 @@ def bind_scan(node, ins, outs, scratch_buf, ctx):
         return a[(slice(None),) * axis + (idx, Ellipsis)]   # a view, 0-d included
 
     def step():
-        states = [np.array(a) for a in states_in]
-        for t in range(length):
-            slices = [at(x, a, length - 1 - t if d else t) for x, a, d in zip(xs, in_axes, in_dirs)]
-            results = body.run([*states, *slices])
-            states = results[:n]
-            for j in range(k):
-                out = outs[n + j]
-                if out is not None:
-                    pos = length - 1 - t if out_dirs[j] else t
-                    at(out, out_axes[j], pos)[...] = results[n + j]
+        states = [np.array(a) for a in states_in]   # the body's outputs are copied here
+        try:
+            for t in range(length):
+                slices = [at(x, a, length - 1 - t if d else t)
+                          for x, a, d in zip(xs, in_axes, in_dirs)]
+                results = body.run([*states, *slices])
+                for buf, r in zip(states, results[:n]):
+                    np.copyto(buf, r)
+                for j in range(k):
+                    out = outs[n + j]
+                    if out is not None:
+                        pos = length - 1 - t if out_dirs[j] else t
+                        at(out, out_axes[j], pos)[...] = results[n + j]
+        finally:
+            body.release()
         for out, r in zip(outs[:n], states):
             _store(node, out, r, None)
     return step
