@@ -96,7 +96,7 @@ class _Context:
         self.feeds = [(name, view(name)) for name in g.inputs if name not in compiled.external]
         bind_ctx = binders.BindContext(g.types, compiled.threads, self.arena,
                                        live=[*compiled.external.values(), *compiled.fed],
-                                       memory_left=memory_left)
+                                       memory_left=memory_left, subgraph_session=Session)
         self.steps = []
         for idx, node in enumerate(g.nodes):
             ins = [view(i) if i else None for i in node.inputs]
@@ -289,6 +289,12 @@ class Session:
                 return None
             key.append((name, a.shape))
         return self._plans.get(tuple(key))
+
+    def plan_for(self, feeds: dict) -> Compiled:
+        """The compiled plan ``run`` would use for ``feeds`` (compiled now if needed), for a
+        caller that runs a context of it itself (a control-flow binder, once per iteration)."""
+        compiled = self._fast_compiled(feeds)
+        return compiled if compiled is not None else self._compiled_for(self._validate(feeds))
 
     def __call__(self, *arrays, **named):
         if len(arrays) > len(self.inputs):

@@ -42,6 +42,14 @@ from .base import REFERENCE_STEP_WORK, REQUIRED, NeedsValue, Op, get_op, registe
 MAX_LOOP_ITERATIONS = 1 << 20
 
 
+class Machinery:
+    """Shape inference and autodiff, which subgraphs need but which import the op registry (so
+    an op module may not import them): ``graph.infer`` and ``graph.autodiff`` hand their
+    functions over here when they load."""
+
+    infer_shapes = infer_node = backward = None
+
+
 # ---- captures ---------------------------------------------------------------------------------
 def attach_captures(node: Node, free_names: dict) -> None:
     """Append every outer value the node's subgraphs read (``free_names``: attribute -> names
@@ -58,7 +66,8 @@ def _own_inputs(node: Node) -> int:
     return len(node.inputs) - int(node.attrs.get("captured", 0))
 
 
-def _subgraph(ctx_or_node, attr: str) -> Graph:
+def subgraph_of(ctx_or_node, attr: str) -> Graph:
+    """Subgraph attribute ``attr`` of a node (or of an InferContext's node)."""
     node = getattr(ctx_or_node, "node", ctx_or_node)
     g = node.attrs.get(attr)
     if not isinstance(g, Graph):
@@ -71,7 +80,6 @@ def _subgraph(ctx_or_node, attr: str) -> Graph:
 def evaluate(graph: Graph, feeds: list) -> list:
     """Run ``graph`` on ``feeds`` (one array per input, in order) through every node's numpy
     reference; its outputs as arrays."""
-    from ..infer import infer_node
     g = graph.copy()
     values = dict(g.initializers)
     for name, a in values.items():
@@ -83,7 +91,7 @@ def evaluate(graph: Graph, feeds: list) -> list:
     g.toposort()
     for node in g.nodes:
         op = get_op(node.op_type, node.domain)
-        infer_node(g, op, node, values, set())
+        Machinery.infer_node(g, op, node, values, set())
         outs = op.compute(node, [values[i] if i else None for i in node.inputs])
         for o, v in zip(node.outputs, outs):
             if o:
@@ -93,26 +101,24 @@ def evaluate(graph: Graph, feeds: list) -> list:
 
 def subgraph_types(graph: Graph, feeds: list) -> list:
     """The output types of ``graph`` on ``feeds`` (values known), without running it."""
-    from ..infer import infer_shapes
     g = graph.copy()
     consts = {}
     for name, a in zip(g.inputs, feeds):
         a = np.asarray(a)
         g.types[name] = TensorType(a.dtype, a.shape)
         consts[name] = a
-    infer_shapes(g, consts)
+    Machinery.infer_shapes(g, consts)
     return [g.types[o] for o in g.outputs]
 
 
-def infer_subgraph(ctx, attr: str, input_types: list, input_values: dict | None = None,
+def infersubgraph_of(ctx, attr: str, input_types: list, input_values: dict | None = None,
                    first_values: dict | None = None):
     """(output types, known values) of subgraph ``attr`` given its formal inputs' types (its
     captures take the node's input types and known values). ``first_values``: formal input
     position -> value to assume when the subgraph's shapes need it (a loop's first iteration;
     the runtime checks every later iteration against the shapes inferred here). A need for the
     value of a capture is passed on to the enclosing graph (``ctx.const``)."""
-    from ..infer import infer_shapes
-    node, sub = ctx.node, _subgraph(ctx, attr)
+    node, sub = ctx.node, subgraph_of(ctx, attr)
     g = sub.copy()
     own = len(g.inputs) - int(node.attrs.get("captured", 0))
     if own != len(input_types):
@@ -133,7 +139,7 @@ def infer_subgraph(ctx, attr: str, input_types: list, input_values: dict | None 
         first[g.inputs[k]] = value
     while True:
         try:
-            known = infer_shapes(g, consts)
+            known = Machinery.infer_shapes(g, consts)
             break
         except NeedsValue as e:
             if e.name in first and e.name not in consts:
@@ -171,7 +177,7 @@ def _export(ctx, node, inputs, outputs, attrs, formal_types: dict) -> None:
     captured = int(attrs.pop("captured", 0))
     own, outer = inputs[:len(inputs) - captured], inputs[len(inputs) - captured:]
     for attr, formal in formal_types.items():
-        attrs[attr] = ctx.subgraph(_subgraph(node, attr), formal, outer, node)
+        attrs[attr] = ctx.subgraph(subgraph_of(node, attr), formal, outer, node)
     ctx.add(node.op_type, own, outputs, node.name, attrs, node)
 
 
@@ -185,7 +191,7 @@ class If(Op):
     def infer(self, ctx):
         node = ctx.node
         _check_condition(ctx, ctx.type(0), "input 0 (cond)")
-        counts = [len(_subgraph(ctx, a).outputs) for a in ("then_branch", "else_branch")]
+        counts = [len(subgraph_of(ctx, a).outputs) for a in ("then_branch", "else_branch")]
         if counts[0] != counts[1]:
             raise ModelError(f"{node}: then_branch has {counts[0]} outputs, else_branch "
                              f"{counts[1]}; both must have one per If output")
@@ -194,9 +200,9 @@ class If(Op):
                              f"{counts[0]}")
         cond = ctx.maybe_const(0)
         if cond is not None:   # only the branch taken must fit these shapes
-            return infer_subgraph(ctx, "then_branch" if _truth(cond) else "else_branch", [])[0]
-        then_t, _ = infer_subgraph(ctx, "then_branch", [])
-        else_t, _ = infer_subgraph(ctx, "else_branch", [])
+            return infersubgraph_of(ctx, "then_branch" if _truth(cond) else "else_branch", [])[0]
+        then_t, _ = infersubgraph_of(ctx, "then_branch", [])
+        else_t, _ = infersubgraph_of(ctx, "else_branch", [])
         out = []
         for k, (a, b) in enumerate(zip(then_t, else_t)):
             if a.dtype != b.dtype:
@@ -216,21 +222,21 @@ class If(Op):
         return out
 
     def work(self, node, types):
-        return max(_branch_work(_subgraph(node, "then_branch")),
-                   _branch_work(_subgraph(node, "else_branch")))
+        return max(_branch_work(subgraph_of(node, "then_branch")),
+                   _branch_work(subgraph_of(node, "else_branch")))
 
     def export(self, ctx, node, inputs, outputs, attrs):
         _export(ctx, node, inputs, outputs, attrs, {"then_branch": [], "else_branch": []})
 
     def compute(self, node, inputs):
         attr = "then_branch" if bool(np.asarray(inputs[0]).reshape(-1)[0]) else "else_branch"
-        return evaluate(_subgraph(node, attr), inputs[_own_inputs(node):])
+        return evaluate(subgraph_of(node, attr), inputs[_own_inputs(node):])
 
 
 # ---- Loop --------------------------------------------------------------------------------------
 def loop_layout(node: Node) -> tuple:
     """(N loop-carried values, K scan outputs) of a Loop node."""
-    body = _subgraph(node, "body")
+    body = subgraph_of(node, "body")
     n = _own_inputs(node) - 2
     k = len(body.outputs) - 1 - n
     if n < 0 or k < 0 or len(body.inputs) != 2 + n + int(node.attrs.get("captured", 0)):
@@ -268,7 +274,7 @@ def exact_trip_count(node: Node, m, cond, body_known: dict):
         return 0
     if (node.input(1) and cond is None) or not node.input(0) or m is None:
         return None
-    if not passes_condition_through(_subgraph(node, "body"), body_known):
+    if not passes_condition_through(subgraph_of(node, "body"), body_known):
         return None
     return max(int(np.asarray(m).reshape(-1)[0]), 0)
 
@@ -297,7 +303,7 @@ class Loop(Op):
         first = {0: np.array(0, np.int64), 1: np.array(True)}
         first.update({2 + i: ctx.consts[node.inputs[2 + i]] for i in range(n)
                       if node.inputs[2 + i] in ctx.consts})
-        out_t, known = infer_subgraph(ctx, "body", formal, first_values=first)
+        out_t, known = infersubgraph_of(ctx, "body", formal, first_values=first)
         _check_condition(ctx, out_t[0], "the body's output 0 (its condition)")
         for i in range(n):
             if out_t[1 + i] != carried[i]:
@@ -321,7 +327,7 @@ class Loop(Op):
         return carried + scans
 
     def work(self, node, types):
-        return _branch_work(_subgraph(node, "body"))
+        return _branch_work(subgraph_of(node, "body"))
 
     def export(self, ctx, node, inputs, outputs, attrs):
         n, _ = loop_layout(node)
@@ -331,7 +337,7 @@ class Loop(Op):
 
     def compute(self, node, inputs):
         n, k = loop_layout(node)
-        body = _subgraph(node, "body")
+        body = subgraph_of(node, "body")
         own = _own_inputs(node)
         m, cond = inputs[0], inputs[1]
         trips = None if m is None else int(np.asarray(m).reshape(-1)[0])
@@ -365,7 +371,7 @@ def check_iterations(node: Node, count: int) -> None:
 # ---- Scan --------------------------------------------------------------------------------------
 def scan_layout(node: Node, n_inputs: int | None = None) -> tuple:
     """(N states, M scan inputs, K scan outputs) of a Scan node."""
-    body = _subgraph(node, "body")
+    body = subgraph_of(node, "body")
     m = int(node.attrs["num_scan_inputs"])
     own = _own_inputs(node) if n_inputs is None else n_inputs
     n = own - m
@@ -435,7 +441,7 @@ class Scan(Op):
         length = lengths.pop()
         slices = [TensorType(t.dtype, t.shape[:a] + t.shape[a + 1:])
                   for t, a in zip(scans, in_axes)]
-        out_t, _ = infer_subgraph(ctx, "body", states + slices)
+        out_t, _ = infersubgraph_of(ctx, "body", states + slices)
         for i in range(n):
             if out_t[i] != states[i]:
                 ctx.fail(f"state {i} enters the body as {states[i]} and leaves it as "
@@ -447,7 +453,7 @@ class Scan(Op):
         return states + outs
 
     def work(self, node, types):
-        return _branch_work(_subgraph(node, "body"))
+        return _branch_work(subgraph_of(node, "body"))
 
     def export(self, ctx, node, inputs, outputs, attrs):
         n, m, k = scan_layout(node)
@@ -462,7 +468,7 @@ class Scan(Op):
     def compute(self, node, inputs):
         n, m, k = scan_layout(node)
         own = _own_inputs(node)
-        body = _subgraph(node, "body")
+        body = subgraph_of(node, "body")
         states, xs, captures = list(inputs[:n]), inputs[n:n + m], inputs[own:]
         xs_types = [TensorType(x.dtype, x.shape) for x in xs]
         in_axes, in_dirs, _, _ = scan_axes(node, xs_types, k)
@@ -495,10 +501,8 @@ def _branch_gradient(node: Node, attr: str, grads: list, g) -> dict:
     captures ``g`` needs: the branch recomputed, then differentiated by ``graph.autodiff`` as
     the scalar Σₖ sum(yₖ·dyₖ) (whose gradient is the vector-Jacobian product wanted), every node
     re-emitted through ``g.op``. Returns {input position: gradient name}."""
-    from ..autodiff import backward
-    from ..infer import infer_shapes
     own = _own_inputs(node)
-    d = _subgraph(node, attr).copy()
+    d = subgraph_of(node, attr).copy()
     outer = dict(zip(d.inputs, node.inputs[own:]))
     for name, o in outer.items():
         d.types[name] = g.type(o)
@@ -517,10 +521,10 @@ def _branch_gradient(node: Node, attr: str, grads: list, g) -> dict:
     loss = d.unique_name("vjp")
     d.add_node("Sum", terms, [loss])
     d.outputs = [loss]
-    infer_shapes(d, consts)
+    Machinery.infer_shapes(d, consts)
     wrt = [name for pos, name in enumerate(d.inputs[:len(node.inputs) - own])
            if g.needs(own + pos) and d.types[name].dtype.kind == "f"]
-    d, found = backward(d, loss, wrt)
+    d, found = Machinery.backward(d, loss, wrt)
     rename = dict(outer)
     for name, a in d.initializers.items():
         if name in d.inputs:

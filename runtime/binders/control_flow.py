@@ -46,8 +46,7 @@ class _Subgraph:
     ``release`` hands the context back at the end of the node's step."""
 
     def __init__(self, node, attr: str, formal_types: list, captures: list, ctx):
-        from ..session import Session   # the Session module imports the binders
-        g = ops._subgraph(node, attr).copy()
+        g = ops.subgraph_of(node, attr).copy()
         own = len(g.inputs) - len(captures)
         self.formal = g.inputs[:own]
         for name, t in zip(self.formal, formal_types):
@@ -61,18 +60,16 @@ class _Subgraph:
                 g.initializers[name] = a
         g.inputs = [n for n in g.inputs if n not in g.initializers]
         cap = ctx.memory_left
-        self.session = Session(g, threads=ctx.threads,
+        self.session = ctx.subgraph_session(g, threads=ctx.threads,
                                memory_cap=max(int(cap), 1) if cap is not None else None)
         self.outputs = list(g.outputs)
         self._held = None   # (compiled plan, its context)
 
     def run(self, formal: list) -> list:
-        feeds, session = self.feeds, self.session
+        feeds = self.feeds
         for name, a in zip(self.formal, formal):
             feeds[name] = a
-        compiled = session._fast_compiled(feeds)
-        if compiled is None:   # another shape, or an input whose value decides shapes
-            compiled = session._compiled_for(session._validate(feeds))
+        compiled = self.session.plan_for(feeds)
         if self._held is None or self._held[0] is not compiled:
             self.release()
             self._held = (compiled, compiled.acquire())
@@ -183,7 +180,7 @@ def bind_loop(node, ins, outs, scratch_buf, ctx):
     growing = [_Growing(node, out, s, left) if isinstance(out, RuntimeShaped) else None
                for out, s in zip(outs[n:], slices)]
     # no body condition can end it early: a trip count past the limit is refused up front
-    fixed = ops.passes_condition_through(ops._subgraph(node, "body"), {})
+    fixed = ops.passes_condition_through(ops.subgraph_of(node, "body"), {})
     iteration, go_flag = np.zeros((), np.int64), np.ones((), np.bool_)
     carried_types = formal_types[2:]
 
