@@ -65,7 +65,8 @@ def check(m, feeds, oracle="ort"):
 def if_model(then_shape=(2, 3), else_slice=False, consumer=False):
     """If on cond = sum(x) > 0; then: tanh(x·w) reading an outer initializer and an outer
     computed value; else: x + w, or a slice of it (another shape) when ``else_slice``."""
-    then = h.make_graph([h.make_node("Mul", ["x2", "w"], ["t0"]), h.make_node("Tanh", ["t0"], ["t"])],
+    then = h.make_graph([h.make_node("Mul", ["x2", "w"], ["t0"]),
+                         h.make_node("Tanh", ["t0"], ["t"])],
                         "then", [], [vi("t", F, list(then_shape))])
     else_nodes = [h.make_node("Add", ["x", "w"], ["e"])]
     else_out = "e"
@@ -129,8 +130,10 @@ def loop_model(with_m=True, with_cond=True, limit=None, nested_if=False, scan=Tr
     body_nodes = [h.make_node("Cast", ["i"], ["fi"], to=F),
                   h.make_node("Mul", ["y_in", "a"], ["ya"])]
     if nested_if:
-        then = h.make_graph([h.make_node("Add", ["ya", "one"], ["p"])], "then", [], [vi("p", F, [2])])
-        els = h.make_graph([h.make_node("Sub", ["ya", "one"], ["q"])], "else", [], [vi("q", F, [2])])
+        then = h.make_graph([h.make_node("Add", ["ya", "one"], ["p"])], "then", [],
+                            [vi("p", F, [2])])
+        els = h.make_graph([h.make_node("Sub", ["ya", "one"], ["q"])], "else", [],
+                           [vi("q", F, [2])])
         body_nodes += [h.make_node("Less", ["i", "two_i"], ["early"]),
                        h.make_node("If", ["early"], ["ya2"], then_branch=then, else_branch=els)]
         step = "ya2"
@@ -312,7 +315,8 @@ def test_if_gradient_matches_finite_differences(cond):
 
 # ---- bad input ---------------------------------------------------------------------------------
 def test_branch_output_count_mismatch_names_the_node():
-    then = h.make_graph([h.make_node("Identity", ["x"], ["a"]), h.make_node("Identity", ["x"], ["b"])],
+    then = h.make_graph([h.make_node("Identity", ["x"], ["a"]),
+                         h.make_node("Identity", ["x"], ["b"])],
                         "then", [], [vi("a", F, [2]), vi("b", F, [2])])
     els = h.make_graph([h.make_node("Identity", ["x"], ["e"])], "else", [], [vi("e", F, [2])])
     m = model([h.make_node("If", ["c"], ["y"], then_branch=then, else_branch=els, name="choose")],
@@ -322,7 +326,8 @@ def test_branch_output_count_mismatch_names_the_node():
 
 
 def test_subgraph_reading_a_missing_name_names_node_and_name():
-    then = h.make_graph([h.make_node("Identity", ["nowhere"], ["a"])], "then", [], [vi("a", F, [2])])
+    then = h.make_graph([h.make_node("Identity", ["nowhere"], ["a"])], "then", [],
+                        [vi("a", F, [2])])
     els = h.make_graph([h.make_node("Identity", ["x"], ["e"])], "else", [], [vi("e", F, [2])])
     m = model([h.make_node("If", ["c"], ["y"], then_branch=then, else_branch=els, name="choose")],
               [vi("c", B, []), vi("x", F, [2])], [vi("y", F, [2])])

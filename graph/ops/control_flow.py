@@ -24,6 +24,14 @@ needs its shape when compiling, so inference then asks for the condition's (or t
 value — ``NeedsValue`` when graph inputs decide it (the Session keys its plans on them), else a
 ``ShapeError`` naming the node.
 
+Memory. A subgraph's Session has an arena of its own, allocated when the node is bound, with the
+bytes the memory cap leaves beside the enclosing arena as its own cap.
+
+Limits. Loop-carried values and Scan states keep their dtype and shape from one iteration to
+the next (ONNX allows them to change; ember refuses such a body, naming the node). Scan-8's
+batched form is imported as a Scan over the batch whose body is a Scan over time;
+``sequence_lens`` is refused.
+
 Bounds. A Loop runs at most ``MAX_LOOP_ITERATIONS`` iterations (an ``InputError`` naming the
 node, before the first iteration when the trip count says so); its scan outputs, grown as the
 loop runs, must fit in the bytes the memory cap leaves beside the arena.
@@ -437,7 +445,8 @@ class Scan(Op):
         in_axes, _, _, _ = scan_axes(node, scans, k)
         lengths = {t.shape[a] for t, a in zip(scans, in_axes)}
         if len(lengths) != 1:
-            ctx.fail(f"the scan inputs' scanned axes have different lengths {sorted(map(str, lengths))}")
+            ctx.fail(f"the scan inputs' scanned axes have different lengths "
+                     f"{sorted(map(str, lengths))}")
         length = lengths.pop()
         slices = [TensorType(t.dtype, t.shape[:a] + t.shape[a + 1:])
                   for t, a in zip(scans, in_axes)]
