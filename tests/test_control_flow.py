@@ -115,6 +115,21 @@ def test_if_of_different_shapes_read_by_a_node_keys_the_plan_on_the_condition():
         check(m, {"x": sign * np.ones((2, 3), np.float32)})
 
 
+def test_if_of_different_shapes_read_by_a_node_with_a_run_time_condition_is_refused():
+    """The condition comes out of a Loop (run-time data nothing folds): the Relu reading the If
+    output cannot be planned, and the error names the If and its condition."""
+    m = if_model(else_slice=True, consumer=True)
+    g = m.graph
+    body = h.make_graph([h.make_node("Identity", ["c_in"], ["c_out"]),
+                         h.make_node("Identity", ["v_in"], ["v_out"])], "body",
+                        [vi("i", I64, []), vi("c_in", B, []), vi("v_in", B, [])],
+                        [vi("c_out", B, []), vi("v_out", B, [])])
+    g.node[1].output[0] = "c0"
+    g.node.insert(2, h.make_node("Loop", ["", "c0", "c0"], ["c"], body=body))
+    with pytest.raises(ShapeError, match=r"If node.*input 0 \('c', the condition"):
+        ember.load(m.SerializeToString())
+
+
 def test_if_shape_inference():
     g = load_onnx(if_model().SerializeToString())
     infer_shapes(g)

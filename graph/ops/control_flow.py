@@ -24,6 +24,11 @@ needs its shape when compiling, so inference then asks for the condition's (or t
 value — ``NeedsValue`` when graph inputs decide it (the Session keys its plans on them), else a
 ``ShapeError`` naming the node.
 
+A body whose shapes depend on the iteration number or on a loop-carried value (a Slice at
+``i``) is inferred at its first iteration and compiled per value met, as a top-level graph is per
+value of a shape-deciding input: correct, but it compiles once per iteration (each iteration's
+outputs are checked against the shapes inferred).
+
 Memory. A subgraph's Session has an arena of its own, allocated when the node is bound, with the
 bytes the memory cap leaves beside the enclosing arena as its own cap.
 
