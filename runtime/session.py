@@ -81,6 +81,7 @@ class _Context:
         raw = np.empty(compiled.context_bytes, dtype=np.uint8)
         shift = (-raw.ctypes.data) % ALIGN
         self.arena = raw[shift:shift + plan.arena_bytes]
+        self._holders: dict = {}   # run-time-shaped values' holders, by name
 
         def view(name):
             if name in compiled.consts:
@@ -114,10 +115,9 @@ class _Context:
     def _runtime_shaped(self, name, t):
         """The holder of a value whose producing step decides its shape (an If whose branches
         disagree, a Loop's scan output): no arena bytes; ``output`` reads the step's array."""
-        holders = self.__dict__.setdefault("_holders", {})
-        if name not in holders:
-            holders[name] = RuntimeShaped(name, t.dtype)
-        return holders[name]
+        if name not in self._holders:
+            self._holders[name] = RuntimeShaped(name, t.dtype)
+        return self._holders[name]
 
     def output(self, name):
         """Output ``name`` after a run: its arena view, or a run-time-shaped value's array."""
