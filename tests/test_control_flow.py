@@ -359,6 +359,46 @@ def test_condition_must_be_a_bool_scalar():
         ember.load(m.SerializeToString())
 
 
+def _scan_identity(**attrs):
+    body = h.make_graph([h.make_node("Identity", ["x"], ["y"])], "b", [vi("x", F, [2])],
+                        [vi("y", F, [2])])
+    return model([h.make_node("Scan", ["x"], ["y"], body=body, name="scan", **attrs)],
+                 [vi("x", F, [3, 2])], [vi("y", F, None)])
+
+
+def _growing_loop():
+    body = h.make_graph([h.make_node("Identity", ["c"], ["co"]),
+                         h.make_node("Concat", ["v", "v"], ["vo"], axis=0)], "b",
+                        [vi("i", I64, []), vi("c", B, []), vi("v", F, [1])],
+                        [vi("co", B, []), vi("vo", F, None)])
+    return model([h.make_node("Loop", ["M", "", "v0"], ["o"], body=body, name="grow")],
+                 [vi("M", I64, []), vi("v0", F, [1])], [vi("o", F, None)])
+
+
+def _if_of_two_dtypes():
+    then = h.make_graph([h.make_node("Identity", ["x"], ["a"])], "t", [], [vi("a", F, [2])])
+    els = h.make_graph([h.make_node("Cast", ["x"], ["e"], to=I64)], "e", [], [vi("e", I64, [2])])
+    return model([h.make_node("If", ["c"], ["y"], then_branch=then, else_branch=els,
+                              name="choose")],
+                 [vi("c", B, []), vi("x", F, [2])], [vi("y", F, [2])])
+
+
+BAD = {"scan axis out of range": (lambda: _scan_identity(num_scan_inputs=1, scan_input_axes=[5]),
+                                  ModelError, "'scan'.*scan_input_axes.*out of range"),
+       "scan with no scan input": (lambda: _scan_identity(num_scan_inputs=0), ModelError,
+                                   "'scan'.*num_scan_inputs = 0"),
+       "loop-carried value growing": (_growing_loop, ShapeError,
+                                      r"'grow'.*loop-carried value 0.*\[1\].*\[2\]"),
+       "branches of two dtypes": (_if_of_two_dtypes, ShapeError, "'choose'.*dtypes must agree")}
+
+
+@pytest.mark.parametrize("case", BAD.values(), ids=BAD.keys())
+def test_bad_control_flow_is_refused_naming_the_node(case):
+    make, error, pattern = case
+    with pytest.raises(error, match=pattern):
+        ember.load(make().SerializeToString())
+
+
 def test_huge_trip_count_is_refused_before_running():
     sess = ember.load(loop_model().SerializeToString())
     feeds = {"y0": np.ones(2, np.float32), "M": np.array(1 << 40, np.int64),

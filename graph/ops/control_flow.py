@@ -39,7 +39,8 @@ batched form is imported as a Scan over the batch whose body is a Scan over time
 
 Bounds. A Loop runs at most ``MAX_LOOP_ITERATIONS`` iterations (an ``InputError`` naming the
 node, before the first iteration when the trip count says so); its scan outputs, grown as the
-loop runs, must fit in the bytes the memory cap leaves beside the arena.
+loop runs, must fit in the bytes the memory cap leaves beside the arena. The limit holds per
+Loop node and run: loops nested in a body multiply their bounds.
 
 Gradients: through ``If`` (the gradient of the branch taken, see ``_if_gradient``); not through
 ``Loop`` or ``Scan``.
