@@ -18,7 +18,7 @@ import numpy as np
 from .errors import ModelError
 from .infer import infer_node
 from .ir import Graph, Node, TensorType
-from .ops import get_op, op_named
+from .ops import control_flow, get_op, op_named
 
 GRAD_PREFIX = "grad/"
 
@@ -360,3 +360,6 @@ class _Backward:
         g.outputs = list(g.outputs) + [grads[v] for v in dict.fromkeys(self.wrt)]
         g.metadata = dict(g.metadata)
         return g, grads
+
+
+control_flow.Machinery.backward = backward   # the If gradient differentiates its branch

@@ -14,7 +14,7 @@ import numpy as np
 from .cost import FOLD_BUDGET
 from .errors import ModelError, ShapeError, UnsupportedOpError
 from .ir import Graph, TensorType
-from .ops import get_op, is_supported
+from .ops import control_flow, get_op, is_supported
 from .ops.base import InferContext, NeedsValue, fill_attrs
 
 # Values bigger than this are left to run time rather than stored as folded constants.
@@ -222,3 +222,6 @@ def infer_shapes(graph: Graph, consts: dict | None = None, fold: bool = True) ->
         if o not in graph.types:
             raise ModelError(f"graph output {o!r} has no type after inference")
     return known
+
+
+control_flow.Machinery.infer_shapes, control_flow.Machinery.infer_node = infer_shapes, infer_node

@@ -153,7 +153,7 @@ def decode(obj, arrays: ArrayReader, depth: int = 0):
                     out[key] = decode(kv[1], arrays, depth + 1)
                 return out
             if tag == "__graph__":
-                return graph_from_json(v, arrays)
+                return graph_from_json(v, arrays, subgraph=True)
             if tag == "__type__":
                 if not (isinstance(v, list) and len(v) == 2 and v[0] in ALLOWED_DTYPES
                         and isinstance(v[1], list)
@@ -195,9 +195,11 @@ def _stored_domain(op_type: str, domain: str) -> str:
     return domain
 
 
-def graph_from_json(d, arrays: ArrayReader) -> Graph:
+def graph_from_json(d, arrays: ArrayReader, subgraph: bool = False) -> Graph:
     """Rebuild a Graph, checking the structure (names, node fields, types, topological order).
-    Op types are checked by the caller's shape inference (unknown op → UnsupportedOpError)."""
+    Op types are checked by the caller's shape inference (unknown op → UnsupportedOpError).
+    ``subgraph``: an If branch or Loop/Scan body, whose inputs may be untyped (its op infers
+    them)."""
     if not isinstance(d, dict):
         raise ModelError("graph description is not an object")
     try:
@@ -240,7 +242,7 @@ def graph_from_json(d, arrays: ArrayReader) -> Graph:
     except (KeyError, TypeError, ValueError) as e:
         raise ModelError(f"malformed graph description: {type(e).__name__}: {e}") from None
     for name in g.inputs:
-        if name not in g.types:
+        if name not in g.types and not subgraph:
             raise ModelError(f"graph input {name!r} has no type")
     g.toposort()
     return g

@@ -303,7 +303,9 @@ def _dtype_name(to, node_name: str) -> str:
     return _np_dtype(int(to), f"node {node_name!r} (target type)").name
 
 
-def _attributes(node_proto, folder, node_name: str) -> dict:
+def _attributes(node_proto, folder, node_name: str, subgraph=None) -> dict:
+    """The node's attributes as plain values; a GRAPH attribute becomes what ``subgraph(a)``
+    (the importer's subgraph converter) returns."""
     attrs = {}
     for a in node_proto.attribute:
         what = f"attribute {a.name!r} of node {node_name!r}"
@@ -329,9 +331,11 @@ def _attributes(node_proto, folder, node_name: str) -> dict:
             if a.sparse_tensor is None:
                 raise ModelError(f"{what} is a sparse tensor attribute without a tensor")
             v = _sparse_to_dense(a.sparse_tensor, folder, what)
+        elif a.type == _A_GRAPH and subgraph is not None and a.g is not None:
+            v = subgraph(a)
         elif a.type in (_A_GRAPH, _A_GRAPHS):
-            raise ModelError(f"{what} is a subgraph; control flow (If/Loop/Scan) is not "
-                             f"supported")
+            raise ModelError(f"{what} is a list of subgraphs or has no graph; ember's "
+                             f"control-flow ops (If, Loop, Scan) take one graph per attribute")
         else:
             raise ModelError(f"{what} has an attribute type ember does not support "
                              f"({_A_NAMES[a.type]})")
@@ -406,22 +410,109 @@ def load_onnx(src) -> Graph:
     if len(set(graph.outputs)) != len(graph.outputs):
         raise ModelError(f"graph outputs repeat a name: {graph.outputs}")
 
-    rewriter = Rewriter(model, graph, opset)
+    _convert_nodes(graph, gp, _Scope(model, folder, opset, [_names_of(gp)]), "")
+    graph.toposort()
+    return graph
+
+
+# ---- nodes and subgraphs ------------------------------------------------------------------------
+class _Scope:
+    """What converting a graph's nodes needs: the model (its buffer holds the subgraphs), the
+    external-data folder, the opset, and the names each enclosing graph defines, outermost
+    first (a subgraph's free names must resolve in one of them)."""
+
+    def __init__(self, model, folder, opset: int, names: list):
+        self.model, self.folder, self.opset, self.names = model, folder, opset, names
+
+    def inner(self, names: set) -> "_Scope":
+        return _Scope(self.model, self.folder, self.opset, self.names + [names])
+
+
+def _names_of(gp) -> set:
+    """Every value name a GraphProto defines: its inputs, initializers and node outputs."""
+    names = {vi.name for vi in gp.input} | {t.name for t in gp.initializer}
+    names.update(sp.values.name for sp in gp.sparse_initializer)
+    names.update(o for n in gp.node for o in n.output if o)
+    return names
+
+
+def _convert_nodes(graph: Graph, gp, scope: _Scope, prefix: str) -> None:
+    """Append ``gp``'s nodes to ``graph`` as IR nodes (opset upgrades applied). A node with
+    subgraph attributes gets every outer value its subgraphs read appended to its inputs
+    (``control_flow.attach_captures``)."""
+    from ..graph.ops.control_flow import attach_captures
+    rewriter = Rewriter(_GraphHolder(gp), graph, scope.opset)
     used_names: set = set()
     for k, n in enumerate(gp.node):
-        name = n.name or f"{n.op_type}_{k}"
+        name = prefix + (n.name or f"{n.op_type}_{k}")
         while name in used_names:  # names only label errors and plans, but must be unique
             name = f"{name}_{k}"
         used_names.add(name)
-        attrs = _attributes(n, folder, name)
+        subgraphs: dict = {}
+
+        def subgraph(a, name=name, subgraphs=subgraphs):
+            sub, free = _convert_subgraph(parse_subgraphs(scope.model, a)[0], scope,
+                                          f"{name}/{a.name}/", name)
+            subgraphs[a.name] = free
+            return sub
+        attrs = _attributes(n, scope.folder, name, subgraph)
         attrs = {a: v for a, v in attrs.items() if a != "consumed_inputs"}  # opset<6 relic
         node = Node(n.op_type, list(n.input), list(n.output), attrs, name, "")
-        _check_first_slots(node)
+        optional_first = n.op_type == "Loop" or (n.op_type == "Scan" and scope.opset < 9
+                                                 and len(node.inputs) > 1)
+        if not optional_first:
+            _check_first_slots(node)
+        elif not node.outputs or not node.outputs[0]:   # (input 0 is optional there)
+            raise ModelError(f"{node}: output 0 is required but absent")
+        if subgraphs:
+            attach_captures(node, subgraphs)
         upgrade = UPGRADES.get(n.op_type)
         nodes = upgrade(node, rewriter) if upgrade else [node]
         graph.nodes.extend(nodes)
-    graph.toposort()
-    return graph
+
+
+class _GraphHolder:
+    """The ``model.graph`` a ``Rewriter`` reads names from, for a subgraph."""
+
+    def __init__(self, gp):
+        self.graph = gp
+
+
+def _convert_subgraph(gp, scope: _Scope, prefix: str, node_name: str):
+    """(ember Graph, free names) for an If branch or a Loop/Scan body. Its ``inputs`` are the
+    formal ones (types where the file declares them: a body's inputs often have none, the op
+    infers them); a name its nodes or outputs read that it does not define is free: it must be
+    defined by an enclosing graph, else ModelError naming the node and the name."""
+    sub = Graph(name=gp.name or prefix.rstrip("/"), opset=scope.opset)
+    for init in gp.initializer:
+        sub.initializers[init.name] = _tensor_to_array(init, scope.folder,
+                                                       f"initializer {init.name!r} of {prefix}")
+    for sp in gp.sparse_initializer:
+        sub.initializers[sp.values.name] = _sparse_to_dense(
+            sp, scope.folder, f"sparse initializer {sp.values.name!r} of {prefix}")
+    for vi in gp.input:
+        if not vi.name:
+            raise ModelError(f"node {node_name!r}: an input of subgraph {prefix!r} has no name")
+        sub.inputs.append(vi.name)
+        try:
+            sub.types[vi.name] = _value_type(vi)
+        except ModelError:
+            pass   # the op infers it from the node's inputs
+    sub.outputs = [vo.name for vo in gp.output]
+    if not all(sub.outputs):
+        raise ModelError(f"node {node_name!r}: an output of subgraph {prefix!r} has no name")
+    own = _names_of(gp)
+    _convert_nodes(sub, gp, scope.inner(own), prefix)
+    defined = set(sub.inputs) | set(sub.initializers)
+    defined.update(o for n in sub.nodes for o in n.outputs if o)
+    free = []
+    for name in [i for n in sub.nodes for i in n.inputs] + sub.outputs:
+        if name and name not in defined and name not in free:
+            if not any(name in names for names in scope.names):
+                raise ModelError(f"node {node_name!r}: subgraph {prefix.rstrip('/')!r} reads "
+                                 f"{name!r}, which neither it nor any enclosing graph defines")
+            free.append(name)
+    return sub, free
 
 
 def _check_first_slots(node: Node) -> None:
@@ -750,7 +841,40 @@ def _constant(node, rw):
     return [node]
 
 
+def _scan8(node, rw):
+    """Scan-8 scans a batch: inputs (sequence_lens, states [B, …], scan inputs [B, T, …]), its
+    body seeing one batch element. As Scan-9: an outer Scan over the batch axis whose body is
+    the inner Scan-9 over time (``directions`` becoming ``scan_input_directions``)."""
+    if rw.opset >= 9:
+        return [node]
+    captured = int(node.attrs.pop("captured", 0))
+    own, captures = node.inputs[:len(node.inputs) - captured], node.inputs[len(node.inputs) -
+                                                                             captured:]
+    if own[0]:
+        raise ModelError(f"{node}: Scan-8 with sequence_lens (sequences of different lengths "
+                         f"in one batch) is not supported")
+    if not isinstance(node.attrs.get("body"), Graph):
+        raise ModelError(f"{node}: attribute 'body' (a graph) is missing")
+    body = node.attrs["body"]
+    m = _int_attr(node, "num_scan_inputs", node.attrs.get("num_scan_inputs"))
+    per_batch = [rw.fresh(f"{node.name}/batch{i}") for i in range(len(own) - 1)]
+    inner_captures = [rw.fresh(f"{node.name}/capture{i}") for i in range(captured)]
+    inner_outs = [rw.fresh(f"{node.name}/out{i}") for i in range(len(node.outputs))]
+    inner_attrs = {"body": body, "num_scan_inputs": m, "captured": captured}
+    if "directions" in node.attrs:
+        inner_attrs["scan_input_directions"] = _ints_attr(node, "directions",
+                                                          node.attrs["directions"])
+    inner = Node("Scan", per_batch + inner_captures, inner_outs, inner_attrs,
+                 f"{node.name}/time")
+    outer_body = Graph(nodes=[inner], inputs=per_batch + inner_captures, outputs=inner_outs,
+                       name=f"{node.name}/batch", opset=rw.opset)
+    return [Node("Scan", own[1:] + captures, list(node.outputs),
+                 {"body": outer_body, "num_scan_inputs": len(own) - 1, "captured": captured},
+                 node.name)]
+
+
 UPGRADES = {
+    "Scan": _scan8,
     "Softmax": _softmax, "LogSoftmax": _softmax, "Clip": _clip, "Pad": _pad,
     "Upsample": _upsample, "Resize": _resize, "Split": _split, "Slice": _slice,
     "Dropout": _dropout, "BatchNormalization": _batchnorm, "Concat": _concat, "Gemm": _gemm,

@@ -266,6 +266,8 @@ def _attribute(node: Node, name: str, value, schema_attr):
             v = [x.decode() if isinstance(x, bytes) else str(x) for x in value]
         elif kind == A.TENSOR:
             v = onnx.numpy_helper.from_array(_c_order(np.asarray(value)))
+        elif kind == A.GRAPH and isinstance(value, onnx.GraphProto):
+            v = value   # written by ExportContext.subgraph
         else:
             raise ModelError(f"{node}: attribute {name!r} is of ONNX type "
                              f"{A.AttributeType.Name(kind)}, which ember does not export")
@@ -331,6 +333,7 @@ class ExportContext:
         self.extra_inits: dict = {}
         self._taken = set(graph.initializers) | set(graph.inputs) | set(graph.outputs)
         self._constants = {}    # outputs of Constant nodes: compile-time values too
+        self.captured: set = set()   # values read by subgraphs written so far
         for n in graph.nodes:
             self._taken.update(n.inputs)
             self._taken.update(n.outputs)
@@ -455,11 +458,60 @@ class ExportContext:
             raise ModelError(f"{node}: unknown fused activation {kind!r}")
         op.export_fused(self, node, x, y, alpha, beta)
 
+    def subgraph(self, sub: Graph, formal_types: list, outer: list, source: Node):
+        """An If branch or a Loop/Scan body as a GraphProto: its formal inputs typed by
+        ``formal_types``, its captured inputs read from the enclosing graph's values ``outer``
+        by name (through an Identity where a pass renamed the outer value)."""
+        onnx = _onnx()
+        own = len(sub.inputs) - len(outer)
+        self.captured.update(outer)
+        g = sub.copy()
+        for name, t in zip(g.inputs, formal_types):
+            if t is not None:
+                g.types[name] = t
+        for name, outer_name in zip(g.inputs[own:], outer):
+            if outer_name in self.types:
+                g.types[name] = self.types[outer_name]
+        types = dict(g.types)
+        try:
+            from ..graph.infer import infer_shapes
+            typed = g.copy()
+            infer_shapes(typed, {n: self.value(o) for n, o in zip(g.inputs[own:], outer)
+                                 if self.value(o) is not None})
+            types.update(typed.types)
+        except Exception:   # noqa: BLE001 — ONNX's checker infers what ember cannot here
+            pass
+        inner = ExportContext(g, self.opset, types)
+        inner._taken |= self._taken
+        for name, outer_name in zip(g.inputs[own:], outer):
+            if name != outer_name:
+                inner.nodes.append(onnx.helper.make_node("Identity", [outer_name], [name],
+                                                         name=inner.fresh(f"{name}/capture")))
+        for node in g.nodes:
+            inner.emit(node)
+        produced = {o for n in inner.nodes for o in n.output}
+        outs = []
+        for name in g.outputs:   # an output passed straight through is written by an Identity
+            if name not in produced:
+                fresh = inner.fresh(f"{name}/out")
+                inner.nodes.append(onnx.helper.make_node("Identity", [name], [fresh],
+                                                         name=fresh))
+                types[fresh] = types.get(name)
+                name = fresh
+            outs.append(name)
+        self._taken |= inner._taken
+        used = {i for n in inner.nodes for i in n.input if i}
+        inits = [_tensor(a, k) for k, a in list(g.initializers.items()) +
+                 list(inner.extra_inits.items()) if k in used]
+        inputs = [_value_info(n, types.get(n)) for n in g.inputs[:own]]
+        outputs = [_value_info(n, types.get(n)) for n in outs]
+        return onnx.helper.make_graph(inner.nodes, g.name or source.name, inputs, outputs, inits)
+
     # the graph ----------------------------------------------------------------------------
     def graph_proto(self):
         onnx = _onnx()
         g = self.graph
-        used = {i for n in self.nodes for i in n.input if i}
+        used = {i for n in self.nodes for i in n.input if i} | self.captured
         inits, const_nodes = [], []
         for name, arr in list(g.initializers.items()) + list(self.extra_inits.items()):
             if name in g.outputs:  # an output must be produced by a node: write a Constant

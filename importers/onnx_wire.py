@@ -18,9 +18,10 @@ string fields are errors.
 Hostile input: every length is checked against what is left of its enclosing message before
 anything is allocated, varints longer than 10 bytes are refused, and a bad byte is a
 ``ModelError`` naming the field and its offset. Recursive messages are never parsed: subgraph
-attributes (If/Loop/Scan bodies, refused by the importer anyway) and non-tensor types (sequences,
-maps, optionals) are recorded by kind and span only, so nesting depth is fixed by the schema and a
-deeply nested file cannot exhaust the stack.
+attributes (If branches, Loop/Scan bodies) and non-tensor types (sequences, maps, optionals) are
+recorded by kind and span only, so nesting depth is fixed by the schema and a deeply nested file
+cannot exhaust the stack; the importer decodes a subgraph on demand (``parse_subgraphs``), one
+level at a time, up to its depth limit.
 """
 from __future__ import annotations
 

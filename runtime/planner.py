@@ -115,8 +115,8 @@ def make_plan(graph, scratch_bytes: dict | None = None, is_view=None, inplace_in
             if name in first:
                 last[name] = max(last[name], i)
         for name in n.outputs:
-            if name and name not in consts:
-                first[name], last[name] = i, i
+            if name and name not in consts and graph.types[name].is_static:
+                first[name], last[name] = i, i   # (a run-time-shaped value has no arena bytes)
     for name in graph.outputs:
         if name in first:
             last[name] = end

@@ -29,6 +29,7 @@ from ..graph.infer import infer_shapes
 from ..graph.ir import Graph, TensorType
 from ..graph.ops.base import NeedsValue
 from . import binders
+from .binders.control_flow import RuntimeShaped
 from .plan_cache import PlanCache
 from .planner import ALIGN, make_plan
 from .threads import default_threads
@@ -80,6 +81,7 @@ class _Context:
         raw = np.empty(compiled.context_bytes, dtype=np.uint8)
         shift = (-raw.ctypes.data) % ALIGN
         self.arena = raw[shift:shift + plan.arena_bytes]
+        self._holders: dict = {}   # run-time-shaped values' holders, by name
 
         def view(name):
             if name in compiled.consts:
@@ -87,13 +89,15 @@ class _Context:
             if name in compiled.external:
                 return compiled.external[name]
             t = g.types[name]
+            if not t.is_static:
+                return self._runtime_shaped(name, t)
             off = plan.offsets[name]
             return self.arena[off:off + t.nbytes].view(t.dtype).reshape(t.shape)
 
         self.feeds = [(name, view(name)) for name in g.inputs if name not in compiled.external]
         bind_ctx = binders.BindContext(g.types, compiled.threads, self.arena,
                                        live=[*compiled.external.values(), *compiled.fed],
-                                       memory_left=memory_left)
+                                       memory_left=memory_left, subgraph_session=Session)
         self.steps = []
         for idx, node in enumerate(g.nodes):
             ins = [view(i) if i else None for i in node.inputs]
@@ -108,6 +112,18 @@ class _Context:
         self.outputs = {name: view(name) for name in g.outputs}
         self.runner = binders.make_runner([step for _, step in self.steps])
 
+    def _runtime_shaped(self, name, t):
+        """The holder of a value whose producing step decides its shape (an If whose branches
+        disagree, a Loop's scan output): no arena bytes; ``output`` reads the step's array."""
+        if name not in self._holders:
+            self._holders[name] = RuntimeShaped(name, t.dtype)
+        return self._holders[name]
+
+    def output(self, name):
+        """Output ``name`` after a run: its arena view, or a run-time-shaped value's array."""
+        v = self.outputs[name]
+        return v.array if isinstance(v, RuntimeShaped) else v
+
 
 class Compiled:
     """A graph specialised to one set of input shapes, planned, with the contexts ``cache``
@@ -119,6 +135,7 @@ class Compiled:
         self.external = dict(external or {})
         self.fed = list(fed)   # fed arrays made constants of this plan (it is keyed on them)
         types = graph.types
+        self._check_runtime_shaped(graph)
         scratch = {i: binders.scratch_bytes(n, types, threads) for i, n in enumerate(graph.nodes)}
         self.plan = make_plan(graph, scratch, is_view=binders.is_view,
                               inplace_inputs=lambda n: binders.inplace_inputs(n, types),
@@ -137,6 +154,16 @@ class Compiled:
         self.idle: list = []      # kept by the PlanCache
         self.busy = 0
         self.retired = False
+
+    @staticmethod
+    def _check_runtime_shaped(graph: Graph) -> None:
+        """A value whose shape only running decides may be a graph output only: a node reading
+        it would need its shape to be bound."""
+        for node in graph.nodes:
+            for name in node.inputs:
+                if name and not graph.types[name].is_static:
+                    raise ShapeError(f"{node} reads {name!r} ({graph.types[name]}), whose shape "
+                                     f"is only decided when the plan runs")
 
     def new_context(self) -> _Context:
         return _Context(self, self._plans.memory_cap - self.context_bytes)
@@ -245,7 +272,7 @@ class Session:
             for name, dst in ctx.feeds:
                 np.copyto(dst, arrays[name], casting="equiv")
             ctx.runner.run()
-            return [np.array(ctx.outputs[n], copy=True) for n in names]
+            return [np.array(ctx.output(n), copy=True) for n in names]
         finally:
             compiled.release(ctx)
 
@@ -273,6 +300,12 @@ class Session:
                 return None
             key.append((name, a.shape))
         return self._plans.get(tuple(key))
+
+    def plan_for(self, feeds: dict) -> Compiled:
+        """The compiled plan ``run`` would use for ``feeds`` (compiled now if needed), for a
+        caller that runs a context of it itself (a control-flow binder, once per iteration)."""
+        compiled = self._fast_compiled(feeds)
+        return compiled if compiled is not None else self._compiled_for(self._validate(feeds))
 
     def __call__(self, *arrays, **named):
         if len(arrays) > len(self.inputs):
@@ -481,7 +514,7 @@ class Session:
         ones (``compile()`` called without feeds, e.g. by ``ember info``)."""
         dtype = self._input_types[name].dtype
         if arrays is not None and name in arrays:
-            return np.ascontiguousarray(arrays[name], dtype=dtype)
+            return np.require(arrays[name], dtype, "C")   # (0-d stays 0-d)
         return np.ones(shapes[name], dtype)
 
     def _compile(self, types: dict, arrays: dict | None, defer_on_value: bool = False):

@@ -3,18 +3,23 @@
 The oracle is the expected output shipped with each case (computed by ONNX's reference numpy
 code), compared with the case's own ``rtol``/``atol`` and exact dtype and shape.
 
-Selection: every case of ``onnx.backend.test.case.node.collect_testcases`` whose nodes all use
-ops of ember's op set (``OP_SET``), including ``_expanded`` variants whose function bodies use
-only those ops. ``OP_SET`` is derived from the op registry (``ember.backend.supported_ops``):
-every default-domain op ember registers that ONNX defines, and the older ops the importer
-rewrites. ``EXCLUDED`` is the one list of cases not run, each with its reason;
-``test_every_registered_op_is_covered`` checks that every op of ``OP_SET`` is exercised by at
-least one case that runs. Run one case with ``pytest tests/test_onnx_conformance.py -k
-test_relu``.
+Selection: every case of ``onnx.backend.test.case.node.collect_testcases`` whose nodes — those
+of its If branches and Loop/Scan bodies included — all use ops of ember's op set (``OP_SET``),
+including ``_expanded`` variants whose function bodies use only those ops. ``OP_SET`` is
+derived from the op registry (``ember.backend.supported_ops``): every default-domain op ember
+registers that ONNX defines, and the older ops the importer rewrites. ``EXCLUDED`` is the one
+list of cases not run, each with its reason; ``test_every_registered_op_is_covered`` checks that
+every op of ``OP_SET`` is exercised by at least one case that runs. Run one case with ``pytest
+tests/test_onnx_conformance.py -k test_relu``.
 
-Summary (onnx 1.23.2): 1052 cases selected, 167 excluded (EXCLUDED: narrow float, 2/4-bit,
-bfloat16 and string types, sequence/optional Identity, random training Dropout), 885 run, all
-pass (CastLike, GreaterOrEqual, LessOrEqual, Not, ReduceLogSum and Size among them).
+Summary (onnx 1.23.2): 1072 cases selected, 167 excluded (EXCLUDED: narrow float, 2/4-bit,
+bfloat16 and string types, sequence/optional Identity, random training Dropout), 905 run, all
+pass (CastLike, GreaterOrEqual, LessOrEqual, Not, ReduceLogSum and Size among them). Control
+flow: ``test_if``, ``test_loop11``, ``test_scan_sum`` (Scan-8), ``test_scan9_*`` and the 15
+``test_linear_attention_*_expanded`` cases (a Scan body) run; the sequence- and optional-typed
+cases (``test_if_seq``, ``test_if_opt``, ``test_loop13_seq``, ``test_loop16_seq_none``,
+``test_sequence_map_*``) are not selected, their subgraphs using sequence ops ember does not
+hold (its graphs hold tensors only).
 
 Inputs that decide shapes (Reshape's shape, Slice's starts, Pad's pads computed from a fed
 input, …) are handled by the Session keying its plans on their values.
@@ -64,7 +69,16 @@ def _collect():
     return [c for c in cases
             if not c.model.functions
             and all(n.op_type in OP_SET and n.domain in ("", "ai.onnx")
-                    for n in c.model.graph.node)]
+                    for n in _nodes(c.model.graph))]
+
+
+def _nodes(graph):
+    """The graph's nodes and those of its subgraphs (If branches, Loop/Scan bodies)."""
+    for n in graph.node:
+        yield n
+        for a in n.attribute:
+            for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                yield from _nodes(sub)
 
 
 CASES = _collect()  # ~8 s: collected once per test session

@@ -2,8 +2,8 @@
 from .base import (REGISTRY, REQUIRED, TRAINING_DOMAIN, InferContext, NeedsValue, Op, get_op,
                    is_supported, op_named, register)
 
-from . import (activation, conv, elementwise, linear, loss, normalization, pool,  # noqa: E402,F401
-               recurrent, reduce, resize, sampling, softmax, tensor)
+from . import (activation, control_flow, conv, elementwise, linear, loss,  # noqa: E402,F401
+               normalization, pool, recurrent, reduce, resize, sampling, softmax, tensor)
 
 __all__ = ["REGISTRY", "REQUIRED", "TRAINING_DOMAIN", "InferContext", "NeedsValue", "Op", "get_op",
            "is_supported", "op_named", "register", "supported_ops"]

@@ -16,8 +16,8 @@ from ...graph.cost import REFERENCE_LIMIT, node_work
 from ...graph.errors import ModelError
 from ...graph.ops import get_op
 from ...kernels.plan import PlanRunner
-from . import (activation, conv, elementwise, linear, loss, normalization,  # noqa: F401
-               pool, recurrent, reduce, sampling, softmax, tensor)
+from . import (activation, control_flow, conv, elementwise, linear, loss,  # noqa: F401
+               normalization, pool, recurrent, reduce, sampling, softmax, tensor)
 from .common import root_of
 from .registry import BINDINGS, binds
 
@@ -30,10 +30,14 @@ class BindContext:
     which arrays may change between runs — the arena's views and the ``live`` arrays (external
     state a Trainer updates in place, fed arrays a plan is keyed on). Binders preprocess only
     the other arrays, the constants. ``memory_left``: the bytes the Session's memory cap leaves
-    beside the arena, which a numpy reference step's temporaries must fit (None: unbounded)."""
+    beside the arena, which a numpy reference step's temporaries must fit (None: unbounded).
+    ``subgraph_session``: the Session class, which control-flow binders compile their
+    subgraphs with (the Session module imports this one, so it hands itself over)."""
 
-    def __init__(self, types: dict, threads: int, arena, live=(), memory_left: int | None = None):
+    def __init__(self, types: dict, threads: int, arena, live=(), memory_left: int | None = None,
+                 subgraph_session=None):
         self.types, self.threads, self.memory_left = types, threads, memory_left
+        self.subgraph_session = subgraph_session
         roots = [root_of(arena), *(root_of(a) for a in live)]
         self._runtime_roots = {id(r): r for r in roots}
 
