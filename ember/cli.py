@@ -408,6 +408,8 @@ def ops_table(markdown: bool) -> str:
             runs = "numpy into the arena"
         elif kind == "kernel":
             runs = "Cython kernel"
+        elif kind == "subgraph":
+            runs = "subgraph plans"
         else:
             runs = "numpy reference"
         rows.append((op_type, arity(op.num_inputs), arity(op.num_outputs), attrs, runs))

@@ -52,7 +52,8 @@ class BindContext:
 @dataclass(frozen=True)
 class Binding:
     """How an op runs when it has a binder: ``kind`` "kernel" (a Cython kernel of module
-    ``kernel``), "numpy" (numpy writing into the arena), or None (no binder: the reference)."""
+    ``kernel``), "numpy" (numpy writing into the arena), "subgraph" (its If/Loop/Scan bodies'
+    own compiled plans), or None (no binder: the reference)."""
 
     kind: str | None
     kernel: str | None = None
@@ -62,6 +63,8 @@ def binding_for(op_type: str, domain: str = "") -> Binding:
     reg = BINDINGS.get((domain, op_type))
     if reg is None:
         return Binding(None)
+    if reg.kernel == "subgraph":
+        return Binding("subgraph")
     return Binding("kernel", reg.kernel) if reg.kernel else Binding("numpy")
 
 

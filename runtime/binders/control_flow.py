@@ -102,7 +102,7 @@ def _captures(node, ins) -> list:
     return ins[len(ins) - int(node.attrs.get("captured", 0)):]
 
 
-@binds(ops.If)
+@binds(ops.If, kernel="subgraph")
 def bind_if(node, ins, outs, scratch_buf, ctx):
     captures = _captures(node, ins)
     cond, left = ins[0].reshape(-1), ctx.memory_left
@@ -161,7 +161,7 @@ class _Growing:
         self.buf, self.n = None, 0
 
 
-@binds(ops.Loop)
+@binds(ops.Loop, kernel="subgraph")
 def bind_loop(node, ins, outs, scratch_buf, ctx):
     n, k = ops.loop_layout(node)
     m_in, cond_in = ins[0], ins[1]
@@ -231,7 +231,7 @@ def bind_loop(node, ins, outs, scratch_buf, ctx):
     return step
 
 
-@binds(ops.Scan)
+@binds(ops.Scan, kernel="subgraph")
 def bind_scan(node, ins, outs, scratch_buf, ctx):
     own = len(ins) - int(node.attrs.get("captured", 0))
     n, m, k = ops.scan_layout(node, own)

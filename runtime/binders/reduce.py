@@ -17,7 +17,8 @@ _REDUCERS = {"ReduceSum": np.add.reduce, "ReduceMax": np.maximum.reduce,
              "ReduceMin": np.minimum.reduce, "ReduceProd": np.multiply.reduce}
 
 
-@binds(ops.ReduceSum, ops.ReduceMean, ops.ReduceMax, ops.ReduceMin, ops.ReduceProd)
+@binds(ops.ReduceSum, ops.ReduceMean, ops.ReduceMax, ops.ReduceMin, ops.ReduceProd,
+       kernel="reduce")
 def bind_reduce(node, ins, outs, scratch_buf, ctx):
     x, axes_in, y = ins[0], optional_at(ins, 1), outs[0]
     if x.dtype != y.dtype or x.dtype.kind != "f" or x.size == 0 or ctx.is_runtime(axes_in):

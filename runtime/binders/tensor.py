@@ -28,7 +28,7 @@ def _copies(pairs, threads):
     return step
 
 
-@binds(ops.Concat, inplace=())
+@binds(ops.Concat, inplace=(), kernel="tensor")
 def bind_concat(node, ins, outs, scratch_buf, ctx):
     y = outs[0]
     xs = [x for x in ins if x is not None]
@@ -47,7 +47,7 @@ def bind_concat(node, ins, outs, scratch_buf, ctx):
     return _copies(pairs, ctx.threads)
 
 
-@binds(ops.Transpose, inplace=())
+@binds(ops.Transpose, inplace=(), kernel="tensor")
 def bind_transpose(node, ins, outs, scratch_buf, ctx):
     x, y = ins[0], outs[0]
     if x.dtype != y.dtype:
@@ -59,7 +59,7 @@ def bind_transpose(node, ins, outs, scratch_buf, ctx):
     return _copies([(y, src)], ctx.threads)
 
 
-@binds(ops.Split, inplace=())
+@binds(ops.Split, inplace=(), kernel="tensor")
 def bind_split(node, ins, outs, scratch_buf, ctx):
     x = ins[0]
     if x.ndim == 0:
@@ -101,7 +101,7 @@ def onnx_slices(shape, starts, ends, axes, steps):
     return tuple(sl)
 
 
-@binds(ops.Slice, inplace=())
+@binds(ops.Slice, inplace=(), kernel="tensor")
 def bind_slice(node, ins, outs, scratch_buf, ctx):
     x, y = ins[0], outs[0]
     starts, ends, axes, steps = ins[1], ins[2], optional_at(ins, 3), optional_at(ins, 4)
