@@ -81,9 +81,13 @@ class Parameter:
         self.requires_grad = bool(requires_grad)
         return self
 
+    def draw(self, rng: np.random.Generator) -> np.ndarray:
+        """A fresh initial value from ``rng`` (what ``materialize`` and tracing store)."""
+        return initialize(self.init, self.shape, rng, self.dtype, **self.init_args)
+
     def materialize(self, rng: np.random.Generator) -> np.ndarray:
         if self.data is None:
-            self.data = initialize(self.init, self.shape, rng, self.dtype, **self.init_args)
+            self.data = self.draw(rng)
         return self.data
 
     def graph_value(self) -> Value:
@@ -363,10 +367,9 @@ class Module:
         b = Builder(name or type(self).__name__, seed=seed)
         trace = _Trace(b)
         for pname, p in self._state_items():
-            init = p.data if p.data is not None else p.init
-            args = {} if p.data is not None else p.init_args
+            init = p.data if p.data is not None else p.draw(b.rng)
             trace.values[id(p)] = b.parameter(pname, p.shape, init, p.dtype,
-                                              trainable=p.requires_grad, **args)
+                                              trainable=p.requires_grad)
             trace.names[id(p)] = pname
         trace.module_names = {id(m): n for n, m in self.named_modules()}
         xs = [b.input(iname, tuple(shape), dtype) for iname, shape, dtype in inputs]
@@ -1112,6 +1115,14 @@ from .runtime.losses import (BCEWithLogitsLoss, CrossEntropyLoss, HuberLoss,  # 
                              L1Loss, Loss, MSELoss)
 
 __all__ += ["Loss", "CrossEntropyLoss", "BCEWithLogitsLoss", "MSELoss", "L1Loss", "HuberLoss"]
+
+# ---- sequence modules (ember/nn_sequence.py) ----------------------------------------------------
+from .nn_sequence import (GRU, LSTM, RNN, Embedding, MultiheadAttention,  # noqa: E402
+                          scaled_dot_product_attention)
+
+functional.scaled_dot_product_attention = scaled_dot_product_attention
+functional.__all__ = sorted(functional.__all__ + ["scaled_dot_product_attention"])
+__all__ += ["Embedding", "RNN", "GRU", "LSTM", "MultiheadAttention"]
 
 # ---- transfer learning: an imported ONNX model, cut at a named value ---------------------------
 _BUILDER_ARGS = ("num_outputs", "name", "domain")   # attribute names Builder.op takes itself

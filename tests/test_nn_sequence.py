@@ -1,0 +1,179 @@
+"""ember.nn's sequence modules (Embedding, RNN/GRU/LSTM, MultiheadAttention,
+scaled_dot_product_attention), Gather's gradient (GatherGrad, kernels/scatter) and
+Trainer(clip_grad_norm=...).
+
+Oracles: torch (the same state_dict gives the same outputs; the same SGD steps give the same
+parameters), numpy's ``np.add.at`` for the scatter-add, onnxruntime for exports.
+Tolerances: float32 on both sides; a recurrence of ≤ 12 steps or an attention block sums a few
+hundred products per output, so outputs agree to 1e-5 absolute / 1e-4 relative; parameters
+after a few SGD steps to 1e-5.
+"""
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import ember
+import ember.nn as nn
+import ember.nn.functional as F
+from ember import optim
+from ember.graph.errors import InputError, ModelError, ShapeError
+
+torch = pytest.importorskip("torch")
+
+RTOL, ATOL = 1e-4, 1e-5
+
+
+def rand(*shape, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def load_from_torch(module, tmod):
+    module.load_state_dict({k: v.detach().numpy() for k, v in tmod.state_dict().items()})
+    return module
+
+
+def run_graph(graph, feeds):
+    return ember.Session(graph, threads=2).run(None, feeds)
+
+
+class Returns(nn.Module):
+    """Wraps a module whose forward returns nested tuples: the flat list of its outputs."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, *xs):
+        out = self.inner(*xs)
+        flat = []
+
+        def walk(o):
+            if isinstance(o, (tuple, list)):
+                for p in o:
+                    walk(p)
+            elif o is not None:
+                flat.append(o)
+        walk(out)
+        return tuple(flat)
+
+
+def flat_torch(out):
+    if isinstance(out, (tuple, list)):
+        return [a for o in out for a in flat_torch(o)]
+    return [] if out is None else [out.detach().numpy()]
+
+
+# ---- Embedding and GatherGrad ----------------------------------------------------------------
+def test_embedding_matches_torch_and_names():
+    torch.manual_seed(0)
+    t = torch.nn.Embedding(10, 4, padding_idx=2)
+    e = load_from_torch(nn.Embedding(10, 4, padding_idx=2), t)
+    assert list(e.state_dict()) == list(t.state_dict()) == ["weight"]
+    idx = np.array([[0, 2, 9, 1], [3, 3, -1, 5]], np.int64)
+    g = nn.Sequential(e).eval().to_graph(input_shape=idx.shape, dtype="int64")
+    np.testing.assert_array_equal(run_graph(g, {"input": idx})[0],
+                                  t(torch.from_numpy(idx % 10)).detach().numpy())
+
+
+def test_embedding_init_zeroes_padding_row_and_draws_normal():
+    w = nn.Embedding(2000, 8, padding_idx=-1).init_parameters(0).state_dict()["weight"]
+    assert np.all(w[-1] == 0)
+    assert abs(w[:-1].mean()) < 0.05 and abs(w[:-1].std() - 1) < 0.05
+
+
+@pytest.mark.parametrize("bad", [10, -11, 1 << 40])
+def test_embedding_index_out_of_range_is_input_error(bad):
+    g = nn.Embedding(10, 3).eval().to_graph(input_shape=(4,), dtype="int64")
+    with pytest.raises(InputError, match="out of range"):
+        run_graph(g, {"input": np.array([0, 1, bad, 2], np.int64)})
+
+
+def test_embedding_refuses_bad_arguments():
+    with pytest.raises(ValueError, match="padding_idx"):
+        nn.Embedding(5, 2, padding_idx=5)
+    with pytest.raises(ModelError, match="max_norm"):
+        nn.Embedding(5, 2, max_norm=1.0)
+
+
+def scatter_session(shape, idx_shape, axis, padding_idx=-1, idx_dtype=np.int64, threads=2):
+    """A graph of one GatherGrad node (dY, indices) -> dX."""
+    from ember.graph.builder import Builder
+    b = Builder("scatter")
+    dim_shape = tuple(shape[:axis]) + tuple(idx_shape) + tuple(shape[axis + 1:])
+    dy = b.input("dy", dim_shape)
+    idx = b.input("idx", idx_shape, np.dtype(idx_dtype).name)
+    b.output(b.op("GatherGrad", [dy, idx], axis=axis, input_shape=list(shape),
+                  padding_idx=padding_idx), "dx")
+    return ember.Session(b.build(), threads=threads)
+
+
+def add_at_reference(dy, idx, shape, axis, padding_idx):
+    dim = shape[axis]
+    rows = np.where(idx < 0, idx + dim, idx).reshape(-1)
+    outer = int(np.prod(shape[:axis], dtype=np.int64))
+    inner = int(np.prod(shape[axis + 1:], dtype=np.int64))
+    src = dy.reshape(outer, rows.size, inner).astype(np.float64)
+    dx = np.zeros((outer, dim, inner))
+    keep = rows != padding_idx
+    np.add.at(dx, (slice(None), rows[keep]), src[:, keep])
+    return dx.reshape(shape)
+
+
+@pytest.mark.parametrize("shape,idx_shape,axis,padding_idx,idx_dtype", [
+    ((13, 7), (40,), 0, -1, np.int64),              # repeated rows, odd widths
+    ((50, 130), (6, 33), 0, 3, np.int32),           # more than two column tiles, padding row
+    ((3, 9, 5), (4, 4), 1, -1, np.int64),           # an inner axis: outer 3, inner 5
+    ((2, 8), (5,), 1, 0, np.int64),                 # the last axis (inner 1)
+    ((4, 3), (0,), 0, -1, np.int64),                # no indices: zeros
+])
+def test_gather_grad_kernel_matches_add_at(shape, idx_shape, axis, padding_idx, idx_dtype):
+    rng = np.random.default_rng(1)
+    dim = shape[axis]
+    idx = rng.integers(-dim, dim, idx_shape).astype(idx_dtype)
+    dy = rng.standard_normal(tuple(shape[:axis]) + idx_shape + tuple(shape[axis + 1:]))
+    dy = dy.astype(np.float32)
+    want = add_at_reference(dy, idx, shape, axis, padding_idx)
+    for threads in (1, 2):
+        got = scatter_session(shape, idx_shape, axis, padding_idx, idx_dtype, threads).run(
+            None, {"dy": dy, "idx": idx})[0]
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_gather_grad_out_of_range_writes_nothing():
+    sess = scatter_session((6, 4), (3,), 0)
+    dy = np.ones((3, 4), np.float32)
+    with pytest.raises(InputError, match=r"index 6 .* size 6"):
+        sess.run(None, {"dy": dy, "idx": np.array([0, 6, 1], np.int64)})
+    with pytest.raises(InputError, match=r"index -7"):
+        sess.run(None, {"dy": dy, "idx": np.array([-7, 0, 1], np.int64)})
+    ok = sess.run(None, {"dy": dy, "idx": np.array([1, 1, 5], np.int64)})[0]
+    np.testing.assert_array_equal(ok.sum(1), [0, 8, 0, 0, 0, 4])
+
+
+def test_gather_gradient_by_finite_differences():
+    """d/dW of sum(c · W[idx]) on an axis-1 Gather, against central differences."""
+    from ember.graph.autodiff import backward
+    from ember.graph.builder import Builder
+    rng = np.random.default_rng(2)
+    b = Builder("fd")
+    w = b.parameter("w", (3, 5, 2), rng.standard_normal((3, 5, 2)))
+    idx = np.array([[4, 0], [4, -1]], np.int64)
+    c = rng.standard_normal((3, 2, 2, 2)).astype(np.float32)
+    y = b.op("Gather", [w, idx], axis=1)
+    b.output(b.op("ReduceSum", [y * c], keepdims=0), "loss")
+    g = b.build()
+    g.inputs.append("w")
+    w0 = g.initializers.pop("w").astype(np.float64)
+    gg, grads = backward(g, "loss", ["w"])
+    got = ember.Session(gg).run([grads["w"]], {"w": w0.astype(np.float32)})[0]
+    ref = ember.Session(g)
+    fd = np.zeros_like(w0)
+    for i in np.ndindex(w0.shape):
+        e = np.zeros_like(w0)
+        e[i] = 1e-2
+        fd[i] = (ref.run(None, {"w": (w0 + e).astype(np.float32)})[0]
+                 - ref.run(None, {"w": (w0 - e).astype(np.float32)})[0]) / 2e-2
+    np.testing.assert_allclose(got, fd, rtol=1e-3, atol=1e-3)
