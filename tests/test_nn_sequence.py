@@ -177,3 +177,107 @@ def test_gather_gradient_by_finite_differences():
         fd[i] = (ref.run(None, {"w": (w0 + e).astype(np.float32)})[0]
                  - ref.run(None, {"w": (w0 - e).astype(np.float32)})[0]) / 2e-2
     np.testing.assert_allclose(got, fd, rtol=1e-3, atol=1e-3)
+
+
+# ---- RNN, GRU, LSTM --------------------------------------------------------------------------
+RECURRENT_CASES = [
+    # (class, kwargs, batched, with initial state)
+    ("RNN", dict(num_layers=2, nonlinearity="relu"), True, True),
+    ("RNN", dict(bidirectional=True, batch_first=True), True, False),
+    ("GRU", dict(num_layers=2, bidirectional=True), True, True),
+    ("GRU", dict(batch_first=True, bias=False), True, False),
+    ("LSTM", dict(num_layers=2, batch_first=True, bidirectional=True), True, True),
+    ("LSTM", dict(num_layers=3), True, False),
+    ("LSTM", dict(bidirectional=True), False, True),
+    ("GRU", dict(num_layers=2), False, False),
+]
+
+
+def recurrent_pair(kind, kwargs, input_size=5, hidden=6, seed=0):
+    torch.manual_seed(seed)
+    t = getattr(torch.nn, kind)(input_size, hidden, **kwargs)
+    return load_from_torch(getattr(nn, kind)(input_size, hidden, **kwargs), t), t
+
+
+@pytest.mark.parametrize("kind,kwargs,batched,with_state", RECURRENT_CASES)
+def test_recurrent_matches_torch(kind, kwargs, batched, with_state):
+    m, t = recurrent_pair(kind, kwargs)
+    assert list(m.state_dict()) == list(t.state_dict())
+    assert all(m.state_dict()[k].shape == tuple(v.shape) for k, v in t.state_dict().items())
+    T, N, D = 7, 3, 2 if kwargs.get("bidirectional") else 1
+    L = kwargs.get("num_layers", 1)
+    x_shape = ((N, T) if kwargs.get("batch_first") else (T, N)) if batched else (T,)
+    x = rand(*x_shape, 5, seed=1)
+    h_shape = (L * D, N, 6) if batched else (L * D, 6)
+    feeds = {"input": x}
+    inputs = [("input", x.shape, "float32")]
+    targs = [torch.from_numpy(x)]
+    if with_state:
+        hs = [rand(*h_shape, seed=2 + k) for k in range(2 if kind == "LSTM" else 1)]
+        for k, h in enumerate(hs):
+            inputs.append((f"h{k}", h.shape, "float32"))
+            feeds[f"h{k}"] = h
+        state = tuple(torch.from_numpy(h) for h in hs)
+        targs.append(state if kind == "LSTM" else state[0])
+
+    class Call(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = m
+
+        def forward(self, x, *hs):
+            if not hs:
+                return Returns(self.rnn).forward(x)
+            return Returns(self.rnn).forward(x, tuple(hs) if kind == "LSTM" else hs[0])
+
+    wrapper = Call()
+    wrapper.rnn = m
+    g = wrapper.eval().trace_graph(inputs)
+    got = run_graph(g, feeds)
+    with torch.no_grad():
+        want = flat_torch(t(*targs))
+    assert len(got) == len(want)
+    for a, w in zip(got, want):
+        assert a.shape == w.shape
+        np.testing.assert_allclose(a, w, rtol=RTOL, atol=ATOL)
+
+
+def test_recurrent_init_is_torchs_uniform():
+    sd = nn.LSTM(3, 25, bidirectional=True).init_parameters(0).state_dict()
+    assert list(sd) == ["weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0",
+                        "weight_ih_l0_reverse", "weight_hh_l0_reverse", "bias_ih_l0_reverse",
+                        "bias_hh_l0_reverse"]
+    w = np.concatenate([a.reshape(-1) for a in sd.values()])
+    assert np.abs(w).max() <= 0.2 and np.abs(w).max() > 0.19    # U(±1/√25)
+
+
+def test_recurrent_bad_input():
+    m = nn.GRU(4, 3, num_layers=2)
+    with pytest.raises(ShapeError, match="input_size. Expected 4, got 5"):
+        m.eval().to_graph(input_shape=(6, 2, 5))
+    with pytest.raises(ShapeError, match="rank 2"):
+        m.eval().to_graph(input_shape=(6, 2, 1, 4))
+
+    class WrongState(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gru = m
+
+        def forward(self, x, h):
+            return self.gru(x, h)[0]
+    with pytest.raises(ShapeError, match=r"hx of shape \(2, 2, 3\)"):
+        WrongState().eval().trace_graph([("x", (6, 2, 4), "float32"),
+                                         ("h", (1, 2, 3), "float32")])
+    with pytest.raises(ValueError, match="nonlinearity"):
+        nn.RNN(2, 2, nonlinearity="gelu")
+    with pytest.raises(ModelError, match="proj_size"):
+        nn.LSTM(2, 2, proj_size=1)
+
+
+def test_recurrent_dropout_between_layers_only_in_training():
+    m = nn.LSTM(3, 4, num_layers=3, dropout=0.5, batch_first=True)
+    train = Returns(m).train().to_graph(input_shape=(2, 5, 3))
+    ev = Returns(m).eval().to_graph(input_shape=(2, 5, 3))
+    assert sum(n.op_type == "Dropout" for n in train.nodes) == 2
+    assert not any(n.op_type == "Dropout" for n in ev.nodes)
+    assert sum(n.op_type == "LSTM" for n in ev.nodes) == 3
