@@ -281,3 +281,99 @@ def test_recurrent_dropout_between_layers_only_in_training():
     assert sum(n.op_type == "Dropout" for n in train.nodes) == 2
     assert not any(n.op_type == "Dropout" for n in ev.nodes)
     assert sum(n.op_type == "LSTM" for n in ev.nodes) == 3
+
+
+# ---- attention -------------------------------------------------------------------------------
+MHA_CASES = [
+    # (kwargs, self-attention, masks)
+    (dict(), True, None),
+    (dict(batch_first=True), False, "bool"),
+    (dict(bias=False), True, "float"),
+    (dict(batch_first=True), True, "padding"),
+]
+
+
+def mha_masks(kind, N, L, S, heads, rng):
+    if kind == "bool":
+        m = rng.random((L, S)) < 0.3
+        m[:, 0] = False        # every row keeps one key: no all-masked (NaN) rows
+        return dict(attn_mask=m)
+    if kind == "float":
+        return dict(attn_mask=rng.standard_normal((N * heads, L, S)).astype(np.float32))
+    if kind == "padding":
+        m = np.zeros((N, S), bool)
+        m[0, -2:] = True
+        return dict(key_padding_mask=m)
+    return {}
+
+
+@pytest.mark.parametrize("kwargs,self_attention,masks", MHA_CASES)
+@pytest.mark.parametrize("average", [True, False])
+def test_multihead_attention_matches_torch(kwargs, self_attention, masks, average):
+    E, heads, N, L = 12, 3, 2, 5
+    S = L if self_attention else 4
+    torch.manual_seed(0)
+    t = torch.nn.MultiheadAttention(E, heads, **kwargs).eval()
+    m = load_from_torch(nn.MultiheadAttention(E, heads, **kwargs), t)
+    assert list(m.state_dict()) == list(t.state_dict())
+    rng = np.random.default_rng(3)
+    bf = kwargs.get("batch_first", False)
+    q = rand(*((N, L, E) if bf else (L, N, E)), seed=4)
+    kv = q if self_attention else rand(*((N, S, E) if bf else (S, N, E)), seed=5)
+    extra = mha_masks(masks, N, L, S, heads, rng)
+
+    class Call(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn = m
+
+        def forward(self, q, *kv):
+            k = v = kv[0] if kv else q
+            return self.attn(q, k, v, average_attn_weights=average, **extra)
+
+    inputs = [("q", q.shape, "float32")] + ([] if self_attention else
+                                            [("kv", kv.shape, "float32")])
+    feeds = {"q": q, **({} if self_attention else {"kv": kv})}
+    got = run_graph(Call().eval().trace_graph(inputs), feeds)
+    with torch.no_grad():
+        tq, tkv = torch.from_numpy(q), torch.from_numpy(kv)
+        textra = {k: torch.from_numpy(v) for k, v in extra.items()}
+        want = flat_torch(t(tq, tkv, tkv, average_attn_weights=average, **textra))
+    for a, w in zip(got, want):
+        assert a.shape == w.shape
+        np.testing.assert_allclose(a, w, rtol=RTOL, atol=ATOL)
+
+
+def test_multihead_attention_init_and_refusals():
+    sd = nn.MultiheadAttention(16, 4).init_parameters(0).state_dict()
+    assert list(sd) == ["in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias"]
+    assert not sd["in_proj_bias"].any() and not sd["out_proj.bias"].any()
+    bound = np.sqrt(6 / (16 + 48))                 # xavier_uniform of (3E, E)
+    assert bound * 0.9 < np.abs(sd["in_proj_weight"]).max() <= bound
+    with pytest.raises(ValueError, match="divisible"):
+        nn.MultiheadAttention(10, 4)
+    with pytest.raises(ModelError, match="kdim"):
+        nn.MultiheadAttention(8, 2, kdim=4)
+
+
+@pytest.mark.parametrize("case", ["plain", "causal", "bool", "float", "scale"])
+def test_scaled_dot_product_attention_matches_torch(case):
+    rng = np.random.default_rng(6)
+    q, k, v = (rand(2, 3, 5, 8, seed=7), rand(2, 3, 6, 8, seed=8), rand(2, 3, 6, 4, seed=9))
+    if case == "causal":
+        k, v = k[:, :, :5], v[:, :, :5]
+    kw = {"causal": dict(is_causal=True), "scale": dict(scale=0.3),
+          "bool": dict(attn_mask=np.concatenate([np.ones((5, 1), bool),
+                                                 rng.random((5, 5)) < 0.6], 1)),
+          "float": dict(attn_mask=rng.standard_normal((5, 6)).astype(np.float32))}.get(case, {})
+
+    class Attend(nn.Module):
+        def forward(self, q, k, v):
+            return F.scaled_dot_product_attention(q, k, v, **kw)
+    g = Attend().trace_graph([("q", q.shape, "float32"), ("k", k.shape, "float32"),
+                              ("v", v.shape, "float32")])
+    got = run_graph(g, {"q": q, "k": k, "v": v})[0]
+    tkw = {n: torch.from_numpy(a) if isinstance(a, np.ndarray) else a for n, a in kw.items()}
+    want = torch.nn.functional.scaled_dot_product_attention(
+        *(torch.from_numpy(a) for a in (q, k, v)), **tkw).numpy()
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
