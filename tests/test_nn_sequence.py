@@ -377,3 +377,142 @@ def test_scaled_dot_product_attention_matches_torch(case):
     want = torch.nn.functional.scaled_dot_product_attention(
         *(torch.from_numpy(a) for a in (q, k, v)), **tkw).numpy()
     np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
+
+
+# ---- training against torch --------------------------------------------------------------------
+def train_both(ours, theirs, x, y, steps, loss="cross_entropy", lr=0.5, clip=None, **trainer_kw):
+    """``steps`` SGD steps on (x, y) in ember's Trainer and in torch (with
+    ``clip_grad_norm_(clip)`` when clip is set); returns the Trainer after checking losses."""
+    ours.load_state_dict({k: v.detach().numpy() for k, v in theirs.state_dict().items()})
+    trainer = ember.Trainer(ours.train(), input_shape=x.shape[1:], loss=loss,
+                            optimizer=optim.SGD(lr=lr), batch_size=len(x), seed=0,
+                            clip_grad_norm=clip, threads=2, **trainer_kw)
+    topt = torch.optim.SGD(theirs.parameters(), lr=lr)
+    tloss = torch.nn.functional.cross_entropy if loss == "cross_entropy" else \
+        torch.nn.functional.mse_loss
+    norms = []
+    for _ in range(steps):
+        topt.zero_grad()
+        out = theirs(torch.from_numpy(x))
+        lt = tloss(out, torch.from_numpy(y))
+        lt.backward()
+        if clip is not None:
+            norms.append(float(torch.nn.utils.clip_grad_norm_(theirs.parameters(), clip)))
+        topt.step()
+        assert trainer.train_step(x, y) == pytest.approx(lt.item(), rel=1e-4)
+    got = trainer.state_dict()
+    for k, v in theirs.state_dict().items():
+        np.testing.assert_allclose(got[k], v.detach().numpy(), rtol=1e-4, atol=1e-5,
+                                   err_msg=k)
+    return trainer, norms
+
+
+class TorchBag(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(12, 5, padding_idx=0)
+        self.fc = torch.nn.Linear(6 * 5, 3)
+
+    def forward(self, x):
+        return self.fc(self.emb(x.long()).flatten(1))
+
+
+class Bag(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(12, 5, padding_idx=0)
+        self.fc = nn.Linear(6 * 5, 3)
+
+    def forward(self, x):
+        return self.fc(F.flatten(self.emb(x)))
+
+
+def test_embedding_training_matches_torch():
+    """Repeated tokens sum their gradients; the padding row (token 0) never moves."""
+    torch.manual_seed(0)
+    theirs = TorchBag()
+    with torch.no_grad():
+        theirs.emb.weight[0] = 1.0       # a non-zero padding row: it must stay as it is
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 12, (8, 6)).astype(np.float32)
+    x[:, -1] = 0
+    y = rng.integers(0, 3, 8)
+    trainer, _ = train_both(Bag(), theirs, x, y, steps=3)
+    assert np.all(trainer.state_dict()["emb.weight"][0] == 1.0)
+
+
+class TorchAttend(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attn = torch.nn.MultiheadAttention(8, 2, batch_first=True)
+        self.fc = torch.nn.Linear(4 * 8, 2)
+
+    def forward(self, x):
+        a, _ = self.attn(x, x, x)
+        return self.fc(a.flatten(1))
+
+
+class Attend(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.fc = nn.Linear(4 * 8, 2)
+
+    def forward(self, x):
+        a, _ = self.attn(x, x, x)
+        return self.fc(F.flatten(a))
+
+
+def test_multihead_attention_training_matches_torch():
+    torch.manual_seed(1)
+    theirs = TorchAttend()
+    x = rand(6, 4, 8, seed=2)
+    y = rand(6, 2, seed=3)
+    train_both(Attend(), theirs, x, y, steps=3, loss="mse", lr=0.1)
+
+
+class TorchMLP(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = torch.nn.Linear(5, 7), torch.nn.Linear(7, 3)
+
+    def forward(self, x):
+        return self.fc2(torch.tanh(self.fc1(x)))
+
+
+class MLP(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(5, 7), nn.Linear(7, 3)
+
+    def forward(self, x):
+        return self.fc2(F.tanh(self.fc1(x)))
+
+
+def test_clip_grad_norm_matches_torch():
+    """Gradient norms wander around max_norm (14–15.4 here): some steps are clipped, some
+    are left alone, and both must match torch."""
+    torch.manual_seed(2)
+    x, y = rand(16, 5, seed=4), rand(16, 3, seed=5) * 20
+    _, norms = train_both(MLP(), TorchMLP(), x, y, steps=12, loss="mse", lr=0.05, clip=14.6)
+    assert sum(n > 14.6 for n in norms) >= 3 and sum(n < 14.6 for n in norms) >= 3
+
+
+def test_clip_grad_norm_is_checked_and_checkpointed(tmp_path):
+    for bad in (0, -1.0, float("inf"), "1", True):
+        with pytest.raises(InputError, match="clip_grad_norm"):
+            ember.Trainer(MLP(), input_shape=(5,), loss="mse", clip_grad_norm=bad)
+    trainer = ember.Trainer(MLP(), input_shape=(5,), loss="mse", clip_grad_norm=0.25,
+                            optimizer=optim.SGD(lr=0.1))
+    x, y = rand(4, 5, seed=6), rand(4, 3, seed=7) * 50
+    trainer.train_step(x, y)
+    trainer.save(tmp_path / "t.ckpt")
+    restored = ember.Trainer.restore(tmp_path / "t.ckpt")
+    assert restored.clip_grad_norm == 0.25
+    before = trainer.state_dict()
+    trainer.train_step(x, y)
+    restored.train_step(x, y)
+    moved = np.sqrt(sum(np.sum((trainer.state_dict()[k] - before[k]) ** 2) for k in before))
+    assert moved == pytest.approx(0.1 * 0.25, rel=1e-3)    # lr × max_norm: clipped
+    for k, v in trainer.state_dict().items():
+        np.testing.assert_array_equal(restored.state_dict()[k], v)
