@@ -516,3 +516,52 @@ def test_clip_grad_norm_is_checked_and_checkpointed(tmp_path):
     assert moved == pytest.approx(0.1 * 0.25, rel=1e-3)    # lr × max_norm: clipped
     for k, v in trainer.state_dict().items():
         np.testing.assert_array_equal(restored.state_dict()[k], v)
+
+
+# ---- export --------------------------------------------------------------------------------------
+class Tagger(nn.Module):
+    """Embedding → 2-layer bidirectional LSTM → GRU → self-attention → a per-step Linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(20, 6, padding_idx=0)
+        self.lstm = nn.LSTM(6, 5, num_layers=2, batch_first=True, bidirectional=True)
+        self.gru = nn.GRU(10, 8, batch_first=True)
+        self.rnn = nn.RNN(8, 8, batch_first=True, nonlinearity="relu")
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        h, _ = self.lstm(self.emb(x))
+        h, _ = self.gru(h)
+        h, _ = self.rnn(h)
+        a, _ = self.attn(h, h, h)
+        return self.head(a)
+
+
+def test_sequence_model_exports_to_onnxruntime(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    model = Tagger().init_parameters(0)
+    x = np.random.default_rng(1).integers(0, 20, (3, 7)).astype(np.float32)
+    ember.export_onnx(model, tmp_path / "tagger.onnx", input_shape=(7,))
+    want = run_graph(model.eval().to_graph(input_shape=("N", 7)), {"input": x})[0]
+    sess = ort.InferenceSession(str(tmp_path / "tagger.onnx"))
+    got = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
+    onnx = pytest.importorskip("onnx")
+    written = [n.op_type for n in onnx.load(str(tmp_path / "tagger.onnx")).graph.node]
+    assert [written.count(op) for op in ("LSTM", "GRU", "RNN")] == [2, 1, 1]
+
+
+def test_trained_embedding_attention_model_exports(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    rng = np.random.default_rng(2)
+    x = rng.integers(0, 12, (8, 6)).astype(np.float32)
+    y = rng.integers(0, 3, 8)
+    trainer = ember.Trainer(Bag(), input_shape=(6,), optimizer=optim.SGD(lr=0.5),
+                            batch_size=8, clip_grad_norm=1.0)
+    trainer.fit(x, y, epochs=2, verbose=False)
+    trainer.export_onnx(tmp_path / "bag.onnx")
+    sess = ort.InferenceSession(str(tmp_path / "bag.onnx"))
+    np.testing.assert_allclose(sess.run(None, {sess.get_inputs()[0].name: x})[0],
+                               trainer.predict(x), rtol=RTOL, atol=ATOL)
