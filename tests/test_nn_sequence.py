@@ -565,3 +565,53 @@ def test_trained_embedding_attention_model_exports(tmp_path):
     sess = ort.InferenceSession(str(tmp_path / "bag.onnx"))
     np.testing.assert_allclose(sess.run(None, {sess.get_inputs()[0].name: x})[0],
                                trainer.predict(x), rtol=RTOL, atol=ATOL)
+
+
+# ---- a Python loop over time in forward ------------------------------------------------------------
+class LoopRNN(nn.Module):
+    """An Elman RNN written as torch's RNNCell loop: one Gather, two Linears and a Tanh per
+    step, unrolled into a static graph when traced."""
+
+    def __init__(self, input_size=4, hidden=6, classes=3):
+        super().__init__()
+        self.ih, self.hh = nn.Linear(input_size, hidden), nn.Linear(hidden, hidden, bias=False)
+        self.out = nn.Linear(hidden, classes)
+
+    def forward(self, x):
+        h = None
+        for t in range(x.shape[1]):
+            xt = x.builder.op("Gather", [x, np.array(t, np.int64)], axis=1)
+            h = F.tanh(self.ih(xt) if h is None else self.ih(xt) + self.hh(h))
+        return self.out(h)
+
+
+class TorchLoopRNN(torch.nn.Module):
+    def __init__(self, input_size=4, hidden=6, classes=3):
+        super().__init__()
+        self.ih = torch.nn.Linear(input_size, hidden)
+        self.hh = torch.nn.Linear(hidden, hidden, bias=False)
+        self.out = torch.nn.Linear(hidden, classes)
+
+    def forward(self, x):
+        h = torch.tanh(self.ih(x[:, 0]))
+        for t in range(1, x.shape[1]):
+            h = torch.tanh(self.ih(x[:, t]) + self.hh(h))
+        return self.out(h)
+
+
+def test_python_loop_over_200_steps_traces_and_matches_torch():
+    torch.manual_seed(3)
+    theirs = TorchLoopRNN()
+    ours = load_from_torch(LoopRNN(), theirs)
+    g = ours.eval().to_graph(input_shape=("N", 200, 4))
+    assert sum(n.op_type == "Tanh" for n in g.nodes) == 200
+    x = rand(5, 200, 4, seed=10) * 0.5
+    with torch.no_grad():
+        want = theirs(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(run_graph(g, {"input": x})[0], want, rtol=RTOL, atol=ATOL)
+
+
+def test_python_loop_trains_like_torch():
+    torch.manual_seed(4)
+    x, y = rand(8, 12, 4, seed=11), np.random.default_rng(12).integers(0, 3, 8)
+    train_both(LoopRNN(), TorchLoopRNN(), x, y, steps=3, lr=0.3)
