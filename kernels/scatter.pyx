@@ -39,14 +39,14 @@ def scatter_add_rows(const float[:, :, ::1] dy, const int64_t[::1] idx, float[:,
     cdef long n = idx.shape[0]
     cdef long tiles = (inner + TILE - 1) // TILE
     cdef long task, o, c0, c1, c, k, row
+    cdef int threads = <int> min(<long> threads_for(nthreads, outer * n * inner), outer * tiles)
     if outer * rows * inner == 0:
         return
     memset(&dx[0, 0, 0], 0, outer * rows * inner * sizeof(float))
     if n == 0 or tiles == 0:
         return
     with nogil:
-        for task in prange(outer * tiles, num_threads=threads_for(nthreads, outer * n * inner),
-                           schedule='static'):
+        for task in prange(outer * tiles, num_threads=threads, schedule='static'):
             o = task // tiles
             c0 = (task % tiles) * TILE
             c1 = min(c0 + TILE, inner)
