@@ -1156,8 +1156,9 @@ class _EmbeddingWeight(Parameter):
 class Embedding(Module):
     """torch.nn.Embedding: row ``x[...]`` of ``weight`` (num_embeddings, embedding_dim) for each
     index, as ONNX Gather. Integer inputs are used as they are; float inputs (what a Trainer
-    feeds) are cast to int64 (they must hold whole numbers). An index outside
-    [-num_embeddings, num_embeddings) is an InputError naming the node. ``padding_idx``: that
+    feeds) are cast to int64 (they must hold whole numbers). A negative index counts from the
+    end (ONNX Gather's rule; torch refuses it); one outside [-num_embeddings, num_embeddings)
+    is an InputError naming the node. ``padding_idx``: that
     row gets no gradient (and starts at zero), as in torch."""
 
     def __init__(self, num_embeddings, embedding_dim, padding_idx=None, max_norm=None,
@@ -1308,8 +1309,8 @@ class _RNNBase(Module):
         direction = "bidirectional" if self.bidirectional else "forward"
         finals = [[] for _ in states]
         for layer in range(self.num_layers):
-            if layer and self.dropout and self.training:
-                x = functional.dropout(x, self.dropout, True)
+            if layer and self.dropout:      # inference form in eval mode (a Trainer flips it)
+                x = functional.dropout(x, self.dropout, self.training)
             W, R, B = self._layer_weights(b, layer)
             init = [None if h is None else b.op(
                 "Slice", [h, _axes(layer * D), _axes((layer + 1) * D), _axes(0)]) for h in states]
@@ -1414,10 +1415,10 @@ def _additive_mask(b, mask, masked_when, like):
     return mask
 
 
-def _attention(q, k, v, mask, dropout_p, scale):
-    """(weights·v, weights) with weights = softmax(q·kᵀ·scale + mask), dropped out when
-    ``dropout_p`` > 0 (torch returns the dropped weights too): q (…, L, E), k (…, S, E),
-    v (…, S, Ev)."""
+def _attention(q, k, v, mask, dropout_p, scale, training=True):
+    """(weights·v, weights) with weights = softmax(q·kᵀ·scale + mask) through a Dropout node
+    when ``dropout_p`` > 0 (its inference form unless ``training``; torch returns the dropped
+    weights too): q (…, L, E), k (…, S, E), v (…, S, Ev)."""
     b = q.builder
     perm = list(range(k.ndim - 2)) + [k.ndim - 1, k.ndim - 2]
     scores = b.matmul(q * float(scale), b.transpose(k, perm))
@@ -1425,7 +1426,7 @@ def _attention(q, k, v, mask, dropout_p, scale):
         scores = scores + mask
     weights = b.softmax(scores, -1)
     if dropout_p > 0:
-        weights = functional.dropout(weights, dropout_p, True)
+        weights = functional.dropout(weights, dropout_p, training)
     return b.matmul(weights, v), weights
 
 
@@ -1526,8 +1527,8 @@ class MultiheadAttention(Module):
             pad = b.op("Unsqueeze", [pad, _axes(1, 2)])
             mask = pad if mask is None else mask + pad
         heads = [self._heads(self._project(t, part)) for part, t in enumerate((q, k, v))]
-        dropout = self.dropout if self.training else 0.0
-        out, weights = _attention(*heads, mask, dropout, 1.0 / math.sqrt(self.head_dim))
+        out, weights = _attention(*heads, mask, self.dropout, 1.0 / math.sqrt(self.head_dim),
+                                  self.training)
         out = b.reshape(b.transpose(out, (0, 2, 1, 3)), [0, 0, self.embed_dim])
         out = self.out_proj(out)
         if not self.batch_first:

@@ -274,13 +274,38 @@ def test_recurrent_bad_input():
         nn.LSTM(2, 2, proj_size=1)
 
 
-def test_recurrent_dropout_between_layers_only_in_training():
-    m = nn.LSTM(3, 4, num_layers=3, dropout=0.5, batch_first=True)
-    train = Returns(m).train().to_graph(input_shape=(2, 5, 3))
-    ev = Returns(m).eval().to_graph(input_shape=(2, 5, 3))
-    assert sum(n.op_type == "Dropout" for n in train.nodes) == 2
-    assert not any(n.op_type == "Dropout" for n in ev.nodes)
-    assert sum(n.op_type == "LSTM" for n in ev.nodes) == 3
+def training_dropouts(graph) -> int:
+    """Dropout nodes in training mode (a constant true third input)."""
+    return sum(n.op_type == "Dropout" and len(n.inputs) > 2 and bool(graph.initializers.get(
+        n.inputs[2], False)) for n in graph.nodes)
+
+
+@pytest.mark.parametrize("make,count", [
+    (lambda: nn.LSTM(3, 4, num_layers=3, dropout=0.5, batch_first=True), 2),   # between layers
+    (lambda: nn.MultiheadAttention(3, 1, dropout=0.5, batch_first=True), 1),   # on the weights
+])
+def test_dropout_in_training_form_only_when_training(make, count):
+    """Eval mode writes Dropout's inference form, which a Trainer's to_training flips (it
+    traces the model in eval mode)."""
+    from ember.graph.autodiff import to_training
+
+    class Call(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.m = make()
+
+        def forward(self, x):
+            return self.m(*[x] * (1 if isinstance(self.m, nn.LSTM) else 3))[0]
+    model = Call()
+    ev = model.eval().to_graph(input_shape=(2, 5, 3))
+    assert sum(n.op_type == "Dropout" for n in ev.nodes) == count
+    assert training_dropouts(ev) == 0
+    assert training_dropouts(model.train().to_graph(input_shape=(2, 5, 3))) == count
+    assert training_dropouts(to_training(ev)) == count
+    x = rand(2, 5, 3, seed=13)
+    np.testing.assert_array_equal(run_graph(ev, {"input": x})[0],
+                                  run_graph(model.eval().to_graph(input_shape=(2, 5, 3)),
+                                            {"input": x})[0])
 
 
 # ---- attention -------------------------------------------------------------------------------
