@@ -20,11 +20,11 @@ mix. A killed writer may leave a ``.<name>.*.tmp`` file behind; it is never read
 
 Contents: the model graph (structure; graph/serialize.py), parameters, buffers, trainable
 names, the optimizer's and scheduler's ``state_dict()``, the trainer's configuration (loss spec,
-batch size, seed, l2, clip_grad_norm, input shape), the global step and epoch, the Dropout step (Dropout's
-masks are a function of the node's seed and this step), the shuffling Generator's state,
-every rank's augmentation Generator (``fit(transform=...)``) and the history (with when and why
-a callback stopped the last fit) — everything needed for a restored Trainer to continue exactly
-like one that never stopped.
+batch size, seed, l2, clip_grad_norm, input shape), the global step and epoch, the Dropout step
+(Dropout's masks are a function of the node's seed and this step), the shuffling Generator's
+state, every rank's augmentation Generator (``fit(transform=...)``) and the history (with when
+and why a callback stopped the last fit) — everything needed for a restored Trainer to continue
+exactly like one that never stopped.
 """
 from __future__ import annotations
 

@@ -7,8 +7,8 @@
 compiles it once in a Session with the parameters and buffers bound as external state and keeps
 one execution context, so a step is: copy the batch in, run the bound kernels, read the loss,
 gradients and new running statistics as arena views (no copies), check the loss, add the L2
-gradient, clip the gradients by their global norm, let the optimizer update the parameters in place, commit the running statistics.
-Nothing big is allocated per step.
+gradient, clip the gradients by their global norm, let the optimizer update the parameters in
+place, commit the running statistics. Nothing big is allocated per step.
 """
 from __future__ import annotations
 

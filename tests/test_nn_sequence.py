@@ -404,7 +404,7 @@ def test_scaled_dot_product_attention_matches_torch(case):
     np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
 
 
-# ---- training against torch --------------------------------------------------------------------
+# ---- training against torch ------------------------------------------------------------------
 def train_both(ours, theirs, x, y, steps, loss="cross_entropy", lr=0.5, clip=None, **trainer_kw):
     """``steps`` SGD steps on (x, y) in ember's Trainer and in torch (with
     ``clip_grad_norm_(clip)`` when clip is set); returns the Trainer after checking losses."""
@@ -543,7 +543,7 @@ def test_clip_grad_norm_is_checked_and_checkpointed(tmp_path):
         np.testing.assert_array_equal(restored.state_dict()[k], v)
 
 
-# ---- export --------------------------------------------------------------------------------------
+# ---- export ----------------------------------------------------------------------------------
 class Tagger(nn.Module):
     """Embedding → 2-layer bidirectional LSTM → GRU → self-attention → a per-step Linear."""
 
@@ -592,7 +592,7 @@ def test_trained_embedding_attention_model_exports(tmp_path):
                                trainer.predict(x), rtol=RTOL, atol=ATOL)
 
 
-# ---- a Python loop over time in forward ------------------------------------------------------------
+# ---- a Python loop over time in forward -----------------------------------------------------
 class LoopRNN(nn.Module):
     """An Elman RNN written as torch's RNNCell loop: one Gather, two Linears and a Tanh per
     step, unrolled into a static graph when traced."""
