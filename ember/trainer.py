@@ -86,13 +86,14 @@ class Trainer:
     def __init__(self, model, input_shape=None, loss="cross_entropy", optimizer=None,
                  batch_size: int = 32, threads: int | None = None, seed: int = 0,
                  l2: float = 0.0, scheduler=None, trainable=None, memory_cap=None,
-                 distributed=None):
+                 distributed=None, clip_grad_norm=None):
         if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
         if not (isinstance(l2, (int, float)) and math.isfinite(l2) and l2 >= 0):
             raise InputError(f"l2 must be a non-negative number, got {l2!r}")
         if threads is not None and (not isinstance(threads, (int, np.integer)) or threads < 1):
             raise InputError(f"threads must be a positive integer, got {threads!r}")
+        self.clip_grad_norm = _check_clip_grad_norm(clip_grad_norm)
         g, params, buffers, train_names, input_shape = _model_graph(model, input_shape, seed)
         self.loss = losses.resolve(loss)
         if self.loss.reduction == "none":
@@ -134,7 +135,7 @@ class Trainer:
         self._loss_sessions: dict = {}
         self._runner = StepRunner(optimizer, self.l2,
                                   [n for n in self.trainable if self.params[n].ndim >= 2],
-                                  self.params, self.threads)
+                                  self.params, self.threads, self.clip_grad_norm)
         self._dist_step = None
         if self.dist is not None:
             self._join_job()
@@ -144,7 +145,7 @@ class Trainer:
         parameters and buffers, and set up the gradient allreduce."""
         d = self.dist
         d.check_same([(n, a.shape) for n, a in self._state.items()], "the model's state")
-        d.check_same((self.trainable, self.batch_size, self.seed, self.l2,
+        d.check_same((self.trainable, self.batch_size, self.seed, self.l2, self.clip_grad_norm,
                       self.loss.config(), type(self.optimizer).__name__,
                       float(self.optimizer.lr)), "the training settings")
         for name, a in self._state.items():
@@ -615,6 +616,18 @@ class Trainer:
         return (f"{type(self).__name__}(loss={self.loss!r}, optimizer={self.optimizer!r}, "
                 f"batch_size={self.batch_size}, params={len(self.params)}, "
                 f"epoch={self.epoch}, step={self.global_step})")
+
+
+def _check_clip_grad_norm(max_norm):
+    """``clip_grad_norm``: None (no clipping) or a positive finite number."""
+    if max_norm is None:
+        return None
+    if isinstance(max_norm, bool) or not isinstance(max_norm, (int, float, np.integer,
+                                                               np.floating)) \
+            or not math.isfinite(max_norm) or max_norm <= 0:
+        raise InputError(f"clip_grad_norm must be None or a positive number (the largest "
+                         f"global L2 norm of the gradients), got {max_norm!r}")
+    return float(max_norm)
 
 
 def _mean(total, weight, loss) -> float:

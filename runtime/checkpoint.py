@@ -20,11 +20,11 @@ mix. A killed writer may leave a ``.<name>.*.tmp`` file behind; it is never read
 
 Contents: the model graph (structure; graph/serialize.py), parameters, buffers, trainable
 names, the optimizer's and scheduler's ``state_dict()``, the trainer's configuration (loss spec,
-batch size, seed, l2, input shape), the global step and epoch, the Dropout step (Dropout's
-masks are a function of the node's seed and this step), the shuffling Generator's state,
-every rank's augmentation Generator (``fit(transform=...)``) and the history (with when and why
-a callback stopped the last fit) — everything needed for a restored Trainer to continue exactly
-like one that never stopped.
+batch size, seed, l2, clip_grad_norm, input shape), the global step and epoch, the Dropout step
+(Dropout's masks are a function of the node's seed and this step), the shuffling Generator's
+state, every rank's augmentation Generator (``fit(transform=...)``) and the history (with when
+and why a callback stopped the last fit) — everything needed for a restored Trainer to continue
+exactly like one that never stopped.
 """
 from __future__ import annotations
 
@@ -207,6 +207,7 @@ def trainer_state(trainer, augment_rngs: list | None = None) -> dict:
         "scheduler": None if trainer.scheduler is None else trainer.scheduler.state_dict(),
         "config": {"loss": trainer.loss.config(), "batch_size": trainer.batch_size,
                    "seed": trainer.seed, "l2": trainer.l2,
+                   "clip_grad_norm": trainer.clip_grad_norm,
                    "input_shape": list(trainer.input_shape),
                    "data_input": trainer.data_input},
         "global_step": int(trainer.global_step),
@@ -249,7 +250,7 @@ def trainer_from_state(cls, loaded: dict, path, threads=None, memory_cap=None, l
                       batch_size=cfg["batch_size"], threads=threads,
                       seed=cfg["seed"], l2=float(cfg["l2"]), scheduler=scheduler,
                       trainable=state["trainable"], memory_cap=memory_cap,
-                      distributed=distributed)
+                      distributed=distributed, clip_grad_norm=cfg.get("clip_grad_norm"))
         trainer.global_step = state["global_step"]
         # in place (compiled steps bind this array); a file without it: the global step
         trainer.dropout_step[...] = state.get("dropout_step", trainer.global_step)
@@ -299,6 +300,8 @@ def _check_fields(state: dict) -> None:
             ("batch_size", lambda v: _int(v) and 1 <= v < 1 << 31, "an integer in [1, 2^31)"),
             ("seed", lambda v: _int(v) and 0 <= v < COUNTER_LIMIT, "an integer in [0, 2^62)"),
             ("l2", lambda v: _real(v) and v >= 0, "a finite number >= 0"),
+            ("clip_grad_norm", lambda v: v is None or (_real(v) and v > 0),
+             "None or a finite number > 0"),
             ("data_input", lambda v: isinstance(v, str), "a string"),
             ("input_shape", lambda v: isinstance(v, list) and all(
                 _int(d) and 1 <= d < 1 << 31 for d in v), "a list of integers in [1, 2^31)")):

@@ -7,8 +7,8 @@
 compiles it once in a Session with the parameters and buffers bound as external state and keeps
 one execution context, so a step is: copy the batch in, run the bound kernels, read the loss,
 gradients and new running statistics as arena views (no copies), check the loss, add the L2
-gradient, let the optimizer update the parameters in place, commit the running statistics.
-Nothing big is allocated per step.
+gradient, clip the gradients by their global norm, let the optimizer update the parameters in
+place, commit the running statistics. Nothing big is allocated per step.
 """
 from __future__ import annotations
 
@@ -150,11 +150,14 @@ def _in_arena(a: np.ndarray, arena: np.ndarray) -> bool:
 
 
 class StepRunner:
-    """Applies one optimisation step: loss check, L2, optimizer, running-stat commit."""
+    """Applies one optimisation step: loss check, L2, gradient clipping, optimizer,
+    running-stat commit."""
 
-    def __init__(self, optimizer, l2: float, weights: list, params: dict, threads: int):
+    def __init__(self, optimizer, l2: float, weights: list, params: dict, threads: int,
+                 clip_grad_norm: float | None = None):
         self.optimizer, self.l2, self.threads = optimizer, float(l2), threads
         self.weights = [(n, params[n].reshape(-1)) for n in weights]
+        self.clip_grad_norm = None if clip_grad_norm is None else float(clip_grad_norm)
 
     def l2_loss(self, m: int) -> float:
         if not self.l2:
@@ -172,10 +175,32 @@ class StepRunner:
         for name, w in self.weights:
             axpy(grads[name].reshape(-1), w, alpha, self.threads)
 
+    def clip_gradients(self, grads: dict, global_step: int) -> None:
+        """torch's ``clip_grad_norm_(max_norm)``: the L2 norm of all the gradients together;
+        when it exceeds ``max_norm`` every gradient is scaled in place by
+        max_norm / (norm + 1e-6). A non-finite norm stops training before anything changes."""
+        if self.clip_grad_norm is None:
+            return
+        total = 0.0
+        for g in grads.values():
+            flat = g.reshape(-1)
+            total += float(np.dot(flat, flat))
+        norm = math.sqrt(total)
+        if not math.isfinite(norm):
+            raise TrainingError(f"the gradient norm is {norm} at step {global_step}; training "
+                                f"stopped and the parameters, optimizer state and running "
+                                f"statistics are left as they were before this step")
+        scale = self.clip_grad_norm / (norm + 1e-6)
+        if scale < 1.0:
+            factor = np.float32(scale)
+            for g in grads.values():
+                np.multiply(g, factor, out=g)
+
     def apply(self, grads: dict, updates, loss: float, m: int, global_step: int) -> float:
-        """Everything after forward + backward: the loss check (the L2 term included), the L2
-        gradient, the optimizer step and the running-statistics commit. ``updates`` pairs each
-        buffer with its new value."""
+        """Everything after forward + backward (and, distributed, after the gradient
+        allreduce): the loss check (the L2 term included), the L2 gradient, gradient clipping,
+        the optimizer step and the running-statistics commit. ``updates`` pairs each buffer with
+        its new value."""
         loss = loss + self.l2_loss(m)
         if not math.isfinite(loss):
             raise TrainingError(f"the loss is {loss} at step {global_step} (batch of {m}); "
@@ -183,6 +208,7 @@ class StepRunner:
                                 f"running statistics are left as they were before this step "
                                 f"(lower the learning rate, check the inputs and targets)")
         self.add_l2_gradient(grads, m)
+        self.clip_gradients(grads, global_step)
         self.optimizer.step(grads)
         for buf, new in updates:
             np.copyto(buf, new)

@@ -47,7 +47,8 @@ def trainer(opts: dict, distributed):
         ember.optim.Adam(lr=0.01)
     return ember.Trainer(torch_like, input_shape=(1, 8, 8), loss="cross_entropy", optimizer=opt,
                          batch_size=opts["batch"], seed=3, l2=opts.get("l2", 0.0),
-                         threads=opts.get("threads"), distributed=distributed)
+                         threads=opts.get("threads"), distributed=distributed,
+                         clip_grad_norm=opts.get("clip_grad_norm"))
 
 
 def main():

@@ -143,6 +143,8 @@ CASES = {
     # 49 rows: the last global batch is 1 row, so rank 1 trains on nothing in that step;
     # Dropout draws the whole batch's masks on each rank's rows; L2 on the weights
     "adam-dropout-l2-empty-shard": {"n": 49, "dropout": True, "l2": 0.1},
+    # the global gradient norm is clipped after the allreduce, as one process clips it
+    "sgd-clip-grad-norm": {"optimizer": "sgd", "clip_grad_norm": 0.05},
 }
 
 

@@ -522,7 +522,9 @@ class Pad(Op):
 
 @register
 class Gather(Op):
-    attrs = {"axis": 0}
+    """ONNX Gather. ``padding_idx`` is ember's own (set by ``nn.Embedding``, never exported): the
+    row of the data it names (≥ 0; -1: none) gets no gradient, as torch's ``padding_idx``."""
+    attrs = {"axis": 0, "padding_idx": -1}
     num_inputs = (2, 2)
 
     def infer(self, ctx):
@@ -530,6 +532,7 @@ class Gather(Op):
         ctx.check(ctx.dtype(1).kind in "iu", f"indices must be integers, got {ctx.dtype(1)}")
         ctx.check(len(shape) > 0, "cannot gather from a scalar")
         axis = _axis(ctx, ctx.attrs["axis"], len(shape))
+        _check_padding_idx(ctx, shape[axis])
         idx = ctx.maybe_const(1)
         dim = shape[axis]
         if idx is not None and _is_int(dim) and np.size(idx):
@@ -548,6 +551,16 @@ class Gather(Op):
             raise InputError(f"{node}: indices [{idx.min()}..{idx.max()}] are out of range "
                              f"for axis {axis} of size {dim}")
         return [np.take(x, np.where(idx < 0, idx + dim, idx), axis=axis)]
+
+    def export(self, ctx, node, inputs, outputs, attrs):
+        attrs.pop("padding_idx", None)
+        ctx.add(node.op_type, inputs, outputs, node.name, attrs, node)
+
+
+def _check_padding_idx(ctx, dim):
+    p = ctx.attrs.get("padding_idx", -1)
+    ctx.check(isinstance(p, (int, np.integer)) and p >= -1 and (not _is_int(dim) or p < dim),
+              f"padding_idx must be -1 (none) or a row in [0, {dim}), got {p!r}")
 
 
 @register
@@ -981,6 +994,65 @@ class DropoutGrad(Op):
         dy, mask = inputs
         scale = dropout_scale(float(node.attrs["ratio"]), dy.dtype)
         return [(dy * np.where(mask, scale, dy.dtype.type(0))).astype(dy.dtype)]
+
+
+@register
+class GatherGrad(Op):
+    """dX of Gather: zeros of the data's shape (attr ``input_shape``) with every slice of dY
+    added into the slice of dX its index names (``np.add.at``): an index read twice gets both
+    gradients. The ``padding_idx`` row (≥ 0; -1: none) gets none. An index outside
+    [-dim, dim) is an InputError naming the node and the range, never a write."""
+    domain = TRAINING_DOMAIN
+    num_inputs = (2, 2)
+    attrs = {"axis": 0, "input_shape": REQUIRED, "padding_idx": -1}
+
+    def infer(self, ctx):
+        shape = tuple(int(d) for d in ctx.attrs["input_shape"])
+        ctx.check(len(shape) > 0 and all(d >= 0 for d in shape),
+                  f"expected a non-empty, non-negative input_shape, got {list(shape)}")
+        axis = _axis(ctx, ctx.attrs["axis"], len(shape))
+        _check_padding_idx(ctx, shape[axis])
+        ctx.check(ctx.dtype(1).kind in "iu", f"indices must be integers, got {ctx.dtype(1)}")
+        ctx.check(ctx.dtype(0).kind == "f", f"expected a float dY, got {ctx.dtype(0)}")
+        want = shape[:axis] + tuple(ctx.shape(1)) + shape[axis + 1:]
+        dy = tuple(ctx.shape(0))
+        ctx.check(len(dy) == len(want) and all(not _is_int(a) or not _is_int(b) or a == b
+                                               for a, b in zip(dy, want)),
+                  f"expected dY of shape {want} (Gather of {shape} on axis {axis}), got {dy}")
+        return [TensorType(ctx.dtype(0), shape)]
+
+    def compute(self, node, inputs):
+        dy, idx = inputs
+        shape = tuple(int(d) for d in node.attrs["input_shape"])
+        axis = node.attrs["axis"] % len(shape)
+        dim = shape[axis]
+        idx = np.asarray(idx).reshape(-1)
+        if idx.size and (idx.min() < -dim or idx.max() >= dim):
+            raise InputError(f"{node}: indices [{idx.min()}..{idx.max()}] are out of range "
+                             f"for axis {axis} of size {dim}: expected -{dim} ≤ index < {dim}")
+        outer, inner = _prod(shape[:axis]), _prod(shape[axis + 1:])
+        idx = idx.astype(np.int64)
+        rows = np.where(idx < 0, idx + dim, idx)
+        src = dy.reshape(outer, idx.size, inner)
+        keep = rows != int(node.attrs["padding_idx"])
+        dx = np.zeros((outer, dim, inner), dy.dtype)
+        np.add.at(dx, (slice(None), rows[keep]), src[:, keep])
+        return [dx.reshape(shape)]
+
+
+def _gather_gradient(self, node, grads, g):
+    """GatherGrad: dY scattered (added) back into zeros of the data's shape; no gradient for
+    the indices."""
+    out = [None] * len(node.inputs)
+    if grads[0] is None or not g.needs(0):
+        return out
+    shape = g.shape(g.input(0))
+    out[0] = g.op("GatherGrad", [grads[0], g.input(1)], axis=int(node.attrs["axis"]) % len(shape),
+                  input_shape=list(shape), padding_idx=int(node.attrs.get("padding_idx", -1)))
+    return out
+
+
+Gather.gradient = _gather_gradient
 
 
 def _reshape_back(self, node, grads, g):

@@ -1,5 +1,6 @@
 """Data movement bound to numpy copies into the arena (Concat, Transpose, Split, Slice, Gather,
-Pad: out=/copyto, no temporaries), and Dropout with its gradient (``kernels/act_grad``)."""
+Pad: out=/copyto, no temporaries), Gather's gradient (``kernels/scatter``), and Dropout with its
+gradient (``kernels/act_grad``)."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,7 +8,7 @@ import numpy as np
 from ...graph.errors import InputError
 from ...graph.ops import tensor as ops
 from ...graph.ops.tensor import dropout_seed
-from ...kernels import act_grad
+from ...kernels import act_grad, scatter
 from ...kernels.tensor import CopyStep
 from .common import all_float32, contiguous_f32, has_empty_output, noop, optional_at
 from .registry import binds
@@ -146,6 +147,38 @@ def bind_gather(node, ins, outs, scratch_buf, ctx):
         except IndexError as e:
             raise InputError(f"{node}: index out of range for axis {axis} of size {dim}: "
                              f"{e}") from None
+    return step
+
+
+@binds(ops.GatherGrad, inplace=(), kernel="scatter")
+def bind_gather_grad(node, ins, outs, scratch_buf, ctx):
+    """Indices are checked before anything is written (InputError naming the node and the
+    range); int32 indices are widened into a buffer made here, once."""
+    dy, idx, dx = ins[0], ins[1], outs[0]
+    if not all_float32(dy, dx) or idx.dtype.kind not in "iu" or idx.dtype == np.uint64 \
+            or dx.ndim == 0:
+        return None    # uint64 would not fit the kernel's int64: the reference runs
+    axis = int(node.attrs.get("axis", 0)) % dx.ndim
+    dim, n = dx.shape[axis], idx.size
+    outer = int(np.prod(dx.shape[:axis], dtype=np.int64))
+    inner = int(np.prod(dx.shape[axis + 1:], dtype=np.int64))
+    if dy.size != outer * n * inner:
+        return None
+    dy3, dx3 = contiguous_f32(dy).reshape(outer, n, inner), dx.reshape(outer, dim, inner)
+    flat = idx.reshape(-1)
+    wide = flat if flat.dtype == np.int64 and flat.flags.c_contiguous else np.empty(n, np.int64)
+    skip, threads = int(node.attrs.get("padding_idx", -1)), ctx.threads
+    check, scatter_add = scatter.first_out_of_range, scatter.scatter_add_rows
+
+    def step():
+        if wide is not flat:
+            np.copyto(wide, flat, casting="unsafe")
+        bad = check(wide, dim)
+        if bad >= 0:
+            raise InputError(f"{node}: index {int(flat[bad])} (at flat position {bad}) is out of "
+                             f"range for axis {axis} of size {dim}: expected -{dim} ≤ index < "
+                             f"{dim}")
+        scatter_add(dy3, wide, dx3, skip, threads)
     return step
 
 
