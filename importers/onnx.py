@@ -427,12 +427,12 @@ def load_onnx(src) -> Graph:
 def _check_first_slots(node: Node) -> None:
     """ModelError unless ``node`` has its first output and, when its op takes inputs, its first
     input: every ONNX op requires both, and the opset upgrades read them (the old forms'
-    attributes become inputs placed after input 0, typed like it)."""
-    target = UPGRADE_TARGETS.get(node.op_type, (node.op_type,))[0]
-    takes_inputs = REGISTRY[("", target)].num_inputs[0] >= 1
-    if takes_inputs and not node.input(0):
+    attributes become inputs placed after input 0, typed like it). Ops whose outputs are all
+    optional (RNN/GRU/LSTM) say so with a minimum of 0 outputs."""
+    target = REGISTRY[("", UPGRADE_TARGETS.get(node.op_type, (node.op_type,))[0])]
+    if target.num_inputs[0] >= 1 and not node.input(0):
         raise ModelError(f"{node}: input 0 is required but absent")
-    if not node.outputs or not node.outputs[0]:
+    if target.num_outputs[0] >= 1 and (not node.outputs or not node.outputs[0]):
         raise ModelError(f"{node}: output 0 is required but absent")
 
 

@@ -311,6 +311,7 @@ def recurrent_forward(int cell, const float[:, ::1] X, const float[:, ::1] W_all
     cdef const float *Pall
     cdef const float *Rball
     cdef int d, b, j, nt, ok = 1
+    cdef bint empty
     cdef long long so
     cdef ember_bias_act epi
     c.cell, c.T, c.B, c.H, c.D, c.G, c.layout = cell, T, B, H, D, G, layout
@@ -357,12 +358,13 @@ def recurrent_forward(int cell, const float[:, ::1] X, const float[:, ::1] W_all
             c.Rbh = Rball + d * H if Rball != NULL else NULL
             run_direction(&c, d, reverse_all or d == 1, nt)
             for b in range(B):
+                empty = c.lens != NULL and c.lens[b] == 0   # ends in zeros, as onnxruntime's
                 for j in range(H):
                     so = (<long long>b * D + d) * H + j if layout else (<long long>d * B + b) * H + j
                     if Yh != NULL:
-                        Yh[so] = (c.V0 if T % 2 == 0 else c.V1)[state_at(&c, b, j)]
+                        Yh[so] = 0.0 if empty else (c.V0 if T % 2 == 0 else c.V1)[state_at(&c, b, j)]
                     if Yc != NULL:
-                        Yc[so] = c.C[b * H + j]
+                        Yc[so] = 0.0 if empty else c.C[b * H + j]
     if not ok:
         raise MemoryError("ember recurrent: cannot allocate GEMM packing buffers")
 

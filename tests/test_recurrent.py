@@ -69,9 +69,11 @@ def make_model(op, T, B, I, H, direction="forward", layout=0, lens=False, initia
 
 
 def onnxruntime_outputs(op, T, B, I, H, layout=0, **kw):
-    """onnxruntime's outputs; a layout-1 model runs as its layout-0 twin with transposes."""
+    """onnxruntime's outputs; a layout-1 model runs as its layout-0 twin (same weights) fed
+    the layout-1 model's inputs transposed."""
     model, feeds, _ = make_model(op, T, B, I, H, layout=0, **kw)
     if layout:
+        feeds = make_model(op, T, B, I, H, layout=1, **kw)[1]
         feeds = {k: (v.transpose(1, 0, 2) if v.ndim == 3 else v) for k, v in feeds.items()}
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     outs = sess.run(None, feeds)

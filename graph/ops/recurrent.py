@@ -14,7 +14,8 @@ instead of running the forward again.
 
 Gate order is ONNX's: LSTM i, o, f, c; GRU z, r, h. ``sequence_lens`` follows onnxruntime: a
 step at or past a sequence's length leaves its state unchanged and writes zeros into Y, so Y_h
-is the state at the last valid step (the reverse direction starts at ``length - 1``).
+is the state at the last valid step (the reverse direction starts at ``length - 1``), and a
+sequence of length 0 ends in zeros (not its initial state).
 
 ``compute`` is the definition: a plain loop over time in numpy, in float64.
 """
@@ -246,8 +247,8 @@ class RecurrentOp(Op):
                 state = [np.where(live, n, s) for n, s in zip(new, state)]
                 Y[t, d] = np.where(live, state[0], 0.0)
                 saved[t, :, d * GH:(d + 1) * GH] = np.where(live, cache["gates"], 0.0)
-            for f, s in zip(finals, state):
-                f[d] = s
+            for f, s in zip(finals, state):   # a sequence of length 0 ends in zeros (onnxruntime)
+                f[d] = np.where((lens > 0)[:, None], s, 0.0)
         return dict(X=X, states=states, lens=lens, cells=cells, steps=steps, Y=Y,
                     finals=finals, saved=saved)
 

@@ -149,7 +149,7 @@ def _biases(node, B, lay):
     wb, rb = b[:, :G * H], b[:, G * H:].copy()
     rbh = None
     if node.op_type == "GRU" and node.attrs["linear_before_reset"]:
-        rbh = np.ascontiguousarray(rb[:, 2 * H:])
+        rbh = rb[:, 2 * H:].copy()        # a copy: for D = 1 the slice is a contiguous view
         rb[:, 2 * H:] = 0.0
     return np.ascontiguousarray((wb + rb).reshape(-1), np.float32), rbh
 
