@@ -51,11 +51,14 @@ def values(op, T, B, I, H, direction="forward", layout=0, initial=False, peephol
 
 
 def build(op, vals, H, dtype="float64", lens=None, loss_weights=None, seed=1, **attrs):
-    """(graph, wrt): one node on ``vals`` (all parameters), and the loss Σ Y·w₀ + Σ Y_h·w₁
-    (+ Σ Y_c·w₂) with fixed random weights (``loss_weights`` to give them)."""
+    """(graph, wrt, feeds): one node on ``vals`` (X a graph input, the others parameters), and
+    the loss Σ Y·w₀ + Σ Y_h·w₁ (+ Σ Y_c·w₂) with fixed random weights (``loss_weights`` to give
+    them)."""
     b = Builder("bptt", seed=seed)
     rng = np.random.default_rng(seed)
-    p = {k: b.parameter(k, a.shape, init=a.astype(dtype), dtype=dtype) for k, a in vals.items()}
+    p = {k: b.parameter(k, a.shape, init=a.astype(dtype), dtype=dtype) for k, a in vals.items()
+         if k != "X"}
+    p["X"] = b.input("X", vals["X"].shape, dtype=dtype)
     ins = [p["X"], p["W"], p["R"], p["B"],
            None if lens is None else b.constant(np.asarray(lens, np.int32)),
            p.get("initial_h"), p.get("initial_c"), p.get("P")]
@@ -68,15 +71,16 @@ def build(op, vals, H, dtype="float64", lens=None, loss_weights=None, seed=1, **
         term = b.op("ReduceSum", [o * b.constant(w, dtype=dtype)], keepdims=0)
         loss = term if loss is None else loss + term
     b.output(loss, "loss")
-    return b.build(), list(vals)
+    return b.build(), list(vals), {"X": vals["X"].astype(dtype)}
 
 
-def kernel_gradients(graph, wrt, threads):
-    """The gradients through a compiled Session, and whether RecurrentGrad ran its kernel."""
+def kernel_gradients(graph, wrt, feeds, threads):
+    """The gradients through a compiled Session, and whether each recurrent node (forward and
+    RecurrentGrad) ran its kernel."""
     new, grads = backward(graph, "loss", wrt)
     sess = Session(new, threads=threads, optimize=False)
-    got = dict(zip(new.outputs, sess.run(None, {})))
-    ran = [row.kernel for row in sess.profile({}, runs=1, warmup=0)
+    got = dict(zip(new.outputs, sess.run(None, feeds)))
+    ran = [row.kernel for row in sess.profile(feeds, runs=1, warmup=0)
            if row.op_type in ("RecurrentGrad", *GATES)]
     return {k: got[grads[k]] for k in wrt}, ran
 
@@ -109,8 +113,9 @@ FD_CASES = [  # op, direction, layout, lens, initial, peephole, attrs
 def test_reference_gradient_matches_finite_differences(op, direction, layout, lens, initial,
                                                          peephole, attrs):
     vals = values(op, 3, 2, 2, 2, direction, layout, initial, peephole, seed=len(op) + layout)
-    graph, wrt = build(op, vals, 2, lens=lens, direction=direction, layout=layout, **attrs)
-    gradcheck(graph, "loss", wrt)
+    graph, wrt, feeds = build(op, vals, 2, lens=lens, direction=direction, layout=layout,
+                              **attrs)
+    gradcheck(graph, "loss", wrt, feeds)
 
 
 # ---- the kernel against the reference ---------------------------------------------------------
@@ -134,11 +139,11 @@ def test_kernel_matches_reference(op, T, B, I, H, direction, layout, lens, initi
                                   attrs, threads):
     vals = values(op, T, B, I, H, direction, layout, initial, peephole, seed=T + B + H)
     kw = dict(lens=lens, direction=direction, layout=layout, **attrs)
-    g64, wrt = build(op, vals, H, **kw)
+    g64, wrt, feeds = build(op, vals, H, **kw)
     new, grads = backward(g64, "loss", wrt)
-    want = run(new)
-    g32, _ = build(op, vals, H, dtype="float32", **kw)
-    got, ran = kernel_gradients(g32, wrt, threads)
+    want = run(new, feeds)
+    g32, _, feeds32 = build(op, vals, H, dtype="float32", **kw)
+    got, ran = kernel_gradients(g32, wrt, feeds32, threads)
     assert ran and all(ran), "the recurrent kernels did not run"
     for name in wrt:
         assert got[name].dtype == np.float32
@@ -201,10 +206,10 @@ def test_matches_torch(op, direction, layout, initial, nonlinearity):
     attrs = {"linear_before_reset": 1} if op == "GRU" else {}
     if op == "RNN":
         attrs["activations"] = [nonlinearity.capitalize()] * D
-    graph, wrt = build(op, {k: np.asarray(v, np.float64) for k, v in vals.items()}, H,
-                       dtype="float32", loss_weights=[wy] + [state_layout(w) for w in ws],
-                       direction=direction, layout=layout, **attrs)
-    got, ran = kernel_gradients(graph, wrt, threads=2)
+    graph, wrt, feeds = build(op, {k: np.asarray(v, np.float64) for k, v in vals.items()}, H,
+                              dtype="float32", loss_weights=[wy] + [state_layout(w) for w in ws],
+                              direction=direction, layout=layout, **attrs)
+    got, ran = kernel_gradients(graph, wrt, feeds, threads=2)
     assert ran[0] or op == "RNN" and nonlinearity == "relu"
     close(got["X"], xt.grad.numpy())
     for suffix_index, suffix in enumerate(["", "_reverse"][:D]):
@@ -268,9 +273,9 @@ def test_trainer_from_onnx_matches_torch_sgd(tmp_path):
 # ---- bad input ---------------------------------------------------------------------------------
 def test_sequence_length_out_of_range_names_the_node():
     vals = values("LSTM", 3, 2, 2, 4)
-    graph, wrt = build("LSTM", vals, 4, dtype="float32", lens=[3, 1])
+    graph, wrt, feeds = build("LSTM", vals, 4, dtype="float32", lens=[3, 1])
     lens_name = next(n.input(4) for n in graph.nodes if n.op_type == "LSTM")
     graph.initializers[lens_name] = np.array([3, 7], np.int32)
     new, _ = backward(graph, "loss", wrt)
     with pytest.raises(InputError, match=r"sequence_lens\[1\] = 7"):
-        Session(new, threads=1, optimize=False).run(None, {})
+        Session(new, threads=1, optimize=False).run(None, feeds)
