@@ -228,10 +228,10 @@ def lstm_head_model(path, layer, head, T, I, H):
     W, R, B, _ = onnx_weights("LSTM", layer, H, 1)
     inits = [numpy_helper.from_array(a.astype(np.float32), n) for a, n in (
         (W, "W"), (R, "R"), (B, "B"), (head.weight.detach().numpy(), "hw"),
-        (head.bias.detach().numpy(), "hb"), (np.array([-1, H], np.int64), "flat"))]
+        (head.bias.detach().numpy(), "hb"))]
     nodes = [helper.make_node("LSTM", ["X", "W", "R", "B"], ["", "Yh"], hidden_size=H,
                               layout=1, name="lstm"),
-             helper.make_node("Reshape", ["Yh", "flat"], ["h"]),
+             helper.make_node("Flatten", ["Yh"], ["h"], axis=1),
              helper.make_node("Gemm", ["h", "hw", "hb"], ["out"], transB=1, name="head")]
     graph = helper.make_graph(
         nodes, "lstm_head", [helper.make_tensor_value_info("X", TensorProto.FLOAT,
