@@ -10,8 +10,11 @@ states in Y. One call, per direction:
 2. Walk the steps backwards: the gate gradients of the step's batch rows (threads over batch
    rows) into ``dXW`` (the gradient of the input projection) and ``dA`` (of the recurrent
    product's input; it differs from ``dXW`` only in GRU ``linear_before_reset``'s h gate), then
-   one GEMM ``dH += dAₜ·R`` for the previous state (GRU without ``linear_before_reset``: first
-   ``dAₕ·Rh``, which r's gradient needs, then the z, r rows).
+   one product ``dH += dAₜ·R`` for the previous state, computed as ``Rᵀ·dAₜᵀ`` on Rᵀ packed
+   once per direction as the GEMM packs A, with dAₜ packed into its batch columns, threads
+   over bands of Rᵀ's rows (``ember_packed_gemm``, the forward's form; GRU without
+   ``linear_before_reset`` calls ``ember_sgemm`` twice: first ``dAₕ·Rh``, which r's gradient
+   needs, then the z, r rows).
 3. The weight gradients as single GEMMs over every step: ``dR = dAᵀ·Hprev`` (GRU's h rows
    without ``linear_before_reset``: ``dAₕᵀ·(r ⊙ Hprev)``); biases and peepholes as column sums.
 
@@ -19,12 +22,16 @@ After both directions: ``dX = dXW·W`` and ``dW = dXWᵀ·X``, one GEMM each. A 
 row's sequence length has zero gate gradients and passes the state gradient through.
 """
 from cython.parallel cimport prange
-from libc.math cimport tanhf
 from libc.string cimport memcpy, memset
 
 from kernels.parallel cimport threads_for
-from kernels.sgemm cimport ember_bias_act, ember_sgemm
+from kernels.activation cimport ACT_TANH
+from kernels.sgemm cimport (ember_bias_act, ember_gemm_mr, ember_gemm_nr, ember_packed_gemm,
+                            ember_sgemm)
 from kernels.simd cimport use_simd
+
+cdef extern from "simd.h" nogil:
+    void ember_act_span(float *p, long n, int code, float a, float b)
 
 use_simd()
 
@@ -46,11 +53,16 @@ cdef struct Back:
     float *Hprev            # [rows, H]
     float *Cprev            # LSTM [rows, H]
     float *Cnew             # LSTM [rows, H]
-    float *M                # GRU lbr=1: Hprev·Rhᵀ + Rbh; lbr=0: r ⊙ Hprev  [rows, H]
+    float *M                # GRU lbr=1: Hprev·Rhᵀ + Rbh; lbr=0: r ⊙ Hprev; LSTM: tanh(Cnew)
     float *dh               # [B, H]
     float *dh_next          # [B, H]
     float *dc               # LSTM [B, H]
     float *drh              # GRU lbr=0 [B, H]
+    bint packed             # the per-step product on R packed once (not GRU lbr=0)
+    int mr, nr, Mp, ncols, nblk
+    float *U                # Rᵀ packed as the GEMM's A: [Mp × G·H] in MR-row micro-panels
+    float *V                # dAₜᵀ packed as its B: [G·H × ncols] in NR-column panels
+    float *Mx               # (dAₜ·R)ᵀ: [Mp × ncols]
 
 
 cdef inline long long row_of(const Back *k, int t, int b) noexcept nogil:
@@ -102,7 +114,9 @@ cdef void rebuild_states(Back *k, int d, bint reverse, const float *h0,
                     k.Cprev[row * H + j] = k.dc[b * H + j]
                     cn = g[2 * H + j] * k.dc[b * H + j] + g[j] * g[3 * H + j]
                     k.Cnew[row * H + j] = cn
+                    k.M[row * H + j] = cn
                     k.dc[b * H + j] = cn
+                ember_act_span(k.M + row * H, H, ACT_TANH, 0, 0)
 
 
 cdef void rnn_row(Back *k, int d, int t, int b) noexcept nogil:
@@ -127,7 +141,7 @@ cdef void lstm_row(Back *k, int d, int t, int b) noexcept nogil:
     for j in range(H):
         i, o, f, cc = g[j], g[H + j], g[2 * H + j], g[3 * H + j]
         cp = k.Cprev[row * H + j]
-        tc = tanhf(k.Cnew[row * H + j])
+        tc = k.M[row * H + j]
         gh = dh[j]
         da_o = gh * tc * o * (1.0 - o)
         dcn = dc[j] + gh * o * (1.0 - tc * tc)
@@ -228,8 +242,43 @@ cdef int step_back(Back *k, int d, int t, const float *Rd, int nt, int nthreads)
         ok = ok & ember_sgemm(0, 0, k.B, H, 2 * H, 1.0, k.dXW + first, lda, Rd, H, 1.0,
                               k.dh_next, H, NULL, nthreads)
         return ok
-    return ember_sgemm(0, 0, k.B, H, <int>k.GH, 1.0, k.dA + first, lda, Rd, H, 1.0, k.dh_next,
-                       H, NULL, nthreads)
+    if not k.packed:
+        return ember_sgemm(0, 0, k.B, H, <int>k.GH, 1.0, k.dA + first, lda, Rd, H, 1.0,
+                           k.dh_next, H, NULL, nthreads)
+    packed_product(k, d, t, nt)
+    return 1
+
+
+cdef void pack_rt(Back *k, const float *Rd) noexcept nogil:
+    """U = Rᵀ in the GEMM's A micro-panels (once per direction)."""
+    cdef int j, q
+    cdef long long GH = k.GH
+    memset(k.U, 0, sizeof(float) * k.Mp * GH)
+    for j in range(k.H):
+        for q in range(<int>GH):
+            k.U[(j // k.mr) * GH * k.mr + <long long>q * k.mr + j % k.mr] = Rd[q * k.H + j]
+
+
+cdef void packed_product(Back *k, int d, int t, int nt) noexcept nogil:
+    """dh_next += dAₜ·R as (Rᵀ·dAₜᵀ): dAₜ packed into V's batch columns, each thread taking
+    a band of Rᵀ's rows, then the transposed product added in."""
+    cdef int b, q, j, blk, i0, rows
+    cdef long long GH = k.GH
+    cdef const float *src
+    cdef int band = ((k.Mp // k.mr + k.nblk - 1) // k.nblk) * k.mr
+    for b in range(k.B):
+        src = k.dA + row_of(k, t, b) * k.DGH + d * GH
+        for q in range(<int>GH):
+            k.V[(b // k.nr) * GH * k.nr + <long long>q * k.nr + b % k.nr] = src[q]
+    for blk in prange(k.nblk, num_threads=nt, schedule="static"):
+        i0 = blk * band
+        rows = k.Mp - i0 if k.Mp - i0 < band else band
+        if rows > 0:
+            ember_packed_gemm(k.U + <long long>i0 * GH, k.V, k.Mx + <long long>i0 * k.ncols,
+                              rows, <int>GH, k.ncols, k.ncols)
+    for b in prange(k.B, num_threads=nt, schedule="static"):
+        for j in range(k.H):
+            k.dh_next[b * k.H + j] += k.Mx[<long long>j * k.ncols + b]
 
 
 cdef inline float *opt(float[::1] a) noexcept:
@@ -298,12 +347,26 @@ def recurrent_backward(int cell, const float[:, ::1] X, const float[:, ::1] W_al
     w += 3 * _round16(rows * H)
     k.dh, k.dh_next, k.dc, k.drh = w, w + _round16(B * H), w + 2 * _round16(B * H), \
         w + 3 * _round16(B * H)
+    w += 4 * _round16(B * H)
     nt = threads_for(nthreads, <long>B * G * H * 8)
+    k.packed = not (cell == 1 and not lbr)
+    k.mr, k.nr = ember_gemm_mr(), ember_gemm_nr()
+    k.Mp, k.ncols = _round_to(H, k.mr), _round_to(B, k.nr)
+    k.nblk = nt
+    k.U = w
+    w += _round16(<long long>k.Mp * GH)
+    k.V = w
+    w += _round16(<long long>k.ncols * GH)
+    k.Mx = w
+    if k.packed:
+        memset(k.V, 0, sizeof(float) * k.ncols * GH)
     with nogil:
         for d in range(D):
             Rd = &R[0] + d * GH * H
             k.P = Pall + d * 3 * H if Pall != NULL else NULL
             rebuild_states(&k, d, reverse_all or d == 1, h0, c0)
+            if k.packed:
+                pack_rt(&k, Rd)
             if cell == 1 and lbr:
                 epi.bias, epi.bias_axis, epi.act, epi.act_a, epi.act_b = \
                     Rball + d * H, 1, 0, 0.0, 0.0
@@ -367,10 +430,16 @@ cdef inline long long _round16(long long n) noexcept nogil:
     return (n + 15) // 16 * 16
 
 
+cdef inline int _round_to(int n, int m) noexcept nogil:
+    return (n + m - 1) // m * m
+
+
 def backward_work_floats(int cell, int T, int B, int H, int D, int lbr):
     """Floats of ``work``: dXW (and GRU linear_before_reset's dA), Hprev, LSTM's cell states
-    or GRU's product, and four per-step [B, H] buffers."""
+    or GRU's product, four per-step [B, H] buffers, and the packed Rᵀ, dAₜᵀ and product."""
     cdef int G = (1, 3, 4)[cell]
     cdef long long rows = <long long>T * B
     cdef long long n = _round16(rows * D * G * H) * (2 if cell == 1 and lbr else 1)
-    return n + 4 * _round16(rows * H) + 4 * _round16(<long long>B * H)
+    cdef long long Mp = _round_to(H, ember_gemm_mr()), ncols = _round_to(B, ember_gemm_nr())
+    return (n + 4 * _round16(rows * H) + 4 * _round16(<long long>B * H)
+            + _round16(Mp * G * H) + _round16(ncols * G * H) + _round16(Mp * ncols))
