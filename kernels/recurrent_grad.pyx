@@ -16,7 +16,8 @@ states in Y. One call, per direction:
    ``linear_before_reset`` calls ``ember_sgemm`` twice: first ``dAₕ·Rh``, which r's gradient
    needs, then the z, r rows).
 3. The weight gradients as single GEMMs over every step: ``dR = dAᵀ·Hprev`` (GRU's h rows
-   without ``linear_before_reset``: ``dAₕᵀ·(r ⊙ Hprev)``); biases and peepholes as column sums.
+   without ``linear_before_reset``: ``dAₕᵀ·(r ⊙ Hprev)``); biases and peepholes as column sums
+   (threads over bands of columns, rows outermost, in double).
 
 After both directions: ``dX = dXW·W`` and ``dW = dXWᵀ·X``, one GEMM each. A step at or past a
 row's sequence length has zero gate gradients and passes the state gradient through.
@@ -281,6 +282,30 @@ cdef void packed_product(Back *k, int d, int t, int nt) noexcept nogil:
             k.dh_next[b * k.H + j] += k.Mx[<long long>j * k.ncols + b]
 
 
+cdef enum:
+    SUM_COLUMNS = 64    # columns one column_sums call accumulates (rows outer: unit stride)
+
+
+cdef void column_sums(const float *a, long long lda, long long rows, int q0, int n,
+                      const float *w, long long ldw, float *out) noexcept nogil:
+    """out[q] = Σ_r a[r·lda + q]·w[r·ldw + q] (w NULL: 1) for q in [q0, min(q0 + SUM_COLUMNS,
+    n)), in double, walking rows outermost so each row is read along its length."""
+    cdef double acc[SUM_COLUMNS]
+    cdef int q, q1 = q0 + SUM_COLUMNS if q0 + SUM_COLUMNS < n else n
+    cdef long long r
+    for q in range(q1 - q0):
+        acc[q] = 0.0
+    for r in range(rows):
+        if w == NULL:
+            for q in range(q0, q1):
+                acc[q - q0] += a[r * lda + q]
+        else:
+            for q in range(q0, q1):
+                acc[q - q0] += a[r * lda + q] * w[r * ldw + q]
+    for q in range(q0, q1):
+        out[q] = <float>acc[q - q0]
+
+
 cdef inline float *opt(float[::1] a) noexcept:
     return &a[0] if a is not None and a.shape[0] else NULL
 
@@ -329,7 +354,6 @@ def recurrent_backward(int cell, const float[:, ::1] X, const float[:, ::1] W_al
     cdef bint reverse_all = direction == "reverse"
     cdef int d, s, t, b, j, q, nt, ok = 1
     cdef long long r
-    cdef double acc, acc2, acc3
     cdef ember_bias_act epi
     k.cell, k.T, k.B, k.H, k.D, k.G, k.layout = cell, T, B, H, D, G, layout
     k.lbr, k.input_forget, k.GH, k.DGH = lbr, input_forget, GH, DGH
@@ -397,23 +421,21 @@ def recurrent_backward(int cell, const float[:, ::1] X, const float[:, ::1] W_al
                     ok = ok & ember_sgemm(1, 0, <int>GH, H, <int>rows, 1.0, k.dA + d * GH, DGH,
                                           k.Hprev, H, 0.0, pdR + d * GH * H, H, NULL, nthreads)
             if pdB != NULL:
-                for q in prange(<int>GH, num_threads=nt, schedule="static"):
-                    acc, acc2 = 0.0, 0.0
-                    for r in range(rows):
-                        acc = acc + k.dXW[r * DGH + d * GH + q]
-                        acc2 = acc2 + k.dA[r * DGH + d * GH + q]
-                    pdB[d * 2 * GH + q] = <float>acc
-                    pdB[d * 2 * GH + GH + q] = <float>acc2
+                for q in prange((<int>GH + SUM_COLUMNS - 1) // SUM_COLUMNS, num_threads=nt,
+                                schedule="static"):
+                    column_sums(k.dXW + d * GH, DGH, rows, q * SUM_COLUMNS, <int>GH, NULL, 0,
+                                pdB + d * 2 * GH)
+                    column_sums(k.dA + d * GH, DGH, rows, q * SUM_COLUMNS, <int>GH, NULL, 0,
+                                pdB + d * 2 * GH + GH)
             if pdP != NULL:
-                for j in prange(H, num_threads=nt, schedule="static"):
-                    acc, acc2, acc3 = 0.0, 0.0, 0.0
-                    for r in range(rows):
-                        acc = acc + k.dXW[r * DGH + d * GH + j] * k.Cprev[r * H + j]
-                        acc2 = acc2 + k.dXW[r * DGH + d * GH + H + j] * k.Cnew[r * H + j]
-                        acc3 = acc3 + k.dXW[r * DGH + d * GH + 2 * H + j] * k.Cprev[r * H + j]
-                    pdP[d * 3 * H + j] = <float>acc
-                    pdP[d * 3 * H + H + j] = <float>acc2
-                    pdP[d * 3 * H + 2 * H + j] = <float>acc3
+                for q in prange((H + SUM_COLUMNS - 1) // SUM_COLUMNS, num_threads=nt,
+                                schedule="static"):
+                    column_sums(k.dXW + d * GH, DGH, rows, q * SUM_COLUMNS, H, k.Cprev, H,
+                                pdP + d * 3 * H)
+                    column_sums(k.dXW + d * GH + H, DGH, rows, q * SUM_COLUMNS, H, k.Cnew, H,
+                                pdP + d * 3 * H + H)
+                    column_sums(k.dXW + d * GH + 2 * H, DGH, rows, q * SUM_COLUMNS, H, k.Cprev,
+                                H, pdP + d * 3 * H + 2 * H)
         if kdX is not None and rows and X.shape[1]:
             ok = ok & ember_sgemm(0, 0, <int>rows, X.shape[1], <int>DGH, 1.0, k.dXW, DGH,
                                   &W_all[0, 0], X.shape[1], 0.0, &kdX[0], X.shape[1], NULL,
