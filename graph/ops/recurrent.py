@@ -122,7 +122,7 @@ class RecurrentOp(Op):
     default_activations: tuple = ()
     has_cell_state = False
     num_inputs = (3, 6)
-    num_outputs = (0, 3)
+    num_outputs = (0, 2)   # ONNX's; a training graph's node has the saved gates after them
     parameter_inputs = (1, 2, 3)
     attrs = {"activation_alpha": [], "activation_beta": [], "activations": [], "clip": None,
              "direction": "forward", "hidden_size": REQUIRED, "layout": 0}
@@ -405,7 +405,7 @@ class LSTM(RecurrentOp):
     default_activations = ("sigmoid", "tanh", "tanh")
     has_cell_state = True
     num_inputs = (3, 8)
-    num_outputs = (0, 4)
+    num_outputs = (0, 3)
     attrs = {**RecurrentOp.attrs, "input_forget": 0}
 
     def step(self, c, x, h, cs):
