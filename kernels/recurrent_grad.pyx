@@ -20,7 +20,8 @@ states in Y. One call, per direction:
    (threads over bands of columns, rows outermost, in double).
 
 After both directions: ``dX = dXW·W`` and ``dW = dXWᵀ·X``, one GEMM each. A step at or past a
-row's sequence length has zero gate gradients and passes the state gradient through.
+row's sequence length has zero gate gradients and passes the state gradient through; a row of
+length 0 ends in zeros (as onnxruntime), so its final states' gradients are dropped.
 """
 from cython.parallel cimport prange
 from libc.string cimport memcpy, memset
@@ -353,6 +354,7 @@ def recurrent_backward(int cell, const float[:, ::1] X, const float[:, ::1] W_al
     cdef float *w = &work[0]
     cdef bint reverse_all = direction == "reverse"
     cdef int d, s, t, b, j, q, nt, ok = 1
+    cdef bint empty
     cdef long long r
     cdef ember_bias_act epi
     k.cell, k.T, k.B, k.H, k.D, k.G, k.layout = cell, T, B, H, D, G, layout
@@ -397,9 +399,12 @@ def recurrent_backward(int cell, const float[:, ::1] X, const float[:, ::1] W_al
                 ok = ok & ember_sgemm(0, 1, <int>rows, H, H, 1.0, k.Hprev, H, Rd + 2 * H * H, H,
                                       0.0, k.M, H, &epi, nthreads)
             for b in range(B):
+                empty = k.lens != NULL and k.lens[b] == 0   # its final states are zeros
                 for j in range(H):
-                    k.dh[b * H + j] = dYh[state_off(&k, d, b) + j] if dYh != NULL else 0.0
-                    k.dc[b * H + j] = dYc[state_off(&k, d, b) + j] if dYc != NULL else 0.0
+                    k.dh[b * H + j] = dYh[state_off(&k, d, b) + j] \
+                        if dYh != NULL and not empty else 0.0
+                    k.dc[b * H + j] = dYc[state_off(&k, d, b) + j] \
+                        if dYc != NULL and not empty else 0.0
             for s in range(T - 1, -1, -1):
                 t = T - 1 - s if reverse_all or d == 1 else s
                 ok = ok & step_back(&k, d, t, Rd, nt, nthreads)

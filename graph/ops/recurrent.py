@@ -267,7 +267,8 @@ class RecurrentOp(Op):
         """Backpropagation through time in float64: (dX, dW, dR, dB, d initial_h,
         d initial_c, dP), shaped as the forward's inputs (``dfinals``: the gradients of Y_h
         and Y_c, None for none). A step past a sequence's length passes the state gradient
-        through untouched."""
+        through untouched; a sequence of length 0 ends in zeros, so its final states pass
+        nothing back."""
         at = node.attrs
         run = self.unroll(node, inputs)
         X, lens = run["X"], run["lens"]
@@ -288,7 +289,8 @@ class RecurrentOp(Op):
                 dfin.append(np.zeros((D, batch, H)))
             else:
                 g = np.asarray(g, np.float64)
-                dfin.append(g.transpose(1, 0, 2) if at["layout"] else g)
+                g = g.transpose(1, 0, 2) if at["layout"] else g
+                dfin.append(np.where((lens > 0)[:, None], g, 0.0))   # length 0: Y_h is 0
         dX = np.zeros_like(X)
         dW, dR = np.zeros((D, GH, size)), np.zeros((D, GH, H))
         dB, dP = np.zeros((D, 2 * GH)), np.zeros((D, 3 * H))
@@ -326,6 +328,11 @@ def _activate(pre, c, k):
     if c["clip"] is not None:
         slope = slope * (np.abs(pre) <= c["clip"])
     return ACTIVATION_FUNCTIONS[name][0](x, a, b), slope
+
+
+def _activate_unclipped(pre, c, k):
+    """LSTM's h(Cₜ): ONNX clips gate inputs, not the cell state."""
+    return _activate(pre, dict(c, clip=None), k)
 
 
 @register
@@ -443,11 +450,6 @@ class LSTM(RecurrentOp):
                              (da_f * k["c"]).sum(0)])
         return dict(dxw=da, drb=da, dR=da.T @ k["h"], dP=dP,
                     dprev=[da @ c["R"], dc_prev])
-
-
-def _activate_unclipped(pre, c, k):
-    """LSTM's h(Cₜ): ONNX clips gate inputs, not the cell state."""
-    return _activate(pre, dict(c, clip=None), k)
 
 
 # ---- gradients -------------------------------------------------------------------------------
