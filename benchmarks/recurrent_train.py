@@ -108,6 +108,7 @@ def main(argv=None) -> list:
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args(argv)
+    load = os.getloadavg()[0]
     rows = []
     header = ("| model | batch | threads | ember ms | PyTorch ms | ember/PyTorch | "
               "max loss diff |\n|---|---|---|---|---|---|---|")
@@ -127,7 +128,9 @@ def main(argv=None) -> list:
                  f"Machine: AMD EPYC (Zen 3, AVX2), 2 CPUs available, shared with other jobs "
                  f"while this ran (medians of interleaved steps, so both engines saw the same "
                  f"load); Python {platform.python_version()}, numpy {np.__version__}, "
-                 f"torch {torch.__version__}.", "",
+                 f"torch {torch.__version__}. Load average when the run began: {load:.1f} on "
+                 f"{len(os.sched_getaffinity(0))} CPUs (two threads then mostly wait for a "
+                 f"descheduled teammate: compare the ratios, not the times).", "",
                  f"One SGD step (forward, backpropagation through time, update) on {SEQ} "
                  f"steps; lstm2x256: two stacked LSTM(256) layers; gru128: one GRU(128) "
                  f"(linear_before_reset=1); input size = hidden size; MSE on the flattened "
