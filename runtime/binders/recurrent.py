@@ -8,9 +8,9 @@ reference of ``graph/ops/recurrent.py``.
 At bind time R is split into blocks of hidden units (every gate of a block's units together,
 so a thread finishes its block's epilogue without waiting for the others) and packed in the
 block order the kernel reads; a constant R is packed once, a run-time one (training) on every
-run through a precomputed gather map. The scratch holds the gates of every step (a training graph's
-node writes them to its saved-gates output instead) and the state buffers, so ``run`` allocates
-nothing.
+run through a precomputed gather map. The scratch holds the gates of every step (a training
+graph's node writes them to its saved-gates output instead) and the state buffers, so ``run``
+allocates nothing.
 
 ``RecurrentGrad`` (``kernels/recurrent_grad``) takes the same cases except ``clip``, reading
 the forward's saved gates and Y.
@@ -268,11 +268,18 @@ def bind_recurrent_grad(node, ins, outs, scratch_buf, ctx):
             int(at["input_forget"]), threads)
     GH = op.gates * H
 
+    def recurrent_h_bias():
+        """GRU linear_before_reset's Rb of the h gate, [D·H] (None for the other cells)."""
+        if op.op_type != "GRU" or not lbr:
+            return None
+        if Bias is None:
+            return np.zeros(D * H, np.float32)
+        return np.ascontiguousarray(Bias.reshape(D, 2 * GH)[:, GH + 2 * H:]).reshape(-1)
+    runtime_bias = ctx.is_runtime(Bias)
+    fixed_rbh = None if runtime_bias else recurrent_h_bias()
+
     def step():
-        rbh = None
-        if op.op_type == "GRU" and lbr:
-            rbh = np.zeros(D * H, np.float32) if Bias is None else np.ascontiguousarray(
-                Bias.reshape(D, 2 * GH)[:, GH + 2 * H:])
+        rbh = recurrent_h_bias() if runtime_bias else fixed_rbh
         checked = None
         if lens is not None:
             if lens.size and (lens.min() < 0 or lens.max() > T):
