@@ -11,7 +11,7 @@ Oracles and tolerances:
 * torch.nn.RNN/GRU/LSTM with the same weights (gate orders mapped: ONNX iofc / zrh, torch
   ifgo / rzn; torch's GRU is ``linear_before_reset=1``), float32 on both sides: the same
   tolerance;
-* ``ember.Trainer.from_onnx`` on an ONNX LSTM + Gemm head against torch doing the same SGD steps:
+* ``ember.Trainer.from_onnx`` on an ONNX LSTM or GRU + Gemm head against torch doing the same SGD steps:
   losses and parameters to rtol 1e-4, atol 1e-5.
 """
 from __future__ import annotations
@@ -223,19 +223,20 @@ def test_matches_torch(op, direction, layout, initial, nonlinearity):
 
 
 # ---- the public training path ----------------------------------------------------------------
-def lstm_head_model(path, layer, head, T, I, H):
-    """An ONNX LSTM (layout 1) whose Y_h feeds a Gemm head, with torch's weights."""
-    W, R, B, _ = onnx_weights("LSTM", layer, H, 1)
+def head_model(path, op, layer, head, T, I, H):
+    """An ONNX LSTM/GRU (layout 1) whose Y_h feeds a Gemm head, with torch's weights."""
+    W, R, B, _ = onnx_weights(op, layer, H, 1)
     inits = [numpy_helper.from_array(a.astype(np.float32), n) for a, n in (
         (W, "W"), (R, "R"), (B, "B"), (head.weight.detach().numpy(), "hw"),
         (head.bias.detach().numpy(), "hb"))]
-    nodes = [helper.make_node("LSTM", ["X", "W", "R", "B"], ["", "Yh"], hidden_size=H,
-                              layout=1, name="lstm"),
+    attrs = {"linear_before_reset": 1} if op == "GRU" else {}
+    nodes = [helper.make_node(op, ["X", "W", "R", "B"], ["", "Yh"], hidden_size=H, layout=1,
+                              name="rnn", **attrs),
              helper.make_node("Flatten", ["Yh"], ["h"], axis=1),
              helper.make_node("Gemm", ["h", "hw", "hb"], ["out"], transB=1, name="head")]
     graph = helper.make_graph(
-        nodes, "lstm_head", [helper.make_tensor_value_info("X", TensorProto.FLOAT,
-                                                           ["batch", T, I])],
+        nodes, "rnn_head", [helper.make_tensor_value_info("X", TensorProto.FLOAT,
+                                                          ["batch", T, I])],
         [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch", 2])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
     model.ir_version = 8
@@ -243,12 +244,13 @@ def lstm_head_model(path, layer, head, T, I, H):
         f.write(model.SerializeToString())
 
 
-def test_trainer_from_onnx_matches_torch_sgd(tmp_path):
+@pytest.mark.parametrize("op", ["LSTM", "GRU"])
+def test_trainer_from_onnx_matches_torch_sgd(tmp_path, op):
     T, I, H, N, steps, lr = 6, 3, 10, 8, 4, 0.2
     torch.manual_seed(0)
-    layer, head = torch.nn.LSTM(I, H, batch_first=True), torch.nn.Linear(H, 2)
-    path = tmp_path / "lstm.onnx"
-    lstm_head_model(str(path), layer, head, T, I, H)
+    layer, head = getattr(torch.nn, op)(I, H, batch_first=True), torch.nn.Linear(H, 2)
+    path = tmp_path / "rnn.onnx"
+    head_model(str(path), op, layer, head, T, I, H)
     rng = np.random.default_rng(1)
     X = rng.standard_normal((steps, N, T, I)).astype(np.float32)
     Y = rng.standard_normal((steps, N, 2)).astype(np.float32)
@@ -259,12 +261,13 @@ def test_trainer_from_onnx_matches_torch_sgd(tmp_path):
     for k in range(steps):
         got = trainer.train_step(X[k], Y[k])
         opt.zero_grad()
-        _, (h, _) = layer(torch.tensor(X[k]))
+        h = layer(torch.tensor(X[k]))[1]
+        h = h[0] if op == "LSTM" else h
         loss = torch.nn.functional.mse_loss(head(h[0]), torch.tensor(Y[k]))
         loss.backward()
         opt.step()
         np.testing.assert_allclose(got, loss.item(), rtol=1e-4, atol=1e-6)
-    W, R, B, _ = onnx_weights("LSTM", layer, H, 1)
+    W, R, B, _ = onnx_weights(op, layer, H, 1)
     state = trainer.state_dict()
     for name, want in (("W", W), ("R", R), ("B", B), ("hw", head.weight.detach().numpy())):
         np.testing.assert_allclose(state[name], want, rtol=1e-4, atol=1e-5)
