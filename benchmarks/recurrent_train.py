@@ -129,8 +129,8 @@ def main(argv=None) -> list:
                  f"while this ran (medians of interleaved steps, so both engines saw the same "
                  f"load); Python {platform.python_version()}, numpy {np.__version__}, "
                  f"torch {torch.__version__}. Load average when the run began: {load:.1f} on "
-                 f"{len(os.sched_getaffinity(0))} CPUs (two threads then mostly wait for a "
-                 f"descheduled teammate: compare the ratios, not the times).", "",
+                 f"{len(os.sched_getaffinity(0))} CPUs (the higher it is, the more two threads "
+                 f"wait for a descheduled teammate: compare the ratios, not the times).", "",
                  f"One SGD step (forward, backpropagation through time, update) on {SEQ} "
                  f"steps; lstm2x256: two stacked LSTM(256) layers; gru128: one GRU(128) "
                  f"(linear_before_reset=1); input size = hidden size; MSE on the flattened "
