@@ -10,7 +10,9 @@ How one call runs (graph/ops/recurrent.py is the definition it is tested against
    table), the state update, Y. One barrier per step (GRU without ``linear_before_reset``: two,
    since (r ⊙ Hₜ₋₁)·Rhᵀ needs every unit's r).
 3. The activated gates of every step are left in ``xw`` (slot of gate g, unit j at
-   ``xw[row(t, b), d·G·H + g·H + j]``): what a backward pass reads.
+   ``xw[row(t, b), d·G·H + g·H + j]``; zeros at a step past a row's length): what the
+   backward (kernels/recurrent_grad.pyx) reads when ``xw`` is a training graph's saved-gates
+   output.
 
 The recurrent product has two forms, picked at bind time by the batch (``panels``):
 ``panels`` — R's block rows packed as the GEMM packs A (MR-row micro-panels) and the state kept
@@ -130,9 +132,13 @@ cdef void block_product(const Cell *c, int d, int k, int part, const float *V,
 
 cdef void freeze(const Cell *c, int d, int t, int b, int j0, int u, const float *Vin,
                  float *Vout) noexcept nogil:
-    """A step at or past batch row b's length: the state carries over, Y gets zeros."""
-    cdef int j
+    """A step at or past batch row b's length: the state carries over, Y and the saved gates
+    get zeros."""
+    cdef int j, gate
+    cdef float *g = c.xw + xw_row(c, t, b) * c.D * c.G * c.H + d * c.G * c.H
     for j in range(j0, j0 + u):
+        for gate in range(c.G):
+            g[gate * c.H + j] = 0.0
         Vout[state_at(c, b, j)] = Vin[state_at(c, b, j)]
         if c.Y != NULL:
             c.Y[y_off(c, t, d, b) + j] = 0.0

@@ -5,7 +5,12 @@ X ``[seq, batch, input]`` (``layout=1``: ``[batch, seq, input]``); W ``[D, G·H,
 R ``[D, G·H, H]``; B ``[D, 2·G·H]`` (the input biases, then the recurrent ones);
 ``sequence_lens`` ``[batch]`` int32; ``initial_h``/``initial_c`` ``[D, batch, H]`` (layout 1:
 ``[batch, D, H]``); P ``[D, 3·H]`` (LSTM peepholes i, o, f). Outputs Y ``[seq, D, batch, H]``
-(layout 1: ``[batch, seq, D, H]``), Y_h and Y_c shaped as ``initial_h``; each optional.
+(layout 1: ``[batch, seq, D, H]``), Y_h and Y_c shaped as ``initial_h``; each optional. A
+training graph's node has one more output, ember's own (never in an ONNX file: export refuses
+it): the activated gates of every step, ``[seq, batch, D·G·H]`` (layout 1: ``[batch, seq,
+D·G·H]``), gate g of unit j of direction d at ``d·G·H + g·H + j`` (LSTM's f is 1 − i under
+``input_forget``), zeros past a sequence's length — what ``RecurrentGrad``'s kernel reads
+instead of running the forward again.
 
 Gate order is ONNX's: LSTM i, o, f, c; GRU z, r, h. ``sequence_lens`` follows onnxruntime: a
 step at or past a sequence's length leaves its state unchanged and writes zeros into Y, so Y_h
@@ -20,7 +25,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..ir import TensorType
-from .base import REQUIRED, Op, register
+from .base import REQUIRED, TRAINING_DOMAIN, Op, get_op, register
 
 # name -> (function of (x, alpha, beta), default alpha, default beta); None: not used. ONNX
 # names are matched without regard to case, as onnxruntime does.
@@ -38,6 +43,25 @@ ACTIVATION_FUNCTIONS = {
     "softplus": (lambda x, a, b: np.logaddexp(0.0, x), None, None),
 }
 
+
+def _sigmoid(x):
+    return 0.5 * (1.0 + np.tanh(0.5 * x))
+
+
+# name -> derivative as a function of (x, alpha, beta): what backpropagation through time uses.
+ACTIVATION_DERIVATIVES = {
+    "relu": lambda x, a, b: (x > 0).astype(x.dtype),
+    "tanh": lambda x, a, b: 1.0 - np.tanh(x) ** 2,
+    "sigmoid": lambda x, a, b: _sigmoid(x) * (1.0 - _sigmoid(x)),
+    "affine": lambda x, a, b: np.full_like(x, a),
+    "leakyrelu": lambda x, a, b: np.where(x >= 0, 1.0, a),
+    "thresholdedrelu": lambda x, a, b: (x > a).astype(x.dtype),
+    "scaledtanh": lambda x, a, b: a * b * (1.0 - np.tanh(b * x) ** 2),
+    "hardsigmoid": lambda x, a, b: np.where((a * x + b > 0) & (a * x + b < 1), a, 0.0),
+    "elu": lambda x, a, b: np.where(x >= 0, 1.0, a * np.exp(np.minimum(x, 0.0))),
+    "softsign": lambda x, a, b: 1.0 / (1.0 + np.abs(x)) ** 2,
+    "softplus": lambda x, a, b: _sigmoid(x),
+}
 
 def resolved_activations(node, cell) -> list:
     """One ``(name, alpha, beta)`` per activation of every direction (f, g[, h] per direction),
@@ -73,6 +97,10 @@ def _apply(x, activation):
     return ACTIVATION_FUNCTIONS[name][0](x, a, b)
 
 
+def _output(node, k: int) -> str:
+    return node.outputs[k] if k < len(node.outputs) else ""
+
+
 def check_sequence_lens(node, lens, seq_length: int, batch: int) -> np.ndarray:
     """``sequence_lens`` as int64, or InputError naming the node when a length is out of
     [0, seq_length] or the vector is not ``[batch]``."""
@@ -94,7 +122,7 @@ class RecurrentOp(Op):
     default_activations: tuple = ()
     has_cell_state = False
     num_inputs = (3, 6)
-    num_outputs = (0, 2)
+    num_outputs = (0, 2)   # ONNX's; a training graph's node has the saved gates after them
     parameter_inputs = (1, 2, 3)
     attrs = {"activation_alpha": [], "activation_beta": [], "activations": [], "clip": None,
              "direction": "forward", "hidden_size": REQUIRED, "layout": 0}
@@ -148,7 +176,17 @@ class RecurrentOp(Op):
         outs = [TensorType(dtype, y), TensorType(dtype, state)]
         if self.has_cell_state:
             outs.append(TensorType(dtype, state))
+        outs.append(TensorType(dtype, (x[0], x[1], D * G * H)))
         return [t if name else None for t, name in zip(outs, ctx.node.outputs)]
+
+    def saved_index(self) -> int:
+        """The output index of the saved gates (training graphs only)."""
+        return 2 + self.has_cell_state
+
+    def export_refusal(self, node, graph):
+        if _output(node, self.saved_index()):
+            return "keeps its gates for backpropagation (a training graph)"
+        return None
 
     def macs(self, node, types):
         """Input projection and recurrent product: seq·batch·D·G·H·(input + H)."""
@@ -165,10 +203,14 @@ class RecurrentOp(Op):
         return D * int(x[1] if node.attrs["layout"] else x[0])
 
     # ---- the reference -------------------------------------------------------------------------
-    def compute(self, node, inputs):
+    def unroll(self, node, inputs) -> dict:
+        """The forward in float64, time-major, keeping every step's cache for the backward:
+        ``X`` ``[seq, batch, input]``, ``states`` (h[, c]) ``[D, batch, H]`` each, ``lens``,
+        ``cells`` (one dict per direction), ``steps[d]`` = [(t, live, cache)] in the order
+        run, ``Y`` ``[seq, D, batch, H]``, ``finals`` and ``saved`` ``[seq, batch, D·G·H]`` (the
+        activated gates; zeros where a step is past its sequence's length)."""
         at = node.attrs
         inputs = list(inputs) + [None] * (8 - len(inputs))
-        dtype = inputs[0].dtype
         f64 = [None if a is None else np.asarray(a, np.float64) for a in inputs]
         X, W, R = f64[0], f64[1], f64[2]
         if at["layout"]:
@@ -188,28 +230,109 @@ class RecurrentOp(Op):
         per = len(self.default_activations)
         clip = None if at["clip"] is None else float(at["clip"])
         Y = np.zeros((seq, D, batch, H))
+        saved = np.zeros((seq, batch, D * GH))
         finals = [np.zeros((D, batch, H)) for _ in states]
+        cells, steps = [], []
         for d in range(D):
             reverse = at["direction"] == "reverse" or d == 1
             cell = dict(W=W[d], R=R[d], Wb=B[d, :GH], Rb=B[d, GH:], P=P[d], clip=clip,
                         acts=acts[d * per:(d + 1) * per], attrs=at)
+            cells.append(cell)
+            steps.append([])
             state = [s[d].copy() for s in states]
             for t in (range(seq - 1, -1, -1) if reverse else range(seq)):
                 live = (t < lens)[:, None]
-                new = self.step(cell, X[t], *state)
+                new, cache = self.step(cell, X[t], *state)
+                steps[d].append((t, live, cache))
                 state = [np.where(live, n, s) for n, s in zip(new, state)]
                 Y[t, d] = np.where(live, state[0], 0.0)
+                saved[t, :, d * GH:(d + 1) * GH] = np.where(live, cache["gates"], 0.0)
             for f, s in zip(finals, state):   # a sequence of length 0 ends in zeros (onnxruntime)
                 f[d] = np.where((lens > 0)[:, None], s, 0.0)
-        if at["layout"]:
+        return dict(X=X, states=states, lens=lens, cells=cells, steps=steps, Y=Y,
+                    finals=finals, saved=saved)
+
+    def compute(self, node, inputs):
+        dtype = np.asarray(inputs[0]).dtype
+        run = self.unroll(node, inputs)
+        Y, finals, saved = run["Y"], run["finals"], run["saved"]
+        if node.attrs["layout"]:
             Y = Y.transpose(2, 0, 1, 3)
             finals = [f.transpose(1, 0, 2) for f in finals]
-        outs = [Y] + finals
+            saved = saved.transpose(1, 0, 2)
+        outs = [Y] + finals + [saved]
         return [np.ascontiguousarray(o, dtype=dtype) for o in outs[:len(node.outputs)]]
 
+    def backward(self, node, inputs, dY, dfinals) -> list:
+        """Backpropagation through time in float64: (dX, dW, dR, dB, d initial_h,
+        d initial_c, dP), shaped as the forward's inputs (``dfinals``: the gradients of Y_h
+        and Y_c, None for none). A step past a sequence's length passes the state gradient
+        through untouched; a sequence of length 0 ends in zeros, so its final states pass
+        nothing back."""
+        at = node.attrs
+        run = self.unroll(node, inputs)
+        X, lens = run["X"], run["lens"]
+        seq, batch, size = X.shape
+        D = len(run["cells"])
+        GH = run["cells"][0]["W"].shape[0]
+        H = GH // self.gates
+        if dY is None:
+            dY = np.zeros((seq, D, batch, H))
+        else:
+            dY = np.asarray(dY, np.float64)
+            dY = dY.transpose(1, 2, 0, 3) if at["layout"] else dY
+        nstate = 1 + self.has_cell_state
+        dfin = []
+        for k in range(nstate):
+            g = dfinals[k] if k < len(dfinals) else None
+            if g is None:
+                dfin.append(np.zeros((D, batch, H)))
+            else:
+                g = np.asarray(g, np.float64)
+                g = g.transpose(1, 0, 2) if at["layout"] else g
+                dfin.append(np.where((lens > 0)[:, None], g, 0.0))   # length 0: Y_h is 0
+        dX = np.zeros_like(X)
+        dW, dR = np.zeros((D, GH, size)), np.zeros((D, GH, H))
+        dB, dP = np.zeros((D, 2 * GH)), np.zeros((D, 3 * H))
+        dinit = [np.zeros((D, batch, H)) for _ in range(nstate)]
+        for d, cell in enumerate(run["cells"]):
+            dstate = [f[d].copy() for f in dfin]
+            for t, live, cache in reversed(run["steps"][d]):
+                dstate[0] = dstate[0] + np.where(live, dY[t, d], 0.0)
+                back = self.step_back(cell, cache, [np.where(live, s, 0.0) for s in dstate])
+                dxw = back["dxw"]
+                dX[t] += dxw @ cell["W"]
+                dW[d] += dxw.T @ X[t]
+                dB[d, :GH] += dxw.sum(axis=0)
+                dB[d, GH:] += back["drb"].sum(axis=0)
+                dR[d] += back["dR"]
+                dP[d] += back.get("dP", 0.0)
+                dstate = [np.where(live, p, s) for p, s in zip(back["dprev"], dstate)]
+            for k in range(nstate):
+                dinit[k][d] = dstate[k]
+        if at["layout"]:
+            dX = dX.transpose(1, 0, 2)
+            dinit = [s.transpose(1, 0, 2) for s in dinit]
+        return [dX, dW, dR, dB, *dinit, dP]
 
 def _clip(x, clip):
     return x if clip is None else np.clip(x, -clip, clip)
+
+
+def _activate(pre, c, k):
+    """(activation k of the cell applied to the clipped ``pre``, its derivative w.r.t. ``pre``:
+    zero where the clip cuts)."""
+    name, a, b = c["acts"][k]
+    x = _clip(pre, c["clip"])
+    slope = ACTIVATION_DERIVATIVES[name](x, a, b)
+    if c["clip"] is not None:
+        slope = slope * (np.abs(pre) <= c["clip"])
+    return ACTIVATION_FUNCTIONS[name][0](x, a, b), slope
+
+
+def _activate_unclipped(pre, c, k):
+    """LSTM's h(Cₜ): ONNX clips gate inputs, not the cell state."""
+    return _activate(pre, dict(c, clip=None), k)
 
 
 @register
@@ -219,8 +342,12 @@ class RNN(RecurrentOp):
     default_activations = ("tanh",)
 
     def step(self, c, x, h):
-        a = x @ c["W"].T + h @ c["R"].T + c["Wb"] + c["Rb"]
-        return [_apply(_clip(a, c["clip"]), c["acts"][0])]
+        y, slope = _activate(x @ c["W"].T + h @ c["R"].T + c["Wb"] + c["Rb"], c, 0)
+        return [y], dict(gates=y, h=h, slope=slope)
+
+    def step_back(self, c, k, dstate):
+        da = dstate[0] * k["slope"]
+        return dict(dxw=da, drb=da, dR=da.T @ k["h"], dprev=[da @ c["R"]])
 
 
 @register
@@ -235,16 +362,45 @@ class GRU(RecurrentOp):
     def step(self, c, x, h):
         H = h.shape[1]
         W, R, Wb, Rb = c["W"], c["R"], c["Wb"], c["Rb"]
-        f, g = c["acts"]
         xw = x @ W.T + Wb
-        rz = _apply(_clip(xw[:, :2 * H] + h @ R[:2 * H].T + Rb[:2 * H], c["clip"]), f)
+        rz, rz_slope = _activate(xw[:, :2 * H] + h @ R[:2 * H].T + Rb[:2 * H], c, 0)
         z, r = rz[:, :H], rz[:, H:]
+        k = dict(h=h, z=z, r=r, rz_slope=rz_slope)
         if c["attrs"]["linear_before_reset"]:
-            pre = xw[:, 2 * H:] + r * (h @ R[2 * H:].T + Rb[2 * H:])
+            k["m"] = h @ R[2 * H:].T + Rb[2 * H:]
+            pre = xw[:, 2 * H:] + r * k["m"]
         else:
             pre = xw[:, 2 * H:] + (r * h) @ R[2 * H:].T + Rb[2 * H:]
-        hh = _apply(_clip(pre, c["clip"]), g)
-        return [(1.0 - z) * hh + z * h]
+        hh, k["hh_slope"] = _activate(pre, c, 1)
+        k["hh"] = hh
+        k["gates"] = np.concatenate([z, r, hh], axis=1)
+        return [(1.0 - k["z"]) * hh + z * h], k
+
+    def step_back(self, c, k, dstate):
+        dh = dstate[0]
+        H = dh.shape[1]
+        R = c["R"]
+        h, z, r = k["h"], k["z"], k["r"]
+        da_h = dh * (1.0 - z) * k["hh_slope"]
+        dprev = dh * z
+        dR = np.zeros_like(R)
+        if c["attrs"]["linear_before_reset"]:
+            dm = da_h * r
+            dr = da_h * k["m"]
+            dprev = dprev + dm @ R[2 * H:]
+            dR[2 * H:] = dm.T @ h
+            drb_h = dm
+        else:
+            drh = da_h @ R[2 * H:]
+            dr = drh * h
+            dprev = dprev + drh * r
+            dR[2 * H:] = da_h.T @ (r * h)
+            drb_h = da_h
+        da_zr = np.concatenate([dh * (h - k["hh"]), dr], axis=1) * k["rz_slope"]
+        dprev = dprev + da_zr @ R[:2 * H]
+        dR[:2 * H] = da_zr.T @ h
+        return dict(dxw=np.concatenate([da_zr, da_h], axis=1),
+                    drb=np.concatenate([da_zr, drb_h], axis=1), dR=dR, dprev=[dprev])
 
 
 @register
@@ -261,15 +417,120 @@ class LSTM(RecurrentOp):
 
     def step(self, c, x, h, cs):
         H = h.shape[1]
-        f, g, hf = c["acts"]
-        P, clip = c["P"], c["clip"]
+        P = c["P"]
         a = x @ c["W"].T + h @ c["R"].T + c["Wb"] + c["Rb"]
-        i = _apply(_clip(a[:, :H] + P[:H] * cs, clip), f)
+        i, i_slope = _activate(a[:, :H] + P[:H] * cs, c, 0)
         if c["attrs"]["input_forget"]:
-            fg = 1.0 - i
+            fg, f_slope = 1.0 - i, np.zeros_like(i)
         else:
-            fg = _apply(_clip(a[:, 2 * H:3 * H] + P[2 * H:] * cs, clip), f)
-        cc = _apply(_clip(a[:, 3 * H:], clip), g)
+            fg, f_slope = _activate(a[:, 2 * H:3 * H] + P[2 * H:] * cs, c, 0)
+        cc, cc_slope = _activate(a[:, 3 * H:], c, 1)
         c_new = fg * cs + i * cc
-        o = _apply(_clip(a[:, H:2 * H] + P[H:2 * H] * c_new, clip), f)
-        return [o * _apply(c_new, hf), c_new]
+        o, o_slope = _activate(a[:, H:2 * H] + P[H:2 * H] * c_new, c, 0)
+        hc, hc_slope = _activate_unclipped(c_new, c, 2)
+        k = dict(h=h, c=cs, c_new=c_new, i=i, fg=fg, cc=cc, o=o, hc=hc, i_slope=i_slope,
+                 f_slope=f_slope, cc_slope=cc_slope, o_slope=o_slope, hc_slope=hc_slope,
+                 gates=np.concatenate([i, o, fg, cc], axis=1))
+        return [o * hc, c_new], k
+
+    def step_back(self, c, k, dstate):
+        dh, dc = dstate
+        P = c["P"]
+        H = dh.shape[1]
+        da_o = dh * k["hc"] * k["o_slope"]
+        dcn = dc + dh * k["o"] * k["hc_slope"] + da_o * P[H:2 * H]
+        dfg = dcn * k["c"]
+        di = dcn * k["cc"] - (dfg if c["attrs"]["input_forget"] else 0.0)
+        da_i = di * k["i_slope"]
+        da_f = dfg * k["f_slope"]
+        da_c = dcn * k["i"] * k["cc_slope"]
+        dc_prev = dcn * k["fg"] + da_i * P[:H] + da_f * P[2 * H:]
+        da = np.concatenate([da_i, da_o, da_f, da_c], axis=1)
+        dP = np.concatenate([(da_i * k["c"]).sum(0), (da_o * k["c_new"]).sum(0),
+                             (da_f * k["c"]).sum(0)])
+        return dict(dxw=da, drb=da, dR=da.T @ k["h"], dP=dP,
+                    dprev=[da @ c["R"], dc_prev])
+
+
+# ---- gradients -------------------------------------------------------------------------------
+GRAD_INPUTS = ("dY", "dY_h", "dY_c", "X", "W", "R", "B", "sequence_lens", "initial_h",
+               "initial_c", "P", "Y", "saved")
+GRAD_OUTPUTS = ("dX", "dW", "dR", "dB", "dinitial_h", "dinitial_c", "dP")
+# The forward input each output of RecurrentGrad is the gradient of.
+GRAD_OF_INPUT = (0, 1, 2, 3, 5, 6, 7)
+
+
+@register
+class RecurrentGrad(Op):
+    """Backpropagation through time of one RNN, GRU or LSTM node (attribute ``cell``; the
+    others are the forward node's). Inputs (``GRAD_INPUTS``, ``""`` for absent): the gradients
+    of Y, Y_h, Y_c, then the forward's eight inputs, then its Y and saved gates (read by the
+    kernel, which does not recompute the forward; the reference recomputes it in float64).
+    Outputs (``GRAD_OUTPUTS``), each optional: the gradients of X, W, R, B, initial_h,
+    initial_c and P, shaped as those inputs. The definition is ``RecurrentOp.backward``."""
+    domain = TRAINING_DOMAIN
+    num_inputs = (4, 13)
+    num_outputs = (1, 7)
+    attrs = {**LSTM.attrs, **GRU.attrs, "cell": REQUIRED}
+
+    def cell(self, node) -> RecurrentOp:
+        return get_op(node.attrs["cell"])
+
+    def infer(self, ctx):
+        ctx.check(ctx.attrs["cell"] in ("RNN", "GRU", "LSTM"),
+                  f"cell must be RNN, GRU or LSTM, got {ctx.attrs['cell']!r}")
+        x = ctx.type(3)
+        for i in (0, 1, 2):
+            if ctx.has(i):
+                ctx.check(ctx.dtype(i) == x.dtype, f"{GRAD_INPUTS[i]} is {ctx.dtype(i)}, X is "
+                                                   f"{x.dtype}")
+        outs = []
+        for k, i in enumerate(GRAD_OF_INPUT):
+            name = _output(ctx.node, k)
+            if not name:
+                outs.append(None)
+                continue
+            ctx.check(ctx.has(3 + i), f"output {GRAD_OUTPUTS[k]} needs input "
+                                      f"{GRAD_INPUTS[3 + i]}")
+            outs.append(ctx.type(3 + i))
+        return outs
+
+    def macs(self, node, types):
+        """Twice the forward's: the state and weight gradients."""
+        x = types[node.inputs[3]].shape
+        T, B = (x[1], x[0]) if node.attrs["layout"] else (x[0], x[1])
+        D = 2 if node.attrs["direction"] == "bidirectional" else 1
+        H = int(node.attrs["hidden_size"])
+        return 2 * int(T) * int(B) * D * self.cell(node).gates * H * (int(x[2]) + H)
+
+    def reference_steps(self, node, types):
+        """The forward's steps, then as many backward."""
+        x = types[node.inputs[3]].shape
+        D = 2 if node.attrs["direction"] == "bidirectional" else 1
+        return 2 * D * int(x[1] if node.attrs["layout"] else x[0])
+
+    def compute(self, node, inputs):
+        inputs = list(inputs) + [None] * (13 - len(inputs))
+        dtype = inputs[3].dtype
+        grads = self.cell(node).backward(node, inputs[3:11], inputs[0], inputs[1:3])
+        return [np.ascontiguousarray(g, dtype=dtype) if name else None
+                for g, name in zip(grads, node.outputs)]
+
+
+def _recurrent_gradient(self, node, grads, g):
+    """One RecurrentGrad node; the forward node gains its Y and saved-gates outputs."""
+    y = g.output(0, "Y")
+    saved = g.output(self.saved_index(), "saved_gates")
+    grads = list(grads) + [None] * 3
+    attrs = {k: node.attrs[k] for k in self.attrs}
+    ins = [grads[0] or "", grads[1] or "", (grads[2] or "") if self.has_cell_state else ""]
+    ins += [node.input(i) for i in range(8)] + [y, saved]
+    used = [g.needs(i) for i in GRAD_OF_INPUT]
+    outs = g.op("RecurrentGrad", ins, num_outputs=7, used=used, cell=node.op_type, **attrs)
+    result = [None] * 8
+    for k, i in enumerate(GRAD_OF_INPUT):
+        result[i] = outs[k] or None
+    return result[:len(node.inputs)]
+
+
+RecurrentOp.gradient = _recurrent_gradient

@@ -8,8 +8,12 @@ reference of ``graph/ops/recurrent.py``.
 At bind time R is split into blocks of hidden units (every gate of a block's units together,
 so a thread finishes its block's epilogue without waiting for the others) and packed in the
 block order the kernel reads; a constant R is packed once, a run-time one (training) on every
-run through a precomputed gather map. The scratch holds the gates of every step and the state
-buffers, so ``run`` allocates nothing.
+run through a precomputed gather map. The scratch holds the gates of every step (a training
+graph's node writes them to its saved-gates output instead) and the state buffers, so ``run``
+allocates nothing.
+
+``RecurrentGrad`` (``kernels/recurrent_grad``) takes the same cases except ``clip``, reading
+the forward's saved gates and Y.
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ import numpy as np
 from ...graph.ops import get_op
 from ...graph.ops import recurrent as ops
 from ...kernels import recurrent as kernel
+from ...kernels import recurrent_grad as grad_kernel
 from .registry import binds
 
 CELLS = {"RNN": kernel.CELL_RNN, "GRU": kernel.CELL_GRU, "LSTM": kernel.CELL_LSTM}
@@ -163,10 +168,13 @@ def bind_recurrent(node, ins, outs, scratch_buf, ctx):
     if scratch_buf is None or scratch_buf.size < need:
         return None
     ins = list(ins) + [None] * (8 - len(ins))
-    outs = list(outs) + [None] * (3 - len(outs))
+    outs = list(outs) + [None] * (4 - len(outs))
     X, W, R, B, lens, h0, c0, P = ins[:8]
     at = node.attrs
-    xw = _aligned(scratch_buf, lay.xw_floats).reshape(lay.T * lay.B, lay.D * lay.G * lay.H)
+    saved = outs[get_op(node.op_type).saved_index()] if len(outs) > 2 + (
+        node.op_type == "LSTM") else None
+    xw = (saved if saved is not None else _aligned(scratch_buf, lay.xw_floats)).reshape(
+        lay.T * lay.B, lay.D * lay.G * lay.H)
     work = _aligned(scratch_buf[lay.xw_floats + ALIGN_FLOATS:], lay.work_floats)
     x2 = X.reshape(lay.T * lay.B, X.shape[2])
     w2 = np.ascontiguousarray(W.reshape(lay.D * lay.G * lay.H, X.shape[2]))
@@ -199,4 +207,83 @@ def bind_recurrent(node, ins, outs, scratch_buf, ctx):
                 ops.check_sequence_lens(node, lens, T, lay.B)
             checked = lens
         fn(cell, x2, w2, b, xw, packed, *args, r, checked, *tail)
+    return step
+
+
+def _grad_case(node, types):
+    """(cell op, T, B, H, D) when ``kernels/recurrent_grad`` runs ``node``, else None."""
+    op = get_op(node.attrs["cell"])
+    at = node.attrs
+    names = [t for i, t in enumerate(node.inputs) if t and i != 7]
+    names += [o for o in node.outputs if o]
+    if any(types[t].dtype != np.float32 or not types[t].is_static for t in names):
+        return None
+    if at["clip"] is not None or not node.input(11) or not node.input(12):
+        return None
+    acts = ops.resolved_activations(node, op)
+    if any(a[0] != want for a, want in zip(acts, op.default_activations * 2)):
+        return None
+    x = types[node.inputs[3]].shape
+    T, B = (int(x[1]), int(x[0])) if at["layout"] else (int(x[0]), int(x[1]))
+    if T == 0 or B == 0 or int(x[2]) == 0:
+        return None
+    D = 2 if at["direction"] == "bidirectional" else 1
+    return op, T, B, int(at["hidden_size"]), D
+
+
+def _grad_scratch(node, types, threads):
+    case = _grad_case(node, types)
+    if case is None:
+        return 0
+    op, T, B, H, D = case
+    lbr = int(node.attrs["linear_before_reset"])
+    return 4 * int(grad_kernel.backward_work_floats(CELLS[op.op_type], T, B, H, D, lbr))
+
+
+@binds(ops.RecurrentGrad, scratch=_grad_scratch, inplace=(), kernel="recurrent_grad")
+def bind_recurrent_grad(node, ins, outs, scratch_buf, ctx):
+    case = _grad_case(node, ctx.types)
+    if case is None:
+        return None
+    op, T, B, H, D = case
+    at = node.attrs
+    cell, lbr = CELLS[op.op_type], int(at["linear_before_reset"])
+    need = int(grad_kernel.backward_work_floats(cell, T, B, H, D, lbr))
+    if scratch_buf is None or scratch_buf.size < need:
+        return None
+    ins = list(ins) + [None] * (13 - len(ins))
+    outs = list(outs) + [None] * (7 - len(outs))
+    dY, dYh, dYc, X, W, R, Bias, lens, h0, c0, P, Y, saved = ins[:13]
+    lstm = op.op_type == "LSTM"
+    x2 = X.reshape(T * B, X.shape[2])
+    w2 = W.reshape(D * op.gates * H, X.shape[2])
+    s2 = saved.reshape(T * B, D * op.gates * H)
+    work = scratch_buf[:need]
+    fn, threads = grad_kernel.recurrent_backward, ctx.threads
+    lstm_only = (lambda a: a if lstm else None)
+    head = (cell, x2, w2, R.reshape(-1), s2, Y, dY, dYh, lstm_only(dYc), h0, lstm_only(c0),
+            lstm_only(P))
+    tail = (outs[0], outs[1], outs[2], outs[3], outs[4], lstm_only(outs[5]), lstm_only(outs[6]),
+            work, T, B, H, D, at["direction"], int(at["layout"]), lbr,
+            int(at["input_forget"]), threads)
+    GH = op.gates * H
+
+    def recurrent_h_bias():
+        """GRU linear_before_reset's Rb of the h gate, [D·H] (None for the other cells)."""
+        if op.op_type != "GRU" or not lbr:
+            return None
+        if Bias is None:
+            return np.zeros(D * H, np.float32)
+        return np.ascontiguousarray(Bias.reshape(D, 2 * GH)[:, GH + 2 * H:]).reshape(-1)
+    runtime_bias = ctx.is_runtime(Bias)
+    fixed_rbh = None if runtime_bias else recurrent_h_bias()
+
+    def step():
+        rbh = recurrent_h_bias() if runtime_bias else fixed_rbh
+        checked = None
+        if lens is not None:
+            if lens.size and (lens.min() < 0 or lens.max() > T):
+                ops.check_sequence_lens(node, lens, T, B)
+            checked = lens
+        fn(*head, rbh, checked, *tail)
     return step
