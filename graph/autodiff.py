@@ -208,6 +208,10 @@ class _Backward:
         self.node_names = {n.name for n in g.nodes}
         self.new_nodes: list = []
         self.temps: set = set()       # values a rule just made: renamed to grad/<value>
+        # value -> the new nodes naming it, and -> the values whose contributions list it, so a
+        # rename touches only those (a scan of everything made the walk quadratic)
+        self.users: dict = {}
+        self.listed_in: dict = {}
 
     # checks -----------------------------------------------------------------------------------
     def _check(self, g: Graph):
@@ -260,18 +264,29 @@ class _Backward:
         infer_node(self.graph, op, node, dict(self.known), set())
         self.graph.nodes.append(node)
         self.new_nodes.append(node)
+        for v in {*node.inputs, *node.outputs} - {""}:
+            self.users.setdefault(v, []).append(node)
         self.temps.update(o for o in outs if o)
         return outs[0] if num_outputs == 1 else outs
 
     def _rename(self, old: str, new: str):
-        for n in self.new_nodes:
+        nodes = self.users.pop(old, [])
+        for n in nodes:
             n.inputs = [new if i == old else i for i in n.inputs]
             n.outputs = [new if o == old else o for o in n.outputs]
+        self.users.setdefault(new, []).extend(nodes)
         self.graph.types[new] = self.graph.types.pop(old)
-        for lst in self.contrib.values():
+        keys = self.listed_in.pop(old, set())
+        for key in keys:
+            lst = self.contrib[key]
             lst[:] = [new if c == old else c for c in lst]
+        self.listed_in.setdefault(new, set()).update(keys)
         self.temps.discard(old)
         self.taken.discard(old)
+
+    def _contribute(self, value: str, grad: str) -> None:
+        self.contrib.setdefault(value, []).append(grad)
+        self.listed_in.setdefault(grad, set()).add(value)
 
     # the walk -----------------------------------------------------------------------------------
     def _finalize(self, value: str) -> str:
@@ -338,7 +353,7 @@ class _Backward:
                 if tuple(want.shape) != tuple(got.shape) or want.dtype != got.dtype:
                     raise ModelError(f"{node}: gradient rule gave {got} for input {i} "
                                      f"({node.inputs[i]!r}), expected {want}")
-                self.contrib.setdefault(node.inputs[i], []).append(r)
+                self._contribute(node.inputs[i], r)
 
         grads, outputs = {}, set(g.outputs)
         for v in self.wrt:
