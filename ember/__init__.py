@@ -53,9 +53,15 @@ def load(model, threads: int | None = None, shapes: dict | None = None,
     plan and concurrent run, and numpy fallbacks' temporaries (default: available RAM).
     ``max_plans``: how many compiled input shapes to keep (least recently used goes first).
     ``max_concurrent_runs``: runs at once, each with its own arena (default: the usable CPUs).
+
+    The Session pickles (multiprocessing, joblib, Dask): it keeps the ONNX bytes it was given
+    and carries them with the options given here; a worker compiles on first use, with its
+    own default thread count unless ``threads`` was given (runtime/pickling.py).
     """
     from .importers.onnx import load_onnx
+    from .runtime.pickling import OnnxSource
     graph = load_onnx(model)
-    return Session(graph, threads=threads, shapes=shapes, memory_cap=memory_cap,
+    sess = Session(graph, threads=threads, shapes=shapes, memory_cap=memory_cap,
                    optimize=optimize, max_plans=max_plans,
                    max_concurrent_runs=max_concurrent_runs)
+    return sess._keep_source(OnnxSource.capture(model))

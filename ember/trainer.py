@@ -611,10 +611,50 @@ class Trainer:
         return checkpoint.trainer_from_state(cls, checkpoint.load(path), path, threads,
                                              memory_cap, loss, distributed)
 
+    # ---- pickling ------------------------------------------------------------------------------
+    def __reduce__(self):
+        """A Trainer pickles as its checkpoint (runtime/checkpoint.py: model, parameters,
+        optimizer and scheduler state, step, epoch, generators, history) and goes on exactly
+        where it was in the process that unpickles it, with that process's default threads.
+        A custom loss travels as its class (pickled by reference, as pickle does). A
+        distributed Trainer refuses: every rank must restore together."""
+        if self.dist is not None:
+            from .graph.errors import TrainingError
+            raise TrainingError("a distributed Trainer cannot be pickled: its ranks train "
+                                "together; save a checkpoint (trainer.save(path)) and "
+                                "Trainer.restore(path, distributed='mpi') on every rank")
+        custom = type(self.loss.module) if isinstance(self.loss, losses.ModuleLoss) else None
+        return (_unpickle_trainer, (type(self), _checkpoint_bytes(self), custom,
+                                    self.memory_cap))
+
     def __repr__(self):
         return (f"{type(self).__name__}(loss={self.loss!r}, optimizer={self.optimizer!r}, "
                 f"batch_size={self.batch_size}, params={len(self.params)}, "
                 f"epoch={self.epoch}, step={self.global_step})")
+
+
+def _checkpoint_bytes(trainer) -> bytes:
+    """The bytes of ``trainer.save(path)`` (the checkpoint format: checked on the way back)."""
+    import os
+    import tempfile
+    with tempfile.TemporaryDirectory(prefix="ember-pickle-") as folder:
+        path = os.path.join(folder, "trainer.ckpt")
+        checkpoint.save(path, checkpoint.trainer_state(trainer))
+        with open(path, "rb") as f:
+            return f.read()
+
+
+def _unpickle_trainer(cls, data: bytes, loss, memory_cap):
+    import os
+    import tempfile
+
+    from .runtime.pickling import worker_threads
+    with tempfile.TemporaryDirectory(prefix="ember-pickle-") as folder:
+        path = os.path.join(folder, "trainer.ckpt")
+        with open(path, "wb") as f:
+            f.write(data)
+        return checkpoint.trainer_from_state(cls, checkpoint.load(path), path,
+                                             worker_threads(), memory_cap, loss)
 
 
 def _mean(total, weight, loss) -> float:

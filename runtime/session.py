@@ -157,6 +157,19 @@ class Session:
                  memory_cap: int | None = None, optimize: bool = True,
                  external: dict | None = None, max_plans: int = DEFAULT_MAX_PLANS,
                  max_concurrent_runs: int | None = None):
+        self._setup(graph, threads, shapes, memory_cap, optimize, external, max_plans,
+                    max_concurrent_runs, compile_now=True)
+
+    def _setup(self, graph, threads, shapes, memory_cap, optimize, external, max_plans,
+               max_concurrent_runs, compile_now: bool):
+        """``__init__``'s body; ``compile_now=False`` (an unpickled Session) leaves even a
+        static model's plan to its first run."""
+        self._given = {k: v for k, v in (("threads", threads), ("shapes", shapes),
+                                         ("memory_cap", memory_cap),
+                                         ("max_concurrent_runs", max_concurrent_runs))
+                       if v is not None}
+        self._given.update(optimize=bool(optimize), max_plans=max_plans)
+        self._source = None
         for setting, value, optional in (("max_plans", max_plans, False),
                                          ("threads", threads, True),
                                          ("max_concurrent_runs", max_concurrent_runs, True)):
@@ -188,20 +201,17 @@ class Session:
             raise InputError(f"shapes= names unknown inputs {sorted(unknown)}; the model's "
                              f"inputs are {list(graph.inputs)}")
         self._value_keyed: set = set()
+        self._fast = None
         self._plans = PlanCache(self.max_plans, self.memory_cap, self.max_concurrent_runs)
         self._cache = self._plans.plans         # key -> Compiled, least recently used first
         self._compile_lock = threading.Lock()   # one compile at a time (held long)
         self.inputs = [IOInfo(n, t.shape, t.dtype) for n, t in self._input_types.items()]
         compiled = None
-        if all(t.is_static for t in self._input_types.values()):
+        self._static = all(t.is_static for t in self._input_types.values())
+        if self._static and compile_now:
             # static models fail (or not) at load time, not on first run — unless an input's
             # value decides shapes, in which case compiling waits for the first feeds
             compiled = self._compile(dict(self._input_types), None, defer_on_value=True)
-        # run()'s fast path: static inputs, one plan not keyed on input values
-        self._fast = None
-        if compiled is not None and not self._value_keyed:
-            self._fast = (tuple((n, t.dtype, tuple(int(d) for d in t.shape))
-                                for n, t in self._input_types.items()), compiled)
         self._signature = tuple((n, t.dtype, len(t.shape)) for n, t in self._input_types.items())
         self._all_outputs = list(graph.outputs)
         declared = graph.metadata.get("declared_output_types", {})
@@ -314,6 +324,36 @@ class Session:
                 tuple(d if isinstance(d, (int, np.integer)) else 1 for d in t.shape)
             types[name] = TensorType(t.dtype, shape)
         return self._compile(types, None)
+
+    # ---- pickling ------------------------------------------------------------------------------
+    def __reduce__(self):
+        """Pickles as the model it was given, its bound external state and the options the
+        caller chose — never arenas or plans (runtime/pickling.py)."""
+        from .pickling import graph_payload, rebuild_session
+        payload = self._source.payload() if self._source is not None else \
+            graph_payload(self.graph)
+        return (rebuild_session, (type(self), payload, dict(self._given), dict(self.external)))
+
+    def _keep_source(self, source) -> "Session":
+        """Remember the ONNX model this Session was loaded from (``ember.load``), to pickle."""
+        self._source = source
+        return self
+
+    @classmethod
+    def _rebuilt(cls, graph: Graph, external: dict, options: dict, source,
+                 worker_threads: int | None) -> "Session":
+        """An unpickled Session: ``options`` as the caller gave them, a thread count not given
+        taken from ``worker_threads`` (the pool's cap) or ember's default in this process."""
+        sess = cls.__new__(cls)
+        threads = options.get("threads", worker_threads)
+        sess._setup(graph, threads, options.get("shapes"), options.get("memory_cap"),
+                    options.get("optimize", True), external,
+                    options.get("max_plans", DEFAULT_MAX_PLANS),
+                    options.get("max_concurrent_runs"), compile_now=False)
+        if "threads" not in options:
+            sess._given.pop("threads", None)     # recomputed again wherever it goes next
+        sess._source = source
+        return sess
 
     # ---- internals ---------------------------------------------------------------------------
     @staticmethod
@@ -497,7 +537,19 @@ class Session:
                 # run; the context stays idle for that run
                 compiled.release(compiled.acquire())
                 self._plans.put(key, compiled)
+                self._note_fast(types, compiled)
                 return compiled
+
+    def _note_fast(self, types: dict, compiled: Compiled) -> None:
+        """run()'s fast path: a static model's plan for its own input shapes, not keyed on
+        input values (set by the load-time compile, or by the first run of an unpickled
+        Session)."""
+        if not self._static or self._value_keyed or self._fast is not None:
+            return
+        fast = tuple((n, t.dtype, tuple(int(d) for d in t.shape))
+                     for n, t in self._input_types.items())
+        if all(tuple(types[n].shape) == shape for n, _, shape in fast):
+            self._fast = (fast, compiled)
 
     def _specialise(self, types: dict, values: dict) -> Compiled:
         g = self.graph.copy()
