@@ -206,7 +206,7 @@ def test_process_pool_executor_recomputes_threads(rows, expected, tmp_path, monk
     workers = min(2, CPUS)
     t0 = time.perf_counter()
     with concurrent.futures.ProcessPoolExecutor(
-            workers, mp_context=multiprocessing.get_context("spawn"),
+            workers, mp_context=multiprocessing.get_context("fork"),
             initializer=_set_threads, initargs=(CPUS // workers,)) as pool:
         results = list(pool.map(infer_chunk, [sess] * (ROWS // CHUNK), chunks(rows),
                                 timeout=120))
