@@ -28,6 +28,7 @@ from ember.cli import DEMO_MODEL
 from ember.runtime.threads import default_threads
 
 from models import lenet5
+from pickle_tasks import dask_block, infer_chunk, set_threads, worker_report
 
 ROWS, CHUNK = 2048, 256
 CPUS = default_threads(environ={})
@@ -43,18 +44,6 @@ def expected(rows):
     """onnxruntime's logits for every row."""
     peer = ort.InferenceSession(DEMO_MODEL, providers=["CPUExecutionProvider"])
     return peer.run(None, {"image": rows})[0]
-
-
-def infer_chunk(sess, x):
-    """A worker's task: the logits, and (pid, threads, process CPU seconds, wall seconds)."""
-    cpu, wall = time.process_time(), time.perf_counter()
-    out = sess.run(None, {"image": x})[0]
-    return out, (os.getpid(), sess.threads, time.process_time() - cpu,
-                 time.perf_counter() - wall)
-
-
-def _set_threads(n):
-    os.environ["EMBER_NUM_THREADS"] = str(n)
 
 
 def check_pool(results, expected, wall):
@@ -207,7 +196,7 @@ def test_process_pool_executor_recomputes_threads(rows, expected, tmp_path, monk
     t0 = time.perf_counter()
     with concurrent.futures.ProcessPoolExecutor(
             workers, mp_context=multiprocessing.get_context("fork"),
-            initializer=_set_threads, initargs=(CPUS // workers,)) as pool:
+            initializer=set_threads, initargs=(CPUS // workers,)) as pool:
         results = list(pool.map(infer_chunk, [sess] * (ROWS // CHUNK), chunks(rows),
                                 timeout=120))
     assert {t for _, (_, t, _, _) in results} == {CPUS // workers}
@@ -224,14 +213,6 @@ def test_joblib_default_backend(rows, expected, tmp_path, monkeypatch):
     check_pool(results, expected, time.perf_counter() - t0)
 
 
-def _dask_block(block, sess):
-    return sess.run(None, {"image": np.ascontiguousarray(block)})[0]
-
-
-def _worker_report(sess):
-    return os.getpid(), sess.threads
-
-
 def test_dask_map_blocks_on_a_local_cluster(tmp_path, monkeypatch):
     """The README's way for batch inference in a data pipeline: ``map_blocks`` with the
     Session as an argument, on a 2-worker LocalCluster; equal to one Session (bit-equal: the
@@ -245,14 +226,14 @@ def test_dask_map_blocks_on_a_local_cluster(tmp_path, monkeypatch):
                                   dashboard_address=None, local_directory=str(tmp_path)) \
             as cluster, distributed.Client(cluster) as client:
         arr = da.from_array(x, chunks=(1024, 1, 8, 8))
-        logits = arr.map_blocks(_dask_block, sess, chunks=(1024, 10), drop_axis=[2, 3],
+        logits = arr.map_blocks(dask_block, sess, chunks=(1024, 10), drop_axis=[2, 3],
                                 dtype=np.float32)
         cpu0 = sum(client.run(time.process_time).values())
         t0 = time.perf_counter()
         out = logits.compute()
         wall = time.perf_counter() - t0
         cpu = sum(client.run(time.process_time).values()) - cpu0
-        reports = client.run(_worker_report, sess)
+        reports = client.run(worker_report, sess)
     np.testing.assert_array_equal(out, sess.run(None, {"image": x})[0])
     peer = ort.InferenceSession(DEMO_MODEL, providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(out, peer.run(None, {"image": x})[0], rtol=1e-4, atol=1e-4)
