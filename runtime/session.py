@@ -19,7 +19,9 @@ the bytes of every context of every cached plan under ``memory_cap``.
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -32,6 +34,10 @@ from . import binders
 from .plan_cache import PlanCache
 from .planner import ALIGN, make_plan
 from .threads import default_threads
+
+if TYPE_CHECKING:
+    from .planner import MemoryPlan
+    from .profile import Profile
 
 
 # Compiled plans (one per input shape, or per value of a shape-deciding input) are kept in a
@@ -126,7 +132,7 @@ class Compiled:
         self.context_bytes = self.plan.arena_bytes + ALIGN   # the arena, aligned by hand
         memory_cap = cache.memory_cap
         if self.context_bytes > memory_cap:
-            biggest = max(self.plan.sizes, key=self.plan.sizes.get)
+            biggest = max(self.plan.sizes, key=lambda v: self.plan.sizes[v])
             producer = graph.producers().get(biggest)
             where = f"{producer}" if producer else "a graph input"
             raise ModelError(f"the plan needs a {self.plan.arena_bytes:,}-byte arena, more than "
@@ -201,7 +207,7 @@ class Session:
             raise InputError(f"shapes= names unknown inputs {sorted(unknown)}; the model's "
                              f"inputs are {list(graph.inputs)}")
         self._value_keyed: set = set()
-        self._fast = None
+        self._fast: tuple | None = None
         self._plans = PlanCache(self.max_plans, self.memory_cap, self.max_concurrent_runs)
         self._cache = self._plans.plans         # key -> Compiled, least recently used first
         self._compile_lock = threading.Lock()   # one compile at a time (held long)
@@ -222,13 +228,14 @@ class Session:
                                        t.dtype if t else np.dtype("float32")))
 
     # ---- public onnxruntime-style API ------------------------------------------------------
-    def get_inputs(self):
+    def get_inputs(self) -> list[IOInfo]:
         return list(self.inputs)
 
-    def get_outputs(self):
+    def get_outputs(self) -> list[IOInfo]:
         return list(self.outputs)
 
-    def run(self, output_names, feeds, run_options=None) -> list:
+    def run(self, output_names: str | Sequence[str] | None, feeds: Mapping[str, Any],
+            run_options: Any = None) -> list[np.ndarray]:
         if not isinstance(feeds, dict):
             raise InputError(f"feeds must be a dict of input name -> array, got "
                              f"{type(feeds).__name__}")
@@ -273,7 +280,7 @@ class Session:
             key.append((name, a.shape))
         return self._plans.get(tuple(key))
 
-    def __call__(self, *arrays, **named):
+    def __call__(self, *arrays: Any, **named: Any) -> np.ndarray | list[np.ndarray]:
         if len(arrays) > len(self.inputs):
             raise InputError(f"model takes {len(self.inputs)} inputs, got {len(arrays)}")
         feeds = {info.name: a for info, a in zip(self.inputs, arrays)}
@@ -281,7 +288,8 @@ class Session:
         out = self.run(None, feeds)
         return out[0] if len(out) == 1 else out
 
-    def profile(self, feeds: dict | None = None, runs: int = 10, warmup: int = 2):
+    def profile(self, feeds: Mapping[str, Any] | None = None, runs: int = 10,
+                warmup: int = 2) -> Profile:
         """Time every node over ``runs`` runs (after ``warmup``) and return a ``Profile``: one
         row per node, slowest first, with its median time, share and GFLOP/s, and the median
         whole-run time. Every pass starts from the feeds (a plan reuses input bytes). Without
@@ -312,7 +320,7 @@ class Session:
         finally:
             compiled.release(ctx)
 
-    def plan(self, shapes: dict | None = None):
+    def plan(self, shapes: dict | None = None) -> MemoryPlan:
         """The memory plan for the given input shapes (default: the load-time shapes)."""
         return self.compile(shapes).plan
 
@@ -320,7 +328,7 @@ class Session:
         """Compile (or fetch) the plan for concrete input shapes; symbolic dims default to 1."""
         types = {}
         for name, t in self._input_types.items():
-            shape = shapes.get(name) if shapes and name in shapes else \
+            shape = tuple(shapes[name]) if shapes and name in shapes else \
                 tuple(d if isinstance(d, (int, np.integer)) else 1 for d in t.shape)
             types[name] = TensorType(t.dtype, shape)
         return self._compile(types, None)
@@ -429,7 +437,7 @@ class Session:
         return g
 
     @staticmethod
-    def _override_shape(name, t, shape):
+    def _override_shape(name, t, shape) -> TensorType:
         shape = tuple(shape)
         if len(shape) != len(t.shape) or any(
                 isinstance(d, (int, np.integer)) and d != s for d, s in zip(t.shape, shape)):
