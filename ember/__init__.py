@@ -6,11 +6,18 @@
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .graph.errors import (CheckpointError, DistributedError, EmberError, InputError,
                            ModelError, ShapeError, TrainingError, UnsupportedIsaError,
                            UnsupportedOpError)
 from .runtime.cpu import cpu_info
 from .runtime.session import IOInfo, Session
+
+if TYPE_CHECKING:
+    import os
+
+    from onnx import ModelProto
 
 __version__ = "0.1.0"
 __all__ = ["load", "Session", "IOInfo", "EmberError", "ModelError", "UnsupportedOpError",
@@ -41,7 +48,8 @@ def __dir__():
     return sorted(set(globals()) | set(_LAZY))
 
 
-def load(model, threads: int | None = None, shapes: dict | None = None,
+def load(model: str | os.PathLike | bytes | bytearray | memoryview | ModelProto,
+         threads: int | None = None, shapes: dict | None = None,
          memory_cap: int | None = None, optimize: bool = True,
          max_plans: int = 16, max_concurrent_runs: int | None = None) -> Session:
     """Load an ONNX model (a path, the file's bytes, or an ``onnx.ModelProto``) and compile it.

@@ -1,6 +1,13 @@
 """A Trainer's per-epoch metrics, kept with it and saved in its checkpoints."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import os
+
+    from matplotlib.figure import Figure
+
 
 class History:
     """Per-epoch metrics, Keras-style: ``history["loss"]``, ``["accuracy"]``, ``["val_loss"]``,
@@ -23,7 +30,7 @@ class History:
         for k, v in logs.items():
             self.history.setdefault(k, []).append(v)
 
-    def plot(self, path=None):
+    def plot(self, path: str | os.PathLike | None = None) -> Figure:
         """Draw loss and accuracy per epoch, training beside validation, and save the figure
         as a PNG at ``path`` (when given). Returns the matplotlib ``Figure``. Needs matplotlib
         (an optional dependency: ``pip install matplotlib``); draws on its own canvas, never

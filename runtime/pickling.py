@@ -56,7 +56,7 @@ class OnnxSource:
         against its size and modification time at load."""
         files = {}
         for loc, stamp in self.external.items():
-            path = os.path.join(self.folder, loc)
+            path = os.path.join(self.folder or "", loc)
             try:
                 if _stamp(path) != stamp:
                     raise ModelError(f"cannot pickle the Session: its external data file "

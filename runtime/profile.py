@@ -9,6 +9,7 @@ import json
 import os
 import statistics
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from ..graph.cost import node_macs
@@ -36,11 +37,11 @@ class Profile(list):
     run_ms: float = 0.0
     threads: int = 1
 
-    def __init__(self, rows=()):
+    def __init__(self, rows: Iterable[NodeTime] = ()) -> None:
         super().__init__(rows)
         self.passes: list = []
 
-    def to_chrome_trace(self, path) -> None:
+    def to_chrome_trace(self, path: str | os.PathLike) -> None:
         """Write the profiled passes in the Chrome trace event format — the JSON that
         chrome://tracing and Perfetto (ui.perfetto.dev) open, as onnxruntime's and PyTorch's
         profilers write it: one complete event (``"ph": "X"``, ``ts``/``dur`` in µs) per node
@@ -65,7 +66,7 @@ def profile_steps(compiled, ctx, runs: int, refeed) -> Profile:
     """Time each of the context's steps over ``runs`` passes, then ``runs`` whole runs;
     ``refeed()`` copies the real inputs into the arena before every pass (not timed)."""
     steps = ctx.steps
-    times = [[] for _ in steps]
+    times: list[list[float]] = [[] for _ in steps]
     passes = []
     for _ in range(runs):
         refeed()
@@ -156,7 +157,7 @@ def time_interleaved(fns: dict, runs: int, warmup: int = 3, on_round=None) -> di
             fn()
     if on_round is not None:
         on_round((time.perf_counter() - t0) / max(1, warmup))
-    times = {k: [] for k in fns}
+    times: dict = {k: [] for k in fns}
     for _ in range(runs):
         for k, fn in fns.items():
             t = time.perf_counter()

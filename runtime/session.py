@@ -456,7 +456,7 @@ class Session:
                              f"{list(self.graph.outputs)}")
         return list(output_names)
 
-    def _validate(self, feeds: dict) -> dict:
+    def _validate(self, feeds: Mapping[str, Any]) -> dict:
         expected = self._input_types
         missing = [n for n in expected if n not in feeds]
         extra = [n for n in feeds if n not in expected]
