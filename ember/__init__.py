@@ -14,10 +14,14 @@ from .graph.errors import (CheckpointError, DistributedError, EmberError, InputE
 from .runtime.cpu import cpu_info
 from .runtime.session import IOInfo, Session
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:   # the lazy attributes below, as type checkers should see them
     import os
 
     from onnx import ModelProto
+
+    from . import callbacks, datasets, distributed, init, nn, optim, transforms
+    from .export import export_onnx
+    from .trainer import Trainer
 
 __version__ = "0.1.0"
 __all__ = ["load", "Session", "IOInfo", "EmberError", "ModelError", "UnsupportedOpError",

@@ -19,7 +19,7 @@ class History:
     """
 
     def __init__(self, history: dict | None = None, epoch: list | None = None,
-                 stopped_epoch: int | None = None, stop_reason: str | None = None):
+                 stopped_epoch: int | None = None, stop_reason: str | None = None) -> None:
         self.history = {k: list(v) for k, v in (history or {}).items()}
         self.epoch = list(epoch or [])
         self.stopped_epoch = stopped_epoch

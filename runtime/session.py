@@ -162,7 +162,7 @@ class Session:
     def __init__(self, graph: Graph, threads: int | None = None, shapes: dict | None = None,
                  memory_cap: int | None = None, optimize: bool = True,
                  external: dict | None = None, max_plans: int = DEFAULT_MAX_PLANS,
-                 max_concurrent_runs: int | None = None):
+                 max_concurrent_runs: int | None = None) -> None:
         self._setup(graph, threads, shapes, memory_cap, optimize, external, max_plans,
                     max_concurrent_runs, compile_now=True)
 
