@@ -77,7 +77,10 @@ def _stamp(path: str) -> tuple:
 
 def external_locations(data: bytes) -> list:
     """Every external-data location the model's tensors name (initializers, sparse
-    initializers, Constant-style tensor attributes, subgraphs included), in first-seen order."""
+    initializers, Constant-style tensor attributes, subgraphs included), in first-seen order.
+    A model whose bytes never spell the key ``location`` names none (no second parse)."""
+    if b"location" not in data:
+        return []
     from ..importers.onnx_wire import parse_model
     model = parse_model(data)
     found: dict = {}
