@@ -13,7 +13,8 @@ arenas or compiled plans, which the worker compiles on first use for its own CPU
 
 Options travel only when the caller gave them. A thread count the caller did not choose is
 recomputed in the worker — the CPUs *it* may use, capped by ``OMP_NUM_THREADS`` when its pool
-set one (Dask's and joblib's workers do) — so a pool never runs N workers × N threads.
+set one (Dask's and joblib's workers do) — so a Dask or joblib pool never runs N workers × N threads (a plain multiprocessing
+pool sets nothing: give ``threads=`` or ``EMBER_NUM_THREADS``).
 """
 from __future__ import annotations
 
@@ -21,9 +22,6 @@ import os
 import tempfile
 
 from ..graph.errors import ModelError
-
-# Session options a pickle carries when the caller set them (anything else is recomputed)
-OPTIONS = ("threads", "shapes", "memory_cap", "optimize", "max_plans", "max_concurrent_runs")
 
 
 class OnnxSource:
