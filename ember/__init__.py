@@ -71,7 +71,7 @@ def load(model: str | os.PathLike | bytes | bytearray | memoryview | ModelProto,
     own default thread count unless ``threads`` was given (runtime/pickling.py).
     """
     from .importers.onnx import load_onnx
-    from .runtime.pickling import OnnxSource
+    from .onnx_source import OnnxSource
     graph = load_onnx(model)
     sess = Session(graph, threads=threads, shapes=shapes, memory_cap=memory_cap,
                    optimize=optimize, max_plans=max_plans,

@@ -337,13 +337,14 @@ class Session:
     def __reduce__(self):
         """Pickles as the model it was given, its bound external state and the options the
         caller chose — never arenas or plans (runtime/pickling.py)."""
-        from .pickling import graph_payload, rebuild_session
-        payload = self._source.payload() if self._source is not None else \
-            graph_payload(self.graph)
-        return (rebuild_session, (type(self), payload, dict(self._given), dict(self.external)))
+        from .pickling import SerializedGraph, rebuild_session
+        model = self._source.payload() if self._source is not None else \
+            SerializedGraph.of(self.graph)
+        return (rebuild_session, (type(self), model, dict(self._given), dict(self.external)))
 
     def _keep_source(self, source) -> "Session":
-        """Remember the ONNX model this Session was loaded from (``ember.load``), to pickle."""
+        """Remember the model this Session was loaded from (``ember.load``: an
+        ``ember.onnx_source.OnnxSource``), to pickle its ``payload()`` instead of the graph."""
         self._source = source
         return self
 

@@ -29,7 +29,7 @@ from ember.runtime.profile import Profile
 ROOT = Path(__file__).resolve().parents[1]
 PUBLIC_MODULES = ["ember", "ember.nn", "ember.optim", "ember.trainer", "ember.export",
                   "ember.runtime.session", "ember.runtime.history", "ember.runtime.profile",
-                  "ember.runtime.pickling", "ember.runtime.progress"]
+                  "ember.runtime.pickling", "ember.runtime.progress", "ember.onnx_source"]
 
 
 def public_callables():
