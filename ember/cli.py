@@ -259,26 +259,28 @@ def show_progress(args) -> bool:
 LONG_BENCH_S = 2.0
 
 
-def bench_progress(args, batch: int):
+class BenchBar:
     """``time_interleaved``'s ``on_round`` for a long bench: a bar of the timed rounds in rows
-    (``batch`` per round: rows/s and the time left), drawn once the warm-up shows the runs
-    will take over ``LONG_BENCH_S``; also returns a function that closes it."""
-    from .runtime.progress import bar
-    enabled = show_progress(args)
-    state = {"bar": None, "warm": False}
+    (``batch`` per round: rows/s and the time left), drawn when the warm-up shows the timed
+    runs will take over ``LONG_BENCH_S``."""
 
-    def on_round(seconds: float) -> None:
-        if not state["warm"]:
-            state["warm"] = True
-            if enabled and seconds * args.runs > LONG_BENCH_S:
-                state["bar"] = bar(args.runs * batch, "bench", "rows")
-        elif state["bar"] is not None:
-            state["bar"].update(batch)
+    def __init__(self, runs: int, batch: int, enabled: bool):
+        self.runs, self.batch, self.enabled = runs, batch, enabled
+        self.bar = None
+        self.warm = False
 
-    def close() -> None:
-        if state["bar"] is not None:
-            state["bar"].close()
-    return on_round, close
+    def __call__(self, seconds: float) -> None:
+        from .runtime.progress import bar
+        if not self.warm:               # the first call reports a warm-up round
+            self.warm = True
+            if self.enabled and seconds * self.runs > LONG_BENCH_S:
+                self.bar = bar(self.runs * self.batch, "bench", "rows")
+        elif self.bar is not None:
+            self.bar.update(self.batch)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def write_trace(prof, path: str) -> None:
@@ -339,11 +341,11 @@ def cmd_bench(args) -> int:
         fns["onnxruntime"] = lambda: peer.run(None, feeds)
     batch = next(iter(feeds.values())).shape[0] if feeds and \
         next(iter(feeds.values())).ndim else 1
-    on_round, close_bar = bench_progress(args, batch)
+    progress = BenchBar(args.runs, batch, show_progress(args))
     try:
-        med = time_interleaved(fns, args.runs, on_round=on_round)
+        med = time_interleaved(fns, args.runs, on_round=progress)
     finally:
-        close_bar()
+        progress.close()
     print(f"model   {args.model}   threads {sess.threads}   inputs " + ", ".join(
         f"{n}:{fmt_shape(a.shape)}" for n, a in feeds.items()))
     for name, secs in med.items():
