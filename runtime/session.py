@@ -15,6 +15,11 @@ Concurrency and memory: a compiled plan keeps its execution contexts (arena + bo
 reuse, and a run holds one while it runs, so threads never share an arena. ``PlanCache`` bounds
 them per Session: ``max_concurrent_runs`` contexts in use at once (a run beyond it waits), and
 the bytes of every context of every cached plan under ``memory_cap``.
+
+Pickling (multiprocessing, joblib, Dask): a Session pickles as its model (the ONNX bytes
+``ember.load`` kept, or its graph serialized), its bound external state and the options the
+caller gave — never arenas or plans; the unpickled Session compiles on its first run
+(runtime/pickling.py).
 """
 from __future__ import annotations
 
