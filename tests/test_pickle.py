@@ -172,6 +172,14 @@ def test_trainer_pickles_as_its_checkpoint():
     assert twin.history.history["loss"] == trainer.history.history["loss"]
 
 
+def test_a_distributed_trainer_refuses_and_names_the_checkpoint_way(monkeypatch):
+    from ember import nn
+    trainer = ember.Trainer(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), input_shape=(1, 8, 8))
+    monkeypatch.setattr(trainer, "dist", object())      # as if it were one rank of an MPI job
+    with pytest.raises(ember.TrainingError, match=r"trainer\.save\(path\).*Trainer\.restore"):
+        pickle.dumps(trainer)
+
+
 # ---- pools ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("method", ["spawn", "fork"])
 def test_multiprocessing_pool(method, rows, expected, tmp_path, monkeypatch):
