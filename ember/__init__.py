@@ -66,9 +66,10 @@ def load(model: str | os.PathLike | bytes | bytearray | memoryview | ModelProto,
     ``max_plans``: how many compiled input shapes to keep (least recently used goes first).
     ``max_concurrent_runs``: runs at once, each with its own arena (default: the usable CPUs).
 
-    The Session pickles (multiprocessing, joblib, Dask): it keeps the ONNX bytes it was given
-    and carries them with the options given here; a worker compiles on first use, with its
-    own default thread count unless ``threads`` was given (runtime/pickling.py).
+    The Session pickles (multiprocessing, joblib, Dask) as the model it was given — the file,
+    with its external data, read again when pickled, or the caller's bytes — and the options
+    given here; a worker compiles on first use, with its own default thread count unless
+    ``threads`` was given (ember/onnx_source.py, runtime/pickling.py).
     """
     from .importers.onnx import load_onnx
     from .onnx_source import OnnxSource

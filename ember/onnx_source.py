@@ -1,70 +1,77 @@
-"""The ONNX model ``ember.load`` read, kept so that its Session pickles (runtime/pickling.py).
+"""The ONNX model ``ember.load`` read, remembered so that its Session pickles without holding a
+second copy of the model (runtime/pickling.py).
 
-The Session keeps the ONNX bytes (the caller's own ``bytes`` object when it passed one, so
-nothing is copied; a file's bytes otherwise: the file's size in memory). Weights in external
-files are not held beside the Session's own copies: each file's size and modification time are
-recorded at load, and the file is read when the Session is pickled — one changed since load is
-refused, not shipped. A worker rebuilds the model by importing the bytes (external files
-written to a temporary folder for the importer, which reads them into memory).
+* Loaded from ``bytes``: the Session keeps a reference to the caller's own object (immutable:
+  nothing is copied).
+* Loaded from a path: nothing is held; the file (and every external data file its tensors
+  name) is read again when the Session is pickled. A file changed since the load — the model
+  file's size or modification time differs, an external file was modified after it — is
+  refused with a ModelError rather than shipped as a different model.
+* Anything else (a ``bytearray`` the caller may change, an ``onnx.ModelProto``): no source; the
+  Session pickles its graph (runtime/pickling.py's ``SerializedGraph``).
 
-This lives in ``ember/`` because it imports the ONNX importer, which ``runtime/`` may not.
+A worker rebuilds the model by importing the bytes (external files written to a temporary
+folder for the importer, which reads them into memory). This lives in ``ember/`` because it
+imports the ONNX importer, which ``runtime/`` may not.
 """
 from __future__ import annotations
 
 import os
 import tempfile
+import time
 
 from .graph.errors import ModelError
 from .graph.ir import Graph
 
 
 class OnnxSource:
-    """The ONNX model a Session was loaded from: its bytes, and for external data the folder
-    and ``{location: (size, mtime_ns)}`` of every file its tensors name."""
+    """Where a Session's ONNX model came from: the caller's ``data``, or a ``path`` with its
+    ``(size, mtime_ns)`` and the time of the load."""
 
-    def __init__(self, data: bytes, folder: str | None, external: dict):
-        self.data, self.folder, self.external = data, folder, external
+    def __init__(self, data: bytes | None = None, path: str | None = None,
+                 stamp: tuple | None = None, loaded_at: int = 0):
+        self.data, self.path, self.stamp, self.loaded_at = data, path, stamp, loaded_at
 
     @classmethod
-    def capture(cls, model) -> OnnxSource:
-        """The source of ``model`` as ``ember.load`` received it (a path, bytes or an
-        ``onnx.ModelProto``), called after it imported: every file it names exists."""
+    def capture(cls, model) -> OnnxSource | None:
+        """The source of ``model`` as ``ember.load`` received it, or None when the Session
+        should pickle its graph instead."""
         if isinstance(model, bytes):
-            return cls(model, None, {})
-        if isinstance(model, (bytearray, memoryview)):
-            return cls(bytes(model), None, {})
+            return cls(data=model)
         if isinstance(model, (str, os.PathLike)):
-            path = os.fspath(model)
-            with open(path, "rb") as f:
-                data = f.read()
-            folder = os.path.dirname(os.path.abspath(path))
-            return cls(data, folder, {loc: _stamp(os.path.join(folder, loc))
-                                      for loc in external_locations(data)})
-        return cls(model.SerializeToString(), None, {})
+            path = os.path.abspath(os.fspath(model))
+            return cls(path=path, stamp=_stamp(path), loaded_at=time.time_ns())
+        return None
 
     def payload(self) -> OnnxModel:
-        """What a pickle carries: the bytes, and the external files read now, each checked
-        against its size and modification time at load."""
-        files = {}
-        for loc, stamp in self.external.items():
-            path = os.path.join(self.folder or "", loc)
-            try:
-                if _stamp(path) != stamp:
-                    raise ModelError(f"cannot pickle the Session: its external data file "
-                                     f"{path!r} changed since the model was loaded; load it "
-                                     f"again")
-                with open(path, "rb") as f:
-                    files[loc] = f.read()
-            except OSError as e:
-                raise ModelError(f"cannot pickle the Session: its external data file {path!r} "
-                                 f"cannot be read: {e.strerror or e}") from None
-        return OnnxModel(self.data, files)
+        """What a pickle carries: the ONNX bytes and ``{location: contents}`` of every external
+        data file, read now from a path and checked against the load."""
+        if self.data is not None:
+            return OnnxModel(self.data, {})
+        path = self.path or ""
+        data = self._read(path, lambda st: (st.st_size, st.st_mtime_ns) == self.stamp)
+        folder = os.path.dirname(path)
+        files = {loc: self._read(os.path.join(folder, loc),
+                                 lambda st: st.st_mtime_ns <= self.loaded_at)
+                 for loc in external_locations(data)}
+        return OnnxModel(data, files)
+
+    @staticmethod
+    def _read(path: str, unchanged) -> bytes:
+        try:
+            with open(path, "rb") as f:
+                if not unchanged(os.fstat(f.fileno())):
+                    raise ModelError(f"cannot pickle the Session: {path!r} changed since the "
+                                     f"model was loaded; load it again")
+                return f.read()
+        except OSError as e:
+            raise ModelError(f"cannot pickle the Session: {path!r}, read when the model was "
+                             f"loaded, cannot be read now: {e.strerror or e}") from None
 
 
 class OnnxModel:
     """A pickled Session's model: ONNX bytes and ``{location: contents}`` of its external
-    files. ``to_graph()`` imports it; ``source()`` is what the rebuilt Session keeps (the
-    bytes, when no external file had to be written out: else it pickles its graph)."""
+    files; ``to_graph()`` imports it."""
 
     def __init__(self, data: bytes, files: dict):
         self.data, self.files = data, files
@@ -83,9 +90,6 @@ class OnnxModel:
                 with open(path, "wb") as f:
                     f.write(content)
             return load_onnx(model)
-
-    def source(self) -> OnnxSource | None:
-        return None if self.files else OnnxSource(self.data, None, {})
 
 
 def _stamp(path: str) -> tuple:

@@ -2,9 +2,11 @@
 
 A Session pickles as the model it was given plus the options the caller chose — never its
 arenas or compiled plans, which the worker compiles on first use for its own CPU. The model is
-an object with ``to_graph()`` and ``source()``: for one ``ember.load`` read, the ONNX bytes and
-external files (``ember/onnx_source.py``); for a graph built in Python (``Session(graph)``,
-``ember.nn``), ``SerializedGraph``, ember's safe serialized form (graph/serialize.py).
+an object with ``to_graph()``: for one ``ember.load`` read from a path or bytes, the ONNX bytes
+and external files (``ember/onnx_source.py``); else (a graph built in Python, or a model the
+caller may since have changed) ``SerializedGraph``, the Session's own graph in ember's safe
+serialized form (graph/serialize.py). A rebuilt Session pickles its graph in turn: it keeps no
+copy of the bytes it came from.
 
 Options travel only when the caller gave them. A thread count the caller did not choose is
 recomputed in the worker — the CPUs *it* may use, capped by ``OMP_NUM_THREADS`` when its pool
@@ -33,9 +35,6 @@ class SerializedGraph:
         from ..graph.serialize import from_bytes
         return from_bytes(self.data)
 
-    def source(self) -> None:
-        return None     # the rebuilt Session pickles its own graph again
-
 
 def worker_threads() -> int | None:
     """The thread count for a Session rebuilt without one chosen: None (ember's default:
@@ -56,4 +55,4 @@ def worker_threads() -> int | None:
 
 def rebuild_session(cls, model, options: dict, external: dict):
     """Unpickle: the Session, compiled lazily on its first run in this process."""
-    return cls._rebuilt(model.to_graph(), external, options, model.source(), worker_threads())
+    return cls._rebuilt(model.to_graph(), external, options, worker_threads())

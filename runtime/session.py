@@ -16,8 +16,8 @@ reuse, and a run holds one while it runs, so threads never share an arena. ``Pla
 them per Session: ``max_concurrent_runs`` contexts in use at once (a run beyond it waits), and
 the bytes of every context of every cached plan under ``memory_cap``.
 
-Pickling (multiprocessing, joblib, Dask): a Session pickles as its model (the ONNX bytes
-``ember.load`` kept, or its graph serialized), its bound external state and the options the
+Pickling (multiprocessing, joblib, Dask): a Session pickles as its model (the ONNX file or
+bytes ``ember.load`` read, or its graph serialized), its bound external state and the options the
 caller gave — never arenas or plans; the unpickled Session compiles on its first run
 (runtime/pickling.py).
 """
@@ -349,12 +349,13 @@ class Session:
 
     def _keep_source(self, source) -> "Session":
         """Remember the model this Session was loaded from (``ember.load``: an
-        ``ember.onnx_source.OnnxSource``), to pickle its ``payload()`` instead of the graph."""
+        ``ember.onnx_source.OnnxSource``, or None), to pickle its ``payload()`` instead of
+        the graph."""
         self._source = source
         return self
 
     @classmethod
-    def _rebuilt(cls, graph: Graph, external: dict, options: dict, source,
+    def _rebuilt(cls, graph: Graph, external: dict, options: dict,
                  worker_threads: int | None) -> "Session":
         """An unpickled Session: ``options`` as the caller gave them, a thread count not given
         taken from ``worker_threads`` (the pool's cap) or ember's default in this process."""
@@ -366,7 +367,6 @@ class Session:
                     options.get("max_concurrent_runs"), compile_now=False)
         if "threads" not in options:
             sess._given.pop("threads", None)     # recomputed again wherever it goes next
-        sess._source = source
         return sess
 
     # ---- internals ---------------------------------------------------------------------------
