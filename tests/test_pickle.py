@@ -249,7 +249,17 @@ def test_joblib_default_backend(rows, expected, tmp_path, monkeypatch):
     check_pool(results, expected, time.perf_counter() - t0)
 
 
-def test_dask_map_blocks_on_a_local_cluster(tmp_path, monkeypatch):
+@pytest.fixture
+def environment_restored():
+    """Starting a LocalCluster sets OMP_NUM_THREADS=1 (and the like) in this process's own
+    environment, which later tests' subprocesses would inherit: put it back."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+def test_dask_map_blocks_on_a_local_cluster(tmp_path, monkeypatch, environment_restored):
     """The README's way for batch inference in a data pipeline: ``map_blocks`` with the
     Session as an argument, on a 2-worker LocalCluster; equal to one Session (bit-equal: the
     same kernels, batch rows independent) and to onnxruntime."""
