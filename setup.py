@@ -101,7 +101,7 @@ setup(
     },
     packages=["ember", "ember.graph", "ember.graph.ops", "ember.runtime", "ember.runtime.binders",
               "ember.kernels", "ember.importers"],
-    package_data={"ember": ["data/*"], "ember.kernels": ["*.pxd", "*.pyx", "*.h", "*.c", "CONTRACT.md"]},
+    package_data={"ember": ["data/*", "py.typed"], "ember.kernels": ["*.pxd", "*.pyx", "*.h", "*.c", "CONTRACT.md"]},
     ext_modules=cythonize(extensions, compiler_directives=directives,
                           build_dir="build/cython" + ("-checked" if checks else ""),
                           quiet=True),

@@ -6,11 +6,22 @@
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .graph.errors import (CheckpointError, DistributedError, EmberError, InputError,
                            ModelError, ShapeError, TrainingError, UnsupportedIsaError,
                            UnsupportedOpError)
 from .runtime.cpu import cpu_info
 from .runtime.session import IOInfo, Session
+
+if TYPE_CHECKING:   # the lazy attributes below, as type checkers should see them
+    import os
+
+    from onnx import ModelProto
+
+    from . import callbacks, datasets, distributed, init, nn, optim, transforms
+    from .export import export_onnx
+    from .trainer import Trainer
 
 __version__ = "0.1.0"
 __all__ = ["load", "Session", "IOInfo", "EmberError", "ModelError", "UnsupportedOpError",
@@ -41,7 +52,8 @@ def __dir__():
     return sorted(set(globals()) | set(_LAZY))
 
 
-def load(model, threads: int | None = None, shapes: dict | None = None,
+def load(model: str | os.PathLike | bytes | bytearray | memoryview | ModelProto,
+         threads: int | None = None, shapes: dict | None = None,
          memory_cap: int | None = None, optimize: bool = True,
          max_plans: int = 16, max_concurrent_runs: int | None = None) -> Session:
     """Load an ONNX model (a path, the file's bytes, or an ``onnx.ModelProto``) and compile it.
@@ -53,9 +65,16 @@ def load(model, threads: int | None = None, shapes: dict | None = None,
     plan and concurrent run, and numpy fallbacks' temporaries (default: available RAM).
     ``max_plans``: how many compiled input shapes to keep (least recently used goes first).
     ``max_concurrent_runs``: runs at once, each with its own arena (default: the usable CPUs).
+
+    The Session pickles (multiprocessing, joblib, Dask) as the model it was given — the file,
+    with its external data, read again when pickled, or the caller's bytes — and the options
+    given here; a worker compiles on first use, with its own default thread count unless
+    ``threads`` was given (ember/onnx_source.py, runtime/pickling.py).
     """
     from .importers.onnx import load_onnx
+    from .onnx_source import OnnxSource
     graph = load_onnx(model)
-    return Session(graph, threads=threads, shapes=shapes, memory_cap=memory_cap,
+    sess = Session(graph, threads=threads, shapes=shapes, memory_cap=memory_cap,
                    optimize=optimize, max_plans=max_plans,
                    max_concurrent_runs=max_concurrent_runs)
+    return sess._keep_source(OnnxSource.capture(model))

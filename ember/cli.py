@@ -229,7 +229,8 @@ def cmd_run_batch(args) -> int:
     t0 = time.perf_counter()
     try:
         outputs = run_batch(args.model, x, args.batch, args.threads, args.input_name, names,
-                            ctx, lambda model, threads: load_session(model, threads=threads))
+                            ctx, lambda model, threads: load_session(model, threads=threads),
+                            progress=show_progress(args))
     except DistributedError:
         if ctx is not None and ctx.rank != 0:
             return 2            # every rank has the same error: rank 0 prints it
@@ -250,7 +251,46 @@ def cmd_run_batch(args) -> int:
     return 0
 
 
+def show_progress(args) -> bool:
+    """A bar unless ``--quiet``, and only on a terminal (runtime/progress.py)."""
+    from .runtime.progress import wanted
+    return wanted(quiet=getattr(args, "quiet", False))
+
+
 # ---- ember bench -----------------------------------------------------------------------------
+# a bench whose timed runs should take longer than this (from the warm-up) shows a progress bar
+LONG_BENCH_S = 2.0
+
+
+class BenchBar:
+    """``time_interleaved``'s ``on_round`` for a long bench: a bar of the timed rounds in rows
+    (``batch`` per round: rows/s and the time left), drawn when the warm-up shows the timed
+    runs will take over ``LONG_BENCH_S``."""
+
+    def __init__(self, runs: int, batch: int, enabled: bool):
+        self.runs, self.batch, self.enabled = runs, batch, enabled
+        self.bar = None
+        self.warm = False
+
+    def __call__(self, seconds: float) -> None:
+        from .runtime.progress import bar
+        if not self.warm:               # the first call reports a warm-up round
+            self.warm = True
+            if self.enabled and seconds * self.runs > LONG_BENCH_S:
+                self.bar = bar(self.runs * self.batch, "bench", "rows")
+        elif self.bar is not None:
+            self.bar.update(self.batch)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def write_trace(prof, path: str) -> None:
+    prof.to_chrome_trace(path)
+    print(f"wrote   {path}  (Chrome trace: open in ui.perfetto.dev or chrome://tracing)")
+
+
 def batch_shapes(sess, batch, shapes) -> dict:
     """``--batch B``: every input's first dim set to B (it must be symbolic or already B)."""
     out = dict(shapes)
@@ -302,9 +342,13 @@ def cmd_bench(args) -> int:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         peer = ort.InferenceSession(args.model, opts, providers=["CPUExecutionProvider"])
         fns["onnxruntime"] = lambda: peer.run(None, feeds)
-    med = time_interleaved(fns, args.runs)
     batch = next(iter(feeds.values())).shape[0] if feeds and \
         next(iter(feeds.values())).ndim else 1
+    progress = BenchBar(args.runs, batch, show_progress(args))
+    try:
+        med = time_interleaved(fns, args.runs, on_round=progress)
+    finally:
+        progress.close()
     print(f"model   {args.model}   threads {sess.threads}   inputs " + ", ".join(
         f"{n}:{fmt_shape(a.shape)}" for n, a in feeds.items()))
     for name, secs in med.items():
@@ -312,9 +356,13 @@ def cmd_bench(args) -> int:
               f"(median of {args.runs}, interleaved)")
     if "onnxruntime" in med:
         print(f"  ratio ember/onnxruntime {med['ember'] / med['onnxruntime']:.2f}")
+    if args.trace and not args.profile:
+        write_trace(sess.profile(feeds, runs=args.runs), args.trace)
     if args.profile:
         prof = sess.profile(feeds, runs=args.runs)
         print(prof)
+        if args.trace:
+            write_trace(prof, args.trace)
         if args.compare:
             from .runtime.peer_profile import comparison_table, onnxruntime_node_times
             peer_rows = onnxruntime_node_times(args.model, feeds, sess.threads, args.runs)
@@ -366,6 +414,8 @@ def cmd_demo(args) -> int:
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, "digits_cnn.onnx")
     trainer.export_onnx(path)
+    if args.out:
+        save_curves(history, os.path.join(out_dir, "training.png"))
     sess = ember.load(path, threads=args.threads)
     print(f"exported     {path} ({os.path.getsize(path):,} bytes), reloaded with ember.load")
 
@@ -384,6 +434,19 @@ def cmd_demo(args) -> int:
     print(f"latency      {one * 1e3:.3f} ms for 1 image, {batch * 1e3:.3f} ms for "
           f"{len(x_test)} (median, {sess.threads} threads)")
     return 0
+
+
+def save_curves(history, path: str) -> None:
+    """The demo's loss and accuracy curves as a PNG; a note instead when matplotlib is
+    missing (it is optional)."""
+    try:
+        history.plot(path)
+    except EmberError as e:
+        if "matplotlib" not in str(e):
+            raise
+        print(f"note: {e}: no {os.path.basename(path)}", file=sys.stderr)
+        return
+    print(f"curves       {path} (loss and accuracy per epoch)")
 
 
 # ---- ember ops -------------------------------------------------------------------------------
@@ -514,6 +577,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="an output to keep (repeatable; default all)")
     rb.add_argument("--mpi", choices=["auto", "on", "off"], default="auto",
                     help="auto: use MPI when started by mpirun/srun (default)")
+    rb.add_argument("--quiet", action="store_true", help="no progress bar (it shows on a "
+                    "terminal; EMBER_PROGRESS=1 forces it, e.g. under mpirun)")
     rb.set_defaults(fn=cmd_run_batch)
 
     bench = sub.add_parser("bench", help="latency and throughput, optionally against "
@@ -526,6 +591,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--runs", type=positive_int, default=20, help="timed runs (default 20)")
     bench.add_argument("--compare", choices=["onnxruntime"], help="time a peer in the same run")
     bench.add_argument("--profile", action="store_true", help="time per node, slowest first")
+    bench.add_argument("--trace", metavar="OUT.json", default=None,
+                       help="write the per-node profile as a Chrome trace (Perfetto, "
+                            "chrome://tracing)")
+    bench.add_argument("--quiet", action="store_true", help="no progress bar")
     bench.set_defaults(fn=cmd_bench)
 
     demo = sub.add_parser("demo", help="train a CNN on the bundled digits, export it to ONNX, "
@@ -533,8 +602,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--threads", type=positive_int, default=None)
     demo.add_argument("--epochs", type=positive_int, default=10)
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--out", default=None, help="folder for the exported model "
-                                                  "(default: a temporary folder)")
+    demo.add_argument("--out", default=None, help="folder for the exported model and the "
+                      "training curves, training.png (default: a temporary folder, no plot)")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(fn=cmd_demo)
 

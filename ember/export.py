@@ -1,12 +1,21 @@
 """ember.export_onnx: any inference Graph, ``ember.nn`` Module or Trainer written as ONNX."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .graph.errors import ModelError
 from .graph.ir import Graph
 from .trainer import BATCH, Trainer
 
+if TYPE_CHECKING:
+    import os
+    from collections.abc import Sequence
 
-def export_onnx(graph_or_module, path, input_shape=None, opset: int | None = None) -> None:
+    from .nn import Module
+
+
+def export_onnx(graph_or_module: Graph | Module | Trainer, path: str | os.PathLike,
+                input_shape: Sequence[int] | None = None, opset: int | None = None) -> None:
     """Write any inference Graph, an ``ember.nn`` Module (traced in eval mode with
     ``input_shape``, one sample's shape, batch dim symbolic) or a Trainer as ONNX."""
     from .importers.onnx_export import save_onnx

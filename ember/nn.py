@@ -38,6 +38,7 @@ import re
 import sys
 import types
 from collections import OrderedDict
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -46,6 +47,10 @@ from .graph.errors import ModelError, ShapeError
 from .graph.ir import Graph, Node
 from .graph.ops import get_op
 from .graph.ops.base import fill_attrs
+
+if TYPE_CHECKING:
+    import os
+    from collections.abc import Iterable, Iterator, Sequence
 
 __all__ = ["Parameter", "Buffer", "Module", "Sequential", "ModuleList", "Conv1d", "Conv2d",
            "ConvTranspose2d", "MaxPool1d", "AvgPool1d", "LocalResponseNorm", "Linear",
@@ -61,7 +66,8 @@ class Parameter:
 
     requires_grad = True
 
-    def __init__(self, shape_or_data, init="zeros", dtype="float32", **init_args):
+    def __init__(self, shape_or_data: Sequence[int] | np.ndarray, init: str = "zeros",
+                 dtype: str | np.dtype = "float32", **init_args: float) -> None:
         if isinstance(shape_or_data, np.ndarray):
             self.data = np.array(shape_or_data, dtype=dtype, copy=True)
             self.shape = self.data.shape
@@ -127,7 +133,7 @@ _TRACES: list = []
 class _Trace:
     """The Builder of the running ``to_graph`` and the graph value of every Parameter."""
 
-    def __init__(self, builder: Builder):
+    def __init__(self, builder: Builder) -> None:
         self.builder = builder
         self.values: dict = {}      # id(Parameter) -> Value
         self.names: dict = {}       # id(Parameter) -> qualified name
@@ -161,7 +167,13 @@ class Module:
     """Base of every layer and model: holds Parameters, Buffers and sub-Modules by attribute
     name (in assignment order, as torch does) and traces ``forward`` into a graph."""
 
-    def __init__(self):
+    # set in __init__ with object.__setattr__ (declared for type checkers)
+    _parameters: OrderedDict[str, Parameter]
+    _buffers: OrderedDict[str, Buffer]
+    _modules: OrderedDict[str, Module]
+    training: bool
+
+    def __init__(self) -> None:
         object.__setattr__(self, "_parameters", OrderedDict())
         object.__setattr__(self, "_buffers", OrderedDict())
         object.__setattr__(self, "_modules", OrderedDict())
@@ -193,22 +205,22 @@ class Module:
             d.pop(name, None)
         object.__delattr__(self, name)
 
-    def register_parameter(self, name, param):
+    def register_parameter(self, name: str, param: Parameter) -> None:
         setattr(self, name, param)
 
-    def register_buffer(self, name, buffer):
+    def register_buffer(self, name: str, buffer: Buffer | np.ndarray) -> None:
         if not isinstance(buffer, Buffer):
             buffer = Buffer(np.asarray(buffer, dtype=np.float32))
         setattr(self, name, buffer)
 
-    def add_module(self, name, module):
+    def add_module(self, name: str, module: Module) -> None:
         setattr(self, str(name), module)
 
     # forward ---------------------------------------------------------------------------------
-    def forward(self, *args):
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError(f"{type(self).__name__} must define forward()")
 
-    def __call__(self, *args, **kwargs):
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
         trace = _TRACES[-1] if _TRACES else None
         if trace is None:
             raise ModelError(f"{type(self).__name__} runs only while tracing: build the graph "
@@ -226,14 +238,15 @@ class Module:
             scope[:] = saved
 
     # walking the tree ------------------------------------------------------------------------
-    def named_children(self):
+    def named_children(self) -> Iterator[tuple[str, Module]]:
         yield from self._modules.items()
 
-    def children(self):
+    def children(self) -> Iterator[Module]:
         for _, m in self.named_children():
             yield m
 
-    def named_modules(self, prefix: str = "", _seen=None):
+    def named_modules(self, prefix: str = "",
+                      _seen: set[int] | None = None) -> Iterator[tuple[str, Module]]:
         seen = set() if _seen is None else _seen
         if id(self) in seen:
             return
@@ -242,7 +255,7 @@ class Module:
         for name, m in self._modules.items():
             yield from m.named_modules(f"{prefix}.{name}" if prefix else name, seen)
 
-    def modules(self):
+    def modules(self) -> Iterator[Module]:
         for _, m in self.named_modules():
             yield m
 
@@ -255,18 +268,18 @@ class Module:
                 seen.add(id(p))
                 yield (f"{mprefix}.{name}" if mprefix else name), p
 
-    def named_parameters(self, prefix: str = ""):
+    def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Parameter]]:
         """(torch-style dotted name, Parameter), each shared parameter once."""
         return self._named("_parameters", prefix)
 
-    def parameters(self):
+    def parameters(self) -> Iterator[Parameter]:
         for _, p in self.named_parameters():
             yield p
 
-    def named_buffers(self, prefix: str = ""):
+    def named_buffers(self, prefix: str = "") -> Iterator[tuple[str, Buffer]]:
         return self._named("_buffers", prefix)
 
-    def buffers(self):
+    def buffers(self) -> Iterator[Buffer]:
         for _, b in self.named_buffers():
             yield b
 
@@ -275,7 +288,7 @@ class Module:
         return sum(p.size for p in self.parameters())
 
     # state -----------------------------------------------------------------------------------
-    def init_parameters(self, seed=None) -> "Module":
+    def init_parameters(self, seed: int | None = None) -> "Module":
         """Draw every not-yet-drawn parameter and buffer, in name order, from one Generator."""
         rng = np.random.default_rng(seed)
         for _, p in self._state_items():
@@ -300,7 +313,7 @@ class Module:
             self.init_parameters()
         return OrderedDict((name, p.data) for name, p in self._state_items())
 
-    def load_state_dict(self, state: dict, strict: bool = True):
+    def load_state_dict(self, state: dict, strict: bool = True) -> tuple[list[str], list[str]]:
         """Copy arrays in by name (torch's ``num_batches_tracked`` entries are ignored)."""
         own = dict(self._state_items())
         state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
@@ -356,7 +369,8 @@ class Module:
         return self.train(False)
 
     # tracing ---------------------------------------------------------------------------------
-    def to_graph(self, input_shape, seed=None, dtype="float32", name: str | None = None):
+    def to_graph(self, input_shape: Sequence[int | str], seed: int | None = None,
+                 dtype: str | np.dtype = "float32", name: str | None = None) -> Graph:
         """Trace ``forward`` once into a static Graph: input ``"input"`` of ``input_shape``
         (ints or symbolic str dims), output ``"output"`` (``output_1``… for a tuple). Parameters
         not drawn yet are drawn from ``seed``, in state_dict order; the drawn values are kept,
@@ -364,7 +378,8 @@ class Module:
         BatchNorm lower (eval: inference semantics)."""
         return self.trace_graph([("input", tuple(input_shape), dtype)], seed=seed, name=name)
 
-    def trace_graph(self, inputs, seed=None, name: str | None = None):
+    def trace_graph(self, inputs: Sequence[tuple[str, Sequence[int | str], str | np.dtype]],
+                    seed: int | None = None, name: str | None = None) -> Graph:
         """``to_graph`` for any number of inputs: ``inputs`` lists (name, shape, dtype), fed to
         ``forward`` in that order. A custom loss is traced this way with ("pred", …) and
         ("target", …) (see ``runtime/losses.py``)."""
@@ -407,7 +422,7 @@ class Module:
 class Sequential(Module):
     """Modules applied in order; named "0", "1", … (or by an OrderedDict's keys)."""
 
-    def __init__(self, *modules):
+    def __init__(self, *modules: Module) -> None:
         super().__init__()
         if len(modules) == 1 and isinstance(modules[0], (dict, OrderedDict)):
             for name, m in modules[0].items():
@@ -428,23 +443,23 @@ class Sequential(Module):
             return Sequential(*mods[idx])
         return mods[idx]
 
-    def append(self, module):
+    def append(self, module: Module) -> Sequential:
         self.add_module(str(len(self)), module)
         return self
 
-    def forward(self, x):
+    def forward(self, x: Value) -> Value:
         for m in self:
             x = m(x)
         return x
 
 
 class ModuleList(Module):
-    def __init__(self, modules=()):
+    def __init__(self, modules: Iterable[Module] = ()) -> None:
         super().__init__()
         for m in modules:
             self.append(m)
 
-    def append(self, module):
+    def append(self, module: Module) -> ModuleList:
         self.add_module(str(len(self._modules)), module)
         return self
 
@@ -470,8 +485,10 @@ def _torch_bias(n, fan_in):
 
 
 class Conv2d(Module):
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
-                 groups=1, bias=True, padding_mode="zeros"):
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, ...],
+                 stride: int | tuple[int, ...] = 1, padding: int | tuple[int, ...] | str = 0,
+                 dilation: int | tuple[int, ...] = 1, groups: int = 1, bias: bool = True,
+                 padding_mode: str = "zeros") -> None:
         super().__init__()
         if in_channels % groups or out_channels % groups:
             raise ValueError(f"in_channels ({in_channels}) and out_channels ({out_channels}) "
@@ -504,12 +521,12 @@ class Conv2d(Module):
             return [t // 2 for t in total] + [t - t // 2 for t in total]
         return list(self.padding) * 2
 
-    def forward(self, x):
+    def forward(self, x: Value) -> Value:
         return x.builder.conv(x, _value(self.weight), _value(self.bias), self.stride,
                               self._pads(), self.dilation, self.groups,
                               kernel_shape=list(self.kernel_size))
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
                 f"stride={self.stride}, padding={self.padding}")
 
@@ -519,8 +536,10 @@ class Conv1d(Module):
     lowers to a 2-D Conv of a height-1 view: Unsqueeze → Conv with a 1×k kernel → Squeeze,
     which adds exactly the same products."""
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
-                 groups=1, bias=True, padding_mode="zeros"):
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, ...],
+                 stride: int | tuple[int, ...] = 1, padding: int | tuple[int, ...] | str = 0,
+                 dilation: int | tuple[int, ...] = 1, groups: int = 1, bias: bool = True,
+                 padding_mode: str = "zeros") -> None:
         super().__init__()
         if in_channels % groups or out_channels % groups:
             raise ValueError(f"in_channels ({in_channels}) and out_channels ({out_channels}) "
@@ -544,19 +563,21 @@ class Conv1d(Module):
         self.bias = _torch_bias(out_channels, (in_channels // groups) * self.kernel_size[0]) \
             if bias else None
 
-    def forward(self, x):
+    def forward(self, x: Value) -> Value:
         padding = self.padding if isinstance(self.padding, str) else self.padding[0]
         return functional.conv1d(x, self.weight, self.bias, self.stride[0], padding,
                                  self.dilation[0], self.groups)
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
                 f"stride={self.stride}, padding={self.padding}")
 
 
 class ConvTranspose2d(Module):
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
-                 output_padding=0, groups=1, bias=True, dilation=1, padding_mode="zeros"):
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, ...],
+                 stride: int | tuple[int, ...] = 1, padding: int | tuple[int, ...] | str = 0,
+                 output_padding: int | tuple[int, ...] = 0, groups: int = 1, bias: bool = True,
+                 dilation: int | tuple[int, ...] = 1, padding_mode: str = "zeros") -> None:
         super().__init__()
         if in_channels % groups or out_channels % groups:
             raise ValueError(f"in_channels ({in_channels}) and out_channels ({out_channels}) "
@@ -574,7 +595,7 @@ class ConvTranspose2d(Module):
         fan_in = (out_channels // groups) * self.kernel_size[0] * self.kernel_size[1]
         self.bias = _torch_bias(out_channels, fan_in) if bias else None
 
-    def forward(self, x):
+    def forward(self, x: Value) -> Value:
         return x.builder.op("ConvTranspose", [x, _value(self.weight), _value(self.bias)],
                             kernel_shape=list(self.kernel_size), strides=list(self.stride),
                             pads=list(self.padding) * 2, dilations=list(self.dilation),
@@ -585,24 +606,24 @@ class Linear(Module):
     """y = x·Wᵀ + b with torch's W of shape (out, in): Gemm(transB=1) for 2-D input, else
     MatMul with the transposed weight, applied to the last dim."""
 
-    def __init__(self, in_features, out_features, bias=True):
+    def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.weight = _torch_weight((out_features, in_features))
         self.bias = _torch_bias(out_features, in_features) if bias else None
 
-    def forward(self, x):
+    def forward(self, x: Value) -> Value:
         return functional.linear(x, self.weight, self.bias)
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}"
 
 
 class _BatchNorm(Module):
     _ranks: tuple = ()
 
-    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
-                 track_running_stats=True):
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
+                 affine: bool = True, track_running_stats: bool = True) -> None:
         super().__init__()
         if momentum is None or not track_running_stats:
             raise ModelError("BatchNorm with momentum=None or track_running_stats=False is not "
@@ -620,7 +641,7 @@ class _BatchNorm(Module):
             return (self.running_mean, self.running_var)
         return ()
 
-    def forward(self, x):
+    def forward(self, x: Value) -> Value:
         if x.ndim not in self._ranks:
             raise ShapeError(f"{type(self).__name__} expects input of rank {self._ranks}, got "
                              f"shape {x.shape}")
@@ -642,7 +663,8 @@ class LayerNorm(Module):
     LayerNormalization with axis = −len(normalized_shape). The same statistics in training and
     in eval mode, as in torch."""
 
-    def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True):
+    def __init__(self, normalized_shape: int | tuple[int, ...], eps: float = 1e-5,
+                 elementwise_affine: bool = True, bias: bool = True) -> None:
         super().__init__()
         self.normalized_shape = _normalized_shape(normalized_shape)
         self.eps, self.elementwise_affine = eps, elementwise_affine
@@ -650,39 +672,43 @@ class LayerNorm(Module):
         self.bias = Parameter(self.normalized_shape, "zeros") \
             if elementwise_affine and bias else None
 
-    def forward(self, x):
+    def forward(self, x: Value) -> Value:
         return functional.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return (f"{self.normalized_shape}, eps={self.eps}, "
                 f"elementwise_affine={self.elementwise_affine}")
 
 
 # ---- layers without parameters ---------------------------------------------------------------
 class MaxPool2d(Module):
-    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, return_indices=False,
-                 ceil_mode=False):
+    def __init__(self, kernel_size: int | tuple[int, ...],
+                 stride: int | tuple[int, ...] | None = None,
+                 padding: int | tuple[int, ...] | str = 0, dilation: int | tuple[int, ...] = 1,
+                 return_indices: bool = False, ceil_mode: bool = False) -> None:
         super().__init__()
         if return_indices:
             raise ModelError("MaxPool2d(return_indices=True) is not supported")
         self.kernel_size, self.stride = kernel_size, stride
         self.padding, self.dilation, self.ceil_mode = padding, dilation, ceil_mode
 
-    def forward(self, x):
+    def forward(self, x: Value) -> Value:
         return functional.max_pool2d(x, self.kernel_size, self.stride, self.padding,
                                      self.dilation, self.ceil_mode)
 
 
 class AvgPool2d(Module):
-    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False,
-                 count_include_pad=True, divisor_override=None):
+    def __init__(self, kernel_size: int | tuple[int, ...],
+                 stride: int | tuple[int, ...] | None = None,
+                 padding: int | tuple[int, ...] | str = 0, ceil_mode: bool = False,
+                 count_include_pad: bool = True, divisor_override: int | None = None) -> None:
         super().__init__()
         if divisor_override is not None:
             raise ModelError("AvgPool2d(divisor_override=...) is not supported")
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
         self.ceil_mode, self.count_include_pad = ceil_mode, count_include_pad
 
-    def forward(self, x):
+    def forward(self, x: Value) -> Value:
         return functional.avg_pool2d(x, self.kernel_size, self.stride, self.padding,
                                      self.ceil_mode, self.count_include_pad)
 
@@ -690,15 +716,17 @@ class AvgPool2d(Module):
 class MaxPool1d(Module):
     """torch.nn.MaxPool1d on (N, C, L): a 1×k MaxPool of the height-1 view."""
 
-    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, return_indices=False,
-                 ceil_mode=False):
+    def __init__(self, kernel_size: int | tuple[int, ...],
+                 stride: int | tuple[int, ...] | None = None,
+                 padding: int | tuple[int, ...] | str = 0, dilation: int | tuple[int, ...] = 1,
+                 return_indices: bool = False, ceil_mode: bool = False) -> None:
         super().__init__()
         if return_indices:
             raise ModelError("MaxPool1d(return_indices=True) is not supported")
         self.kernel_size, self.stride = kernel_size, stride
         self.padding, self.dilation, self.ceil_mode = padding, dilation, ceil_mode
 
-    def forward(self, x):
+    def forward(self, x: Value) -> Value:
         return functional.max_pool1d(x, self.kernel_size, self.stride, self.padding,
                                      self.dilation, self.ceil_mode)
 
@@ -706,13 +734,15 @@ class MaxPool1d(Module):
 class AvgPool1d(Module):
     """torch.nn.AvgPool1d on (N, C, L): a 1×k AveragePool of the height-1 view."""
 
-    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False,
-                 count_include_pad=True):
+    def __init__(self, kernel_size: int | tuple[int, ...],
+                 stride: int | tuple[int, ...] | None = None,
+                 padding: int | tuple[int, ...] | str = 0, ceil_mode: bool = False,
+                 count_include_pad: bool = True) -> None:
         super().__init__()
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
         self.ceil_mode, self.count_include_pad = ceil_mode, count_include_pad
 
-    def forward(self, x):
+    def forward(self, x: Value) -> Value:
         return functional.avg_pool1d(x, self.kernel_size, self.stride, self.padding,
                                      self.ceil_mode, self.count_include_pad)
 
@@ -724,113 +754,113 @@ class LocalResponseNorm(Module):
     earlier than ONNX does, so it lowers to the same sums written out (x², a channel-window
     Conv of ones, Log/Exp for the power)."""
 
-    def __init__(self, size, alpha=1e-4, beta=0.75, k=1.0):
+    def __init__(self, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0) -> None:
         super().__init__()
         if int(size) < 1:
             raise ValueError(f"LocalResponseNorm size must be at least 1, got {size}")
         self.size, self.alpha, self.beta, self.k = int(size), alpha, beta, k
 
-    def forward(self, x):
+    def forward(self, x: Value) -> Value:
         return functional.local_response_norm(x, self.size, self.alpha, self.beta, self.k)
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f"{self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}"
 
 
 class AdaptiveAvgPool2d(Module):
-    def __init__(self, output_size):
+    def __init__(self, output_size: int | tuple[int, ...]) -> None:
         super().__init__()
         self.output_size = output_size
 
-    def forward(self, x):
+    def forward(self, x: Value) -> Value:
         return functional.adaptive_avg_pool2d(x, self.output_size)
 
 
 class Dropout(Module):
-    def __init__(self, p=0.5, inplace=False):
+    def __init__(self, p: float = 0.5, inplace: bool = False) -> None:
         super().__init__()
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"dropout probability has to be between 0 and 1, got {p}")
         self.p = p
 
-    def forward(self, x):
+    def forward(self, x: Value) -> Value:
         return functional.dropout(x, self.p, self.training)
 
 
 class ReLU(Module):
-    def __init__(self, inplace=False):
+    def __init__(self, inplace: bool = False) -> None:
         super().__init__()
 
-    def forward(self, x):
+    def forward(self, x: Value) -> Value:
         return functional.relu(x)
 
 
 class ReLU6(ReLU):
-    def forward(self, x):
+    def forward(self, x: Value) -> Value:
         return functional.relu6(x)
 
 
 class LeakyReLU(Module):
-    def __init__(self, negative_slope=0.01, inplace=False):
+    def __init__(self, negative_slope: float = 0.01, inplace: bool = False) -> None:
         super().__init__()
         self.negative_slope = negative_slope
 
-    def forward(self, x):
+    def forward(self, x: Value) -> Value:
         return functional.leaky_relu(x, self.negative_slope)
 
 
 class ELU(Module):
-    def __init__(self, alpha=1.0, inplace=False):
+    def __init__(self, alpha: float = 1.0, inplace: bool = False) -> None:
         super().__init__()
         self.alpha = alpha
 
-    def forward(self, x):
+    def forward(self, x: Value) -> Value:
         return functional.elu(x, self.alpha)
 
 
 class SiLU(ReLU):
-    def forward(self, x):
+    def forward(self, x: Value) -> Value:
         return functional.silu(x)
 
 
 class Sigmoid(Module):
-    def forward(self, x):
+    def forward(self, x: Value) -> Value:
         return functional.sigmoid(x)
 
 
 class Tanh(Module):
-    def forward(self, x):
+    def forward(self, x: Value) -> Value:
         return functional.tanh(x)
 
 
 class Softmax(Module):
-    def __init__(self, dim=None):
+    def __init__(self, dim: int | None = None) -> None:
         super().__init__()
         self.dim = dim
 
-    def forward(self, x):
+    def forward(self, x: Value) -> Value:
         return functional.softmax(x, self.dim)
 
 
 class LogSoftmax(Softmax):
-    def forward(self, x):
+    def forward(self, x: Value) -> Value:
         return functional.log_softmax(x, self.dim)
 
 
 class Flatten(Module):
-    def __init__(self, start_dim=1, end_dim=-1):
+    def __init__(self, start_dim: int = 1, end_dim: int = -1) -> None:
         super().__init__()
         self.start_dim, self.end_dim = start_dim, end_dim
 
-    def forward(self, x):
+    def forward(self, x: Value) -> Value:
         return functional.flatten(x, self.start_dim, self.end_dim)
 
 
 class Identity(Module):
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__()
 
-    def forward(self, x):
+    def forward(self, x: Value) -> Value:
         return x.builder.identity(x)
 
 
@@ -1574,8 +1604,8 @@ class OnnxModule(Module):
     scale and bias are both frozen, or every one while this module is in eval mode inside a model
     in training mode, keeps its running statistics in training (``frozen_statistics``)."""
 
-    def __init__(self, src, until: str | None = None, freeze: bool = True,
-                 input_name: str | None = None):
+    def __init__(self, src: str | os.PathLike | bytes, until: str | None = None,
+                 freeze: bool = True, input_name: str | None = None) -> None:
         super().__init__()
         from .importers.onnx import load_onnx as import_onnx
         graph = import_onnx(src)
@@ -1639,7 +1669,7 @@ class OnnxModule(Module):
                 fixed += [mean, var]
         return fixed
 
-    def forward(self, x):
+    def forward(self, x: Value) -> Value:
         self._check_input(x)
         b = x.builder
         env = {self.input_name: x}
@@ -1671,12 +1701,12 @@ class OnnxModule(Module):
             raise ShapeError(f"OnnxModule: input {self.input_name!r} of the imported model is "
                              f"{self.input_type}, got {x.dtype}[{'×'.join(map(str, x.shape))}]")
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return (f"input={self.input_name!r}, until={self.until!r}, nodes={len(self._nodes)}, "
                 f"params={self.num_parameters()}")
 
 
-def load_onnx(src, until: str | None = None, freeze: bool = True,
+def load_onnx(src: str | os.PathLike | bytes, until: str | None = None, freeze: bool = True,
               input_name: str | None = None) -> OnnxModule:
     """``OnnxModule(src, until, freeze, input_name)``: an imported ONNX model, cut at value
     ``until``, as a Module to put in front of a new head."""

@@ -24,6 +24,7 @@ import fnmatch
 import math
 import sys
 from collections import OrderedDict
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -39,6 +40,18 @@ from .runtime.optim import Adam
 from .runtime.session import Session
 from .runtime.threads import default_threads
 from .runtime.training_step import TARGET, StepRunner, TrainingStep
+
+if TYPE_CHECKING:
+    import os
+    from collections.abc import Callable, Sequence
+    from typing import Any
+
+    from .callbacks import Callback
+    from .nn import Module
+    from .runtime.distributed import MPIContext
+    from .runtime.losses import Loss
+    from .runtime.lr_scheduler import LRScheduler
+    from .runtime.optim import Optimizer
 
 BATCH = "N"
 
@@ -83,10 +96,14 @@ def _model_graph(model, input_shape, seed):
 class Trainer:
     """Trains a model on numpy arrays. See graph/TRAINING.md §4 for the API."""
 
-    def __init__(self, model, input_shape=None, loss="cross_entropy", optimizer=None,
-                 batch_size: int = 32, threads: int | None = None, seed: int = 0,
-                 l2: float = 0.0, scheduler=None, trainable=None, memory_cap=None,
-                 distributed=None, clip_grad_norm=None):
+    def __init__(self, model: Module | Graph | str | os.PathLike,
+                 input_shape: Sequence[int] | None = None,
+                 loss: str | Loss | Module | type = "cross_entropy",
+                 optimizer: Optimizer | None = None, batch_size: int = 32,
+                 threads: int | None = None, seed: int = 0, l2: float = 0.0,
+                 scheduler: LRScheduler | None = None, trainable: str | Sequence[str] | None = None,
+                 memory_cap: int | None = None,
+                 distributed: str | MPIContext | None = None) -> None:
         if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
         if not (isinstance(l2, (int, float)) and math.isfinite(l2) and l2 >= 0):
@@ -214,7 +231,7 @@ class Trainer:
         order = self._model.metadata.get("state_order") or self.state_names
         return OrderedDict((n, self._state[n].copy()) for n in order if n in self._state)
 
-    def load_state_dict(self, state: dict, strict: bool = True):
+    def load_state_dict(self, state: dict, strict: bool = True) -> tuple[list[str], list[str]]:
         """Copy arrays in by name (in place: every compiled graph sees them at once). Torch's
         ``num_batches_tracked`` entries are ignored. Returns (missing, unexpected) names."""
         if not hasattr(state, "items"):
@@ -254,8 +271,10 @@ class Trainer:
 
     # ---- ONNX in and out ------------------------------------------------------------------------
     @classmethod
-    def from_onnx(cls, path, loss, optimizer=None, trainable=None, freeze=None,
-                  input_shape=None, **kw) -> "Trainer":
+    def from_onnx(cls, path: str | os.PathLike, loss: str | Loss | Module | type,
+                  optimizer: Optimizer | None = None, trainable: str | Sequence[str] | None = None,
+                  freeze: str | Sequence[str] | None = None,
+                  input_shape: Sequence[int] | None = None, **kw: Any) -> "Trainer":
         """Fine-tune an ONNX model. Parameters and buffers are the float initializers (rank ≥ 1)
         feeding the inputs each op declares as ``parameter_inputs`` / ``buffer_inputs`` (Conv /
         ConvTranspose / Gemm / MatMul weights and biases, BatchNormalization scale and bias, the
@@ -300,7 +319,7 @@ class Trainer:
         return cls(g, input_shape=input_shape, loss=loss, optimizer=optimizer,
                    trainable=selected, **kw)
 
-    def export_onnx(self, path, opset: int | None = None) -> None:
+    def export_onnx(self, path: str | os.PathLike, opset: int | None = None) -> None:
         """Write the eval-mode inference model (current parameters, BatchNorm with running
         statistics) as ONNX; onnxruntime's outputs match ``predict``."""
         from .importers.onnx_export import save_onnx
@@ -369,7 +388,7 @@ class Trainer:
         self.dropout_step += 1
         return loss
 
-    def train_step(self, X, y) -> float:
+    def train_step(self, X: np.ndarray, y: np.ndarray) -> float:
         """One optimisation step on the batch (X, y); returns its loss (with the L2 term).
         Distributed: (X, y) are this rank's rows; the step is over every rank's rows."""
         X, kind, y = self._check_xy(X, y)
@@ -392,8 +411,10 @@ class Trainer:
         self.dropout_step += 1
         return loss
 
-    def fit(self, X, y, epochs: int = 1, validation_data=None, shuffle: bool = True,
-            verbose: bool = True, callbacks=None, transform=None) -> History:
+    def fit(self, X: np.ndarray, y: np.ndarray, epochs: int = 1,
+            validation_data: tuple[np.ndarray, np.ndarray] | None = None, shuffle: bool = True,
+            verbose: bool = True, callbacks: Sequence[Callback] | None = None,
+            transform: Callable[..., np.ndarray] | None = None) -> History:
         """Train for ``epochs`` more epochs of mini-batches (the partial last batch is used);
         returns this call's History (``trainer.history`` keeps every epoch so far).
         ``callbacks``: ``ember.callbacks.Callback`` instances (EarlyStopping, ModelCheckpoint,
@@ -512,7 +533,7 @@ class Trainer:
             arrays += [a for _, a in sorted(self.optimizer.state[name].items())]
         self._dist_step.resync(arrays, what)
 
-    def gradients(self, X, y) -> "OrderedDict[str, np.ndarray]":
+    def gradients(self, X: np.ndarray, y: np.ndarray) -> "OrderedDict[str, np.ndarray]":
         """{parameter name: gradient of the mean loss on (X, y)} (plus the L2 term), computed
         in one batch of len(X) in training mode (batch statistics for BatchNorm); nothing is
         updated. Distributed: this rank's gradients on its (X, y), not averaged over ranks."""
@@ -550,7 +571,7 @@ class Trainer:
                 memory_cap=self.memory_cap)
         return sess
 
-    def predict(self, X, batch_size: int | None = None) -> np.ndarray:
+    def predict(self, X: np.ndarray, batch_size: int | None = None) -> np.ndarray:
         """The model's output on X in eval mode (running statistics, no dropout)."""
         X = self._check_x(X)
         bs = int(batch_size or self.batch_size)
@@ -560,7 +581,7 @@ class Trainer:
             (out[start:start + bs],) = sess.run(None, {self.data_input: X[start:start + bs]})
         return out
 
-    def evaluate(self, X, y, batch_size: int | None = None) -> dict:
+    def evaluate(self, X: np.ndarray, y: np.ndarray, batch_size: int | None = None) -> dict:
         """{"loss": mean loss (plus the L2 term λ/(2m)·Σ‖W‖², m = len(X)), "accuracy": …}
         in eval mode."""
         X, kind, y = self._check_xy(X, y)
@@ -590,7 +611,7 @@ class Trainer:
         return result
 
     # ---- checkpoints -----------------------------------------------------------------------------
-    def save(self, path) -> None:
+    def save(self, path: str | os.PathLike) -> None:
         """Write a checkpoint atomically (see runtime/checkpoint.py). Distributed: rank 0
         writes (every rank holds the same state), and every rank returns once it is written."""
         augment = [self.augment_rng.bit_generator.state]
@@ -602,8 +623,9 @@ class Trainer:
             self.dist.barrier(f"saving the checkpoint {path!r}")
 
     @classmethod
-    def restore(cls, path, threads: int | None = None, memory_cap=None,
-                loss=None, distributed=None) -> "Trainer":
+    def restore(cls, path: str | os.PathLike, threads: int | None = None,
+                memory_cap: int | None = None, loss: str | Loss | Module | type | None = None,
+                distributed: str | MPIContext | None = None) -> "Trainer":
         """A Trainer continuing exactly where the saved one stopped (CheckpointError when the
         file is missing, truncated, tampered with or not a checkpoint). A checkpoint trained
         with a custom loss names its class but never imports it: pass ``loss=`` (the class,
@@ -611,6 +633,22 @@ class Trainer:
         ``distributed="mpi"``: every rank reads ``path`` and goes on in the job."""
         return checkpoint.trainer_from_state(cls, checkpoint.load(path), path, threads,
                                              memory_cap, loss, distributed)
+
+    # ---- pickling ------------------------------------------------------------------------------
+    def __reduce__(self):
+        """A Trainer pickles as its checkpoint (runtime/checkpoint.py: model, parameters,
+        optimizer and scheduler state, step, epoch, generators, history) and goes on exactly
+        where it was in the process that unpickles it, with that process's default threads.
+        A custom loss travels as its class (pickled by reference, as pickle does). A
+        distributed Trainer refuses: every rank must restore together."""
+        if self.dist is not None:
+            from .graph.errors import TrainingError
+            raise TrainingError("a distributed Trainer cannot be pickled: its ranks train "
+                                "together; save a checkpoint (trainer.save(path)) and "
+                                "Trainer.restore(path, distributed='mpi') on every rank")
+        custom = type(self.loss.module) if isinstance(self.loss, losses.ModuleLoss) else None
+        return (_unpickle_trainer, (type(self), _checkpoint_bytes(self), custom,
+                                    self.memory_cap))
 
     def __repr__(self):
         return (f"{type(self).__name__}(loss={self.loss!r}, optimizer={self.optimizer!r}, "
@@ -628,6 +666,30 @@ def _check_clip_grad_norm(max_norm):
         raise InputError(f"clip_grad_norm must be None or a positive number (the largest "
                          f"global L2 norm of the gradients), got {max_norm!r}")
     return float(max_norm)
+
+
+def _checkpoint_bytes(trainer) -> bytes:
+    """The bytes of ``trainer.save(path)`` (the checkpoint format: checked on the way back)."""
+    import os
+    import tempfile
+    with tempfile.TemporaryDirectory(prefix="ember-pickle-") as folder:
+        path = os.path.join(folder, "trainer.ckpt")
+        checkpoint.save(path, checkpoint.trainer_state(trainer))
+        with open(path, "rb") as f:
+            return f.read()
+
+
+def _unpickle_trainer(cls, data: bytes, loss, memory_cap):
+    import os
+    import tempfile
+
+    from .runtime.pickling import worker_threads
+    with tempfile.TemporaryDirectory(prefix="ember-pickle-") as folder:
+        path = os.path.join(folder, "trainer.ckpt")
+        with open(path, "wb") as f:
+            f.write(data)
+        return checkpoint.trainer_from_state(cls, checkpoint.load(path), path,
+                                             worker_threads(), memory_cap, loss)
 
 
 def _mean(total, weight, loss) -> float:

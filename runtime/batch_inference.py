@@ -45,9 +45,11 @@ def check_rows(sess, x: np.ndarray, name: str) -> int | None:
     return int(shape[0]) if _static(shape[0]) else None
 
 
-def run_rows(sess, x: np.ndarray, input_name: str, output_names: list, batch: int) -> dict:
+def run_rows(sess, x: np.ndarray, input_name: str, output_names: list, batch: int,
+             on_rows=None) -> dict:
     """{output name: its rows for every row of ``x``}, ``batch`` rows per run; a model with a
-    fixed batch runs in chunks of exactly that size, the last one zero-padded and trimmed."""
+    fixed batch runs in chunks of exactly that size, the last one zero-padded and trimmed.
+    ``on_rows(n)`` is told each chunk's rows once they ran (a progress bar)."""
     fixed = check_rows(sess, x, input_name)
     step = fixed or max(1, int(batch))
     outs: dict = {n: [] for n in output_names}
@@ -63,6 +65,8 @@ def run_rows(sess, x: np.ndarray, input_name: str, output_names: list, batch: in
                 raise EmberError(f"output {n!r} has shape {a.shape}: its first axis is not the "
                                  f"batch ({len(chunk)} rows), so rows cannot be split")
             outs[n].append(a[:rows])
+        if on_rows is not None:
+            on_rows(rows)
     return {n: np.concatenate(parts) if parts else None for n, parts in outs.items()}
 
 
@@ -78,15 +82,78 @@ def _agree(ctx: MPIContext, error: str | None) -> None:
         raise DistributedError(f"rank {r} of {ctx.size} failed{others}: {e}")
 
 
+class RowProgress:
+    """Rows done on every rank, drawn as one bar on rank 0 (``progress.bar``): the other
+    ranks send each chunk's row count to rank 0 without waiting (``isend``), and rank 0 reads
+    what has arrived after each of its own chunks, then the rest once its shard is done — each
+    rank ends with a -1, sent whether its shard ran or failed, so rank 0 never waits for rows
+    that will not come. Whether to draw is rank 0's decision (its stderr), shared with all."""
+
+    TAG = 0x7E3B     # message tag of the row counts, apart from anything else on the comm
+
+    def __init__(self, ctx: MPIContext | None, total: int, enabled: bool):
+        from . import progress
+        self.ctx = ctx
+        if ctx is not None and ctx.size > 1:
+            enabled = bool(ctx.allgather(enabled, "deciding on the progress bar")[0])
+        self.enabled = enabled
+        self.root = ctx is None or ctx.rank == 0
+        self.bar = progress.bar(total, "run-batch", "rows", enabled) if self.root else None
+        self._sent: list = []
+        self._ended = 0       # ranks whose -1 arrived
+
+    def __call__(self, rows: int) -> None:
+        if not self.enabled:
+            return
+        if self.root:
+            if self.bar is not None:
+                self.bar.update(rows)
+            self._receive(block=False)
+        else:
+            self._sent.append(self.ctx.comm.isend(int(rows), dest=0, tag=self.TAG))
+
+    def finish(self) -> None:
+        """After this rank's shard (ran or failed): the other ranks' last counts, the bar
+        closed."""
+        if not self.enabled:
+            return
+        if not self.root:
+            self._sent.append(self.ctx.comm.isend(-1, dest=0, tag=self.TAG))
+            self.ctx.wait(self._sent, "sending the progress of this rank's rows")
+        elif self.ctx is not None:
+            self._receive(block=True)
+        if self.bar is not None:
+            self.bar.close()
+
+    def _receive(self, block: bool) -> None:
+        if self.ctx is None or self.ctx.size == 1:
+            return
+        import time
+        comm, MPI = self.ctx.comm, self.ctx.MPI
+        deadline = time.monotonic() + self.ctx.timeout
+        while self._ended < self.ctx.size - 1:
+            if not comm.iprobe(source=MPI.ANY_SOURCE, tag=self.TAG):
+                if not block or time.monotonic() > deadline:
+                    return       # a rank that never reports is _agree's to explain
+                time.sleep(0.001)
+                continue
+            rows = comm.recv(source=MPI.ANY_SOURCE, tag=self.TAG)
+            if rows < 0:
+                self._ended += 1
+            elif self.bar is not None:
+                self.bar.update(rows)
+
+
 def run_batch(model: str, x: np.ndarray, batch: int, threads: int | None,
               input_name: str | None, output_names: list | None, ctx: MPIContext | None,
-              load) -> dict | None:
+              load, progress: bool = False) -> dict | None:
     """The outputs for every row (on rank 0; None on the other ranks). ``load(model, threads)``
-    opens the Session."""
+    opens the Session. ``progress``: draw a bar of every rank's rows on rank 0."""
     rank, size = (ctx.rank, ctx.size) if ctx else (0, 1)
     if threads is None and ctx is not None:
         threads = ctx.threads()
     error, local, names = None, None, None
+    counter = RowProgress(ctx, len(x), progress)
     try:
         sess = load(model, threads)
         inputs = [i.name for i in sess.inputs]
@@ -106,7 +173,7 @@ def run_batch(model: str, x: np.ndarray, batch: int, threads: int | None,
                              f"{[o.name for o in sess.outputs]}")
         check_rows(sess, x, input_name)
         lo, count = shard(len(x), size, rank)
-        local = run_rows(sess, x[lo:lo + count], input_name, names, batch)
+        local = run_rows(sess, x[lo:lo + count], input_name, names, batch, counter)
     except EmberError as e:
         if ctx is None or size == 1:
             raise
@@ -115,6 +182,8 @@ def run_batch(model: str, x: np.ndarray, batch: int, threads: int | None,
         if ctx is None or size == 1:
             raise EmberError(f"{type(e).__name__}: {e}") from None
         error = f"{type(e).__name__}: {e}"
+    finally:
+        counter.finish()
     if ctx is None or size == 1:
         return local
     _agree(ctx, error)

@@ -8,11 +8,16 @@ modules and are re-exported by ``ember.nn``.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 
 from ..graph.errors import InputError, ModelError
 from ..graph.ir import Graph, Node, TensorType
 from ..graph.ops import TRAINING_DOMAIN
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -24,7 +29,7 @@ class Loss:
     op_type = ""
     accuracy_metric = False
 
-    def __init__(self, reduction: str = "mean"):
+    def __init__(self, reduction: str = "mean") -> None:
         if reduction not in REDUCTIONS:
             raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
         self.reduction = reduction
@@ -49,7 +54,7 @@ class Loss:
         """Target shape for a batch whose model output has ``output_shape``."""
         return tuple(output_shape)
 
-    def prepare_target(self, y, output_shape: tuple, n: int) -> tuple:
+    def prepare_target(self, y: np.ndarray, output_shape: tuple, n: int) -> tuple:
         """(kind, y as a C-contiguous array of the target dtype and shape) for ``n`` samples
         whose per-sample output shape is ``output_shape[1:]``; InputError when it does not fit."""
         y = _as_array(y, "y")
@@ -84,7 +89,7 @@ class Loss:
         ("mean"), or 1 ("sum": batch sums add up)."""
         return 1.0 if self.reduction == "sum" else float(y.shape[0])
 
-    def accuracy(self, output: np.ndarray, y: np.ndarray):
+    def accuracy(self, output: np.ndarray, y: np.ndarray) -> tuple[int, int] | None:
         """(correct, counted) for this batch, or None when accuracy means nothing here."""
         return None
 
@@ -125,8 +130,8 @@ class CrossEntropyLoss(Loss):
     op_type = "SoftmaxCrossEntropyLoss"
     accuracy_metric = True
 
-    def __init__(self, weight=None, ignore_index: int = -100, reduction: str = "mean",
-                 label_smoothing: float = 0.0):
+    def __init__(self, weight: ArrayLike | None = None, ignore_index: int = -100,
+                 reduction: str = "mean", label_smoothing: float = 0.0) -> None:
         super().__init__(reduction)
         if label_smoothing:
             raise ModelError("CrossEntropyLoss(label_smoothing=...) is not supported")
@@ -138,18 +143,18 @@ class CrossEntropyLoss(Loss):
                 "ignore_index": self.ignore_index,
                 "weight": None if self.weight is None else [float(w) for w in self.weight]}
 
-    def target_kind(self, y, output_shape):
+    def target_kind(self, y: np.ndarray, output_shape: tuple) -> str:
         return "probs" if np.asarray(y).dtype.kind == "f" else "labels"
 
-    def target_dtype(self, kind):
+    def target_dtype(self, kind: str) -> np.dtype:
         return np.dtype(np.float32 if kind == "probs" else np.int64)
 
-    def target_shape(self, kind, output_shape):
+    def target_shape(self, kind: str, output_shape: tuple) -> tuple:
         if kind == "probs":
             return tuple(output_shape)
         return (output_shape[0],) + tuple(output_shape[2:])
 
-    def prepare_target(self, y, output_shape, n):
+    def prepare_target(self, y: np.ndarray, output_shape: tuple, n: int) -> tuple:
         y = _as_array(y, "y")
         if len(output_shape) < 2:
             raise ModelError(f"CrossEntropyLoss needs scores of shape (N, C, …), the model "
@@ -186,7 +191,7 @@ class CrossEntropyLoss(Loss):
                              f"model has {c} classes")
         return "labels", np.ascontiguousarray(y, dtype=np.int64)
 
-    def add_to_graph(self, graph, output, target, kind):
+    def add_to_graph(self, graph: Graph, output: str, target: str, kind: str) -> str:
         loss, log_prob = _fresh(graph, "loss"), _fresh(graph, "loss/log_prob")
         name = _fresh_node(graph, "loss")
         if kind == "probs":
@@ -203,7 +208,7 @@ class CrossEntropyLoss(Loss):
                        {"reduction": self.reduction, "ignore_index": self.ignore_index})
         return loss
 
-    def batch_weight(self, y):
+    def batch_weight(self, y: np.ndarray) -> float:
         if self.reduction == "sum":
             return 1.0
         if y.dtype.kind == "f":
@@ -213,7 +218,7 @@ class CrossEntropyLoss(Loss):
             return float(keep.sum())
         return float(self.weight[np.where(keep, y, 0)][keep].sum())
 
-    def accuracy(self, output, y):
+    def accuracy(self, output: np.ndarray, y: np.ndarray) -> tuple[int, int] | None:
         pred = output.argmax(axis=1)
         if y.dtype.kind == "f":
             return int((pred == y.argmax(axis=1)).sum()), int(pred.size)
@@ -228,12 +233,13 @@ class BCEWithLogitsLoss(Loss):
     op_type = "BCEWithLogitsLoss"
     accuracy_metric = True
 
-    def __init__(self, weight=None, reduction: str = "mean", pos_weight=None):
+    def __init__(self, weight: ArrayLike | None = None, reduction: str = "mean",
+                 pos_weight: ArrayLike | None = None) -> None:
         super().__init__(reduction)
         if weight is not None or pos_weight is not None:
             raise ModelError("BCEWithLogitsLoss(weight=..., pos_weight=...) is not supported")
 
-    def accuracy(self, output, y):
+    def accuracy(self, output: np.ndarray, y: np.ndarray) -> tuple[int, int] | None:
         return int(((output > 0) == (y > 0.5)).sum()), int(y.size)
 
 
@@ -252,13 +258,13 @@ class HuberLoss(Loss):
 
     op_type = "HuberLoss"
 
-    def __init__(self, reduction: str = "mean", delta: float = 1.0):
+    def __init__(self, reduction: str = "mean", delta: float = 1.0) -> None:
         super().__init__(reduction)
         if not delta > 0:
             raise ValueError(f"HuberLoss delta must be positive, got {delta}")
         self.delta = float(delta)
 
-    def config(self):
+    def config(self) -> dict:
         return {"type": "HuberLoss", "reduction": self.reduction, "delta": self.delta}
 
     def _attrs(self):
@@ -276,7 +282,7 @@ class ModuleLoss(Loss):
 
     CUSTOM = "custom"
 
-    def __init__(self, module):
+    def __init__(self, module: Any) -> None:
         reduction = getattr(module, "reduction", "mean")
         super().__init__(reduction if reduction in ("mean", "sum") else "mean")
         if list(module.parameters()) or list(module.buffers()):
@@ -302,18 +308,18 @@ class ModuleLoss(Loss):
         return f"{type(self.module).__name__}()"
 
     # targets -------------------------------------------------------------------------------------
-    def target_kind(self, y, output_shape):
+    def target_kind(self, y: np.ndarray, output_shape: tuple) -> str:
         return "custom"
 
-    def target_dtype(self, kind):
+    def target_dtype(self, kind: str) -> np.dtype:
         return self._dtype
 
-    def target_shape(self, kind, output_shape):
+    def target_shape(self, kind: str, output_shape: tuple) -> tuple:
         if self._sample_shape is None:
             return tuple(output_shape)
         return (output_shape[0],) + self._sample_shape
 
-    def prepare_target(self, y, output_shape, n):
+    def prepare_target(self, y: np.ndarray, output_shape: tuple, n: int) -> tuple:
         y = _as_array(y, "y")
         name = type(self.module).__name__
         if (self._dtype.kind == "f") != (y.dtype.kind == "f") or y.dtype.kind not in "fiub":
@@ -331,7 +337,7 @@ class ModuleLoss(Loss):
         return "custom", np.ascontiguousarray(y, dtype=self._dtype)
 
     # the graph -----------------------------------------------------------------------------------
-    def add_to_graph(self, graph, output, target, kind):
+    def add_to_graph(self, graph: Graph, output: str, target: str, kind: str) -> str:
         t = graph.types[target]
         if output not in graph.types:
             from ..graph.infer import infer_shapes
@@ -345,7 +351,7 @@ class ModuleLoss(Loss):
                              f"got {len(sub.outputs)} values")
         return splice(graph, sub, {"pred": output, "target": target}, "loss")
 
-    def accuracy(self, output, y):
+    def accuracy(self, output: np.ndarray, y: np.ndarray) -> tuple[int, int] | None:
         return self.module.accuracy(output, y)
 
 

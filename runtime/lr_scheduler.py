@@ -18,9 +18,13 @@ from __future__ import annotations
 import bisect
 import math
 import numbers
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from ..graph.errors import EmberError, InputError
+
+if TYPE_CHECKING:
+    from .optim import Optimizer
 
 __all__ = ["LRScheduler", "StepLR", "MultiStepLR", "ExponentialLR", "InverseTimeLR",
            "CosineAnnealingLR", "LinearLR", "LinearWarmup", "from_state_dict"]
@@ -58,7 +62,7 @@ class LRScheduler:
             _check_optimizer(cls.__name__, optimizer)
         return super().__new__(cls)
 
-    def __init__(self, optimizer=None):
+    def __init__(self, optimizer: Optimizer | None = None) -> None:
         self.optimizer = None
         self.last_epoch = -1          # -1: never bound; then the number of step() calls
         self.base_lrs: list[float] = []
@@ -66,7 +70,7 @@ class LRScheduler:
         if optimizer is not None:
             self.bind(optimizer)
 
-    def bind(self, optimizer) -> "LRScheduler":
+    def bind(self, optimizer: Optimizer) -> "LRScheduler":
         """Attach to ``optimizer`` and set its learning rate for the current epoch. The first
         bind records the base learning rate; a schedule restored with ``load_state_dict`` keeps
         its own epoch and base."""
@@ -139,14 +143,15 @@ class LRScheduler:
 class StepLR(LRScheduler):
     """lr = base · gamma^⌊epoch / step_size⌋ — the courses' "staircase" decay."""
 
-    def __init__(self, optimizer=None, step_size=None, gamma=0.1):
+    def __init__(self, optimizer: Optimizer | None = None, step_size: int | None = None,
+                 gamma: float = 0.1) -> None:
         _check(_int(step_size) and step_size > 0,
                f"StepLR step_size must be a positive integer, got {step_size!r}")
         _check(_real(gamma) and gamma > 0, f"StepLR gamma must be a positive number, got {gamma!r}")
         self.step_size, self.gamma = int(step_size), float(gamma)
         super().__init__(optimizer)
 
-    def lr_at(self, base_lr, epoch):
+    def lr_at(self, base_lr: float, epoch: int) -> float:
         return base_lr * self.gamma ** (epoch // self.step_size)
 
     def _hyper(self):
@@ -156,7 +161,8 @@ class StepLR(LRScheduler):
 class MultiStepLR(LRScheduler):
     """lr = base · gamma^(number of milestones ≤ epoch)."""
 
-    def __init__(self, optimizer=None, milestones=(), gamma=0.1):
+    def __init__(self, optimizer: Optimizer | None = None, milestones: Sequence[int] = (),
+                 gamma: float = 0.1) -> None:
         _check(all(_int(m) and m >= 0 for m in milestones),
                f"MultiStepLR milestones must be non-negative integers, got {milestones!r}")
         _check(_real(gamma) and gamma > 0,
@@ -164,7 +170,7 @@ class MultiStepLR(LRScheduler):
         self.milestones, self.gamma = sorted(int(m) for m in milestones), float(gamma)
         super().__init__(optimizer)
 
-    def lr_at(self, base_lr, epoch):
+    def lr_at(self, base_lr: float, epoch: int) -> float:
         return base_lr * self.gamma ** bisect.bisect_right(self.milestones, epoch)
 
     def _hyper(self):
@@ -174,13 +180,13 @@ class MultiStepLR(LRScheduler):
 class ExponentialLR(LRScheduler):
     """lr = base · gamma^epoch (the courses' 0.95^epoch · α₀ is gamma=0.95)."""
 
-    def __init__(self, optimizer=None, gamma=None):
+    def __init__(self, optimizer: Optimizer | None = None, gamma: float | None = None) -> None:
         _check(_real(gamma) and gamma > 0,
                f"ExponentialLR gamma must be a positive number, got {gamma!r}")
         self.gamma = float(gamma)
         super().__init__(optimizer)
 
-    def lr_at(self, base_lr, epoch):
+    def lr_at(self, base_lr: float, epoch: int) -> float:
         return base_lr * self.gamma ** epoch
 
     def _hyper(self):
@@ -191,13 +197,13 @@ class InverseTimeLR(LRScheduler):
     """lr = base / (1 + decay_rate · epoch) — the courses' α₀/(1 + decay_rate · epoch_num)
     (not in torch; ``LambdaLR(opt, lambda e: 1 / (1 + decay_rate * e))`` there)."""
 
-    def __init__(self, optimizer=None, decay_rate=None):
+    def __init__(self, optimizer: Optimizer | None = None, decay_rate: float | None = None) -> None:
         _check(_real(decay_rate) and decay_rate >= 0,
                f"InverseTimeLR decay_rate must be a non-negative number, got {decay_rate!r}")
         self.decay_rate = float(decay_rate)
         super().__init__(optimizer)
 
-    def lr_at(self, base_lr, epoch):
+    def lr_at(self, base_lr: float, epoch: int) -> float:
         return base_lr / (1.0 + self.decay_rate * epoch)
 
     def _hyper(self):
@@ -208,7 +214,8 @@ class CosineAnnealingLR(LRScheduler):
     """lr = eta_min + (base − eta_min)·(1 + cos(π·epoch/T_max))/2 — torch's closed form
     (past T_max the cosine comes back up, as torch's does)."""
 
-    def __init__(self, optimizer=None, T_max=None, eta_min=0.0):
+    def __init__(self, optimizer: Optimizer | None = None, T_max: int | None = None,
+                 eta_min: float = 0.0) -> None:
         _check(_int(T_max) and T_max > 0,
                f"CosineAnnealingLR T_max must be a positive integer, got {T_max!r}")
         _check(_real(eta_min) and eta_min >= 0,
@@ -216,7 +223,7 @@ class CosineAnnealingLR(LRScheduler):
         self.T_max, self.eta_min = int(T_max), float(eta_min)
         super().__init__(optimizer)
 
-    def lr_at(self, base_lr, epoch):
+    def lr_at(self, base_lr: float, epoch: int) -> float:
         return self.eta_min + (base_lr - self.eta_min) * (
             1.0 + math.cos(math.pi * epoch / self.T_max)) / 2.0
 
@@ -228,7 +235,8 @@ class LinearLR(LRScheduler):
     """torch's LinearLR: the factor on the base rate goes linearly from ``start_factor`` at
     epoch 0 to ``end_factor`` at ``total_iters`` and stays there."""
 
-    def __init__(self, optimizer=None, start_factor=1.0 / 3, end_factor=1.0, total_iters=5):
+    def __init__(self, optimizer: Optimizer | None = None, start_factor: float = 1.0 / 3,
+                 end_factor: float = 1.0, total_iters: int = 5) -> None:
         _check(_real(start_factor) and 0 < start_factor <= 1,
                "Starting multiplicative factor expected to be greater than 0 and less or equal "
                f"to 1, got {start_factor!r}")
@@ -245,7 +253,7 @@ class LinearLR(LRScheduler):
             return self.end_factor
         return self.start_factor + (self.end_factor - self.start_factor) * epoch / self.total_iters
 
-    def lr_at(self, base_lr, epoch):
+    def lr_at(self, base_lr: float, epoch: int) -> float:
         return base_lr * self._factor(epoch)
 
     def _hyper(self):
@@ -262,7 +270,8 @@ class LinearWarmup(LinearLR):
         LinearWarmup(warmup_epochs=3, after=CosineAnnealingLR(T_max=17))
     """
 
-    def __init__(self, optimizer=None, warmup_epochs=5, start_factor=1.0 / 3, after=None):
+    def __init__(self, optimizer: Optimizer | None = None, warmup_epochs: int = 5,
+                 start_factor: float = 1.0 / 3, after: LRScheduler | None = None) -> None:
         _check(after is None or (isinstance(after, LRScheduler)
                                  and not isinstance(after, LinearWarmup)),
                f"LinearWarmup after= must be another (non-warm-up) schedule, got {after!r}")
@@ -276,7 +285,7 @@ class LinearWarmup(LinearLR):
     def warmup_epochs(self) -> int:
         return self.total_iters
 
-    def lr_at(self, base_lr, epoch):
+    def lr_at(self, base_lr: float, epoch: int) -> float:
         if self.after is not None and epoch >= self.total_iters:
             return self.after.lr_at(base_lr, epoch - self.total_iters)
         return base_lr * self._factor(epoch)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import fnmatch
 import math
 import numbers
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -86,7 +86,7 @@ class Optimizer:
     ``_validate(group)``, ``_buffers(group)`` (state names this configuration needs) and
     ``_update(slot, grad_flat, group)`` (one kernel call)."""
 
-    def __init__(self, params, defaults: dict):
+    def __init__(self, params: str | Sequence[str] | None, defaults: dict) -> None:
         name = type(self).__name__
         self.params_spec = _param_spec(name, params)
         self._validate(defaults)
@@ -109,7 +109,7 @@ class Optimizer:
         return self.param_groups[0]["lr"]
 
     @lr.setter
-    def lr(self, value):
+    def lr(self, value: float) -> None:
         _check(_real(value) and value >= 0.0, f"Invalid learning rate: {value}")
         self.param_groups[0]["lr"] = float(value)
 
@@ -334,8 +334,9 @@ class SGD(Optimizer):
       larger by β^t·g₁ at step t.
     """
 
-    def __init__(self, params=None, lr=1e-3, momentum=0, dampening=0, weight_decay=0,
-                 nesterov=False):
+    def __init__(self, params: str | Sequence[str] | None = None, lr: float = 1e-3,
+                 momentum: float = 0, dampening: float = 0, weight_decay: float = 0,
+                 nesterov: bool = False) -> None:
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
                                       weight_decay=weight_decay, nesterov=nesterov))
 
@@ -371,8 +372,9 @@ class RMSprop(Optimizer):
     about the courses' ε = 1e-16 inside it.
     """
 
-    def __init__(self, params=None, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0,
-                 centered=False):
+    def __init__(self, params: str | Sequence[str] | None = None, lr: float = 1e-2,
+                 alpha: float = 0.99, eps: float = 1e-8, weight_decay: float = 0,
+                 momentum: float = 0, centered: bool = False) -> None:
         super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
                                       momentum=momentum, centered=centered))
 
@@ -409,7 +411,9 @@ class Adam(Optimizer):
 
     _decoupled = False
 
-    def __init__(self, params=None, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0):
+    def __init__(self, params: str | Sequence[str] | None = None, lr: float = 1e-3,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0) -> None:
         super().__init__(params, dict(lr=lr, betas=tuple(betas) if _is_pair(betas) else betas,
                                       eps=eps, weight_decay=weight_decay))
 
@@ -440,7 +444,9 @@ class AdamW(Adam):
 
     _decoupled = True
 
-    def __init__(self, params=None, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
+    def __init__(self, params: str | Sequence[str] | None = None, lr: float = 1e-3,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 1e-2) -> None:
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
 
 

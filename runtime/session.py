@@ -15,11 +15,18 @@ Concurrency and memory: a compiled plan keeps its execution contexts (arena + bo
 reuse, and a run holds one while it runs, so threads never share an arena. ``PlanCache`` bounds
 them per Session: ``max_concurrent_runs`` contexts in use at once (a run beyond it waits), and
 the bytes of every context of every cached plan under ``memory_cap``.
+
+Pickling (multiprocessing, joblib, Dask): a Session pickles as its model (the ONNX file or
+bytes ``ember.load`` read, or its graph serialized), its bound external state and the options the
+caller gave — never arenas or plans; the unpickled Session compiles on its first run
+(runtime/pickling.py).
 """
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -33,6 +40,10 @@ from .binders.control_flow import RuntimeShaped
 from .plan_cache import PlanCache
 from .planner import ALIGN, make_plan
 from .threads import default_threads
+
+if TYPE_CHECKING:
+    from .planner import MemoryPlan
+    from .profile import Profile
 
 
 # Compiled plans (one per input shape, or per value of a shape-deciding input) are kept in a
@@ -143,7 +154,7 @@ class Compiled:
         self.context_bytes = self.plan.arena_bytes + ALIGN   # the arena, aligned by hand
         memory_cap = cache.memory_cap
         if self.context_bytes > memory_cap:
-            biggest = max(self.plan.sizes, key=self.plan.sizes.get)
+            biggest = max(self.plan.sizes, key=lambda v: self.plan.sizes[v])
             producer = graph.producers().get(biggest)
             where = f"{producer}" if producer else "a graph input"
             raise ModelError(f"the plan needs a {self.plan.arena_bytes:,}-byte arena, more than "
@@ -194,7 +205,20 @@ class Session:
     def __init__(self, graph: Graph, threads: int | None = None, shapes: dict | None = None,
                  memory_cap: int | None = None, optimize: bool = True,
                  external: dict | None = None, max_plans: int = DEFAULT_MAX_PLANS,
-                 max_concurrent_runs: int | None = None):
+                 max_concurrent_runs: int | None = None) -> None:
+        self._setup(graph, threads, shapes, memory_cap, optimize, external, max_plans,
+                    max_concurrent_runs, compile_now=True)
+
+    def _setup(self, graph, threads, shapes, memory_cap, optimize, external, max_plans,
+               max_concurrent_runs, compile_now: bool):
+        """``__init__``'s body; ``compile_now=False`` (an unpickled Session) leaves even a
+        static model's plan to its first run."""
+        self._given = {k: v for k, v in (("threads", threads), ("shapes", shapes),
+                                         ("memory_cap", memory_cap),
+                                         ("max_concurrent_runs", max_concurrent_runs))
+                       if v is not None}
+        self._given.update(optimize=bool(optimize), max_plans=max_plans)
+        self._source = None
         for setting, value, optional in (("max_plans", max_plans, False),
                                          ("threads", threads, True),
                                          ("max_concurrent_runs", max_concurrent_runs, True)):
@@ -226,20 +250,17 @@ class Session:
             raise InputError(f"shapes= names unknown inputs {sorted(unknown)}; the model's "
                              f"inputs are {list(graph.inputs)}")
         self._value_keyed: set = set()
+        self._fast: tuple | None = None
         self._plans = PlanCache(self.max_plans, self.memory_cap, self.max_concurrent_runs)
         self._cache = self._plans.plans         # key -> Compiled, least recently used first
         self._compile_lock = threading.Lock()   # one compile at a time (held long)
         self.inputs = [IOInfo(n, t.shape, t.dtype) for n, t in self._input_types.items()]
         compiled = None
-        if all(t.is_static for t in self._input_types.values()):
+        self._static = all(t.is_static for t in self._input_types.values())
+        if self._static and compile_now:
             # static models fail (or not) at load time, not on first run — unless an input's
             # value decides shapes, in which case compiling waits for the first feeds
             compiled = self._compile(dict(self._input_types), None, defer_on_value=True)
-        # run()'s fast path: static inputs, one plan not keyed on input values
-        self._fast = None
-        if compiled is not None and not self._value_keyed:
-            self._fast = (tuple((n, t.dtype, tuple(int(d) for d in t.shape))
-                                for n, t in self._input_types.items()), compiled)
         self._signature = tuple((n, t.dtype, len(t.shape)) for n, t in self._input_types.items())
         self._all_outputs = list(graph.outputs)
         declared = graph.metadata.get("declared_output_types", {})
@@ -250,13 +271,14 @@ class Session:
                                        t.dtype if t else np.dtype("float32")))
 
     # ---- public onnxruntime-style API ------------------------------------------------------
-    def get_inputs(self):
+    def get_inputs(self) -> list[IOInfo]:
         return list(self.inputs)
 
-    def get_outputs(self):
+    def get_outputs(self) -> list[IOInfo]:
         return list(self.outputs)
 
-    def run(self, output_names, feeds, run_options=None) -> list:
+    def run(self, output_names: str | Sequence[str] | None, feeds: Mapping[str, Any],
+            run_options: Any = None) -> list[np.ndarray]:
         if not isinstance(feeds, dict):
             raise InputError(f"feeds must be a dict of input name -> array, got "
                              f"{type(feeds).__name__}")
@@ -307,7 +329,7 @@ class Session:
         compiled = self._fast_compiled(feeds)
         return compiled if compiled is not None else self._compiled_for(self._validate(feeds))
 
-    def __call__(self, *arrays, **named):
+    def __call__(self, *arrays: Any, **named: Any) -> np.ndarray | list[np.ndarray]:
         if len(arrays) > len(self.inputs):
             raise InputError(f"model takes {len(self.inputs)} inputs, got {len(arrays)}")
         feeds = {info.name: a for info, a in zip(self.inputs, arrays)}
@@ -315,7 +337,8 @@ class Session:
         out = self.run(None, feeds)
         return out[0] if len(out) == 1 else out
 
-    def profile(self, feeds: dict | None = None, runs: int = 10, warmup: int = 2):
+    def profile(self, feeds: Mapping[str, Any] | None = None, runs: int = 10,
+                warmup: int = 2) -> Profile:
         """Time every node over ``runs`` runs (after ``warmup``) and return a ``Profile``: one
         row per node, slowest first, with its median time, share and GFLOP/s, and the median
         whole-run time. Every pass starts from the feeds (a plan reuses input bytes). Without
@@ -346,7 +369,7 @@ class Session:
         finally:
             compiled.release(ctx)
 
-    def plan(self, shapes: dict | None = None):
+    def plan(self, shapes: dict | None = None) -> MemoryPlan:
         """The memory plan for the given input shapes (default: the load-time shapes)."""
         return self.compile(shapes).plan
 
@@ -354,10 +377,41 @@ class Session:
         """Compile (or fetch) the plan for concrete input shapes; symbolic dims default to 1."""
         types = {}
         for name, t in self._input_types.items():
-            shape = shapes.get(name) if shapes and name in shapes else \
+            shape = tuple(shapes[name]) if shapes and name in shapes else \
                 tuple(d if isinstance(d, (int, np.integer)) else 1 for d in t.shape)
             types[name] = TensorType(t.dtype, shape)
         return self._compile(types, None)
+
+    # ---- pickling ------------------------------------------------------------------------------
+    def __reduce__(self):
+        """Pickles as the model it was given, its bound external state and the options the
+        caller chose — never arenas or plans (runtime/pickling.py)."""
+        from .pickling import SerializedGraph, rebuild_session
+        model = self._source.payload() if self._source is not None else \
+            SerializedGraph.of(self.graph)
+        return (rebuild_session, (type(self), model, dict(self._given), dict(self.external)))
+
+    def _keep_source(self, source) -> "Session":
+        """Remember the model this Session was loaded from (``ember.load``: an
+        ``ember.onnx_source.OnnxSource``, or None), to pickle its ``payload()`` instead of
+        the graph."""
+        self._source = source
+        return self
+
+    @classmethod
+    def _rebuilt(cls, graph: Graph, external: dict, options: dict,
+                 worker_threads: int | None) -> "Session":
+        """An unpickled Session: ``options`` as the caller gave them, a thread count not given
+        taken from ``worker_threads`` (the pool's cap) or ember's default in this process."""
+        sess = cls.__new__(cls)
+        threads = options.get("threads", worker_threads)
+        sess._setup(graph, threads, options.get("shapes"), options.get("memory_cap"),
+                    options.get("optimize", True), external,
+                    options.get("max_plans", DEFAULT_MAX_PLANS),
+                    options.get("max_concurrent_runs"), compile_now=False)
+        if "threads" not in options:
+            sess._given.pop("threads", None)     # recomputed again wherever it goes next
+        return sess
 
     # ---- internals ---------------------------------------------------------------------------
     @staticmethod
@@ -433,7 +487,7 @@ class Session:
         return g
 
     @staticmethod
-    def _override_shape(name, t, shape):
+    def _override_shape(name, t, shape) -> TensorType:
         shape = tuple(shape)
         if len(shape) != len(t.shape) or any(
                 isinstance(d, (int, np.integer)) and d != s for d, s in zip(t.shape, shape)):
@@ -452,7 +506,7 @@ class Session:
                              f"{list(self.graph.outputs)}")
         return list(output_names)
 
-    def _validate(self, feeds: dict) -> dict:
+    def _validate(self, feeds: Mapping[str, Any]) -> dict:
         expected = self._input_types
         missing = [n for n in expected if n not in feeds]
         extra = [n for n in feeds if n not in expected]
@@ -541,7 +595,19 @@ class Session:
                 # run; the context stays idle for that run
                 compiled.release(compiled.acquire())
                 self._plans.put(key, compiled)
+                self._note_fast(types, compiled)
                 return compiled
+
+    def _note_fast(self, types: dict, compiled: Compiled) -> None:
+        """run()'s fast path: a static model's plan for its own input shapes, not keyed on
+        input values (set by the load-time compile, or by the first run of an unpickled
+        Session)."""
+        if not self._static or self._value_keyed or self._fast is not None:
+            return
+        fast = tuple((n, t.dtype, tuple(int(d) for d in t.shape))
+                     for n, t in self._input_types.items())
+        if all(tuple(types[n].shape) == shape for n, _, shape in fast):
+            self._fast = (fast, compiled)
 
     def _specialise(self, types: dict, values: dict) -> Compiled:
         g = self.graph.copy()
