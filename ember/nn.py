@@ -1191,9 +1191,10 @@ class Embedding(Module):
     is an InputError naming the node. ``padding_idx``: that
     row gets no gradient (and starts at zero), as in torch."""
 
-    def __init__(self, num_embeddings, embedding_dim, padding_idx=None, max_norm=None,
-                 norm_type=2.0, scale_grad_by_freq=False, sparse=False, _weight=None,
-                 _freeze=False):
+    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None,
+                 max_norm: float | None = None, norm_type: float = 2.0,
+                 scale_grad_by_freq: bool = False, sparse: bool = False, _weight: Any = None,
+                 _freeze: bool = False) -> None:
         super().__init__()
         if max_norm is not None or scale_grad_by_freq or sparse:
             raise ModelError("Embedding(max_norm=, scale_grad_by_freq=, sparse=) is not "
@@ -1215,7 +1216,8 @@ class Embedding(Module):
             self.weight.requires_grad_(False)
 
     @classmethod
-    def from_pretrained(cls, embeddings, freeze=True, padding_idx=None):
+    def from_pretrained(cls, embeddings: Any, freeze: bool = True,
+                        padding_idx: int | None = None) -> "Embedding":
         """torch's ``Embedding.from_pretrained``: the table given (frozen by default)."""
         e = np.asarray(embeddings, np.float32)
         if e.ndim != 2:
@@ -1223,13 +1225,13 @@ class Embedding(Module):
                              f"{e.shape}")
         return cls(e.shape[0], e.shape[1], padding_idx, _weight=e, _freeze=freeze)
 
-    def forward(self, x):
+    def forward(self, x: Value) -> Value:
         b = x.builder
         idx = x if x.dtype.kind in "iu" else b.op("Cast", [x], to="int64")
         return b.op("Gather", [_value(self.weight), idx], axis=0,
                     padding_idx=-1 if self.padding_idx is None else self.padding_idx)
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         pad = "" if self.padding_idx is None else f", padding_idx={self.padding_idx}"
         return f"{self.num_embeddings}, {self.embedding_dim}{pad}"
 
@@ -1242,8 +1244,9 @@ class _RNNBase(Module):
     gates = 1
     _onnx_gates: tuple = (0,)
 
-    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, proj_size=0):
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 proj_size: int = 0) -> None:
         super().__init__()
         if proj_size:
             raise ModelError(f"{type(self).__name__}(proj_size=...) is not supported")
@@ -1361,7 +1364,7 @@ class _RNNBase(Module):
             out = b.transpose(out, (1, 0, 2))
         return out, hs
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
         if self.num_layers != 1:
             s += f", num_layers={self.num_layers}"
@@ -1378,8 +1381,9 @@ class RNN(_RNNBase):
     (T, input_size) unbatched; h (num_layers·D, N, hidden_size)."""
     op_type = "RNN"
 
-    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
-                 batch_first=False, dropout=0.0, bidirectional=False):
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
+                 nonlinearity: str = "tanh", bias: bool = True, batch_first: bool = False,
+                 dropout: float = 0.0, bidirectional: bool = False) -> None:
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or "
                              f"'relu'.")
@@ -1390,7 +1394,7 @@ class RNN(_RNNBase):
     def _attrs(self):
         return {"activations": [self.nonlinearity.capitalize()] * self.directions}
 
-    def forward(self, input, hx=None):
+    def forward(self, input: Value, hx: Any = None) -> tuple:
         out, (h,) = self._run(input, [_value(hx)])
         return out, h
 
@@ -1405,7 +1409,7 @@ class GRU(_RNNBase):
     def _attrs(self):
         return {"linear_before_reset": 1}
 
-    def forward(self, input, hx=None):
+    def forward(self, input: Value, hx: Any = None) -> tuple:
         out, (h,) = self._run(input, [_value(hx)])
         return out, h
 
@@ -1416,9 +1420,10 @@ class LSTM(_RNNBase):
     gates = 4
     _onnx_gates = (0, 3, 1, 2)   # ONNX i, o, f, c = torch blocks i(0), o(3), f(1), g(2)
 
-    def forward(self, input, hx=None):
+    def forward(self, input: Value, hx: Any = None) -> tuple:
+        states: list = [None, None]
         if hx is None:
-            states = [None, None]
+            pass
         elif isinstance(hx, (tuple, list)) and len(hx) == 2:
             states = [_value(hx[0]), _value(hx[1])]
         else:
@@ -1504,8 +1509,9 @@ class MultiheadAttention(Module):
     (3E, E), ``in_proj_bias`` (3E), ``out_proj.weight``, ``out_proj.bias``, initialised as
     torch does (Xavier-uniform in-projection, zero biases)."""
 
-    def __init__(self, embed_dim, num_heads, dropout=0.0, bias=True, add_bias_kv=False,
-                 add_zero_attn=False, kdim=None, vdim=None, batch_first=False):
+    def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0, bias: bool = True,
+                 add_bias_kv: bool = False, add_zero_attn: bool = False, kdim: int | None = None,
+                 vdim: int | None = None, batch_first: bool = False) -> None:
         super().__init__()
         E, h = int(embed_dim), int(num_heads)
         if E < 1 or h < 1 or E % h:
@@ -1536,8 +1542,9 @@ class MultiheadAttention(Module):
         b = x.builder
         return b.transpose(b.reshape(x, [0, 0, self.num_heads, self.head_dim]), (0, 2, 1, 3))
 
-    def forward(self, query, key, value, key_padding_mask=None, need_weights=True,
-                attn_mask=None, average_attn_weights=True, is_causal=False):
+    def forward(self, query: Value, key: Value, value: Value, key_padding_mask: Any = None,
+                need_weights: bool = True, attn_mask: Any = None,
+                average_attn_weights: bool = True, is_causal: bool = False) -> tuple:
         q, k, v = _value(query), _value(key), _value(value)
         b = q.builder
         for name, t in (("query", q), ("key", k), ("value", v)):
@@ -1556,8 +1563,8 @@ class MultiheadAttention(Module):
         if pad is not None:                         # (N, S) → (N, 1, 1, S)
             pad = b.op("Unsqueeze", [pad, _axes(1, 2)])
             mask = pad if mask is None else mask + pad
-        heads = [self._heads(self._project(t, part)) for part, t in enumerate((q, k, v))]
-        out, weights = _attention(*heads, mask, self.dropout, 1.0 / math.sqrt(self.head_dim),
+        hq, hk, hv = (self._heads(self._project(t, part)) for part, t in enumerate((q, k, v)))
+        out, weights = _attention(hq, hk, hv, mask, self.dropout, 1.0 / math.sqrt(self.head_dim),
                                   self.training)
         out = b.reshape(b.transpose(out, (0, 2, 1, 3)), [0, 0, self.embed_dim])
         out = self.out_proj(out)
@@ -1569,7 +1576,7 @@ class MultiheadAttention(Module):
             weights = b.op("ReduceMean", [weights, _axes(1)], keepdims=0)
         return out, weights
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f"embed_dim={self.embed_dim}, num_heads={self.num_heads}"
 
 

@@ -101,9 +101,10 @@ class Trainer:
                  loss: str | Loss | Module | type = "cross_entropy",
                  optimizer: Optimizer | None = None, batch_size: int = 32,
                  threads: int | None = None, seed: int = 0, l2: float = 0.0,
-                 scheduler: LRScheduler | None = None, trainable: str | Sequence[str] | None = None,
-                 memory_cap: int | None = None,
-                 distributed: str | MPIContext | None = None) -> None:
+                 scheduler: LRScheduler | None = None,
+                 trainable: str | Sequence[str] | None = None, memory_cap: int | None = None,
+                 distributed: str | MPIContext | None = None,
+                 clip_grad_norm: float | None = None) -> None:
         if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
         if not (isinstance(l2, (int, float)) and math.isfinite(l2) and l2 >= 0):
