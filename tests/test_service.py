@@ -183,10 +183,12 @@ def test_idle_process_after_runs_uses_under_5_percent_of_a_cpu(tmp_path):
 
 def test_idle_measurement_sees_a_spinning_team(tmp_path):
     # the control: with OpenMP told to spin forever, the same measurement must see the helper
-    # thread burning CPU — proof the test above can fail
+    # thread burning CPU — proof the test above can fail. A spinning thread gets a whole CPU on
+    # a quiet machine and its share of the two when other processes compete (a quarter at load
+    # 8), so the bar sits at twice the idle test's bound, not near a full CPU
     used = float(run_fresh(IDLE.format(tests=str(TESTS)), tmp_path,
                            {"OMP_WAIT_POLICY": "ACTIVE"}))
-    assert used > 0.25, f"only {used:.1%} of a CPU with OMP_WAIT_POLICY=ACTIVE"
+    assert used > 0.10, f"only {used:.1%} of a CPU with OMP_WAIT_POLICY=ACTIVE"
 
 
 def test_ember_leaves_other_libraries_thread_settings_alone(tmp_path):
