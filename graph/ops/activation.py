@@ -586,6 +586,10 @@ class Round(_Unary):
 class Sign(_Unary):
     float_only = False
 
+    def infer(self, ctx):
+        ctx.check(ctx.dtype(0).kind in "fiu", f"expected a numeric input, got {ctx.dtype(0)}")
+        return super().infer(ctx)
+
     def fn(self, x, a):
         return np.sign(x)
 
