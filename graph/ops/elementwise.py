@@ -281,6 +281,28 @@ class Mod(_Binary):
         ctx.check(ctx.dtype(0).kind in "fiu", f"expected numeric inputs, got {ctx.dtype(0)}")
         return super().infer(ctx)
 
+    def export(self, ctx, node, inputs, outputs, attrs):
+        """Before opset 28 ONNX allows only ``fmod=1`` on floats: a float ``fmod=0`` is written
+        as that remainder moved by the divisor where it is non-zero and its sign differs from
+        the divisor's (numpy's own definition of ``mod``)."""
+        if ctx.opset >= 28 or int(attrs.get("fmod", 0)) or ctx.dtype(inputs[0]).kind != "f":
+            return super().export(ctx, node, inputs, outputs, attrs)
+        a, b = inputs
+        zero = ctx.const(f"{node.name}_zero", np.array(0, ctx.dtype(a)))
+
+        def step(op, ins, what, **kw):
+            out = ctx.fresh(f"{outputs[0]}_{what}")
+            ctx.add(op, ins, [out], ctx.fresh(f"{node.name}/{what}"), kw, node)
+            return out
+
+        r = step("Mod", [a, b], "fmod", fmod=1)
+        signs_differ = step("Xor", [step("Less", [r, zero], "r_negative"),
+                                    step("Less", [b, zero], "b_negative")], "signs_differ")
+        nonzero = step("Not", [step("Equal", [r, zero], "r_zero")], "r_nonzero")
+        moved = step("And", [nonzero, signs_differ], "moved")
+        ctx.add("Where", [moved, step("Add", [r, b], "r_plus_b"), r], outputs, node.name, {},
+                node)
+
     def compute(self, node, inputs):
         a, b = inputs
         fn = np.fmod if int(node.attrs["fmod"]) else np.mod
