@@ -290,3 +290,25 @@ def test_bad_models_are_shape_errors_naming_the_node(op_type, feeds, attrs, matc
     with pytest.raises(ShapeError, match=match) as e:
         ember.load(model(op_type, feeds, attrs=attrs)).run(None, feeds)
     assert "node" in str(e.value)
+
+
+# ---- gradients ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("op_type, derivative", [("Sin", np.cos), ("Cos", lambda x: -np.sin(x))])
+def test_sin_cos_gradients_are_the_closed_forms(op_type, derivative):
+    """loss = Σ r·f(x): autodiff's dx, evaluated by each op's numpy reference, is r·f'(x)."""
+    from ember.graph.autodiff import backward
+    from ember.graph.builder import Builder
+    from ember.graph.ops import get_op
+
+    x0 = rng.uniform(-3, 3, (3, 4))
+    r = rng.uniform(0.5, 1.5, (3, 4))
+    b = Builder("g")
+    x = b.parameter("x", x0.shape, init=x0, dtype="float64")
+    b.output(b.op("ReduceSum", [b.op(op_type, [x]) * b.constant(r, dtype="float64")],
+                  keepdims=0), "loss")
+    graph, grads = backward(b.build(), "loss", ["x"])
+    env = dict(graph.initializers)
+    for node in graph.nodes:
+        outs = get_op(node.op_type, node.domain).compute(node, [env.get(i) for i in node.inputs])
+        env.update(zip(node.outputs, outs))
+    np.testing.assert_allclose(env[grads["x"]], r * derivative(x0), rtol=1e-12, atol=1e-15)
