@@ -232,19 +232,38 @@ def test_nonzero_of_a_fed_input_feeds_a_later_op():
         np.testing.assert_array_equal(got, np.argwhere(x > 0))
 
 
-def test_nonzero_of_run_time_data_is_a_shape_error_naming_the_node():
-    """A count computed from a random draw (training-mode Dropout) cannot be known before
-    running."""
-    nodes = [helper.make_node("Dropout", ["x", "ratio", "training"], ["r"], name="drop"),
-             helper.make_node("NonZero", ["r"], ["y"], name="nonzero")]
+def dropout_then_nonzero(read_by_a_node: bool):
+    """x → training-mode Dropout (a random mask: run-time data) → NonZero (→ Transpose)."""
+    nodes = [helper.make_node("Dropout", ["x", "ratio", "training"], ["r", "mask"], name="drop"),
+             helper.make_node("NonZero", ["mask"], ["where"], name="nonzero")]
+    if read_by_a_node:
+        nodes.append(helper.make_node("Transpose", ["where"], ["rows"], name="rows"))
+    outs = ["mask", "rows" if read_by_a_node else "where"]
     graph = helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3])],
-        [helper.make_tensor_value_info("y", TensorProto.INT64, None)],
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 8])],
+        [helper.make_tensor_value_info(o, TensorProto.UNDEFINED, None) for o in outs],
         [numpy_helper.from_array(np.array(0.5, np.float32), "ratio"),
          numpy_helper.from_array(np.array(True), "training")])
-    blob = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)]) \
+        .SerializeToString()
+
+
+def test_nonzero_of_run_time_data_as_a_graph_output_is_shaped_when_it_runs():
+    """Only a graph output: its count is a symbolic dim, the array made by the step."""
+    sess = ember.load(dropout_then_nonzero(read_by_a_node=False))
+    counts = set()
+    for _ in range(4):
+        mask, where = sess.run(None, {"x": np.ones((4, 8), np.float32)})
+        np.testing.assert_array_equal(where, np.array(np.nonzero(mask)))
+        counts.add(where.shape[1])
+    assert len(counts) > 1, "four random masks of 32 elements gave one count"
+
+
+def test_nonzero_of_run_time_data_read_by_a_node_is_a_shape_error_naming_it():
+    """A node reading NonZero needs its count to compile; a random mask gives none."""
     with pytest.raises(ShapeError, match=r"nonzero.*run-time data"):
-        ember.load(blob.SerializeToString()).run(None, {"x": np.ones(3, np.float32)})
+        ember.load(dropout_then_nonzero(read_by_a_node=True)).run(
+            None, {"x": np.ones((4, 8), np.float32)})
 
 
 def test_topk_with_k_fed_at_run_time():

@@ -1478,13 +1478,20 @@ class OneHot(Op):
 @register
 class NonZero(Op):
     """The int64 indices (one row per axis) of x's non-zero elements, in C order. Their count
-    is a value, not a shape: x must be known before running — a constant, or computed from fed
-    inputs only, which the Session then keys its plans on (``NeedsValue``); anything else is a
-    ShapeError naming the node."""
+    is decided by x's value. When x is known (a constant) the count is static; when the output
+    is only a graph output it is a symbolic dim, the step allocating the array when it runs (a
+    run-time-shaped value, see ``graph/ops/control_flow.py``); when a node reads it, its shape
+    is needed to compile that node, so x must be computed from fed inputs only — the Session
+    then keys its plans on them (``NeedsValue``) — else it is a ShapeError naming the node."""
 
     def infer(self, ctx):
+        rows = max(len(ctx.shape(0)), 1)
+        x = ctx.maybe_const(0)
+        out = ctx.node.outputs[0]
+        if x is None and not any(out in n.inputs for n in ctx.graph.nodes):
+            return [TensorType(np.int64, (rows, f"{ctx.node.name}:count"))]
         x = np.asarray(ctx.const(0, "the tensor whose non-zeros decide the output's length"))
-        return [TensorType(np.int64, (max(x.ndim, 1), int(np.count_nonzero(x))))]
+        return [TensorType(np.int64, (rows, int(np.count_nonzero(x))))]
 
     def compute(self, node, inputs):
         x = inputs[0]
