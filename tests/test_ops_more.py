@@ -331,3 +331,25 @@ def test_sin_cos_gradients_are_the_closed_forms(op_type, derivative):
         outs = get_op(node.op_type, node.domain).compute(node, [env.get(i) for i in node.inputs])
         env.update(zip(node.outputs, outs))
     np.testing.assert_allclose(env[grads["x"]], r * derivative(x0), rtol=1e-12, atol=1e-15)
+
+
+# ---- older opsets' forms -----------------------------------------------------------------------
+@pytest.mark.parametrize("op_type, feeds, attrs, opset, n_out", [
+    ("Hardmax", {"x": normal(2, 3, 4)}, {"axis": 1}, 11, 1),    # coerced to 2-D at axis 1
+    ("Hardmax", {"x": normal(2, 3, 4)}, {}, 11, 1),
+    ("TopK", {"x": normal(3, 6)}, {"k": 4}, 1, 2),              # k an attribute
+], ids=["hardmax11_axis1", "hardmax11_default", "topk1"])
+def test_old_forms_agree_with_onnxruntime(op_type, feeds, attrs, opset, n_out):
+    blob = model(op_type, feeds, attrs=attrs, n_out=n_out, opset=opset)
+    m = onnx.load_from_string(blob)
+    m.ir_version = 7
+    blob = m.SerializeToString()
+    assert_agree(ember.load(blob).run(None, feeds), onnxruntime_outputs(blob, feeds))
+
+
+def test_and_1_legacy_broadcast_aligns_b_at_axis():
+    """onnxruntime has no And-1: numpy is the oracle (b placed at axis 1 of a, then broadcast)."""
+    a, b = booleans(2, 3, 4), booleans(3)
+    blob = model("And", {"a": a}, {"b": b}, attrs={"broadcast": 1, "axis": 1}, opset=1)
+    (got,) = ember.load(blob).run(None, {"a": a})
+    np.testing.assert_array_equal(got, a & b[:, None])
