@@ -1241,18 +1241,27 @@ class Trilu(Op):
 # ---- indexing by element, by tuple, and their scatters ------------------------------------------
 # ONNX allows an index i into a dim of size n when −n ≤ i < n (negative counts from the end);
 # anything else is bad input, refused when running with an InputError naming the node.
+def _out_of_range(idx, dims, what: str):
+    """Why the first entry of ``idx`` outside [−dim, dim) is bad (``dims`` broadcast against
+    ``idx``), or None when every entry is in range."""
+    idx, dims = np.asarray(idx, dtype=np.int64), np.asarray(dims, dtype=np.int64)
+    bad = (idx < -dims) | (idx >= dims)
+    if not np.any(bad):
+        return None
+    at = tuple(int(k) for k in np.argwhere(bad)[0])
+    dim = int(np.broadcast_to(dims, idx.shape)[at])
+    return (f"{what} {int(idx[at])} at position {list(at)} is out of range for a dim of size "
+            f"{dim} (expected {-dim}..{dim - 1})")
+
+
 def _normalized_indices(node, idx, dims, what: str):
     """``idx`` (int64) with negative entries wrapped by ``dims`` (broadcast against it);
     InputError naming the node when an entry lies outside [−dim, dim)."""
     idx = np.asarray(idx, dtype=np.int64)
-    dims = np.asarray(dims, dtype=np.int64)
-    bad = (idx < -dims) | (idx >= dims)
-    if np.any(bad):
-        at = tuple(int(i) for i in np.argwhere(bad)[0])
-        dim = int(np.broadcast_to(dims, idx.shape)[at])
-        raise InputError(f"{node}: {what} {int(idx[at])} at position {list(at)} is out of "
-                         f"range for a dim of size {dim} (expected {-dim}..{dim - 1})")
-    return np.where(idx < 0, idx + dims, idx)
+    why = _out_of_range(idx, dims, what)
+    if why:
+        raise InputError(f"{node}: {why}")
+    return np.where(idx < 0, idx + np.asarray(dims, dtype=np.int64), idx)
 
 
 def _check_index_dtype(ctx, i: int, what: str = "indices"):
@@ -1265,14 +1274,8 @@ def _check_static_indices(ctx, i: int, dims, what: str = "indices"):
     idx = ctx.maybe_const(i)
     if idx is None or not np.size(idx) or not all(_is_int(d) for d in np.atleast_1d(dims)):
         return
-    dims = np.asarray(dims, dtype=np.int64)
-    idx = np.asarray(idx, dtype=np.int64)
-    bad = (idx < -dims) | (idx >= dims)
-    if np.any(bad):
-        at = tuple(int(i) for i in np.argwhere(bad)[0])
-        dim = int(np.broadcast_to(dims, idx.shape)[at])
-        ctx.fail(f"{what} {int(idx[at])} at position {list(at)} is out of range for a dim of "
-                 f"size {dim} (expected {-dim}..{dim - 1})")
+    why = _out_of_range(idx, dims, what)
+    ctx.check(why is None, why)
 
 
 def _dims_match(a, b) -> bool:
