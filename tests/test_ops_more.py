@@ -124,6 +124,8 @@ CASES = [
      {"k": np.array([2], np.int64)}, {"axis": 0, "largest": 0}, 2),
     ("gather_elements", "GatherElements", {"x": normal(3, 4, 5), "i": ints(-4, 4, 3, 2, 5)}, {},
      {"axis": 1}, 1),
+    ("gather_elements_int32", "GatherElements",
+     {"x": ints(0, 9, 4, 3, dtype=np.int32), "i": ints(-4, 4, 5, 3, dtype=np.int32)}, {}, {}, 1),
     ("gathernd", "GatherND", {"x": normal(3, 4, 5), "i": ints(-3, 3, 2, 2)}, {}, {}, 1),
     ("gathernd_batch", "GatherND", {"x": normal(3, 4, 5), "i": ints(0, 4, 3, 2, 1)}, {},
      {"batch_dims": 1}, 1),
@@ -133,6 +135,9 @@ CASES = [
     ("scatter_elements_max", "ScatterElements",
      {"x": normal(4, 5), "i": ints(0, 5, 4, 2), "u": normal(4, 2)}, {},
      {"axis": 1, "reduction": "max"}, 1),
+    ("scatter_elements_int32_none", "ScatterElements",
+     {"x": normal(4, 5), "i": np.array([[0, 1, 2, 3, -4], [3, -2, 1, 0, 2]], np.int32),
+      "u": normal(2, 5)}, {}, {}, 1),   # distinct rows per column: ONNX leaves repeats undefined
     ("scatternd", "ScatterND",
      {"x": normal(4, 5, 2), "i": np.array([[1, 2], [3, -1]], np.int64), "u": normal(2, 2)}, {},
      {}, 1),
