@@ -636,7 +636,8 @@ def _attr_to_input(attr: str, index: int, before: int):
 
 
 def _softmax(node, rw):
-    """Softmax/LogSoftmax < 13 coerce the input to 2-D at ``axis``; 13+ work on one axis."""
+    """Softmax/LogSoftmax/Hardmax < 13 coerce the input to 2-D at ``axis``; 13+ work on one
+    axis."""
     if rw.opset >= 13:
         return [node]
     axis = _int_attr(node, "axis", node.attrs.pop("axis", 1))
@@ -650,6 +651,14 @@ def _softmax(node, rw):
             Node("Flatten", [x], [flat], {"axis": axis}, f"{base}/flatten"),
             Node(node.op_type, [flat], [soft], {"axis": -1}, base),
             Node("Reshape", [soft, shape], [y], {}, f"{base}/reshape")]
+
+
+def _topk(node, rw):
+    """TopK-1 takes ``k`` as an attribute; from opset 10 it is input 1 (int64, shape [1])."""
+    if "k" in node.attrs:
+        k = _int_attr(node, "k", node.attrs.pop("k"))
+        _set_input(node, 1, rw.const(f"{node.name}_k", np.array([k], np.int64)))
+    return [node]
 
 
 def _clip(node, rw):
@@ -875,7 +884,8 @@ def _scan8(node, rw):
 
 UPGRADES = {
     "Scan": _scan8,
-    "Softmax": _softmax, "LogSoftmax": _softmax, "Clip": _clip, "Pad": _pad,
+    "Softmax": _softmax, "LogSoftmax": _softmax, "Hardmax": _softmax, "TopK": _topk,
+    "Clip": _clip, "Pad": _pad,
     "Upsample": _upsample, "Resize": _resize, "Split": _split, "Slice": _slice,
     "Dropout": _dropout, "BatchNormalization": _batchnorm, "Concat": _concat, "Gemm": _gemm,
     "Cast": _cast, "Constant": _constant,
@@ -885,7 +895,7 @@ UPGRADES = {
 for _op in ("ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
             "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare"):
     UPGRADES[_op] = _attr_to_input("axes", 1, 18)
-for _op in ("Add", "Sub", "Mul", "Div", "Pow", "PRelu"):
+for _op in ("Add", "Sub", "Mul", "Div", "Pow", "PRelu", "And", "Or", "Xor"):
     UPGRADES[_op] = _legacy_broadcast
 # ops an old form turns into: the importer accepts Upsample when Resize is supported
 UPGRADE_TARGETS = {"Upsample": ("Resize",)}

@@ -558,3 +558,144 @@ def _reciprocal_gradient(self, node, grads, g):  # d 1/x = −1/x²
 
 Exp.gradient, Log.gradient = _exp_gradient, _log_gradient
 Sqrt.gradient, Reciprocal.gradient = _sqrt_gradient, _reciprocal_gradient
+
+
+# ---- rounding, trigonometry and the rarer activations ------------------------------------------
+# Floor/Ceil/Round/Sign are flat almost everywhere: their gradient is zero where defined, which
+# autodiff would only ever need to propagate as "nothing", so they keep ``gradient = None``.
+@register
+class Floor(_Unary):
+    def fn(self, x, a):
+        return np.floor(x)
+
+
+@register
+class Ceil(_Unary):
+    def fn(self, x, a):
+        return np.ceil(x)
+
+
+@register
+class Round(_Unary):
+    """Halves round to the even neighbour (ONNX's rule, numpy's ``round``)."""
+    def fn(self, x, a):
+        return np.round(x)
+
+
+@register
+class Sign(_Unary):
+    float_only = False
+
+    def infer(self, ctx):
+        ctx.check(ctx.dtype(0).kind in "fiu", f"expected a numeric input, got {ctx.dtype(0)}")
+        return super().infer(ctx)
+
+    def fn(self, x, a):
+        return np.sign(x)
+
+
+def _trig(name: str, function):
+    """A float-only unary op applying the numpy function ``function``."""
+    cls = type(name, (_Unary,), {"fn": lambda self, x, a: function(x), "__module__": __name__,
+                                 "__doc__": f"ONNX {name}: numpy's {function.__name__}."})
+    return register(cls)
+
+
+Sin = _trig("Sin", np.sin)
+Cos = _trig("Cos", np.cos)
+Tan = _trig("Tan", np.tan)
+Asin = _trig("Asin", np.arcsin)
+Acos = _trig("Acos", np.arccos)
+Atan = _trig("Atan", np.arctan)
+Sinh = _trig("Sinh", np.sinh)
+Cosh = _trig("Cosh", np.cosh)
+Asinh = _trig("Asinh", np.arcsinh)
+Acosh = _trig("Acosh", np.arccosh)
+Atanh = _trig("Atanh", np.arctanh)
+
+
+@register
+class Softsign(_Unary):
+    def fn(self, x, a):
+        return x / (1 + np.abs(x))
+
+
+@register
+class ThresholdedRelu(_Unary):
+    """y = x where x > alpha, else 0."""
+    attrs = {"alpha": 1.0}
+
+    def fn(self, x, a):
+        return np.where(x > a["alpha"], x, 0)
+
+
+@register
+class Celu(_Unary):
+    """y = max(0, x) + min(0, alpha·(exp(x/alpha) − 1)); alpha must not be 0."""
+    attrs = {"alpha": 1.0}
+
+    def infer(self, ctx):
+        ctx.check(float(ctx.attrs["alpha"]) != 0, "attribute alpha must not be 0")
+        return super().infer(ctx)
+
+    def fn(self, x, a):
+        alpha = float(a["alpha"])
+        return np.maximum(x, 0) + np.minimum(0, alpha * np.expm1(x / alpha))
+
+
+@register
+class Mish(_Unary):
+    """y = x·tanh(softplus(x))."""
+    def fn(self, x, a):
+        return x * np.tanh(np.logaddexp(0, x))
+
+
+@register
+class Shrink(_Unary):
+    """y = x − bias where x > lambd, x + bias where x < −lambd, else 0 (any numeric dtype)."""
+    float_only = False
+    attrs = {"lambd": 0.5, "bias": 0.0}
+
+    def infer(self, ctx):
+        ctx.check(ctx.dtype(0).kind in "fiu", f"expected a numeric input, got {ctx.dtype(0)}")
+        return super().infer(ctx)
+
+    def fn(self, x, a):
+        lambd, bias = float(a["lambd"]), float(a["bias"])
+        return np.where(x < -lambd, x + bias, np.where(x > lambd, x - bias, 0))
+
+
+@register
+class Hardmax(Op):
+    """1 at the first maximum along ``axis``, 0 elsewhere (opset 13: one axis)."""
+    attrs = {"axis": -1}
+
+    def infer(self, ctx):
+        t = ctx.type(0)
+        ctx.check(t.dtype.kind == "f", f"expected a floating-point input, got {t.dtype}")
+        ctx.check(t.rank > 0, "expected an input of rank ≥ 1, got a scalar")
+        axis = int(ctx.attrs["axis"])
+        ctx.check(-t.rank <= axis < t.rank,
+                  f"axis {axis} is out of range for rank {t.rank} (expected "
+                  f"{-t.rank}..{t.rank - 1})")
+        return [t]
+
+    def compute(self, node, inputs):
+        x = inputs[0]
+        axis = int(node.attrs["axis"]) % x.ndim
+        y = np.zeros_like(x)
+        if x.shape[axis]:
+            first = np.expand_dims(np.argmax(x, axis=axis), axis)
+            np.put_along_axis(y, first, 1, axis=axis)
+        return [y]
+
+
+def _sin_gradient(self, node, grads, g):       # d sin x = cos x
+    return [g.op("Mul", [grads[0], g.op("Cos", [g.input(0)])])]
+
+
+def _cos_gradient(self, node, grads, g):       # d cos x = −sin x
+    return [g.op("Neg", [g.op("Mul", [grads[0], g.op("Sin", [g.input(0)])])])]
+
+
+Sin.gradient, Cos.gradient = _sin_gradient, _cos_gradient

@@ -265,3 +265,102 @@ Sub.gradient = _sub_gradient
 Mul.gradient = _mul_gradient
 Div.gradient = _div_gradient
 Sum.gradient = _variadic_sum_gradient
+
+
+# ---- remainder, logic and float classification -----------------------------------------------
+@register
+class Mod(_Binary):
+    """``fmod=0``: the remainder takes the divisor's sign (numpy's ``mod``); ``fmod=1``: the
+    dividend's (C's ``fmod``). Integer division by zero gives 0 (ONNX leaves it undefined)."""
+    attrs = {"fmod": 0}
+    inplace = ()
+
+    def infer(self, ctx):
+        ctx.check(int(ctx.attrs["fmod"]) in (0, 1),
+                  f"expected attribute fmod 0 or 1, got {ctx.attrs['fmod']!r}")
+        ctx.check(ctx.dtype(0).kind in "fiu", f"expected numeric inputs, got {ctx.dtype(0)}")
+        return super().infer(ctx)
+
+    def export(self, ctx, node, inputs, outputs, attrs):
+        """Before opset 28 ONNX allows only ``fmod=1`` on floats: a float ``fmod=0`` is written
+        as that remainder moved by the divisor where it is non-zero and its sign differs from
+        the divisor's (numpy's own definition of ``mod``)."""
+        if ctx.opset >= 28 or int(attrs.get("fmod", 0)) or ctx.dtype(inputs[0]).kind != "f":
+            return super().export(ctx, node, inputs, outputs, attrs)
+        a, b = inputs
+        zero = ctx.const(f"{node.name}_zero", np.array(0, ctx.dtype(a)))
+
+        def step(op, ins, what, **kw):
+            out = ctx.fresh(f"{outputs[0]}_{what}")
+            ctx.add(op, ins, [out], ctx.fresh(f"{node.name}/{what}"), kw, node)
+            return out
+
+        r = step("Mod", [a, b], "fmod", fmod=1)
+        signs_differ = step("Xor", [step("Less", [r, zero], "r_negative"),
+                                    step("Less", [b, zero], "b_negative")], "signs_differ")
+        nonzero = step("Not", [step("Equal", [r, zero], "r_zero")], "r_nonzero")
+        moved = step("And", [nonzero, signs_differ], "moved")
+        ctx.add("Where", [moved, step("Add", [r, b], "r_plus_b"), r], outputs, node.name, {},
+                node)
+
+    def compute(self, node, inputs):
+        a, b = inputs
+        fn = np.fmod if int(node.attrs["fmod"]) else np.mod
+        with np.errstate(all="ignore"):
+            if a.dtype == np.float16:
+                y = fn(a.astype(np.float32), b.astype(np.float32))
+            else:
+                y = fn(a, b)
+        return [np.asarray(y).astype(a.dtype, copy=False)]
+
+
+class _Logical(_Binary):
+    """Broadcasting boolean logic: bool in, bool out."""
+
+    def infer(self, ctx):
+        for i in (0, 1):
+            ctx.check(ctx.dtype(i) == np.bool_, f"expected bool inputs, got {ctx.dtype(i)} "
+                                                f"for input {i}")
+        return super().infer(ctx)
+
+
+@register
+class And(_Logical):
+    fn = staticmethod(np.logical_and)
+
+
+@register
+class Or(_Logical):
+    fn = staticmethod(np.logical_or)
+
+
+@register
+class Xor(_Logical):
+    fn = staticmethod(np.logical_xor)
+
+
+class _Classify(Op):
+    """A float tensor in, a bool tensor of the same shape out."""
+
+    def infer(self, ctx):
+        ctx.check(ctx.dtype(0).kind == "f", f"expected a floating-point input, got "
+                                            f"{ctx.dtype(0)}")
+        return [TensorType(np.bool_, ctx.shape(0))]
+
+
+@register
+class IsNaN(_Classify):
+    def compute(self, node, inputs):
+        return [np.isnan(inputs[0])]
+
+
+@register
+class IsInf(_Classify):
+    """``detect_positive``/``detect_negative`` choose which infinities count."""
+    attrs = {"detect_negative": 1, "detect_positive": 1}
+
+    def compute(self, node, inputs):
+        x = inputs[0]
+        pos = np.isposinf(x) if node.attrs["detect_positive"] else np.zeros(x.shape, np.bool_)
+        neg = np.isneginf(x) if node.attrs["detect_negative"] else np.zeros(x.shape, np.bool_)
+        return [pos | neg]

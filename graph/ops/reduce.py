@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import ModelError
+from ..errors import InputError, ModelError
 from ..ir import TensorType
 from .base import Op, register
 
@@ -259,3 +259,99 @@ class CumSum(Op):
         """dX is the running sum of dY the other way round, with the same ``exclusive``."""
         return [g.op("CumSum", [grads[0], g.input(1)], exclusive=node.attrs["exclusive"],
                      reverse=1 - int(node.attrs["reverse"])), None]
+
+
+# ---- index of the extreme, and the k extremes ------------------------------------------------
+def _one_axis(ctx, t, what: str = "axis") -> int:
+    axis = int(ctx.attrs["axis"])
+    ctx.check(t.rank > 0, f"expected an input of rank ≥ 1, got a scalar")
+    ctx.check(-t.rank <= axis < t.rank, f"{what} {axis} is out of range for rank {t.rank} "
+                                        f"(expected {-t.rank}..{t.rank - 1})")
+    return axis % t.rank
+
+
+class _ArgExtreme(Op):
+    """The int64 index of the first (``select_last_index=1``: last) extreme along ``axis``."""
+    attrs = {"axis": 0, "keepdims": 1, "select_last_index": 0}
+    largest = True
+
+    def infer(self, ctx):
+        t = ctx.type(0)
+        ctx.check(t.dtype.kind in "fiu", f"expected a numeric input, got {t.dtype}")
+        axis = _one_axis(ctx, t)
+        ctx.check(t.shape[axis] != 0, f"axis {axis} of {t.shape} is empty: it has no "
+                                      f"{'maximum' if self.largest else 'minimum'}")
+        if ctx.attrs["keepdims"]:
+            shape = tuple(1 if i == axis else d for i, d in enumerate(t.shape))
+        else:
+            shape = tuple(d for i, d in enumerate(t.shape) if i != axis)
+        return [TensorType(np.int64, shape)]
+
+    def compute(self, node, inputs):
+        x = inputs[0]
+        axis = int(node.attrs["axis"]) % x.ndim
+        find = np.argmax if self.largest else np.argmin
+        if node.attrs["select_last_index"]:
+            idx = x.shape[axis] - 1 - find(np.flip(x, axis), axis=axis)
+        else:
+            idx = find(x, axis=axis)
+        if node.attrs["keepdims"]:
+            idx = np.expand_dims(idx, axis)
+        return [np.asarray(idx, dtype=np.int64)]
+
+
+@register
+class ArgMax(_ArgExtreme):
+    largest = True
+
+
+@register
+class ArgMin(_ArgExtreme):
+    largest = False
+
+
+def top_k(x, k: int, axis: int, largest: bool):
+    """The k largest (smallest) values along ``axis`` and their int64 indices, in order, equal
+    values by ascending index (ONNX's tie rule) — by a stable sort, so any dtype sorts."""
+    if largest:
+        flipped = np.flip(x, axis)
+        order = np.flip(np.argsort(flipped, axis=axis, kind="stable"), axis)
+        order = x.shape[axis] - 1 - order
+    else:
+        order = np.argsort(x, axis=axis, kind="stable")
+    order = np.take(order, np.arange(k), axis=axis).astype(np.int64)
+    return np.take_along_axis(x, order, axis=axis), order
+
+
+@register
+class TopK(Op):
+    """Opset-11 form: ``K`` is a one-element int64 input. A K fed at run time is a value that
+    decides the output shape: the Session compiles per value (``NeedsValue``). ``sorted=0``
+    leaves the order free in ONNX; ember returns it sorted all the same."""
+    attrs = {"axis": -1, "largest": 1, "sorted": 1}
+    num_inputs = (2, 2)
+    num_outputs = (1, 2)
+
+    def infer(self, ctx):
+        t = ctx.type(0)
+        ctx.check(t.dtype.kind in "fiu", f"expected a numeric input, got {t.dtype}")
+        axis = _one_axis(ctx, t)
+        ctx.check(ctx.dtype(1) == np.int64, f"K (input 1) must be int64, got {ctx.dtype(1)}")
+        k = np.asarray(ctx.const(1, "K"))
+        ctx.check(k.size == 1 and k.ndim <= 1, f"K (input 1) must hold one value, got shape "
+                                               f"{k.shape}")
+        k = int(k.reshape(-1)[0])
+        dim = t.shape[axis]
+        ctx.check(k >= 0 and (isinstance(dim, str) or k <= dim),
+                  f"K = {k} must be in [0, {dim}] (axis {axis} of {t.shape})")
+        shape = tuple(k if i == axis else d for i, d in enumerate(t.shape))
+        return [TensorType(t.dtype, shape), TensorType(np.int64, shape)]
+
+    def compute(self, node, inputs):
+        x, k = inputs
+        axis = int(node.attrs["axis"]) % x.ndim
+        k = int(np.asarray(k).reshape(-1)[0])
+        if not 0 <= k <= x.shape[axis]:
+            raise InputError(f"{node}: K = {k} must be in [0, {x.shape[axis]}] (axis {axis} "
+                             f"of {x.shape})")
+        return list(top_k(x, k, axis, bool(node.attrs["largest"])))

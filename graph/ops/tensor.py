@@ -1236,3 +1236,397 @@ class Trilu(Op):
         """The same triangle of dY."""
         return [g.op("Trilu", [grads[0], g.input(1)] if g.input(1) else [grads[0]],
                      upper=node.attrs["upper"]), None][:len(node.inputs)]
+
+
+# ---- indexing by element, by tuple, and their scatters ------------------------------------------
+# ONNX allows an index i into a dim of size n when −n ≤ i < n (negative counts from the end);
+# anything else is bad input, refused when running with an InputError naming the node.
+def _out_of_range(idx, dims, what: str):
+    """Why the first entry of ``idx`` outside [−dim, dim) is bad (``dims`` broadcast against
+    ``idx``), or None when every entry is in range."""
+    idx, dims = np.asarray(idx, dtype=np.int64), np.asarray(dims, dtype=np.int64)
+    bad = (idx < -dims) | (idx >= dims)
+    if not np.any(bad):
+        return None
+    at = tuple(int(k) for k in np.argwhere(bad)[0])
+    dim = int(np.broadcast_to(dims, idx.shape)[at])
+    return (f"{what} {int(idx[at])} at position {list(at)} is out of range for a dim of size "
+            f"{dim} (expected {-dim}..{dim - 1})")
+
+
+def _normalized_indices(node, idx, dims, what: str):
+    """``idx`` (int64) with negative entries wrapped by ``dims`` (broadcast against it);
+    InputError naming the node when an entry lies outside [−dim, dim)."""
+    idx = np.asarray(idx, dtype=np.int64)
+    why = _out_of_range(idx, dims, what)
+    if why:
+        raise InputError(f"{node}: {why}")
+    return np.where(idx < 0, idx + np.asarray(dims, dtype=np.int64), idx)
+
+
+def _check_index_dtype(ctx, i: int, what: str = "indices"):
+    ctx.check(ctx.dtype(i) in (np.int32, np.int64),
+              f"{what} (input {i}) must be int32 or int64, got {ctx.dtype(i)}")
+
+
+def _check_static_indices(ctx, i: int, dims, what: str = "indices"):
+    """When input ``i`` is a constant, its out-of-range entries are refused while loading."""
+    idx = ctx.maybe_const(i)
+    if idx is None or not np.size(idx) or not all(_is_int(d) for d in np.atleast_1d(dims)):
+        return
+    why = _out_of_range(idx, dims, what)
+    ctx.check(why is None, why)
+
+
+def _dims_match(a, b) -> bool:
+    return a == b or isinstance(a, str) or isinstance(b, str)
+
+
+def _element_index(node, x_shape, idx, axis):
+    """The full index tuple of GatherElements/ScatterElements: ``idx`` along ``axis``, the
+    position itself along every other axis."""
+    idx = _normalized_indices(node, idx, x_shape[axis], "index")
+    grid = list(np.indices(idx.shape, sparse=True))
+    grid[axis] = idx
+    return tuple(grid)
+
+
+@register
+class GatherElements(Op):
+    """y[i][j][k] = x[idx[i][j][k]][j][k] (axis 0): indices of x's rank, the output their shape;
+    every non-axis dim of the indices at most x's."""
+    attrs = {"axis": 0}
+    num_inputs = (2, 2)
+
+    def infer(self, ctx):
+        shape, ishape = ctx.shape(0), ctx.shape(1)
+        _check_index_dtype(ctx, 1)
+        ctx.check(len(shape) > 0, "cannot gather from a scalar")
+        ctx.check(len(ishape) == len(shape), f"indices {ishape} must have the rank of data "
+                                             f"{shape}")
+        axis = _axis(ctx, ctx.attrs["axis"], len(shape))
+        for k, (d, i) in enumerate(zip(shape, ishape)):
+            ctx.check(k == axis or not (_is_int(d) and _is_int(i)) or i <= d,
+                      f"indices {ishape} exceed data {shape} on axis {k}")
+        _check_static_indices(ctx, 1, shape[axis])
+        return [TensorType(ctx.dtype(0), ishape)]
+
+    def compute(self, node, inputs):
+        x, idx = inputs
+        axis = int(node.attrs["axis"]) % x.ndim
+        return [_contiguous(x[_element_index(node, x.shape, idx, axis)])]
+
+
+def _gather_nd_shapes(ctx, shape, ishape, b: int):
+    """Check GatherND/ScatterND's data and indices shapes; the index tuple length m."""
+    ctx.check(len(ishape) >= 1, "indices must have rank ≥ 1")
+    m = ishape[-1]
+    ctx.check(_is_int(m), f"the last dim of indices {ishape} (the index length) must be static")
+    ctx.check(0 <= b < min(len(shape), len(ishape)),
+              f"batch_dims {b} must be below the ranks of data {shape} and indices {ishape}")
+    ctx.check(all(_dims_match(d, i) for d, i in zip(shape[:b], ishape[:b])),
+              f"the first {b} (batch) dims of data {shape} and indices {ishape} must agree")
+    ctx.check(1 <= m <= len(shape) - b, f"the index length {m} (last dim of indices "
+                                        f"{ishape}) must be in [1, {len(shape) - b}]")
+    return int(m)
+
+
+@register
+class GatherND(Op):
+    """Each length-m row of the indices picks a slice of data (after ``batch_dims`` leading
+    dims that data and indices share): y = indices.shape[:-1] + data.shape[batch_dims + m:]."""
+    attrs = {"batch_dims": 0}
+    num_inputs = (2, 2)
+
+    def infer(self, ctx):
+        shape, ishape = ctx.shape(0), ctx.shape(1)
+        ctx.check(ctx.dtype(1) == np.int64, f"indices must be int64, got {ctx.dtype(1)}")
+        b = int(ctx.attrs["batch_dims"])
+        m = _gather_nd_shapes(ctx, shape, ishape, b)
+        _check_static_indices(ctx, 1, tuple(shape[b:b + m]))
+        return [TensorType(ctx.dtype(0), tuple(ishape[:-1]) + tuple(shape[b + m:]))]
+
+    def compute(self, node, inputs):
+        x, idx = inputs
+        b = int(node.attrs["batch_dims"])
+        m = idx.shape[-1]
+        batch = _prod(x.shape[:b])
+        idx = _normalized_indices(node, idx, x.shape[b:b + m], "index")
+        rows = idx.reshape(batch, -1, m)
+        data = x.reshape((batch,) + x.shape[b:])
+        picked = data[(np.arange(batch)[:, None],) + tuple(np.moveaxis(rows, -1, 0))]
+        return [_contiguous(picked.reshape(idx.shape[:-1] + x.shape[b + m:]))]
+
+
+# ScatterElements/ScatterND's ``reduction``: how an update meets the value it lands on.
+_SCATTER_REDUCTIONS = {"none": None, "add": np.add, "mul": np.multiply, "max": np.maximum,
+                       "min": np.minimum}
+
+
+def _check_reduction(ctx):
+    r = ctx.attrs["reduction"]
+    ctx.check(r in _SCATTER_REDUCTIONS, f"expected attribute reduction among "
+                                        f"{sorted(_SCATTER_REDUCTIONS)}, got {r!r}")
+    ctx.check(r == "none" or ctx.dtype(0) != np.bool_ or r in ("max", "min"),
+              f"reduction {r!r} does not apply to bool data")
+
+
+def _scatter(node, x, where, updates):
+    """x with ``updates`` written at index tuple ``where``, combined by the node's reduction
+    (unbuffered: repeated indices each apply; with none, the last one wins)."""
+    y = x.copy()
+    ufunc = _SCATTER_REDUCTIONS[node.attrs["reduction"]]
+    if ufunc is None:
+        y[where] = updates
+    else:
+        ufunc.at(y, where, updates)
+    return y
+
+
+@register
+class ScatterElements(Op):
+    """y = data with updates[i][j] written at [idx[i][j]][j] (axis 0); indices and updates share
+    one shape, of data's rank."""
+    attrs = {"axis": 0, "reduction": "none"}
+    num_inputs = (3, 3)
+
+    def infer(self, ctx):
+        shape, ishape, ushape = ctx.shape(0), ctx.shape(1), ctx.shape(2)
+        _check_index_dtype(ctx, 1)
+        _check_reduction(ctx)
+        ctx.check(ctx.dtype(2) == ctx.dtype(0), f"updates must have data's dtype {ctx.dtype(0)}, "
+                                                f"got {ctx.dtype(2)}")
+        ctx.check(len(shape) > 0, "cannot scatter into a scalar")
+        ctx.check(len(ishape) == len(shape) and len(ushape) == len(ishape) and
+                  all(_dims_match(i, u) for i, u in zip(ishape, ushape)),
+                  f"indices {ishape} and updates {ushape} must share one shape of data's rank "
+                  f"{len(shape)}")
+        axis = _axis(ctx, ctx.attrs["axis"], len(shape))
+        for k, (d, i) in enumerate(zip(shape, ishape)):
+            ctx.check(k == axis or not (_is_int(d) and _is_int(i)) or i <= d,
+                      f"indices {ishape} exceed data {shape} on axis {k}")
+        _check_static_indices(ctx, 1, shape[axis])
+        return [ctx.type(0)]
+
+    def compute(self, node, inputs):
+        x, idx, updates = inputs
+        axis = int(node.attrs["axis"]) % x.ndim
+        return [_scatter(node, x, _element_index(node, x.shape, idx, axis), updates)]
+
+
+@register
+class ScatterND(Op):
+    """y = data with each slice updates[i…] written at the index tuple indices[i…]:
+    updates.shape = indices.shape[:-1] + data.shape[m:]."""
+    attrs = {"reduction": "none"}
+    num_inputs = (3, 3)
+
+    def infer(self, ctx):
+        shape, ishape, ushape = ctx.shape(0), ctx.shape(1), ctx.shape(2)
+        ctx.check(ctx.dtype(1) == np.int64, f"indices must be int64, got {ctx.dtype(1)}")
+        _check_reduction(ctx)
+        ctx.check(ctx.dtype(2) == ctx.dtype(0), f"updates must have data's dtype {ctx.dtype(0)}, "
+                                                f"got {ctx.dtype(2)}")
+        m = _gather_nd_shapes(ctx, shape, ishape, 0)
+        want = tuple(ishape[:-1]) + tuple(shape[m:])
+        ctx.check(len(ushape) == len(want) and all(map(_dims_match, ushape, want)),
+                  f"updates must have shape {want} (indices {ishape}, data {shape}), got "
+                  f"{ushape}")
+        _check_static_indices(ctx, 1, tuple(shape[:m]))
+        return [ctx.type(0)]
+
+    def compute(self, node, inputs):
+        x, idx, updates = inputs
+        m = idx.shape[-1]
+        idx = _normalized_indices(node, idx, x.shape[:m], "index").reshape(-1, m)
+        rows = updates.reshape((idx.shape[0],) + x.shape[m:])
+        return [_scatter(node, x, tuple(idx.T), rows)]
+
+
+@register
+class OneHot(Op):
+    """``values`` = [off, on]: the output holds ``on`` where the axis position equals the index
+    and ``off`` elsewhere; ``depth`` (a one-element input, known before running) is that axis'
+    size. Indices in [−depth, 0) count from the end; indices outside [−depth, depth) give an
+    all-``off`` row, as ONNX defines (not an error)."""
+    attrs = {"axis": -1}
+    num_inputs = (3, 3)
+
+    def infer(self, ctx):
+        ishape = ctx.shape(0)
+        ctx.check(ctx.dtype(0).kind in "fiu", f"indices must be numeric, got {ctx.dtype(0)}")
+        depth = np.asarray(ctx.const(1, "depth"))
+        ctx.check(depth.size == 1 and depth.ndim <= 1 and depth.dtype.kind in "fiu",
+                  f"depth (input 1) must be one number, got {depth.dtype} of shape "
+                  f"{depth.shape}")
+        depth = int(depth.reshape(-1)[0])
+        ctx.check(depth >= 1, f"depth must be ≥ 1, got {depth}")
+        ctx.check(tuple(ctx.shape(2)) == (2,), f"values (input 2) must hold [off, on] "
+                                               f"(shape (2,)), got {ctx.shape(2)}")
+        rank = len(ishape) + 1
+        axis = _axis(ctx, ctx.attrs["axis"], rank)
+        return [TensorType(ctx.dtype(2), tuple(ishape[:axis]) + (depth,)
+                           + tuple(ishape[axis:]))]
+
+    def compute(self, node, inputs):
+        idx, depth, values = inputs
+        depth = int(np.asarray(depth).reshape(-1)[0])
+        axis = int(node.attrs["axis"]) % (idx.ndim + 1)
+        idx = np.where(idx < 0, idx + depth, idx)
+        positions = np.arange(depth).reshape((depth,) + (1,) * (idx.ndim - axis))
+        hot = np.expand_dims(idx, axis) == positions
+        return [np.where(hot, values[1], values[0]).astype(values.dtype)]
+
+
+@register
+class NonZero(Op):
+    """The int64 indices (one row per axis) of x's non-zero elements, in C order. Their count
+    is decided by x's value. When x is known (a constant) the count is static; when the output
+    is only a graph output it is a symbolic dim, the step allocating the array when it runs (a
+    run-time-shaped value, see ``graph/ops/control_flow.py``); when a node reads it, its shape
+    is needed to compile that node, so x must be computed from fed inputs only — the Session
+    then keys its plans on them (``NeedsValue``) — else it is a ShapeError naming the node."""
+
+    def infer(self, ctx):
+        rows = max(len(ctx.shape(0)), 1)
+        x = ctx.maybe_const(0)
+        out = ctx.node.outputs[0]
+        if x is None and not any(out in n.inputs for n in ctx.graph.nodes):
+            return [TensorType(np.int64, (rows, f"{ctx.node.name}:count"))]
+        x = np.asarray(ctx.const(0, "the tensor whose non-zeros decide the output's length"))
+        return [TensorType(np.int64, (rows, int(np.count_nonzero(x))))]
+
+    def compute(self, node, inputs):
+        x = inputs[0]
+        return [np.array(np.nonzero(np.atleast_1d(x)), dtype=np.int64).reshape(
+            max(x.ndim, 1), -1)]
+
+
+# ---- blocks between depth and space ------------------------------------------------------------
+def _block_mode(ctx):
+    ctx.check(ctx.attrs["mode"] in ("DCR", "CRD"),
+              f"expected attribute mode 'DCR' or 'CRD', got {ctx.attrs['mode']!r}")
+    b = ctx.attrs["blocksize"]
+    ctx.check(_is_int(b) and b >= 1, f"blocksize must be an integer ≥ 1, got {b!r}")
+    ctx.check(len(ctx.shape(0)) == 4, f"expected a 4-D (N, C, H, W) input, got {ctx.shape(0)}")
+    return int(b)
+
+
+def _scaled(ctx, d, factor: int, k: int):
+    return d * factor if _is_int(d) else _fresh(ctx, k)
+
+
+@register
+class DepthToSpace(Op):
+    """(N, C, H, W) → (N, C/b², H·b, W·b). DCR: depth is split as (b, b, C/b²); CRD: as
+    (C/b², b, b)."""
+    attrs = {"blocksize": REQUIRED, "mode": "DCR"}
+
+    def infer(self, ctx):
+        b = _block_mode(ctx)
+        n, c, h, w = ctx.shape(0)
+        ctx.check(not _is_int(c) or c % (b * b) == 0,
+                  f"channels {c} must be a multiple of blocksize² = {b * b}")
+        c_out = c // (b * b) if _is_int(c) else _fresh(ctx, 1)
+        return [TensorType(ctx.dtype(0), (n, c_out, _scaled(ctx, h, b, 2),
+                                          _scaled(ctx, w, b, 3)))]
+
+    def compute(self, node, inputs):
+        x = inputs[0]
+        b, (n, c, h, w) = int(node.attrs["blocksize"]), x.shape
+        if node.attrs["mode"] == "DCR":
+            t = x.reshape(n, b, b, c // (b * b), h, w).transpose(0, 3, 4, 1, 5, 2)
+        else:
+            t = x.reshape(n, c // (b * b), b, b, h, w).transpose(0, 1, 4, 2, 5, 3)
+        return [t.reshape(n, c // (b * b), h * b, w * b)]
+
+
+@register
+class SpaceToDepth(Op):
+    """(N, C, H, W) → (N, C·b², H/b, W/b), the inverse of DepthToSpace in the same mode."""
+    attrs = {"blocksize": REQUIRED, "mode": "DCR"}
+
+    def infer(self, ctx):
+        b = _block_mode(ctx)
+        n, c, h, w = ctx.shape(0)
+        for what, d in (("height", h), ("width", w)):
+            ctx.check(not _is_int(d) or d % b == 0, f"{what} {d} must be a multiple of "
+                                                    f"blocksize {b}")
+        shrink = [d // b if _is_int(d) else _fresh(ctx, k) for k, d in ((2, h), (3, w))]
+        return [TensorType(ctx.dtype(0), (n, _scaled(ctx, c, b * b, 1), *shrink))]
+
+    def compute(self, node, inputs):
+        x = inputs[0]
+        b, (n, c, h, w) = int(node.attrs["blocksize"]), x.shape
+        t = x.reshape(n, c, h // b, b, w // b, b)
+        order = (0, 3, 5, 1, 2, 4) if node.attrs["mode"] == "DCR" else (0, 1, 3, 5, 2, 4)
+        return [t.transpose(order).reshape(n, c * b * b, h // b, w // b)]
+
+
+@register
+class ReverseSequence(Op):
+    """Reverses the first ``sequence_lens[i]`` steps along ``time_axis`` of each batch entry i
+    (``batch_axis``); the steps after them stay in place. A length outside [0, time steps] is an
+    InputError naming the node."""
+    attrs = {"batch_axis": 1, "time_axis": 0}
+    num_inputs = (2, 2)
+
+    def infer(self, ctx):
+        shape = ctx.shape(0)
+        ctx.check(len(shape) >= 2, f"expected an input of rank ≥ 2, got {shape}")
+        axes = (int(ctx.attrs["batch_axis"]), int(ctx.attrs["time_axis"]))
+        ctx.check(sorted(axes) == [0, 1], f"batch_axis and time_axis must be 0 and 1 in some "
+                                          f"order, got {axes[0]} and {axes[1]}")
+        ctx.check(ctx.dtype(1) == np.int64, f"sequence_lens must be int64, got {ctx.dtype(1)}")
+        lens = ctx.shape(1)
+        ctx.check(len(lens) == 1 and _dims_match(lens[0], shape[axes[0]]),
+                  f"sequence_lens must have shape ({shape[axes[0]]},) (the batch), got {lens}")
+        return [ctx.type(0)]
+
+    def compute(self, node, inputs):
+        x, lens = inputs
+        batch_axis, time_axis = int(node.attrs["batch_axis"]), int(node.attrs["time_axis"])
+        steps = x.shape[time_axis]
+        bad = (lens < 0) | (lens > steps)
+        if np.any(bad):
+            i = int(np.argmax(bad))
+            raise InputError(f"{node}: sequence_lens[{i}] = {int(lens[i])} is out of range "
+                             f"(expected 0..{steps}, the time steps)")
+        t = np.arange(steps)[:, None] if time_axis == 0 else np.arange(steps)[None, :]
+        n = lens[None, :] if batch_axis == 1 else lens[:, None]
+        source = np.where(t < n, n - 1 - t, t)
+        source = source.reshape(source.shape + (1,) * (x.ndim - 2))
+        return [np.take_along_axis(x, np.broadcast_to(source, x.shape), axis=time_axis)]
+
+
+@register
+class EyeLike(Op):
+    """A 2-D tensor of the input's shape with ones on diagonal ``k`` (above the main one when
+    k > 0), of ``dtype`` (an ONNX type code or a dtype name; absent: the input's dtype)."""
+    attrs = {"dtype": None, "k": 0}
+
+    def infer(self, ctx):
+        shape = ctx.shape(0)
+        ctx.check(len(shape) == 2, f"expected a 2-D input, got {shape}")
+        to = ctx.attrs["dtype"]
+        try:
+            dtype = ctx.dtype(0) if to is None else _cast_dtype(to)
+        except TypeError:
+            ctx.fail(f"unknown dtype {to!r}")
+        ctx.check(dtype.kind in "biuf", f"cannot make an EyeLike of {dtype} (not supported)")
+        if to is not None:
+            ctx.node.attrs["dtype"] = dtype.name
+        return [TensorType(dtype, shape)]
+
+    def export(self, ctx, node, inputs, outputs, attrs):
+        """``dtype`` is held as a numpy dtype name; ONNX wants its TensorProto type code."""
+        if attrs.get("dtype") is None:
+            attrs.pop("dtype", None)
+        else:
+            attrs["dtype"] = ctx.tensor_type_code(attrs["dtype"], node)
+        ctx.add(node.op_type, inputs, outputs, node.name, attrs, node)
+
+    def compute(self, node, inputs):
+        x = inputs[0]
+        dtype = x.dtype if node.attrs["dtype"] is None else _cast_dtype(node.attrs["dtype"])
+        return [np.eye(x.shape[0], x.shape[1], k=int(node.attrs["k"]), dtype=dtype)]

@@ -92,7 +92,8 @@ REFERENCE_TEMPORARIES = 4
 
 def reference_temporary_bytes(node, ins, outs, types) -> int:
     """Estimated bytes a numpy reference allocates while it runs on ``ins`` into ``outs``."""
-    elements = sum(int(a.size) for a in (*ins, *outs) if a is not None)
+    elements = sum(int(a.size) for a in (*ins, *outs)
+                   if a is not None and not isinstance(a, control_flow.RuntimeShaped))
     elements += get_op(node.op_type, node.domain).reference_temporaries(node, types)
     return REFERENCE_TEMPORARIES * 8 * elements
 
@@ -121,7 +122,10 @@ def reference_step(node, ins, outs, types, memory_left: int | None = None):
     def step():
         results = op.compute(node, ins)
         for o, k in pairs:
-            np.copyto(o, results[k], casting="unsafe")
+            if isinstance(o, control_flow.RuntimeShaped):   # its shape decided by this run
+                o.set(node, results[k], memory_left)
+            else:
+                np.copyto(o, results[k], casting="unsafe")
     step.reference = True  # shown by Session.profile: this node runs numpy, not a kernel
     return step
 
