@@ -1,8 +1,9 @@
 """Neural machine translation with attention: human-readable dates → ISO dates (course 5, week 3).
 
 Dates such as "the 3rd of March 2021", "3/3/21", "Tuesday, March 3, 2021" or "03.03.2021" are
-generated here from a seeded generator (thirteen formats; two-digit years pivot at 70, so "21"
-is 2021 and "85" is 1985; slashes put the month first, dots the day). Preprocessing is the
+generated here from a seeded generator (thirteen formats; dates from 1969 to 2068, so a
+two-digit year reads as POSIX's strptime reads it: "21" is 2021, "85" is 1985; slashes put the
+month first, dots the day). Preprocessing is the
 course's: lowercase, commas dropped, each string padded to Tx = 30 characters and one-hot over
 the 37-character human vocabulary (space . / digits, the 22 letters of English month and day
 names, <unk> and <pad>); the target "YYYY-MM-DD" is Ty = 10 indices into the 11-character machine
@@ -41,12 +42,13 @@ HUMAN_VOCAB = [" ", "."] + ["/"] + list("0123456789") + list(LETTERS) + ["<unk>"
 MACHINE_VOCAB = list("-0123456789")
 HUMAN_INDEX = {ch: i for i, ch in enumerate(HUMAN_VOCAB)}
 UNK, PAD = HUMAN_INDEX["<unk>"], HUMAN_INDEX["<pad>"]
-FIRST_DAY, LAST_DAY = datetime.date(1970, 1, 1).toordinal(), datetime.date(2069, 12, 31).toordinal()
+FIRST_DAY = datetime.date(1969, 1, 1).toordinal()
+LAST_DAY = datetime.date(2068, 12, 31).toordinal()
 MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August",
           "September", "October", "November", "December"]
 WEEKDAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
 EXAMPLES = ["the 3rd of March 2021", "3/3/21", "Tuesday, March 3, 2021", "03.03.2021",
-            "march 3 2021", "1 jan 1970", "Saturday, 31 December 2069", "12/25/99"]
+            "march 3 2021", "1 jan 1969", "Monday, 31 December 2068", "12/25/99"]
 
 
 def ordinal(day: int) -> str:
@@ -68,7 +70,7 @@ FORMATS = ["{d} {mon} {yyyy}", "{d} {month} {yyyy}", "{dd} {mon} {yyyy}", "{mont
 
 
 def random_dates(m: int, seed: int = 0):
-    """m (human-readable string, ISO string) pairs, dates uniform over 1970–2069, formats
+    """m (human-readable string, ISO string) pairs, dates uniform over 1969–2068, formats
     uniform over FORMATS, each either capitalised as written or lowercased."""
     rng = np.random.default_rng(seed)
     days = rng.integers(FIRST_DAY, LAST_DAY + 1, m)
@@ -221,10 +223,10 @@ def save_attention(path, alpha, text, iso, zoom=16):
 
 
 def run(m=10000, epochs=10, n_a=32, n_s=64, seed=0, png="nmt_attention.png",
-        examples=EXAMPLES, test_size=1000):
+        examples=EXAMPLES, test_size=1000, lr=5e-3):
     """Train, translate ``examples``, save the first one's attention map.
     Returns (held-out exact match, translations, α of the examples)."""
-    trainer, model, accuracy = train(m, epochs, n_a, n_s, seed, test_size=test_size)
+    trainer, model, accuracy = train(m, epochs, n_a, n_s, seed, lr, test_size=test_size)
     isos, alpha = translate(trainer, model, list(examples))
     save_attention(png, alpha[0], examples[0], isos[0])
     return accuracy, isos, alpha
