@@ -126,7 +126,8 @@ class DateTranslator(nn.Module):
     def one_step_attention(self, a, s_prev):
         """α⟨t,·⟩ (m, Tx) and the context Σ_t' α⟨t,t'⟩ a⟨t'⟩ (m, 1, 2·n_a) from a (m, Tx, 2·n_a)
         and s⟨t−1⟩ (m, 1, n_s)."""
-        repeated = F.concat([s_prev] * TX, dim=1)                   # RepeatVector(Tx)
+        # RepeatVector(Tx) as a Concat of Tx copies: Concat has a gradient rule, Tile has none
+        repeated = F.concat([s_prev] * TX, dim=1)
         e = F.tanh(self.attention_hidden(F.concat([repeated, a], dim=2)))
         energies = F.relu(self.attention_energy(e))                  # (m, Tx, 1)
         alpha = F.softmax(F.reshape(energies, [-1, TX]), dim=1)
@@ -134,8 +135,9 @@ class DateTranslator(nn.Module):
         return alpha, context
 
     def zero_state(self, x):
-        """(m, 1, n_s) zeros for a batch of any size: the course's s0 = c0 = 0. A traced batch is
-        symbolic, so the zeros are a product with x's first position rather than a constant."""
+        """(m, 1, n_s) zeros for a batch of any size: the course's s0 = 0. The traced batch is
+        symbolic and ConstantOfShape needs a constant shape, so the zeros are the product of x's
+        first (one-hot, finite) position with a zero matrix."""
         first = F.narrow(x, 1, 0, 1)                                  # (m, 1, 37)
         return first @ np.zeros((len(HUMAN_VOCAB), self.n_s), np.float32)
 
