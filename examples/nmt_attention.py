@@ -120,6 +120,10 @@ class DateTranslator(nn.Module):
         self.encoder = nn.LSTM(len(HUMAN_VOCAB), n_a, bidirectional=True, batch_first=True)
         self.attention_hidden = nn.Linear(n_s + 2 * n_a, attention_units)
         self.attention_energy = nn.Linear(attention_units, 1)
+        # Energies start in relu's live range. torch's default bias, drawn from ±0.32, can start
+        # negative; then every position's relu may die, α stays uniform for good, and the model
+        # learns the dates from the mean of a: slowly, with no alignment to show.
+        self.attention_energy.bias = nn.Parameter(np.ones(1, np.float32))
         self.decoder = nn.LSTM(2 * n_a, n_s, batch_first=True)
         self.output_layer = nn.Linear(n_s, len(MACHINE_VOCAB))
 
