@@ -14,7 +14,9 @@ a⟨1..Tx⟩; then, for t = 1..Ty, ``one_step_attention`` repeats the previous p
 s⟨t−1⟩ Tx times, concatenates it with a, and scores each position by Dense(10, tanh) →
 Dense(1, relu); a softmax over the Tx positions gives α⟨t,·⟩ and the context Σ α⟨t,t'⟩ a⟨t'⟩
 feeds one step of the post-attention LSTM (hidden n_s, its (s, c) carried from step to step),
-whose state Dense(11) scores the output character. The Python loop over Ty traces into one
+whose state Dense(11) scores the output character. One change from the course: the energy
+layer's bias starts at 1, so its relu starts live (a negative start can kill it for every
+position, leaving α uniform and the learning slow). The Python loop over Ty traces into one
 static graph. The loss is the cross-entropy averaged over the batch and the Ty positions (the
 course sums it over Ty: the same gradient up to a factor Ty, which Adam's step ignores).
 

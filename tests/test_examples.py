@@ -499,17 +499,19 @@ def test_date_translator_matches_torch():
 
 
 def test_nmt_attention_learns_dates_and_draws_its_attention(tmp_path):
-    """A reduced run (4,000 dates, 6 epochs, learning rate 1e-2, seed 1): exact match on 500
-    held-out dates measured 15 %, 99 % and 95 % at seeds 0, 1, 2 — the attention locks on
-    suddenly, after 3 to 6 epochs here, and far from chance (~0 %: all ten characters must be
-    right) either side; the example at its defaults reaches ≥ 95 %. Here ≥ 10 %. α rows are
-    distributions over the 30 input positions; the PNG is written."""
+    """A reduced run (4,000 dates, 4 epochs, learning rate 1e-2, seed 0): exact match on 500
+    held-out dates measured 93 %, 78 % and 99 % at seeds 0, 1, 2 (chance is ~0 %: all ten
+    characters must be right; the example at its defaults: 100 % of 1,000). Here ≥ 60 %. α rows
+    are distributions over the 30 input positions, and focused: the mean of each row's largest
+    weight measured 0.67, 0.51, 0.71 at seeds 0–2 (uniform: 1/30); here ≥ 0.3. The PNG is
+    written."""
     path = tmp_path / "attention.png"
-    accuracy, isos, alpha = nmt_attention.run(m=4000, epochs=6, lr=1e-2, seed=1, png=str(path),
+    accuracy, isos, alpha = nmt_attention.run(m=4000, epochs=4, lr=1e-2, seed=0, png=str(path),
                                               test_size=500)
-    assert accuracy >= 0.10, accuracy
+    assert accuracy >= 0.60, accuracy
     assert len(isos) == len(nmt_attention.EXAMPLES) and all(len(s) == 10 for s in isos)
     assert alpha.shape == (len(nmt_attention.EXAMPLES), 10, 30) and (alpha >= 0).all()
     np.testing.assert_allclose(alpha.sum(axis=2), 1, atol=1e-5)
+    assert alpha.max(axis=2).mean() >= 0.3, alpha.max(axis=2).mean()
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 200
