@@ -3,9 +3,8 @@
 Dates such as "the 3rd of March 2021", "3/3/21", "Tuesday, March 3, 2021" or "03.03.2021" are
 generated here from a seeded generator (thirteen formats; dates from 1969 to 2068, so a
 two-digit year reads as POSIX's strptime reads it: "21" is 2021, "85" is 1985; slashes put the
-month first, dots the day). Preprocessing is the
-course's: lowercase, commas dropped, each string padded to Tx = 30 characters and one-hot over
-the 37-character human vocabulary (space . / digits, the 22 letters of English month and day
+month first, dots the day). Preprocessing is the course's: lowercase, commas dropped, each
+string padded to Tx = 30 characters and one-hot over the 37-character human vocabulary (space . / digits, the 22 letters of English month and day
 names, <unk> and <pad>); the target "YYYY-MM-DD" is Ty = 10 indices into the 11-character machine
 vocabulary (- and digits).
 
@@ -40,7 +39,7 @@ from ember import nn
 F = nn.functional
 TX, TY = 30, 10
 LETTERS = "abcdefghijlmnoprstuvwy"     # every letter of the English month and day names
-HUMAN_VOCAB = [" ", "."] + ["/"] + list("0123456789") + list(LETTERS) + ["<unk>", "<pad>"]
+HUMAN_VOCAB = [" ", ".", "/"] + list("0123456789") + list(LETTERS) + ["<unk>", "<pad>"]
 MACHINE_VOCAB = list("-0123456789")
 HUMAN_INDEX = {ch: i for i, ch in enumerate(HUMAN_VOCAB)}
 UNK, PAD = HUMAN_INDEX["<unk>"], HUMAN_INDEX["<pad>"]
