@@ -4,9 +4,9 @@ Dates such as "the 3rd of March 2021", "3/3/21", "Tuesday, March 3, 2021" or "03
 generated here from a seeded generator (thirteen formats; dates from 1969 to 2068, so a
 two-digit year reads as POSIX's strptime reads it: "21" is 2021, "85" is 1985; slashes put the
 month first, dots the day). Preprocessing is the course's: lowercase, commas dropped, each
-string padded to Tx = 30 characters and one-hot over the 37-character human vocabulary (space . / digits, the 22 letters of English month and day
-names, <unk> and <pad>); the target "YYYY-MM-DD" is Ty = 10 indices into the 11-character machine
-vocabulary (- and digits).
+string padded to Tx = 30 characters and one-hot over the 37-character human vocabulary (space
+. / digits, the 22 letters of English month and day names, <unk> and <pad>); the target
+"YYYY-MM-DD" is Ty = 10 indices into the 11-character machine vocabulary (- and digits).
 
 The model is the course's. A bidirectional LSTM (n_a per direction) reads the input into
 a⟨1..Tx⟩; then, for t = 1..Ty, ``one_step_attention`` repeats the previous post-attention state
