@@ -410,3 +410,129 @@ def test_transfer_beats_scratch_and_its_export_matches_onnxruntime(tmp_path):
 def test_readme_lists_example_with_its_command(name):
     readme = (EXAMPLES / "README.md").read_text()
     assert re.search(rf"python examples/{re.escape(name)}\b", readme), name
+
+
+# ---- nmt_attention.py: dates → ISO dates with the course's one-step attention -------------------
+import nmt_attention  # noqa: E402
+
+# The generator's formats as POSIX strptime reads them (after the course's lowercasing and comma
+# removal, ordinal suffixes dropped): an oracle for the dates the example writes.
+STRPTIME_FORMATS = ["%d %b %Y", "%d %B %Y", "%B %d %Y", "%b %d %Y", "%A %B %d %Y", "%A %d %B %Y",
+                    "the %d of %B %Y", "%m/%d/%y", "%d.%m.%Y", "%d.%m.%y", "%Y/%m/%d"]
+
+
+def strptime_reads(text):
+    """{(format, ISO date)} for every strptime format that reads ``text``, with the weekday
+    (when named) checked against the date."""
+    import datetime
+    clean = re.sub(r"\b(\d+)(st|nd|rd|th)\b", r"\1", text.lower().replace(",", ""))
+    found = set()
+    for fmt in STRPTIME_FORMATS:
+        try:
+            d = datetime.datetime.strptime(clean, fmt).date()
+        except ValueError:
+            continue
+        if "%A" not in fmt or d.strftime("%A").lower() == clean.split()[0]:
+            found.add((fmt, d.isoformat()))
+    return found
+
+
+def test_dates_and_their_encoding_match_the_course_figures():
+    """Tx = 30, 37 human characters, Ty = 10, 11 machine characters (REFERENCE.md); every
+    generated string reads, by strptime, as exactly its ISO target; every format is drawn."""
+    assert (len(nmt_attention.HUMAN_VOCAB), len(nmt_attention.MACHINE_VOCAB)) == (37, 11)
+    pairs = nmt_attention.random_dates(400, seed=3)
+    formats = set()
+    for human, iso in pairs:
+        reads = strptime_reads(human)
+        assert {d for _, d in reads} == {iso}, (human, iso, reads)
+        formats |= {f for f, _ in reads}
+    assert formats == set(STRPTIME_FORMATS)
+    x, y, human = nmt_attention.dataset(400, seed=3)
+    assert x.shape == (400, 30, 37) and y.shape == (400, 10) and human == [h for h, _ in pairs]
+    np.testing.assert_array_equal(x.sum(axis=2), 1)
+    assert nmt_attention.decode_machine(y) == [iso for _, iso in pairs]
+    letters = "".join(nmt_attention.HUMAN_VOCAB[i] for i in x[0].argmax(axis=1))
+    assert letters.startswith(human[0].lower().replace(",", ""))
+    assert nmt_attention.encode_human(["3-3-21"])[0, 1].argmax() == nmt_attention.UNK
+
+
+def torch_translator(state, x, n_s):
+    """The same model written with torch (an oracle): scores (m, 11, Ty) and α (m, Ty, Tx)."""
+    import torch
+    t = {k: torch.tensor(np.asarray(v)) for k, v in state.items()}
+    n_a = t["encoder.weight_hh_l0"].shape[1]
+    encoder = torch.nn.LSTM(37, n_a, bidirectional=True, batch_first=True)
+    decoder = torch.nn.LSTM(2 * n_a, n_s, batch_first=True)
+    for name, lstm in (("encoder.", encoder), ("decoder.", decoder)):
+        lstm.load_state_dict({k[len(name):]: v for k, v in t.items() if k.startswith(name)})
+    with torch.no_grad():
+        a, _ = encoder(torch.tensor(x))
+        s, state_c = torch.zeros(len(x), 1, n_s), None
+        scores, alphas = [], []
+        for _ in range(10):
+            both = torch.cat([s.expand(-1, 30, -1), a], dim=2)
+            e = torch.tanh(both @ t["attention_hidden.weight"].T + t["attention_hidden.bias"])
+            energy = torch.relu(e @ t["attention_energy.weight"].T + t["attention_energy.bias"])
+            alpha = torch.softmax(energy[..., 0], dim=1)
+            s, state_c = decoder((alpha[..., None] * a).sum(1, keepdim=True), state_c)
+            scores.append(s @ t["output_layer.weight"].T + t["output_layer.bias"])
+            alphas.append(alpha)
+    return torch.cat(scores, 1).permute(0, 2, 1).numpy(), torch.stack(alphas, 1).numpy()
+
+
+def test_date_translator_matches_torch():
+    """The traced Ty-step loop against torch at random weights (the energy layer's bias raised
+    so its relu is live and α is not uniform). float32 through ~40 dependent layers: 1e-5."""
+    model = nmt_attention.DateTranslator(n_a=8, n_s=12, return_attention=True)
+    model.init_parameters(seed=5)
+    state = {k: np.asarray(v) for k, v in model.state_dict().items()}
+    state["attention_energy.bias"] = np.full(1, 3.0, np.float32)
+    state["attention_energy.weight"] = rand(1, 10, seed=6)
+    model.load_state_dict(state)
+    x, _, _ = nmt_attention.dataset(6, seed=7)
+    scores, alpha = ember.Session(model.eval().to_graph(x.shape)).run(None, {"input": x})
+    want_scores, want_alpha = torch_translator(state, x, 12)
+    assert alpha.std(axis=2).min() > 1e-3          # not uniform: the check has teeth
+    np.testing.assert_allclose(alpha, want_alpha, atol=1e-5)
+    np.testing.assert_allclose(scores, want_scores, atol=1e-5)
+
+
+def test_attention_png_without_matplotlib(tmp_path, monkeypatch):
+    """The zlib fallback: a grayscale PNG of the Ty × Tx map, each α drawn as a 16 × 16 block,
+    dark where α is large."""
+    import struct
+    import zlib
+    monkeypatch.setitem(sys.modules, "matplotlib", None)       # import matplotlib fails
+    alpha = np.full((10, 30), 1 / 30, np.float32)
+    alpha[:, 0] = 0.5
+    path = tmp_path / "a.png"
+    nmt_attention.save_attention(str(path), alpha, "3/3/21", "2021-03-03")
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", data[16:24])
+    assert (width, height) == (30 * 16, 10 * 16)
+    idat = data.index(b"IDAT")
+    size = struct.unpack(">I", data[idat - 4:idat])[0]
+    rows = np.frombuffer(zlib.decompress(data[idat + 4:idat + 4 + size]), np.uint8)
+    pixels = rows.reshape(height, width + 1)[:, 1:]
+    assert pixels[0, 0] == 0 and pixels[0, 16] > 200               # dark where α is largest
+
+
+def test_nmt_attention_learns_dates_and_draws_its_attention(tmp_path):
+    """A reduced run (4,000 dates, 4 epochs, learning rate 1e-2, seed 0): exact match on 500
+    held-out dates measured 93 %, 78 % and 99 % at seeds 0, 1, 2 (chance is ~0 %: all ten
+    characters must be right; the example at its defaults: 100 % of 1,000). Here ≥ 60 %. α rows
+    are distributions over the 30 input positions, and focused: the mean of each row's largest
+    weight measured 0.67, 0.51, 0.71 at seeds 0–2 (uniform: 1/30); here ≥ 0.3. The PNG is
+    written."""
+    path = tmp_path / "attention.png"
+    accuracy, isos, alpha = nmt_attention.run(m=4000, epochs=4, lr=1e-2, seed=0, png=str(path),
+                                              test_size=500)
+    assert accuracy >= 0.60, accuracy
+    assert len(isos) == len(nmt_attention.EXAMPLES) and all(len(s) == 10 for s in isos)
+    assert alpha.shape == (len(nmt_attention.EXAMPLES), 10, 30) and (alpha >= 0).all()
+    np.testing.assert_allclose(alpha.sum(axis=2), 1, atol=1e-5)
+    assert alpha.max(axis=2).mean() >= 0.3, alpha.max(axis=2).mean()
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 200
