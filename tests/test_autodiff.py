@@ -516,6 +516,18 @@ def test_trilu(upper, k):
     t.check(t.b.op("Trilu", ins, upper=upper))
 
 
+@pytest.mark.parametrize("shape,target", [((3, 1), (2, 3, 4)), ((1, 4), (3, 4)), ((2, 3), (2, 3))])
+def test_expand(shape, target):
+    t = Case()
+    t.check(t.b.op("Expand", [t.param("x", shape), np.array(target, np.int64)]))
+
+
+@pytest.mark.parametrize("shape,repeats", [((2, 3), (2, 1)), ((2, 1, 3), (1, 4, 2)), ((3,), (3,))])
+def test_tile(shape, repeats):
+    t = Case()
+    t.check(t.b.op("Tile", [t.param("x", shape), np.array(repeats, np.int64)]))
+
+
 @pytest.mark.parametrize("equation,shapes", [
     ("bhqd,bhkd->bhqk", [(2, 2, 3, 4), (2, 2, 5, 4)]),    # attention scores
     ("bhqk,bhkd->bhqd", [(2, 2, 3, 5), (2, 2, 5, 4)]),    # attention-weighted values

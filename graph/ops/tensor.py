@@ -577,6 +577,11 @@ class Expand(Op):
         out = np.broadcast_shapes(x.shape, tuple(int(t) for t in target.reshape(-1)))
         return [np.array(np.broadcast_to(x, out))]
 
+    def gradient(self, node, grads, g):
+        """The adjoint of broadcasting: dY summed back down to X's shape."""
+        dy = grads[0]
+        return [None if dy is None else g.sum_to(dy, g.shape(node.inputs[0])), None]
+
 
 @register
 class Tile(Op):
@@ -594,6 +599,19 @@ class Tile(Op):
 
     def compute(self, node, inputs):
         return [np.tile(inputs[0], tuple(int(r) for r in inputs[1].reshape(-1)))]
+
+    def gradient(self, node, grads, g):
+        """dY seen as (r₀, d₀, r₁, d₁, …) — copy k of axis i is block k — summed over the
+        copies. The repeats must be constant (they fix the shapes anyway)."""
+        dy, reps = grads[0], g.value(node.inputs[1])
+        if dy is None or reps is None:
+            return [None, None]
+        dims = g.shape(node.inputs[0])
+        reps = [int(r) for r in np.asarray(reps).reshape(-1)]
+        split = [v for r, d in zip(reps, dims) for v in (r, d)]
+        blocks = g.op("Reshape", [dy, g.const(np.array(split, np.int64), "tile_blocks")])
+        axes = g.const(np.arange(0, 2 * len(dims), 2, dtype=np.int64), "tile_axes")
+        return [g.op("ReduceSum", [blocks, axes], keepdims=0), None]
 
 
 @register
