@@ -32,6 +32,7 @@ from kernels.simd cimport use_simd
 
 cdef extern from "simd.h" nogil:
     void ember_act_span(float *p, long n, int code, float a, float b)
+    void ember_axpy_span(float *y, const float *x, long n, float alpha)
 
 use_simd()
 
@@ -111,9 +112,8 @@ cdef void block_product(const Cell *c, int d, int k, int part, const float *V,
     cdef int rows = c.part_rows[q]
     cdef const float *U = c.U + c.part_off[(d * c.nblocks + k) * c.nparts + part]
     cdef float *M = c.Mx + c.mx_off[q]
-    cdef int ch, b, r
+    cdef int ch, b
     cdef float hv
-    cdef float *acc
     cdef const float *urow
     if c.panels:
         ember_packed_gemm(U, V, M, c.part_padded[q], c.H, c.ncols, c.ncols)
@@ -124,9 +124,7 @@ cdef void block_product(const Cell *c, int d, int k, int part, const float *V,
         urow = U + <long long>ch * rows
         for b in range(c.B):
             hv = V[<long long>b * c.H + ch]
-            acc = M + <long long>b * rows
-            for r in range(rows):
-                acc[r] += hv * urow[r]
+            ember_axpy_span(M + <long long>b * rows, urow, rows, hv)   # the level's vectors
     rs[0], bs[0] = 1, rows
 
 
