@@ -178,7 +178,7 @@ def main(tx: int = COURSE_TX, clips: int = 400, epochs: int = 10, test_clips: in
                             batch_size=batch_size, seed=seed)
     history = trainer.fit(x, y, epochs=epochs, verbose=verbose)
     result = scores(detect(trainer, xt), yt, ends, label_steps(tx))
-    result.update(loss=history.history["loss"], ty=output_steps(tx),
+    result.update(loss=history.history["loss"], tx=tx, ty=output_steps(tx),
                   positive_fraction=float(yt.mean()))
     return result
 
@@ -186,7 +186,7 @@ def main(tx: int = COURSE_TX, clips: int = 400, epochs: int = 10, test_clips: in
 if __name__ == "__main__":
     args = [int(a) for a in sys.argv[1:4]]
     r = main(**dict(zip(("clips", "epochs", "tx"), args)))
-    print(f"Tx = {r['ty'] and (r['ty'] - 1) * STRIDE + KERNEL}+ frames → Ty = {r['ty']} steps; "
+    print(f"Tx = {r['tx']} frames → Ty = {r['ty']} steps; "
           f"loss per epoch: {', '.join(f'{v:.4f}' for v in r['loss'])}")
     print(f"held-out clips: {r['clips']}; per-step accuracy {r['accuracy']:.1%} "
           f"(positives {r['positive_fraction']:.1%} of steps), precision {r['precision']:.1%}, "
