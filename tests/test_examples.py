@@ -493,3 +493,33 @@ def test_char_lm_learns_and_samples_names():
     for name, ended in r["samples"]:
         assert ended and name and set(name) <= set(char_lm.VOCAB[1:]), r["samples"]
     assert r["endings"] >= 6, r["samples"]
+
+
+def test_trigger_word_network_matches_torch():
+    """Eval mode (dropout off, BatchNorm on randomized running statistics) at Tx = 120, the
+    same state_dict in torch's layers: float32 through a conv and two 27-step GRUs, 1e-4."""
+    import torch
+    model = trigger_word.TriggerWordNet().eval()
+    sd = model.init_parameters(2).state_dict()
+    rng = np.random.default_rng(5)
+    for bn in ("bn0", "bn1", "bn2"):
+        for k, lo, hi in (("running_mean", -0.5, 0.5), ("running_var", 0.5, 2.0),
+                          ("weight", 0.5, 2.0), ("bias", -0.5, 0.5)):
+            sd[f"{bn}.{k}"] = rng.uniform(lo, hi, sd[f"{bn}.{k}"].shape).astype(np.float32)
+    model.load_state_dict(sd)
+    x = rand(2, 101, 120, seed=4)
+    got = run(model.to_graph(x.shape, seed=0), x)
+
+    t = torch.nn.ModuleDict(dict(
+        conv=torch.nn.Conv1d(101, 196, 15, stride=4), bn0=torch.nn.BatchNorm1d(196),
+        gru1=torch.nn.GRU(196, 128, batch_first=True), bn1=torch.nn.BatchNorm1d(128),
+        gru2=torch.nn.GRU(128, 128, batch_first=True), bn2=torch.nn.BatchNorm1d(128),
+        dense=torch.nn.Linear(128, 1))).eval()
+    t.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()})
+    with torch.no_grad():
+        h = torch.relu(t.bn0(t.conv(torch.from_numpy(x))))
+        h = t.bn1(t.gru1(h.transpose(1, 2))[0].transpose(1, 2)).transpose(1, 2)
+        h = t.bn2(t.gru2(h)[0].transpose(1, 2)).transpose(1, 2)
+        expected = t.dense(h).numpy()
+    assert got.shape == expected.shape == (2, trigger_word.output_steps(120), 1)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
