@@ -19,6 +19,10 @@ formant bands and a falling line) inserted at non-overlapping places. The label 
 step is 1 for the 50 steps (at the course's size; scaled with Ty below it) after an activate
 burst ends, 0 elsewhere.
 
+At the defaults (Tx = 5511, 128 training clips, 5 epochs, seed 0; 5.5 min on 2 loaded EPYC
+Zen 3 cores): 32 held-out clips, per-step accuracy 98.6 % (3.7 % of the steps are positive),
+precision 74 %, recall 95 %, 33/33 activate words detected, 2 false alarms.
+
     python examples/trigger_word.py [clips] [epochs] [tx]
 """
 from __future__ import annotations
@@ -166,7 +170,7 @@ def detect(trainer, x) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-trainer.predict(x).astype(np.float64)))
 
 
-def main(tx: int = COURSE_TX, clips: int = 400, epochs: int = 10, test_clips: int | None = None,
+def main(tx: int = COURSE_TX, clips: int = 128, epochs: int = 5, test_clips: int | None = None,
          seed: int = 0, batch_size: int = 16, lr: float = 3e-3, verbose: bool = True) -> dict:
     """Train on ``clips`` synthetic clips, score on ``test_clips`` held-out ones (a quarter of
     ``clips`` by default)."""
