@@ -464,12 +464,13 @@ def test_trigger_word_scores_by_hand():
 
 
 def test_trigger_word_network_finds_the_bursts():
-    """A reduced size (Tx = 480 → Ty = 117, 128 clips, 5 epochs, 32 held-out clips). Over seeds
-    0–5: per-step precision 0.70–0.78, recall 0.85–0.97, accuracy ≥ 0.982 (always-0 scores
-    ~0.965), ≥ 92 % of activate words detected, ≤ 2 false alarms; thresholds below with margin."""
-    r = trigger_word.main(tx=480, clips=128, epochs=5, seed=0, verbose=False)
+    """A reduced size (Tx = 480 → Ty = 117, 96 clips, 5 epochs, 32 held-out clips). Over seeds
+    0–5: per-step precision 0.62–0.76, recall 0.89–0.97, accuracy ≥ 0.983 (always-0 scores
+    ~0.96), ≥ 92 % of activate words detected, ≤ 2 false alarms; thresholds below with margin."""
+    r = trigger_word.main(tx=480, clips=96, epochs=5, test_clips=32, lr=5e-3, seed=0,
+                          verbose=False)
     assert r["ty"] == 117 and r["loss"][-1] < 0.6 * r["loss"][0], r
-    assert r["precision"] >= 0.55 and r["recall"] >= 0.7, r
+    assert r["precision"] >= 0.5 and r["recall"] >= 0.75, r
     assert r["accuracy"] >= max(0.975, 1 - r["positive_fraction"] + 0.01), r
     assert r["detected"] >= 0.85 * r["activates"] and r["false_alarms"] <= 5, r
 
