@@ -7,8 +7,8 @@ reads one character and predicts the next (an embedding → LSTM → Linear over
 characters, softmax cross-entropy per step; steps past a name's end are ignored). Gradients are
 clipped by norm (``Trainer(clip_grad_norm=5)``, torch's ``clip_grad_norm_``) — what keeps an
 RNN's exploding gradients in check, the course's point (its numpy exercise clips each element to
-[−5, 5]; clipping the norm keeps the gradient's direction). After training, names are sampled one character at a time from the
-softmax (seeded) until the model emits "\\n".
+[−5, 5]; clipping the norm keeps the gradient's direction). After training, names are sampled
+one character at a time from the softmax (seeded) until the model emits "\\n".
 
 The training names are bundled, not downloaded: dinosaur-like names built from the roots and
 endings real genus names are made of (``names``) — a few hundred of them, so a model that

@@ -142,7 +142,7 @@ class TriggerWordNet(nn.Module):
         return self.dense(h)                                      # (N, Ty, 1) logits
 
 
-# ---- scores ----------------------------------------------------------------------------------------
+# ---- scores -------------------------------------------------------------------------------------
 def _runs(flags: np.ndarray) -> list:
     """[start, end) of every run of True in a 1-D boolean array."""
     edges = np.diff(np.concatenate([[0], flags.astype(np.int8), [0]]))
