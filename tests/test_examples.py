@@ -536,3 +536,117 @@ def test_nmt_attention_learns_dates_and_draws_its_attention(tmp_path):
     assert alpha.max(axis=2).mean() >= 0.3, alpha.max(axis=2).mean()
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 200
+
+
+# ---- sequence models: trigger_word.py and char_lm.py ---------------------------------------------
+import char_lm  # noqa: E402
+import trigger_word  # noqa: E402
+
+
+def test_trigger_word_network_at_the_course_size():
+    """Traced at Tx = 5511: (5511 − 15)/4 + 1 = 1375 output steps, one logit each. Parameters by
+    the courses' formulas: Conv1d (15·101 + 1)·196, two GRUs 3·128·(in + 128) + 2·3·128 (torch's
+    two bias vectors; Keras's reset_after=False GRU of the course has one, whence its 522,561
+    with the 904 BatchNorm statistics counted), three BatchNorms 2·C, Dense 128 + 1."""
+    model = trigger_word.TriggerWordNet()
+    g = model.to_graph((1, 101, 5511), seed=0)
+    assert trigger_word.output_steps(5511) == 1375 and trigger_word.label_steps(5511) == 50
+    assert g.types["output"].shape == (1, 1375, 1)
+    gru = lambda n_in: 3 * 128 * (n_in + 128) + 2 * 3 * 128     # noqa: E731
+    expected = (15 * 101 + 1) * 196 + 2 * 196 + gru(196) + 2 * 128 + gru(128) + 2 * 128 + 129
+    assert model.num_parameters() == expected == 522_425
+    assert expected - 2 * 3 * 128 + 904 == 522_561
+
+
+def test_trigger_word_labels_follow_each_activate_word():
+    """Every activate word's label window is the ``label_steps`` output steps after its end, and
+    nothing else is labelled; the burst raises the chirp's band above the background."""
+    tx = 600
+    x, y, ends = trigger_word.make_clips(12, tx, seed=3)
+    ty, k = trigger_word.output_steps(tx), trigger_word.label_steps(tx)
+    assert x.shape == (12, 101, tx) and y.shape == (12, ty, 1)
+    expected = np.zeros_like(y)
+    for i, clip_ends in enumerate(ends):
+        for e in clip_ends:
+            expected[i, e + 1:e + 1 + k, 0] = 1
+    np.testing.assert_array_equal(y, expected)
+    assert sum(map(len, ends)) >= 6
+    i, e = next((i, e[0]) for i, e in enumerate(ends) if e)
+    frames = slice(max(e * tx // ty - 10, 0), e * tx // ty)    # the burst's last frames
+    assert x[i, 8:16, frames].mean() > x[i, 70:78, frames].mean() + 1.0
+
+
+def test_trigger_word_scores_by_hand():
+    # clip 0: label window 3–5; prediction hits 4–5 (tp 2) and fires at 8 (a false alarm).
+    # clip 1: label window 1–3, nothing predicted.  tp 2, predicted 3, positive 6.
+    y = np.zeros((2, 10, 1), np.float32)
+    y[0, 3:6], y[1, 1:4] = 1, 1
+    prob = np.zeros_like(y)
+    prob[0, 4:6], prob[0, 8] = 0.9, 0.7
+    r = trigger_word.scores(prob, y, [[2], [0]], positives=3)
+    assert r["precision"] == pytest.approx(2 / 3) and r["recall"] == pytest.approx(2 / 6)
+    assert r["accuracy"] == pytest.approx(15 / 20)
+    assert (r["activates"], r["detected"], r["false_alarms"]) == (2, 1, 1)
+
+
+def test_trigger_word_network_finds_the_bursts():
+    """A reduced size (Tx = 480 → Ty = 117, 96 clips, 5 epochs, 32 held-out clips). Over seeds
+    0–5: per-step precision 0.62–0.76, recall 0.89–0.97, accuracy ≥ 0.983 (always-0 scores
+    ~0.96), ≥ 92 % of activate words detected, ≤ 2 false alarms; thresholds below with margin."""
+    r = trigger_word.main(tx=480, clips=96, epochs=5, test_clips=32, lr=5e-3, seed=0,
+                          verbose=False)
+    assert r["ty"] == 117 and r["loss"][-1] < 0.6 * r["loss"][0], r
+    assert r["precision"] >= 0.5 and r["recall"] >= 0.75, r
+    assert r["accuracy"] >= max(0.975, 1 - r["positive_fraction"] + 0.01), r
+    assert r["detected"] >= 0.85 * r["activates"] and r["false_alarms"] <= 5, r
+
+
+def test_char_lm_encoding():
+    x, y = char_lm.encode(["abc", "z"], 5)
+    np.testing.assert_array_equal(x, [[0, 1, 2, 3, 0], [0, 26, 0, 0, 0]])
+    np.testing.assert_array_equal(y, [[1, 2, 3, 0, -100], [26, 0, -100, -100, -100]])
+    words = char_lm.names()
+    assert len(words) == len(set(words)) == 400
+    assert all(set(w) <= set(char_lm.VOCAB[1:]) and w.endswith(char_lm.ENDINGS) for w in words)
+
+
+def test_char_lm_learns_and_samples_names():
+    """12 epochs on the 400 bundled names (seeded). Over seeds 0–3 the loss fell from 2.85–2.88
+    (ln 27 = 3.30 is uniform guessing) to 0.59–0.61, every sampled name ended with the end token,
+    and 8–10 of 10 samples ended in one of the genus endings; asserted with margin."""
+    r = char_lm.main(epochs=12, samples=10, seed=0, verbose=False)
+    assert r["loss"][0] < np.log(27) and r["loss"][-1] < r["loss"][0] / 3, r["loss"]
+    assert len(r["samples"]) == 10
+    for name, ended in r["samples"]:
+        assert ended and name and set(name) <= set(char_lm.VOCAB[1:]), r["samples"]
+    assert r["endings"] >= 6, r["samples"]
+
+
+def test_trigger_word_network_matches_torch():
+    """Eval mode (dropout off, BatchNorm on randomized running statistics) at Tx = 120, the
+    same state_dict in torch's layers: float32 through a conv and two 27-step GRUs, 1e-4."""
+    import torch
+    model = trigger_word.TriggerWordNet().eval()
+    sd = model.init_parameters(2).state_dict()
+    rng = np.random.default_rng(5)
+    for bn in ("bn0", "bn1", "bn2"):
+        for k, lo, hi in (("running_mean", -0.5, 0.5), ("running_var", 0.5, 2.0),
+                          ("weight", 0.5, 2.0), ("bias", -0.5, 0.5)):
+            sd[f"{bn}.{k}"] = rng.uniform(lo, hi, sd[f"{bn}.{k}"].shape).astype(np.float32)
+    model.load_state_dict(sd)
+    x = rand(2, 101, 120, seed=4)
+    got = run(model.to_graph(x.shape, seed=0), x)
+
+    t = torch.nn.ModuleDict(dict(
+        conv=torch.nn.Conv1d(101, 196, 15, stride=4), bn0=torch.nn.BatchNorm1d(196),
+        gru1=torch.nn.GRU(196, 128, batch_first=True), bn1=torch.nn.BatchNorm1d(128),
+        gru2=torch.nn.GRU(128, 128, batch_first=True), bn2=torch.nn.BatchNorm1d(128),
+        dense=torch.nn.Linear(128, 1))).eval()
+    t.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()})
+    with torch.no_grad():
+        h = torch.relu(t.bn0(t.conv(torch.from_numpy(x))))
+        h = t.bn1(t.gru1(h.transpose(1, 2))[0].transpose(1, 2)).transpose(1, 2)
+        h = t.bn2(t.gru2(h)[0].transpose(1, 2)).transpose(1, 2)
+        expected = t.dense(h).numpy()
+    assert got.shape == expected.shape == (2, trigger_word.output_steps(120), 1)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)

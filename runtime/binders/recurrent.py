@@ -184,7 +184,8 @@ def bind_recurrent(node, ins, outs, scratch_buf, ctx):
     if not runtime_r:
         kernel.gather(np.ascontiguousarray(R).reshape(-1), index, packed)
         index = None
-    bias, rbh = _biases(node, B, lay)
+    # a bias computed in the graph is read at run time: at bind time its arena bytes are garbage
+    bias, rbh = (None, None) if runtime_b else _biases(node, B, lay)
     cell = CELLS[node.op_type]
     clip = None if at["clip"] is None else float(at["clip"])
     lbr = int(at.get("linear_before_reset", 0))
