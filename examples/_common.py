@@ -1,8 +1,12 @@
-"""Helpers the examples share: running a traced model, the courses' size and count formulas.
+"""Helpers the examples share: running a traced model, the courses' size and count formulas, a
+PNG writer that needs no matplotlib.
 
 Kept apart so each example file reads as the model it builds and the figures it checks.
 """
 from __future__ import annotations
+
+import struct
+import zlib
 
 import numpy as np
 
@@ -28,3 +32,17 @@ def count_fc(n_in: int, n_out: int) -> int:
 def out_size(n: int, f: int, p: int = 0, s: int = 1) -> int:
     """Output size of a conv or pool: ⌊(n + 2p − f)/s⌋ + 1."""
     return (n + 2 * p - f) // s + 1
+
+
+def write_png(path, image):
+    """A grayscale PNG of ``image`` (2-D, values in [0, 1]) with zlib only."""
+    pixels = (np.clip(image, 0, 1) * 255).astype(np.uint8)
+    raw = b"".join(b"\0" + row.tobytes() for row in pixels)
+
+    def chunk(kind, data):
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+    header = struct.pack(">IIBBBBB", pixels.shape[1], pixels.shape[0], 8, 0, 0, 0, 0)
+    with open(path, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw))
+                + chunk(b"IEND", b""))

@@ -27,14 +27,14 @@ the attention map (Ty × Tx α) of one of them as a PNG.
 from __future__ import annotations
 
 import datetime
-import struct
 import sys
-import zlib
 
 import numpy as np
 
 import ember
 from ember import nn
+
+from _common import write_png
 
 F = nn.functional
 TX, TY = 30, 10
@@ -192,20 +192,6 @@ def translate(trainer, model, texts):
     graph = twin.eval().to_graph(x.shape)
     scores, alpha = ember.Session(graph).run(None, {"input": x})
     return decode_machine(scores.argmax(axis=1)), alpha
-
-
-def write_png(path, image):
-    """A grayscale PNG of ``image`` (2-D, values in [0, 1]) with zlib only."""
-    pixels = (np.clip(image, 0, 1) * 255).astype(np.uint8)
-    raw = b"".join(b"\0" + row.tobytes() for row in pixels)
-
-    def chunk(kind, data):
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-    header = struct.pack(">IIBBBBB", pixels.shape[1], pixels.shape[0], 8, 0, 0, 0, 0)
-    with open(path, "wb") as f:
-        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw))
-                + chunk(b"IEND", b""))
 
 
 def save_attention(path, alpha, text, iso, zoom=16):

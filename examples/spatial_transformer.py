@@ -14,9 +14,7 @@ transformer made of them (bottom row).
 """
 from __future__ import annotations
 
-import struct
 import sys
-import zlib
 
 import numpy as np
 
@@ -24,6 +22,8 @@ import ember
 from ember import nn
 from ember.datasets import load_digits, train_test_split
 from ember.graph.builder import Builder
+
+from _common import write_png
 
 F = nn.functional
 SIDE = 28
@@ -121,20 +121,6 @@ def transformed(trainer, images):
                           if k.startswith("transformer.")})
     graph = part.eval().to_graph((len(images), 1, SIDE, SIDE))
     return ember.Session(graph).run(None, {"input": images})[0]
-
-
-def write_png(path, image):
-    """A grayscale PNG of ``image`` (2-D, values in [0, 1]) with zlib only."""
-    pixels = (np.clip(image, 0, 1) * 255).astype(np.uint8)
-    raw = b"".join(b"\0" + row.tobytes() for row in pixels)
-
-    def chunk(kind, data):
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-    header = struct.pack(">IIBBBBB", pixels.shape[1], pixels.shape[0], 8, 0, 0, 0, 0)
-    with open(path, "wb") as f:
-        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw))
-                + chunk(b"IEND", b""))
 
 
 def save_grid(path, inputs, outputs, gap=2, zoom=3):
