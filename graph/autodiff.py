@@ -17,7 +17,7 @@ import numpy as np
 
 from .errors import ModelError
 from .infer import infer_node
-from .ir import Graph, Node, TensorType
+from .ir import Graph, Node, TensorType, fresh_name
 from .ops import control_flow, get_op, op_named
 
 GRAD_PREFIX = "grad/"
@@ -56,19 +56,19 @@ def to_training(graph: Graph, seed: int = 0) -> Graph:
             outs = list(node.outputs) + [""] * (3 - len(node.outputs))
             for k, stat in ((1, mean), (2, var)):
                 if not outs[k]:
-                    outs[k] = _fresh(taken, f"{stat}/updated")
+                    outs[k] = fresh_name(taken, f"{stat}/updated")
                 if stat in g.types:
                     g.types[outs[k]] = g.types[stat]
                 updates[stat] = outs[k]
             node.outputs = outs
         elif node.op_type == "Dropout":
             if true_name is None:
-                true_name = _fresh(taken, "dropout/training_mode")
+                true_name = fresh_name(taken, "dropout/training_mode")
                 g.initializers[true_name] = np.array(True)
                 g.types[true_name] = TensorType(np.bool_, ())
                 step_name = g.metadata.get("dropout_step")
                 if step_name not in g.inputs:
-                    step_name = _fresh(taken, DROPOUT_STEP)
+                    step_name = fresh_name(taken, DROPOUT_STEP)
                     g.inputs = list(g.inputs) + [step_name]
                     g.types[step_name] = TensorType(np.int64, ())
                     g.metadata["dropout_step"] = step_name
@@ -76,7 +76,7 @@ def to_training(graph: Graph, seed: int = 0) -> Graph:
             ins[2], ins[3] = true_name, step_name
             node.inputs = ins
             if len(node.outputs) < 2 or not node.outputs[1]:
-                mask = _fresh(taken, f"{node.outputs[0]}/mask")
+                mask = fresh_name(taken, f"{node.outputs[0]}/mask")
                 node.outputs = [node.outputs[0], mask]
                 if node.inputs[0] in g.types:
                     g.types[mask] = TensorType(np.bool_, g.types[node.inputs[0]].shape)
@@ -188,15 +188,6 @@ def _taken_names(g: Graph) -> set:
     return taken
 
 
-def _fresh(taken: set, base: str) -> str:
-    name, k = base, 0
-    while name in taken:
-        k += 1
-        name = f"{base}_{k}"
-    taken.add(name)
-    return name
-
-
 class _Backward:
     def __init__(self, graph: Graph, loss: str, wrt: list):
         self.graph = g = graph.copy()
@@ -239,7 +230,7 @@ class _Backward:
 
     # emitting -----------------------------------------------------------------------------------
     def fresh(self, base: str) -> str:
-        return _fresh(self.taken, base)
+        return fresh_name(self.taken, base)
 
     def const(self, array: np.ndarray, base: str) -> str:
         name = self.fresh(base)
@@ -251,7 +242,7 @@ class _Backward:
     def emit(self, op_type, inputs, num_outputs, attrs, fwd: Node, used=None):
         op = op_named(op_type)
         base = f"{GRAD_PREFIX}{fwd.name}/{op_type}"
-        node_name = _fresh(self.node_names, base)
+        node_name = fresh_name(self.node_names, base)
         used = [True] * num_outputs if used is None else list(used)
         outs = [self.fresh(base if num_outputs == 1 else f"{base}:{k}") if used[k] else ""
                 for k in range(num_outputs)]

@@ -72,6 +72,18 @@ class Node:
         return f"{self.op_type} node {self.name!r}"
 
 
+def fresh_name(taken: set, base: str, claim: bool = True) -> str:
+    """``base``, or ``base_1``, ``base_2``, … — the first not in ``taken`` (added to it when
+    ``claim``): how every pass, rule and importer names what it adds."""
+    name, k = base, 0
+    while name in taken:
+        k += 1
+        name = f"{base}_{k}"
+    if claim:
+        taken.add(name)
+    return name
+
+
 @dataclass
 class Graph:
     nodes: list = field(default_factory=list)
@@ -120,11 +132,7 @@ class Graph:
     def unique_name(self, base: str) -> str:
         taken = set(self.types) | set(self.initializers) | set(self.inputs)
         taken.update(o for n in self.nodes for o in n.outputs)
-        name, k = base, 0
-        while name in taken:
-            k += 1
-            name = f"{base}_{k}"
-        return name
+        return fresh_name(taken, base, claim=False)
 
     # ---- structural checks ----------------------------------------------------------------
     def toposort(self) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .ir import Graph, TensorType
+from .ir import Graph, TensorType, fresh_name
 
 
 def sole_reader(outputs: set, value: str, node, consumers: dict) -> bool:
@@ -23,12 +23,7 @@ class FreshNames:
         self.taken.update(o for n in graph.nodes for o in n.outputs)
 
     def take(self, base: str) -> str:
-        name, k = base, 0
-        while name in self.taken:
-            k += 1
-            name = f"{base}_{k}"
-        self.taken.add(name)
-        return name
+        return fresh_name(self.taken, base)
 
 
 def add_const(graph: Graph, names: FreshNames, base: str, array: np.ndarray) -> str:

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..graph.errors import ModelError, UnsupportedOpError
 from ..graph.infer import MAX_ELEMENTS, MAX_RANK, span
-from ..graph.ir import Graph, Node, TensorType
+from ..graph.ir import Graph, Node, TensorType, fresh_name
 from ..graph.ops import REGISTRY, is_supported
 from .onnx_wire import parse_model, parse_subgraphs
 from .value_types import ValueTypes
@@ -544,12 +544,7 @@ class Rewriter:
         self._types = ValueTypes(graph)
 
     def fresh(self, base: str) -> str:
-        name, k = base, 0
-        while name in self._taken:
-            k += 1
-            name = f"{base}_{k}"
-        self._taken.add(name)
-        return name
+        return fresh_name(self._taken, base)
 
     def const(self, base: str, value) -> str:
         name = self.fresh(base)

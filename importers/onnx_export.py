@@ -35,7 +35,7 @@ import secrets
 import numpy as np
 
 from ..graph.errors import ModelError, UnsupportedOpError
-from ..graph.ir import Graph, Node, TensorType
+from ..graph.ir import Graph, Node, TensorType, fresh_name
 from ..graph.ops import REGISTRY, TRAINING_DOMAIN, Op
 from ..graph.ops.activation import FUSED_DOMAIN
 
@@ -343,12 +343,7 @@ class ExportContext:
 
     # names and constants ------------------------------------------------------------------
     def fresh(self, base: str) -> str:
-        name, k = base, 0
-        while name in self._taken:
-            k += 1
-            name = f"{base}_{k}"
-        self._taken.add(name)
-        return name
+        return fresh_name(self._taken, base)
 
     def const(self, base: str, array) -> str:
         name = self.fresh(base)
