@@ -10,6 +10,7 @@ Concat along channels is one long ``memcpy`` per image and a Split likewise.
 from cython.parallel cimport prange
 from cpython.pycapsule cimport PyCapsule_New
 from libc.stdlib cimport malloc, free
+from libc.stdint cimport uint32_t
 from libc.string cimport memcpy
 
 from kernels.native_step cimport ember_native_step, EMBER_NATIVE_CAPSULE
@@ -48,7 +49,8 @@ cdef void copy_rows(const StridedCopy *c, long r0, long r1) noexcept nogil:
             memcpy(c.dst + offd, c.src + offs, inner * size)
         elif size == 4:
             for e in range(inner):
-                (<float *> (c.dst + offd + e * dsi))[0] = (<const float *> (c.src + offs + e * ssi))[0]
+                (<uint32_t *> (c.dst + offd + e * dsi))[0] = \
+                    (<const uint32_t *> (c.src + offs + e * ssi))[0]   # bits, whatever the dtype
         else:
             for e in range(inner):
                 memcpy(c.dst + offd + e * dsi, c.src + offs + e * ssi, size)
