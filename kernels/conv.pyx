@@ -17,8 +17,11 @@ from cpython.pycapsule cimport PyCapsule_New
 from kernels.native_step cimport ember_native_step, EMBER_NATIVE_CAPSULE
 from kernels.activation cimport apply_act_span
 from kernels.sgemm cimport (ember_sgemm, ember_sgemm_im2col, ember_bias_act, ember_im2col_src,
+                            ember_packed_gemm_sliced, ember_gemm_mr, ember_gemm_nr,
+                            ember_gemm_kc,
                             epilogue_for)
 from kernels.simd cimport use_simd
+from kernels.window cimport span_inside
 from kernels.parallel cimport threads_for
 from kernels.conv_common cimport (ConvShape, conv_shape, is_pointwise, is_depthwise, col_floats,
                                   images_in_parallel, im2col_rows, col2im_channel)
@@ -332,3 +335,289 @@ def conv_transpose2d(float[:, :, :, ::1] x, float[:, :, :, ::1] w, bias,
                                    bias_ptr[g * Mg + m] if bias_ptr != NULL else 0.0)
     if not ok:
         raise MemoryError("conv_transpose2d: cannot allocate GEMM packing buffers")
+
+
+# ---- packed-weight conv: output tiles of pixels × output channels -------------------------------
+# For planes too small to fill the GEMM's columns (ResNet's 7×7 stage: 49 pixels against a
+# 16-wide micro-kernel), strided convs (whose implicit im2col packs gather) and layers whose weights
+# are larger than what the conv computes per call, the roles turn around: the product is
+# C'(pixels × M) = A'(pixels × K) · W'(K × M), with W' packed once at bind time in the GEMM's
+# B-panel layout (NR output channels a panel) and A' packed per call straight from the image in its
+# A-panel layout (MR pixels a panel, over every image of the batch). So the micro-kernel holds a
+# block of MR pixels × NR output channels in registers, the weights are never repacked, and the
+# batch fills the pixel dimension. C' is then turned back into NCHW, bias and activation applied
+# on its rows while they are in cache.
+
+cdef enum:
+    PACKED_CHUNK_FLOATS = 1 << 19   # A' and C' of one chunk of pixels: 2 MiB, about L2 + some
+    PACKED_OUT_BLOCK = 16           # pixels a thread turns back into NCHW at a time
+    PACKED_MAX_MR = 8
+
+
+cdef inline long round_up_to(long n, long m) noexcept nogil:
+    return (n + m - 1) // m * m
+
+
+def packed_conv_weight_floats(int M, int C, int KH, int KW, int group):
+    """Floats of the packed weights: per group, Cg·KH·KW rows × Mg columns rounded up to the
+    micro-kernel's NR (zero columns past Mg)."""
+    cdef long K = <long> (C // group) * KH * KW
+    return group * K * round_up_to(M // group, ember_gemm_nr())
+
+
+def pack_conv_weights(float[:, :, :, ::1] w, float[::1] packed, int group):
+    """packed (from packed_conv_weight_floats, its start 64-byte aligned) = w (M × C/group × KH × KW)
+    as the GEMM's B operand per group, K = C/group·KH·KW rows by Mp = Mg rounded up to NR
+    columns, in K slices of the GEMM's KC rows (packed_gemm.h, ember_packed_gemm_sliced): row k of
+    slice k0 = k − k % KC (kc rows long) and column m sit at g·K·Mp + k0·Mp + (m / NR)·kc·NR +
+    (k − k0)·NR + m % NR."""
+    cdef int M = w.shape[0], nr = ember_gemm_nr(), KC = ember_gemm_kc()
+    cdef long K = <long> w.shape[1] * w.shape[2] * w.shape[3]
+    cdef int Mg = M // group
+    cdef long Mp = round_up_to(Mg, nr), need = group * K * Mp
+    cdef int g, m
+    cdef long k, k0, kc
+    if group < 1 or M % group:
+        raise ValueError(f"pack_conv_weights: {M} output channels do not split into {group} groups")
+    if packed.shape[0] < need:
+        raise ValueError(f"pack_conv_weights: packed holds {packed.shape[0]} floats, needs {need}")
+    if need == 0:
+        return
+    if (<size_t> &packed[0]) % 64:
+        raise ValueError("pack_conv_weights: packed must start on a 64-byte boundary")
+    cdef const float *src = &w[0, 0, 0, 0]
+    cdef float *dst = &packed[0]
+    with nogil:
+        memset(dst, 0, sizeof(float) * need)
+        for g in range(group):
+            for k in range(K):
+                k0 = k - k % KC
+                kc = min(<long> KC, K - k0)
+                for m in range(Mg):
+                    dst[g * K * Mp + k0 * Mp + (m // nr) * kc * nr + (k - k0) * nr + m % nr] = \
+                        src[(<long> g * Mg + m) * K + k]
+
+
+cdef struct PackedConvCall:
+    ConvShape s
+    const float *x
+    const float *wp        # packed_conv_weights
+    const float *bias
+    float *y
+    float *a_pack          # one chunk of A': chunk × K, in MR-pixel panels
+    float *c_out           # one chunk of C': chunk × Mp
+    long P                 # pixels over the batch: N·OH·OW
+    long chunk             # pixels per chunk, a multiple of MR
+    int K, Mg, Mp, mr, nr
+    int act
+    float act_a, act_b
+    int nthreads
+    bint empty
+
+
+cdef inline long packed_chunk(long P, long K, long Mp, int mr) noexcept nogil:
+    """Pixels per chunk: all of them when A' and C' fit PACKED_CHUNK_FLOATS, else as many MR
+    panels as do (at least one)."""
+    cdef long fit = PACKED_CHUNK_FLOATS // ((K + Mp) * mr)
+    return mr * max(1, min(fit, (P + mr - 1) // mr))
+
+
+def packed_conv_scratch_floats(int N, int C, int M, int KH, int KW, int OH, int OW, int group):
+    """Floats of scratch PackedConvStep needs: one chunk's A' and C'."""
+    cdef int mr = ember_gemm_mr()
+    cdef long K = <long> (C // group) * KH * KW, Mp = round_up_to(M // group, ember_gemm_nr())
+    cdef long P = <long> N * OH * OW
+    if P == 0 or K == 0:
+        return 0
+    return packed_chunk(P, K, Mp, mr) * (K + Mp)
+
+
+cdef void pack_pixels_taps(const float *x, ConvShape *s, int g, int c, int kh, long p0,
+                           long rows, long rows_pad, float *pa, int mr, int K) noexcept nogil:
+    """Rows k = (c, kh, kw), kw < KW, of A' for pixels [p0, p0 + rows) of the batch (group g's
+    channel c): pa[(q / mr)·K·mr + k·mr + q % mr] = x[n, g·Cg + c, oh·sh − pt + kh·dh,
+    ow·sw − pl + kw·dw] for pixel p0 + q = (n, oh, ow), 0 outside the image and for q ≥ rows.
+    Walks the pixels a row segment at a time, so the in-image taps are a strided copy."""
+    cdef long ohw = <long> s.OH * s.OW, hw = <long> s.H * s.W, panel = <long> K * mr
+    cdef long q, p, n, oh, ow, seg, lo, hi, j
+    cdef int kw, ih, lane, k
+    cdef const float *plane
+    cdef const float *row
+    cdef float *dst
+    for kw in range(s.KW):
+        k = (c * s.KH + kh) * s.KW + kw
+        span_inside(kw * s.dw - s.pl, s.sw, s.OW, 0, s.W, &lo, &hi)
+        dst = pa + k * mr
+        lane = 0
+        q = 0
+        while q < rows:   # one output row segment (n, oh, [ow, ow + seg)) at a time
+            p = p0 + q
+            n = p // ohw
+            oh = p % ohw // s.OW
+            ow = p % s.OW
+            seg = min(<long> s.OW - ow, rows - q)
+            ih = <int> oh * s.sh - s.pt + kh * s.dh
+            plane = x + (n * s.C + <long> g * (s.C // s.group) + c) * hw
+            row = plane + <long> ih * s.W + kw * s.dw - s.pl
+            for j in range(ow, ow + seg):
+                if ih >= 0 and ih < s.H and j >= lo and j < hi:
+                    dst[lane] = row[j * s.sw]
+                else:
+                    dst[lane] = 0.0
+                lane += 1
+                if lane == mr:
+                    lane = 0
+                    dst += panel
+            q += seg
+        while q < rows_pad:
+            dst[lane] = 0.0
+            lane += 1
+            q += 1
+
+
+cdef void packed_out_block(PackedConvCall *c, int g, long p0, long q0, long q1) noexcept nogil:
+    """Pixels [q0, q1) of the chunk starting at pixel p0: bias and activation on their C' rows,
+    then each row's Mg values to the NCHW output (one plane per output channel)."""
+    cdef ConvShape *s = &c.s
+    cdef long ohw = <long> s.OH * s.OW, q, p, n, pix, run, i
+    cdef int m
+    cdef float *row
+    cdef float *dst
+    cdef const float *bias = c.bias + g * c.Mg if c.bias != NULL else NULL
+    for q in range(q0, q1):
+        row = c.c_out + q * c.Mp
+        if bias != NULL:
+            for m in range(c.Mg):
+                row[m] += bias[m]
+        apply_act_span(row, c.Mg, c.act, c.act_a, c.act_b)
+    q = q0
+    while q < q1:   # runs of pixels within one image
+        p = p0 + q
+        n = p // ohw
+        pix = p % ohw
+        run = min(ohw - pix, q1 - q)
+        for m in range(c.Mg):
+            dst = c.y + (n * s.M + <long> g * c.Mg + m) * ohw + pix
+            for i in range(run):
+                dst[i] = c.c_out[(q + i) * c.Mp + m]
+        q += run
+
+
+cdef int packed_conv_run(PackedConvCall *c) noexcept nogil:
+    """The conv, chunk by chunk of pixels and group by group: pack A' (threads over MR panels),
+    C' = A'·W' (threads over blocks of pixel rows × output-channel panels), back to NCHW (threads
+    over blocks of pixels). Always 0."""
+    cdef ConvShape *s = &c.s
+    cdef long p0, rows, rows_pad, t, q
+    cdef int g, rblocks, cblocks, rb, cb, npanels = c.Mp // c.nr, nt = c.nthreads
+    cdef long rpanels, per_r, per_c, r0, r1, c0, c1, ctaps = <long> (s.C // s.group) * s.KH
+    if c.empty:
+        return 0
+    p0 = 0
+    while p0 < c.P:
+        rows = min(c.chunk, c.P - p0)
+        rows_pad = round_up_to(rows, c.mr)
+        rpanels = rows_pad // c.mr
+        # GEMM tasks: row blocks of about the GEMM's MC rows, column blocks so that every
+        # thread gets work on a chunk with few rows
+        rblocks = <int> max(1, min(rpanels, rows_pad // 144))
+        cblocks = 1 if nt == 1 else <int> max(1, min(npanels, (2 * nt + rblocks - 1) // rblocks))
+        per_r = (rpanels + rblocks - 1) // rblocks
+        per_c = (npanels + cblocks - 1) // cblocks
+        for g in range(s.group):
+            for t in prange(ctaps, num_threads=nt, schedule='static'):
+                pack_pixels_taps(c.x, s, g, <int> (t // s.KH), <int> (t % s.KH), p0, rows,
+                                 rows_pad, c.a_pack, c.mr, c.K)
+            for t in prange(rblocks * cblocks, num_threads=nt, schedule='dynamic'):
+                r0 = (t // cblocks) * per_r
+                r1 = min(rpanels, r0 + per_r)
+                c0 = (t % cblocks) * per_c
+                c1 = min(<long> npanels, c0 + per_c)
+                if r1 > r0 and c1 > c0:
+                    ember_packed_gemm_sliced(c.a_pack + r0 * c.mr * c.K,
+                                             c.wp + <long> g * c.K * c.Mp, c.Mp,
+                                             <int> (c0 * c.nr),
+                                             c.c_out + r0 * c.mr * c.Mp + c0 * c.nr,
+                                             <int> ((r1 - r0) * c.mr), c.K,
+                                             <int> ((c1 - c0) * c.nr), c.Mp)
+            for t in prange((rows + PACKED_OUT_BLOCK - 1) // PACKED_OUT_BLOCK, num_threads=nt,
+                            schedule='static'):
+                q = t * PACKED_OUT_BLOCK
+                packed_out_block(c, g, p0, q, min(rows, q + PACKED_OUT_BLOCK))
+        p0 += rows
+    return 0
+
+
+cdef int packed_conv_native(void *state) noexcept nogil:
+    return packed_conv_run(<PackedConvCall *> state)
+
+
+cdef class PackedConvStep:
+    """A conv through packed weights (pack_conv_weights) with its arguments resolved once: called,
+    or run inside a ``plan.PlanRunner`` with no Python in between. Holds its arrays."""
+    cdef PackedConvCall call
+    cdef ember_native_step native
+    cdef object keep
+
+    def __init__(self, float[:, :, :, ::1] x, float[::1] packed_w, bias, float[:, :, :, ::1] y,
+                 scratch, int KH, int KW, int stride_h, int stride_w, int pad_top,
+                 int pad_left, int dil_h, int dil_w, int group, int act, float act_a,
+                 float act_b, int nthreads):
+        cdef PackedConvCall *c = &self.call
+        cdef float[::1] b, scr
+        cdef long need
+        c.s = conv_shape(x.shape[0], x.shape[1], x.shape[2], x.shape[3], y.shape[1], KH, KW,
+                         y.shape[2], y.shape[3], stride_h, stride_w, pad_top, pad_left, dil_h,
+                         dil_w, group)
+        c.mr, c.nr = ember_gemm_mr(), ember_gemm_nr()
+        if group < 1 or c.s.C % group or c.s.M % group:
+            raise ValueError(f"PackedConvStep: {c.s.C} inputs and {c.s.M} outputs do not split "
+                             f"into {group} groups")
+        if c.mr > PACKED_MAX_MR:
+            raise ValueError("PackedConvStep: the GEMM's micro-kernel has too many rows")
+        c.K = (c.s.C // group) * KH * KW
+        c.Mg = c.s.M // group
+        c.Mp = <int> round_up_to(c.Mg, c.nr)
+        c.P = <long> c.s.N * c.s.OH * c.s.OW
+        c.act, c.act_a, c.act_b = act, act_a, act_b
+        c.nthreads = threads_for(nthreads, c.P * c.K * c.s.M)
+        c.empty = c.P == 0 or c.s.M == 0
+        c.x = c.wp = c.bias = NULL
+        c.y = c.a_pack = c.c_out = NULL
+        c.chunk = 0
+        self.keep = (x, packed_w, bias, y, scratch)
+        self.native.fn = packed_conv_native
+        self.native.state = &self.call
+        if c.empty:
+            return
+        if c.K == 0:
+            raise ValueError("PackedConvStep: a conv with no input channel takes another path")
+        if packed_w.shape[0] < <long> group * c.K * c.Mp:
+            raise ValueError(f"PackedConvStep: packed weights hold {packed_w.shape[0]} floats, "
+                             f"need {group * c.K * c.Mp}")
+        if (<size_t> &packed_w[0]) % 64:
+            raise ValueError("PackedConvStep: packed weights must start on a 64-byte boundary")
+        c.chunk = packed_chunk(c.P, c.K, c.Mp, c.mr)
+        need = c.chunk * (c.K + c.Mp)
+        if scratch is None or len(scratch) < need:
+            raise ValueError(f"PackedConvStep: scratch needs {need} floats")
+        scr = scratch
+        c.a_pack = &scr[0]
+        c.c_out = c.a_pack + c.chunk * c.K
+        if bias is not None:
+            b = bias
+            if b.shape[0] < c.s.M:
+                raise ValueError(f"PackedConvStep: bias has {b.shape[0]} values, needs {c.s.M}")
+            c.bias = &b[0]
+        c.x = &x[0, 0, 0, 0]
+        c.wp = &packed_w[0]
+        c.y = &y[0, 0, 0, 0]
+
+    def __call__(self):
+        with nogil:
+            packed_conv_run(&self.call)
+
+    @property
+    def _native(self):
+        """A capsule holding the step's C entry point, for plan.PlanRunner."""
+        return PyCapsule_New(&self.native, EMBER_NATIVE_CAPSULE, NULL)

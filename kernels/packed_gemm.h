@@ -21,3 +21,26 @@ static void ember_packed_gemm_here(const float *U, const float *V, float *Mx, in
         }
     }
 }
+
+/* The same product with V pre-packed in K slices (the packed convolution's weights): slice s
+ * holds rows [s·KC, s·KC + kc) of all ldv columns as NR-column micro-panels of kc·NR floats one
+ * after the other, so a whole call reads the weights front to back, and every micro-panel a
+ * task needs in one slice is next to the one before. Mx (rows × ncols, row stride ldc) = U ·
+ * columns [j0, j0 + ncols) of V (j0, ncols multiples of NR), U as in ember_packed_gemm_here. */
+static void ember_packed_gemm_sliced_here(const float *U, const float *V, long ldv, int j0,
+                                          float *Mx, int rows, int K, int ncols, long ldc)
+{
+    for (int k0 = 0; k0 < K; k0 += EMBER_KC) {
+        int kc = K - k0 < EMBER_KC ? K - k0 : EMBER_KC;
+        const float *slice = V + (long)k0 * ldv;
+        for (int i0 = 0; i0 < rows; i0 += EMBER_MC) {
+            int i1 = i0 + EMBER_MC < rows ? i0 + EMBER_MC : rows;
+            for (int jp = 0; jp < ncols; jp += EMBER_NR) {
+                const float *b = slice + (long)(j0 + jp) * kc;
+                for (int ir = i0; ir < i1; ir += EMBER_MR)
+                    ember_ukr(kc, U + (long)ir * K + (long)k0 * EMBER_MR, b,
+                              Mx + (long)ir * ldc + jp, ldc, 1.0f, k0 > 0);
+            }
+        }
+    }
+}

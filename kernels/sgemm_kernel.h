@@ -476,4 +476,5 @@ static const struct ember_sgemm_kernels ember_sgemm_here = {
     .sgemm = ember_sgemm_here_fn,
     .sgemm_im2col = ember_sgemm_im2col_here,
     .packed_gemm = ember_packed_gemm_here,
+    .packed_gemm_sliced = ember_packed_gemm_sliced_here,
 };

@@ -44,6 +44,9 @@ struct ember_sgemm_kernels {
     /* Mx (Mp x ncols) = U . V with U packed as A and V as B (winograd_transform.h) */
     void (*packed_gemm)(const float *U, const float *V, float *Mx, int Mp, int C, int ncols,
                         long ldc);
+    /* the same with V packed in K slices of kc rows (packed_gemm.h), columns [j0, j0 + ncols) */
+    void (*packed_gemm_sliced)(const float *U, const float *V, long ldv, int j0, float *Mx,
+                               int rows, int K, int ncols, long ldc);
 };
 
 /* ---- activations (activation_kernel.h) ----------------------------------------------------- */
@@ -208,7 +211,14 @@ static inline void ember_packed_gemm(const float *U, const float *V, float *Mx, 
     ember_simd_in_use->sgemm->packed_gemm(U, V, Mx, Mp, C, ncols, ldc);
 }
 
+static inline void ember_packed_gemm_sliced(const float *U, const float *V, long ldv, int j0,
+                                            float *Mx, int rows, int K, int ncols, long ldc)
+{
+    ember_simd_in_use->sgemm->packed_gemm_sliced(U, V, ldv, j0, Mx, rows, K, ncols, ldc);
+}
+
 static inline int ember_gemm_mr(void) { return ember_simd_in_use->sgemm->mr; }
+static inline int ember_gemm_kc(void) { return ember_simd_in_use->sgemm->kc; }
 static inline int ember_gemm_nr(void) { return ember_simd_in_use->sgemm->nr; }
 
 static inline void ember_act_span(float *p, long n, int code, float a, float b)

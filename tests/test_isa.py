@@ -24,7 +24,7 @@ KERNELS = os.path.join(os.path.dirname(TESTS), "kernels")
 LEVEL_RANK = {"generic": 0, "avx2": 1, "avx512": 2}
 # the kernel suites each non-default level runs (numpy twins of every kernel, their gradients,
 # Winograd against direct convolution)
-KERNEL_SUITES = ["test_kernels.py", "test_winograd.py", "test_grad_kernels.py"]
+KERNEL_SUITES = ["test_kernels.py", "test_winograd.py", "test_grad_kernels.py", "test_packed_conv.py"]
 
 
 def cpu_flags() -> set:

@@ -178,17 +178,116 @@ class WinogradCase(NamedTuple):
     tile: int
 
 
+def winograd_eligible(case: ConvCase) -> bool:
+    """A 2-D 3×3 stride-1 undilated ungrouped conv: the shape the Winograd kernels take."""
+    g = case.window
+    return case.nd == 2 and case.w[2:] == (3, 3) and \
+        (g.stride_h, g.stride_w, g.dil_h, g.dil_w, case.group) == (1, 1, 1, 1, 1)
+
+
+# ---- packed-weight conv (kernels/conv.pyx PackedConvStep): pixels × output-channel tiles ------
+# Measured against the im2col GEMM it wins where the plane is small and the layer wide (ResNet's
+# 7×7 and 14×14 stages, MobileNet's 7×7 pointwise layers, strided projections of many
+# channels); the static rule below takes it there, and tuning measures it everywhere else.
+PACKED_STATIC_MAX_PIXELS = 256     # N·OH·OW
+PACKED_STATIC_MIN_CHANNELS = 128   # output channels per group, and K = C/group·KH·KW
+
+
+def packed_allowed(case: ConvCase) -> bool:
+    """Every conv but the depthwise ones (their own kernels) and those without input channels."""
+    (N, C, _, _), (M, _, KH, KW), (_, _, OH, OW) = case.x, case.w, case.y
+    depthwise = case.group == C == M and case.group > 1 or C == M == 1
+    return not depthwise and C > 0 and N * OH * OW * M > 0 and os.environ.get(
+        "EMBER_PACKED_CONV", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def static_packed(case: ConvCase) -> bool:
+    (N, C, _, _), (M, _, KH, KW), (_, _, OH, OW) = case.x, case.w, case.y
+    K = C // case.group * KH * KW
+    return N * OH * OW <= PACKED_STATIC_MAX_PIXELS and \
+        M // case.group >= PACKED_STATIC_MIN_CHANNELS and K >= PACKED_STATIC_MIN_CHANNELS
+
+
+def aligned_floats(n: int) -> np.ndarray:
+    """n float32 starting on a 64-byte boundary (the packed weights' aligned loads)."""
+    buf = np.empty(n + 16, F32)
+    off = (-buf.ctypes.data % 64) // 4
+    return buf[off:off + n]
+
+
+def packed_weights(w4: np.ndarray, group: int) -> np.ndarray:
+    M, Cg, KH, KW = w4.shape
+    packed = aligned_floats(int(conv.packed_conv_weight_floats(M, Cg * group, KH, KW, group)))
+    conv.pack_conv_weights(w4, packed, group)
+    return packed
+
+
+def packed_scratch_floats(case: ConvCase) -> int:
+    (N, C, _, _), (M, _, KH, KW), (_, _, OH, OW) = case.x, case.w, case.y
+    return int(conv.packed_conv_scratch_floats(N, C, M, KH, KW, OH, OW, case.group))
+
+
+def packed_step(case: ConvCase, x, packed, b, y, scr, act, threads):
+    g, (code, aa, ab) = case.window, act
+    return conv.PackedConvStep(x, packed, b, y, scr, case.w[2], case.w[3], g.stride_h,
+                               g.stride_w, g.pad_top, g.pad_left, g.dil_h, g.dil_w, case.group,
+                               code, aa, ab, threads)
+
+
+def _algorithm_candidate(name: str, case: ConvCase, threads: int):
+    """One run of a candidate on this conv's geometry with random data (the batch cut to
+    TUNE_MAX_BYTES of input and output)."""
+    (N, C, H, W), (M, Cg, KH, KW), (_, _, OH, OW), g = case.x, case.w, case.y, case.window
+    n = max(1, min(N, TUNE_MAX_BYTES // max(1, 4 * (C * H * W + M * OH * OW))))
+    if name.startswith("winograd"):
+        return _tuning_candidate(name, n, C, M, OH, OW, threads)
+    c = case._replace(x=(n, C, H, W), y=(n, M, OH, OW))
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(c.x, dtype=F32)
+    w = rng.standard_normal(c.w, dtype=F32) * np.float32(0.05)
+    y = np.empty(c.y, F32)
+    if name == "packed":
+        scr = np.empty(max(1, packed_scratch_floats(c)), F32)
+        return packed_step(c, x, packed_weights(w, c.group), None, y, scr, (0, 0.0, 0.0),
+                           threads)
+    scr = np.empty(int(conv.conv2d_scratch_floats(C, H, W, M, KH, KW, OH, OW, g.stride_h,
+                                                  g.stride_w, g.pad_top, g.pad_left, g.dil_h,
+                                                  g.dil_w, c.group, threads)) or 1, F32)
+    return conv.Conv2dStep(x, w, None, y, scr, g.stride_h, g.stride_w, g.pad_top, g.pad_left,
+                           g.dil_h, g.dil_w, c.group, 0, 0.0, 0.0, threads)
+
+
+def conv_algorithm(case: ConvCase, threads=1) -> str:
+    """How this forward conv runs: "gemm" (im2col / implicit GEMM, depthwise kernels),
+    "winograd2" / "winograd4", or "packed" — the fastest measured on this CPU at ``threads``
+    (once per geometry, runtime/tuning.py), or the static rule with EMBER_TUNE=0."""
+    from ..tuning import choose
+    (N, C, _, _), (M, _, KH, KW), (_, _, OH, OW), g = case.x, case.w, case.y, case.window
+    names, static = ["gemm"], "gemm"
+    if winograd_eligible(case):
+        allowed = winograd_tiles_allowed(N, C, M, OH, OW)
+        names += [f"winograd{m}" for m in allowed]
+        tile = static_winograd_tile(N, C, M, OH, OW, allowed)
+        static = f"winograd{tile}" if tile else static
+    if packed_allowed(case):
+        names.append("packed")
+        if static == "gemm" and static_packed(case):
+            static = "packed"
+    key = (*case.x, M, KH, KW, *case.y[2:], *g, case.group)
+    return choose("conv", key, threads, lambda name: _algorithm_candidate(name, case, threads),
+                  names, static)
+
+
 def winograd_case(node, types, threads=1) -> WinogradCase | None:
     """The case when this Conv runs through Winograd, else None."""
     case = conv_case(node, types)
-    if case is None:
+    if case is None or not winograd_eligible(case):
         return None
-    (N, C, H, W), (M, _, KH, KW), (_, _, OH, OW), g = case.x, case.w, case.y, case.window
-    if case.nd != 2 or (KH, KW) != (3, 3) or \
-            (g.stride_h, g.stride_w, g.dil_h, g.dil_w, case.group) != (1, 1, 1, 1, 1):
+    algo = conv_algorithm(case, threads)
+    if not algo.startswith("winograd"):
         return None
-    tile = winograd_tile(N, C, M, OH, OW, threads)
-    return WinogradCase(N, C, H, W, M, OH, OW, g.pad_top, g.pad_left, tile) if tile else None
+    (N, C, H, W), (M, _, _, _), (_, _, OH, OW), g = case.x, case.w, case.y, case.window
+    return WinogradCase(N, C, H, W, M, OH, OW, g.pad_top, g.pad_left, int(algo[-1]))
 
 
 def winograd_scratch_floats(N, C, H, W, M, OH, OW, tile, threads) -> int:
@@ -252,7 +351,55 @@ def _conv_scratch(node, types, threads):
     if wc is not None:
         return 4 * winograd_scratch_floats(wc.N, wc.C, wc.H, wc.W, wc.M, wc.OH, wc.OW, wc.tile,
                                            threads)
+    case = conv_case(node, types)
+    if case is not None and conv_algorithm(case, threads) == "packed":
+        return 4 * packed_scratch_floats(case)
     return _conv_scratch_floats(node, types, threads) * 4
+
+
+# Packed constant weights shared by every context: (id(w), group) -> (weak ref to w, packed).
+PACKED_WEIGHTS: dict = {}
+
+
+def _packed_constant_weights(w_orig, w4, group):
+    key = (id(w_orig), group)
+    hit = PACKED_WEIGHTS.get(key)
+    if hit is not None and hit[0]() is w_orig:
+        return hit[1]
+    packed = packed_weights(w4, group)
+    try:
+        PACKED_WEIGHTS[key] = (
+            weakref.ref(w_orig, lambda _r, key=key: PACKED_WEIGHTS.pop(key, None)), packed)
+    except TypeError:
+        pass
+    return packed
+
+
+def _packed_conv(case, ins, outs, scratch_buf, ctx, act):
+    """The Conv step through packed weights, or None when this case does not take it."""
+    threads = ctx.threads
+    if conv_algorithm(case, threads) != "packed":
+        return None
+    scr = _planned(scratch_buf, packed_scratch_floats(case))
+    if scr is False:
+        return None
+    b = contiguous_f32(optional_at(ins, 2))
+    b = b.reshape(-1) if b is not None else None
+    x, w4 = contiguous_f32(ins[0]).reshape(case.x), contiguous_f32(ins[1]).reshape(case.w)
+    y = outs[0].reshape(case.y)
+    if not ctx.is_runtime(ins[1]):
+        # a prepared native step: the plan runner runs it with no Python around it
+        return packed_step(case, x, _packed_constant_weights(ins[1], w4, case.group), b, y, scr,
+                           act, threads)
+    packed = aligned_floats(int(conv.packed_conv_weight_floats(
+        case.w[0], case.x[1], case.w[2], case.w[3], case.group)))
+    run, pack = packed_step(case, x, packed, b, y, scr, act, threads), conv.pack_conv_weights
+
+    def step():   # run-time weights (training): pack them on every call
+        pack(w4, packed, case.group)
+        run()
+    step.packed = True   # for tests and profiles: which algorithm this node runs
+    return step
 
 
 def _planned(scratch_buf, need):
@@ -286,6 +433,8 @@ def bind_conv(node, ins, outs, scratch_buf, ctx):
     if ins[0].shape[1] == 0:   # no input channel: act(bias) everywhere, and no element of x or W
         return None            # the kernel could point at (the numpy reference answers)
     step = _winograd_conv(node, ins, outs, scratch_buf, ctx, act)
+    if step is None:
+        step = _packed_conv(case, ins, outs, scratch_buf, ctx, act)
     if step is not None:
         return step
     arrays = _conv_arrays(case, ins, outs, scratch_buf,

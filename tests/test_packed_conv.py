@@ -1,0 +1,213 @@
+"""The packed-weight convolution (kernels/conv.pyx PackedConvStep: pixels × output-channel tiles
+over weights packed once) against a float64 numpy conv written here, and its dispatch from the
+Conv binder (static rule, run-time weights, the switch that turns it off, tuning's candidates).
+
+Tolerance: the kernel sums the K = C/group·KH·KW products of an output in float32 in an order of
+its own; for such a sum the error is within K·ε·Σ|x|·|w| (B below, float64) and, on random data,
+a few √K·ε·B. The tests allow 4·√K·ε·max(B) — far below any indexing mistake, which moves an
+output by a whole product.
+"""
+import numpy as np
+import pytest
+
+from ember.graph.ir import Graph, Node, TensorType
+from ember.graph.ops import op_named
+from ember.kernels import conv
+from ember.runtime import tuning
+from ember.runtime.binders import conv as conv_binder
+from ember.runtime.session import Session
+
+rng = np.random.default_rng(20261207)
+EPS = float(np.finfo(np.float32).eps)
+ACT_RELU, ACT_SIGMOID = 1, 5
+
+
+def rand(*shape, scale=1.0):
+    return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+
+def out_size(n, k, s, p_lo, p_hi, d):
+    return (n + p_lo + p_hi - d * (k - 1) - 1) // s + 1
+
+
+def conv64(x, w, stride, pads, dil, group):
+    """Cross-correlation in float64; pads (top, left, bottom, right)."""
+    N, C, H, W = x.shape
+    M, Cg, KH, KW = w.shape
+    (sh, sw), (pt, pl, pb, pr), (dh, dw) = stride, pads, dil
+    OH, OW = out_size(H, KH, sh, pt, pb, dh), out_size(W, KW, sw, pl, pr, dw)
+    xp = np.zeros((N, C, H + pt + pb + sh * OH + dh * KH, W + pl + pr + sw * OW + dw * KW))
+    xp[:, :, pt:pt + H, pl:pl + W] = x
+    y = np.zeros((N, M, OH, OW))
+    Mg = M // group
+    for g in range(group):
+        for kh in range(KH):
+            for kw in range(KW):
+                patch = xp[:, g * Cg:(g + 1) * Cg, kh * dh:kh * dh + sh * OH:sh,
+                           kw * dw:kw * dw + sw * OW:sw]
+                y[:, g * Mg:(g + 1) * Mg] += np.einsum(
+                    "nchw,mc->nmhw", patch, w[g * Mg:(g + 1) * Mg, :, kh, kw].astype(np.float64))
+    return y
+
+
+def run_packed(x, w, bias, stride, pads, dil, group, act=0, threads=1):
+    N, C, H, W = x.shape
+    M, _, KH, KW = w.shape
+    OH = out_size(H, KH, stride[0], pads[0], pads[2], dil[0])
+    OW = out_size(W, KW, stride[1], pads[1], pads[3], dil[1])
+    packed = conv_binder.packed_weights(w, group)
+    y = np.full((N, M, OH, OW), np.nan, np.float32)
+    scr = np.full(conv.packed_conv_scratch_floats(N, C, M, KH, KW, OH, OW, group), np.nan,
+                  np.float32)
+    conv.PackedConvStep(x, packed, bias, y, scr, KH, KW, *stride, pads[0], pads[1], *dil, group,
+                        act, 0.0, 0.0, threads)()
+    return y
+
+
+def check(got, x, w, bias, stride, pads, dil, group, act):
+    want = conv64(x, w, stride, pads, dil, group)
+    B = conv64(np.abs(x.astype(np.float64)), np.abs(w.astype(np.float64)), stride, pads, dil,
+               group)
+    if bias is not None:
+        want += bias[None, :, None, None]
+        B += np.abs(bias)[None, :, None, None]
+    if act == ACT_RELU:
+        want = np.maximum(want, 0)
+    elif act == ACT_SIGMOID:
+        want = 1 / (1 + np.exp(-want))
+    K = w.shape[1] * w.shape[2] * w.shape[3]
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=0, atol=4 * np.sqrt(K) * EPS * B.max() + 1e-7)
+
+
+GEOMETRIES = [
+    # N, C, H, W, M, KH, KW, stride, pads (t, l, b, r), dilation, group
+    (1, 8, 7, 7, 16, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),          # one tile of NR
+    (2, 6, 9, 8, 20, 3, 2, (2, 1), (1, 0, 2, 1), (1, 1), 1),          # asymmetric everything
+    (3, 4, 5, 5, 10, 1, 1, (2, 2), (0, 0, 0, 0), (1, 1), 2),          # strided 1×1, groups
+    (1, 3, 23, 23, 64, 7, 7, (2, 2), (3, 3, 3, 3), (1, 1), 1),        # a stem
+    (2, 40, 5, 6, 47, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),         # K = 360 > one K slice
+    (1, 600, 3, 3, 70, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1), 1),        # K = 600: three slices
+    (2, 12, 9, 9, 24, 3, 3, (2, 2), (2, 2, 2, 2), (2, 2), 3),         # dilated, grouped
+    (1, 5, 4, 4, 7, 5, 5, (1, 1), (2, 2, 2, 2), (1, 1), 1),           # window wider than the plane
+    (2, 3, 4, 4, 9, 3, 3, (3, 3), (4, 4, 4, 4), (1, 1), 1),           # windows entirely in padding
+    (1, 2, 130, 140, 16, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),      # several chunks of pixels
+    (2, 3, 100, 100, 16, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),      # a chunk ends mid-image
+]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("geom", GEOMETRIES, ids=lambda g: "x".join(map(str, g[:7])))
+def test_packed_conv_matches_float64(geom, threads):
+    N, C, H, W, M, KH, KW, stride, pads, dil, group = geom
+    x, w, b = rand(N, C, H, W), rand(M, C // group, KH, KW, scale=0.2), rand(M)
+    act = ACT_RELU if threads == 1 else ACT_SIGMOID
+    got = run_packed(x, w, b, stride, pads, dil, group, act, threads)
+    check(got, x, w, b, stride, pads, dil, group, act)
+
+
+def test_packed_conv_without_bias():
+    x, w = rand(2, 16, 6, 6), rand(33, 16, 3, 3, scale=0.2)
+    got = run_packed(x, w, None, (1, 1), (1, 1, 1, 1), (1, 1), 1)
+    check(got, x, w, None, (1, 1), (1, 1, 1, 1), (1, 1), 1, 0)
+
+
+def test_packed_weights_layout_is_checked():
+    w = rand(16, 8, 3, 3)
+    n = conv.packed_conv_weight_floats(16, 8, 3, 3, 1)
+    good = conv_binder.aligned_floats(n)
+    with pytest.raises(ValueError, match="64-byte"):
+        conv.pack_conv_weights(w, conv_binder.aligned_floats(n + 1)[1:], 1)
+    with pytest.raises(ValueError, match="needs"):
+        conv.pack_conv_weights(w, good[:n - 1], 1)
+    with pytest.raises(ValueError, match="groups"):
+        conv.pack_conv_weights(w, good, 3)
+    conv.pack_conv_weights(w, good, 1)
+    x, y = rand(1, 8, 5, 5), np.empty((1, 16, 5, 5), np.float32)
+    scr = np.empty(conv.packed_conv_scratch_floats(1, 8, 16, 3, 3, 5, 5, 1), np.float32)
+    with pytest.raises(ValueError, match="scratch"):
+        conv.PackedConvStep(x, good, None, y, scr[:-1], 3, 3, 1, 1, 1, 1, 1, 1, 1, 0, 0.0, 0.0, 1)
+    with pytest.raises(ValueError, match="packed weights hold"):
+        conv.PackedConvStep(x, good[:-16], None, y, scr, 3, 3, 1, 1, 1, 1, 1, 1, 1, 0, 0.0, 0.0, 1)
+    with pytest.raises(ValueError, match="bias"):
+        conv.PackedConvStep(x, good, rand(3), y, scr, 3, 3, 1, 1, 1, 1, 1, 1, 1, 0, 0.0, 0.0, 1)
+
+
+# ---- dispatch from the Conv binder ----------------------------------------------------------
+def session_conv(feeds, consts, attrs, threads=2):
+    node = Node("Conv", list(feeds) + list(consts), ["y"], attrs=dict(attrs), name="node")
+    types = {k: TensorType(v.dtype, v.shape) for k, v in {**feeds, **consts}.items()}
+    g = Graph(nodes=[node], inputs=list(feeds), outputs=["y"], initializers=dict(consts),
+              types=types)
+    sess = Session(g, threads=threads, optimize=False)
+    (cnode, step), = sess.compile(None).acquire().steps
+    return sess, cnode, step
+
+
+def reference(cnode, values):
+    return op_named("Conv").compute(cnode, [values[i] for i in cnode.inputs])[0]
+
+
+def attrs3x3(stride=1):
+    return dict(kernel_shape=[3, 3], strides=[stride, stride], pads=[1, 1, 1, 1],
+                dilations=[1, 1], group=1)
+
+
+def attrs1x1():
+    return dict(kernel_shape=[1, 1], strides=[1, 1], pads=[0, 0, 0, 0], dilations=[1, 1],
+                group=1)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_small_plane_wide_layer_takes_the_packed_path(k):
+    """ResNet's and MobileNet's last stages in miniature: a 1×1 conv on a 7×7 plane, a 3×3/2
+    from 14×14 to 7×7; 128 outputs."""
+    x = rand(1, 160, 7, 7) if k == 1 else rand(1, 64, 14, 14)
+    w, b = rand(128, x.shape[1], k, k, scale=0.05), rand(128)
+    sess, cnode, step = session_conv({"x": x}, {"w": w, "b": b},
+                                     attrs1x1() if k == 1 else attrs3x3(2))
+    assert type(step).__name__ == "PackedConvStep"
+    got = sess.run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, reference(cnode, {"x": x, "w": w, "b": b}), rtol=0,
+                               atol=1e-5 * np.abs(got).max())
+
+
+def test_packed_path_repacks_run_time_weights():
+    x, w = rand(1, 64, 14, 14), rand(128, 64, 3, 3, scale=0.05)
+    sess, cnode, step = session_conv({"x": x, "w": w}, {}, attrs3x3(2))
+    assert getattr(step, "packed", False)
+    for _ in range(2):   # new weights each run: the packed copy follows them
+        w = rand(128, 64, 3, 3, scale=0.05)
+        got = sess.run(None, {"x": x, "w": w})[0]
+        np.testing.assert_allclose(got, reference(cnode, {"x": x, "w": w}), rtol=0,
+                                   atol=1e-5 * np.abs(got).max())
+
+
+def test_big_planes_keep_the_gemm_and_the_switch_turns_packing_off(monkeypatch):
+    x, w = rand(1, 16, 28, 28), rand(128, 16, 3, 3, scale=0.05)
+    _, _, step = session_conv({"x": x}, {"w": w}, attrs3x3())
+    assert type(step).__name__ == "Conv2dStep"
+    monkeypatch.setenv("EMBER_PACKED_CONV", "0")
+    _, _, step = session_conv({"x": rand(1, 64, 14, 14)}, {"w": rand(128, 64, 3, 3)},
+                              attrs3x3(2))
+    assert type(step).__name__ != "PackedConvStep"
+
+
+def test_tuning_measures_the_packed_candidate(monkeypatch):
+    monkeypatch.setenv("EMBER_TUNE", "1")
+    monkeypatch.delenv("EMBER_TUNE_CACHE", raising=False)
+    tuning.forget()
+    calls = []
+    real = tuning.measure
+
+    def counting(candidates):
+        calls.append(sorted(candidates))
+        return real(candidates)
+    monkeypatch.setattr(tuning, "measure", counting)
+    try:
+        case = conv_binder.ConvCase(2, (1, 32, 9, 9), (48, 32, 3, 3), (1, 48, 5, 5),
+                                    conv_binder.Window(2, 2, 1, 1, 1, 1, 1, 1), 1)
+        assert conv_binder.conv_algorithm(case, 1) in ("gemm", "packed")
+        assert calls == [["gemm", "packed"]]
+    finally:
+        tuning.forget()
