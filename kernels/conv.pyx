@@ -349,7 +349,12 @@ def conv_transpose2d(float[:, :, :, ::1] x, float[:, :, :, ::1] w, bias,
 # on its rows while they are in cache.
 
 cdef enum:
-    PACKED_CHUNK_FLOATS = 1 << 19   # A' and C' of one chunk of pixels: 2 MiB, about L2 + some
+    # A' and C' of one chunk of pixels stay in L2 between the packing, the product and the way
+    # back to NCHW: 512 KiB; unless the weights are so much larger that streaming them once per
+    # chunk would cost more than A' falling out to L3 — then up to a quarter of the weights, at
+    # most 4 MiB (ResNet's 7×7 stage: all 49 pixels in one chunk)
+    PACKED_CHUNK_FLOATS = 1 << 17
+    PACKED_CHUNK_MAX_FLOATS = 1 << 20
     PACKED_OUT_BLOCK = 16           # pixels a thread turns back into NCHW at a time
     PACKED_MAX_MR = 8
 
@@ -404,8 +409,8 @@ cdef struct PackedConvCall:
     const float *wp        # packed_conv_weights
     const float *bias
     float *y
-    float *a_pack          # one chunk of A': chunk × K, in MR-pixel panels
-    float *c_out           # one chunk of C': chunk × Mp
+    float *a_pack          # per thread, one chunk of A' (chunk × K, in MR-pixel panels) and
+                           # of C' (chunk × Mp)
     long P                 # pixels over the batch: N·OH·OW
     long chunk             # pixels per chunk, a multiple of MR
     int K, Mg, Mp, mr, nr
@@ -416,20 +421,23 @@ cdef struct PackedConvCall:
 
 
 cdef inline long packed_chunk(long P, long K, long Mp, int mr) noexcept nogil:
-    """Pixels per chunk: all of them when A' and C' fit PACKED_CHUNK_FLOATS, else as many MR
-    panels as do (at least one)."""
-    cdef long fit = PACKED_CHUNK_FLOATS // ((K + Mp) * mr)
+    """Pixels per chunk: all of them when A' and C' fit the budget, else as many MR panels as do
+    (at least one)."""
+    cdef long budget = max(<long> PACKED_CHUNK_FLOATS,
+                           min(<long> PACKED_CHUNK_MAX_FLOATS, K * Mp // 4))
+    cdef long fit = budget // ((K + Mp) * mr)
     return mr * max(1, min(fit, (P + mr - 1) // mr))
 
 
-def packed_conv_scratch_floats(int N, int C, int M, int KH, int KW, int OH, int OW, int group):
-    """Floats of scratch PackedConvStep needs: one chunk's A' and C'."""
+def packed_conv_scratch_floats(int N, int C, int M, int KH, int KW, int OH, int OW, int group,
+                               int nthreads):
+    """Floats of scratch PackedConvStep needs: one chunk's A' and C' per thread."""
     cdef int mr = ember_gemm_mr()
     cdef long K = <long> (C // group) * KH * KW, Mp = round_up_to(M // group, ember_gemm_nr())
     cdef long P = <long> N * OH * OW
     if P == 0 or K == 0:
         return 0
-    return packed_chunk(P, K, Mp, mr) * (K + Mp)
+    return packed_chunk(P, K, Mp, mr) * (K + Mp) * max(nthreads, 1)
 
 
 cdef void pack_pixels_taps(const float *x, ConvShape *s, int g, int c, int kh, long p0,
@@ -439,7 +447,7 @@ cdef void pack_pixels_taps(const float *x, ConvShape *s, int g, int c, int kh, l
     ow·sw − pl + kw·dw] for pixel p0 + q = (n, oh, ow), 0 outside the image and for q ≥ rows.
     Walks the pixels a row segment at a time, so the in-image taps are a strided copy."""
     cdef long ohw = <long> s.OH * s.OW, hw = <long> s.H * s.W, panel = <long> K * mr
-    cdef long q, p, n, oh, ow, seg, lo, hi, j
+    cdef long q, p, n, oh, ow, seg, lo, hi, j, jlo, jhi
     cdef int kw, ih, lane, k
     cdef const float *plane
     cdef const float *row
@@ -459,11 +467,37 @@ cdef void pack_pixels_taps(const float *x, ConvShape *s, int g, int c, int kh, l
             ih = <int> oh * s.sh - s.pt + kh * s.dh
             plane = x + (n * s.C + <long> g * (s.C // s.group) + c) * hw
             row = plane + <long> ih * s.W + kw * s.dw - s.pl
-            for j in range(ow, ow + seg):
-                if ih >= 0 and ih < s.H and j >= lo and j < hi:
-                    dst[lane] = row[j * s.sw]
+            jlo = jhi = ow   # the in-image taps of this segment: [jlo, jhi)
+            if ih >= 0 and ih < s.H:
+                jlo = min(max(lo, ow), ow + seg)
+                jhi = max(min(hi, ow + seg), jlo)
+            for j in range(ow, jlo):
+                dst[lane] = 0.0
+                lane += 1
+                if lane == mr:
+                    lane = 0
+                    dst += panel
+            j = jlo
+            while j < jhi:
+                if lane == 0 and mr == 6 and jhi - j >= 6:   # a whole panel row at once
+                    if s.sw == 1:
+                        dst[0] = row[j]; dst[1] = row[j + 1]; dst[2] = row[j + 2]
+                        dst[3] = row[j + 3]; dst[4] = row[j + 4]; dst[5] = row[j + 5]
+                    else:
+                        dst[0] = row[j * s.sw]; dst[1] = row[(j + 1) * s.sw]
+                        dst[2] = row[(j + 2) * s.sw]; dst[3] = row[(j + 3) * s.sw]
+                        dst[4] = row[(j + 4) * s.sw]; dst[5] = row[(j + 5) * s.sw]
+                    dst += panel
+                    j += 6
                 else:
-                    dst[lane] = 0.0
+                    dst[lane] = row[j * s.sw]
+                    lane += 1
+                    if lane == mr:
+                        lane = 0
+                        dst += panel
+                    j += 1
+            for j in range(jhi, ow + seg):
+                dst[lane] = 0.0
                 lane += 1
                 if lane == mr:
                     lane = 0
@@ -475,76 +509,91 @@ cdef void pack_pixels_taps(const float *x, ConvShape *s, int g, int c, int kh, l
             q += 1
 
 
-cdef void packed_out_block(PackedConvCall *c, int g, long p0, long q0, long q1) noexcept nogil:
-    """Pixels [q0, q1) of the chunk starting at pixel p0: bias and activation on their C' rows,
-    then each row's Mg values to the NCHW output (one plane per output channel)."""
+cdef void packed_out_block(PackedConvCall *c, const float *c_out, int g, long p0, long q0,
+                           long q1, int m0, int m1) noexcept nogil:
+    """Pixels [q0, q1) of the chunk starting at pixel p0, output channels [m0, m1) of group g:
+    bias and activation on their C' rows, then to the NCHW output (one plane per channel)."""
     cdef ConvShape *s = &c.s
     cdef long ohw = <long> s.OH * s.OW, q, p, n, pix, run, i
     cdef int m
     cdef float *row
     cdef float *dst
+    cdef const float *src
     cdef const float *bias = c.bias + g * c.Mg if c.bias != NULL else NULL
     for q in range(q0, q1):
-        row = c.c_out + q * c.Mp
+        row = <float *> c_out + q * c.Mp
         if bias != NULL:
-            for m in range(c.Mg):
+            for m in range(m0, m1):
                 row[m] += bias[m]
-        apply_act_span(row, c.Mg, c.act, c.act_a, c.act_b)
+        apply_act_span(row + m0, m1 - m0, c.act, c.act_a, c.act_b)
     q = q0
     while q < q1:   # runs of pixels within one image
         p = p0 + q
         n = p // ohw
         pix = p % ohw
         run = min(ohw - pix, q1 - q)
-        for m in range(c.Mg):
+        for m in range(m0, m1):
             dst = c.y + (n * s.M + <long> g * c.Mg + m) * ohw + pix
+            src = c_out + q * c.Mp + m
             for i in range(run):
-                dst[i] = c.c_out[(q + i) * c.Mp + m]
+                dst[i] = src[i * c.Mp]
         q += run
 
 
-cdef int packed_conv_run(PackedConvCall *c) noexcept nogil:
-    """The conv, chunk by chunk of pixels and group by group: pack A' (threads over MR panels),
-    C' = A'·W' (threads over blocks of pixel rows × output-channel panels), back to NCHW (threads
-    over blocks of pixels). Always 0."""
+cdef void packed_conv_share(PackedConvCall *c, int t, int nt) noexcept nogil:
+    """Thread t's share of the conv, start to end with no barrier, in its own A' and C': chunk by
+    chunk of pixels and group by group, either a share of the chunk's pixels (packed, multiplied
+    by all of W', written back) or, when the chunk has too few pixel panels to split, all of its
+    pixels and a share of the output channels."""
     cdef ConvShape *s = &c.s
-    cdef long p0, rows, rows_pad, t, q
-    cdef int g, rblocks, cblocks, rb, cb, npanels = c.Mp // c.nr, nt = c.nthreads
-    cdef long rpanels, per_r, per_c, r0, r1, c0, c1, ctaps = <long> (s.C // s.group) * s.KH
-    if c.empty:
-        return 0
-    p0 = 0
+    cdef long p0 = 0, rows, rows_pad, rpanels, r0, r1, q, ctap, mine
+    cdef long ctaps = <long> (s.C // s.group) * s.KH
+    cdef int g, npanels = c.Mp // c.nr, m0, m1
+    cdef bint split_pixels
+    # this thread's own A' and C': nothing is shared, so no thread waits for another
+    cdef float *a_pack = c.a_pack + t * c.chunk * (c.K + c.Mp)
+    cdef float *c_out = a_pack + c.chunk * c.K
     while p0 < c.P:
         rows = min(c.chunk, c.P - p0)
         rows_pad = round_up_to(rows, c.mr)
         rpanels = rows_pad // c.mr
-        # GEMM tasks: row blocks of about the GEMM's MC rows, column blocks so that every
-        # thread gets work on a chunk with few rows
-        rblocks = <int> max(1, min(rpanels, rows_pad // 144))
-        cblocks = 1 if nt == 1 else <int> max(1, min(npanels, (2 * nt + rblocks - 1) // rblocks))
-        per_r = (rpanels + rblocks - 1) // rblocks
-        per_c = (npanels + cblocks - 1) // cblocks
-        for g in range(s.group):
-            for t in prange(ctaps, num_threads=nt, schedule='static'):
-                pack_pixels_taps(c.x, s, g, <int> (t // s.KH), <int> (t % s.KH), p0, rows,
-                                 rows_pad, c.a_pack, c.mr, c.K)
-            for t in prange(rblocks * cblocks, num_threads=nt, schedule='dynamic'):
-                r0 = (t // cblocks) * per_r
-                r1 = min(rpanels, r0 + per_r)
-                c0 = (t % cblocks) * per_c
-                c1 = min(<long> npanels, c0 + per_c)
-                if r1 > r0 and c1 > c0:
-                    ember_packed_gemm_sliced(c.a_pack + r0 * c.mr * c.K,
-                                             c.wp + <long> g * c.K * c.Mp, c.Mp,
-                                             <int> (c0 * c.nr),
-                                             c.c_out + r0 * c.mr * c.Mp + c0 * c.nr,
-                                             <int> ((r1 - r0) * c.mr), c.K,
-                                             <int> ((c1 - c0) * c.nr), c.Mp)
-            for t in prange((rows + PACKED_OUT_BLOCK - 1) // PACKED_OUT_BLOCK, num_threads=nt,
-                            schedule='static'):
-                q = t * PACKED_OUT_BLOCK
-                packed_out_block(c, g, p0, q, min(rows, q + PACKED_OUT_BLOCK))
+        split_pixels = nt == 1 or rpanels >= 4 * nt or npanels < nt
+        if split_pixels:   # panels [r0, r1) of the chunk, every output channel
+            r0 = rpanels * t // nt
+            r1 = rpanels * (t + 1) // nt
+            m0, m1 = 0, c.Mg
+        else:              # every panel, output-channel panels [m0, m1) (as channels)
+            r0, r1 = 0, rpanels
+            m0 = <int> (npanels * t // nt) * c.nr
+            m1 = min(<int> (npanels * (t + 1) // nt) * c.nr, c.Mg)
+        if r1 > r0 and m1 > m0:
+            for g in range(s.group):
+                for ctap in range(ctaps):
+                    pack_pixels_taps(c.x, s, g, <int> (ctap // s.KH), <int> (ctap % s.KH),
+                                     p0 + r0 * c.mr, min(rows, r1 * c.mr) - r0 * c.mr,
+                                     (r1 - r0) * c.mr, a_pack, c.mr, c.K)
+                ember_packed_gemm_sliced(a_pack, c.wp + <long> g * c.K * c.Mp, c.Mp, m0,
+                                         c_out + m0, <int> ((r1 - r0) * c.mr), c.K,
+                                         <int> round_up_to(m1 - m0, c.nr), c.Mp)
+                mine = min(rows, r1 * c.mr) - r0 * c.mr   # this thread's pixels, from p0 + r0·MR
+                q = 0
+                while q < mine:
+                    packed_out_block(c, c_out, g, p0 + r0 * c.mr, q,
+                                     min(mine, q + PACKED_OUT_BLOCK), m0, m1)
+                    q += PACKED_OUT_BLOCK
         p0 += rows
+
+
+cdef int packed_conv_run(PackedConvCall *c) noexcept nogil:
+    """The conv: one share per thread (packed_conv_share), no barrier but the last. Always 0."""
+    cdef int t
+    if c.empty:
+        return 0
+    if c.nthreads == 1:
+        packed_conv_share(c, 0, 1)
+        return 0
+    for t in prange(c.nthreads, num_threads=c.nthreads, schedule='static'):
+        packed_conv_share(c, t, c.nthreads)
     return 0
 
 
@@ -583,7 +632,7 @@ cdef class PackedConvStep:
         c.nthreads = threads_for(nthreads, c.P * c.K * c.s.M)
         c.empty = c.P == 0 or c.s.M == 0
         c.x = c.wp = c.bias = NULL
-        c.y = c.a_pack = c.c_out = NULL
+        c.y = c.a_pack = NULL
         c.chunk = 0
         self.keep = (x, packed_w, bias, y, scratch)
         self.native.fn = packed_conv_native
@@ -598,12 +647,11 @@ cdef class PackedConvStep:
         if (<size_t> &packed_w[0]) % 64:
             raise ValueError("PackedConvStep: packed weights must start on a 64-byte boundary")
         c.chunk = packed_chunk(c.P, c.K, c.Mp, c.mr)
-        need = c.chunk * (c.K + c.Mp)
+        need = c.chunk * (c.K + c.Mp) * c.nthreads
         if scratch is None or len(scratch) < need:
             raise ValueError(f"PackedConvStep: scratch needs {need} floats")
         scr = scratch
         c.a_pack = &scr[0]
-        c.c_out = c.a_pack + c.chunk * c.K
         if bias is not None:
             b = bias
             if b.shape[0] < c.s.M:

@@ -37,9 +37,19 @@ static void ember_packed_gemm_sliced_here(const float *U, const float *V, long l
             int i1 = i0 + EMBER_MC < rows ? i0 + EMBER_MC : rows;
             for (int jp = 0; jp < ncols; jp += EMBER_NR) {
                 const float *b = slice + (long)(j0 + jp) * kc;
-                for (int ir = i0; ir < i1; ir += EMBER_MR)
+                /* the next micro-panel (the next in memory) is fetched into L2 a share per
+                 * micro-kernel call, so the weights stream while the FMAs run */
+                const char *next = (const char *)(b + (long)kc * EMBER_NR);
+                const long lines = (long)kc * EMBER_NR * 4 / 64;
+                const long calls = (i1 - i0 + EMBER_MR - 1) / EMBER_MR;
+                const long share = (lines + calls - 1) / calls;
+                long line = 0;
+                for (int ir = i0; ir < i1; ir += EMBER_MR) {
+                    for (long l = 0; l < share && line < lines; ++l, ++line)
+                        __builtin_prefetch(next + line * 64, 0, 2);
                     ember_ukr(kc, U + (long)ir * K + (long)k0 * EMBER_MR, b,
                               Mx + (long)ir * ldc + jp, ldc, 1.0f, k0 > 0);
+                }
             }
         }
     }

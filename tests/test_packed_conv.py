@@ -57,8 +57,8 @@ def run_packed(x, w, bias, stride, pads, dil, group, act=0, threads=1):
     OW = out_size(W, KW, stride[1], pads[1], pads[3], dil[1])
     packed = conv_binder.packed_weights(w, group)
     y = np.full((N, M, OH, OW), np.nan, np.float32)
-    scr = np.full(conv.packed_conv_scratch_floats(N, C, M, KH, KW, OH, OW, group), np.nan,
-                  np.float32)
+    scr = np.full(conv.packed_conv_scratch_floats(N, C, M, KH, KW, OH, OW, group, threads),
+                  np.nan, np.float32)
     conv.PackedConvStep(x, packed, bias, y, scr, KH, KW, *stride, pads[0], pads[1], *dil, group,
                         act, 0.0, 0.0, threads)()
     return y
@@ -124,7 +124,7 @@ def test_packed_weights_layout_is_checked():
         conv.pack_conv_weights(w, good, 3)
     conv.pack_conv_weights(w, good, 1)
     x, y = rand(1, 8, 5, 5), np.empty((1, 16, 5, 5), np.float32)
-    scr = np.empty(conv.packed_conv_scratch_floats(1, 8, 16, 3, 3, 5, 5, 1), np.float32)
+    scr = np.empty(conv.packed_conv_scratch_floats(1, 8, 16, 3, 3, 5, 5, 1, 1), np.float32)
     with pytest.raises(ValueError, match="scratch"):
         conv.PackedConvStep(x, good, None, y, scr[:-1], 3, 3, 1, 1, 1, 1, 1, 1, 1, 0, 0.0, 0.0, 1)
     with pytest.raises(ValueError, match="packed weights hold"):

@@ -222,9 +222,9 @@ def packed_weights(w4: np.ndarray, group: int) -> np.ndarray:
     return packed
 
 
-def packed_scratch_floats(case: ConvCase) -> int:
+def packed_scratch_floats(case: ConvCase, threads: int) -> int:
     (N, C, _, _), (M, _, KH, KW), (_, _, OH, OW) = case.x, case.w, case.y
-    return int(conv.packed_conv_scratch_floats(N, C, M, KH, KW, OH, OW, case.group))
+    return int(conv.packed_conv_scratch_floats(N, C, M, KH, KW, OH, OW, case.group, threads))
 
 
 def packed_step(case: ConvCase, x, packed, b, y, scr, act, threads):
@@ -247,7 +247,7 @@ def _algorithm_candidate(name: str, case: ConvCase, threads: int):
     w = rng.standard_normal(c.w, dtype=F32) * np.float32(0.05)
     y = np.empty(c.y, F32)
     if name == "packed":
-        scr = np.empty(max(1, packed_scratch_floats(c)), F32)
+        scr = np.empty(max(1, packed_scratch_floats(c, threads)), F32)
         return packed_step(c, x, packed_weights(w, c.group), None, y, scr, (0, 0.0, 0.0),
                            threads)
     scr = np.empty(int(conv.conv2d_scratch_floats(C, H, W, M, KH, KW, OH, OW, g.stride_h,
@@ -353,7 +353,7 @@ def _conv_scratch(node, types, threads):
                                            threads)
     case = conv_case(node, types)
     if case is not None and conv_algorithm(case, threads) == "packed":
-        return 4 * packed_scratch_floats(case)
+        return 4 * packed_scratch_floats(case, threads)
     return _conv_scratch_floats(node, types, threads) * 4
 
 
@@ -380,7 +380,7 @@ def _packed_conv(case, ins, outs, scratch_buf, ctx, act):
     threads = ctx.threads
     if conv_algorithm(case, threads) != "packed":
         return None
-    scr = _planned(scratch_buf, packed_scratch_floats(case))
+    scr = _planned(scratch_buf, packed_scratch_floats(case, threads))
     if scr is False:
         return None
     b = contiguous_f32(optional_at(ins, 2))
