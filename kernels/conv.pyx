@@ -22,6 +22,9 @@ from kernels.sgemm cimport (ember_sgemm, ember_sgemm_im2col, ember_bias_act, emb
                             epilogue_for)
 from kernels.simd cimport use_simd
 from kernels.window cimport span_inside
+
+cdef extern from "transpose.h" nogil:
+    void ember_transpose(const float *src, long lds, float *dst, long ldd, long rows, long cols)
 from kernels.parallel cimport threads_for
 from kernels.conv_common cimport (ConvShape, conv_shape, is_pointwise, is_depthwise, col_floats,
                                   images_in_parallel, im2col_rows, col2im_channel)
@@ -409,8 +412,8 @@ cdef struct PackedConvCall:
     const float *wp        # packed_conv_weights
     const float *bias
     float *y
-    float *a_pack          # per thread, one chunk of A' (chunk × K, in MR-pixel panels) and
-                           # of C' (chunk × Mp)
+    float *a_pack          # per thread, one chunk of A' (chunk × K, in MR-pixel panels), of
+                           # C' (chunk × Mp) and one im2col row (chunk)
     long P                 # pixels over the batch: N·OH·OW
     long chunk             # pixels per chunk, a multiple of MR
     int K, Mg, Mp, mr, nr
@@ -431,32 +434,31 @@ cdef inline long packed_chunk(long P, long K, long Mp, int mr) noexcept nogil:
 
 def packed_conv_scratch_floats(int N, int C, int M, int KH, int KW, int OH, int OW, int group,
                                int nthreads):
-    """Floats of scratch PackedConvStep needs: one chunk's A' and C' per thread."""
+    """Floats of scratch PackedConvStep needs: one chunk's A', C' and im2col row per thread."""
     cdef int mr = ember_gemm_mr()
     cdef long K = <long> (C // group) * KH * KW, Mp = round_up_to(M // group, ember_gemm_nr())
     cdef long P = <long> N * OH * OW
     if P == 0 or K == 0:
         return 0
-    return packed_chunk(P, K, Mp, mr) * (K + Mp) * max(nthreads, 1)
+    return packed_chunk(P, K, Mp, mr) * (K + Mp + 1) * max(nthreads, 1)
 
 
 cdef void pack_pixels_taps(const float *x, ConvShape *s, int g, int c, int kh, long p0,
-                           long rows, long rows_pad, float *pa, int mr, int K) noexcept nogil:
+                           long rows, long rows_pad, float *pa, int mr, int K,
+                           float *line) noexcept nogil:
     """Rows k = (c, kh, kw), kw < KW, of A' for pixels [p0, p0 + rows) of the batch (group g's
     channel c): pa[(q / mr)·K·mr + k·mr + q % mr] = x[n, g·Cg + c, oh·sh − pt + kh·dh,
     ow·sw − pl + kw·dw] for pixel p0 + q = (n, oh, ow), 0 outside the image and for q ≥ rows.
-    Walks the pixels a row segment at a time, so the in-image taps are a strided copy."""
+    Each row k is first laid out whole in ``line`` (rows_pad floats: the im2col row, a copy per
+    output-row segment), then dealt out to the panels mr floats at a time."""
     cdef long ohw = <long> s.OH * s.OW, hw = <long> s.H * s.W, panel = <long> K * mr
-    cdef long q, p, n, oh, ow, seg, lo, hi, j, jlo, jhi
-    cdef int kw, ih, lane, k
-    cdef const float *plane
+    cdef long q, p, n, oh, ow, seg, lo, hi, j, jlo, jhi, t
+    cdef int kw, ih, r, k
     cdef const float *row
     cdef float *dst
     for kw in range(s.KW):
         k = (c * s.KH + kh) * s.KW + kw
         span_inside(kw * s.dw - s.pl, s.sw, s.OW, 0, s.W, &lo, &hi)
-        dst = pa + k * mr
-        lane = 0
         q = 0
         while q < rows:   # one output row segment (n, oh, [ow, ow + seg)) at a time
             p = p0 + q
@@ -465,48 +467,34 @@ cdef void pack_pixels_taps(const float *x, ConvShape *s, int g, int c, int kh, l
             ow = p % s.OW
             seg = min(<long> s.OW - ow, rows - q)
             ih = <int> oh * s.sh - s.pt + kh * s.dh
-            plane = x + (n * s.C + <long> g * (s.C // s.group) + c) * hw
-            row = plane + <long> ih * s.W + kw * s.dw - s.pl
             jlo = jhi = ow   # the in-image taps of this segment: [jlo, jhi)
             if ih >= 0 and ih < s.H:
                 jlo = min(max(lo, ow), ow + seg)
                 jhi = max(min(hi, ow + seg), jlo)
+            row = x + (n * s.C + <long> g * (s.C // s.group) + c) * hw + <long> ih * s.W + \
+                kw * s.dw - s.pl
+            dst = line + q - ow
             for j in range(ow, jlo):
-                dst[lane] = 0.0
-                lane += 1
-                if lane == mr:
-                    lane = 0
-                    dst += panel
-            j = jlo
-            while j < jhi:
-                if lane == 0 and mr == 6 and jhi - j >= 6:   # a whole panel row at once
-                    if s.sw == 1:
-                        dst[0] = row[j]; dst[1] = row[j + 1]; dst[2] = row[j + 2]
-                        dst[3] = row[j + 3]; dst[4] = row[j + 4]; dst[5] = row[j + 5]
-                    else:
-                        dst[0] = row[j * s.sw]; dst[1] = row[(j + 1) * s.sw]
-                        dst[2] = row[(j + 2) * s.sw]; dst[3] = row[(j + 3) * s.sw]
-                        dst[4] = row[(j + 4) * s.sw]; dst[5] = row[(j + 5) * s.sw]
-                    dst += panel
-                    j += 6
-                else:
-                    dst[lane] = row[j * s.sw]
-                    lane += 1
-                    if lane == mr:
-                        lane = 0
-                        dst += panel
-                    j += 1
+                dst[j] = 0.0
+            if s.sw == 1:
+                if jhi > jlo:
+                    memcpy(dst + jlo, row + jlo, sizeof(float) * (jhi - jlo))
+            else:
+                for j in range(jlo, jhi):
+                    dst[j] = row[j * s.sw]
             for j in range(jhi, ow + seg):
-                dst[lane] = 0.0
-                lane += 1
-                if lane == mr:
-                    lane = 0
-                    dst += panel
+                dst[j] = 0.0
             q += seg
-        while q < rows_pad:
-            dst[lane] = 0.0
-            lane += 1
-            q += 1
+        for q in range(rows, rows_pad):
+            line[q] = 0.0
+        dst = pa + k * mr
+        if mr == 6:
+            for t in range(rows_pad // 6):
+                memcpy(dst + t * panel, line + t * 6, 6 * sizeof(float))
+        else:
+            for t in range(rows_pad // mr):
+                for r in range(mr):
+                    dst[t * panel + r] = line[t * mr + r]
 
 
 cdef void packed_out_block(PackedConvCall *c, const float *c_out, int g, long p0, long q0,
@@ -514,11 +502,9 @@ cdef void packed_out_block(PackedConvCall *c, const float *c_out, int g, long p0
     """Pixels [q0, q1) of the chunk starting at pixel p0, output channels [m0, m1) of group g:
     bias and activation on their C' rows, then to the NCHW output (one plane per channel)."""
     cdef ConvShape *s = &c.s
-    cdef long ohw = <long> s.OH * s.OW, q, p, n, pix, run, i
+    cdef long ohw = <long> s.OH * s.OW, q, p, n, pix, run
     cdef int m
     cdef float *row
-    cdef float *dst
-    cdef const float *src
     cdef const float *bias = c.bias + g * c.Mg if c.bias != NULL else NULL
     for q in range(q0, q1):
         row = <float *> c_out + q * c.Mp
@@ -532,11 +518,8 @@ cdef void packed_out_block(PackedConvCall *c, const float *c_out, int g, long p0
         n = p // ohw
         pix = p % ohw
         run = min(ohw - pix, q1 - q)
-        for m in range(m0, m1):
-            dst = c.y + (n * s.M + <long> g * c.Mg + m) * ohw + pix
-            src = c_out + q * c.Mp + m
-            for i in range(run):
-                dst[i] = src[i * c.Mp]
+        ember_transpose(c_out + q * c.Mp + m0, c.Mp,
+                        c.y + (n * s.M + <long> g * c.Mg + m0) * ohw + pix, ohw, run, m1 - m0)
         q += run
 
 
@@ -551,8 +534,9 @@ cdef void packed_conv_share(PackedConvCall *c, int t, int nt) noexcept nogil:
     cdef int g, npanels = c.Mp // c.nr, m0, m1
     cdef bint split_pixels
     # this thread's own A' and C': nothing is shared, so no thread waits for another
-    cdef float *a_pack = c.a_pack + t * c.chunk * (c.K + c.Mp)
+    cdef float *a_pack = c.a_pack + t * c.chunk * (c.K + c.Mp + 1)
     cdef float *c_out = a_pack + c.chunk * c.K
+    cdef float *line = c_out + c.chunk * c.Mp   # one im2col row of the chunk
     while p0 < c.P:
         rows = min(c.chunk, c.P - p0)
         rows_pad = round_up_to(rows, c.mr)
@@ -571,7 +555,7 @@ cdef void packed_conv_share(PackedConvCall *c, int t, int nt) noexcept nogil:
                 for ctap in range(ctaps):
                     pack_pixels_taps(c.x, s, g, <int> (ctap // s.KH), <int> (ctap % s.KH),
                                      p0 + r0 * c.mr, min(rows, r1 * c.mr) - r0 * c.mr,
-                                     (r1 - r0) * c.mr, a_pack, c.mr, c.K)
+                                     (r1 - r0) * c.mr, a_pack, c.mr, c.K, line)
                 ember_packed_gemm_sliced(a_pack, c.wp + <long> g * c.K * c.Mp, c.Mp, m0,
                                          c_out + m0, <int> ((r1 - r0) * c.mr), c.K,
                                          <int> round_up_to(m1 - m0, c.nr), c.Mp)
@@ -647,7 +631,7 @@ cdef class PackedConvStep:
         if (<size_t> &packed_w[0]) % 64:
             raise ValueError("PackedConvStep: packed weights must start on a 64-byte boundary")
         c.chunk = packed_chunk(c.P, c.K, c.Mp, c.mr)
-        need = c.chunk * (c.K + c.Mp) * c.nthreads
+        need = c.chunk * (c.K + c.Mp + 1) * c.nthreads
         if scratch is None or len(scratch) < need:
             raise ValueError(f"PackedConvStep: scratch needs {need} floats")
         scr = scratch
