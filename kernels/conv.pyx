@@ -9,6 +9,8 @@ GEMM epilogue. Batches that divide evenly over the threads run one image per thr
 uses the whole team.
 
 Conv2dStep is conv2d with its arguments resolved once, runnable GIL-free inside a plan.PlanRunner.
+PackedConvStep (below) is the other orientation, pixels × output channels over weights packed
+once, which the Conv binder picks where it measures faster (small planes, wide layers).
 """
 from cython.parallel cimport prange, parallel, threadid
 from libc.string cimport memset, memcpy

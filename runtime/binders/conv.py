@@ -1,5 +1,5 @@
-"""Conv and ConvTranspose (``kernels/conv``: im2col/implicit GEMM; ``kernels/winograd`` for
-3×3 stride-1 convs where it measured faster on this CPU) and their gradients ``ConvGradInput`` /
+"""Conv and ConvTranspose (``kernels/conv``: im2col/implicit GEMM, or the packed-weight conv;
+``kernels/winograd`` for 3×3 stride-1 convs — whichever measured fastest on this CPU) and their gradients ``ConvGradInput`` /
 ``ConvGradWeight`` (``kernels/conv_grad``, Winograd for dX where it pays)."""
 from __future__ import annotations
 
