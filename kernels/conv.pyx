@@ -655,3 +655,205 @@ cdef class PackedConvStep:
     def _native(self):
         """A capsule holding the step's C entry point, for plan.PlanRunner."""
         return PyCapsule_New(&self.native, EMBER_NATIVE_CAPSULE, NULL)
+
+
+# ---- direct conv for few input channels ---------------------------------------------------------
+# A network's first layer (3 colour channels, 7×7/2 or 3×3/2) and LeNet's: C·KH·KW taps per pixel
+# used by few output channels each, so any packing of the taps costs as much as the FMAs. The
+# direct kernel (conv_direct_kernel.h) reads the taps straight from a zero-padded, phase-split copy
+# of the input rows it needs, EMBER_DC_MB output channels × a row segment at a time.
+
+cdef extern from "simd.h" nogil:
+    ctypedef struct ember_dc_geom:
+        int C, M, KH, KW, OH, OW
+        int sh, sw, dh, dw
+        long PH, PW
+        int act
+        float act_a, act_b
+    void ember_direct_conv_rows(const ember_dc_geom *g, const float *xp, const float *wp,
+                                const float *bias, float *y, int oh0, int oh1)
+    int ember_direct_conv_mb()
+    int ember_direct_conv_cols()
+
+
+cdef inline void direct_geometry(ember_dc_geom *g, int C, int M, int KH, int KW, int OH, int OW,
+                                 int sh, int sw, int dh, int dw) noexcept nogil:
+    """Rows per phase plane: every row a tap reaches; columns: the output columns rounded up to
+    the kernel's register block, plus the widest tap offset within a phase."""
+    g.C, g.M, g.KH, g.KW, g.OH, g.OW = C, M, KH, KW, OH, OW
+    g.sh, g.sw, g.dh, g.dw = sh, sw, dh, dw
+    g.PH = <long> (OH - 1) * sh + <long> (KH - 1) * dh + 1
+    g.PW = round_up_to(OW, ember_direct_conv_cols()) + <long> (KW - 1) * dw // sw
+
+
+def direct_conv_weight_floats(int M, int C, int KH, int KW):
+    """Floats of the packed weights: M rounded up to the kernel's block of channels × C·KH·KW."""
+    cdef int mb = ember_direct_conv_mb()
+    return round_up_to(M, mb) * C * KH * KW
+
+
+def pack_direct_conv_weights(float[:, :, :, ::1] w, float[::1] packed):
+    """packed[((b·C + c)·KH + kh)·KW + kw][i] = w[b·MB + i, c, kh, kw] (0 past M): a tap's MB
+    weights side by side, broadcast one by one by the kernel."""
+    cdef int M = w.shape[0], C = w.shape[1], KH = w.shape[2], KW = w.shape[3]
+    cdef int mb = ember_direct_conv_mb(), m
+    cdef long taps = <long> C * KH * KW, t
+    cdef long need = round_up_to(M, mb) * taps
+    if packed.shape[0] < need:
+        raise ValueError(f"pack_direct_conv_weights: packed holds {packed.shape[0]} floats, "
+                         f"needs {need}")
+    if need == 0:
+        return
+    cdef const float *src = &w[0, 0, 0, 0]
+    cdef float *dst = &packed[0]
+    with nogil:
+        memset(dst, 0, sizeof(float) * need)
+        for m in range(M):
+            for t in range(taps):
+                dst[((m // mb) * taps + t) * mb + m % mb] = src[m * taps + t]
+
+
+def direct_conv_scratch_floats(int C, int M, int KH, int KW, int OH, int OW, int stride_h,
+                               int stride_w, int dil_h, int dil_w, int nthreads):
+    """Floats of scratch DirectConvStep needs: one prepared image per thread."""
+    cdef ember_dc_geom g
+    if OH <= 0 or OW <= 0:
+        return 0
+    direct_geometry(&g, C, M, KH, KW, OH, OW, stride_h, stride_w, dil_h, dil_w)
+    return <long> C * stride_w * g.PH * g.PW * max(nthreads, 1)
+
+
+cdef struct DirectConvCall:
+    ember_dc_geom g
+    const float *x
+    const float *wp
+    const float *bias
+    float *y
+    float *slots           # per thread, one prepared image (C × sw × PH × PW)
+    long slot_floats
+    int N, H, W, pt, pl
+    int row_blocks         # per image: several when the batch is smaller than the team
+    int nthreads
+    bint empty
+
+
+cdef void direct_prepare_rows(DirectConvCall *c, int n, long r0, long r1,
+                              float *xp) noexcept nogil:
+    """Rows [r0, r1) of every phase plane of image n: x̃[c][ph][r][j] = x[n, c, r − pt,
+    j·sw + ph − pl], 0 outside the image."""
+    cdef ember_dc_geom *g = &c.g
+    cdef int ch, ph, ih
+    cdef long r, j, lo, hi
+    cdef const float *src
+    cdef float *dst
+    for ch in range(g.C):
+        for ph in range(g.sw):
+            # the phase columns j with 0 ≤ j·sw + ph − pl < W
+            span_inside(ph - c.pl, g.sw, g.PW, 0, c.W, &lo, &hi)
+            for r in range(r0, r1):
+                dst = xp + ((<long> ch * g.sw + ph) * g.PH + r) * g.PW
+                ih = <int> r - c.pt
+                if ih < 0 or ih >= c.H or hi <= lo:
+                    memset(dst, 0, sizeof(float) * g.PW)
+                    continue
+                src = c.x + ((<long> n * g.C + ch) * c.H + ih) * c.W + ph - c.pl
+                if lo > 0:
+                    memset(dst, 0, sizeof(float) * lo)
+                if g.sw == 1:
+                    memcpy(dst + lo, src + lo, sizeof(float) * (hi - lo))
+                else:
+                    for j in range(lo, hi):
+                        dst[j] = src[j * g.sw]
+                if hi < g.PW:
+                    memset(dst + hi, 0, sizeof(float) * (g.PW - hi))
+
+
+cdef void direct_unit(DirectConvCall *c, long u, float *xp) noexcept nogil:
+    """Image u / row_blocks, its row block u % row_blocks: prepare the input rows it reaches, then
+    every output channel of its output rows."""
+    cdef ember_dc_geom *g = &c.g
+    cdef int n = <int> (u // c.row_blocks), rb = <int> (u % c.row_blocks)
+    cdef int oh0 = <int> (<long> g.OH * rb // c.row_blocks)
+    cdef int oh1 = <int> (<long> g.OH * (rb + 1) // c.row_blocks)
+    if oh1 <= oh0:
+        return
+    direct_prepare_rows(c, n, <long> oh0 * g.sh, <long> (oh1 - 1) * g.sh + (g.KH - 1) * g.dh + 1,
+                        xp)
+    ember_direct_conv_rows(g, xp, c.wp, c.bias, c.y + <long> n * g.M * g.OH * g.OW, oh0, oh1)
+
+
+cdef int direct_conv_run(DirectConvCall *c) noexcept nogil:
+    """Units of (image, row block) over the team, each thread in its own slot. Always 0."""
+    cdef long u, units = <long> c.N * c.row_blocks
+    if c.empty:
+        return 0
+    if c.nthreads == 1:
+        for u in range(units):
+            direct_unit(c, u, c.slots)
+        return 0
+    for u in prange(units, num_threads=c.nthreads, schedule='static'):
+        direct_unit(c, u, c.slots + threadid() * c.slot_floats)
+    return 0
+
+
+cdef int direct_conv_native(void *state) noexcept nogil:
+    return direct_conv_run(<DirectConvCall *> state)
+
+
+cdef class DirectConvStep:
+    """A direct conv (few input channels, group 1) through weights packed by
+    pack_direct_conv_weights, its arguments resolved once: called, or run inside a
+    ``plan.PlanRunner`` with no Python in between. Holds its arrays."""
+    cdef DirectConvCall call
+    cdef ember_native_step native
+    cdef object keep
+
+    def __init__(self, float[:, :, :, ::1] x, float[::1] packed_w, bias, float[:, :, :, ::1] y,
+                 scratch, int KH, int KW, int stride_h, int stride_w, int pad_top, int pad_left,
+                 int dil_h, int dil_w, int act, float act_a, float act_b, int nthreads):
+        cdef DirectConvCall *c = &self.call
+        cdef float[::1] b, scr
+        cdef long need
+        cdef int C = x.shape[1], M = y.shape[1], OH = y.shape[2], OW = y.shape[3]
+        c.N, c.H, c.W, c.pt, c.pl = x.shape[0], x.shape[2], x.shape[3], pad_top, pad_left
+        direct_geometry(&c.g, C, M, KH, KW, OH, OW, stride_h, stride_w, dil_h, dil_w)
+        c.g.act, c.g.act_a, c.g.act_b = act, act_a, act_b
+        c.empty = c.N == 0 or M == 0 or OH == 0 or OW == 0
+        c.x = c.wp = c.bias = NULL
+        c.y = c.slots = NULL
+        c.nthreads = threads_for(nthreads, <long> c.N * M * OH * OW * C * KH * KW)
+        c.row_blocks = 1 if c.N >= c.nthreads else (c.nthreads + c.N - 1) // c.N
+        c.slot_floats = <long> C * stride_w * c.g.PH * c.g.PW
+        self.keep = (x, packed_w, bias, y, scratch)
+        self.native.fn = direct_conv_native
+        self.native.state = &self.call
+        if c.empty:
+            return
+        if C == 0:
+            raise ValueError("DirectConvStep: a conv with no input channel takes another path")
+        need = round_up_to(M, ember_direct_conv_mb()) * C * KH * KW
+        if packed_w.shape[0] < need:
+            raise ValueError(f"DirectConvStep: packed weights hold {packed_w.shape[0]} floats, "
+                             f"need {need}")
+        need = c.slot_floats * c.nthreads
+        if scratch is None or len(scratch) < need:
+            raise ValueError(f"DirectConvStep: scratch needs {need} floats")
+        scr = scratch
+        c.slots = &scr[0]
+        if bias is not None:
+            b = bias
+            if b.shape[0] < M:
+                raise ValueError(f"DirectConvStep: bias has {b.shape[0]} values, needs {M}")
+            c.bias = &b[0]
+        c.x = &x[0, 0, 0, 0]
+        c.wp = &packed_w[0]
+        c.y = &y[0, 0, 0, 0]
+
+    def __call__(self):
+        with nogil:
+            direct_conv_run(&self.call)
+
+    @property
+    def _native(self):
+        """A capsule holding the step's C entry point, for plan.PlanRunner."""
+        return PyCapsule_New(&self.native, EMBER_NATIVE_CAPSULE, NULL)

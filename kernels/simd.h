@@ -93,6 +93,26 @@ struct ember_winograd_kernels {
                          int act, float act_a, float act_b, float *yc, int OH, int OW);
 };
 
+/* ---- direct convolution for few input channels (conv_direct_kernel.h) --------------------- */
+
+/* One conv's geometry over its prepared input (conv.pyx): PH rows and PW columns per phase plane,
+ * sw phase planes per channel. */
+typedef struct {
+    int C, M, KH, KW, OH, OW;
+    int sh, sw, dh, dw;
+    long PH, PW;
+    int act;
+    float act_a, act_b;
+} ember_dc_geom;
+
+struct ember_conv_direct_kernels {
+    int mb;     /* output channels a register block: the weights are packed in blocks of mb */
+    int cols;   /* output columns a register block: the prepared rows are padded to cover them */
+    /* output rows [oh0, oh1) of one image, all channels, y = act(conv + bias) */
+    void (*rows)(const ember_dc_geom *g, const float *xp, const float *wp, const float *bias,
+                 float *y, int oh0, int oh1);
+};
+
 /* ---- pooling (pool_kernel.h) --------------------------------------------------------------- */
 
 /* One pooling geometry over H×W planes, 64-bit (window.h): kh×kw taps dh, dw apart, strides sh,
@@ -175,6 +195,7 @@ typedef struct ember_simd {
     int isa;           /* the level whose kernels these are (EMBER_ISA_*; -1: not built) */
     int needs;         /* the level the CPU must have to run them */
     const struct ember_sgemm_kernels *sgemm;
+    const struct ember_conv_direct_kernels *conv_direct;
     const struct ember_activation_kernels *activation;
     const struct ember_depthwise_kernels *depthwise;
     const struct ember_winograd_kernels *winograd;
@@ -216,6 +237,15 @@ static inline void ember_packed_gemm_sliced(const float *U, const float *V, long
 {
     ember_simd_in_use->sgemm->packed_gemm_sliced(U, V, ldv, j0, Mx, rows, K, ncols, ldc);
 }
+
+static inline void ember_direct_conv_rows(const ember_dc_geom *g, const float *xp,
+                                          const float *wp, const float *bias, float *y, int oh0,
+                                          int oh1)
+{
+    ember_simd_in_use->conv_direct->rows(g, xp, wp, bias, y, oh0, oh1);
+}
+static inline int ember_direct_conv_mb(void) { return ember_simd_in_use->conv_direct->mb; }
+static inline int ember_direct_conv_cols(void) { return ember_simd_in_use->conv_direct->cols; }
 
 static inline int ember_gemm_mr(void) { return ember_simd_in_use->sgemm->mr; }
 static inline int ember_gemm_kc(void) { return ember_simd_in_use->sgemm->kc; }

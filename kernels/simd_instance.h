@@ -18,6 +18,7 @@ const ember_simd EMBER_SIMD_NAME = {.name = "unavailable", .isa = -1, .needs = E
 #include "pool_kernel.h"
 #include "sums_kernel.h"
 #include "depthwise_kernel.h"
+#include "conv_direct_kernel.h"
 
 #if EMBER_ISA_LEVEL != EMBER_ISA_TARGET_LEVEL
 #define EMBER_SIMD_LABEL "avx512-on-avx2"
@@ -40,6 +41,7 @@ const ember_simd EMBER_SIMD_NAME = {
     .sums = &ember_sums_here,
     .elementwise = &ember_elementwise_here,
     .depthwise = &ember_depthwise_here,
+    .conv_direct = &ember_conv_direct_here,
 };
 
 EMBER_TARGET_POP

@@ -1,6 +1,7 @@
-"""The packed-weight convolution (kernels/conv.pyx PackedConvStep: pixels × output-channel tiles
-over weights packed once) against a float64 numpy conv written here, and its dispatch from the
-Conv binder (static rule, run-time weights, the switch that turns it off, tuning's candidates).
+"""The convolutions over weights packed once (kernels/conv.pyx): PackedConvStep (pixels ×
+output-channel tiles) and DirectConvStep (few input channels, taps read straight from a padded,
+phase-split input) against a float64 numpy conv written here, and their dispatch from the Conv
+binder (static rule, run-time weights, the switches that turn them off, tuning's candidates).
 
 Tolerance: the kernel sums the K = C/group·KH·KW products of an output in float32 in an order of
 its own; for such a sum the error is within K·ε·Σ|x|·|w| (B below, float64) and, on random data,
@@ -106,6 +107,48 @@ def test_packed_conv_matches_float64(geom, threads):
     check(got, x, w, b, stride, pads, dil, group, act)
 
 
+DIRECT_GEOMETRIES = [
+    # N, C, H, W, M, KH, KW, stride, pads (t, l, b, r), dilation
+    (1, 3, 23, 23, 64, 7, 7, (2, 2), (3, 3, 3, 3), (1, 1)),        # a ResNet stem
+    (1, 3, 30, 30, 32, 3, 3, (2, 2), (1, 1, 1, 1), (1, 1)),        # a MobileNet stem
+    (2, 1, 32, 32, 6, 5, 5, (1, 1), (0, 0, 0, 0), (1, 1)),         # LeNet's first layer
+    (3, 6, 14, 14, 16, 5, 5, (1, 1), (0, 0, 0, 0), (1, 1)),        # LeNet's second
+    (1, 2, 9, 30, 5, 3, 2, (3, 2), (2, 1, 0, 3), (2, 2)),          # odd strides, dilations, pads
+    (1, 4, 5, 5, 9, 5, 5, (1, 1), (2, 2, 2, 2), (1, 1)),           # window wider than the plane
+    (2, 8, 7, 61, 3, 1, 3, (1, 3), (0, 4, 0, 4), (1, 2)),          # rows longer than a block
+]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("geom", DIRECT_GEOMETRIES, ids=lambda g: "x".join(map(str, g[:7])))
+def test_direct_conv_matches_float64(geom, threads):
+    N, C, H, W, M, KH, KW, stride, pads, dil = geom
+    x, w, b = rand(N, C, H, W), rand(M, C, KH, KW, scale=0.2), rand(M)
+    OH = out_size(H, KH, stride[0], pads[0], pads[2], dil[0])
+    OW = out_size(W, KW, stride[1], pads[1], pads[3], dil[1])
+    act = ACT_RELU if threads == 1 else ACT_SIGMOID
+    y = np.full((N, M, OH, OW), np.nan, np.float32)
+    scr = np.full(conv.direct_conv_scratch_floats(C, M, KH, KW, OH, OW, *stride, *dil, threads),
+                  np.nan, np.float32)
+    conv.DirectConvStep(x, conv_binder.direct_weights(w), b, y, scr, KH, KW, *stride, pads[0],
+                        pads[1], *dil, act, 0.0, 0.0, threads)()
+    check(y, x, w, b, stride, pads, dil, 1, act)
+
+
+def test_direct_conv_arguments_are_checked():
+    x, w, y = rand(1, 3, 8, 8), rand(4, 3, 3, 3), np.empty((1, 4, 8, 8), np.float32)
+    packed = conv_binder.direct_weights(w)
+    scr = np.empty(conv.direct_conv_scratch_floats(3, 4, 3, 3, 8, 8, 1, 1, 1, 1, 1), np.float32)
+    with pytest.raises(ValueError, match="scratch"):
+        conv.DirectConvStep(x, packed, None, y, scr[:-1], 3, 3, 1, 1, 1, 1, 1, 1, 0, 0.0, 0.0, 1)
+    with pytest.raises(ValueError, match="packed weights hold"):
+        conv.DirectConvStep(x, packed[:-1], None, y, scr, 3, 3, 1, 1, 1, 1, 1, 1, 0, 0.0, 0.0, 1)
+    with pytest.raises(ValueError, match="bias"):
+        conv.DirectConvStep(x, packed, rand(2), y, scr, 3, 3, 1, 1, 1, 1, 1, 1, 0, 0.0, 0.0, 1)
+    with pytest.raises(ValueError, match="needs"):
+        conv.pack_direct_conv_weights(w, packed[:-1])
+
+
 def test_packed_conv_without_bias():
     x, w = rand(2, 16, 6, 6), rand(33, 16, 3, 3, scale=0.2)
     got = run_packed(x, w, None, (1, 1), (1, 1, 1, 1), (1, 1), 1)
@@ -172,12 +215,25 @@ def test_small_plane_wide_layer_takes_the_packed_path(k):
                                atol=1e-5 * np.abs(got).max())
 
 
-def test_packed_path_repacks_run_time_weights():
-    x, w = rand(1, 64, 14, 14), rand(128, 64, 3, 3, scale=0.05)
+def test_first_layer_takes_the_direct_path():
+    x, w, b = rand(2, 3, 32, 32), rand(16, 3, 7, 7, scale=0.1), rand(16)
+    attrs = dict(kernel_shape=[7, 7], strides=[2, 2], pads=[3, 3, 3, 3], dilations=[1, 1],
+                 group=1)
+    sess, cnode, step = session_conv({"x": x}, {"w": w, "b": b}, attrs)
+    assert type(step).__name__ == "DirectConvStep"
+    got = sess.run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, reference(cnode, {"x": x, "w": w, "b": b}), rtol=0,
+                               atol=1e-5 * np.abs(got).max())
+
+
+@pytest.mark.parametrize("shape,algo", [((128, 64, 14, 14), "packed"), ((16, 3, 14, 14), "direct")])
+def test_packed_path_repacks_run_time_weights(shape, algo):
+    M, C, H, W = shape
+    x, w = rand(1, C, H, W), rand(M, C, 3, 3, scale=0.05)
     sess, cnode, step = session_conv({"x": x, "w": w}, {}, attrs3x3(2))
-    assert getattr(step, "packed", False)
+    assert getattr(step, "packed", None) == algo
     for _ in range(2):   # new weights each run: the packed copy follows them
-        w = rand(128, 64, 3, 3, scale=0.05)
+        w = rand(M, C, 3, 3, scale=0.05)
         got = sess.run(None, {"x": x, "w": w})[0]
         np.testing.assert_allclose(got, reference(cnode, {"x": x, "w": w}), rtol=0,
                                    atol=1e-5 * np.abs(got).max())
