@@ -19,12 +19,12 @@ plan.PlanRunner.
 """
 from cython.parallel cimport prange, parallel, threadid
 from cpython.pycapsule cimport PyCapsule_New
-from libc.string cimport memset
+from libc.string cimport memset, memcpy
 from libc.stdlib cimport malloc, free
 
 from kernels.activation cimport ACT_IDENTITY
 from kernels.native_step cimport ember_native_step, EMBER_NATIVE_CAPSULE
-from kernels.sgemm cimport ember_sgemm
+from kernels.sgemm cimport ember_sgemm, ember_gemm_mr, ember_gemm_nr
 from kernels.simd cimport use_simd
 from kernels.parallel cimport threads_for
 from kernels.conv_common cimport (ConvShape, conv_shape, is_pointwise, is_depthwise, col_floats,
@@ -42,6 +42,11 @@ use_simd()
 
 cdef enum:
     OUT_OF_MEMORY = 1     # a step's error code (GEMM packing or depthwise buffers)
+    # dW reduces over positions; a product over a small plane's few positions re-reads and
+    # re-writes all of dW (K × Mg) for little work, so small planes are taken a few images at
+    # a time, up to this many positions per product.
+    CHUNK_POSITIONS = 256
+    CHUNK_IMAGES_MAX = 16
 
 # Depthwise gradients take the channel-group path by the forward's rule (depthwise.pxd) unless a
 # test turns it off.
@@ -71,12 +76,37 @@ cdef inline long weight_floats(ConvShape *s) noexcept nogil:
 
 
 # ---- scratch ------------------------------------------------------------------------------------
+cdef inline int chunk_images(ConvShape *s) noexcept nogil:
+    """Images whose positions one dW product reduces over together: enough for CHUNK_POSITIONS
+    (small planes), at least one. Not capped by the batch, so the scratch does not depend on
+    it."""
+    cdef long P = <long> s.OH * s.OW
+    return <int> max(1, min(<long> CHUNK_IMAGES_MAX, CHUNK_POSITIONS // max(P, 1)))
+
+
+cdef inline bint sums_by_column(ConvShape *s) noexcept nogil:
+    """Whether the dW product is col·dYᵀ (K × Mg) rather than dY·colᵀ (Mg × K): the first packs
+    the (long) im2col rows straight as A and reads the GEMM ~10% faster on VGG-like layers; the
+    second suits few output channels (the micro-kernel's nr columns are wider than its mr rows).
+    The one whose output wastes less of the micro-kernel's mr × nr tiles."""
+    cdef long Mg = s.M // s.group, K = (s.C // s.group) * s.KH * s.KW
+    cdef long mr = ember_gemm_mr(), nr = ember_gemm_nr()
+    return ((K + mr - 1) // mr * mr) * ((Mg + nr - 1) // nr * nr) <= \
+        ((Mg + mr - 1) // mr * mr) * ((K + nr - 1) // nr * nr)
+
+
+cdef inline long chunk_floats(ConvShape *s) noexcept nogil:
+    """One slot's buffers: the chunk's im2col panel (K × c·P) and its dY rows (Mg × c·P)."""
+    cdef long cp = <long> chunk_images(s) * s.OH * s.OW
+    return (<long> (s.C // s.group) * s.KH * s.KW + s.M // s.group) * cp
+
+
 cdef long grad_weight_need(ConvShape *s, int slots) noexcept nogil:
-    """Scratch floats: an im2col panel per slot (none when pointwise) + a dW partial per slot
-    beyond the first."""
+    """Scratch floats: per slot the chunk buffers and a dW sum (in the product's K × Mg layout,
+    group by group)."""
     if is_depthwise(s):
         return 0
-    return (0 if is_pointwise(s) else col_floats(s) * slots) + weight_floats(s) * (slots - 1)
+    return (chunk_floats(s) + weight_floats(s)) * slots
 
 
 cdef long grad_input_need(ConvShape *s, int slots) noexcept nogil:
@@ -105,28 +135,76 @@ def conv_grad_input_scratch_floats(int N, int C, int H, int W, int M, int KH, in
 
 
 # ---- dW -----------------------------------------------------------------------------------------
-cdef int weight_grad_image(const float *dy, const float *x, float *acc, float *col, ConvShape *s,
-                           int nthreads) noexcept nogil:
-    """acc (M × K) += dY[n] · col(X[n])ᵀ, group by group. Returns 0 when out of memory."""
-    cdef int g, r, ok = 1
+cdef int weight_grad_chunk(const float *dy, const float *x, long first, long step, int count,
+                           float *sums, float *buf, ConvShape *s, int nthreads) noexcept nogil:
+    """sums (group by group, K × Mg, or Mg × K when not sums_by_column) += col(X)·dYᵀ over
+    images first, first + step, … (count of them), whose im2col panels and dY rows are laid side
+    by side in ``buf`` (K × cP, then Mg × cP, row stride cP) so that one GEMM reduces over all
+    their positions. Returns 0 when out of memory."""
+    cdef int g, r, i, m, ok = 1
     cdef int Cg = s.C // s.group, Mg = s.M // s.group, K = Cg * s.KH * s.KW
-    cdef int P = s.OH * s.OW
-    cdef long hw = <long> s.H * s.W
-    cdef const float *panel
+    cdef long P = <long> s.OH * s.OW, hw = <long> s.H * s.W, cp = count * P
+    cdef long x_img = <long> s.C * hw, y_img = <long> s.M * P
+    cdef float *col = buf
+    cdef float *dyc = buf + <long> K * cp
+    cdef const float *xg
+    cdef bint team = threads_for(nthreads, <long> K * cp) > 1
     for g in range(s.group):
-        if is_pointwise(s):
-            panel = x + g * Cg * hw          # the image-group is its own K × P panel
-        else:
-            if threads_for(nthreads, <long> K * P) > 1:
+        for i in range(count):
+            xg = x + (first + i * step) * x_img + <long> g * Cg * hw
+            # row r of image i lands at col[r, i·P:(i+1)·P]: im2col_rows writes row r at
+            # base + r·P, so the base is shifted by r·(cP − P) + i·P
+            if team:
                 for r in prange(K, num_threads=nthreads, schedule='static'):
-                    im2col_rows(x + g * Cg * hw, col, s, r, r + 1)
+                    im2col_rows(xg, col + <long> r * (cp - P) + i * P, s, r, r + 1)
             else:
-                im2col_rows(x + g * Cg * hw, col, s, 0, K)
-            panel = col
-        # (Mg × P) · (K × P)ᵀ: B is the panel read transposed (trans_b), accumulated (beta = 1)
-        ok = ember_sgemm(0, 1, Mg, K, P, 1.0, dy + <long> g * Mg * P, P, panel, P, 1.0,
-                         acc + <long> g * Mg * K, K, NULL, nthreads) and ok
+                for r in range(K):
+                    im2col_rows(xg, col + <long> r * (cp - P) + i * P, s, r, r + 1)
+            for m in range(Mg):
+                memcpy(dyc + <long> m * cp + i * P,
+                       dy + (first + i * step) * y_img + (<long> g * Mg + m) * P,
+                       sizeof(float) * P)
+        # (K × cP) · (Mg × cP)ᵀ or its transpose, accumulated (beta = 1)
+        if sums_by_column(s):
+            ok = ember_sgemm(0, 1, K, Mg, <int> cp, 1.0, col, cp, dyc, cp, 1.0,
+                             sums + <long> g * K * Mg, Mg, NULL, nthreads) and ok
+        else:
+            ok = ember_sgemm(0, 1, Mg, K, <int> cp, 1.0, dyc, cp, col, cp, 1.0,
+                             sums + <long> g * K * Mg, K, NULL, nthreads) and ok
     return ok
+
+
+cdef int weight_grad_images(const float *dy, const float *x, long first, long step,
+                            float *sums, float *buf, ConvShape *s, int nthreads) noexcept nogil:
+    """sums (cleared here) = the products of images first, first + step, …, chunk by chunk."""
+    cdef int chunk = chunk_images(s), count, ok = 1
+    cdef long n = first
+    memset(sums, 0, sizeof(float) * weight_floats(s))
+    while n < s.N:
+        count = <int> min(<long> chunk, (s.N - n + step - 1) // step)
+        ok = weight_grad_chunk(dy, x, n, step, count, sums, buf, s, nthreads) and ok
+        n += count * step
+    return ok
+
+
+cdef void sums_to_weight_grad(const float *sums, int nsums, long stride, ConvShape *s,
+                              float *dw, int nthreads) noexcept nogil:
+    """dW[g·Mg + m, k] = Σ over the slots' sums (``stride`` floats apart) of sums[g][k, m]
+    (sums[g][m, k] when not sums_by_column)."""
+    cdef int Mg = s.M // s.group, K = (s.C // s.group) * s.KH * s.KW, g, m, k, t
+    cdef long row, at, step_k = Mg if sums_by_column(s) else 1
+    cdef float v
+    cdef const float *sg
+    for row in prange(<long> s.group * Mg, num_threads=nthreads, schedule='static'):
+        g = <int> (row // Mg)
+        m = <int> (row % Mg)
+        sg = sums + <long> g * K * Mg + (m if step_k > 1 else <long> m * K)
+        for k in range(K):
+            at = k * step_k
+            v = sg[at]
+            for t in range(1, nsums):
+                v = v + sg[t * stride + at]
+            dw[row * K + k] = v
 
 
 # ---- dW of depthwise convs -----------------------------------------------------------------------
@@ -310,12 +388,8 @@ cdef struct GradCall:
 
 cdef int weight_run(GradCall *c) noexcept nogil:
     cdef ConvShape *s = &c.s
-    cdef long wsize = c.out_floats, i
-    cdef long x_img = <long> s.C * s.H * s.W, y_img = <long> s.M * s.OH * s.OW
-    cdef long col_n = 0 if is_pointwise(s) else col_floats(s)
-    cdef float *partials = c.scratch + col_n * c.slots if c.scratch != NULL else NULL
-    cdef float *acc
-    cdef int t, n, ok = 1
+    cdef long wsize = c.out_floats, buf_n = chunk_floats(&c.s), slot_n = buf_n + wsize
+    cdef int t, ok = 1
     if c.path == PATH_NOTHING:
         return 0
     if c.path == PATH_ZERO:
@@ -323,27 +397,17 @@ cdef int weight_run(GradCall *c) noexcept nogil:
         return 0
     if c.path == PATH_DEPTHWISE:
         return depthwise_weight_grad(c.dy, c.other, c.out, s, c.nthreads)
-    memset(c.out, 0, sizeof(float) * wsize)
+    # a slot: the chunk buffers, then its sums
     if c.slots > 1:
-        # slot t takes images t, t + slots, …; each slot owns its accumulator (t > 0: scratch)
+        # slot t takes images t, t + slots, …, into its own sums
         for t in prange(c.slots, num_threads=c.slots, schedule='static'):
-            acc = c.out if t == 0 else partials + (t - 1) * wsize
-            if t > 0:
-                memset(acc, 0, sizeof(float) * wsize)
-            n = t
-            while n < s.N:
-                ok &= weight_grad_image(c.dy + n * y_img, c.other + n * x_img, acc,
-                                        c.scratch + t * col_n if c.scratch != NULL else NULL,
-                                        s, 1)
-                n = n + c.slots
-        for i in prange(wsize, num_threads=threads_for(c.nthreads, wsize * c.slots),
-                        schedule='static'):
-            for t in range(1, c.slots):
-                c.out[i] += partials[(t - 1) * wsize + i]
+            ok &= weight_grad_images(c.dy, c.other, t, c.slots, c.scratch + t * slot_n + buf_n,
+                                     c.scratch + t * slot_n, s, 1)
     else:
-        for n in range(s.N):
-            ok = weight_grad_image(c.dy + n * y_img, c.other + n * x_img, c.out, c.scratch, s,
-                                   c.nthreads) and ok
+        ok = weight_grad_images(c.dy, c.other, 0, 1, c.scratch + buf_n, c.scratch, s,
+                                c.nthreads)
+    sums_to_weight_grad(c.scratch + buf_n, c.slots, slot_n, s, c.out,
+                        threads_for(c.nthreads, wsize * c.slots))
     return 0 if ok else OUT_OF_MEMORY
 
 
