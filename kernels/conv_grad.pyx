@@ -9,10 +9,15 @@ where col(X) is the im2col panel conv2d multiplies by. Pointwise convolutions (1
 no padding) skip im2col/col2im: their panel *is* the image. Depthwise ones (group == C == M) get
 the vectorised plane kernels of depthwise_kernel.h, parallel over channels (dW) or planes (dX).
 
+dW reduces over positions, so small planes go a few images per GEMM (their im2col panels and
+dY rows side by side in scratch), and the product is col·dYᵀ or dY·colᵀ, whichever fits the
+micro-kernel's tiles better; the sums are kept in scratch in the product's layout and written
+into dW once at the end.
+
 Parallelism: a batch that splits evenly over the threads runs one image per thread — each
-thread accumulates dW into its own partial (thread 0's is dW itself; the others live in scratch
-and are summed at the end), so no two threads ever write the same float. Otherwise images run in
-turn and each GEMM (and the im2col/col2im around it) uses the whole team.
+thread accumulates dW into its own sums (in scratch, added together at the end), so no two
+threads ever write the same float; dX images are independent. Otherwise images run in turn and
+each GEMM (and the im2col/col2im around it) uses the whole team.
 
 ConvGradStep is either gradient with its arguments resolved once, runnable GIL-free inside a
 plan.PlanRunner.
@@ -78,9 +83,11 @@ cdef inline long weight_floats(ConvShape *s) noexcept nogil:
 # ---- scratch ------------------------------------------------------------------------------------
 cdef inline int chunk_images(ConvShape *s) noexcept nogil:
     """Images whose positions one dW product reduces over together: enough for CHUNK_POSITIONS
-    (small planes), at least one. Not capped by the batch, so the scratch does not depend on
-    it."""
+    (small planes), at least one; one for pointwise convs, whose GEMM reads the image and dY in
+    place. Not capped by the batch, so the scratch does not depend on it."""
     cdef long P = <long> s.OH * s.OW
+    if is_pointwise(s):
+        return 1
     return <int> max(1, min(<long> CHUNK_IMAGES_MAX, CHUNK_POSITIONS // max(P, 1)))
 
 
@@ -96,8 +103,11 @@ cdef inline bint sums_by_column(ConvShape *s) noexcept nogil:
 
 
 cdef inline long chunk_floats(ConvShape *s) noexcept nogil:
-    """One slot's buffers: the chunk's im2col panel (K × c·P) and its dY rows (Mg × c·P)."""
+    """One slot's buffers: the chunk's im2col panel (K × c·P) and its dY rows (Mg × c·P); none
+    for pointwise convs."""
     cdef long cp = <long> chunk_images(s) * s.OH * s.OW
+    if is_pointwise(s):
+        return 0
     return (<long> (s.C // s.group) * s.KH * s.KW + s.M // s.group) * cp
 
 
@@ -140,30 +150,34 @@ cdef int weight_grad_chunk(const float *dy, const float *x, long first, long ste
     """sums (group by group, K × Mg, or Mg × K when not sums_by_column) += col(X)·dYᵀ over
     images first, first + step, … (count of them), whose im2col panels and dY rows are laid side
     by side in ``buf`` (K × cP, then Mg × cP, row stride cP) so that one GEMM reduces over all
-    their positions. Returns 0 when out of memory."""
+    their positions (pointwise: one image, read in place). Returns 0 when out of memory."""
     cdef int g, r, i, m, ok = 1
     cdef int Cg = s.C // s.group, Mg = s.M // s.group, K = Cg * s.KH * s.KW
     cdef long P = <long> s.OH * s.OW, hw = <long> s.H * s.W, cp = count * P
     cdef long x_img = <long> s.C * hw, y_img = <long> s.M * P
-    cdef float *col = buf
-    cdef float *dyc = buf + <long> K * cp
+    cdef const float *col = buf
+    cdef const float *dyc = buf + <long> K * cp
     cdef const float *xg
     cdef bint team = threads_for(nthreads, <long> K * cp) > 1
     for g in range(s.group):
-        for i in range(count):
-            xg = x + (first + i * step) * x_img + <long> g * Cg * hw
-            # row r of image i lands at col[r, i·P:(i+1)·P]: im2col_rows writes row r at
-            # base + r·P, so the base is shifted by r·(cP − P) + i·P
-            if team:
-                for r in prange(K, num_threads=nthreads, schedule='static'):
-                    im2col_rows(xg, col + <long> r * (cp - P) + i * P, s, r, r + 1)
-            else:
-                for r in range(K):
-                    im2col_rows(xg, col + <long> r * (cp - P) + i * P, s, r, r + 1)
-            for m in range(Mg):
-                memcpy(dyc + <long> m * cp + i * P,
-                       dy + (first + i * step) * y_img + (<long> g * Mg + m) * P,
-                       sizeof(float) * P)
+        if is_pointwise(s):   # count == 1: the image-group is its own K × P panel
+            col = x + first * x_img + <long> g * Cg * hw
+            dyc = dy + first * y_img + <long> g * Mg * P
+        else:
+            for i in range(count):
+                xg = x + (first + i * step) * x_img + <long> g * Cg * hw
+                # row r of image i lands at col[r, i·P:(i+1)·P]: im2col_rows writes row r at
+                # base + r·P, so the base is shifted by r·(cP − P) + i·P
+                if team:
+                    for r in prange(K, num_threads=nthreads, schedule='static'):
+                        im2col_rows(xg, buf + <long> r * (cp - P) + i * P, s, r, r + 1)
+                else:
+                    for r in range(K):
+                        im2col_rows(xg, buf + <long> r * (cp - P) + i * P, s, r, r + 1)
+                for m in range(Mg):
+                    memcpy(buf + <long> (K + m) * cp + i * P,
+                           dy + (first + i * step) * y_img + (<long> g * Mg + m) * P,
+                           sizeof(float) * P)
         # (K × cP) · (Mg × cP)ᵀ or its transpose, accumulated (beta = 1)
         if sums_by_column(s):
             ok = ember_sgemm(0, 1, K, Mg, <int> cp, 1.0, col, cp, dyc, cp, 1.0,
