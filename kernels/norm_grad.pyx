@@ -6,7 +6,10 @@ every 512 values); the shift keeps E[d²] − E[d]² from cancelling when the me
 
 LayerNormalization's gradient (at the end) works per row of x viewed as (rows, n)."""
 from cython.parallel cimport prange
+from cpython.pycapsule cimport PyCapsule_New
 from libc.math cimport sqrt
+
+from kernels.native_step cimport ember_native_step, EMBER_NATIVE_CAPSULE
 
 from kernels.parallel cimport threads_for
 from kernels.simd cimport use_simd
@@ -62,37 +65,106 @@ cdef Moments train_channel(const float *xp, float *yp, long N, long C, long L, l
     return st
 
 
-def batch_norm_train(float[:, :, ::1] x, float[::1] scale, float[::1] bias,
-                     float[::1] mean_in, float[::1] var_in, float[:, :, ::1] y, mean_out,
-                     var_out, float eps, float momentum, int nthreads,
-                     double var_factor=1.0):
+# One batch_norm_train call with its arguments resolved (see BatchNormTrainStep).
+cdef struct TrainCall:
+    const float *x
+    const float *scale
+    const float *bias
+    const float *mean_in
+    const float *var_in
+    float *y
+    float *mean_out        # NULL: not asked for
+    float *var_out
+    long N, C, L
+    float eps, momentum
+    double var_factor
+    int nthreads
+
+
+cdef int train_run(TrainCall *t) noexcept nogil:
+    """Every channel normalised with its batch statistics, the running ones updated; always 0."""
+    cdef long c
+    cdef Moments st
+    if t.C == 0 or t.N * t.L == 0:
+        return 0
+    for c in prange(t.C, num_threads=t.nthreads, schedule='static'):
+        st = train_channel(t.x, t.y, t.N, t.C, t.L, c, t.scale[c], t.bias[c], t.eps)
+        if t.mean_out != NULL:
+            t.mean_out[c] = <float> (t.mean_in[c] * t.momentum + st.mean * (1.0 - t.momentum))
+        if t.var_out != NULL:
+            t.var_out[c] = <float> (t.var_in[c] * t.momentum
+                                    + st.var * t.var_factor * (1.0 - t.momentum))
+    return 0
+
+
+cdef int train_native(void *state) noexcept nogil:
+    return train_run(<TrainCall *> state)
+
+
+cdef inline float *optional_ptr(a, long need) except? NULL:
+    """The first float of a 1-D float32 array (None: NULL); ValueError when shorter than need."""
+    cdef float[::1] v
+    if a is None:
+        return NULL
+    v = a
+    if v.shape[0] < need:
+        raise ValueError(f"expected at least {need} floats, got {v.shape[0]}")
+    return &v[0] if v.shape[0] > 0 else NULL
+
+
+cdef class BatchNormTrainStep:
+    """batch_norm_train with its arguments resolved once (bind time): calling it, or running it
+    inside a ``plan.PlanRunner`` with no Python in between. The parameters and running
+    statistics are read through pointers taken here, so they must be updated in place (the
+    Trainer's optimizers and buffer commits do). Holds its arrays."""
+    cdef TrainCall call
+    cdef ember_native_step native
+    cdef object keep
+
+    def __init__(self, float[:, :, ::1] x, float[::1] scale, float[::1] bias,
+                 float[::1] mean_in, float[::1] var_in, float[:, :, ::1] y, mean_out, var_out,
+                 float eps, float momentum, int nthreads, double var_factor=1.0):
+        cdef TrainCall *t = &self.call
+        t.N, t.C, t.L = x.shape[0], x.shape[1], x.shape[2]
+        if y.shape[0] != t.N or y.shape[1] != t.C or y.shape[2] != t.L:
+            raise ValueError("batch_norm_train: y's shape differs from x's")
+        for name, v in (("scale", scale), ("bias", bias), ("mean", mean_in), ("var", var_in)):
+            if v.shape[0] != t.C:
+                raise ValueError(f"batch_norm_train: {name} has {v.shape[0]} values, x has "
+                                 f"{t.C} channels")
+        t.mean_out = optional_ptr(mean_out, t.C)
+        t.var_out = optional_ptr(var_out, t.C)
+        t.eps, t.momentum, t.var_factor = eps, momentum, var_factor
+        t.nthreads = threads_for(nthreads, t.N * t.C * t.L)
+        empty = t.C == 0 or t.N * t.L == 0
+        t.x = NULL if empty else &x[0, 0, 0]
+        t.y = NULL if empty else &y[0, 0, 0]
+        t.scale = NULL if t.C == 0 else &scale[0]
+        t.bias = NULL if t.C == 0 else &bias[0]
+        t.mean_in = NULL if t.C == 0 else &mean_in[0]
+        t.var_in = NULL if t.C == 0 else &var_in[0]
+        self.keep = (x, scale, bias, mean_in, var_in, y, mean_out, var_out)
+        self.native.fn = train_native
+        self.native.state = &self.call
+
+    def __call__(self):
+        with nogil:
+            train_run(&self.call)
+
+    @property
+    def _native(self):
+        """A capsule holding the step's C entry point, for plan.PlanRunner."""
+        return PyCapsule_New(&self.native, EMBER_NATIVE_CAPSULE, NULL)
+
+
+def batch_norm_train(x, scale, bias, mean_in, var_in, y, mean_out, var_out, float eps,
+                     float momentum, int nthreads, double var_factor=1.0):
     """y = scale·(x − μ)/√(σ² + ε) + bias with the batch's μ and population σ²; mean_out /
     var_out (float[::1] or None) = running·momentum + batch·(1 − momentum) (ONNX opset 15),
     the batch variance multiplied by ``var_factor`` first (n/(n − 1): torch's unbiased update;
     1: ONNX's population one)."""
-    cdef long N = x.shape[0], C = x.shape[1], L = x.shape[2], c
-    cdef Moments st
-    cdef float[::1] mo
-    cdef float[::1] vo
-    cdef float *mop = NULL
-    cdef float *vop = NULL
-    if mean_out is not None:
-        mo = mean_out
-        mop = &mo[0] if C > 0 else NULL
-    if var_out is not None:
-        vo = var_out
-        vop = &vo[0] if C > 0 else NULL
-    if C == 0 or N * L == 0:
-        return
-    cdef const float *xp = &x[0, 0, 0]
-    cdef float *yp = &y[0, 0, 0]
-    with nogil:
-        for c in prange(C, num_threads=threads_for(nthreads, N * C * L), schedule='static'):
-            st = train_channel(xp, yp, N, C, L, c, scale[c], bias[c], eps)
-            if mop != NULL:
-                mop[c] = <float> (mean_in[c] * momentum + st.mean * (1.0 - momentum))
-            if vop != NULL:
-                vop[c] = <float> (var_in[c] * momentum + st.var * var_factor * (1.0 - momentum))
+    BatchNormTrainStep(x, scale, bias, mean_in, var_in, y, mean_out, var_out, eps, momentum,
+                       nthreads, var_factor)()
 
 
 cdef void grad_channel(const float *gp, const float *xp, float *dxp, float *dsp, float *dbp,
@@ -138,45 +210,94 @@ cdef void grad_channel(const float *gp, const float *xp, float *dxp, float *dsp,
             out[i] = k_dy * gs[i] + k_x * (xs[i] - m) + k_0
 
 
-def batch_norm_grad(float[:, :, ::1] dy, float[:, :, ::1] x, float[::1] scale, mean, var, dx,
-                    dscale, dbias, float eps, bint training, int nthreads):
+# One batch_norm_grad call with its arguments resolved (see BatchNormGradStep).
+cdef struct GradCall:
+    const float *dy
+    const float *x
+    const float *scale
+    const float *mean      # the frozen statistics (not training), else NULL
+    const float *var
+    float *dx              # NULL: not asked for
+    float *dscale
+    float *dbias
+    long N, C, L
+    float eps
+    bint training
+    int nthreads
+
+
+cdef int grad_run(GradCall *g) noexcept nogil:
+    """Every channel's gradients; always 0."""
+    cdef long c
+    for c in prange(g.C, num_threads=g.nthreads, schedule='static'):
+        grad_channel(g.dy, g.x, g.dx, g.dscale, g.dbias, g.N, g.C, g.L, c, g.scale[c], g.mean,
+                     g.var, g.eps, g.training)
+    return 0
+
+
+cdef int grad_native(void *state) noexcept nogil:
+    return grad_run(<GradCall *> state)
+
+
+cdef class BatchNormGradStep:
+    """batch_norm_grad with its arguments resolved once (bind time): calling it, or running it
+    inside a ``plan.PlanRunner`` with no Python in between. Holds its arrays."""
+    cdef GradCall call
+    cdef ember_native_step native
+    cdef object keep
+
+    def __init__(self, float[:, :, ::1] dy, float[:, :, ::1] x, float[::1] scale, mean, var,
+                 dx, dscale, dbias, float eps, bint training, int nthreads):
+        cdef GradCall *g = &self.call
+        cdef float[:, :, ::1] dx_v
+        g.N, g.C, g.L = x.shape[0], x.shape[1], x.shape[2]
+        if dy.shape[0] != g.N or dy.shape[1] != g.C or dy.shape[2] != g.L:
+            raise ValueError("batch_norm_grad: dy's shape differs from x's")
+        if scale.shape[0] != g.C:
+            raise ValueError(f"batch_norm_grad: scale has {scale.shape[0]} values, x has "
+                             f"{g.C} channels")
+        g.mean = g.var = NULL
+        if not training:
+            if mean is None or var is None:
+                raise ValueError("batch_norm_grad: inference mode needs mean and var")
+            g.mean = optional_ptr(mean, g.C)
+            g.var = optional_ptr(var, g.C)
+        g.dx = NULL
+        if dx is not None:
+            dx_v = dx
+            if dx_v.shape[0] != g.N or dx_v.shape[1] != g.C or dx_v.shape[2] != g.L:
+                raise ValueError("batch_norm_grad: dx's shape differs from x's")
+            g.dx = &dx_v[0, 0, 0] if g.N * g.C * g.L > 0 else NULL
+        g.dscale = optional_ptr(dscale, g.C)
+        g.dbias = optional_ptr(dbias, g.C)
+        empty = g.N * g.C * g.L == 0
+        g.dy = NULL if empty else &dy[0, 0, 0]
+        g.x = NULL if empty else &x[0, 0, 0]
+        g.scale = NULL if g.C == 0 else &scale[0]
+        g.eps, g.training = eps, training
+        g.nthreads = threads_for(nthreads, g.N * g.C * g.L)
+        self.keep = (dy, x, scale, mean, var, dx, dscale, dbias)
+        self.native.fn = grad_native
+        self.native.state = &self.call
+
+    def __call__(self):
+        with nogil:
+            grad_run(&self.call)
+
+    @property
+    def _native(self):
+        """A capsule holding the step's C entry point, for plan.PlanRunner."""
+        return PyCapsule_New(&self.native, EMBER_NATIVE_CAPSULE, NULL)
+
+
+def batch_norm_grad(dy, x, scale, mean, var, dx, dscale, dbias, float eps, bint training,
+                    int nthreads):
     """Gradients of BatchNormalization; any of dx (N, C, L) / dscale (C) / dbias (C) may be None.
     training: μ, σ² are the batch's (recomputed from x; mean/var may be None) and
         dx = scale·inv/M·(M·dy − Σdy − x̂·Σdy·x̂),  M = N·L, inv = 1/√(σ² + ε), x̂ = (x − μ)·inv
     else: μ, σ² are the given (frozen) statistics and dx = dy·scale·inv.
     Both: dscale = Σ dy·x̂, dbias = Σ dy."""
-    cdef long N = x.shape[0], C = x.shape[1], L = x.shape[2], c
-    cdef float[::1] mean_v
-    cdef float[::1] var_v
-    cdef float[:, :, ::1] dx_v
-    cdef float[::1] ds_v
-    cdef float[::1] db_v
-    cdef float *dxp = NULL
-    cdef float *dsp = NULL
-    cdef float *dbp = NULL
-    cdef const float *mp = NULL
-    cdef const float *vp = NULL
-    if C == 0:
-        return
-    if not training:
-        mean_v = mean
-        var_v = var
-        mp = &mean_v[0]
-        vp = &var_v[0]
-    if dx is not None:
-        dx_v = dx
-        dxp = &dx_v[0, 0, 0] if N * L > 0 else NULL
-    if dscale is not None:
-        ds_v = dscale
-        dsp = &ds_v[0]
-    if dbias is not None:
-        db_v = dbias
-        dbp = &db_v[0]
-    cdef const float *gp = &dy[0, 0, 0] if N * L > 0 else NULL
-    cdef const float *xp = &x[0, 0, 0] if N * L > 0 else NULL
-    with nogil:
-        for c in prange(C, num_threads=threads_for(nthreads, N * C * L), schedule='static'):
-            grad_channel(gp, xp, dxp, dsp, dbp, N, C, L, c, scale[c], mp, vp, eps, training)
+    BatchNormGradStep(dy, x, scale, mean, var, dx, dscale, dbias, eps, training, nthreads)()
 
 
 # ---- LayerNormalization ----------------------------------------------------------------------

@@ -6,7 +6,7 @@ steps executes inside one `nogil` block. Why: a Python loop re-acquires the GIL 
 kernel, and while other Python threads hold it (an HTTP server parsing requests) each
 re-acquisition can wait a whole switch interval (5 ms) — per node.
 """
-from cpython.pycapsule cimport PyCapsule_GetPointer, PyCapsule_IsValid
+from cpython.pycapsule cimport PyCapsule_GetPointer, PyCapsule_IsValid, PyCapsule_New
 from libc.stdlib cimport malloc, free
 
 from kernels.native_step cimport ember_native_step, EMBER_NATIVE_CAPSULE
@@ -62,3 +62,72 @@ cdef class PlanRunner:
             if rc != 0:
                 self.steps[i].raise_for(rc)
                 raise RuntimeError(f"step {i} failed with code {rc}")
+
+
+cdef struct ChainState:
+    ember_native_step *steps
+    Py_ssize_t n
+    Py_ssize_t failed        # the step whose code ended the last run
+
+
+cdef int chain_run(void *state) noexcept nogil:
+    cdef ChainState *c = <ChainState *> state
+    cdef Py_ssize_t i
+    cdef int rc
+    for i in range(c.n):
+        rc = c.steps[i].fn(c.steps[i].state)
+        if rc != 0:
+            c.failed = i
+            return rc
+    return 0
+
+
+cdef class NativeChain:
+    """Native steps run in order as one step: a node whose kernel is several calls (ConvGradInput
+    on Winograd transforms the weights, then convolves) stays one native step of the plan.
+    Every part must offer a ``_native`` capsule (ValueError otherwise). Takes attributes, as
+    the closures it replaces did (e.g. ``winograd_tile``)."""
+    cdef ChainState state
+    cdef ember_native_step native
+    cdef list parts
+    cdef dict __dict__
+
+    def __cinit__(self, parts):
+        self.parts = list(parts)
+        self.state.n = len(self.parts)
+        self.state.failed = 0
+        self.state.steps = <ember_native_step *> malloc(sizeof(ember_native_step) *
+                                                         max(self.state.n, 1))
+        if self.state.steps == NULL:
+            raise MemoryError("NativeChain: cannot allocate the step table")
+        cdef Py_ssize_t i
+        for i in range(self.state.n):
+            cap = getattr(self.parts[i], "_native", None)
+            if cap is None or not PyCapsule_IsValid(cap, EMBER_NATIVE_CAPSULE):
+                free(self.state.steps)
+                self.state.steps = NULL
+                raise ValueError(f"NativeChain: part {i} ({type(self.parts[i]).__name__}) has "
+                                 f"no native entry point")
+            self.state.steps[i] = (<ember_native_step *> PyCapsule_GetPointer(
+                cap, EMBER_NATIVE_CAPSULE))[0]
+        self.native.fn = chain_run
+        self.native.state = &self.state
+
+    def __dealloc__(self):
+        free(self.state.steps)
+
+    def __call__(self):
+        cdef int rc
+        with nogil:
+            rc = chain_run(&self.state)
+        if rc != 0:
+            self.raise_for(rc)
+
+    def raise_for(self, int rc):
+        self.parts[self.state.failed].raise_for(rc)
+        raise RuntimeError(f"chained step {self.state.failed} failed with code {rc}")
+
+    @property
+    def _native(self):
+        """A capsule holding the chain's C entry point, for PlanRunner."""
+        return PyCapsule_New(&self.native, EMBER_NATIVE_CAPSULE, NULL)

@@ -110,39 +110,91 @@ cdef inline long packed_a(int row, int col, int K, int mr) noexcept nogil:
     return <long> (row // mr) * K * mr + <long> col * mr + row % mr
 
 
-def winograd_weights(float[:, :, :, ::1] w, float[:, ::1] U, int tile, bint grad_input,
-                     int nthreads):
+# One winograd_weights call with its arguments resolved (see WinogradWeightsStep).
+cdef struct WeightsCall:
+    const float *w
+    float *U
+    int M, C, tile, mr, nthreads
+    bint grad_input
+
+
+cdef int weights_prepare(WeightsCall *c, float[:, :, :, ::1] w, float[:, ::1] U, int tile,
+                         bint grad_input, int nthreads) except -1:
+    """Check the arguments and fill ``c``; raises ValueError when U's shape does not fit."""
+    cdef int M = w.shape[0], C = w.shape[1], rows, cols
+    cdef int alpha = tile + 2
+    rows, cols = (C, M) if grad_input else (M, C)
+    cdef int mr = ember_gemm_mr()
+    cdef long us = round_up(rows, mr) * cols
+    if U.shape[0] != alpha * alpha or U.shape[1] != us:
+        raise ValueError(f"winograd_weights: U has shape {tuple(U.shape)[:2]}, needs "
+                         f"({alpha * alpha}, {us})")
+    c.M, c.C, c.tile, c.mr, c.grad_input = M, C, tile, mr, grad_input
+    c.nthreads = threads_for(nthreads, us * alpha * alpha)
+    c.w = &w[0, 0, 0, 0] if M > 0 and C > 0 else NULL
+    c.U = &U[0, 0] if M > 0 and C > 0 else NULL
+    return 0
+
+
+cdef int weights_run(WeightsCall *c) noexcept nogil:
+    """The transform, GIL-free; always 0."""
+    cdef int mo, ch, r, k, xi, rows, cols
+    cdef int alpha = c.tile + 2
+    if c.w == NULL:
+        return 0
+    rows, cols = (c.C, c.M) if c.grad_input else (c.M, c.C)
+    cdef int Rp = <int> round_up(rows, c.mr)
+    cdef long us = <long> Rp * cols
+    for mo in prange(c.M, num_threads=c.nthreads, schedule='static'):
+        for ch in range(c.C):
+            if c.grad_input:
+                ember_wino_weight(c.tile, c.w + (<long> mo * c.C + ch) * 9, 1,
+                                  c.U + packed_a(ch, mo, cols, c.mr), us)
+            else:
+                ember_wino_weight(c.tile, c.w + (<long> mo * c.C + ch) * 9, 0,
+                                  c.U + packed_a(mo, ch, cols, c.mr), us)
+    for r in range(rows, Rp):   # the padding rows of the last micro-panel
+        for k in range(cols):
+            for xi in range(alpha * alpha):
+                c.U[xi * us + packed_a(r, k, cols, c.mr)] = 0.0
+    return 0
+
+
+cdef int weights_native(void *state) noexcept nogil:
+    return weights_run(<WeightsCall *> state)
+
+
+cdef class WinogradWeightsStep:
+    """winograd_weights with its arguments resolved once (bind time), for weights that change
+    between runs (training's parameters, ConvGradInput's W): runnable by ``plan.PlanRunner``
+    with no Python in between. Holds its arrays."""
+    cdef WeightsCall call
+    cdef ember_native_step native
+    cdef object keep
+
+    def __init__(self, float[:, :, :, ::1] w, float[:, ::1] U, int tile, bint grad_input,
+                 int nthreads):
+        weights_prepare(&self.call, w, U, tile, grad_input, nthreads)
+        self.keep = (w, U)
+        self.native.fn = weights_native
+        self.native.state = &self.call
+
+    def __call__(self):
+        with nogil:
+            weights_run(&self.call)
+
+    @property
+    def _native(self):
+        """A capsule holding the step's C entry point, for plan.PlanRunner."""
+        return PyCapsule_New(&self.native, EMBER_NATIVE_CAPSULE, NULL)
+
+
+def winograd_weights(w, U, int tile, bint grad_input, int nthreads):
     """U[ξ] = the (G·w[m, c]·Gᵀ)[ξ], an M × C matrix per ξ packed for the GEMM (U is α² ×
     winograd_weight_floats / α²), for w (M, C, 3, 3). With grad_input the conv is the data
     gradient of w's conv, dX = conv(dY, w flipped 180° with in/out channels swapped): U[ξ] is
     then C × M, (G · flip(w[m, c]) · Gᵀ)[ξ] at row c, column m."""
-    cdef int M = w.shape[0], C = w.shape[1], mo, c, rows, cols, r, k, xi
-    cdef int alpha = tile + 2
-    rows, cols = (C, M) if grad_input else (M, C)
-    cdef int mr = ember_gemm_mr()
-    cdef int Rp = <int> round_up(rows, mr)
-    cdef long us = <long> Rp * cols
-    if U.shape[0] != alpha * alpha or U.shape[1] != us:
-        raise ValueError(f"winograd_weights: U has shape {tuple(U.shape)[:2]}, needs "
-                         f"({alpha * alpha}, {us})")
-    if M == 0 or C == 0:
-        return
-    cdef const float *wp = &w[0, 0, 0, 0]
-    cdef float *up = &U[0, 0]
-    nthreads = threads_for(nthreads, us * alpha * alpha)
-    with nogil:
-        for mo in prange(M, num_threads=nthreads, schedule='static'):
-            for c in range(C):
-                if grad_input:
-                    ember_wino_weight(tile, wp + (<long> mo * C + c) * 9, 1,
-                                      up + packed_a(c, mo, cols, mr), us)
-                else:
-                    ember_wino_weight(tile, wp + (<long> mo * C + c) * 9, 0,
-                                      up + packed_a(mo, c, cols, mr), us)
-        for r in range(rows, Rp):   # the padding rows of the last micro-panel
-            for k in range(cols):
-                for xi in range(alpha * alpha):
-                    up[xi * us + packed_a(r, k, cols, mr)] = 0.0
+    WinogradWeightsStep(w, U, tile, grad_input, nthreads)()
 
 
 cdef void input_channel(const float *x, float *V, WinoShape *s, int c, long t0,

@@ -510,6 +510,72 @@ def test_batch_norm_grad(shape, training, nthreads):
     np.testing.assert_array_equal(ds2, ds)
 
 
+# ----------------------------------------------------------------------------- native steps
+@pytest.mark.parametrize("case", [CONV_CASES[0], CONV_CASES[1], CONV_CASES[2], CONV_CASES[11],
+                                  CONV_CASES[14]])
+@pytest.mark.parametrize("nthreads", THREADS)
+def test_conv_grad_steps_in_the_plan_runner(case, nthreads):
+    """ConvGradStep run from C by the plan runner (no Python between the two gradients), twice
+    (a step is reusable), against the twin."""
+    from ember.kernels import plan
+    x, w, dy = conv_case_arrays(case)
+    dx_want, dw_want = conv_grads_twin(x, w, dy, case[7], case[8], case[9], case[10])
+    geo = conv_geometry_args(case, dy, nthreads)
+    st, pads, dil, g = case[7:]
+    args = (st[0], st[1], pads[0], pads[1], dil[0], dil[1], g, nthreads)
+    dw, dx = np.full(w.shape, np.nan, np.float32), np.full(x.shape, np.nan, np.float32)
+    steps = [conv_grad.conv_grad_weight_step(
+                 dy, x, dw, np.zeros(conv_grad.conv_grad_weight_scratch_floats(*geo), np.float32),
+                 *args),
+             conv_grad.conv_grad_input_step(
+                 dy, w, dx, np.zeros(conv_grad.conv_grad_input_scratch_floats(*geo), np.float32),
+                 *args)]
+    runner = plan.PlanRunner(steps)
+    assert runner.native_steps == 2
+    for _ in range(2):
+        runner.run()
+        close(dw, dw_want, *conv_tolerance(dy.shape[0] * dy.shape[2] * dy.shape[3]))
+        close(dx, dx_want, *conv_tolerance(w.shape[0] * w.shape[2] * w.shape[3]))
+
+
+@pytest.mark.parametrize("nthreads", THREADS)
+def test_batch_norm_and_loss_steps_in_the_plan_runner(nthreads):
+    """BatchNormTrainStep → BatchNormGradStep and XentStep (loss, gradient) run from C, equal to
+    the def kernels (each already checked against its twin above); a bad label stops the runner
+    and raises what the step's ``on_bad_label`` makes."""
+    from ember.kernels import plan
+    N, C, L = 8, 6, 49
+    x, dy = rand(N, C, L, scale=2.0) + 1.0, rand(N, C, L)
+    scale, bias, rm, rv = rand(C), rand(C), rand(C), np.abs(rand(C)) + 0.5
+    y, mo, vo = np.empty_like(x), np.empty(C, np.float32), np.empty(C, np.float32)
+    dx, ds, db = np.empty_like(x), np.empty(C, np.float32), np.empty(C, np.float32)
+    scores, labels = rand(N, 5, scale=2.0), (np.arange(N) % 5).astype(np.int64)
+    logp, loss, dl = np.empty((N, 5), np.float32), np.empty(1, np.float32), np.ones(1, np.float32)
+    dscores = np.empty_like(scores)
+    steps = [norm_grad.BatchNormTrainStep(x, scale, bias, rm, rv, y, mo, vo, 1e-5, 0.9, nthreads),
+             norm_grad.BatchNormGradStep(dy, x, scale, None, None, dx, ds, db, 1e-5, True,
+                                         nthreads),
+             softmax_grad.softmax_xent_step(scores, labels, None, logp, loss, 2, 0, False,
+                                            nthreads, lambda row: KeyError(row)),
+             softmax_grad.softmax_xent_grad_step(dl, logp, labels, None, dscores, 2, 0, False,
+                                                 nthreads)]
+    runner = plan.PlanRunner(steps)
+    assert runner.native_steps == 4
+    runner.run()
+    want = [np.empty_like(a) for a in (y, mo, vo, dx, ds, db, logp, loss, dscores)]
+    norm_grad.batch_norm_train(x, scale, bias, rm, rv, want[0], want[1], want[2], 1e-5, 0.9,
+                               nthreads)
+    norm_grad.batch_norm_grad(dy, x, scale, None, None, want[3], want[4], want[5], 1e-5, True,
+                              nthreads)
+    softmax_grad.softmax_xent(scores, labels, None, want[6], want[7], 2, 0, False, nthreads)
+    softmax_grad.softmax_xent_grad(dl, want[6], labels, None, want[8], 2, 0, False, nthreads)
+    for got, w in zip((y, mo, vo, dx, ds, db, logp, loss, dscores), want):
+        np.testing.assert_array_equal(got, w)
+    labels[3] = 7
+    with pytest.raises(KeyError, match="3"):
+        runner.run()
+
+
 # ----------------------------------------------------------------------------- binders
 def compile_one(op_type, feeds, attrs, n_outputs=1, consts=None, threads=2, absent_outputs=()):
     """A one-node graph, compiled: (session, the compiled node, its step)."""

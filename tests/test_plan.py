@@ -197,6 +197,73 @@ def test_course_models_run_natively(name):
     assert total >= 5 and (native == total) == (not python_ops)
 
 
+# The training plans (forward + loss + backward at batch 64, as benchmarks/train.py builds them):
+# the op types still run as Python steps, and (native, all) steps. Conv: the forward Conv on
+# Winograd with run-time weights (the parameters) transforms them in a Python closure.
+TRAINING_PYTHON_STEP_OPS = {"lenet5": set(), "small_vgg": {"Conv"}}
+TRAINING_NATIVE_STEPS = {"lenet5": (29, 29), "small_vgg": (48, 53)}
+
+
+def training_net(name, nn):
+    if name == "lenet5":
+        return nn.Sequential(
+            nn.Conv2d(1, 6, 5), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+            nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, 10))
+    layers, cin = [], 3
+    for cout in (32, 32, "pool", 64, 64, "pool", 128, 128, "pool"):
+        if cout == "pool":
+            layers.append(nn.MaxPool2d(2))
+            continue
+        layers += [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
+                   nn.ReLU()]
+        cin = cout
+    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(128 * 4 * 4, 10))
+
+
+@pytest.mark.parametrize("name", sorted(TRAINING_PYTHON_STEP_OPS))
+def test_training_plans_run_natively(name):
+    from ember import nn, optim
+    shape = (1, 32, 32) if name == "lenet5" else (3, 32, 32)
+    trainer = ember.Trainer(training_net(name, nn), input_shape=shape,
+                            loss=nn.CrossEntropyLoss(), optimizer=optim.SGD(lr=0.01, momentum=0.9),
+                            batch_size=64, threads=1, seed=0)
+    x = rng.standard_normal((64,) + shape).astype(np.float32)
+    trainer.train_step(x, np.arange(64) % 10)
+    (step,) = trainer._steps.values()
+    native, total, python_ops = step.compiled.native_steps()
+    assert set(python_ops) <= TRAINING_PYTHON_STEP_OPS[name]
+    want_native, want_total = TRAINING_NATIVE_STEPS[name]
+    assert total == want_total and native >= want_native
+
+
+def test_training_loss_step_raises_the_nodes_error_from_the_runner():
+    """A bad label inside a native loss step surfaces as the node's InputError, the plan runner
+    asking the step (raise_for) after its GIL-free loop stopped."""
+    from ember import nn, optim
+    trainer = ember.Trainer(training_net("lenet5", nn), input_shape=(1, 32, 32),
+                            loss=nn.CrossEntropyLoss(), optimizer=optim.SGD(lr=0.01),
+                            batch_size=4, threads=1, seed=0)
+    x = rng.standard_normal((4, 1, 32, 32)).astype(np.float32)
+    trainer.train_step(x, np.array([0, 1, 2, 3]))
+    (step,) = trainer._steps.values()
+    step.target[...] = [0, 1, 12, 3]
+    with pytest.raises(InputError, match="label 12"):
+        step.run()
+
+
+def test_native_chain_runs_its_parts_in_order():
+    from ember.kernels.tensor import CopyStep
+    a, b, c = (np.arange(6, dtype=np.float32) + k for k in (0, 10, 20))
+    chain = plan.NativeChain([CopyStep([(b, a)], 1), CopyStep([(c, b)], 1)])
+    chain.winograd_tile = 2                   # takes attributes, as the closures it replaces did
+    plan.PlanRunner([chain]).run()
+    np.testing.assert_array_equal(c, a)
+    assert plan.PlanRunner([chain]).native_steps == 1 and chain.winograd_tile == 2
+    with pytest.raises(ValueError, match="native entry point"):
+        plan.NativeChain([CopyStep([(b, a)], 1), lambda: None])
+
+
 # (source shape, a view of it as numpy indexes it, dtype): strided copies of every kind
 COPY_CASES = [
     ((4, 5, 6), lambda a: a.transpose(2, 0, 1), np.float32),

@@ -535,6 +535,8 @@ def bind_conv_transpose(node, ins, outs, scratch_buf, ctx):
 
 
 # ---- gradients ----------------------------------------------------------------------------------
+from ...kernels.plan import NativeChain  # noqa: E402  (kept in the gradients' section)
+
 class ConvGradCase(NamedTuple):
     """A 1-D or 2-D conv as the gradient kernels take it (the field order is their argument
     order): input N×C×H×W, weight M×(C/group)×KH×KW, output N×M×OH×OW."""
@@ -663,10 +665,9 @@ def _conv_grad_binder(kind, case_fn, out_shape4):
         dy = contiguous_f32(ins[0]).reshape(c.N, c.M, c.OH, c.OW)
         other = as_nchw(contiguous_f32(ins[1]))
         out = outs[0].reshape(out_shape4(case))
-        fn = getattr(conv_grad, f"conv_grad_{kind}")
-        sh, sw, pt, pl, dh, dw, group = (c.stride_h, c.stride_w, c.pad_top, c.pad_left, c.dil_h,
-                                         c.dil_w, c.group)
-        return lambda: fn(dy, other, out, scr, sh, sw, pt, pl, dh, dw, group, threads)
+        make = getattr(conv_grad, f"conv_grad_{kind}_step")
+        return make(dy, other, out, scr, c.stride_h, c.stride_w, c.pad_top, c.pad_left, c.dil_h,
+                    c.dil_w, c.group, threads)
     return bind
 
 
@@ -680,7 +681,9 @@ bind_conv_grad_weight = binds(
 
 @binds(ops.ConvGradInput, scratch=_conv_grad_input_scratch, kernel="conv_grad")
 def bind_conv_grad_input(node, ins, outs, scratch_buf, ctx):
-    """Winograd when the case takes it (and the plan gave its scratch), else col2im GEMM."""
+    """Winograd when the case takes it (and the plan gave its scratch), else col2im GEMM. On
+    Winograd, W changes every step: one native step transforms it into the planned scratch,
+    then convolves dY."""
     wc, threads = _winograd_grad_input_case(node, ctx.types, ctx.threads), ctx.threads
     if wc is None or not all_float32(*ins, *outs) or has_empty_output(outs):
         return _conv_grad_input_gemm(node, ins, outs, scratch_buf, ctx)
@@ -691,10 +694,8 @@ def bind_conv_grad_input(node, ins, outs, scratch_buf, ctx):
     U, scr = scratch_buf[:u_n].reshape(a2, u_n // a2), scratch_buf[u_n:u_n + conv_n]
     dy = contiguous_f32(ins[0]).reshape(N, M, OH, OW)
     w4, dx = contiguous_f32(ins[1]).reshape(M, C, 3, 3), outs[0].reshape(N, C, H, W)
-    transform, conv2d = winograd.winograd_weights, winograd.conv2d_winograd
-
-    def step():
-        transform(w4, U, tile, True, threads)
-        conv2d(dy, U, None, dx, scr, tile, pt, pl, 0, 0.0, 0.0, threads)
+    step = NativeChain([winograd.WinogradWeightsStep(w4, U, tile, True, threads),
+                        winograd.WinogradStep(dy, U, None, dx, scr, tile, pt, pl, 0, 0.0, 0.0,
+                                              threads)])
     step.winograd_tile = tile
     return step

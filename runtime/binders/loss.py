@@ -1,5 +1,6 @@
 """SoftmaxCrossEntropyLoss (ONNX's and the training domain's) and its gradient
-(``kernels/softmax_grad``): class scores of shape (N, C) with int64 labels."""
+(``kernels/softmax_grad``): class scores of shape (N, C) with int64 labels, both bound as native
+steps (a bad label raises the node's InputError through the step's ``raise_for``)."""
 from __future__ import annotations
 
 import numpy as np
@@ -40,13 +41,10 @@ def bind_softmax_xent(node, ins, outs, scratch_buf, ctx):
     red, ignore, has_ignore = args
     s2, w1, loss1 = contiguous_f32(scores), contiguous_f32(weights), loss.reshape(-1)
     lp = logp if logp is not None else np.empty(scores.shape, F32)   # bind time, reused
-    fn, C, threads = softmax_grad.softmax_xent, scores.shape[1], ctx.threads
-
-    def step():
-        bad = fn(s2, labels, w1, lp, loss1, red, ignore, has_ignore, threads)
-        if bad >= 0:
-            raise _bad_label(node, labels, bad, C)
-    return step
+    C = scores.shape[1]
+    return softmax_grad.softmax_xent_step(s2, labels, w1, lp, loss1, red, ignore, has_ignore,
+                                          ctx.threads,
+                                          lambda row: _bad_label(node, labels, row, C))
 
 
 @binds(ops.SoftmaxCrossEntropyLossGrad, kernel="softmax_grad")
@@ -62,10 +60,7 @@ def bind_softmax_xent_grad(node, ins, outs, scratch_buf, ctx):
         return noop
     red, ignore, has_ignore = args
     d1, lp2, w1 = contiguous_f32(dloss).reshape(-1), contiguous_f32(logp), contiguous_f32(weights)
-    fn, C, threads = softmax_grad.softmax_xent_grad, logp.shape[1], ctx.threads
-
-    def step():
-        bad = fn(d1, lp2, labels, w1, dscores, red, ignore, has_ignore, threads)
-        if bad >= 0:
-            raise _bad_label(node, labels, bad, C)
-    return step
+    C = logp.shape[1]
+    return softmax_grad.softmax_xent_grad_step(d1, lp2, labels, w1, dscores, red, ignore,
+                                               has_ignore, ctx.threads,
+                                               lambda row: _bad_label(node, labels, row, C))

@@ -59,11 +59,13 @@ def _training_batch_norm(node, ins, outs, ctx):
     eps, momentum = float(node.attrs.get("epsilon", 1e-5)), float(node.attrs.get("momentum", 0.9))
     factor = unbiased_factor(x.shape) if int(node.attrs.get("running_var_unbiased", 0)) else 1.0
     C, threads = x.shape[1], ctx.threads
-    x3, y3, fn = as_nc_inner(contiguous_f32(x)), as_nc_inner(y), norm_grad.batch_norm_train
+    x3, y3 = as_nc_inner(contiguous_f32(x)), as_nc_inner(y)
     s1, b1, m1, v1 = (contiguous_f32(p).reshape(C) for p in (scale, bias, mean, var))
     rm = run_mean.reshape(C) if run_mean is not None else None
     rv = run_var.reshape(C) if run_var is not None else None
-    return lambda: fn(x3, s1, b1, m1, v1, y3, rm, rv, eps, momentum, threads, factor)
+    # a native step: the parameters and statistics are read in place, through the views taken here
+    return norm_grad.BatchNormTrainStep(x3, s1, b1, m1, v1, y3, rm, rv, eps, momentum, threads,
+                                        factor)
 
 
 @binds(ops.BatchNormalization, kernel="normalization")
@@ -170,8 +172,8 @@ def bind_batch_norm_grad(node, ins, outs, scratch_buf, ctx):
     dx3 = as_nc_inner(dx) if dx is not None else None
     ds1 = dscale.reshape(C) if dscale is not None else None
     db1 = dbias.reshape(C) if dbias is not None else None
-    fn = norm_grad.batch_norm_grad
-    return lambda: fn(g3, x3, s1, m1, v1, dx3, ds1, db1, eps, training, threads)
+    return norm_grad.BatchNormGradStep(g3, x3, s1, m1, v1, dx3, ds1, db1, eps, training,
+                                       threads)
 
 
 def _layer_norm_grad_scratch(node, types, threads):
