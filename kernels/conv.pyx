@@ -395,17 +395,23 @@ def pack_conv_weights(float[:, :, :, ::1] w, float[::1] packed, int group):
         return
     if (<size_t> &packed[0]) % 64:
         raise ValueError("pack_conv_weights: packed must start on a 64-byte boundary")
-    cdef const float *src = &w[0, 0, 0, 0]
-    cdef float *dst = &packed[0]
     with nogil:
-        memset(dst, 0, sizeof(float) * need)
-        for g in range(group):
-            for k in range(K):
-                k0 = k - k % KC
-                kc = min(<long> KC, K - k0)
-                for m in range(Mg):
-                    dst[g * K * Mp + k0 * Mp + (m // nr) * kc * nr + (k - k0) * nr + m % nr] = \
-                        src[(<long> g * Mg + m) * K + k]
+        pack_slices(&w[0, 0, 0, 0], &packed[0], Mg, K, group, nr, KC)
+
+
+cdef void pack_slices(const float *src, float *dst, int Mg, long K, int group, int nr,
+                      int KC) noexcept nogil:
+    """pack_conv_weights' layout (see there)."""
+    cdef long Mp = round_up_to(Mg, nr), k, k0, kc
+    cdef int g, m
+    memset(dst, 0, sizeof(float) * group * K * Mp)
+    for g in range(group):
+        for k in range(K):
+            k0 = k - k % KC
+            kc = min(<long> KC, K - k0)
+            for m in range(Mg):
+                dst[g * K * Mp + k0 * Mp + (m // nr) * kc * nr + (k - k0) * nr + m % nr] = \
+                    src[(<long> g * Mg + m) * K + k]
 
 
 cdef struct PackedConvCall:
@@ -704,13 +710,19 @@ def pack_direct_conv_weights(float[:, :, :, ::1] w, float[::1] packed):
                          f"needs {need}")
     if need == 0:
         return
-    cdef const float *src = &w[0, 0, 0, 0]
-    cdef float *dst = &packed[0]
     with nogil:
-        memset(dst, 0, sizeof(float) * need)
-        for m in range(M):
-            for t in range(taps):
-                dst[((m // mb) * taps + t) * mb + m % mb] = src[m * taps + t]
+        pack_channel_blocks(&w[0, 0, 0, 0], &packed[0], M, taps, mb)
+
+
+cdef void pack_channel_blocks(const float *src, float *dst, int M, long taps,
+                              int mb) noexcept nogil:
+    """pack_direct_conv_weights' layout (see there)."""
+    cdef int m
+    cdef long t
+    memset(dst, 0, sizeof(float) * round_up_to(M, mb) * taps)
+    for m in range(M):
+        for t in range(taps):
+            dst[((m // mb) * taps + t) * mb + m % mb] = src[m * taps + t]
 
 
 def direct_conv_scratch_floats(int C, int M, int KH, int KW, int OH, int OW, int stride_h,
@@ -852,6 +864,66 @@ cdef class DirectConvStep:
     def __call__(self):
         with nogil:
             direct_conv_run(&self.call)
+
+    @property
+    def _native(self):
+        """A capsule holding the step's C entry point, for plan.PlanRunner."""
+        return PyCapsule_New(&self.native, EMBER_NATIVE_CAPSULE, NULL)
+
+
+
+# ---- run-time weights: packing as a plan step ---------------------------------------------------
+cdef struct WeightsPackCall:
+    const float *w
+    float *packed
+    int direct             # 0: pack_conv_weights' layout, 1: pack_direct_conv_weights'
+    int M, group, nr, KC, mb
+    long K
+
+
+cdef int weights_pack_native(void *state) noexcept nogil:
+    cdef WeightsPackCall *c = <WeightsPackCall *> state
+    if c.M == 0 or c.K == 0:
+        return 0
+    if c.direct:
+        pack_channel_blocks(c.w, c.packed, c.M, c.K, c.mb)
+    else:
+        pack_slices(c.w, c.packed, c.M // c.group, c.K, c.group, c.nr, c.KC)
+    return 0
+
+
+cdef class ConvWeightsPackStep:
+    """pack_conv_weights (``direct`` False) or pack_direct_conv_weights (True) with its arguments
+    resolved once, for weights that change between runs (training's parameters): a native step
+    the plan runner chains before the conv (plan.NativeChain). Holds its arrays."""
+    cdef WeightsPackCall call
+    cdef ember_native_step native
+    cdef object keep
+
+    def __init__(self, float[:, :, :, ::1] w, float[::1] packed, int group, bint direct):
+        cdef WeightsPackCall *c = &self.call
+        cdef long need
+        c.M, c.group, c.direct = w.shape[0], group, direct
+        c.nr, c.KC, c.mb = ember_gemm_nr(), ember_gemm_kc(), ember_direct_conv_mb()
+        c.K = <long> w.shape[1] * w.shape[2] * w.shape[3]
+        if group < 1 or c.M % group or (direct and group != 1):
+            raise ValueError(f"ConvWeightsPackStep: {c.M} output channels, group {group}")
+        need = round_up_to(c.M, c.mb) * c.K if direct else \
+            group * c.K * round_up_to(c.M // group, c.nr)
+        if packed.shape[0] < need:
+            raise ValueError(f"ConvWeightsPackStep: packed holds {packed.shape[0]} floats, "
+                             f"needs {need}")
+        c.w = c.packed = NULL
+        if c.M and c.K:
+            c.w = &w[0, 0, 0, 0]
+            c.packed = &packed[0]
+        self.keep = (w, packed)
+        self.native.fn = weights_pack_native
+        self.native.state = &self.call
+
+    def __call__(self):
+        with nogil:
+            weights_pack_native(&self.call)
 
     @property
     def _native(self):

@@ -10,7 +10,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ...graph.ops import conv as ops
-from ...kernels import conv, conv_grad, winograd
+from ...kernels import conv, conv_grad, plan, winograd
 from .common import (F32, FUSED_ACTIVATIONS, WindowAxis, all_float32, as_nchw, contiguous_f32,
                      fused_activation, has_empty_output, noop, optional_at, prove_fits,
                      prove_window, window_geometry)
@@ -379,11 +379,11 @@ def _winograd_conv(node, ins, outs, scratch_buf, ctx, act):
         U = _winograd_constant_weights(ins[1], w4, tile, threads)
         # a prepared native step: the plan runner runs it with no Python around it
         return winograd.WinogradStep(x, U, b, y, scr, tile, pt, pl, code, aa, ab, threads)
-    U, transform = winograd_weight_buffer(M, C, tile), winograd.winograd_weights
-
-    def step():   # run-time weights (training): transform them on every call
-        transform(w4, U, tile, False, threads)
-        conv2d(x, U, b, y, scr, tile, pt, pl, code, aa, ab, threads)
+    # run-time weights (training): transformed on every call, a native step chained before
+    U = winograd_weight_buffer(M, C, tile)
+    step = plan.NativeChain([
+        winograd.WinogradWeightsStep(w4, U, tile, False, threads),
+        winograd.WinogradStep(x, U, b, y, scr, tile, pt, pl, code, aa, ab, threads)])
     step.winograd_tile = tile   # for tests and profiles: which algorithm this node runs
     return step
 
@@ -444,14 +444,10 @@ def _packed_conv(case, ins, outs, scratch_buf, ctx, act):
         # a prepared native step: the plan runner runs it with no Python around it
         return make(case, x, _packed_constant_weights(ins[1], w4, case.group, algo, weights), b,
                     y, scr, act, threads)
+    # run-time weights (training): packed on every call, a native step chained before the conv
     packed = weights(w4, case.group)
-    run = make(case, x, packed, b, y, scr, act, threads)
-    pack = conv.pack_conv_weights if algo == "packed" else \
-        (lambda w, p, group: conv.pack_direct_conv_weights(w, p))
-
-    def step():   # run-time weights (training): pack them on every call
-        pack(w4, packed, case.group)
-        run()
+    step = plan.NativeChain([conv.ConvWeightsPackStep(w4, packed, case.group, algo == "direct"),
+                             make(case, x, packed, b, y, scr, act, threads)])
     step.packed = algo   # for tests and profiles: which algorithm this node runs
     return step
 
