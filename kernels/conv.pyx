@@ -673,7 +673,8 @@ cdef extern from "simd.h" nogil:
     ctypedef struct ember_dc_geom:
         int C, M, KH, KW, OH, OW
         int sh, sw, dh, dw
-        long PH, PW
+        long PH, PW, PS
+        int flat
         int act
         float act_a, act_b
     void ember_direct_conv_rows(const ember_dc_geom *g, const float *xp, const float *wp,
@@ -684,12 +685,18 @@ cdef extern from "simd.h" nogil:
 
 cdef inline void direct_geometry(ember_dc_geom *g, int C, int M, int KH, int KW, int OH, int OW,
                                  int sh, int sw, int dh, int dw) noexcept nogil:
-    """Rows per phase plane: every row a tap reaches; columns: the output columns rounded up to
-    the kernel's register block, plus the widest tap offset within a phase."""
+    """Rows per phase plane: every row a tap reaches. With row stride 1 the kernel runs over the
+    rows flattened (the output computed on the padded width, the extra columns dropped), so narrow
+    planes still fill its vectors: columns are the output columns plus the widest tap offset
+    within a phase, and each plane has two register blocks of slack for the last block's reads.
+    Otherwise row by row: the output columns rounded up to the register block, plus that offset."""
+    cdef int cols = ember_direct_conv_cols()
     g.C, g.M, g.KH, g.KW, g.OH, g.OW = C, M, KH, KW, OH, OW
     g.sh, g.sw, g.dh, g.dw = sh, sw, dh, dw
+    g.flat = sh == 1
     g.PH = <long> (OH - 1) * sh + <long> (KH - 1) * dh + 1
-    g.PW = round_up_to(OW, ember_direct_conv_cols()) + <long> (KW - 1) * dw // sw
+    g.PW = (OW if g.flat else round_up_to(OW, cols)) + <long> (KW - 1) * dw // sw
+    g.PS = g.PH * g.PW + (2 * cols if g.flat else 0)
 
 
 def direct_conv_weight_floats(int M, int C, int KH, int KW):
@@ -732,7 +739,7 @@ def direct_conv_scratch_floats(int C, int M, int KH, int KW, int OH, int OW, int
     if OH <= 0 or OW <= 0:
         return 0
     direct_geometry(&g, C, M, KH, KW, OH, OW, stride_h, stride_w, dil_h, dil_w)
-    return <long> C * stride_w * g.PH * g.PW * max(nthreads, 1)
+    return <long> C * stride_w * g.PS * max(nthreads, 1)
 
 
 cdef struct DirectConvCall:
@@ -741,7 +748,7 @@ cdef struct DirectConvCall:
     const float *wp
     const float *bias
     float *y
-    float *slots           # per thread, one prepared image (C × sw × PH × PW)
+    float *slots           # per thread, one prepared image (C × sw planes of PS floats)
     long slot_floats
     int N, H, W, pt, pl
     int row_blocks         # per image: several when the batch is smaller than the team
@@ -760,10 +767,13 @@ cdef void direct_prepare_rows(DirectConvCall *c, int n, long r0, long r1,
     cdef float *dst
     for ch in range(g.C):
         for ph in range(g.sw):
+            if g.PS > g.PH * g.PW:   # the flat kernel's slack: read, never used
+                memset(xp + (<long> ch * g.sw + ph) * g.PS + g.PH * g.PW, 0,
+                       sizeof(float) * (g.PS - g.PH * g.PW))
             # the phase columns j with 0 ≤ j·sw + ph − pl < W
             span_inside(ph - c.pl, g.sw, g.PW, 0, c.W, &lo, &hi)
             for r in range(r0, r1):
-                dst = xp + ((<long> ch * g.sw + ph) * g.PH + r) * g.PW
+                dst = xp + (<long> ch * g.sw + ph) * g.PS + r * g.PW
                 ih = <int> r - c.pt
                 if ih < 0 or ih >= c.H or hi <= lo:
                     memset(dst, 0, sizeof(float) * g.PW)
@@ -835,7 +845,7 @@ cdef class DirectConvStep:
         c.y = c.slots = NULL
         c.nthreads = threads_for(nthreads, <long> c.N * M * OH * OW * C * KH * KW)
         c.row_blocks = 1 if c.N >= c.nthreads else (c.nthreads + c.N - 1) // c.N
-        c.slot_floats = <long> C * stride_w * c.g.PH * c.g.PW
+        c.slot_floats = <long> C * stride_w * c.g.PS
         self.keep = (x, packed_w, bias, y, scratch)
         self.native.fn = direct_conv_native
         self.native.state = &self.call

@@ -95,12 +95,13 @@ struct ember_winograd_kernels {
 
 /* ---- direct convolution for few input channels (conv_direct_kernel.h) --------------------- */
 
-/* One conv's geometry over its prepared input (conv.pyx): PH rows and PW columns per phase plane,
- * sw phase planes per channel. */
+/* One conv's geometry over its prepared input (conv.pyx): sw phase planes per channel, PS floats
+ * apart, each PH rows of PW columns; flat: the kernel runs over rows flattened (row stride 1). */
 typedef struct {
     int C, M, KH, KW, OH, OW;
     int sh, sw, dh, dw;
-    long PH, PW;
+    long PH, PW, PS;
+    int flat;
     int act;
     float act_a, act_b;
 } ember_dc_geom;
