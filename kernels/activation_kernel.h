@@ -63,28 +63,36 @@ static int ember_act_unary_exp(const float *x, float *y, long n, int code, float
         return 0;
     const ember_vf one = ember_vsplat(1.0f), zero = ember_vsplat(0.0f), half = ember_vsplat(0.5f);
     long i = 0;
-    for (; i + EMBER_VW <= n; i += EMBER_VW) {
-        const ember_vf v = ember_vload(x + i);
-        if (code == EMBER_ACT_EXP || code == EMBER_ACT_TANH) {
-            ember_vstore(y + i, code == EMBER_ACT_EXP ? ember_vexp(v) : ember_vtanh(v));
-            continue;
-        }
-        if (code == EMBER_ACT_ERF) {
-            ember_vstore(y + i, ember_verf(v));
-            continue;
-        }
-        if (code == EMBER_ACT_GELU) {
-            const ember_vf g = a == 0.0f
-                ? ember_verf(v * 0.70710678118654752f)
-                : ember_vtanh((float)EMBER_GELU_TANH_K *
-                              (v + (float)EMBER_GELU_TANH_C * (v * v * v)));
-            ember_vstore(y + i, half * v * (one + g));
-            continue;
-        }
-        const ember_vf e = ember_vexp(ember_vblend(v >= zero, -v, v));
-        const ember_vf s = ember_vblend(v >= zero, one, e) / (one + e);
-        ember_vstore(y + i, code == EMBER_ACT_SIGMOID ? s : v * s);
+    /* one loop per code: the code is tested once, not per vector, so each loop body is just its
+     * formula (a branch per vector kept GCC from scheduling the erf and exp polynomials) */
+#define EMBER_ACT_LOOP(EXPR)                                                                  \
+    for (; i + EMBER_VW <= n; i += EMBER_VW) {                                                \
+        const ember_vf v = ember_vload(x + i);                                                \
+        ember_vstore(y + i, (EXPR));                                                          \
     }
+    switch (code) {
+    case EMBER_ACT_EXP: EMBER_ACT_LOOP(ember_vexp(v)) break;
+    case EMBER_ACT_TANH: EMBER_ACT_LOOP(ember_vtanh(v)) break;
+    case EMBER_ACT_ERF: EMBER_ACT_LOOP(ember_verf(v)) break;
+    case EMBER_ACT_GELU:
+        if (a == 0.0f) {
+            EMBER_ACT_LOOP(half * v * (one + ember_verf(v * 0.70710678118654752f)))
+        } else {
+            EMBER_ACT_LOOP(half * v * (one + ember_vtanh((float)EMBER_GELU_TANH_K *
+                                                         (v + (float)EMBER_GELU_TANH_C *
+                                                                  (v * v * v)))))
+        }
+        break;
+    case EMBER_ACT_SIGMOID:
+        EMBER_ACT_LOOP(ember_vblend(v >= zero, one, ember_vexp(ember_vblend(v >= zero, -v, v))) /
+                       (one + ember_vexp(ember_vblend(v >= zero, -v, v))))
+        break;
+    default: /* SiLU */
+        EMBER_ACT_LOOP(v * (ember_vblend(v >= zero, one, ember_vexp(ember_vblend(v >= zero, -v, v))) /
+                            (one + ember_vexp(ember_vblend(v >= zero, -v, v)))))
+        break;
+    }
+#undef EMBER_ACT_LOOP
     for (; i < n; ++i) y[i] = ember_apply_act(x[i], code, a, 0.0f);
     return 1;
 }
