@@ -222,7 +222,10 @@ def fuse_activation(graph: Graph) -> Graph:
         if not sole_reader(outputs, x, n, consumers):
             continue
         prod = producers.get(x)
-        if prod is None or prod.domain != "" or prod.op_type not in FUSE_PRODUCERS \
+        fused_matmul = prod is not None and (prod.domain, prod.op_type) == (FUSED_DOMAIN,
+                                                                             "MatMul")
+        if prod is None or (prod.domain != "" and not fused_matmul) \
+                or prod.op_type not in FUSE_PRODUCERS \
                 or prod.attrs.get("activation", "") or id(prod) in removed:
             continue
         if graph.types.get(x) != graph.types.get(n.outputs[0]):

@@ -16,6 +16,7 @@ spelled as                                               becomes
 ``0.5 · x · (1 + Erf(x / √2))``                           ``Gelu(x)``
 ``0.5 · x · (1 + Tanh(√(2/π) · (x + 0.044715 · x³)))``    ``Gelu(x, approximate="tanh")``
 ReduceMean/Sub/Pow/ReduceMean/Add ε/Sqrt/Div (·γ, +β)     ``LayerNormalization(x, γ, β)``
+``MatMul(x, W) + b`` (W of rank 2, b a constant vector)   ``MatMul(x, W, b)`` (ember's fused domain)
 =======================================================  ========================================
 
 A spelling is rewritten only when every intermediate it swallows is read by the pattern alone
@@ -424,6 +425,46 @@ def _match_layer_norm(view: _View, node: Node, names: FreshNames):
     return _Match(root, ln, interior)
 
 
+# ---- MatMul + bias -------------------------------------------------------------------------------
+def _match_matmul_bias(view: _View, node: Node):
+    """``Add(MatMul(x, W), b)`` (either operand order) with W of rank 2 and b a float constant
+    of N values (shape (N,) or 1s then N, not raising the rank): torch.onnx's Linear on inputs of
+    rank above 2. One GEMM then adds b (and the activation a later pass fuses) while each tile of
+    the product is in cache."""
+    if node.op_type != "Add" or node.domain != "" or len(node.inputs) != 2:
+        return None
+    out = node.outputs[0]
+    for product, b in (node.inputs, node.inputs[::-1]):
+        mm = view.made_by(product, node, "MatMul")
+        if mm is None or mm.attrs.get("activation", "") or len(mm.inputs) != 2:
+            continue
+        w_type, y_type = view.graph.types.get(mm.inputs[1]), view.graph.types.get(product)
+        bias = view.graph.initializers.get(b)
+        if w_type is None or y_type is None or w_type.rank != 2 or bias is None:
+            continue
+        if not view.same_type(product, out) or not view.is_float(product):
+            continue
+        n = y_type.shape[-1] if y_type.rank else None
+        if bias.dtype != y_type.dtype or bias.ndim > y_type.rank or bias.ndim < 1 or \
+                not isinstance(n, (int, np.integer)) or bias.shape[-1] != n or \
+                any(int(d) != 1 for d in bias.shape[:-1]):
+            continue
+        flat = view.graph.initializers.get(b).reshape(-1)
+        return _Match(node, Node("MatMul", [mm.inputs[0], mm.inputs[1], b], [out], {},
+                                 node.name, FUSED_DOMAIN), [mm]), flat, b
+    return None
+
+
+def _matmul_bias(graph: Graph, view: _View, node: Node, names: FreshNames):
+    found = _match_matmul_bias(view, node)
+    if found is None:
+        return None
+    match, flat, b = found
+    if flat.shape != graph.initializers[b].shape:   # (1, …, N): the op takes the vector
+        match.node.inputs[2] = add_const(graph, names, f"{node.name}_bias", flat.copy())
+    return match
+
+
 # ---- driver ------------------------------------------------------------------------------------
 def _rewrite(graph: Graph, match_fn) -> bool:
     """One sweep of ``match_fn`` over the graph, applying every match that shares no node
@@ -455,7 +496,8 @@ def _plain(match):
 # In order: Pow first (layer norm's square and √ read as Mul and Sqrt after it), hard-sigmoid
 # before hard-swish (which reads x·HardSigmoid(x)).
 PATTERNS = (_plain(_match_pow), _plain(_match_hard_sigmoid), _plain(_match_hard_swish),
-            _plain(_match_silu), _plain(_match_gelu), _match_layer_norm)
+            _plain(_match_silu), _plain(_match_gelu), _match_layer_norm,
+            lambda view, node, names: _matmul_bias(view.graph, view, node, names))
 
 
 def fuse_patterns(graph: Graph) -> Graph:

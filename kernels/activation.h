@@ -82,6 +82,14 @@ static inline float ember_apply_act(float v, int code, float a, float b)
     return v;
 }
 
+/* The activations computed through the vector exp / tanh / erf polynomials (dozens of
+ * operations an element): worth long spans rather than one GEMM tile at a time. */
+static inline int ember_act_is_costly(int code)
+{
+    return code == EMBER_ACT_EXP || code == EMBER_ACT_TANH || code == EMBER_ACT_SIGMOID ||
+           code == EMBER_ACT_SILU || code == EMBER_ACT_ERF || code == EMBER_ACT_GELU;
+}
+
 /* In-place activation of a row for the codes with a branch-free vector form (identity, Relu,
  * Clip); returns 0 for the others (the caller then runs the scalar table). Comparisons are
  * written so that NaN passes through, as in apply_act. */

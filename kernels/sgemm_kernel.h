@@ -280,6 +280,9 @@ static int ember_gemm_task(const ember_gemm_args *g, int i_begin, int i_end, int
 {
     float *pa, *pb;
     if (!ember_pack_buffers(&pa, &pb)) return 0;
+    /* an activation of the exp family runs on a whole block's rows after its last tile: on a
+     * 6 × NR tile its polynomials cannot overlap from one vector to the next */
+    const int deferred = g->epi && ember_act_is_costly(g->epi->act);
     for (int p0 = 0; p0 < g->K; p0 += EMBER_KC) {
         int kc = g->K - p0 < EMBER_KC ? g->K - p0 : EMBER_KC;
         int accumulate = p0 > 0 || g->accumulate_first;
@@ -304,9 +307,13 @@ static int ember_gemm_task(const ember_gemm_args *g, int i_begin, int i_end, int
                         ember_ukr(kc, ap, bp, c, g->ldc, g->alpha, accumulate);
                     else
                         ember_ukr_edge(kc, ap, bp, c, g->ldc, mr, nr, g->alpha, accumulate);
-                    if (last && g->epi) ember_bias_act_tile(c, g->ldc, mr, nr, i0 + ir, j0 + jr, g->epi);
+                    if (last && g->epi && !deferred)
+                        ember_bias_act_tile(c, g->ldc, mr, nr, i0 + ir, j0 + jr, g->epi);
                 }
             }
+            if (last && g->epi && deferred)   /* the block's rows, whole, while in L2 */
+                ember_bias_act_tile(g->C + (long)i0 * g->ldc + j0, g->ldc, mc, nc, i0, j0,
+                                    g->epi);
         }
     }
     return 1;

@@ -197,6 +197,54 @@ def test_residual_add_relu_becomes_one_step():
     check_against_ort(model, graph)
 
 
+# ---- a Linear on inputs of rank 3: MatMul + bias in one GEMM ------------------------------------
+class LinearGelu(torch.nn.Module):
+    def __init__(self, act):
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc, self.act = torch.nn.Linear(16, 24), act
+
+    def forward(self, x):
+        return self.act(self.fc(x))
+
+
+@pytest.mark.parametrize("act,expected", [
+    (lambda y: y, {"MatMul": 1}),
+    (torch.relu, {"MatMul+Relu": 1}),
+    (lambda y: F.gelu(y), {"MatMul+Gelu": 1}),
+])
+def test_linear_on_rank_3_is_one_gemm_with_bias(act, expected):
+    """torch.onnx writes Linear on a (2, 5, 16) input as MatMul(x, Wᵀ) + b: one fused-domain
+    MatMul holding the bias (and the activation after it); export writes MatMul + Add back."""
+    model = torch_export_plain(LinearGelu(act), shape=(2, 5, 16))
+    graph = optimized(model)
+    assert op_counts(graph) == collections.Counter(expected), op_counts(graph)
+    assert [n.domain for n in graph.nodes if n.op_type == "MatMul"] == [FUSED_DOMAIN]
+    check_against_ort(model, graph)
+
+
+@pytest.mark.parametrize("bias_shape,reader", [((5, 24), False), ((24,), True)])
+def test_matmul_bias_kept_apart(bias_shape, reader):
+    """A bias that is no vector (a full matrix), or a product another node reads too: MatMul and
+    Add stay two nodes."""
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((16, 24)).astype(np.float32), "w")
+    b = numpy_helper.from_array(rng.standard_normal(bias_shape).astype(np.float32), "b")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["p"]), helper.make_node("Add", ["p", "b"],
+                                                                              ["y"])]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, (2, 5, 24))]
+    if reader:
+        nodes.append(helper.make_node("Neg", ["p"], ["z"]))
+        outputs.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, (2, 5, 24)))
+    model = helper.make_model(helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, (2, 5, 16))], outputs,
+        [w, b]), opset_imports=[helper.make_opsetid("", 17)])
+    graph = optimized(model)
+    assert op_counts(graph)["MatMul"] == 1 and op_counts(graph)["Add"] == 1
+    assert all(n.domain == "" for n in graph.nodes if n.op_type == "MatMul")
+    check_against_ort(model, graph)
+
+
 def test_broadcast_add_with_fused_gelu():
     """An Add with a broadcast operand (a bias) and a GELU after it: one fused Add."""
     bias = torch.linspace(-1, 1, SHAPE[-1])
@@ -322,10 +370,10 @@ def test_pow_by_broadcast_exponent_is_kept():
 
 
 def test_fused_domain_is_ember_internal():
-    """The fused domain holds SiLU and the Add with an activation, and a file naming it is
-    refused like any op ember does not read."""
+    """The fused domain holds SiLU, the Add with an activation and the MatMul with a bias, and a
+    file naming it is refused like any op ember does not read."""
     from ember.graph.ops import REGISTRY
-    assert sorted(t for d, t in REGISTRY if d == FUSED_DOMAIN) == ["Add", "SiLU"]
+    assert sorted(t for d, t in REGISTRY if d == FUSED_DOMAIN) == ["Add", "MatMul", "SiLU"]
     graph = helper.make_graph(
         [helper.make_node("SiLU", ["x"], ["y"], name="silu", domain=FUSED_DOMAIN)], "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, SHAPE)],

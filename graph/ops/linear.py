@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..ir import TensorType
-from .activation import apply_activation, check_activation
+from .activation import FUSED_DOMAIN, apply_activation, check_activation
 from .base import Op, register
 from .elementwise import broadcast_shapes, same_dtype, unidirectional
 
@@ -103,6 +103,41 @@ class MatMul(Op):
     def compute(self, node, inputs):
         a, b = inputs
         return [finish(np.asarray(np.matmul(_wide(a), _wide(b))), a.dtype, node.attrs)]
+
+
+@register
+class FusedMatMul(Op):
+    """MatMul(A, B) + bias (a vector along the last axis), with the fused activation: the
+    ``x @ W + b`` torch.onnx writes for a Linear layer on inputs of rank above 2 (MatMul, then
+    Add), which ``graph.patterns`` turns into one GEMM with bias and activation in its epilogue.
+    Export writes MatMul, Add, then the activation's own node."""
+    op_type = "MatMul"
+    domain = FUSED_DOMAIN
+    num_inputs = (3, 3)
+    parameter_inputs = (0, 1, 2)
+    attrs = dict(FUSED_ATTRS)
+
+    def infer(self, ctx):
+        check_activation(ctx)
+        dtype = same_dtype(ctx, 3)
+        shape = matmul_shape(ctx, ctx.shape(0), ctx.shape(1))
+        bias = ctx.shape(2)
+        ctx.check(len(bias) == 1 and len(shape) >= 1 and dims_agree(bias[0], shape[-1]),
+                  f"expected a bias of shape ({shape[-1] if shape else '?'},), got {bias}")
+        return [TensorType(dtype, shape)]
+
+    def macs(self, node, types):
+        return MatMul.macs(self, node, types)
+
+    def compute(self, node, inputs):
+        a, b, bias = inputs
+        y = np.matmul(_wide(a), _wide(b)) + _wide(bias)
+        return [finish(np.asarray(y), a.dtype, node.attrs)]
+
+    def export(self, ctx, node, inputs, outputs, attrs):
+        product = ctx.fresh(f"{outputs[0]}_matmul")
+        ctx.add("MatMul", inputs[:2], [product], ctx.fresh(f"{node.name}/MatMul"), {}, node)
+        ctx.add("Add", [product, inputs[2]], outputs, ctx.fresh(f"{node.name}/Add"), {}, node)
 
 
 # ---- gradients -------------------------------------------------------------------------------

@@ -65,8 +65,16 @@ def bind_gemm(node, ins, outs, scratch_buf, ctx):
     return step
 
 
+@binds(ops.FusedMatMul, inplace=(), kernel="gemm", activations=FUSED_ACTIVATIONS)
+def bind_matmul_bias(node, ins, outs, scratch_buf, ctx):
+    """MatMul(A, B) + bias with B of rank 2: the bias in the GEMM's epilogue (one per column)."""
+    if ins[1].ndim != 2 or ins[2].shape != (ins[1].shape[1],) or not all_float32(ins[2]):
+        return None
+    return bind_matmul(node, ins[:2], outs, scratch_buf, ctx, bias=contiguous_f32(ins[2]))
+
+
 @binds(ops.MatMul, inplace=(), kernel="gemm", activations=FUSED_ACTIVATIONS)
-def bind_matmul(node, ins, outs, scratch_buf, ctx):
+def bind_matmul(node, ins, outs, scratch_buf, ctx, bias=None):
     act, threads = fused_activation(node), ctx.threads
     A, B, Y = ins[0], ins[1], outs[0]
     if act is None or not all_float32(A, B, Y) or A.ndim == 0 or B.ndim == 0:
@@ -81,13 +89,15 @@ def bind_matmul(node, ins, outs, scratch_buf, ctx):
     code, aa, ab = act
     fn = gemm.gemm
     if A2.ndim == 2 and B2.ndim == 2:
-        return gemm.GemmStep(A2, B2, Y.reshape(M, N), False, False, 1.0, 0.0, None, 1, code, aa,
+        return gemm.GemmStep(A2, B2, Y.reshape(M, N), False, False, 1.0, 0.0, bias, 1, code, aa,
                              ab, threads)
     rows = int(np.prod(A2.shape[:-1], dtype=np.int64))   # not -1: K may be 0
     if B2.ndim == 2 and rows <= GEMM_MAX_DIM:
         # batched A times one matrix: a single (batch·M)×K by K×N product
         return gemm.GemmStep(A2.reshape(rows, K), B2, Y.reshape(rows, N), False, False, 1.0, 0.0,
-                             None, 1, code, aa, ab, threads)
+                             bias, 1, code, aa, ab, threads)
+    if bias is not None:
+        return None   # batches of B: the numpy reference
     batch = np.broadcast_shapes(A2.shape[:-2], B2.shape[:-2])
     A3 = A2.reshape((1,) * (len(batch) - (A2.ndim - 2)) + A2.shape)
     B3 = B2.reshape((1,) * (len(batch) - (B2.ndim - 2)) + B2.shape)
