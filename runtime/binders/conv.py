@@ -342,23 +342,33 @@ def winograd_weight_buffer(M, C, tile):
     return np.empty((a2, int(winograd.winograd_weight_floats(M, C, tile)) // a2), F32)
 
 
-# Transformed constant weights shared by every context: (id(w), tile) -> (weak ref to w, U).
+# Transformed constant weights shared by every context: (id(w), tile) -> (weak ref to w, U)
+# (derived_weights).
 WINOGRAD_WEIGHTS: dict = {}
 
 
-def _winograd_constant_weights(w_orig, w4, tile, threads):
-    key = (id(w_orig), tile)
-    hit = WINOGRAD_WEIGHTS.get(key)
+def derived_weights(cache: dict, w_orig, tag, make):
+    """``make()`` — a transformed or packed copy of the constant weight array ``w_orig`` — made
+    once per array and ``tag`` and shared by every context, dropped with the array (the cache
+    holds it by a weak reference)."""
+    key = (id(w_orig), tag)
+    hit = cache.get(key)
     if hit is not None and hit[0]() is w_orig:
         return hit[1]
-    U = winograd_weight_buffer(w4.shape[0], w4.shape[1], tile)
-    winograd.winograd_weights(w4, U, tile, False, threads)
+    derived = make()
     try:
-        WINOGRAD_WEIGHTS[key] = (
-            weakref.ref(w_orig, lambda _r, key=key: WINOGRAD_WEIGHTS.pop(key, None)), U)
+        cache[key] = (weakref.ref(w_orig, lambda _r, key=key: cache.pop(key, None)), derived)
     except TypeError:
         pass
-    return U
+    return derived
+
+
+def _winograd_constant_weights(w_orig, w4, tile, threads):
+    def transform():
+        U = winograd_weight_buffer(w4.shape[0], w4.shape[1], tile)
+        winograd.winograd_weights(w4, U, tile, False, threads)
+        return U
+    return derived_weights(WINOGRAD_WEIGHTS, w_orig, tile, transform)
 
 
 def _winograd_conv(node, ins, outs, scratch_buf, ctx, act):
@@ -407,18 +417,8 @@ def _conv_scratch(node, types, threads):
 PACKED_WEIGHTS: dict = {}
 
 
-def _packed_constant_weights(w_orig, w4, group, algo="packed", weights=None):
-    key = (id(w_orig), group, algo)
-    hit = PACKED_WEIGHTS.get(key)
-    if hit is not None and hit[0]() is w_orig:
-        return hit[1]
-    packed = (weights or packed_weights)(w4, group)
-    try:
-        PACKED_WEIGHTS[key] = (
-            weakref.ref(w_orig, lambda _r, key=key: PACKED_WEIGHTS.pop(key, None)), packed)
-    except TypeError:
-        pass
-    return packed
+def _packed_constant_weights(w_orig, w4, group, algo, weights):
+    return derived_weights(PACKED_WEIGHTS, w_orig, (group, algo), lambda: weights(w4, group))
 
 
 def _packed_conv(case, ins, outs, scratch_buf, ctx, act):
