@@ -202,10 +202,22 @@ DIRECT_MAX_CHANNELS = 8
 DIRECT_STATIC_MAX_CHANNELS = 4
 
 
+# Its prepared image covers the padded window, which pads, strides and dilations may make far
+# larger than the data (pads of 2^28 around a 4×8 image): past this many floats per pixel of
+# input and output (+ slack) the case takes another path, whose memory follows the data.
+DIRECT_WINDOW_PER_PIXEL = 4
+DIRECT_WINDOW_SLACK = 1 << 16
+
+
 def direct_allowed(case: ConvCase) -> bool:
-    (N, C, _, _), (M, _, KH, KW), (_, _, OH, OW) = case.x, case.w, case.y
-    return case.group == 1 and 0 < C <= DIRECT_MAX_CHANNELS and N * OH * OW * M > 0 and \
-        os.environ.get("EMBER_DIRECT_CONV", "1").strip().lower() not in ("0", "false", "no", "off")
+    (N, C, H, W), (M, _, KH, KW), (_, _, OH, OW), g = case.x, case.w, case.y, case.window
+    if not (case.group == 1 and 0 < C <= DIRECT_MAX_CHANNELS and N * OH * OW * M > 0) or \
+            os.environ.get("EMBER_DIRECT_CONV", "1").strip().lower() in ("0", "false", "no", "off"):
+        return False
+    # an upper bound of its floats (direct_geometry), in Python ints: no int64 to overflow
+    rows = (OH - 1) * g.stride_h + (KH - 1) * g.dil_h + 1
+    prepared = C * g.stride_w * (rows * (OW + 64 + (KW - 1) * g.dil_w // g.stride_w) + 128)
+    return prepared <= DIRECT_WINDOW_PER_PIXEL * (C * H * W + M * OH * OW) + DIRECT_WINDOW_SLACK
 
 
 def direct_weights(w4: np.ndarray) -> np.ndarray:
