@@ -732,6 +732,135 @@ static inline void ember_max_grad_columns(const float *x, float *dx, const float
             dyrow[ow + l];
 }
 
+/* The separable argmax (dilation 1; the separable pool's ring, ember_separable_fits): each input
+ * row's first maximum over each output column's horizontal taps (its value and column, or none
+ * when all of them are padding) is found once, then each output row's first maximum over its
+ * window's rows. That is the window's first maximum in row-major order: the first row holding
+ * the window's maximum, and that row's first column holding it; the same for the first NaN. */
+typedef int ember_pool_vi_u __attribute__((vector_size(EMBER_VW * 4), aligned(4)));
+
+/* lanes that take over the running (best, have): an in-image tap that is bigger, or the first
+ * NaN, or the first tap at all (ember_takes, with "no tap yet") */
+static inline ember_pool_vi ember_takes_v(ember_vf v, ember_vf best, ember_pool_vi have,
+                                          ember_pool_vi inside)
+{
+    return inside & ((v > best) | ((v != v) & (best == best)) | ~have);
+}
+
+static inline ember_pool_vi ember_blend_vi(ember_pool_vi take, ember_pool_vi a, ember_pool_vi b)
+{
+    return (a & take) | (b & ~take);
+}
+
+static inline ember_vf ember_blend_vf(ember_pool_vi take, ember_vf a, ember_vf b)
+{
+    return (ember_vf)(((ember_pool_vi)a & take) | ((ember_pool_vi)b & ~take));
+}
+
+/* hv, hc [0:owr) = the first maximum of each output column's kw taps (sw apart) of the input row
+ * `row` (W floats at row_at in a batch of x_total) and its column, −1 when every tap is padding */
+static inline void ember_row_argmax_of(const float *row, long W, long row_at, long x_total,
+                                       float *edge, float *hv, int *hc, long owr, long kw,
+                                       long sw, long pl)
+{
+    ember_pool_vi lane;
+    for (int l = 0; l < EMBER_VW; ++l) lane[l] = l * (int)sw;
+    const ember_pool_vi all = (ember_pool_vi){0} - 1;
+    for (long ow = 0; ow < owr; ow += EMBER_VW) {
+        const long start = ow * sw - pl, end = start + (EMBER_VW - 1) * sw + kw;
+        const int direct = start >= 0 && end <= W;
+        const float *taps = row + start;
+        if (!direct && !(row_at + start >= 0 && row_at + end <= x_total)) {
+            /* the batch's ends: the taps through a buffer (those outside the row masked) */
+            for (long t = 0; t < end - start; ++t)
+                edge[t] = start + t >= 0 && start + t < W ? row[start + t] : 0.0f;
+            taps = edge;
+        }
+        ember_vf best = ember_vsplat(-INFINITY);
+        ember_pool_vi col = (ember_pool_vi){0} - 1;
+        for (long j = 0; j < kw; ++j) {
+            const ember_pool_vi at = lane + (int)(start + j);
+            const ember_pool_vi inside = direct ? all : (at >= 0) & (at < (int)W);
+            const ember_vf v = ember_strided_load(taps + j, sw);
+            const ember_pool_vi take = ember_takes_v(v, best, col >= 0, inside);
+            best = ember_blend_vf(take, v, best);
+            col = ember_blend_vi(take, at, col);
+        }
+        ember_vstore(hv + ow, best);
+        *(ember_pool_vi_u *)(hc + ow) = col;
+    }
+}
+
+static inline void ember_row_argmax(const float *row, long W, long row_at, long x_total,
+                                    float *edge, float *hv, int *hc, long owr, long kw, long sw,
+                                    long pl)
+{
+#define EMBER_ROW_ARGMAX(k, s) \
+    ember_row_argmax_of(row, W, row_at, x_total, edge, hv, hc, owr, k, s, pl)
+    if (kw == 3 && sw == 1) EMBER_ROW_ARGMAX(3, 1);
+    else if (kw == 3 && sw == 2) EMBER_ROW_ARGMAX(3, 2);
+    else if (kw == 2 && sw == 1) EMBER_ROW_ARGMAX(2, 1);
+    else EMBER_ROW_ARGMAX(kw, sw);
+#undef EMBER_ROW_ARGMAX
+}
+
+static void ember_max_grad_separable(const float *dy, const float *x, float *dx, long planes,
+                                     const ember_pool_window *g,
+                                     const ember_separable_shape *shape,
+                                     const ember_pool_axis *rows)
+{
+    const long H = g->H, W = g->W, OH = g->OH, OW = g->OW, kh = g->kh, kw = g->kw;
+    const long sh = g->sh, sw = g->sw, pt = g->pt, pl = g->pl, owr = shape->owr;
+    const long x_total = planes * H * W;
+    float ring[EMBER_POOL_SCRATCH];
+    int ring_col[EMBER_POOL_SCRATCH];
+    float *edge = ring + kh * owr;
+    memset(dx, 0, sizeof(float) * planes * H * W);
+    for (long p = 0; p < planes; ++p) {
+        const float *xp = x + p * H * W;
+        float *dxp = dx + p * H * W;
+        long held[EMBER_POOL_RING_ROWS], next = 0;
+        for (long r = 0; r < kh; ++r) held[r] = -1;
+        for (long oh = 0; oh < OH; ++oh) {
+            const long h0 = oh * sh - pt;
+            long ilo, ihi, pad;
+            ember_axis_taps(rows, oh, &ilo, &ihi, &pad);
+            const float *tap_v[EMBER_POOL_RING_ROWS];
+            const int *tap_c[EMBER_POOL_RING_ROWS];
+            for (long i = ilo; i < ihi; ++i) {
+                const long r = h0 + i;
+                long slot = 0;
+                while (slot < kh && held[slot] != r) ++slot;
+                if (slot == kh) {
+                    slot = next;
+                    next = next + 1 == kh ? 0 : next + 1;
+                    ember_row_argmax(xp + r * W, W, p * H * W + r * W, x_total, edge,
+                                     ring + slot * owr, ring_col + slot * owr, owr, kw, sw, pl);
+                    held[slot] = r;
+                }
+                tap_v[i - ilo] = ring + slot * owr;
+                tap_c[i - ilo] = ring_col + slot * owr;
+            }
+            const float *dyrow = dy + p * OH * OW + oh * OW;
+            for (long ow = 0; ow < OW; ow += EMBER_VW) {
+                ember_vf best = ember_vsplat(-INFINITY);
+                ember_pool_vi best_r = (ember_pool_vi){0} - 1, best_c = best_r;
+                for (long i = 0; i < ihi - ilo; ++i) {
+                    const ember_vf v = ember_vload(tap_v[i] + ow);
+                    const ember_pool_vi c = *(const ember_pool_vi_u *)(tap_c[i] + ow);
+                    const ember_pool_vi take = ember_takes_v(v, best, best_r >= 0, c >= 0);
+                    best = ember_blend_vf(take, v, best);
+                    best_r = ember_blend_vi(take, (ember_pool_vi){0} + (int)(h0 + ilo + i), best_r);
+                    best_c = ember_blend_vi(take, c, best_c);
+                }
+                const long n = OW - ow < EMBER_VW ? OW - ow : EMBER_VW;
+                for (long l = 0; l < n; ++l) /* in column order, as the scalar loop adds */
+                    if (best_r[l] >= 0) dxp[(long)best_r[l] * W + best_c[l]] += dyrow[ow + l];
+            }
+        }
+    }
+}
+
 /* dx of max pooling, a batch of planes: each window's dY goes to its first maximum in row-major
  * window order (PyTorch's tie rule); a NaN beats any number. Padding is −inf: it never wins, so
  * only in-image taps are visited; a window of padding only gives nothing. */
@@ -740,6 +869,13 @@ static void ember_max_pool_grad_planes_here(const float *dy, const float *x, flo
 {
     if (ember_is_2x2_stride2(g)) {
         ember_max2x2_grad_planes(dy, x, dx, planes, g);
+        return;
+    }
+    ember_separable_shape shape;
+    if (ember_separable_fits(g, &shape) && g->H <= (1L << 30)) {
+        ember_pool_axis rows;
+        ember_axis_init(&rows, g->OH, g->H, g->kh, g->sh, g->pt, g->dh, g->pb);
+        ember_max_grad_separable(dy, x, dx, planes, g, &shape, &rows);
         return;
     }
     const long H = g->H, W = g->W, OH = g->OH, OW = g->OW;
