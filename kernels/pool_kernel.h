@@ -221,6 +221,34 @@ static inline int ember_pool_interior(const float *xp, float *yrow, long W, long
     return 1;
 }
 
+/* What a separable pool accumulates: a sum, a maximum that lets NaNs win, or a maximum over a
+ * plane known to hold no NaN (a compare and a blend per tap instead of two compares, an or and a
+ * blend: every NaN-free plane, which is nearly all of them, takes that one). */
+enum { EMBER_POOL_SUM, EMBER_POOL_MAX, EMBER_POOL_MAX_NUMBERS };
+
+static inline ember_vf ember_pool_step(ember_vf m, ember_vf v, int mode)
+{
+    if (mode == EMBER_POOL_SUM) return m + v;
+    if (mode == EMBER_POOL_MAX) return ember_nan_max_v(m, v);
+    const ember_pool_vi take = v > m;
+    return (ember_vf)(((ember_pool_vi)v & take) | ((ember_pool_vi)m & ~take));
+}
+
+/* 1 when p[0:n] holds a NaN */
+static inline int ember_has_nan(const float *p, long n)
+{
+    ember_pool_vi nan = {0};
+    long i = 0;
+    for (; i + EMBER_VW <= n; i += EMBER_VW) {
+        const ember_vf v = ember_vload(p + i);
+        nan |= v != v;
+    }
+    int any = 0;
+    for (int l = 0; l < EMBER_VW; ++l) any |= nan[l];
+    for (; i < n; ++i) any |= __builtin_isunordered(p[i], p[i]);
+    return any != 0;
+}
+
 /* The separable pool (dilation 1), max or sum: each input row's horizontal maxima (sums) — one
  * per output column, over the row's taps of that column's window, padding counted as the value
  * that never counts: -inf for the max, 0 for the sum — are found once, into a ring of kh rows,
@@ -235,6 +263,7 @@ static inline int ember_pool_interior(const float *xp, float *yrow, long W, long
  * not fit take the direct path. */
 #define EMBER_POOL_SCRATCH 8192 /* floats: 32 KB of stack */
 #define EMBER_POOL_RING_ROWS 8
+#define EMBER_POOL_WHOLE 2048 /* floats */
 
 typedef struct {
     long owr;      /* OW rounded up to whole vectors: the ring's row length */
@@ -257,10 +286,10 @@ static int ember_separable_fits(const ember_pool_window *g, ember_separable_shap
  * (W floats, at row_at in a batch of x_total), padding as `pad`. Inlined with constant kw and sw
  * for the common windows. */
 static inline void ember_row_taps_of(const float *row, long W, long row_at, long x_total,
-                                     float *edge, float *h, long owr, long kw, long sw, long pl,
-                                     int is_max)
+                                     float *edge, const ember_pool_vi *inside_at, float *h,
+                                     long owr, long kw, long sw, long pl, int mode)
 {
-    const float pad = is_max ? -INFINITY : 0.0f;
+    const float pad = mode == EMBER_POOL_SUM ? 0.0f : -INFINITY;
     const ember_vf padv = ember_vsplat(pad);
     ember_pool_vi lane;
     for (int l = 0; l < EMBER_VW; ++l) lane[l] = l * (int)sw;
@@ -272,17 +301,22 @@ static inline void ember_row_taps_of(const float *row, long W, long row_at, long
             m = ember_strided_load(taps, sw);
             for (long j = 1; j < kw; ++j) {
                 const ember_vf v = ember_strided_load(taps + j, sw);
-                m = is_max ? ember_nan_max_v(m, v) : m + v;
+                m = ember_pool_step(m, v, mode);
             }
         } else if (row_at + start >= 0 && row_at + end <= x_total) {
             /* read past the row (within the batch), the lanes outside it set to pad */
             const float *taps = row + start;
             for (long j = 0; j < kw; ++j) {
-                const ember_pool_vi at = lane + (int)(start + j);
-                const ember_pool_vi inside = (at >= 0) & (at < (int)W);
+                ember_pool_vi inside;
+                if (inside_at) {
+                    inside = inside_at[ow / EMBER_VW * kw + j];
+                } else {
+                    const ember_pool_vi at = lane + (int)(start + j);
+                    inside = (at >= 0) & (at < (int)W);
+                }
                 ember_vf v = ember_strided_load(taps + j, sw);
                 v = (ember_vf)(((ember_pool_vi)v & inside) | ((ember_pool_vi)padv & ~inside));
-                m = j == 0 ? v : is_max ? ember_nan_max_v(m, v) : m + v;
+                m = j == 0 ? v : ember_pool_step(m, v, mode);
             }
         } else { /* the batch's ends: the taps through a buffer */
             for (long t = 0; t < end - start; ++t)
@@ -290,18 +324,36 @@ static inline void ember_row_taps_of(const float *row, long W, long row_at, long
             m = ember_strided_load(edge, sw);
             for (long j = 1; j < kw; ++j) {
                 const ember_vf v = ember_strided_load(edge + j, sw);
-                m = is_max ? ember_nan_max_v(m, v) : m + v;
+                m = ember_pool_step(m, v, mode);
             }
         }
         ember_vstore(h + ow, m);
     }
 }
 
-static inline void ember_row_taps(const float *row, long W, long row_at, long x_total,
-                                  float *edge, float *h, long owr, long kw, long sw, long pl,
-                                  int is_max)
+/* the lanes of each vector's tap j inside the row, for rows of up to EMBER_POOL_MASKS / kw
+ * vectors (the same for every row: found once per call) */
+#define EMBER_POOL_MASKS 48
+
+static int ember_inside_masks(ember_pool_vi *inside_at, long owr, long W, long kw, long sw,
+                              long pl)
 {
-#define EMBER_ROW_TAPS(k, s) ember_row_taps_of(row, W, row_at, x_total, edge, h, owr, k, s, pl, is_max)
+    if (owr / EMBER_VW * kw > EMBER_POOL_MASKS) return 0;
+    for (long ow = 0; ow < owr; ow += EMBER_VW)
+        for (long j = 0; j < kw; ++j) {
+            ember_pool_vi at;
+            for (int l = 0; l < EMBER_VW; ++l) at[l] = (int)((ow + l) * sw - pl + j);
+            inside_at[ow / EMBER_VW * kw + j] = (at >= 0) & (at < (int)W);
+        }
+    return 1;
+}
+
+static inline void ember_row_taps(const float *row, long W, long row_at, long x_total,
+                                  float *edge, const ember_pool_vi *inside_at, float *h,
+                                  long owr, long kw, long sw, long pl, int mode)
+{
+#define EMBER_ROW_TAPS(k, s) \
+    ember_row_taps_of(row, W, row_at, x_total, edge, inside_at, h, owr, k, s, pl, mode)
     if (kw == 3 && sw == 1) EMBER_ROW_TAPS(3, 1);
     else if (kw == 3 && sw == 2) EMBER_ROW_TAPS(3, 2);
     else if (kw == 2 && sw == 1) EMBER_ROW_TAPS(2, 1);
@@ -311,70 +363,126 @@ static inline void ember_row_taps(const float *row, long W, long row_at, long x_
 #undef EMBER_ROW_TAPS
 }
 
-static inline void ember_pool_separable(const float *x, float *y, long planes,
-                                        const ember_pool_window *g,
-                                        const ember_separable_shape *shape,
-                                        const ember_pool_axis *rows,
-                                        const ember_pool_axis *cols, int is_max)
+/* the max (sum) of the window's rows_in rows at output columns ow…, row i at rows[i] */
+static inline ember_vf ember_pool_rows(const float *const *rows, long rows_in, long ow, int mode)
 {
+    ember_vf m = ember_vsplat(mode == EMBER_POOL_SUM ? 0.0f : -INFINITY);
+    if (rows_in == 3) /* the common 3-row window, unrolled */
+        return ember_pool_step(ember_pool_step(ember_pool_step(m, ember_vload(rows[0] + ow), mode),
+                                               ember_vload(rows[1] + ow), mode),
+                               ember_vload(rows[2] + ow), mode);
+    for (long i = 0; i < rows_in; ++i) m = ember_pool_step(m, ember_vload(rows[i] + ow), mode);
+    return m;
+}
+
+/* The separable pool of one plane (see above); mode a constant where it is inlined. */
+typedef struct {
+    const ember_pool_window *g;
+    const ember_separable_shape *shape;
+    const ember_pool_axis *rows;
+    const float *col_count; /* the average's column divisors, owr of them */
+    float *ring, *edge;
+    const ember_pool_vi *inside_at; /* ember_inside_masks, or NULL */
+    int whole;                      /* the ring holds a whole plane's rows */
+    long x_total, y_total;
+} ember_separable_call;
+
+static inline void ember_pool_separable_plane(const ember_separable_call *c, const float *x,
+                                              float *y, long p, int mode)
+{
+    const ember_pool_window *g = c->g;
     const long H = g->H, W = g->W, OH = g->OH, OW = g->OW, kh = g->kh, kw = g->kw;
-    const long sh = g->sh, sw = g->sw, pt = g->pt, pl = g->pl, owr = shape->owr;
-    const long x_total = planes * H * W, y_total = planes * OH * OW;
+    const long sh = g->sh, sw = g->sw, pt = g->pt, pl = g->pl, owr = c->shape->owr;
+    /* (the call's fields in locals: with -fno-strict-aliasing every store would reload them) */
     const int include_pad = g->count_include_pad;
+    const ember_pool_axis *rows = c->rows;
+    const float *col_count = c->col_count;
+    float *ring = c->ring, *edge = c->edge;
+    const ember_pool_vi *inside_at = c->inside_at;
+    const long x_total = c->x_total, y_total = c->y_total;
+    const float *xp = x + p * H * W;
+    /* A plane that fits has all its rows' taps found first, into ring rows 0…H − 1; else the
+     * ring: held[0:count) hold input rows base, base + 1, …, free ring rows after them. */
+    const int whole = c->whole;
+    float *held[EMBER_POOL_RING_ROWS];
+    long base = 0, count = 0;
+    if (whole)
+        for (long r = 0; r < H; ++r)
+            ember_row_taps(xp + r * W, W, p * H * W + r * W, x_total, edge, inside_at,
+                           ring + r * owr, owr, kw, sw, pl, mode);
+    else
+        for (long r = 0; r < kh; ++r) held[r] = ring + r * owr;
+    for (long oh = 0; oh < OH; ++oh) {
+        const long h0 = oh * sh - pt, yat = p * OH * OW + oh * OW;
+        long ilo, ihi, rows_padded;
+        ember_axis_taps(rows, oh, &ilo, &ihi, &rows_padded);
+        const long first = h0 + ilo, last = h0 + ihi;
+        if (whole) {
+            for (long i = 0; i < ihi - ilo; ++i) held[i] = ring + (first + i) * owr;
+        } else {
+            for (; count > 0 && base < first; ++base, --count) { /* drop rows above the window */
+                float *oldest = held[0];
+                for (long r = 1; r < kh; ++r) held[r - 1] = held[r];
+                held[kh - 1] = oldest;
+            }
+            if (count == 0) base = first;
+            for (; base + count < last; ++count) /* the window's new rows */
+                ember_row_taps(xp + (base + count) * W, W, p * H * W + (base + count) * W,
+                               x_total, edge, inside_at, held[count], owr, kw, sw, pl, mode);
+        }
+        const float *const *taps = (const float *const *)held;
+        const long rows_in = ihi - ilo;
+        const float row_count = (float)(include_pad ? rows_padded : rows_in);
+        float *yrow = y + yat;
+        for (long ow = 0; ow < OW; ow += EMBER_VW) {
+            ember_vf m = ember_pool_rows(taps, rows_in, ow, mode);
+            if (mode == EMBER_POOL_SUM) { /* a window without a tap to count gives 0 */
+                const ember_vf divisor = row_count * ember_vload(col_count + ow);
+                const ember_pool_vi some = divisor > 0.0f;
+                m = (ember_vf)((ember_pool_vi)(m / divisor) & some);
+            }
+            if (ow + EMBER_VW <= OW || yat + ow + EMBER_VW <= y_total) {
+                ember_vstore(yrow + ow, m); /* spare lanes: outputs written later */
+            } else {
+                float part[EMBER_VW];
+                ember_vstore(part, m);
+                memcpy(yrow + ow, part, sizeof(float) * (OW - ow));
+            }
+        }
+    }
+}
+
+static void ember_pool_separable(const float *x, float *y, long planes,
+                                 const ember_pool_window *g, const ember_separable_shape *shape,
+                                 const ember_pool_axis *rows, const ember_pool_axis *cols,
+                                 int is_max)
+{
+    const long owr = shape->owr, OW = g->OW, in_plane = g->H * g->W;
     float scratch[EMBER_POOL_SCRATCH];
-    float *ring = scratch, *col_count = ring + kh * owr, *edge = col_count + owr;
+    float *col_count = scratch + g->kh * owr;
+    ember_pool_vi inside_at[EMBER_POOL_MASKS];
+    const int masks = ember_inside_masks(inside_at, owr, g->W, g->kw, g->sw, g->pl);
+    /* whole planes while their rows' taps stay a quarter of L1 (more evicts the input) */
+    const int whole = g->H <= EMBER_POOL_WHOLE / owr &&
+                      (g->H + 1) * owr + shape->edge_len <= EMBER_POOL_SCRATCH;
+    float *ring = scratch;
+    if (whole) col_count = scratch + g->H * owr;
+    const ember_separable_call c = {g, shape, rows, col_count, ring, col_count + owr,
+                                    masks ? inside_at : NULL, whole, planes * in_plane,
+                                    planes * g->OH * OW};
     if (!is_max)
         for (long ow = 0; ow < owr; ++ow) {
             long jlo = 0, jhi = 1, padded = 1;
             if (ow < OW) ember_axis_taps(cols, ow, &jlo, &jhi, &padded);
-            col_count[ow] = (float)(include_pad ? padded : jhi - jlo);
+            col_count[ow] = (float)(g->count_include_pad ? padded : jhi - jlo);
         }
     for (long p = 0; p < planes; ++p) {
-        const float *xp = x + p * H * W;
-        long held[EMBER_POOL_RING_ROWS]; /* the input row each ring row holds */
-        long next = 0;                   /* the ring row to fill next */
-        for (long r = 0; r < kh; ++r) held[r] = -1;
-        for (long oh = 0; oh < OH; ++oh) {
-            const long h0 = oh * sh - pt, yat = p * OH * OW + oh * OW;
-            long ilo, ihi, rows_padded;
-            ember_axis_taps(rows, oh, &ilo, &ihi, &rows_padded);
-            const float *taps[EMBER_POOL_RING_ROWS];
-            for (long i = ilo; i < ihi; ++i) {
-                const long r = h0 + i;
-                long slot = 0;
-                while (slot < kh && held[slot] != r) ++slot;
-                if (slot == kh) { /* rows come in order: the next ring row is the oldest */
-                    slot = next;
-                    next = next + 1 == kh ? 0 : next + 1;
-                    ember_row_taps(xp + r * W, W, p * H * W + r * W, x_total, edge,
-                                   ring + slot * owr, owr, kw, sw, pl, is_max);
-                    held[slot] = r;
-                }
-                taps[i - ilo] = ring + slot * owr;
-            }
-            const long rows_in = ihi - ilo;
-            const float row_count = (float)(include_pad ? rows_padded : rows_in);
-            float *yrow = y + yat;
-            for (long ow = 0; ow < OW; ow += EMBER_VW) {
-                ember_vf m = ember_vsplat(is_max ? -INFINITY : 0.0f);
-                for (long i = 0; i < rows_in; ++i) {
-                    const ember_vf v = ember_vload(taps[i] + ow);
-                    m = is_max ? ember_nan_max_v(m, v) : m + v;
-                }
-                if (!is_max) { /* a window without a tap to count gives 0 */
-                    const ember_vf count = row_count * ember_vload(col_count + ow);
-                    const ember_pool_vi some = count > 0.0f;
-                    m = (ember_vf)((ember_pool_vi)(m / count) & some);
-                }
-                if (ow + EMBER_VW <= OW || yat + ow + EMBER_VW <= y_total) {
-                    ember_vstore(yrow + ow, m); /* spare lanes: outputs written later */
-                } else {
-                    float part[EMBER_VW];
-                    ember_vstore(part, m);
-                    memcpy(yrow + ow, part, sizeof(float) * (OW - ow));
-                }
-            }
-        }
+        if (!is_max)
+            ember_pool_separable_plane(&c, x, y, p, EMBER_POOL_SUM);
+        else if (ember_has_nan(x + p * in_plane, in_plane))
+            ember_pool_separable_plane(&c, x, y, p, EMBER_POOL_MAX);
+        else
+            ember_pool_separable_plane(&c, x, y, p, EMBER_POOL_MAX_NUMBERS);
     }
 }
 
