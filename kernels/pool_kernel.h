@@ -1,7 +1,15 @@
 /* Template (compiled once per instruction set, see simd_instance.h): max and average pooling of
- * whole NCHW planes, forward and gradient, and global pooling of rows. Reached through the pool
- * table of simd.h (ember_max_pool_plane, …); pool.pyx and pool_grad.pyx check the arguments and
- * hand each thread whole planes.
+ * NCHW planes, forward and gradient, and global pooling of rows. Reached through the pool table
+ * of simd.h (ember_max_pool_planes, …); pool.pyx and pool_grad.pyx check the arguments and hand
+ * each thread one call on its share of whole planes, so that small planes cost no call each and
+ * a kernel knows how far past a row it may read.
+ *
+ * Three paths, forward and gradient alike: 2×2 stride-2 windows inside the plane (LeNet's, VGG's)
+ * from pairs of rows; dilation-1 windows separably (each input row's horizontal maxima or sums
+ * once, then the window's rows: ResNet's 3×3/2 stem, 3×3/1); the rest (dilation) directly, the
+ * interior columns in vectors and the edges window by window. Rows narrower than a vector are
+ * still pooled in whole vectors: the spare lanes read and write past the row, never past the
+ * call's planes. Window arithmetic is found once per call (ember_pool_axis), not per output.
  *
  * The max kernels select, never branch: on real data "is this tap bigger" is a coin toss, and a
  * mispredicted branch per tap costs more than the tap, so running maxima (and the gradient's
@@ -620,8 +628,8 @@ static void ember_max_pool_planes_here(const float *x, float *y, long planes,
         ember_pool_planes(x, y, planes, g, &rows, &cols, 1);
 }
 
-/* Average pooling of a batch of planes: the sum of the in-image taps (the interior's in the
- * row-major order of the scalar loop) over the divisor of ONNX AveragePool (with
+/* Average pooling of a batch of planes: the sum of the in-image taps (row by row on the separable
+ * path, in row-major order on the direct one) over the divisor of ONNX AveragePool (with
  * count_include_pad the taps inside the explicitly padded input, else the in-image ones). */
 static void ember_avg_pool_planes_here(const float *x, float *y, long planes,
                                        const ember_pool_window *g)
