@@ -1014,7 +1014,7 @@ static void ember_max_pool_grad_planes_here(const float *dy, const float *x, flo
             if (ilo >= ihi) continue;
             const float *dyrow = dy + p * OH * OW + oh * OW;
             for (long ow = 0; ow < OW; ++ow) {
-                if (ow == olo && vector_taps) {
+                if (ow == olo && ohi > olo && vector_taps) {
                     for (; ow < ohi; ow += EMBER_VW) {
                         const long n = ohi - ow < EMBER_VW ? ohi - ow : EMBER_VW;
                         if (n < EMBER_VW && !ember_lanes_readable(W, h0, dh, ihi, kw, dw, ow, sw,
