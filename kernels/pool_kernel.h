@@ -930,13 +930,19 @@ static void ember_max_grad_separable(const float *dy, const float *x, float *dx,
     const long x_total = planes * H * W;
     float ring[EMBER_POOL_SCRATCH];
     int ring_col[EMBER_POOL_SCRATCH];
-    float *edge = ring + kh * owr;
+    const int whole = H <= EMBER_POOL_WHOLE / owr && (H + 1) * owr + shape->edge_len <=
+                                                         EMBER_POOL_SCRATCH;
+    float *edge = ring + (whole ? H : kh) * owr;
     memset(dx, 0, sizeof(float) * planes * H * W);
     for (long p = 0; p < planes; ++p) {
         const float *xp = x + p * H * W;
         float *dxp = dx + p * H * W;
         long held[EMBER_POOL_RING_ROWS], next = 0;
         for (long r = 0; r < kh; ++r) held[r] = -1;
+        if (whole) /* a small plane: every row's first maxima first, row r in ring row r */
+            for (long r = 0; r < H; ++r)
+                ember_row_argmax(xp + r * W, W, p * H * W + r * W, x_total, edge,
+                                 ring + r * owr, ring_col + r * owr, owr, kw, sw, pl);
         for (long oh = 0; oh < OH; ++oh) {
             const long h0 = oh * sh - pt;
             long ilo, ihi, pad;
@@ -946,6 +952,11 @@ static void ember_max_grad_separable(const float *dy, const float *x, float *dx,
             for (long i = ilo; i < ihi; ++i) {
                 const long r = h0 + i;
                 long slot = 0;
+                if (whole) {
+                    tap_v[i - ilo] = ring + r * owr;
+                    tap_c[i - ilo] = ring_col + r * owr;
+                    continue;
+                }
                 while (slot < kh && held[slot] != r) ++slot;
                 if (slot == kh) {
                     slot = next;
