@@ -1,14 +1,15 @@
 """Max / average pooling over NCHW planes and global pooling over rows: the arguments are checked
-here, the planes (or rows) split over the threads, and each plane pooled by the dispatched
-kernels of kernels/pool_kernel.h."""
+here, the planes (or rows) split over the threads in contiguous shares, each share pooled by one
+call of the dispatched kernels of kernels/pool_kernel.h."""
 from cython.parallel cimport prange
 from cpython.pycapsule cimport PyCapsule_New
 from libc.math cimport INFINITY
 
 from kernels.native_step cimport ember_native_step, EMBER_NATIVE_CAPSULE
 from kernels.parallel cimport threads_for
-from kernels.pool_kernel cimport (ember_pool_window, pool_window, ember_max_pool_plane,
-                                  ember_avg_pool_plane, ember_global_pool_rows)
+from kernels.pool_kernel cimport (ember_pool_window, pool_window, share_start,
+                                  ember_max_pool_planes, ember_avg_pool_planes,
+                                  ember_global_pool_rows)
 from kernels.simd cimport use_simd
 from kernels.window cimport window_work
 
@@ -33,15 +34,22 @@ cdef struct PoolCall:
 
 cdef int pool_run(PoolCall *c) noexcept nogil:
     """The pooling itself, GIL-free; always 0."""
-    cdef long p, t, per, r
+    cdef long p, q, per, r
+    cdef int t
     if c.empty:
         return 0
-    if c.kind == POOL_MAX:
-        for p in prange(c.planes, num_threads=c.nthreads, schedule='static'):
-            ember_max_pool_plane(c.x + p * c.in_plane, c.y + p * c.out_plane, &c.g)
-    elif c.kind == POOL_AVG:
-        for p in prange(c.planes, num_threads=c.nthreads, schedule='static'):
-            ember_avg_pool_plane(c.x + p * c.in_plane, c.y + p * c.out_plane, &c.g)
+    if c.kind == POOL_MAX or c.kind == POOL_AVG:
+        # each thread one call on its contiguous share of the planes
+        for t in prange(c.nthreads, num_threads=c.nthreads, schedule='static'):
+            p = share_start(c.planes, t, c.nthreads)
+            q = share_start(c.planes, t + 1, c.nthreads)
+            if q > p:
+                if c.kind == POOL_MAX:
+                    ember_max_pool_planes(c.x + p * c.in_plane, c.y + p * c.out_plane, q - p,
+                                          &c.g)
+                else:
+                    ember_avg_pool_planes(c.x + p * c.in_plane, c.y + p * c.out_plane, q - p,
+                                          &c.g)
     elif c.row_len == 0:
         for r in range(c.rows):
             c.y[r] = -INFINITY if c.is_max else 0.0

@@ -1,13 +1,13 @@
-"""Gradients of max / average / global-average pooling over NCHW planes; one plane per task (the
-dispatched kernels of kernels/pool_kernel.h), so overlapping windows accumulate into a plane only
-one thread writes."""
+"""Gradients of max / average / global-average pooling over NCHW planes; each thread one call of
+the dispatched kernels of kernels/pool_kernel.h on a contiguous share of whole planes, so
+overlapping windows accumulate into a plane only one thread writes."""
 from cython.parallel cimport prange
 from cpython.pycapsule cimport PyCapsule_New
 
 from kernels.native_step cimport ember_native_step, EMBER_NATIVE_CAPSULE
 from kernels.parallel cimport threads_for
-from kernels.pool_kernel cimport (ember_pool_window, pool_window, ember_max_pool_grad_plane,
-                                  ember_avg_pool_grad_plane)
+from kernels.pool_kernel cimport (ember_pool_window, pool_window, share_start,
+                                  ember_max_pool_grad_planes, ember_avg_pool_grad_planes)
 from kernels.simd cimport use_simd
 from kernels.window cimport window_work
 
@@ -29,18 +29,23 @@ cdef struct PoolGradCall:
 
 
 cdef int pool_grad_run(const PoolGradCall *c) noexcept nogil:
-    """One plane per task; always 0."""
-    cdef long p, i
+    """Each thread one call on its contiguous share of the planes; always 0."""
+    cdef long p, q, i
+    cdef int t
     cdef float share
     if c.empty:
         return 0
-    if c.kind == GRAD_MAX:
-        for p in prange(c.planes, num_threads=c.nthreads, schedule='static'):
-            ember_max_pool_grad_plane(c.dy + p * c.out_plane, c.x + p * c.in_plane,
-                                      c.dx + p * c.in_plane, &c.g)
-    elif c.kind == GRAD_AVG:
-        for p in prange(c.planes, num_threads=c.nthreads, schedule='static'):
-            ember_avg_pool_grad_plane(c.dy + p * c.out_plane, c.dx + p * c.in_plane, &c.g)
+    if c.kind == GRAD_MAX or c.kind == GRAD_AVG:
+        for t in prange(c.nthreads, num_threads=c.nthreads, schedule='static'):
+            p = share_start(c.planes, t, c.nthreads)
+            q = share_start(c.planes, t + 1, c.nthreads)
+            if q > p:
+                if c.kind == GRAD_MAX:
+                    ember_max_pool_grad_planes(c.dy + p * c.out_plane, c.x + p * c.in_plane,
+                                               c.dx + p * c.in_plane, q - p, &c.g)
+                else:
+                    ember_avg_pool_grad_planes(c.dy + p * c.out_plane, c.dx + p * c.in_plane,
+                                               q - p, &c.g)
     else:
         for p in prange(c.planes, num_threads=c.nthreads, schedule='static'):
             share = c.dy[p] / c.in_plane

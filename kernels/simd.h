@@ -126,14 +126,17 @@ typedef struct {
 } ember_pool_window;
 
 struct ember_pool_kernels {
-    /* y (OH×OW) = max / average pooling of one plane x (H×W) */
-    void (*max_plane)(const float *x, float *y, const ember_pool_window *g);
-    void (*avg_plane)(const float *x, float *y, const ember_pool_window *g);
+    /* y (planes×OH×OW) = max / average pooling of `planes` consecutive planes x (planes×H×W):
+     * a batch per call, so that small planes cost no call each and the kernel knows how far
+     * past a plane it may read (whole vectors over narrow rows) */
+    void (*max_planes)(const float *x, float *y, long planes, const ember_pool_window *g);
+    void (*avg_planes)(const float *x, float *y, long planes, const ember_pool_window *g);
     /* y[r] = max or mean of each of `rows` rows of L floats */
     void (*global_rows)(const float *x, float *y, long rows, long L, int is_max);
-    /* dx (H×W, overwritten) of one plane from dy (OH×OW); the max's from x as well */
-    void (*max_grad_plane)(const float *dy, const float *x, float *dx, const ember_pool_window *g);
-    void (*avg_grad_plane)(const float *dy, float *dx, const ember_pool_window *g);
+    /* dx (planes×H×W, overwritten) of `planes` planes from dy (planes×OH×OW); the max's from x */
+    void (*max_grad_planes)(const float *dy, const float *x, float *dx, long planes,
+                            const ember_pool_window *g);
+    void (*avg_grad_planes)(const float *dy, float *dx, long planes, const ember_pool_window *g);
 };
 
 /* ---- row sums (sums_kernel.h) -------------------------------------------------------------- */
@@ -278,14 +281,16 @@ static inline void ember_wino_output_strip(int m, const float *Mx, long ms, int 
 }
 
 /* pooling */
-static inline void ember_max_pool_plane(const float *x, float *y, const ember_pool_window *g)
+static inline void ember_max_pool_planes(const float *x, float *y, long planes,
+                                         const ember_pool_window *g)
 {
-    ember_simd_in_use->pool->max_plane(x, y, g);
+    ember_simd_in_use->pool->max_planes(x, y, planes, g);
 }
 
-static inline void ember_avg_pool_plane(const float *x, float *y, const ember_pool_window *g)
+static inline void ember_avg_pool_planes(const float *x, float *y, long planes,
+                                         const ember_pool_window *g)
 {
-    ember_simd_in_use->pool->avg_plane(x, y, g);
+    ember_simd_in_use->pool->avg_planes(x, y, planes, g);
 }
 
 static inline void ember_global_pool_rows(const float *x, float *y, long rows, long L,
@@ -294,16 +299,16 @@ static inline void ember_global_pool_rows(const float *x, float *y, long rows, l
     ember_simd_in_use->pool->global_rows(x, y, rows, L, is_max);
 }
 
-static inline void ember_max_pool_grad_plane(const float *dy, const float *x, float *dx,
-                                             const ember_pool_window *g)
+static inline void ember_max_pool_grad_planes(const float *dy, const float *x, float *dx,
+                                              long planes, const ember_pool_window *g)
 {
-    ember_simd_in_use->pool->max_grad_plane(dy, x, dx, g);
+    ember_simd_in_use->pool->max_grad_planes(dy, x, dx, planes, g);
 }
 
-static inline void ember_avg_pool_grad_plane(const float *dy, float *dx,
-                                             const ember_pool_window *g)
+static inline void ember_avg_pool_grad_planes(const float *dy, float *dx, long planes,
+                                              const ember_pool_window *g)
 {
-    ember_simd_in_use->pool->avg_grad_plane(dy, dx, g);
+    ember_simd_in_use->pool->avg_grad_planes(dy, dx, planes, g);
 }
 
 /* row sums */

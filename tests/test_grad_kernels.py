@@ -295,6 +295,89 @@ def test_avg_pool_grad(case, include_pad, nthreads):
     close(dx, avg_pool_grad_twin(dy, (N, C, H, W), k, st, p, d, include_pad), 1e-5, 1e-6)
 
 
+# The gradient kernels' paths (kernels/pool_kernel.h): 2×2/2 windows from row pairs (rows
+# narrower than a vector of every level, one of AVX2's, wider ones ending in an overlapping
+# vector, odd sizes whose last row and column get no gradient), the separable argmax (dilation
+# 1: the stem, 3×3/1 pad 1, asymmetric pads, ceil overhang, no overlap) and the direct one
+# (dilation, tall windows) on narrow rows; enough planes for two threads where marked.
+GRAD_PATH_CASES = [
+    # (N, C, H, W, kernel, stride, pads, dilation)
+    (2, 170, 10, 10, (2, 2), (2, 2), (0, 0, 0, 0), (1, 1)),    # split over threads
+    (3, 7, 8, 8, (2, 2), (2, 2), (0, 0, 0, 0), (1, 1)),
+    (2, 9, 4, 4, (2, 2), (2, 2), (0, 0, 0, 0), (1, 1)),
+    (1, 5, 2, 2, (2, 2), (2, 2), (0, 0, 0, 0), (1, 1)),
+    (1, 3, 16, 16, (2, 2), (2, 2), (0, 0, 0, 0), (1, 1)),
+    (2, 5, 11, 37, (2, 2), (2, 2), (0, 0, 0, 0), (1, 1)),
+    (1, 64, 28, 28, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1)),     # the stem, split over threads
+    (2, 6, 4, 4, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1)),
+    (8, 16, 14, 14, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1)),     # split over threads
+    (1, 3, 9, 10, (3, 2), (2, 3), (1, 0, 2, 1), (1, 1)),
+    (1, 3, 7, 7, (2, 2), (2, 2), (0, 0, 1, 1), (1, 1)),        # ceil overhang
+    (1, 4, 6, 6, (3, 3), (3, 3), (0, 0, 0, 0), (1, 1)),
+    (2, 5, 6, 6, (3, 3), (1, 1), (2, 2, 2, 2), (2, 2)),        # dilation, OW 6
+    (2, 3, 12, 5, (9, 2), (1, 1), (4, 0, 4, 1), (1, 1)),       # kh 9
+    (1, 3, 5, 4, (2, 3), (1, 1), (0, 2, 0, 2), (1, 2)),        # no interior column (hung)
+]
+
+
+def max_pool_grad_twin_planes(dy, x, k, stride, pads, dil):
+    """max_pool_grad_twin with numpy over the planes: per window, the first maximum in
+    row-major order (a NaN beats numbers, the first NaN stays) of the in-image taps."""
+    N, C, H, W = x.shape
+    P, OH, OW = N * C, dy.shape[2], dy.shape[3]
+    xf, dyf = x.reshape(P, H * W), dy.reshape(P, OH, OW).astype(np.float64)
+    dx, planes = np.zeros((P, H * W)), np.arange(P)
+    for oh in range(OH):
+        for ow in range(OW):
+            best, at = None, None
+            for i in range(k[0]):
+                for j in range(k[1]):
+                    ih = oh * stride[0] - pads[0] + i * dil[0]
+                    iw = ow * stride[1] - pads[1] + j * dil[1]
+                    if not (0 <= ih < H and 0 <= iw < W):
+                        continue
+                    v = xf[:, ih * W + iw]
+                    if best is None:
+                        best, at = v.copy(), np.full(P, ih * W + iw)
+                        continue
+                    take = (v > best) | (np.isnan(v) & ~np.isnan(best))
+                    best, at = np.where(take, v, best), np.where(take, ih * W + iw, at)
+            if best is not None:
+                dx[planes, at] += dyf[:, oh, ow]
+    return dx.reshape(x.shape)
+
+
+@pytest.mark.parametrize("case", GRAD_PATH_CASES)
+@pytest.mark.parametrize("with_nan", [False, True])
+@pytest.mark.parametrize("nthreads", THREADS)
+def test_max_pool_grad_paths(case, with_nan, nthreads):
+    N, C, H, W, k, st, p, d = case
+    x = rand(N, C, H, W)
+    x[0, 0, :2, :2] = 1.5                      # ties: the first in row-major order wins
+    x[-1, -1, -2:, -3:] = -0.25
+    if with_nan:
+        x[0, 0, 0, 1] = x[-1, -1, -1, -1] = x[N // 2, C // 2, H // 2, W - 1] = np.nan
+        x[0, -1, H - 1, 0] = x[0, -1, H - 1, min(1, W - 1)] = np.nan   # the first NaN stays
+    dy = rand(N, C, out_size(H, k[0], st[0], p[0], p[2], d[0]),
+              out_size(W, k[1], st[1], p[1], p[3], d[1]))
+    dx = np.full(x.shape, np.nan, np.float32)
+    pool_grad.max_pool2d_grad(dy, x, dx, k[0], k[1], st[0], st[1], p[0], p[1], d[0], d[1],
+                              nthreads)
+    close(dx, max_pool_grad_twin_planes(dy, x, k, st, p, d), 1e-5, 1e-6)
+
+
+@pytest.mark.parametrize("case", GRAD_PATH_CASES[1:8])
+@pytest.mark.parametrize("include_pad", [False, True])
+def test_avg_pool_grad_paths(case, include_pad):
+    N, C, H, W, k, st, p, d = case
+    dy = rand(N, C, out_size(H, k[0], st[0], p[0], p[2], d[0]),
+              out_size(W, k[1], st[1], p[1], p[3], d[1]))
+    dx = np.full((N, C, H, W), np.nan, np.float32)
+    pool_grad.avg_pool2d_grad(dy, dx, k[0], k[1], st[0], st[1], p[0], p[1], p[2], p[3], d[0],
+                              d[1], include_pad, 2)
+    close(dx, avg_pool_grad_twin(dy, (N, C, H, W), k, st, p, d, include_pad), 1e-5, 1e-6)
+
+
 @pytest.mark.parametrize("nthreads", THREADS)
 def test_global_avg_pool_grad(nthreads):
     dy = rand(3 * 24)

@@ -612,6 +612,83 @@ def test_avg_pool2d(case, include_pad, nthreads):
     np.testing.assert_allclose(y, expect, rtol=1e-5, atol=1e-6)
 
 
+# Each path of the pooling kernels (kernels/pool_kernel.h) on the shapes that reach it, against
+# the twin: 2×2/2 windows from row pairs (output rows narrower than a vector of every level — 1,
+# 2, 4, 5 — one of AVX2's, one of AVX-512's, wider ones ending in an overlapping vector; odd sizes
+# leaving a row and a column out), the separable dilation-1 path (the 3×3/2 pad-1 stem, 3×3/1
+# pad 1 on 4×4 to 14×14 planes, 5×5, asymmetric pads, a ceil_mode overhang as bottom/right pads),
+# and the direct path (dilation, windows taller than the separable ring) on narrow rows. Narrow
+# rows are pooled in whole vectors whose spare lanes read and write past the row: many planes,
+# and two threads (cases with enough work get both), put those lanes at plane, share and batch
+# ends.
+POOL_PATH_CASES = [
+    # N, C, H, W, k, stride, pads (t, l, b, r), dil
+    (2, 170, 10, 10, (2, 2), (2, 2), (0, 0, 0, 0), (1, 1)),    # LeNet: OW 5, split over threads
+    (3, 7, 8, 8, (2, 2), (2, 2), (0, 0, 0, 0), (1, 1)),        # OW 4
+    (2, 9, 4, 4, (2, 2), (2, 2), (0, 0, 0, 0), (1, 1)),        # OW 2
+    (1, 5, 2, 2, (2, 2), (2, 2), (0, 0, 0, 0), (1, 1)),        # OW 1
+    (1, 3, 16, 16, (2, 2), (2, 2), (0, 0, 0, 0), (1, 1)),      # OW 8
+    (1, 3, 32, 32, (2, 2), (2, 2), (0, 0, 0, 0), (1, 1)),      # OW 16
+    (2, 5, 11, 37, (2, 2), (2, 2), (0, 0, 0, 0), (1, 1)),      # OW 18, odd H and W
+    (1, 3, 7, 7, (2, 2), (2, 2), (0, 0, 1, 1), (1, 1)),        # ceil overhang: separable
+    (1, 64, 28, 28, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1)),     # the stem, split over threads
+    (1, 9, 23, 23, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1)),
+    (2, 6, 4, 4, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1)),
+    (2, 5, 7, 7, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1)),
+    (8, 64, 14, 14, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1)),     # split over threads
+    (1, 4, 7, 19, (5, 5), (1, 1), (2, 2, 2, 2), (1, 1)),
+    (1, 3, 9, 10, (3, 2), (2, 3), (1, 0, 2, 1), (1, 1)),
+    (1, 4, 6, 6, (3, 3), (3, 3), (0, 0, 0, 0), (1, 1)),        # no overlap: the ring refills
+    (2, 5, 6, 6, (3, 3), (1, 1), (2, 2, 2, 2), (2, 2)),        # dilation: direct, OW 6
+    (2, 3, 12, 5, (9, 2), (1, 1), (4, 0, 4, 1), (1, 1)),       # kh 9: direct
+    (1, 2, 5, 40, (1, 3), (1, 2), (0, 1, 0, 1), (1, 1)),
+    (1, 3, 5, 4, (2, 3), (1, 1), (0, 2, 0, 2), (1, 2)),        # no interior column (hung)
+]
+
+
+def nan_sprinkled(shape):
+    """Random data with NaNs at plane starts and ends, a row's end and the batch's last element."""
+    x = rand(*shape)
+    N, C, H, W = shape
+    x[0, 0, 0, 0] = x[-1, -1, -1, -1] = x[N // 2, C // 2, H // 2, W - 1] = np.nan
+    x[0, -1, H - 1, 0] = np.nan
+    return x
+
+
+@pytest.mark.parametrize("case", POOL_PATH_CASES)
+@pytest.mark.parametrize("with_nan", [False, True])
+@pytest.mark.parametrize("nthreads", THREADS)
+def test_max_pool2d_paths(case, with_nan, nthreads):
+    N, C, H, W, k, stride, pads, dil = case
+    x = nan_sprinkled((N, C, H, W)) if with_nan else rand(N, C, H, W)
+    expect = pool_twin(x, k, stride, pads, dil, "max")
+    y = np.full(expect.shape, 7.0, np.float32)
+    pool.max_pool2d(x, y, *k, *stride, pads[0], pads[1], *dil, nthreads)
+    np.testing.assert_array_equal(y, expect.astype(np.float32))
+
+
+@pytest.mark.parametrize("case", [c for c in POOL_PATH_CASES if c[-1] == (1, 1)])
+@pytest.mark.parametrize("include_pad", [False, True])
+@pytest.mark.parametrize("nthreads", THREADS)
+def test_avg_pool2d_paths(case, include_pad, nthreads):
+    N, C, H, W, k, stride, pads, dil = case
+    x = rand(N, C, H, W)
+    expect = pool_twin(x, k, stride, pads, dil, "avg", include_pad)
+    y = np.full(expect.shape, 7.0, np.float32)
+    pool.avg_pool2d(x, y, *k, *stride, *pads, include_pad, nthreads)
+    np.testing.assert_allclose(y, expect, rtol=1e-5, atol=1e-6)
+
+
+def test_avg_pool2d_nan_and_inf_spread_to_their_windows():
+    x = nan_sprinkled((2, 3, 10, 10))
+    x[1, 0, 4, 4] = np.inf
+    for k, s, p in [(2, 2, 0), (3, 1, 1), (3, 2, 1)]:
+        expect = pool_twin(x, (k, k), (s, s), (p,) * 4, (1, 1), "avg")
+        y = np.empty(expect.shape, np.float32)
+        pool.avg_pool2d(x, y, k, k, s, s, p, p, p, p, False, 1)
+        np.testing.assert_allclose(y, expect, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("is_max", [False, True])
 @pytest.mark.parametrize("nthreads", THREADS)
 def test_global_pool(is_max, nthreads):
