@@ -100,8 +100,10 @@ def _conv_scratch_floats(node, types, threads):
 # size per layer (ResNet-18's 512-channel 7×7 layers: 17 MB each) the memory costs more than the
 # ~1.5× it gains: peak RSS would pass onnxruntime's (148 → 219 MB on ResNet-18 without the cap).
 WINOGRAD_MAX_U_BYTES = 8 << 20
-# Timing a case allocates its input and output at a batch cut down to stay under this.
-TUNE_MAX_BYTES = 32 << 20
+# Timing a case allocates its input and output at a batch cut down to stay under this (at least
+# one image): the candidates' temporaries count in the load's peak RSS (at 32 MB the small VGG at
+# batch 32 peaked above onnxruntime's).
+TUNE_MAX_BYTES = 4 << 20
 
 
 def winograd_enabled() -> bool:
