@@ -844,7 +844,7 @@ cdef class DirectConvStep:
         c.x = c.wp = c.bias = NULL
         c.y = c.slots = NULL
         c.nthreads = threads_for(nthreads, <long> c.N * M * OH * OW * C * KH * KW)
-        c.row_blocks = 1 if c.N >= c.nthreads else (c.nthreads + c.N - 1) // c.N
+        c.row_blocks = 1 if c.N >= c.nthreads or c.N == 0 else (c.nthreads + c.N - 1) // c.N
         c.slot_floats = <long> C * stride_w * c.g.PS
         self.keep = (x, packed_w, bias, y, scratch)
         self.native.fn = direct_conv_native

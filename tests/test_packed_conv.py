@@ -149,6 +149,20 @@ def test_direct_conv_arguments_are_checked():
         conv.pack_direct_conv_weights(w, packed[:-1])
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_empty_batch_is_a_no_op(threads):
+    """N = 0 at the kernel: the direct step used to divide by N when the batch was smaller than
+    the team (SIGFPE, the process gone); both steps must do nothing and leave y alone."""
+    x, w = np.empty((0, 3, 8, 8), np.float32), rand(4, 3, 3, 3)
+    y = np.empty((0, 4, 8, 8), np.float32)
+    scr = np.empty(max(1, conv.direct_conv_scratch_floats(3, 4, 3, 3, 8, 8, 1, 1, 1, 1, threads)),
+                   np.float32)
+    conv.DirectConvStep(x, conv_binder.direct_weights(w), None, y, scr, 3, 3, 1, 1, 1, 1, 1, 1,
+                        0, 0.0, 0.0, threads)()
+    conv.PackedConvStep(x, conv_binder.packed_weights(w, 1), None, y, None, 3, 3, 1, 1, 1, 1,
+                        1, 1, 1, 0, 0.0, 0.0, threads)()
+
+
 def test_packed_conv_without_bias():
     x, w = rand(2, 16, 6, 6), rand(33, 16, 3, 3, scale=0.2)
     got = run_packed(x, w, None, (1, 1), (1, 1, 1, 1), (1, 1), 1)
