@@ -240,6 +240,22 @@ def test_first_layer_takes_the_direct_path():
                                atol=1e-5 * np.abs(got).max())
 
 
+def test_direct_path_with_a_huge_column_stride():
+    """A column stride far past the kernel (an output one column wide): the direct conv used to
+    prepare one phase plane per unit of stride, C·sw·PS floats of scratch (3 GB at sw = 3·10⁶,
+    a refused 984 GB arena at 10⁹); the taps only reach (KW − 1)·dw + 1 phases."""
+    x, w, b = rand(2, 3, 20, 20), rand(8, 3, 3, 3, scale=0.2), rand(8)
+    attrs = dict(kernel_shape=[3, 3], strides=[1, 10 ** 9], pads=[1, 1, 1, 1], dilations=[1, 1],
+                 group=1)
+    assert conv.direct_conv_scratch_floats(3, 8, 3, 3, 20, 1, 1, 10 ** 9, 1, 1, 1) < 10 * x.size
+    sess, cnode, step = session_conv({"x": x}, {"w": w, "b": b}, attrs)
+    assert type(step).__name__ == "DirectConvStep"
+    got = sess.run(None, {"x": x})[0]
+    assert got.shape == (2, 8, 20, 1)
+    # one output column, so the stride never applies: the conv of the first two input columns
+    check(got, np.ascontiguousarray(x[..., :2]), w, b, (1, 1), (1, 1, 1, 0), (1, 1), 1, 0)
+
+
 @pytest.mark.parametrize("shape,algo", [((128, 64, 14, 14), "packed"), ((16, 3, 14, 14), "direct")])
 def test_packed_path_repacks_run_time_weights(shape, algo):
     M, C, H, W = shape
