@@ -256,6 +256,21 @@ def test_direct_path_with_a_huge_column_stride():
     check(got, np.ascontiguousarray(x[..., :2]), w, b, (1, 1), (1, 1, 1, 0), (1, 1), 1, 0)
 
 
+def test_huge_dilation_keeps_the_direct_conv_out():
+    """Dilation 1000 with pads to match on a 6×6 image: the direct conv's prepared image would be
+    ~2000² zeros a channel (and a refused 43 GB arena at dilation 30,000); im2col needs a few
+    hundred floats, so the binder takes the GEMM."""
+    x, w, b = rand(1, 3, 6, 6), rand(8, 3, 3, 3, scale=0.2), rand(8)
+    d = 1000
+    attrs = dict(kernel_shape=[3, 3], strides=[1, 1], pads=[d] * 4, dilations=[d, d], group=1)
+    sess, cnode, step = session_conv({"x": x}, {"w": w, "b": b}, attrs)
+    assert type(step).__name__ == "Conv2dStep"
+    got = sess.run(None, {"x": x})[0]
+    # only the centre tap lands inside the image: y = w[:, :, 1, 1]·x + b
+    want = np.einsum("mc,nchw->nmhw", w[:, :, 1, 1].astype(np.float64), x) + b[:, None, None]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
+
+
 @pytest.mark.parametrize("shape,algo", [((128, 64, 14, 14), "packed"), ((16, 3, 14, 14), "direct")])
 def test_packed_path_repacks_run_time_weights(shape, algo):
     M, C, H, W = shape

@@ -200,11 +200,22 @@ PACKED_STATIC_MIN_CHANNELS = 128   # output channels per group, and K = C/group�
 # against 1.5×. The static rule takes it up to 4 input channels; tuning measures it up to 8.
 DIRECT_MAX_CHANNELS = 8
 DIRECT_STATIC_MAX_CHANNELS = 4
+# The prepared image is the zero-padded input the taps reach: about the input's size on real
+# layers, but a huge dilation with pads to match makes it (dilated kernel extent)² of zeros (43 GB
+# for a 6×6 image at dilation 30,000) where im2col needs C·KH·KW·OH·OW. Past this many times the
+# input and im2col panel together (plus a few KB a channel: small planes and the kernel's slack),
+# the direct conv is not offered.
+DIRECT_MAX_PREPARED_RATIO = 4
+DIRECT_PREPARED_SLACK_FLOATS = 4096
 
 
 def direct_allowed(case: ConvCase) -> bool:
-    (N, C, _, _), (M, _, KH, KW), (_, _, OH, OW) = case.x, case.w, case.y
-    return case.group == 1 and 0 < C <= DIRECT_MAX_CHANNELS and N * OH * OW * M > 0 and \
+    (N, C, H, W), (M, _, KH, KW), (_, _, OH, OW) = case.x, case.w, case.y
+    if case.group != 1 or not 0 < C <= DIRECT_MAX_CHANNELS or N * OH * OW * M == 0:
+        return False
+    bound = C * (DIRECT_MAX_PREPARED_RATIO * (H * W + KH * KW * OH * OW) +
+                 DIRECT_PREPARED_SLACK_FLOATS)
+    return direct_scratch_floats(case, 1) <= bound and \
         os.environ.get("EMBER_DIRECT_CONV", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
