@@ -689,10 +689,13 @@ cdef inline void direct_geometry(ember_dc_geom *g, int C, int M, int KH, int KW,
     rows flattened (the output computed on the padded width, the extra columns dropped), so narrow
     planes still fill its vectors: columns are the output columns plus the widest tap offset
     within a phase, and each plane has two register blocks of slack for the last block's reads.
-    Otherwise row by row: the output columns rounded up to the register block, plus that offset."""
+    Otherwise row by row: the output columns rounded up to the register block, plus that offset.
+    g.sw is the number of phase planes, not the stride: the taps reach phases kw·dw mod sw only,
+    all below (KW − 1)·dw + 1, so a column stride past that (an output one column wide) keeps that
+    many planes — the same taps — rather than sw planes of which all but a few are never read."""
     cdef int cols = ember_direct_conv_cols()
     g.C, g.M, g.KH, g.KW, g.OH, g.OW = C, M, KH, KW, OH, OW
-    g.sh, g.sw, g.dh, g.dw = sh, sw, dh, dw
+    g.sh, g.sw, g.dh, g.dw = sh, <int> min(<long> sw, <long> (KW - 1) * dw + 1), dh, dw
     g.flat = sh == 1
     g.PH = <long> (OH - 1) * sh + <long> (KH - 1) * dh + 1
     g.PW = (OW if g.flat else round_up_to(OW, cols)) + <long> (KW - 1) * dw // sw
@@ -739,7 +742,7 @@ def direct_conv_scratch_floats(int C, int M, int KH, int KW, int OH, int OW, int
     if OH <= 0 or OW <= 0:
         return 0
     direct_geometry(&g, C, M, KH, KW, OH, OW, stride_h, stride_w, dil_h, dil_w)
-    return <long> C * stride_w * g.PS * max(nthreads, 1)
+    return <long> C * g.sw * g.PS * max(nthreads, 1)
 
 
 cdef struct DirectConvCall:
@@ -748,9 +751,10 @@ cdef struct DirectConvCall:
     const float *wp
     const float *bias
     float *y
-    float *slots           # per thread, one prepared image (C × sw planes of PS floats)
+    float *slots           # per thread, one prepared image (C × g.sw planes of PS floats)
     long slot_floats
     int N, H, W, pt, pl
+    int sw                 # the column stride (g.sw counts the phase planes)
     int row_blocks         # per image: several when the batch is smaller than the team
     int nthreads
     bint empty
@@ -759,7 +763,7 @@ cdef struct DirectConvCall:
 cdef void direct_prepare_rows(DirectConvCall *c, int n, long r0, long r1,
                               float *xp) noexcept nogil:
     """Rows [r0, r1) of every phase plane of image n: x̃[c][ph][r][j] = x[n, c, r − pt,
-    j·sw + ph − pl], 0 outside the image."""
+    j·sw + ph − pl] (sw the column stride, c.sw), 0 outside the image."""
     cdef ember_dc_geom *g = &c.g
     cdef int ch, ph, ih
     cdef long r, j, lo, hi
@@ -771,7 +775,7 @@ cdef void direct_prepare_rows(DirectConvCall *c, int n, long r0, long r1,
                 memset(xp + (<long> ch * g.sw + ph) * g.PS + g.PH * g.PW, 0,
                        sizeof(float) * (g.PS - g.PH * g.PW))
             # the phase columns j with 0 ≤ j·sw + ph − pl < W
-            span_inside(ph - c.pl, g.sw, g.PW, 0, c.W, &lo, &hi)
+            span_inside(ph - c.pl, c.sw, g.PW, 0, c.W, &lo, &hi)
             for r in range(r0, r1):
                 dst = xp + (<long> ch * g.sw + ph) * g.PS + r * g.PW
                 ih = <int> r - c.pt
@@ -781,11 +785,11 @@ cdef void direct_prepare_rows(DirectConvCall *c, int n, long r0, long r1,
                 src = c.x + ((<long> n * g.C + ch) * c.H + ih) * c.W + ph - c.pl
                 if lo > 0:
                     memset(dst, 0, sizeof(float) * lo)
-                if g.sw == 1:
+                if c.sw == 1:
                     memcpy(dst + lo, src + lo, sizeof(float) * (hi - lo))
                 else:
                     for j in range(lo, hi):
-                        dst[j] = src[j * g.sw]
+                        dst[j] = src[j * c.sw]
                 if hi < g.PW:
                     memset(dst + hi, 0, sizeof(float) * (g.PW - hi))
 
@@ -838,14 +842,15 @@ cdef class DirectConvStep:
         cdef long need
         cdef int C = x.shape[1], M = y.shape[1], OH = y.shape[2], OW = y.shape[3]
         c.N, c.H, c.W, c.pt, c.pl = x.shape[0], x.shape[2], x.shape[3], pad_top, pad_left
+        c.sw = stride_w
         direct_geometry(&c.g, C, M, KH, KW, OH, OW, stride_h, stride_w, dil_h, dil_w)
         c.g.act, c.g.act_a, c.g.act_b = act, act_a, act_b
         c.empty = c.N == 0 or M == 0 or OH == 0 or OW == 0
         c.x = c.wp = c.bias = NULL
         c.y = c.slots = NULL
         c.nthreads = threads_for(nthreads, <long> c.N * M * OH * OW * C * KH * KW)
-        c.row_blocks = 1 if c.N >= c.nthreads else (c.nthreads + c.N - 1) // c.N
-        c.slot_floats = <long> C * stride_w * c.g.PS
+        c.row_blocks = 1 if c.N >= c.nthreads or c.N == 0 else (c.nthreads + c.N - 1) // c.N
+        c.slot_floats = <long> C * c.g.sw * c.g.PS
         self.keep = (x, packed_w, bias, y, scratch)
         self.native.fn = direct_conv_native
         self.native.state = &self.call

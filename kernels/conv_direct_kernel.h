@@ -5,6 +5,8 @@
  * The input of one image comes prepared (conv.pyx): zero-padded and, for a stride s, split into
  * s column phases, so the taps (kh, kw) of EMBER_DC_NV·EMBER_VW consecutive output columns are
  * one contiguous run of a phase row: x̃[c][kw·dw mod s][oh·sh + kh·dh][ow + ⌊kw·dw / s⌋].
+ * g->sw is the number of phase planes: s, or (KW − 1)·dw + 1 when that is smaller (conv.pyx
+ * direct_geometry), which gives the same phases and shifts for every tap.
  * A register block is EMBER_DC_MB output channels × EMBER_DC_NV vectors of output columns;
  * each tap loads NV vectors of input and broadcasts MB weights (packed so they are adjacent). */
 #define EMBER_DC_MB 4

@@ -149,6 +149,20 @@ def test_direct_conv_arguments_are_checked():
         conv.pack_direct_conv_weights(w, packed[:-1])
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_empty_batch_is_a_no_op(threads):
+    """N = 0 at the kernel: the direct step used to divide by N when the batch was smaller than
+    the team (SIGFPE, the process gone); both steps must do nothing and leave y alone."""
+    x, w = np.empty((0, 3, 8, 8), np.float32), rand(4, 3, 3, 3)
+    y = np.empty((0, 4, 8, 8), np.float32)
+    scr = np.empty(max(1, conv.direct_conv_scratch_floats(3, 4, 3, 3, 8, 8, 1, 1, 1, 1, threads)),
+                   np.float32)
+    conv.DirectConvStep(x, conv_binder.direct_weights(w), None, y, scr, 3, 3, 1, 1, 1, 1, 1, 1,
+                        0, 0.0, 0.0, threads)()
+    conv.PackedConvStep(x, conv_binder.packed_weights(w, 1), None, y, None, 3, 3, 1, 1, 1, 1,
+                        1, 1, 1, 0, 0.0, 0.0, threads)()
+
+
 def test_packed_conv_without_bias():
     x, w = rand(2, 16, 6, 6), rand(33, 16, 3, 3, scale=0.2)
     got = run_packed(x, w, None, (1, 1), (1, 1, 1, 1), (1, 1), 1)
@@ -224,6 +238,37 @@ def test_first_layer_takes_the_direct_path():
     got = sess.run(None, {"x": x})[0]
     np.testing.assert_allclose(got, reference(cnode, {"x": x, "w": w, "b": b}), rtol=0,
                                atol=1e-5 * np.abs(got).max())
+
+
+def test_direct_path_with_a_huge_column_stride():
+    """A column stride far past the kernel (an output one column wide): the direct conv used to
+    prepare one phase plane per unit of stride, C·sw·PS floats of scratch (3 GB at sw = 3·10⁶,
+    a refused 984 GB arena at 10⁹); the taps only reach (KW − 1)·dw + 1 phases."""
+    x, w, b = rand(2, 3, 20, 20), rand(8, 3, 3, 3, scale=0.2), rand(8)
+    attrs = dict(kernel_shape=[3, 3], strides=[1, 10 ** 9], pads=[1, 1, 1, 1], dilations=[1, 1],
+                 group=1)
+    assert conv.direct_conv_scratch_floats(3, 8, 3, 3, 20, 1, 1, 10 ** 9, 1, 1, 1) < 10 * x.size
+    sess, cnode, step = session_conv({"x": x}, {"w": w, "b": b}, attrs)
+    assert type(step).__name__ == "DirectConvStep"
+    got = sess.run(None, {"x": x})[0]
+    assert got.shape == (2, 8, 20, 1)
+    # one output column, so the stride never applies: the conv of the first two input columns
+    check(got, np.ascontiguousarray(x[..., :2]), w, b, (1, 1), (1, 1, 1, 0), (1, 1), 1, 0)
+
+
+def test_huge_dilation_keeps_the_direct_conv_out():
+    """Dilation 1000 with pads to match on a 6×6 image: the direct conv's prepared image would be
+    ~2000² zeros a channel (and a refused 43 GB arena at dilation 30,000); im2col needs a few
+    hundred floats, so the binder takes the GEMM."""
+    x, w, b = rand(1, 3, 6, 6), rand(8, 3, 3, 3, scale=0.2), rand(8)
+    d = 1000
+    attrs = dict(kernel_shape=[3, 3], strides=[1, 1], pads=[d] * 4, dilations=[d, d], group=1)
+    sess, cnode, step = session_conv({"x": x}, {"w": w, "b": b}, attrs)
+    assert type(step).__name__ == "Conv2dStep"
+    got = sess.run(None, {"x": x})[0]
+    # only the centre tap lands inside the image: y = w[:, :, 1, 1]·x + b
+    want = np.einsum("mc,nchw->nmhw", w[:, :, 1, 1].astype(np.float64), x) + b[:, None, None]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
 
 
 @pytest.mark.parametrize("shape,algo", [((128, 64, 14, 14), "packed"), ((16, 3, 14, 14), "direct")])

@@ -202,24 +202,27 @@ PACKED_STATIC_MIN_CHANNELS = 128   # output channels per group, and K = C/group�
 # against 1.5×. The static rule takes it up to 4 input channels; tuning measures it up to 8.
 DIRECT_MAX_CHANNELS = 8
 DIRECT_STATIC_MAX_CHANNELS = 4
-
-
-# Its prepared image covers the padded window, which pads, strides and dilations may make far
-# larger than the data (pads of 2^28 around a 4×8 image): past this many floats per pixel of
-# input and output (+ slack) the case takes another path, whose memory follows the data.
-DIRECT_WINDOW_PER_PIXEL = 4
-DIRECT_WINDOW_SLACK = 1 << 16
+# The prepared image is the zero-padded input the taps reach: about the input's size on real
+# layers, but a huge dilation with pads to match makes it (dilated kernel extent)² of zeros (43 GB
+# for a 6×6 image at dilation 30,000) where im2col needs C·KH·KW·OH·OW. Past this many times the
+# input and im2col panel together (plus a few KB a channel: small planes and the kernel's slack),
+# the direct conv is not offered.
+DIRECT_MAX_PREPARED_RATIO = 4
+DIRECT_PREPARED_SLACK_FLOATS = 4096
 
 
 def direct_allowed(case: ConvCase) -> bool:
     (N, C, H, W), (M, _, KH, KW), (_, _, OH, OW), g = case.x, case.w, case.y, case.window
-    if not (case.group == 1 and 0 < C <= DIRECT_MAX_CHANNELS and N * OH * OW * M > 0) or \
-            os.environ.get("EMBER_DIRECT_CONV", "1").strip().lower() in ("0", "false", "no", "off"):
+    if case.group != 1 or not 0 < C <= DIRECT_MAX_CHANNELS or N * OH * OW * M == 0:
         return False
-    # an upper bound of its floats (direct_geometry), in Python ints: no int64 to overflow
+    # an upper bound of its floats (direct_geometry), in Python ints: nothing to overflow
+    planes = min(g.stride_w, (KW - 1) * g.dil_w + 1)
     rows = (OH - 1) * g.stride_h + (KH - 1) * g.dil_h + 1
-    prepared = C * g.stride_w * (rows * (OW + 64 + (KW - 1) * g.dil_w // g.stride_w) + 128)
-    return prepared <= DIRECT_WINDOW_PER_PIXEL * (C * H * W + M * OH * OW) + DIRECT_WINDOW_SLACK
+    prepared = C * planes * (rows * (OW + 64 + (KW - 1) * g.dil_w // g.stride_w) + 128)
+    bound = C * (DIRECT_MAX_PREPARED_RATIO * (H * W + KH * KW * OH * OW) +
+                 DIRECT_PREPARED_SLACK_FLOATS)
+    return prepared <= bound and \
+        os.environ.get("EMBER_DIRECT_CONV", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 def direct_weights(w4: np.ndarray) -> np.ndarray:
