@@ -609,13 +609,13 @@ static inline void ember_pool_planes(const float *x, float *y, long planes,
     }
 }
 
-/* Max pooling of a batch of planes (padded taps never win; an all-padding window gives -inf; a
- * NaN wins): 2×2/2 windows from pairs of rows, overlapping windows separably, others directly. */
-static void ember_max_pool_planes_here(const float *x, float *y, long planes,
-                                       const ember_pool_window *g)
+/* A batch of planes, max (is_max) or average: 2×2/2 windows from pairs of rows, overlapping
+ * windows separably, others directly. */
+static void ember_pool_planes_any(const float *x, float *y, long planes,
+                                  const ember_pool_window *g, int is_max)
 {
     if (ember_is_2x2_stride2(g)) {
-        ember_pool2x2_planes(x, y, planes, g, 1);
+        ember_pool2x2_planes(x, y, planes, g, is_max);
         return;
     }
     ember_pool_axis rows, cols;
@@ -623,9 +623,17 @@ static void ember_max_pool_planes_here(const float *x, float *y, long planes,
     ember_axis_init(&cols, g->OW, g->W, g->kw, g->sw, g->pl, g->dw, g->pr);
     ember_separable_shape shape;
     if (ember_separable_fits(g, &shape))
-        ember_pool_separable(x, y, planes, g, &shape, &rows, &cols, 1);
+        ember_pool_separable(x, y, planes, g, &shape, &rows, &cols, is_max);
     else
-        ember_pool_planes(x, y, planes, g, &rows, &cols, 1);
+        ember_pool_planes(x, y, planes, g, &rows, &cols, is_max);
+}
+
+/* Max pooling of a batch of planes (padded taps never win; an all-padding window gives -inf; a
+ * NaN wins). */
+static void ember_max_pool_planes_here(const float *x, float *y, long planes,
+                                       const ember_pool_window *g)
+{
+    ember_pool_planes_any(x, y, planes, g, 1);
 }
 
 /* Average pooling of a batch of planes: the sum of the in-image taps (row by row on the separable
@@ -634,18 +642,7 @@ static void ember_max_pool_planes_here(const float *x, float *y, long planes,
 static void ember_avg_pool_planes_here(const float *x, float *y, long planes,
                                        const ember_pool_window *g)
 {
-    if (ember_is_2x2_stride2(g)) {
-        ember_pool2x2_planes(x, y, planes, g, 0);
-        return;
-    }
-    ember_pool_axis rows, cols;
-    ember_axis_init(&rows, g->OH, g->H, g->kh, g->sh, g->pt, g->dh, g->pb);
-    ember_axis_init(&cols, g->OW, g->W, g->kw, g->sw, g->pl, g->dw, g->pr);
-    ember_separable_shape shape;
-    if (ember_separable_fits(g, &shape))
-        ember_pool_separable(x, y, planes, g, &shape, &rows, &cols, 0);
-    else
-        ember_pool_planes(x, y, planes, g, &rows, &cols, 0);
+    ember_pool_planes_any(x, y, planes, g, 0);
 }
 
 /* max of p[0:L], L ≥ 1, a NaN winning: EMBER_VW running maxima, then across the lanes */
