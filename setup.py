@@ -78,7 +78,7 @@ def kernel_sources(pyx):
     """The sources of one kernel extension: its .pyx, and for ember.kernels.simd the one
     translation unit per instruction set that compiles every dispatched kernel for it."""
     if os.path.basename(pyx) == "simd.pyx":
-        return [pyx] + sorted(glob.glob("kernels/simd_*.c"))
+        return [pyx] + sorted(glob.glob("kernels/simd_*.c")) + ["kernels/thread_pool.c"]
     return [pyx]
 
 

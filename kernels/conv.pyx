@@ -12,7 +12,6 @@ Conv2dStep is conv2d with its arguments resolved once, runnable GIL-free inside 
 PackedConvStep (below) is the other orientation, pixels × output channels over weights packed
 once, which the Conv binder picks where it measures faster (small planes, wide layers).
 """
-from cython.parallel cimport prange, parallel, threadid
 from libc.string cimport memset, memcpy
 from libc.stdlib cimport malloc, free
 from cpython.pycapsule cimport PyCapsule_New
@@ -27,7 +26,7 @@ from kernels.window cimport span_inside
 
 cdef extern from "transpose.h" nogil:
     void ember_transpose(const float *src, long lds, float *dst, long ldd, long rows, long cols)
-from kernels.parallel cimport threads_for
+from kernels.parallel cimport threads_for, ember_parallel
 from kernels.conv_common cimport (ConvShape, conv_shape, is_pointwise, is_depthwise, col_floats,
                                   images_in_parallel, im2col_rows, col2im_channel)
 from kernels.depthwise cimport (ember_dw_geom, dw_geom, ember_dw_alloc, ember_dw_buffer_floats,
@@ -51,6 +50,17 @@ def conv2d_scratch_floats(int C, int H, int W, int M, int KH, int KW, int OH, in
     return col_floats(&s) * max(nthreads, 1)
 
 
+cdef struct Im2colJob:
+    const float *x
+    float *col
+    ConvShape *s
+
+
+cdef void im2col_row_task(void *ctx, long r, int worker) noexcept nogil:
+    cdef Im2colJob *j = <Im2colJob *> ctx
+    im2col_rows(j.x, j.col, j.s, <int> r, <int> r + 1)
+
+
 cdef int conv_image(const float *x, const float *w, const float *bias, float *y, float *col,
                     ConvShape *s, int act, float act_a, float act_b, int nthreads) noexcept nogil:
     """One image through GEMM (pointwise or im2col), all groups. Returns 0 when out of memory."""
@@ -58,7 +68,8 @@ cdef int conv_image(const float *x, const float *w, const float *bias, float *y,
     cdef int K = Cg * s.KH * s.KW
     cdef long ohw = <long> s.OH * s.OW, hw = <long> s.H * s.W
     cdef ember_bias_act ctx
-    cdef int ok = 1, r
+    cdef Im2colJob rows_job
+    cdef int ok = 1
     ctx.bias_axis = 0
     ctx.act = act
     ctx.act_a = act_a
@@ -74,8 +85,10 @@ cdef int conv_image(const float *x, const float *w, const float *bias, float *y,
                              epilogue_for(&ctx), nthreads) and ok
         elif ohw < 256:   # small planes: implicit panels would cross rows too often
             if threads_for(nthreads, K * ohw) > 1:
-                for r in prange(K, num_threads=nthreads, schedule='static'):
-                    im2col_rows(x + g * Cg * hw, col, s, r, r + 1)
+                rows_job.x = x + g * Cg * hw
+                rows_job.col = col
+                rows_job.s = s
+                ember_parallel(nthreads, K, im2col_row_task, &rows_job)
             else:
                 im2col_rows(x + g * Cg * hw, col, s, 0, K)
             ok = ember_sgemm(0, 0, Mg, <int> ohw, K, 1.0, w + <long> g * Mg * K, K, col, ohw,
@@ -93,57 +106,90 @@ cdef int conv_image(const float *x, const float *w, const float *bias, float *y,
 cdef long dw8_max_pixels = DW8_MAX_PIXELS
 
 
+cdef struct DepthwiseJob:
+    ember_dw_geom *g
+    const float *xp
+    const float *wp
+    const float *bias
+    float *yp
+    float *bufs            # one buffer of buf_stride floats per worker
+    long buf_stride
+    long plane_in
+    long plane_out
+    int taps
+    int C
+    int groups             # channel groups per image (grouped path)
+    int group
+    int act
+    float act_a
+    float act_b
+
+
+cdef void depthwise_group_task(void *ctx, long p, int worker) noexcept nogil:
+    """One image's group of up to `group` channels, channel-interleaved (ember_dw8_forward)."""
+    cdef DepthwiseJob *j = <DepthwiseJob *> ctx
+    cdef long n = p // j.groups
+    cdef int c = <int> (p % j.groups) * j.group
+    cdef int k, nch = dw8_channels(j.C, c)
+    cdef long first = n * j.C + c
+    if not ember_dw8_forward(j.g, j.xp + first * j.plane_in, j.plane_in, j.wp + c * j.taps,
+                             j.bias + c if j.bias != NULL else NULL,
+                             j.yp + first * j.plane_out, j.plane_out, nch,
+                             j.bufs + worker * j.buf_stride, j.act, j.act_a, j.act_b):
+        for k in range(nch):
+            apply_act_span(j.yp + (first + k) * j.plane_out, j.plane_out, j.act, j.act_a,
+                           j.act_b)
+
+
+cdef void depthwise_plane_task(void *ctx, long p, int worker) noexcept nogil:
+    """One (image, channel) plane."""
+    cdef DepthwiseJob *j = <DepthwiseJob *> ctx
+    cdef int c = <int> (p % j.C)
+    if not ember_dw_forward_plane(j.g, j.xp + p * j.plane_in, j.wp + c * j.taps,
+                                  j.bias[c] if j.bias != NULL else 0.0,
+                                  j.yp + p * j.plane_out, j.bufs + worker * j.buf_stride,
+                                  j.act, j.act_a, j.act_b):
+        apply_act_span(j.yp + p * j.plane_out, j.plane_out, j.act, j.act_a, j.act_b)
+
+
 cdef int depthwise_forward(const float *xp, const float *wp, const float *bias_ptr, float *yp,
                            ConvShape *s, int act, float act_a, float act_b,
                            int nthreads) noexcept nogil:
     """Depthwise conv, parallel over (n, c) planes — or over (n, channel groups) for small
-    planes; each thread packs into its own buffer (depthwise_kernel.h) and runs vectorised tap
+    planes; each worker packs into its own buffer (depthwise_kernel.h) and runs vectorised tap
     loops, bias and activation fused. Returns 0, or 1 when a buffer cannot be allocated."""
     cdef ember_dw_geom g = dw_geom(s)
-    cdef long plane_in = <long> s.H * s.W, plane_out = <long> s.OH * s.OW
-    cdef int taps = s.KH * s.KW
-    cdef bint grouped = dw8_grouped(s, plane_out, dw8_max_pixels)
-    cdef int group = ember_dw_group(), groups = dw8_groups(s.C)
-    cdef long nbuf = ember_dw8_buffer_floats(&g) if grouped else ember_dw_buffer_floats(&g)
-    cdef int p, c, k, n, nch, failed = 0, failed_grouped = 0
-    cdef long first
-    cdef float *buf = NULL
-    cdef long *tap_table = <long *> malloc(sizeof(long) * taps)
+    cdef DepthwiseJob j
+    cdef bint grouped
+    cdef long nbuf
+    cdef long *tap_table = <long *> malloc(sizeof(long) * (s.KH * s.KW))
     if tap_table == NULL:
         return 1
     ember_dw_set_taps(&g, tap_table)
-    nthreads = threads_for(nthreads, <long> s.N * s.C * plane_out * taps)
-    with parallel(num_threads=nthreads):
-        buf = ember_dw_alloc(nbuf)
-        if grouped:
-            for p in prange(s.N * groups, schedule='static'):
-                if buf == NULL:
-                    failed_grouped += 1
-                else:
-                    n = p // groups
-                    c = (p % groups) * group
-                    nch = dw8_channels(s.C, c)
-                    first = <long> n * s.C + c
-                    if not ember_dw8_forward(&g, xp + first * plane_in, plane_in, wp + c * taps,
-                                             bias_ptr + c if bias_ptr != NULL else NULL,
-                                             yp + first * plane_out, plane_out, nch, buf, act,
-                                             act_a, act_b):
-                        for k in range(nch):
-                            apply_act_span(yp + (first + k) * plane_out, plane_out, act, act_a,
-                                           act_b)
-        else:
-            for p in prange(s.N * s.C, schedule='static'):
-                if buf == NULL:
-                    failed += 1
-                else:
-                    c = p % s.C
-                    if not ember_dw_forward_plane(&g, xp + p * plane_in, wp + c * taps,
-                                                  bias_ptr[c] if bias_ptr != NULL else 0.0,
-                                                  yp + p * plane_out, buf, act, act_a, act_b):
-                        apply_act_span(yp + p * plane_out, plane_out, act, act_a, act_b)
-        free(buf)
+    j.g = &g
+    j.xp = xp; j.wp = wp; j.bias = bias_ptr; j.yp = yp
+    j.plane_in = <long> s.H * s.W
+    j.plane_out = <long> s.OH * s.OW
+    j.taps = s.KH * s.KW
+    j.C = s.C
+    j.group = ember_dw_group()
+    j.groups = dw8_groups(s.C)
+    j.act = act; j.act_a = act_a; j.act_b = act_b
+    grouped = dw8_grouped(s, j.plane_out, dw8_max_pixels)
+    nbuf = ember_dw8_buffer_floats(&g) if grouped else ember_dw_buffer_floats(&g)
+    nthreads = threads_for(nthreads, <long> s.N * s.C * j.plane_out * j.taps)
+    j.buf_stride = (nbuf + 15) // 16 * 16     # whole cache lines: workers never share one
+    j.bufs = ember_dw_alloc(j.buf_stride * nthreads)
+    if j.bufs == NULL:
+        free(tap_table)
+        return 1
+    if grouped:
+        ember_parallel(nthreads, <long> s.N * j.groups, depthwise_group_task, &j)
+    else:
+        ember_parallel(nthreads, <long> s.N * s.C, depthwise_plane_task, &j)
+    free(j.bufs)
     free(tap_table)
-    return 1 if failed or failed_grouped else 0
+    return 0
 
 
 cdef struct ConvCall:
@@ -205,21 +251,40 @@ cdef int conv_prepare(ConvCall *c, float[:, :, :, ::1] x, float[:, :, :, ::1] w,
     return 0
 
 
+cdef struct ImagesJob:
+    ConvCall *c
+    long x_img
+    long y_img
+    int ok
+
+
+cdef void conv_image_task(void *ctx, long n, int worker) noexcept nogil:
+    """Image n on one thread, in the worker's own im2col slot."""
+    cdef ImagesJob *j = <ImagesJob *> ctx
+    cdef ConvCall *c = j.c
+    if not conv_image(c.x + n * j.x_img, c.w, c.bias, c.y + n * j.y_img,
+                      c.col + worker * c.col_n if c.col != NULL else NULL,
+                      &c.s, c.act, c.act_a, c.act_b, 1):
+        j.ok = 0
+
+
 cdef int conv_run(ConvCall *c) noexcept nogil:
     """The convolution itself, GIL-free. Returns 0, or 1 when out of memory."""
     cdef ConvShape *s = &c.s
     cdef long x_img = <long> s.C * s.H * s.W, y_img = <long> s.M * s.OH * s.OW
     cdef int n, ok = 1, nthreads = c.nthreads
+    cdef ImagesJob images
     if c.empty:
         return 0
     if is_depthwise(s):
         return depthwise_forward(c.x, c.w, c.bias, c.y, s, c.act, c.act_a, c.act_b, nthreads)
     if c.per_thread:
-        nthreads = <int> min(<long> nthreads, c.slots)
-        for n in prange(s.N, num_threads=nthreads, schedule='dynamic'):
-            ok &= conv_image(c.x + n * x_img, c.w, c.bias, c.y + n * y_img,
-                             c.col + threadid() * c.col_n if c.col != NULL else NULL,
-                             s, c.act, c.act_a, c.act_b, 1)
+        images.c = c
+        images.x_img = x_img
+        images.y_img = y_img
+        images.ok = 1
+        ember_parallel(<int> min(<long> nthreads, c.slots), s.N, conv_image_task, &images)
+        ok = images.ok
     else:
         for n in range(s.N):
             ok = conv_image(c.x + n * x_img, c.w, c.bias, c.y + n * y_img, c.col, s, c.act,
@@ -293,6 +358,19 @@ def conv_transpose2d_scratch_floats(int C, int H, int W, int M, int KH, int KW, 
     return <long> (M // group) * KH * KW * H * W
 
 
+cdef struct Col2imJob:
+    const float *col
+    float *y              # the group's first output channel
+    const float *bias     # the group's first bias, NULL for none
+    long ohw
+    ConvShape *s
+
+
+cdef void col2im_task(void *ctx, long m, int worker) noexcept nogil:
+    cdef Col2imJob *j = <Col2imJob *> ctx
+    col2im_channel(j.col, j.y + m * j.ohw, <int> m, j.s, j.bias[m] if j.bias != NULL else 0.0)
+
+
 def conv_transpose2d(float[:, :, :, ::1] x, float[:, :, :, ::1] w, bias,
                      float[:, :, :, ::1] y, scratch, int stride_h, int stride_w, int pad_top,
                      int pad_left, int dil_h, int dil_w, int group, int nthreads):
@@ -306,7 +384,8 @@ def conv_transpose2d(float[:, :, :, ::1] x, float[:, :, :, ::1] w, bias,
     cdef float[::1] bias_view
     cdef float[::1] scratch_view
     cdef const float *bias_ptr = NULL
-    cdef int n, g, m, ok = 1
+    cdef int n, g, ok = 1
+    cdef Col2imJob col2im
     # y is the input gradient of the conv that maps y's shape to x's: the same col2im
     cdef ConvShape s = conv_shape(N, M, OH, OW, C, KH, KW, H, W, stride_h, stride_w, pad_top,
                                   pad_left, dil_h, dil_w, group)
@@ -326,6 +405,9 @@ def conv_transpose2d(float[:, :, :, ::1] x, float[:, :, :, ::1] w, bias,
     cdef const float *xp = &x[0, 0, 0, 0]
     cdef const float *wp = &w[0, 0, 0, 0]
     cdef float *yp = &y[0, 0, 0, 0]
+    col2im.col = col
+    col2im.ohw = ohw
+    col2im.s = &s
     with nogil:
         for n in range(N):
             for g in range(group):
@@ -335,9 +417,9 @@ def conv_transpose2d(float[:, :, :, ::1] x, float[:, :, :, ::1] w, bias,
                                      NULL, nthreads) and ok
                 elif need > 0:
                     memset(col, 0, sizeof(float) * need)
-                for m in prange(Mg, num_threads=nthreads, schedule='static'):
-                    col2im_channel(col, yp + (<long> n * M + g * Mg + m) * ohw, m, &s,
-                                   bias_ptr[g * Mg + m] if bias_ptr != NULL else 0.0)
+                col2im.y = yp + (<long> n * M + g * Mg) * ohw
+                col2im.bias = bias_ptr + g * Mg if bias_ptr != NULL else NULL
+                ember_parallel(nthreads, Mg, col2im_task, &col2im)
     if not ok:
         raise MemoryError("conv_transpose2d: cannot allocate GEMM packing buffers")
 
@@ -576,6 +658,11 @@ cdef void packed_conv_share(PackedConvCall *c, int t, int nt) noexcept nogil:
         p0 += rows
 
 
+cdef void packed_conv_share_task(void *ctx, long t, int worker) noexcept nogil:
+    cdef PackedConvCall *c = <PackedConvCall *> ctx
+    packed_conv_share(c, <int> t, c.nthreads)
+
+
 cdef int packed_conv_run(PackedConvCall *c) noexcept nogil:
     """The conv: one share per thread (packed_conv_share), no barrier but the last. Always 0."""
     cdef int t
@@ -584,8 +671,7 @@ cdef int packed_conv_run(PackedConvCall *c) noexcept nogil:
     if c.nthreads == 1:
         packed_conv_share(c, 0, 1)
         return 0
-    for t in prange(c.nthreads, num_threads=c.nthreads, schedule='static'):
-        packed_conv_share(c, t, c.nthreads)
+    ember_parallel(c.nthreads, c.nthreads, packed_conv_share_task, c)
     return 0
 
 
@@ -808,6 +894,11 @@ cdef void direct_unit(DirectConvCall *c, long u, float *xp) noexcept nogil:
     ember_direct_conv_rows(g, xp, c.wp, c.bias, c.y + <long> n * g.M * g.OH * g.OW, oh0, oh1)
 
 
+cdef void direct_unit_task(void *ctx, long u, int worker) noexcept nogil:
+    cdef DirectConvCall *c = <DirectConvCall *> ctx
+    direct_unit(c, u, c.slots + worker * c.slot_floats)
+
+
 cdef int direct_conv_run(DirectConvCall *c) noexcept nogil:
     """Units of (image, row block) over the team, each thread in its own slot. Always 0."""
     cdef long u, units = <long> c.N * c.row_blocks
@@ -817,8 +908,7 @@ cdef int direct_conv_run(DirectConvCall *c) noexcept nogil:
         for u in range(units):
             direct_unit(c, u, c.slots)
         return 0
-    for u in prange(units, num_threads=c.nthreads, schedule='static'):
-        direct_unit(c, u, c.slots + threadid() * c.slot_floats)
+    ember_parallel(c.nthreads, units, direct_unit_task, c)
     return 0
 
 

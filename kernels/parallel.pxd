@@ -15,3 +15,14 @@ cdef inline int threads_for(int nthreads, long work) noexcept nogil:
     if nthreads < 1 or work < PARALLEL_MIN_WORK:
         return 1
     return nthreads
+
+
+# ember's thread pool (thread_pool.h), through the dispatch table: a module using it calls
+# simd.use_simd() at import. fn(ctx, task, worker) runs once per task in [0, ntasks) with
+# worker in [0, nthreads), never two tasks on one worker at once (it indexes per-thread
+# scratch); the caller is worker 0, and a call from inside a task runs inline.
+cdef extern from "simd.h" nogil:
+    ctypedef void (*ember_task_fn)(void *ctx, long task, int worker) noexcept nogil
+    void ember_parallel(int nthreads, long ntasks, ember_task_fn fn, void *ctx)
+    void ember_pool_hold(int delta)
+    int ember_pool_workers()

@@ -10,6 +10,10 @@ from cpython.pycapsule cimport PyCapsule_GetPointer, PyCapsule_IsValid, PyCapsul
 from libc.stdlib cimport malloc, free
 
 from kernels.native_step cimport ember_native_step, EMBER_NATIVE_CAPSULE
+from kernels.parallel cimport ember_pool_hold
+from kernels.simd cimport use_simd
+
+use_simd()
 
 
 cdef class PlanRunner:
@@ -45,7 +49,15 @@ cdef class PlanRunner:
         return sum(1 for i in range(self.n) if self.native[i].fn != NULL)
 
     def run(self):
-        """Every step once, in order."""
+        """Every step once, in order. The thread pool is held for the whole run, so its
+        workers spin between the steps' parallel regions instead of sleeping."""
+        ember_pool_hold(1)
+        try:
+            self._run()
+        finally:
+            ember_pool_hold(-1)
+
+    cdef _run(self):
         cdef Py_ssize_t i = 0
         cdef int rc = 0
         while i < self.n:

@@ -11,6 +11,9 @@ from cpython.pycapsule cimport PyCapsule_New
 
 from kernels.native_step cimport ember_native_step, EMBER_NATIVE_CAPSULE
 from kernels.parallel cimport threads_for
+from kernels.simd cimport use_simd
+
+use_simd()
 
 REDUCE_SUM, REDUCE_MEAN, REDUCE_MAX, REDUCE_MIN, REDUCE_PROD = range(5)
 

@@ -8,6 +8,9 @@ from cython.parallel cimport prange
 from libc.math cimport fabsf, floorf, fmodf, lrintf
 
 from kernels.parallel cimport threads_for
+from kernels.simd cimport use_simd
+
+use_simd()
 
 cdef enum:
     MODE_LINEAR = 0

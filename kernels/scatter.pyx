@@ -12,6 +12,9 @@ from libc.stdint cimport int64_t
 from libc.string cimport memset
 
 from kernels.parallel cimport threads_for
+from kernels.simd cimport use_simd
+
+use_simd()
 
 cdef enum:
     TILE = 64    # columns per task: a few cache lines of each row, enough tasks to share

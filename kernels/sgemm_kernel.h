@@ -361,9 +361,44 @@ static void ember_small_m_cols(const ember_gemm_args *g, int i, int j0, int j1, 
     if (g->epi) ember_bias_act_tile(c + j0, g->ldc, 1, j1 - j0, i, j0, g->epi);
 }
 
+/* The pool's tasks (thread_pool.h) for ember_sgemm_ex's two parallel loops. */
+typedef struct {
+    const ember_gemm_args *g;
+    int chunk, nchunks, N;
+    float beta;
+    int ok;
+} ember_small_m_job;
+
+static void ember_small_m_task(void *ctx, long t, int worker)
+{
+    const ember_small_m_job *job = (const ember_small_m_job *)ctx;
+    int i = (int)(t / job->nchunks), j0 = (int)(t % job->nchunks) * job->chunk;
+    (void)worker;
+    ember_small_m_cols(job->g, i, j0, j0 + job->chunk < job->N ? j0 + job->chunk : job->N,
+                       job->beta);
+}
+
+typedef struct {
+    const ember_gemm_args *g;
+    int mchunks, rows_per, nc;
+    _Atomic int ok;
+} ember_gemm_job;
+
+static void ember_gemm_job_task(void *ctx, long t, int worker)
+{
+    ember_gemm_job *job = (ember_gemm_job *)ctx;
+    const ember_gemm_args *g = job->g;
+    int jb = (int)(t / job->mchunks), mcnk = (int)(t % job->mchunks);
+    int i0 = mcnk * job->rows_per, i1 = i0 + job->rows_per < g->M ? i0 + job->rows_per : g->M;
+    int j0 = jb * job->nc;
+    (void)worker;
+    if (!ember_gemm_task(g, i0, i1, j0, g->N - j0 < job->nc ? g->N - j0 : job->nc))
+        job->ok = 0;
+}
+
 /* C = epi(alpha * op(A) op(B) + beta * C). op(A) is M x K, op(B) K x N, C row-major (ldc).
  * A is stored M x K (lda) or, when trans_a, K x M (lda); B likewise. When beta == 0, C is not
- * read. Uses at most nthreads OpenMP threads. Returns 0 on allocation failure, 1 otherwise. */
+ * read. Uses at most nthreads threads of the pool. Returns 0 on allocation failure, 1 otherwise. */
 static int ember_sgemm_ex(int trans_a, int trans_b, int M, int N, int K, float alpha,
                           const float *A, long lda, const float *B, long ldb, float beta,
                           float *C, long ldc, const ember_bias_act *epi, int nthreads,
@@ -407,13 +442,8 @@ static int ember_sgemm_ex(int trans_a, int trans_b, int M, int N, int K, float a
             for (int i = 0; i < M; ++i) ember_small_m_cols(&g, i, 0, N, eff_beta);
             return 1;
         }
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(nthreads) schedule(static)
-#endif
-        for (int t = 0; t < nchunks * M; ++t) {
-            int i = t / nchunks, j0 = (t % nchunks) * chunk;
-            ember_small_m_cols(&g, i, j0, j0 + chunk < N ? j0 + chunk : N, eff_beta);
-        }
+        ember_small_m_job job = {&g, chunk, nchunks, N, eff_beta, 1};
+        ember_pool_run(nthreads, (long)nchunks * M, ember_small_m_task, &job);
         return 1;
     }
 
@@ -445,16 +475,9 @@ static int ember_sgemm_ex(int trans_a, int trans_b, int M, int N, int K, float a
         }
         return ok;
     }
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(nthreads) schedule(dynamic, 1) reduction(&& : ok)
-#endif
-    for (long t = 0; t < ntasks; ++t) {
-        int jb = (int)(t / mchunks), mcnk = (int)(t % mchunks);
-        int i0 = mcnk * rows_per, i1 = i0 + rows_per < M ? i0 + rows_per : M;
-        int j0 = jb * nc;
-        ok = ember_gemm_task(&g, i0, i1, j0, N - j0 < nc ? N - j0 : nc) && ok;
-    }
-    return ok;
+    ember_gemm_job job = {&g, mchunks, rows_per, nc, 1};
+    ember_pool_run(nthreads, ntasks, ember_gemm_job_task, &job);
+    return job.ok;
 }
 
 /* The table's GEMM: B is a real matrix. */

@@ -11,6 +11,7 @@
 #define EMBER_SIMD_H
 
 #include "isa.h"
+#include "thread_pool.h"
 
 /* ---- GEMM (sgemm_kernel.h) ----------------------------------------------------------------- */
 
@@ -206,6 +207,7 @@ typedef struct ember_simd {
     const struct ember_pool_kernels *pool;
     const struct ember_sums_kernels *sums;
     const struct ember_elementwise_kernels *elementwise;
+    const struct ember_thread_pool *threads; /* the same pool in every table */
 } ember_simd;
 
 extern const ember_simd ember_simd_generic, ember_simd_avx2, ember_simd_avx512,
@@ -213,6 +215,15 @@ extern const ember_simd ember_simd_generic, ember_simd_avx2, ember_simd_avx512,
 
 #ifndef EMBER_ISA_LEVEL /* in the kernel modules that call the tables */
 static const ember_simd *ember_simd_in_use = 0;
+
+/* fn(ctx, task, worker) for every task in [0, ntasks) on up to nthreads threads (thread_pool.h) */
+static inline void ember_parallel(int nthreads, long ntasks, ember_task_fn fn, void *ctx)
+{
+    ember_simd_in_use->threads->run(nthreads, ntasks, fn, ctx);
+}
+
+static inline void ember_pool_hold(int delta) { ember_simd_in_use->threads->hold(delta); }
+static inline int ember_pool_workers(void) { return ember_simd_in_use->threads->workers(); }
 
 static inline int ember_sgemm(int trans_a, int trans_b, int M, int N, int K, float alpha,
                               const float *A, long lda, const float *B, long ldb, float beta,

@@ -42,6 +42,7 @@ const ember_simd EMBER_SIMD_NAME = {
     .elementwise = &ember_elementwise_here,
     .depthwise = &ember_depthwise_here,
     .conv_direct = &ember_conv_direct_here,
+    .threads = &ember_thread_pool_instance,
 };
 
 EMBER_TARGET_POP
