@@ -3,14 +3,13 @@
 Output may alias an input (y is x): every element is read before it is written at the same
 index, so in-place runs are safe.
 """
-from cython.parallel cimport prange
 from cpython.pycapsule cimport PyCapsule_New
 
 from kernels cimport activation
 from kernels cimport elementwise_simd as ew
 from kernels.elementwise_simd cimport ember_act_unary, ember_binary_span
 from kernels.native_step cimport ember_native_step, EMBER_NATIVE_CAPSULE
-from kernels.parallel cimport threads_for
+from kernels.parallel cimport threads_for, ember_parallel
 from kernels.simd cimport use_simd
 
 use_simd()
@@ -71,25 +70,43 @@ cdef struct EwCall:
     int nthreads
 
 
+cdef struct UnaryJob:
+    const float *x
+    float *y
+    long n
+    int act
+    float pa, pb
+
+
+cdef void unary_chunk_task(void *ctx, long c, int worker) noexcept nogil:
+    cdef UnaryJob *j = <UnaryJob *> ctx
+    ember_act_unary(j.x + c * CHUNK, j.y + c * CHUNK, min(<long> CHUNK, j.n - c * CHUNK), j.act,
+                    j.pa, j.pb)
+
+
 cdef void unary_chunks(const float *x, float *y, long n, int act, float pa, float pb,
                        int nthreads) noexcept nogil:
-    cdef long c, nchunks = (n + CHUNK - 1) // CHUNK
+    cdef UnaryJob j
     if threads_for(nthreads, n) == 1:
         ember_act_unary(x, y, n, act, pa, pb)
     else:
-        for c in prange(nchunks, num_threads=nthreads, schedule='static'):
-            ember_act_unary(x + c * CHUNK, y + c * CHUNK, min(CHUNK, n - c * CHUNK), act, pa, pb)
+        j.x = x; j.y = y; j.n = n; j.act = act; j.pa = pa; j.pb = pb
+        ember_parallel(nthreads, (n + CHUNK - 1) // CHUNK, unary_chunk_task, &j)
+
+
+cdef void binary_chunk_task(void *ctx, long c, int worker) noexcept nogil:
+    """Chunk c of y = act(a op b), activated while still in cache."""
+    cdef const EwCall *e = <const EwCall *> ctx
+    cdef long lo = c * CHUNK, m = min(<long> CHUNK, e.n - c * CHUNK)
+    ember_binary_span(e.a + lo, 1, e.b + lo, 1, e.y + lo, m, e.op)
+    if e.act != activation.ACT_IDENTITY:
+        ember_act_unary(e.y + lo, e.y + lo, m, e.act, e.pa, e.pb)
 
 
 cdef void binary_chunks(const EwCall *e) noexcept nogil:
-    """y = act(a op b) for same-shape operands, each chunk activated while still in cache."""
-    cdef long c, lo, m, n = e.n, nchunks = (e.n + CHUNK - 1) // CHUNK
-    for c in prange(nchunks, num_threads=threads_for(e.nthreads, n), schedule='static'):
-        lo = c * CHUNK
-        m = min(CHUNK, n - lo)
-        ember_binary_span(e.a + lo, 1, e.b + lo, 1, e.y + lo, m, e.op)
-        if e.act != activation.ACT_IDENTITY:
-            ember_act_unary(e.y + lo, e.y + lo, m, e.act, e.pa, e.pb)
+    """y = act(a op b) for same-shape operands."""
+    ember_parallel(threads_for(e.nthreads, e.n), (e.n + CHUNK - 1) // CHUNK, binary_chunk_task,
+                   <void *> e)
 
 
 cdef void broadcast_rows(const float *a, const long *sa, const float *b, const long *sb,
@@ -121,20 +138,37 @@ cdef void broadcast_rows(const float *a, const long *sa, const float *b, const l
             d -= 1
 
 
+cdef void broadcast_chunk_task(void *ctx, long c, int worker) noexcept nogil:
+    """Chunk c of a rank-1 broadcast (one long row)."""
+    cdef const EwCall *e = <const EwCall *> ctx
+    ember_binary_span(e.a + c * CHUNK * e.sa[0], e.sa[0], e.b + c * CHUNK * e.sb[0], e.sb[0],
+                      e.y + c * CHUNK, min(<long> CHUNK, e.sh[0] - c * CHUNK), e.op)
+
+
+cdef struct RowsJob:
+    const EwCall *e
+    long per               # rows per task
+
+
+cdef void broadcast_rows_task(void *ctx, long t, int worker) noexcept nogil:
+    cdef RowsJob *j = <RowsJob *> ctx
+    cdef const EwCall *e = j.e
+    broadcast_rows(e.a, e.sa, e.b, e.sb, e.y, e.sh, e.rank, t * j.per,
+                   min(e.rows, (t + 1) * j.per), e.op)
+
+
 cdef void broadcast_run(const EwCall *e) noexcept nogil:
-    cdef int t, nt = max(1, min(e.nthreads, <int> min(e.rows, e.n // 4096 + 1)))
-    cdef long c, per, nchunks = (e.sh[0] + CHUNK - 1) // CHUNK
+    cdef int nt = max(1, min(e.nthreads, <int> min(e.rows, e.n // 4096 + 1)))
+    cdef long nchunks = (e.sh[0] + CHUNK - 1) // CHUNK
+    cdef RowsJob rows
     if e.rank == 1 and e.nthreads > 1 and nchunks > 1:   # one long row: split it
-        for c in prange(nchunks, num_threads=e.nthreads, schedule='static'):
-            ember_binary_span(e.a + c * CHUNK * e.sa[0], e.sa[0], e.b + c * CHUNK * e.sb[0],
-                              e.sb[0], e.y + c * CHUNK, min(CHUNK, e.sh[0] - c * CHUNK), e.op)
+        ember_parallel(e.nthreads, nchunks, broadcast_chunk_task, <void *> e)
     elif nt == 1:
         broadcast_rows(e.a, e.sa, e.b, e.sb, e.y, e.sh, e.rank, 0, e.rows, e.op)
     else:
-        per = (e.rows + nt - 1) // nt
-        for t in prange(nt, num_threads=nt, schedule='static'):
-            broadcast_rows(e.a, e.sa, e.b, e.sb, e.y, e.sh, e.rank, t * per,
-                           min(e.rows, (t + 1) * per), e.op)
+        rows.e = e
+        rows.per = (e.rows + nt - 1) // nt
+        ember_parallel(nt, (e.rows + rows.per - 1) // rows.per, broadcast_rows_task, &rows)
     if e.act != activation.ACT_IDENTITY:
         unary_chunks(e.y, e.y, e.n, e.act, e.pa, e.pb, e.nthreads)
 

@@ -1,11 +1,10 @@
 """Per-channel kernels over (N, C, inner) views: affine (inference BatchNorm), InstanceNorm, LRN;
 and LayerNorm over (rows, n) views."""
-from cython.parallel cimport prange
 from cpython.pycapsule cimport PyCapsule_New
 from libc.math cimport sqrt, sqrtf, powf
 
 from kernels.native_step cimport ember_native_step, EMBER_NATIVE_CAPSULE
-from kernels.parallel cimport threads_for
+from kernels.parallel cimport threads_for, ember_parallel, parallel_items
 from kernels.simd cimport use_simd
 from kernels.sums cimport ember_row_inv_std
 
@@ -27,22 +26,24 @@ cdef struct AffineCall:
     int nthreads
 
 
+cdef void affine_plane_task(void *ctx, long p, int worker) noexcept nogil:
+    """Plane p = (n, c): y = act(x·scale[c] + shift[c])."""
+    cdef const AffineCall *c = <const AffineCall *> ctx
+    cdef long i, L = c.L
+    cdef float s = c.scale[p % c.C], t = c.shift[p % c.C]
+    cdef const float *xr = c.x + p * L
+    cdef float *yr = c.y + p * L
+    for i in range(L):
+        yr[i] = xr[i] * s + t
+    ember_act_span(yr, L, c.act, c.act_a, c.act_b)
+
+
 cdef int affine_run(const AffineCall *c) noexcept nogil:
     """y = act(x·scale[c] + shift[c]) plane by plane; always 0."""
-    cdef long p, i, C = c.C, L = c.L
-    cdef float s, t
-    cdef const float *xr
-    cdef float *yr
-    if c.N * C * L == 0:
+    if c.N * c.C * c.L == 0:
         return 0
-    for p in prange(c.N * C, num_threads=threads_for(c.nthreads, c.N * C * L), schedule='static'):
-        s = c.scale[p % C]
-        t = c.shift[p % C]
-        xr = c.x + p * L
-        yr = c.y + p * L
-        for i in range(L):
-            yr[i] = xr[i] * s + t
-        ember_act_span(yr, L, c.act, c.act_a, c.act_b)
+    parallel_items(threads_for(c.nthreads, c.N * c.C * c.L), c.N * c.C, affine_plane_task,
+                   <void *> c)
     return 0
 
 
@@ -87,69 +88,96 @@ def channel_affine(x, scale, shift, y, int act, float act_a, float act_b, int nt
     ChannelAffineStep(x, scale, shift, y, act, act_a, act_b, nthreads)()
 
 
+cdef struct PlaneJob:
+    # instance_norm and lrn: N·C planes of L floats
+    const float *x
+    float *y
+    const float *scale     # instance_norm
+    const float *bias      # instance_norm
+    long C, L
+    float eps              # instance_norm
+    int size               # lrn
+    float k, beta, offset  # lrn: alpha/size, beta, bias
+
+
+cdef void instance_norm_task(void *ctx, long p, int worker) noexcept nogil:
+    """Plane p = (n, c): two passes in double for the mean and variance."""
+    cdef const PlaneJob *j = <const PlaneJob *> ctx
+    cdef long i, L = j.L
+    cdef const float *xr = j.x + p * L
+    cdef float *yr = j.y + p * L
+    cdef double mean = 0.0, var = 0.0, d
+    for i in range(L):
+        mean = mean + xr[i]
+    mean = mean / L
+    for i in range(L):
+        d = xr[i] - mean
+        var = var + d * d
+    var = var / L
+    cdef float k = j.scale[p % j.C] / sqrtf(<float> var + j.eps)
+    cdef float t = <float> (j.bias[p % j.C] - mean * k)
+    for i in range(L):
+        yr[i] = xr[i] * k + t
+
+
 def instance_norm(float[:, :, ::1] x, float[::1] scale, float[::1] bias, float[:, :, ::1] y,
                   float eps, int nthreads):
     """Per (n, c) plane: (x − mean)/√(var + eps)·scale[c] + bias[c], two passes in double."""
-    cdef long N = x.shape[0], C = x.shape[1], L = x.shape[2], p, i
-    cdef double mean, var, d
-    cdef float k, t
-    cdef const float *xr
-    cdef float *yr
+    cdef long N = x.shape[0], C = x.shape[1], L = x.shape[2]
+    cdef PlaneJob j
+    if scale.shape[0] < C or bias.shape[0] < C:
+        raise ValueError(f"instance_norm: scale and bias need {C} values, have "
+                         f"{scale.shape[0]} and {bias.shape[0]}")
     if N * C * L == 0:
         return
-    cdef const float *xp = &x[0, 0, 0]
-    cdef float *yp = &y[0, 0, 0]
+    j.x = &x[0, 0, 0]
+    j.y = &y[0, 0, 0]
+    j.scale = &scale[0]
+    j.bias = &bias[0]
+    j.C = C
+    j.L = L
+    j.eps = eps
     with nogil:
-        for p in prange(N * C, num_threads=threads_for(nthreads, N * C * L), schedule='static'):
-            xr = xp + p * L
-            yr = yp + p * L
-            mean = 0.0
-            for i in range(L):
-                mean = mean + xr[i]
-            mean = mean / L
-            var = 0.0
-            for i in range(L):
-                d = xr[i] - mean
-                var = var + d * d
-            var = var / L
-            k = scale[p % C] / sqrtf(<float> var + eps)
-            t = <float> (bias[p % C] - mean * k)
-            for i in range(L):
-                yr[i] = xr[i] * k + t
+        parallel_items(threads_for(nthreads, N * C * L), N * C, instance_norm_task, &j)
+
+
+cdef void lrn_task(void *ctx, long p, int worker) noexcept nogil:
+    """Plane p = (n, c): the square sum over its channel window built in y, then y = x / (bias
+    + alpha/size · sum)^beta in place."""
+    cdef const PlaneJob *j = <const PlaneJob *> ctx
+    cdef long i, q, L = j.L, C = j.C, n = p // C, c = p % C
+    cdef long lo = max(<long> 0, c - (j.size - 1) // 2), hi = min(C - 1, c + j.size // 2)
+    cdef const float *xr
+    cdef float *yr = j.y + p * L
+    for i in range(L):
+        yr[i] = 0.0
+    for q in range(lo, hi + 1):
+        xr = j.x + (n * C + q) * L
+        for i in range(L):
+            yr[i] = yr[i] + xr[i] * xr[i]
+    xr = j.x + p * L
+    for i in range(L):
+        yr[i] = xr[i] / powf(j.offset + j.k * yr[i], j.beta)
 
 
 def lrn(float[:, :, ::1] x, float[:, :, ::1] y, int size, float alpha, float beta, float bias,
         int nthreads):
     """ONNX LRN: the square sum over channels [c − ⌊(size−1)/2⌋, c + ⌈(size−1)/2⌉] is built in y,
     then y = x / (bias + alpha/size · sum)^beta in place."""
-    cdef long N = x.shape[0], C = x.shape[1], L = x.shape[2], p, i, c, n, q, lo, hi
-    cdef float k = alpha / size
-    cdef const float *xr
-    cdef float *yr
+    cdef long N = x.shape[0], C = x.shape[1], L = x.shape[2]
+    cdef PlaneJob j
     if N * C * L == 0:
         return
-    cdef const float *xp = &x[0, 0, 0]
-    cdef float *yp = &y[0, 0, 0]
+    j.x = &x[0, 0, 0]
+    j.y = &y[0, 0, 0]
+    j.C = C
+    j.L = L
+    j.size = size
+    j.k = alpha / size
+    j.beta = beta
+    j.offset = bias
     with nogil:
-        for p in prange(N * C, num_threads=threads_for(nthreads, N * C * L), schedule='static'):
-            n = p // C
-            c = p % C
-            lo = c - (size - 1) // 2
-            hi = c + size // 2
-            if lo < 0:
-                lo = 0
-            if hi > C - 1:
-                hi = C - 1
-            yr = yp + p * L
-            for i in range(L):
-                yr[i] = 0.0
-            for q in range(lo, hi + 1):
-                xr = xp + (n * C + q) * L
-                for i in range(L):
-                    yr[i] = yr[i] + xr[i] * xr[i]
-            xr = xp + p * L
-            for i in range(L):
-                yr[i] = xr[i] / powf(bias + k * yr[i], beta)
+        parallel_items(threads_for(nthreads, N * C * L), N * C, lrn_task, &j)
 
 
 cdef void layer_norm_row(const float *x, const float *s, const float *b, float *y, long L,
@@ -183,15 +211,18 @@ cdef struct LayerNormCall:
     int nthreads
 
 
+cdef void layer_norm_task(void *ctx, long r, int worker) noexcept nogil:
+    cdef const LayerNormCall *c = <const LayerNormCall *> ctx
+    layer_norm_row(c.x + r * c.L, c.scale, c.bias, c.y + r * c.L, c.L, c.eps,
+                   c.mean_out + r if c.mean_out != NULL else NULL,
+                   c.inv_out + r if c.inv_out != NULL else NULL)
+
+
 cdef int layer_norm_run(const LayerNormCall *c) noexcept nogil:
     """Every row, parallel over rows; always 0."""
-    cdef long r, L = c.L
-    if c.R == 0 or L == 0:
+    if c.R == 0 or c.L == 0:
         return 0
-    for r in prange(c.R, num_threads=threads_for(c.nthreads, c.R * L), schedule='static'):
-        layer_norm_row(c.x + r * L, c.scale, c.bias, c.y + r * L, L, c.eps,
-                       c.mean_out + r if c.mean_out != NULL else NULL,
-                       c.inv_out + r if c.inv_out != NULL else NULL)
+    parallel_items(threads_for(c.nthreads, c.R * c.L), c.R, layer_norm_task, <void *> c)
     return 0
 
 

@@ -26,3 +26,33 @@ cdef extern from "simd.h" nogil:
     void ember_parallel(int nthreads, long ntasks, ember_task_fn fn, void *ctx)
     void ember_pool_hold(int delta)
     int ember_pool_workers()
+
+
+cdef struct ItemBlocks:
+    ember_task_fn fn
+    void *ctx
+    long n
+    long per
+
+
+cdef inline void item_block_task(void *ctx, long block, int worker) noexcept nogil:
+    cdef ItemBlocks *b = <ItemBlocks *> ctx
+    cdef long i, end = min(b.n, (block + 1) * b.per)
+    for i in range(block * b.per, end):
+        b.fn(b.ctx, i, worker)
+
+
+cdef inline void parallel_items(int nthreads, long n, ember_task_fn fn, void *ctx) noexcept nogil:
+    """fn(ctx, i, worker) for i in [0, n), handed out in contiguous blocks, about four per
+    thread: for many small items (rows, planes), where claiming each one would cost about as
+    much as computing it, while the spare blocks still let a free thread take a slow one's."""
+    cdef ItemBlocks b
+    if nthreads <= 1 or n <= 1:
+        for b.n in range(n):
+            fn(ctx, b.n, 0)
+        return
+    b.fn = fn
+    b.ctx = ctx
+    b.n = n
+    b.per = max(1, (n + 4 * nthreads - 1) // (4 * nthreads))
+    ember_parallel(nthreads, (n + b.per - 1) // b.per, item_block_task, &b)

@@ -1,12 +1,11 @@
 """Max / average pooling over NCHW planes and global pooling over rows: the arguments are checked
 here, the planes (or rows) split over the threads in contiguous shares, each share pooled by one
 call of the dispatched kernels of kernels/pool_kernel.h."""
-from cython.parallel cimport prange
 from cpython.pycapsule cimport PyCapsule_New
 from libc.math cimport INFINITY
 
 from kernels.native_step cimport ember_native_step, EMBER_NATIVE_CAPSULE
-from kernels.parallel cimport threads_for
+from kernels.parallel cimport threads_for, ember_parallel, parallel_items
 from kernels.pool_kernel cimport (ember_pool_window, pool_window, share_start,
                                   ember_max_pool_planes, ember_avg_pool_planes,
                                   ember_global_pool_rows)
@@ -32,33 +31,39 @@ cdef struct PoolCall:
     bint empty
 
 
+cdef void window_share_task(void *ctx, long t, int worker) noexcept nogil:
+    """Share t of the planes, one kernel call over them."""
+    cdef PoolCall *c = <PoolCall *> ctx
+    cdef long p = share_start(c.planes, <int> t, c.nthreads)
+    cdef long q = share_start(c.planes, <int> t + 1, c.nthreads)
+    if q > p:
+        if c.kind == POOL_MAX:
+            ember_max_pool_planes(c.x + p * c.in_plane, c.y + p * c.out_plane, q - p, &c.g)
+        else:
+            ember_avg_pool_planes(c.x + p * c.in_plane, c.y + p * c.out_plane, q - p, &c.g)
+
+
+cdef void global_share_task(void *ctx, long t, int worker) noexcept nogil:
+    """Share t of a global pool's rows."""
+    cdef PoolCall *c = <PoolCall *> ctx
+    cdef long per = (c.rows + c.nthreads - 1) // c.nthreads
+    if t * per < c.rows:
+        ember_global_pool_rows(c.x + t * per * c.row_len, c.y + t * per,
+                               min(per, c.rows - t * per), c.row_len, c.is_max)
+
+
 cdef int pool_run(PoolCall *c) noexcept nogil:
-    """The pooling itself, GIL-free; always 0."""
-    cdef long p, q, per, r
-    cdef int t
+    """The pooling itself, GIL-free; always 0. Each thread's share is one kernel call."""
+    cdef long r
     if c.empty:
         return 0
     if c.kind == POOL_MAX or c.kind == POOL_AVG:
-        # each thread one call on its contiguous share of the planes
-        for t in prange(c.nthreads, num_threads=c.nthreads, schedule='static'):
-            p = share_start(c.planes, t, c.nthreads)
-            q = share_start(c.planes, t + 1, c.nthreads)
-            if q > p:
-                if c.kind == POOL_MAX:
-                    ember_max_pool_planes(c.x + p * c.in_plane, c.y + p * c.out_plane, q - p,
-                                          &c.g)
-                else:
-                    ember_avg_pool_planes(c.x + p * c.in_plane, c.y + p * c.out_plane, q - p,
-                                          &c.g)
+        ember_parallel(c.nthreads, c.nthreads, window_share_task, c)
     elif c.row_len == 0:
         for r in range(c.rows):
             c.y[r] = -INFINITY if c.is_max else 0.0
     else:
-        per = (c.rows + c.nthreads - 1) // c.nthreads
-        for t in prange(c.nthreads, num_threads=c.nthreads, schedule='static'):
-            if t * per < c.rows:
-                ember_global_pool_rows(c.x + t * per * c.row_len, c.y + t * per,
-                                       min(per, c.rows - t * per), c.row_len, c.is_max)
+        ember_parallel(c.nthreads, c.nthreads, global_share_task, c)
     return 0
 
 

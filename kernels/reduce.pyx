@@ -6,11 +6,10 @@ double is at least as close to the exact value). Max and min propagate NaN, as n
 onnxruntime's do. With inner > 1 the block is walked row by row of n (contiguous reads) into a
 stack accumulator of up to ``ACC`` columns, so no run allocates.
 """
-from cython.parallel cimport prange
 from cpython.pycapsule cimport PyCapsule_New
 
 from kernels.native_step cimport ember_native_step, EMBER_NATIVE_CAPSULE
-from kernels.parallel cimport threads_for
+from kernels.parallel cimport threads_for, ember_parallel, parallel_items
 from kernels.simd cimport use_simd
 
 use_simd()
@@ -77,19 +76,28 @@ cdef void reduce_row(const ReduceCall *c, long o) noexcept nogil:
     c.y[o] = <float> finish(c.kind, acc, c.n)
 
 
+cdef void reduce_row_task(void *ctx, long t, int worker) noexcept nogil:
+    reduce_row(<const ReduceCall *> ctx, t)
+
+
+cdef void reduce_columns_task(void *ctx, long t, int worker) noexcept nogil:
+    """ACC columns of outer row t // chunks."""
+    cdef const ReduceCall *c = <const ReduceCall *> ctx
+    cdef long chunks = (c.inner + ACC - 1) // ACC
+    reduce_columns(c, t // chunks, (t % chunks) * ACC,
+                   min(<long> ACC, c.inner - (t % chunks) * ACC))
+
+
 cdef int reduce_run(const ReduceCall *c) noexcept nogil:
     """The reduction, parallel over outer rows (and column chunks); always 0."""
-    cdef long t, chunks = (c.inner + ACC - 1) // ACC
+    cdef long chunks = (c.inner + ACC - 1) // ACC
     cdef int nt = threads_for(c.nthreads, c.outer * c.n * c.inner)
     if c.outer * c.n * c.inner == 0:
         return 0
     if c.inner == 1:
-        for t in prange(c.outer, num_threads=nt, schedule='static'):
-            reduce_row(c, t)
+        parallel_items(nt, c.outer, reduce_row_task, <void *> c)
     else:
-        for t in prange(c.outer * chunks, num_threads=nt, schedule='static'):
-            reduce_columns(c, t // chunks, (t % chunks) * ACC,
-                           min(<long> ACC, c.inner - (t % chunks) * ACC))
+        parallel_items(nt, c.outer * chunks, reduce_columns_task, <void *> c)
     return 0
 
 

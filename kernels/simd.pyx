@@ -30,6 +30,18 @@ cdef extern from "simd.h" nogil:
     const ember_simd ember_simd_avx512_on_avx2
     int ember_cpu_isa()
 
+cdef extern from "thread_pool.h" nogil:
+    void ember_pool_stats(long *out)
+
+
+def pool_stats():
+    """The thread pool's state and counters (thread_pool.h): for tests and diagnosis."""
+    cdef long out[6]
+    ember_pool_stats(out)
+    return dict(zip(("workers", "holds", "sleepers", "jobs", "busy_inline", "wakes"),
+                    [out[i] for i in range(6)]))
+
+
 LEVELS = ("generic", "avx2", "avx512")
 TEST_LEVELS = ("avx512-on-avx2",)
 

@@ -1,10 +1,9 @@
 """Softmax / log-softmax along the middle axis of an (outer, n, inner) view, max-subtracted."""
-from cython.parallel cimport prange
 from cpython.pycapsule cimport PyCapsule_New
 
 from kernels.elementwise_simd cimport ember_softmax_line
 from kernels.native_step cimport ember_native_step, EMBER_NATIVE_CAPSULE
-from kernels.parallel cimport threads_for
+from kernels.parallel cimport threads_for, ember_parallel, parallel_items
 from kernels.simd cimport use_simd
 
 use_simd()
@@ -18,16 +17,20 @@ cdef struct SoftmaxCall:
     int nthreads
 
 
+cdef void softmax_line_task(void *ctx, long t, int worker) noexcept nogil:
+    """Line t = (outer o, inner j) along the middle axis."""
+    cdef const SoftmaxCall *c = <const SoftmaxCall *> ctx
+    cdef long o = t // c.inner, j = t % c.inner
+    ember_softmax_line(c.x + o * c.n * c.inner + j, c.y + o * c.n * c.inner + j, c.n, c.inner,
+                       c.log)
+
+
 cdef int softmax_run(const SoftmaxCall *c) noexcept nogil:
     """Each (outer, inner) line along the middle axis; always 0."""
-    cdef long t, o, j, n = c.n, inner = c.inner
-    if c.outer * n * inner == 0:
+    if c.outer * c.n * c.inner == 0:
         return 0
-    for t in prange(c.outer * inner, num_threads=threads_for(c.nthreads, c.outer * n * inner),
-                    schedule='static'):
-        o = t // inner
-        j = t % inner
-        ember_softmax_line(c.x + o * n * inner + j, c.y + o * n * inner + j, n, inner, c.log)
+    parallel_items(threads_for(c.nthreads, c.outer * c.n * c.inner), c.outer * c.inner,
+                   softmax_line_task, <void *> c)
     return 0
 
 

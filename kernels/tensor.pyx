@@ -7,13 +7,16 @@ whose source and destination elements are both contiguous is one ``memcpy``, oth
 loop by item size. Adjacent dimensions that are contiguous for both sides are merged first, so a
 Concat along channels is one long ``memcpy`` per image and a Split likewise.
 """
-from cython.parallel cimport prange
 from cpython.pycapsule cimport PyCapsule_New
 from libc.stdlib cimport malloc, free
 from libc.stdint cimport uint32_t
 from libc.string cimport memcpy
 
 from kernels.native_step cimport ember_native_step, EMBER_NATIVE_CAPSULE
+from kernels.parallel cimport ember_parallel
+from kernels.simd cimport use_simd
+
+use_simd()
 
 cdef enum:
     MAX_RANK = 8
@@ -73,10 +76,20 @@ cdef struct CopyPlan:
     int nthreads
 
 
+cdef struct CopyRowsJob:
+    const StridedCopy *c
+    long per               # rows per task
+
+
+cdef void copy_rows_task(void *ctx, long t, int worker) noexcept nogil:
+    cdef CopyRowsJob *j = <CopyRowsJob *> ctx
+    copy_rows(j.c, t * j.per, min(j.c.rows, (t + 1) * j.per))
+
+
 cdef int copies_run(const CopyPlan *plan) noexcept nogil:
     """Every copy of the step, in order; always 0."""
-    cdef int k, t, nt
-    cdef long per
+    cdef int k, nt
+    cdef CopyRowsJob rows
     cdef const StridedCopy *c
     for k in range(plan.n):
         c = &plan.copies[k]
@@ -86,9 +99,9 @@ cdef int copies_run(const CopyPlan *plan) noexcept nogil:
         if nt == 1:
             copy_rows(c, 0, c.rows)
         else:
-            per = (c.rows + nt - 1) // nt
-            for t in prange(nt, num_threads=nt, schedule='static'):
-                copy_rows(c, t * per, min(c.rows, (t + 1) * per))
+            rows.c = c
+            rows.per = (c.rows + nt - 1) // nt
+            ember_parallel(nt, (c.rows + rows.per - 1) // rows.per, copy_rows_task, &rows)
     return 0
 
 

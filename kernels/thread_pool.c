@@ -49,6 +49,7 @@ static struct {
     _Atomic int hold;         /* plan runs in progress */
     _Atomic int sleepers;     /* workers asleep (or about to be) on `wake` */
     unsigned nudges;          /* under `lock`: bumped to wake sleepers without a job */
+    _Atomic long jobs, busy_inline, wakes; /* counters for ember_pool_stats */
     _Atomic int nworkers;
     pthread_mutex_t lock;     /* guards sleeping and waking */
     pthread_cond_t wake;
@@ -137,6 +138,7 @@ static void wake_sleepers(int nudge)
 {
     if (atomic_load(&P.sleepers) > 0) {
         pthread_mutex_lock(&P.lock);
+        atomic_fetch_add_explicit(&P.wakes, 1, memory_order_relaxed);
         P.nudges += nudge;
         pthread_cond_broadcast(&P.wake);
         pthread_mutex_unlock(&P.lock);
@@ -203,8 +205,12 @@ void ember_pool_run(int nthreads, long ntasks, ember_task_fn fn, void *ctx)
     if (nthreads > ntasks)
         nthreads = (int)ntasks;
     int expected = 0;
-    if (nthreads <= 1 || ntasks > MAX_TASKS ||
-        !atomic_compare_exchange_strong(&P.busy, &expected, 1)) {
+    if (nthreads <= 1 || ntasks > MAX_TASKS) {
+        run_inline(ntasks, fn, ctx);
+        return;
+    }
+    if (!atomic_compare_exchange_strong(&P.busy, &expected, 1)) {
+        atomic_fetch_add_explicit(&P.busy_inline, 1, memory_order_relaxed);
         run_inline(ntasks, fn, ctx);
         return;
     }
@@ -217,6 +223,7 @@ void ember_pool_run(int nthreads, long ntasks, ember_task_fn fn, void *ctx)
         run_inline(ntasks, fn, ctx);
         return;
     }
+    atomic_fetch_add_explicit(&P.jobs, 1, memory_order_relaxed);
     unsigned gen = atomic_load_explicit(&P.gen, memory_order_relaxed) + 1;
     atomic_store_explicit(&P.fn, fn, memory_order_relaxed);
     atomic_store_explicit(&P.ctx, ctx, memory_order_relaxed);
@@ -241,6 +248,16 @@ static void ember_pool_hold(int delta)
 {
     if (atomic_fetch_add(&P.hold, delta) <= 0 && delta > 0)
         wake_sleepers(1); /* a run starts: have the workers spinning by its first region */
+}
+
+void ember_pool_stats(long *out)
+{
+    out[0] = atomic_load(&P.nworkers);
+    out[1] = atomic_load(&P.hold);
+    out[2] = atomic_load(&P.sleepers);
+    out[3] = atomic_load(&P.jobs);
+    out[4] = atomic_load(&P.busy_inline);
+    out[5] = atomic_load(&P.wakes);
 }
 
 static int ember_pool_workers(void) { return atomic_load(&P.nworkers); }

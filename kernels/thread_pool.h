@@ -29,5 +29,8 @@ typedef struct ember_thread_pool {
 /* defined in thread_pool.c, linked into ember.kernels.simd only */
 extern const ember_thread_pool ember_thread_pool_instance;
 void ember_pool_run(int nthreads, long ntasks, ember_task_fn fn, void *ctx);
+/* out[0..5]: workers started, runs holding the pool, workers asleep, jobs handed to the pool,
+ * jobs run inline because the pool was busy, times sleeping workers were woken */
+void ember_pool_stats(long *out);
 
 #endif

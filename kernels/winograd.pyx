@@ -13,12 +13,11 @@ Blocks are sized so a block's V and Mx stay near L2; with enough blocks each thr
 blocks (single-threaded GEMMs, one scratch slot per thread), else the block's three phases are
 split over the team (channels, GEMM positions ξ, output channels).
 """
-from cython.parallel cimport prange, threadid
 
 from cpython.pycapsule cimport PyCapsule_New
 
 from kernels.native_step cimport ember_native_step, EMBER_NATIVE_CAPSULE
-from kernels.parallel cimport threads_for
+from kernels.parallel cimport threads_for, ember_parallel
 from kernels.sgemm cimport ember_packed_gemm, ember_gemm_mr, ember_gemm_nr
 from kernels.simd cimport use_simd
 
@@ -136,23 +135,31 @@ cdef int weights_prepare(WeightsCall *c, float[:, :, :, ::1] w, float[:, ::1] U,
     return 0
 
 
+cdef void weights_filter_task(void *ctx, long mo, int worker) noexcept nogil:
+    """Every input channel's transform of output channel mo's filters."""
+    cdef WeightsCall *c = <WeightsCall *> ctx
+    cdef int ch
+    cdef int rows = c.C if c.grad_input else c.M, cols = c.M if c.grad_input else c.C
+    cdef long us = round_up(rows, c.mr) * cols
+    for ch in range(c.C):
+        if c.grad_input:
+            ember_wino_weight(c.tile, c.w + (mo * c.C + ch) * 9, 1,
+                              c.U + packed_a(ch, <int> mo, cols, c.mr), us)
+        else:
+            ember_wino_weight(c.tile, c.w + (mo * c.C + ch) * 9, 0,
+                              c.U + packed_a(<int> mo, ch, cols, c.mr), us)
+
+
 cdef int weights_run(WeightsCall *c) noexcept nogil:
     """The transform, GIL-free; always 0."""
-    cdef int mo, ch, r, k, xi, rows, cols
+    cdef int r, k, xi, rows, cols
     cdef int alpha = c.tile + 2
     if c.w == NULL:
         return 0
     rows, cols = (c.C, c.M) if c.grad_input else (c.M, c.C)
     cdef int Rp = <int> round_up(rows, c.mr)
     cdef long us = <long> Rp * cols
-    for mo in prange(c.M, num_threads=c.nthreads, schedule='static'):
-        for ch in range(c.C):
-            if c.grad_input:
-                ember_wino_weight(c.tile, c.w + (<long> mo * c.C + ch) * 9, 1,
-                                  c.U + packed_a(ch, mo, cols, c.mr), us)
-            else:
-                ember_wino_weight(c.tile, c.w + (<long> mo * c.C + ch) * 9, 0,
-                                  c.U + packed_a(mo, ch, cols, c.mr), us)
+    ember_parallel(c.nthreads, c.M, weights_filter_task, c)
     for r in range(rows, Rp):   # the padding rows of the last micro-panel
         for k in range(cols):
             for xi in range(alpha * alpha):
@@ -306,20 +313,57 @@ cdef int wino_prepare(WinoCall *c, float[:, :, :, ::1] x, float[:, ::1] U, bias,
     return 0
 
 
+cdef struct WinoPhase:
+    # one block of tiles, one of its three phases split over the pool (wino_run)
+    WinoCall *c
+    float *V
+    float *Mx
+    long t0
+    int nb
+    int ok
+
+
+cdef void wino_block_task(void *ctx, long blk, int worker) noexcept nogil:
+    """A whole block of tiles on one thread, in the worker's own scratch slot."""
+    cdef WinoPhase *p = <WinoPhase *> ctx
+    cdef WinoCall *c = p.c
+    if not block_serial(c.x, c.U, c.bias, c.y, c.scratch + worker * c.s.slot_floats, &c.s,
+                        <int> blk, c.act, c.act_a, c.act_b):
+        p.ok = 0
+
+
+cdef void wino_input_task(void *ctx, long ch, int worker) noexcept nogil:
+    cdef WinoPhase *p = <WinoPhase *> ctx
+    input_channel(p.c.x, p.V, &p.c.s, <int> ch, p.t0, p.nb)
+
+
+cdef void wino_gemm_task(void *ctx, long xi, int worker) noexcept nogil:
+    cdef WinoPhase *p = <WinoPhase *> ctx
+    if not gemm_position(p.c.U, p.V, p.Mx, &p.c.s, <int> xi, p.nb):
+        p.ok = 0
+
+
+cdef void wino_output_task(void *ctx, long mo, int worker) noexcept nogil:
+    cdef WinoPhase *p = <WinoPhase *> ctx
+    cdef WinoCall *c = p.c
+    output_channel(p.Mx, c.bias, c.y, &c.s, <int> mo, p.t0, p.nb, c.act, c.act_a, c.act_b)
+
+
 cdef int wino_run(WinoCall *c) noexcept nogil:
     """The convolution, GIL-free: 0, or 1 when the GEMM's packing buffers cannot be allocated."""
     cdef WinoShape *s = &c.s
-    cdef int blk, ch, xi, mo, nb, ok = 1, nthreads = c.nthreads
-    cdef long t0
+    cdef int blk, ok = 1, nthreads = c.nthreads
     cdef float *sp = c.scratch
-    cdef float *V = sp
-    cdef float *Mx = sp + <long> s.alpha * s.alpha * s.C * s.TB
+    cdef WinoPhase p
+    p.c = c
+    p.V = sp
+    p.Mx = sp + <long> s.alpha * s.alpha * s.C * s.TB
+    p.ok = 1
     if c.empty:
         return 0
     if c.slots > 1:
-        for blk in prange(s.nblocks, num_threads=c.slots, schedule='dynamic'):
-            ok &= block_serial(c.x, c.U, c.bias, c.y, sp + threadid() * s.slot_floats, s,
-                               blk, c.act, c.act_a, c.act_b)
+        ember_parallel(c.slots, s.nblocks, wino_block_task, &p)
+        ok = p.ok
     elif nthreads == 1 or <double> s.alpha * s.alpha * s.Mp * s.C * s.TB < 8e6:
         # one thread, or too little work for three team barriers per block (on a busy machine
         # each may wait a time slice for a descheduled thread)
@@ -327,14 +371,12 @@ cdef int wino_run(WinoCall *c) noexcept nogil:
             ok = block_serial(c.x, c.U, c.bias, c.y, sp, s, blk, c.act, c.act_a, c.act_b) and ok
     else:   # few tiles: each phase of a block split over the team
         for blk in range(s.nblocks):
-            t0 = <long> blk * s.TB
-            nb = <int> min(<long> s.TB, s.T - t0)
-            for ch in prange(s.C, num_threads=nthreads, schedule='static'):
-                input_channel(c.x, V, s, ch, t0, nb)
-            for xi in prange(s.alpha * s.alpha, num_threads=nthreads, schedule='dynamic'):
-                ok &= gemm_position(c.U, V, Mx, s, xi, nb)
-            for mo in prange(s.M, num_threads=nthreads, schedule='static'):
-                output_channel(Mx, c.bias, c.y, s, mo, t0, nb, c.act, c.act_a, c.act_b)
+            p.t0 = <long> blk * s.TB
+            p.nb = <int> min(<long> s.TB, s.T - p.t0)
+            ember_parallel(nthreads, s.C, wino_input_task, &p)
+            ember_parallel(nthreads, s.alpha * s.alpha, wino_gemm_task, &p)
+            ember_parallel(nthreads, s.M, wino_output_task, &p)
+        ok = p.ok
     return 0 if ok else 1
 
 
