@@ -21,11 +21,10 @@ no packing at all; otherwise (a batch far below NR) R's block rows are stored tr
 ``H × rows``, and the product is a row update per state element (``axpy``), which wastes no
 columns. State element (b, j) lives at ``(b / nr)·H·nr + j·nr + b % nr`` (nr = 1 for axpy).
 """
-from cython.parallel cimport parallel, prange
 from libc.string cimport memset
 
 from kernels.activation cimport ACT_SIGMOID, ACT_TANH
-from kernels.parallel cimport threads_for
+from kernels.parallel cimport threads_for, ember_parallel
 from kernels.sgemm cimport (ember_bias_act, ember_gemm_mr, ember_gemm_nr, ember_packed_gemm,
                             ember_sgemm)
 from kernels.simd cimport use_simd
@@ -255,20 +254,37 @@ cdef void phase_two(const Cell *c, int d, int k, int t, const float *Vin,
             emit(c, d, t, b, j, (1.0 - z) * g[2 * H + j] + z * Vin[state_at(c, b, j)], Vout)
 
 
+cdef struct StepJob:
+    const Cell *c
+    int d, t
+    const float *Vin
+    float *Vout
+
+
+cdef void phase_one_task(void *ctx, long k, int worker) noexcept nogil:
+    cdef const StepJob *j = <const StepJob *> ctx
+    phase_one(j.c, j.d, <int> k, j.t, j.Vin, j.Vout)
+
+
+cdef void phase_two_task(void *ctx, long k, int worker) noexcept nogil:
+    cdef const StepJob *j = <const StepJob *> ctx
+    phase_two(j.c, j.d, <int> k, j.t, j.Vin, j.Vout)
+
+
 cdef void run_direction(Cell *c, int d, bint reverse, int nt) noexcept nogil:
-    cdef int s, t, k
-    cdef float *Vin
-    cdef float *Vout
-    with parallel(num_threads=nt):
-        for s in range(c.T):
-            t = c.T - 1 - s if reverse else s
-            Vin = c.V0 if s % 2 == 0 else c.V1
-            Vout = c.V1 if s % 2 == 0 else c.V0
-            for k in prange(c.nblocks, schedule="static"):
-                phase_one(c, d, k, t, Vin, Vout)
-            if c.cell == 1 and not c.lbr:
-                for k in prange(c.nblocks, schedule="static"):
-                    phase_two(c, d, k, t, Vin, Vout)
+    """The time loop of direction d: each step's blocks shared by nt threads, the state
+    buffers swapping roles every step; a parallel call's return is the step's barrier."""
+    cdef int s
+    cdef StepJob step
+    step.c = c
+    step.d = d
+    for s in range(c.T):
+        step.t = c.T - 1 - s if reverse else s
+        step.Vin = c.V0 if s % 2 == 0 else c.V1
+        step.Vout = c.V1 if s % 2 == 0 else c.V0
+        ember_parallel(nt, c.nblocks, phase_one_task, &step)
+        if c.cell == 1 and not c.lbr:
+            ember_parallel(nt, c.nblocks, phase_two_task, &step)
 
 
 cdef inline float *out_ptr(float[::1] a) noexcept:

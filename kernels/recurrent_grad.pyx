@@ -23,10 +23,9 @@ After both directions: ``dX = dXW·W`` and ``dW = dXWᵀ·X``, one GEMM each. A 
 row's sequence length has zero gate gradients and passes the state gradient through; a row of
 length 0 ends in zeros (as onnxruntime), so its final states' gradients are dropped.
 """
-from cython.parallel cimport prange
 from libc.string cimport memcpy, memset
 
-from kernels.parallel cimport threads_for
+from kernels.parallel cimport threads_for, ember_parallel
 from kernels.activation cimport ACT_TANH
 from kernels.sgemm cimport (ember_bias_act, ember_gemm_mr, ember_gemm_nr, ember_packed_gemm,
                             ember_sgemm)
@@ -219,35 +218,56 @@ cdef void add_dy(Back *k, int d, int t, int b) noexcept nogil:
             k.dh[b * k.H + j] += k.dY[y_off(k, t, d, b) + j]
 
 
+# One backward step of direction d at time t, shared by its tasks (batch rows, or bands of
+# Rᵀ's rows of width `band`).
+cdef struct StepBackJob:
+    Back *k
+    int d, t, band
+
+
+cdef void gate_row_task(void *ctx, long b, int worker) noexcept nogil:
+    """Batch row b's gate gradients at the step (GRU without linear_before_reset: z, r's
+    first half)."""
+    cdef const StepBackJob *j = <const StepBackJob *> ctx
+    cdef Back *k = j.k
+    if not live(k, j.t, <int> b):
+        dead_row(k, j.d, j.t, <int> b)
+        return
+    add_dy(k, j.d, j.t, <int> b)
+    if k.cell == 0:
+        rnn_row(k, j.d, j.t, <int> b)
+    elif k.cell == 2:
+        lstm_row(k, j.d, j.t, <int> b)
+    else:
+        gru_row(k, j.d, j.t, <int> b, 0)
+
+
+cdef void gru_reset_row_task(void *ctx, long b, int worker) noexcept nogil:
+    """GRU without linear_before_reset, once dAₕ·Rh is known: batch row b's r gradient."""
+    cdef const StepBackJob *j = <const StepBackJob *> ctx
+    if live(j.k, j.t, <int> b):
+        gru_row(j.k, j.d, j.t, <int> b, 1)
+
+
 cdef int step_back(Back *k, int d, int t, const float *Rd, int nt, int nthreads) noexcept nogil:
     """One step's gate gradients and dh_next = (elementwise part) + dAₜ·R."""
-    cdef int b, H = k.H, ok = 1
+    cdef int H = k.H, ok = 1
     cdef long long lda = k.DGH * k.T if k.layout else k.DGH
     cdef long long first = row_of(k, t, 0) * k.DGH + d * k.GH
-    for b in prange(k.B, num_threads=nt, schedule="static"):
-        if not live(k, t, b):
-            dead_row(k, d, t, b)
-            continue
-        add_dy(k, d, t, b)
-        if k.cell == 0:
-            rnn_row(k, d, t, b)
-        elif k.cell == 2:
-            lstm_row(k, d, t, b)
-        else:
-            gru_row(k, d, t, b, 0)
+    cdef StepBackJob step
+    step.k, step.d, step.t, step.band = k, d, t, 0
+    ember_parallel(nt, k.B, gate_row_task, &step)
     if k.cell == 1 and not k.lbr:
         ok = ember_sgemm(0, 0, k.B, H, H, 1.0, k.dXW + first + 2 * H, lda, Rd + 2 * H * H, H,
                          0.0, k.drh, H, NULL, nthreads)
-        for b in prange(k.B, num_threads=nt, schedule="static"):
-            if live(k, t, b):
-                gru_row(k, d, t, b, 1)
+        ember_parallel(nt, k.B, gru_reset_row_task, &step)
         ok = ok & ember_sgemm(0, 0, k.B, H, 2 * H, 1.0, k.dXW + first, lda, Rd, H, 1.0,
                               k.dh_next, H, NULL, nthreads)
         return ok
     if not k.packed:
         return ember_sgemm(0, 0, k.B, H, <int>k.GH, 1.0, k.dA + first, lda, Rd, H, 1.0,
                            k.dh_next, H, NULL, nthreads)
-    packed_product(k, d, t, nt)
+    packed_product(&step, nt)
     return 1
 
 
@@ -261,26 +281,39 @@ cdef void pack_rt(Back *k, const float *Rd) noexcept nogil:
             k.U[(j // k.mr) * GH * k.mr + <long long>q * k.mr + j % k.mr] = Rd[q * k.H + j]
 
 
-cdef void packed_product(Back *k, int d, int t, int nt) noexcept nogil:
+cdef void rt_band_task(void *ctx, long blk, int worker) noexcept nogil:
+    """Band blk of Rᵀ's rows times the packed dAₜᵀ."""
+    cdef const StepBackJob *j = <const StepBackJob *> ctx
+    cdef const Back *k = j.k
+    cdef int i0 = <int> blk * j.band
+    cdef int rows = k.Mp - i0 if k.Mp - i0 < j.band else j.band
+    if rows > 0:
+        ember_packed_gemm(k.U + <long long>i0 * k.GH, k.V, k.Mx + <long long>i0 * k.ncols,
+                          rows, <int>k.GH, k.ncols, k.ncols)
+
+
+cdef void add_product_row_task(void *ctx, long b, int worker) noexcept nogil:
+    """dh_next[b] += column b of the transposed product."""
+    cdef const Back *k = (<const StepBackJob *> ctx).k
+    cdef int j
+    for j in range(k.H):
+        k.dh_next[b * k.H + j] += k.Mx[<long long>j * k.ncols + b]
+
+
+cdef void packed_product(StepBackJob *step, int nt) noexcept nogil:
     """dh_next += dAₜ·R as (Rᵀ·dAₜᵀ): dAₜ packed into V's batch columns, each thread taking
     a band of Rᵀ's rows, then the transposed product added in."""
-    cdef int b, q, j, blk, i0, rows
+    cdef Back *k = step.k
+    cdef int b, q
     cdef long long GH = k.GH
     cdef const float *src
-    cdef int band = ((k.Mp // k.mr + k.nblk - 1) // k.nblk) * k.mr
+    step.band = ((k.Mp // k.mr + k.nblk - 1) // k.nblk) * k.mr
     for b in range(k.B):
-        src = k.dA + row_of(k, t, b) * k.DGH + d * GH
+        src = k.dA + row_of(k, step.t, b) * k.DGH + step.d * GH
         for q in range(<int>GH):
             k.V[(b // k.nr) * GH * k.nr + <long long>q * k.nr + b % k.nr] = src[q]
-    for blk in prange(k.nblk, num_threads=nt, schedule="static"):
-        i0 = blk * band
-        rows = k.Mp - i0 if k.Mp - i0 < band else band
-        if rows > 0:
-            ember_packed_gemm(k.U + <long long>i0 * GH, k.V, k.Mx + <long long>i0 * k.ncols,
-                              rows, <int>GH, k.ncols, k.ncols)
-    for b in prange(k.B, num_threads=nt, schedule="static"):
-        for j in range(k.H):
-            k.dh_next[b * k.H + j] += k.Mx[<long long>j * k.ncols + b]
+    ember_parallel(nt, k.nblk, rt_band_task, step)
+    ember_parallel(nt, k.B, add_product_row_task, step)
 
 
 cdef enum:
@@ -305,6 +338,33 @@ cdef void column_sums(const float *a, long long lda, long long rows, int q0, int
                 acc[q - q0] += a[r * lda + q] * w[r * ldw + q]
     for q in range(q0, q1):
         out[q] = <float>acc[q - q0]
+
+
+# The column sums of one direction's bias or peephole gradient, tasks over SUM_COLUMNS blocks.
+cdef struct ColumnSumsJob:
+    const Back *k
+    long long col0, GH, rows  # col0: the direction's first column of dXW / dA (d·GH)
+    float *out                # this direction's dB (2·GH) or dP (3·H)
+
+
+cdef void bias_sums_task(void *ctx, long q, int worker) noexcept nogil:
+    """dB block q: Σ over rows of dXW (Wb) and of dA (Rb)."""
+    cdef const ColumnSumsJob *j = <const ColumnSumsJob *> ctx
+    cdef const Back *k = j.k
+    cdef int q0 = <int> q * SUM_COLUMNS
+    column_sums(k.dXW + j.col0, k.DGH, j.rows, q0, <int>j.GH, NULL, 0, j.out)
+    column_sums(k.dA + j.col0, k.DGH, j.rows, q0, <int>j.GH, NULL, 0, j.out + j.GH)
+
+
+cdef void peephole_sums_task(void *ctx, long q, int worker) noexcept nogil:
+    """dP block q: the i, o, f gates' gradients times the cell states they saw."""
+    cdef const ColumnSumsJob *j = <const ColumnSumsJob *> ctx
+    cdef const Back *k = j.k
+    cdef int H = k.H, q0 = <int> q * SUM_COLUMNS
+    cdef const float *dXW = k.dXW + j.col0
+    column_sums(dXW, k.DGH, j.rows, q0, H, k.Cprev, H, j.out)
+    column_sums(dXW + H, k.DGH, j.rows, q0, H, k.Cnew, H, j.out + H)
+    column_sums(dXW + 2 * H, k.DGH, j.rows, q0, H, k.Cprev, H, j.out + 2 * H)
 
 
 cdef inline float *opt(float[::1] a) noexcept:
@@ -357,6 +417,7 @@ def recurrent_backward(int cell, const float[:, ::1] X, const float[:, ::1] W_al
     cdef bint empty
     cdef long long r
     cdef ember_bias_act epi
+    cdef ColumnSumsJob sums
     k.cell, k.T, k.B, k.H, k.D, k.G, k.layout = cell, T, B, H, D, G, layout
     k.lbr, k.input_forget, k.GH, k.DGH = lbr, input_forget, GH, DGH
     k.S, k.Y, k.dY = &S[0, 0], &kY[0], copt(kdY)
@@ -386,6 +447,7 @@ def recurrent_backward(int cell, const float[:, ::1] X, const float[:, ::1] W_al
     k.Mx = w
     if k.packed:
         memset(k.V, 0, sizeof(float) * k.ncols * GH)
+    sums.k, sums.GH, sums.rows = &k, GH, rows
     with nogil:
         for d in range(D):
             Rd = &R[0] + d * GH * H
@@ -425,22 +487,15 @@ def recurrent_backward(int cell, const float[:, ::1] X, const float[:, ::1] W_al
                 else:
                     ok = ok & ember_sgemm(1, 0, <int>GH, H, <int>rows, 1.0, k.dA + d * GH, DGH,
                                           k.Hprev, H, 0.0, pdR + d * GH * H, H, NULL, nthreads)
+            sums.col0 = d * GH
             if pdB != NULL:
-                for q in prange((<int>GH + SUM_COLUMNS - 1) // SUM_COLUMNS, num_threads=nt,
-                                schedule="static"):
-                    column_sums(k.dXW + d * GH, DGH, rows, q * SUM_COLUMNS, <int>GH, NULL, 0,
-                                pdB + d * 2 * GH)
-                    column_sums(k.dA + d * GH, DGH, rows, q * SUM_COLUMNS, <int>GH, NULL, 0,
-                                pdB + d * 2 * GH + GH)
+                sums.out = pdB + d * 2 * GH
+                ember_parallel(nt, (GH + SUM_COLUMNS - 1) // SUM_COLUMNS, bias_sums_task,
+                               &sums)
             if pdP != NULL:
-                for q in prange((H + SUM_COLUMNS - 1) // SUM_COLUMNS, num_threads=nt,
-                                schedule="static"):
-                    column_sums(k.dXW + d * GH, DGH, rows, q * SUM_COLUMNS, H, k.Cprev, H,
-                                pdP + d * 3 * H)
-                    column_sums(k.dXW + d * GH + H, DGH, rows, q * SUM_COLUMNS, H, k.Cnew, H,
-                                pdP + d * 3 * H + H)
-                    column_sums(k.dXW + d * GH + 2 * H, DGH, rows, q * SUM_COLUMNS, H, k.Cprev,
-                                H, pdP + d * 3 * H + 2 * H)
+                sums.out = pdP + d * 3 * H
+                ember_parallel(nt, (H + SUM_COLUMNS - 1) // SUM_COLUMNS, peephole_sums_task,
+                               &sums)
         if kdX is not None and rows and X.shape[1]:
             ok = ok & ember_sgemm(0, 0, <int>rows, X.shape[1], <int>DGH, 1.0, k.dXW, DGH,
                                   &W_all[0, 0], X.shape[1], 0.0, &kdX[0], X.shape[1], NULL,

@@ -1,10 +1,9 @@
 """Sums that gradients need: a bias's gradient and the reduction of a broadcast operand's gradient
 back to its shape, both the same "sum everything but one (flattened) axis" reduction."""
-from cython.parallel cimport prange
 from cpython.pycapsule cimport PyCapsule_New
 
 from kernels.native_step cimport ember_native_step, EMBER_NATIVE_CAPSULE
-from kernels.parallel cimport threads_for
+from kernels.parallel cimport threads_for, ember_parallel
 from kernels.simd cimport use_simd
 from kernels.sums cimport ember_sum
 
@@ -37,24 +36,34 @@ cdef struct ChannelSumCall:
     int nthreads
 
 
+cdef void column_block_task(void *ctx, long b, int worker) noexcept nogil:
+    """(rows, C) with I == 1: block b of columns, read from every row."""
+    cdef const ChannelSumCall *s = <const ChannelSumCall *> ctx
+    column_block_sum(s.x, s.y, s.O, s.C, b * BLOCK, min(s.C, (b + 1) * BLOCK))
+
+
+cdef void channel_task(void *ctx, long c, int worker) noexcept nogil:
+    """y[c]: channel c's O segments of I, each summed in float lanes, added in double."""
+    cdef const ChannelSumCall *s = <const ChannelSumCall *> ctx
+    cdef double acc = 0.0
+    cdef long o
+    for o in range(s.O):
+        acc = acc + ember_sum(s.x + (o * s.C + c) * s.I, s.I)
+    s.y[c] = <float> acc
+
+
 cdef int channel_sum_run(const ChannelSumCall *s) noexcept nogil:
     """y[c] = Σ_o Σ_i x[o, c, i]; always 0."""
-    cdef long O = s.O, C = s.C, I = s.I, c, o, b, nblocks = (s.C + BLOCK - 1) // BLOCK
-    cdef double acc
+    cdef long O = s.O, C = s.C, I = s.I, c, nblocks = (s.C + BLOCK - 1) // BLOCK
     if C == 0:
         return 0
     if O == 0 or I == 0:
         for c in range(C):
             s.y[c] = 0.0
     elif I == 1:   # (rows, C): blocks of columns, each task reading its block of every row
-        for b in prange(nblocks, num_threads=threads_for(s.nthreads, O * C), schedule='static'):
-            column_block_sum(s.x, s.y, O, C, b * BLOCK, min(C, (b + 1) * BLOCK))
+        ember_parallel(threads_for(s.nthreads, O * C), nblocks, column_block_task, <void *> s)
     else:
-        for c in prange(C, num_threads=threads_for(s.nthreads, O * C * I), schedule='static'):
-            acc = 0.0
-            for o in range(O):
-                acc = acc + ember_sum(s.x + (o * C + c) * I, I)
-            s.y[c] = <float> acc
+        ember_parallel(threads_for(s.nthreads, O * C * I), C, channel_task, <void *> s)
     return 0
 
 

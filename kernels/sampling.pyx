@@ -4,10 +4,10 @@ Wo). A 2-D sample is the 3-D one with D = Do = 1 and r = 2: its depth axis has o
 1. ``axis_taps`` computes one axis's taps (index, weight, d weight / d position) and d position /
 d grid for every mode and padding; forward and both gradients combine them the same way
 (``point_taps``), so the three loops cannot disagree on a tap."""
-from cython.parallel cimport prange
 from libc.math cimport fabsf, floorf, fmodf, lrintf
+from libc.string cimport memset
 
-from kernels.parallel cimport threads_for
+from kernels.parallel cimport threads_for, ember_parallel
 from kernels.simd cimport use_simd
 
 use_simd()
@@ -21,6 +21,7 @@ cdef enum:
     PAD_REFLECTION = 2
     MAX_POINT_TAPS = 64      # 4 taps per axis, 3 axes
     CHANNEL_BLOCK = 8        # channels one dX task scatters into per grid point
+    ZERO_CHUNK = 16384       # floats one task of a zero fill clears
 
 MODES = {"linear": MODE_LINEAR, "nearest": MODE_NEAREST, "cubic": MODE_CUBIC}
 PADDING_MODES = {"zeros": PAD_ZEROS, "border": PAD_BORDER, "reflection": PAD_REFLECTION}
@@ -326,28 +327,75 @@ cdef void grad_grid_row(const Geometry *geo, const float *dy, const float *x, co
             dgrid[(n * geo.points + p) * geo.r + a] = acc[a]
 
 
+# One call's arrays, shared by its tasks (rows of output points, or (sample, channel block)s).
+cdef struct SampleJob:
+    const Geometry *geo
+    const float *x
+    const float *dy
+    const float *grid
+    float *out               # y, dx or dgrid
+    long blocks              # channel blocks per sample (dx)
+
+
+cdef void forward_row_task(void *ctx, long row, int worker) noexcept nogil:
+    cdef const SampleJob *j = <const SampleJob *> ctx
+    forward_row(j.geo, j.x, j.grid, j.out, row)
+
+
+cdef void grad_input_block_task(void *ctx, long task, int worker) noexcept nogil:
+    cdef const SampleJob *j = <const SampleJob *> ctx
+    grad_input_task(j.geo, j.dy, j.grid, j.out, task, j.blocks)
+
+
+cdef void grad_grid_row_task(void *ctx, long row, int worker) noexcept nogil:
+    cdef const SampleJob *j = <const SampleJob *> ctx
+    grad_grid_row(j.geo, j.dy, j.x, j.grid, j.out, row)
+
+
+cdef struct ZeroJob:
+    float *p
+    long n
+
+
+cdef void zero_chunk_task(void *ctx, long chunk, int worker) noexcept nogil:
+    """Clears chunk `chunk` of p: ZERO_CHUNK floats, the last one shorter."""
+    cdef const ZeroJob *j = <const ZeroJob *> ctx
+    cdef long first = chunk * ZERO_CHUNK
+    memset(j.p + first, 0, sizeof(float) * min(<long> ZERO_CHUNK, j.n - first))
+
+
+cdef void zero_fill(float *p, long n, int nthreads) noexcept nogil:
+    """p[0:n] = 0, shared by threads_for(nthreads, n) threads in ZERO_CHUNK tasks (one task a
+    float would cost a claim a float)."""
+    cdef ZeroJob job
+    job.p = p
+    job.n = n
+    ember_parallel(threads_for(nthreads, n), (n + ZERO_CHUNK - 1) // ZERO_CHUNK,
+                   zero_chunk_task, &job)
+
+
 def grid_sample_forward(float[:, :, :, :, ::1] x, float[:, :, :, :, ::1] grid,
                         float[:, :, :, :, ::1] out, int mode, int padding, bint align_corners,
                         int nthreads):
     """out[n, c, p] = Σ over p's taps of weight · x[n, c, tap]; threads over the N·Do·Ho
     output rows (an empty X samples zeros)."""
     cdef Geometry geo = geometry(x.shape, grid.shape, out.shape, mode, padding, align_corners)
-    cdef long row, rows = geo.N * geo.Do * geo.Ho, i
+    cdef long rows = geo.N * geo.Do * geo.Ho
     cdef long total = geo.N * geo.C * geo.points
+    cdef SampleJob job
     if total == 0:
         return
-    cdef float *yp = &out[0, 0, 0, 0, 0]
+    job.geo = &geo
+    job.out = &out[0, 0, 0, 0, 0]
     if geo.plane == 0:
         with nogil:
-            for i in prange(total, num_threads=threads_for(nthreads, total), schedule='static'):
-                yp[i] = 0
+            zero_fill(job.out, total, nthreads)
         return
-    cdef const float *gp = &grid[0, 0, 0, 0, 0]
-    cdef const float *xp = &x[0, 0, 0, 0, 0]
+    job.grid = &grid[0, 0, 0, 0, 0]
+    job.x = &x[0, 0, 0, 0, 0]
     nthreads = threads_for(nthreads, total * taps_per_point(mode, geo.r))
     with nogil:
-        for row in prange(rows, num_threads=nthreads, schedule='static'):
-            forward_row(&geo, xp, gp, yp, row)
+        ember_parallel(nthreads, rows, forward_row_task, &job)
 
 
 def grid_sample_grad_input(float[:, :, :, :, ::1] dy, float[:, :, :, :, ::1] grid,
@@ -357,22 +405,22 @@ def grid_sample_grad_input(float[:, :, :, :, ::1] dy, float[:, :, :, :, ::1] gri
     owns the planes of one sample and one block of CHANNEL_BLOCK channels, and walks every
     point of that sample (its taps computed once per point for the whole block)."""
     cdef Geometry geo = geometry(dx.shape, grid.shape, dy.shape, mode, padding, align_corners)
-    cdef long blocks = (geo.C + CHANNEL_BLOCK - 1) // CHANNEL_BLOCK
-    cdef long task, i, size = geo.N * geo.C * geo.plane
+    cdef long size = geo.N * geo.C * geo.plane
+    cdef SampleJob job
     if size == 0:
         return
-    cdef float *dxp = &dx[0, 0, 0, 0, 0]
+    job.geo = &geo
+    job.blocks = (geo.C + CHANNEL_BLOCK - 1) // CHANNEL_BLOCK
+    job.out = &dx[0, 0, 0, 0, 0]
     with nogil:
-        for i in prange(size, num_threads=threads_for(nthreads, size), schedule='static'):
-            dxp[i] = 0
+        zero_fill(job.out, size, nthreads)
     if geo.points == 0:
         return
-    cdef const float *gp = &grid[0, 0, 0, 0, 0]
-    cdef const float *dyp = &dy[0, 0, 0, 0, 0]
+    job.grid = &grid[0, 0, 0, 0, 0]
+    job.dy = &dy[0, 0, 0, 0, 0]
     nthreads = threads_for(nthreads, geo.N * geo.C * geo.points * taps_per_point(mode, geo.r))
     with nogil:
-        for task in prange(geo.N * blocks, num_threads=nthreads, schedule='dynamic'):
-            grad_input_task(&geo, dyp, gp, dxp, task, blocks)
+        ember_parallel(nthreads, geo.N * job.blocks, grad_input_block_task, &job)
 
 
 def grid_sample_grad_grid(float[:, :, :, :, ::1] dy, float[:, :, :, :, ::1] x,
@@ -382,20 +430,20 @@ def grid_sample_grad_grid(float[:, :, :, :, ::1] dy, float[:, :, :, :, ::1] x,
     (zero in nearest mode, and where X is empty); each point is written by one task: threads
     over the N·Do·Ho rows."""
     cdef Geometry geo = geometry(x.shape, grid.shape, dy.shape, mode, padding, align_corners)
-    cdef long row, rows = geo.N * geo.Do * geo.Ho, i
+    cdef long rows = geo.N * geo.Do * geo.Ho
     cdef long size = geo.N * geo.points * geo.r
+    cdef SampleJob job
     if size == 0:
         return
-    cdef float *dgp = &dgrid[0, 0, 0, 0, 0]
+    job.geo = &geo
+    job.out = &dgrid[0, 0, 0, 0, 0]
     if geo.C * geo.plane == 0:
         with nogil:
-            for i in prange(size, num_threads=threads_for(nthreads, size), schedule='static'):
-                dgp[i] = 0
+            zero_fill(job.out, size, nthreads)
         return
-    cdef const float *gp = &grid[0, 0, 0, 0, 0]
-    cdef const float *dyp = &dy[0, 0, 0, 0, 0]
-    cdef const float *xp = &x[0, 0, 0, 0, 0]
+    job.grid = &grid[0, 0, 0, 0, 0]
+    job.dy = &dy[0, 0, 0, 0, 0]
+    job.x = &x[0, 0, 0, 0, 0]
     nthreads = threads_for(nthreads, geo.N * geo.C * geo.points * taps_per_point(mode, geo.r))
     with nogil:
-        for row in prange(rows, num_threads=nthreads, schedule='static'):
-            grad_grid_row(&geo, dyp, xp, gp, dgp, row)
+        ember_parallel(nthreads, rows, grad_grid_row_task, &job)

@@ -7,11 +7,10 @@ row, so threads must not split the k loop; they own disjoint column tiles (o, c0
 instead, and each walks every index in order: race-free, and every element summed in the
 order np.add.at sums it, whatever the thread count.
 """
-from cython.parallel cimport prange
 from libc.stdint cimport int64_t
 from libc.string cimport memset
 
-from kernels.parallel cimport threads_for
+from kernels.parallel cimport threads_for, ember_parallel
 from kernels.simd cimport use_simd
 
 use_simd()
@@ -33,6 +32,34 @@ def first_out_of_range(const int64_t[::1] idx, long rows):
     return found
 
 
+cdef struct ScatterJob:
+    const float *dy
+    const int64_t *idx
+    float *dx
+    long rows, inner, n, tiles, skip_row
+
+
+cdef void scatter_tile_task(void *ctx, long task, int worker) noexcept nogil:
+    """Column tile (o, c0:c1) of dx: every index in order, so sums follow np.add.at's order."""
+    cdef const ScatterJob *j = <const ScatterJob *> ctx
+    cdef long o = task // j.tiles
+    cdef long c0 = (task % j.tiles) * TILE
+    cdef long c1 = min(c0 + TILE, j.inner)
+    cdef long k, c, row
+    cdef const float *dy_row
+    cdef float *dx_row
+    for k in range(j.n):
+        row = j.idx[k]
+        if row < 0:
+            row = row + j.rows
+        if row == j.skip_row:
+            continue
+        dy_row = j.dy + (o * j.n + k) * j.inner
+        dx_row = j.dx + (o * j.rows + row) * j.inner
+        for c in range(c0, c1):
+            dx_row[c] += dy_row[c]
+
+
 def scatter_add_rows(const float[:, :, ::1] dy, const int64_t[::1] idx, float[:, :, ::1] dx,
                      long skip_row, int nthreads):
     """dx = 0, then dx[o, idx[k], :] += dy[o, k, :] for every k (negative indices count from the
@@ -41,23 +68,16 @@ def scatter_add_rows(const float[:, :, ::1] dy, const int64_t[::1] idx, float[:,
     cdef long outer = dx.shape[0], rows = dx.shape[1], inner = dx.shape[2]
     cdef long n = idx.shape[0]
     cdef long tiles = (inner + TILE - 1) // TILE
-    cdef long task, o, c0, c1, c, k, row
     cdef int threads = <int> min(<long> threads_for(nthreads, outer * n * inner), outer * tiles)
+    cdef ScatterJob j
     if outer * rows * inner == 0:
         return
     memset(&dx[0, 0, 0], 0, outer * rows * inner * sizeof(float))
     if n == 0 or tiles == 0:
         return
+    j.dy = &dy[0, 0, 0]
+    j.idx = &idx[0]
+    j.dx = &dx[0, 0, 0]
+    j.rows, j.inner, j.n, j.tiles, j.skip_row = rows, inner, n, tiles, skip_row
     with nogil:
-        for task in prange(outer * tiles, num_threads=threads, schedule='static'):
-            o = task // tiles
-            c0 = (task % tiles) * TILE
-            c1 = min(c0 + TILE, inner)
-            for k in range(n):
-                row = idx[k]
-                if row < 0:
-                    row = row + rows
-                if row == skip_row:
-                    continue
-                for c in range(c0, c1):
-                    dx[o, row, c] += dy[o, k, c]
+        ember_parallel(threads, outer * tiles, scatter_tile_task, &j)

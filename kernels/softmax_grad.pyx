@@ -1,5 +1,4 @@
 """Softmax / LogSoftmax gradients and the softmax cross-entropy loss with its gradient."""
-from cython.parallel cimport prange
 from cpython.pycapsule cimport PyCapsule_New
 from libc.math cimport NAN
 from libc.stdint cimport int64_t
@@ -8,28 +7,42 @@ from kernels.activation cimport ACT_EXP
 from kernels.elementwise_simd cimport (ember_act_unary, ember_softmax_grad_line,
                                        ember_softmax_line)
 from kernels.native_step cimport ember_native_step, EMBER_NATIVE_CAPSULE
-from kernels.parallel cimport threads_for
+from kernels.parallel cimport threads_for, ember_parallel
 from kernels.simd cimport use_simd
 
 use_simd()
 
 
+cdef struct SoftmaxGradJob:
+    const float *dy
+    const float *y
+    float *dx
+    long n, inner
+    int log
+
+
+cdef void softmax_grad_line_task(void *ctx, long line, int worker) noexcept nogil:
+    """One line (o, j) of n values, strided by inner."""
+    cdef const SoftmaxGradJob *job = <const SoftmaxGradJob *> ctx
+    cdef long o = line // job.inner, j = line % job.inner
+    cdef long first = o * job.n * job.inner + j
+    ember_softmax_grad_line(job.dy + first, job.y + first, job.dx + first, job.n, job.inner,
+                            job.log)
+
+
 def softmax_grad(float[:, :, ::1] dy, float[:, :, ::1] y, float[:, :, ::1] dx, bint log,
                  int nthreads):
     """Gradient of softmax (or log-softmax) along the middle axis of (outer, n, inner)."""
-    cdef long O = y.shape[0], n = y.shape[1], I = y.shape[2], line, o, j
+    cdef long O = y.shape[0], n = y.shape[1], I = y.shape[2]
+    cdef SoftmaxGradJob job
     if O * n * I == 0:
         return
-    cdef const float *gp = &dy[0, 0, 0]
-    cdef const float *yp = &y[0, 0, 0]
-    cdef float *dxp = &dx[0, 0, 0]
+    job.dy = &dy[0, 0, 0]
+    job.y = &y[0, 0, 0]
+    job.dx = &dx[0, 0, 0]
+    job.n, job.inner, job.log = n, I, log
     with nogil:
-        for line in prange(O * I, num_threads=threads_for(nthreads, O * n * I),
-                           schedule='static'):
-            o = line // I
-            j = line % I
-            ember_softmax_grad_line(gp + o * n * I + j, yp + o * n * I + j, dxp + o * n * I + j,
-                                    n, I, log)
+        ember_parallel(threads_for(nthreads, O * n * I), O * I, softmax_grad_line_task, &job)
 
 
 cdef enum Reduction:
@@ -73,6 +86,12 @@ cdef struct XentCall:
     bint has_ignore
     int nthreads
     long bad                   # the first bad label's row, after a run that returned non-zero
+    double scale               # gradient, within a run: dL/dloss, over Σ w for MEAN
+
+
+cdef void log_softmax_row_task(void *ctx, long i, int worker) noexcept nogil:
+    cdef const XentCall *c = <const XentCall *> ctx
+    ember_softmax_line(c.scores + i * c.C, c.log_prob + i * c.C, c.C, 1, True)
 
 
 cdef int xent_forward(XentCall *c) noexcept nogil:
@@ -88,8 +107,7 @@ cdef int xent_forward(XentCall *c) noexcept nogil:
         return 1
     if C == 0:
         return 0
-    for i in prange(N, num_threads=c.nthreads, schedule='static'):
-        ember_softmax_line(c.scores + i * C, c.log_prob + i * C, C, 1, True)
+    ember_parallel(c.nthreads, N, log_softmax_row_task, c)
     for i in range(N):
         wi = label_weight(lp[i], c.weights, c.ignore_index, c.has_ignore)
         s = -wi * c.log_prob[i * C + lp[i]] if wi != 0.0 else 0.0
@@ -104,12 +122,27 @@ cdef int xent_forward(XentCall *c) noexcept nogil:
     return 0
 
 
+cdef void xent_grad_row_task(void *ctx, long i, int worker) noexcept nogil:
+    """dscores row i: coef_i·(exp(log_prob[i]) − onehot(l_i)), zeros for an ignored row."""
+    cdef const XentCall *c = <const XentCall *> ctx
+    cdef long C = c.C, k, label = c.labels[i]
+    cdef float *out = c.out + i * C
+    cdef double wi = label_weight(label, c.weights, c.ignore_index, c.has_ignore)
+    cdef float coef = <float> (wi * (c.dloss[i] if c.reduction == NONE else c.scale)) \
+        if wi != 0.0 else 0.0
+    if wi == 0.0:
+        for k in range(C):
+            out[k] = 0.0
+    else:
+        ember_act_unary(c.log_prob + i * C, out, C, ACT_EXP, 0.0, 0.0)
+        for k in range(C):
+            out[k] = coef * out[k]
+        out[label] = out[label] - coef
+
+
 cdef int xent_backward(XentCall *c) noexcept nogil:
-    cdef long N = c.N, C = c.C, i, k
-    cdef double denom = 0.0, scale, wi
-    cdef float coef
-    cdef const float *row
-    cdef float *out
+    cdef long N = c.N, C = c.C, i
+    cdef double denom = 0.0
     cdef const int64_t *lp = c.labels
     if N == 0 or C == 0:
         return 0
@@ -119,22 +152,10 @@ cdef int xent_backward(XentCall *c) noexcept nogil:
     if c.reduction == MEAN:
         for i in range(N):
             denom = denom + label_weight(lp[i], c.weights, c.ignore_index, c.has_ignore)
-        scale = c.dloss[0] / denom if denom != 0.0 else NAN
+        c.scale = c.dloss[0] / denom if denom != 0.0 else NAN
     else:
-        scale = c.dloss[0]
-    for i in prange(N, num_threads=c.nthreads, schedule='static'):
-        out = c.out + i * C
-        row = c.log_prob + i * C
-        wi = label_weight(lp[i], c.weights, c.ignore_index, c.has_ignore)
-        coef = <float> (wi * (c.dloss[i] if c.reduction == NONE else scale)) if wi != 0.0 else 0.0
-        if wi == 0.0:
-            for k in range(C):
-                out[k] = 0.0
-        else:
-            ember_act_unary(row, out, C, ACT_EXP, 0.0, 0.0)
-            for k in range(C):
-                out[k] = coef * out[k]
-            out[lp[i]] = out[lp[i]] - coef
+        c.scale = c.dloss[0]
+    ember_parallel(c.nthreads, N, xent_grad_row_task, c)
     return 0
 
 
