@@ -65,7 +65,7 @@ def check(x, out_shape, threads=2, oracle=None, **kw):
     scales = kw.get("scales")
     if oracle is None:
         dyadic = scales is None or all(float(4 * s).is_integer() for s in scales)
-        oracle = "onnxruntime" if dyadic and all(
+        oracle = "onnxruntime" if scales is None or dyadic and all(
             float(d * s).is_integer()
             for d, s in zip(x.shape[-len(scales):], scales)) else "reference"
         if kw.get("coordinate_transformation_mode") == "half_pixel_symmetric":
