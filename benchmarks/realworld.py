@@ -1,6 +1,7 @@
 """Real-world-style exports: models as torch.onnx writes them, patterns spelled out op by op.
 
-    python -m benchmarks.realworld                  # both models, 1 and 2 threads
+    python -m benchmarks.realworld                  # every model, 1 and 2 threads
+    python -m benchmarks.realworld --models yolov8n --save yolov8n.onnx   # keep the export
     python -m benchmarks.realworld --threads 1 --runs 20
 
 * ``pplcnet``: a PP-LCNet-like classifier (PP-LCNet x1.0's stages, 224×224): depthwise-separable
@@ -10,7 +11,13 @@
 * ``ln_gelu_mlp``: a layer-norm/GELU MLP head over 196 tokens of width 384 (two pre-norm MLP
   blocks with residuals, a final norm, token mean, a 1000-way classifier), the layer norm
   hand-written (ReduceMean/Sub/Pow/ReduceMean/Add/Sqrt/Div/Mul/Add) and the GELU in its erf form
-  ``0.5·x·(1 + erf(x/√2))``.
+  ``0.5·x·(1 + erf(x/√2))``;
+* ``yolov8n``: a YOLOv8n-like detector at 320×320 (YOLOv8n's widths 16…256 and depths):
+  Conv-BN-SiLU blocks (SiLU as Sigmoid·Mul in the file), C2f blocks (a 1×1 conv Split in two,
+  bottlenecks on the second half, everything Concat-ed into a 1×1 conv), SPPF (three chained
+  5×5 MaxPools), an FPN/PAN neck with nearest ×2 Resize (``nn.Upsample``) and Concat, and a
+  decoupled head (box and class branches per level) with YOLOv8's DFL box decode (Softmax over
+  16 bins, a 1×1 conv, anchors) and sigmoid class scores: (1, 84, 2100).
 
 Each model is timed interleaved (``runtime.profile.time_interleaved``) four ways: ember with every
 pass, ember without the pattern passes (``graph.patterns.PATTERNS`` emptied while it compiles:
@@ -105,7 +112,126 @@ def ln_gelu_mlp(torch):
     return Head(), (1, tokens, width)
 
 
-MODELS = {"pplcnet": pplcnet, "ln_gelu_mlp": ln_gelu_mlp}
+# YOLOv8n: (out channels, C2f bottlenecks) of the backbone's four stride-2 stages
+YOLOV8N_STAGES = [(32, 1), (64, 2), (128, 2), (256, 1)]
+YOLO_CLASSES, YOLO_BINS = 80, 16
+
+
+def yolov8n(torch):
+    nn = torch.nn
+
+    class Conv(nn.Module):
+        def __init__(self, cin, cout, k=1, stride=1):
+            super().__init__()
+            self.conv = nn.Conv2d(cin, cout, k, stride, k // 2, bias=False)
+            self.bn, self.act = nn.BatchNorm2d(cout), nn.SiLU()
+
+        def forward(self, x):
+            return self.act(self.bn(self.conv(x)))
+
+    class Bottleneck(nn.Module):
+        def __init__(self, c, shortcut):
+            super().__init__()
+            self.cv1, self.cv2, self.add = Conv(c, c, 3), Conv(c, c, 3), shortcut
+
+        def forward(self, x):
+            y = self.cv2(self.cv1(x))
+            return x + y if self.add else y
+
+    class C2f(nn.Module):
+        def __init__(self, cin, cout, n, shortcut):
+            super().__init__()
+            self.c = cout // 2
+            self.cv1, self.cv2 = Conv(cin, 2 * self.c, 1), Conv((2 + n) * self.c, cout, 1)
+            self.m = nn.ModuleList(Bottleneck(self.c, shortcut) for _ in range(n))
+
+        def forward(self, x):
+            y = list(self.cv1(x).chunk(2, 1))
+            for m in self.m:
+                y.append(m(y[-1]))
+            return self.cv2(torch.cat(y, 1))
+
+    class SPPF(nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.cv1, self.cv2 = Conv(c, c // 2, 1), Conv(c // 2 * 4, c, 1)
+            self.m = nn.MaxPool2d(5, 1, 2)
+
+        def forward(self, x):
+            y = [self.cv1(x)]
+            for _ in range(3):
+                y.append(self.m(y[-1]))
+            return self.cv2(torch.cat(y, 1))
+
+    class Detect(nn.Module):
+        """Per level a box branch (4·16 DFL bins) and a class branch; DFL decode on anchors."""
+        def __init__(self, chans, strides, size):
+            super().__init__()
+            c2, c3 = max(16, chans[0] // 4, 4 * YOLO_BINS), max(chans[0], YOLO_CLASSES)
+            self.box = nn.ModuleList(nn.Sequential(Conv(c, c2, 3), Conv(c2, c2, 3),
+                                                   nn.Conv2d(c2, 4 * YOLO_BINS, 1))
+                                     for c in chans)
+            self.cls = nn.ModuleList(nn.Sequential(Conv(c, c3, 3), Conv(c3, c3, 3),
+                                                   nn.Conv2d(c3, YOLO_CLASSES, 1))
+                                     for c in chans)
+            self.dfl = nn.Conv2d(YOLO_BINS, 1, 1, bias=False).requires_grad_(False)
+            self.dfl.weight.data[:] = torch.arange(YOLO_BINS, dtype=torch.float32).view(
+                1, YOLO_BINS, 1, 1)
+            anchors, stride_of = [], []
+            for s in strides:
+                n = size // s
+                ys, xs = torch.meshgrid(torch.arange(n) + 0.5, torch.arange(n) + 0.5,
+                                        indexing="ij")
+                anchors.append(torch.stack((xs, ys), -1).view(-1, 2))
+                stride_of.append(torch.full((n * n, 1), float(s)))
+            self.register_buffer("anchors", torch.cat(anchors).transpose(0, 1)[None])
+            self.register_buffer("strides", torch.cat(stride_of).transpose(0, 1)[None])
+
+        def forward(self, feats):
+            b = feats[0].shape[0]
+            out = [torch.cat((bx(f), cl(f)), 1).view(b, 4 * YOLO_BINS + YOLO_CLASSES, -1)
+                   for f, bx, cl in zip(feats, self.box, self.cls)]
+            box, cls = torch.cat(out, 2).split((4 * YOLO_BINS, YOLO_CLASSES), 1)
+            a = box.shape[2]
+            dist = self.dfl(box.view(b, 4, YOLO_BINS, a).transpose(2, 1).softmax(1)).view(b, 4,
+                                                                                          a)
+            lt, rb = dist.chunk(2, 1)
+            x1y1, x2y2 = self.anchors - lt, self.anchors + rb
+            xywh = torch.cat(((x1y1 + x2y2) / 2, x2y2 - x1y1), 1) * self.strides
+            return torch.cat((xywh, cls.sigmoid()), 1)
+
+    class YOLOv8n(nn.Module):
+        def __init__(self, size):
+            super().__init__()
+            stem, layers, cin = Conv(3, 16, 3, 2), [], 16
+            for cout, n in YOLOV8N_STAGES:
+                layers.append(nn.Sequential(Conv(cin, cout, 3, 2), C2f(cout, cout, n, True)))
+                cin = cout
+            self.stem, self.stages, self.sppf = stem, nn.ModuleList(layers), SPPF(256)
+            self.up = nn.Upsample(scale_factor=2, mode="nearest")
+            self.top_down4, self.top_down3 = C2f(256 + 128, 128, 1, False), C2f(128 + 64, 64, 1,
+                                                                                False)
+            self.down3, self.bottom_up4 = Conv(64, 64, 3, 2), C2f(64 + 128, 128, 1, False)
+            self.down4, self.bottom_up5 = Conv(128, 128, 3, 2), C2f(128 + 256, 256, 1, False)
+            self.detect = Detect((64, 128, 256), (8, 16, 32), size)
+
+        def forward(self, x):
+            x = self.stem(x)
+            p2 = self.stages[0](x)
+            p3 = self.stages[1](p2)
+            p4 = self.stages[2](p3)
+            p5 = self.sppf(self.stages[3](p4))
+            n4 = self.top_down4(torch.cat((self.up(p5), p4), 1))
+            n3 = self.top_down3(torch.cat((self.up(n4), p3), 1))
+            m4 = self.bottom_up4(torch.cat((self.down3(n3), n4), 1))
+            m5 = self.bottom_up5(torch.cat((self.down4(m4), p5), 1))
+            return self.detect([n3, m4, m5])
+
+    size = 320
+    return YOLOv8n(size), (1, 3, size, size)
+
+
+MODELS = {"pplcnet": pplcnet, "ln_gelu_mlp": ln_gelu_mlp, "yolov8n": yolov8n}
 
 
 def export(builder) -> tuple:
@@ -200,7 +326,14 @@ def main(argv=None):
     ap.add_argument("--threads", nargs="*", type=int, default=[1, 2])
     ap.add_argument("--runs", type=int, default=15)
     ap.add_argument("--out", default=os.path.join(HERE, "RESULTS.md"))
+    ap.add_argument("--save", metavar="PATH.onnx",
+                    help="write the (single) model's export here, e.g. for `ember bench`")
     args = ap.parse_args(argv)
+    if args.save:
+        if len(args.models) != 1:
+            ap.error("--save takes exactly one model in --models")
+        with open(args.save, "wb") as f:
+            f.write(export(MODELS[args.models[0]])[0])
     write(bench(args.models, args.threads, args.runs), args.out,
           sys.argv[1:] if argv is None else argv)
 

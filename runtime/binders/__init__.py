@@ -17,7 +17,7 @@ from ...graph.errors import ModelError
 from ...graph.ops import get_op
 from ...kernels.plan import PlanRunner
 from . import (activation, control_flow, conv, elementwise, linear, loss,  # noqa: F401
-               normalization, pool, recurrent, reduce, sampling, softmax, tensor)
+               normalization, pool, recurrent, reduce, resize, sampling, softmax, tensor)
 from .common import root_of
 from .registry import BINDINGS, binds
 
