@@ -1,5 +1,5 @@
 """Build ember: map the four source folders into the ``ember`` namespace and compile every
-``kernels/*.pyx`` with -O3 and OpenMP, for the architecture's baseline: the SIMD kernels are
+``kernels/*.pyx`` with -O3, for the architecture's baseline: the SIMD kernels are
 compiled once per instruction set into ``ember.kernels.simd`` (``kernels/simd_<level>.c``) and
 chosen at import from what the CPU reports, so every build (a wheel or ``pip install .``) runs
 the same kernels on the same machine. There is no -march=native: it would only change how the
@@ -8,15 +8,12 @@ compiler vectorises the few loops left outside the dispatched kernels.
 Environment switches:
   EMBER_PORTABLE=1    accepted for older scripts; every build is portable now
   EMBER_BOUNDSCHECK=1 Cython bounds and wraparound checks on in every kernel (CI safety run)
-  EMBER_NO_OPENMP=1   build without OpenMP (kernels then run on one thread)
+
+The kernels run on ember's own thread pool (kernels/thread_pool.c, POSIX threads), not OpenMP:
+no libgomp is linked, loaded or needed at run time.
 """
 import glob
 import os
-import shutil
-import subprocess
-import sys
-import sysconfig
-import tempfile
 
 import numpy as np
 from Cython.Build import cythonize
@@ -29,36 +26,13 @@ def _flag(name):
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def _compiler_accepts(flags):
-    """True when the C compiler builds and links a trivial OpenMP/arch program with ``flags``."""
-    cc = sysconfig.get_config_var("CC") or "cc"
-    cc = cc.split()[0]
-    if not shutil.which(cc):
-        cc = "cc"
-    with tempfile.TemporaryDirectory() as tmp:
-        src = os.path.join(tmp, "t.c")
-        with open(src, "w") as f:
-            f.write("#include <omp.h>\nint main(void){return omp_get_max_threads() < 0;}\n"
-                    if "-fopenmp" in flags else "int main(void){return 0;}\n")
-        try:
-            r = subprocess.run([cc, *flags, src, "-o", os.path.join(tmp, "t")],
-                               capture_output=True)
-        except OSError:
-            return False
-        return r.returncode == 0
-
-
 compile_args = ["-O3", "-fno-math-errno", "-Wno-unused-function",
                 "-Wno-maybe-uninitialized", "-Wno-unreachable-code",
                 "-Wno-psabi"]   # vector types in static functions of the per-ISA kernels
 if not _flag("EMBER_DEBUG_SYMBOLS"):
     compile_args.append("-g0")   # Python's CFLAGS carry -g: debug info would triple the wheel
-link_args = []
-if not _flag("EMBER_NO_OPENMP") and _compiler_accepts(["-fopenmp"]):
-    compile_args.append("-fopenmp")
-    link_args.append("-fopenmp")
-else:
-    print("ember: building without OpenMP", file=sys.stderr)
+compile_args.append("-pthread")   # kernels/thread_pool.c
+link_args = ["-pthread"]
 
 checks = _flag("EMBER_BOUNDSCHECK")
 directives = {

@@ -58,7 +58,7 @@ def load(model: str | os.PathLike | bytes | bytearray | memoryview | ModelProto,
          max_plans: int = 16, max_concurrent_runs: int | None = None) -> Session:
     """Load an ONNX model (a path, the file's bytes, or an ``onnx.ModelProto``) and compile it.
 
-    ``threads``: OpenMP threads this Session uses (default: the CPUs this process may use).
+    ``threads``: threads of ember's pool this Session uses (default: the CPUs this process may use).
     ``shapes``: concrete shapes for inputs with symbolic dims, e.g. ``{"input": (8, 3, 224, 224)}``;
     without it such a model still loads, and each new input shape is compiled on first use.
     ``memory_cap``: bytes the Session may allocate for the model — the arenas of every cached

@@ -1,14 +1,8 @@
-"""The module kernels/__init__.py imports to load libgomp, and a build fact for CI.
+"""A build fact for CI: whether this build has Cython's bounds checks compiled in.
 
-max_threads references OpenMP, which keeps libgomp among this module's dependencies even though
-the linker drops unused libraries (--as-needed): importing it is what loads libgomp while
-GOMP_SPINCOUNT is set. bounds_checked tells CI whether bounds checks are compiled in."""
-cimport openmp
+(The module once loaded libgomp with ember's spin setting; the kernels now run on ember's own
+thread pool, kernels/thread_pool.c, and nothing links OpenMP.)"""
 import numpy as np
-
-
-def max_threads():
-    return openmp.omp_get_max_threads()
 
 
 def bounds_checked():

@@ -8,7 +8,7 @@
  * rewritten only after every task of it was claimed and done, so a late worker can never run a
  * task of a job it read half of.
  *
- * Waiting: an idle worker spins (pause) while a plan run holds the pool — up to HOLD_SPIN_NS
+ * Waiting: an idle worker spins (pause) while one plan run holds the pool — up to HOLD_SPIN_NS
  * without work, yielding the core now and then so a process sharing it is not starved — and
  * otherwise for IDLE_SPIN_NS; then it sleeps on a condition variable until the next job. */
 #define _GNU_SOURCE
@@ -17,12 +17,15 @@
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <time.h>
 
 #include "thread_pool.h"
 
 #define MAX_WORKERS 255
 #define IDLE_SPIN_NS 30000L      /* ~ the gap between two kernel calls from Python */
+#define SPIN_ENV "EMBER_POOL_SPIN_US"  /* overrides IDLE_SPIN_NS, in microseconds */
+#define MAX_SPIN_NS 10000000000L
 #define HOLD_SPIN_NS 5000000L    /* a held run with no parallel work for 5 ms: sleep anyway */
 #define YIELD_EVERY_NS 100000L   /* while spinning, give the core away this often */
 #define MAX_TASKS 0xffffffffL    /* the task counter is the ticket's low 32 bits */
@@ -55,11 +58,29 @@ static struct {
     pthread_cond_t wake;
     pthread_mutex_t grow;     /* serialises starting workers */
     int atfork_done;
+    _Atomic long idle_spin_ns;
 } P = {
     .lock = PTHREAD_MUTEX_INITIALIZER,
     .wake = PTHREAD_COND_INITIALIZER,
     .grow = PTHREAD_MUTEX_INITIALIZER,
+    .idle_spin_ns = IDLE_SPIN_NS,
 };
+
+/* EMBER_POOL_SPIN_US: how long an idle worker spins when no run holds the pool (a latency-bound
+ * service may want the workers hot between requests, as onnxruntime's spinning pool keeps
+ * them); read once, when the first worker starts. Junk or negative values keep the default. */
+static void read_spin_setting(void)
+{
+    const char *v = getenv(SPIN_ENV);
+    if (v == NULL || *v == 0)
+        return;
+    char *end = NULL;
+    long long us = strtoll(v, &end, 10);
+    if (end == v || *end != 0 || us < 0)
+        return;
+    long long ns = us > MAX_SPIN_NS / 1000 ? MAX_SPIN_NS : us * 1000;
+    atomic_store(&P.idle_spin_ns, (long)ns);
+}
 
 static long now_ns(void)
 {
@@ -110,11 +131,13 @@ static void *worker_main(void *arg)
             idle_from = last_yield = now_ns();
             continue;
         }
-        for (int i = 0; i < 64; ++i)
+        /* poll the generation at every pause: a job is seen within ~20 ns of its publication */
+        for (int i = 0; i < 64 && atomic_load_explicit(&P.gen, memory_order_relaxed) == seen; ++i)
             cpu_relax();
         long t = now_ns();
-        long limit = atomic_load_explicit(&P.hold, memory_order_relaxed) > 0 ? HOLD_SPIN_NS
-                                                                             : IDLE_SPIN_NS;
+        long idle = atomic_load_explicit(&P.idle_spin_ns, memory_order_relaxed);
+        long limit = atomic_load_explicit(&P.hold, memory_order_relaxed) == 1 && idle < HOLD_SPIN_NS
+                         ? HOLD_SPIN_NS : idle;
         if (t - idle_from < limit) {
             if (t - last_yield > YIELD_EVERY_NS) {
                 sched_yield();
@@ -169,6 +192,7 @@ static void ensure_workers(int want)
     pthread_mutex_lock(&P.grow);
     if (!P.atfork_done) {
         pthread_atfork(NULL, NULL, after_fork_in_child);
+        read_spin_setting();
         P.atfork_done = 1;
     }
     sigset_t all, old;
@@ -209,7 +233,12 @@ void ember_pool_run(int nthreads, long ntasks, ember_task_fn fn, void *ctx)
         run_inline(ntasks, fn, ctx);
         return;
     }
-    if (!atomic_compare_exchange_strong(&P.busy, &expected, 1)) {
+    /* Admission: while two or more plan runs are in progress (a service's request threads
+     * sharing the cores) each runs its tasks on its own thread — as many busy threads as runs,
+     * which Session's max_concurrent_runs keeps at the core count — instead of one run taking
+     * the pool and the others oversubscribing the cores beside it. */
+    if (atomic_load_explicit(&P.hold, memory_order_relaxed) > 1 ||
+        !atomic_compare_exchange_strong(&P.busy, &expected, 1)) {
         atomic_fetch_add_explicit(&P.busy_inline, 1, memory_order_relaxed);
         run_inline(ntasks, fn, ctx);
         return;

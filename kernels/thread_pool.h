@@ -12,7 +12,9 @@
  * A parallel call runs fn(ctx, task, worker) once for every task in [0, ntasks): `worker` is in
  * [0, nthreads) and no two tasks run on the same worker at once, so it indexes per-thread
  * scratch. The caller is worker 0. A call made while the pool is busy (a task calling in, or
- * another thread's run) runs its tasks on the calling thread, in order, as worker 0. */
+ * another thread's run), or while more than one plan run holds it (concurrent runs: each then
+ * keeps to its own thread, see ember_pool_run), runs its tasks on the calling thread, in
+ * order, as worker 0. */
 #ifndef EMBER_THREAD_POOL_H
 #define EMBER_THREAD_POOL_H
 

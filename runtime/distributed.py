@@ -1,5 +1,5 @@
 """Data parallelism over MPI (runtime/DISTRIBUTED.md): one process per rank, each with its own
-compiled steps and its own OpenMP threads, gradients averaged with MPI allreduces.
+compiled steps and its own kernel threads, gradients averaged with MPI allreduces.
 
 Why MPI (through ``mpi4py``, the optional extra ``ember[mpi]``): it is the engine clusters
 already run — ``mpirun``/``srun`` start the ranks, place them on hosts and kill the whole job

@@ -106,7 +106,7 @@ def profile_steps(compiled, ctx, runs: int, refeed) -> Profile:
 def chrome_trace(profile: Profile) -> dict:
     """The Trace Event Format's JSON object form (``traceEvents`` plus metadata): times in
     µs from the first pass's start, everything on this process and one thread (the plan runs
-    its nodes in order; a node's OpenMP team is inside its event)."""
+    its nodes in order; a node's parallel loops are inside its event)."""
     pid, tid = os.getpid(), 0
     events = [{"name": "process_name", "ph": "M", "pid": pid, "tid": tid,
                "args": {"name": "ember"}},

@@ -2,7 +2,7 @@
 
 Inside a container ``os.cpu_count()`` is the host's count, and even the affinity mask is often
 the host's: the limit a container really gets is its cgroup CPU quota (``docker run --cpus 1.5``
-writes ``150000 100000`` into ``cpu.max``). Sizing the OpenMP team from the host makes every
+writes ``150000 100000`` into ``cpu.max``). Sizing the thread pool's share from the host makes every
 parallel region wait for threads the scheduler throttles. So the default is
 
     min(len(affinity mask), ceil(cgroup quota / period)), at least 1,

@@ -146,7 +146,8 @@ def test_session_with_a_bad_env_value_names_the_variable(monkeypatch):
 # ---- fresh processes: idle CPU after a run; other libraries' thread settings ------------------
 def run_fresh(code: str, cwd, env_extra: dict | None = None) -> str:
     env = {k: v for k, v in os.environ.items()
-           if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY", "EMBER_NUM_THREADS")}
+           if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY", "EMBER_NUM_THREADS",
+                        "EMBER_POOL_SPIN_US")}
     env.update(env_extra or {})
     # cwd outside the repository: `python -c` from the root would import the checkout's ember/
     # folder instead of the installed package
@@ -182,19 +183,26 @@ def test_idle_process_after_runs_uses_under_5_percent_of_a_cpu(tmp_path):
 
 
 def test_idle_measurement_sees_a_spinning_team(tmp_path):
-    # the control: with OpenMP told to spin forever, the same measurement must see the helper
-    # thread burning CPU — proof the test above can fail. A spinning thread gets a whole CPU on
-    # a quiet machine and its share of the two when other processes compete (a quarter at load
-    # 8), so the bar sits at twice the idle test's bound, not near a full CPU
+    # the control: with the pool's workers told to spin for 5 s after their last task, the same
+    # measurement must see the helper thread burning CPU — proof the test above can fail. A
+    # spinning thread gets a whole CPU on a quiet machine and its share of the two when other
+    # processes compete (a quarter at load 8), so the bar sits at twice the idle test's bound
+    used = float(run_fresh(IDLE.format(tests=str(TESTS)), tmp_path,
+                           {"EMBER_POOL_SPIN_US": "5000000"}))
+    assert used > 0.10, f"only {used:.1%} of a CPU with EMBER_POOL_SPIN_US=5000000"
+
+
+def test_openmp_settings_no_longer_make_ember_spin(tmp_path):
+    # ember's kernels do not run on OpenMP: a process-wide OMP_WAIT_POLICY=ACTIVE (meant for
+    # some other library) leaves ember's idle workers asleep
     used = float(run_fresh(IDLE.format(tests=str(TESTS)), tmp_path,
                            {"OMP_WAIT_POLICY": "ACTIVE"}))
-    assert used > 0.10, f"only {used:.1%} of a CPU with OMP_WAIT_POLICY=ACTIVE"
+    assert used < 0.05, f"{used:.1%} of a CPU while idle with OMP_WAIT_POLICY=ACTIVE"
 
 
 def test_ember_leaves_other_libraries_thread_settings_alone(tmp_path):
-    # numpy's BLAS pool keeps its size, no *_NUM_THREADS variable is set, and a threads=1
-    # Session does not shrink OpenMP's process-wide default (it passes num_threads per region
-    # instead of calling omp_set_num_threads, which would also change other OpenMP libraries)
+    # numpy's BLAS pool keeps its size, no *_NUM_THREADS variable is set, and ember brings no
+    # OpenMP runtime into the process (its kernels run on its own pool, kernels/thread_pool.c)
     pytest.importorskip("threadpoolctl")
     code = textwrap.dedent(f"""
         import json, os
@@ -219,7 +227,7 @@ def test_ember_leaves_other_libraries_thread_settings_alone(tmp_path):
     """)
     got = json.loads(run_fresh(code, tmp_path))
     assert got["kept"] and got["env"]
-    assert all(n == got["cpus"] for n in got["openmp"]), got
+    assert got["openmp"] == [], f"ember loaded an OpenMP runtime: {got}"   # its own pool only
 
 
 # ---- the reference service ---------------------------------------------------------------------
