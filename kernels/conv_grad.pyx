@@ -146,8 +146,8 @@ def conv_grad_input_scratch_floats(int N, int C, int H, int W, int M, int KH, in
 # ---- dW -----------------------------------------------------------------------------------------
 cdef struct ChunkRowsJob:
     const float *xg        # the image-group im2col reads
-    float *buf             # the chunk's panel: row r of this image at buf + r·cp + image's P·i
-    long shift             # cp − P: row r's base is buf + r·shift
+    float *buf             # the chunk's panel shifted to image i's columns (+ i·P)
+    long shift             # cP − P: im2col_rows writes row r at base + r·P, so base = buf + r·shift
     ConvShape *s
 
 
@@ -232,7 +232,8 @@ cdef void sums_row_task(void *ctx, long row, int worker) noexcept nogil:
     cdef int g = <int> (row // j.Mg), m = <int> (row % j.Mg), k, t
     cdef long at
     cdef float v
-    cdef const float *sg = j.sums + <long> g * j.K * j.Mg + (m if j.step_k > 1 else <long> m * j.K)
+    cdef const float *sg = j.sums + <long> g * j.K * j.Mg
+    sg += m if j.step_k > 1 else <long> m * j.K
     for k in range(j.K):
         at = k * j.step_k
         v = sg[at]
