@@ -8,13 +8,12 @@ carried between calls. The step is the caller's: the training step (the Dropout 
 input, graph/TRAINING.md §1) or a run count. graph/ops/tensor.py's ``dropout_keep`` is the same
 hash in numpy; tests/test_grad_kernels.py holds the two to bit equality.
 """
-from cython.parallel cimport prange
 from cpython.pycapsule cimport PyCapsule_New
 from libc.stdint cimport uint64_t, uint32_t, uint8_t
 
 from kernels.elementwise_simd cimport ember_act_grad_span, ember_dropout_span
 from kernels.native_step cimport ember_native_step, EMBER_NATIVE_CAPSULE
-from kernels.parallel cimport threads_for
+from kernels.parallel cimport threads_for, ember_parallel
 from kernels.simd cimport use_simd
 
 use_simd()
@@ -34,14 +33,20 @@ cdef struct ActGradCall:
     int nthreads
 
 
+cdef void act_grad_chunk_task(void *ctx, long k, int worker) noexcept nogil:
+    """Chunk k of dx = dy · act'(t)."""
+    cdef const ActGradCall *c = <const ActGradCall *> ctx
+    cdef long lo = k * CHUNK
+    ember_act_grad_span(c.dy + lo, c.t + lo, c.dx + lo, min(<long> CHUNK, c.n - lo), c.act, c.a,
+                        c.b)
+
+
 cdef int act_grad_run(const ActGradCall *c) noexcept nogil:
     """dx = dy · act'(t) chunk by chunk; always 0."""
-    cdef long k, lo, n = c.n, chunks = (c.n + CHUNK - 1) // CHUNK
-    if n == 0:
+    cdef long chunks = (c.n + CHUNK - 1) // CHUNK
+    if c.n == 0:
         return 0
-    for k in prange(chunks, num_threads=threads_for(c.nthreads, n), schedule='static'):
-        lo = k * CHUNK
-        ember_act_grad_span(c.dy + lo, c.t + lo, c.dx + lo, min(CHUNK, n - lo), c.act, c.a, c.b)
+    ember_parallel(threads_for(c.nthreads, c.n), chunks, act_grad_chunk_task, <void *> c)
     return 0
 
 
@@ -94,6 +99,25 @@ cdef inline uint64_t splitmix64(uint64_t z) noexcept nogil:
 cdef uint64_t GOLDEN = <uint64_t> 0x9E3779B97F4A7C15ULL   # 2⁶⁴/φ, splitmix64's increment
 
 
+cdef struct DropoutJob:
+    const float *x
+    float *y
+    uint8_t *mask
+    long offset, n, first_chunk
+    uint32_t k1, k2, threshold
+    float scale
+
+
+cdef void dropout_chunk_task(void *ctx, long c, int worker) noexcept nogil:
+    """Chunk c: global indices [(first_chunk + c)·CHUNK, … + CHUNK) ∩ [offset, offset + n)."""
+    cdef DropoutJob *j = <DropoutJob *> ctx
+    cdef long g0 = max((j.first_chunk + c) * CHUNK, j.offset)
+    cdef long hi = min((j.first_chunk + c + 1) * CHUNK, j.offset + j.n)
+    cdef long lo = g0 - j.offset
+    ember_dropout_span(j.x + lo, j.y + lo, j.mask + lo, g0, hi - g0, j.k1, j.k2, j.threshold,
+                       j.scale)
+
+
 def dropout_forward(float[::1] x, float[::1] y, uint8_t[::1] mask, float ratio,
                     unsigned long long seed, unsigned long long run, int nthreads,
                     long offset=0):
@@ -102,7 +126,7 @@ def dropout_forward(float[::1] x, float[::1] y, uint8_t[::1] mask, float ratio,
     larger one — a rank's rows of a global batch draw that batch's masks).
     ratio 1 drops everything (y = 0). Chunks are aligned on the global index offset + i, so none
     straddles a multiple of 2³² elements and the high half of the index is constant in one."""
-    cdef long n = x.shape[0], c, lo, hi, g0
+    cdef long n = x.shape[0]
     if offset < 0:
         raise ValueError(f"dropout_forward: offset {offset} must be ≥ 0")
     cdef uint64_t key = splitmix64(splitmix64(<uint64_t> seed) ^ (<uint64_t> run * GOLDEN))
@@ -112,30 +136,40 @@ def dropout_forward(float[::1] x, float[::1] y, uint8_t[::1] mask, float ratio,
     cdef float scale = 1.0 / (1.0 - ratio) if ratio < 1.0 else 0.0
     if n == 0:
         return
-    cdef const float *xp = &x[0]
-    cdef float *yp = &y[0]
-    cdef uint8_t *mp = &mask[0]
-    # chunk c covers global indices [(first_chunk + c)·CHUNK, … + CHUNK) ∩ [offset, offset + n)
-    cdef long first_chunk = offset // CHUNK
-    cdef long chunks = (offset + n + CHUNK - 1) // CHUNK - first_chunk
+    cdef DropoutJob job
+    job.x, job.y, job.mask = &x[0], &y[0], &mask[0]
+    job.offset, job.n = offset, n
+    job.first_chunk = offset // CHUNK
+    job.k1, job.k2, job.threshold, job.scale = k1, k2, threshold, scale
+    cdef long chunks = (offset + n + CHUNK - 1) // CHUNK - job.first_chunk
     with nogil:
-        for c in prange(chunks, num_threads=threads_for(nthreads, n), schedule='static'):
-            g0 = max((first_chunk + c) * CHUNK, offset)
-            hi = min((first_chunk + c + 1) * CHUNK, offset + n)
-            lo = g0 - offset
-            ember_dropout_span(xp + lo, yp + lo, mp + lo, g0, hi - g0, k1, k2, threshold,
-                               scale)
+        ember_parallel(threads_for(nthreads, n), chunks, dropout_chunk_task, &job)
+
+
+cdef struct DropoutGradJob:
+    const float *dy
+    const uint8_t *mask
+    float *dx
+    long n
+    float scale
+
+
+cdef void dropout_grad_chunk_task(void *ctx, long k, int worker) noexcept nogil:
+    """Chunk k of dx = dy·mask·scale."""
+    cdef DropoutGradJob *j = <DropoutGradJob *> ctx
+    cdef long i, lo = k * CHUNK, hi = min(lo + CHUNK, j.n)
+    for i in range(lo, hi):
+        j.dx[i] = j.dy[i] * (j.scale if j.mask[i] else 0.0)
 
 
 def dropout_grad(float[::1] dy, uint8_t[::1] mask, float[::1] dx, float ratio, int nthreads):
     """dx = dy·mask/(1 − ratio); 0 when ratio = 1."""
-    cdef long n = dx.shape[0], i
-    cdef float scale = 1.0 / (1.0 - ratio) if ratio < 1.0 else 0.0
+    cdef long n = dx.shape[0]
+    cdef DropoutGradJob job
     if n == 0:
         return
-    cdef const float *g = &dy[0]
-    cdef const uint8_t *mp = &mask[0]
-    cdef float *out = &dx[0]
+    job.dy, job.mask, job.dx, job.n = &dy[0], &mask[0], &dx[0], n
+    job.scale = 1.0 / (1.0 - ratio) if ratio < 1.0 else 0.0
     with nogil:
-        for i in prange(n, num_threads=threads_for(nthreads, n), schedule='static'):
-            out[i] = g[i] * (scale if mp[i] else 0.0)
+        ember_parallel(threads_for(nthreads, n), (n + CHUNK - 1) // CHUNK,
+                       dropout_grad_chunk_task, &job)

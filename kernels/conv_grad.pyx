@@ -22,7 +22,6 @@ each GEMM (and the im2col/col2im around it) uses the whole team.
 ConvGradStep is either gradient with its arguments resolved once, runnable GIL-free inside a
 plan.PlanRunner.
 """
-from cython.parallel cimport prange, parallel, threadid
 from cpython.pycapsule cimport PyCapsule_New
 from libc.string cimport memset, memcpy
 from libc.stdlib cimport malloc, free
@@ -31,7 +30,7 @@ from kernels.activation cimport ACT_IDENTITY
 from kernels.native_step cimport ember_native_step, EMBER_NATIVE_CAPSULE
 from kernels.sgemm cimport ember_sgemm, ember_gemm_mr, ember_gemm_nr
 from kernels.simd cimport use_simd
-from kernels.parallel cimport threads_for
+from kernels.parallel cimport threads_for, ember_parallel, ember_task_fn
 from kernels.conv_common cimport (ConvShape, conv_shape, is_pointwise, is_depthwise, col_floats,
                                   images_in_parallel, im2col_rows, col2im_channel)
 from kernels.depthwise cimport (ember_dw_geom, dw_geom, ember_dw_alloc, ember_dw_buffer_floats,
@@ -145,6 +144,19 @@ def conv_grad_input_scratch_floats(int N, int C, int H, int W, int M, int KH, in
 
 
 # ---- dW -----------------------------------------------------------------------------------------
+cdef struct ChunkRowsJob:
+    const float *xg        # the image-group im2col reads
+    float *buf             # the chunk's panel shifted to image i's columns (+ i·P)
+    long shift             # cP − P: im2col_rows writes row r at base + r·P, so base = buf + r·shift
+    ConvShape *s
+
+
+cdef void chunk_row_task(void *ctx, long r, int worker) noexcept nogil:
+    """im2col row r of one image into its place in the chunk's panel."""
+    cdef ChunkRowsJob *j = <ChunkRowsJob *> ctx
+    im2col_rows(j.xg, j.buf + r * j.shift, j.s, <int> r, <int> r + 1)
+
+
 cdef int weight_grad_chunk(const float *dy, const float *x, long first, long step, int count,
                            float *sums, float *buf, ConvShape *s, int nthreads) noexcept nogil:
     """sums (group by group, K × Mg, or Mg × K when not sums_by_column) += col(X)·dYᵀ over
@@ -159,6 +171,9 @@ cdef int weight_grad_chunk(const float *dy, const float *x, long first, long ste
     cdef const float *dyc = buf + <long> K * cp
     cdef const float *xg
     cdef bint team = threads_for(nthreads, <long> K * cp) > 1
+    cdef ChunkRowsJob rows
+    rows.shift = cp - P
+    rows.s = s
     for g in range(s.group):
         if is_pointwise(s):   # count == 1: the image-group is its own K × P panel
             col = x + first * x_img + <long> g * Cg * hw
@@ -169,8 +184,9 @@ cdef int weight_grad_chunk(const float *dy, const float *x, long first, long ste
                 # row r of image i lands at col[r, i·P:(i+1)·P]: im2col_rows writes row r at
                 # base + r·P, so the base is shifted by r·(cP − P) + i·P
                 if team:
-                    for r in prange(K, num_threads=nthreads, schedule='static'):
-                        im2col_rows(xg, buf + <long> r * (cp - P) + i * P, s, r, r + 1)
+                    rows.xg = xg
+                    rows.buf = buf + i * P
+                    ember_parallel(nthreads, K, chunk_row_task, &rows)
                 else:
                     for r in range(K):
                         im2col_rows(xg, buf + <long> r * (cp - P) + i * P, s, r, r + 1)
@@ -201,27 +217,121 @@ cdef int weight_grad_images(const float *dy, const float *x, long first, long st
     return ok
 
 
+cdef struct SumsJob:
+    const float *sums      # slot 0's sums; slot t's are t·stride floats further
+    long stride
+    int nsums
+    int K, Mg
+    long step_k            # sums[g][k, m] at k·Mg + m (by column), else at m·K + k
+    float *dw
+
+
+cdef void sums_row_task(void *ctx, long row, int worker) noexcept nogil:
+    """dW row g·Mg + m: the slots' sums added in slot order."""
+    cdef SumsJob *j = <SumsJob *> ctx
+    cdef int g = <int> (row // j.Mg), m = <int> (row % j.Mg), k, t
+    cdef long at
+    cdef float v
+    cdef const float *sg = j.sums + <long> g * j.K * j.Mg
+    sg += m if j.step_k > 1 else <long> m * j.K
+    for k in range(j.K):
+        at = k * j.step_k
+        v = sg[at]
+        for t in range(1, j.nsums):
+            v = v + sg[t * j.stride + at]
+        j.dw[row * j.K + k] = v
+
+
 cdef void sums_to_weight_grad(const float *sums, int nsums, long stride, ConvShape *s,
                               float *dw, int nthreads) noexcept nogil:
     """dW[g·Mg + m, k] = Σ over the slots' sums (``stride`` floats apart) of sums[g][k, m]
     (sums[g][m, k] when not sums_by_column)."""
-    cdef int Mg = s.M // s.group, K = (s.C // s.group) * s.KH * s.KW, g, m, k, t
-    cdef long row, at, step_k = Mg if sums_by_column(s) else 1
-    cdef float v
-    cdef const float *sg
-    for row in prange(<long> s.group * Mg, num_threads=nthreads, schedule='static'):
-        g = <int> (row // Mg)
-        m = <int> (row % Mg)
-        sg = sums + <long> g * K * Mg + (m if step_k > 1 else <long> m * K)
-        for k in range(K):
-            at = k * step_k
-            v = sg[at]
-            for t in range(1, nsums):
-                v = v + sg[t * stride + at]
-            dw[row * K + k] = v
+    cdef SumsJob j
+    j.sums, j.stride, j.nsums, j.dw = sums, stride, nsums, dw
+    j.Mg = s.M // s.group
+    j.K = (s.C // s.group) * s.KH * s.KW
+    j.step_k = j.Mg if sums_by_column(s) else 1
+    ember_parallel(nthreads, <long> s.group * j.Mg, sums_row_task, &j)
 
 
 # ---- dW of depthwise convs -----------------------------------------------------------------------
+cdef struct DepthwiseJob:
+    ember_dw_geom *g
+    const float *xp        # x for dW, dY for dX (the plane kernels' source)
+    const float *wp        # dX: the weights
+    const float *dyp       # dW: dY
+    float *out             # dW or dX
+    float *bufs            # one plane buffer of buf_stride floats per worker
+    long buf_stride
+    long nbuf              # floats of a worker's buffer in use (dX grouped: weights at the end)
+    double *accs           # dW: one accumulator of acc_stride doubles per worker
+    long acc_stride
+    long plane_in
+    long plane_out
+    int N, C, taps
+    int group, groups      # channels per group, groups per image (grouped paths)
+
+
+cdef inline long line_rounded(long n, long per_line) noexcept nogil:
+    """n rounded up to whole cache lines of per_line values: workers never share one."""
+    return (n + per_line - 1) // per_line * per_line
+
+
+cdef int alloc_per_worker(DepthwiseJob *j, long nbuf, long nacc, int workers) noexcept nogil:
+    """One plane buffer of nbuf floats (and, when nacc > 0, an accumulator of nacc doubles) per
+    worker. Returns 0, or OUT_OF_MEMORY (nothing left allocated)."""
+    j.nbuf = nbuf
+    j.buf_stride = line_rounded(nbuf, 16)
+    j.acc_stride = line_rounded(nacc, 8)
+    j.accs = NULL
+    j.bufs = ember_dw_alloc(j.buf_stride * workers)
+    if j.bufs == NULL:
+        return OUT_OF_MEMORY
+    if nacc > 0:
+        j.accs = <double *> malloc(sizeof(double) * j.acc_stride * workers)
+        if j.accs == NULL:
+            free(j.bufs)
+            return OUT_OF_MEMORY
+    return 0
+
+
+cdef void free_per_worker(DepthwiseJob *j) noexcept nogil:
+    free(j.bufs)
+    free(j.accs)
+
+
+cdef void dw_weight_group_task(void *ctx, long cg, int worker) noexcept nogil:
+    """dW of channel group cg (channel-interleaved, ember_dw8_weight_grad), summed over images."""
+    cdef DepthwiseJob *j = <DepthwiseJob *> ctx
+    cdef int c = <int> cg * j.group, nch = dw8_channels(j.C, c), n, k, t
+    cdef float *buf = j.bufs + worker * j.buf_stride
+    cdef double *acc = j.accs + worker * j.acc_stride
+    for t in range(j.group * j.taps):
+        acc[t] = 0.0
+    for n in range(j.N):
+        ember_dw8_weight_grad(j.g, j.xp + (<long> n * j.C + c) * j.plane_in, j.plane_in,
+                              j.dyp + (<long> n * j.C + c) * j.plane_out, j.plane_out, nch, buf,
+                              acc)
+    for k in range(nch):
+        for t in range(j.taps):
+            j.out[(<long> c + k) * j.taps + t] = <float> acc[t * j.group + k]
+
+
+cdef void dw_weight_channel_task(void *ctx, long c, int worker) noexcept nogil:
+    """dW of channel c, summed over images."""
+    cdef DepthwiseJob *j = <DepthwiseJob *> ctx
+    cdef float *buf = j.bufs + worker * j.buf_stride
+    cdef double *acc = j.accs + worker * j.acc_stride
+    cdef int n, t
+    for t in range(j.taps):
+        acc[t] = 0.0
+    for n in range(j.N):
+        ember_dw_weight_grad_plane(j.g, j.xp + (<long> n * j.C + c) * j.plane_in,
+                                   j.dyp + (<long> n * j.C + c) * j.plane_out, acc, buf)
+    for t in range(j.taps):
+        j.out[c * j.taps + t] = <float> acc[t]
+
+
 cdef int depthwise_weight_grad(const float *dyp, const float *xp, float *dwp, ConvShape *s,
                                int nthreads) noexcept nogil:
     """dW[c, kh, kw] = Σ_n Σ_(oh,ow) dY[n, c, oh, ow] · X[n, c, oh·sh − pt + kh·dh, ow·sw − pl
@@ -229,62 +339,53 @@ cdef int depthwise_weight_grad(const float *dyp, const float *xp, float *dwp, Co
     tap is one vectorised dot (depthwise_kernel.h), float lanes summed into a double per
     channel. Returns 0, or OUT_OF_MEMORY."""
     cdef ember_dw_geom g = dw_geom(s)
-    cdef int taps = s.KH * s.KW, c, n, t, k, nch, failed = 0
-    cdef long plane_in = <long> s.H * s.W, plane_out = <long> s.OH * s.OW
-    cdef bint grouped = use_grouped(s, plane_out)
-    cdef int group = ember_dw_group(), groups = dw8_groups(s.C)
-    cdef long nbuf = ember_dw8_grad_buffer_floats(&g) if grouped else ember_dw_buffer_floats(&g)
-    cdef float *buf = NULL
-    cdef double *acc = NULL
-    cdef long *tap_table = <long *> malloc(sizeof(long) * taps)
+    cdef DepthwiseJob j
+    cdef long tasks
+    cdef bint grouped
+    cdef int rc
+    cdef long *tap_table = <long *> malloc(sizeof(long) * (s.KH * s.KW))
     if tap_table == NULL:
         return OUT_OF_MEMORY
     ember_dw_set_taps(&g, tap_table)
-    nthreads = threads_for(nthreads, <long> s.N * s.C * plane_out * taps)
+    j.g = &g
+    j.xp, j.dyp, j.out = xp, dyp, dwp
+    j.N, j.C, j.taps = s.N, s.C, s.KH * s.KW
+    j.plane_in = <long> s.H * s.W
+    j.plane_out = <long> s.OH * s.OW
+    j.group = ember_dw_group()
+    j.groups = dw8_groups(s.C)
+    grouped = use_grouped(s, j.plane_out)
+    tasks = j.groups if grouped else s.C
+    nthreads = <int> min(<long> threads_for(nthreads, <long> s.N * s.C * j.plane_out * j.taps),
+                         tasks)
     if grouped:
-        with parallel(num_threads=nthreads):
-            buf = ember_dw_alloc(nbuf)
-            acc = <double *> malloc(sizeof(double) * group * taps)
-            for c in prange(groups, schedule='static'):
-                if buf == NULL or acc == NULL:
-                    failed += 1
-                else:
-                    nch = dw8_channels(s.C, c * group)
-                    for t in range(group * taps):
-                        acc[t] = 0.0
-                    for n in range(s.N):
-                        ember_dw8_weight_grad(&g, xp + (<long> n * s.C + c * group) * plane_in,
-                                              plane_in,
-                                              dyp + (<long> n * s.C + c * group) * plane_out,
-                                              plane_out, nch, buf, acc)
-                    for k in range(nch):
-                        for t in range(taps):
-                            dwp[(<long> c * group + k) * taps + t] = <float> acc[t * group + k]
-            free(buf)
-            free(acc)
+        rc = alloc_per_worker(&j, ember_dw8_grad_buffer_floats(&g), <long> j.group * j.taps,
+                              nthreads)
+        if rc == 0:
+            ember_parallel(nthreads, tasks, dw_weight_group_task, &j)
     else:
-        with parallel(num_threads=nthreads):
-            buf = ember_dw_alloc(nbuf)
-            acc = <double *> malloc(sizeof(double) * taps)
-            for c in prange(s.C, schedule='static'):
-                if buf == NULL or acc == NULL:
-                    failed += 1
-                else:
-                    for t in range(taps):
-                        acc[t] = 0.0
-                    for n in range(s.N):
-                        ember_dw_weight_grad_plane(&g, xp + (<long> n * s.C + c) * plane_in,
-                                                   dyp + (<long> n * s.C + c) * plane_out, acc,
-                                                   buf)
-                    for t in range(taps):
-                        dwp[<long> c * taps + t] = <float> acc[t]
-            free(buf)
-            free(acc)
+        rc = alloc_per_worker(&j, ember_dw_buffer_floats(&g), j.taps, nthreads)
+        if rc == 0:
+            ember_parallel(nthreads, tasks, dw_weight_channel_task, &j)
+    if rc == 0:
+        free_per_worker(&j)
     free(tap_table)
-    return OUT_OF_MEMORY if failed else 0
+    return rc
 
 
 # ---- dX -----------------------------------------------------------------------------------------
+cdef struct Col2imJob:
+    const float *col
+    float *dx              # the group's first input channel
+    long hw
+    ConvShape *s
+
+
+cdef void col2im_task(void *ctx, long c, int worker) noexcept nogil:
+    cdef Col2imJob *j = <Col2imJob *> ctx
+    col2im_channel(j.col, j.dx + c * j.hw, <int> c, j.s, 0.0)
+
+
 cdef int input_grad_image(const float *dy, const float *w, float *dx, float *col, ConvShape *s,
                           int nthreads) noexcept nogil:
     """dX[n] = col2im(Wᵀ · dY[n]) group by group. Returns 0 when out of memory."""
@@ -292,6 +393,8 @@ cdef int input_grad_image(const float *dy, const float *w, float *dx, float *col
     cdef int Cg = s.C // s.group, Mg = s.M // s.group, K = Cg * s.KH * s.KW
     cdef int P = s.OH * s.OW
     cdef long hw = <long> s.H * s.W
+    cdef Col2imJob channels
+    channels.col, channels.hw, channels.s = col, hw, s
     for g in range(s.group):
         if is_pointwise(s):   # the K × P product is dX[n, g] itself
             ok = ember_sgemm(1, 0, K, P, Mg, 1.0, w + <long> g * Mg * K, K,
@@ -302,12 +405,45 @@ cdef int input_grad_image(const float *dy, const float *w, float *dx, float *col
         ok = ember_sgemm(1, 0, K, P, Mg, 1.0, w + <long> g * Mg * K, K, dy + <long> g * Mg * P,
                          P, 0.0, col, P, NULL, nthreads) and ok
         if threads_for(nthreads, <long> K * P) > 1:
-            for c in prange(Cg, num_threads=nthreads, schedule='static'):
-                col2im_channel(col, dx + (g * Cg + c) * hw, c, s, 0.0)
+            channels.dx = dx + g * Cg * hw
+            ember_parallel(nthreads, Cg, col2im_task, &channels)
         else:
             for c in range(Cg):
                 col2im_channel(col, dx + (g * Cg + c) * hw, c, s, 0.0)
     return ok
+
+
+cdef void dw_input_scatter_task(void *ctx, long p, int worker) noexcept nogil:
+    """Image p // groups, channel group p % groups of a strided conv: dY scattered through the
+    forward's geometry (no work on the stride's holes)."""
+    cdef DepthwiseJob *j = <DepthwiseJob *> ctx
+    cdef int c = <int> (p % j.groups) * j.group, nch = dw8_channels(j.C, c)
+    cdef long first = (p // j.groups) * j.C + c
+    ember_dw8_input_grad_scatter(j.g, j.xp + first * j.plane_out, j.plane_out,
+                                 j.wp + <long> c * j.taps, j.out + first * j.plane_in,
+                                 j.plane_in, nch, j.bufs + worker * j.buf_stride)
+
+
+cdef void dw_input_group_task(void *ctx, long p, int worker) noexcept nogil:
+    """Image p // groups, channel group p % groups: the forward's channel-group kernel on dY with
+    the weights flipped (into the end of the worker's buffer)."""
+    cdef DepthwiseJob *j = <DepthwiseJob *> ctx
+    cdef int c = <int> (p % j.groups) * j.group, nch = dw8_channels(j.C, c), k, t
+    cdef long first = (p // j.groups) * j.C + c
+    cdef float *buf = j.bufs + worker * j.buf_stride
+    cdef float *wflip = buf + j.nbuf - j.group * j.taps
+    for k in range(nch):
+        for t in range(j.taps):
+            wflip[k * j.taps + t] = j.wp[(<long> c + k) * j.taps + j.taps - 1 - t]
+    ember_dw8_forward(j.g, j.xp + first * j.plane_out, j.plane_out, wflip, NULL,
+                      j.out + first * j.plane_in, j.plane_in, nch, buf, ACT_IDENTITY, 0.0, 0.0)
+
+
+cdef void dw_input_plane_task(void *ctx, long p, int worker) noexcept nogil:
+    """Plane p = (n, c)."""
+    cdef DepthwiseJob *j = <DepthwiseJob *> ctx
+    ember_dw_input_grad_plane(j.g, j.xp + p * j.plane_out, j.wp + (p % j.C) * j.taps,
+                              j.out + p * j.plane_in, j.bufs + worker * j.buf_stride)
 
 
 cdef int depthwise_input_grad(const float *dyp, const float *wp, float *dxp, ConvShape *s,
@@ -318,64 +454,42 @@ cdef int depthwise_input_grad(const float *dyp, const float *wp, float *dxp, Con
     Returns 0, or OUT_OF_MEMORY."""
     cdef ember_dw_geom fwd = dw_geom(s)
     cdef ember_dw_geom g = ember_dw_input_grad_geom(&fwd)
-    cdef int taps = s.KH * s.KW, p, c, k, t, nch, failed = 0
-    cdef long plane_in = <long> s.H * s.W, plane_out = <long> s.OH * s.OW, first
-    cdef bint grouped = use_grouped(s, plane_in)
-    cdef int group = ember_dw_group(), groups = dw8_groups(s.C)
-    cdef long nbuf = ember_dw8_buffer_floats(&g) + group * taps if grouped else \
-        ember_dw_buffer_floats(&g)
-    cdef float *buf = NULL
-    cdef float *wflip
-    cdef long *tap_table = <long *> malloc(sizeof(long) * taps)
+    cdef DepthwiseJob j
+    cdef bint grouped
+    cdef long tasks, nbuf
+    cdef ember_task_fn task
+    cdef int rc
+    cdef long *tap_table = <long *> malloc(sizeof(long) * (s.KH * s.KW))
     if tap_table == NULL:
         return OUT_OF_MEMORY
     ember_dw_set_taps(&g, tap_table)
-    nthreads = threads_for(nthreads, <long> s.N * s.C * plane_in * taps)
+    j.g = &g
+    j.xp, j.wp, j.out = dyp, wp, dxp
+    j.N, j.C, j.taps = s.N, s.C, s.KH * s.KW
+    j.plane_in = <long> s.H * s.W
+    j.plane_out = <long> s.OH * s.OW
+    j.group = ember_dw_group()
+    j.groups = dw8_groups(s.C)
+    grouped = use_grouped(s, j.plane_in)
     if grouped and (s.sh > 1 or s.sw > 1):   # strided: scatter, no work on the stride's holes
+        j.g = &fwd
         nbuf = ember_dw8_buffer_floats(&fwd)   # the scatter needs what the forward does
-        with parallel(num_threads=nthreads):
-            buf = ember_dw_alloc(nbuf)
-            for p in prange(s.N * groups, schedule='static'):
-                if buf == NULL:
-                    failed += 1
-                else:
-                    c = (p % groups) * group
-                    nch = dw8_channels(s.C, c)
-                    first = <long> (p // groups) * s.C + c
-                    ember_dw8_input_grad_scatter(&fwd, dyp + first * plane_out, plane_out,
-                                                 wp + <long> c * taps, dxp + first * plane_in,
-                                                 plane_in, nch, buf)
-            free(buf)
+        task = dw_input_scatter_task
     elif grouped:   # the forward's channel-group kernel on dY with the flipped weights
-        with parallel(num_threads=nthreads):
-            buf = ember_dw_alloc(nbuf)
-            for p in prange(s.N * groups, schedule='static'):
-                if buf == NULL:
-                    failed += 1
-                else:
-                    c = (p % groups) * group
-                    nch = dw8_channels(s.C, c)
-                    first = <long> (p // groups) * s.C + c
-                    wflip = buf + nbuf - group * taps
-                    for k in range(nch):
-                        for t in range(taps):
-                            wflip[k * taps + t] = wp[(<long> c + k) * taps + taps - 1 - t]
-                    ember_dw8_forward(&g, dyp + first * plane_out, plane_out, wflip, NULL,
-                                      dxp + first * plane_in, plane_in, nch, buf,
-                                      ACT_IDENTITY, 0.0, 0.0)
-            free(buf)
+        nbuf = ember_dw8_buffer_floats(&g) + j.group * j.taps
+        task = dw_input_group_task
     else:
-        with parallel(num_threads=nthreads):
-            buf = ember_dw_alloc(nbuf)
-            for p in prange(s.N * s.C, schedule='static'):
-                if buf == NULL:
-                    failed += 1
-                else:
-                    ember_dw_input_grad_plane(&g, dyp + p * plane_out, wp + (p % s.C) * taps,
-                                              dxp + p * plane_in, buf)
-            free(buf)
+        nbuf = ember_dw_buffer_floats(&g)
+        task = dw_input_plane_task
+    tasks = <long> s.N * (j.groups if grouped else s.C)
+    nthreads = <int> min(<long> threads_for(nthreads, <long> s.N * s.C * j.plane_in * j.taps),
+                         tasks)
+    rc = alloc_per_worker(&j, nbuf, 0, nthreads)
+    if rc == 0:
+        ember_parallel(nthreads, tasks, task, &j)
+        free_per_worker(&j)
     free(tap_table)
-    return OUT_OF_MEMORY if failed else 0
+    return rc
 
 
 # ---- the calls, resolved once -----------------------------------------------------------------
@@ -400,10 +514,38 @@ cdef struct GradCall:
     long out_floats
 
 
+cdef struct SlotsJob:
+    GradCall *c
+    long slot_n            # dW: a slot's floats (chunk buffers, then sums); dX: a column panel
+    int ok                 # 0 once any image ran out of memory
+
+
+cdef void weight_slot_task(void *ctx, long t, int worker) noexcept nogil:
+    """Slot t takes images t, t + slots, … into its own sums (single-threaded GEMMs)."""
+    cdef SlotsJob *j = <SlotsJob *> ctx
+    cdef GradCall *c = j.c
+    cdef long buf_n = chunk_floats(&c.s)
+    if not weight_grad_images(c.dy, c.other, t, c.slots, c.scratch + t * j.slot_n + buf_n,
+                              c.scratch + t * j.slot_n, &c.s, 1):
+        j.ok = 0
+
+
+cdef void input_image_task(void *ctx, long n, int worker) noexcept nogil:
+    """dX of image n on one thread, in the worker's own column panel."""
+    cdef SlotsJob *j = <SlotsJob *> ctx
+    cdef GradCall *c = j.c
+    cdef long x_img = <long> c.s.C * c.s.H * c.s.W, y_img = <long> c.s.M * c.s.OH * c.s.OW
+    if not input_grad_image(c.dy + n * y_img, c.other, c.out + n * x_img,
+                            c.scratch + worker * j.slot_n if c.scratch != NULL else NULL,
+                            &c.s, 1):
+        j.ok = 0
+
+
 cdef int weight_run(GradCall *c) noexcept nogil:
     cdef ConvShape *s = &c.s
     cdef long wsize = c.out_floats, buf_n = chunk_floats(&c.s), slot_n = buf_n + wsize
-    cdef int t, ok = 1
+    cdef int ok = 1
+    cdef SlotsJob slots
     if c.path == PATH_NOTHING:
         return 0
     if c.path == PATH_ZERO:
@@ -413,10 +555,9 @@ cdef int weight_run(GradCall *c) noexcept nogil:
         return depthwise_weight_grad(c.dy, c.other, c.out, s, c.nthreads)
     # a slot: the chunk buffers, then its sums
     if c.slots > 1:
-        # slot t takes images t, t + slots, …, into its own sums
-        for t in prange(c.slots, num_threads=c.slots, schedule='static'):
-            ok &= weight_grad_images(c.dy, c.other, t, c.slots, c.scratch + t * slot_n + buf_n,
-                                     c.scratch + t * slot_n, s, 1)
+        slots.c, slots.slot_n, slots.ok = c, slot_n, 1
+        ember_parallel(c.slots, c.slots, weight_slot_task, &slots)
+        ok = slots.ok
     else:
         ok = weight_grad_images(c.dy, c.other, 0, 1, c.scratch + buf_n, c.scratch, s,
                                 c.nthreads)
@@ -428,8 +569,8 @@ cdef int weight_run(GradCall *c) noexcept nogil:
 cdef int input_run(GradCall *c) noexcept nogil:
     cdef ConvShape *s = &c.s
     cdef long x_img = <long> s.C * s.H * s.W, y_img = <long> s.M * s.OH * s.OW
-    cdef long col_n = col_floats(s)
     cdef int n, ok = 1
+    cdef SlotsJob images
     if c.path == PATH_NOTHING:
         return 0
     if c.path == PATH_ZERO:
@@ -438,10 +579,9 @@ cdef int input_run(GradCall *c) noexcept nogil:
     if c.path == PATH_DEPTHWISE:
         return depthwise_input_grad(c.dy, c.other, c.out, s, c.nthreads)
     if c.slots > 1:
-        for n in prange(s.N, num_threads=c.slots, schedule='static'):
-            ok &= input_grad_image(c.dy + n * y_img, c.other, c.out + n * x_img,
-                                   c.scratch + threadid() * col_n if c.scratch != NULL else NULL,
-                                   s, 1)
+        images.c, images.slot_n, images.ok = c, col_floats(s), 1
+        ember_parallel(c.slots, s.N, input_image_task, &images)
+        ok = images.ok
     else:
         for n in range(s.N):
             ok = input_grad_image(c.dy + n * y_img, c.other, c.out + n * x_img, c.scratch, s,

@@ -5,13 +5,12 @@ first value) take one vectorised pass (kernels/sums_kernel.h: float lanes flushe
 every 512 values); the shift keeps E[d²] − E[d]² from cancelling when the mean is large.
 
 LayerNormalization's gradient (at the end) works per row of x viewed as (rows, n)."""
-from cython.parallel cimport prange
 from cpython.pycapsule cimport PyCapsule_New
 from libc.math cimport sqrt
 
 from kernels.native_step cimport ember_native_step, EMBER_NATIVE_CAPSULE
 
-from kernels.parallel cimport threads_for
+from kernels.parallel cimport threads_for, ember_parallel
 from kernels.simd cimport use_simd
 from kernels.sums cimport ember_moment_sums, ember_row_inv_std
 
@@ -45,8 +44,8 @@ cdef struct Moments:
 
 cdef Moments train_channel(const float *xp, float *yp, long N, long C, long L, long c,
                            float scale, float bias, float eps) noexcept nogil:
-    """Normalise channel c with its batch statistics, which it returns (a value: each thread of
-    the prange gets its own)."""
+    """Normalise channel c with its batch statistics, which it returns (a value: each task gets
+    its own)."""
     cdef long n, i
     cdef double sums[4]
     cdef float shift = xp[c * L], a, m
@@ -81,19 +80,22 @@ cdef struct TrainCall:
     int nthreads
 
 
+cdef void train_channel_task(void *ctx, long c, int worker) noexcept nogil:
+    """Channel c normalised with its batch statistics, its running ones updated."""
+    cdef TrainCall *t = <TrainCall *> ctx
+    cdef Moments st = train_channel(t.x, t.y, t.N, t.C, t.L, c, t.scale[c], t.bias[c], t.eps)
+    if t.mean_out != NULL:
+        t.mean_out[c] = <float> (t.mean_in[c] * t.momentum + st.mean * (1.0 - t.momentum))
+    if t.var_out != NULL:
+        t.var_out[c] = <float> (t.var_in[c] * t.momentum
+                                + st.var * t.var_factor * (1.0 - t.momentum))
+
+
 cdef int train_run(TrainCall *t) noexcept nogil:
     """Every channel normalised with its batch statistics, the running ones updated; always 0."""
-    cdef long c
-    cdef Moments st
     if t.C == 0 or t.N * t.L == 0:
         return 0
-    for c in prange(t.C, num_threads=t.nthreads, schedule='static'):
-        st = train_channel(t.x, t.y, t.N, t.C, t.L, c, t.scale[c], t.bias[c], t.eps)
-        if t.mean_out != NULL:
-            t.mean_out[c] = <float> (t.mean_in[c] * t.momentum + st.mean * (1.0 - t.momentum))
-        if t.var_out != NULL:
-            t.var_out[c] = <float> (t.var_in[c] * t.momentum
-                                    + st.var * t.var_factor * (1.0 - t.momentum))
+    ember_parallel(t.nthreads, t.C, train_channel_task, t)
     return 0
 
 
@@ -226,12 +228,15 @@ cdef struct GradCall:
     int nthreads
 
 
+cdef void grad_channel_task(void *ctx, long c, int worker) noexcept nogil:
+    cdef GradCall *g = <GradCall *> ctx
+    grad_channel(g.dy, g.x, g.dx, g.dscale, g.dbias, g.N, g.C, g.L, c, g.scale[c], g.mean,
+                 g.var, g.eps, g.training)
+
+
 cdef int grad_run(GradCall *g) noexcept nogil:
     """Every channel's gradients; always 0."""
-    cdef long c
-    for c in prange(g.C, num_threads=g.nthreads, schedule='static'):
-        grad_channel(g.dy, g.x, g.dx, g.dscale, g.dbias, g.N, g.C, g.L, c, g.scale[c], g.mean,
-                     g.var, g.eps, g.training)
+    ember_parallel(g.nthreads, g.C, grad_channel_task, g)
     return 0
 
 
@@ -361,6 +366,30 @@ cdef void layer_norm_column_sums(const float *g, const float *x, const float *st
             db[j0 + j] = <float> sb[j]
 
 
+cdef struct LayerNormGradJob:
+    const float *g
+    const float *x
+    const float *scale
+    float *dx              # NULL: not asked for
+    float *dscale
+    float *dbias
+    float *stats
+    long R, L
+    float eps
+
+
+cdef void layer_norm_row_task(void *ctx, long r, int worker) noexcept nogil:
+    cdef LayerNormGradJob *j = <LayerNormGradJob *> ctx
+    layer_norm_row_grad(j.g + r * j.L, j.x + r * j.L, j.scale,
+                        j.dx + r * j.L if j.dx != NULL else NULL, j.L, j.eps, j.stats + 2 * r)
+
+
+cdef void layer_norm_column_task(void *ctx, long blk, int worker) noexcept nogil:
+    cdef LayerNormGradJob *j = <LayerNormGradJob *> ctx
+    layer_norm_column_sums(j.g, j.x, j.stats, j.dscale, j.dbias, j.R, j.L, blk * COLUMN_BLOCK,
+                           min(<long> COLUMN_BLOCK, j.L - blk * COLUMN_BLOCK))
+
+
 def layer_norm_grad(float[:, ::1] dy, float[:, ::1] x, float[::1] scale, dx, dscale, dbias,
                     float[::1] stats, float eps, int nthreads):
     """Gradients of LayerNormalization over rows (rows, n) of x, n ≥ 1; any of dx (rows, n) /
@@ -368,13 +397,12 @@ def layer_norm_grad(float[:, ::1] dy, float[:, ::1] x, float[::1] scale, dx, dsc
     dx = inv·(g − Σg/n − x̂·Σ(g·x̂)/n), g = dy·scale (parallel over rows); dscale = Σ_rows dy·x̂,
     dbias = Σ_rows dy (parallel over blocks of columns). ``stats`` (2·rows floats, scratch)
     holds each row's mean and inv between the two loops."""
-    cdef long R = x.shape[0], L = x.shape[1], r, blk, nblocks
+    cdef long R = x.shape[0], L = x.shape[1]
     cdef float[:, ::1] dx_v
     cdef float[::1] ds_v
     cdef float[::1] db_v
-    cdef float *dxp = NULL
-    cdef float *dsp = NULL
-    cdef float *dbp = NULL
+    cdef LayerNormGradJob job
+    cdef int nthreads_used
     if L == 0:
         return
     if stats.shape[0] < 2 * R:
@@ -387,26 +415,21 @@ def layer_norm_grad(float[:, ::1] dy, float[:, ::1] x, float[::1] scale, dx, dsc
             db_v = dbias
             db_v[:] = 0.0
         return
+    job.dx = job.dscale = job.dbias = NULL
     if dx is not None:
         dx_v = dx
-        dxp = &dx_v[0, 0]
+        job.dx = &dx_v[0, 0]
     if dscale is not None:
         ds_v = dscale
-        dsp = &ds_v[0]
+        job.dscale = &ds_v[0]
     if dbias is not None:
         db_v = dbias
-        dbp = &db_v[0]
-    cdef const float *gp = &dy[0, 0]
-    cdef const float *xp = &x[0, 0]
-    cdef const float *sp = &scale[0]
-    cdef float *stp = &stats[0]
-    nblocks = (L + COLUMN_BLOCK - 1) // COLUMN_BLOCK
+        job.dbias = &db_v[0]
+    job.g, job.x, job.scale, job.stats = &dy[0, 0], &x[0, 0], &scale[0], &stats[0]
+    job.R, job.L, job.eps = R, L, eps
+    nthreads_used = threads_for(nthreads, R * L)
     with nogil:
-        for r in prange(R, num_threads=threads_for(nthreads, R * L), schedule='static'):
-            layer_norm_row_grad(gp + r * L, xp + r * L, sp,
-                                dxp + r * L if dxp != NULL else NULL, L, eps, stp + 2 * r)
-        if dsp != NULL or dbp != NULL:
-            for blk in prange(nblocks, num_threads=threads_for(nthreads, R * L),
-                              schedule='static'):
-                layer_norm_column_sums(gp, xp, stp, dsp, dbp, R, L, blk * COLUMN_BLOCK,
-                                       min(<long> COLUMN_BLOCK, L - blk * COLUMN_BLOCK))
+        ember_parallel(nthreads_used, R, layer_norm_row_task, &job)
+        if job.dscale != NULL or job.dbias != NULL:
+            ember_parallel(nthreads_used, (L + COLUMN_BLOCK - 1) // COLUMN_BLOCK,
+                           layer_norm_column_task, &job)

@@ -1,11 +1,10 @@
 """Gradients of max / average / global-average pooling over NCHW planes; each thread one call of
 the dispatched kernels of kernels/pool_kernel.h on a contiguous share of whole planes, so
 overlapping windows accumulate into a plane only one thread writes."""
-from cython.parallel cimport prange
 from cpython.pycapsule cimport PyCapsule_New
 
 from kernels.native_step cimport ember_native_step, EMBER_NATIVE_CAPSULE
-from kernels.parallel cimport threads_for
+from kernels.parallel cimport threads_for, ember_parallel
 from kernels.pool_kernel cimport (ember_pool_window, pool_window, share_start,
                                   ember_max_pool_grad_planes, ember_avg_pool_grad_planes)
 from kernels.simd cimport use_simd
@@ -28,29 +27,37 @@ cdef struct PoolGradCall:
     bint empty
 
 
+cdef void windowed_share_task(void *ctx, long t, int worker) noexcept nogil:
+    """Share t of c.nthreads: one call of the plane kernel on a contiguous run of whole planes."""
+    cdef const PoolGradCall *c = <const PoolGradCall *> ctx
+    cdef long p = share_start(c.planes, <int> t, c.nthreads)
+    cdef long q = share_start(c.planes, <int> t + 1, c.nthreads)
+    if q <= p:
+        return
+    if c.kind == GRAD_MAX:
+        ember_max_pool_grad_planes(c.dy + p * c.out_plane, c.x + p * c.in_plane,
+                                   c.dx + p * c.in_plane, q - p, &c.g)
+    else:
+        ember_avg_pool_grad_planes(c.dy + p * c.out_plane, c.dx + p * c.in_plane, q - p, &c.g)
+
+
+cdef void global_avg_plane_task(void *ctx, long p, int worker) noexcept nogil:
+    """Plane p: every pixel gets dy[p] / pixels."""
+    cdef const PoolGradCall *c = <const PoolGradCall *> ctx
+    cdef float share = c.dy[p] / c.in_plane
+    cdef long i
+    for i in range(c.in_plane):
+        c.dx[p * c.in_plane + i] = share
+
+
 cdef int pool_grad_run(const PoolGradCall *c) noexcept nogil:
     """Each thread one call on its contiguous share of the planes; always 0."""
-    cdef long p, q, i
-    cdef int t
-    cdef float share
     if c.empty:
         return 0
     if c.kind == GRAD_MAX or c.kind == GRAD_AVG:
-        for t in prange(c.nthreads, num_threads=c.nthreads, schedule='static'):
-            p = share_start(c.planes, t, c.nthreads)
-            q = share_start(c.planes, t + 1, c.nthreads)
-            if q > p:
-                if c.kind == GRAD_MAX:
-                    ember_max_pool_grad_planes(c.dy + p * c.out_plane, c.x + p * c.in_plane,
-                                               c.dx + p * c.in_plane, q - p, &c.g)
-                else:
-                    ember_avg_pool_grad_planes(c.dy + p * c.out_plane, c.dx + p * c.in_plane,
-                                               q - p, &c.g)
+        ember_parallel(c.nthreads, c.nthreads, windowed_share_task, <void *> c)
     else:
-        for p in prange(c.planes, num_threads=c.nthreads, schedule='static'):
-            share = c.dy[p] / c.in_plane
-            for i in range(c.in_plane):
-                c.dx[p * c.in_plane + i] = share
+        ember_parallel(c.nthreads, c.planes, global_avg_plane_task, <void *> c)
     return 0
 
 
