@@ -93,10 +93,13 @@ def bench_inference(builders, models, threads_list, runs) -> list:
             feeds = {inp.name: x}
             fns = {"ember": lambda: sess.run(None, feeds),
                    "onnxruntime": lambda: peer.run(None, feeds)}
+            med = time_interleaved(fns, runs)
+            # PyTorch is timed on its own, after: its OpenMP team (libgomp's default wait policy)
+            # spins for milliseconds after every call and would take a core from whichever engine
+            # ran next in the interleaved loop
             torch_fn = torch_inference(name, threads, x)
             if torch_fn is not None:
-                fns["torch"] = torch_fn
-            med = time_interleaved(fns, runs)
+                med.update(time_interleaved({"torch": torch_fn}, runs))
             rows.append(dict(model=name, batch=batch, threads=threads, macs=macs,
                              ember_ms=med["ember"] * 1e3, ort_ms=med["onnxruntime"] * 1e3,
                              torch_ms=med.get("torch", float("nan")) * 1e3,
