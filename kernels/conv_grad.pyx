@@ -51,9 +51,11 @@ cdef enum:
     # a time, up to this many positions per product.
     CHUNK_POSITIONS = 256
     CHUNK_IMAGES_MAX = 16
-    # dW is the sum of this many partial sums (part t: images t, t + parts, …), added in part
-    # order, whatever the thread count: how the batch is shared must not change the bits.
-    WEIGHT_PARTS_MAX = 8
+    # dW is the sum of at most this many partial sums (part t: images t, t + parts, …), added
+    # in part order, whatever the thread count: how the batch is shared must not change the
+    # bits. Each part costs a pass over dW's sums, so they are few: two parts are what two
+    # threads took before (one per thread); more threads than parts share each part's GEMMs.
+    WEIGHT_PARTS_MAX = 2
 
 # Depthwise gradients take the channel-group path by the forward's rule (depthwise.pxd) unless a
 # test turns it off.
@@ -78,12 +80,6 @@ cdef inline int slots_for(ConvShape *s, int nthreads) noexcept nogil:
     return nthreads if images_in_parallel(s.N, nthreads) else 1
 
 
-cdef inline int weight_parts(ConvShape *s) noexcept nogil:
-    """dW's partial sums: a function of the batch alone (never of the threads), so 1, 2 or 3
-    threads add the same floats in the same order."""
-    return <int> max(1, min(<long> s.N, <long> WEIGHT_PARTS_MAX))
-
-
 cdef inline long weight_floats(ConvShape *s) noexcept nogil:
     return <long> s.M * (s.C // s.group) * s.KH * s.KW
 
@@ -97,6 +93,14 @@ cdef inline int chunk_images(ConvShape *s) noexcept nogil:
     if is_pointwise(s):
         return 1
     return <int> max(1, min(<long> CHUNK_IMAGES_MAX, CHUNK_POSITIONS // max(P, 1)))
+
+
+cdef inline int weight_parts(ConvShape *s) noexcept nogil:
+    """dW's partial sums: a function of the shape alone (never of the threads), so 1, 2 or 3
+    threads add the same floats in the same order; no more than the batch's chunks of images,
+    so a part's products still reduce over whole chunks."""
+    cdef long chunks = (<long> s.N + chunk_images(s) - 1) // chunk_images(s)
+    return <int> max(1, min(chunks, <long> WEIGHT_PARTS_MAX))
 
 
 cdef inline bint sums_by_column(ConvShape *s) noexcept nogil:
@@ -659,7 +663,8 @@ cdef int weight_prepare(GradCall *c, float[:, :, :, ::1] dy, float[:, :, :, ::1]
     c.slots = slots_for(s, c.nthreads)
     while c.slots > 1 and have < grad_weight_need(s, c.slots):
         c.slots -= 1          # less scratch than planned: fewer parts at once, same result
-    c.slots = <int> min(<long> c.slots, <long> weight_parts(s))
+    if c.slots > weight_parts(s):
+        c.slots = 1           # more threads than parts: the parts in turn, each on the team
     need = grad_weight_need(s, 1)
     if c.slots == 1 and need > have:
         raise ValueError(f"conv_grad_weight: scratch holds {have} floats, needs {need}")

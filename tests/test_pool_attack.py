@@ -115,3 +115,79 @@ def test_forks_mid_run_and_hostile_spin_settings_neither_hang_nor_change_results
                          text=True, timeout=240, cwd=tests, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().endswith("ok")
+
+
+INTERRUPTS = textwrap.dedent("""
+    import os, sys, signal, threading
+    import numpy as np
+    sys.path.insert(0, {tests!r})
+    import ember
+    from ember import nn, optim
+    from ember.kernels import simd
+    from models import small_vgg, random_input
+    m = small_vgg(batch=4)
+    data, feeds = m.SerializeToString(), random_input(m, batch=4)
+    s = ember.load(data, threads=2)
+    want = ember.load(data, threads=1).run(None, feeds)[0]
+    for k in range(8):        # SIGINT lands at some point of some run (where does not matter)
+        threading.Timer(0.002 * (k + 1), os.kill, (os.getpid(), signal.SIGINT)).start()
+        try:
+            for _ in range(200):
+                s.run(None, feeds)
+        except KeyboardInterrupt:
+            pass
+        assert simd.pool_stats()["holds"] == 0, simd.pool_stats()
+    # a Trainer's steps beside inference threads, all on the pool
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((48, 3, 16, 16)).astype(np.float32)
+    y = rng.integers(0, 10, 48)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                        nn.Linear(8 * 16 * 16, 10))
+    tr = ember.Trainer(net, input_shape=(3, 16, 16), loss=nn.CrossEntropyLoss(),
+                       optimizer=optim.SGD(lr=0.01), batch_size=16, threads=3)
+    wrong = []
+    def infer():
+        for _ in range(5):
+            if not np.array_equal(s.run(None, feeds)[0], want):
+                wrong.append(1)
+    threads = [threading.Thread(target=infer) for _ in range(3)]
+    for t in threads:
+        t.start()
+    tr.fit(X, y, epochs=2, verbose=False)
+    for t in threads:
+        t.join()
+    assert not wrong
+    assert np.array_equal(s.run(None, feeds)[0], want)
+    assert simd.pool_stats()["holds"] == 0
+    print("ok")
+""")
+
+
+def test_interrupted_runs_let_go_and_training_beside_inference_keeps_the_bits():
+    tests = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, EMBER_TUNE="0")
+    out = subprocess.run([sys.executable, "-c", INTERRUPTS.format(tests=tests)],
+                         capture_output=True, text=True, timeout=240, cwd=tests, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().endswith("ok")
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_the_pool_alone_under_caller_threads_nesting_holds_and_forks(tmp_path):
+    """The pool's protocol without Python: tests/pool_stress_driver.c against thread_pool.c.
+    Also clean under -fsanitize=thread (TSAN_OPTIONS=die_after_fork=0), not run here."""
+    import shutil
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("needs a C compiler")
+    tests = os.path.dirname(os.path.abspath(__file__))
+    kernels = os.path.join(os.path.dirname(tests), "kernels")
+    exe = str(tmp_path / "pool_stress")
+    subprocess.run([cc, "-O2", "-I", kernels, os.path.join(tests, "pool_stress_driver.c"),
+                    os.path.join(kernels, "thread_pool.c"), "-o", exe, "-pthread"],
+                   check=True, timeout=120)
+    for spin in ("0", "30", "junk"):
+        out = subprocess.run([exe, "4"], capture_output=True, text=True, timeout=120,
+                             env=dict(os.environ, EMBER_POOL_SPIN_US=spin))
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.startswith("ok")
