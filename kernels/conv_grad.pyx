@@ -103,6 +103,13 @@ cdef inline int weight_parts(ConvShape *s) noexcept nogil:
     return <int> max(1, min(chunks, <long> WEIGHT_PARTS_MAX))
 
 
+cdef inline int weight_slots(ConvShape *s, int nthreads) noexcept nogil:
+    """dW's parts computed at once: one per thread when the batch splits over no more threads
+    than there are parts, else 1 (the parts in turn, each on the whole team)."""
+    cdef int slots = slots_for(s, nthreads)
+    return slots if slots <= weight_parts(s) else 1
+
+
 cdef inline bint sums_by_column(ConvShape *s) noexcept nogil:
     """Whether the dW product is col·dYᵀ (K × Mg) rather than dY·colᵀ (Mg × K): the first packs
     the (long) im2col rows straight as A and reads the GEMM ~10% faster on VGG-like layers; the
@@ -144,7 +151,7 @@ def conv_grad_weight_scratch_floats(int N, int C, int H, int W, int M, int KH, i
     """Floats of scratch conv_grad_weight needs for this case (0 for depthwise)."""
     cdef ConvShape s = conv_shape(N, C, H, W, M, KH, KW, OH, OW, stride_h, stride_w, pad_top,
                                   pad_left, dil_h, dil_w, group)
-    return grad_weight_need(&s, slots_for(&s, max(nthreads, 1)))
+    return grad_weight_need(&s, weight_slots(&s, max(nthreads, 1)))
 
 
 def conv_grad_input_scratch_floats(int N, int C, int H, int W, int M, int KH, int KW, int OH,
@@ -660,11 +667,9 @@ cdef int weight_prepare(GradCall *c, float[:, :, :, ::1] dy, float[:, :, :, ::1]
         return 0
     c.path = PATH_GEMM
     c.scratch = scratch_start(scratch, &have)
-    c.slots = slots_for(s, c.nthreads)
+    c.slots = weight_slots(s, c.nthreads)
     while c.slots > 1 and have < grad_weight_need(s, c.slots):
         c.slots -= 1          # less scratch than planned: fewer parts at once, same result
-    if c.slots > weight_parts(s):
-        c.slots = 1           # more threads than parts: the parts in turn, each on the team
     need = grad_weight_need(s, 1)
     if c.slots == 1 and need > have:
         raise ValueError(f"conv_grad_weight: scratch holds {have} floats, needs {need}")
