@@ -51,6 +51,11 @@ cdef enum:
     # a time, up to this many positions per product.
     CHUNK_POSITIONS = 256
     CHUNK_IMAGES_MAX = 16
+    # dW is the sum of at most this many partial sums (part t: images t, t + parts, …), added
+    # in part order, whatever the thread count: how the batch is shared must not change the
+    # bits. Each part costs a pass over dW's sums, so they are few: two parts are what two
+    # threads took before (one per thread); more threads than parts share each part's GEMMs.
+    WEIGHT_PARTS_MAX = 2
 
 # Depthwise gradients take the channel-group path by the forward's rule (depthwise.pxd) unless a
 # test turns it off.
@@ -88,6 +93,21 @@ cdef inline int chunk_images(ConvShape *s) noexcept nogil:
     if is_pointwise(s):
         return 1
     return <int> max(1, min(<long> CHUNK_IMAGES_MAX, CHUNK_POSITIONS // max(P, 1)))
+
+
+cdef inline int weight_parts(ConvShape *s) noexcept nogil:
+    """dW's partial sums: a function of the shape alone (never of the threads), so 1, 2 or 3
+    threads add the same floats in the same order; no more than the batch's chunks of images,
+    so a part's products still reduce over whole chunks."""
+    cdef long chunks = (<long> s.N + chunk_images(s) - 1) // chunk_images(s)
+    return <int> max(1, min(chunks, <long> WEIGHT_PARTS_MAX))
+
+
+cdef inline int weight_slots(ConvShape *s, int nthreads) noexcept nogil:
+    """dW's parts computed at once: one per thread when the batch splits over no more threads
+    than there are parts, else 1 (the parts in turn, each on the whole team)."""
+    cdef int slots = slots_for(s, nthreads)
+    return slots if slots <= weight_parts(s) else 1
 
 
 cdef inline bint sums_by_column(ConvShape *s) noexcept nogil:
@@ -131,7 +151,7 @@ def conv_grad_weight_scratch_floats(int N, int C, int H, int W, int M, int KH, i
     """Floats of scratch conv_grad_weight needs for this case (0 for depthwise)."""
     cdef ConvShape s = conv_shape(N, C, H, W, M, KH, KW, OH, OW, stride_h, stride_w, pad_top,
                                   pad_left, dil_h, dil_w, group)
-    return grad_weight_need(&s, slots_for(&s, max(nthreads, 1)))
+    return grad_weight_need(&s, weight_slots(&s, max(nthreads, 1)))
 
 
 def conv_grad_input_scratch_floats(int N, int C, int H, int W, int M, int KH, int KW, int OH,
@@ -221,13 +241,14 @@ cdef struct SumsJob:
     const float *sums      # slot 0's sums; slot t's are t·stride floats further
     long stride
     int nsums
+    bint onto              # add onto dW (the parts before these) instead of overwriting it
     int K, Mg
     long step_k            # sums[g][k, m] at k·Mg + m (by column), else at m·K + k
     float *dw
 
 
 cdef void sums_row_task(void *ctx, long row, int worker) noexcept nogil:
-    """dW row g·Mg + m: the slots' sums added in slot order."""
+    """dW row g·Mg + m: the slots' sums added in slot order (onto dW's row when ``onto``)."""
     cdef SumsJob *j = <SumsJob *> ctx
     cdef int g = <int> (row // j.Mg), m = <int> (row % j.Mg), k, t
     cdef long at
@@ -236,18 +257,21 @@ cdef void sums_row_task(void *ctx, long row, int worker) noexcept nogil:
     sg += m if j.step_k > 1 else <long> m * j.K
     for k in range(j.K):
         at = k * j.step_k
-        v = sg[at]
+        if j.onto:
+            v = j.dw[row * j.K + k] + sg[at]
+        else:
+            v = sg[at]
         for t in range(1, j.nsums):
             v = v + sg[t * j.stride + at]
         j.dw[row * j.K + k] = v
 
 
-cdef void sums_to_weight_grad(const float *sums, int nsums, long stride, ConvShape *s,
-                              float *dw, int nthreads) noexcept nogil:
-    """dW[g·Mg + m, k] = Σ over the slots' sums (``stride`` floats apart) of sums[g][k, m]
-    (sums[g][m, k] when not sums_by_column)."""
+cdef void sums_to_weight_grad(const float *sums, int nsums, long stride, bint onto,
+                              ConvShape *s, float *dw, int nthreads) noexcept nogil:
+    """dW[g·Mg + m, k] (+)= Σ over the slots' sums (``stride`` floats apart) of sums[g][k, m]
+    (sums[g][m, k] when not sums_by_column), left to right."""
     cdef SumsJob j
-    j.sums, j.stride, j.nsums, j.dw = sums, stride, nsums, dw
+    j.sums, j.stride, j.nsums, j.dw, j.onto = sums, stride, nsums, dw, onto
     j.Mg = s.M // s.group
     j.K = (s.C // s.group) * s.KH * s.KW
     j.step_k = j.Mg if sums_by_column(s) else 1
@@ -517,16 +541,19 @@ cdef struct GradCall:
 cdef struct SlotsJob:
     GradCall *c
     long slot_n            # dW: a slot's floats (chunk buffers, then sums); dX: a column panel
+    int first_part         # dW: slot t computes part first_part + t
     int ok                 # 0 once any image ran out of memory
 
 
 cdef void weight_slot_task(void *ctx, long t, int worker) noexcept nogil:
-    """Slot t takes images t, t + slots, … into its own sums (single-threaded GEMMs)."""
+    """Slot t takes part first_part + t (its images, weight_parts apart) into its own sums
+    (single-threaded GEMMs)."""
     cdef SlotsJob *j = <SlotsJob *> ctx
     cdef GradCall *c = j.c
     cdef long buf_n = chunk_floats(&c.s)
-    if not weight_grad_images(c.dy, c.other, t, c.slots, c.scratch + t * j.slot_n + buf_n,
-                              c.scratch + t * j.slot_n, &c.s, 1):
+    if not weight_grad_images(c.dy, c.other, j.first_part + t, weight_parts(&c.s),
+                              c.scratch + t * j.slot_n + buf_n, c.scratch + t * j.slot_n,
+                              &c.s, 1):
         j.ok = 0
 
 
@@ -544,7 +571,7 @@ cdef void input_image_task(void *ctx, long n, int worker) noexcept nogil:
 cdef int weight_run(GradCall *c) noexcept nogil:
     cdef ConvShape *s = &c.s
     cdef long wsize = c.out_floats, buf_n = chunk_floats(&c.s), slot_n = buf_n + wsize
-    cdef int ok = 1
+    cdef int ok = 1, parts = weight_parts(&c.s), first = 0, count
     cdef SlotsJob slots
     if c.path == PATH_NOTHING:
         return 0
@@ -553,16 +580,21 @@ cdef int weight_run(GradCall *c) noexcept nogil:
         return 0
     if c.path == PATH_DEPTHWISE:
         return depthwise_weight_grad(c.dy, c.other, c.out, s, c.nthreads)
-    # a slot: the chunk buffers, then its sums
-    if c.slots > 1:
-        slots.c, slots.slot_n, slots.ok = c, slot_n, 1
-        ember_parallel(c.slots, c.slots, weight_slot_task, &slots)
-        ok = slots.ok
-    else:
-        ok = weight_grad_images(c.dy, c.other, 0, 1, c.scratch + buf_n, c.scratch, s,
-                                c.nthreads)
-    sums_to_weight_grad(c.scratch + buf_n, c.slots, slot_n, s, c.out,
-                        threads_for(c.nthreads, wsize * c.slots))
+    # dW = part 0 + part 1 + … (weight_parts: fixed by the batch), added left to right onto
+    # dW, in rounds of up to c.slots parts computed at once (a slot: the chunk buffers, then
+    # its sums); one slot computes its part with the whole team in each GEMM instead
+    while first < parts:
+        count = <int> min(<long> c.slots, <long> (parts - first))
+        if count > 1:
+            slots.c, slots.slot_n, slots.first_part, slots.ok = c, slot_n, first, 1
+            ember_parallel(count, count, weight_slot_task, &slots)
+            ok = slots.ok and ok
+        else:
+            ok = weight_grad_images(c.dy, c.other, first, parts, c.scratch + buf_n, c.scratch,
+                                    s, c.nthreads) and ok
+        sums_to_weight_grad(c.scratch + buf_n, count, slot_n, first > 0, s, c.out,
+                            threads_for(c.nthreads, wsize * count))
+        first += count
     return 0 if ok else OUT_OF_MEMORY
 
 
@@ -635,9 +667,9 @@ cdef int weight_prepare(GradCall *c, float[:, :, :, ::1] dy, float[:, :, :, ::1]
         return 0
     c.path = PATH_GEMM
     c.scratch = scratch_start(scratch, &have)
-    c.slots = slots_for(s, c.nthreads)
+    c.slots = weight_slots(s, c.nthreads)
     while c.slots > 1 and have < grad_weight_need(s, c.slots):
-        c.slots -= 1          # less scratch than planned: fewer images at once, same result
+        c.slots -= 1          # less scratch than planned: fewer parts at once, same result
     need = grad_weight_need(s, 1)
     if c.slots == 1 and need > have:
         raise ValueError(f"conv_grad_weight: scratch holds {have} floats, needs {need}")

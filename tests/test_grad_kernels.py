@@ -183,16 +183,17 @@ def test_conv_grad_scratch_rules():
     x, w, dy = conv_case_arrays(case)
     one = conv_grad.conv_grad_weight_scratch_floats(*conv_geometry_args(case, dy, 1))
     assert conv_grad.conv_grad_weight_scratch_floats(*conv_geometry_args(CONV_CASES[2], dy, 2)) == 0
-    x4 = np.concatenate([x, x, x, x[:1]])[:4]
-    dy4 = np.concatenate([dy, dy, dy, dy[:1]])[:4]
-    four = (4,) + conv_geometry_args(case, dy, 2)[1:]
+    # 32 images: at least two chunks of images however small the planes, so two dW parts
+    x4 = np.concatenate([x] * 11)[:32]
+    dy4 = np.concatenate([dy] * 11)[:32]
+    four = (32,) + conv_geometry_args(case, dy, 2)[1:]
     assert conv_grad.conv_grad_weight_scratch_floats(*four) > one
     dx_want, dw_want = conv_grads_twin(x4, w, dy4, case[7], case[8], case[9], case[10])
     st, pads, dil, g = case[7:]
     dw = np.empty_like(w)
     conv_grad.conv_grad_weight(dy4, x4, dw, np.zeros(one, np.float32), st[0], st[1], pads[0],
                                pads[1], dil[0], dil[1], g, 2)
-    close(dw, dw_want, *conv_tolerance(4 * dy.shape[2] * dy.shape[3]))
+    close(dw, dw_want, *conv_tolerance(32 * dy.shape[2] * dy.shape[3]))
     with pytest.raises(ValueError):
         conv_grad.conv_grad_weight(dy4, x4, dw, np.zeros(one - 1, np.float32), st[0], st[1],
                                    pads[0], pads[1], dil[0], dil[1], g, 2)
