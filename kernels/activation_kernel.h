@@ -61,7 +61,7 @@ static int ember_act_unary_exp(const float *x, float *y, long n, int code, float
     if (code != EMBER_ACT_EXP && code != EMBER_ACT_TANH && code != EMBER_ACT_SIGMOID &&
         code != EMBER_ACT_SILU && code != EMBER_ACT_ERF && code != EMBER_ACT_GELU)
         return 0;
-    const ember_vf one = ember_vsplat(1.0f), zero = ember_vsplat(0.0f), half = ember_vsplat(0.5f);
+    const ember_vf one = ember_vsplat(1.0f), half = ember_vsplat(0.5f);
     long i = 0;
     /* one loop per code: the code is tested once, not per vector, so each loop body is just its
      * formula (a branch per vector kept GCC from scheduling the erf and exp polynomials) */
@@ -83,14 +83,8 @@ static int ember_act_unary_exp(const float *x, float *y, long n, int code, float
                                                                   (v * v * v)))))
         }
         break;
-    case EMBER_ACT_SIGMOID:
-        EMBER_ACT_LOOP(ember_vblend(v >= zero, one, ember_vexp(ember_vblend(v >= zero, -v, v))) /
-                       (one + ember_vexp(ember_vblend(v >= zero, -v, v))))
-        break;
-    default: /* SiLU */
-        EMBER_ACT_LOOP(v * (ember_vblend(v >= zero, one, ember_vexp(ember_vblend(v >= zero, -v, v))) /
-                            (one + ember_vexp(ember_vblend(v >= zero, -v, v)))))
-        break;
+    case EMBER_ACT_SIGMOID: EMBER_ACT_LOOP(ember_vsigmoid(v)) break;
+    default: /* SiLU */ EMBER_ACT_LOOP(v * ember_vsigmoid(v)) break;
     }
 #undef EMBER_ACT_LOOP
     for (; i < n; ++i) y[i] = ember_apply_act(x[i], code, a, 0.0f);
