@@ -8,11 +8,16 @@
  * the AVX-512 kernel's logic.
  *
  * Blocking (BLIS order): C is cut into tasks of MC rows x up-to-NC columns, handed out to the
- * OpenMP team; a task walks K in KC slices, packs its A block (MC x KC, stays in L2) and its B
+ * thread pool; a task walks K in KC slices, packs its A block (MC x KC, stays in L2) and its B
  * block (KC x nc, streamed one NR-wide micro-panel at a time through L1) into per-thread
  * buffers allocated once per thread (thread-local, 64-byte aligned) and reused by every call.
- * The optional epilogue (bias + activation, activation_kernel.h) runs on each MR x NR tile right
- * after its last K slice was stored, while the tile is still in L1 ("fused into the store").
+ * A row-major B is not packed at all: its full NR-column panels are read in place, row after
+ * row (a pointwise conv's image, whose rows are long: packing them cost a copy of the image per
+ * call and won nothing back); only the ragged last panel is packed, zero-padded.
+ * The optional epilogue (bias + activation, activation_kernel.h): on a full tile, when it is
+ * a compare or two (ReLU, Clip, LeakyRelu, bias only), in the micro-kernel's registers before
+ * the store; otherwise on each MR x NR tile right after its last K slice was stored, while the
+ * tile is still in L1, or for the exp family on a whole block's rows.
  */
 #define EMBER_MR 6
 #if EMBER_ISA_LEVEL == EMBER_ISA_AVX512
@@ -114,10 +119,56 @@ static void ember_pack_b(int kc, int nc, const float *b, long rs, long cs, float
     }
 }
 
-/* c[0:MR, 0:NR] (row stride ldc) = (accumulate ? c : 0) + alpha * pa-panel . pb-panel */
+/* What a full MR × NR tile's store applies in registers after its last K slice, for the
+ * epilogues that are a compare or two: + bias (one per row or one per column), then identity,
+ * ReLU, Clip or LeakyRelu — the formulas of ember_bias_act_row, so the bits are the same as
+ * storing the tile and running ember_bias_act_tile on it. Saves reloading and storing every
+ * tile again, which on a pointwise conv of few input channels costs a fifth of the product. */
+typedef struct {
+    const float *row_bias; /* MR biases of this tile's rows, or NULL */
+    const float *col_bias; /* NR biases of its columns, or NULL */
+    int act;
+    float a, b;
+} ember_tile_epi;
+
+static inline int ember_epi_in_registers(const ember_bias_act *e)
+{
+    return e && (e->act == EMBER_ACT_IDENTITY || e->act == EMBER_ACT_RELU ||
+                 e->act == EMBER_ACT_CLIP || e->act == EMBER_ACT_LEAKY_RELU);
+}
+
+/* V (a vector of VW floats, its int twin VI) = act(V + bias) by te; COL: the first column. NaN
+ * passes ReLU and Clip as in the scalar formulas (its comparisons are false). */
+#define EMBER_TILE_FINISH(V, VT, VI, VW, te, ROW, COL)                                        \
+    {                                                                                         \
+        if ((te)->row_bias) V += (te)->row_bias[ROW];                                         \
+        if ((te)->col_bias) V += *(const VT *)((te)->col_bias + (COL));                       \
+        if ((te)->act == EMBER_ACT_RELU) {                                                    \
+            V = (VT)((VI)V & ~(VI)(V < 0.0f));                                                \
+        } else if ((te)->act == EMBER_ACT_CLIP) {                                             \
+            VT lo_ = {0}, hi_ = {0};                                                          \
+            lo_ += (te)->a;                                                                   \
+            hi_ += (te)->b;                                                                   \
+            VI m_ = (VI)(V < lo_);                                                            \
+            V = (VT)(((VI)lo_ & m_) | ((VI)V & ~m_));                                         \
+            m_ = (VI)(V > hi_);                                                               \
+            V = (VT)(((VI)hi_ & m_) | ((VI)V & ~m_));                                         \
+        } else if ((te)->act == EMBER_ACT_LEAKY_RELU) {                                       \
+            VI m_ = (VI)(V >= 0.0f);                                                          \
+            VT s_ = (te)->a * V;                                                              \
+            V = (VT)(((VI)V & m_) | ((VI)s_ & ~m_));                                          \
+        }                                                                                     \
+    }
+
+/* c[0:MR, 0:NR] (row stride ldc) = (accumulate ? c : 0) + alpha * pa-panel . pb-panel, then
+ * te's epilogue when te is not NULL */
 #ifdef EMBER_GEMM_AVX2
-static inline void ember_ukr(int kc, const float *restrict a, const float *restrict b,
-                             float *restrict c, long ldc, float alpha, int accumulate)
+typedef float ember_ukr_vf __attribute__((vector_size(32), aligned(4)));
+typedef int ember_ukr_vi __attribute__((vector_size(32)));
+
+static inline __attribute__((always_inline)) void ember_ukr_ldb(
+    int kc, const float *restrict a, const float *restrict b, long ldb, float *restrict c,
+    long ldc, float alpha, int accumulate, const ember_tile_epi *te)
 {
     for (int r = 0; r < EMBER_MR; ++r) { /* C comes from far away: start fetching it now */
         _mm_prefetch((const char *)(c + r * ldc), _MM_HINT_T0);
@@ -131,7 +182,7 @@ static inline void ember_ukr(int kc, const float *restrict a, const float *restr
     __m256 c50 = _mm256_setzero_ps(), c51 = _mm256_setzero_ps();
 #define EMBER_UKR_STEP(A, B)                                                   \
     {                                                                          \
-        __m256 b0 = _mm256_load_ps(B), b1 = _mm256_load_ps((B) + 8), av;       \
+        __m256 b0 = _mm256_loadu_ps(B), b1 = _mm256_loadu_ps((B) + 8), av;     \
         av = _mm256_broadcast_ss((A) + 0);                                     \
         c00 = _mm256_fmadd_ps(av, b0, c00); c01 = _mm256_fmadd_ps(av, b1, c01); \
         av = _mm256_broadcast_ss((A) + 1);                                     \
@@ -147,31 +198,38 @@ static inline void ember_ukr(int kc, const float *restrict a, const float *restr
     }
     int k = 0;
     for (; k + 4 <= kc; k += 4) {
-        _mm_prefetch((const char *)(b + 16 * 8), _MM_HINT_T0);
+        _mm_prefetch((const char *)(b + 8 * ldb), _MM_HINT_T0);
         EMBER_UKR_STEP(a, b);
-        EMBER_UKR_STEP(a + 6, b + 16);
-        EMBER_UKR_STEP(a + 12, b + 32);
-        EMBER_UKR_STEP(a + 18, b + 48);
+        EMBER_UKR_STEP(a + 6, b + ldb);
+        EMBER_UKR_STEP(a + 12, b + 2 * ldb);
+        EMBER_UKR_STEP(a + 18, b + 3 * ldb);
         a += 24;
-        b += 64;
+        b += 4 * ldb;
     }
     for (; k < kc; ++k) {
         EMBER_UKR_STEP(a, b);
         a += 6;
-        b += 16;
+        b += ldb;
     }
 #undef EMBER_UKR_STEP
     __m256 va = _mm256_set1_ps(alpha);
 #define EMBER_UKR_STORE(ROW, X0, X1)                                                  \
     {                                                                                 \
         float *p = c + (ROW) * ldc;                                                   \
+        ember_ukr_vf v0, v1;                                                          \
         if (accumulate) {                                                             \
-            _mm256_storeu_ps(p, _mm256_fmadd_ps(va, X0, _mm256_loadu_ps(p)));         \
-            _mm256_storeu_ps(p + 8, _mm256_fmadd_ps(va, X1, _mm256_loadu_ps(p + 8))); \
+            v0 = (ember_ukr_vf)_mm256_fmadd_ps(va, X0, _mm256_loadu_ps(p));           \
+            v1 = (ember_ukr_vf)_mm256_fmadd_ps(va, X1, _mm256_loadu_ps(p + 8));       \
         } else {                                                                      \
-            _mm256_storeu_ps(p, _mm256_mul_ps(va, X0));                               \
-            _mm256_storeu_ps(p + 8, _mm256_mul_ps(va, X1));                           \
+            v0 = (ember_ukr_vf)_mm256_mul_ps(va, X0);                                 \
+            v1 = (ember_ukr_vf)_mm256_mul_ps(va, X1);                                 \
         }                                                                             \
+        if (te) {                                                                     \
+            EMBER_TILE_FINISH(v0, ember_ukr_vf, ember_ukr_vi, 8, te, ROW, 0)          \
+            EMBER_TILE_FINISH(v1, ember_ukr_vf, ember_ukr_vi, 8, te, ROW, 8)          \
+        }                                                                             \
+        _mm256_storeu_ps(p, (__m256)v0);                                              \
+        _mm256_storeu_ps(p + 8, (__m256)v1);                                          \
     }
     EMBER_UKR_STORE(0, c00, c01);
     EMBER_UKR_STORE(1, c10, c11);
@@ -195,14 +253,17 @@ typedef float ember_uv __attribute__((vector_size(EMBER_UKR_VW * 4), aligned(4))
 
 /* c[0:6, 0:2·VW] (accumulate ? += : =) alpha · a-panel · columns [0, 2·VW) of the B panel b,
  * whose rows are NR floats apart */
-static inline void ember_ukr_6x2v(int kc, const float *restrict a, const float *restrict b,
-                                  float *restrict c, long ldc, float alpha, int accumulate)
+typedef int ember_uvi __attribute__((vector_size(EMBER_UKR_VW * 4)));
+
+static inline __attribute__((always_inline)) void ember_ukr_6x2v(
+    int kc, const float *restrict a, const float *restrict b, long ldb, float *restrict c,
+    long ldc, float alpha, int accumulate, const ember_tile_epi *te, int col)
 {
     ember_uv c00 = {0}, c01 = {0}, c10 = {0}, c11 = {0}, c20 = {0}, c21 = {0};
     ember_uv c30 = {0}, c31 = {0}, c40 = {0}, c41 = {0}, c50 = {0}, c51 = {0};
 #pragma GCC unroll 4
     for (int k = 0; k < kc; ++k) {
-        __builtin_prefetch(b + 8 * EMBER_NR);
+        __builtin_prefetch(b + 8 * ldb);
         const ember_uv b0 = *(const ember_uv *)b, b1 = *(const ember_uv *)(b + EMBER_UKR_VW);
         c00 += a[0] * b0; c01 += a[0] * b1;
         c10 += a[1] * b0; c11 += a[1] * b1;
@@ -211,19 +272,24 @@ static inline void ember_ukr_6x2v(int kc, const float *restrict a, const float *
         c40 += a[4] * b0; c41 += a[4] * b1;
         c50 += a[5] * b0; c51 += a[5] * b1;
         a += EMBER_MR;
-        b += EMBER_NR;
+        b += ldb;
     }
-#define EMBER_UKR_STORE(ROW, X0, X1)                                    \
-    {                                                                   \
-        ember_uv *p0 = (ember_uv *)(c + (ROW) * ldc);                   \
-        ember_uv *p1 = (ember_uv *)(c + (ROW) * ldc + EMBER_UKR_VW);    \
-        if (accumulate) {                                               \
-            *p0 += alpha * (X0);                                        \
-            *p1 += alpha * (X1);                                        \
-        } else {                                                        \
-            *p0 = alpha * (X0);                                         \
-            *p1 = alpha * (X1);                                         \
-        }                                                               \
+#define EMBER_UKR_STORE(ROW, X0, X1)                                                  \
+    {                                                                                 \
+        ember_uv *p0 = (ember_uv *)(c + (ROW) * ldc);                                 \
+        ember_uv *p1 = (ember_uv *)(c + (ROW) * ldc + EMBER_UKR_VW);                  \
+        ember_uv v0 = alpha * (X0), v1 = alpha * (X1);                                \
+        if (accumulate) {                                                             \
+            v0 = *p0 + v0;                                                            \
+            v1 = *p1 + v1;                                                            \
+        }                                                                             \
+        if (te) {                                                                     \
+            EMBER_TILE_FINISH(v0, ember_uv, ember_uvi, EMBER_UKR_VW, te, ROW, col)    \
+            EMBER_TILE_FINISH(v1, ember_uv, ember_uvi, EMBER_UKR_VW, te, ROW,         \
+                              col + EMBER_UKR_VW)                                     \
+        }                                                                             \
+        *p0 = v0;                                                                     \
+        *p1 = v1;                                                                     \
     }
     EMBER_UKR_STORE(0, c00, c01);
     EMBER_UKR_STORE(1, c10, c11);
@@ -234,22 +300,68 @@ static inline void ember_ukr_6x2v(int kc, const float *restrict a, const float *
 #undef EMBER_UKR_STORE
 }
 
-static inline void ember_ukr(int kc, const float *restrict a, const float *restrict b,
-                             float *restrict c, long ldc, float alpha, int accumulate)
+static inline __attribute__((always_inline)) void ember_ukr_ldb(
+    int kc, const float *restrict a, const float *restrict b, long ldb, float *restrict c,
+    long ldc, float alpha, int accumulate, const ember_tile_epi *te)
 {
     for (int r = 0; r < EMBER_MR; ++r) /* C comes from far away: start fetching it now */
         __builtin_prefetch(c + r * ldc);
     for (int j = 0; j < EMBER_NR; j += 2 * EMBER_UKR_VW)
-        ember_ukr_6x2v(kc, a, b + j, c + j, ldc, alpha, accumulate);
+        ember_ukr_6x2v(kc, a, b + j, ldb, c + j, ldc, alpha, accumulate, te, j);
 }
 #endif
 
-/* Edge tile: full micro-kernel into a local tile, then copy the valid mr x nr part. */
-static void ember_ukr_edge(int kc, const float *a, const float *b, float *c, long ldc, int mr,
-                           int nr, float alpha, int accumulate)
+/* c[0:MR, 0:NR] (row stride ldc) = (accumulate ? c : 0) + alpha * pa-panel . pb-panel */
+static inline void ember_ukr(int kc, const float *restrict a, const float *restrict b,
+                             float *restrict c, long ldc, float alpha, int accumulate)
+{
+    ember_ukr_ldb(kc, a, b, EMBER_NR, c, ldc, alpha, accumulate, NULL);
+}
+
+/* The same, then te's epilogue: a separate function, so that ember_ukr keeps its code */
+static void ember_ukr_epi(int kc, const float *restrict a, const float *restrict b, long ldb,
+                          float *restrict c, long ldc, float alpha, int accumulate,
+                          const ember_tile_epi *te)
+{
+    ember_ukr_ldb(kc, a, b, ldb, c, ldc, alpha, accumulate, te);
+}
+
+/* Narrow micro-kernels for the ragged last panel: tile[0:MR, 0:W] (row stride NR) = alpha ·
+ * a-panel · columns [0, W) of b, W = NR/2 or NR/4 floats. A 7×7 plane has 49 columns: three
+ * full panels and one column, which the full kernel would compute 16 (AVX-512: 32) wide. */
+#define EMBER_UKR_NARROW(NAME, W)                                                              \
+    static void NAME(int kc, const float *restrict a, const float *restrict b, long ldb,       \
+                     float *restrict tile, float alpha)                                        \
+    {                                                                                          \
+        typedef float vec __attribute__((vector_size((W) * 4), aligned(4)));                  \
+        vec c0 = {0}, c1 = {0}, c2 = {0}, c3 = {0}, c4 = {0}, c5 = {0};                        \
+        for (int k = 0; k < kc; ++k) {                                                         \
+            const vec bv = *(const vec *)b;                                                    \
+            c0 += a[0] * bv; c1 += a[1] * bv; c2 += a[2] * bv;                                 \
+            c3 += a[3] * bv; c4 += a[4] * bv; c5 += a[5] * bv;                                 \
+            a += EMBER_MR;                                                                     \
+            b += ldb;                                                                          \
+        }                                                                                      \
+        *(vec *)(tile + 0 * EMBER_NR) = alpha * c0; *(vec *)(tile + 1 * EMBER_NR) = alpha * c1; \
+        *(vec *)(tile + 2 * EMBER_NR) = alpha * c2; *(vec *)(tile + 3 * EMBER_NR) = alpha * c3; \
+        *(vec *)(tile + 4 * EMBER_NR) = alpha * c4; *(vec *)(tile + 5 * EMBER_NR) = alpha * c5; \
+    }
+EMBER_UKR_NARROW(ember_ukr_half, EMBER_NR / 2)
+EMBER_UKR_NARROW(ember_ukr_quarter, EMBER_NR / 4)
+#undef EMBER_UKR_NARROW
+
+/* Edge tile: a micro-kernel as narrow as nr allows into a local tile, then copy the valid
+ * mr x nr part. */
+static void ember_ukr_edge(int kc, const float *a, const float *b, long ldb, float *c, long ldc,
+                           int mr, int nr, float alpha, int accumulate)
 {
     float tile[EMBER_MR * EMBER_NR] __attribute__((aligned(64)));
-    ember_ukr(kc, a, b, tile, EMBER_NR, alpha, 0);
+    if (nr <= EMBER_NR / 4)
+        ember_ukr_quarter(kc, a, b, ldb, tile, alpha);
+    else if (nr <= EMBER_NR / 2)
+        ember_ukr_half(kc, a, b, ldb, tile, alpha);
+    else
+        ember_ukr_ldb(kc, a, b, ldb, tile, EMBER_NR, alpha, 0, NULL);
     for (int i = 0; i < mr; ++i) {
         float *p = c + i * ldc;
         const float *t = tile + i * EMBER_NR;
@@ -283,30 +395,55 @@ static int ember_gemm_task(const ember_gemm_args *g, int i_begin, int i_end, int
     /* an activation of the exp family runs on a whole block's rows after its last tile: on a
      * 6 × NR tile its polynomials cannot overlap from one vector to the next */
     const int deferred = g->epi && ember_act_is_costly(g->epi->act);
+    /* B row-major: full NR-column panels are read in place (row stride rs_b) */
+    const int direct_b = !g->pack_b && g->cs_b == 1;
+    /* simple epilogues ride in the micro-kernel's registers (full tiles) */
+    const int in_registers = ember_epi_in_registers(g->epi);
+    ember_tile_epi te = {NULL, NULL, g->epi ? g->epi->act : 0, g->epi ? g->epi->act_a : 0.0f,
+                         g->epi ? g->epi->act_b : 0.0f};
+    const float *row_bias = g->epi && g->epi->bias && g->epi->bias_axis == 0 ? g->epi->bias : NULL;
+    const float *col_bias = g->epi && g->epi->bias && g->epi->bias_axis != 0 ? g->epi->bias : NULL;
     for (int p0 = 0; p0 < g->K; p0 += EMBER_KC) {
         int kc = g->K - p0 < EMBER_KC ? g->K - p0 : EMBER_KC;
         int accumulate = p0 > 0 || g->accumulate_first;
         int last = p0 + kc >= g->K;
+        const float *bsrc = g->B + (long)p0 * g->rs_b + (long)j0 * g->cs_b;
+        const int nfull = direct_b ? nc / EMBER_NR * EMBER_NR : 0;
         if (g->pack_b)
             g->pack_b(kc, nc, p0, j0, pb, g->pack_ctx);
-        else
-            ember_pack_b(kc, nc, g->B + (long)p0 * g->rs_b + (long)j0 * g->cs_b, g->rs_b,
-                         g->cs_b, pb);
+        else if (direct_b) {   /* only the ragged last panel is packed */
+            if (nfull < nc)
+                ember_pack_b(kc, nc - nfull, bsrc + nfull, g->rs_b, 1, pb + (long)nfull * kc);
+        } else
+            ember_pack_b(kc, nc, bsrc, g->rs_b, g->cs_b, pb);
         for (int i0 = i_begin; i0 < i_end; i0 += EMBER_MC) {
             int mc = i_end - i0 < EMBER_MC ? i_end - i0 : EMBER_MC;
             ember_pack_a(mc, kc, g->A + (long)i0 * g->rs_a + (long)p0 * g->cs_a, g->rs_a,
                          g->cs_a, pa);
             for (int jr = 0; jr < nc; jr += EMBER_NR) {
                 int nr = nc - jr < EMBER_NR ? nc - jr : EMBER_NR;
-                const float *bp = pb + (long)jr * kc;
+                const int direct = jr < nfull;
+                const float *bp = direct ? bsrc + jr : pb + (long)jr * kc;
                 for (int ir = 0; ir < mc; ir += EMBER_MR) {
                     int mr = mc - ir < EMBER_MR ? mc - ir : EMBER_MR;
                     float *c = g->C + (long)(i0 + ir) * g->ldc + j0 + jr;
                     const float *ap = pa + (long)ir * kc;
-                    if (mr == EMBER_MR && nr == EMBER_NR)
+                    const int full = mr == EMBER_MR && nr == EMBER_NR;
+                    if (full && last && in_registers) {
+                        te.row_bias = row_bias ? row_bias + i0 + ir : NULL;
+                        te.col_bias = col_bias ? col_bias + j0 + jr : NULL;
+                        ember_ukr_epi(kc, ap, bp, direct ? g->rs_b : EMBER_NR, c, g->ldc,
+                                      g->alpha, accumulate, &te);
+                        continue;
+                    }
+                    if (direct && mr == EMBER_MR)
+                        ember_ukr_ldb(kc, ap, bp, g->rs_b, c, g->ldc, g->alpha, accumulate,
+                                      NULL);
+                    else if (full)
                         ember_ukr(kc, ap, bp, c, g->ldc, g->alpha, accumulate);
                     else
-                        ember_ukr_edge(kc, ap, bp, c, g->ldc, mr, nr, g->alpha, accumulate);
+                        ember_ukr_edge(kc, ap, bp, direct ? g->rs_b : EMBER_NR, c, g->ldc, mr,
+                                       nr, g->alpha, accumulate);
                     if (last && g->epi && !deferred)
                         ember_bias_act_tile(c, g->ldc, mr, nr, i0 + ir, j0 + jr, g->epi);
                 }

@@ -288,6 +288,42 @@ def test_gemm_beta_zero_ignores_garbage_in_y():
     np.testing.assert_allclose(Y, A.astype(np.float64) @ B, rtol=1e-4, atol=1e-4)
 
 
+def act_f32(v, code, a, b):
+    """The compare-only activations in float32, as the scalar epilogue writes them."""
+    if code == 1:
+        return np.where(v < 0, np.float32(0), v)
+    if code == 2:
+        return np.where(v >= 0, v, np.float32(a) * v)
+    if code == 10:
+        v = np.where(v < np.float32(a), np.float32(a), v)
+        return np.where(v > np.float32(b), np.float32(b), v)
+    return v
+
+
+# Full MR × NR tiles apply bias and the compare-only activations in the micro-kernel's registers,
+# ragged tiles after storing: both must give the bits of the product, plus the bias in float32,
+# then the activation — and NaN must pass ReLU and Clip as their formulas let it.
+@pytest.mark.parametrize("bias_axis", [0, 1])
+@pytest.mark.parametrize("act", [0, 1, 2, 10])
+@pytest.mark.parametrize("accumulate", [False, True])
+@pytest.mark.parametrize("nthreads", THREADS)
+def test_gemm_epilogue_in_registers_is_bit_exact(bias_axis, act, accumulate, nthreads):
+    aa, ab = ACT_ARGS.get(act, (0.1, 0.0))
+    M, N, K = 37, 85, 300            # 6 × 16 tiles, ragged rows and columns, two K slices
+    A, B = rand(M, K), rand(K, N)
+    A[3, 7] = np.nan                 # row 3 of the product is NaN
+    Y0 = rand(M, N)
+    bias = rand(N if bias_axis == 1 else M)
+    beta = 1.0 if accumulate else 0.0
+    plain = Y0.copy()
+    gemm.gemm(A, B, plain, False, False, 1.0, beta, None, 1, 0, 0.0, 0.0, nthreads)
+    fused = Y0.copy()
+    gemm.gemm(A, B, fused, False, False, 1.0, beta, bias, bias_axis, act, aa, ab, nthreads)
+    expect = act_f32(plain + (bias[None, :] if bias_axis == 1 else bias[:, None]), act, aa, ab)
+    np.testing.assert_array_equal(fused, expect)
+    assert np.isnan(fused[3]).all() and not np.isnan(np.delete(fused, 3, axis=0)).any()
+
+
 def test_gemm_k_zero_gives_bias_only():
     A, B = np.zeros((4, 0), np.float32), np.zeros((0, 5), np.float32)
     Y = np.full((4, 5), 7.0, np.float32)
