@@ -196,17 +196,11 @@ static inline __attribute__((always_inline)) void ember_ukr_ldb(
         av = _mm256_broadcast_ss((A) + 5);                                     \
         c50 = _mm256_fmadd_ps(av, b0, c50); c51 = _mm256_fmadd_ps(av, b1, c51); \
     }
-    int k = 0;
-    for (; k + 4 <= kc; k += 4) {
+    /* one step per iteration: unrolled by hand, GCC hoisted the next steps' loads and spilled
+     * accumulators to make room (loop overhead is two adds and a branch beside 12 FMAs) */
+#pragma GCC unroll 1
+    for (int k = 0; k < kc; ++k) {
         _mm_prefetch((const char *)(b + 8 * ldb), _MM_HINT_T0);
-        EMBER_UKR_STEP(a, b);
-        EMBER_UKR_STEP(a + 6, b + ldb);
-        EMBER_UKR_STEP(a + 12, b + 2 * ldb);
-        EMBER_UKR_STEP(a + 18, b + 3 * ldb);
-        a += 24;
-        b += 4 * ldb;
-    }
-    for (; k < kc; ++k) {
         EMBER_UKR_STEP(a, b);
         a += 6;
         b += ldb;
@@ -311,17 +305,32 @@ static inline __attribute__((always_inline)) void ember_ukr_ldb(
 }
 #endif
 
+/* The micro-kernel's entry points are kept out of line: inlined into the blocking loops, GCC
+ * ran out of registers for the 12 accumulators and spilled two of them to the stack inside the
+ * K loop (a store-to-load round trip on each of their FMA chains), a third of the speed. */
+
 /* c[0:MR, 0:NR] (row stride ldc) = (accumulate ? c : 0) + alpha * pa-panel . pb-panel */
-static inline void ember_ukr(int kc, const float *restrict a, const float *restrict b,
-                             float *restrict c, long ldc, float alpha, int accumulate)
+static __attribute__((noinline)) void ember_ukr(int kc, const float *restrict a,
+                                                const float *restrict b, float *restrict c,
+                                                long ldc, float alpha, int accumulate)
 {
     ember_ukr_ldb(kc, a, b, EMBER_NR, c, ldc, alpha, accumulate, NULL);
 }
 
-/* The same, then te's epilogue: a separate function, so that ember_ukr keeps its code */
-static void ember_ukr_epi(int kc, const float *restrict a, const float *restrict b, long ldb,
-                          float *restrict c, long ldc, float alpha, int accumulate,
-                          const ember_tile_epi *te)
+/* The same over a B whose rows lie ldb floats apart */
+static __attribute__((noinline)) void ember_ukr_strided(int kc, const float *restrict a,
+                                                        const float *restrict b, long ldb,
+                                                        float *restrict c, long ldc,
+                                                        float alpha, int accumulate)
+{
+    ember_ukr_ldb(kc, a, b, ldb, c, ldc, alpha, accumulate, NULL);
+}
+
+/* The same, then te's epilogue */
+static __attribute__((noinline)) void ember_ukr_epi(int kc, const float *restrict a,
+                                                    const float *restrict b, long ldb,
+                                                    float *restrict c, long ldc, float alpha,
+                                                    int accumulate, const ember_tile_epi *te)
 {
     ember_ukr_ldb(kc, a, b, ldb, c, ldc, alpha, accumulate, te);
 }
@@ -361,7 +370,7 @@ static void ember_ukr_edge(int kc, const float *a, const float *b, long ldb, flo
     else if (nr <= EMBER_NR / 2)
         ember_ukr_half(kc, a, b, ldb, tile, alpha);
     else
-        ember_ukr_ldb(kc, a, b, ldb, tile, EMBER_NR, alpha, 0, NULL);
+        ember_ukr_strided(kc, a, b, ldb, tile, EMBER_NR, alpha, 0);
     for (int i = 0; i < mr; ++i) {
         float *p = c + i * ldc;
         const float *t = tile + i * EMBER_NR;
@@ -382,8 +391,30 @@ typedef struct {
     int accumulate_first; /* C already holds beta*C and must be added to */
     const ember_bias_act *epi; /* NULL: nothing after the product */
     ember_pack_b_fn pack_b; /* NULL: pack from B */
+    int direct_b; /* B's full panels are read in place (ember_direct_b_pays) */
     const void *pack_ctx;
 } ember_gemm_args;
+
+/* Whether the micro-kernel may read a row-major B (row stride rs floats) in place: only when a
+ * KC-row micro-panel's cache lines spread over enough L1 sets that it stays in L1 while every
+ * row panel of A passes over it. A row stride of 384 floats (1.5 KiB: 8 sets for 256 rows)
+ * makes each load a conflict miss — 20 % slower than packing (Zen 3, 196×1536×384); where the
+ * rows spread (a pointwise conv's image, a 784-float plane) reading in place is up to 15 %
+ * faster. L1: 64 sets of 8 ways (32 KiB), as on the x86 cores ember targets. */
+static int ember_direct_b_pays(long rs, int K)
+{
+    enum { SETS = 64, WAYS = 8, LINE = 64 };   /* a row of B may fill every way of its set */
+    int rows = K < EMBER_KC ? K : EMBER_KC;
+    unsigned char used[SETS] = {0};
+    const long bytes = rs * 4;
+    const int panel_lines = EMBER_NR * 4 / LINE + (bytes % LINE != 0);   /* lines a row reads */
+    for (int k = 0; k < rows; ++k) {
+        long first = (k * bytes) / LINE;
+        for (int l = 0; l < panel_lines; ++l)
+            if (++used[(first + l) % SETS] > WAYS) return 0;
+    }
+    return 1;
+}
 
 /* One task: columns [j0, j0+nc) of C for rows [i_begin, i_end) (cut into MC-row blocks), all of
  * K. The B block is packed once per K slice and reused by every row block. Returns 0 when out
@@ -396,7 +427,7 @@ static int ember_gemm_task(const ember_gemm_args *g, int i_begin, int i_end, int
      * 6 × NR tile its polynomials cannot overlap from one vector to the next */
     const int deferred = g->epi && ember_act_is_costly(g->epi->act);
     /* B row-major: full NR-column panels are read in place (row stride rs_b) */
-    const int direct_b = !g->pack_b && g->cs_b == 1;
+    const int direct_b = g->direct_b;
     /* simple epilogues ride in the micro-kernel's registers (full tiles) */
     const int in_registers = ember_epi_in_registers(g->epi);
     ember_tile_epi te = {NULL, NULL, g->epi ? g->epi->act : 0, g->epi ? g->epi->act_a : 0.0f,
@@ -437,8 +468,8 @@ static int ember_gemm_task(const ember_gemm_args *g, int i_begin, int i_end, int
                         continue;
                     }
                     if (direct && mr == EMBER_MR)
-                        ember_ukr_ldb(kc, ap, bp, g->rs_b, c, g->ldc, g->alpha, accumulate,
-                                      NULL);
+                        ember_ukr_strided(kc, ap, bp, g->rs_b, c, g->ldc, g->alpha,
+                                          accumulate);
                     else if (full)
                         ember_ukr(kc, ap, bp, c, g->ldc, g->alpha, accumulate);
                     else
@@ -570,6 +601,7 @@ static int ember_sgemm_ex(int trans_a, int trans_b, int M, int N, int K, float a
     g.C = C; g.ldc = ldc; g.accumulate_first = !overwrite_first; /* else C holds beta*C */
     g.epi = epi;
     g.pack_b = pack_b; g.pack_ctx = pack_ctx;
+    g.direct_b = !pack_b && g.cs_b == 1 && ember_direct_b_pays(g.rs_b, K);
 
     if (M <= 4 && !pack_b) { /* gemv-like: no packing, split the columns over the team */
         float eff_beta = overwrite_first ? 0.0f : 1.0f; /* else C already holds beta*C */
