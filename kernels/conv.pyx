@@ -533,6 +533,16 @@ def packed_conv_scratch_floats(int N, int C, int M, int KH, int KW, int OH, int 
     return packed_chunk(P, K, Mp, mr) * (K + Mp + 1) * max(nthreads, 1)
 
 
+cdef inline void take_even(float *dst, const float *src, long n) noexcept nogil:
+    """dst[0, n) = src[0], src[2], …: a stride-2 conv's im2col row. Stepped by pointers, which
+    cannot wrap, so that GCC vectorises it (with -fwrapv an index 2·j might, and it gives up)."""
+    cdef float *end = dst + n
+    while dst < end:
+        dst[0] = src[0]
+        dst += 1
+        src += 2
+
+
 cdef void pack_pixels_taps(const float *x, ConvShape *s, int g, int c, int kh, long p0,
                            long rows, long rows_pad, float *pa, int mr, int K,
                            float *line) noexcept nogil:
@@ -569,6 +579,8 @@ cdef void pack_pixels_taps(const float *x, ConvShape *s, int g, int c, int kh, l
             if s.sw == 1:
                 if jhi > jlo:
                     memcpy(dst + jlo, row + jlo, sizeof(float) * (jhi - jlo))
+            elif s.sw == 2:
+                take_even(dst + jlo, row + 2 * jlo, jhi - jlo)
             else:
                 for j in range(jlo, jhi):
                     dst[j] = row[j * s.sw]

@@ -3,6 +3,24 @@
  * the image, so conv never writes and re-reads a C·KH·KW x OH·OW column matrix (7 MB for a
  * resnet 56x56 layer: far outside L2). Each GEMM task packs its own columns, so the im2col is
  * parallel for free. Layout is ember_pack_b's: NR-wide micro-panels, k-major, zero padding. */
+#if EMBER_NR == 16
+#define EMBER_EVEN_LANES 0, 2, 4, 6, 8, 10, 12, 14, 17, 19, 21, 23, 25, 27, 29, 31
+#elif EMBER_NR == 32
+#define EMBER_EVEN_LANES                                                                     \
+    0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30, 33, 35, 37, 39, 41, 43, 45, 47, \
+        49, 51, 53, 55, 57, 59, 61, 63
+#endif
+
+/* dst[0, NR) = src[0], src[2], …, src[2·NR − 2] (a stride-2 conv's panel row), by two loads
+ * and one shuffle; reads nothing past src[2·NR − 2]. */
+static inline void ember_pack_even(float *restrict dst, const float *restrict src)
+{
+    typedef float panel __attribute__((vector_size(EMBER_NR * 4), aligned(4)));
+    const panel lo = *(const panel *)src, hi = *(const panel *)(src + EMBER_NR - 1);
+    *(panel *)dst = __builtin_shufflevector(lo, hi, EMBER_EVEN_LANES);
+}
+#undef EMBER_EVEN_LANES
+
 static void ember_pack_b_im2col(int kc, int nc, int p0, int j0, float *pb, const void *ctx)
 {
     const ember_im2col_src *s = (const ember_im2col_src *)ctx;
@@ -23,6 +41,9 @@ static void ember_pack_b_im2col(int kc, int nc, int p0, int j0, float *pb, const
             if (one_row && nr == EMBER_NR && sw == 1 && (unsigned)ih0 < (unsigned)H &&
                 iw0 >= 0 && iw0 + EMBER_NR <= W) {
                 memcpy(dst, xc + (long)ih0 * W + iw0, sizeof(float) * EMBER_NR);
+            } else if (one_row && nr == EMBER_NR && sw == 2 && (unsigned)ih0 < (unsigned)H &&
+                       iw0 >= 0 && iw0 + 2 * (EMBER_NR - 1) < W) {
+                ember_pack_even(dst, xc + (long)ih0 * W + iw0);
             } else if (one_row && (unsigned)ih0 >= (unsigned)H) {
                 memset(dst, 0, sizeof(float) * EMBER_NR);
             } else { /* the panel's pixels row segment by row segment */
