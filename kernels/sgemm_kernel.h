@@ -196,10 +196,22 @@ static inline __attribute__((always_inline)) void ember_ukr_ldb(
         av = _mm256_broadcast_ss((A) + 5);                                     \
         c50 = _mm256_fmadd_ps(av, b0, c50); c51 = _mm256_fmadd_ps(av, b1, c51); \
     }
-    /* one step per iteration: unrolled by hand, GCC hoisted the next steps' loads and spilled
-     * accumulators to make room (loop overhead is two adds and a branch beside 12 FMAs) */
+    int k = 0;
+    if (ldb == EMBER_NR) {   /* packed B: four steps an iteration, one prefetch */
+        for (; k + 4 <= kc; k += 4) {
+            _mm_prefetch((const char *)(b + 16 * 8), _MM_HINT_T0);
+            EMBER_UKR_STEP(a, b);
+            EMBER_UKR_STEP(a + 6, b + 16);
+            EMBER_UKR_STEP(a + 12, b + 32);
+            EMBER_UKR_STEP(a + 18, b + 48);
+            a += 24;
+            b += 64;
+        }
+    }
+    /* B in place (rows ldb apart): one step an iteration — unrolled, GCC hoisted the next
+     * steps' loads and spilled accumulators to the stack to make room */
 #pragma GCC unroll 1
-    for (int k = 0; k < kc; ++k) {
+    for (; k < kc; ++k) {
         _mm_prefetch((const char *)(b + 8 * ldb), _MM_HINT_T0);
         EMBER_UKR_STEP(a, b);
         a += 6;
