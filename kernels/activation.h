@@ -58,9 +58,10 @@ static inline float ember_apply_act(float v, int code, float a, float b)
         e = a * v + b;
         return e < 0.0f ? 0.0f : (e > 1.0f ? 1.0f : e);
     case EMBER_ACT_HARD_SWISH:
-        /* v times the clipped gate, as the spec writes it: HardSwish(-inf) is NaN, a negative v
-         * below -3 gives -0 */
-        e = (float)(v / 6.0 + 0.5);
+        /* v times the clipped gate, as the spec writes it (alpha = 1/6 in float, as onnxruntime
+         * and onnx.reference compute it; the gate in double cost a vector division per element):
+         * HardSwish(-inf) is NaN, a negative v below -3 gives -0 */
+        e = v * (1.0f / 6.0f) + 0.5f;
         return v * (e <= 0.0f ? 0.0f : (e >= 1.0f ? 1.0f : e));
     case EMBER_ACT_TANH: return tanhf(v);
     case EMBER_ACT_SOFTPLUS: return (v > 0.0f ? v : 0.0f) + log1pf(expf(-fabsf(v)));

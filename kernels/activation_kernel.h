@@ -38,7 +38,7 @@ static int ember_act_unary_selects(const float *x, float *y, long n, int code, f
         return 1;
     case EMBER_ACT_HARD_SWISH:
         for (long i = 0; i < n; ++i) {
-            const float v = x[i], e = (float)(v / 6.0 + 0.5);
+            const float v = x[i], e = v * (1.0f / 6.0f) + 0.5f;
             y[i] = v * (e <= 0.0f ? 0.0f : (e >= 1.0f ? 1.0f : e));
         }
         return 1;
