@@ -137,9 +137,9 @@ static inline int ember_epi_in_registers(const ember_bias_act *e)
                  e->act == EMBER_ACT_CLIP || e->act == EMBER_ACT_LEAKY_RELU);
 }
 
-/* V (a vector of VW floats, its int twin VI) = act(V + bias) by te; COL: the first column. NaN
+/* V (a vector of type VT, its int twin VI) = act(V + bias) by te; COL: its first column. NaN
  * passes ReLU and Clip as in the scalar formulas (its comparisons are false). */
-#define EMBER_TILE_FINISH(V, VT, VI, VW, te, ROW, COL)                                        \
+#define EMBER_TILE_FINISH(V, VT, VI, te, ROW, COL)                                            \
     {                                                                                         \
         if ((te)->row_bias) V += (te)->row_bias[ROW];                                         \
         if ((te)->col_bias) V += *(const VT *)((te)->col_bias + (COL));                       \
@@ -231,8 +231,8 @@ static inline __attribute__((always_inline)) void ember_ukr_ldb(
             v1 = (ember_ukr_vf)_mm256_mul_ps(va, X1);                                 \
         }                                                                             \
         if (te) {                                                                     \
-            EMBER_TILE_FINISH(v0, ember_ukr_vf, ember_ukr_vi, 8, te, ROW, 0)          \
-            EMBER_TILE_FINISH(v1, ember_ukr_vf, ember_ukr_vi, 8, te, ROW, 8)          \
+            EMBER_TILE_FINISH(v0, ember_ukr_vf, ember_ukr_vi, te, ROW, 0)             \
+            EMBER_TILE_FINISH(v1, ember_ukr_vf, ember_ukr_vi, te, ROW, 8)             \
         }                                                                             \
         _mm256_storeu_ps(p, (__m256)v0);                                              \
         _mm256_storeu_ps(p + 8, (__m256)v1);                                          \
@@ -290,9 +290,9 @@ static inline __attribute__((always_inline)) void ember_ukr_6x2v(
             v1 = *p1 + v1;                                                            \
         }                                                                             \
         if (te) {                                                                     \
-            EMBER_TILE_FINISH(v0, ember_uv, ember_uvi, EMBER_UKR_VW, te, ROW, col)    \
-            EMBER_TILE_FINISH(v1, ember_uv, ember_uvi, EMBER_UKR_VW, te, ROW,         \
-                              col + EMBER_UKR_VW)                                     \
+            EMBER_TILE_FINISH(v0, ember_uv, ember_uvi, te, ROW, col)                  \
+            EMBER_TILE_FINISH(v1, ember_uv, ember_uvi, te, ROW, col + EMBER_UKR_VW) \
+                                                                                      \
         }                                                                             \
         *p0 = v0;                                                                     \
         *p1 = v1;                                                                     \
@@ -613,7 +613,7 @@ static int ember_sgemm_ex(int trans_a, int trans_b, int M, int N, int K, float a
     g.C = C; g.ldc = ldc; g.accumulate_first = !overwrite_first; /* else C holds beta*C */
     g.epi = epi;
     g.pack_b = pack_b; g.pack_ctx = pack_ctx;
-    g.direct_b = !pack_b && g.cs_b == 1 && ember_direct_b_pays(g.rs_b, K);
+    g.direct_b = 0;
 
     if (M <= 4 && !pack_b) { /* gemv-like: no packing, split the columns over the team */
         float eff_beta = overwrite_first ? 0.0f : 1.0f; /* else C already holds beta*C */
@@ -627,6 +627,8 @@ static int ember_sgemm_ex(int trans_a, int trans_b, int M, int N, int K, float a
         ember_pool_run(nthreads, (long)nchunks * M, ember_small_m_task, &job);
         return 1;
     }
+
+    g.direct_b = !pack_b && g.cs_b == 1 && ember_direct_b_pays(g.rs_b, K);
 
     /* Tasks: column blocks (B packed once per task and K slice), split further into row chunks
      * only when there are too few column blocks to feed the team. Row chunks are cut at MR
