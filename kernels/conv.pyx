@@ -761,43 +761,59 @@ cdef class PackedConvStep:
         return PyCapsule_New(&self.native, EMBER_NATIVE_CAPSULE, NULL)
 
 
-# ---- direct conv for few input channels ---------------------------------------------------------
+# ---- direct conv -------------------------------------------------------------------------------
 # A network's first layer (3 colour channels, 7×7/2 or 3×3/2) and LeNet's: C·KH·KW taps per pixel
-# used by few output channels each, so any packing of the taps costs as much as the FMAs. The
-# direct kernel (conv_direct_kernel.h) reads the taps straight from a zero-padded, phase-split copy
-# of the input rows it needs, EMBER_DC_MB output channels × a row segment at a time.
+# used by few output channels each, so any packing of the taps costs as much as the FMAs; and,
+# chosen by measurement, mid-sized layers, where a register block of EMBER_DC_MB channels × up to
+# three vectors of positions beats im2col + GEMM once the packing is gone. The direct kernel
+# (conv_direct_kernel.h) reads the taps straight from a zero-padded, phase-split copy of the input.
 
 cdef extern from "simd.h" nogil:
     ctypedef struct ember_dc_geom:
         int C, M, KH, KW, OH, OW
-        int sh, sw, dh, dw
-        long PH, PW, PS
-        int flat
+        long PW, CS
+        const long *tap
+        int nv
         int act
         float act_a, act_b
     void ember_direct_conv_rows(const ember_dc_geom *g, const float *xp, const float *wp,
-                                const float *bias, float *y, int oh0, int oh1)
+                                const float *bias, float *y, int oh0, int oh1, int mb0, int mb1)
     int ember_direct_conv_mb()
-    int ember_direct_conv_cols()
+    int ember_direct_conv_vw()
 
 
-cdef inline void direct_geometry(ember_dc_geom *g, int C, int M, int KH, int KW, int OH, int OW,
-                                 int sh, int sw, int dh, int dw) noexcept nogil:
-    """Rows per phase plane: every row a tap reaches. With row stride 1 the kernel runs over the
-    rows flattened (the output computed on the padded width, the extra columns dropped), so narrow
-    planes still fill its vectors: columns are the output columns plus the widest tap offset
-    within a phase, and each plane has two register blocks of slack for the last block's reads.
-    Otherwise row by row: the output columns rounded up to the register block, plus that offset.
-    g.sw is the number of phase planes, not the stride: the taps reach phases kw·dw mod sw only,
-    all below (KW − 1)·dw + 1, so a column stride past that (an output one column wide) keeps that
-    many planes — the same taps — rather than sw planes of which all but a few are never read."""
-    cdef int cols = ember_direct_conv_cols()
-    g.C, g.M, g.KH, g.KW, g.OH, g.OW = C, M, KH, KW, OH, OW
-    g.sh, g.sw, g.dh, g.dw = sh, <int> min(<long> sw, <long> (KW - 1) * dw + 1), dh, dw
-    g.flat = sh == 1
-    g.PH = <long> (OH - 1) * sh + <long> (KH - 1) * dh + 1
-    g.PW = (OW if g.flat else round_up_to(OW, cols)) + <long> (KW - 1) * dw // sw
-    g.PS = g.PH * g.PW + (2 * cols if g.flat else 0)
+cdef struct DirectSizes:
+    int shp, swp           # phase planes: row phases, column phases
+    long PH, PW, PS, CS    # rows and columns of a plane, floats of a plane, floats of a channel
+    int nv                 # the register block's vectors of positions
+
+
+cdef inline void direct_sizes(DirectSizes *d, int KH, int KW, int OH, int OW, int sh, int sw,
+                              int dh, int dw) noexcept nogil:
+    """The prepared image: per channel, shp × swp phase planes, x̃[phr][phc][r][j] = the padded
+    input at row r·sh + phr, column j·sw + phc. The tap (kh, kw) of output (oh, ow) is then
+    plane (kh·dh mod sh, kw·dw mod sw) at row oh + ⌊kh·dh / sh⌋, column ow + ⌊kw·dw / sw⌋, and
+    the kernel runs over positions j = oh·PW + ow flattened (the PW − OW columns past each row
+    computed and dropped), so narrow planes still fill its vectors, whatever the stride. A stride
+    past the kernel's reach (an output one pixel wide) keeps (K − 1)·d + 1 phases, the only ones
+    the taps reach, not one plane per unit of stride. Each plane has the widest register block's
+    positions twice over as slack for the last block's reads. nv: the block width (1 to 3
+    vectors) that wastes least on the image's positions, a wider one winning ties by 1:2:3 cost
+    weights plus a half per block (its broadcasts)."""
+    cdef int vw = ember_direct_conv_vw(), nv
+    cdef long P, best = -1, cost
+    d.shp = <int> min(<long> sh, <long> (KH - 1) * dh + 1)
+    d.swp = <int> min(<long> sw, <long> (KW - 1) * dw + 1)
+    d.PH = OH + <long> (KH - 1) * dh // sh
+    d.PW = OW + <long> (KW - 1) * dw // sw
+    d.PS = d.PH * d.PW + 6 * vw
+    d.CS = <long> d.shp * d.swp * d.PS
+    P = (OH - 1) * d.PW + OW
+    d.nv = 3
+    for nv in range(3, 0, -1):
+        cost = (P + nv * vw - 1) // (nv * vw) * (2 * nv + 1)
+        if best < 0 or cost < best:
+            best, d.nv = cost, nv
 
 
 def direct_conv_weight_floats(int M, int C, int KH, int KW):
@@ -836,74 +852,84 @@ cdef void pack_channel_blocks(const float *src, float *dst, int M, long taps,
 def direct_conv_scratch_floats(int C, int M, int KH, int KW, int OH, int OW, int stride_h,
                                int stride_w, int dil_h, int dil_w, int nthreads):
     """Floats of scratch DirectConvStep needs: one prepared image per thread."""
-    cdef ember_dc_geom g
+    cdef DirectSizes d
     if OH <= 0 or OW <= 0:
         return 0
-    direct_geometry(&g, C, M, KH, KW, OH, OW, stride_h, stride_w, dil_h, dil_w)
-    return <long> C * g.sw * g.PS * max(nthreads, 1)
+    direct_sizes(&d, KH, KW, OH, OW, stride_h, stride_w, dil_h, dil_w)
+    return <long> C * d.CS * max(nthreads, 1)
 
 
 cdef struct DirectConvCall:
     ember_dc_geom g
+    DirectSizes d
+    long *taps             # g.tap: owned, one offset per tap
     const float *x
     const float *wp
     const float *bias
     float *y
-    float *slots           # per thread, one prepared image (C × g.sw planes of PS floats)
+    float *slots           # per thread, one prepared image (C × d.CS floats)
     long slot_floats
     int N, H, W, pt, pl
-    int sw                 # the column stride (g.sw counts the phase planes)
-    int row_blocks         # per image: several when the batch is smaller than the team
+    int sh, sw, dh, dw     # strides and dilations
+    int row_blocks         # units an image: row blocks × channel-block chunks, when the batch
+    int m_chunks           # is smaller than the team
     int nthreads
     bint empty
 
 
 cdef void direct_prepare_rows(DirectConvCall *c, int n, long r0, long r1,
                               float *xp) noexcept nogil:
-    """Rows [r0, r1) of every phase plane of image n: x̃[c][ph][r][j] = x[n, c, r − pt,
-    j·sw + ph − pl] (sw the column stride, c.sw), 0 outside the image."""
-    cdef ember_dc_geom *g = &c.g
-    cdef int ch, ph, ih
-    cdef long r, j, lo, hi
+    """Rows [r0, r1) of every phase plane of image n: x̃[ch][phr][phc][r][j] = x[n, ch,
+    r·sh + phr − pt, j·sw + phc − pl], 0 outside the image."""
+    cdef DirectSizes *d = &c.d
+    cdef int ch, phr, phc
+    cdef long r, j, lo, hi, ih
     cdef const float *src
     cdef float *dst
-    for ch in range(g.C):
-        for ph in range(g.sw):
-            if g.PS > g.PH * g.PW:   # the flat kernel's slack: read, never used
-                memset(xp + (<long> ch * g.sw + ph) * g.PS + g.PH * g.PW, 0,
-                       sizeof(float) * (g.PS - g.PH * g.PW))
-            # the phase columns j with 0 ≤ j·sw + ph − pl < W
-            span_inside(ph - c.pl, c.sw, g.PW, 0, c.W, &lo, &hi)
-            for r in range(r0, r1):
-                dst = xp + (<long> ch * g.sw + ph) * g.PS + r * g.PW
-                ih = <int> r - c.pt
-                if ih < 0 or ih >= c.H or hi <= lo:
-                    memset(dst, 0, sizeof(float) * g.PW)
-                    continue
-                src = c.x + ((<long> n * g.C + ch) * c.H + ih) * c.W + ph - c.pl
-                if lo > 0:
-                    memset(dst, 0, sizeof(float) * lo)
-                if c.sw == 1:
-                    memcpy(dst + lo, src + lo, sizeof(float) * (hi - lo))
-                else:
-                    for j in range(lo, hi):
-                        dst[j] = src[j * c.sw]
-                if hi < g.PW:
-                    memset(dst + hi, 0, sizeof(float) * (g.PW - hi))
+    cdef float *plane
+    for ch in range(c.g.C):
+        for phr in range(d.shp):
+            for phc in range(d.swp):
+                plane = xp + ch * d.CS + (<long> phr * d.swp + phc) * d.PS
+                # the kernel's slack: read by the last block's dropped lanes, never used
+                memset(plane + d.PH * d.PW, 0, sizeof(float) * (d.PS - d.PH * d.PW))
+                # the phase columns j with 0 ≤ j·sw + phc − pl < W
+                span_inside(phc - c.pl, c.sw, d.PW, 0, c.W, &lo, &hi)
+                for r in range(r0, r1):
+                    dst = plane + r * d.PW
+                    ih = r * c.sh + phr - c.pt
+                    if ih < 0 or ih >= c.H or hi <= lo:
+                        memset(dst, 0, sizeof(float) * d.PW)
+                        continue
+                    src = c.x + ((<long> n * c.g.C + ch) * c.H + ih) * c.W + phc - c.pl
+                    if lo > 0:
+                        memset(dst, 0, sizeof(float) * lo)
+                    if c.sw == 1:
+                        memcpy(dst + lo, src + lo, sizeof(float) * (hi - lo))
+                    else:
+                        for j in range(lo, hi):
+                            dst[j] = src[j * c.sw]
+                    if hi < d.PW:
+                        memset(dst + hi, 0, sizeof(float) * (d.PW - hi))
 
 
 cdef void direct_unit(DirectConvCall *c, long u, float *xp) noexcept nogil:
-    """Image u / row_blocks, its row block u % row_blocks: prepare the input rows it reaches, then
-    every output channel of its output rows."""
+    """Unit u: image u / (row_blocks · m_chunks), one of its row blocks × chunks of channel
+    blocks: prepare the input rows the block reaches, then its output channels and rows."""
     cdef ember_dc_geom *g = &c.g
-    cdef int n = <int> (u // c.row_blocks), rb = <int> (u % c.row_blocks)
+    cdef long per_image = <long> c.row_blocks * c.m_chunks
+    cdef int n = <int> (u // per_image), part = <int> (u % per_image)
+    cdef int rb = part // c.m_chunks, mc = part % c.m_chunks
+    cdef int mblocks = <int> ((g.M + ember_direct_conv_mb() - 1) // ember_direct_conv_mb())
     cdef int oh0 = <int> (<long> g.OH * rb // c.row_blocks)
     cdef int oh1 = <int> (<long> g.OH * (rb + 1) // c.row_blocks)
-    if oh1 <= oh0:
+    cdef int mb0 = <int> (<long> mblocks * mc // c.m_chunks)
+    cdef int mb1 = <int> (<long> mblocks * (mc + 1) // c.m_chunks)
+    if oh1 <= oh0 or mb1 <= mb0:
         return
-    direct_prepare_rows(c, n, <long> oh0 * g.sh, <long> (oh1 - 1) * g.sh + (g.KH - 1) * g.dh + 1,
-                        xp)
-    ember_direct_conv_rows(g, xp, c.wp, c.bias, c.y + <long> n * g.M * g.OH * g.OW, oh0, oh1)
+    direct_prepare_rows(c, n, oh0, oh1 + (c.d.PH - g.OH), xp)
+    ember_direct_conv_rows(g, xp, c.wp, c.bias, c.y + <long> n * g.M * g.OH * g.OW, oh0, oh1,
+                           mb0, mb1)
 
 
 cdef void direct_unit_task(void *ctx, long u, int worker) noexcept nogil:
@@ -912,8 +938,9 @@ cdef void direct_unit_task(void *ctx, long u, int worker) noexcept nogil:
 
 
 cdef int direct_conv_run(DirectConvCall *c) noexcept nogil:
-    """Units of (image, row block) over the team, each thread in its own slot. Always 0."""
-    cdef long u, units = <long> c.N * c.row_blocks
+    """Units of (image, row block, channel chunk) over the team, each thread in its own slot.
+    Always 0."""
+    cdef long u, units = <long> c.N * c.row_blocks * c.m_chunks
     if c.empty:
         return 0
     if c.nthreads == 1:
@@ -929,30 +956,43 @@ cdef int direct_conv_native(void *state) noexcept nogil:
 
 
 cdef class DirectConvStep:
-    """A direct conv (few input channels, group 1) through weights packed by
-    pack_direct_conv_weights, its arguments resolved once: called, or run inside a
-    ``plan.PlanRunner`` with no Python in between. Holds its arrays."""
+    """A direct conv (group 1) through weights packed by pack_direct_conv_weights, its arguments
+    resolved once: called, or run inside a ``plan.PlanRunner`` with no Python in between. Holds
+    its arrays."""
     cdef DirectConvCall call
     cdef ember_native_step native
     cdef object keep
+
+    def __cinit__(self):
+        self.call.taps = NULL
+
+    def __dealloc__(self):
+        free(self.call.taps)
 
     def __init__(self, float[:, :, :, ::1] x, float[::1] packed_w, bias, float[:, :, :, ::1] y,
                  scratch, int KH, int KW, int stride_h, int stride_w, int pad_top, int pad_left,
                  int dil_h, int dil_w, int act, float act_a, float act_b, int nthreads):
         cdef DirectConvCall *c = &self.call
         cdef float[::1] b, scr
-        cdef long need
-        cdef int C = x.shape[1], M = y.shape[1], OH = y.shape[2], OW = y.shape[3]
+        cdef long need, split
+        cdef int C = x.shape[1], M = y.shape[1], OH = y.shape[2], OW = y.shape[3], kh, kw
+        cdef int mblocks = (M + ember_direct_conv_mb() - 1) // ember_direct_conv_mb()
+        cdef DirectSizes *d = &c.d
         c.N, c.H, c.W, c.pt, c.pl = x.shape[0], x.shape[2], x.shape[3], pad_top, pad_left
-        c.sw = stride_w
-        direct_geometry(&c.g, C, M, KH, KW, OH, OW, stride_h, stride_w, dil_h, dil_w)
+        c.sh, c.sw, c.dh, c.dw = stride_h, stride_w, dil_h, dil_w
+        c.g.C, c.g.M, c.g.KH, c.g.KW, c.g.OH, c.g.OW = C, M, KH, KW, OH, OW
         c.g.act, c.g.act_a, c.g.act_b = act, act_a, act_b
         c.empty = c.N == 0 or M == 0 or OH == 0 or OW == 0
         c.x = c.wp = c.bias = NULL
         c.y = c.slots = NULL
+        c.g.tap = NULL
         c.nthreads = threads_for(nthreads, <long> c.N * M * OH * OW * C * KH * KW)
-        c.row_blocks = 1 if c.N >= c.nthreads or c.N == 0 else (c.nthreads + c.N - 1) // c.N
-        c.slot_floats = <long> C * c.g.sw * c.g.PS
+        # a batch smaller than the team: split each image, by channel blocks while there are
+        # enough of them (each part prepares the whole image: cheap beside its FMAs), else by rows
+        split = 1 if c.N >= c.nthreads or c.N == 0 else (c.nthreads + c.N - 1) // c.N
+        c.m_chunks = <int> split if mblocks >= split else 1
+        c.row_blocks = 1 if mblocks >= split else <int> split
+        c.slot_floats = 0
         self.keep = (x, packed_w, bias, y, scratch)
         self.native.fn = direct_conv_native
         self.native.state = &self.call
@@ -960,6 +1000,9 @@ cdef class DirectConvStep:
             return
         if C == 0:
             raise ValueError("DirectConvStep: a conv with no input channel takes another path")
+        direct_sizes(d, KH, KW, OH, OW, stride_h, stride_w, dil_h, dil_w)
+        c.g.PW, c.g.CS, c.g.nv = d.PW, d.CS, d.nv
+        c.slot_floats = <long> C * d.CS
         need = round_up_to(M, ember_direct_conv_mb()) * C * KH * KW
         if packed_w.shape[0] < need:
             raise ValueError(f"DirectConvStep: packed weights hold {packed_w.shape[0]} floats, "
@@ -974,6 +1017,15 @@ cdef class DirectConvStep:
             if b.shape[0] < M:
                 raise ValueError(f"DirectConvStep: bias has {b.shape[0]} values, needs {M}")
             c.bias = &b[0]
+        c.taps = <long *> malloc(sizeof(long) * KH * KW)
+        if c.taps == NULL:
+            raise MemoryError("DirectConvStep: no memory for the tap offsets")
+        for kh in range(KH):
+            for kw in range(KW):
+                c.taps[kh * KW + kw] = \
+                    ((<long> kh * dil_h % stride_h) * d.swp + <long> kw * dil_w % stride_w) * d.PS \
+                    + <long> kh * dil_h // stride_h * d.PW + <long> kw * dil_w // stride_w
+        c.g.tap = c.taps
         c.x = &x[0, 0, 0, 0]
         c.wp = &packed_w[0]
         c.y = &y[0, 0, 0, 0]

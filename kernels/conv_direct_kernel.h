@@ -1,120 +1,138 @@
-/* Template (compiled once per instruction set, see simd_instance.h): direct convolution for
- * layers with few input channels — a network's first layer (3 colour channels, 7×7/2 or 3×3/2),
- * LeNet's — where im2col would pack C·KH·KW taps per pixel to use each only M times.
+/* Template (compiled once per instruction set, see simd_instance.h): direct convolution, no
+ * im2col — the taps read straight from a prepared copy of the input. First chosen for layers with
+ * few input channels (a network's first layer, LeNet's), where im2col would pack C·KH·KW taps per
+ * pixel to use each only M times; offered to the tuner for every group-1 conv since, as a wide
+ * register block with no packing also wins on mid-sized layers (runtime/binders/conv.py).
  *
- * The input of one image comes prepared (conv.pyx): zero-padded and, for a stride s, split into
- * s column phases, so the taps (kh, kw) of EMBER_DC_NV·EMBER_VW consecutive output columns are
- * one contiguous run of a phase row: x̃[c][kw·dw mod s][oh·sh + kh·dh][ow + ⌊kw·dw / s⌋].
- * g->sw is the number of phase planes: s, or (KW − 1)·dw + 1 when that is smaller (conv.pyx
- * direct_geometry), which gives the same phases and shifts for every tap.
- * A register block is EMBER_DC_MB output channels × EMBER_DC_NV vectors of output columns;
- * each tap loads NV vectors of input and broadcasts MB weights (packed so they are adjacent). */
-#define EMBER_DC_MB 4
-#define EMBER_DC_NV 3
+ * The input of one image comes prepared (conv.pyx direct_sizes): zero-padded and, for strides
+ * (sh, sw), split into row and column phases, so the tap (kh, kw) of output position
+ * j = oh·PW + ow is x̃[c][kh·dh mod sh][kw·dw mod sw][oh + ⌊kh·dh / sh⌋][ow + ⌊kw·dw / sw⌋]:
+ * one offset per tap (g->tap) from j, for every stride — consecutive positions are consecutive
+ * floats, rows included.
+ * A register block is EMBER_DC_MB output channels × NV vectors of positions (NV = 1, 2 or 3,
+ * chosen per geometry so a small plane is not padded to a wide block); each tap loads NV vectors
+ * of input and broadcasts MB weights (packed so they are adjacent). */
+#if EMBER_ISA_LEVEL == EMBER_ISA_AVX512 && EMBER_ISA_TARGET_LEVEL == EMBER_ISA_AVX512
+#define EMBER_DC_MB 8     /* 32 registers: 24 accumulators, 3 input vectors, a broadcast */
+#else
+#define EMBER_DC_MB 4     /* 16 registers: 12 accumulators, 3 input vectors, a broadcast */
+#endif
 
 /* s in every lane, as one broadcast: −0 + s is s exactly (0 + s is not, for s = −0, which is
  * what keeps the compiler from folding ember_vsplat's 0 + s into a plain broadcast) */
 static inline ember_vf ember_dc_bcast(float s) { return -(ember_vf){0} + s; }
 
+#define EMBER_DC_ALWAYS_INLINE static inline __attribute__((always_inline))
+
 /* One register block: acc = the taps of MB output channels (weights wb) at NV·VW consecutive
- * positions starting at x0 of every phase plane (rows PW apart, planes PS apart). */
-static inline void ember_dc_block(const ember_dc_geom *g, const float *x0, const float *wb,
-                                  ember_vf acc[EMBER_DC_MB][EMBER_DC_NV])
+ * positions starting at x0 — for each input channel (CS floats apart) the taps' offsets g->tap
+ * (their phase plane and shift, conv.pyx), the hot loop NV loads, MB broadcasts, MB·NV FMAs.
+ * NV is a constant at each call site, so every variant keeps its block in registers. */
+EMBER_DC_ALWAYS_INLINE void ember_dc_block(const ember_dc_geom *g, const float *x0,
+                                           const float *wb, ember_vf acc[EMBER_DC_MB][3],
+                                           const int NV)
 {
-    const int C = g->C, KH = g->KH, KW = g->KW, sw = g->sw, dh = g->dh, dw = g->dw;
-    const long PW = g->PW, PS = g->PS;
+    const int C = g->C, taps = g->KH * g->KW;
+    const long CS = g->CS;
+    const long *tap = g->tap;
     for (int i = 0; i < EMBER_DC_MB; ++i)
-        for (int v = 0; v < EMBER_DC_NV; ++v) acc[i][v] = ember_vsplat(0.0f);
+        for (int v = 0; v < NV; ++v) acc[i][v] = ember_vsplat(0.0f);
     const float *wt = wb;
-    for (int c = 0; c < C; ++c)
-        for (int kh = 0; kh < KH; ++kh) {
-            const float *rows = x0 + (long)c * sw * PS + (long)kh * dh * PW;
-            int ph = 0, shift = 0;   /* tap kw·dw = shift·sw + ph, no division */
-            for (int kw = 0; kw < KW; ++kw, wt += EMBER_DC_MB) {
-                const float *row = rows + (long)ph * PS + shift;
-                ember_vf xv[EMBER_DC_NV];
-                for (int v = 0; v < EMBER_DC_NV; ++v) xv[v] = ember_vload(row + v * EMBER_VW);
-                for (int i = 0; i < EMBER_DC_MB; ++i) {
-                    const ember_vf wv = ember_dc_bcast(wt[i]);
-                    for (int v = 0; v < EMBER_DC_NV; ++v) acc[i][v] += wv * xv[v];
-                }
-                for (ph += dw; ph >= sw; ph -= sw) ++shift;
+    for (int c = 0; c < C; ++c) {
+        const float *xc = x0 + (long)c * CS;
+        for (int t = 0; t < taps; ++t, wt += EMBER_DC_MB) {
+            const float *row = xc + tap[t];
+            ember_vf xv[3];
+            for (int v = 0; v < NV; ++v) xv[v] = ember_vload(row + v * EMBER_VW);
+            for (int i = 0; i < EMBER_DC_MB; ++i) {
+                const ember_vf wv = ember_dc_bcast(wt[i]);
+                for (int v = 0; v < NV; ++v) acc[i][v] += wv * xv[v];
             }
         }
+    }
 }
 
-/* Output rows [oh0, oh1) of one image, every output channel: y (M × OH × OW) = act(conv +
- * bias); xp is the prepared image (rows are absolute: row oh·sh + kh·dh of each phase plane),
- * wp the weights packed in blocks of MB channels: wp[((mb·C + c)·KH + kh)·KW + kw][0:MB].
- * Row stride 1 (flat): positions j = oh·PW + ow run on over rows, the columns ow ≥ OW computed
- * and dropped; otherwise row by row, the row's last block partial. */
-static void ember_direct_conv_rows_here(const ember_dc_geom *g, const float *xp, const float *wp,
-                                        const float *bias, float *y, int oh0, int oh1)
+/* Output rows [oh0, oh1), channel blocks [mb0, mb1), of one image: y (M × OH × OW) = act(conv +
+ * bias). xp is the prepared image (conv.pyx): every tap of output position j = oh·PW + ow lies at
+ * xp + c·CS + tap[t] + j, so positions run on over rows (the columns ow ≥ OW computed and
+ * dropped) and a narrow plane still fills the vectors. wp holds the weights in blocks of MB
+ * channels: wp[((mb·C + c)·KH + kh)·KW + kw][0:MB]. */
+EMBER_DC_ALWAYS_INLINE void ember_dc_rows(const ember_dc_geom *g, const float *xp,
+                                          const float *wp, const float *bias, float *y, int oh0,
+                                          int oh1, int mb0, int mb1, const int NV)
 {
-    const int C = g->C, M = g->M, KH = g->KH, KW = g->KW, OH = g->OH, OW = g->OW;
-    const long PW = g->PW, plane_out = (long)OH * OW;
-    const int mblocks = (M + EMBER_DC_MB - 1) / EMBER_DC_MB, cols = EMBER_DC_NV * EMBER_VW;
-    float tail[EMBER_DC_NV * EMBER_VW];
-    ember_vf acc[EMBER_DC_MB][EMBER_DC_NV];
-    if (g->flat) {
-        const long j0 = (long)oh0 * PW, j1 = (long)(oh1 - 1) * PW + OW;
-        for (int mb = 0; mb < mblocks; ++mb) {
-            const float *wb = wp + (long)mb * C * KH * KW * EMBER_DC_MB;
-            for (long j = j0; j < j1; j += cols) {
-                ember_dc_block(g, xp + j, wb, acc);
-                const long jend = j + cols < j1 ? j + cols : j1;
-                for (int i = 0; i < EMBER_DC_MB; ++i) {
-                    const int m = mb * EMBER_DC_MB + i;
-                    if (m >= M) break;
-                    const ember_vf b = ember_vsplat(bias ? bias[m] : 0.0f);
-                    for (int v = 0; v < EMBER_DC_NV; ++v)
-                        ember_vstore(tail + v * EMBER_VW, acc[i][v] + b);
-                    /* the block's positions row segment by row segment, padding columns left */
-                    for (long p = j; p < jend;) {
-                        const long oh = p / PW, ow = p - oh * PW;
-                        const long row_end = oh * PW + PW;
-                        const long next = row_end < jend ? row_end : jend;
-                        if (ow < OW) {
-                            const long n = (next - p) < (OW - ow) ? next - p : OW - ow;
-                            float *dst = y + m * plane_out + oh * OW + ow;
-                            memcpy(dst, tail + (p - j), sizeof(float) * n);
-                            ember_act_span_here(dst, n, g->act, g->act_a, g->act_b);
+    const int C = g->C, M = g->M, OW = g->OW, cols = NV * EMBER_VW;
+    const long PW = g->PW, plane_out = (long)g->OH * OW, taps = (long)g->KH * g->KW;
+    const long j0 = (long)oh0 * PW, j1 = (long)(oh1 - 1) * PW + OW;
+    float tail[3 * EMBER_VW];
+    ember_vf acc[EMBER_DC_MB][3];
+    /* the compare-only activations in registers (EMBER_TILE_FINISH); the rest on the block */
+    const ember_tile_epi te = {NULL, NULL, g->act, g->act_a, g->act_b};
+    const int act_in_registers = te.act == EMBER_ACT_IDENTITY || te.act == EMBER_ACT_RELU ||
+                                 te.act == EMBER_ACT_CLIP || te.act == EMBER_ACT_LEAKY_RELU;
+    for (int mb = mb0; mb < mb1; ++mb) {
+        const float *wb = wp + (long)mb * C * taps * EMBER_DC_MB;
+        for (long j = j0; j < j1; j += cols) {
+            ember_dc_block(g, xp + j, wb, acc, NV);
+            const long jend = j + cols < j1 ? j + cols : j1;
+            const long oh_j = j / PW, ow_j = j - oh_j * PW;
+            /* the whole block inside one output row: stored straight from the registers */
+            const int whole = jend - j == cols && ow_j + cols <= OW;
+            for (int i = 0; i < EMBER_DC_MB; ++i) {
+                const int m = mb * EMBER_DC_MB + i;
+                if (m >= M) break;
+                const float bm = bias ? bias[m] : 0.0f;
+                for (int v = 0; v < NV; ++v) {
+                    ember_vf r = acc[i][v] + bm;
+                    if (act_in_registers) EMBER_TILE_FINISH(r, ember_vf, ember_vi32, &te, 0, 0);
+                    acc[i][v] = r;
+                }
+                if (whole) {
+                    float *dst = y + m * plane_out + oh_j * OW + ow_j;
+                    for (int v = 0; v < NV; ++v) ember_vstore(dst + v * EMBER_VW, acc[i][v]);
+                    if (!act_in_registers) ember_act_span_here(dst, cols, te.act, te.a, te.b);
+                    continue;
+                }
+                for (int v = 0; v < NV; ++v) ember_vstore(tail + v * EMBER_VW, acc[i][v]);
+                if (!act_in_registers) ember_act_span_here(tail, cols, te.act, te.a, te.b);
+                /* the block's positions row segment by row segment, padding columns left; a
+                 * segment of a vector or more in vector copies, the last one overlapping */
+                for (long p = j; p < jend;) {
+                    const long oh = p / PW, ow = p - oh * PW;
+                    const long row_end = oh * PW + PW;
+                    const long next = row_end < jend ? row_end : jend;
+                    if (ow < OW) {
+                        const long n = (next - p) < (OW - ow) ? next - p : OW - ow;
+                        float *dst = y + m * plane_out + oh * OW + ow;
+                        const float *src = tail + (p - j);
+                        if (n >= EMBER_VW) {
+                            for (long k = 0; k + EMBER_VW < n; k += EMBER_VW)
+                                ember_vstore(dst + k, ember_vload(src + k));
+                            ember_vstore(dst + n - EMBER_VW, ember_vload(src + n - EMBER_VW));
+                        } else {
+                            memcpy(dst, src, sizeof(float) * n);
                         }
-                        p = next;
                     }
+                    p = next;
                 }
             }
         }
-        return;
     }
-    for (int oh = oh0; oh < oh1; ++oh) {
-        for (int mb = 0; mb < mblocks; ++mb) {
-            const float *wb = wp + (long)mb * C * KH * KW * EMBER_DC_MB;
-            for (int ow = 0; ow < OW; ow += cols) {
-                ember_dc_block(g, xp + (long)oh * g->sh * PW + ow, wb, acc);
-                const int ncols = OW - ow < cols ? OW - ow : cols;
-                for (int i = 0; i < EMBER_DC_MB; ++i) {
-                    const int m = mb * EMBER_DC_MB + i;
-                    if (m >= M) break;
-                    const ember_vf b = ember_vsplat(bias ? bias[m] : 0.0f);
-                    float *dst = y + m * plane_out + (long)oh * OW + ow;
-                    if (ncols == cols) {
-                        for (int v = 0; v < EMBER_DC_NV; ++v)
-                            ember_vstore(dst + v * EMBER_VW, acc[i][v] + b);
-                    } else {   /* the row's last, partial block */
-                        for (int v = 0; v < EMBER_DC_NV; ++v)
-                            ember_vstore(tail + v * EMBER_VW, acc[i][v] + b);
-                        memcpy(dst, tail, sizeof(float) * ncols);
-                    }
-                    ember_act_span_here(dst, ncols, g->act, g->act_a, g->act_b);
-                }
-            }
-        }
+}
+
+static void ember_direct_conv_rows_here(const ember_dc_geom *g, const float *xp, const float *wp,
+                                        const float *bias, float *y, int oh0, int oh1, int mb0,
+                                        int mb1)
+{
+    switch (g->nv) {
+    case 1: ember_dc_rows(g, xp, wp, bias, y, oh0, oh1, mb0, mb1, 1); break;
+    case 2: ember_dc_rows(g, xp, wp, bias, y, oh0, oh1, mb0, mb1, 2); break;
+    default: ember_dc_rows(g, xp, wp, bias, y, oh0, oh1, mb0, mb1, 3); break;
     }
 }
 
 static const struct ember_conv_direct_kernels ember_conv_direct_here = {
     .mb = EMBER_DC_MB,
-    .cols = EMBER_DC_NV * EMBER_VW,
+    .vw = EMBER_VW,
     .rows = ember_direct_conv_rows_here,
 };

@@ -96,23 +96,24 @@ struct ember_winograd_kernels {
 
 /* ---- direct convolution for few input channels (conv_direct_kernel.h) --------------------- */
 
-/* One conv's geometry over its prepared input (conv.pyx): sw phase planes per channel, PS floats
- * apart, each PH rows of PW columns; flat: the kernel runs over rows flattened (row stride 1). */
+/* One conv's geometry over its prepared input (conv.pyx direct_sizes): per input channel CS
+ * floats of phase planes, each PH rows of PW columns; tap[t] (t = kh·KW + kw) the offset of tap t
+ * from an output position j = oh·PW + ow; nv the register block's vectors of positions. */
 typedef struct {
     int C, M, KH, KW, OH, OW;
-    int sh, sw, dh, dw;
-    long PH, PW, PS;
-    int flat;
+    long PW, CS;
+    const long *tap;
+    int nv;
     int act;
     float act_a, act_b;
 } ember_dc_geom;
 
 struct ember_conv_direct_kernels {
     int mb;     /* output channels a register block: the weights are packed in blocks of mb */
-    int cols;   /* output columns a register block: the prepared rows are padded to cover them */
-    /* output rows [oh0, oh1) of one image, all channels, y = act(conv + bias) */
+    int vw;     /* floats a vector: a register block spans nv·vw positions */
+    /* output rows [oh0, oh1) and channel blocks [mb0, mb1) of one image, y = act(conv + bias) */
     void (*rows)(const ember_dc_geom *g, const float *xp, const float *wp, const float *bias,
-                 float *y, int oh0, int oh1);
+                 float *y, int oh0, int oh1, int mb0, int mb1);
 };
 
 /* ---- pooling (pool_kernel.h) --------------------------------------------------------------- */
@@ -255,12 +256,12 @@ static inline void ember_packed_gemm_sliced(const float *U, const float *V, long
 
 static inline void ember_direct_conv_rows(const ember_dc_geom *g, const float *xp,
                                           const float *wp, const float *bias, float *y, int oh0,
-                                          int oh1)
+                                          int oh1, int mb0, int mb1)
 {
-    ember_simd_in_use->conv_direct->rows(g, xp, wp, bias, y, oh0, oh1);
+    ember_simd_in_use->conv_direct->rows(g, xp, wp, bias, y, oh0, oh1, mb0, mb1);
 }
 static inline int ember_direct_conv_mb(void) { return ember_simd_in_use->conv_direct->mb; }
-static inline int ember_direct_conv_cols(void) { return ember_simd_in_use->conv_direct->cols; }
+static inline int ember_direct_conv_vw(void) { return ember_simd_in_use->conv_direct->vw; }
 
 static inline int ember_gemm_mr(void) { return ember_simd_in_use->sgemm->mr; }
 static inline int ember_gemm_kc(void) { return ember_simd_in_use->sgemm->kc; }

@@ -116,6 +116,15 @@ DIRECT_GEOMETRIES = [
     (1, 2, 9, 30, 5, 3, 2, (3, 2), (2, 1, 0, 3), (2, 2)),          # odd strides, dilations, pads
     (1, 4, 5, 5, 9, 5, 5, (1, 1), (2, 2, 2, 2), (1, 1)),           # window wider than the plane
     (2, 8, 7, 61, 3, 1, 3, (1, 3), (0, 4, 0, 4), (1, 2)),          # rows longer than a block
+    # many channels (taken by tuning): row and column phases, narrow and wide blocks, channel
+    # blocks split over the team when the batch is smaller than it, M past a whole block
+    (1, 32, 28, 28, 40, 3, 3, (2, 2), (1, 1, 1, 1), (1, 1)),       # a stride-2 3×3
+    (1, 64, 7, 7, 72, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1)),         # a 7×7 plane: a narrow block
+    (1, 8, 12, 100, 16, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1)),       # blocks stored whole
+    (1, 16, 20, 20, 24, 1, 1, (2, 2), (0, 0, 0, 0), (1, 1)),       # a strided 1×1 projection
+    (2, 17, 13, 11, 19, 3, 5, (2, 3), (1, 2, 0, 1), (2, 1)),       # row stride with dilation
+    (1, 5, 40, 3, 9, 4, 1, (3, 1), (2, 0, 1, 0), (3, 1)),          # row stride 3, dilation 3
+    (1, 4, 30, 6, 8, 2, 2, (5, 1), (0, 0, 0, 0), (1, 1)),          # row stride past the kernel
 ]
 
 
@@ -294,7 +303,7 @@ def test_big_planes_keep_the_gemm_and_the_switch_turns_packing_off(monkeypatch):
     assert type(step).__name__ != "PackedConvStep"
 
 
-def test_tuning_measures_the_packed_candidate(monkeypatch):
+def test_tuning_measures_the_packed_and_direct_candidates(monkeypatch):
     monkeypatch.setenv("EMBER_TUNE", "1")
     monkeypatch.delenv("EMBER_TUNE_CACHE", raising=False)
     tuning.forget()
@@ -308,7 +317,7 @@ def test_tuning_measures_the_packed_candidate(monkeypatch):
     try:
         case = conv_binder.ConvCase(2, (1, 32, 9, 9), (48, 32, 3, 3), (1, 48, 5, 5),
                                     conv_binder.Window(2, 2, 1, 1, 1, 1, 1, 1), 1)
-        assert conv_binder.conv_algorithm(case, 1) in ("gemm", "packed")
-        assert calls == [["gemm", "packed"]]
+        assert conv_binder.conv_algorithm(case, 1) in ("gemm", "packed", "direct")
+        assert calls == [["direct", "gemm", "packed"]]
     finally:
         tuning.forget()
