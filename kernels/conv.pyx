@@ -773,13 +773,30 @@ cdef extern from "simd.h" nogil:
         int C, M, KH, KW, OH, OW
         long PW, CS
         const long *tap
-        int nv
+        int nv, mbv
         int act
         float act_a, act_b
     void ember_direct_conv_rows(const ember_dc_geom *g, const float *xp, const float *wp,
                                 const float *bias, float *y, int oh0, int oh1, int mb0, int mb1)
+    void ember_direct_conv_pixels(const ember_dc_geom *g, const float *xp, const float *wp,
+                                  const float *bias, float *y, long q0, long q1, int mb0,
+                                  int mb1)
     int ember_direct_conv_mb()
     int ember_direct_conv_vw()
+    int ember_direct_conv_mbv()
+
+
+cdef inline int direct_block_vectors(int M) noexcept nogil:
+    """The pixels kernel's vectors of output channels a block: as many as M fills, up to its
+    most."""
+    cdef int vw = ember_direct_conv_vw()
+    return <int> max(1, min(<long> ember_direct_conv_mbv(), (<long> M + vw - 1) // vw))
+
+
+cdef inline int direct_block_channels(int M, bint lanes) noexcept nogil:
+    """Output channels a register block, the packed weights' block: the rows kernel's
+    EMBER_DC_MB, or (output channels in the lanes) the pixels kernel's vectors × the width."""
+    return direct_block_vectors(M) * ember_direct_conv_vw() if lanes else ember_direct_conv_mb()
 
 
 cdef struct DirectSizes:
@@ -816,17 +833,19 @@ cdef inline void direct_sizes(DirectSizes *d, int KH, int KW, int OH, int OW, in
             best, d.nv = cost, nv
 
 
-def direct_conv_weight_floats(int M, int C, int KH, int KW):
-    """Floats of the packed weights: M rounded up to the kernel's block of channels × C·KH·KW."""
-    cdef int mb = ember_direct_conv_mb()
+def direct_conv_weight_floats(int M, int C, int KH, int KW, bint lanes=False):
+    """Floats of the packed weights: M rounded up to the kernel's block of channels × C·KH·KW
+    (lanes: the kernel with output channels in the vector lanes)."""
+    cdef int mb = direct_block_channels(M, lanes)
     return round_up_to(M, mb) * C * KH * KW
 
 
-def pack_direct_conv_weights(float[:, :, :, ::1] w, float[::1] packed):
+def pack_direct_conv_weights(float[:, :, :, ::1] w, float[::1] packed, bint lanes=False):
     """packed[((b·C + c)·KH + kh)·KW + kw][i] = w[b·MB + i, c, kh, kw] (0 past M): a tap's MB
-    weights side by side, broadcast one by one by the kernel."""
+    weights side by side, broadcast one by one by the rows kernel, or loaded as MB / VW vectors
+    by the pixels kernel (lanes)."""
     cdef int M = w.shape[0], C = w.shape[1], KH = w.shape[2], KW = w.shape[3]
-    cdef int mb = ember_direct_conv_mb(), m
+    cdef int mb = direct_block_channels(M, lanes), m
     cdef long taps = <long> C * KH * KW, t
     cdef long need = round_up_to(M, mb) * taps
     if packed.shape[0] < need:
@@ -871,6 +890,8 @@ cdef struct DirectConvCall:
     long slot_floats
     int N, H, W, pt, pl
     int sh, sw, dh, dw     # strides and dilations
+    bint lanes             # the pixels kernel (output channels in the lanes), else the rows one
+    int bm                 # output channels a block of the packed weights
     int row_blocks         # units an image: row blocks × channel-block chunks, when the batch
     int m_chunks           # is smaller than the team
     int nthreads
@@ -920,7 +941,7 @@ cdef void direct_unit(DirectConvCall *c, long u, float *xp) noexcept nogil:
     cdef long per_image = <long> c.row_blocks * c.m_chunks
     cdef int n = <int> (u // per_image), part = <int> (u % per_image)
     cdef int rb = part // c.m_chunks, mc = part % c.m_chunks
-    cdef int mblocks = <int> ((g.M + ember_direct_conv_mb() - 1) // ember_direct_conv_mb())
+    cdef int mblocks = <int> ((g.M + c.bm - 1) // c.bm)
     cdef int oh0 = <int> (<long> g.OH * rb // c.row_blocks)
     cdef int oh1 = <int> (<long> g.OH * (rb + 1) // c.row_blocks)
     cdef int mb0 = <int> (<long> mblocks * mc // c.m_chunks)
@@ -928,8 +949,12 @@ cdef void direct_unit(DirectConvCall *c, long u, float *xp) noexcept nogil:
     if oh1 <= oh0 or mb1 <= mb0:
         return
     direct_prepare_rows(c, n, oh0, oh1 + (c.d.PH - g.OH), xp)
-    ember_direct_conv_rows(g, xp, c.wp, c.bias, c.y + <long> n * g.M * g.OH * g.OW, oh0, oh1,
-                           mb0, mb1)
+    if c.lanes:
+        ember_direct_conv_pixels(g, xp, c.wp, c.bias, c.y + <long> n * g.M * g.OH * g.OW,
+                                 <long> oh0 * g.OW, <long> oh1 * g.OW, mb0, mb1)
+    else:
+        ember_direct_conv_rows(g, xp, c.wp, c.bias, c.y + <long> n * g.M * g.OH * g.OW, oh0,
+                               oh1, mb0, mb1)
 
 
 cdef void direct_unit_task(void *ctx, long u, int worker) noexcept nogil:
@@ -956,9 +981,10 @@ cdef int direct_conv_native(void *state) noexcept nogil:
 
 
 cdef class DirectConvStep:
-    """A direct conv (group 1) through weights packed by pack_direct_conv_weights, its arguments
-    resolved once: called, or run inside a ``plan.PlanRunner`` with no Python in between. Holds
-    its arrays."""
+    """A direct conv (group 1) through weights packed by pack_direct_conv_weights (with the same
+    ``lanes``), its arguments resolved once: called, or run inside a ``plan.PlanRunner`` with no
+    Python in between. Holds its arrays. ``lanes``: the kernel with output channels in the
+    vector lanes (small planes), else output positions."""
     cdef DirectConvCall call
     cdef ember_native_step native
     cdef object keep
@@ -971,12 +997,16 @@ cdef class DirectConvStep:
 
     def __init__(self, float[:, :, :, ::1] x, float[::1] packed_w, bias, float[:, :, :, ::1] y,
                  scratch, int KH, int KW, int stride_h, int stride_w, int pad_top, int pad_left,
-                 int dil_h, int dil_w, int act, float act_a, float act_b, int nthreads):
+                 int dil_h, int dil_w, int act, float act_a, float act_b, int nthreads,
+                 bint lanes=False):
         cdef DirectConvCall *c = &self.call
         cdef float[::1] b, scr
         cdef long need, split
         cdef int C = x.shape[1], M = y.shape[1], OH = y.shape[2], OW = y.shape[3], kh, kw
-        cdef int mblocks = (M + ember_direct_conv_mb() - 1) // ember_direct_conv_mb()
+        cdef int mblocks
+        c.lanes, c.bm = lanes, direct_block_channels(M, lanes)
+        c.g.mbv = direct_block_vectors(M)
+        mblocks = (M + c.bm - 1) // c.bm
         cdef DirectSizes *d = &c.d
         c.N, c.H, c.W, c.pt, c.pl = x.shape[0], x.shape[2], x.shape[3], pad_top, pad_left
         c.sh, c.sw, c.dh, c.dw = stride_h, stride_w, dil_h, dil_w
@@ -1003,7 +1033,7 @@ cdef class DirectConvStep:
         direct_sizes(d, KH, KW, OH, OW, stride_h, stride_w, dil_h, dil_w)
         c.g.PW, c.g.CS, c.g.nv = d.PW, d.CS, d.nv
         c.slot_floats = <long> C * d.CS
-        need = round_up_to(M, ember_direct_conv_mb()) * C * KH * KW
+        need = round_up_to(M, c.bm) * C * KH * KW
         if packed_w.shape[0] < need:
             raise ValueError(f"DirectConvStep: packed weights hold {packed_w.shape[0]} floats, "
                              f"need {need}")
@@ -1046,6 +1076,7 @@ cdef struct WeightsPackCall:
     const float *w
     float *packed
     int direct             # 0: pack_conv_weights' layout, 1: pack_direct_conv_weights'
+                           # (blocks of mb channels)
     int M, group, nr, KC, mb
     long K
 
@@ -1062,18 +1093,19 @@ cdef int weights_pack_native(void *state) noexcept nogil:
 
 
 cdef class ConvWeightsPackStep:
-    """pack_conv_weights (``direct`` False) or pack_direct_conv_weights (True) with its arguments
-    resolved once, for weights that change between runs (training's parameters): a native step
+    """pack_conv_weights (``direct`` False) or pack_direct_conv_weights (True, with ``lanes``)
+    with its arguments resolved once, for weights that change between runs (training's parameters): a native step
     the plan runner chains before the conv (plan.NativeChain). Holds its arrays."""
     cdef WeightsPackCall call
     cdef ember_native_step native
     cdef object keep
 
-    def __init__(self, float[:, :, :, ::1] w, float[::1] packed, int group, bint direct):
+    def __init__(self, float[:, :, :, ::1] w, float[::1] packed, int group, bint direct,
+                 bint lanes=False):
         cdef WeightsPackCall *c = &self.call
         cdef long need
         c.M, c.group, c.direct = w.shape[0], group, direct
-        c.nr, c.KC, c.mb = ember_gemm_nr(), ember_gemm_kc(), ember_direct_conv_mb()
+        c.nr, c.KC, c.mb = ember_gemm_nr(), ember_gemm_kc(), direct_block_channels(c.M, lanes)
         c.K = <long> w.shape[1] * w.shape[2] * w.shape[3]
         if group < 1 or c.M % group or (direct and group != 1):
             raise ValueError(f"ConvWeightsPackStep: {c.M} output channels, group {group}")

@@ -131,8 +131,134 @@ static void ember_direct_conv_rows_here(const ember_dc_geom *g, const float *xp,
     }
 }
 
+/* ---- output channels in the lanes --------------------------------------------------------
+ * The other register block, for small planes: EMBER_DCC_NP output pixels × MBV vectors of output
+ * channels. Each tap broadcasts one input value a pixel and loads MBV vectors of weights, so only
+ * the image's own pixels are computed (positions in the lanes compute a plane's padding columns
+ * and pad its last block: on a 7×7 plane 64 lanes for 49 pixels), at the cost of scattering the
+ * block to the NCHW output channel by channel. Weights packed in blocks of MBV·VW channels. */
+#if EMBER_ISA_LEVEL == EMBER_ISA_AVX512 && EMBER_ISA_TARGET_LEVEL == EMBER_ISA_AVX512
+#define EMBER_DCC_MBV 4   /* 24 accumulators, 4 weight vectors, a broadcast */
+#else
+#define EMBER_DCC_MBV 2   /* 12 accumulators, 2 weight vectors, a broadcast */
+#endif
+#define EMBER_DCC_NP 6
+
+/* acc[p][v] += the taps of input channels [c0, c1) for output channels v·VW… at the pixels whose
+ * prepared positions are px[p]; wt: the weights of channel c0's first tap */
+EMBER_DC_ALWAYS_INLINE void ember_dcc_block(const ember_dc_geom *g,
+                                            const float *const px[EMBER_DCC_NP], const float *wt,
+                                            int c0, int c1,
+                                            ember_vf acc[EMBER_DCC_NP][EMBER_DCC_MBV],
+                                            const int MBV)
+{
+    const int taps = g->KH * g->KW;
+    const long CS = g->CS;
+    const long *tap = g->tap;
+    for (int c = c0; c < c1; ++c) {
+        const long cs = (long)c * CS;
+        for (int t = 0; t < taps; ++t, wt += MBV * EMBER_VW) {
+            const long o = cs + tap[t];
+            ember_vf wv[EMBER_DCC_MBV];
+            for (int v = 0; v < MBV; ++v) wv[v] = ember_vload(wt + v * EMBER_VW);
+            for (int p = 0; p < EMBER_DCC_NP; ++p) {
+                const ember_vf xb = ember_dc_bcast(px[p][o]);
+                for (int v = 0; v < MBV; ++v) acc[p][v] += xb * wv[v];
+            }
+        }
+    }
+}
+
+/* Pixels a chunk, and taps a slice of input channels: a chunk's blocks run one slice after the
+ * other, their partial sums kept in a buffer (chunk × MBV·VW floats, in L1), so a slice's weights
+ * (up to EMBER_DCC_KC taps × MBV·VW floats, 64 KB on AVX-512) stay in cache across the chunk
+ * rather than the whole C·KH·KW × MBV·VW of them (1.2 MB for 512 channels 3×3) being streamed
+ * from L3 once a block. */
+#define EMBER_DCC_CHUNK_BLOCKS 8
+#define EMBER_DCC_KC 128
+
+/* Output pixels [q0, q1) (q = oh·OW + ow), channel blocks [mb0, mb1) of MBV·VW channels, of one
+ * image: y = act(conv + bias), the prepared image xp as for the rows kernel. */
+EMBER_DC_ALWAYS_INLINE void ember_dcc_pixels(const ember_dc_geom *g, const float *xp,
+                                             const float *wp, const float *bias, float *y,
+                                             long q0, long q1, int mb0, int mb1, const int MBV)
+{
+    enum { NP = EMBER_DCC_NP, CHUNK = EMBER_DCC_CHUNK_BLOCKS * EMBER_DCC_NP };
+    const int C = g->C, M = g->M, OW = g->OW, bw = MBV * EMBER_VW;
+    const int taps = g->KH * g->KW;
+    const int slice = taps >= EMBER_DCC_KC ? 1 : EMBER_DCC_KC / taps;  /* channels a slice */
+    const long PW = g->PW, plane_out = (long)g->OH * OW;
+    float part[CHUNK][EMBER_DCC_MBV * EMBER_VW];
+    float bb[EMBER_DCC_MBV * EMBER_VW];
+    ember_vf acc[NP][EMBER_DCC_MBV];
+    const ember_tile_epi te = {NULL, NULL, g->act, g->act_a, g->act_b};
+    const int act_in_registers = te.act == EMBER_ACT_IDENTITY || te.act == EMBER_ACT_RELU ||
+                                 te.act == EMBER_ACT_CLIP || te.act == EMBER_ACT_LEAKY_RELU;
+    const float *px[NP];
+    for (int mb = mb0; mb < mb1; ++mb) {
+        const float *wb = wp + (long)mb * C * taps * bw;
+        const int m0 = mb * bw, mn = M - m0 < bw ? M - m0 : bw;
+        for (int k = 0; k < bw; ++k) bb[k] = bias && k < mn ? bias[m0 + k] : 0.0f;
+        /* the pixels in equal chunks: 49 as 25 + 24, not 48 + 1 (a block for one pixel) */
+        const long chunks = (q1 - q0 + CHUNK - 1) / CHUNK;
+        for (long ci = 0; ci < chunks; ++ci) {
+            const long qc = q0 + (q1 - q0) * ci / chunks, qc1 = q0 + (q1 - q0) * (ci + 1) / chunks;
+            for (int c0 = 0; c0 < C; c0 += slice) {
+                const int c1 = c0 + slice < C ? c0 + slice : C;
+                const int first = c0 == 0, last = c1 == C;
+                for (long q = qc; q < qc1; q += NP) {
+                    const int np = qc1 - q < NP ? (int)(qc1 - q) : NP;
+                    float (*pp)[EMBER_DCC_MBV * EMBER_VW] = part + (q - qc);
+                    for (int p = 0; p < NP; ++p) {   /* past the chunk: its last pixel again */
+                        const long qp = q + (p < np ? p : np - 1), oh = qp / OW;
+                        px[p] = xp + oh * PW + (qp - oh * OW);
+                        for (int v = 0; v < MBV; ++v)
+                            acc[p][v] = first || p >= np ? ember_vsplat(0.0f)
+                                                         : ember_vload(pp[p] + v * EMBER_VW);
+                    }
+                    ember_dcc_block(g, px, wb + (long)c0 * taps * bw, c0, c1, acc, MBV);
+                    for (int p = 0; p < np; ++p)
+                        for (int v = 0; v < MBV; ++v) {
+                            ember_vf r = acc[p][v];
+                            if (last) {
+                                r += ember_vload(bb + v * EMBER_VW);
+                                if (act_in_registers)
+                                    EMBER_TILE_FINISH(r, ember_vf, ember_vi32, &te, 0, 0);
+                            }
+                            ember_vstore(pp[p] + v * EMBER_VW, r);
+                        }
+                }
+            }
+            const int nq = (int)(qc1 - qc);
+            if (!act_in_registers)
+                for (int p = 0; p < nq; ++p) ember_act_span_here(part[p], mn, te.act, te.a, te.b);
+            /* the chunk to the NCHW output, a channel's pixels at a time */
+            for (int k = 0; k < mn; ++k) {
+                float *dst = y + (long)(m0 + k) * plane_out + qc;
+                for (int p = 0; p < nq; ++p) dst[p] = part[p][k];
+            }
+        }
+    }
+}
+
+static void ember_direct_conv_pixels_here(const ember_dc_geom *g, const float *xp,
+                                          const float *wp, const float *bias, float *y, long q0,
+                                          long q1, int mb0, int mb1)
+{
+    switch (g->mbv) {
+    case 1: ember_dcc_pixels(g, xp, wp, bias, y, q0, q1, mb0, mb1, 1); break;
+#if EMBER_DCC_MBV >= 4
+    case 2: ember_dcc_pixels(g, xp, wp, bias, y, q0, q1, mb0, mb1, 2); break;
+    case 3: ember_dcc_pixels(g, xp, wp, bias, y, q0, q1, mb0, mb1, 3); break;
+#endif
+    default: ember_dcc_pixels(g, xp, wp, bias, y, q0, q1, mb0, mb1, EMBER_DCC_MBV); break;
+    }
+}
+
 static const struct ember_conv_direct_kernels ember_conv_direct_here = {
     .mb = EMBER_DC_MB,
     .vw = EMBER_VW,
+    .mbv = EMBER_DCC_MBV,
     .rows = ember_direct_conv_rows_here,
+    .pixels = ember_direct_conv_pixels_here,
 };

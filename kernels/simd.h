@@ -103,7 +103,8 @@ typedef struct {
     int C, M, KH, KW, OH, OW;
     long PW, CS;
     const long *tap;
-    int nv;
+    int nv;     /* rows kernel: vectors of positions a register block */
+    int mbv;    /* pixels kernel: vectors of output channels a register block */
     int act;
     float act_a, act_b;
 } ember_dc_geom;
@@ -111,9 +112,15 @@ typedef struct {
 struct ember_conv_direct_kernels {
     int mb;     /* output channels a register block: the weights are packed in blocks of mb */
     int vw;     /* floats a vector: a register block spans nv·vw positions */
-    /* output rows [oh0, oh1) and channel blocks [mb0, mb1) of one image, y = act(conv + bias) */
+    int mbv;    /* the pixels kernel's most vectors of output channels a register block */
+    /* positions in the lanes: output rows [oh0, oh1) and channel blocks [mb0, mb1) (of mb
+     * channels) of one image, y = act(conv + bias) */
     void (*rows)(const ember_dc_geom *g, const float *xp, const float *wp, const float *bias,
                  float *y, int oh0, int oh1, int mb0, int mb1);
+    /* output channels in the lanes: output pixels [q0, q1) and channel blocks [mb0, mb1) (of
+     * g->mbv·vw channels) of one image */
+    void (*pixels)(const ember_dc_geom *g, const float *xp, const float *wp, const float *bias,
+                   float *y, long q0, long q1, int mb0, int mb1);
 };
 
 /* ---- pooling (pool_kernel.h) --------------------------------------------------------------- */
@@ -260,7 +267,14 @@ static inline void ember_direct_conv_rows(const ember_dc_geom *g, const float *x
 {
     ember_simd_in_use->conv_direct->rows(g, xp, wp, bias, y, oh0, oh1, mb0, mb1);
 }
+static inline void ember_direct_conv_pixels(const ember_dc_geom *g, const float *xp,
+                                            const float *wp, const float *bias, float *y,
+                                            long q0, long q1, int mb0, int mb1)
+{
+    ember_simd_in_use->conv_direct->pixels(g, xp, wp, bias, y, q0, q1, mb0, mb1);
+}
 static inline int ember_direct_conv_mb(void) { return ember_simd_in_use->conv_direct->mb; }
+static inline int ember_direct_conv_mbv(void) { return ember_simd_in_use->conv_direct->mbv; }
 static inline int ember_direct_conv_vw(void) { return ember_simd_in_use->conv_direct->vw; }
 
 static inline int ember_gemm_mr(void) { return ember_simd_in_use->sgemm->mr; }

@@ -128,9 +128,10 @@ DIRECT_GEOMETRIES = [
 ]
 
 
+@pytest.mark.parametrize("algo", conv_binder.DIRECT_ALGORITHMS)
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("geom", DIRECT_GEOMETRIES, ids=lambda g: "x".join(map(str, g[:7])))
-def test_direct_conv_matches_float64(geom, threads):
+def test_direct_conv_matches_float64(geom, threads, algo):
     N, C, H, W, M, KH, KW, stride, pads, dil = geom
     x, w, b = rand(N, C, H, W), rand(M, C, KH, KW, scale=0.2), rand(M)
     OH = out_size(H, KH, stride[0], pads[0], pads[2], dil[0])
@@ -139,8 +140,8 @@ def test_direct_conv_matches_float64(geom, threads):
     y = np.full((N, M, OH, OW), np.nan, np.float32)
     scr = np.full(conv.direct_conv_scratch_floats(C, M, KH, KW, OH, OW, *stride, *dil, threads),
                   np.nan, np.float32)
-    conv.DirectConvStep(x, conv_binder.direct_weights(w), b, y, scr, KH, KW, *stride, pads[0],
-                        pads[1], *dil, act, 0.0, 0.0, threads)()
+    conv.DirectConvStep(x, conv_binder.direct_weights(w, algo), b, y, scr, KH, KW, *stride,
+                        pads[0], pads[1], *dil, act, 0.0, 0.0, threads, algo == "direct_ch")()
     check(y, x, w, b, stride, pads, dil, 1, act)
 
 
@@ -317,7 +318,7 @@ def test_tuning_measures_the_packed_and_direct_candidates(monkeypatch):
     try:
         case = conv_binder.ConvCase(2, (1, 32, 9, 9), (48, 32, 3, 3), (1, 48, 5, 5),
                                     conv_binder.Window(2, 2, 1, 1, 1, 1, 1, 1), 1)
-        assert conv_binder.conv_algorithm(case, 1) in ("gemm", "packed", "direct")
-        assert calls == [["direct", "gemm", "packed"]]
+        assert conv_binder.conv_algorithm(case, 1) in ("gemm", "packed", "direct", "direct_ch")
+        assert calls == [["direct", "direct_ch", "gemm", "packed"]]
     finally:
         tuning.forget()

@@ -3,6 +3,7 @@
 ``ConvGradWeight`` (``kernels/conv_grad``, Winograd for dX where it pays)."""
 from __future__ import annotations
 
+import functools
 import os
 import weakref
 from typing import NamedTuple
@@ -227,10 +228,18 @@ def direct_allowed(case: ConvCase) -> bool:
         os.environ.get("EMBER_DIRECT_CONV", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
-def direct_weights(w4: np.ndarray) -> np.ndarray:
+# The direct conv's two kernels, as tuning candidates: "direct" puts output positions in the
+# vector lanes (a block of 8 channels × up to 3 vectors of positions on AVX-512), "direct_ch"
+# output channels (6 pixels × up to 4 vectors of channels): no padding columns or ragged last
+# block on small planes (a 7×7 plane fills 49 of 64 lanes the other way), but a scatter to NCHW.
+DIRECT_ALGORITHMS = ("direct", "direct_ch")
+
+
+def direct_weights(w4: np.ndarray, algo: str = "direct") -> np.ndarray:
     M, C, KH, KW = w4.shape
-    packed = np.empty(int(conv.direct_conv_weight_floats(M, C, KH, KW)), F32)
-    conv.pack_direct_conv_weights(w4, packed)
+    lanes = algo == "direct_ch"
+    packed = np.empty(int(conv.direct_conv_weight_floats(M, C, KH, KW, lanes)), F32)
+    conv.pack_direct_conv_weights(w4, packed, lanes)
     return packed
 
 
@@ -240,11 +249,11 @@ def direct_scratch_floats(case: ConvCase, threads: int) -> int:
                                                g.dil_h, g.dil_w, threads))
 
 
-def direct_step(case: ConvCase, x, packed, b, y, scr, act, threads):
+def direct_step(case: ConvCase, x, packed, b, y, scr, act, threads, algo: str = "direct"):
     g, (code, aa, ab) = case.window, act
     return conv.DirectConvStep(x, packed, b, y, scr, case.w[2], case.w[3], g.stride_h,
                                g.stride_w, g.pad_top, g.pad_left, g.dil_h, g.dil_w, code, aa,
-                               ab, threads)
+                               ab, threads, algo == "direct_ch")
 
 
 def packed_allowed(case: ConvCase) -> bool:
@@ -300,9 +309,10 @@ def _algorithm_candidate(name: str, case: ConvCase, threads: int):
     x = rng.standard_normal(c.x, dtype=F32)
     w = rng.standard_normal(c.w, dtype=F32) * np.float32(0.05)
     y = np.empty(c.y, F32)
-    if name == "direct":
+    if name in DIRECT_ALGORITHMS:
         scr = np.empty(max(1, direct_scratch_floats(c, threads)), F32)
-        return direct_step(c, x, direct_weights(w), None, y, scr, (0, 0.0, 0.0), threads)
+        return direct_step(c, x, direct_weights(w, name), None, y, scr, (0, 0.0, 0.0), threads,
+                           name)
     if name == "packed":
         scr = np.empty(max(1, packed_scratch_floats(c, threads)), F32)
         return packed_step(c, x, packed_weights(w, c.group), None, y, scr, (0, 0.0, 0.0),
@@ -331,7 +341,7 @@ def conv_algorithm(case: ConvCase, threads=1) -> str:
         if static == "gemm" and static_packed(case):
             static = "packed"
     if direct_allowed(case):
-        names.append("direct")
+        names += DIRECT_ALGORITHMS
         if static == "gemm" and C <= DIRECT_STATIC_MAX_CHANNELS:
             static = "direct"
     key = (*case.x, M, KH, KW, *case.y[2:], *g, case.group)
@@ -426,7 +436,7 @@ def _conv_scratch(node, types, threads):
     algo = conv_algorithm(case, threads) if case is not None else "gemm"
     if algo == "packed":
         return 4 * packed_scratch_floats(case, threads)
-    if algo == "direct":
+    if algo in DIRECT_ALGORITHMS:
         return 4 * direct_scratch_floats(case, threads)
     return _conv_scratch_floats(node, types, threads) * 4
 
@@ -445,11 +455,11 @@ def _packed_conv(case, ins, outs, scratch_buf, ctx, act):
     when this case takes neither."""
     threads = ctx.threads
     algo = conv_algorithm(case, threads)
-    if algo not in ("packed", "direct"):
+    if algo != "packed" and algo not in DIRECT_ALGORITHMS:
         return None
-    if algo == "direct":
-        size, make, weights = direct_scratch_floats, direct_step, \
-            lambda w4, group: direct_weights(w4)
+    if algo in DIRECT_ALGORITHMS:
+        size, weights = direct_scratch_floats, lambda w4, group: direct_weights(w4, algo)
+        make = functools.partial(direct_step, algo=algo)
     else:
         size, make, weights = packed_scratch_floats, packed_step, packed_weights
     scr = _planned(scratch_buf, size(case, threads))
@@ -465,7 +475,9 @@ def _packed_conv(case, ins, outs, scratch_buf, ctx, act):
                     y, scr, act, threads)
     # run-time weights (training): packed on every call, a native step chained before the conv
     packed = weights(w4, case.group)
-    step = plan.NativeChain([conv.ConvWeightsPackStep(w4, packed, case.group, algo == "direct"),
+    step = plan.NativeChain([conv.ConvWeightsPackStep(w4, packed, case.group,
+                                                      algo in DIRECT_ALGORITHMS,
+                                                      algo == "direct_ch"),
                              make(case, x, packed, b, y, scr, act, threads)])
     step.packed = algo   # for tests and profiles: which algorithm this node runs
     return step
