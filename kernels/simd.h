@@ -85,13 +85,25 @@ struct ember_depthwise_kernels {
 
 /* ---- Winograd transforms (winograd_kernel.h) ----------------------------------------------- */
 
+/* The output side of one Winograd conv (winograd.pyx, winograd_kernel.h): tiles as positions
+ * P = (n·PR + th)·PWt + tw, Ptot of them; tH × tW real tiles an image; y images img floats apart. */
+typedef struct {
+    long PR, PWt, Ptot, img;
+    int tH, tW, OH, OW;
+    int act;
+    float act_a, act_b;
+} ember_wino_out;
+
 struct ember_winograd_kernels {
-    /* V[ξ·vs + l] = (Bᵀ·d_l·B)[ξ] for tiles [tw0, tw0+nt) of tile row th of one channel plane */
-    void (*input_strip)(int m, const float *xc, int H, int W, int th, int tw0, int nt, int pt,
-                        int pl, float *V, long vs);
-    /* y rows th·m + [0, m) = act(Aᵀ·M_l·A + bias) for those tiles of one output channel */
-    void (*output_strip)(int m, const float *Mx, long ms, int th, int tw0, int nt, float bias,
-                         int act, float act_a, float act_b, float *yc, int OH, int OW);
+    /* one channel's V rows ξ (vs apart) for positions [P0, P0 + ncols) of its phase planes xc */
+    void (*input_block)(int m, const float *xc, long PS, long PWt, long P0, int ncols, float *Vc,
+                        long panel, int nr, long vs);
+    /* one output channel: y = act(Aᵀ·M·A + bias) for the tiles of positions [P0, P0 + ncols) */
+    void (*output_block)(int m, const float *Mrow, long ms, const ember_wino_out *g, long P0,
+                         int ncols, float bias, float *yc);
+    /* one channel's m² phase planes, every image */
+    void (*phases)(int m, const float *xc, long cstride, int N, int H, int W, int pt, int pl,
+                   long PR, long PWt, long PS, float *planes);
 };
 
 /* ---- direct convolution for few input channels (conv_direct_kernel.h) --------------------- */
@@ -292,18 +304,23 @@ static inline void ember_act_unary(const float *x, float *y, long n, int code, f
 }
 
 /* Winograd transforms */
-static inline void ember_wino_input_strip(int m, const float *xc, int H, int W, int th, int tw0,
-                                          int nt, int pt, int pl, float *V, long vs)
+static inline void ember_wino_input_block(int m, const float *xc, long PS, long PWt, long P0,
+                                          int ncols, float *Vc, long panel, int nr, long vs)
 {
-    ember_simd_in_use->winograd->input_strip(m, xc, H, W, th, tw0, nt, pt, pl, V, vs);
+    ember_simd_in_use->winograd->input_block(m, xc, PS, PWt, P0, ncols, Vc, panel, nr, vs);
 }
 
-static inline void ember_wino_output_strip(int m, const float *Mx, long ms, int th, int tw0,
-                                           int nt, float bias, int act, float act_a,
-                                           float act_b, float *yc, int OH, int OW)
+static inline void ember_wino_phases(int m, const float *xc, long cstride, int N, int H, int W,
+                                     int pt, int pl, long PR, long PWt, long PS, float *planes)
 {
-    ember_simd_in_use->winograd->output_strip(m, Mx, ms, th, tw0, nt, bias, act, act_a, act_b,
-                                              yc, OH, OW);
+    ember_simd_in_use->winograd->phases(m, xc, cstride, N, H, W, pt, pl, PR, PWt, PS, planes);
+}
+
+static inline void ember_wino_output_block(int m, const float *Mrow, long ms,
+                                           const ember_wino_out *g, long P0, int ncols,
+                                           float bias, float *yc)
+{
+    ember_simd_in_use->winograd->output_block(m, Mrow, ms, g, P0, ncols, bias, yc);
 }
 
 /* pooling */

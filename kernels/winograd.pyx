@@ -4,10 +4,15 @@ Why: a 3×3 conv through GEMM already runs near the machine's FMA peak, so only 
 make it faster. F(2×2, 3×3) needs 16 products per 4 outputs instead of 36 (2.25× fewer),
 F(4×4, 3×3) 36 per 16 instead of 144 (4×), at the price of three transforms and some rounding.
 
-Structure, for a block of tiles (tiles of every image numbered n, tile row, tile column):
-    V[ξ] (C × tiles) = Bᵀ·d·B of each tile's α×α input patch      (input transform)
-    Mx[ξ] (M × tiles) = U[ξ] (M × C) · V[ξ]  for ξ < α²            (α² GEMMs on ember_sgemm's micro-kernel)
-    y = act(Aᵀ·Mx·A + bias)                                         (output transform, fused epilogue)
+Structure. The input is first split into m² phase planes per channel (all images stacked), so
+that tiles become *positions*: tile (n, th, tw) is P = (n·PR + th)·PWt + tw, and element (i, j)
+of its patch sits at P + ⌊i/m⌋·PWt + ⌊j/m⌋ of plane (i mod m, j mod m) — consecutive tiles
+are consecutive floats, and the transforms run on whole vectors of tiles (winograd_kernel.h).
+Each image has one padding row and column of positions (PR = tH + 1, PWt = tW + 1), computed
+and dropped. Then, for a block of positions:
+    V[ξ] (C × positions) = Bᵀ·d·B of each tile's α×α patch     (input transform)
+    Mx[ξ] (M × positions) = U[ξ] (M × C) · V[ξ]  for ξ < α²     (α² GEMMs on ember_sgemm's micro-kernel)
+    y = act(Aᵀ·Mx·A + bias)                                      (output transform, fused epilogue)
 U = G·g·Gᵀ is precomputed by `winograd_weights` (once when the weight is constant).
 Blocks are sized so a block's V and Mx stay near L2; with enough blocks each thread runs its own
 blocks (single-threaded GEMMs, one scratch slot per thread), else the block's three phases are
@@ -15,6 +20,7 @@ split over the team (channels, GEMM positions ξ, output channels).
 """
 
 from cpython.pycapsule cimport PyCapsule_New
+from libc.string cimport memset
 
 from kernels.native_step cimport ember_native_step, EMBER_NATIVE_CAPSULE
 from kernels.parallel cimport threads_for, ember_parallel
@@ -25,25 +31,34 @@ use_simd()
 
 
 cdef extern from "winograd_transform.h" nogil:
-    int EMBER_WINO_NT
     void ember_wino_weight(int m, const float *g, int flip, float *U, long us)
 
 
-cdef extern from "simd.h" nogil:   # the strip transforms, kernels/winograd_kernel.h
-    void ember_wino_input_strip(int m, const float *xc, int H, int W, int th, int tw0, int nt,
-                                int pt, int pl, float *V, long vs)
-    void ember_wino_output_strip(int m, const float *Mx, long ms, int th, int tw0, int nt,
-                                 float bias, int act, float act_a, float act_b, float *yc,
-                                 int OH, int OW)
+cdef extern from "simd.h" nogil:   # the transforms, kernels/winograd_kernel.h
+    ctypedef struct ember_wino_out:
+        long PR, PWt, Ptot, img
+        int tH, tW, OH, OW
+        int act
+        float act_a, act_b
+    void ember_wino_input_block(int m, const float *xc, long PS, long PWt, long P0, int ncols,
+                                float *Vc, long panel, int nr, long vs)
+    void ember_wino_output_block(int m, const float *Mrow, long ms, const ember_wino_out *g,
+                                 long P0, int ncols, float bias, float *yc)
+    void ember_wino_phases(int m, const float *xc, long cstride, int N, int H, int W, int pt,
+                           int pl, long PR, long PWt, long PS, float *planes)
+    int ember_simd_vw "ember_direct_conv_vw"()
 
 
 cdef struct WinoShape:
     int N, C, H, W, M, OH, OW, pt, pl
     int Mp          # M rounded up to the micro-kernel's rows (U and Mx carry zero/junk rows)
-    int nr          # the micro-kernel's columns: V is packed in nr-tile panels
+    int nr          # the micro-kernel's columns: V is packed in nr-position panels
     int m, alpha, tH, tW
-    long T          # tiles in the batch
-    int TB          # tiles per block (scratch row length)
+    long PR, PWt    # rows and columns of positions an image (a padding row and column)
+    long T          # positions in the batch (N·PR·PWt)
+    long PS         # floats of one phase plane (every image, and slack for the last block)
+    long prepared   # floats of the phase planes (C·m²·PS)
+    int TB          # positions per block (a multiple of nr; the scratch row length)
     int nblocks
     int slots       # scratch slots (1, or one per thread when blocks run per thread)
     long slot_floats
@@ -67,7 +82,8 @@ cdef WinoShape make_shape(int N, int C, int H, int W, int M, int OH, int OW, int
     s.nr = ember_gemm_nr()
     s.tH = (OH + m - 1) // m
     s.tW = (OW + m - 1) // m
-    s.T = <long> N * s.tH * s.tW
+    s.PR, s.PWt = s.tH + 1, s.tW + 1
+    s.T = <long> N * s.PR * s.PWt
     per_tile = <long> s.alpha * s.alpha * (C + s.Mp) * 4
     tb_max = min(max(BLOCK_BYTES // per_tile // s.nr * s.nr, 2 * s.nr), 256)
     if nthreads < 1:
@@ -76,8 +92,7 @@ cdef WinoShape make_shape(int N, int C, int H, int W, int M, int OH, int OW, int
     if nthreads > 1 and s.T >= 16 * nthreads:
         # blocks per thread (one parallel region, no barriers between phases: a busy machine
         # deschedules team threads, and every barrier then waits a time slice): a whole number
-        # of rounds, blocks as even as nr-tile steps allow (one panel of tiles still feeds the
-        # GEMM loop, which packs nothing)
+        # of rounds, blocks as even as nr-position steps allow
         nb = max(nb, nthreads)
         nb = (nb + nthreads - 1) // nthreads * nthreads
         s.TB = <int> min(round_up((s.T + nb - 1) // nb, s.nr), tb_max)
@@ -87,15 +102,19 @@ cdef WinoShape make_shape(int N, int C, int H, int W, int M, int OH, int OW, int
         s.slots = 1
     s.nblocks = <int> ((s.T + s.TB - 1) // s.TB)
     s.slot_floats = <long> s.alpha * s.alpha * s.TB * (C + s.Mp)   # a multiple of nr
+    # the last block reads TB positions from its first, each tap up to PWt + 1 further on
+    s.PS = round_up(<long> s.nblocks * s.TB + s.PWt + 1, 16)
+    s.prepared = <long> C * m * m * s.PS
     return s
 
 
 def winograd_scratch_floats(int N, int C, int H, int W, int M, int OH, int OW, int tile,
                             int nthreads):
-    """Floats of scratch conv2d_winograd needs: slots × α²·TB·(C + Mp) (V and Mx of a block;
-    Mp = M rounded up to the micro-kernel's rows), + 8 floats to align its loads."""
+    """Floats of scratch conv2d_winograd needs: the phase planes of the input (C·m²·PS, about
+    the input's size), then slots × α²·TB·(C + Mp) (V and Mx of a block; Mp = M rounded up to
+    the micro-kernel's rows), + 16 floats to align its loads."""
     cdef WinoShape s = make_shape(N, C, H, W, M, OH, OW, 0, 0, tile, nthreads)
-    return s.slot_floats * s.slots + 8     # + 8: room to align the start to 32 bytes
+    return s.prepared + s.slot_floats * s.slots + 16     # + 16: room to align the start to 64 bytes
 
 
 def winograd_weight_floats(int M, int C, int tile):
@@ -204,40 +223,35 @@ def winograd_weights(w, U, int tile, bint grad_input, int nthreads):
     WinogradWeightsStep(w, U, tile, grad_input, nthreads)()
 
 
-cdef void input_channel(const float *x, float *V, WinoShape *s, int c, long t0,
-                        int nb) noexcept nogil:
-    """V[ξ, c, 0:nb] for tiles [t0, t0 + nb), strip by strip (a tile row segment inside one
-    nr-tile micro-panel each: V[ξ] is stored packed, element (c, j) at (j/nr)·C·nr + c·nr + j%nr)."""
-    cdef long t = t0, t_end = t0 + nb, j
-    cdef int n, th, tw, nt
-    cdef long plane = <long> s.H * s.W, vs = <long> s.C * s.TB
-    while t < t_end:
-        n = <int> (t // (s.tH * s.tW))
-        th = <int> ((t // s.tW) % s.tH)
-        tw = <int> (t % s.tW)
-        j = t - t0
-        nt = <int> min(<long> min(s.tW - tw, s.nr - j % s.nr), t_end - t)
-        ember_wino_input_strip(s.m, x + (<long> n * s.C + c) * plane, s.H, s.W, th, tw, nt,
-                               s.pt, s.pl, V + (j // s.nr) * s.C * s.nr
-                               + <long> c * s.nr + j % s.nr, vs)
-        t += nt
+cdef inline void prepare_channel(const float *x, float *planes, WinoShape *s,
+                                 int c) noexcept nogil:
+    """The m² phase planes of channel c, every image (winograd_kernel.h ember_wino_phases)."""
+    ember_wino_phases(s.m, x + <long> c * s.H * s.W, <long> s.C * s.H * s.W, s.N, s.H, s.W,
+                      s.pt, s.pl, s.PR, s.PWt, s.PS, planes + <long> c * s.m * s.m * s.PS)
 
 
-cdef void output_channel(const float *Mx, const float *bias, float *y, WinoShape *s, int mo,
-                         long t0, int nb, int act, float act_a, float act_b) noexcept nogil:
-    """y[:, mo] for tiles [t0, t0 + nb): output transform, bias, activation."""
-    cdef long t = t0, t_end = t0 + nb
-    cdef int n, th, tw, nt
-    cdef long plane = <long> s.OH * s.OW, ms = <long> s.Mp * s.TB
-    cdef float bv = bias[mo] if bias != NULL else 0.0
-    while t < t_end:
-        n = <int> (t // (s.tH * s.tW))
-        th = <int> ((t // s.tW) % s.tH)
-        tw = <int> (t % s.tW)
-        nt = <int> min(<long> min(s.tW - tw, EMBER_WINO_NT), t_end - t)
-        ember_wino_output_strip(s.m, Mx + <long> mo * s.TB + (t - t0), ms, th, tw, nt, bv, act,
-                                act_a, act_b, y + (<long> n * s.M + mo) * plane, s.OH, s.OW)
-        t += nt
+cdef inline int block_positions(WinoShape *s, int blk) noexcept nogil:
+    """Positions of block blk (the last one may be short)."""
+    return <int> min(<long> s.TB, s.T - <long> blk * s.TB)
+
+
+cdef inline void input_channel(const float *planes, float *V, WinoShape *s, int c, long P0,
+                               int nb) noexcept nogil:
+    """V[ξ, c, 0:nb'] for positions [P0, P0 + nb'), nb' = nb rounded up to the GEMM's panels
+    (V[ξ] stored as the GEMM packs B: element (c, t) at (t/nr)·C·nr + c·nr + t%nr)."""
+    ember_wino_input_block(s.m, planes + <long> c * s.m * s.m * s.PS, s.PS, s.PWt, P0,
+                           <int> round_up(nb, s.nr), V + <long> c * s.nr, <long> s.C * s.nr,
+                           s.nr, <long> s.C * s.TB)
+
+
+cdef inline void output_channel(const float *Mx, const float *bias, float *y, WinoShape *s,
+                                const ember_wino_out *out, int mo, long P0,
+                                int nb) noexcept nogil:
+    """y[:, mo] for the tiles of positions [P0, P0 + nb): output transform, bias, activation."""
+    ember_wino_output_block(s.m, Mx + <long> mo * s.TB, <long> s.Mp * s.TB, out, P0,
+                            <int> round_up(nb, ember_simd_vw()),
+                            bias[mo] if bias != NULL else 0.0,
+                            y + <long> mo * s.OH * s.OW)
 
 
 cdef inline int gemm_position(const float *U, float *V, float *Mx, WinoShape *s, int xi,
@@ -248,34 +262,35 @@ cdef inline int gemm_position(const float *U, float *V, float *Mx, WinoShape *s,
     return 1
 
 
-cdef int block_serial(const float *x, const float *U, const float *bias, float *y, float *slot,
-                      WinoShape *s, int blk, int act, float act_a, float act_b) noexcept nogil:
-    """One block on the calling thread, its V and Mx in ``slot``."""
-    cdef long t0 = <long> blk * s.TB
-    cdef int nb = <int> min(<long> s.TB, s.T - t0)
-    cdef float *V = slot
-    cdef float *Mx = slot + <long> s.alpha * s.alpha * s.C * s.TB
-    cdef int c, xi, mo, ok = 1
-    for c in range(s.C):
-        input_channel(x, V, s, c, t0, nb)
-    for xi in range(s.alpha * s.alpha):
-        ok = gemm_position(U, V, Mx, s, xi, nb) and ok
-    for mo in range(s.M):
-        output_channel(Mx, bias, y, s, mo, t0, nb, act, act_a, act_b)
-    return ok
-
-
 # One conv2d_winograd call with its arguments resolved (see WinogradStep).
 cdef struct WinoCall:
     WinoShape s
+    ember_wino_out out
     const float *x
     const float *U
     const float *bias
     float *y
-    float *scratch
-    int slots, nthreads, act
-    float act_a, act_b
+    float *planes          # the phase planes of the input (scratch)
+    float *scratch         # the slots (scratch, after the planes)
+    int slots, nthreads
     bint empty
+
+
+cdef int block_serial(WinoCall *c, float *slot, int blk) noexcept nogil:
+    """One block on the calling thread, its V and Mx in ``slot``."""
+    cdef WinoShape *s = &c.s
+    cdef long P0 = <long> blk * s.TB
+    cdef int nb = block_positions(s, blk)
+    cdef float *V = slot
+    cdef float *Mx = slot + <long> s.alpha * s.alpha * s.C * s.TB
+    cdef int ch, xi, mo, ok = 1
+    for ch in range(s.C):
+        input_channel(c.planes, V, s, ch, P0, nb)
+    for xi in range(s.alpha * s.alpha):
+        ok = gemm_position(c.U, V, Mx, s, xi, nb) and ok
+    for mo in range(s.M):
+        output_channel(Mx, c.bias, c.y, s, &c.out, mo, P0, nb)
+    return ok
 
 
 cdef int wino_prepare(WinoCall *c, float[:, :, :, ::1] x, float[:, ::1] U, bias,
@@ -285,8 +300,11 @@ cdef int wino_prepare(WinoCall *c, float[:, :, :, ::1] x, float[:, ::1] U, bias,
     c.s = make_shape(x.shape[0], x.shape[1], x.shape[2], x.shape[3], y.shape[1], y.shape[2],
                      y.shape[3], pad_top, pad_left, tile, nthreads)
     c.nthreads = nthreads if nthreads >= 1 else 1
-    c.act, c.act_a, c.act_b = act, act_a, act_b
-    c.empty = c.s.T == 0 or c.s.M == 0
+    c.out.PR, c.out.PWt, c.out.Ptot = c.s.PR, c.s.PWt, c.s.T
+    c.out.img = <long> c.s.M * c.s.OH * c.s.OW
+    c.out.tH, c.out.tW, c.out.OH, c.out.OW = c.s.tH, c.s.tW, c.s.OH, c.s.OW
+    c.out.act, c.out.act_a, c.out.act_b = act, act_a, act_b
+    c.empty = c.s.N == 0 or c.s.OH == 0 or c.s.OW == 0 or c.s.M == 0
     if c.empty:
         return 0
     if tile != 2 and tile != 4:
@@ -297,19 +315,21 @@ cdef int wino_prepare(WinoCall *c, float[:, :, :, ::1] x, float[:, ::1] U, bias,
         raise ValueError(f"conv2d_winograd: U has shape {tuple(U.shape)[:2]}, needs "
                          f"({c.s.alpha * c.s.alpha}, {c.s.Mp * c.s.C})")
     cdef long have = scratch.shape[0]
-    cdef long skip = (8 - (<long> (<size_t> &scratch[0] // 4)) % 8) % 8 if have else 0   # 32 bytes
-    have -= skip
-    c.slots = <int> min(<long> c.s.slots, have // c.s.slot_floats) if c.s.slot_floats else 0
+    cdef long skip = (16 - (<long> (<size_t> &scratch[0] // 4)) % 16) % 16 if have else 0   # 64 bytes
+    have -= skip + c.s.prepared
+    c.slots = <int> min(<long> c.s.slots, have // c.s.slot_floats) if c.s.slot_floats and \
+        have > 0 else 0
     if c.slots < 1:
-        raise ValueError(f"conv2d_winograd: scratch holds {have} floats, needs "
-                         f"{c.s.slot_floats} per slot")
+        raise ValueError(f"conv2d_winograd: scratch holds {scratch.shape[0]} floats, needs "
+                         f"{c.s.prepared + c.s.slot_floats + 16}")
     cdef float[::1] bias_view
     c.bias = NULL
     if bias is not None:
         bias_view = bias
         c.bias = &bias_view[0]
     c.x, c.U, c.y = &x[0, 0, 0, 0], &U[0, 0], &y[0, 0, 0, 0]
-    c.scratch = &scratch[0] + skip
+    c.planes = &scratch[0] + skip
+    c.scratch = c.planes + c.s.prepared
     return 0
 
 
@@ -318,23 +338,27 @@ cdef struct WinoPhase:
     WinoCall *c
     float *V
     float *Mx
-    long t0
+    long P0
     int nb
     int ok
+
+
+cdef void wino_prepare_task(void *ctx, long ch, int worker) noexcept nogil:
+    cdef WinoCall *c = <WinoCall *> ctx
+    prepare_channel(c.x, c.planes, &c.s, <int> ch)
 
 
 cdef void wino_block_task(void *ctx, long blk, int worker) noexcept nogil:
     """A whole block of tiles on one thread, in the worker's own scratch slot."""
     cdef WinoPhase *p = <WinoPhase *> ctx
     cdef WinoCall *c = p.c
-    if not block_serial(c.x, c.U, c.bias, c.y, c.scratch + worker * c.s.slot_floats, &c.s,
-                        <int> blk, c.act, c.act_a, c.act_b):
+    if not block_serial(c, c.scratch + worker * c.s.slot_floats, <int> blk):
         p.ok = 0
 
 
 cdef void wino_input_task(void *ctx, long ch, int worker) noexcept nogil:
     cdef WinoPhase *p = <WinoPhase *> ctx
-    input_channel(p.c.x, p.V, &p.c.s, <int> ch, p.t0, p.nb)
+    input_channel(p.c.planes, p.V, &p.c.s, <int> ch, p.P0, p.nb)
 
 
 cdef void wino_gemm_task(void *ctx, long xi, int worker) noexcept nogil:
@@ -346,13 +370,13 @@ cdef void wino_gemm_task(void *ctx, long xi, int worker) noexcept nogil:
 cdef void wino_output_task(void *ctx, long mo, int worker) noexcept nogil:
     cdef WinoPhase *p = <WinoPhase *> ctx
     cdef WinoCall *c = p.c
-    output_channel(p.Mx, c.bias, c.y, &c.s, <int> mo, p.t0, p.nb, c.act, c.act_a, c.act_b)
+    output_channel(p.Mx, c.bias, c.y, &c.s, &c.out, <int> mo, p.P0, p.nb)
 
 
 cdef int wino_run(WinoCall *c) noexcept nogil:
     """The convolution, GIL-free: 0, or 1 when the GEMM's packing buffers cannot be allocated."""
     cdef WinoShape *s = &c.s
-    cdef int blk, ok = 1, nthreads = c.nthreads
+    cdef int blk, ch, ok = 1, nthreads = c.nthreads
     cdef float *sp = c.scratch
     cdef WinoPhase p
     p.c = c
@@ -361,6 +385,11 @@ cdef int wino_run(WinoCall *c) noexcept nogil:
     p.ok = 1
     if c.empty:
         return 0
+    if nthreads > 1:
+        ember_parallel(nthreads, s.C, wino_prepare_task, c)
+    else:
+        for ch in range(s.C):
+            prepare_channel(c.x, c.planes, s, ch)
     if c.slots > 1:
         ember_parallel(c.slots, s.nblocks, wino_block_task, &p)
         ok = p.ok
@@ -368,11 +397,11 @@ cdef int wino_run(WinoCall *c) noexcept nogil:
         # one thread, or too little work for three team barriers per block (on a busy machine
         # each may wait a time slice for a descheduled thread)
         for blk in range(s.nblocks):
-            ok = block_serial(c.x, c.U, c.bias, c.y, sp, s, blk, c.act, c.act_a, c.act_b) and ok
+            ok = block_serial(c, sp, blk) and ok
     else:   # few tiles: each phase of a block split over the team
         for blk in range(s.nblocks):
-            p.t0 = <long> blk * s.TB
-            p.nb = <int> min(<long> s.TB, s.T - p.t0)
+            p.P0 = <long> blk * s.TB
+            p.nb = block_positions(s, blk)
             ember_parallel(nthreads, s.C, wino_input_task, &p)
             ember_parallel(nthreads, s.alpha * s.alpha, wino_gemm_task, &p)
             ember_parallel(nthreads, s.M, wino_output_task, &p)

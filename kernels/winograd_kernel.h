@@ -1,181 +1,265 @@
 /* Template (compiled once per instruction set, see simd_instance.h): the Winograd F(m×m, 3×3)
- * tile transforms on strips (winograd_transform.h has the matrices and the weight transform,
- * which runs once per weight), reached through the winograd table of simd.h
- * (ember_wino_input_strip, ember_wino_output_strip). Every inner loop runs over the l < nt tiles
- * of a strip, contiguous, so the level's compiler target vectorises it; the output strip ends in
- * the activation (activation_kernel.h) while its rows are in L1. */
+ * tile transforms (winograd_transform.h has the matrices and the weight transform, which runs
+ * once per weight), reached through the winograd table of simd.h (ember_wino_input_block,
+ * ember_wino_output_block).
+ *
+ * Tiles as positions. The input comes prepared (winograd.pyx): per channel, m² phase planes
+ * x̃[pi][pj][r][q] = the zero-padded input at row r·m + pi, column q·m + pj, the images stacked
+ * (PR = tH + 1 rows each, PWt = tW + 1 columns). Tile (n, th, tw) is position
+ * P = (n·PR + th)·PWt + tw, and element (i, j) of its α×α patch is x̃[i mod m][j mod m] at
+ * P + ⌊i/m⌋·PWt + ⌊j/m⌋ — so VW consecutive positions are VW consecutive floats for every (i, j),
+ * and both transforms run on whole vectors of tiles, in registers, whatever the plane's width
+ * (strips of one tile row filled 7 of 16 lanes on a 28×28 plane, and their scalar gathers cost
+ * more than the GEMMs). The last row and column of positions of each image are padding:
+ * computed and dropped. */
 #include "winograd_transform.h"
 
-/* The 1-D transforms on vectors of nt tiles: o[k][l] = Σ_j T[k][j]·d[j][l], written out so
- * each is one pass over l (the compiler vectorises it) with no zero terms. */
-#define EMBER_WINO_LOOP for (int l = 0; l < nt; ++l)
+#define EMBER_WINO_INLINE static inline __attribute__((always_inline))
 
-static inline void ember_wino_bt2(const float *const *d, float *const *o, long os, int nt)
+/* o = Bᵀ·d along one axis: 4 → 4 (m = 2) or 6 → 6 (m = 4), each term once */
+EMBER_WINO_INLINE void ember_wv_bt(const int m, const ember_vf *d, ember_vf *o)
 {
-    const float *restrict d0 = d[0], *restrict d1 = d[1], *restrict d2 = d[2], *restrict d3 = d[3];
-    float *restrict o0 = o[0], *restrict o1 = o0 + os, *restrict o2 = o1 + os, *restrict o3 = o2 + os;
-    EMBER_WINO_LOOP {
-        float a1 = d1[l], a2 = d2[l];
-        o0[l] = d0[l] - a2;
-        o1[l] = a1 + a2;
-        o2[l] = a2 - a1;
-        o3[l] = a1 - d3[l];
+    if (m == 2) {
+        const ember_vf a1 = d[1], a2 = d[2];
+        o[0] = d[0] - a2;
+        o[1] = a1 + a2;
+        o[2] = a2 - a1;
+        o[3] = a1 - d[3];
+    } else {
+        const ember_vf a1 = d[1], a2 = d[2], a3 = d[3], a4 = d[4];
+        const ember_vf p = a4 - 4.0f * a2, q = a3 - 4.0f * a1;  /* r1, r2 = p ± q */
+        const ember_vf u = a4 - a2, v = 2.0f * (a3 - a1);       /* r3, r4 = u ± v */
+        o[0] = 4.0f * d[0] - 5.0f * a2 + a4;
+        o[1] = p + q;
+        o[2] = p - q;
+        o[3] = u + v;
+        o[4] = u - v;
+        o[5] = 4.0f * a1 - 5.0f * a3 + d[5];
     }
 }
 
-static inline void ember_wino_bt4(const float *const *d, float *const *o, long os, int nt)
+/* o = Aᵀ·d along one axis: 4 → 2 (m = 2) or 6 → 4 (m = 4) */
+EMBER_WINO_INLINE void ember_wv_at(const int m, const ember_vf *d, ember_vf *o)
 {
-    const float *restrict d0 = d[0], *restrict d1 = d[1], *restrict d2 = d[2], *restrict d3 = d[3],
-                          *restrict d4 = d[4], *restrict d5 = d[5];
-    float *restrict o0 = o[0], *restrict o1 = o0 + os, *restrict o2 = o1 + os,
-                   *restrict o3 = o2 + os, *restrict o4 = o3 + os, *restrict o5 = o4 + os;
-    EMBER_WINO_LOOP {
-        float a1 = d1[l], a2 = d2[l], a3 = d3[l], a4 = d4[l];
-        float p = a4 - 4.0f * a2, q = a3 - 4.0f * a1;  /* r1, r2 = p ± q */
-        float u = a4 - a2, v = 2.0f * (a3 - a1);       /* r3, r4 = u ± v */
-        o0[l] = 4.0f * d0[l] - 5.0f * a2 + a4;
-        o1[l] = p + q;
-        o2[l] = p - q;
-        o3[l] = u + v;
-        o4[l] = u - v;
-        o5[l] = 4.0f * a1 - 5.0f * a3 + d5[l];
+    if (m == 2) {
+        const ember_vf a1 = d[1], a2 = d[2];
+        o[0] = d[0] + a1 + a2;
+        o[1] = a1 - a2 - d[3];
+    } else {
+        const ember_vf sp = d[1] + d[2], sm = d[1] - d[2];
+        const ember_vf tp = d[3] + d[4], tm = d[3] - d[4];
+        o[0] = d[0] + sp + tp;
+        o[1] = sm + 2.0f * tm;
+        o[2] = sp + 4.0f * tp;
+        o[3] = sm + 8.0f * tm + d[5];
     }
 }
 
-static inline void ember_wino_at2(const float *const *d, float *const *o, long os, int nt)
-{
-    const float *restrict d0 = d[0], *restrict d1 = d[1], *restrict d2 = d[2], *restrict d3 = d[3];
-    float *restrict o0 = o[0], *restrict o1 = o0 + os;
-    EMBER_WINO_LOOP {
-        float a1 = d1[l], a2 = d2[l];
-        o0[l] = d0[l] + a1 + a2;
-        o1[l] = a1 - a2 - d3[l];
-    }
-}
-
-static inline void ember_wino_at4(const float *const *d, float *const *o, long os, int nt)
-{
-    const float *restrict d0 = d[0], *restrict d1 = d[1], *restrict d2 = d[2], *restrict d3 = d[3],
-                          *restrict d4 = d[4], *restrict d5 = d[5];
-    float *restrict o0 = o[0], *restrict o1 = o0 + os, *restrict o2 = o1 + os, *restrict o3 = o2 + os;
-    EMBER_WINO_LOOP {
-        float sp = d1[l] + d2[l], sm = d1[l] - d2[l];
-        float tp = d3[l] + d4[l], tm = d3[l] - d4[l];
-        o0[l] = d0[l] + sp + tp;
-        o1[l] = sm + 2.0f * tm;
-        o2[l] = sp + 4.0f * tp;
-        o3[l] = sm + 8.0f * tm + d5[l];
-    }
-}
-
-/* Input transform of tiles [tw0, tw0+nt) of tile row th of one H×W channel plane xc; writes
- * V[ξ·vs + l]. Tile (th, tw) covers input rows th·m − pt + [0, α), columns tw·m − pl + [0, α). */
-static void ember_wino_input_strip_here(int m, const float *xc, int H, int W, int th, int tw0,
-                                        int nt, int pt, int pl, float *V, long vs)
+/* Input transform of one channel: V rows ξ (vs apart) of positions [P0, P0 + ncols), ncols a
+ * multiple of VW; xc: the channel's phase planes (PS floats apart) at position 0; Vc: V at this
+ * channel's row, position t of the block at (t / nr)·panel + t mod nr (the GEMM's B panels). */
+EMBER_WINO_INLINE void ember_wino_input(const int m, const float *xc, long PS, long PWt, long P0,
+                                        int ncols, float *Vc, long panel, int nr, long vs)
 {
     const int alpha = m + 2;
-    /* phase[i][r][k] = x[row i][(tw0 + k)·m − pl + r]: then column j of tile l is
-     * phase[i][j % m][l + j / m], contiguous in l */
-    float phase[6][4][EMBER_WINO_NT + 1];
-    float line[4 * (EMBER_WINO_NT + 1)];
-    float t[6][6][EMBER_WINO_NT], v[6][6][EMBER_WINO_NT];
-    const float *in[6];
-    float *out[6];
-    for (int i = 0; i < alpha; ++i) {
-        int ih = th * m - pt + i;
-        int iw0 = tw0 * m - pl;
-        if (ih < 0 || ih >= H) {
-            for (int r = 0; r < m; ++r) memset(phase[i][r], 0, sizeof(float) * (nt + 1));
-        } else {
-            const float *row = xc + (long)ih * W;
-            const int width = (nt + 1) * m; /* the columns the phases read, from iw0 */
-            const float *src = row + iw0;
-            if (iw0 < 0 || iw0 + width > W) { /* at a border: a zero-padded copy of them */
-                const int lo = iw0 < 0 ? -iw0 : 0, hi = W - iw0 < width ? W - iw0 : width;
-                memset(line, 0, sizeof(float) * width);
-                if (hi > lo) memcpy(line + lo, row + iw0 + lo, sizeof(float) * (hi - lo));
-                src = line;
+    for (int t0 = 0; t0 < ncols; t0 += EMBER_VW) {
+        const float *base = xc + P0 + t0;
+        ember_vf rows[6][6], d[6], o[6];
+        for (int i = 0; i < alpha; ++i) {
+            for (int j = 0; j < alpha; ++j)
+                d[j] = ember_vload(base + ((i % m) * m + j % m) * PS + (i / m) * PWt + j / m);
+            ember_wv_bt(m, d, rows[i]);
+        }
+        float *dst = Vc + (long)(t0 / nr) * panel + t0 % nr;
+        for (int q = 0; q < alpha; ++q) {
+            for (int i = 0; i < alpha; ++i) d[i] = rows[i][q];
+            ember_wv_bt(m, d, o);
+            for (int p = 0; p < alpha; ++p) ember_vstore(dst + (long)(p * alpha + q) * vs, o[p]);
+        }
+    }
+}
+
+static void ember_wino_input_block_here(int m, const float *xc, long PS, long PWt, long P0,
+                                        int ncols, float *Vc, long panel, int nr, long vs)
+{
+    if (m == 2) ember_wino_input(2, xc, PS, PWt, P0, ncols, Vc, panel, nr, vs);
+    else        ember_wino_input(4, xc, PS, PWt, P0, ncols, Vc, panel, nr, vs);
+}
+
+/* The m vectors v[0..m) of VW tiles each, interleaved: out[l·m + s] = v[s][l] (a tile's m
+ * output columns side by side) */
+EMBER_WINO_INLINE void ember_wv_interleave(const int m, const ember_vf *v, float *out)
+{
+    if (m == 2) {
+        for (int l = 0; l < EMBER_VW; ++l) { out[2 * l] = v[0][l]; out[2 * l + 1] = v[1][l]; }
+    } else {
+        for (int l = 0; l < EMBER_VW; ++l) {
+            out[4 * l] = v[0][l];
+            out[4 * l + 1] = v[1][l];
+            out[4 * l + 2] = v[2][l];
+            out[4 * l + 3] = v[3][l];
+        }
+    }
+}
+
+/* Output transform of one output channel: y = act(Aᵀ·M·A + bias) for positions [P0, P0 + ncols)
+ * (ncols a multiple of VW) whose tiles exist; Mrow: Mx at this channel's row, ξ rows ms apart. */
+EMBER_WINO_INLINE void ember_wino_output(const int m, const float *Mrow, long ms,
+                                         const ember_wino_out *g, long P0, int ncols, float bias,
+                                         float *yc)
+{
+    const int alpha = m + 2;
+    const long per_image = g->PR * g->PWt;
+    const ember_tile_epi te = {NULL, NULL, g->act, g->act_a, g->act_b};
+    const int act_in_registers = te.act == EMBER_ACT_IDENTITY || te.act == EMBER_ACT_RELU ||
+                                 te.act == EMBER_ACT_CLIP || te.act == EMBER_ACT_LEAKY_RELU;
+    float rowbuf[4][4 * EMBER_VW];
+    for (int t0 = 0; t0 < ncols; t0 += EMBER_VW) {
+        const long p_first = P0 + t0;
+        if (p_first >= g->Ptot) break;
+        ember_vf cols[6][4], d[6], o[4];
+        for (int q = 0; q < alpha; ++q) {
+            for (int p = 0; p < alpha; ++p)
+                d[p] = ember_vload(Mrow + (long)(p * alpha + q) * ms + t0);
+            ember_wv_at(m, d, o);
+            for (int r = 0; r < m; ++r) cols[q][r] = o[r];
+        }
+        for (int r = 0; r < m; ++r) {
+            for (int q = 0; q < alpha; ++q) d[q] = cols[q][r];
+            ember_wv_at(m, d, o);
+            for (int s = 0; s < m; ++s) {
+                ember_vf v = o[s] + bias;
+                if (act_in_registers) EMBER_TILE_FINISH(v, ember_vf, ember_vi32, &te, 0, 0);
+                o[s] = v;
             }
-            if (m == 2) {
-                float *restrict e = phase[i][0], *restrict o = phase[i][1];
-                for (int k = 0; k <= nt; ++k) { e[k] = src[2 * k]; o[k] = src[2 * k + 1]; }
-            } else {
-                float *restrict p0 = phase[i][0], *restrict p1 = phase[i][1],
-                               *restrict p2 = phase[i][2], *restrict p3 = phase[i][3];
-                for (int k = 0; k <= nt; ++k) {
-                    p0[k] = src[4 * k]; p1[k] = src[4 * k + 1];
-                    p2[k] = src[4 * k + 2]; p3[k] = src[4 * k + 3];
+            ember_wv_interleave(m, o, rowbuf[r]);
+        }
+        /* the chunk's positions, segment by segment of one tile row of one image */
+        const long p_end = p_first + EMBER_VW < g->Ptot ? p_first + EMBER_VW : g->Ptot;
+        for (long p = p_first; p < p_end;) {
+            const long n = p / per_image, rem = p - n * per_image;
+            const long tr = rem / g->PWt, tw = rem - tr * g->PWt;
+            const long next = p + (g->PWt - tw) < p_end ? p + (g->PWt - tw) : p_end;
+            if (tr < g->tH && tw < g->tW) {
+                const long tiles = (next - p) < (g->tW - tw) ? next - p : g->tW - tw;
+                const long ow0 = tw * m;
+                const long ncol = tiles * m < g->OW - ow0 ? tiles * m : g->OW - ow0;
+                for (int r = 0; r < m; ++r) {
+                    const long oh = tr * m + r;
+                    if (oh >= g->OH) break;
+                    float *dst = yc + n * g->img + oh * g->OW + ow0;
+                    memcpy(dst, rowbuf[r] + (p - p_first) * m, sizeof(float) * ncol);
+                    if (!act_in_registers) ember_act_span_here(dst, ncol, te.act, te.a, te.b);
                 }
             }
+            p = next;
         }
-        for (int j = 0; j < alpha; ++j) in[j] = phase[i][j % m] + j / m;
-        out[0] = t[i][0];
-        if (m == 2) ember_wino_bt2(in, out, EMBER_WINO_NT, nt);
-        else        ember_wino_bt4(in, out, EMBER_WINO_NT, nt);
     }
-    /* the second pass into a local tile (a constant stride keeps its loop vectorised), then
-     * each of its α² rows into V */
-    for (int q = 0; q < alpha; ++q) {
-        for (int i = 0; i < alpha; ++i) in[i] = t[i][q];
-        out[0] = v[0][q];
-        if (m == 2) ember_wino_bt2(in, out, 6 * EMBER_WINO_NT, nt);
-        else        ember_wino_bt4(in, out, 6 * EMBER_WINO_NT, nt);
-    }
-    for (int p = 0; p < alpha; ++p)
-        for (int q = 0; q < alpha; ++q) { /* a loop, not memcpy: a few vectors, no call */
-            float *restrict dst = V + (long)(p * alpha + q) * vs;
-            const float *restrict src = v[p][q];
-            for (int l = 0; l < nt; ++l) dst[l] = src[l];
-        }
 }
 
-/* Output transform of tiles [tw0, tw0+nt) of tile row th for one output channel: reads
- * Mx[ξ·ms + l], writes act(… + bias) into y rows th·m + [0, m) (those < OH), columns tw0·m …
- * (those < OW). */
-static void ember_wino_output_strip_here(int m, const float *Mx, long ms, int th, int tw0, int nt,
-                                         float bias, int act, float act_a, float act_b,
-                                         float *yc, int OH, int OW)
+static void ember_wino_output_block_here(int m, const float *Mrow, long ms,
+                                         const ember_wino_out *g, long P0, int ncols, float bias,
+                                         float *yc)
 {
-    const int alpha = m + 2;
-    float s[4][6][EMBER_WINO_NT];
-    float o[4][EMBER_WINO_NT];
-    float rowbuf[4 * EMBER_WINO_NT];
-    const float *in[6];
-    float *out[4];
-    for (int q = 0; q < alpha; ++q) {
-        for (int p = 0; p < alpha; ++p) in[p] = Mx + (long)(p * alpha + q) * ms;
-        out[0] = s[0][q];   /* stride between rows pp of s: 6·NT */
-        if (m == 2) ember_wino_at2(in, out, 6 * EMBER_WINO_NT, nt);
-        else        ember_wino_at4(in, out, 6 * EMBER_WINO_NT, nt);
-    }
-    int ow0 = tw0 * m;
-    int ncols = OW - ow0 < nt * m ? OW - ow0 : nt * m;
-    for (int pp = 0; pp < m; ++pp) {
-        int oh = th * m + pp;
-        if (oh >= OH) break;
-        for (int q = 0; q < alpha; ++q) in[q] = s[pp][q];
-        out[0] = o[0];
-        if (m == 2) {
-            ember_wino_at2(in, out, EMBER_WINO_NT, nt);
-            for (int l = 0; l < nt; ++l) {
-                rowbuf[2 * l] = o[0][l] + bias;
-                rowbuf[2 * l + 1] = o[1][l] + bias;
-            }
-        } else {
-            ember_wino_at4(in, out, EMBER_WINO_NT, nt);
-            for (int l = 0; l < nt; ++l) {
-                rowbuf[4 * l] = o[0][l] + bias;
-                rowbuf[4 * l + 1] = o[1][l] + bias;
-                rowbuf[4 * l + 2] = o[2][l] + bias;
-                rowbuf[4 * l + 3] = o[3][l] + bias;
-            }
+    if (m == 2) ember_wino_output(2, Mrow, ms, g, P0, ncols, bias, yc);
+    else        ember_wino_output(4, Mrow, ms, g, P0, ncols, bias, yc);
+}
+
+/* ---- the phase planes ------------------------------------------------------------------ */
+
+#if EMBER_VW == 16
+#define EMBER_WV_EVEN {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30}
+#define EMBER_WV_ODD {1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31}
+#elif EMBER_VW == 8
+#define EMBER_WV_EVEN {0, 2, 4, 6, 8, 10, 12, 14}
+#define EMBER_WV_ODD {1, 3, 5, 7, 9, 11, 13, 15}
+#else
+#define EMBER_WV_EVEN {0, 2, 4, 6}
+#define EMBER_WV_ODD {1, 3, 5, 7}
+#endif
+
+/* the even and the odd lanes of the 2·VW floats a, b */
+EMBER_WINO_INLINE void ember_wv_split(ember_vf a, ember_vf b, ember_vf *even, ember_vf *odd)
+{
+    const ember_vi32 ev = EMBER_WV_EVEN, od = EMBER_WV_ODD;
+    *even = __builtin_shuffle(a, b, ev);
+    *odd = __builtin_shuffle(a, b, od);
+}
+
+/* dst[pj][q] = row[q·m + pj − pl] for q < n (0 outside [0, W)): one input row into its m phase
+ * rows (PS apart); whole vectors where every phase is inside the row, the edges one by one. */
+EMBER_WINO_INLINE void ember_wino_deinterleave(const int m, const float *row, long W, long pl,
+                                               long n, float *dst, long PS)
+{
+    long qa = (pl + m - 1) / m, qb = W - m + pl >= 0 ? (W - m + pl) / m + 1 : 0;
+    if (qa > n) qa = n;
+    if (qb > n) qb = n;
+    if (qb < qa) qb = qa;
+    long q = qa;
+    if (m == 2) {
+        for (; q + EMBER_VW <= qb; q += EMBER_VW) {
+            const float *src = row + 2 * q - pl;
+            ember_vf e, o;
+            ember_wv_split(ember_vload(src), ember_vload(src + EMBER_VW), &e, &o);
+            ember_vstore(dst + q, e);
+            ember_vstore(dst + PS + q, o);
         }
-        ember_act_span_here(rowbuf, ncols, act, act_a, act_b);
-        memcpy(yc + (long)oh * OW + ow0, rowbuf, sizeof(float) * ncols);
+    } else {
+        for (; q + EMBER_VW <= qb; q += EMBER_VW) {
+            const float *src = row + 4 * q - pl;
+            ember_vf e0, o0, e1, o1, p0, p1, p2, p3;
+            ember_wv_split(ember_vload(src), ember_vload(src + EMBER_VW), &e0, &o0);
+            ember_wv_split(ember_vload(src + 2 * EMBER_VW), ember_vload(src + 3 * EMBER_VW), &e1,
+                           &o1);
+            ember_wv_split(e0, e1, &p0, &p2);   /* e: phases 0, 2 interleaved */
+            ember_wv_split(o0, o1, &p1, &p3);   /* o: phases 1, 3 */
+            ember_vstore(dst + q, p0);
+            ember_vstore(dst + PS + q, p1);
+            ember_vstore(dst + 2 * PS + q, p2);
+            ember_vstore(dst + 3 * PS + q, p3);
+        }
     }
+    for (long k = 0; k < n; ++k) {
+        if (k == qa) k = q;   /* the vector part done */
+        if (k >= n) break;
+        for (int pj = 0; pj < m; ++pj) {
+            const long iw = k * m + pj - pl;
+            dst[pj * PS + k] = iw >= 0 && iw < W ? row[iw] : 0.0f;
+        }
+    }
+}
+
+/* The m² phase planes of one channel, every image: x̃[pi][pj][n·PR + r][q] = x[n, c,
+ * r·m + pi − pt, q·m + pj − pl] (0 outside the image); the slack past the last image 0.
+ * xc: channel c of image 0 (images cstride floats apart). */
+EMBER_WINO_INLINE void ember_wino_phases(const int m, const float *xc, long cstride, int N,
+                                         int H, int W, int pt, int pl, long PR, long PWt,
+                                         long PS, float *planes)
+{
+    const long used = (long)N * PR * PWt;
+    for (int n = 0; n < N; ++n)
+        for (long r = 0; r < PR; ++r)
+            for (int pi = 0; pi < m; ++pi) {
+                float *dst = planes + (long)pi * m * PS + (n * PR + r) * PWt;
+                const long ih = r * m + pi - pt;
+                if (ih < 0 || ih >= H) {
+                    for (int pj = 0; pj < m; ++pj) memset(dst + pj * PS, 0, sizeof(float) * PWt);
+                    continue;
+                }
+                ember_wino_deinterleave(m, xc + n * cstride + ih * W, W, pl, PWt, dst, PS);
+            }
+    for (int p = 0; p < m * m; ++p) memset(planes + p * PS + used, 0, sizeof(float) * (PS - used));
+}
+
+static void ember_wino_phases_here(int m, const float *xc, long cstride, int N, int H, int W,
+                                   int pt, int pl, long PR, long PWt, long PS, float *planes)
+{
+    if (m == 2) ember_wino_phases(2, xc, cstride, N, H, W, pt, pl, PR, PWt, PS, planes);
+    else        ember_wino_phases(4, xc, cstride, N, H, W, pt, pl, PR, PWt, PS, planes);
 }
 
 static const struct ember_winograd_kernels ember_winograd_here = {
-    .input_strip = ember_wino_input_strip_here,
-    .output_strip = ember_wino_output_strip_here,
+    .input_block = ember_wino_input_block_here,
+    .output_block = ember_wino_output_block_here,
+    .phases = ember_wino_phases_here,
 };

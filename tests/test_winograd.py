@@ -73,6 +73,9 @@ SHAPES = [  # N, C, M, H, W, pads (top, left, bottom, right)
     (1, 24, 16, 28, 13, (1, 1, 0, 0)),
     (2, 7, 16, 3, 3, (0, 0, 0, 0)),
     (3, 3, 33, 28, 2, (1, 1, 1, 1)),
+    # rows wide enough for the vectorised phase split (its edges one by one)
+    (1, 5, 6, 9, 150, (1, 1, 1, 1)),
+    (2, 4, 5, 6, 97, (0, 2, 1, 0)),
 ]
 
 
