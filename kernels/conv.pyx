@@ -781,6 +781,11 @@ cdef extern from "simd.h" nogil:
     void ember_direct_conv_pixels(const ember_dc_geom *g, const float *xp, const float *wp,
                                   const float *bias, float *y, long q0, long q1, int mb0,
                                   int mb1)
+    ctypedef struct ember_dc_prep:
+        long H, W, pt, pl, sh, sw
+        long shp, swp, PH, PW, PS
+    void ember_direct_prepare(const ember_dc_prep *p, const float *xc, long r0, long r1,
+                              float *dst)
     int ember_direct_conv_mb()
     int ember_direct_conv_vw()
     int ember_direct_conv_mbv()
@@ -881,6 +886,7 @@ def direct_conv_scratch_floats(int C, int M, int KH, int KW, int OH, int OW, int
 cdef struct DirectConvCall:
     ember_dc_geom g
     DirectSizes d
+    ember_dc_prep prep     # d and the input's geometry, for the kernel's preparation
     long *taps             # g.tap: owned, one offset per tap
     const float *x
     const float *wp
@@ -891,6 +897,7 @@ cdef struct DirectConvCall:
     int N, H, W, pt, pl
     int sh, sw, dh, dw     # strides and dilations
     bint lanes             # the pixels kernel (output channels in the lanes), else the rows one
+    int channels           # the input's channels
     int bm                 # output channels a block of the packed weights
     int row_blocks         # units an image: row blocks × channel-block chunks, when the batch
     int m_chunks           # is smaller than the team
@@ -900,38 +907,17 @@ cdef struct DirectConvCall:
 
 cdef void direct_prepare_rows(DirectConvCall *c, int n, long r0, long r1,
                               float *xp) noexcept nogil:
-    """Rows [r0, r1) of every phase plane of image n: x̃[ch][phr][phc][r][j] = x[n, ch,
-    r·sh + phr − pt, j·sw + phc − pl], 0 outside the image."""
-    cdef DirectSizes *d = &c.d
-    cdef int ch, phr, phc
-    cdef long r, j, lo, hi, ih
-    cdef const float *src
-    cdef float *dst
-    cdef float *plane
+    """Rows [r0, r1) of every phase plane of image n (see direct_prepare_channel)."""
+    cdef int ch
     for ch in range(c.g.C):
-        for phr in range(d.shp):
-            for phc in range(d.swp):
-                plane = xp + ch * d.CS + (<long> phr * d.swp + phc) * d.PS
-                # the kernel's slack: read by the last block's dropped lanes, never used
-                memset(plane + d.PH * d.PW, 0, sizeof(float) * (d.PS - d.PH * d.PW))
-                # the phase columns j with 0 ≤ j·sw + phc − pl < W
-                span_inside(phc - c.pl, c.sw, d.PW, 0, c.W, &lo, &hi)
-                for r in range(r0, r1):
-                    dst = plane + r * d.PW
-                    ih = r * c.sh + phr - c.pt
-                    if ih < 0 or ih >= c.H or hi <= lo:
-                        memset(dst, 0, sizeof(float) * d.PW)
-                        continue
-                    src = c.x + ((<long> n * c.g.C + ch) * c.H + ih) * c.W + phc - c.pl
-                    if lo > 0:
-                        memset(dst, 0, sizeof(float) * lo)
-                    if c.sw == 1:
-                        memcpy(dst + lo, src + lo, sizeof(float) * (hi - lo))
-                    else:
-                        for j in range(lo, hi):
-                            dst[j] = src[j * c.sw]
-                    if hi < d.PW:
-                        memset(dst + hi, 0, sizeof(float) * (d.PW - hi))
+        direct_prepare_channel(c, n, ch, r0, r1, xp + ch * c.d.CS)
+
+
+cdef inline void direct_prepare_channel(DirectConvCall *c, int n, int ch, long r0, long r1,
+                                        float *xc) noexcept nogil:
+    """Rows [r0, r1) of the phase planes of channel ch of image n, at xc (conv_direct_kernel.h
+    ember_direct_prepare)."""
+    ember_direct_prepare(&c.prep, c.x + (<long> n * c.channels + ch) * c.H * c.W, r0, r1, xc)
 
 
 cdef void direct_unit(DirectConvCall *c, long u, float *xp) noexcept nogil:
@@ -1004,6 +990,7 @@ cdef class DirectConvStep:
         cdef long need, split
         cdef int C = x.shape[1], M = y.shape[1], OH = y.shape[2], OW = y.shape[3], kh, kw
         cdef int mblocks
+        c.channels = C
         c.lanes, c.bm = lanes, direct_block_channels(M, lanes)
         c.g.mbv = direct_block_vectors(M)
         mblocks = (M + c.bm - 1) // c.bm
@@ -1032,6 +1019,9 @@ cdef class DirectConvStep:
             raise ValueError("DirectConvStep: a conv with no input channel takes another path")
         direct_sizes(d, KH, KW, OH, OW, stride_h, stride_w, dil_h, dil_w)
         c.g.PW, c.g.CS, c.g.nv = d.PW, d.CS, d.nv
+        c.prep.H, c.prep.W, c.prep.pt, c.prep.pl = c.H, c.W, pad_top, pad_left
+        c.prep.sh, c.prep.sw, c.prep.shp, c.prep.swp = stride_h, stride_w, d.shp, d.swp
+        c.prep.PH, c.prep.PW, c.prep.PS = d.PH, d.PW, d.PS
         c.slot_floats = <long> C * d.CS
         need = round_up_to(M, c.bm) * C * KH * KW
         if packed_w.shape[0] < need:

@@ -255,10 +255,60 @@ static void ember_direct_conv_pixels_here(const ember_dc_geom *g, const float *x
     }
 }
 
+/* ---- the prepared input ------------------------------------------------------------------ */
+#include "window.h"
+
+/* dst[j] = src[j·sw] for j < n: a phase row; vector copies (stride 1) or the even lanes of pairs
+ * of vectors (stride 2), others one by one */
+static inline void ember_dc_phase_row(const float *src, long sw, long n, float *dst)
+{
+    long j = 0;
+    if (sw == 1) {
+        for (; j + EMBER_VW <= n; j += EMBER_VW) ember_vstore(dst + j, ember_vload(src + j));
+    } else if (sw == 2) {
+        /* a pair of vectors reads src[2j … 2j + 2·VW − 1]; the last tap is src[2(n − 1)] */
+        for (; j + EMBER_VW < n; j += EMBER_VW) {
+            ember_vf e, o;
+            ember_wv_split(ember_vload(src + 2 * j), ember_vload(src + 2 * j + EMBER_VW), &e, &o);
+            ember_vstore(dst + j, e);
+        }
+    }
+    for (; j < n; ++j) dst[j] = src[j * sw];
+}
+
+/* Rows [r0, r1) of the phase planes of one channel of one image (xc, H × W) at dst (see
+ * conv.pyx direct_sizes): x̃[phr][phc][r][j] = x[r·sh + phr − pt][j·sw + phc − pl], 0 outside;
+ * each plane's slack zeroed. */
+static void ember_direct_prepare_here(const ember_dc_prep *p, const float *xc, long r0, long r1,
+                                      float *dst)
+{
+    for (long phr = 0; phr < p->shp; ++phr)
+        for (long phc = 0; phc < p->swp; ++phc) {
+            float *plane = dst + (phr * p->swp + phc) * p->PS;
+            /* the kernel's slack: read by the last block's dropped lanes, never used */
+            memset(plane + p->PH * p->PW, 0, sizeof(float) * (p->PS - p->PH * p->PW));
+            long lo, hi; /* the phase columns j with 0 ≤ j·sw + phc − pl < W */
+            ember_span_inside(phc - p->pl, p->sw, p->PW, 0, p->W, &lo, &hi);
+            for (long r = r0; r < r1; ++r) {
+                float *row = plane + r * p->PW;
+                const long ih = r * p->sh + phr - p->pt;
+                if (ih < 0 || ih >= p->H || hi <= lo) {
+                    memset(row, 0, sizeof(float) * p->PW);
+                    continue;
+                }
+                for (long j = 0; j < lo; ++j) row[j] = 0.0f;
+                ember_dc_phase_row(xc + ih * p->W + (lo * p->sw + phc - p->pl), p->sw, hi - lo,
+                                   row + lo);
+                for (long j = hi; j < p->PW; ++j) row[j] = 0.0f;
+            }
+        }
+}
+
 static const struct ember_conv_direct_kernels ember_conv_direct_here = {
     .mb = EMBER_DC_MB,
     .vw = EMBER_VW,
     .mbv = EMBER_DCC_MBV,
     .rows = ember_direct_conv_rows_here,
     .pixels = ember_direct_conv_pixels_here,
+    .prepare = ember_direct_prepare_here,
 };

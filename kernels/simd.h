@@ -121,6 +121,13 @@ typedef struct {
     float act_a, act_b;
 } ember_dc_geom;
 
+/* The prepared input's geometry (conv.pyx direct_sizes): the image H × W, pads, strides; shp ×
+ * swp phase planes of PH rows × PW columns, PS floats apart. */
+typedef struct {
+    long H, W, pt, pl, sh, sw;
+    long shp, swp, PH, PW, PS;
+} ember_dc_prep;
+
 struct ember_conv_direct_kernels {
     int mb;     /* output channels a register block: the weights are packed in blocks of mb */
     int vw;     /* floats a vector: a register block spans nv·vw positions */
@@ -133,6 +140,8 @@ struct ember_conv_direct_kernels {
      * g->mbv·vw channels) of one image */
     void (*pixels)(const ember_dc_geom *g, const float *xp, const float *wp, const float *bias,
                    float *y, long q0, long q1, int mb0, int mb1);
+    /* rows [r0, r1) of one channel's phase planes, from its H × W plane xc */
+    void (*prepare)(const ember_dc_prep *p, const float *xc, long r0, long r1, float *dst);
 };
 
 /* ---- pooling (pool_kernel.h) --------------------------------------------------------------- */
@@ -284,6 +293,11 @@ static inline void ember_direct_conv_pixels(const ember_dc_geom *g, const float 
                                             long q0, long q1, int mb0, int mb1)
 {
     ember_simd_in_use->conv_direct->pixels(g, xp, wp, bias, y, q0, q1, mb0, mb1);
+}
+static inline void ember_direct_prepare(const ember_dc_prep *p, const float *xc, long r0,
+                                        long r1, float *dst)
+{
+    ember_simd_in_use->conv_direct->prepare(p, xc, r0, r1, dst);
 }
 static inline int ember_direct_conv_mb(void) { return ember_simd_in_use->conv_direct->mb; }
 static inline int ember_direct_conv_mbv(void) { return ember_simd_in_use->conv_direct->mbv; }

@@ -228,10 +228,10 @@ def direct_allowed(case: ConvCase) -> bool:
         os.environ.get("EMBER_DIRECT_CONV", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
-# The direct conv's two kernels, as tuning candidates: "direct" puts output positions in the
-# vector lanes (a block of 8 channels × up to 3 vectors of positions on AVX-512), "direct_ch"
-# output channels (6 pixels × up to 4 vectors of channels): no padding columns or ragged last
-# block on small planes (a 7×7 plane fills 49 of 64 lanes the other way), but a scatter to NCHW.
+# The direct conv's kernels, as tuning candidates: "direct" puts output positions in the vector
+# lanes (a block of 8 channels × up to 3 vectors of positions on AVX-512), "direct_ch" output
+# channels (6 pixels × up to 4 vectors of channels): no padding columns or ragged last block on
+# small planes (a 7×7 plane fills 49 of 64 lanes the other way), but a scatter to NCHW.
 DIRECT_ALGORITHMS = ("direct", "direct_ch")
 
 
@@ -326,8 +326,9 @@ def _algorithm_candidate(name: str, case: ConvCase, threads: int):
 
 def conv_algorithm(case: ConvCase, threads=1) -> str:
     """How this forward conv runs: "gemm" (im2col / implicit GEMM, depthwise kernels),
-    "winograd2" / "winograd4", or "packed" — the fastest measured on this CPU at ``threads``
-    (once per geometry, runtime/tuning.py), or the static rule with EMBER_TUNE=0."""
+    "winograd2" / "winograd4", "packed", or one of DIRECT_ALGORITHMS — the fastest measured on
+    this CPU at ``threads`` (once per geometry, runtime/tuning.py), or the static rule with
+    EMBER_TUNE=0."""
     from ..tuning import choose
     (N, C, _, _), (M, _, KH, KW), (_, _, OH, OW), g = case.x, case.w, case.y, case.window
     names, static = ["gemm"], "gemm"
@@ -341,7 +342,7 @@ def conv_algorithm(case: ConvCase, threads=1) -> str:
         if static == "gemm" and static_packed(case):
             static = "packed"
     if direct_allowed(case):
-        names += DIRECT_ALGORITHMS
+        names += ["direct", "direct_ch"]
         if static == "gemm" and C <= DIRECT_STATIC_MAX_CHANNELS:
             static = "direct"
     key = (*case.x, M, KH, KW, *case.y[2:], *g, case.group)
