@@ -22,6 +22,26 @@ static void ember_packed_gemm_here(const float *U, const float *V, float *Mx, in
     }
 }
 
+/* The same product with V row-major (C × ncols, row stride ldv), read in place by the strided
+ * micro-kernel: Winograd's V, whose rows its input transform writes a run of tiles at a time
+ * (ldv chosen by the caller so that the rows do not pile into a few L1 sets). */
+static void ember_packed_gemm_strided_here(const float *U, const float *V, long ldv, float *Mx,
+                                           int Mp, int C, int ncols, long ldc)
+{
+    for (int k0 = 0; k0 < C; k0 += EMBER_KC) {
+        int kc = C - k0 < EMBER_KC ? C - k0 : EMBER_KC;
+        for (int i0 = 0; i0 < Mp; i0 += EMBER_MC) {
+            int i1 = i0 + EMBER_MC < Mp ? i0 + EMBER_MC : Mp;
+            for (int jp = 0; jp < ncols; jp += EMBER_NR) {
+                const float *b = V + (long)k0 * ldv + jp;
+                for (int ir = i0; ir < i1; ir += EMBER_MR)
+                    ember_ukr_strided(kc, U + (long)ir * C + (long)k0 * EMBER_MR, b, ldv,
+                                      Mx + (long)ir * ldc + jp, ldc, 1.0f, k0 > 0);
+            }
+        }
+    }
+}
+
 /* The same product with V pre-packed in K slices (the packed convolution's weights): slice s
  * holds rows [s·KC, s·KC + kc) of all ldv columns as NR-column micro-panels of kc·NR floats one
  * after the other, so a whole call reads the weights front to back, and every micro-panel a

@@ -22,6 +22,8 @@ cdef extern from "simd.h" nogil:
                            const ember_im2col_src *src)
     void ember_packed_gemm(const float *U, const float *V, float *Mx, int Mp, int C, int ncols,
                            long ldc)
+    void ember_packed_gemm_strided(const float *U, const float *V, long ldv, float *Mx, int Mp,
+                                   int C, int ncols, long ldc)
     void ember_packed_gemm_sliced(const float *U, const float *V, long ldv, int j0, float *Mx,
                                   int rows, int K, int ncols, long ldc)
     int ember_gemm_mr()

@@ -690,4 +690,5 @@ static const struct ember_sgemm_kernels ember_sgemm_here = {
     .sgemm_im2col = ember_sgemm_im2col_here,
     .packed_gemm = ember_packed_gemm_here,
     .packed_gemm_sliced = ember_packed_gemm_sliced_here,
+    .packed_gemm_strided = ember_packed_gemm_strided_here,
 };

@@ -48,6 +48,9 @@ struct ember_sgemm_kernels {
     /* the same with V packed in K slices of kc rows (packed_gemm.h), columns [j0, j0 + ncols) */
     void (*packed_gemm_sliced)(const float *U, const float *V, long ldv, int j0, float *Mx,
                                int rows, int K, int ncols, long ldc);
+    /* the same with V row-major, row stride ldv, read in place */
+    void (*packed_gemm_strided)(const float *U, const float *V, long ldv, float *Mx, int Mp,
+                                int C, int ncols, long ldc);
 };
 
 /* ---- activations (activation_kernel.h) ----------------------------------------------------- */
@@ -85,22 +88,23 @@ struct ember_depthwise_kernels {
 
 /* ---- Winograd transforms (winograd_kernel.h) ----------------------------------------------- */
 
-/* The output side of one Winograd conv (winograd.pyx, winograd_kernel.h): tiles as positions
- * P = (n·PR + th)·PWt + tw, Ptot of them; tH × tW real tiles an image; y images img floats apart. */
+/* The tiles of one Winograd conv (winograd.pyx, winograd_kernel.h): tH × tW an image, numbered
+ * t = (n·tH + th)·tW + tw; in the phase planes at (n·PR + th)·PWt + tw; y images img floats
+ * apart, OH × OW each; the epilogue's activation. */
 typedef struct {
-    long PR, PWt, Ptot, img;
+    long PR, PWt, img;
     int tH, tW, OH, OW;
     int act;
     float act_a, act_b;
-} ember_wino_out;
+} ember_wino_tiles;
 
 struct ember_winograd_kernels {
-    /* one channel's V rows ξ (vs apart) for positions [P0, P0 + ncols) of its phase planes xc */
-    void (*input_block)(int m, const float *xc, long PS, long PWt, long P0, int ncols, float *Vc,
-                        long panel, int nr, long vs);
-    /* one output channel: y = act(Aᵀ·M·A + bias) for the tiles of positions [P0, P0 + ncols) */
-    void (*output_block)(int m, const float *Mrow, long ms, const ember_wino_out *g, long P0,
-                         int ncols, float bias, float *yc);
+    /* one channel's V rows ξ (vs apart) for tiles [T0, T0 + nb), from its phase planes xc */
+    void (*input_block)(int m, const float *xc, long PS, const ember_wino_tiles *g, long T0,
+                        int nb, float *Vc, long vs);
+    /* one output channel: y = act(Aᵀ·M·A + bias) for tiles [T0, T0 + nb) */
+    void (*output_block)(int m, const float *Mrow, long ms, const ember_wino_tiles *g, long T0,
+                         int nb, float bias, float *yc);
     /* one channel's m² phase planes, every image */
     void (*phases)(int m, const float *xc, long cstride, int N, int H, int W, int pt, int pl,
                    long PR, long PWt, long PS, float *planes);
@@ -276,6 +280,12 @@ static inline void ember_packed_gemm(const float *U, const float *V, float *Mx, 
     ember_simd_in_use->sgemm->packed_gemm(U, V, Mx, Mp, C, ncols, ldc);
 }
 
+static inline void ember_packed_gemm_strided(const float *U, const float *V, long ldv,
+                                             float *Mx, int Mp, int C, int ncols, long ldc)
+{
+    ember_simd_in_use->sgemm->packed_gemm_strided(U, V, ldv, Mx, Mp, C, ncols, ldc);
+}
+
 static inline void ember_packed_gemm_sliced(const float *U, const float *V, long ldv, int j0,
                                             float *Mx, int rows, int K, int ncols, long ldc)
 {
@@ -318,10 +328,11 @@ static inline void ember_act_unary(const float *x, float *y, long n, int code, f
 }
 
 /* Winograd transforms */
-static inline void ember_wino_input_block(int m, const float *xc, long PS, long PWt, long P0,
-                                          int ncols, float *Vc, long panel, int nr, long vs)
+static inline void ember_wino_input_block(int m, const float *xc, long PS,
+                                          const ember_wino_tiles *g, long T0, int nb, float *Vc,
+                                          long vs)
 {
-    ember_simd_in_use->winograd->input_block(m, xc, PS, PWt, P0, ncols, Vc, panel, nr, vs);
+    ember_simd_in_use->winograd->input_block(m, xc, PS, g, T0, nb, Vc, vs);
 }
 
 static inline void ember_wino_phases(int m, const float *xc, long cstride, int N, int H, int W,
@@ -331,10 +342,10 @@ static inline void ember_wino_phases(int m, const float *xc, long cstride, int N
 }
 
 static inline void ember_wino_output_block(int m, const float *Mrow, long ms,
-                                           const ember_wino_out *g, long P0, int ncols,
+                                           const ember_wino_tiles *g, long T0, int nb,
                                            float bias, float *yc)
 {
-    ember_simd_in_use->winograd->output_block(m, Mrow, ms, g, P0, ncols, bias, yc);
+    ember_simd_in_use->winograd->output_block(m, Mrow, ms, g, T0, nb, bias, yc);
 }
 
 /* pooling */

@@ -5,13 +5,13 @@ make it faster. F(2×2, 3×3) needs 16 products per 4 outputs instead of 36 (2.2
 F(4×4, 3×3) 36 per 16 instead of 144 (4×), at the price of three transforms and some rounding.
 
 Structure. The input is first split into m² phase planes per channel (all images stacked), so
-that tiles become *positions*: tile (n, th, tw) is P = (n·PR + th)·PWt + tw, and element (i, j)
-of its patch sits at P + ⌊i/m⌋·PWt + ⌊j/m⌋ of plane (i mod m, j mod m) — consecutive tiles
-are consecutive floats, and the transforms run on whole vectors of tiles (winograd_kernel.h).
-Each image has one padding row and column of positions (PR = tH + 1, PWt = tW + 1), computed
-and dropped. Then, for a block of positions:
-    V[ξ] (C × positions) = Bᵀ·d·B of each tile's α×α patch     (input transform)
-    Mx[ξ] (M × positions) = U[ξ] (M × C) · V[ξ]  for ξ < α²     (α² GEMMs on ember_sgemm's micro-kernel)
+that tiles become *positions*: tile (n, th, tw) sits at P = (n·PR + th)·PWt + tw, and element
+(i, j) of its patch at P + ⌊i/m⌋·PWt + ⌊j/m⌋ of plane (i mod m, j mod m) — consecutive tiles are
+consecutive floats, and the input transform runs on whole vectors of them (winograd_kernel.h),
+storing only the lanes that are tiles (each image's planes have a padding row and column,
+PR = tH + 1, PWt = tW + 1). Then, for a block of tiles t = (n·tH + th)·tW + tw:
+    V[ξ] (C × tiles, row-major) = Bᵀ·d·B of each tile's α×α patch   (input transform)
+    Mx[ξ] (M × tiles) = U[ξ] (M × C) · V[ξ]  for ξ < α²   (α² GEMMs, V read in place by the micro-kernel)
     y = act(Aᵀ·Mx·A + bias)                                      (output transform, fused epilogue)
 U = G·g·Gᵀ is precomputed by `winograd_weights` (once when the weight is constant).
 Blocks are sized so a block's V and Mx stay near L2; with enough blocks each thread runs its own
@@ -24,7 +24,7 @@ from libc.string cimport memset
 
 from kernels.native_step cimport ember_native_step, EMBER_NATIVE_CAPSULE
 from kernels.parallel cimport threads_for, ember_parallel
-from kernels.sgemm cimport ember_packed_gemm, ember_gemm_mr, ember_gemm_nr
+from kernels.sgemm cimport ember_packed_gemm_strided, ember_gemm_mr, ember_gemm_nr
 from kernels.simd cimport use_simd
 
 use_simd()
@@ -35,30 +35,30 @@ cdef extern from "winograd_transform.h" nogil:
 
 
 cdef extern from "simd.h" nogil:   # the transforms, kernels/winograd_kernel.h
-    ctypedef struct ember_wino_out:
-        long PR, PWt, Ptot, img
+    ctypedef struct ember_wino_tiles:
+        long PR, PWt, img
         int tH, tW, OH, OW
         int act
         float act_a, act_b
-    void ember_wino_input_block(int m, const float *xc, long PS, long PWt, long P0, int ncols,
-                                float *Vc, long panel, int nr, long vs)
-    void ember_wino_output_block(int m, const float *Mrow, long ms, const ember_wino_out *g,
-                                 long P0, int ncols, float bias, float *yc)
+    void ember_wino_input_block(int m, const float *xc, long PS, const ember_wino_tiles *g,
+                                long T0, int nb, float *Vc, long vs)
+    void ember_wino_output_block(int m, const float *Mrow, long ms, const ember_wino_tiles *g,
+                                 long T0, int nb, float bias, float *yc)
     void ember_wino_phases(int m, const float *xc, long cstride, int N, int H, int W, int pt,
                            int pl, long PR, long PWt, long PS, float *planes)
-    int ember_simd_vw "ember_direct_conv_vw"()
 
 
 cdef struct WinoShape:
     int N, C, H, W, M, OH, OW, pt, pl
     int Mp          # M rounded up to the micro-kernel's rows (U and Mx carry zero/junk rows)
-    int nr          # the micro-kernel's columns: V is packed in nr-position panels
+    int nr          # the micro-kernel's columns: a block's GEMMs run on a multiple of them
     int m, alpha, tH, tW
-    long PR, PWt    # rows and columns of positions an image (a padding row and column)
-    long T          # positions in the batch (N·PR·PWt)
-    long PS         # floats of one phase plane (every image, and slack for the last block)
+    long PR, PWt    # rows and columns of the phase planes an image (a padding row and column)
+    long T          # tiles in the batch (N·tH·tW)
+    long PS         # floats of one phase plane (every image, and slack for the last vector)
     long prepared   # floats of the phase planes (C·m²·PS)
-    int TB          # positions per block (a multiple of nr; the scratch row length)
+    int TB          # tiles per block (a multiple of nr; Mx's row length)
+    long ldv        # V's row length: TB and a vector of slack, an odd number of 64-byte lines
     int nblocks
     int slots       # scratch slots (1, or one per thread when blocks run per thread)
     long slot_floats
@@ -83,7 +83,7 @@ cdef WinoShape make_shape(int N, int C, int H, int W, int M, int OH, int OW, int
     s.tH = (OH + m - 1) // m
     s.tW = (OW + m - 1) // m
     s.PR, s.PWt = s.tH + 1, s.tW + 1
-    s.T = <long> N * s.PR * s.PWt
+    s.T = <long> N * s.tH * s.tW
     per_tile = <long> s.alpha * s.alpha * (C + s.Mp) * 4
     tb_max = min(max(BLOCK_BYTES // per_tile // s.nr * s.nr, 2 * s.nr), 256)
     if nthreads < 1:
@@ -101,9 +101,12 @@ cdef WinoShape make_shape(int N, int C, int H, int W, int M, int OH, int OW, int
         s.TB = <int> min(round_up(s.T, s.nr), tb_max)
         s.slots = 1
     s.nblocks = <int> ((s.T + s.TB - 1) // s.TB)
-    s.slot_floats = <long> s.alpha * s.alpha * s.TB * (C + s.Mp)   # a multiple of nr
-    # the last block reads TB positions from its first, each tap up to PWt + 1 further on
-    s.PS = round_up(<long> s.nblocks * s.TB + s.PWt + 1, 16)
+    s.ldv = round_up(s.TB + 16, 16)
+    if (s.ldv // 16) % 2 == 0:
+        s.ldv += 16
+    s.slot_floats = <long> s.alpha * s.alpha * (<long> C * s.ldv + <long> s.Mp * s.TB)
+    # a vector reads VW (≤ 16) positions from a tile's, each tap up to PWt + 1 further on
+    s.PS = round_up(<long> N * s.PR * s.PWt + s.PWt + 2 + 16, 16)
     s.prepared = <long> C * m * m * s.PS
     return s
 
@@ -230,42 +233,40 @@ cdef inline void prepare_channel(const float *x, float *planes, WinoShape *s,
                       s.pt, s.pl, s.PR, s.PWt, s.PS, planes + <long> c * s.m * s.m * s.PS)
 
 
-cdef inline int block_positions(WinoShape *s, int blk) noexcept nogil:
-    """Positions of block blk (the last one may be short)."""
+cdef inline int block_tiles(WinoShape *s, int blk) noexcept nogil:
+    """Tiles of block blk (the last one may be short)."""
     return <int> min(<long> s.TB, s.T - <long> blk * s.TB)
 
 
-cdef inline void input_channel(const float *planes, float *V, WinoShape *s, int c, long P0,
+cdef inline void input_channel(const float *planes, float *V, WinoShape *s,
+                               const ember_wino_tiles *tiles, int c, long T0,
                                int nb) noexcept nogil:
-    """V[ξ, c, 0:nb'] for positions [P0, P0 + nb'), nb' = nb rounded up to the GEMM's panels
-    (V[ξ] stored as the GEMM packs B: element (c, t) at (t/nr)·C·nr + c·nr + t%nr)."""
-    ember_wino_input_block(s.m, planes + <long> c * s.m * s.m * s.PS, s.PS, s.PWt, P0,
-                           <int> round_up(nb, s.nr), V + <long> c * s.nr, <long> s.C * s.nr,
-                           s.nr, <long> s.C * s.TB)
+    """V[ξ, c, 0:nb] for tiles [T0, T0 + nb) (V[ξ] row-major, C × ldv)."""
+    ember_wino_input_block(s.m, planes + <long> c * s.m * s.m * s.PS, s.PS, tiles, T0, nb,
+                           V + <long> c * s.ldv, <long> s.C * s.ldv)
 
 
 cdef inline void output_channel(const float *Mx, const float *bias, float *y, WinoShape *s,
-                                const ember_wino_out *out, int mo, long P0,
+                                const ember_wino_tiles *tiles, int mo, long T0,
                                 int nb) noexcept nogil:
-    """y[:, mo] for the tiles of positions [P0, P0 + nb): output transform, bias, activation."""
-    ember_wino_output_block(s.m, Mx + <long> mo * s.TB, <long> s.Mp * s.TB, out, P0,
-                            <int> round_up(nb, ember_simd_vw()),
-                            bias[mo] if bias != NULL else 0.0,
-                            y + <long> mo * s.OH * s.OW)
+    """y[:, mo] for tiles [T0, T0 + nb): output transform, bias, activation."""
+    ember_wino_output_block(s.m, Mx + <long> mo * s.TB, <long> s.Mp * s.TB, tiles, T0, nb,
+                            bias[mo] if bias != NULL else 0.0, y + <long> mo * s.OH * s.OW)
 
 
 cdef inline int gemm_position(const float *U, float *V, float *Mx, WinoShape *s, int xi,
                               int nb) noexcept nogil:
-    """Mx[ξ] (Mp × nb, nb rounded up to nr) = U[ξ] (Mp × C) · V[ξ] (C × nb), both packed."""
-    ember_packed_gemm(U + <long> xi * s.Mp * s.C, V + <long> xi * s.C * s.TB,
-                      Mx + <long> xi * s.Mp * s.TB, s.Mp, s.C, <int> round_up(nb, s.nr), s.TB)
+    """Mx[ξ] (Mp × nb, nb rounded up to nr) = U[ξ] (Mp × C, packed) · V[ξ] (C × nb, in place)."""
+    ember_packed_gemm_strided(U + <long> xi * s.Mp * s.C, V + <long> xi * s.C * s.ldv, s.ldv,
+                              Mx + <long> xi * s.Mp * s.TB, s.Mp, s.C, <int> round_up(nb, s.nr),
+                              s.TB)
     return 1
 
 
 # One conv2d_winograd call with its arguments resolved (see WinogradStep).
 cdef struct WinoCall:
     WinoShape s
-    ember_wino_out out
+    ember_wino_tiles tiles
     const float *x
     const float *U
     const float *bias
@@ -280,16 +281,16 @@ cdef int block_serial(WinoCall *c, float *slot, int blk) noexcept nogil:
     """One block on the calling thread, its V and Mx in ``slot``."""
     cdef WinoShape *s = &c.s
     cdef long P0 = <long> blk * s.TB
-    cdef int nb = block_positions(s, blk)
+    cdef int nb = block_tiles(s, blk)
     cdef float *V = slot
-    cdef float *Mx = slot + <long> s.alpha * s.alpha * s.C * s.TB
+    cdef float *Mx = slot + <long> s.alpha * s.alpha * s.C * s.ldv
     cdef int ch, xi, mo, ok = 1
     for ch in range(s.C):
-        input_channel(c.planes, V, s, ch, P0, nb)
+        input_channel(c.planes, V, s, &c.tiles, ch, P0, nb)
     for xi in range(s.alpha * s.alpha):
         ok = gemm_position(c.U, V, Mx, s, xi, nb) and ok
     for mo in range(s.M):
-        output_channel(Mx, c.bias, c.y, s, &c.out, mo, P0, nb)
+        output_channel(Mx, c.bias, c.y, s, &c.tiles, mo, P0, nb)
     return ok
 
 
@@ -300,10 +301,10 @@ cdef int wino_prepare(WinoCall *c, float[:, :, :, ::1] x, float[:, ::1] U, bias,
     c.s = make_shape(x.shape[0], x.shape[1], x.shape[2], x.shape[3], y.shape[1], y.shape[2],
                      y.shape[3], pad_top, pad_left, tile, nthreads)
     c.nthreads = nthreads if nthreads >= 1 else 1
-    c.out.PR, c.out.PWt, c.out.Ptot = c.s.PR, c.s.PWt, c.s.T
-    c.out.img = <long> c.s.M * c.s.OH * c.s.OW
-    c.out.tH, c.out.tW, c.out.OH, c.out.OW = c.s.tH, c.s.tW, c.s.OH, c.s.OW
-    c.out.act, c.out.act_a, c.out.act_b = act, act_a, act_b
+    c.tiles.PR, c.tiles.PWt = c.s.PR, c.s.PWt
+    c.tiles.img = <long> c.s.M * c.s.OH * c.s.OW
+    c.tiles.tH, c.tiles.tW, c.tiles.OH, c.tiles.OW = c.s.tH, c.s.tW, c.s.OH, c.s.OW
+    c.tiles.act, c.tiles.act_a, c.tiles.act_b = act, act_a, act_b
     c.empty = c.s.N == 0 or c.s.OH == 0 or c.s.OW == 0 or c.s.M == 0
     if c.empty:
         return 0
@@ -358,7 +359,7 @@ cdef void wino_block_task(void *ctx, long blk, int worker) noexcept nogil:
 
 cdef void wino_input_task(void *ctx, long ch, int worker) noexcept nogil:
     cdef WinoPhase *p = <WinoPhase *> ctx
-    input_channel(p.c.planes, p.V, &p.c.s, <int> ch, p.P0, p.nb)
+    input_channel(p.c.planes, p.V, &p.c.s, &p.c.tiles, <int> ch, p.P0, p.nb)
 
 
 cdef void wino_gemm_task(void *ctx, long xi, int worker) noexcept nogil:
@@ -370,7 +371,7 @@ cdef void wino_gemm_task(void *ctx, long xi, int worker) noexcept nogil:
 cdef void wino_output_task(void *ctx, long mo, int worker) noexcept nogil:
     cdef WinoPhase *p = <WinoPhase *> ctx
     cdef WinoCall *c = p.c
-    output_channel(p.Mx, c.bias, c.y, &c.s, &c.out, <int> mo, p.P0, p.nb)
+    output_channel(p.Mx, c.bias, c.y, &c.s, &c.tiles, <int> mo, p.P0, p.nb)
 
 
 cdef int wino_run(WinoCall *c) noexcept nogil:
@@ -381,7 +382,7 @@ cdef int wino_run(WinoCall *c) noexcept nogil:
     cdef WinoPhase p
     p.c = c
     p.V = sp
-    p.Mx = sp + <long> s.alpha * s.alpha * s.C * s.TB
+    p.Mx = sp + <long> s.alpha * s.alpha * s.C * s.ldv
     p.ok = 1
     if c.empty:
         return 0
@@ -401,7 +402,7 @@ cdef int wino_run(WinoCall *c) noexcept nogil:
     else:   # few tiles: each phase of a block split over the team
         for blk in range(s.nblocks):
             p.P0 = <long> blk * s.TB
-            p.nb = block_positions(s, blk)
+            p.nb = block_tiles(s, blk)
             ember_parallel(nthreads, s.C, wino_input_task, &p)
             ember_parallel(nthreads, s.alpha * s.alpha, wino_gemm_task, &p)
             ember_parallel(nthreads, s.M, wino_output_task, &p)

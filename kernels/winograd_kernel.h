@@ -5,13 +5,14 @@
  *
  * Tiles as positions. The input comes prepared (winograd.pyx): per channel, m² phase planes
  * x̃[pi][pj][r][q] = the zero-padded input at row r·m + pi, column q·m + pj, the images stacked
- * (PR = tH + 1 rows each, PWt = tW + 1 columns). Tile (n, th, tw) is position
+ * (PR = tH + 1 rows each, PWt = tW + 1 columns). Tile (n, th, tw) sits at plane position
  * P = (n·PR + th)·PWt + tw, and element (i, j) of its α×α patch is x̃[i mod m][j mod m] at
  * P + ⌊i/m⌋·PWt + ⌊j/m⌋ — so VW consecutive positions are VW consecutive floats for every (i, j),
- * and both transforms run on whole vectors of tiles, in registers, whatever the plane's width
- * (strips of one tile row filled 7 of 16 lanes on a 28×28 plane, and their scalar gathers cost
- * more than the GEMMs). The last row and column of positions of each image are padding:
- * computed and dropped. */
+ * and the input transform runs on whole vectors of positions, in registers, whatever the plane's
+ * width (strips of one tile row filled 7 of 16 lanes on a 28×28 plane, and their scalar gathers
+ * cost more than the GEMMs). The last row and column of positions of each image are padding: the
+ * transform's stores skip them (masked), so V and the GEMMs hold the real tiles only, numbered
+ * t = (n·tH + th)·tW + tw — the padding was 5 of 9 positions on an 8×8 plane. */
 #include "winograd_transform.h"
 
 #define EMBER_WINO_INLINE static inline __attribute__((always_inline))
@@ -55,35 +56,89 @@ EMBER_WINO_INLINE void ember_wv_at(const int m, const ember_vf *d, ember_vf *o)
     }
 }
 
-/* Input transform of one channel: V rows ξ (vs apart) of positions [P0, P0 + ncols), ncols a
- * multiple of VW; xc: the channel's phase planes (PS floats apart) at position 0; Vc: V at this
- * channel's row, position t of the block at (t / nr)·panel + t mod nr (the GEMM's B panels). */
-EMBER_WINO_INLINE void ember_wino_input(const int m, const float *xc, long PS, long PWt, long P0,
-                                        int ncols, float *Vc, long panel, int nr, long vs)
+/* dst[l] = v[l] for lanes l in [lo, lo + len): a masked store, so lanes outside are not touched
+ * (dst + l for them need not even be inside the buffer) */
+EMBER_WINO_INLINE void ember_wv_store_lanes(float *dst, ember_vf v, int lo, int len)
+{
+#if EMBER_ISA_LEVEL == EMBER_ISA_AVX512 && EMBER_ISA_TARGET_LEVEL == EMBER_ISA_AVX512
+    const __mmask16 k = (__mmask16)(((1u << len) - 1u) << lo);
+    _mm512_mask_storeu_ps(dst, k, (__m512)v);
+#elif EMBER_ISA_LEVEL == EMBER_ISA_AVX2 && EMBER_ISA_TARGET_LEVEL == EMBER_ISA_AVX2
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i in = _mm256_and_si256(_mm256_cmpgt_epi32(lane, _mm256_set1_epi32(lo - 1)),
+                                        _mm256_cmpgt_epi32(_mm256_set1_epi32(lo + len), lane));
+    _mm256_maskstore_ps(dst, in, (__m256)v);
+#else
+    for (int l = lo; l < lo + len; ++l) dst[l] = v[l];
+#endif
+}
+
+/* where tile t's patch starts in the phase planes */
+static inline long ember_wino_position(const ember_wino_tiles *g, long t)
+{
+    const long per_image = (long)g->tH * g->tW;
+    const long n = t / per_image, rem = t - n * per_image, th = rem / g->tW;
+    return (n * g->PR + th) * g->PWt + (rem - th * g->tW);
+}
+
+/* Input transform of one channel for tiles [T0, T0 + nb): V[ξ·vs + t − T0] = (Bᵀ·d_t·B)[ξ].
+ * xc: the channel's phase planes (PS floats apart); Vc: V at this channel's row. A vector of VW
+ * consecutive positions is transformed at a time, and its lanes that are tiles of the block
+ * stored, a run of one tile row at a time (masked). */
+EMBER_WINO_INLINE void ember_wino_input(const int m, const float *xc, long PS,
+                                        const ember_wino_tiles *g, long T0, int nb, float *Vc,
+                                        long vs)
 {
     const int alpha = m + 2;
-    for (int t0 = 0; t0 < ncols; t0 += EMBER_VW) {
-        const float *base = xc + P0 + t0;
+    const long PWt = g->PWt, tW = g->tW, T1 = T0 + nb;
+    long t = T0;
+    while (t < T1) {
+        /* the runs of tiles among the VW positions from tile t's */
+        const long P = ember_wino_position(g, t);
+        int lo[EMBER_VW], len[EMBER_VW], col[EMBER_VW], runs = 0;
+        long u = t;
+        while (u < T1) {
+            const long pu = ember_wino_position(g, u);
+            if (pu - P >= EMBER_VW) break;
+            const long tw = (u - (u / tW) * tW);
+            long run = tW - tw;
+            if (run > EMBER_VW - (pu - P)) run = EMBER_VW - (pu - P);
+            if (run > T1 - u) run = T1 - u;
+            lo[runs] = (int)(pu - P);
+            len[runs] = (int)run;
+            col[runs] = (int)(u - T0);
+            ++runs;
+            u += run;
+        }
+        const float *base = xc + P;
         ember_vf rows[6][6], d[6], o[6];
         for (int i = 0; i < alpha; ++i) {
             for (int j = 0; j < alpha; ++j)
                 d[j] = ember_vload(base + ((i % m) * m + j % m) * PS + (i / m) * PWt + j / m);
             ember_wv_bt(m, d, rows[i]);
         }
-        float *dst = Vc + (long)(t0 / nr) * panel + t0 % nr;
         for (int q = 0; q < alpha; ++q) {
             for (int i = 0; i < alpha; ++i) d[i] = rows[i][q];
             ember_wv_bt(m, d, o);
-            for (int p = 0; p < alpha; ++p) ember_vstore(dst + (long)(p * alpha + q) * vs, o[p]);
+            for (int p = 0; p < alpha; ++p) {
+                float *dst = Vc + (long)(p * alpha + q) * vs;
+                if (runs == 1 && len[0] == EMBER_VW)
+                    ember_vstore(dst + col[0], o[p]);
+                else
+                    for (int r = 0; r < runs; ++r)
+                        ember_wv_store_lanes(dst + col[r] - lo[r], o[p], lo[r], len[r]);
+            }
         }
+        t = u;
     }
 }
 
-static void ember_wino_input_block_here(int m, const float *xc, long PS, long PWt, long P0,
-                                        int ncols, float *Vc, long panel, int nr, long vs)
+static void ember_wino_input_block_here(int m, const float *xc, long PS,
+                                        const ember_wino_tiles *g, long T0, int nb, float *Vc,
+                                        long vs)
 {
-    if (m == 2) ember_wino_input(2, xc, PS, PWt, P0, ncols, Vc, panel, nr, vs);
-    else        ember_wino_input(4, xc, PS, PWt, P0, ncols, Vc, panel, nr, vs);
+    if (m == 2) ember_wino_input(2, xc, PS, g, T0, nb, Vc, vs);
+    else        ember_wino_input(4, xc, PS, g, T0, nb, Vc, vs);
 }
 
 /* The m vectors v[0..m) of VW tiles each, interleaved: out[l·m + s] = v[s][l] (a tile's m
@@ -102,21 +157,19 @@ EMBER_WINO_INLINE void ember_wv_interleave(const int m, const ember_vf *v, float
     }
 }
 
-/* Output transform of one output channel: y = act(Aᵀ·M·A + bias) for positions [P0, P0 + ncols)
- * (ncols a multiple of VW) whose tiles exist; Mrow: Mx at this channel's row, ξ rows ms apart. */
+/* Output transform of one output channel: y = act(Aᵀ·M·A + bias) for tiles [T0, T0 + nb);
+ * Mrow: Mx at this channel's row (column t − T0 for tile t), ξ rows ms apart. */
 EMBER_WINO_INLINE void ember_wino_output(const int m, const float *Mrow, long ms,
-                                         const ember_wino_out *g, long P0, int ncols, float bias,
+                                         const ember_wino_tiles *g, long T0, int nb, float bias,
                                          float *yc)
 {
     const int alpha = m + 2;
-    const long per_image = g->PR * g->PWt;
+    const long per_image = (long)g->tH * g->tW;
     const ember_tile_epi te = {NULL, NULL, g->act, g->act_a, g->act_b};
     const int act_in_registers = te.act == EMBER_ACT_IDENTITY || te.act == EMBER_ACT_RELU ||
                                  te.act == EMBER_ACT_CLIP || te.act == EMBER_ACT_LEAKY_RELU;
     float rowbuf[4][4 * EMBER_VW];
-    for (int t0 = 0; t0 < ncols; t0 += EMBER_VW) {
-        const long p_first = P0 + t0;
-        if (p_first >= g->Ptot) break;
+    for (int t0 = 0; t0 < nb; t0 += EMBER_VW) {
         ember_vf cols[6][4], d[6], o[4];
         for (int q = 0; q < alpha; ++q) {
             for (int p = 0; p < alpha; ++p)
@@ -134,35 +187,32 @@ EMBER_WINO_INLINE void ember_wino_output(const int m, const float *Mrow, long ms
             }
             ember_wv_interleave(m, o, rowbuf[r]);
         }
-        /* the chunk's positions, segment by segment of one tile row of one image */
-        const long p_end = p_first + EMBER_VW < g->Ptot ? p_first + EMBER_VW : g->Ptot;
-        for (long p = p_first; p < p_end;) {
-            const long n = p / per_image, rem = p - n * per_image;
-            const long tr = rem / g->PWt, tw = rem - tr * g->PWt;
-            const long next = p + (g->PWt - tw) < p_end ? p + (g->PWt - tw) : p_end;
-            if (tr < g->tH && tw < g->tW) {
-                const long tiles = (next - p) < (g->tW - tw) ? next - p : g->tW - tw;
-                const long ow0 = tw * m;
-                const long ncol = tiles * m < g->OW - ow0 ? tiles * m : g->OW - ow0;
-                for (int r = 0; r < m; ++r) {
-                    const long oh = tr * m + r;
-                    if (oh >= g->OH) break;
-                    float *dst = yc + n * g->img + oh * g->OW + ow0;
-                    memcpy(dst, rowbuf[r] + (p - p_first) * m, sizeof(float) * ncol);
-                    if (!act_in_registers) ember_act_span_here(dst, ncol, te.act, te.a, te.b);
-                }
+        /* the chunk's tiles, a run of one tile row of one image at a time */
+        const long first = T0 + t0, end = first + EMBER_VW < T0 + nb ? first + EMBER_VW : T0 + nb;
+        for (long t = first; t < end;) {
+            const long n = t / per_image, rem = t - n * per_image;
+            const long tr = rem / g->tW, tw = rem - tr * g->tW;
+            const long tiles = end - t < g->tW - tw ? end - t : g->tW - tw;
+            const long ow0 = tw * m;
+            const long ncol = tiles * m < g->OW - ow0 ? tiles * m : g->OW - ow0;
+            for (int r = 0; r < m; ++r) {
+                const long oh = tr * m + r;
+                if (oh >= g->OH) break;
+                float *dst = yc + n * g->img + oh * g->OW + ow0;
+                memcpy(dst, rowbuf[r] + (t - first) * m, sizeof(float) * ncol);
+                if (!act_in_registers) ember_act_span_here(dst, ncol, te.act, te.a, te.b);
             }
-            p = next;
+            t += tiles;
         }
     }
 }
 
 static void ember_wino_output_block_here(int m, const float *Mrow, long ms,
-                                         const ember_wino_out *g, long P0, int ncols, float bias,
+                                         const ember_wino_tiles *g, long T0, int nb, float bias,
                                          float *yc)
 {
-    if (m == 2) ember_wino_output(2, Mrow, ms, g, P0, ncols, bias, yc);
-    else        ember_wino_output(4, Mrow, ms, g, P0, ncols, bias, yc);
+    if (m == 2) ember_wino_output(2, Mrow, ms, g, T0, nb, bias, yc);
+    else        ember_wino_output(4, Mrow, ms, g, T0, nb, bias, yc);
 }
 
 /* ---- the phase planes ------------------------------------------------------------------ */
