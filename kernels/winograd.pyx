@@ -88,19 +88,21 @@ cdef WinoShape make_shape(int N, int C, int H, int W, int M, int OH, int OW, int
     tb_max = min(max(BLOCK_BYTES // per_tile // s.nr * s.nr, 2 * s.nr), 256)
     if nthreads < 1:
         nthreads = 1
-    nb = (s.T + tb_max - 1) // tb_max
-    if nthreads > 1 and s.T >= 16 * nthreads:
+    nb = max((s.T + tb_max - 1) // tb_max, 1)
+    if nthreads > 1 and s.T >= 2 * s.nr * nthreads:
         # blocks per thread (one parallel region, no barriers between phases: a busy machine
         # deschedules team threads, and every barrier then waits a time slice): a whole number
-        # of rounds, blocks as even as nr-position steps allow
+        # of rounds. Fewer tiles than two GEMM panels a thread: one block, its phases split
+        # over the team instead (28×28 at F(4,3) is 49 tiles: as two blocks of 25, each GEMM
+        # computed 32 columns)
         nb = max(nb, nthreads)
         nb = (nb + nthreads - 1) // nthreads * nthreads
-        s.TB = <int> min(round_up((s.T + nb - 1) // nb, s.nr), tb_max)
         s.slots = nthreads
     else:
-        s.TB = <int> min(round_up(s.T, s.nr), tb_max)
         s.slots = 1
-    s.nblocks = <int> ((s.T + s.TB - 1) // s.TB)
+    # the GEMMs' panels of nr tiles shared evenly by the blocks (block_first), TB tiles at most
+    s.nblocks = <int> nb
+    s.TB = <int> (((s.T + s.nr - 1) // s.nr + nb - 1) // nb * s.nr)
     s.ldv = round_up(s.TB + 16, 16)
     if (s.ldv // 16) % 2 == 0:
         s.ldv += 16
@@ -235,7 +237,14 @@ cdef inline void prepare_channel(const float *x, float *planes, WinoShape *s,
 
 cdef inline int block_tiles(WinoShape *s, int blk) noexcept nogil:
     """Tiles of block blk (the last one may be short)."""
-    return <int> min(<long> s.TB, s.T - <long> blk * s.TB)
+    return <int> (block_first(s, blk + 1) - block_first(s, blk))
+
+
+cdef inline long block_first(WinoShape *s, int blk) noexcept nogil:
+    """The first tile of block blk: the blocks share the ⌈T/nr⌉ panels of nr tiles evenly (a
+    whole number each, so only the last block's last GEMM panel is partial)."""
+    cdef long panels = (s.T + s.nr - 1) // s.nr
+    return min(s.T, panels * blk // s.nblocks * s.nr)
 
 
 cdef inline void input_channel(const float *planes, float *V, WinoShape *s,
@@ -280,7 +289,7 @@ cdef struct WinoCall:
 cdef int block_serial(WinoCall *c, float *slot, int blk) noexcept nogil:
     """One block on the calling thread, its V and Mx in ``slot``."""
     cdef WinoShape *s = &c.s
-    cdef long P0 = <long> blk * s.TB
+    cdef long P0 = block_first(s, blk)
     cdef int nb = block_tiles(s, blk)
     cdef float *V = slot
     cdef float *Mx = slot + <long> s.alpha * s.alpha * s.C * s.ldv
@@ -401,7 +410,7 @@ cdef int wino_run(WinoCall *c) noexcept nogil:
             ok = block_serial(c, sp, blk) and ok
     else:   # few tiles: each phase of a block split over the team
         for blk in range(s.nblocks):
-            p.P0 = <long> blk * s.TB
+            p.P0 = block_first(s, blk)
             p.nb = block_tiles(s, blk)
             ember_parallel(nthreads, s.C, wino_input_task, &p)
             ember_parallel(nthreads, s.alpha * s.alpha, wino_gemm_task, &p)

@@ -76,6 +76,8 @@ SHAPES = [  # N, C, M, H, W, pads (top, left, bottom, right)
     # rows wide enough for the vectorised phase split (its edges one by one)
     (1, 5, 6, 9, 150, (1, 1, 1, 1)),
     (2, 4, 5, 6, 97, (0, 2, 1, 0)),
+    # few tiles, many channels: at 2 threads one block, its phases split over the team
+    (1, 128, 96, 14, 14, (1, 1, 1, 1)),
 ]
 
 
