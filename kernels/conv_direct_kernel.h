@@ -145,10 +145,10 @@ static void ember_direct_conv_rows_here(const ember_dc_geom *g, const float *xp,
 #define EMBER_DCC_NP 6
 
 /* acc[p][v] += the taps of input channels [c0, c1) for output channels v·VW… at the pixels whose
- * prepared positions are px[p]; wt: the weights of channel c0's first tap */
+ * prepared positions are px[p]; wt: the weights of channel c0's first tap, a tap's bw apart */
 EMBER_DC_ALWAYS_INLINE void ember_dcc_block(const ember_dc_geom *g,
                                             const float *const px[EMBER_DCC_NP], const float *wt,
-                                            int c0, int c1,
+                                            long bw, int c0, int c1,
                                             ember_vf acc[EMBER_DCC_NP][EMBER_DCC_MBV],
                                             const int MBV)
 {
@@ -157,7 +157,7 @@ EMBER_DC_ALWAYS_INLINE void ember_dcc_block(const ember_dc_geom *g,
     const long *tap = g->tap;
     for (int c = c0; c < c1; ++c) {
         const long cs = (long)c * CS;
-        for (int t = 0; t < taps; ++t, wt += MBV * EMBER_VW) {
+        for (int t = 0; t < taps; ++t, wt += bw) {
             const long o = cs + tap[t];
             ember_vf wv[EMBER_DCC_MBV];
             for (int v = 0; v < MBV; ++v) wv[v] = ember_vload(wt + v * EMBER_VW);
@@ -177,14 +177,16 @@ EMBER_DC_ALWAYS_INLINE void ember_dcc_block(const ember_dc_geom *g,
 #define EMBER_DCC_CHUNK_BLOCKS 8
 #define EMBER_DCC_KC 128
 
-/* Output pixels [q0, q1) (q = oh·OW + ow), channel blocks [mb0, mb1) of MBV·VW channels, of one
- * image: y = act(conv + bias), the prepared image xp as for the rows kernel. */
+/* Output pixels [q0, q1) (q = oh·OW + ow) of one image, output channels [m0, m0 + mn) — one
+ * block of the packed weights wb (bw channels a tap, MBV·VW ≥ mn of them computed):
+ * y = act(conv + bias), the prepared image xp as for the rows kernel. */
 EMBER_DC_ALWAYS_INLINE void ember_dcc_pixels(const ember_dc_geom *g, const float *xp,
-                                             const float *wp, const float *bias, float *y,
-                                             long q0, long q1, int mb0, int mb1, const int MBV)
+                                             const float *wb, int bw, const float *bias,
+                                             float *y, long q0, long q1, int m0, int mn,
+                                             const int MBV)
 {
     enum { NP = EMBER_DCC_NP, CHUNK = EMBER_DCC_CHUNK_BLOCKS * EMBER_DCC_NP };
-    const int C = g->C, M = g->M, OW = g->OW, bw = MBV * EMBER_VW;
+    const int C = g->C, OW = g->OW;
     const int taps = g->KH * g->KW;
     const int slice = taps >= EMBER_DCC_KC ? 1 : EMBER_DCC_KC / taps;  /* channels a slice */
     const long PW = g->PW, plane_out = (long)g->OH * OW;
@@ -195,63 +197,68 @@ EMBER_DC_ALWAYS_INLINE void ember_dcc_pixels(const ember_dc_geom *g, const float
     const int act_in_registers = te.act == EMBER_ACT_IDENTITY || te.act == EMBER_ACT_RELU ||
                                  te.act == EMBER_ACT_CLIP || te.act == EMBER_ACT_LEAKY_RELU;
     const float *px[NP];
-    for (int mb = mb0; mb < mb1; ++mb) {
-        const float *wb = wp + (long)mb * C * taps * bw;
-        const int m0 = mb * bw, mn = M - m0 < bw ? M - m0 : bw;
-        for (int k = 0; k < bw; ++k) bb[k] = bias && k < mn ? bias[m0 + k] : 0.0f;
-        /* the pixels in equal chunks: 49 as 25 + 24, not 48 + 1 (a block for one pixel) */
-        const long chunks = (q1 - q0 + CHUNK - 1) / CHUNK;
-        for (long ci = 0; ci < chunks; ++ci) {
-            const long qc = q0 + (q1 - q0) * ci / chunks, qc1 = q0 + (q1 - q0) * (ci + 1) / chunks;
-            for (int c0 = 0; c0 < C; c0 += slice) {
-                const int c1 = c0 + slice < C ? c0 + slice : C;
-                const int first = c0 == 0, last = c1 == C;
-                for (long q = qc; q < qc1; q += NP) {
-                    const int np = qc1 - q < NP ? (int)(qc1 - q) : NP;
-                    float (*pp)[EMBER_DCC_MBV * EMBER_VW] = part + (q - qc);
-                    for (int p = 0; p < NP; ++p) {   /* past the chunk: its last pixel again */
-                        const long qp = q + (p < np ? p : np - 1), oh = qp / OW;
-                        px[p] = xp + oh * PW + (qp - oh * OW);
-                        for (int v = 0; v < MBV; ++v)
-                            acc[p][v] = first || p >= np ? ember_vsplat(0.0f)
-                                                         : ember_vload(pp[p] + v * EMBER_VW);
-                    }
-                    ember_dcc_block(g, px, wb + (long)c0 * taps * bw, c0, c1, acc, MBV);
-                    for (int p = 0; p < np; ++p)
-                        for (int v = 0; v < MBV; ++v) {
-                            ember_vf r = acc[p][v];
-                            if (last) {
-                                r += ember_vload(bb + v * EMBER_VW);
-                                if (act_in_registers)
-                                    EMBER_TILE_FINISH(r, ember_vf, ember_vi32, &te, 0, 0);
-                            }
-                            ember_vstore(pp[p] + v * EMBER_VW, r);
-                        }
+    for (int k = 0; k < MBV * EMBER_VW; ++k) bb[k] = bias && k < mn ? bias[m0 + k] : 0.0f;
+    /* the pixels in equal chunks: 49 as 25 + 24, not 48 + 1 (a block for one pixel) */
+    const long chunks = (q1 - q0 + CHUNK - 1) / CHUNK;
+    for (long ci = 0; ci < chunks; ++ci) {
+        const long qc = q0 + (q1 - q0) * ci / chunks, qc1 = q0 + (q1 - q0) * (ci + 1) / chunks;
+        for (int c0 = 0; c0 < C; c0 += slice) {
+            const int c1 = c0 + slice < C ? c0 + slice : C;
+            const int first = c0 == 0, last = c1 == C;
+            for (long q = qc; q < qc1; q += NP) {
+                const int np = qc1 - q < NP ? (int)(qc1 - q) : NP;
+                float (*pp)[EMBER_DCC_MBV * EMBER_VW] = part + (q - qc);
+                for (int p = 0; p < NP; ++p) {   /* past the chunk: its last pixel again */
+                    const long qp = q + (p < np ? p : np - 1), oh = qp / OW;
+                    px[p] = xp + oh * PW + (qp - oh * OW);
+                    for (int v = 0; v < MBV; ++v)
+                        acc[p][v] = first || p >= np ? ember_vsplat(0.0f)
+                                                     : ember_vload(pp[p] + v * EMBER_VW);
                 }
+                ember_dcc_block(g, px, wb + (long)c0 * taps * bw, bw, c0, c1, acc, MBV);
+                for (int p = 0; p < np; ++p)
+                    for (int v = 0; v < MBV; ++v) {
+                        ember_vf r = acc[p][v];
+                        if (last) {
+                            r += ember_vload(bb + v * EMBER_VW);
+                            if (act_in_registers)
+                                EMBER_TILE_FINISH(r, ember_vf, ember_vi32, &te, 0, 0);
+                        }
+                        ember_vstore(pp[p] + v * EMBER_VW, r);
+                    }
             }
-            const int nq = (int)(qc1 - qc);
-            if (!act_in_registers)
-                for (int p = 0; p < nq; ++p) ember_act_span_here(part[p], mn, te.act, te.a, te.b);
-            /* the chunk to the NCHW output, a channel's pixels at a time */
-            for (int k = 0; k < mn; ++k) {
-                float *dst = y + (long)(m0 + k) * plane_out + qc;
-                for (int p = 0; p < nq; ++p) dst[p] = part[p][k];
-            }
+        }
+        const int nq = (int)(qc1 - qc);
+        if (!act_in_registers)
+            for (int p = 0; p < nq; ++p) ember_act_span_here(part[p], mn, te.act, te.a, te.b);
+        /* the chunk to the NCHW output, a channel's pixels at a time */
+        for (int k = 0; k < mn; ++k) {
+            float *dst = y + (long)(m0 + k) * plane_out + qc;
+            for (int p = 0; p < nq; ++p) dst[p] = part[p][k];
         }
     }
 }
 
+/* Channel blocks [mb0, mb1) of g->mbv vectors each; the last block computes only the vectors
+ * its channels fill (160 channels: 64 + 64 + 32, not a third 64 with 32 of zero weights). */
 static void ember_direct_conv_pixels_here(const ember_dc_geom *g, const float *xp,
                                           const float *wp, const float *bias, float *y, long q0,
                                           long q1, int mb0, int mb1)
 {
-    switch (g->mbv) {
-    case 1: ember_dcc_pixels(g, xp, wp, bias, y, q0, q1, mb0, mb1, 1); break;
+    const int bw = g->mbv * EMBER_VW;
+    const long block = (long)g->C * g->KH * g->KW * bw;
+    for (int mb = mb0; mb < mb1; ++mb) {
+        const int m0 = mb * bw, mn = g->M - m0 < bw ? g->M - m0 : bw;
+        const int nv = (mn + EMBER_VW - 1) / EMBER_VW;
+        const float *wb = wp + mb * block;
+        switch (nv) {
+        case 1: ember_dcc_pixels(g, xp, wb, bw, bias, y, q0, q1, m0, mn, 1); break;
 #if EMBER_DCC_MBV >= 4
-    case 2: ember_dcc_pixels(g, xp, wp, bias, y, q0, q1, mb0, mb1, 2); break;
-    case 3: ember_dcc_pixels(g, xp, wp, bias, y, q0, q1, mb0, mb1, 3); break;
+        case 2: ember_dcc_pixels(g, xp, wb, bw, bias, y, q0, q1, m0, mn, 2); break;
+        case 3: ember_dcc_pixels(g, xp, wb, bw, bias, y, q0, q1, m0, mn, 3); break;
 #endif
-    default: ember_dcc_pixels(g, xp, wp, bias, y, q0, q1, mb0, mb1, EMBER_DCC_MBV); break;
+        default: ember_dcc_pixels(g, xp, wb, bw, bias, y, q0, q1, m0, mn, EMBER_DCC_MBV); break;
+        }
     }
 }
 
