@@ -6,8 +6,10 @@
 Both models are written once against the torch.nn API and instantiated with ``ember.nn`` and
 with ``torch.nn`` (ember's nn mirrors torch's names and defaults), trained with SGD + momentum on
 the same random batch. One step = forward, softmax cross-entropy, backward, optimizer update.
-Steps are timed interleaved (ember, torch, ember, …) after a warm-up; medians are reported, and
-the table is appended to ``benchmarks/RESULTS.md`` (replacing an older training section).
+ember's steps are timed first, then PyTorch's (each engine's steps in a row, after a warm-up: its
+OpenMP team spins between steps, which took a core from an interleaved ember step); medians are
+reported, and the table is appended to ``benchmarks/RESULTS.md`` (replacing an older training
+section).
 Without PyTorch installed only ember's times are printed.
 """
 from __future__ import annotations
@@ -25,7 +27,7 @@ from .nets import NETS
 from .results import write_section
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SECTION = "## Training step (batch 64, SGD momentum 0.9, median, interleaved)"
+SECTION = "## Training step (batch 64, SGD momentum 0.9, median; ember, then PyTorch)"
 
 
 MODELS = {name: NETS[name] for name in ("lenet5", "small_vgg")}
@@ -81,10 +83,15 @@ def main(argv=None):
         x = rng.standard_normal((args.batch,) + shape, dtype=np.float32)
         y = rng.integers(0, 10, args.batch).astype(np.int64)
         for threads in args.threads:
-            fns = {"ember": ember_step(name, args.batch, threads, x, y)}
+            med = time_interleaved({"ember": ember_step(name, args.batch, threads, x, y)},
+                                   args.runs)
+            # PyTorch is timed on its own, after (as benchmarks/run.py does for inference): its
+            # OpenMP team (libgomp's default wait policy) spins for milliseconds after every
+            # step, and interleaved it took a core from ember's next step — ember's small-VGG
+            # step at 2 threads measured 89 ms beside it, 52 ms with torch's team passive
             if have_torch:
-                fns["torch"] = torch_step(name, threads, x, y)
-            med = time_interleaved(fns, args.runs)
+                med.update(time_interleaved({"torch": torch_step(name, threads, x, y)},
+                                            args.runs))
             e, t = med["ember"] * 1e3, med.get("torch", float("nan")) * 1e3
             rows.append((name, args.batch, threads, e, t))
             print(f"{name:10s} b={args.batch} t={threads}  ember {e:8.2f} ms   torch {t:8.2f} ms"
