@@ -186,6 +186,8 @@ EMBER_WINO_INLINE void ember_wino_output(const int m, const float *Mrow, long ms
                 o[s] = v;
             }
             ember_wv_interleave(m, o, rowbuf[r]);
+            /* the exp family on the chunk's whole rows (short spans would take its tails) */
+            if (!act_in_registers) ember_act_span_here(rowbuf[r], m * EMBER_VW, te.act, te.a, te.b);
         }
         /* the chunk's tiles, a run of one tile row of one image at a time */
         const long first = T0 + t0, end = first + EMBER_VW < T0 + nb ? first + EMBER_VW : T0 + nb;
@@ -200,7 +202,6 @@ EMBER_WINO_INLINE void ember_wino_output(const int m, const float *Mrow, long ms
                 if (oh >= g->OH) break;
                 float *dst = yc + n * g->img + oh * g->OW + ow0;
                 memcpy(dst, rowbuf[r] + (t - first) * m, sizeof(float) * ncol);
-                if (!act_in_registers) ember_act_span_here(dst, ncol, te.act, te.a, te.b);
             }
             t += tiles;
         }
