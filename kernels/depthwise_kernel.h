@@ -462,6 +462,35 @@ static EMBER_NO_LIBCALLS void ember_dw8_pack(const ember_dw_geom *g, const float
     }
 }
 
+/* Rows [a, b) of the padded window of ember_dw8_pack (no zero insertion), at P (row r at
+ * (r − a)·Wp·G): only the padding is zeroed, not the whole buffer, and lanes past nch are left
+ * as they are (their outputs are never read). */
+static EMBER_NO_LIBCALLS void ember_dw8_pack_rows(const ember_dw_geom *g, const float *x,
+                                                  long plane_in, int nch, float *restrict P,
+                                                  int a, int b)
+{
+    const int Wp = ember_dw_wp(g);
+    int r0 = g->pt > 0 ? g->pt : 0, c0 = g->pl > 0 ? g->pl : 0;
+    int r1 = g->H + g->pt < ember_dw_hp(g) ? g->H + g->pt : ember_dw_hp(g);
+    int c1 = g->W + g->pl < Wp ? g->W + g->pl : Wp;
+    if (c1 < c0) c1 = c0;
+    const int nblock = ember_dw_tile_channels(c1 - c0, nch);
+    for (int r = a; r < b; ++r) {
+        float *prow = P + (long)(r - a) * Wp * G;
+        if (r < r0 || r >= r1 || c1 <= c0) {
+            for (long i = 0; i < (long)Wp * G; ++i) prow[i] = 0.0f;
+            continue;
+        }
+        for (long i = 0; i < (long)c0 * G; ++i) prow[i] = 0.0f;
+        for (long i = (long)c1 * G; i < (long)Wp * G; ++i) prow[i] = 0.0f;
+        const float *src = x + (long)(r - g->pt) * g->W + (c0 - g->pl);   /* padded (r, c0) */
+        float *dst = prow + (long)c0 * G;
+        ember_dw_interleave_tiles(src, plane_in, c1 - c0, nblock, dst);
+        for (int k = nblock; k < nch; ++k)
+            for (int c = 0; c < c1 - c0; ++c) dst[(long)c * G + k] = src[k * plane_in + c];
+    }
+}
+
 /* y[k] (k < nch, planes plane_out apart) = act(bias[k] + depthwise correlation of x[k]) for
  * up to G channels whose planes lie plane_in apart; w holds their KH·KW weights each
  * (KH·KW <= 64). Returns 0 when the activation still has to be applied (a code without a
@@ -469,7 +498,7 @@ static EMBER_NO_LIBCALLS void ember_dw8_pack(const ember_dw_geom *g, const float
 static EMBER_NO_LIBCALLS int ember_dw8_forward(const ember_dw_geom *g, const float *x,
                                                long plane_in, const float *w, const float *bias,
                                                float *y, long plane_out, int nch, float *buf,
-                                               int act, float a, float b)
+                                               int act, float act_a, float act_b)
 {
     const int Hp = ember_dw_hp(g), Wp = ember_dw_wp(g), taps = g->KH * g->KW;
     const long npx = (long)g->OH * g->OW;
@@ -477,15 +506,31 @@ static EMBER_NO_LIBCALLS int ember_dw8_forward(const ember_dw_geom *g, const flo
     float *out = P + (long)G * Hp * Wp;
     float *WG = out + (long)G * (npx + 4);
     ember_dw8_weights(w, taps, nch, WG);
-    ember_dw8_pack(g, x, plane_in, nch, P);
     long off[64];   /* callers keep KH·KW <= 64 */
     ember_dw8_tap_offsets(g, off);
     ember_dwv bvec;
     for (int k = 0; k < G; ++k) bvec[k] = bias && k < nch ? bias[k] : 0.0f;
     const long step = (long)G * g->sw;
-    for (int oh = 0; oh < g->OH; ++oh) {
-        const float *row = P + (long)oh * g->sh * Wp * G;
-        float *o = out + (long)oh * g->OW * G;
+    /* Bands of output rows, their window rows packed just before (a band's window and outputs
+     * ~96 KB, in L2: MobileNetV2's 112×112 planes packed whole were ~1 MB a group, zeroed and
+     * written out to L3 before the taps read them back); zero-inserted windows (input
+     * gradients) whole, as one band. */
+    const int banded = g->ih_step == 1 && g->iw_step == 1;
+    const long band_in_rows = banded ? 24576L / ((long)Wp * G) : Hp;
+    int band = banded ? (int)((band_in_rows - (long)(g->KH - 1) * g->dh - 1) / g->sh + 1) : g->OH;
+    if (band < 1) band = 1;
+    if (!banded) ember_dw8_pack(g, x, plane_in, nch, P);
+    int done = 1;
+    for (int oh0 = 0; oh0 < g->OH; oh0 += band) {
+    const int oh1 = oh0 + band < g->OH ? oh0 + band : g->OH;
+    const int a = banded ? oh0 * g->sh : 0;   /* the band's first window row */
+    if (banded)
+        ember_dw8_pack_rows(g, x, plane_in, nch, P, a,
+                            (oh1 - 1) * g->sh + (g->KH - 1) * g->dh + 1);
+    float *obase = banded ? out : out + (long)oh0 * g->OW * G;
+    for (int oh = oh0; oh < oh1; ++oh) {
+        const float *row = P + (long)(oh * g->sh - a) * Wp * G;
+        float *o = obase + (long)(oh - oh0) * g->OW * G;
         long ow = 0;
         if (taps == 9) {
             const ember_dwv w0 = EMBER_DWV(WG), w1 = EMBER_DWV(WG + G), w2 = EMBER_DWV(WG + 2 * G),
@@ -544,14 +589,19 @@ static EMBER_NO_LIBCALLS int ember_dw8_forward(const ember_dw_geom *g, const flo
             }
         }
     }
-    int done = ember_act_row_vec(out, G * npx, act, a, b);
-    const int nblock = ember_dw_tile_channels(npx, nch);
-    ember_dw_deinterleave_tiles(out, npx, nblock, y, plane_out);
+    /* the band's outputs back to their planes */
+    const long bpx = (long)(oh1 - oh0) * g->OW;
+    done = ember_act_row_vec(obase, G * bpx, act, act_a, act_b);
+    const int nblock = ember_dw_tile_channels(bpx, nch);
+    float *yb = y + (long)oh0 * g->OW;
+    ember_dw_deinterleave_tiles(obase, bpx, nblock, yb, plane_out);
     for (int k = nblock; k < nch; ++k) {
-        float *restrict yk = y + k * plane_out;
-        const float *restrict ok = out + k;
-        for (long p = 0; p < npx; ++p) yk[p] = ok[p * G];
+        float *restrict yk = yb + k * plane_out;
+        const float *restrict ok = obase + k;
+        for (long p = 0; p < bpx; ++p) yk[p] = ok[p * G];
     }
+    }
+    (void)npx;
     return done;
 }
 

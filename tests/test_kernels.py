@@ -474,11 +474,13 @@ def test_conv2d_depthwise_both_paths(case, grouped_max_pixels, nthreads):
 
 
 @pytest.mark.parametrize("C", range(1, 34))
-@pytest.mark.parametrize("stride,K,H,W", [(1, 3, 11, 9), (2, 3, 11, 9), (1, 5, 6, 7)])
+@pytest.mark.parametrize("stride,K,H,W", [(1, 3, 11, 9), (2, 3, 11, 9), (1, 5, 6, 7),
+                                          (2, 3, 150, 70), (1, 5, 90, 41)])
 def test_conv2d_depthwise_channel_groups(C, stride, K, H, W):
     """The channel-group path (groups of 4, 8 or 16 channels: one vector of the ISA in use)
     with every count of channels up to 33: full groups, partial ones of every width, rows
-    longer and shorter than the packing's transpose tiles."""
+    longer and shorter than the packing's transpose tiles, planes packed in several bands of
+    rows (the last one short)."""
     x, w, bias = rand(1, C, H, W), rand(C, 1, K, K), rand(C)
     pad = K // 2
     OH, OW = out_size(H, K, stride, pad, pad, 1), out_size(W, K, stride, pad, pad, 1)
