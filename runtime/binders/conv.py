@@ -131,16 +131,13 @@ def static_winograd_tile(N, C, M, OH, OW, allowed) -> int:
     return 2 if 2 in allowed and OH >= 4 and OW >= 4 else 0
 
 
-def _tuning_candidate(name, N, C, M, OH, OW, threads):
+def _tuning_candidate(name, N, C, M, OH, OW, threads, data=None):
     """One run of a candidate on a 3×3, pad-1 conv of this size with random data (the batch cut
     to TUNE_MAX_BYTES of input and output: tiles of all images share the GEMMs, so the ranking
-    holds at the full batch)."""
+    holds at the full batch). ``data``: the candidates' shared random x, w, y (_tuning_data)."""
     H, W = OH, OW
     n = max(1, min(N, TUNE_MAX_BYTES // max(1, 4 * (C + M) * OH * OW)))
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((n, C, H, W), dtype=F32)
-    w = rng.standard_normal((M, C, 3, 3), dtype=F32) * np.float32(0.05)
-    y = np.empty((n, M, OH, OW), F32)
+    x, w, y = _tuning_data(data, (n, C, H, W), (M, C, 3, 3), (n, M, OH, OW))
     if name == "gemm":
         scr = np.empty(int(conv.conv2d_scratch_floats(C, H, W, M, 3, 3, OH, OW, 1, 1, 1, 1, 1, 1,
                                                       1, threads)) or 1, F32)
@@ -153,6 +150,21 @@ def _tuning_candidate(name, N, C, M, OH, OW, threads):
     return lambda: conv2d(x, U, None, y, scr, tile, 1, 1, 0, 0.0, 0.0, threads)
 
 
+def _tuning_data(data, x_shape, w_shape, y_shape):
+    """Random x, w and an output y for timing candidates, made once per case and shared by all
+    its candidates (``data``, a dict, or None for a private set): they are all alive while
+    they are timed in turn, and a copy each raised the peak RSS by megabytes a candidate."""
+    if data is None:
+        data = {}
+    key = (x_shape, w_shape, y_shape)
+    if key not in data:
+        rng = np.random.default_rng(0)
+        data[key] = (rng.standard_normal(x_shape, dtype=F32),
+                     rng.standard_normal(w_shape, dtype=F32) * np.float32(0.05),
+                     np.empty(y_shape, F32))
+    return data[key]
+
+
 def winograd_tile(N, C, M, OH, OW, threads=1) -> int:
     """The Winograd output tile (2 or 4) for a 3×3 stride-1 conv with C inputs, M outputs and an
     OH×OW output per image, or 0 for the im2col/implicit-GEMM path: the fastest measured on this
@@ -161,8 +173,9 @@ def winograd_tile(N, C, M, OH, OW, threads=1) -> int:
     allowed = winograd_tiles_allowed(N, C, M, OH, OW)
     static = static_winograd_tile(N, C, M, OH, OW, allowed)
     names = ["gemm"] + [f"winograd{m}" for m in allowed]
+    data: dict = {}
     chosen = choose("conv3x3", (N, C, M, OH, OW), threads,
-                    lambda name: _tuning_candidate(name, N, C, M, OH, OW, threads), names,
+                    lambda name: _tuning_candidate(name, N, C, M, OH, OW, threads, data), names,
                     f"winograd{static}" if static else "gemm")
     return 0 if chosen == "gemm" else int(chosen[-1])
 
@@ -297,18 +310,17 @@ def packed_step(case: ConvCase, x, packed, b, y, scr, act, threads):
                                code, aa, ab, threads)
 
 
-def _algorithm_candidate(name: str, case: ConvCase, threads: int):
+def _algorithm_candidate(name: str, case: ConvCase, threads: int, data=None):
     """One run of a candidate on this conv's geometry with random data (the batch cut to
-    TUNE_MAX_BYTES of input and output)."""
+    TUNE_MAX_BYTES of input and output), ``data`` shared by the case's candidates."""
     (N, C, H, W), (M, Cg, KH, KW), (_, _, OH, OW), g = case.x, case.w, case.y, case.window
     n = max(1, min(N, TUNE_MAX_BYTES // max(1, 4 * (C * H * W + M * OH * OW))))
+    if name.startswith("winograd") and (H, W, g.pad_top, g.pad_left) == (OH, OW, 1, 1):
+        return _tuning_candidate(name, n, C, M, OH, OW, threads, data)
     if name.startswith("winograd"):
         return _tuning_candidate(name, n, C, M, OH, OW, threads)
     c = case._replace(x=(n, C, H, W), y=(n, M, OH, OW))
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal(c.x, dtype=F32)
-    w = rng.standard_normal(c.w, dtype=F32) * np.float32(0.05)
-    y = np.empty(c.y, F32)
+    x, w, y = _tuning_data(data, c.x, c.w, c.y)
     if name in DIRECT_ALGORITHMS:
         scr = np.empty(max(1, direct_scratch_floats(c, threads)), F32)
         return direct_step(c, x, direct_weights(w, name), None, y, scr, (0, 0.0, 0.0), threads,
@@ -346,8 +358,9 @@ def conv_algorithm(case: ConvCase, threads=1) -> str:
         if static == "gemm" and C <= DIRECT_STATIC_MAX_CHANNELS:
             static = "direct"
     key = (*case.x, M, KH, KW, *case.y[2:], *g, case.group)
-    return choose("conv", key, threads, lambda name: _algorithm_candidate(name, case, threads),
-                  names, static)
+    data: dict = {}
+    return choose("conv", key, threads,
+                  lambda name: _algorithm_candidate(name, case, threads, data), names, static)
 
 
 def winograd_case(node, types, threads=1) -> WinogradCase | None:
