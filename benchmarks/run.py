@@ -152,15 +152,25 @@ def peak_rss(engine: str, model) -> int:
 
 
 def machine() -> str:
+    """The CPU (with its family and model: "AMD EPYC" alone names Zen 3 and Zen 5 alike), the
+    instruction-set level ember's kernels use, and the software versions."""
     cpu = platform.processor() or platform.machine()
+    fields = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
+                key, _, value = line.partition(":")
+                if not line.strip():
+                    break   # the first processor's block is enough
+                fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
+    if "model name" in fields:
+        cpu = fields["model name"]
+    if "cpu family" in fields and "model" in fields:
+        cpu += f" (family {fields['cpu family']} model {fields['model']})"
+    from ember.kernels import simd
+    cpu += f", ember's kernels: {simd.isa()}"
     try:
         ncpu = len(os.sched_getaffinity(0))
     except AttributeError:
