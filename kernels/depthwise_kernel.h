@@ -532,68 +532,54 @@ static EMBER_NO_LIBCALLS int ember_dw8_forward(const ember_dw_geom *g, const flo
         const float *row = P + (long)(oh * g->sh - a) * Wp * G;
         float *o = obase + (long)(oh - oh0) * g->OW * G;
         long ow = 0;
-        if (taps == 9 && g->KW == 3 && g->dh == 1 && g->dw == 1) {
-            /* 3×3, undilated: the taps at three row pointers and constant column offsets (nine
-             * offsets in registers spilled to the stack, reloaded for every pixel) */
+        if (taps == 9) {
             const ember_dwv w0 = EMBER_DWV(WG), w1 = EMBER_DWV(WG + G), w2 = EMBER_DWV(WG + 2 * G),
                             w3 = EMBER_DWV(WG + 3 * G), w4 = EMBER_DWV(WG + 4 * G),
                             w5 = EMBER_DWV(WG + 5 * G), w6 = EMBER_DWV(WG + 6 * G),
                             w7 = EMBER_DWV(WG + 7 * G), w8 = EMBER_DWV(WG + 8 * G);
-            const long rs = (long)Wp * G;
+/* the row's pixels, four at a time (four independent FMA chains), PX(ACC, BASE) one pixel's taps */
+#define EMBER_DW8_ROW(PX)                                                                    \
+    for (; ow + 4 <= g->OW; ow += 4) {                                                        \
+        const float *base = row + ow * step;                                                  \
+        ember_dwv a0, a1, a2, a3;                                                             \
+        PX(a0, base);                                                                         \
+        PX(a1, base + step);                                                                  \
+        PX(a2, base + 2 * step);                                                              \
+        PX(a3, base + 3 * step);                                                              \
+        *(ember_dwv *)(o + ow * G) = a0;                                                      \
+        *(ember_dwv *)(o + ow * G + G) = a1;                                                  \
+        *(ember_dwv *)(o + ow * G + 2 * G) = a2;                                              \
+        *(ember_dwv *)(o + ow * G + 3 * G) = a3;                                              \
+    }                                                                                         \
+    for (; ow < g->OW; ++ow) {                                                                \
+        ember_dwv a0;                                                                         \
+        PX(a0, row + ow * step);                                                              \
+        *(ember_dwv *)(o + ow * G) = a0;                                                      \
+    }
+            if (g->KW == 3 && g->dh == 1 && g->dw == 1) {
+                /* undilated: three row pointers and constant column offsets (nine offsets in
+                 * registers spilled to the stack, reloaded for every pixel) */
+                const long rs = (long)Wp * G;
 #define EMBER_DW8_PX3(ACC, B)                                                                \
     ACC = bvec + w0 * EMBER_DWV(B) + w1 * EMBER_DWV((B) + G) + w2 * EMBER_DWV((B) + 2 * G)      \
           + w3 * EMBER_DWV((B) + rs) + w4 * EMBER_DWV((B) + rs + G)                             \
           + w5 * EMBER_DWV((B) + rs + 2 * G) + w6 * EMBER_DWV((B) + 2 * rs)                     \
           + w7 * EMBER_DWV((B) + 2 * rs + G) + w8 * EMBER_DWV((B) + 2 * rs + 2 * G)
-            for (; ow + 4 <= g->OW; ow += 4) {
-                const float *base = row + ow * step;
-                ember_dwv a0, a1, a2, a3;
-                EMBER_DW8_PX3(a0, base);
-                EMBER_DW8_PX3(a1, base + step);
-                EMBER_DW8_PX3(a2, base + 2 * step);
-                EMBER_DW8_PX3(a3, base + 3 * step);
-                *(ember_dwv *)(o + ow * G) = a0;
-                *(ember_dwv *)(o + ow * G + G) = a1;
-                *(ember_dwv *)(o + ow * G + 2 * G) = a2;
-                *(ember_dwv *)(o + ow * G + 3 * G) = a3;
-            }
-            for (; ow < g->OW; ++ow) {
-                ember_dwv a0;
-                EMBER_DW8_PX3(a0, row + ow * step);
-                *(ember_dwv *)(o + ow * G) = a0;
-            }
+                EMBER_DW8_ROW(EMBER_DW8_PX3)
 #undef EMBER_DW8_PX3
-        } else if (taps == 9) {
-            const ember_dwv w0 = EMBER_DWV(WG), w1 = EMBER_DWV(WG + G), w2 = EMBER_DWV(WG + 2 * G),
-                            w3 = EMBER_DWV(WG + 3 * G), w4 = EMBER_DWV(WG + 4 * G),
-                            w5 = EMBER_DWV(WG + 5 * G), w6 = EMBER_DWV(WG + 6 * G),
-                            w7 = EMBER_DWV(WG + 7 * G), w8 = EMBER_DWV(WG + 8 * G);
-            const long o0 = off[0], o1 = off[1], o2 = off[2], o3 = off[3], o4 = off[4],
-                       o5 = off[5], o6 = off[6], o7 = off[7], o8 = off[8];
+            } else {
+                const long o0 = off[0], o1 = off[1], o2 = off[2], o3 = off[3], o4 = off[4],
+                           o5 = off[5], o6 = off[6], o7 = off[7], o8 = off[8];
 #define EMBER_DW8_PX(ACC, BASE)                                                              \
     ACC = bvec + w0 * EMBER_DWV((BASE) + o0) + w1 * EMBER_DWV((BASE) + o1)                    \
           + w2 * EMBER_DWV((BASE) + o2) + w3 * EMBER_DWV((BASE) + o3)                         \
           + w4 * EMBER_DWV((BASE) + o4) + w5 * EMBER_DWV((BASE) + o5)                         \
           + w6 * EMBER_DWV((BASE) + o6) + w7 * EMBER_DWV((BASE) + o7)                         \
           + w8 * EMBER_DWV((BASE) + o8)
-            for (; ow + 4 <= g->OW; ow += 4) {
-                const float *base = row + ow * step;
-                ember_dwv a0, a1, a2, a3;
-                EMBER_DW8_PX(a0, base);
-                EMBER_DW8_PX(a1, base + step);
-                EMBER_DW8_PX(a2, base + 2 * step);
-                EMBER_DW8_PX(a3, base + 3 * step);
-                *(ember_dwv *)(o + ow * G) = a0;
-                *(ember_dwv *)(o + ow * G + G) = a1;
-                *(ember_dwv *)(o + ow * G + 2 * G) = a2;
-                *(ember_dwv *)(o + ow * G + 3 * G) = a3;
-            }
-            for (; ow < g->OW; ++ow) {
-                ember_dwv a0;
-                EMBER_DW8_PX(a0, row + ow * step);
-                *(ember_dwv *)(o + ow * G) = a0;
-            }
+                EMBER_DW8_ROW(EMBER_DW8_PX)
 #undef EMBER_DW8_PX
+            }
+#undef EMBER_DW8_ROW
         } else {
             for (; ow + 4 <= g->OW; ow += 4) {   /* four pixels: four independent FMA chains */
                 const float *base = row + ow * step;
