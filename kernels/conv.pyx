@@ -18,7 +18,8 @@ from cpython.pycapsule cimport PyCapsule_New
 from kernels.native_step cimport ember_native_step, EMBER_NATIVE_CAPSULE
 from kernels.activation cimport apply_act_span
 from kernels.sgemm cimport (ember_sgemm, ember_sgemm_im2col, ember_bias_act, ember_im2col_src,
-                            ember_packed_gemm_sliced, ember_gemm_mr, ember_gemm_nr,
+                            ember_packed_gemm_sliced, ember_sgemm_packed_a, ember_gemm_mr,
+                            ember_gemm_nr,
                             ember_gemm_kc,
                             epilogue_for)
 from kernels.simd cimport use_simd
@@ -1061,6 +1062,117 @@ cdef class DirectConvStep:
 
 
 
+# ---- pointwise conv through weights packed once ---------------------------------------------------
+# A 1×1, stride-1, unpadded conv is Y = W·X per image (M × C times C × H·W): conv2d's pointwise path
+# packs W into the GEMM's micro-panels on every call — on a 7×7 plane (N = 49) a sixth of the
+# layer's time. Here W is packed once (the binder's "pointwise" algorithm) and X read in place.
+
+def pointwise_weight_floats(int M, int K):
+    """Floats of W packed as the GEMM packs A: M rounded up to its micro-kernel's rows × K."""
+    return round_up_to(M, ember_gemm_mr()) * K
+
+
+def pack_pointwise_weights(float[:, :, :, ::1] w, float[::1] packed):
+    """packed[(m/MR)·K·MR + k·MR + m%MR] = w[m, k] (K = C·KH·KW), 0 past M."""
+    cdef int M = w.shape[0]
+    cdef long K = <long> w.shape[1] * w.shape[2] * w.shape[3]
+    cdef long need = round_up_to(M, ember_gemm_mr()) * K
+    if packed.shape[0] < need:
+        raise ValueError(f"pack_pointwise_weights: packed holds {packed.shape[0]} floats, "
+                         f"needs {need}")
+    if need == 0:
+        return
+    with nogil:   # the direct conv's channel blocks, MR channels a block: the same layout
+        pack_channel_blocks(&w[0, 0, 0, 0], &packed[0], M, K, ember_gemm_mr())
+
+
+cdef struct PointwiseCall:
+    const float *x
+    const float *wp
+    float *y
+    ember_bias_act epi
+    int N, C, M
+    long hw
+    int nthreads
+    bint empty
+
+
+cdef int pointwise_run(PointwiseCall *c) noexcept nogil:
+    """Every image, 0 when the GEMM's packing buffers cannot be allocated."""
+    cdef int n, ok = 1
+    if c.empty:
+        return 1
+    for n in range(c.N):
+        ok = ember_sgemm_packed_a(c.M, <int> c.hw, c.C, c.wp, c.x + <long> n * c.C * c.hw,
+                                  c.hw, c.y + <long> n * c.M * c.hw, c.hw,
+                                  epilogue_for(&c.epi), c.nthreads) and ok
+    return ok
+
+
+cdef int pointwise_native(void *state) noexcept nogil:
+    return 0 if pointwise_run(<PointwiseCall *> state) else 1
+
+
+cdef class PointwiseConvStep:
+    """y = act(W·x + bias) per image for a 1×1, stride-1, unpadded, group-1 conv, W packed by
+    pack_pointwise_weights: called, or run inside a ``plan.PlanRunner``. Holds its arrays."""
+    cdef PointwiseCall call
+    cdef ember_native_step native
+    cdef object keep
+
+    def __init__(self, float[:, :, :, ::1] x, float[::1] packed_w, bias, float[:, :, :, ::1] y,
+                 int act, float act_a, float act_b, int nthreads):
+        cdef PointwiseCall *c = &self.call
+        cdef float[::1] b
+        cdef long need
+        c.N, c.C, c.M = x.shape[0], x.shape[1], y.shape[1]
+        c.hw = <long> x.shape[2] * x.shape[3]
+        if y.shape[0] != c.N or <long> y.shape[2] * y.shape[3] != c.hw:
+            raise ValueError(f"PointwiseConvStep: y {tuple(y.shape)[:4]} does not match x "
+                             f"{tuple(x.shape)[:4]}")
+        c.epi.bias, c.epi.bias_axis = NULL, 0
+        c.epi.act, c.epi.act_a, c.epi.act_b = act, act_a, act_b
+        c.nthreads = nthreads
+        c.empty = c.N == 0 or c.M == 0 or c.hw == 0
+        c.x = c.wp = NULL
+        c.y = NULL
+        self.keep = (x, packed_w, bias, y)
+        self.native.fn = pointwise_native
+        self.native.state = &self.call
+        if c.empty:
+            return
+        if c.C == 0:
+            raise ValueError("PointwiseConvStep: a conv with no input channel takes another path")
+        need = round_up_to(c.M, ember_gemm_mr()) * c.C
+        if packed_w.shape[0] < need:
+            raise ValueError(f"PointwiseConvStep: packed weights hold {packed_w.shape[0]} "
+                             f"floats, need {need}")
+        if bias is not None:
+            b = bias
+            if b.shape[0] < c.M:
+                raise ValueError(f"PointwiseConvStep: bias has {b.shape[0]} values, needs {c.M}")
+            c.epi.bias = &b[0]
+        c.x = &x[0, 0, 0, 0]
+        c.wp = &packed_w[0]
+        c.y = &y[0, 0, 0, 0]
+
+    def __call__(self):
+        cdef int ok
+        with nogil:
+            ok = pointwise_run(&self.call)
+        if not ok:
+            self.raise_for(1)
+
+    def raise_for(self, int rc):
+        raise MemoryError("PointwiseConvStep: cannot allocate GEMM packing buffers")
+
+    @property
+    def _native(self):
+        """A capsule holding the step's C entry point, for plan.PlanRunner."""
+        return PyCapsule_New(&self.native, EMBER_NATIVE_CAPSULE, NULL)
+
+
+
 # ---- run-time weights: packing as a plan step ---------------------------------------------------
 cdef struct WeightsPackCall:
     const float *w
@@ -1083,19 +1195,22 @@ cdef int weights_pack_native(void *state) noexcept nogil:
 
 
 cdef class ConvWeightsPackStep:
-    """pack_conv_weights (``direct`` False) or pack_direct_conv_weights (True, with ``lanes``)
-    with its arguments resolved once, for weights that change between runs (training's parameters): a native step
-    the plan runner chains before the conv (plan.NativeChain). Holds its arrays."""
+    """pack_conv_weights (``direct`` False) or pack_direct_conv_weights (True, with ``lanes``;
+    or, ``pointwise``, pack_pointwise_weights: channel blocks of the GEMM's MR rows) with its
+    arguments resolved once, for weights that change between runs (training's parameters): a
+    native step the plan runner chains before the conv (plan.NativeChain). Holds its arrays."""
     cdef WeightsPackCall call
     cdef ember_native_step native
     cdef object keep
 
     def __init__(self, float[:, :, :, ::1] w, float[::1] packed, int group, bint direct,
-                 bint lanes=False):
+                 bint lanes=False, bint pointwise=False):
         cdef WeightsPackCall *c = &self.call
         cdef long need
+        direct = direct or pointwise
         c.M, c.group, c.direct = w.shape[0], group, direct
-        c.nr, c.KC, c.mb = ember_gemm_nr(), ember_gemm_kc(), direct_block_channels(c.M, lanes)
+        c.nr, c.KC = ember_gemm_nr(), ember_gemm_kc()
+        c.mb = ember_gemm_mr() if pointwise else direct_block_channels(c.M, lanes)
         c.K = <long> w.shape[1] * w.shape[2] * w.shape[3]
         if group < 1 or c.M % group or (direct and group != 1):
             raise ValueError(f"ConvWeightsPackStep: {c.M} output channels, group {group}")

@@ -22,6 +22,8 @@ cdef extern from "simd.h" nogil:
                            const ember_im2col_src *src)
     void ember_packed_gemm(const float *U, const float *V, float *Mx, int Mp, int C, int ncols,
                            long ldc)
+    int ember_sgemm_packed_a(int M, int N, int K, const float *Ap, const float *B, long ldb,
+                             float *C, long ldc, const ember_bias_act *epi, int nthreads)
     void ember_packed_gemm_strided(const float *U, const float *V, long ldv, float *Mx, int Mp,
                                    int C, int ncols, long ldc)
     void ember_packed_gemm_sliced(const float *U, const float *V, long ldv, int j0, float *Mx,

@@ -42,6 +42,9 @@ struct ember_sgemm_kernels {
     int (*sgemm_im2col)(int M, int N, int K, const float *A, long lda, float beta, float *C,
                         long ldc, const ember_bias_act *epi, int nthreads,
                         const ember_im2col_src *src);
+    /* C (M x N) = epi(Ap . B), A packed once in MR-row panels over the whole K, B row-major */
+    int (*sgemm_packed_a)(int M, int N, int K, const float *Ap, const float *B, long ldb,
+                          float *C, long ldc, const ember_bias_act *epi, int nthreads);
     /* Mx (Mp x ncols) = U . V with U packed as A and V as B (winograd_transform.h) */
     void (*packed_gemm)(const float *U, const float *V, float *Mx, int Mp, int C, int ncols,
                         long ldc);
@@ -257,6 +260,13 @@ static inline void ember_parallel(int nthreads, long ntasks, ember_task_fn fn, v
 
 static inline void ember_pool_hold(int delta) { ember_simd_in_use->threads->hold(delta); }
 static inline int ember_pool_workers(void) { return ember_simd_in_use->threads->workers(); }
+
+static inline int ember_sgemm_packed_a(int M, int N, int K, const float *Ap, const float *B,
+                                       long ldb, float *C, long ldc, const ember_bias_act *epi,
+                                       int nthreads)
+{
+    return ember_simd_in_use->sgemm->sgemm_packed_a(M, N, K, Ap, B, ldb, C, ldc, epi, nthreads);
+}
 
 static inline int ember_sgemm(int trans_a, int trans_b, int M, int N, int K, float alpha,
                               const float *A, long lda, const float *B, long ldb, float beta,

@@ -145,6 +145,54 @@ def test_direct_conv_matches_float64(geom, threads, algo):
     check(y, x, w, b, stride, pads, dil, 1, act)
 
 
+POINTWISE_GEOMETRIES = [   # N, C, H, W, M
+    (1, 960, 7, 7, 160),     # MobileNetV2's last stage: 49 columns, ragged GEMM panels
+    (2, 16, 5, 9, 33),       # M past whole micro-panels, two images
+    (3, 7, 1, 1, 5),         # one pixel: the GEMM's narrowest panel
+    (1, 300, 12, 12, 7),     # K past one K slice
+]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("geom", POINTWISE_GEOMETRIES, ids=lambda g: "x".join(map(str, g)))
+def test_pointwise_conv_matches_float64(geom, threads):
+    N, C, H, W, M = geom
+    x, w, b = rand(N, C, H, W), rand(M, C, 1, 1, scale=0.2), rand(M)
+    act = ACT_RELU if threads == 1 else ACT_SIGMOID
+    y = np.full((N, M, H, W), np.nan, np.float32)
+    conv.PointwiseConvStep(x, conv_binder.pointwise_weights(w), b, y, act, 0.0, 0.0, threads)()
+    check(y, x, w, b, (1, 1), (0, 0, 0, 0), (1, 1), 1, act)
+    y = np.full((N, M, H, W), np.nan, np.float32)
+    conv.PointwiseConvStep(x, conv_binder.pointwise_weights(w), None, y, 0, 0.0, 0.0, threads)()
+    check(y, x, w, None, (1, 1), (0, 0, 0, 0), (1, 1), 1, 0)
+
+
+def test_pointwise_conv_arguments_are_checked():
+    x, w = rand(1, 8, 4, 4), rand(5, 8, 1, 1)
+    packed = conv_binder.pointwise_weights(w)
+    y = np.empty((1, 5, 4, 4), np.float32)
+    with pytest.raises(ValueError, match="packed weights hold"):
+        conv.PointwiseConvStep(x, packed[:-1], None, y, 0, 0.0, 0.0, 1)
+    with pytest.raises(ValueError, match="bias"):
+        conv.PointwiseConvStep(x, packed, rand(4), y, 0, 0.0, 0.0, 1)
+    with pytest.raises(ValueError, match="does not match"):
+        conv.PointwiseConvStep(x, packed, None, np.empty((1, 5, 4, 3), np.float32), 0, 0.0,
+                               0.0, 1)
+    with pytest.raises(ValueError, match="needs"):
+        conv.pack_pointwise_weights(w, packed[:-1])
+
+
+def test_pointwise_path_repacks_run_time_weights():
+    x, w = rand(2, 40, 7, 7), rand(24, 40, 1, 1, scale=0.1)
+    sess, cnode, step = session_conv({"x": x, "w": w}, {}, attrs1x1())
+    assert getattr(step, "packed", None) == "pointwise"
+    for _ in range(2):   # new weights each run: the packed copy follows them
+        w = rand(24, 40, 1, 1, scale=0.1)
+        got = sess.run(None, {"x": x, "w": w})[0]
+        np.testing.assert_allclose(got, reference(cnode, {"x": x, "w": w}), rtol=0,
+                                   atol=1e-5 * np.abs(got).max())
+
+
 def test_direct_conv_arguments_are_checked():
     x, w, y = rand(1, 3, 8, 8), rand(4, 3, 3, 3), np.empty((1, 4, 8, 8), np.float32)
     packed = conv_binder.direct_weights(w)
@@ -225,15 +273,16 @@ def attrs1x1():
                 group=1)
 
 
-@pytest.mark.parametrize("k", [1, 3])
-def test_small_plane_wide_layer_takes_the_packed_path(k):
-    """ResNet's and MobileNet's last stages in miniature: a 1×1 conv on a 7×7 plane, a 3×3/2
-    from 14×14 to 7×7; 128 outputs."""
+@pytest.mark.parametrize("k,kind", [(1, "PointwiseConvStep"), (3, "PackedConvStep")])
+def test_small_plane_wide_layer_takes_a_packed_weights_path(k, kind):
+    """ResNet's and MobileNet's last stages in miniature: a 1×1 conv on a 7×7 plane (the
+    pointwise GEMM on weights packed once), a 3×3/2 from 14×14 to 7×7 (the packed conv); 128
+    outputs."""
     x = rand(1, 160, 7, 7) if k == 1 else rand(1, 64, 14, 14)
     w, b = rand(128, x.shape[1], k, k, scale=0.05), rand(128)
     sess, cnode, step = session_conv({"x": x}, {"w": w, "b": b},
                                      attrs1x1() if k == 1 else attrs3x3(2))
-    assert type(step).__name__ == "PackedConvStep"
+    assert type(step).__name__ == kind
     got = sess.run(None, {"x": x})[0]
     np.testing.assert_allclose(got, reference(cnode, {"x": x, "w": w, "b": b}), rtol=0,
                                atol=1e-5 * np.abs(got).max())

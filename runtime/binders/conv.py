@@ -310,6 +310,30 @@ def packed_step(case: ConvCase, x, packed, b, y, scr, act, threads):
                                code, aa, ab, threads)
 
 
+# ---- pointwise conv through weights packed once (kernels/conv.pyx PointwiseConvStep) -----------
+# conv2d's pointwise path packs W into the GEMM's micro-panels on every call: on MobileNetV2's 7×7
+# planes (N = 49 columns) a sixth of the layer's time (960→160: 0.099 → 0.080 ms on Zen 5's
+# AVX-512 kernels, 0.160 → 0.137 on its AVX2 ones); it was faster than im2col's pointwise GEMM
+# and the packed conv on every MobileNetV2 layer, so the static rule takes it too.
+def pointwise_allowed(case: ConvCase) -> bool:
+    (N, C, H, W), (M, _, KH, KW), (_, _, OH, OW), g = case.x, case.w, case.y, case.window
+    return case.group == 1 and KH == KW == 1 and g.stride_h == g.stride_w == 1 and \
+        g.pad_top == g.pad_left == g.pad_bottom == g.pad_right == 0 and (H, W) == (OH, OW) and \
+        C > 0 and N * OH * OW * M > 0
+
+
+def pointwise_weights(w4: np.ndarray, group: int = 1) -> np.ndarray:
+    M, C, KH, KW = w4.shape
+    packed = aligned_floats(int(conv.pointwise_weight_floats(M, C * KH * KW)))
+    conv.pack_pointwise_weights(w4, packed)
+    return packed
+
+
+def pointwise_step(case: ConvCase, x, packed, b, y, scr, act, threads):
+    code, aa, ab = act
+    return conv.PointwiseConvStep(x, packed, b, y, code, aa, ab, threads)
+
+
 def _algorithm_candidate(name: str, case: ConvCase, threads: int, data=None):
     """One run of a candidate on this conv's geometry with random data (the batch cut to
     TUNE_MAX_BYTES of input and output), ``data`` shared by the case's candidates."""
@@ -325,6 +349,8 @@ def _algorithm_candidate(name: str, case: ConvCase, threads: int, data=None):
         scr = np.empty(max(1, direct_scratch_floats(c, threads)), F32)
         return direct_step(c, x, direct_weights(w, name), None, y, scr, (0, 0.0, 0.0), threads,
                            name)
+    if name == "pointwise":
+        return pointwise_step(c, x, pointwise_weights(w), None, y, None, (0, 0.0, 0.0), threads)
     if name == "packed":
         scr = np.empty(max(1, packed_scratch_floats(c, threads)), F32)
         return packed_step(c, x, packed_weights(w, c.group), None, y, scr, (0, 0.0, 0.0),
@@ -338,7 +364,7 @@ def _algorithm_candidate(name: str, case: ConvCase, threads: int, data=None):
 
 def conv_algorithm(case: ConvCase, threads=1) -> str:
     """How this forward conv runs: "gemm" (im2col / implicit GEMM, depthwise kernels),
-    "winograd2" / "winograd4", "packed", or one of DIRECT_ALGORITHMS — the fastest measured on
+    "winograd2" / "winograd4", "packed", "pointwise", or one of DIRECT_ALGORITHMS — the fastest measured on
     this CPU at ``threads`` (once per geometry, runtime/tuning.py), or the static rule with
     EMBER_TUNE=0."""
     from ..tuning import choose
@@ -357,6 +383,9 @@ def conv_algorithm(case: ConvCase, threads=1) -> str:
         names += ["direct", "direct_ch"]
         if static == "gemm" and C <= DIRECT_STATIC_MAX_CHANNELS:
             static = "direct"
+    if pointwise_allowed(case):   # faster than either GEMM form on every layer measured
+        names.append("pointwise")
+        static = "pointwise"
     key = (*case.x, M, KH, KW, *case.y[2:], *g, case.group)
     data: dict = {}
     return choose("conv", key, threads,
@@ -469,11 +498,13 @@ def _packed_conv(case, ins, outs, scratch_buf, ctx, act):
     when this case takes neither."""
     threads = ctx.threads
     algo = conv_algorithm(case, threads)
-    if algo != "packed" and algo not in DIRECT_ALGORITHMS:
+    if algo != "packed" and algo != "pointwise" and algo not in DIRECT_ALGORITHMS:
         return None
     if algo in DIRECT_ALGORITHMS:
         size, weights = direct_scratch_floats, lambda w4, group: direct_weights(w4, algo)
         make = functools.partial(direct_step, algo=algo)
+    elif algo == "pointwise":
+        size, weights, make = (lambda case, threads: 0), pointwise_weights, pointwise_step
     else:
         size, make, weights = packed_scratch_floats, packed_step, packed_weights
     scr = _planned(scratch_buf, size(case, threads))
@@ -491,7 +522,7 @@ def _packed_conv(case, ins, outs, scratch_buf, ctx, act):
     packed = weights(w4, case.group)
     step = plan.NativeChain([conv.ConvWeightsPackStep(w4, packed, case.group,
                                                       algo in DIRECT_ALGORITHMS,
-                                                      algo == "direct_ch"),
+                                                      algo == "direct_ch", algo == "pointwise"),
                              make(case, x, packed, b, y, scr, act, threads)])
     step.packed = algo   # for tests and profiles: which algorithm this node runs
     return step
