@@ -371,3 +371,76 @@ def test_tuning_measures_the_packed_and_direct_candidates(monkeypatch):
         assert calls == [["direct", "direct_ch", "gemm", "packed"]]
     finally:
         tuning.forget()
+
+
+# ---- every conv algorithm the tuner may pick, on random geometries ------------------------------
+def random_geometries(count, seed, pointwise=False):
+    """Fixed-seed random group-1 geometries (N, C, H, W, M, KH, KW, stride, pads, dilation),
+    each with an output of at least one pixel; ``pointwise``: 1×1, stride 1, no pads."""
+    rng = np.random.default_rng(seed)
+    made = []
+    while len(made) < count:
+        N, C, M = int(rng.integers(1, 3)), int(rng.integers(1, 40)), int(rng.integers(1, 70))
+        H, W = (int(v) for v in rng.integers(1, 24, 2))
+        if pointwise:
+            KH = KW = 1
+            stride, pads, dil = (1, 1), (0, 0, 0, 0), (1, 1)
+        else:
+            KH, KW = (int(v) for v in rng.integers(1, 6, 2))
+            stride = tuple(int(v) for v in rng.integers(1, 4, 2))
+            pads = tuple(int(v) for v in rng.integers(0, 3, 4))
+            dil = tuple(int(v) for v in rng.integers(1, 3, 2))
+        if out_size(H, KH, stride[0], pads[0], pads[2], dil[0]) < 1 or \
+                out_size(W, KW, stride[1], pads[1], pads[3], dil[1]) < 1:
+            continue
+        made.append((N, C, H, W, M, KH, KW, stride, pads, dil))
+    return made
+
+
+def algorithm_step(algo, geom, x, w, b, y, act, threads):
+    """The step the Conv binder builds for ``algo`` (its packed weights and scratch)."""
+    N, C, H, W, M, KH, KW, stride, pads, dil = geom
+    window = conv_binder.Window(*stride, pads[0], pads[1], *dil, pads[2], pads[3])
+    case = conv_binder.ConvCase(2, x.shape, w.shape, y.shape, window, 1)
+    code = (act, 0.0, 0.0)
+    if algo in conv_binder.DIRECT_ALGORITHMS:
+        assert conv_binder.direct_allowed(case)
+        scr = np.full(max(1, conv_binder.direct_scratch_floats(case, threads)), np.nan,
+                      np.float32)
+        return conv_binder.direct_step(case, x, conv_binder.direct_weights(w, algo), b, y, scr,
+                                       code, threads, algo)
+    if algo == "packed":
+        scr = np.full(max(1, conv_binder.packed_scratch_floats(case, threads)), np.nan,
+                      np.float32)
+        return conv_binder.packed_step(case, x, conv_binder.packed_weights(w, 1), b, y, scr,
+                                       code, threads)
+    assert algo == "pointwise" and conv_binder.pointwise_allowed(case)
+    return conv_binder.pointwise_step(case, x, conv_binder.pointwise_weights(w), b, y, None, code,
+                                      threads)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("algo", ["direct", "direct_ch", "packed"])
+@pytest.mark.parametrize("geom", random_geometries(24, 30), ids=lambda g: "x".join(map(str, g[:7])))
+def test_every_algorithm_on_random_geometries(geom, algo, threads):
+    """What tuning may choose for any group-1 conv, against float64 (scratch full of NaN: a
+    kernel reading what it never wrote would show)."""
+    N, C, H, W, M, KH, KW, stride, pads, dil = geom
+    x, w, b = rand(N, C, H, W), rand(M, C, KH, KW, scale=0.3), rand(M)
+    OH = out_size(H, KH, stride[0], pads[0], pads[2], dil[0])
+    OW = out_size(W, KW, stride[1], pads[1], pads[3], dil[1])
+    y = np.full((N, M, OH, OW), np.nan, np.float32)
+    algorithm_step(algo, geom, x, w, b, y, ACT_RELU, threads)()
+    check(y, x, w, b, stride, pads, dil, 1, ACT_RELU)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("algo", ["direct", "direct_ch", "packed", "pointwise"])
+@pytest.mark.parametrize("geom", random_geometries(10, 31, pointwise=True),
+                         ids=lambda g: "x".join(map(str, g[:5])))
+def test_every_algorithm_on_random_pointwise_geometries(geom, algo, threads):
+    N, C, H, W, M = geom[:5]
+    x, w, b = rand(N, C, H, W), rand(M, C, 1, 1, scale=0.3), rand(M)
+    y = np.full((N, M, H, W), np.nan, np.float32)
+    algorithm_step(algo, geom, x, w, b, y, ACT_SIGMOID, threads)()
+    check(y, x, w, b, (1, 1), (0, 0, 0, 0), (1, 1), 1, ACT_SIGMOID)
