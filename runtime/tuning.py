@@ -12,13 +12,15 @@ the shapes (the tests run this way, so they are deterministic).
 
 Timing: each candidate is prepared once (inputs, weights, scratch), run once to warm up, then
 the candidates run in turn (a, b, c, a, b, c, …) so a noisy neighbour slows them alike, and the
-median decides. A candidate that raises is dropped.
+fastest round decides — the least disturbed one: at 2 threads a descheduled teammate slows a
+round by half, and medians of five rounds let ResNet-18's 56×56 layers flip from Winograd
+F(4,3) to the direct conv (40 % slower) from one process to the next. A candidate that raises
+is dropped.
 """
 from __future__ import annotations
 
 import json
 import os
-import statistics
 import tempfile
 import threading
 import time
@@ -86,8 +88,8 @@ def cache_key(kind: str, case: tuple, threads: int) -> str:
 
 
 def measure(candidates: dict) -> dict:
-    """Median seconds of each prepared zero-argument candidate (run in turn); candidates that
-    raise are left out."""
+    """The fastest round's seconds of each prepared zero-argument candidate (run in turn);
+    candidates that raise are left out."""
     alive = {}
     for name, fn in candidates.items():
         try:
@@ -104,7 +106,7 @@ def measure(candidates: dict) -> dict:
             times[name].append(time.perf_counter() - t)
         if time.perf_counter() - start > BUDGET_S:
             break
-    return {name: statistics.median(ts) for name, ts in times.items()}
+    return {name: min(ts) for name, ts in times.items()}
 
 
 def choose(kind: str, case: tuple, threads: int, prepare, names: list, static: str) -> str:
