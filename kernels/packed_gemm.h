@@ -22,8 +22,8 @@ static void ember_packed_gemm_here(const float *U, const float *V, float *Mx, in
     }
 }
 
-/* The same product with V row-major (C × ncols, row stride ldv), read in place by the strided
- * micro-kernel: Winograd's V, whose rows its input transform writes a run of tiles at a time
+/* The same product with V row-major (C × ncols, row stride ldv; ncols any: the last panel's
+ * ragged columns through the narrow kernels), read in place by the strided micro-kernel: Winograd's V, whose rows its input transform writes a run of tiles at a time
  * (ldv chosen by the caller so that the rows do not pile into a few L1 sets). */
 static void ember_packed_gemm_strided_here(const float *U, const float *V, long ldv, float *Mx,
                                            int Mp, int C, int ncols, long ldc)
@@ -34,9 +34,15 @@ static void ember_packed_gemm_strided_here(const float *U, const float *V, long 
             int i1 = i0 + EMBER_MC < Mp ? i0 + EMBER_MC : Mp;
             for (int jp = 0; jp < ncols; jp += EMBER_NR) {
                 const float *b = V + (long)k0 * ldv + jp;
-                for (int ir = i0; ir < i1; ir += EMBER_MR)
-                    ember_ukr_strided(kc, U + (long)ir * C + (long)k0 * EMBER_MR, b, ldv,
-                                      Mx + (long)ir * ldc + jp, ldc, 1.0f, k0 > 0);
+                const int nr = ncols - jp < EMBER_NR ? ncols - jp : EMBER_NR;
+                for (int ir = i0; ir < i1; ir += EMBER_MR) {
+                    const float *a = U + (long)ir * C + (long)k0 * EMBER_MR;
+                    float *c = Mx + (long)ir * ldc + jp;
+                    if (nr == EMBER_NR)
+                        ember_ukr_strided(kc, a, b, ldv, c, ldc, 1.0f, k0 > 0);
+                    else   /* the ragged last panel as narrow as it allows (16 tiles: half) */
+                        ember_ukr_edge(kc, a, b, ldv, c, ldc, EMBER_MR, nr, 1.0f, k0 > 0);
+                }
             }
         }
     }

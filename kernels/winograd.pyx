@@ -44,6 +44,7 @@ cdef extern from "simd.h" nogil:   # the transforms, kernels/winograd_kernel.h
                                 long T0, int nb, float *Vc, long vs)
     void ember_wino_output_block(int m, const float *Mrow, long ms, const ember_wino_tiles *g,
                                  long T0, int nb, float bias, float *yc)
+    int ember_simd_vw "ember_direct_conv_vw"()
     void ember_wino_phases(int m, const float *xc, long cstride, int N, int H, int W, int pt,
                            int pl, long PR, long PWt, long PS, float *planes)
 
@@ -268,10 +269,12 @@ cdef inline void output_channel(const float *Mx, const float *bias, float *y, Wi
 
 cdef inline int gemm_position(const float *U, float *V, float *Mx, WinoShape *s, int xi,
                               int nb) noexcept nogil:
-    """Mx[ξ] (Mp × nb, nb rounded up to nr) = U[ξ] (Mp × C, packed) · V[ξ] (C × nb, in place)."""
+    """Mx[ξ] (Mp × nb) = U[ξ] (Mp × C, packed) · V[ξ] (C × nb, in place), nb rounded up to the
+    vector the output transform reads (not to the GEMM's panel: a ragged last panel runs narrow,
+    16 tiles of an 8×8 plane half as wide as a 32-column panel)."""
     ember_packed_gemm_strided(U + <long> xi * s.Mp * s.C, V + <long> xi * s.C * s.ldv, s.ldv,
-                              Mx + <long> xi * s.Mp * s.TB, s.Mp, s.C, <int> round_up(nb, s.nr),
-                              s.TB)
+                              Mx + <long> xi * s.Mp * s.TB, s.Mp, s.C,
+                              <int> round_up(nb, ember_simd_vw()), s.TB)
     return 1
 
 
