@@ -895,10 +895,8 @@ cdef struct DirectConvCall:
     float *y
     float *slots           # per thread, one prepared image (C × d.CS floats)
     long slot_floats
-    int N, H, W, pt, pl
-    int sh, sw, dh, dw     # strides and dilations
+    int N
     bint lanes             # the pixels kernel (output channels in the lanes), else the rows one
-    int channels           # the input's channels
     int bm                 # output channels a block of the packed weights
     int row_blocks         # units an image: row blocks × channel-block chunks, when the batch
     int m_chunks           # is smaller than the team
@@ -918,7 +916,8 @@ cdef inline void direct_prepare_channel(DirectConvCall *c, int n, int ch, long r
                                         float *xc) noexcept nogil:
     """Rows [r0, r1) of the phase planes of channel ch of image n, at xc (conv_direct_kernel.h
     ember_direct_prepare)."""
-    ember_direct_prepare(&c.prep, c.x + (<long> n * c.channels + ch) * c.H * c.W, r0, r1, xc)
+    ember_direct_prepare(&c.prep, c.x + (<long> n * c.g.C + ch) * c.prep.H * c.prep.W, r0, r1,
+                         xc)
 
 
 cdef void direct_unit(DirectConvCall *c, long u, float *xp) noexcept nogil:
@@ -991,13 +990,11 @@ cdef class DirectConvStep:
         cdef long need, split
         cdef int C = x.shape[1], M = y.shape[1], OH = y.shape[2], OW = y.shape[3], kh, kw
         cdef int mblocks
-        c.channels = C
         c.lanes, c.bm = lanes, direct_block_channels(M, lanes)
         c.g.mbv = direct_block_vectors(M)
         mblocks = (M + c.bm - 1) // c.bm
         cdef DirectSizes *d = &c.d
-        c.N, c.H, c.W, c.pt, c.pl = x.shape[0], x.shape[2], x.shape[3], pad_top, pad_left
-        c.sh, c.sw, c.dh, c.dw = stride_h, stride_w, dil_h, dil_w
+        c.N = x.shape[0]
         c.g.C, c.g.M, c.g.KH, c.g.KW, c.g.OH, c.g.OW = C, M, KH, KW, OH, OW
         c.g.act, c.g.act_a, c.g.act_b = act, act_a, act_b
         c.empty = c.N == 0 or M == 0 or OH == 0 or OW == 0
@@ -1020,7 +1017,7 @@ cdef class DirectConvStep:
             raise ValueError("DirectConvStep: a conv with no input channel takes another path")
         direct_sizes(d, KH, KW, OH, OW, stride_h, stride_w, dil_h, dil_w)
         c.g.PW, c.g.CS, c.g.nv = d.PW, d.CS, d.nv
-        c.prep.H, c.prep.W, c.prep.pt, c.prep.pl = c.H, c.W, pad_top, pad_left
+        c.prep.H, c.prep.W, c.prep.pt, c.prep.pl = x.shape[2], x.shape[3], pad_top, pad_left
         c.prep.sh, c.prep.sw, c.prep.shp, c.prep.swp = stride_h, stride_w, d.shp, d.swp
         c.prep.PH, c.prep.PW, c.prep.PS = d.PH, d.PW, d.PS
         c.slot_floats = <long> C * d.CS

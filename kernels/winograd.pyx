@@ -295,17 +295,17 @@ cdef struct WinoCall:
 cdef int block_serial(WinoCall *c, float *slot, int blk) noexcept nogil:
     """One block on the calling thread, its V and Mx in ``slot``."""
     cdef WinoShape *s = &c.s
-    cdef long P0 = block_first(s, blk)
+    cdef long T0 = block_first(s, blk)
     cdef int nb = block_tiles(s, blk)
     cdef float *V = slot
     cdef float *Mx = slot + <long> s.alpha * s.alpha * s.C * s.ldv
     cdef int ch, xi, mo, ok = 1
     for ch in range(s.C):
-        input_channel(c.planes, V, s, &c.tiles, ch, P0, nb)
+        input_channel(c.planes, V, s, &c.tiles, ch, T0, nb)
     for xi in range(s.alpha * s.alpha):
         ok = gemm_position(c.U, V, Mx, s, xi, nb) and ok
     for mo in range(s.M):
-        output_channel(Mx, c.bias, c.y, s, &c.tiles, mo, P0, nb)
+        output_channel(Mx, c.bias, c.y, s, &c.tiles, mo, T0, nb)
     return ok
 
 
@@ -354,7 +354,7 @@ cdef struct WinoPhase:
     WinoCall *c
     float *V
     float *Mx
-    long P0
+    long T0
     int nb
     int ok
 
@@ -374,7 +374,7 @@ cdef void wino_block_task(void *ctx, long blk, int worker) noexcept nogil:
 
 cdef void wino_input_task(void *ctx, long ch, int worker) noexcept nogil:
     cdef WinoPhase *p = <WinoPhase *> ctx
-    input_channel(p.c.planes, p.V, &p.c.s, &p.c.tiles, <int> ch, p.P0, p.nb)
+    input_channel(p.c.planes, p.V, &p.c.s, &p.c.tiles, <int> ch, p.T0, p.nb)
 
 
 cdef void wino_gemm_task(void *ctx, long xi, int worker) noexcept nogil:
@@ -386,7 +386,7 @@ cdef void wino_gemm_task(void *ctx, long xi, int worker) noexcept nogil:
 cdef void wino_output_task(void *ctx, long mo, int worker) noexcept nogil:
     cdef WinoPhase *p = <WinoPhase *> ctx
     cdef WinoCall *c = p.c
-    output_channel(p.Mx, c.bias, c.y, &c.s, &c.tiles, <int> mo, p.P0, p.nb)
+    output_channel(p.Mx, c.bias, c.y, &c.s, &c.tiles, <int> mo, p.T0, p.nb)
 
 
 cdef int wino_run(WinoCall *c) noexcept nogil:
@@ -416,7 +416,7 @@ cdef int wino_run(WinoCall *c) noexcept nogil:
             ok = block_serial(c, sp, blk) and ok
     else:   # few tiles: each phase of a block split over the team
         for blk in range(s.nblocks):
-            p.P0 = block_first(s, blk)
+            p.T0 = block_first(s, blk)
             p.nb = block_tiles(s, blk)
             ember_parallel(nthreads, s.C, wino_input_task, &p)
             ember_parallel(nthreads, s.alpha * s.alpha, wino_gemm_task, &p)
